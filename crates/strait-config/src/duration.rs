@@ -1,0 +1,160 @@
+//! Human durations in config files: `250ms`, `1s`, `1.5s`, `5m`, `1h`, `0s`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A non-negative duration written with a unit: `ms`, `s`, `m` or `h` (`0` alone is allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Duration(std::time::Duration);
+
+impl Duration {
+    /// A duration of whole seconds.
+    pub const fn from_secs(secs: u64) -> Self {
+        Duration(std::time::Duration::from_secs(secs))
+    }
+
+    /// A duration of whole milliseconds.
+    pub const fn from_millis(ms: u64) -> Self {
+        Duration(std::time::Duration::from_millis(ms))
+    }
+
+    /// The standard-library duration.
+    pub const fn get(self) -> std::time::Duration {
+        self.0
+    }
+
+    /// `None` for zero, which config files use to say "disabled".
+    pub fn non_zero(self) -> Option<std::time::Duration> {
+        (!self.0.is_zero()).then_some(self.0)
+    }
+}
+
+impl From<std::time::Duration> for Duration {
+    fn from(d: std::time::Duration) -> Self {
+        Duration(d)
+    }
+}
+
+/// Why a duration string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid duration {input:?}: expected a number with a unit, like 250ms, 1s, 1.5s, 5m or 1h"
+)]
+pub struct ParseDurationError {
+    input: String,
+}
+
+impl FromStr for Duration {
+    type Err = ParseDurationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseDurationError {
+            input: s.to_owned(),
+        };
+        let t = s.trim();
+        if t == "0" {
+            return Ok(Duration::default());
+        }
+        let split = t.find(|c: char| c.is_ascii_alphabetic()).ok_or_else(err)?;
+        let (num, unit) = t.split_at(split);
+        let value: f64 = num.trim().parse().map_err(|_| err())?;
+        if !value.is_finite() || value < 0.0 {
+            return Err(err());
+        }
+        let secs = match unit {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return Err(err()),
+        };
+        // A year is far beyond any sensible timeout; refusing more keeps the conversion exact.
+        if secs > 365.0 * 24.0 * 3600.0 {
+            return Err(err());
+        }
+        Ok(Duration(std::time::Duration::from_secs_f64(secs)))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms == 0 {
+            write!(f, "0s")
+        } else if ms % 3_600_000 == 0 {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> String {
+        "Duration".to_owned()
+    }
+
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        let mut schema = schemars::schema::SchemaObject {
+            instance_type: Some(schemars::schema::InstanceType::String.into()),
+            ..Default::default()
+        };
+        schema.string().pattern = Some(r"^(0|[0-9]+(\.[0-9]+)?(ms|s|m|h))$".to_owned());
+        schema.metadata().description =
+            Some("A duration with a unit: 250ms, 1s, 1.5s, 5m, 1h; 0s disables.".to_owned());
+        schema.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units_and_round_trips() {
+        for (text, ms) in [
+            ("250ms", 250),
+            ("1s", 1000),
+            ("1.5s", 1500),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("0", 0),
+            ("0s", 0),
+        ] {
+            let d: Duration = text.parse().expect("valid duration");
+            assert_eq!(d.get().as_millis(), ms, "{text}");
+            let again: Duration = d.to_string().parse().expect("display parses back");
+            assert_eq!(again, d);
+        }
+    }
+
+    #[test]
+    fn refuses_missing_or_unknown_units_and_negatives() {
+        for text in ["1", "s", "1d", "-1s", "1 sec", "", "NaNs", "1e300s"] {
+            assert!(
+                text.parse::<Duration>().is_err(),
+                "{text} should be refused"
+            );
+        }
+    }
+}

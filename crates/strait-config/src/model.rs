@@ -1,0 +1,476 @@
+//! The resource model: what a config file (and later the control plane) says a proxy should do.
+//!
+//! These types are the YAML format one to one. Every struct denies unknown fields so a typo is an
+//! error, every optional field documents its default, and the JSON Schema in `config/` is
+//! generated from them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// A whole proxy configuration: one YAML file in static mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin server (`/ready`, `/live`, `/config_dump`, `/clusters`, `/drain`).
+    /// Default: `127.0.0.1:9901`.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Worker threads, each with its own listening sockets and upstream pools.
+    /// Default: one per CPU core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// How long SIGTERM waits for in-flight requests before exiting. Default: `30s`.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: Duration,
+    /// The addresses the proxy accepts connections on, each with its routes.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Named groups of upstream endpoints that routes send traffic to.
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+}
+
+/// The admin server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address of the admin HTTP server. Default: `127.0.0.1:9901`.
+    #[serde(default = "defaults::admin_address")]
+    #[schemars(with = "String")]
+    pub address: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            address: defaults::admin_address(),
+        }
+    }
+}
+
+/// A listening address and what to do with the requests that arrive on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name, used in logs, metrics and `/config_dump`. Required.
+    pub name: String,
+    /// `ip:port` to bind. Required.
+    #[schemars(with = "String")]
+    pub address: SocketAddr,
+    /// Standard proxy headers added to requests. Default: see [`ProxyHeaders`].
+    #[serde(default)]
+    pub proxy_headers: ProxyHeaders,
+    /// Routes, tried in declared order; the first that matches wins. A request that matches none
+    /// gets 404.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// HTTP/1 keep-alive and HTTP/2 connection idle timeout (no request in flight).
+    /// Default: `60s`.
+    #[serde(default = "defaults::connection_idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+/// How the standard proxy headers are written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyHeaders {
+    /// `x-forwarded-for`: `append` the client address to what the client sent, `replace` it,
+    /// or leave the header `untouched`. Default: `append`.
+    #[serde(default)]
+    pub x_forwarded_for: ForwardedMode,
+    /// `x-forwarded-proto`: `append`/`replace` set it to the listener's scheme when absent or
+    /// always, `untouched` leaves it. Default: `append` (set only when absent).
+    #[serde(default)]
+    pub x_forwarded_proto: ForwardedMode,
+    /// RFC 7239 `forwarded` (`for=...;proto=...;host=...`): default `untouched`.
+    #[serde(default = "defaults::forwarded_untouched")]
+    pub forwarded: ForwardedMode,
+    /// Value for the `via` header (e.g. `strait`), added to requests and responses.
+    /// Default: none (no `via` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Generate `x-request-id` (random, 32 hex digits) when the request has none.
+    /// Default: `true`.
+    #[serde(default = "defaults::yes")]
+    pub request_id: bool,
+}
+
+impl Default for ProxyHeaders {
+    fn default() -> Self {
+        ProxyHeaders {
+            x_forwarded_for: ForwardedMode::Append,
+            x_forwarded_proto: ForwardedMode::Append,
+            forwarded: ForwardedMode::Untouched,
+            via: None,
+            request_id: true,
+        }
+    }
+}
+
+/// What a proxy does with an `x-forwarded-*` or `forwarded` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ForwardedMode {
+    /// Add this hop to what the client sent.
+    #[default]
+    Append,
+    /// Drop what the client sent and write this hop only (for an edge that trusts no client).
+    Replace,
+    /// Leave the header exactly as received.
+    Untouched,
+}
+
+/// One route: a match and an action, plus optional filters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Name for logs, metrics and `/config_dump`. Default: `route-<index>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What the request must look like. Default: matches every request.
+    #[serde(default, rename = "match")]
+    pub matches: RouteMatch,
+    /// Where matching requests go: weighted clusters. Exactly one of `backends`, `redirect`
+    /// and `direct_response` is required.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<Backend>,
+    /// Answer with a redirect instead of forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Answer with a fixed status and body instead of forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+    /// Path and host rewrites applied before forwarding. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    /// Header edits on the request sent upstream. Default: none.
+    #[serde(default, skip_serializing_if = "HeaderEdits::is_empty")]
+    pub request_headers: HeaderEdits,
+    /// Header edits on the response sent to the client. Default: none.
+    #[serde(default, skip_serializing_if = "HeaderEdits::is_empty")]
+    pub response_headers: HeaderEdits,
+    /// Copy a sample of requests to another cluster, fire and forget. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+    /// Time from receiving the request to receiving the upstream's response headers; on expiry
+    /// the client gets 504. `0s` disables it. Default: `15s`.
+    #[serde(default = "defaults::request_timeout")]
+    pub timeout: Duration,
+    /// Longest silence on the response body stream before the stream is reset. `0s` disables
+    /// it. Default: `5m`.
+    #[serde(default = "defaults::stream_idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+/// The conditions a request must meet, all of them, for the route to apply.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Hosts (`:authority`/`Host` without the port): exact names or a leading wildcard
+    /// `*.example.com` (which matches `a.example.com` and `a.b.example.com`, not
+    /// `example.com`). Case-insensitive. Default: any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Path condition. Default: any path.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "serde_yaml::with::singleton_map"
+    )]
+    #[schemars(with = "Option<PathMatch>")]
+    pub path: Option<PathMatch>,
+    /// Methods (upper case). Default: any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Header conditions, all of which must hold. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    /// Query parameter conditions, all of which must hold. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<QueryMatch>,
+}
+
+/// How the request path (without the query string) is matched. Exactly one field is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum PathMatch {
+    /// The whole path equals this.
+    Exact(String),
+    /// The path starts with this on a segment boundary: `/api` matches `/api`, `/api/` and
+    /// `/api/x`, not `/apix`. `/` matches everything.
+    Prefix(String),
+    /// The whole path matches this regular expression (RE2 syntax, anchored at both ends).
+    Regex(String),
+}
+
+/// A condition on one request header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// Header name (case-insensitive). Required.
+    pub name: String,
+    /// The value must equal this. At most one of `exact`, `regex`, `present`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The whole value must match this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `true`: the header must be present (any value); `false`: it must be absent.
+    /// When none of the three is given, the header must be present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// A condition on one query parameter (first occurrence, percent-decoding not applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryMatch {
+    /// Parameter name (case-sensitive). Required.
+    pub name: String,
+    /// The value must equal this. At most one of `exact`, `regex`, `present`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The whole value must match this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `true`: the parameter must be present; `false`: absent. Default when none is given: present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// A weighted destination of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// Name of a cluster declared in `clusters`. Required.
+    pub cluster: String,
+    /// Relative weight among the route's backends (0 takes no traffic). Default: `1`.
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+}
+
+/// A redirect answer. Fields left out keep the request's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// `http` or `https`. Default: the request's scheme.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// New host. Default: the request's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// New port. Default: the request's port (omitted when it is the scheme's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// New path (the query string is kept). Default: the request's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// 301, 302, 303, 307 or 308. Default: `301`.
+    #[serde(default = "defaults::redirect_status")]
+    pub status: u16,
+}
+
+/// A fixed answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    /// HTTP status, 200 to 599. Required.
+    pub status: u16,
+    /// Response body. Default: empty.
+    #[serde(default)]
+    pub body: String,
+    /// `content-type` of the body. Default: `text/plain; charset=utf-8`.
+    #[serde(default = "defaults::content_type")]
+    pub content_type: String,
+}
+
+/// Rewrites applied to the request before it is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replace the part of the path matched by the route's `prefix` with this. Only with a
+    /// `prefix` path match. Default: no rewrite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Replace the whole path with this (the query string is kept). Default: no rewrite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Replace the `Host`/`:authority` sent upstream. Default: the client's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// Header edits, applied in the order remove, set, add.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    /// Headers to set, replacing any existing values. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Headers to add, keeping existing values. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Header names to remove. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    /// True when there is nothing to edit.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Request mirroring (shadowing): a copy of the request goes to another cluster and its answer
+/// is thrown away.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// Name of a cluster declared in `clusters`. Required.
+    pub cluster: String,
+    /// Percent of requests mirrored, 0 to 100. Default: `100`.
+    #[serde(default = "defaults::percent")]
+    pub percent: f64,
+}
+
+/// A named group of upstream endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Unique name that routes refer to. Required.
+    pub name: String,
+    /// Protocol spoken to the endpoints. Default: `http1`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Time allowed to open a TCP connection to an endpoint; on expiry or refusal the client
+    /// gets 503. Default: `1s`.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Duration,
+    /// How an endpoint is chosen for each request. Default: `round_robin`.
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
+    /// What `ring_hash` and `maglev` hash. Required for them, not allowed for the others.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "serde_yaml::with::singleton_map"
+    )]
+    #[schemars(with = "Option<HashOn>")]
+    pub hash_on: Option<HashOn>,
+    /// Idle upstream connections kept per endpoint per worker. Default: `64`.
+    #[serde(default = "defaults::max_idle_per_endpoint")]
+    pub max_idle_per_endpoint: usize,
+    /// The endpoints. At least one is required.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Protocol spoken to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive; one request at a time per connection.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c); requests multiplexed on one connection. Required for
+    /// gRPC.
+    Http2,
+}
+
+/// Load-balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LoadBalancer {
+    /// Weighted round robin (smooth: weights interleave rather than burst).
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Power of two choices: of two random endpoints, the one with fewer requests in flight.
+    LeastRequest,
+    /// Power of two choices on peak-EWMA latency times requests in flight.
+    PeakEwma,
+    /// Consistent hashing on a ring (ketama-style) over `hash_on`.
+    RingHash,
+    /// Maglev consistent hashing over `hash_on`.
+    Maglev,
+}
+
+/// What a hashing balancer hashes. Exactly one field is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum HashOn {
+    /// The value of this request header; requests without it are spread at random.
+    Header(String),
+    /// The value of this cookie; requests without it are spread at random.
+    Cookie(String),
+    /// The client's IP address (`hash_on: client_ip`).
+    ClientIp,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `ip:port`. Required.
+    #[schemars(with = "String")]
+    pub address: SocketAddr,
+    /// Relative weight, 1 to 1000. Default: `1`.
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+}
+
+/// Default values, one function per field default (serde needs functions).
+pub(crate) mod defaults {
+    use super::{Duration, ForwardedMode, SocketAddr};
+
+    pub fn admin_address() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9901))
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn connection_idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn stream_idle_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn forwarded_untouched() -> ForwardedMode {
+        ForwardedMode::Untouched
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+    pub fn percent() -> f64 {
+        100.0
+    }
+    pub fn redirect_status() -> u16 {
+        301
+    }
+    pub fn content_type() -> String {
+        "text/plain; charset=utf-8".to_owned()
+    }
+    pub fn max_idle_per_endpoint() -> usize {
+        64
+    }
+}

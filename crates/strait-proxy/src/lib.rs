@@ -1,0 +1,4 @@
+//! Strait's data plane.
+
+pub mod balance;
+pub mod route;

@@ -1,0 +1,1 @@
+//! Route matching (being written).
