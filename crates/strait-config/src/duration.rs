@@ -40,11 +40,29 @@ impl From<std::time::Duration> for Duration {
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid duration {input:?}: expected a number with a unit, like 250ms, 1s, 1.5s, 5m or 1h"
-)]
 pub struct ParseDurationError {
     input: String,
+    /// Well formed, but longer than a year.
+    too_long: bool,
+}
+
+impl fmt::Display for ParseDurationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.too_long {
+            write!(
+                f,
+                "duration {:?} is too long: at most a year (8760h)",
+                self.input
+            )
+        } else {
+            write!(
+                f,
+                "invalid duration {:?}: expected a number with a unit, like 250ms, 1s, 1.5s, 5m \
+                 or 1h (or 0)",
+                self.input
+            )
+        }
+    }
 }
 
 impl FromStr for Duration {
@@ -53,17 +71,27 @@ impl FromStr for Duration {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseDurationError {
             input: s.to_owned(),
+            too_long: false,
         };
-        let t = s.trim();
-        if t == "0" {
+        // Exactly the schema's pattern, `0|[0-9]+(\.[0-9]+)?(ms|s|m|h)`, so that an editor
+        // checking against the JSON Schema and the proxy agree on what is a duration.
+        if s == "0" {
             return Ok(Duration::default());
         }
-        let split = t.find(|c: char| c.is_ascii_alphabetic()).ok_or_else(err)?;
-        let (num, unit) = t.split_at(split);
-        let value: f64 = num.trim().parse().map_err(|_| err())?;
-        if !value.is_finite() || value < 0.0 {
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(err)?;
+        let (num, unit) = s.split_at(split);
+        let well_formed = match num.split_once('.') {
+            None => !num.is_empty(),
+            Some((whole, fraction)) => {
+                !whole.is_empty() && !fraction.is_empty() && !fraction.contains('.')
+            }
+        };
+        if !well_formed {
             return Err(err());
         }
+        let value: f64 = num.parse().map_err(|_| err())?;
         let secs = match unit {
             "ms" => value / 1000.0,
             "s" => value,
@@ -73,7 +101,10 @@ impl FromStr for Duration {
         };
         // A year is far beyond any sensible timeout; refusing more keeps the conversion exact.
         if secs > 365.0 * 24.0 * 3600.0 {
-            return Err(err());
+            return Err(ParseDurationError {
+                too_long: true,
+                ..err()
+            });
         }
         Ok(Duration(std::time::Duration::from_secs_f64(secs)))
     }
@@ -150,7 +181,10 @@ mod tests {
 
     #[test]
     fn refuses_missing_or_unknown_units_and_negatives() {
-        for text in ["1", "s", "1d", "-1s", "1 sec", "", "NaNs", "1e300s"] {
+        for text in [
+            "1", "s", "1d", "-1s", "1 sec", "", "NaNs", "1e300s", "1e3s", " 1s", "1s ", "1 s",
+            ".5s", "1.s", "1..5s", "1.2.3s", "9999999h", "1sm",
+        ] {
             assert!(
                 text.parse::<Duration>().is_err(),
                 "{text} should be refused"

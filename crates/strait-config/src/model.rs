@@ -20,9 +20,10 @@ pub struct Config {
     /// Default: `127.0.0.1:9901`.
     #[serde(default)]
     pub admin: Admin,
-    /// Worker threads, each with its own listening sockets and upstream pools.
+    /// Worker threads, each with its own listening sockets and upstream pools, 1 to 1024.
     /// Default: one per CPU core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
     pub workers: Option<usize>,
     /// How long SIGTERM waits for in-flight requests before exiting. Default: `30s`.
     #[serde(default = "defaults::drain_timeout")]
@@ -41,7 +42,10 @@ pub struct Config {
 pub struct Admin {
     /// Address of the admin HTTP server. Default: `127.0.0.1:9901`.
     #[serde(default = "defaults::admin_address")]
-    #[schemars(with = "String")]
+    #[schemars(
+        with = "String",
+        regex(pattern = r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9A-Fa-f:.%]+\]):\d{1,5}$")
+    )]
     pub address: SocketAddr,
 }
 
@@ -57,10 +61,16 @@ impl Default for Admin {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
-    /// Unique name, used in logs, metrics and `/config_dump`. Required.
+    /// Unique name, used in logs, metrics and `/config_dump`; not empty, no whitespace.
+    /// Required.
+    #[schemars(length(min = 1))]
     pub name: String,
-    /// `ip:port` to bind. Required.
-    #[schemars(with = "String")]
+    /// `ip:port` to bind; unique among listeners (`0.0.0.0:P` overlaps every `IP:P`) and not
+    /// the admin address. Required.
+    #[schemars(
+        with = "String",
+        regex(pattern = r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9A-Fa-f:.%]+\]):\d{1,5}$")
+    )]
     pub address: SocketAddr,
     /// Standard proxy headers added to requests. Default: see [`ProxyHeaders`].
     #[serde(default)]
@@ -136,8 +146,8 @@ pub struct Route {
     /// What the request must look like. Default: matches every request.
     #[serde(default, rename = "match")]
     pub matches: RouteMatch,
-    /// Where matching requests go: weighted clusters. Exactly one of `backends`, `redirect`
-    /// and `direct_response` is required.
+    /// Where matching requests go: weighted clusters, at least one with a weight above 0.
+    /// Exactly one of `backends`, `redirect` and `direct_response` is required.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<Backend>,
     /// Answer with a redirect instead of forwarding.
@@ -146,16 +156,17 @@ pub struct Route {
     /// Answer with a fixed status and body instead of forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
-    /// Path and host rewrites applied before forwarding. Default: none.
+    /// Path and host rewrites applied before forwarding; only with `backends`. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
-    /// Header edits on the request sent upstream. Default: none.
+    /// Header edits on the request sent upstream; only with `backends`. Default: none.
     #[serde(default, skip_serializing_if = "HeaderEdits::is_empty")]
     pub request_headers: HeaderEdits,
     /// Header edits on the response sent to the client. Default: none.
     #[serde(default, skip_serializing_if = "HeaderEdits::is_empty")]
     pub response_headers: HeaderEdits,
-    /// Copy a sample of requests to another cluster, fire and forget. Default: none.
+    /// Copy a sample of requests to another cluster, fire and forget; only with `backends`.
+    /// Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
     /// Time from receiving the request to receiving the upstream's response headers; on expiry
@@ -176,6 +187,7 @@ pub struct RouteMatch {
     /// `*.example.com` (which matches `a.example.com` and `a.b.example.com`, not
     /// `example.com`). Case-insensitive. Default: any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^(\*\.[^*:\s]+|[^*:\s.][^*:\s]*|\[[0-9A-Fa-f:.]+\])$")))]
     pub hosts: Vec<String>,
     /// Path condition. Default: any path.
     #[serde(
@@ -185,8 +197,10 @@ pub struct RouteMatch {
     )]
     #[schemars(with = "Option<PathMatch>")]
     pub path: Option<PathMatch>,
-    /// Methods (upper case). Default: any method.
+    /// Methods, upper-case tokens: `GET`, `POST`, ... or an extension such as `PURGE`.
+    /// Default: any method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^[A-Z0-9!#$%&'*+.^_`|~-]+$")))]
     pub methods: Vec<String>,
     /// Header conditions, all of which must hold. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -201,10 +215,10 @@ pub struct RouteMatch {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum PathMatch {
-    /// The whole path equals this.
+    /// The whole path equals this. Starts with `/`.
     Exact(String),
     /// The path starts with this on a segment boundary: `/api` matches `/api`, `/api/` and
-    /// `/api/x`, not `/apix`. `/` matches everything.
+    /// `/api/x`, not `/apix`. `/` matches everything. Starts with `/`.
     Prefix(String),
     /// The whole path matches this regular expression (RE2 syntax, anchored at both ends).
     Regex(String),
@@ -214,12 +228,12 @@ pub enum PathMatch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
-    /// Header name (case-insensitive). Required.
+    /// Header name (case-insensitive; letters, digits and ``!#$%&'*+-.^_`|~``). Required.
     pub name: String,
     /// The value must equal this. At most one of `exact`, `regex`, `present`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact: Option<String>,
-    /// The whole value must match this regular expression.
+    /// The whole value must match this regular expression (RE2 syntax, anchored at both ends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
     /// `true`: the header must be present (any value); `false`: it must be absent.
@@ -232,7 +246,7 @@ pub struct HeaderMatch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryMatch {
-    /// Parameter name (case-sensitive). Required.
+    /// Parameter name (case-sensitive, not empty). Required.
     pub name: String,
     /// The value must equal this. At most one of `exact`, `regex`, `present`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,29 +265,36 @@ pub struct QueryMatch {
 pub struct Backend {
     /// Name of a cluster declared in `clusters`. Required.
     pub cluster: String,
-    /// Relative weight among the route's backends (0 takes no traffic). Default: `1`.
+    /// Relative weight among the route's backends, 0 to 10000 (0 takes no traffic).
+    /// Default: `1`.
     #[serde(default = "defaults::weight")]
+    #[schemars(range(max = 10000))]
     pub weight: u32,
 }
 
-/// A redirect answer. Fields left out keep the request's value.
+/// A redirect answer. Fields left out keep the request's value; at least one of `scheme`,
+/// `host`, `port` and `path` must be set, or clients would be sent back where they came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Redirect {
     /// `http` or `https`. Default: the request's scheme.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^https?$"))]
     pub scheme: Option<String>,
-    /// New host. Default: the request's host.
+    /// New host, without a port (that is `port`). Default: the request's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// New port. Default: the request's port (omitted when it is the scheme's default).
+    /// New port, 1 to 65535. Default: the request's port (omitted when it is the scheme's
+    /// default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub port: Option<u16>,
-    /// New path (the query string is kept). Default: the request's path.
+    /// New path, starting with `/` (the query string is kept). Default: the request's path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// 301, 302, 303, 307 or 308. Default: `301`.
     #[serde(default = "defaults::redirect_status")]
+    #[schemars(range(min = 301, max = 308))]
     pub status: u16,
 }
 
@@ -282,11 +303,12 @@ pub struct Redirect {
 #[serde(deny_unknown_fields)]
 pub struct DirectResponse {
     /// HTTP status, 200 to 599. Required.
+    #[schemars(range(min = 200, max = 599))]
     pub status: u16,
     /// Response body. Default: empty.
     #[serde(default)]
     pub body: String,
-    /// `content-type` of the body. Default: `text/plain; charset=utf-8`.
+    /// `content-type` of the body (a valid header value). Default: `text/plain; charset=utf-8`.
     #[serde(default = "defaults::content_type")]
     pub content_type: String,
 }
@@ -295,19 +317,23 @@ pub struct DirectResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rewrite {
-    /// Replace the part of the path matched by the route's `prefix` with this. Only with a
-    /// `prefix` path match. Default: no rewrite.
+    /// Replace the part of the path matched by the route's `prefix` with this (`/` or empty
+    /// strips it). Only with a `prefix` path match, and not together with `path`.
+    /// Default: no rewrite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
-    /// Replace the whole path with this (the query string is kept). Default: no rewrite.
+    /// Replace the whole path with this, starting with `/` (the query string is kept).
+    /// Default: no rewrite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// Replace the `Host`/`:authority` sent upstream. Default: the client's host.
+    /// Replace the `Host`/`:authority` sent upstream (`name` or `name:port`).
+    /// Default: the client's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
 }
 
-/// Header edits, applied in the order remove, set, add.
+/// Header edits, applied in the order remove, set, add. Names are valid header names, each at
+/// most once per map (case-insensitively); values are visible ASCII, spaces and tabs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderEdits {
@@ -338,6 +364,7 @@ pub struct Mirror {
     pub cluster: String,
     /// Percent of requests mirrored, 0 to 100. Default: `100`.
     #[serde(default = "defaults::percent")]
+    #[schemars(range(min = 0, max = 100))]
     pub percent: f64,
 }
 
@@ -346,12 +373,13 @@ pub struct Mirror {
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     /// Unique name that routes refer to. Required.
+    #[schemars(length(min = 1))]
     pub name: String,
     /// Protocol spoken to the endpoints. Default: `http1`.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
-    /// Time allowed to open a TCP connection to an endpoint; on expiry or refusal the client
-    /// gets 503. Default: `1s`.
+    /// Time allowed to open a TCP connection to an endpoint, above 0; on expiry or refusal the
+    /// client gets 503. Default: `1s`.
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: Duration,
     /// How an endpoint is chosen for each request. Default: `round_robin`.
@@ -365,10 +393,13 @@ pub struct Cluster {
     )]
     #[schemars(with = "Option<HashOn>")]
     pub hash_on: Option<HashOn>,
-    /// Idle upstream connections kept per endpoint per worker. Default: `64`.
+    /// Idle upstream connections kept per endpoint per worker, 0 (no pooling) to 10000.
+    /// Default: `64`.
     #[serde(default = "defaults::max_idle_per_endpoint")]
+    #[schemars(range(max = 10000))]
     pub max_idle_per_endpoint: usize,
-    /// The endpoints. At least one is required.
+    /// The endpoints, each address at most once. At least one is required.
+    #[schemars(length(min = 1))]
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -422,11 +453,15 @@ pub enum HashOn {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// `ip:port`. Required.
-    #[schemars(with = "String")]
+    /// `ip:port` to connect to (not `0.0.0.0`, not port 0). Required.
+    #[schemars(
+        with = "String",
+        regex(pattern = r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9A-Fa-f:.%]+\]):\d{1,5}$")
+    )]
     pub address: SocketAddr,
     /// Relative weight, 1 to 1000. Default: `1`.
     #[serde(default = "defaults::weight")]
+    #[schemars(range(min = 1, max = 1000))]
     pub weight: u32,
 }
 

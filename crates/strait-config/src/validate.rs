@@ -1,35 +1,855 @@
 //! Checks that the types alone cannot express: references resolve, names are unique, values
-//! are in range, regular expressions compile.
+//! are in range, regular expressions compile, header names and methods are valid tokens.
+//!
+//! Runs on the parsed `Config`, after serde, and reports every problem it finds rather than the
+//! first. Each problem names its field by path and says what is allowed; the
+//! [`SourceMap`](crate::source_map::SourceMap) turns the path into a line and column later.
+//! What this accepts, the proxy's route compiler and header edits accept too.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::field_path::FieldPath;
 use crate::model::*;
+use crate::source_map::Position;
 
-/// One semantic problem, located by field path.
+/// Largest backend weight on a route; the split sums weights in a `u32`.
+pub(crate) const MAX_BACKEND_WEIGHT: u32 = 10_000;
+/// Endpoint weights are 1 to this.
+pub(crate) const MAX_ENDPOINT_WEIGHT: u32 = 1_000;
+/// More workers than this is a typo, not a machine.
+pub(crate) const MAX_WORKERS: usize = 1_024;
+/// Idle connections kept per endpoint per worker; beyond this the pool only hoards sockets.
+pub(crate) const MAX_IDLE_PER_ENDPOINT: usize = 10_000;
+/// The statuses a redirect may answer with.
+const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
+
+/// One problem, located by field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Problem {
-    pub field: String,
+    /// The field the message is about.
+    pub field: FieldPath,
+    /// Where in the file to point.
+    pub at: At,
+    /// What is wrong and what is allowed.
     pub message: String,
 }
 
+/// Where a problem points in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum At {
+    /// The field's value (or, when the field is absent, the mapping it is missing from).
+    Value,
+    /// The field's key: for a field that should not be there at all.
+    Key,
+    /// The value of another field, more telling than the one the message is about.
+    Field(FieldPath),
+    /// A position known already.
+    Position(Position),
+}
+
+/// Every semantic problem of `config`, in the order the fields are declared in the model.
 pub(crate) fn check(config: &Config) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    let mut say = |field: String, message: String| problems.push(Problem { field, message });
-    let clusters: HashSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
-    for (li, listener) in config.listeners.iter().enumerate() {
-        for (ri, route) in listener.routes.iter().enumerate() {
-            for (bi, backend) in route.backends.iter().enumerate() {
-                if !clusters.contains(backend.cluster.as_str()) {
-                    say(
-                        format!("listeners[{li}].routes[{ri}].backends[{bi}].cluster"),
+    let mut checker = Checker {
+        problems: Vec::new(),
+        clusters: config.clusters.iter().map(|c| c.name.as_str()).collect(),
+    };
+    checker.config(config);
+    checker.problems
+}
+
+struct Checker<'c> {
+    problems: Vec<Problem>,
+    clusters: HashSet<&'c str>,
+}
+
+impl Checker<'_> {
+    fn say(&mut self, field: FieldPath, message: impl Into<String>) {
+        self.problems.push(Problem {
+            field,
+            at: At::Value,
+            message: message.into(),
+        });
+    }
+
+    fn say_at_key(&mut self, field: FieldPath, message: impl Into<String>) {
+        self.problems.push(Problem {
+            field,
+            at: At::Key,
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, config: &Config) {
+        let root = FieldPath::root();
+        if let Some(workers) = config.workers {
+            if !(1..=MAX_WORKERS).contains(&workers) {
+                self.say(
+                    root.key("workers"),
+                    format!(
+                        "{workers}: allowed 1 to {MAX_WORKERS}; leave `workers` out for one \
+                         per CPU core"
+                    ),
+                );
+            }
+        }
+        self.listeners(config);
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (ci, cluster) in config.clusters.iter().enumerate() {
+            let at = root.key("clusters").index(ci);
+            self.name(&at.key("name"), &cluster.name, "cluster");
+            let first = *names.entry(&cluster.name).or_insert(ci);
+            if first != ci {
+                self.say(
+                    at.key("name"),
+                    format!(
+                        "cluster name `{}` is already used by clusters[{first}]; cluster names \
+                         must be unique",
+                        cluster.name
+                    ),
+                );
+            }
+            self.cluster(&at, cluster);
+        }
+    }
+
+    fn listeners(&mut self, config: &Config) {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut addresses: Vec<(SocketAddr, usize)> = Vec::new();
+        for (li, listener) in config.listeners.iter().enumerate() {
+            let at = FieldPath::root().key("listeners").index(li);
+            self.name(&at.key("name"), &listener.name, "listener");
+            let first = *names.entry(&listener.name).or_insert(li);
+            if first != li {
+                self.say(
+                    at.key("name"),
+                    format!(
+                        "listener name `{}` is already used by listeners[{first}]; listener \
+                         names must be unique",
+                        listener.name
+                    ),
+                );
+            }
+            let address = listener.address;
+            let admin = config.admin.address;
+            if overlaps(admin, address) {
+                self.say(
+                    at.key("address"),
+                    format!(
+                        "{address} {} the admin server's address (`admin.address`); give the \
+                         listener or the admin server another port",
+                        clash(admin, address)
+                    ),
+                );
+            } else if let Some(&(other, first)) =
+                addresses.iter().find(|(a, _)| overlaps(*a, address))
+            {
+                self.say(
+                    at.key("address"),
+                    format!(
+                        "{address} {} listeners[{first}]; each listener needs its own address \
+                         and port",
+                        clash(other, address)
+                    ),
+                );
+            }
+            addresses.push((address, li));
+            if let Some(via) = &listener.proxy_headers.via {
+                if via.trim().is_empty() || HeaderValue::from_str(via).is_err() {
+                    self.say(
+                        at.key("proxy_headers").key("via"),
                         format!(
-                            "no cluster named {:?}; declare it under `clusters`",
-                            backend.cluster
+                            "{via:?} is not a usable `via` value: give visible ASCII text such \
+                             as `strait`, or leave `via` out for no header"
+                        ),
+                    );
+                }
+            }
+            for (ri, route) in listener.routes.iter().enumerate() {
+                self.route(&at.key("routes").index(ri), route);
+            }
+        }
+    }
+
+    /// Names show up in logs, metrics and `/config_dump`, and routes refer to clusters by name.
+    fn name(&mut self, at: &FieldPath, name: &str, what: &str) {
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.say(
+                at.clone(),
+                format!(
+                    "{name:?} is not a usable {what} name: give a non-empty name without spaces, \
+                     like `public` or `api-v2`"
+                ),
+            );
+        }
+    }
+
+    fn route(&mut self, at: &FieldPath, route: &Route) {
+        if let Some(name) = &route.name {
+            self.name(&at.key("name"), name, "route");
+        }
+        self.route_match(&at.key("match"), &route.matches);
+
+        let forwards = !route.backends.is_empty();
+        let actions: Vec<&str> = [
+            (forwards, "backends"),
+            (route.redirect.is_some(), "redirect"),
+            (route.direct_response.is_some(), "direct_response"),
+        ]
+        .into_iter()
+        .filter_map(|(given, name)| given.then_some(name))
+        .collect();
+        match actions.as_slice() {
+            [] => self.problems.push(Problem {
+                field: at.clone(),
+                at: At::Field(at.key("backends")),
+                message: "a route needs an action: `backends` (forward to clusters; at least \
+                          one), `redirect` or `direct_response`"
+                    .to_owned(),
+            }),
+            [first, rest @ ..] => {
+                for extra in rest {
+                    self.say_at_key(
+                        at.key(extra),
+                        format!(
+                            "a route takes exactly one of `backends`, `redirect` and \
+                             `direct_response`, and this one already has `{first}`; keep one, \
+                             or split it into two routes"
                         ),
                     );
                 }
             }
         }
+        // What only a forwarded request uses is refused on a route that answers by itself,
+        // rather than ignored.
+        let answers_itself = !forwards && !actions.is_empty();
+
+        for (bi, backend) in route.backends.iter().enumerate() {
+            let at = at.key("backends").index(bi);
+            self.cluster_ref(&at.key("cluster"), &backend.cluster);
+            if backend.weight > MAX_BACKEND_WEIGHT {
+                self.say(
+                    at.key("weight"),
+                    format!(
+                        "weight {}: allowed 0 to {MAX_BACKEND_WEIGHT} (weights are relative: \
+                         90 and 10 split like 9000 and 1000)",
+                        backend.weight
+                    ),
+                );
+            }
+        }
+        if forwards && route.backends.iter().all(|b| b.weight == 0) {
+            self.say(
+                at.key("backends"),
+                "every backend has weight 0, so the route could send nowhere; give at least \
+                 one backend a weight above 0",
+            );
+        }
+        if let Some(redirect) = &route.redirect {
+            self.redirect(&at.key("redirect"), redirect);
+        }
+        if let Some(direct) = &route.direct_response {
+            self.direct_response(&at.key("direct_response"), direct);
+        }
+        if let Some(rewrite) = &route.rewrite {
+            if answers_itself {
+                self.say_at_key(
+                    at.key("rewrite"),
+                    format!(
+                        "`rewrite` applies only to routes that forward (`backends`); this route \
+                         answers with `{}`",
+                        actions.first().copied().unwrap_or_default()
+                    ),
+                );
+            }
+            self.rewrite(&at.key("rewrite"), rewrite, route.matches.path.as_ref());
+        }
+        if answers_itself && !route.request_headers.is_empty() {
+            self.say_at_key(
+                at.key("request_headers"),
+                format!(
+                    "`request_headers` edits the request sent upstream, and this route answers \
+                     with `{}` without forwarding; use `response_headers`, or remove it",
+                    actions.first().copied().unwrap_or_default()
+                ),
+            );
+        }
+        self.header_edits(&at.key("request_headers"), &route.request_headers);
+        self.header_edits(&at.key("response_headers"), &route.response_headers);
+        if let Some(mirror) = &route.mirror {
+            let at = at.key("mirror");
+            if answers_itself {
+                self.say_at_key(
+                    at.clone(),
+                    "`mirror` copies forwarded requests; it applies only to routes with \
+                     `backends`",
+                );
+            }
+            self.cluster_ref(&at.key("cluster"), &mirror.cluster);
+            if !(0.0..=100.0).contains(&mirror.percent) {
+                self.say(
+                    at.key("percent"),
+                    format!("{}: allowed 0 to 100 (percent of requests)", mirror.percent),
+                );
+            }
+        }
     }
-    problems
+
+    fn cluster_ref(&mut self, at: &FieldPath, name: &str) {
+        if !self.clusters.contains(name) {
+            let mut known: Vec<&str> = self.clusters.iter().copied().collect();
+            known.sort_unstable();
+            let hint = match crate::suggest::closest(name, known.iter().copied()) {
+                Some(close) => format!("did you mean `{close}`? "),
+                None => String::new(),
+            };
+            let declared = if known.is_empty() {
+                "no clusters are declared".to_owned()
+            } else {
+                format!("declared: {}", crate::suggest::list(&known))
+            };
+            self.say(
+                at.clone(),
+                format!(
+                    "no cluster named `{name}`; {hint}declare it under `clusters` ({declared})"
+                ),
+            );
+        }
+    }
+
+    fn route_match(&mut self, at: &FieldPath, m: &RouteMatch) {
+        for (hi, host) in m.hosts.iter().enumerate() {
+            if let Err(e) = check_host_pattern(host) {
+                self.say(at.key("hosts").index(hi), e);
+            }
+        }
+        match &m.path {
+            None => {}
+            Some(PathMatch::Exact(path)) => self.absolute(&at.key("path").key("exact"), path),
+            Some(PathMatch::Prefix(path)) => self.absolute(&at.key("path").key("prefix"), path),
+            Some(PathMatch::Regex(re)) => {
+                if let Err(e) = regex::Regex::new(re) {
+                    self.say(at.key("path").key("regex"), regex_problem(&e));
+                }
+            }
+        }
+        for (mi, method) in m.methods.iter().enumerate() {
+            let at = at.key("methods").index(mi);
+            if method.bytes().any(|b| b.is_ascii_lowercase()) {
+                self.say(
+                    at,
+                    format!(
+                        "`{method}`: methods are case-sensitive and written in upper case; \
+                         write `{}`",
+                        method.to_ascii_uppercase()
+                    ),
+                );
+            } else if Method::from_bytes(method.as_bytes()).is_err() {
+                self.say(
+                    at,
+                    format!(
+                        "{method:?} is not an HTTP method: give an upper-case token like `GET`, \
+                         `POST` or `PURGE`"
+                    ),
+                );
+            }
+        }
+        for (hi, h) in m.headers.iter().enumerate() {
+            let at = at.key("headers").index(hi);
+            if let Err(e) = check_header_name(&h.name) {
+                self.say(at.key("name"), e);
+            }
+            if let Some(exact) = &h.exact {
+                if HeaderValue::from_str(exact).is_err() {
+                    self.say(
+                        at.key("exact"),
+                        format!(
+                            "{exact:?} can never match: header values are visible ASCII, \
+                             spaces and tabs"
+                        ),
+                    );
+                }
+            }
+            self.value_condition(&at, h.exact.is_some(), h.regex.as_deref(), h.present);
+        }
+        for (qi, q) in m.query.iter().enumerate() {
+            let at = at.key("query").index(qi);
+            if q.name.is_empty() {
+                self.say(
+                    at.key("name"),
+                    "the query parameter name is empty; give the name as it appears before `=`",
+                );
+            }
+            self.value_condition(&at, q.exact.is_some(), q.regex.as_deref(), q.present);
+        }
+    }
+
+    /// At most one of `exact`, `regex`, `present`; the regex compiles (on bytes, as the route
+    /// compiler does: header values need not be UTF-8).
+    fn value_condition(
+        &mut self,
+        at: &FieldPath,
+        exact: bool,
+        regex: Option<&str>,
+        present: Option<bool>,
+    ) {
+        let given: Vec<&str> = [
+            (exact, "exact"),
+            (regex.is_some(), "regex"),
+            (present.is_some(), "present"),
+        ]
+        .into_iter()
+        .filter_map(|(given, name)| given.then_some(name))
+        .collect();
+        if let [first, rest @ ..] = given.as_slice() {
+            for extra in rest {
+                self.say_at_key(
+                    at.key(extra),
+                    format!(
+                        "give at most one of `exact`, `regex` and `present`; `{first}` is \
+                         already given"
+                    ),
+                );
+            }
+        }
+        if let Some(re) = regex {
+            if let Err(e) = regex::bytes::Regex::new(re) {
+                self.say(at.key("regex"), regex_problem(&e));
+            }
+        }
+    }
+
+    fn absolute(&mut self, at: &FieldPath, path: &str) {
+        if !path.starts_with('/') {
+            self.say(
+                at.clone(),
+                format!(
+                    "{path:?} must start with `/`, like `/{}`",
+                    path.trim_start_matches('/')
+                ),
+            );
+        }
+    }
+
+    fn redirect(&mut self, at: &FieldPath, redirect: &Redirect) {
+        if let Some(scheme) = &redirect.scheme {
+            if scheme != "http" && scheme != "https" {
+                self.say(
+                    at.key("scheme"),
+                    format!("{scheme:?}: allowed `http` or `https`"),
+                );
+            }
+        }
+        if let Some(host) = &redirect.host {
+            let bad = host.is_empty()
+                || !host.is_ascii()
+                || host.bytes().any(|b| {
+                    b.is_ascii_whitespace() || b.is_ascii_control() || b"/?#@".contains(&b)
+                });
+            if bad {
+                self.say(
+                    at.key("host"),
+                    format!("{host:?} is not a host name: give a name like `www.example.com`"),
+                );
+            } else if host_without_port(host) != host {
+                self.say(
+                    at.key("host"),
+                    format!(
+                        "{host:?} has a port; write the host alone (`{}`) and the port in \
+                         `redirect.port`",
+                        host_without_port(host)
+                    ),
+                );
+            }
+        }
+        if redirect.port == Some(0) {
+            self.say(at.key("port"), "port 0: allowed 1 to 65535");
+        }
+        if let Some(path) = &redirect.path {
+            self.absolute(&at.key("path"), path);
+        }
+        if !REDIRECT_STATUSES.contains(&redirect.status) {
+            self.say(
+                at.key("status"),
+                format!(
+                    "{}: allowed 301, 302, 303, 307 or 308 (default 301)",
+                    redirect.status
+                ),
+            );
+        }
+        let changes_nothing = redirect.scheme.is_none()
+            && redirect.host.is_none()
+            && redirect.port.is_none()
+            && redirect.path.is_none();
+        if changes_nothing {
+            self.say(
+                at.clone(),
+                "this redirect sends clients back to the URL they asked for, a loop: set at \
+                 least one of `scheme`, `host`, `port` and `path`",
+            );
+        }
+    }
+
+    fn direct_response(&mut self, at: &FieldPath, direct: &DirectResponse) {
+        if !(200..=599).contains(&direct.status) {
+            self.say(
+                at.key("status"),
+                format!("{}: allowed 200 to 599", direct.status),
+            );
+        }
+        if direct.content_type.is_empty() || HeaderValue::from_str(&direct.content_type).is_err() {
+            self.say(
+                at.key("content_type"),
+                format!(
+                    "{:?} is not a valid header value: give a media type like `text/plain; \
+                     charset=utf-8` or `application/json`",
+                    direct.content_type
+                ),
+            );
+        }
+    }
+
+    fn rewrite(&mut self, at: &FieldPath, rewrite: &Rewrite, path_match: Option<&PathMatch>) {
+        if let Some(prefix) = &rewrite.path_prefix {
+            if rewrite.path.is_some() {
+                self.say_at_key(
+                    at.key("path_prefix"),
+                    "give either `path_prefix` (replace the matched prefix) or `path` (replace \
+                     the whole path), not both",
+                );
+            } else if !matches!(path_match, Some(PathMatch::Prefix(_))) {
+                let what = match path_match {
+                    None => "no path match",
+                    Some(PathMatch::Exact(_)) => "an `exact` path match",
+                    Some(_) => "a `regex` path match",
+                };
+                self.say_at_key(
+                    at.key("path_prefix"),
+                    format!(
+                        "`path_prefix` replaces what `match.path.prefix` matched, and this route \
+                         has {what}; match with `prefix`, or use `rewrite.path`"
+                    ),
+                );
+            }
+            if !prefix.is_empty() {
+                self.absolute(&at.key("path_prefix"), prefix);
+            }
+        }
+        if let Some(path) = &rewrite.path {
+            self.absolute(&at.key("path"), path);
+        }
+        if let Some(host) = &rewrite.host {
+            if host.parse::<http::uri::Authority>().is_err() || host.contains('@') {
+                self.say(
+                    at.key("host"),
+                    format!(
+                        "{host:?} is not a host: give a name, optionally with a port, like \
+                         `api.internal` or `api.internal:8080`"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn header_edits(&mut self, at: &FieldPath, edits: &HeaderEdits) {
+        for (which, map) in [("set", &edits.set), ("add", &edits.add)] {
+            let mut seen: HashMap<String, &str> = HashMap::new();
+            for (name, value) in map {
+                let at = at.key(which).key(name);
+                if let Err(e) = check_header_name(name) {
+                    self.say_at_key(at, e);
+                    continue;
+                }
+                if let Some(first) = seen.insert(name.to_ascii_lowercase(), name) {
+                    self.say_at_key(
+                        at.clone(),
+                        format!(
+                            "`{name}` and `{first}` are the same header (names are \
+                             case-insensitive); keep one"
+                        ),
+                    );
+                }
+                if HeaderValue::from_str(value).is_err() {
+                    self.say(
+                        at,
+                        format!(
+                            "{value:?} is not a valid header value: visible ASCII, spaces and \
+                             tabs only"
+                        ),
+                    );
+                }
+            }
+        }
+        for (i, name) in edits.remove.iter().enumerate() {
+            if let Err(e) = check_header_name(name) {
+                self.say(at.key("remove").index(i), e);
+            }
+        }
+    }
+
+    fn cluster(&mut self, at: &FieldPath, cluster: &Cluster) {
+        if cluster.connect_timeout.get().is_zero() {
+            self.say(
+                at.key("connect_timeout"),
+                "0s would fail every connection: give a time above 0, like `1s` (the default)",
+            );
+        }
+        let hashing = matches!(
+            cluster.load_balancer,
+            LoadBalancer::RingHash | LoadBalancer::Maglev
+        );
+        let balancer = match cluster.load_balancer {
+            LoadBalancer::RoundRobin => "round_robin",
+            LoadBalancer::Random => "random",
+            LoadBalancer::LeastRequest => "least_request",
+            LoadBalancer::PeakEwma => "peak_ewma",
+            LoadBalancer::RingHash => "ring_hash",
+            LoadBalancer::Maglev => "maglev",
+        };
+        match (&cluster.hash_on, hashing) {
+            (None, true) => self.problems.push(Problem {
+                field: at.key("hash_on"),
+                at: At::Field(at.key("load_balancer")),
+                message: format!(
+                    "`{balancer}` needs `hash_on`: `{{ header: NAME }}`, `{{ cookie: NAME }}` \
+                     or `client_ip`"
+                ),
+            }),
+            (Some(_), false) => self.say_at_key(
+                at.key("hash_on"),
+                format!(
+                    "`hash_on` is only for `ring_hash` and `maglev`, and this cluster uses \
+                     `{balancer}`; remove it or change `load_balancer`"
+                ),
+            ),
+            (Some(HashOn::Header(name)), true) => {
+                if let Err(e) = check_header_name(name) {
+                    self.say(at.key("hash_on").key("header"), e);
+                }
+            }
+            (Some(HashOn::Cookie(name)), true) => {
+                let token = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+                if !token {
+                    self.say(
+                        at.key("hash_on").key("cookie"),
+                        format!(
+                            "{name:?} is not a cookie name: letters, digits and \
+                             !#$%&'*+-.^_`|~ only, like `session`"
+                        ),
+                    );
+                }
+            }
+            (Some(HashOn::ClientIp), true) | (None, false) => {}
+        }
+        if cluster.max_idle_per_endpoint > MAX_IDLE_PER_ENDPOINT {
+            self.say(
+                at.key("max_idle_per_endpoint"),
+                format!(
+                    "{}: allowed 0 (no pooling) to {MAX_IDLE_PER_ENDPOINT}; the default is 64",
+                    cluster.max_idle_per_endpoint
+                ),
+            );
+        }
+        if cluster.endpoints.is_empty() {
+            self.say(
+                at.key("endpoints"),
+                "a cluster needs at least one endpoint, like `[{ address: 127.0.0.1:9001 }]`",
+            );
+        }
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        for (ei, endpoint) in cluster.endpoints.iter().enumerate() {
+            let at = at.key("endpoints").index(ei);
+            let address = endpoint.address;
+            if address.port() == 0 || address.ip().is_unspecified() {
+                self.say(
+                    at.key("address"),
+                    format!(
+                        "{address} cannot be connected to: give the endpoint's own IP and a \
+                         port from 1 to 65535"
+                    ),
+                );
+            } else if let Some(&first) = seen.get(&address) {
+                self.say(
+                    at.key("address"),
+                    format!(
+                        "{address} is already endpoints[{first}] of this cluster; list it once \
+                         and raise its `weight` instead"
+                    ),
+                );
+            } else {
+                seen.insert(address, ei);
+            }
+            if !(1..=MAX_ENDPOINT_WEIGHT).contains(&endpoint.weight) {
+                self.say(
+                    at.key("weight"),
+                    format!(
+                        "weight {}: allowed 1 to {MAX_ENDPOINT_WEIGHT}",
+                        endpoint.weight
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// How `address` collides with `other`, which [`overlaps`] it.
+fn clash(other: SocketAddr, address: SocketAddr) -> String {
+    if other == address {
+        "is already used by".to_owned()
+    } else {
+        format!("overlaps {other} (an unspecified address takes the port on every interface) of")
+    }
+}
+
+/// Two listener addresses that cannot both be bound: equal, or the same port and family where
+/// one of them is the unspecified address.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn check_header_name(name: &str) -> Result<(), String> {
+    match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(_) => Ok(()),
+        Err(_) if name.starts_with(':') => Err(format!(
+            "`{name}` is an HTTP/2 pseudo-header, not a header name; match the host with \
+             `hosts`, the path with `path`, the method with `methods`"
+        )),
+        Err(_) => Err(format!(
+            "{name:?} is not a valid header name: letters, digits and !#$%&'*+-.^_`|~ only, \
+             like `x-request-id`"
+        )),
+    }
+}
+
+/// The rules the route table applies to `match.hosts`, so a config that validates also loads.
+fn check_host_pattern(pattern: &str) -> Result<(), String> {
+    const WILDCARD: &str = "a wildcard is allowed only as a whole leading label, as in \
+                            `*.example.com`";
+    if pattern.is_empty() {
+        return Err("empty host; leave `hosts` out to match any host".to_owned());
+    }
+    if !pattern.is_ascii() {
+        return Err(format!(
+            "`{pattern}` is not ASCII; write the punycode (`xn--`) form"
+        ));
+    }
+    if pattern
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(format!(
+            "`{pattern}` contains whitespace or a control character"
+        ));
+    }
+    let host = host_without_port(pattern);
+    if host != pattern {
+        return Err(format!(
+            "`{pattern}` has a port; hosts are matched without the port, write `{host}`"
+        ));
+    }
+    match pattern.strip_prefix('*') {
+        Some(suffix) if !suffix.starts_with('.') || suffix.len() < 2 || suffix.contains('*') => {
+            Err(format!("`{pattern}`: {WILDCARD}"))
+        }
+        Some(_) => Ok(()),
+        None if pattern.contains('*') => Err(format!("`{pattern}`: {WILDCARD}")),
+        None if pattern.starts_with('.') => Err(format!(
+            "`{pattern}` starts with an empty label; for a wildcard write `*{pattern}`"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `host:port` → `host`; an IPv6 literal keeps its brackets; anything else is returned whole.
+fn host_without_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => authority.get(..=end).unwrap_or(authority),
+            None => authority,
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => authority,
+    }
+}
+
+/// One line out of the regex crate's multi-line error (pattern, caret, reason).
+fn regex_problem(e: &regex::Error) -> String {
+    let reason = match e {
+        regex::Error::Syntax(text) => text
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("error: "))
+            .unwrap_or(text.as_str())
+            .trim()
+            .to_owned(),
+        regex::Error::CompiledTooBig(limit) => {
+            format!("it compiles to more than the {limit}-byte limit; simplify it")
+        }
+        other => other.to_string(),
+    };
+    format!("invalid regular expression: {reason} (RE2 syntax, see https://docs.rs/regex)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns_follow_the_route_table() {
+        for ok in [
+            "example.com",
+            "*.example.com",
+            "[::1]",
+            "10.0.0.1",
+            "API.Example.com",
+        ] {
+            assert_eq!(check_host_pattern(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "a.*.com",
+            "*example.com",
+            "**.a.com",
+            ".example.com",
+            "example.com:8080",
+            "[::1]:80",
+            "exa mple.com",
+            "bücher.de",
+        ] {
+            assert!(check_host_pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn regex_errors_fit_on_one_line() {
+        // Built at run time: clippy checks literal patterns, and this one is bad on purpose.
+        let pattern = ["(", "a"].concat();
+        let e = regex::Regex::new(&pattern).expect_err("unclosed group");
+        let message = regex_problem(&e);
+        assert!(!message.contains('\n'), "{message}");
+        assert!(message.contains("unclosed group"), "{message}");
+    }
+
+    #[test]
+    fn overlapping_listener_addresses() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("test address");
+        assert!(overlaps(addr("127.0.0.1:80"), addr("127.0.0.1:80")));
+        assert!(overlaps(addr("0.0.0.0:80"), addr("127.0.0.1:80")));
+        assert!(!overlaps(addr("127.0.0.1:80"), addr("127.0.0.2:80")));
+        assert!(!overlaps(addr("0.0.0.0:80"), addr("[::1]:80")));
+        assert!(!overlaps(addr("0.0.0.0:80"), addr("0.0.0.0:81")));
+    }
 }
