@@ -1,4 +1,17 @@
-//! Strait's data plane.
+//! Strait's data plane: listeners, protocol detection, HTTP forwarding with routing, balancing,
+//! filters and timeouts, the admin server, and the runtime that ties them to worker threads.
+//!
+//! The pure decision logic ([`route`], [`balance`]) is public so benchmarks and fuzz targets can
+//! reach it; the I/O layers are private and wired in one place per direction ([`gateway`] for
+//! HTTP listeners).
 
+mod admin;
 pub mod balance;
+pub mod detect;
+mod gateway;
+pub mod http;
+pub mod listener;
 pub mod route;
+mod runtime;
+
+pub use runtime::{run, ProxyOptions, StartError};

@@ -1,0 +1,127 @@
+//! The admin server, on its own address and the control thread (never on a worker):
+//! `/ready`, `/live`, `/config_dump`, `/clusters`, `/drain`.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::runtime::Shared;
+
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| answer(req, Arc::clone(&shared)));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ready") => {
+            if shared.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (&Method::GET, "/config_dump") => {
+            let snapshot = shared.snapshot.load();
+            let error = shared.last_reload_error.load_full();
+            json_reply(&json!({
+                "version": snapshot.version,
+                "last_reload_unix": shared.last_reload_unix.load(Ordering::Relaxed),
+                "reload_failures": shared.reload_failures.load(Ordering::Relaxed),
+                "last_reload_error": error.as_deref(),
+                "config": &*snapshot.config,
+            }))
+        }
+        (&Method::GET, "/clusters") => {
+            let snapshot = shared.snapshot.load();
+            let clusters: Vec<_> = snapshot
+                .clusters
+                .iter()
+                .map(|c| {
+                    let endpoints: Vec<_> = c
+                        .source()
+                        .endpoints
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| {
+                            let stats = c.balancer.stats(i);
+                            json!({
+                                "address": e.address.to_string(),
+                                "weight": e.weight,
+                                "healthy": stats.is_none_or(|s| s.is_healthy()),
+                                "in_flight": stats.map_or(0, |s| s.in_flight()),
+                                "ewma_latency_ms": stats.map_or(0.0, |s| s.ewma_latency().as_secs_f64() * 1e3),
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "name": &*c.name,
+                        "protocol": c.source().protocol,
+                        "load_balancer": c.source().load_balancer,
+                        "endpoints": endpoints,
+                    })
+                })
+                .collect();
+            json_reply(&json!(clusters))
+        }
+        (&Method::POST, "/drain") => {
+            shared.drain();
+            text(StatusCode::OK, "draining\n")
+        }
+        (_, "/ready" | "/live" | "/config_dump" | "/clusters" | "/drain") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try GET /ready /live /config_dump /clusters, POST /drain\n",
+        ),
+    };
+    Ok(reply)
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
+fn json_reply(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,685 @@
+//! The HTTP request path of a listener, top to bottom. Reading this file tells the whole story
+//! of a request:
+//!
+//! ```text
+//! load snapshot ─► find listener ─► route match ─┬─ direct response ─► reply
+//!                                                ├─ redirect ─────────► reply
+//!                                                └─ forward:
+//!   strip hop-by-hop ─► forwarding headers ─► rewrite ─► header edits ─► weighted split
+//!   ─► balancer pick ─► mirror (sampled) ─► pooled connection ─► send with route timeout
+//!   ─► response: upgrade tunnel | header edits ─► streamed body (idle timer, pool return)
+//! ```
+//!
+//! Errors the proxy generates carry `x-strait-error: <cause>` and a one-line body; gRPC
+//! requests get the matching `grpc-status` instead of a bare HTTP error.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use strait_config::{HashOn, UpstreamProtocol};
+
+use crate::balance::hash_key;
+use crate::http::body::{RequestBody, ResponseBody, TeeBody, UpstreamBody};
+use crate::http::headers::{self, Hop, X_STRAIT_ERROR};
+use crate::http::pool::{ConnectError, Pool};
+use crate::route::{self, MatchInfo, RequestView};
+use crate::runtime::snapshot::{ClusterPlan, ListenerPlan, RouteAction, RouteKind, Snapshot};
+use crate::runtime::Worker;
+
+/// Largest request body copied for a mirror; bigger bodies are forwarded but not mirrored.
+const MIRROR_BODY_LIMIT: usize = 1 << 20;
+
+/// What a connection knows about itself, shared by its requests.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub worker: Rc<Worker>,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+/// Serves one request from a client connection.
+pub(crate) async fn serve(
+    req: Request<Incoming>,
+    conn: Rc<Connection>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let snapshot = conn.worker.snapshot();
+    let grpc = is_grpc(&req);
+    let Some(listener) = snapshot.listener(conn.local) else {
+        // The listener was removed by a reload while this connection stayed open.
+        return Ok(local_reply(grpc, Cause::NoRoute, "listener removed"));
+    };
+    let host = request_host(&req);
+    let found = {
+        let view = RequestView {
+            method: req.method(),
+            host: host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        listener.routes.find_with_match(&view)
+    };
+    let Some((action, matched)) = found else {
+        return Ok(local_reply(
+            grpc,
+            Cause::NoRoute,
+            "no route matches the request",
+        ));
+    };
+    tracing::trace!(listener = %listener.name, route = %action.name, "route matched");
+    let mut response = match &action.kind {
+        RouteKind::Direct {
+            status,
+            body,
+            content_type,
+        } => {
+            let mut resp = Response::new(ResponseBody::full(body.clone()));
+            *resp.status_mut() = *status;
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, content_type.clone());
+            resp
+        }
+        RouteKind::Redirect { redirect, status } => {
+            let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+            let location = route::redirect_location(
+                redirect,
+                "http",
+                host,
+                req.uri().path(),
+                req.uri().query(),
+            );
+            let mut resp = Response::new(ResponseBody::empty());
+            *resp.status_mut() = *status;
+            match HeaderValue::try_from(location) {
+                Ok(v) => {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                Err(_) => {
+                    return Ok(local_reply(
+                        grpc,
+                        Cause::BadRequest,
+                        "redirect target is not a valid URL",
+                    ))
+                }
+            }
+            resp
+        }
+        RouteKind::Forward(_) => {
+            forward(req, &conn, &snapshot, listener, action, matched, host, grpc).await
+        }
+    };
+    action.response_headers.apply(response.headers_mut());
+    if let Some(via) = &listener.proxy_headers.via {
+        headers::append_via(response.headers_mut(), "1.1", via);
+    }
+    Ok(response)
+}
+
+/// Sends a request upstream and streams the answer back.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    mut req: Request<Incoming>,
+    conn: &Connection,
+    snapshot: &Arc<Snapshot>,
+    listener: &ListenerPlan,
+    action: &RouteAction,
+    matched: MatchInfo,
+    host: Option<HeaderValue>,
+    grpc: bool,
+) -> Response<ResponseBody> {
+    let RouteKind::Forward(split) = &action.kind else {
+        return local_reply(grpc, Cause::NoRoute, "route does not forward");
+    };
+    let Some(cluster) = split
+        .pick(fastrand::u32(..))
+        .and_then(|&i| snapshot.clusters.get(i))
+    else {
+        return local_reply(
+            grpc,
+            Cause::NoHealthyEndpoint,
+            "every backend of the route has weight 0",
+        );
+    };
+    let hash = request_hash(cluster, &req, conn.peer.ip());
+    let Some(endpoint) = cluster.balancer.pick(hash) else {
+        return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
+    };
+    let (Some(&addr), Some(stats)) = (
+        cluster.endpoints.get(endpoint),
+        cluster.balancer.stats_arc(endpoint),
+    ) else {
+        return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
+    };
+
+    // An HTTP/1 upgrade keeps its `upgrade` headers and becomes a byte tunnel on 101.
+    let upgrade = req.version() == Version::HTTP_11
+        && cluster.protocol == UpstreamProtocol::Http1
+        && headers::is_upgrade_request(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let version = version_label(req.version());
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+    let hop = Hop {
+        client_ip: conn.peer.ip(),
+        scheme: "http",
+        host: host_text,
+        version,
+    };
+    headers::add_forwarding_headers(&mut parts.headers, &listener.proxy_headers, &hop);
+
+    let mut upstream_host = host.clone();
+    let mut new_path: Option<String> = None;
+    if let Some(rewrite) = &action.rewrite {
+        if let Some(full) = &rewrite.path {
+            new_path = Some(full.clone());
+        } else if let (Some(prefix), Some(len)) = (&rewrite.path_prefix, matched.prefix_len) {
+            new_path = Some(route::rewrite_prefix(parts.uri.path(), len, prefix));
+        }
+        if let Some(h) = &rewrite.host {
+            upstream_host = HeaderValue::from_str(h).ok();
+        }
+    }
+    action.request_headers.apply(&mut parts.headers);
+    let uri = match upstream_uri(
+        &parts.uri,
+        new_path.as_deref(),
+        upstream_host.as_ref(),
+        cluster.protocol,
+    ) {
+        Ok(uri) => uri,
+        Err(message) => return local_reply(grpc, Cause::BadRequest, message),
+    };
+    parts.uri = uri;
+    match cluster.protocol {
+        UpstreamProtocol::Http2 => {
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+        }
+        _ => {
+            parts.version = Version::HTTP_11;
+            if let Some(h) = upstream_host.clone() {
+                parts.headers.insert(header::HOST, h);
+            }
+        }
+    }
+
+    let body = match action.mirror {
+        Some(m) if fastrand::f64() * 100.0 < m.percent => match snapshot.clusters.get(m.cluster) {
+            Some(mirror_cluster) => {
+                let copy = MirrorCopy {
+                    method: parts.method.clone(),
+                    uri: parts.uri.clone(),
+                    headers: parts.headers.clone(),
+                    host: upstream_host.clone(),
+                };
+                if http_body::Body::is_end_stream(&body) {
+                    spawn_mirror(
+                        &conn.worker,
+                        Arc::clone(mirror_cluster),
+                        copy,
+                        None,
+                        action.timeout,
+                    );
+                    RequestBody::Streaming(body)
+                } else {
+                    let (tee, copied) = TeeBody::new(body, MIRROR_BODY_LIMIT);
+                    spawn_mirror(
+                        &conn.worker,
+                        Arc::clone(mirror_cluster),
+                        copy,
+                        Some(copied),
+                        action.timeout,
+                    );
+                    RequestBody::Teed(tee)
+                }
+            }
+            None => RequestBody::Streaming(body),
+        },
+        _ => RequestBody::Streaming(body),
+    };
+    let request = Request::from_parts(parts, body);
+
+    let in_flight = stats.start_request();
+    let started = Instant::now();
+    let pool = &conn.worker.pool;
+    let sent = send(pool, cluster, addr, request, upgrade);
+    let outcome = match action.timeout {
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                return local_reply(
+                    grpc,
+                    Cause::RequestTimeout,
+                    format!("no response from {addr} within {limit:?}"),
+                )
+            }
+        },
+        None => sent.await,
+    };
+    let (mut response, reuse) = match outcome {
+        Ok(ok) => ok,
+        Err(SendError::Connect(e)) if e.is_timeout() => {
+            return local_reply(grpc, Cause::ConnectTimeout, e.to_string())
+        }
+        Err(SendError::Connect(e)) => {
+            return local_reply(grpc, Cause::ConnectFailed, e.to_string())
+        }
+        Err(SendError::Upstream(e)) => {
+            return local_reply(grpc, Cause::UpstreamReset, format!("{addr}: {e}"))
+        }
+    };
+    stats.observe_latency(started.elapsed());
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::task::spawn_local(tunnel(client_upgrade, upstream_upgrade, in_flight));
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, ResponseBody::empty());
+        }
+    }
+    headers::strip_hop_by_hop(response.headers_mut(), false);
+    let (parts, body) = response.into_parts();
+    let reuse = reuse.map(|c| (Rc::clone(pool), c));
+    let body = UpstreamBody::new(body, Some(in_flight), reuse, action.idle_timeout);
+    Response::from_parts(parts, ResponseBody::Upstream(body))
+}
+
+/// Why sending upstream failed.
+enum SendError {
+    Connect(ConnectError),
+    Upstream(hyper::Error),
+}
+
+type Sent = (Response<Incoming>, Option<crate::http::pool::PooledHttp1>);
+
+/// Sends on a pooled connection. A request that a reused HTTP/1 connection did not take (the
+/// upstream closed it while idle) goes again on a new connection: it was never sent, so this is
+/// safe for any method.
+async fn send(
+    pool: &Pool,
+    cluster: &ClusterPlan,
+    addr: SocketAddr,
+    request: Request<RequestBody>,
+    upgrade: bool,
+) -> Result<Sent, SendError> {
+    match cluster.protocol {
+        UpstreamProtocol::Http2 => {
+            let mut sender = pool
+                .http2(addr, cluster.connect_timeout)
+                .await
+                .map_err(SendError::Connect)?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(SendError::Upstream)?;
+            Ok((response, None))
+        }
+        _ => {
+            let max_idle = cluster.max_idle_per_endpoint;
+            let mut conn = pool
+                .http1(addr, cluster.connect_timeout, max_idle)
+                .await
+                .map_err(SendError::Connect)?;
+            let response = match conn.sender.try_send_request(request).await {
+                Ok(response) => response,
+                Err(mut failed) => match failed.take_message() {
+                    Some(request) if conn.reused => {
+                        conn = pool
+                            .connect_http1(addr, cluster.connect_timeout, max_idle)
+                            .await
+                            .map_err(SendError::Connect)?;
+                        conn.sender
+                            .send_request(request)
+                            .await
+                            .map_err(SendError::Upstream)?
+                    }
+                    _ => return Err(SendError::Upstream(failed.into_error())),
+                },
+            };
+            // An upgraded connection becomes the tunnel; it never returns to the pool.
+            Ok((response, (!upgrade).then_some(conn)))
+        }
+    }
+}
+
+/// Copies bytes both ways once client and upstream have both switched protocols.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _in_flight: crate::balance::InFlight,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+/// The request and headers a mirror copy is made of.
+struct MirrorCopy {
+    method: Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    host: Option<HeaderValue>,
+}
+
+/// Sends a copy of a request to the mirror cluster once its body has streamed; the answer is
+/// read and dropped. Nothing here can affect the client's request.
+fn spawn_mirror(
+    worker: &Rc<Worker>,
+    cluster: Arc<ClusterPlan>,
+    copy: MirrorCopy,
+    body: Option<tokio::sync::oneshot::Receiver<Bytes>>,
+    timeout: Option<std::time::Duration>,
+) {
+    let worker = Rc::clone(worker);
+    tokio::task::spawn_local(async move {
+        let body = match body {
+            Some(rx) => match rx.await {
+                Ok(b) => b,
+                Err(_) => {
+                    tracing::debug!(cluster = %cluster.name, "mirror skipped: body too large or failed");
+                    return;
+                }
+            },
+            None => Bytes::new(),
+        };
+        let Some(endpoint) = cluster.balancer.pick(None) else {
+            return;
+        };
+        let Some(&addr) = cluster.endpoints.get(endpoint) else {
+            return;
+        };
+        let shadow_host = copy
+            .host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(shadow_host);
+        let mut headers = copy.headers;
+        let mut uri = copy.uri;
+        if let Some(h) = shadow_host
+            .as_deref()
+            .and_then(|h| HeaderValue::from_str(h).ok())
+        {
+            uri = upstream_uri(&uri, None, Some(&h), cluster.protocol).unwrap_or(uri);
+            if cluster.protocol == UpstreamProtocol::Http2 {
+                headers.remove(header::HOST);
+            } else {
+                headers.insert(header::HOST, h);
+            }
+        }
+        let mut request = Request::new(RequestBody::Full((!body.is_empty()).then_some(body)));
+        *request.method_mut() = copy.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        *request.version_mut() = match cluster.protocol {
+            UpstreamProtocol::Http2 => Version::HTTP_2,
+            _ => Version::HTTP_11,
+        };
+        let limit = timeout.unwrap_or(std::time::Duration::from_secs(15));
+        let exchange = async {
+            let (response, reuse) = send(&worker.pool, &cluster, addr, request, false)
+                .await
+                .ok()?;
+            let body = UpstreamBody::new(
+                response.into_body(),
+                None,
+                reuse.map(|c| (Rc::clone(&worker.pool), c)),
+                None,
+            );
+            http_body_util::BodyExt::collect(body).await.ok()
+        };
+        if tokio::time::timeout(limit, exchange)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            tracing::debug!(cluster = %cluster.name, %addr, "mirror request failed");
+        }
+    });
+}
+
+/// `api.example.com:8080` → `api.example.com-shadow:8080` (the shadow marker goes on the name).
+fn shadow_host(host: &str) -> String {
+    let name = route::host_without_port(host);
+    let port = &host[name.len()..];
+    format!("{name}-shadow{port}")
+}
+
+/// The request's host: `:authority` for HTTP/2 (and absolute-form HTTP/1), else `Host`.
+fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if let Some(authority) = req.uri().authority() {
+        return HeaderValue::from_str(authority.as_str()).ok();
+    }
+    req.headers().get(header::HOST).cloned()
+}
+
+/// The URI sent upstream: origin-form for HTTP/1 (the host travels in `Host`), absolute for
+/// HTTP/2 (`:scheme` and `:authority` are required there).
+fn upstream_uri(
+    uri: &Uri,
+    new_path: Option<&str>,
+    host: Option<&HeaderValue>,
+    protocol: UpstreamProtocol,
+) -> Result<Uri, &'static str> {
+    let path_and_query = match new_path {
+        Some(path) => {
+            let joined = match uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            PathAndQuery::try_from(joined).map_err(|_| "rewritten path is not a valid URI path")?
+        }
+        None => uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
+    let mut builder = Uri::builder();
+    if protocol == UpstreamProtocol::Http2 {
+        let authority = host
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .ok_or("request has no valid host")?;
+        builder = builder.scheme(Scheme::HTTP).authority(authority);
+    }
+    builder
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| "invalid request URI")
+}
+
+/// The value a hashing balancer hashes, when the cluster has one and the request carries it.
+fn request_hash<B>(cluster: &ClusterPlan, req: &Request<B>, client_ip: IpAddr) -> Option<u64> {
+    match cluster.hash_on.as_ref()? {
+        HashOn::Header(name) => req
+            .headers()
+            .get(name.as_str())
+            .map(|v| hash_key(v.as_bytes())),
+        HashOn::Cookie(name) => cookie(req.headers(), name).map(|v| hash_key(v.as_bytes())),
+        HashOn::ClientIp => Some(match client_ip {
+            IpAddr::V4(v4) => hash_key(&v4.octets()),
+            IpAddr::V6(v6) => hash_key(&v6.octets()),
+        }),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// The value of cookie `name` from the `cookie` headers.
+fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn version_label(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_2 => "2",
+        Version::HTTP_10 => "1.0",
+        _ => "1.1",
+    }
+}
+
+/// Causes of replies the proxy makes itself; the name is the `x-strait-error` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    NoRoute,
+    BadRequest,
+    NoHealthyEndpoint,
+    ConnectFailed,
+    ConnectTimeout,
+    RequestTimeout,
+    UpstreamReset,
+}
+
+impl Cause {
+    fn name(self) -> &'static str {
+        match self {
+            Cause::NoRoute => "no_route",
+            Cause::BadRequest => "bad_request",
+            Cause::NoHealthyEndpoint => "no_healthy_endpoint",
+            Cause::ConnectFailed => "connect_failed",
+            Cause::ConnectTimeout => "connect_timeout",
+            Cause::RequestTimeout => "request_timeout",
+            Cause::UpstreamReset => "upstream_reset",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Cause::NoRoute => StatusCode::NOT_FOUND,
+            Cause::BadRequest => StatusCode::BAD_REQUEST,
+            Cause::NoHealthyEndpoint | Cause::ConnectFailed | Cause::ConnectTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Cause::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Cause::UpstreamReset => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The gRPC status a gRPC client gets instead (gRPC's HTTP-to-status mapping).
+    fn grpc_status(self) -> &'static str {
+        match self {
+            Cause::NoRoute => "12",       // UNIMPLEMENTED
+            Cause::BadRequest => "13",    // INTERNAL
+            Cause::RequestTimeout => "4", // DEADLINE_EXCEEDED
+            _ => "14",                    // UNAVAILABLE
+        }
+    }
+}
+
+/// A reply made by the proxy: status, `x-strait-error`, and a one-line body saying what
+/// happened. gRPC clients get HTTP 200 with `grpc-status`/`grpc-message`, which is what their
+/// libraries read.
+pub(crate) fn local_reply(
+    grpc: bool,
+    cause: Cause,
+    detail: impl std::fmt::Display,
+) -> Response<ResponseBody> {
+    let text = format!("{}: {detail}", cause.name());
+    let mut resp = if grpc {
+        let mut resp = Response::new(ResponseBody::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static(cause.grpc_status()));
+        if let Ok(v) =
+            HeaderValue::from_str(&text.replace(|c: char| !c.is_ascii_graphic() && c != ' ', ""))
+        {
+            h.insert("grpc-message", v);
+        }
+        resp
+    } else {
+        let mut resp = Response::new(ResponseBody::full(text + "\n"));
+        *resp.status_mut() = cause.status();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    };
+    resp.headers_mut().insert(
+        X_STRAIT_ERROR.clone(),
+        HeaderValue::from_static(cause.name()),
+    );
+    resp
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_marker_goes_before_the_port() {
+        assert_eq!(shadow_host("api.example.com"), "api.example.com-shadow");
+        assert_eq!(
+            shadow_host("api.example.com:8080"),
+            "api.example.com-shadow:8080"
+        );
+    }
+
+    #[test]
+    fn upstream_uris_fit_the_protocol() {
+        let uri: Uri = "/a/b?x=1".parse().unwrap();
+        let host = HeaderValue::from_static("svc.local:80");
+        let h1 = upstream_uri(&uri, Some("/v1/b"), Some(&host), UpstreamProtocol::Http1).unwrap();
+        assert_eq!(h1, "/v1/b?x=1");
+        let h2 = upstream_uri(&uri, None, Some(&host), UpstreamProtocol::Http2).unwrap();
+        assert_eq!(h2, "http://svc.local:80/a/b?x=1");
+        assert!(upstream_uri(&uri, None, None, UpstreamProtocol::Http2).is_err());
+    }
+
+    #[test]
+    fn cookies_are_found_among_several() {
+        let mut h = http::HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; session=abc"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(cookie(&h, "session"), Some("abc"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "c"), None);
+    }
+
+    #[test]
+    fn grpc_clients_get_grpc_status() {
+        let r = local_reply(true, Cause::RequestTimeout, "slow");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "4");
+        let r = local_reply(false, Cause::ConnectFailed, "refused");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["x-strait-error"], "connect_failed");
+    }
+}

@@ -1,0 +1,285 @@
+//! The bodies that cross the proxy: request bodies on their way upstream, response bodies on
+//! their way back. Both stream frame by frame; nothing here buffers a whole body except the
+//! bounded copy kept for a mirror.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+use crate::balance::InFlight;
+use crate::http::pool::{Pool, PooledHttp1};
+
+/// Boxed error crossing the body boundary (what hyper expects).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body sent upstream.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// The client's body, streamed as it arrives.
+    Streaming(Incoming),
+    /// The client's body, streamed, with a bounded copy kept for a mirror.
+    Teed(TeeBody),
+    /// A body already in memory (mirrors, generated requests); `None` once sent.
+    Full(Option<Bytes>),
+}
+
+impl RequestBody {
+    /// A body with no bytes.
+    pub fn empty() -> Self {
+        RequestBody::Full(None)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Teed(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streaming(b) => b.is_end_stream(),
+            RequestBody::Teed(b) => b.inner.is_end_stream(),
+            RequestBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streaming(b) => b.size_hint(),
+            RequestBody::Teed(b) => b.inner.size_hint(),
+            RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            RequestBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Streams the client's body upstream and keeps a copy of up to `limit` bytes; when the body
+/// ends, the copy goes to whoever waits on the receiver (the mirror). A body over the limit, or
+/// one that fails, sends nothing: a mirror never sees a truncated request.
+#[derive(Debug)]
+pub struct TeeBody {
+    inner: Incoming,
+    copy: Vec<Bytes>,
+    copied: usize,
+    limit: usize,
+    done: Option<oneshot::Sender<Bytes>>,
+}
+
+impl TeeBody {
+    /// Wraps `inner`; the receiver gets the whole body once it has streamed.
+    pub fn new(inner: Incoming, limit: usize) -> (Self, oneshot::Receiver<Bytes>) {
+        let (tx, rx) = oneshot::channel();
+        let tee = TeeBody {
+            inner,
+            copy: Vec::new(),
+            copied: 0,
+            limit,
+            done: Some(tx),
+        };
+        (tee, rx)
+    }
+
+    fn finish(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let whole = match self.copy.len() {
+                0 => Bytes::new(),
+                1 => self.copy.pop().unwrap_or_default(),
+                _ => Bytes::from(self.copy.concat()),
+            };
+            let _ = tx.send(whole);
+        }
+    }
+}
+
+impl Body for TeeBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    this.copied += data.len();
+                    if this.copied > this.limit {
+                        this.done = None;
+                        this.copy = Vec::new();
+                    } else if this.done.is_some() {
+                        this.copy.push(data.clone());
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Some(Err(_)) => this.done = None,
+            None => this.finish(),
+        }
+        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+    }
+}
+
+/// A response body sent to the client.
+#[derive(Debug)]
+pub enum ResponseBody {
+    /// An upstream's body, streamed.
+    Upstream(UpstreamBody),
+    /// A body made by the proxy (errors, redirects, direct responses); `None` once sent.
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    /// A body with no bytes.
+    pub fn empty() -> Self {
+        ResponseBody::Full(None)
+    }
+
+    /// A body from static or owned bytes.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        ResponseBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(b) => b.inner.is_end_stream(),
+            ResponseBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(b) => b.inner.size_hint(),
+            ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// An upstream response body on its way to the client. It holds what must live exactly as long
+/// as the response: the endpoint's in-flight count, the HTTP/1 connection (returned to the pool
+/// only when the body completed, so it is clean for the next request), and the route's stream
+/// idle timer.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    in_flight: Option<InFlight>,
+    reuse: Option<(Rc<Pool>, PooledHttp1)>,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+}
+
+/// Why a response body stopped early.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body idle for longer than {0:?}")]
+pub struct StreamIdleTimeout(Duration);
+
+impl UpstreamBody {
+    /// Wraps an upstream body. `reuse`: an HTTP/1 connection to give back once the body ended.
+    pub fn new(
+        inner: Incoming,
+        in_flight: Option<InFlight>,
+        reuse: Option<(Rc<Pool>, PooledHttp1)>,
+        idle_timeout: Option<Duration>,
+    ) -> Self {
+        let idle = idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+        let mut body = UpstreamBody {
+            inner,
+            in_flight,
+            reuse,
+            idle,
+        };
+        if body.inner.is_end_stream() {
+            body.complete();
+        }
+        body
+    }
+
+    fn complete(&mut self) {
+        self.in_flight = None;
+        if let Some((pool, conn)) = self.reuse.take() {
+            pool.put_http1(conn);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let frame = match polled {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if let Some((limit, sleep)) = &mut this.idle {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        // Dropping the connection (not returning it) resets the stream upstream.
+                        this.reuse = None;
+                        this.in_flight = None;
+                        return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout(*limit)))));
+                    }
+                }
+                return Poll::Pending;
+            }
+        };
+        match &frame {
+            Some(Ok(_)) => {
+                if let Some((limit, sleep)) = &mut this.idle {
+                    sleep.as_mut().reset(Instant::now() + *limit);
+                }
+                if this.inner.is_end_stream() {
+                    this.complete();
+                }
+            }
+            Some(Err(_)) => this.reuse = None,
+            None => this.complete(),
+        }
+        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+use std::future::Future as _;

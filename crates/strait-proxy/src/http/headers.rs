@@ -1,0 +1,346 @@
+//! Header work on the request and response path: hop-by-hop removal (RFC 9110 §7.6.1), the
+//! standard forwarding headers, request ids, and the per-route header edits compiled from
+//! config.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use strait_config::{ForwardedMode, HeaderEdits, ProxyHeaders};
+
+/// `x-request-id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-forwarded-for`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The header naming the cause of an error the proxy generated.
+pub static X_STRAIT_ERROR: HeaderName = HeaderName::from_static("x-strait-error");
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers. `te: trailers` survives (gRPC needs it end to end); for an
+/// upgrade, `upgrade` survives and `connection: upgrade` is written back. `trailer` is not
+/// hop-by-hop in RFC 9110 (it was in RFC 2616) and must survive: an HTTP/1 hop sends only the
+/// trailer fields it declares.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in `connection` are hop-by-hop too (RFC 9110 §7.6.1).
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    if let Some(te) = headers.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(header::TE);
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// True for an HTTP/1 `Upgrade` request (WebSocket and friends).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// What a hop knows about the request it forwards.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// `http` or `https`, as the client reached us.
+    pub scheme: &'static str,
+    /// The request's host (authority) as received.
+    pub host: &'a str,
+    /// The HTTP version for `via` (`1.1`, `2`).
+    pub version: &'static str,
+}
+
+/// Writes `x-forwarded-for`, `x-forwarded-proto`, `forwarded`, `via` and `x-request-id` as
+/// the listener's settings say.
+pub fn add_forwarding_headers(headers: &mut HeaderMap, cfg: &ProxyHeaders, hop: &Hop<'_>) {
+    let ip = hop.client_ip.to_string();
+    match cfg.x_forwarded_for {
+        ForwardedMode::Append => {
+            let value = fold_all(headers, &X_FORWARDED_FOR)
+                .map_or_else(|| ip.clone(), |all| format!("{all}, {ip}"));
+            set(headers, X_FORWARDED_FOR.clone(), &value);
+        }
+        ForwardedMode::Replace => set(headers, X_FORWARDED_FOR.clone(), &ip),
+        _ => {}
+    }
+    match cfg.x_forwarded_proto {
+        ForwardedMode::Append if !headers.contains_key(&X_FORWARDED_PROTO) => {
+            headers.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(hop.scheme),
+            );
+        }
+        ForwardedMode::Replace => {
+            headers.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(hop.scheme),
+            );
+        }
+        _ => {}
+    }
+    if !matches!(cfg.forwarded, ForwardedMode::Untouched) {
+        let node = match hop.client_ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let mut element = format!("for={node};proto={}", hop.scheme);
+        if is_token(hop.host) {
+            element.push_str(";host=");
+            element.push_str(hop.host);
+        } else if !hop.host.is_empty() {
+            element.push_str(&format!(";host=\"{}\"", hop.host.replace('"', "")));
+        }
+        let value = match (cfg.forwarded, fold_all(headers, &header::FORWARDED)) {
+            (ForwardedMode::Append, Some(prior)) => format!("{prior}, {element}"),
+            _ => element,
+        };
+        set(headers, header::FORWARDED, &value);
+    }
+    if let Some(via) = &cfg.via {
+        append_via(headers, hop.version, via);
+    }
+    if cfg.request_id && !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID.clone(), new_request_id());
+    }
+}
+
+/// Appends this proxy to `via`.
+pub fn append_via(headers: &mut HeaderMap, version: &'static str, via: &str) {
+    let hop = format!("{version} {via}");
+    let value =
+        fold_all(headers, &header::VIA).map_or(hop.clone(), |prior| format!("{prior}, {hop}"));
+    set(headers, header::VIA, &value);
+}
+
+/// All values of a header joined with `, `, or `None` when absent or not text.
+fn fold_all(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in headers.get_all(name) {
+        let v = v.to_str().ok()?.trim();
+        if v.is_empty() {
+            continue;
+        }
+        match &mut out {
+            Some(s) => {
+                s.push_str(", ");
+                s.push_str(v);
+            }
+            None => out = Some(v.to_owned()),
+        }
+    }
+    out
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    // Every value written here is built from addresses, header text that already parsed, or
+    // config validated as header-safe, so a failure can only drop this hop's addition.
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:".contains(&b))
+}
+
+/// A new random request id: 32 lower-case hex digits (128 bits).
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    let (hi, lo) = (fastrand::u64(..), fastrand::u64(..));
+    for (i, slot) in out.iter_mut().enumerate() {
+        let word = if i < 16 { hi } else { lo };
+        let nibble = (word >> ((i % 16) * 4)) & 0xf;
+        *slot = HEX[nibble as usize];
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// A route's header edits, parsed once when the config is compiled.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledEdits {
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A header name or value in the config that HTTP does not allow.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid header {0:?}")]
+pub struct InvalidHeader(String);
+
+impl CompiledEdits {
+    /// Parses the names and values.
+    pub fn compile(edits: &HeaderEdits) -> Result<Self, InvalidHeader> {
+        let name =
+            |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|_| InvalidHeader(n.to_owned()));
+        let pair = |(n, v): (&String, &String)| -> Result<_, InvalidHeader> {
+            Ok((
+                name(n)?,
+                HeaderValue::from_str(v).map_err(|_| InvalidHeader(format!("{n}: {v}")))?,
+            ))
+        };
+        Ok(CompiledEdits {
+            remove: edits
+                .remove
+                .iter()
+                .map(|n| name(n))
+                .collect::<Result<_, _>>()?,
+            set: edits.set.iter().map(pair).collect::<Result<_, _>>()?,
+            add: edits.add.iter().map(pair).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    /// Applies remove, then set, then add.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn te_trailers_and_upgrades_survive() {
+        let mut h = map(&[
+            ("te", "trailers"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarding_headers_follow_the_modes() {
+        let hop = Hop {
+            client_ip: "10.0.0.9".parse().unwrap(),
+            scheme: "http",
+            host: "a.example",
+            version: "1.1",
+        };
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
+        let cfg = ProxyHeaders {
+            forwarded: ForwardedMode::Append,
+            via: Some("strait".into()),
+            ..Default::default()
+        };
+        add_forwarding_headers(&mut h, &cfg, &hop);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["forwarded"], "for=10.0.0.9;proto=http;host=a.example");
+        assert_eq!(h["via"], "1.1 strait");
+        assert_eq!(h["x-request-id"].len(), 32);
+
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-request-id", "abc")]);
+        let cfg = ProxyHeaders {
+            x_forwarded_for: ForwardedMode::Replace,
+            ..Default::default()
+        };
+        add_forwarding_headers(&mut h, &cfg, &hop);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-request-id"], "abc");
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn request_ids_differ() {
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn edits_apply_remove_set_add_in_order() {
+        let edits = HeaderEdits {
+            set: [("x-a".to_owned(), "1".to_owned())].into(),
+            add: [("x-a".to_owned(), "2".to_owned())].into(),
+            remove: vec!["x-gone".to_owned(), "x-a".to_owned()],
+        };
+        let compiled = CompiledEdits::compile(&edits).unwrap();
+        let mut h = map(&[("x-a", "0"), ("x-gone", "1")]);
+        compiled.apply(&mut h);
+        let values: Vec<_> = h.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert!(!h.contains_key("x-gone"));
+    }
+}

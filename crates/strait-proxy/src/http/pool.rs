@@ -1,0 +1,197 @@
+//! Per-worker upstream connection pools. Each worker thread owns one `Pool`: no locks, no
+//! atomics, no sharing. HTTP/1 connections carry one request at a time and go back to the idle
+//! list only when their response body completed; an HTTP/2 connection is shared by all of the
+//! worker's requests to that endpoint.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::http::body::RequestBody;
+use crate::http::LocalExec;
+
+/// Why no connection to an endpoint could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connect did not finish within the cluster's `connect_timeout`.
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    Timeout {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The cluster's connect timeout.
+        timeout: Duration,
+    },
+    /// The TCP connect failed (refused, unreachable).
+    #[error("connect to {addr}: {source}")]
+    Io {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The HTTP handshake on a new connection failed.
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What hyper said.
+        source: hyper::Error,
+    },
+}
+
+impl ConnectError {
+    /// True when the cause was the connect timeout (503 `connect_timeout` rather than
+    /// `connect_failed`).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ConnectError::Timeout { .. })
+    }
+}
+
+/// An HTTP/1 connection checked out of the pool for one request.
+#[derive(Debug)]
+pub struct PooledHttp1 {
+    addr: SocketAddr,
+    max_idle: usize,
+    /// Whether this connection served an earlier request (a failure to send on it may just mean
+    /// the upstream closed it while idle, and the request can go on a new one).
+    pub reused: bool,
+    /// The connection's request sender.
+    pub sender: http1::SendRequest<RequestBody>,
+}
+
+/// One worker's connections to every endpoint it talks to.
+#[derive(Debug, Default)]
+pub struct Pool {
+    http1_idle: RefCell<HashMap<SocketAddr, Vec<http1::SendRequest<RequestBody>>>>,
+    http2: RefCell<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
+}
+
+impl Pool {
+    /// An idle HTTP/1 connection to `addr`, or a new one.
+    pub async fn http1(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        max_idle: usize,
+    ) -> Result<PooledHttp1, ConnectError> {
+        while let Some(mut sender) = self.pop_idle_http1(addr) {
+            // `ready` also waits out the moment between a response's last byte and hyper
+            // marking the connection free; an error means the upstream closed it.
+            if sender.ready().await.is_ok() {
+                return Ok(PooledHttp1 {
+                    addr,
+                    max_idle,
+                    reused: true,
+                    sender,
+                });
+            }
+        }
+        self.connect_http1(addr, connect_timeout, max_idle).await
+    }
+
+    /// Always a new HTTP/1 connection (for a retry after a stale pooled one failed).
+    pub async fn connect_http1(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        max_idle: usize,
+    ) -> Result<PooledHttp1, ConnectError> {
+        let io = connect(addr, connect_timeout).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(PooledHttp1 {
+            addr,
+            max_idle,
+            reused: false,
+            sender,
+        })
+    }
+
+    fn pop_idle_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = self.http1_idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some(sender) = list.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Gives back a connection whose response completed.
+    pub fn put_http1(&self, conn: PooledHttp1) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.http1_idle.borrow_mut();
+        let list = idle.entry(conn.addr).or_default();
+        if list.len() < conn.max_idle {
+            list.push(conn.sender);
+        }
+    }
+
+    /// The worker's HTTP/2 connection to `addr`, opened when there is none or it closed.
+    pub async fn http2(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
+        if let Some(sender) = self.http2.borrow().get(&addr) {
+            if sender.is_ready() {
+                return Ok(sender.clone());
+            }
+        }
+        let io = connect(addr, connect_timeout).await?;
+        let (sender, conn) = http2::Builder::new(LocalExec)
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(io)
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        self.http2.borrow_mut().insert(addr, sender.clone());
+        Ok(sender)
+    }
+
+    /// Number of idle HTTP/1 and open HTTP/2 connections to `addr` (for `/clusters`).
+    pub fn connections_to(&self, addr: SocketAddr) -> usize {
+        let h1 = self.http1_idle.borrow().get(&addr).map_or(0, Vec::len);
+        let h2 = usize::from(
+            self.http2
+                .borrow()
+                .get(&addr)
+                .is_some_and(|s| !s.is_closed()),
+        );
+        h1 + h2
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStream>, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+        Err(_) => return Err(ConnectError::Timeout { addr, timeout }),
+    };
+    // Small request/response exchanges must not wait for Nagle.
+    stream
+        .set_nodelay(true)
+        .map_err(|source| ConnectError::Io { addr, source })?;
+    Ok(TokioIo::new(stream))
+}

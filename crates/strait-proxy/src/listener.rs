@@ -1,0 +1,69 @@
+//! Listening sockets: one `SO_REUSEPORT` socket per listener per worker, so the kernel spreads
+//! new connections across workers and no worker waits on another's accept.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::gateway::Connection;
+use crate::http::server::serve_connection;
+use crate::runtime::Worker;
+
+/// Binds `addr` with `SO_REUSEPORT` (each worker binds its own socket).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts until `stop` turns true; connections accepted before keep going, and drain when
+/// `stop` turns true (they watch the same signal).
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    address: SocketAddr,
+    worker: Rc<Worker>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut stop_accepting = stop.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop_accepting.wait_for(|s| *s) => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let conn = Rc::new(Connection {
+                    worker: Rc::clone(&worker),
+                    local: address,
+                    peer,
+                });
+                let guard = worker.connection_opened();
+                // Read per connection so a reload that changes the timeout applies to new ones.
+                let idle_timeout = worker
+                    .snapshot()
+                    .listener(address)
+                    .and_then(|l| l.idle_timeout);
+                let drain = stop.clone();
+                tokio::task::spawn_local(async move {
+                    serve_connection(stream, conn, idle_timeout, drain).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: back off instead of spinning.
+                tracing::warn!(%address, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::debug!(%address, "listener closed");
+}

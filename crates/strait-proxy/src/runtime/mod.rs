@@ -1,0 +1,430 @@
+//! The process: worker threads that forward traffic, and one control thread for everything
+//! else (admin server, signals, config reloads).
+//!
+//! Each worker is a thread with a current-thread tokio runtime, its own `SO_REUSEPORT` sockets
+//! and its own upstream pool, so nothing is locked on the hot path. Workers read the current
+//! [`Snapshot`] through an `ArcSwap` and are told of new ones through a watch channel, on which
+//! they bind listeners that appeared and close ones that went away.
+
+pub mod snapshot;
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::watch;
+use tokio::task::LocalSet;
+
+use crate::http::pool::Pool;
+use crate::listener;
+pub use snapshot::Snapshot;
+
+/// How the proxy is started (the bootstrap lane: flags, not config).
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// The static config file, re-read on SIGHUP and when it changes.
+    pub config_path: PathBuf,
+    /// Worker threads; overrides the file's `workers`. Default: the file's, else one per core.
+    pub workers: Option<usize>,
+    /// How often the config file is checked for changes. Default: 1 s.
+    pub watch_interval: Duration,
+}
+
+impl ProxyOptions {
+    /// Options for a config file, with defaults for the rest.
+    pub fn new(config_path: impl Into<PathBuf>) -> Self {
+        ProxyOptions {
+            config_path: config_path.into(),
+            workers: None,
+            watch_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The config file is invalid.
+    #[error("{0}")]
+    Config(#[from] strait_config::ConfigErrors),
+    /// The config is valid but could not be compiled.
+    #[error("{0}")]
+    Compile(#[from] snapshot::CompileError),
+    /// A listener or the admin address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A thread or runtime could not be created.
+    #[error("cannot start: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// State shared by the workers and the control thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The config every new request reads.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Tells workers a new snapshot is in place (its version).
+    pub updated: watch::Sender<u64>,
+    /// Turns true when the proxy drains: stop accepting, finish what is in flight.
+    pub draining: watch::Sender<bool>,
+    /// Open client connections across all workers.
+    pub connections: AtomicUsize,
+    /// Reloads rejected since start.
+    pub reload_failures: AtomicU64,
+    /// Unix time of the last applied config, seconds.
+    pub last_reload_unix: AtomicU64,
+    /// Why the last rejected reload was rejected, until a later one succeeds.
+    pub last_reload_error: ArcSwapOption<String>,
+    pub config_path: PathBuf,
+}
+
+impl Shared {
+    /// Validates and compiles the config file and swaps it in. Invalid configs change nothing.
+    pub fn reload(&self) -> Result<u64, String> {
+        let text = std::fs::read_to_string(&self.config_path)
+            .map_err(|e| format!("{}: cannot read: {e}", self.config_path.display()))?;
+        self.apply_text(&text)
+    }
+
+    fn apply_text(&self, text: &str) -> Result<u64, String> {
+        let result = strait_config::parse(text, &self.config_path.display().to_string())
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                let old = self.snapshot.load();
+                Snapshot::compile(config, old.version + 1, Some(&old)).map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(snapshot) => {
+                let version = snapshot.version;
+                self.snapshot.store(Arc::new(snapshot));
+                self.last_reload_error.store(None);
+                self.last_reload_unix.store(unix_now(), Ordering::Relaxed);
+                self.updated.send_replace(version);
+                tracing::info!(version, "config applied");
+                Ok(version)
+            }
+            Err(e) => Err(self.reject(e)),
+        }
+    }
+
+    /// Records a rejected config: counted, logged, shown on `/config_dump`.
+    fn reject(&self, reason: String) -> String {
+        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+        self.last_reload_error.store(Some(Arc::new(reason.clone())));
+        tracing::error!("config rejected, still serving the previous one:\n{reason}");
+        reason
+    }
+
+    /// Starts draining (idempotent).
+    pub fn drain(&self) {
+        if !self.draining.send_replace(true) {
+            tracing::info!("draining: no new connections, finishing in-flight requests");
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One worker thread's state, shared by its connections through `Rc`.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub shared: Arc<Shared>,
+    pub pool: Rc<Pool>,
+    open: Cell<usize>,
+}
+
+impl Worker {
+    /// The current snapshot; a request loads it once and keeps it to the end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Counts a connection until the guard drops.
+    pub fn connection_opened(self: &Rc<Self>) -> ConnectionGuard {
+        self.open.set(self.open.get() + 1);
+        self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            worker: Rc::clone(self),
+        }
+    }
+}
+
+/// Decrements the connection counts when a connection ends.
+#[derive(Debug)]
+pub(crate) struct ConnectionGuard {
+    worker: Rc<Worker>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.worker
+            .open
+            .set(self.worker.open.get().saturating_sub(1));
+        self.worker
+            .shared
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs the proxy until SIGTERM/SIGINT and the drain that follows. Blocks the calling thread,
+/// which becomes the control thread.
+pub fn run(options: ProxyOptions) -> Result<(), StartError> {
+    let config = strait_config::load(&options.config_path)?;
+    let workers = options
+        .workers
+        .or(config.workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let admin_addr = config.admin.address;
+    let snapshot = Snapshot::compile(config, 1, None)?;
+    let (updated, _) = watch::channel(1);
+    let (draining, _) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        updated,
+        draining,
+        connections: AtomicUsize::new(0),
+        reload_failures: AtomicU64::new(0),
+        last_reload_unix: AtomicU64::new(unix_now()),
+        last_reload_error: ArcSwapOption::empty(),
+        config_path: options.config_path.clone(),
+    });
+
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    // The admin address is bound before the workers start so a clash fails the start cleanly.
+    let admin = control
+        .block_on(async { tokio::net::TcpListener::bind(admin_addr).await })
+        .map_err(|source| StartError::Bind {
+            addr: admin_addr,
+            source,
+        })?;
+
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    for id in 0..workers {
+        let shared = Arc::clone(&shared);
+        let bound_tx = bound_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("strait-worker-{id}"))
+            .spawn(move || worker_main(shared, bound_tx))
+            .map_err(StartError::Runtime)?;
+    }
+    drop(bound_tx);
+    for _ in 0..workers {
+        match bound_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(StartError::Runtime(std::io::Error::other(
+                    "a worker thread died at start",
+                )))
+            }
+        }
+    }
+    let listeners: Vec<String> = shared
+        .snapshot
+        .load()
+        .listeners
+        .iter()
+        .map(|l| format!("{}={}", l.name, l.address))
+        .collect();
+    tracing::info!(workers, admin = %admin_addr, listeners = ?listeners, "strait proxy started");
+
+    control.block_on(control_main(shared, admin, options.watch_interval));
+    Ok(())
+}
+
+/// The control thread: admin server, signals, file watching, and the final drain.
+async fn control_main(
+    shared: Arc<Shared>,
+    admin: tokio::net::TcpListener,
+    watch_interval: Duration,
+) {
+    tokio::spawn(crate::admin::serve(admin, Arc::clone(&shared)));
+    tokio::spawn(watch_config_file(Arc::clone(&shared), watch_interval));
+    wait_for_signals(&shared).await;
+
+    shared.drain();
+    let drain_timeout = shared.snapshot.load().config.drain_timeout.get();
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    while shared.connections.load(Ordering::Relaxed) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                open = shared.connections.load(Ordering::Relaxed),
+                "drain timeout reached; closing remaining connections"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("stopped");
+}
+
+/// Returns on SIGTERM or SIGINT; SIGHUP reloads the config.
+async fn wait_for_signals(shared: &Shared) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the proxy with SIGKILL");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading config");
+                let _ = shared.reload();
+            }
+        }
+    }
+}
+
+/// Re-reads the config file when its content changes. Content is compared rather than mtime so
+/// that Kubernetes ConfigMap symlink swaps and editors that rename are both seen.
+async fn watch_config_file(shared: Arc<Shared>, interval: Duration) {
+    let mut last = std::fs::read(&shared.config_path).ok();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(now) = std::fs::read(&shared.config_path) else {
+            continue;
+        };
+        if last.as_deref() == Some(now.as_slice()) {
+            continue;
+        }
+        last = Some(now.clone());
+        match String::from_utf8(now) {
+            Ok(text) => {
+                tracing::info!(path = %shared.config_path.display(), "config file changed");
+                let _ = shared.apply_text(&text);
+            }
+            Err(_) => {
+                shared.reject(format!("{}: not UTF-8 text", shared.config_path.display()));
+            }
+        }
+    }
+}
+
+/// A listener this worker accepts on, and the switch that closes it.
+struct Bound {
+    stop: watch::Sender<bool>,
+}
+
+fn worker_main(shared: Arc<Shared>, bound: std::sync::mpsc::Sender<Result<(), StartError>>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = bound.send(Err(StartError::Runtime(e)));
+            return;
+        }
+    };
+    let local = LocalSet::new();
+    local.block_on(&runtime, async move {
+        let worker = Rc::new(Worker {
+            shared: Arc::clone(&shared),
+            pool: Rc::new(Pool::default()),
+            open: Cell::new(0),
+        });
+        let mut listeners: HashMap<SocketAddr, Bound> = HashMap::new();
+        let first = reconcile_listeners(&worker, &mut listeners);
+        let started = first.is_ok();
+        let _ = bound.send(first);
+        if !started {
+            return;
+        }
+        let mut updated = shared.updated.subscribe();
+        let mut draining = shared.draining.subscribe();
+        loop {
+            tokio::select! {
+                changed = updated.changed() => {
+                    if changed.is_err() { break; }
+                    if let Err(e) = reconcile_listeners(&worker, &mut listeners) {
+                        tracing::error!("{e}");
+                    }
+                }
+                _ = draining.wait_for(|d| *d) => break,
+            }
+        }
+        for (_, b) in listeners.drain() {
+            b.stop.send_replace(true);
+        }
+        // Connections finish on their own; the control thread decides when the process exits.
+        while worker.open.get() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+/// Binds listeners that the snapshot has and this worker does not, and closes the ones it no
+/// longer has. Unchanged listeners keep their sockets and connections.
+fn reconcile_listeners(
+    worker: &Rc<Worker>,
+    listeners: &mut HashMap<SocketAddr, Bound>,
+) -> Result<(), StartError> {
+    if worker.shared.is_draining() {
+        return Ok(());
+    }
+    let snapshot = worker.snapshot();
+    let wanted: Vec<SocketAddr> = snapshot.listeners.iter().map(|l| l.address).collect();
+    listeners.retain(|addr, b| {
+        let keep = wanted.contains(addr);
+        if !keep {
+            tracing::info!(%addr, "listener removed; draining its connections");
+            b.stop.send_replace(true);
+        }
+        keep
+    });
+    let mut first_error = None;
+    for addr in wanted {
+        if listeners.contains_key(&addr) {
+            continue;
+        }
+        match listener::bind(addr) {
+            Ok(socket) => {
+                let (stop, stop_rx) = watch::channel(false);
+                tokio::task::spawn_local(listener::accept_loop(
+                    socket,
+                    addr,
+                    Rc::clone(worker),
+                    stop_rx,
+                ));
+                listeners.insert(addr, Bound { stop });
+            }
+            Err(source) => {
+                first_error.get_or_insert(StartError::Bind { addr, source });
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

@@ -1,0 +1,270 @@
+//! The compiled config a request reads: route tables, clusters with their balancers, header
+//! edits parsed once. A snapshot is immutable; an update compiles a new one off the hot path
+//! and swaps it in, and in-flight requests finish on the one they started with.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use strait_config::{Config, HashOn, ProxyHeaders, Redirect, Rewrite, UpstreamProtocol};
+
+use crate::balance::Balancer;
+use crate::http::headers::CompiledEdits;
+use crate::route::{RouteTable, WeightedSplit};
+
+/// Why a config that passed validation still could not be compiled.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct CompileError {
+    location: String,
+    message: String,
+}
+
+/// One version of the whole proxy config, ready to serve.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increments with every config applied; 1 for the first.
+    pub version: u64,
+    /// The config this was compiled from (for `/config_dump`).
+    pub config: Arc<Config>,
+    /// Listeners, looked up by local address.
+    pub listeners: Vec<ListenerPlan>,
+    /// Clusters; routes refer to them by index.
+    pub clusters: Vec<Arc<ClusterPlan>>,
+}
+
+impl Snapshot {
+    /// Compiles `config`. Clusters whose config did not change keep their live state
+    /// (balancer position, in-flight counts, latency estimates) from `previous`.
+    pub fn compile(
+        config: Config,
+        version: u64,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, CompileError> {
+        let clusters: Vec<Arc<ClusterPlan>> = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let reused = previous
+                    .and_then(|p| p.clusters.iter().find(|old| *old.name == *c.name))
+                    .filter(|old| old.source == *c);
+                match reused {
+                    Some(old) => Arc::clone(old),
+                    None => Arc::new(ClusterPlan::compile(c)),
+                }
+            })
+            .collect();
+        let cluster_index = |name: &str, location: &dyn Fn() -> String| {
+            clusters
+                .iter()
+                .position(|c| &*c.name == name)
+                .ok_or_else(|| CompileError {
+                    location: location(),
+                    message: format!("no cluster named {name:?}"),
+                })
+        };
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for (li, l) in config.listeners.iter().enumerate() {
+            let mut actions = Vec::with_capacity(l.routes.len());
+            for (ri, r) in l.routes.iter().enumerate() {
+                let at = || format!("listeners[{li}].routes[{ri}]");
+                let kind = if let Some(d) = &r.direct_response {
+                    let status = StatusCode::from_u16(d.status).map_err(|_| CompileError {
+                        location: at(),
+                        message: format!("invalid status {}", d.status),
+                    })?;
+                    let content_type =
+                        HeaderValue::from_str(&d.content_type).map_err(|_| CompileError {
+                            location: at(),
+                            message: format!("invalid content_type {:?}", d.content_type),
+                        })?;
+                    RouteKind::Direct {
+                        status,
+                        body: Bytes::from(d.body.clone()),
+                        content_type,
+                    }
+                } else if let Some(redirect) = &r.redirect {
+                    let status =
+                        StatusCode::from_u16(redirect.status).map_err(|_| CompileError {
+                            location: at(),
+                            message: format!("invalid redirect status {}", redirect.status),
+                        })?;
+                    RouteKind::Redirect {
+                        redirect: redirect.clone(),
+                        status,
+                    }
+                } else {
+                    let mut split = Vec::with_capacity(r.backends.len());
+                    for b in &r.backends {
+                        split.push((cluster_index(&b.cluster, &at)?, b.weight));
+                    }
+                    RouteKind::Forward(WeightedSplit::new(split))
+                };
+                let mirror = match &r.mirror {
+                    Some(m) => Some(MirrorPlan {
+                        cluster: cluster_index(&m.cluster, &at)?,
+                        percent: m.percent,
+                    }),
+                    None => None,
+                };
+                let edits = |e| {
+                    CompiledEdits::compile(e).map_err(|e| CompileError {
+                        location: at(),
+                        message: e.to_string(),
+                    })
+                };
+                let action = RouteAction {
+                    name: Arc::from(r.name.clone().unwrap_or_else(|| format!("route-{ri}"))),
+                    kind,
+                    rewrite: r.rewrite.clone(),
+                    request_headers: edits(&r.request_headers)?,
+                    response_headers: edits(&r.response_headers)?,
+                    mirror,
+                    timeout: r.timeout.non_zero(),
+                    idle_timeout: r.idle_timeout.non_zero(),
+                };
+                actions.push((&r.matches, action));
+            }
+            let routes = RouteTable::build(actions).map_err(|e| CompileError {
+                location: format!("listeners[{li}].routes[{}]", e.route),
+                message: e.message.clone(),
+            })?;
+            listeners.push(ListenerPlan {
+                name: Arc::from(l.name.as_str()),
+                address: l.address,
+                proxy_headers: l.proxy_headers.clone(),
+                idle_timeout: l.idle_timeout.non_zero(),
+                routes,
+            });
+        }
+        Ok(Snapshot {
+            version,
+            config: Arc::new(config),
+            listeners,
+            clusters,
+        })
+    }
+
+    /// The listener bound to `addr`.
+    pub fn listener(&self, addr: SocketAddr) -> Option<&ListenerPlan> {
+        self.listeners.iter().find(|l| l.address == addr)
+    }
+}
+
+/// A listener's compiled routes and settings.
+#[derive(Debug)]
+pub struct ListenerPlan {
+    /// Name from the config.
+    pub name: Arc<str>,
+    /// Bound address.
+    pub address: SocketAddr,
+    /// Forwarding-header settings.
+    pub proxy_headers: ProxyHeaders,
+    /// Keep-alive idle timeout.
+    pub idle_timeout: Option<Duration>,
+    /// Routes in declared order.
+    pub routes: RouteTable<RouteAction>,
+}
+
+/// What a matched route does.
+#[derive(Debug)]
+pub struct RouteAction {
+    /// Name from the config, or `route-<index>`.
+    pub name: Arc<str>,
+    /// Forward, redirect or answer directly.
+    pub kind: RouteKind,
+    /// Path and host rewrites.
+    pub rewrite: Option<Rewrite>,
+    /// Edits to the request sent upstream.
+    pub request_headers: CompiledEdits,
+    /// Edits to the response sent to the client.
+    pub response_headers: CompiledEdits,
+    /// Shadow traffic.
+    pub mirror: Option<MirrorPlan>,
+    /// Time allowed until the upstream's response head.
+    pub timeout: Option<Duration>,
+    /// Longest silence on the response body.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The three things a route can do with a request.
+#[derive(Debug)]
+pub enum RouteKind {
+    /// Send it to one of these clusters (indices into `Snapshot::clusters`), by weight.
+    Forward(WeightedSplit<usize>),
+    /// Answer with a redirect.
+    Redirect {
+        /// Where to.
+        redirect: Redirect,
+        /// 301, 302, 303, 307 or 308.
+        status: StatusCode,
+    },
+    /// Answer with a fixed response.
+    Direct {
+        /// Status.
+        status: StatusCode,
+        /// Body.
+        body: Bytes,
+        /// Its content type.
+        content_type: HeaderValue,
+    },
+}
+
+/// Where and how often a route mirrors.
+#[derive(Debug, Clone, Copy)]
+pub struct MirrorPlan {
+    /// Index into `Snapshot::clusters`.
+    pub cluster: usize,
+    /// 0 to 100.
+    pub percent: f64,
+}
+
+/// A cluster ready to pick endpoints.
+#[derive(Debug)]
+pub struct ClusterPlan {
+    /// Name from the config.
+    pub name: Arc<str>,
+    /// HTTP/1 or HTTP/2 to the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle HTTP/1 connections kept per endpoint per worker.
+    pub max_idle_per_endpoint: usize,
+    /// What hashing balancers hash.
+    pub hash_on: Option<HashOn>,
+    /// Endpoint addresses, in config order (indices match the balancer's).
+    pub endpoints: Vec<SocketAddr>,
+    /// Picks endpoints; holds their live stats.
+    pub balancer: Balancer,
+    source: strait_config::Cluster,
+}
+
+impl ClusterPlan {
+    fn compile(c: &strait_config::Cluster) -> Self {
+        // Hashing balancers place endpoints by address, so a change to one endpoint moves only
+        // its own keys.
+        let keys: Vec<String> = c.endpoints.iter().map(|e| e.address.to_string()).collect();
+        let keyed: Vec<(&[u8], u32)> = keys
+            .iter()
+            .map(|k| k.as_bytes())
+            .zip(c.endpoints.iter().map(|e| e.weight))
+            .collect();
+        ClusterPlan {
+            name: Arc::from(c.name.as_str()),
+            protocol: c.protocol,
+            connect_timeout: c.connect_timeout.get(),
+            max_idle_per_endpoint: c.max_idle_per_endpoint,
+            hash_on: c.hash_on.clone(),
+            endpoints: c.endpoints.iter().map(|e| e.address).collect(),
+            balancer: Balancer::keyed(c.load_balancer, &keyed),
+            source: c.clone(),
+        }
+    }
+
+    /// The config this cluster was compiled from.
+    pub fn source(&self) -> &strait_config::Cluster {
+        &self.source
+    }
+}
