@@ -1,0 +1,839 @@
+//! What a route does to a request on its way: header edits on both directions, path and host
+//! rewrites, redirects, fixed answers and mirroring.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_are_removed_then_set_then_added() {
+    let up = Upstream::echo("up").await;
+    let config = format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - backends: [{{ cluster: up }}]
+        request_headers:
+          remove: [x-remove-me, x-order]
+          set: {{ x-set-me: proxy, x-order: set, x-new: fresh }}
+          add: {{ x-add-me: proxy, x-order: added }}
+{}"#,
+        clusters_for(&[&up])
+    );
+    let proxy = Proxy::start(&config).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let req = request("GET", "edit.example.com", "/")
+            .header("x-remove-me", "client")
+            .header("x-set-me", "client")
+            .header("x-set-me", "client-again")
+            .header("x-add-me", "client")
+            .header("x-order", "client")
+            .header("x-untouched", "client")
+            .body(empty())
+            .expect("request");
+        let resp = within(REQUEST_LIMIT, "edited request", proxy.send(proto, req))
+            .await
+            .unwrap_or_else(|e| panic!("{proto:?}: {e}"));
+        assert_eq!(resp.status, StatusCode::OK, "{proto:?}");
+        let seen = resp.echo();
+        assert!(
+            !seen.has("x-remove-me"),
+            "{proto:?}: removed header reached upstream"
+        );
+        assert_eq!(
+            seen.header("x-set-me"),
+            ["proxy"],
+            "{proto:?}: set replaces all values"
+        );
+        assert_eq!(
+            seen.header("x-new"),
+            ["fresh"],
+            "{proto:?}: set creates the header"
+        );
+        assert_eq!(
+            seen.list("x-add-me"),
+            ["client", "proxy"],
+            "{proto:?}: add keeps the client's value"
+        );
+        assert_eq!(
+            seen.list("x-order"),
+            ["set", "added"],
+            "{proto:?}: edits apply in the order remove, set, add"
+        );
+        assert_eq!(seen.header("x-untouched"), ["client"], "{proto:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_headers_are_removed_then_set_then_added() {
+    let up = Upstream::echo("up").await;
+    let config = format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - backends: [{{ cluster: up }}]
+        response_headers:
+          remove: [server-secret, x-order]
+          set: {{ x-frame-options: DENY, x-order: set }}
+          add: {{ x-added: "1", x-order: added, cache-control: no-store }}
+{}"#,
+        clusters_for(&[&up])
+    );
+    let proxy = Proxy::start(&config).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let req = request("GET", "edit.example.com", "/")
+            .header("x-echo-set-header", "server-secret=hunter2")
+            .header("x-echo-set-header", "x-frame-options=SAMEORIGIN")
+            .header("x-echo-set-header", "x-order=upstream")
+            .header("x-echo-set-header", "cache-control=private")
+            .body(empty())
+            .expect("request");
+        let resp = within(REQUEST_LIMIT, "edited response", proxy.send(proto, req))
+            .await
+            .unwrap_or_else(|e| panic!("{proto:?}: {e}"));
+        assert_eq!(resp.status, StatusCode::OK, "{proto:?}");
+        assert_eq!(
+            resp.header("server-secret"),
+            None,
+            "{proto:?}: removed header reached client"
+        );
+        assert_eq!(
+            resp.header_all("x-frame-options"),
+            ["DENY"],
+            "{proto:?}: set replaces"
+        );
+        assert_eq!(resp.header_all("x-added"), ["1"], "{proto:?}: add creates");
+        let cache: Vec<String> = resp
+            .header_all("cache-control")
+            .iter()
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_owned()))
+            .collect();
+        assert_eq!(
+            cache,
+            ["private", "no-store"],
+            "{proto:?}: add keeps the upstream's value"
+        );
+        let order: Vec<String> = resp
+            .header_all("x-order")
+            .iter()
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_owned()))
+            .collect();
+        assert_eq!(
+            order,
+            ["set", "added"],
+            "{proto:?}: remove, then set, then add"
+        );
+        assert_eq!(resp.upstream(), "up");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrites_change_path_prefix_whole_path_and_host() {
+    let up = Upstream::echo("up").await;
+    let config = format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - match: {{ path: {{ prefix: /api }} }}
+        rewrite: {{ path_prefix: /v2 }}
+        backends: [{{ cluster: up }}]
+      - match: {{ path: {{ prefix: /old }} }}
+        rewrite: {{ path: /new/landing }}
+        backends: [{{ cluster: up }}]
+      - match: {{ path: {{ prefix: /hosted }} }}
+        rewrite: {{ host: internal.svc.local }}
+        backends: [{{ cluster: up }}]
+{}"#,
+        clusters_for(&[&up])
+    );
+    let proxy = Proxy::start(&config).await;
+    let cases = [
+        (
+            "/api/users?limit=5",
+            "/v2/users?limit=5",
+            "edge.example.com",
+        ),
+        ("/api", "/v2", "edge.example.com"),
+        ("/api/", "/v2/", "edge.example.com"),
+        (
+            "/old/anything/here?q=1&r=2",
+            "/new/landing?q=1&r=2",
+            "edge.example.com",
+        ),
+        ("/old", "/new/landing", "edge.example.com"),
+        ("/hosted/x?y=1", "/hosted/x?y=1", "internal.svc.local"),
+    ];
+    for proto in [Proto::H1, Proto::H2] {
+        for (sent, expected_path, expected_host) in cases {
+            let resp = within(
+                REQUEST_LIMIT,
+                "rewritten request",
+                proxy.send(proto, simple("GET", "edge.example.com", sent)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{proto:?} {sent}: {e}"));
+            assert_eq!(
+                resp.status,
+                StatusCode::OK,
+                "{proto:?} {sent}: {}",
+                resp.text()
+            );
+            let seen = resp.echo();
+            // An HTTP/1.1 upstream gets the origin form (RFC 9112 section 3.2.1).
+            assert_eq!(
+                seen.uri, expected_path,
+                "{proto:?} {sent}: request target upstream saw"
+            );
+            assert_eq!(
+                seen.header("host"),
+                [expected_host],
+                "{proto:?} {sent}: Host header upstream saw"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_build_location_and_use_each_status() {
+    let config = r#"
+listeners:
+  - name: main
+    address: ${LISTEN}
+    routes:
+      - match: { path: { prefix: /default } }
+        redirect: { scheme: https }
+      - match: { path: { prefix: /s302 } }
+        redirect: { host: new.example.com, status: 302 }
+      - match: { path: { prefix: /s303 } }
+        redirect: { path: /see-other, status: 303 }
+      - match: { path: { prefix: /s307 } }
+        redirect: { port: 8080, status: 307 }
+      - match: { path: { prefix: /s308 } }
+        redirect: { scheme: https, host: secure.example.com, port: 8443, path: /landing, status: 308 }
+      - match: { path: { prefix: /https-default-port } }
+        redirect: { scheme: https, port: 443 }
+"#;
+    let proxy = Proxy::start(config).await;
+    let cases = [
+        // (host, path, status, location)
+        (
+            "www.example.com",
+            "/default/a?x=1",
+            301,
+            "https://www.example.com/default/a?x=1",
+        ),
+        (
+            "www.example.com",
+            "/s302/b",
+            302,
+            "http://new.example.com/s302/b",
+        ),
+        (
+            "www.example.com:8000",
+            "/s302/b",
+            302,
+            "http://new.example.com:8000/s302/b",
+        ),
+        (
+            "www.example.com",
+            "/s303?keep=me",
+            303,
+            "http://www.example.com/see-other?keep=me",
+        ),
+        (
+            "www.example.com",
+            "/s307/c",
+            307,
+            "http://www.example.com:8080/s307/c",
+        ),
+        (
+            "www.example.com",
+            "/s308/d?q=2",
+            308,
+            "https://secure.example.com:8443/landing?q=2",
+        ),
+        (
+            "www.example.com",
+            "/https-default-port/e",
+            301,
+            "https://www.example.com/https-default-port/e",
+        ),
+    ];
+    for proto in [Proto::H1, Proto::H2] {
+        for (host, path, status, location) in cases {
+            let resp = within(
+                REQUEST_LIMIT,
+                "redirect",
+                proxy.send(proto, simple("GET", host, path)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{proto:?} {host}{path}: {e}"));
+            assert_eq!(
+                resp.status.as_u16(),
+                status,
+                "{proto:?} {host}{path}: status"
+            );
+            assert_eq!(
+                resp.header("location").as_deref(),
+                Some(location),
+                "{proto:?} {host}{path}: location"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_response_answers_with_status_body_and_content_type() {
+    let config = r#"
+listeners:
+  - name: main
+    address: ${LISTEN}
+    routes:
+      - match: { path: { exact: /maintenance } }
+        direct_response: { status: 503, body: "down for maintenance" }
+      - match: { path: { exact: /health } }
+        direct_response: { status: 200, body: '{"ok":true}', content_type: application/json }
+      - match: { path: { exact: /empty } }
+        direct_response: { status: 204 }
+"#;
+    let proxy = Proxy::start(config).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let send = |path: &'static str| proxy.send(proto, simple("GET", "any.example.com", path));
+        let r = within(REQUEST_LIMIT, "direct", send("/maintenance"))
+            .await
+            .expect("maintenance");
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{proto:?}");
+        assert_eq!(r.text(), "down for maintenance", "{proto:?}");
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("text/plain; charset=utf-8"),
+            "{proto:?}: default content type"
+        );
+        assert_eq!(
+            r.header("x-strait-error"),
+            None,
+            "{proto:?}: a configured answer is no error"
+        );
+
+        let r = within(REQUEST_LIMIT, "direct", send("/health"))
+            .await
+            .expect("health");
+        assert_eq!(r.status, StatusCode::OK, "{proto:?}");
+        assert_eq!(r.json()["ok"], serde_json::json!(true), "{proto:?}");
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/json"),
+            "{proto:?}"
+        );
+
+        let r = within(REQUEST_LIMIT, "direct", send("/empty"))
+            .await
+            .expect("empty");
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{proto:?}");
+        assert!(r.body.is_empty(), "{proto:?}");
+    }
+}
+
+fn mirror_config(primary: &Upstream, shadow: &Upstream, percent: Option<u32>) -> String {
+    let percent = percent
+        .map(|p| format!(", percent: {p}"))
+        .unwrap_or_default();
+    format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - backends: [{{ cluster: {p} }}]
+        mirror: {{ cluster: {s}{percent} }}
+{clusters}"#,
+        p = primary.name,
+        s = shadow.name,
+        clusters = clusters_for(&[primary, shadow])
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_sends_a_copy_with_shadow_host_and_ignores_its_answer() {
+    let primary = Upstream::echo("primary").await;
+    let shadow = Upstream::echo("shadow").await;
+    let proxy = Proxy::start(&mirror_config(&primary, &shadow, None)).await;
+
+    let body = vec![b'm'; 10_000];
+    let req = request("POST", "api.example.com", "/orders?id=7")
+        .header("x-trace", "abc")
+        .body(full(body))
+        .expect("request");
+    let resp = within(
+        REQUEST_LIMIT,
+        "mirrored request",
+        proxy.send(Proto::H1, req),
+    )
+    .await
+    .expect("mirrored request");
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(
+        resp.upstream(),
+        "primary",
+        "the client gets the primary's answer"
+    );
+
+    assert!(
+        eventually(Duration::from_secs(5), || async { shadow.hits() >= 1 }).await,
+        "the shadow never received the mirrored request"
+    );
+    // The copy arrives after its body has been read; wait for the record too.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !shadow.seen().is_empty()
+        })
+        .await,
+        "the shadow never finished reading the mirrored request"
+    );
+    let copy = &shadow.seen()[0];
+    assert_eq!(copy.method, "POST");
+    assert!(
+        copy.uri.ends_with("/orders?id=7"),
+        "mirrored uri {}",
+        copy.uri
+    );
+    assert_eq!(copy.host, "api.example.com-shadow", "mirrored host");
+    assert_eq!(
+        copy.header("x-trace").as_deref(),
+        Some("abc"),
+        "mirrored headers"
+    );
+    assert_eq!(copy.body_len, 10_000, "mirrored body");
+    assert_eq!(
+        primary.seen()[0].host,
+        "api.example.com",
+        "the primary keeps the real host"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_failure_or_slowness_never_reaches_the_client() {
+    // A slow shadow (3 s) must not delay the client...
+    let primary = Upstream::echo("primary").await;
+    let slow_shadow = Upstream::slow("slowshadow", Duration::from_secs(3)).await;
+    let proxy = Proxy::start(&mirror_config(&primary, &slow_shadow, None)).await;
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let resp = proxy.get("api.example.com", "/").await;
+        assert_eq!(resp.status, StatusCode::OK);
+        assert_eq!(resp.upstream(), "primary");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "3 requests took {:?}: the client waited for the slow mirror",
+        started.elapsed()
+    );
+    drop(proxy);
+
+    // ...and a shadow that refuses connections must not fail it.
+    let primary = Upstream::echo("primary").await;
+    let dead = free_addr();
+    let config = format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - backends: [{{ cluster: primary }}]
+        mirror: {{ cluster: dead }}
+{}  - name: dead
+    endpoints: [{{ address: "{dead}" }}]
+"#,
+        clusters_for(&[&primary])
+    );
+    let proxy = Proxy::start(&config).await;
+    for _ in 0..5 {
+        let resp = proxy.get("api.example.com", "/").await;
+        assert_eq!(
+            resp.status,
+            StatusCode::OK,
+            "mirror to a dead cluster: {}",
+            resp.text()
+        );
+        assert_eq!(resp.header("x-strait-error"), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_percent_50_copies_about_half() {
+    let primary = Upstream::echo("primary").await;
+    let shadow = Upstream::echo("shadow").await;
+    let proxy = Proxy::start(&mirror_config(&primary, &shadow, Some(50))).await;
+    let total = 600;
+    let counts = spread(&proxy, "api.example.com", "/", total, 4).await;
+    assert_eq!(counts.get("primary").copied(), Some(total), "{counts:?}");
+    // Let the last copies land, then wait until the count stops moving.
+    let mut last = usize::MAX;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = shadow.hits();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let mirrored = shadow.hits();
+    // Binomial(600, 0.5): mean 300, sd 12.2; 5 sd either side.
+    assert!(
+        (239..=361).contains(&mirrored),
+        "percent 50 mirrored {mirrored} of {total}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Standard proxy headers and hop-by-hop headers
+// ---------------------------------------------------------------------------------------------
+
+/// Three listeners over one echo upstream: `${LISTEN}` with defaults plus `via`, `${LISTEN2}`
+/// replacing everything (an edge that trusts no client), `${L3}` leaving headers untouched.
+async fn proxy_headers_setup() -> (Upstream, Proxy, std::net::SocketAddr) {
+    let up = Upstream::echo("up").await;
+    let third = free_addr();
+    let template = fill(
+        r#"
+listeners:
+  - name: defaults
+    address: ${LISTEN}
+    proxy_headers: { via: strait }
+    routes:
+      - backends: [{ cluster: up }]
+  - name: edge
+    address: ${LISTEN2}
+    proxy_headers:
+      x_forwarded_for: replace
+      x_forwarded_proto: replace
+      forwarded: append
+      request_id: false
+    routes:
+      - backends: [{ cluster: up }]
+  - name: untouched
+    address: ${L3}
+    proxy_headers: { x_forwarded_for: untouched, x_forwarded_proto: untouched }
+    routes:
+      - backends: [{ cluster: up }]
+clusters:
+  - name: up
+    endpoints: [{ address: "${UP}" }]
+"#,
+        &[("L3", &third), ("UP", &up)],
+    );
+    let proxy = Proxy::start(&template).await;
+    (up, proxy, third)
+}
+
+async fn echo_via(
+    addr: std::net::SocketAddr,
+    proto: Proto,
+    headers: &[(&str, &str)],
+) -> (Resp, Echoed) {
+    let mut b = request("GET", "api.example.com", "/h");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = within(
+        REQUEST_LIMIT,
+        "proxy headers request",
+        send(addr, proto, b.body(empty()).expect("request")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{proto:?} via {addr}: {e}"));
+    assert_eq!(resp.status, StatusCode::OK, "{proto:?}: {}", resp.text());
+    let seen = resp.echo();
+    (resp, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_follow_append_replace_untouched() {
+    let (_up, proxy, third) = proxy_headers_setup().await;
+    for proto in [Proto::H1, Proto::H2] {
+        // Defaults: append x-forwarded-for, set x-forwarded-proto only when absent, no
+        // `forwarded`.
+        let (_, seen) = echo_via(proxy.listen, proto, &[]).await;
+        assert_eq!(
+            seen.list("x-forwarded-for"),
+            ["127.0.0.1"],
+            "{proto:?} append, none sent"
+        );
+        assert_eq!(
+            seen.header("x-forwarded-proto"),
+            ["http"],
+            "{proto:?} proto set when absent"
+        );
+        assert!(
+            !seen.has("forwarded"),
+            "{proto:?}: `forwarded` is untouched by default"
+        );
+        let (_, seen) = echo_via(
+            proxy.listen,
+            proto,
+            &[
+                ("x-forwarded-for", "10.0.0.1, 10.0.0.2"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            seen.list("x-forwarded-for"),
+            ["10.0.0.1", "10.0.0.2", "127.0.0.1"],
+            "{proto:?} append"
+        );
+        assert_eq!(
+            seen.header("x-forwarded-proto"),
+            ["https"],
+            "{proto:?} kept when present"
+        );
+
+        // Edge: replace both, append `forwarded`.
+        let (_, seen) = echo_via(
+            proxy.listen2,
+            proto,
+            &[
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            seen.list("x-forwarded-for"),
+            ["127.0.0.1"],
+            "{proto:?} replace"
+        );
+        assert_eq!(
+            seen.header("x-forwarded-proto"),
+            ["http"],
+            "{proto:?} replace proto"
+        );
+        let fwd = seen.list("forwarded");
+        assert_eq!(
+            fwd.len(),
+            1,
+            "{proto:?}: one forwarded element, got {fwd:?}"
+        );
+        let params: Vec<String> = fwd[0]
+            .split(';')
+            .map(|p| p.trim().replace('"', "").to_ascii_lowercase())
+            .collect();
+        for want in ["for=127.0.0.1", "proto=http", "host=api.example.com"] {
+            assert!(
+                params.iter().any(|p| p == want),
+                "{proto:?}: {want} missing in {fwd:?}"
+            );
+        }
+        let (_, seen) = echo_via(proxy.listen2, proto, &[("forwarded", "for=10.0.0.9")]).await;
+        let fwd = seen.list("forwarded");
+        assert_eq!(
+            fwd.len(),
+            2,
+            "{proto:?}: append keeps the client's element: {fwd:?}"
+        );
+        assert_eq!(fwd[0], "for=10.0.0.9", "{proto:?}");
+        assert!(fwd[1].contains("for=127.0.0.1"), "{proto:?}: {fwd:?}");
+
+        // Untouched.
+        let (_, seen) = echo_via(
+            third,
+            proto,
+            &[
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            seen.list("x-forwarded-for"),
+            ["10.0.0.1"],
+            "{proto:?} untouched"
+        );
+        assert_eq!(
+            seen.header("x-forwarded-proto"),
+            ["https"],
+            "{proto:?} untouched"
+        );
+        let (_, seen) = echo_via(third, proto, &[]).await;
+        assert!(
+            !seen.has("x-forwarded-for"),
+            "{proto:?}: untouched adds nothing"
+        );
+        assert!(
+            !seen.has("x-forwarded-proto"),
+            "{proto:?}: untouched adds nothing"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_is_generated_when_absent_and_kept_when_present() {
+    let (_up, proxy, _) = proxy_headers_setup().await;
+    let is_id = |v: &str| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit());
+    for proto in [Proto::H1, Proto::H2] {
+        let (_, a) = echo_via(proxy.listen, proto, &[]).await;
+        let (_, b) = echo_via(proxy.listen, proto, &[]).await;
+        let (ida, idb) = (a.header("x-request-id"), b.header("x-request-id"));
+        assert_eq!(
+            ida.len(),
+            1,
+            "{proto:?}: one generated x-request-id, got {ida:?}"
+        );
+        assert!(
+            is_id(&ida[0]),
+            "{proto:?}: {:?} is not 32 hex digits",
+            ida[0]
+        );
+        assert_eq!(idb.len(), 1, "{proto:?}");
+        assert_ne!(ida, idb, "{proto:?}: two requests got the same id");
+
+        let (_, kept) =
+            echo_via(proxy.listen, proto, &[("x-request-id", "client-chosen-42")]).await;
+        assert_eq!(
+            kept.header("x-request-id"),
+            ["client-chosen-42"],
+            "{proto:?}: kept"
+        );
+
+        // `request_id: false` on the edge listener.
+        let (_, none) = echo_via(proxy.listen2, proto, &[]).await;
+        assert!(
+            !none.has("x-request-id"),
+            "{proto:?}: request_id: false still generated one"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn via_is_added_to_requests_and_responses_when_configured() {
+    let (_up, proxy, _) = proxy_headers_setup().await;
+    let (resp, seen) = echo_via(proxy.listen, Proto::H1, &[]).await;
+    assert_eq!(
+        seen.header("via"),
+        ["1.1 strait"],
+        "via on the request (HTTP/1.1 client)"
+    );
+    assert_eq!(
+        resp.header_all("via"),
+        ["1.1 strait"],
+        "via on the response (HTTP/1.1 upstream)"
+    );
+
+    let (_, seen) = echo_via(proxy.listen, Proto::H2, &[("via", "1.0 fred")]).await;
+    let via = seen.list("via");
+    assert_eq!(via.len(), 2, "via appends to the client's: {via:?}");
+    assert_eq!(via[0], "1.0 fred");
+    assert!(
+        via[1] == "2 strait" || via[1] == "2.0 strait",
+        "via for an HTTP/2 client names version 2, got {:?}",
+        via[1]
+    );
+
+    let (resp, seen) = echo_via(proxy.listen2, Proto::H1, &[]).await;
+    assert!(!seen.has("via"), "no via configured: none on the request");
+    assert_eq!(
+        resp.header("via"),
+        None,
+        "no via configured: none on the response"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_not_forwarded() {
+    let (_up, proxy, _) = proxy_headers_setup().await;
+    let (_, seen) = echo_via(
+        proxy.listen,
+        Proto::H1,
+        &[
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("trailer", "x-foo"),
+            ("x-end-to-end", "yes"),
+        ],
+    )
+    .await;
+    for name in [
+        "x-custom-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+    ] {
+        assert!(
+            !seen.has(name),
+            "hop-by-hop `{name}` was forwarded: {:?}",
+            seen.header(name)
+        );
+    }
+    assert!(
+        seen.header("connection")
+            .iter()
+            .all(|c| !c.contains("x-custom-hop")),
+        "the client's connection header was forwarded: {:?}",
+        seen.header("connection")
+    );
+    // `trailer` is end to end in RFC 9110 (hop-by-hop only in RFC 2616): an HTTP/1 hop sends
+    // just the trailer fields it declares, so it must survive.
+    assert_eq!(seen.header("trailer"), ["x-foo"]);
+    assert_eq!(
+        seen.header("x-end-to-end"),
+        ["yes"],
+        "end-to-end headers are forwarded"
+    );
+
+    let (_, seen) = echo_via(proxy.listen, Proto::H1, &[("te", "trailers")]).await;
+    assert_eq!(
+        seen.header("te"),
+        ["trailers"],
+        "`te: trailers` is forwarded"
+    );
+
+    // Hop-by-hop headers from the upstream stop at the proxy too, for both client protocols
+    // (HTTP/2 forbids them outright, so leaking them would break the stream).
+    for proto in [Proto::H1, Proto::H2] {
+        let (resp, _) = echo_via(
+            proxy.listen,
+            proto,
+            &[
+                ("x-echo-set-header", "connection=x-resp-hop"),
+                ("x-echo-set-header", "x-resp-hop=secret"),
+                ("x-echo-set-header", "keep-alive=timeout=99"),
+                ("x-echo-set-header", "proxy-connection=keep-alive"),
+                ("x-echo-set-header", "x-resp-end=yes"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            resp.header("x-resp-hop"),
+            None,
+            "{proto:?}: header named in connection leaked"
+        );
+        assert_ne!(
+            resp.header("keep-alive").as_deref(),
+            Some("timeout=99"),
+            "{proto:?}: keep-alive leaked"
+        );
+        assert_eq!(
+            resp.header("proxy-connection"),
+            None,
+            "{proto:?}: proxy-connection leaked"
+        );
+        assert_eq!(
+            resp.header("x-resp-end").as_deref(),
+            Some("yes"),
+            "{proto:?}: end-to-end kept"
+        );
+    }
+}

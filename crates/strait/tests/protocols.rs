@@ -1,0 +1,548 @@
+//! Protocols on both sides of the proxy: HTTP/1.1 keep-alive, h2c, protocol translation,
+//! gRPC streaming with trailers, WebSocket upgrades and large streamed bodies.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn single_route(cluster: &Upstream, protocol: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - backends: [{{ cluster: {name} }}]
+clusters:
+  - name: {name}
+    protocol: {protocol}
+    endpoints: [{{ address: "{addr}" }}]
+"#,
+        name = cluster.name,
+        addr = cluster.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_keep_alive_carries_many_requests_on_one_connection() {
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&single_route(&up, "http1")).await;
+    let mut conn = proxy.connect(Proto::H1).await;
+    for i in 0..200 {
+        let req = if i % 3 == 0 {
+            request("POST", "ka.example.com", &format!("/req/{i}"))
+                .body(full(vec![b'b'; i * 10]))
+                .expect("request")
+        } else {
+            simple("GET", "ka.example.com", &format!("/req/{i}"))
+        };
+        let resp = conn
+            .fetch(req)
+            .await
+            .unwrap_or_else(|e| panic!("request {i} on the kept-alive connection: {e}"));
+        assert_eq!(resp.status, StatusCode::OK, "request {i}");
+        assert_eq!(resp.version, Version::HTTP_11);
+        let seen = resp.echo();
+        assert!(
+            seen.uri.ends_with(&format!("/req/{i}")),
+            "request {i} got the answer for {}",
+            seen.uri
+        );
+        if i % 3 == 0 {
+            assert_eq!(seen.body_len, (i * 10) as u64, "request {i} body");
+        }
+    }
+    assert!(
+        !conn.is_closed(),
+        "the proxy closed a keep-alive connection"
+    );
+    assert_eq!(up.hits(), 200);
+    // Sequential requests from one client connection should reuse pooled upstream connections.
+    assert!(
+        up.conns() <= 2,
+        "200 sequential requests opened {} upstream connections: no upstream keep-alive",
+        up.conns()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_client_to_http1_upstream_multiplexes_streams() {
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&single_route(&up, "http1")).await;
+    let conn = proxy.connect(Proto::H2).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let mut c = conn.clone_h2();
+        tasks.push(tokio::spawn(async move {
+            let req = request("POST", "h2.example.com", &format!("/stream/{i}"))
+                .body(full(vec![b'x'; 1000 + i]))
+                .expect("request");
+            (i, c.fetch(req).await)
+        }));
+    }
+    for t in tasks {
+        let (i, resp) = within(Duration::from_secs(20), "h2c streams", t)
+            .await
+            .expect("task");
+        let resp = resp.unwrap_or_else(|e| panic!("h2c stream {i}: {e}"));
+        assert_eq!(resp.status, StatusCode::OK, "stream {i}: {}", resp.text());
+        assert_eq!(
+            resp.version,
+            Version::HTTP_2,
+            "stream {i}: client side stays HTTP/2"
+        );
+        let seen = resp.echo();
+        assert_eq!(
+            seen.version, "HTTP/1.1",
+            "stream {i}: the cluster speaks http1"
+        );
+        assert_eq!(
+            seen.header("host"),
+            ["h2.example.com"],
+            "stream {i}: :authority becomes the Host header"
+        );
+        assert_eq!(
+            seen.uri,
+            format!("/stream/{i}"),
+            "stream {i}: origin-form request target for an HTTP/1.1 upstream"
+        );
+        assert!(
+            seen.uri.ends_with(&format!("/stream/{i}")),
+            "stream {i}: {}",
+            seen.uri
+        );
+        assert_eq!(seen.body_len, 1000 + i as u64, "stream {i}: body");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_client_to_http2_upstream() {
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&single_route(&up, "http2")).await;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let listen = proxy.listen;
+        tasks.push(tokio::spawn(async move {
+            let req = request("POST", "h1.example.com", &format!("/up/{i}?q={i}"))
+                .header("x-client", "h1")
+                .body(full(vec![b'y'; 100_000]))
+                .expect("request");
+            (i, send(listen, Proto::H1, req).await)
+        }));
+    }
+    for t in tasks {
+        let (i, resp) = within(Duration::from_secs(20), "h1 to h2", t)
+            .await
+            .expect("task");
+        let resp = resp.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(resp.status, StatusCode::OK, "request {i}: {}", resp.text());
+        assert_eq!(
+            resp.version,
+            Version::HTTP_11,
+            "request {i}: client side stays HTTP/1.1"
+        );
+        let seen = resp.echo();
+        assert_eq!(
+            seen.version, "HTTP/2.0",
+            "request {i}: the cluster speaks http2"
+        );
+        assert_eq!(
+            seen.host, "h1.example.com",
+            "request {i}: Host becomes :authority"
+        );
+        assert!(
+            seen.uri.ends_with(&format!("/up/{i}?q={i}")),
+            "request {i}: {}",
+            seen.uri
+        );
+        assert_eq!(seen.header("x-client"), ["h1"], "request {i}");
+        assert_eq!(seen.body_len, 100_000, "request {i}: body");
+    }
+}
+
+/// GETs with `te: trailers` and checks the upstream's trailers arrive intact.
+async fn expect_trailers(proxy: &Proxy, proto: Proto, upstream: &str) {
+    let req = request("GET", "t.example.com", "/t")
+        .header("te", "trailers")
+        .body(empty())
+        .expect("request");
+    let resp = within(REQUEST_LIMIT, "trailers", proxy.send(proto, req))
+        .await
+        .unwrap_or_else(|e| panic!("{proto:?}: {e}"));
+    assert_eq!(resp.status, StatusCode::OK, "{proto:?}");
+    assert_eq!(resp.text(), "trailers follow", "{proto:?}");
+    let trailers = resp.trailers.unwrap_or_else(|| {
+        panic!("{proto:?} client, {upstream}: the upstream's trailers were dropped")
+    });
+    assert_eq!(
+        trailers.get("x-checksum").and_then(|v| v.to_str().ok()),
+        Some("c0ffee"),
+        "{proto:?}"
+    );
+    assert_eq!(
+        trailers
+            .get("x-upstream-trailer")
+            .and_then(|v| v.to_str().ok()),
+        Some(upstream),
+        "{proto:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_pass_through_http2_end_to_end() {
+    let up = Upstream::trailers("t2").await;
+    let proxy = Proxy::start(&single_route(&up, "http2")).await;
+    expect_trailers(&proxy, Proto::H2, "t2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_pass_through_http1_when_the_client_accepts_them() {
+    // The client says `te: trailers`; the upstream announces them with `trailer:`.
+    let up = Upstream::trailers("t1").await;
+    let proxy = Proxy::start(&single_route(&up, "http1")).await;
+    expect_trailers(&proxy, Proto::H1, "t1").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC
+// ---------------------------------------------------------------------------------------------
+
+async fn grpc_proxy() -> (Upstream, Proxy) {
+    let up = Upstream::grpc("grpc").await;
+    let proxy = Proxy::start(&single_route(&up, "http2")).await;
+    (up, proxy)
+}
+
+/// Reads frames until one whole gRPC message is buffered, or trailers / end arrive.
+async fn next_message(body: &mut Incoming, buf: &mut BytesMut) -> Result<Bytes, Option<HeaderMap>> {
+    loop {
+        if let Some(msg) = grpc_take(buf) {
+            return Ok(msg);
+        }
+        match body.frame().await {
+            None => return Err(None),
+            Some(Err(e)) => panic!("gRPC response stream failed: {e}"),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => buf.extend_from_slice(&data),
+                Err(frame) => return Err(frame.into_trailers().ok()),
+            },
+        }
+    }
+}
+
+fn grpc_status(trailers: &HeaderMap) -> (Option<String>, Option<String>) {
+    let get = |n: &str| {
+        trailers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    (get("grpc-status"), get("grpc-message"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_call_keeps_trailers() {
+    let (up, proxy) = grpc_proxy().await;
+    let mut conn = proxy.connect(Proto::H2).await;
+    let (tx, body) = channel_body(2);
+    tx.send(Ok(Frame::data(grpc_frame(b"ping"))))
+        .await
+        .expect("queue message");
+    drop(tx);
+    let req = request("POST", "grpc.example.com", "/strait.test.Echo/Unary")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .expect("request");
+    let resp = conn
+        .fetch(req)
+        .await
+        .unwrap_or_else(|e| panic!("unary call: {e}"));
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    assert_eq!(
+        resp.header("content-type").as_deref(),
+        Some("application/grpc")
+    );
+    let mut buf = BytesMut::from(&resp.body[..]);
+    assert_eq!(
+        grpc_take(&mut buf).as_deref(),
+        Some(&b"ping"[..]),
+        "unary reply"
+    );
+    let trailers = resp.trailers.expect("grpc-status trailers were dropped");
+    assert_eq!(
+        grpc_status(&trailers).0.as_deref(),
+        Some("0"),
+        "grpc-status"
+    );
+    let seen = &up.seen()[0];
+    assert_eq!(
+        seen.version,
+        Version::HTTP_2,
+        "gRPC must reach the upstream over HTTP/2"
+    );
+    assert_eq!(
+        seen.header("te").as_deref(),
+        Some("trailers"),
+        "te: trailers is forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_bidi_streaming_flows_message_by_message() {
+    let (_up, proxy) = grpc_proxy().await;
+    let mut conn = proxy.connect(Proto::H2).await;
+    let (tx, parts, mut body) = {
+        // The first message goes with the request; the rest follow one reply at a time.
+        let (tx, body) = channel_body(8);
+        tx.send(Ok(Frame::data(grpc_frame(b"msg-0"))))
+            .await
+            .expect("queue");
+        let req = request("POST", "grpc.example.com", "/strait.test.Echo/Bidi")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body)
+            .expect("request");
+        let resp = within(REQUEST_LIMIT, "bidi response head", conn.send(req))
+            .await
+            .unwrap_or_else(|e| panic!("bidi call: {e}"));
+        let (parts, body) = resp.into_parts();
+        (tx, parts, body)
+    };
+    assert_eq!(parts.status, StatusCode::OK);
+    let mut buf = BytesMut::new();
+    for i in 0..5 {
+        if i > 0 {
+            let msg = format!("msg-{i}");
+            tx.send(Ok(Frame::data(grpc_frame(msg.as_bytes()))))
+                .await
+                .expect("send message");
+        }
+        // Each reply must arrive while the request stream is still open.
+        let reply = within(
+            Duration::from_secs(3),
+            &format!("reply to msg-{i} while the request stream is open (is the proxy buffering?)"),
+            next_message(&mut body, &mut buf),
+        )
+        .await
+        .unwrap_or_else(|t| panic!("stream ended before reply {i}: trailers {t:?}"));
+        assert_eq!(reply, format!("msg-{i}").as_bytes(), "reply {i}");
+    }
+    drop(tx);
+    let end = within(
+        Duration::from_secs(5),
+        "trailers after half-close",
+        next_message(&mut body, &mut buf),
+    )
+    .await;
+    let trailers = match end {
+        Err(Some(t)) => t,
+        Err(None) => panic!("the stream ended without trailers (grpc-status lost)"),
+        Ok(extra) => panic!("unexpected extra message {extra:?}"),
+    };
+    assert_eq!(
+        grpc_status(&trailers).0.as_deref(),
+        Some("0"),
+        "grpc-status"
+    );
+    assert_eq!(
+        trailers.get("x-echo-count").and_then(|v| v.to_str().ok()),
+        Some("5"),
+        "the upstream saw every message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_error_status_and_message_reach_the_client() {
+    let (_up, proxy) = grpc_proxy().await;
+    let mut conn = proxy.connect(Proto::H2).await;
+    let req = request("POST", "grpc.example.com", "/strait.test.Echo/Missing")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(grpc_frame(b"where")))
+        .expect("request");
+    let resp = conn
+        .fetch(req)
+        .await
+        .unwrap_or_else(|e| panic!("failing call: {e}"));
+    assert_eq!(
+        resp.status,
+        StatusCode::OK,
+        "gRPC errors travel in trailers, not the status"
+    );
+    assert!(
+        resp.body.is_empty(),
+        "no messages expected, got {} bytes",
+        resp.body.len()
+    );
+    let trailers = resp.trailers.expect("no trailers: grpc-status 5 was lost");
+    let (status, message) = grpc_status(&trailers);
+    assert_eq!(status.as_deref(), Some("5"), "grpc-status");
+    assert_eq!(message.as_deref(), Some("thing not found"), "grpc-message");
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket
+// ---------------------------------------------------------------------------------------------
+
+async fn read_http_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).await.expect("read response head");
+        assert!(
+            n > 0,
+            "connection closed inside the response head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+        assert!(head.len() < 16 * 1024, "response head too long");
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_then_frames_flow_both_ways() {
+    let ws = Upstream::websocket("ws").await;
+    let proxy = Proxy::start(&single_route(&ws, "http1")).await;
+    let mut s = within(REQUEST_LIMIT, "connect", TcpStream::connect(proxy.listen))
+        .await
+        .expect("connect to the proxy");
+    let handshake = format!(
+        "GET /chat HTTP/1.1\r\nHost: ws.example.com\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n\r\n"
+    );
+    s.write_all(handshake.as_bytes())
+        .await
+        .expect("send handshake");
+    let head = within(REQUEST_LIMIT, "101 response head", read_http_head(&mut s)).await;
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.starts_with("http/1.1 101"),
+        "expected 101 Switching Protocols, got:\n{head}"
+    );
+    assert!(
+        lower.contains("upgrade: websocket"),
+        "no `upgrade: websocket` in:\n{head}"
+    );
+    assert!(
+        lower.contains(&format!(
+            "sec-websocket-accept: {}",
+            WS_ACCEPT.to_ascii_lowercase()
+        )),
+        "accept key not passed through:\n{head}"
+    );
+
+    let seen = &ws.seen()[0];
+    assert_eq!(
+        seen.header("upgrade").as_deref(),
+        Some("websocket"),
+        "upgrade forwarded"
+    );
+    assert!(
+        seen.header("connection")
+            .is_some_and(|c| c.to_ascii_lowercase().contains("upgrade")),
+        "connection: upgrade forwarded, got {:?}",
+        seen.header("connection")
+    );
+
+    // The server speaks first: bytes flow upstream -> client without a client write.
+    let (op, greeting) = within(REQUEST_LIMIT, "server greeting", ws_read_frame(&mut s))
+        .await
+        .expect("read greeting");
+    assert_eq!((op, greeting.as_slice()), (1, &b"hello from ws"[..]));
+
+    let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let messages: [(u8, Vec<u8>); 3] = [(1, b"hi".to_vec()), (1, vec![b'z'; 300]), (2, big)];
+    for (i, (opcode, payload)) in messages.iter().enumerate() {
+        s.write_all(&ws_frame(*opcode, payload, Some([1, 2, 3, 4])))
+            .await
+            .expect("send frame");
+        let (op, echoed) = within(REQUEST_LIMIT, "echoed frame", ws_read_frame(&mut s))
+            .await
+            .unwrap_or_else(|e| panic!("message {i}: {e}"));
+        assert_eq!(op, *opcode, "message {i} opcode");
+        assert!(
+            echoed == *payload,
+            "message {i}: payload changed ({} bytes back)",
+            echoed.len()
+        );
+    }
+    s.write_all(&ws_frame(8, &[0x03, 0xe8], Some([9, 9, 9, 9])))
+        .await
+        .expect("send close");
+    let (op, _) = within(REQUEST_LIMIT, "close frame", ws_read_frame(&mut s))
+        .await
+        .expect("read close");
+    assert_eq!(op, 8, "close frame echoed");
+    // After the upstream closes, the proxy closes the client side too.
+    let mut rest = Vec::new();
+    let n = within(
+        Duration::from_secs(5),
+        "EOF after close",
+        s.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap_or(0);
+    assert_eq!(n, 0, "bytes after the close frame");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Large bodies
+// ---------------------------------------------------------------------------------------------
+
+const BIG: u64 = 64 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways_with_bounded_memory() {
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&single_route(&up, "http1")).await;
+    let before = proxy.peak_rss_kib();
+    for proto in [Proto::H1, Proto::H2] {
+        let mut conn = proxy.connect(proto).await;
+
+        let req = request("POST", "big.example.com", "/upload")
+            .body(repeat_body(BIG))
+            .expect("request");
+        let resp = within(Duration::from_secs(60), "64 MiB upload", async {
+            let r = conn.send(req).await?;
+            Resp::read(r).await
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{proto:?} 64 MiB upload: {e}"));
+        assert_eq!(resp.status, StatusCode::OK, "{proto:?} upload");
+        assert_eq!(
+            resp.echo().body_len,
+            BIG,
+            "{proto:?}: upstream received the whole upload"
+        );
+
+        let req = request("GET", "big.example.com", "/download")
+            .header("x-echo-response-bytes", BIG.to_string())
+            .body(empty())
+            .expect("request");
+        let got = within(Duration::from_secs(60), "64 MiB download", async {
+            let r = conn.send(req).await?;
+            assert_eq!(r.status(), StatusCode::OK, "{proto:?} download");
+            drain_body(r.into_body()).await
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{proto:?} 64 MiB download: {e}"));
+        assert_eq!(got, BIG, "{proto:?}: client received the whole download");
+    }
+    let peak = proxy.peak_rss_kib();
+    assert!(
+        peak < 40 * 1024,
+        "proxy peak RSS {} KiB after 4 x 64 MiB transfers (was {before} KiB at start): \
+         bodies are being buffered",
+        peak
+    );
+}

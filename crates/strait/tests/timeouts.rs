@@ -1,0 +1,188 @@
+//! Upstreams that fail: refused, unreachable, slow, resetting, closing mid-body. The client
+//! always gets a prompt, labelled answer (or a visible error), never a hang.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+
+fn route_to(cluster_yaml: &str, route_extra: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - backends: [{{ cluster: target }}]
+{route_extra}
+clusters:
+{cluster_yaml}"#
+    )
+}
+
+fn cluster(addr: impl std::fmt::Display, extra: &str) -> String {
+    format!("  - name: target\n{extra}    endpoints: [{{ address: \"{addr}\" }}]\n")
+}
+
+/// Sends one GET over each protocol and checks the proxy's error answer.
+async fn expect_error(proxy: &Proxy, status: u16, code: &str, max: Duration) {
+    for proto in [Proto::H1, Proto::H2] {
+        let started = Instant::now();
+        let resp = within(
+            Duration::from_secs(10),
+            &format!("{proto:?}: waiting for {status} {code}"),
+            proxy.send(proto, simple("GET", "fail.example.com", "/x")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{proto:?}: expected {status} {code}, got transport error {e}"));
+        let took = started.elapsed();
+        assert_eq!(
+            resp.status.as_u16(),
+            status,
+            "{proto:?}: status (x-strait-error {:?}, body {:?})",
+            resp.header("x-strait-error"),
+            resp.text()
+        );
+        assert_eq!(
+            resp.header("x-strait-error").as_deref(),
+            Some(code),
+            "{proto:?}: x-strait-error"
+        );
+        assert!(
+            !resp.body.is_empty() && resp.body.len() < 1024,
+            "{proto:?}: expected a short text body, got {:?}",
+            resp.text()
+        );
+        assert!(
+            took < max,
+            "{proto:?}: {status} {code} took {took:?}, expected under {max:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connection_gives_503_connect_failed() {
+    let nobody = free_addr();
+    let proxy = Proxy::start(&route_to(&cluster(nobody, ""), "")).await;
+    expect_error(&proxy, 503, "connect_failed", Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_connect_gives_503_connect_timeout_after_connect_timeout() {
+    let hole = Blackhole::new().await;
+    let proxy = Proxy::start(&route_to(
+        &cluster(hole.addr, "    connect_timeout: 300ms\n"),
+        "",
+    ))
+    .await;
+    let started = Instant::now();
+    expect_error(&proxy, 503, "connect_timeout", Duration::from_millis(2_500)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "two connect timeouts of 300 ms finished in {:?}: the timeout is not what was configured",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_beyond_route_timeout_gives_504_request_timeout() {
+    let slow = Upstream::slow("slow", Duration::from_secs(3)).await;
+    let proxy = Proxy::start(&route_to(
+        &cluster(slow.addr, ""),
+        "        timeout: 300ms\n",
+    ))
+    .await;
+    let started = Instant::now();
+    expect_error(&proxy, 504, "request_timeout", Duration::from_millis(1_500)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "two 300 ms timeouts finished in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.hits(), 2, "the request did reach the slow upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_zero_disables_it() {
+    let slow = Upstream::slow("slow", Duration::from_millis(1_200)).await;
+    let proxy = Proxy::start(&route_to(&cluster(slow.addr, ""), "        timeout: 0s\n")).await;
+    let resp = proxy.get("slow.example.com", "/").await;
+    assert_eq!(
+        resp.status,
+        StatusCode::OK,
+        "{:?}",
+        resp.header("x-strait-error")
+    );
+    assert_eq!(resp.upstream(), "slow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_reset_before_response_gives_502_upstream_reset() {
+    let reset = Upstream::reset("reset").await;
+    let proxy = Proxy::start(&route_to(&cluster(reset.addr, ""), "")).await;
+    expect_error(&proxy, 502, "upstream_reset", Duration::from_secs(2)).await;
+    assert!(
+        reset.hits() >= 2,
+        "the requests reached the resetting upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_without_answer_gives_502_upstream_reset() {
+    let closer = Upstream::close_without_answer("closer").await;
+    let proxy = Proxy::start(&route_to(&cluster(closer.addr, ""), "")).await;
+    expect_error(&proxy, 502, "upstream_reset", Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_mid_body_is_visible_to_the_client_and_never_hangs() {
+    // Announces 1,000,000 bytes, sends 10,000, closes.
+    let cut = Upstream::close_mid_body("cut", 1_000_000, 10_000).await;
+    let healthy = Upstream::echo("healthy").await;
+    let config = format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - match: {{ path: {{ prefix: /cut }} }}
+        backends: [{{ cluster: cut }}]
+      - backends: [{{ cluster: healthy }}]
+{}"#,
+        clusters_for(&[&cut, &healthy])
+    );
+    let proxy = Proxy::start(&config).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let outcome = within(
+            Duration::from_secs(5),
+            "truncated response must end, not hang",
+            async {
+                let mut conn = Conn::open(proxy.listen, proto).await?;
+                let resp = conn.send(simple("GET", "cut.example.com", "/cut")).await?;
+                let status = resp.status();
+                let code = resp.headers().get("x-strait-error").cloned();
+                let body = drain_body(resp.into_body()).await;
+                Ok::<_, BoxError>((status, code, body))
+            },
+        )
+        .await;
+        match outcome {
+            // The connection or stream failed: visible.
+            Err(_) => {}
+            // The head had not been forwarded yet: a labelled proxy error is visible too.
+            Ok((status, Some(code), _)) if status == StatusCode::BAD_GATEWAY => {
+                assert_eq!(code, "upstream_reset", "{proto:?}");
+            }
+            // Head forwarded: the body must end in an error, never a clean short end.
+            Ok((status, _, Err(_))) => assert_eq!(status, StatusCode::OK, "{proto:?}"),
+            Ok((status, _, Ok(n))) => panic!(
+                "{proto:?}: status {status}, body ended cleanly after {n} of 1,000,000 \
+                 announced bytes: the client cannot tell the response was truncated"
+            ),
+        }
+    }
+    // The proxy keeps serving other requests.
+    assert_eq!(proxy.get("ok.example.com", "/").await.upstream(), "healthy");
+}
