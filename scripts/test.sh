@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit + integration tests, config examples.
+# Usage: scripts/test.sh        (what CI runs, through .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust with rustup (https://rustup.rs), then run this again." >&2
+    exit 2
+fi
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        echo "cargo $component missing: run 'rustup component add $component'." >&2
+        exit 2
+    fi
+done
+
+# A persistent target dir keeps rebuilds fast across clones; a clean one works too.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strait/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "strait validate: every shipped config"
+mapfile -t configs < <(find config examples -name '*.yaml' 2>/dev/null | sort)
+if [ "${#configs[@]}" -gt 0 ]; then
+    "$CARGO_TARGET_DIR/debug/strait" validate "${configs[@]}"
+fi
+
+echo
+echo "all checks passed"
