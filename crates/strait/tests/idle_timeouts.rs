@@ -1,0 +1,127 @@
+//! Idle timeouts: a response body that stops flowing is cut after the route's `idle_timeout`
+//! (the client sees an error, never a hang), and an idle keep-alive client connection is closed
+//! after the listener's `idle_timeout`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// An upstream that answers with a head and a few body bytes, then goes silent with the
+/// connection open.
+async fn stalling_upstream() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind stalling upstream");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nfirst bytes")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_response_body_is_cut_after_the_route_idle_timeout() {
+    let upstream = stalling_upstream().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - match: {{ path: {{ prefix: / }} }}
+        backends: [{{ cluster: stall }}]
+        idle_timeout: 300ms
+clusters:
+  - name: stall
+    endpoints: [{{ address: "{upstream}" }}]
+"#
+    ))
+    .await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut conn = within(
+            Duration::from_secs(5),
+            "connect",
+            Conn::open(proxy.listen, proto),
+        )
+        .await
+        .expect("connect to proxy");
+        let resp = within(
+            Duration::from_secs(5),
+            "response head",
+            conn.send(simple("GET", "a.example", "/")),
+        )
+        .await
+        .expect("response head arrives before the stall");
+        assert_eq!(resp.status(), 200, "{proto:?}");
+        let started = Instant::now();
+        let body = within(Duration::from_secs(5), "body", drain_body(resp.into_body())).await;
+        assert!(
+            body.is_err(),
+            "{proto:?}: a body cut short must be an error, got {body:?}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "{proto:?}: cut after {took:?}, expected about 300ms"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_listener_idle_timeout() {
+    let upstream = Upstream::echo("idle").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    idle_timeout: 400ms
+    routes:
+      - match: {{ path: {{ prefix: / }} }}
+        backends: [{{ cluster: echo }}]
+clusters:
+  - name: echo
+    endpoints: [{{ address: "{}" }}]
+"#,
+        upstream.addr
+    ))
+    .await;
+    let mut conn = within(
+        Duration::from_secs(5),
+        "connect",
+        Conn::open(proxy.listen, Proto::H1),
+    )
+    .await
+    .expect("connect to proxy");
+    let resp = within(
+        Duration::from_secs(5),
+        "request",
+        conn.fetch(simple("GET", "a.example", "/")),
+    )
+    .await
+    .expect("first request");
+    assert_eq!(resp.status, 200);
+    let started = Instant::now();
+    assert!(
+        conn.wait_closed(Duration::from_secs(5)).await,
+        "the idle connection stayed open"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "closed after {took:?}, before the idle timeout"
+    );
+}
