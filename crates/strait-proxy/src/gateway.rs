@@ -43,6 +43,45 @@ pub(crate) struct Connection {
     pub worker: Rc<Worker>,
     pub local: SocketAddr,
     pub peer: SocketAddr,
+    /// Requests whose response head is not yet sent, and when the last one started: the HTTP/2
+    /// idle timer closes a connection only when nothing is in flight.
+    pub activity: Activity,
+}
+
+/// Request activity on one connection.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    pending: std::cell::Cell<usize>,
+    last: std::cell::Cell<tokio::time::Instant>,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Activity {
+            pending: std::cell::Cell::new(0),
+            last: std::cell::Cell::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// When the connection went idle, or `None` while a request is pending.
+    pub fn idle_since(&self) -> Option<tokio::time::Instant> {
+        (self.pending.get() == 0).then(|| self.last.get())
+    }
+
+    fn start(&self) -> PendingRequest<'_> {
+        self.pending.set(self.pending.get() + 1);
+        PendingRequest(self)
+    }
+}
+
+/// Counts a request as pending until its response head is ready.
+struct PendingRequest<'a>(&'a Activity);
+
+impl Drop for PendingRequest<'_> {
+    fn drop(&mut self) {
+        self.0.pending.set(self.0.pending.get().saturating_sub(1));
+        self.0.last.set(tokio::time::Instant::now());
+    }
 }
 
 /// Serves one request from a client connection.
@@ -50,6 +89,7 @@ pub(crate) async fn serve(
     req: Request<Incoming>,
     conn: Rc<Connection>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let _pending = conn.activity.start();
     let snapshot = conn.worker.snapshot();
     let grpc = is_grpc(&req);
     let Some(listener) = snapshot.listener(conn.local) else {

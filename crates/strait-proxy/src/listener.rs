@@ -10,7 +10,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::gateway::Connection;
+use crate::gateway::{Activity, Connection};
 use crate::http::server::serve_connection;
 use crate::runtime::Worker;
 
@@ -45,6 +45,7 @@ pub(crate) async fn accept_loop(
                     worker: Rc::clone(&worker),
                     local: address,
                     peer,
+                    activity: Activity::new(),
                 });
                 let guard = worker.connection_opened();
                 // Read per connection so a reload that changes the timeout applies to new ones.

@@ -125,3 +125,53 @@ clusters:
         "closed after {took:?}, before the idle timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_gets_goaway_after_the_listener_idle_timeout() {
+    let upstream = Upstream::echo("idle-h2").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    idle_timeout: 400ms
+    routes:
+      - match: {{ path: {{ prefix: / }} }}
+        backends: [{{ cluster: echo }}]
+clusters:
+  - name: echo
+    endpoints: [{{ address: "{}" }}]
+"#,
+        upstream.addr
+    ))
+    .await;
+    let mut conn = within(
+        Duration::from_secs(5),
+        "connect",
+        Conn::open(proxy.listen, Proto::H2),
+    )
+    .await
+    .expect("connect to proxy");
+    // Requests keep it open past the timeout while they keep coming.
+    for _ in 0..4 {
+        let resp = within(
+            Duration::from_secs(5),
+            "request",
+            conn.fetch(simple("GET", "a.example", "/")),
+        )
+        .await
+        .expect("request on a busy connection");
+        assert_eq!(resp.status, 200);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let started = Instant::now();
+    assert!(
+        conn.wait_closed(Duration::from_secs(5)).await,
+        "the idle HTTP/2 connection stayed open"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(200),
+        "closed after {took:?}, before the idle timeout"
+    );
+}

@@ -32,6 +32,7 @@ pub(crate) async fn serve_connection(
         }
     };
     let io = TokioIo::new(stream);
+    let watched = Rc::clone(&conn);
     let service = service_fn(move |req| gateway::serve(req, Rc::clone(&conn)));
     let result = match protocol {
         Protocol::Http1 => {
@@ -54,7 +55,7 @@ pub(crate) async fn serve_connection(
             let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
             builder.timer(TokioTimer::new());
             if let Some(idle) = idle_timeout {
-                // Detects dead peers; hyper has no idle-stream timeout for HTTP/2 servers.
+                // Pings find dead peers; the idle timer below closes live but unused ones.
                 builder
                     .keep_alive_interval(idle)
                     .keep_alive_timeout(Duration::from_secs(20));
@@ -67,10 +68,30 @@ pub(crate) async fn serve_connection(
                     served.as_mut().graceful_shutdown();
                     served.await
                 }
+                () = idle_for(&watched.activity, idle_timeout) => {
+                    // GOAWAY: streams still sending their bodies finish; new ones go elsewhere.
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
             }
         }
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Completes once no request has been pending for `limit` (never when `limit` is `None`).
+/// hyper's HTTP/2 server has no idle timeout of its own.
+async fn idle_for(activity: &gateway::Activity, limit: Option<Duration>) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    loop {
+        match activity.idle_since() {
+            Some(since) if since.elapsed() >= limit => return,
+            Some(since) => tokio::time::sleep_until(since + limit).await,
+            None => tokio::time::sleep(limit).await,
+        }
     }
 }
