@@ -47,7 +47,6 @@ workers: 1
 listeners:
   - name: bench
     address: 127.0.0.1:$P_STRAIT
-    proxy_headers: { request_id: false }
     routes:
       - match: { path: { prefix: / } }
         backends: [{ cluster: up }]
