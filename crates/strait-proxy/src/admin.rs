@@ -13,9 +13,12 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use prometheus_client::registry::Registry;
+
 use crate::runtime::Shared;
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let registry = Arc::new(shared.metrics.registry());
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -26,8 +29,10 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let shared = Arc::clone(&shared);
+        let registry = Arc::clone(&registry);
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, Arc::clone(&shared)));
+            let service =
+                service_fn(move |req| answer(req, Arc::clone(&shared), Arc::clone(&registry)));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -38,16 +43,36 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 async fn answer(
     req: Request<Incoming>,
     shared: Arc<Shared>,
+    registry: Arc<Registry>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ready") => {
-            if shared.is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else {
-                text(StatusCode::OK, "ready\n")
+        (&Method::GET, "/metrics") => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                Ok(()) => {
+                    let mut resp = Response::new(Full::new(Bytes::from(text)));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                    );
+                    resp
+                }
+                Err(_) => text_reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "metrics encoding failed\n",
+                ),
             }
         }
-        (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (&Method::GET, "/ready") => {
+            if shared.is_draining() {
+                text_reply(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text_reply(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/live") => text_reply(StatusCode::OK, "live\n"),
         (&Method::GET, "/config_dump") => {
             let snapshot = shared.snapshot.load();
             let error = shared.last_reload_error.load_full();
@@ -93,20 +118,20 @@ async fn answer(
         }
         (&Method::POST, "/drain") => {
             shared.drain();
-            text(StatusCode::OK, "draining\n")
+            text_reply(StatusCode::OK, "draining\n")
         }
-        (_, "/ready" | "/live" | "/config_dump" | "/clusters" | "/drain") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        (_, "/ready" | "/live" | "/config_dump" | "/clusters" | "/drain" | "/metrics") => {
+            text_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
-        _ => text(
+        _ => text_reply(
             StatusCode::NOT_FOUND,
-            "not found; try GET /ready /live /config_dump /clusters, POST /drain\n",
+            "not found; try GET /ready /live /metrics /config_dump /clusters, POST /drain\n",
         ),
     };
     Ok(reply)
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+fn text_reply(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

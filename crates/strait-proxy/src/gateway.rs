@@ -33,6 +33,8 @@ use crate::http::pool::{ConnectError, Pool};
 use crate::route::{self, MatchInfo, RequestView};
 use crate::runtime::snapshot::{ClusterPlan, ListenerPlan, RouteAction, RouteKind, Snapshot};
 use crate::runtime::Worker;
+use crate::telemetry::metrics::{EndpointCounters, RouteStats};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Largest request body copied for a mirror; bigger bodies are forwarded but not mirrored.
 const MIRROR_BODY_LIMIT: usize = 1 << 20;
@@ -90,6 +92,7 @@ pub(crate) async fn serve(
     conn: Rc<Connection>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let _pending = conn.activity.start();
+    let started = Instant::now();
     let snapshot = conn.worker.snapshot();
     let grpc = is_grpc(&req);
     let Some(listener) = snapshot.listener(conn.local) else {
@@ -108,13 +111,12 @@ pub(crate) async fn serve(
         listener.routes.find_with_match(&view)
     };
     let Some((action, matched)) = found else {
-        return Ok(local_reply(
-            grpc,
-            Cause::NoRoute,
-            "no route matches the request",
-        ));
+        let mut response = local_reply(grpc, Cause::NoRoute, "no route matches the request");
+        count_answer(&listener.no_route, &mut response, started);
+        return Ok(response);
     };
     tracing::trace!(listener = %listener.name, route = %action.name, "route matched");
+    let mut stats = &action.local_stats;
     let mut response = match &action.kind {
         RouteKind::Direct {
             status,
@@ -153,9 +155,13 @@ pub(crate) async fn serve(
             resp
         }
         RouteKind::Forward(_) => {
-            forward(req, &conn, &snapshot, listener, action, matched, host, grpc).await
+            let (response, used) =
+                forward(req, &conn, &snapshot, listener, action, matched, host, grpc).await;
+            stats = used;
+            response
         }
     };
+    count_answer(stats, &mut response, started);
     action.response_headers.apply(response.headers_mut());
     if let Some(via) = &listener.proxy_headers.via {
         headers::append_via(response.headers_mut(), "1.1", via);
@@ -163,9 +169,45 @@ pub(crate) async fn serve(
     Ok(response)
 }
 
-/// Sends a request upstream and streams the answer back.
+/// Sends a request to one of the route's backends; returns the answer and the counters of
+/// the route's traffic to the backend chosen.
 #[allow(clippy::too_many_arguments)]
-async fn forward(
+async fn forward<'s>(
+    req: Request<Incoming>,
+    conn: &Connection,
+    snapshot: &'s Arc<Snapshot>,
+    listener: &ListenerPlan,
+    action: &'s RouteAction,
+    matched: MatchInfo,
+    host: Option<HeaderValue>,
+    grpc: bool,
+) -> (Response<ResponseBody>, &'s Arc<RouteStats>) {
+    let RouteKind::Forward(split) = &action.kind else {
+        let reply = local_reply(grpc, Cause::NoRoute, "route does not forward");
+        return (reply, &action.local_stats);
+    };
+    let Some((backend, cluster)) = split
+        .pick(fastrand::u32(..))
+        .and_then(|b| Some((b, snapshot.clusters.get(b.cluster)?)))
+    else {
+        let reply = local_reply(
+            grpc,
+            Cause::NoHealthyEndpoint,
+            "every backend of the route has weight 0",
+        );
+        return (reply, &action.local_stats);
+    };
+    let stats = &backend.stats;
+    let response = forward_to(
+        req, conn, snapshot, listener, action, matched, host, grpc, cluster, stats,
+    )
+    .await;
+    (response, stats)
+}
+
+/// Sends a request to `cluster` and streams the answer back.
+#[allow(clippy::too_many_arguments)]
+async fn forward_to(
     mut req: Request<Incoming>,
     conn: &Connection,
     snapshot: &Arc<Snapshot>,
@@ -174,20 +216,9 @@ async fn forward(
     matched: MatchInfo,
     host: Option<HeaderValue>,
     grpc: bool,
+    cluster: &ClusterPlan,
+    route_stats: &Arc<RouteStats>,
 ) -> Response<ResponseBody> {
-    let RouteKind::Forward(split) = &action.kind else {
-        return local_reply(grpc, Cause::NoRoute, "route does not forward");
-    };
-    let Some(cluster) = split
-        .pick(fastrand::u32(..))
-        .and_then(|&i| snapshot.clusters.get(i))
-    else {
-        return local_reply(
-            grpc,
-            Cause::NoHealthyEndpoint,
-            "every backend of the route has weight 0",
-        );
-    };
     let hash = request_hash(cluster, &req, conn.peer.ip());
     let Some(endpoint) = cluster.balancer.pick(hash) else {
         return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
@@ -270,9 +301,10 @@ async fn forward(
                         None,
                         action.timeout,
                     );
-                    RequestBody::Streaming(body)
+                    RequestBody::Counted(body, Arc::clone(route_stats))
                 } else {
-                    let (tee, copied) = TeeBody::new(body, MIRROR_BODY_LIMIT);
+                    let (tee, copied) =
+                        TeeBody::new(body, MIRROR_BODY_LIMIT, Some(Arc::clone(route_stats)));
                     spawn_mirror(
                         &conn.worker,
                         Arc::clone(mirror_cluster),
@@ -283,25 +315,30 @@ async fn forward(
                     RequestBody::Teed(tee)
                 }
             }
-            None => RequestBody::Streaming(body),
+            None => RequestBody::Counted(body, Arc::clone(route_stats)),
         },
-        _ => RequestBody::Streaming(body),
+        _ => RequestBody::Counted(body, Arc::clone(route_stats)),
     };
     let request = Request::from_parts(parts, body);
 
     let in_flight = stats.start_request();
+    let counters = cluster.endpoint_counters.get(endpoint).map(|c| &**c);
+    if let Some(c) = counters {
+        c.requests.fetch_add(1, Relaxed);
+    }
     let started = Instant::now();
     let pool = &conn.worker.pool;
-    let sent = send(pool, cluster, addr, request, upgrade);
+    let sent = send(pool, cluster, addr, request, upgrade, counters);
     let outcome = match action.timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(outcome) => outcome,
             Err(_) => {
+                cluster.counters.request_timeouts.fetch_add(1, Relaxed);
                 return local_reply(
                     grpc,
                     Cause::RequestTimeout,
                     format!("no response from {addr} within {limit:?}"),
-                )
+                );
             }
         },
         None => sent.await,
@@ -309,13 +346,20 @@ async fn forward(
     let (mut response, reuse) = match outcome {
         Ok(ok) => ok,
         Err(SendError::Connect(e)) if e.is_timeout() => {
-            return local_reply(grpc, Cause::ConnectTimeout, e.to_string())
+            if let Some(c) = counters {
+                c.connect_timeouts.fetch_add(1, Relaxed);
+            }
+            return local_reply(grpc, Cause::ConnectTimeout, e.to_string());
         }
         Err(SendError::Connect(e)) => {
-            return local_reply(grpc, Cause::ConnectFailed, e.to_string())
+            if let Some(c) = counters {
+                c.connect_refused.fetch_add(1, Relaxed);
+            }
+            return local_reply(grpc, Cause::ConnectFailed, e.to_string());
         }
         Err(SendError::Upstream(e)) => {
-            return local_reply(grpc, Cause::UpstreamReset, format!("{addr}: {e}"))
+            cluster.counters.resets.fetch_add(1, Relaxed);
+            return local_reply(grpc, Cause::UpstreamReset, format!("{addr}: {e}"));
         }
     };
     stats.observe_latency(started.elapsed());
@@ -331,8 +375,32 @@ async fn forward(
     headers::strip_hop_by_hop(response.headers_mut(), false);
     let (parts, body) = response.into_parts();
     let reuse = reuse.map(|c| (Rc::clone(pool), c));
-    let body = UpstreamBody::new(body, Some(in_flight), reuse, action.idle_timeout);
+    let mut body = UpstreamBody::new(body, Some(in_flight), reuse, action.idle_timeout);
+    body.count_bytes(Arc::clone(route_stats));
     Response::from_parts(parts, ResponseBody::Upstream(body))
+}
+
+/// Counts an answer: its time to head now; its status now, or for a gRPC answer whose
+/// grpc-status comes in trailers, when the body brings them.
+fn count_answer(stats: &Arc<RouteStats>, response: &mut Response<ResponseBody>, started: Instant) {
+    let status = response.status().as_u16();
+    stats.observe(status, started.elapsed());
+    let grpc_in_head = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let grpc_answer = grpc_in_head.is_none()
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    match response.body_mut() {
+        ResponseBody::Upstream(body) if grpc_answer => {
+            body.count_grpc_status_from_trailers(Arc::clone(stats))
+        }
+        _ => stats.count(status, grpc_in_head),
+    }
 }
 
 /// Why sending upstream failed.
@@ -352,13 +420,22 @@ async fn send(
     addr: SocketAddr,
     request: Request<RequestBody>,
     upgrade: bool,
+    counters: Option<&EndpointCounters>,
 ) -> Result<Sent, SendError> {
+    let opened = || {
+        if let Some(c) = counters {
+            c.connections_opened.fetch_add(1, Relaxed);
+        }
+    };
     match cluster.protocol {
         UpstreamProtocol::Http2 => {
-            let mut sender = pool
+            let (mut sender, fresh) = pool
                 .http2(addr, cluster.connect_timeout)
                 .await
                 .map_err(SendError::Connect)?;
+            if fresh {
+                opened();
+            }
             let response = sender
                 .send_request(request)
                 .await
@@ -371,6 +448,9 @@ async fn send(
                 .http1(addr, cluster.connect_timeout, max_idle)
                 .await
                 .map_err(SendError::Connect)?;
+            if !conn.reused {
+                opened();
+            }
             let response = match conn.sender.try_send_request(request).await {
                 Ok(response) => response,
                 Err(mut failed) => match failed.take_message() {
@@ -379,6 +459,7 @@ async fn send(
                             .connect_http1(addr, cluster.connect_timeout, max_idle)
                             .await
                             .map_err(SendError::Connect)?;
+                        opened();
                         conn.sender
                             .send_request(request)
                             .await
@@ -476,7 +557,7 @@ fn spawn_mirror(
         };
         let limit = timeout.unwrap_or(std::time::Duration::from_secs(15));
         let exchange = async {
-            let (response, reuse) = send(&worker.pool, &cluster, addr, request, false)
+            let (response, reuse) = send(&worker.pool, &cluster, addr, request, false, None)
                 .await
                 .ok()?;
             let body = UpstreamBody::new(

@@ -13,5 +13,6 @@ pub mod http;
 pub mod listener;
 pub mod route;
 mod runtime;
+pub mod telemetry;
 
 pub use runtime::{run, ProxyOptions, StartError};

@@ -48,6 +48,10 @@ pub(crate) async fn accept_loop(
                     activity: Activity::new(),
                 });
                 let guard = worker.connection_opened();
+                let counted = worker
+                    .snapshot()
+                    .listener(address)
+                    .map(|l| l.connections.opened());
                 // Read per connection so a reload that changes the timeout applies to new ones.
                 let idle_timeout = worker
                     .snapshot()
@@ -56,6 +60,7 @@ pub(crate) async fn accept_loop(
                 let drain = stop.clone();
                 tokio::task::spawn_local(async move {
                     serve_connection(stream, conn, idle_timeout, drain).await;
+                    drop(counted);
                     drop(guard);
                 });
             }

@@ -15,6 +15,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::balance::InFlight;
 use crate::http::pool::{Pool, PooledHttp1};
+use crate::telemetry::metrics::RouteStats;
+use std::sync::Arc;
 
 /// Boxed error crossing the body boundary (what hyper expects).
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -24,6 +26,8 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub enum RequestBody {
     /// The client's body, streamed as it arrives.
     Streaming(Incoming),
+    /// The client's body, streamed, its bytes counted in the route's metrics.
+    Counted(Incoming, Arc<RouteStats>),
     /// The client's body, streamed, with a bounded copy kept for a mirror.
     Teed(TeeBody),
     /// A body already in memory (mirrors, generated requests); `None` once sent.
@@ -47,6 +51,13 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Counted(b, stats) => {
+                let frame = ready!(Pin::new(b).poll_frame(cx));
+                if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+                    stats.add_request_bytes(data.map_or(0, Bytes::len));
+                }
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
             RequestBody::Teed(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
@@ -54,7 +65,7 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Streaming(b) => b.is_end_stream(),
+            RequestBody::Streaming(b) | RequestBody::Counted(b, _) => b.is_end_stream(),
             RequestBody::Teed(b) => b.inner.is_end_stream(),
             RequestBody::Full(b) => b.is_none(),
         }
@@ -62,7 +73,7 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Streaming(b) => b.size_hint(),
+            RequestBody::Streaming(b) | RequestBody::Counted(b, _) => b.size_hint(),
             RequestBody::Teed(b) => b.inner.size_hint(),
             RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             RequestBody::Full(None) => SizeHint::with_exact(0),
@@ -80,11 +91,17 @@ pub struct TeeBody {
     copied: usize,
     limit: usize,
     done: Option<oneshot::Sender<Bytes>>,
+    stats: Option<Arc<RouteStats>>,
 }
 
 impl TeeBody {
-    /// Wraps `inner`; the receiver gets the whole body once it has streamed.
-    pub fn new(inner: Incoming, limit: usize) -> (Self, oneshot::Receiver<Bytes>) {
+    /// Wraps `inner`; the receiver gets the whole body once it has streamed. Bytes are counted
+    /// in `stats` when given.
+    pub fn new(
+        inner: Incoming,
+        limit: usize,
+        stats: Option<Arc<RouteStats>>,
+    ) -> (Self, oneshot::Receiver<Bytes>) {
         let (tx, rx) = oneshot::channel();
         let tee = TeeBody {
             inner,
@@ -92,6 +109,7 @@ impl TeeBody {
             copied: 0,
             limit,
             done: Some(tx),
+            stats,
         };
         (tee, rx)
     }
@@ -121,6 +139,9 @@ impl Body for TeeBody {
         match &frame {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
+                    if let Some(stats) = &this.stats {
+                        stats.add_request_bytes(data.len());
+                    }
                     this.copied += data.len();
                     if this.copied > this.limit {
                         this.done = None;
@@ -202,6 +223,10 @@ pub struct UpstreamBody {
     in_flight: Option<InFlight>,
     reuse: Option<(Rc<Pool>, PooledHttp1)>,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// Where response bytes are counted.
+    bytes: Option<Arc<RouteStats>>,
+    /// A gRPC answer waiting for its grpc-status in the trailers to be counted.
+    grpc_pending: Option<Arc<RouteStats>>,
 }
 
 /// Why a response body stopped early.
@@ -223,6 +248,8 @@ impl UpstreamBody {
             in_flight,
             reuse,
             idle,
+            bytes: None,
+            grpc_pending: None,
         };
         if body.inner.is_end_stream() {
             body.complete();
@@ -230,7 +257,25 @@ impl UpstreamBody {
         body
     }
 
+    /// Counts the body's bytes in `stats`.
+    pub fn count_bytes(&mut self, stats: Arc<RouteStats>) {
+        self.bytes = Some(stats);
+    }
+
+    /// Counts the answer in `stats` by the grpc-status of its trailers (or, without one, by
+    /// its HTTP status 200) once they arrive or the body ends.
+    pub fn count_grpc_status_from_trailers(&mut self, stats: Arc<RouteStats>) {
+        self.grpc_pending = Some(stats);
+    }
+
+    fn count_grpc(&mut self, status: Option<u16>) {
+        if let Some(stats) = self.grpc_pending.take() {
+            stats.count(200, status);
+        }
+    }
+
     fn complete(&mut self) {
+        self.count_grpc(None);
         self.in_flight = None;
         if let Some((pool, conn)) = self.reuse.take() {
             pool.put_http1(conn);
@@ -263,9 +308,18 @@ impl Body for UpstreamBody {
             }
         };
         match &frame {
-            Some(Ok(_)) => {
+            Some(Ok(f)) => {
                 if let Some((limit, sleep)) = &mut this.idle {
                     sleep.as_mut().reset(Instant::now() + *limit);
+                }
+                if let (Some(stats), Some(data)) = (&this.bytes, f.data_ref()) {
+                    stats.add_response_bytes(data.len());
+                }
+                if let Some(trailers) = f.trailers_ref() {
+                    let status = trailers
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok()?.parse().ok());
+                    this.count_grpc(status);
                 }
                 if this.inner.is_end_stream() {
                     this.complete();
@@ -279,6 +333,13 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A gRPC answer cut short is still an answer: count it by its HTTP status.
+        self.count_grpc(None);
     }
 }
 

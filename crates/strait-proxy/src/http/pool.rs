@@ -143,15 +143,16 @@ impl Pool {
         }
     }
 
-    /// The worker's HTTP/2 connection to `addr`, opened when there is none or it closed.
+    /// The worker's HTTP/2 connection to `addr`, opened when there is none or it closed (then
+    /// the flag is true).
     pub async fn http2(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
+    ) -> Result<(http2::SendRequest<RequestBody>, bool), ConnectError> {
         if let Some(sender) = self.http2.borrow().get(&addr) {
             if sender.is_ready() {
-                return Ok(sender.clone());
+                return Ok((sender.clone(), false));
             }
         }
         let io = connect(addr, connect_timeout).await?;
@@ -167,7 +168,7 @@ impl Pool {
             }
         });
         self.http2.borrow_mut().insert(addr, sender.clone());
-        Ok(sender)
+        Ok((sender, true))
     }
 
     /// Number of idle HTTP/1 and open HTTP/2 connections to `addr` (for `/clusters`).

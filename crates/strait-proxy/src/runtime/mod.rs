@@ -23,6 +23,8 @@ use tokio::task::LocalSet;
 
 use crate::http::pool::Pool;
 use crate::listener;
+use crate::telemetry::metrics::GaugeSource;
+use crate::telemetry::MetricsStore;
 pub use snapshot::Snapshot;
 
 /// How the proxy is started (the bootstrap lane: flags, not config).
@@ -88,6 +90,8 @@ pub(crate) struct Shared {
     /// Why the last rejected reload was rejected, until a later one succeeds.
     pub last_reload_error: ArcSwapOption<String>,
     pub config_path: PathBuf,
+    /// Every counter, by name; snapshots resolve their handles here.
+    pub metrics: Arc<MetricsStore>,
 }
 
 impl Shared {
@@ -103,7 +107,8 @@ impl Shared {
             .map_err(|e| e.to_string())
             .and_then(|config| {
                 let old = self.snapshot.load();
-                Snapshot::compile(config, old.version + 1, Some(&old)).map_err(|e| e.to_string())
+                Snapshot::compile(config, old.version + 1, Some(&old), &self.metrics)
+                    .map_err(|e| e.to_string())
             });
         match result {
             Ok(snapshot) => {
@@ -136,6 +141,42 @@ impl Shared {
 
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
+    }
+}
+
+/// Reads the gauges `/metrics` shows from the live snapshot. Weak: the store is part of
+/// `Shared` and must not keep it alive.
+#[derive(Debug)]
+struct SharedGauges(std::sync::Weak<Shared>);
+
+impl GaugeSource for SharedGauges {
+    fn endpoints(&self) -> Vec<(String, String, bool, u32)> {
+        let Some(shared) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let snapshot = shared.snapshot.load();
+        let mut out = Vec::new();
+        for c in &snapshot.clusters {
+            for (i, addr) in c.endpoints.iter().enumerate() {
+                let (healthy, in_flight) = c
+                    .balancer
+                    .stats(i)
+                    .map_or((true, 0), |s| (s.is_healthy(), s.in_flight()));
+                out.push((c.name.to_string(), addr.to_string(), healthy, in_flight));
+            }
+        }
+        out
+    }
+
+    fn config(&self) -> (u64, u64, u64) {
+        let Some(shared) = self.0.upgrade() else {
+            return (0, 0, 0);
+        };
+        (
+            shared.snapshot.load().version,
+            shared.last_reload_unix.load(Ordering::Relaxed),
+            shared.reload_failures.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -197,7 +238,8 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     let admin_addr = config.admin.address;
-    let snapshot = Snapshot::compile(config, 1, None)?;
+    let metrics = Arc::new(MetricsStore::default());
+    let snapshot = Snapshot::compile(config, 1, None, &metrics)?;
     let (updated, _) = watch::channel(1);
     let (draining, _) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -209,7 +251,11 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         last_reload_unix: AtomicU64::new(unix_now()),
         last_reload_error: ArcSwapOption::empty(),
         config_path: options.config_path.clone(),
+        metrics,
     });
+    shared
+        .metrics
+        .set_gauge_source(Arc::new(SharedGauges(Arc::downgrade(&shared))));
 
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -13,6 +13,9 @@ use strait_config::{Config, HashOn, ProxyHeaders, Redirect, Rewrite, UpstreamPro
 use crate::balance::Balancer;
 use crate::http::headers::CompiledEdits;
 use crate::route::{RouteTable, WeightedSplit};
+use crate::telemetry::metrics::{
+    ClusterCounters, EndpointCounters, ListenerStats, MetricsStore, RouteStats,
+};
 
 /// Why a config that passed validation still could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,7 @@ impl Snapshot {
         config: Config,
         version: u64,
         previous: Option<&Snapshot>,
+        metrics: &MetricsStore,
     ) -> Result<Snapshot, CompileError> {
         let clusters: Vec<Arc<ClusterPlan>> = config
             .clusters
@@ -52,7 +56,7 @@ impl Snapshot {
                     .filter(|old| old.source == *c);
                 match reused {
                     Some(old) => Arc::clone(old),
-                    None => Arc::new(ClusterPlan::compile(c)),
+                    None => Arc::new(ClusterPlan::compile(c, metrics)),
                 }
             })
             .collect();
@@ -70,6 +74,7 @@ impl Snapshot {
             let mut actions = Vec::with_capacity(l.routes.len());
             for (ri, r) in l.routes.iter().enumerate() {
                 let at = || format!("listeners[{li}].routes[{ri}]");
+                let route_name = r.name.clone().unwrap_or_else(|| format!("route-{ri}"));
                 let kind = if let Some(d) = &r.direct_response {
                     let status = StatusCode::from_u16(d.status).map_err(|_| CompileError {
                         location: at(),
@@ -98,7 +103,9 @@ impl Snapshot {
                 } else {
                     let mut split = Vec::with_capacity(r.backends.len());
                     for b in &r.backends {
-                        split.push((cluster_index(&b.cluster, &at)?, b.weight));
+                        let cluster = cluster_index(&b.cluster, &at)?;
+                        let stats = metrics.route(&l.name, &route_name, &b.cluster);
+                        split.push((Backend { cluster, stats }, b.weight));
                     }
                     RouteKind::Forward(WeightedSplit::new(split))
                 };
@@ -116,7 +123,8 @@ impl Snapshot {
                     })
                 };
                 let action = RouteAction {
-                    name: Arc::from(r.name.clone().unwrap_or_else(|| format!("route-{ri}"))),
+                    local_stats: metrics.route(&l.name, &route_name, ""),
+                    name: Arc::from(route_name.as_str()),
                     kind,
                     rewrite: r.rewrite.clone(),
                     request_headers: edits(&r.request_headers)?,
@@ -137,6 +145,8 @@ impl Snapshot {
                 proxy_headers: l.proxy_headers.clone(),
                 idle_timeout: l.idle_timeout.non_zero(),
                 routes,
+                connections: metrics.listener(&l.name),
+                no_route: metrics.route(&l.name, "", ""),
             });
         }
         Ok(Snapshot {
@@ -166,6 +176,10 @@ pub struct ListenerPlan {
     pub idle_timeout: Option<Duration>,
     /// Routes in declared order.
     pub routes: RouteTable<RouteAction>,
+    /// Connection counters.
+    pub connections: Arc<ListenerStats>,
+    /// Counters of requests no route matched.
+    pub no_route: Arc<RouteStats>,
 }
 
 /// What a matched route does.
@@ -173,6 +187,8 @@ pub struct ListenerPlan {
 pub struct RouteAction {
     /// Name from the config, or `route-<index>`.
     pub name: Arc<str>,
+    /// Counters of answers the route makes itself (redirects, direct responses).
+    pub local_stats: Arc<RouteStats>,
     /// Forward, redirect or answer directly.
     pub kind: RouteKind,
     /// Path and host rewrites.
@@ -192,8 +208,8 @@ pub struct RouteAction {
 /// The three things a route can do with a request.
 #[derive(Debug)]
 pub enum RouteKind {
-    /// Send it to one of these clusters (indices into `Snapshot::clusters`), by weight.
-    Forward(WeightedSplit<usize>),
+    /// Send it to one of these clusters, by weight.
+    Forward(WeightedSplit<Backend>),
     /// Answer with a redirect.
     Redirect {
         /// Where to.
@@ -210,6 +226,15 @@ pub enum RouteKind {
         /// Its content type.
         content_type: HeaderValue,
     },
+}
+
+/// One weighted destination of a route.
+#[derive(Debug)]
+pub struct Backend {
+    /// Index into `Snapshot::clusters`.
+    pub cluster: usize,
+    /// Counters of this route's traffic to this cluster.
+    pub stats: Arc<RouteStats>,
 }
 
 /// Where and how often a route mirrors.
@@ -238,11 +263,15 @@ pub struct ClusterPlan {
     pub endpoints: Vec<SocketAddr>,
     /// Picks endpoints; holds their live stats.
     pub balancer: Balancer,
+    /// Per-endpoint counters, in endpoint order.
+    pub endpoint_counters: Vec<Arc<EndpointCounters>>,
+    /// Cluster-wide counters.
+    pub counters: Arc<ClusterCounters>,
     source: strait_config::Cluster,
 }
 
 impl ClusterPlan {
-    fn compile(c: &strait_config::Cluster) -> Self {
+    fn compile(c: &strait_config::Cluster, metrics: &MetricsStore) -> Self {
         // Hashing balancers place endpoints by address, so a change to one endpoint moves only
         // its own keys.
         let keys: Vec<String> = c.endpoints.iter().map(|e| e.address.to_string()).collect();
@@ -259,6 +288,8 @@ impl ClusterPlan {
             hash_on: c.hash_on.clone(),
             endpoints: c.endpoints.iter().map(|e| e.address).collect(),
             balancer: Balancer::keyed(c.load_balancer, &keyed),
+            endpoint_counters: keys.iter().map(|k| metrics.endpoint(&c.name, k)).collect(),
+            counters: metrics.cluster(&c.name),
             source: c.clone(),
         }
     }

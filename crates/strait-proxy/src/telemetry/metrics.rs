@@ -1,0 +1,582 @@
+//! Prometheus metrics. Requests never take a lock or hash a label set: each (listener, route,
+//! cluster) gets its atomic counters when a snapshot is compiled, and requests bump those.
+//! The [`MetricsStore`] keeps every handle by name, so counters survive reloads, and is read by
+//! a prometheus-client [`Collector`] on each scrape (on the control thread).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// Upper bounds of the request duration histogram, in seconds: sub-millisecond to tens of
+/// seconds.
+pub const DURATION_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Status codes counted under their own label; any other is counted as `other` in its class,
+/// so a client or upstream inventing codes cannot grow the label set.
+const CODES: [u16; 24] = [
+    100, 101, 200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 409,
+    413, 429, 500, 502, 503,
+];
+/// 504 and the five `other` slots (1xx..5xx) follow `CODES`.
+const SLOT_504: usize = CODES.len();
+const SLOT_OTHER: usize = CODES.len() + 1;
+const SLOTS: usize = SLOT_OTHER + 5;
+/// gRPC status codes 0..=16.
+const GRPC_CODES: usize = 17;
+
+fn code_slot(code: u16) -> usize {
+    if code == 504 {
+        return SLOT_504;
+    }
+    match CODES.iter().position(|&c| c == code) {
+        Some(i) => i,
+        None => SLOT_OTHER + usize::from(code / 100).clamp(1, 5) - 1,
+    }
+}
+
+fn class_index(code: u16) -> usize {
+    usize::from(code / 100).clamp(1, 5) - 1
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The counters of one (direction, listener, route, cluster).
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    codes: [AtomicU64; SLOTS],
+    /// gRPC answers by grpc-status (their HTTP status is 200).
+    grpc: [AtomicU64; GRPC_CODES],
+    durations: [Histogram; 5],
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
+}
+
+impl RouteStats {
+    /// Counts an answer by status, or by grpc-status for a gRPC answer.
+    pub fn count(&self, status: u16, grpc_status: Option<u16>) {
+        match grpc_status.map(usize::from).filter(|&g| g < GRPC_CODES) {
+            Some(g) => self.grpc[g].fetch_add(1, Relaxed),
+            None => self.codes[code_slot(status)].fetch_add(1, Relaxed),
+        };
+    }
+
+    /// Records the time from request head to response head.
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        self.durations[class_index(status)].observe(elapsed);
+    }
+
+    /// Counts request body bytes sent upstream.
+    pub fn add_request_bytes(&self, n: usize) {
+        self.request_bytes.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Counts response body bytes sent to the client.
+    pub fn add_response_bytes(&self, n: usize) {
+        self.response_bytes.fetch_add(n as u64, Relaxed);
+    }
+}
+
+/// A fixed-bucket histogram of atomics.
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = DURATION_BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+
+    /// Per-bucket counts (the encoder makes them cumulative), the last one for observations
+    /// above every bound.
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut out: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&le, n)| (le, n.load(Relaxed)))
+            .collect();
+        let in_buckets: u64 = out.iter().map(|&(_, n)| n).sum();
+        // Read separately from the buckets, the count can lag them by a racing observation.
+        let count = self.count.load(Relaxed).max(in_buckets);
+        out.push((f64::INFINITY, count - in_buckets));
+        (self.sum_nanos.load(Relaxed) as f64 / 1e9, count, out)
+    }
+}
+
+/// Client connections of one listener.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    opened: AtomicU64,
+    closed: AtomicU64,
+}
+
+impl ListenerStats {
+    /// Counts a connection opened; the guard counts it closed.
+    pub fn opened(self: &Arc<Self>) -> ConnectionCount {
+        self.opened.fetch_add(1, Relaxed);
+        ConnectionCount(Arc::clone(self))
+    }
+}
+
+/// Counts a client connection closed when dropped.
+#[derive(Debug)]
+pub struct ConnectionCount(Arc<ListenerStats>);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.closed.fetch_add(1, Relaxed);
+    }
+}
+
+/// Counters of one upstream endpoint.
+#[derive(Debug, Default)]
+pub struct EndpointCounters {
+    /// Requests sent.
+    pub requests: AtomicU64,
+    /// New connections opened.
+    pub connections_opened: AtomicU64,
+    /// Connects refused or unreachable.
+    pub connect_refused: AtomicU64,
+    /// Connects that timed out.
+    pub connect_timeouts: AtomicU64,
+}
+
+/// Counters of one cluster.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Requests that got no response head within the route timeout.
+    pub request_timeouts: AtomicU64,
+    /// Upstreams that closed or reset before a complete response head.
+    pub resets: AtomicU64,
+}
+
+/// Key of one route's counters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct RouteKey {
+    direction: &'static str,
+    listener: String,
+    route: String,
+    cluster: String,
+}
+
+/// Live gauges that the store reads from elsewhere at scrape time.
+pub trait GaugeSource: Send + Sync + std::fmt::Debug + 'static {
+    /// `(cluster, endpoint, healthy, in_flight)` for every current endpoint.
+    fn endpoints(&self) -> Vec<(String, String, bool, u32)>;
+    /// `(version, last reload unix seconds, reload failures)`.
+    fn config(&self) -> (u64, u64, u64);
+}
+
+/// Every counter handle, by name. Locked when a snapshot is compiled and when scraped; never by
+/// a request.
+#[derive(Debug, Default)]
+pub struct MetricsStore {
+    routes: Mutex<BTreeMap<RouteKey, Arc<RouteStats>>>,
+    listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
+    endpoints: Mutex<BTreeMap<(String, String), Arc<EndpointCounters>>>,
+    clusters: Mutex<BTreeMap<String, Arc<ClusterCounters>>>,
+    gauges: Mutex<Option<Arc<dyn GaugeSource>>>,
+}
+
+fn get_or_insert<K: Ord, V: Default>(map: &Mutex<BTreeMap<K, Arc<V>>>, key: K) -> Arc<V> {
+    // A poisoned lock only means a scrape panicked mid-way; the map itself is intact.
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    Arc::clone(map.entry(key).or_default())
+}
+
+impl MetricsStore {
+    /// The counters of a route's traffic to a cluster (`""` for none).
+    pub fn route(&self, listener: &str, route: &str, cluster: &str) -> Arc<RouteStats> {
+        let key = RouteKey {
+            direction: "gateway",
+            listener: listener.to_owned(),
+            route: route.to_owned(),
+            cluster: cluster.to_owned(),
+        };
+        get_or_insert(&self.routes, key)
+    }
+
+    /// The connection counters of a listener.
+    pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
+        get_or_insert(&self.listeners, name.to_owned())
+    }
+
+    /// The counters of an endpoint of a cluster.
+    pub fn endpoint(&self, cluster: &str, endpoint: &str) -> Arc<EndpointCounters> {
+        get_or_insert(&self.endpoints, (cluster.to_owned(), endpoint.to_owned()))
+    }
+
+    /// The counters of a cluster.
+    pub fn cluster(&self, name: &str) -> Arc<ClusterCounters> {
+        get_or_insert(&self.clusters, name.to_owned())
+    }
+
+    /// Where the gauges read at scrape time come from.
+    pub fn set_gauge_source(&self, source: Arc<dyn GaugeSource>) {
+        *self.gauges.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    /// The registry that `/metrics` encodes.
+    pub fn registry(self: &Arc<Self>) -> Registry {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StoreCollector(Arc::clone(self))));
+        registry.register_collector(Box::new(super::process::ProcessCollector));
+        registry
+    }
+}
+
+#[derive(Debug)]
+struct StoreCollector(Arc<MetricsStore>);
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let store = &self.0;
+        let version = env!("CARGO_PKG_VERSION");
+        {
+            let mut m = encoder.encode_descriptor(
+                "strait_build_info",
+                "Build information.",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(1i64).encode(m.encode_family(&[("version", version)])?)?;
+        }
+        let routes: Vec<(RouteKey, Arc<RouteStats>)> = {
+            let map = store.routes.lock().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .map(|(k, v)| (k.clone(), Arc::clone(v)))
+                .collect()
+        };
+        {
+            let mut m = encoder.encode_descriptor(
+                "strait_http_requests",
+                "HTTP requests answered, by status code (and grpc-status for gRPC).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (k, s) in &routes {
+                let base = [
+                    ("direction", k.direction),
+                    ("listener", k.listener.as_str()),
+                    ("route", k.route.as_str()),
+                    ("cluster", k.cluster.as_str()),
+                ];
+                for (slot, n) in s.codes.iter().enumerate() {
+                    let n = n.load(Relaxed);
+                    if n == 0 {
+                        continue;
+                    }
+                    let (code, class) = match slot {
+                        s if s < CODES.len() => {
+                            (CODES[s].to_string(), CLASSES[class_index(CODES[s])])
+                        }
+                        SLOT_504 => ("504".to_owned(), "5xx"),
+                        s => ("other".to_owned(), CLASSES[s - SLOT_OTHER]),
+                    };
+                    let labels = [
+                        base[0],
+                        base[1],
+                        base[2],
+                        base[3],
+                        ("class", class),
+                        ("code", &code),
+                        ("grpc_status", ""),
+                    ];
+                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                }
+                for (g, n) in s.grpc.iter().enumerate() {
+                    let n = n.load(Relaxed);
+                    if n == 0 {
+                        continue;
+                    }
+                    let g = g.to_string();
+                    let labels = [
+                        base[0],
+                        base[1],
+                        base[2],
+                        base[3],
+                        ("class", "2xx"),
+                        ("code", "200"),
+                        ("grpc_status", &g),
+                    ];
+                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "strait_http_request_duration_seconds",
+                "Time from a request's head received to its response head sent.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (k, s) in &routes {
+                for (class, h) in CLASSES.iter().zip(&s.durations) {
+                    let (sum, count, buckets) = h.snapshot();
+                    if count == 0 {
+                        continue;
+                    }
+                    let labels = [
+                        ("direction", k.direction),
+                        ("listener", k.listener.as_str()),
+                        ("route", k.route.as_str()),
+                        ("cluster", k.cluster.as_str()),
+                        ("class", class),
+                    ];
+                    m.encode_family(&labels)?
+                        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                            sum, count, &buckets, None,
+                        )?;
+                }
+            }
+        }
+        for (name, help, pick) in [
+            (
+                "strait_http_request_body_bytes",
+                "Request body bytes forwarded upstream.",
+                (|s: &RouteStats| s.request_bytes.load(Relaxed)) as fn(&RouteStats) -> u64,
+            ),
+            (
+                "strait_http_response_body_bytes",
+                "Response body bytes sent to clients.",
+                |s: &RouteStats| s.response_bytes.load(Relaxed),
+            ),
+        ] {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (k, s) in &routes {
+                let labels = [
+                    ("direction", k.direction),
+                    ("listener", k.listener.as_str()),
+                    ("route", k.route.as_str()),
+                    ("cluster", k.cluster.as_str()),
+                ];
+                ConstCounter::new(pick(s)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+
+        let listeners: Vec<(String, Arc<ListenerStats>)> = {
+            let map = store.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .map(|(k, v)| (k.clone(), Arc::clone(v)))
+                .collect()
+        };
+        for (name, help, kind) in [
+            (
+                "strait_tcp_connections_opened",
+                "Client connections accepted.",
+                0,
+            ),
+            (
+                "strait_tcp_connections_closed",
+                "Client connections closed.",
+                1,
+            ),
+            (
+                "strait_tcp_connections_active",
+                "Client connections open now.",
+                2,
+            ),
+        ] {
+            let metric_type = if kind == 2 {
+                MetricType::Gauge
+            } else {
+                MetricType::Counter
+            };
+            let mut m = encoder.encode_descriptor(name, help, None, metric_type)?;
+            for (l, s) in &listeners {
+                let (opened, closed) = (s.opened.load(Relaxed), s.closed.load(Relaxed));
+                let labels = [("listener", l.as_str())];
+                let fam = m.encode_family(&labels)?;
+                match kind {
+                    0 => ConstCounter::new(opened).encode(fam)?,
+                    1 => ConstCounter::new(closed).encode(fam)?,
+                    _ => ConstGauge::new(opened.saturating_sub(closed) as i64).encode(fam)?,
+                }
+            }
+        }
+
+        let endpoints: Vec<((String, String), Arc<EndpointCounters>)> = {
+            let map = store.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .map(|(k, v)| (k.clone(), Arc::clone(v)))
+                .collect()
+        };
+        for (name, help, pick) in [
+            (
+                "strait_upstream_requests",
+                "Requests sent to an endpoint.",
+                (|e: &EndpointCounters| e.requests.load(Relaxed)) as fn(&EndpointCounters) -> u64,
+            ),
+            (
+                "strait_upstream_connections_opened",
+                "Upstream connections opened.",
+                |e: &EndpointCounters| e.connections_opened.load(Relaxed),
+            ),
+        ] {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for ((c, e), s) in &endpoints {
+                ConstCounter::new(pick(s)).encode(
+                    m.encode_family(&[("cluster", c.as_str()), ("endpoint", e.as_str())])?,
+                )?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "strait_upstream_connect_failures",
+                "Upstream connects that failed, by reason (refused, timeout).",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((c, e), s) in &endpoints {
+                for (reason, n) in [
+                    ("refused", &s.connect_refused),
+                    ("timeout", &s.connect_timeouts),
+                ] {
+                    let labels = [
+                        ("cluster", c.as_str()),
+                        ("endpoint", e.as_str()),
+                        ("reason", reason),
+                    ];
+                    ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let clusters: Vec<(String, Arc<ClusterCounters>)> = {
+            let map = store.clusters.lock().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .map(|(k, v)| (k.clone(), Arc::clone(v)))
+                .collect()
+        };
+        for (name, help, pick) in [
+            (
+                "strait_upstream_request_timeouts",
+                "Requests with no response head within the route timeout.",
+                (|c: &ClusterCounters| c.request_timeouts.load(Relaxed))
+                    as fn(&ClusterCounters) -> u64,
+            ),
+            (
+                "strait_upstream_resets",
+                "Upstreams that closed or reset before a response head.",
+                |c: &ClusterCounters| c.resets.load(Relaxed),
+            ),
+        ] {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (c, s) in &clusters {
+                ConstCounter::new(pick(s)).encode(m.encode_family(&[("cluster", c.as_str())])?)?;
+            }
+        }
+
+        let source = store
+            .gauges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(source) = source {
+            let eps = source.endpoints();
+            {
+                let mut m = encoder.encode_descriptor(
+                    "strait_upstream_endpoint_healthy",
+                    "1 when balancers may choose the endpoint.",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for (c, e, healthy, _) in &eps {
+                    ConstGauge::new(i64::from(*healthy)).encode(
+                        m.encode_family(&[("cluster", c.as_str()), ("endpoint", e.as_str())])?,
+                    )?;
+                }
+            }
+            {
+                let mut m = encoder.encode_descriptor(
+                    "strait_upstream_endpoint_in_flight",
+                    "Requests sent to the endpoint and not finished.",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for (c, e, _, in_flight) in &eps {
+                    ConstGauge::new(i64::from(*in_flight)).encode(
+                        m.encode_family(&[("cluster", c.as_str()), ("endpoint", e.as_str())])?,
+                    )?;
+                }
+            }
+            let (version, reloaded, failures) = source.config();
+            let m = encoder.encode_descriptor(
+                "strait_config_version",
+                "Version of the config in use.",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(version as i64).encode(m)?;
+            let m = encoder.encode_descriptor(
+                "strait_config_last_reload_timestamp_seconds",
+                "When the config in use was applied (Unix time).",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(reloaded as i64).encode(m)?;
+            let m = encoder.encode_descriptor(
+                "strait_config_reload_failures",
+                "Configs rejected since start.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(failures).encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_outside_the_common_set_are_other_in_their_class() {
+        assert_eq!(code_slot(200), 2);
+        assert_eq!(code_slot(504), SLOT_504);
+        assert_eq!(code_slot(418), SLOT_OTHER + 3);
+        assert_eq!(code_slot(599), SLOT_OTHER + 4);
+        assert_eq!(code_slot(42), SLOT_OTHER);
+        assert_eq!(code_slot(999), SLOT_OTHER + 4);
+    }
+
+    #[test]
+    fn histogram_buckets_add_up_to_the_count() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60));
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 3);
+        assert!((sum - 60.0033).abs() < 1e-6);
+        assert_eq!(buckets.first(), Some(&(0.0005, 1)));
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 3);
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 1)));
+    }
+
+    #[test]
+    fn counters_survive_being_asked_for_again() {
+        let store = MetricsStore::default();
+        store.route("l", "r", "c").count(200, None);
+        let again = store.route("l", "r", "c");
+        assert_eq!(again.codes[code_slot(200)].load(Relaxed), 1);
+    }
+}

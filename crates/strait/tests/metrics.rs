@@ -1,0 +1,263 @@
+//! `/metrics`: valid exposition a real parser reads, consistent histograms, bounded label sets,
+//! and counters that move with the traffic a user sends.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use prometheus_parse::{Sample, Scrape, Value};
+use support::*;
+
+async fn scrape(proxy: &Proxy) -> (String, Scrape) {
+    let resp = proxy.admin_get("/metrics").await;
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.header("content-type")
+            .is_some_and(|c| c.starts_with("application/openmetrics-text")),
+        "{:?}",
+        resp.header("content-type")
+    );
+    let text = resp.text();
+    let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("exposition parses");
+    (text, parsed)
+}
+
+fn value(s: &Sample) -> f64 {
+    match &s.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        other => panic!("{} is not a number: {other:?}", s.metric),
+    }
+}
+
+fn find<'a>(scrape: &'a Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect()
+}
+
+fn sum(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    find(scrape, metric, labels).into_iter().map(value).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_bytes_connections_and_upstream_failures() {
+    let up = Upstream::echo("m").await;
+    let nobody = free_addr();
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: ${{LISTEN}}
+    routes:
+      - name: api
+        match: {{ path: {{ prefix: /api }} }}
+        backends: [{{ cluster: echo }}]
+      - name: dead
+        match: {{ path: {{ prefix: /dead }} }}
+        backends: [{{ cluster: nowhere }}]
+      - name: teapot
+        match: {{ path: {{ exact: /teapot }} }}
+        direct_response: {{ status: 418, body: "short and stout" }}
+clusters:
+  - name: echo
+    endpoints: [{{ address: "{}" }}]
+  - name: nowhere
+    endpoints: [{{ address: "{nobody}" }}]
+"#,
+        up.addr
+    ))
+    .await;
+
+    for _ in 0..5 {
+        let req = request("POST", "m.example", "/api/x")
+            .body(full(vec![b'x'; 1000]))
+            .expect("request");
+        let resp = within(Duration::from_secs(5), "api", proxy.send(Proto::H1, req))
+            .await
+            .expect("api request");
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(proxy.get("m.example", "/dead").await.status, 503);
+    assert_eq!(proxy.get("m.example", "/teapot").await.status, 418);
+    assert_eq!(proxy.get("m.example", "/nowhere").await.status, 404);
+
+    let (text, m) = scrape(&proxy).await;
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+
+    let api = [("listener", "web"), ("route", "api"), ("cluster", "echo")];
+    assert_eq!(
+        sum(
+            &m,
+            "strait_http_requests_total",
+            &[api[0], api[1], api[2], ("code", "200"), ("class", "2xx")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "strait_http_requests_total",
+            &[("route", "dead"), ("cluster", "nowhere"), ("code", "503")]
+        ),
+        1.0
+    );
+    // 418 is not in the common set: counted as `other` in its class, never as a new label value.
+    assert_eq!(
+        sum(
+            &m,
+            "strait_http_requests_total",
+            &[("route", "teapot"), ("code", "other"), ("class", "4xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "strait_http_requests_total",
+            &[("route", ""), ("code", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(&m, "strait_http_request_body_bytes_total", &api),
+        5000.0
+    );
+    assert!(sum(&m, "strait_http_response_body_bytes_total", &api) > 0.0);
+    assert_eq!(
+        sum(&m, "strait_upstream_requests_total", &[("cluster", "echo")]),
+        5.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "strait_upstream_connect_failures_total",
+            &[("cluster", "nowhere"), ("reason", "refused")]
+        ),
+        1.0
+    );
+    assert!(
+        sum(
+            &m,
+            "strait_tcp_connections_opened_total",
+            &[("listener", "web")]
+        ) >= 8.0
+    );
+    assert_eq!(sum(&m, "strait_config_version", &[]), 1.0);
+    assert!(sum(&m, "process_resident_memory_bytes", &[]) > 1e6);
+    assert_eq!(
+        sum(
+            &m,
+            "strait_upstream_endpoint_healthy",
+            &[("cluster", "echo")]
+        ),
+        1.0
+    );
+
+    // Histograms: cumulative buckets ending in +Inf equal to _count.
+    let hist = find(&m, "strait_http_request_duration_seconds", &api);
+    assert_eq!(hist.len(), 1, "one duration series for the api route's 2xx");
+    let Value::Histogram(buckets) = &hist[0].value else {
+        panic!("not a histogram: {:?}", hist[0].value)
+    };
+    assert!(buckets
+        .windows(2)
+        .all(|w| w[0].less_than < w[1].less_than && w[0].count <= w[1].count));
+    let last = buckets.last().expect("buckets");
+    assert!(last.less_than.is_infinite());
+    assert_eq!(
+        last.count,
+        sum(&m, "strait_http_request_duration_seconds_count", &api)
+    );
+    assert_eq!(last.count, 5.0);
+
+    // Label sets are exactly the documented ones: nothing from the request becomes a label.
+    let mut names = BTreeSet::new();
+    for s in find(&m, "strait_http_requests_total", &[]) {
+        names.extend(s.labels.keys().map(|k| k.to_string()));
+        assert!(
+            !s.labels
+                .values()
+                .any(|v| v.contains("/api") || v.contains("m.example")),
+            "{s:?}"
+        );
+    }
+    let expected: BTreeSet<String> = [
+        "class",
+        "cluster",
+        "code",
+        "direction",
+        "grpc_status",
+        "listener",
+        "route",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(names, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_survive_a_reload_and_reload_failures_are_counted() {
+    let up = Upstream::echo("r").await;
+    let template = format!(
+        r#"
+listeners:
+  - name: web
+    address: ${{LISTEN}}
+    routes:
+      - name: api
+        match: {{ path: {{ prefix: / }} }}
+        backends: [{{ cluster: echo }}]
+clusters:
+  - name: echo
+    endpoints: [{{ address: "{}" }}]
+"#,
+        up.addr
+    );
+    let proxy = Proxy::start(&template).await;
+    for _ in 0..3 {
+        assert_eq!(proxy.get("r.example", "/").await.status, 200);
+    }
+    proxy.write_config(&format!("{template}\n# touched\n"));
+    assert!(
+        proxy
+            .wait_version_above(1, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "reload applied"
+    );
+    proxy.write_config("listeners: [ { nme: broken } ]\n");
+    let mut m = scrape(&proxy).await.1;
+    for _ in 0..100 {
+        if sum(&m, "strait_config_reload_failures_total", &[]) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = scrape(&proxy).await.1;
+    }
+    assert_eq!(
+        sum(&m, "strait_config_reload_failures_total", &[]),
+        1.0,
+        "the broken file was counted"
+    );
+    assert_eq!(sum(&m, "strait_config_version", &[]), 2.0);
+    assert_eq!(
+        sum(
+            &m,
+            "strait_http_requests_total",
+            &[("route", "api"), ("code", "200")]
+        ),
+        3.0,
+        "counters kept"
+    );
+    assert_eq!(
+        proxy.get("r.example", "/").await.status,
+        200,
+        "the last good config still serves"
+    );
+}
