@@ -83,6 +83,127 @@ pub struct Listener {
     /// Default: `60s`.
     #[serde(default = "defaults::connection_idle_timeout")]
     pub idle_timeout: Duration,
+    /// One JSON line per request. Default: none (no access log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
+}
+
+/// An access log: one JSON object per line, per request, written by a background thread so
+/// requests never wait for the disk (when it cannot keep up, lines are dropped and counted in
+/// `strait_access_log_dropped_total`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `stdout`, `stderr`, or a file path (appended to, created when missing).
+    /// Default: `stdout`.
+    #[serde(default = "defaults::stdout")]
+    #[schemars(length(min = 1))]
+    pub path: String,
+    /// Fields written, in this order. Default: all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<LogField>,
+    /// Percent of requests logged, 0 to 100. Default: `100`.
+    #[serde(default = "defaults::percent")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub sample_percent: f64,
+}
+
+/// A field of an access log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LogField {
+    /// When the request arrived (RFC 3339, UTC, milliseconds).
+    Time,
+    /// Listener name.
+    Listener,
+    /// Route name (empty when none matched).
+    Route,
+    /// Cluster name (empty when the route answered itself).
+    Cluster,
+    /// Endpoint `ip:port` the request went to (empty when none).
+    Endpoint,
+    /// Request method.
+    Method,
+    /// Request host (`:authority` or `Host`).
+    Authority,
+    /// Request path and query.
+    Path,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`.
+    Protocol,
+    /// Response status.
+    Status,
+    /// `grpc-status` of a gRPC answer (from headers or trailers), else null.
+    GrpcStatus,
+    /// Request body bytes received from the client.
+    BytesReceived,
+    /// Response body bytes sent to the client.
+    BytesSent,
+    /// Milliseconds from request head to the response's last byte.
+    DurationMs,
+    /// Milliseconds from sending upstream to the upstream's response head (null when none).
+    UpstreamDurationMs,
+    /// The client's IP address.
+    ClientIp,
+    /// `x-request-id`.
+    RequestId,
+    /// Trace id from a valid W3C `traceparent`, else null.
+    TraceId,
+    /// Why the proxy answered itself, if it did: `no_route`, `connect_failed`,
+    /// `connect_timeout`, `request_timeout`, `upstream_reset`, `no_healthy_endpoint`,
+    /// `bad_request`; `stream_idle_timeout` when a body was cut; `downstream_closed` when the
+    /// client left before the end. Empty otherwise.
+    ResponseFlags,
+}
+
+impl LogField {
+    /// Every field, in the default order.
+    pub const ALL: [LogField; 19] = [
+        LogField::Time,
+        LogField::Listener,
+        LogField::Route,
+        LogField::Cluster,
+        LogField::Endpoint,
+        LogField::Method,
+        LogField::Authority,
+        LogField::Path,
+        LogField::Protocol,
+        LogField::Status,
+        LogField::GrpcStatus,
+        LogField::BytesReceived,
+        LogField::BytesSent,
+        LogField::DurationMs,
+        LogField::UpstreamDurationMs,
+        LogField::ClientIp,
+        LogField::RequestId,
+        LogField::TraceId,
+        LogField::ResponseFlags,
+    ];
+
+    /// The JSON key of the field.
+    pub fn key(self) -> &'static str {
+        match self {
+            LogField::Time => "time",
+            LogField::Listener => "listener",
+            LogField::Route => "route",
+            LogField::Cluster => "cluster",
+            LogField::Endpoint => "endpoint",
+            LogField::Method => "method",
+            LogField::Authority => "authority",
+            LogField::Path => "path",
+            LogField::Protocol => "protocol",
+            LogField::Status => "status",
+            LogField::GrpcStatus => "grpc_status",
+            LogField::BytesReceived => "bytes_received",
+            LogField::BytesSent => "bytes_sent",
+            LogField::DurationMs => "duration_ms",
+            LogField::UpstreamDurationMs => "upstream_duration_ms",
+            LogField::ClientIp => "client_ip",
+            LogField::RequestId => "request_id",
+            LogField::TraceId => "trace_id",
+            LogField::ResponseFlags => "response_flags",
+        }
+    }
 }
 
 /// How the standard proxy headers are written.
@@ -495,6 +616,9 @@ pub(crate) mod defaults {
     }
     pub fn weight() -> u32 {
         1
+    }
+    pub fn stdout() -> String {
+        "stdout".to_owned()
     }
     pub fn percent() -> f64 {
         100.0

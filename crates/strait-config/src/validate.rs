@@ -167,6 +167,40 @@ impl Checker<'_> {
                     );
                 }
             }
+            if let Some(log) = &listener.access_log {
+                let at = at.key("access_log");
+                if log.path.trim().is_empty() {
+                    self.say(
+                        at.key("path"),
+                        "the access log path is empty: give `stdout`, `stderr` or a file path",
+                    );
+                }
+                if !(0.0..=100.0).contains(&log.sample_percent) {
+                    self.say(
+                        at.key("sample_percent"),
+                        format!(
+                            "{}: allowed 0 to 100 (percent of requests logged)",
+                            log.sample_percent
+                        ),
+                    );
+                }
+                for (fi, field) in log.fields.iter().enumerate() {
+                    if let Some(first) = log
+                        .fields
+                        .iter()
+                        .position(|f| f == field)
+                        .filter(|&p| p < fi)
+                    {
+                        self.say(
+                            at.key("fields").index(fi),
+                            format!(
+                                "`{}` is already listed at fields[{first}]; list each field once",
+                                field.key()
+                            ),
+                        );
+                    }
+                }
+            }
             for (ri, route) in listener.routes.iter().enumerate() {
                 self.route(&at.key("routes").index(ri), route);
             }

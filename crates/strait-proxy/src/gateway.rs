@@ -33,6 +33,7 @@ use crate::http::pool::{ConnectError, Pool};
 use crate::route::{self, MatchInfo, RequestView};
 use crate::runtime::snapshot::{ClusterPlan, ListenerPlan, RouteAction, RouteKind, Snapshot};
 use crate::runtime::Worker;
+use crate::telemetry::access_log::LogEntry;
 use crate::telemetry::metrics::{EndpointCounters, RouteStats};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -88,7 +89,7 @@ impl Drop for PendingRequest<'_> {
 
 /// Serves one request from a client connection.
 pub(crate) async fn serve(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: Rc<Connection>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let _pending = conn.activity.start();
@@ -99,6 +100,11 @@ pub(crate) async fn serve(
         // The listener was removed by a reload while this connection stayed open.
         return Ok(local_reply(grpc, Cause::NoRoute, "listener removed"));
     };
+    // Made on arrival, so every answer's log line has one, not just the forwarded ones.
+    if listener.proxy_headers.request_id && !req.headers().contains_key(&headers::X_REQUEST_ID) {
+        req.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), headers::new_request_id());
+    }
     let host = request_host(&req);
     let found = {
         let view = RequestView {
@@ -110,11 +116,28 @@ pub(crate) async fn serve(
         };
         listener.routes.find_with_match(&view)
     };
+    let mut log = listener.access_log.as_ref().and_then(|logger| {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut entry = logger.begin(
+            &listener.name,
+            req.method(),
+            host.as_ref(),
+            path,
+            req.version(),
+            conn.peer.ip(),
+            req.headers(),
+        )?;
+        entry.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
+        Some(entry)
+    });
     let Some((action, matched)) = found else {
         let mut response = local_reply(grpc, Cause::NoRoute, "no route matches the request");
         count_answer(&listener.no_route, &mut response, started);
-        return Ok(response);
+        return Ok(finish_log(listener, log, response));
     };
+    if let Some(entry) = log.as_mut() {
+        entry.route = Some(Arc::clone(&action.name));
+    }
     tracing::trace!(listener = %listener.name, route = %action.name, "route matched");
     let mut stats = &action.local_stats;
     let mut response = match &action.kind {
@@ -155,8 +178,10 @@ pub(crate) async fn serve(
             resp
         }
         RouteKind::Forward(_) => {
-            let (response, used) =
-                forward(req, &conn, &snapshot, listener, action, matched, host, grpc).await;
+            let (response, used) = forward(
+                req, &conn, &snapshot, listener, action, matched, host, grpc, &mut log,
+            )
+            .await;
             stats = used;
             response
         }
@@ -166,7 +191,35 @@ pub(crate) async fn serve(
     if let Some(via) = &listener.proxy_headers.via {
         headers::append_via(response.headers_mut(), "1.1", via);
     }
-    Ok(response)
+    Ok(finish_log(listener, log, response))
+}
+
+/// Completes a request's access log entry with its answer: now for an answer the proxy made,
+/// or when the body ends for one that streams from upstream.
+fn finish_log(
+    listener: &ListenerPlan,
+    entry: Option<Box<LogEntry>>,
+    mut response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let (Some(logger), Some(mut entry)) = (&listener.access_log, entry) else {
+        return response;
+    };
+    entry.status = response.status().as_u16();
+    let headers = response.headers();
+    entry.grpc_status = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    if let Some(cause) = headers.get(&X_STRAIT_ERROR).and_then(|v| v.to_str().ok()) {
+        entry.flags = cause.to_owned();
+    }
+    match response.body_mut() {
+        ResponseBody::Upstream(body) => body.log_on_completion(Arc::clone(logger), entry),
+        ResponseBody::Full(bytes) => {
+            entry.bytes_sent = bytes.as_ref().map_or(0, |b| b.len() as u64);
+            logger.finish(entry);
+        }
+    }
+    response
 }
 
 /// Sends a request to one of the route's backends; returns the answer and the counters of
@@ -181,6 +234,7 @@ async fn forward<'s>(
     matched: MatchInfo,
     host: Option<HeaderValue>,
     grpc: bool,
+    log: &mut Option<Box<LogEntry>>,
 ) -> (Response<ResponseBody>, &'s Arc<RouteStats>) {
     let RouteKind::Forward(split) = &action.kind else {
         let reply = local_reply(grpc, Cause::NoRoute, "route does not forward");
@@ -198,8 +252,11 @@ async fn forward<'s>(
         return (reply, &action.local_stats);
     };
     let stats = &backend.stats;
+    if let Some(entry) = log.as_mut() {
+        entry.cluster = Some(Arc::clone(&cluster.name));
+    }
     let response = forward_to(
-        req, conn, snapshot, listener, action, matched, host, grpc, cluster, stats,
+        req, conn, snapshot, listener, action, matched, host, grpc, cluster, stats, log,
     )
     .await;
     (response, stats)
@@ -218,6 +275,7 @@ async fn forward_to(
     grpc: bool,
     cluster: &ClusterPlan,
     route_stats: &Arc<RouteStats>,
+    log: &mut Option<Box<LogEntry>>,
 ) -> Response<ResponseBody> {
     let hash = request_hash(cluster, &req, conn.peer.ip());
     let Some(endpoint) = cluster.balancer.pick(hash) else {
@@ -229,6 +287,9 @@ async fn forward_to(
     ) else {
         return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
     };
+    if let Some(entry) = log.as_mut() {
+        entry.endpoint = Some(addr);
+    }
 
     // An HTTP/1 upgrade keeps its `upgrade` headers and becomes a byte tunnel on 101.
     let upgrade = req.version() == Version::HTTP_11
@@ -247,6 +308,11 @@ async fn forward_to(
         version,
     };
     headers::add_forwarding_headers(&mut parts.headers, &listener.proxy_headers, &hop);
+    let received = log.as_mut().map(|entry| {
+        // The id generated just now is the one the upstream sees: log that one.
+        entry.request_id = parts.headers.get(&headers::X_REQUEST_ID).cloned();
+        Arc::clone(&entry.bytes_received)
+    });
 
     let mut upstream_host = host.clone();
     let mut new_path: Option<String> = None;
@@ -301,10 +367,14 @@ async fn forward_to(
                         None,
                         action.timeout,
                     );
-                    RequestBody::Counted(body, Arc::clone(route_stats))
+                    RequestBody::Counted(body, Arc::clone(route_stats), received)
                 } else {
-                    let (tee, copied) =
-                        TeeBody::new(body, MIRROR_BODY_LIMIT, Some(Arc::clone(route_stats)));
+                    let (tee, copied) = TeeBody::new(
+                        body,
+                        MIRROR_BODY_LIMIT,
+                        Some(Arc::clone(route_stats)),
+                        received,
+                    );
                     spawn_mirror(
                         &conn.worker,
                         Arc::clone(mirror_cluster),
@@ -315,9 +385,9 @@ async fn forward_to(
                     RequestBody::Teed(tee)
                 }
             }
-            None => RequestBody::Counted(body, Arc::clone(route_stats)),
+            None => RequestBody::Counted(body, Arc::clone(route_stats), received),
         },
-        _ => RequestBody::Counted(body, Arc::clone(route_stats)),
+        _ => RequestBody::Counted(body, Arc::clone(route_stats), received),
     };
     let request = Request::from_parts(parts, body);
 
@@ -363,6 +433,9 @@ async fn forward_to(
         }
     };
     stats.observe_latency(started.elapsed());
+    if let Some(entry) = log.as_mut() {
+        entry.upstream_duration = Some(started.elapsed());
+    }
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {

@@ -15,7 +15,9 @@ use tokio::time::{Instant, Sleep};
 
 use crate::balance::InFlight;
 use crate::http::pool::{Pool, PooledHttp1};
+use crate::telemetry::access_log::{AccessLogger, LogEntry};
 use crate::telemetry::metrics::RouteStats;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Boxed error crossing the body boundary (what hyper expects).
@@ -27,7 +29,7 @@ pub enum RequestBody {
     /// The client's body, streamed as it arrives.
     Streaming(Incoming),
     /// The client's body, streamed, its bytes counted in the route's metrics.
-    Counted(Incoming, Arc<RouteStats>),
+    Counted(Incoming, Arc<RouteStats>, Option<Arc<AtomicU64>>),
     /// The client's body, streamed, with a bounded copy kept for a mirror.
     Teed(TeeBody),
     /// A body already in memory (mirrors, generated requests); `None` once sent.
@@ -51,10 +53,14 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            RequestBody::Counted(b, stats) => {
+            RequestBody::Counted(b, stats, received) => {
                 let frame = ready!(Pin::new(b).poll_frame(cx));
                 if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-                    stats.add_request_bytes(data.map_or(0, Bytes::len));
+                    let n = data.map_or(0, Bytes::len);
+                    stats.add_request_bytes(n);
+                    if let Some(r) = received {
+                        r.fetch_add(n as u64, Relaxed);
+                    }
                 }
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
@@ -65,7 +71,7 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Streaming(b) | RequestBody::Counted(b, _) => b.is_end_stream(),
+            RequestBody::Streaming(b) | RequestBody::Counted(b, _, _) => b.is_end_stream(),
             RequestBody::Teed(b) => b.inner.is_end_stream(),
             RequestBody::Full(b) => b.is_none(),
         }
@@ -73,7 +79,7 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Streaming(b) | RequestBody::Counted(b, _) => b.size_hint(),
+            RequestBody::Streaming(b) | RequestBody::Counted(b, _, _) => b.size_hint(),
             RequestBody::Teed(b) => b.inner.size_hint(),
             RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             RequestBody::Full(None) => SizeHint::with_exact(0),
@@ -92,6 +98,7 @@ pub struct TeeBody {
     limit: usize,
     done: Option<oneshot::Sender<Bytes>>,
     stats: Option<Arc<RouteStats>>,
+    received: Option<Arc<AtomicU64>>,
 }
 
 impl TeeBody {
@@ -101,6 +108,7 @@ impl TeeBody {
         inner: Incoming,
         limit: usize,
         stats: Option<Arc<RouteStats>>,
+        received: Option<Arc<AtomicU64>>,
     ) -> (Self, oneshot::Receiver<Bytes>) {
         let (tx, rx) = oneshot::channel();
         let tee = TeeBody {
@@ -110,6 +118,7 @@ impl TeeBody {
             limit,
             done: Some(tx),
             stats,
+            received,
         };
         (tee, rx)
     }
@@ -141,6 +150,9 @@ impl Body for TeeBody {
                 if let Some(data) = f.data_ref() {
                     if let Some(stats) = &this.stats {
                         stats.add_request_bytes(data.len());
+                    }
+                    if let Some(r) = &this.received {
+                        r.fetch_add(data.len() as u64, Relaxed);
                     }
                     this.copied += data.len();
                     if this.copied > this.limit {
@@ -227,6 +239,8 @@ pub struct UpstreamBody {
     bytes: Option<Arc<RouteStats>>,
     /// A gRPC answer waiting for its grpc-status in the trailers to be counted.
     grpc_pending: Option<Arc<RouteStats>>,
+    /// The request's access log entry, written when the body ends.
+    log: Option<(Arc<AccessLogger>, Box<LogEntry>)>,
 }
 
 /// Why a response body stopped early.
@@ -250,6 +264,7 @@ impl UpstreamBody {
             idle,
             bytes: None,
             grpc_pending: None,
+            log: None,
         };
         if body.inner.is_end_stream() {
             body.complete();
@@ -268,6 +283,24 @@ impl UpstreamBody {
         self.grpc_pending = Some(stats);
     }
 
+    /// Writes `entry` to `logger` when the body ends (or is dropped before).
+    pub fn log_on_completion(&mut self, logger: Arc<AccessLogger>, entry: Box<LogEntry>) {
+        if self.inner.is_end_stream() && self.reuse.is_none() && self.in_flight.is_none() {
+            logger.finish(entry);
+        } else {
+            self.log = Some((logger, entry));
+        }
+    }
+
+    fn finish_log(&mut self, flag: Option<&str>) {
+        if let Some((logger, mut entry)) = self.log.take() {
+            if let (Some(flag), true) = (flag, entry.flags.is_empty()) {
+                entry.flags = flag.to_owned();
+            }
+            logger.finish(entry);
+        }
+    }
+
     fn count_grpc(&mut self, status: Option<u16>) {
         if let Some(stats) = self.grpc_pending.take() {
             stats.count(200, status);
@@ -276,6 +309,7 @@ impl UpstreamBody {
 
     fn complete(&mut self) {
         self.count_grpc(None);
+        self.finish_log(None);
         self.in_flight = None;
         if let Some((pool, conn)) = self.reuse.take() {
             pool.put_http1(conn);
@@ -301,7 +335,9 @@ impl Body for UpstreamBody {
                         // Dropping the connection (not returning it) resets the stream upstream.
                         this.reuse = None;
                         this.in_flight = None;
-                        return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout(*limit)))));
+                        let limit = *limit;
+                        this.finish_log(Some("stream_idle_timeout"));
+                        return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout(limit)))));
                     }
                 }
                 return Poll::Pending;
@@ -312,13 +348,21 @@ impl Body for UpstreamBody {
                 if let Some((limit, sleep)) = &mut this.idle {
                     sleep.as_mut().reset(Instant::now() + *limit);
                 }
-                if let (Some(stats), Some(data)) = (&this.bytes, f.data_ref()) {
-                    stats.add_response_bytes(data.len());
+                if let Some(data) = f.data_ref() {
+                    if let Some(stats) = &this.bytes {
+                        stats.add_response_bytes(data.len());
+                    }
+                    if let Some((_, entry)) = &mut this.log {
+                        entry.bytes_sent += data.len() as u64;
+                    }
                 }
                 if let Some(trailers) = f.trailers_ref() {
                     let status = trailers
                         .get("grpc-status")
                         .and_then(|v| v.to_str().ok()?.parse().ok());
+                    if let Some((_, entry)) = &mut this.log {
+                        entry.grpc_status = entry.grpc_status.or(status);
+                    }
                     this.count_grpc(status);
                 }
                 if this.inner.is_end_stream() {
@@ -340,6 +384,8 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A gRPC answer cut short is still an answer: count it by its HTTP status.
         self.count_grpc(None);
+        // Dropped before its end: the client went away (or the stream failed).
+        self.finish_log(Some("downstream_closed"));
     }
 }
 

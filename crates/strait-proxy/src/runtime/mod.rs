@@ -23,6 +23,7 @@ use tokio::task::LocalSet;
 
 use crate::http::pool::Pool;
 use crate::listener;
+use crate::telemetry::access_log::LogSinks;
 use crate::telemetry::metrics::GaugeSource;
 use crate::telemetry::MetricsStore;
 pub use snapshot::Snapshot;
@@ -92,6 +93,8 @@ pub(crate) struct Shared {
     pub config_path: PathBuf,
     /// Every counter, by name; snapshots resolve their handles here.
     pub metrics: Arc<MetricsStore>,
+    /// Access log writers by destination.
+    pub logs: Arc<LogSinks>,
 }
 
 impl Shared {
@@ -107,8 +110,14 @@ impl Shared {
             .map_err(|e| e.to_string())
             .and_then(|config| {
                 let old = self.snapshot.load();
-                Snapshot::compile(config, old.version + 1, Some(&old), &self.metrics)
-                    .map_err(|e| e.to_string())
+                Snapshot::compile(
+                    config,
+                    old.version + 1,
+                    Some(&old),
+                    &self.metrics,
+                    &self.logs,
+                )
+                .map_err(|e| e.to_string())
             });
         match result {
             Ok(snapshot) => {
@@ -166,6 +175,10 @@ impl GaugeSource for SharedGauges {
             }
         }
         out
+    }
+
+    fn access_log_dropped(&self) -> u64 {
+        self.0.upgrade().map_or(0, |s| s.logs.dropped())
     }
 
     fn config(&self) -> (u64, u64, u64) {
@@ -239,7 +252,8 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         .max(1);
     let admin_addr = config.admin.address;
     let metrics = Arc::new(MetricsStore::default());
-    let snapshot = Snapshot::compile(config, 1, None, &metrics)?;
+    let logs = Arc::new(LogSinks::default());
+    let snapshot = Snapshot::compile(config, 1, None, &metrics, &logs)?;
     let (updated, _) = watch::channel(1);
     let (draining, _) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -252,6 +266,7 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         last_reload_error: ArcSwapOption::empty(),
         config_path: options.config_path.clone(),
         metrics,
+        logs,
     });
     shared
         .metrics

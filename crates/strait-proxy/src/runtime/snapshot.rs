@@ -13,6 +13,7 @@ use strait_config::{Config, HashOn, ProxyHeaders, Redirect, Rewrite, UpstreamPro
 use crate::balance::Balancer;
 use crate::http::headers::CompiledEdits;
 use crate::route::{RouteTable, WeightedSplit};
+use crate::telemetry::access_log::{AccessLogger, LogSinks};
 use crate::telemetry::metrics::{
     ClusterCounters, EndpointCounters, ListenerStats, MetricsStore, RouteStats,
 };
@@ -46,6 +47,7 @@ impl Snapshot {
         version: u64,
         previous: Option<&Snapshot>,
         metrics: &MetricsStore,
+        logs: &LogSinks,
     ) -> Result<Snapshot, CompileError> {
         let clusters: Vec<Arc<ClusterPlan>> = config
             .clusters
@@ -146,6 +148,13 @@ impl Snapshot {
                 idle_timeout: l.idle_timeout.non_zero(),
                 routes,
                 connections: metrics.listener(&l.name),
+                access_log: match &l.access_log {
+                    Some(log) => Some(Arc::new(logs.logger(log).map_err(|e| CompileError {
+                        location: format!("listeners[{li}].access_log.path"),
+                        message: format!("cannot open {:?}: {e}", log.path),
+                    })?)),
+                    None => None,
+                },
                 no_route: metrics.route(&l.name, "", ""),
             });
         }
@@ -180,6 +189,8 @@ pub struct ListenerPlan {
     pub connections: Arc<ListenerStats>,
     /// Counters of requests no route matched.
     pub no_route: Arc<RouteStats>,
+    /// Where sampled requests are logged.
+    pub access_log: Option<Arc<AccessLogger>>,
 }
 
 /// What a matched route does.

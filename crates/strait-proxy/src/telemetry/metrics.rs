@@ -182,6 +182,8 @@ pub trait GaugeSource: Send + Sync + std::fmt::Debug + 'static {
     fn endpoints(&self) -> Vec<(String, String, bool, u32)>;
     /// `(version, last reload unix seconds, reload failures)`.
     fn config(&self) -> (u64, u64, u64);
+    /// Access log lines dropped because a writer could not keep up.
+    fn access_log_dropped(&self) -> u64;
 }
 
 /// Every counter handle, by name. Locked when a snapshot is compiled and when scraped; never by
@@ -538,6 +540,13 @@ impl Collector for StoreCollector {
                 MetricType::Counter,
             )?;
             ConstCounter::new(failures).encode(m)?;
+            let m = encoder.encode_descriptor(
+                "strait_access_log_dropped",
+                "Access log lines dropped because the writer could not keep up.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(source.access_log_dropped()).encode(m)?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
-//! Telemetry: what operators see of the data path. Today: Prometheus metrics on the admin
-//! server's `/metrics`. Access logs and OTLP tracing come next (issue 6).
+//! Telemetry: what operators see of the data path: Prometheus metrics on the admin server's
+//! `/metrics` and JSON access logs. OTLP tracing comes next (issue 6).
 
+pub mod access_log;
 pub mod metrics;
 mod process;
 

@@ -1,0 +1,210 @@
+//! Access logs: one valid JSON line per request with the documented fields, selectable fields,
+//! sampling, and response flags that say why the proxy answered itself.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const ALL_FIELDS: [&str; 19] = [
+    "time",
+    "listener",
+    "route",
+    "cluster",
+    "endpoint",
+    "method",
+    "authority",
+    "path",
+    "protocol",
+    "status",
+    "grpc_status",
+    "bytes_received",
+    "bytes_sent",
+    "duration_ms",
+    "upstream_duration_ms",
+    "client_ip",
+    "request_id",
+    "trace_id",
+    "response_flags",
+];
+
+/// The log's lines once there are at least `n` (the writer flushes every 100 ms).
+async fn lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    raw_lines(path, n)
+        .await
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// The log's lines as written.
+async fn raw_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= n {
+            return text.lines().map(str::to_owned).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "fewer than {n} lines in {}: {:?}",
+        path.display(),
+        std::fs::read_to_string(path)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_a_json_line_with_the_documented_fields() {
+    let up = Upstream::echo("logged").await;
+    let log = std::env::temp_dir().join(format!(
+        "strait-access-{}-{}.log",
+        std::process::id(),
+        line!()
+    ));
+    let _ = std::fs::remove_file(&log);
+    let nobody = free_addr();
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: ${{LISTEN}}
+    access_log: {{ path: "{}" }}
+    routes:
+      - name: api
+        match: {{ path: {{ prefix: /api }} }}
+        backends: [{{ cluster: echo }}]
+      - name: down
+        match: {{ path: {{ prefix: /down }} }}
+        backends: [{{ cluster: nowhere }}]
+clusters:
+  - name: echo
+    endpoints: [{{ address: "{}" }}]
+  - name: nowhere
+    endpoints: [{{ address: "{nobody}" }}]
+"#,
+        log.display(),
+        up.addr
+    ))
+    .await;
+    let req = request("POST", "api.example", "/api/items?page=2")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("x-request-id", "req-123")
+        .body(full(vec![b'a'; 321]))
+        .expect("request");
+    let resp = within(Duration::from_secs(5), "api", proxy.send(Proto::H1, req))
+        .await
+        .expect("api");
+    assert_eq!(resp.status, 200);
+    assert_eq!(proxy.get("api.example", "/down").await.status, 503);
+    assert_eq!(proxy.get("api.example", "/missing").await.status, 404);
+
+    let entries = lines(&log, 3).await;
+    for e in &entries {
+        let keys: Vec<&str> = e
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys.len(), ALL_FIELDS.len(), "{e}");
+        for f in ALL_FIELDS {
+            assert!(keys.contains(&f), "missing {f} in {e}");
+        }
+    }
+    let api = &entries[0];
+    assert_eq!(api["listener"], "web");
+    assert_eq!(api["route"], "api");
+    assert_eq!(api["cluster"], "echo");
+    assert_eq!(api["endpoint"], up.addr.to_string());
+    assert_eq!(api["method"], "POST");
+    assert_eq!(api["authority"], "api.example");
+    assert_eq!(api["path"], "/api/items?page=2");
+    assert_eq!(api["status"], 200);
+    assert_eq!(api["bytes_received"], 321);
+    assert_eq!(api["bytes_sent"].as_u64(), Some(resp.body.len() as u64));
+    assert_eq!(api["request_id"], "req-123");
+    assert_eq!(api["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(api["client_ip"], "127.0.0.1");
+    assert_eq!(api["response_flags"], "");
+    assert!(api["duration_ms"].as_f64().is_some_and(|d| d > 0.0));
+    assert!(api["upstream_duration_ms"]
+        .as_f64()
+        .is_some_and(|d| d <= api["duration_ms"].as_f64().unwrap_or(0.0)));
+    assert!(
+        api["time"]
+            .as_str()
+            .is_some_and(|t| t.len() == 24 && t.ends_with('Z')),
+        "{}",
+        api["time"]
+    );
+
+    assert_eq!(entries[1]["status"], 503);
+    assert_eq!(entries[1]["response_flags"], "connect_failed");
+    assert_eq!(entries[2]["status"], 404);
+    assert_eq!(entries[2]["route"], "");
+    assert_eq!(entries[2]["response_flags"], "no_route");
+    assert!(
+        entries[2]["request_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 32),
+        "generated ids are logged"
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_are_selectable_and_sampling_is_honoured() {
+    let up = Upstream::echo("sampled").await;
+    let dir = std::env::temp_dir();
+    let picked = dir.join(format!("strait-access-picked-{}.log", std::process::id()));
+    let none = dir.join(format!("strait-access-none-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&picked);
+    let _ = std::fs::remove_file(&none);
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: picked
+    address: ${{LISTEN}}
+    access_log: {{ path: "{}", fields: [status, path, method] }}
+    routes:
+      - match: {{ path: {{ prefix: / }} }}
+        backends: [{{ cluster: echo }}]
+  - name: unlogged
+    address: ${{LISTEN2}}
+    access_log: {{ path: "{}", sample_percent: 0 }}
+    routes:
+      - match: {{ path: {{ prefix: / }} }}
+        backends: [{{ cluster: echo }}]
+clusters:
+  - name: echo
+    endpoints: [{{ address: "{}" }}]
+"#,
+        picked.display(),
+        none.display(),
+        up.addr
+    ))
+    .await;
+    for i in 0..20 {
+        assert_eq!(proxy.get("a.example", &format!("/p/{i}")).await.status, 200);
+        let resp = get(proxy.listen2, "a.example", "/q").await;
+        assert_eq!(resp.status, 200);
+    }
+    let raw = raw_lines(&picked, 20).await;
+    assert_eq!(raw.len(), 20);
+    for (i, line) in raw.iter().enumerate() {
+        // Exactly the chosen fields, in the chosen order.
+        assert_eq!(
+            line,
+            &format!("{{\"status\":200,\"path\":\"/p/{i}\",\"method\":\"GET\"}}")
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let unlogged = std::fs::read_to_string(&none).unwrap_or_default();
+    assert_eq!(unlogged, "", "sample_percent 0 logs nothing");
+    let _ = std::fs::remove_file(&picked);
+    let _ = std::fs::remove_file(&none);
+}
