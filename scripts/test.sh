@@ -30,6 +30,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
+step "fuzz targets compile (running them needs nightly: see fuzz/Cargo.toml)"
+cargo check --manifest-path fuzz/Cargo.toml --all-targets --locked
+
 step "strait validate: every shipped config"
 mapfile -t configs < <(find config examples -name '*.yaml' 2>/dev/null | sort)
 if [ "${#configs[@]}" -gt 0 ]; then
