@@ -298,6 +298,53 @@ pub struct Route {
     /// it. Default: `5m`.
     #[serde(default = "defaults::stream_idle_timeout")]
     pub idle_timeout: Duration,
+    /// Injected delays and failures, for chaos tests. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+}
+
+/// Fault injection on a route: a sample of requests is delayed, a sample is answered with an
+/// error instead of being forwarded. The two samples are drawn independently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Hold a sample of requests before handling them. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// Answer a sample of requests with an error. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+/// An injected delay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    /// How long. Required.
+    pub duration: Duration,
+    /// Percent of requests delayed, 0 to 100. Default: `100`.
+    #[serde(default = "defaults::percent")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: f64,
+}
+
+/// An injected failure: exactly one of `status` and `grpc_status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    /// HTTP status to answer with, 200 to 599.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 200, max = 599))]
+    pub status: Option<u16>,
+    /// gRPC status (1 to 16) to answer gRPC requests with (HTTP 200 with `grpc-status`);
+    /// requests that are not gRPC get the matching HTTP status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub grpc_status: Option<u16>,
+    /// Percent of requests aborted, 0 to 100. Default: `100`.
+    #[serde(default = "defaults::percent")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: f64,
 }
 
 /// The conditions a request must meet, all of them, for the route to apply.

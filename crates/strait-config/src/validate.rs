@@ -312,6 +312,46 @@ impl Checker<'_> {
         }
         self.header_edits(&at.key("request_headers"), &route.request_headers);
         self.header_edits(&at.key("response_headers"), &route.response_headers);
+        if let Some(fault) = &route.fault {
+            let at = at.key("fault");
+            if let Some(delay) = &fault.delay {
+                if !(0.0..=100.0).contains(&delay.percent) {
+                    self.say(
+                        at.key("delay").key("percent"),
+                        format!(
+                            "{}: allowed 0 to 100 (percent of requests delayed)",
+                            delay.percent
+                        ),
+                    );
+                }
+            }
+            if let Some(abort) = &fault.abort {
+                let at = at.key("abort");
+                match (abort.status, abort.grpc_status) {
+                    (Some(_), Some(_)) | (None, None) => self.say_at_key(
+                        at.clone(),
+                        "give exactly one of `status` (HTTP, 200 to 599) and `grpc_status` (1 to 16)",
+                    ),
+                    (Some(status), None) if !(200..=599).contains(&status) => {
+                        self.say(at.key("status"), format!("{status}: allowed 200 to 599"))
+                    }
+                    (None, Some(grpc)) if !(1..=16).contains(&grpc) => self.say(
+                        at.key("grpc_status"),
+                        format!("{grpc}: allowed 1 to 16 (0 is OK, which is not a failure)"),
+                    ),
+                    _ => {}
+                }
+                if !(0.0..=100.0).contains(&abort.percent) {
+                    self.say(
+                        at.key("percent"),
+                        format!(
+                            "{}: allowed 0 to 100 (percent of requests aborted)",
+                            abort.percent
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(mirror) = &route.mirror {
             let at = at.key("mirror");
             if answers_itself {

@@ -31,7 +31,9 @@ use crate::http::body::{RequestBody, ResponseBody, TeeBody, UpstreamBody};
 use crate::http::headers::{self, Hop, X_STRAIT_ERROR};
 use crate::http::pool::{ConnectError, Pool};
 use crate::route::{self, MatchInfo, RequestView};
-use crate::runtime::snapshot::{ClusterPlan, ListenerPlan, RouteAction, RouteKind, Snapshot};
+use crate::runtime::snapshot::{
+    ClusterPlan, FaultAnswer, ListenerPlan, RouteAction, RouteKind, Snapshot,
+};
 use crate::runtime::Worker;
 use crate::telemetry::access_log::LogEntry;
 use crate::telemetry::metrics::{EndpointCounters, RouteStats};
@@ -139,6 +141,22 @@ pub(crate) async fn serve(
         entry.route = Some(Arc::clone(&action.name));
     }
     tracing::trace!(listener = %listener.name, route = %action.name, "route matched");
+    if let Some(fault) = &action.fault {
+        if let Some((delay, percent)) = fault.delay {
+            if sampled(percent) {
+                action.local_stats.fault_delayed();
+                tokio::time::sleep(delay).await;
+            }
+        }
+        if let Some((answer, percent)) = fault.abort {
+            if sampled(percent) {
+                action.local_stats.fault_aborted();
+                let mut response = fault_reply(grpc, answer);
+                count_answer(&action.local_stats, &mut response, started);
+                return Ok(finish_log(listener, log, response));
+            }
+        }
+    }
     let mut stats = &action.local_stats;
     let mut response = match &action.kind {
         RouteKind::Direct {
@@ -451,6 +469,73 @@ async fn forward_to(
     let mut body = UpstreamBody::new(body, Some(in_flight), reuse, action.idle_timeout);
     body.count_bytes(Arc::clone(route_stats));
     Response::from_parts(parts, ResponseBody::Upstream(body))
+}
+
+/// Draws a sample: true for `percent` % of calls.
+fn sampled(percent: f64) -> bool {
+    percent >= 100.0 || fastrand::f64() * 100.0 < percent
+}
+
+/// The answer of an injected failure. gRPC clients get HTTP 200 with `grpc-status`; others the
+/// HTTP status (a gRPC status configured for them is mapped to its usual HTTP equivalent).
+fn fault_reply(grpc: bool, answer: FaultAnswer) -> Response<ResponseBody> {
+    let (status, grpc_status) = match answer {
+        FaultAnswer::Http(status) => (status, http_to_grpc(status)),
+        FaultAnswer::Grpc(code) => (grpc_to_http(code), code),
+    };
+    let mut resp = if grpc {
+        let mut resp = Response::new(ResponseBody::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(grpc_status));
+        h.insert("grpc-message", HeaderValue::from_static("fault injected"));
+        resp
+    } else {
+        let mut resp = Response::new(ResponseBody::full("fault_abort: fault injected\n"));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    };
+    resp.headers_mut().insert(
+        X_STRAIT_ERROR.clone(),
+        HeaderValue::from_static("fault_abort"),
+    );
+    resp
+}
+
+/// gRPC's mapping of HTTP statuses to gRPC codes.
+fn http_to_grpc(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// The HTTP status usually given for a gRPC code.
+fn grpc_to_http(code: u16) -> StatusCode {
+    match code {
+        3 | 9 | 11 => StatusCode::BAD_REQUEST,
+        16 => StatusCode::UNAUTHORIZED,
+        7 => StatusCode::FORBIDDEN,
+        5 => StatusCode::NOT_FOUND,
+        6 | 10 => StatusCode::CONFLICT,
+        8 => StatusCode::TOO_MANY_REQUESTS,
+        12 => StatusCode::NOT_IMPLEMENTED,
+        14 => StatusCode::SERVICE_UNAVAILABLE,
+        4 => StatusCode::GATEWAY_TIMEOUT,
+        1 => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 /// Counts an answer: its time to head now; its status now, or for a gRPC answer whose

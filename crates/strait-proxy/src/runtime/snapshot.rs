@@ -134,6 +134,7 @@ impl Snapshot {
                     mirror,
                     timeout: r.timeout.non_zero(),
                     idle_timeout: r.idle_timeout.non_zero(),
+                    fault: r.fault.as_ref().map(FaultPlan::compile),
                 };
                 actions.push((&r.matches, action));
             }
@@ -214,6 +215,43 @@ pub struct RouteAction {
     pub timeout: Option<Duration>,
     /// Longest silence on the response body.
     pub idle_timeout: Option<Duration>,
+    /// Injected delays and failures.
+    pub fault: Option<FaultPlan>,
+}
+
+/// A route's fault injection, ready to draw samples.
+#[derive(Debug, Clone)]
+pub struct FaultPlan {
+    /// Delay and the percent of requests it applies to.
+    pub delay: Option<(Duration, f64)>,
+    /// Failure answer and the percent of requests it applies to.
+    pub abort: Option<(FaultAnswer, f64)>,
+}
+
+/// What an injected failure answers.
+#[derive(Debug, Clone, Copy)]
+pub enum FaultAnswer {
+    /// This HTTP status.
+    Http(StatusCode),
+    /// This gRPC status.
+    Grpc(u16),
+}
+
+impl FaultPlan {
+    fn compile(f: &strait_config::Fault) -> Self {
+        FaultPlan {
+            delay: f.delay.as_ref().map(|d| (d.duration.get(), d.percent)),
+            abort: f.abort.as_ref().and_then(|a| {
+                let answer = match (a.grpc_status, a.status) {
+                    (Some(g), _) => FaultAnswer::Grpc(g),
+                    // Validation guarantees a status in 200..=599.
+                    (None, Some(s)) => FaultAnswer::Http(StatusCode::from_u16(s).ok()?),
+                    (None, None) => return None,
+                };
+                Some((answer, a.percent))
+            }),
+        }
+    }
 }
 
 /// The three things a route can do with a request.

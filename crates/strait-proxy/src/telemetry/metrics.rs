@@ -59,9 +59,21 @@ pub struct RouteStats {
     durations: [Histogram; 5],
     request_bytes: AtomicU64,
     response_bytes: AtomicU64,
+    fault_delays: AtomicU64,
+    fault_aborts: AtomicU64,
 }
 
 impl RouteStats {
+    /// Counts an injected delay.
+    pub fn fault_delayed(&self) {
+        self.fault_delays.fetch_add(1, Relaxed);
+    }
+
+    /// Counts an injected failure.
+    pub fn fault_aborted(&self) {
+        self.fault_aborts.fetch_add(1, Relaxed);
+    }
+
     /// Counts an answer by status, or by grpc-status for a gRPC answer.
     pub fn count(&self, status: u16, grpc_status: Option<u16>) {
         match grpc_status.map(usize::from).filter(|&g| g < GRPC_CODES) {
@@ -368,6 +380,32 @@ impl Collector for StoreCollector {
                     ("listener", k.listener.as_str()),
                     ("route", k.route.as_str()),
                     ("cluster", k.cluster.as_str()),
+                ];
+                ConstCounter::new(pick(s)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+
+        for (name, help, pick) in [
+            (
+                "strait_fault_delays",
+                "Requests held by fault injection.",
+                (|s: &RouteStats| s.fault_delays.load(Relaxed)) as fn(&RouteStats) -> u64,
+            ),
+            (
+                "strait_fault_aborts",
+                "Requests answered with an injected failure.",
+                |s: &RouteStats| s.fault_aborts.load(Relaxed),
+            ),
+        ] {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            // Faults are counted on a route's own counters (cluster ""), only where configured.
+            for (k, s) in routes
+                .iter()
+                .filter(|(k, s)| k.cluster.is_empty() && pick(s) > 0)
+            {
+                let labels = [
+                    ("listener", k.listener.as_str()),
+                    ("route", k.route.as_str()),
                 ];
                 ConstCounter::new(pick(s)).encode(m.encode_family(&labels)?)?;
             }
