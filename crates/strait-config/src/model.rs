@@ -86,6 +86,11 @@ pub struct Listener {
     /// One JSON line per request. Default: none (no access log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
+    /// Most client connections open at once across all workers; a connection beyond it is
+    /// closed as soon as it is accepted, and counted. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u64>,
 }
 
 /// An access log: one JSON object per line, per request, written by a background thread so

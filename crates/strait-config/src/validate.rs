@@ -167,6 +167,12 @@ impl Checker<'_> {
                     );
                 }
             }
+            if listener.max_connections == Some(0) {
+                self.say(
+                    at.key("max_connections"),
+                    "0 would refuse every connection: give 1 or more, or leave it out for no limit",
+                );
+            }
             if let Some(log) = &listener.access_log {
                 let at = at.key("access_log");
                 if log.path.trim().is_empty() {

@@ -41,6 +41,19 @@ pub(crate) async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let snapshot = worker.snapshot();
+                let plan = snapshot.listener(address);
+                if let Some(plan) = plan {
+                    if plan
+                        .max_connections
+                        .is_some_and(|max| plan.connections.active() >= max)
+                    {
+                        // Full: close at once (a FIN, no bytes) rather than queue the client.
+                        plan.connections.overflowed();
+                        drop(stream);
+                        continue;
+                    }
+                }
                 let conn = Rc::new(Connection {
                     worker: Rc::clone(&worker),
                     local: address,
@@ -48,15 +61,10 @@ pub(crate) async fn accept_loop(
                     activity: Activity::new(),
                 });
                 let guard = worker.connection_opened();
-                let counted = worker
-                    .snapshot()
-                    .listener(address)
-                    .map(|l| l.connections.opened());
+                let counted = plan.map(|l| l.connections.opened());
                 // Read per connection so a reload that changes the timeout applies to new ones.
-                let idle_timeout = worker
-                    .snapshot()
-                    .listener(address)
-                    .and_then(|l| l.idle_timeout);
+                let idle_timeout = plan.and_then(|l| l.idle_timeout);
+                drop(snapshot);
                 let drain = stop.clone();
                 tokio::task::spawn_local(async move {
                     serve_connection(stream, conn, idle_timeout, drain).await;

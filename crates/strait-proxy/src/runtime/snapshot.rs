@@ -149,6 +149,7 @@ impl Snapshot {
                 idle_timeout: l.idle_timeout.non_zero(),
                 routes,
                 connections: metrics.listener(&l.name),
+                max_connections: l.max_connections,
                 access_log: match &l.access_log {
                     Some(log) => Some(Arc::new(logs.logger(log).map_err(|e| CompileError {
                         location: format!("listeners[{li}].access_log.path"),
@@ -192,6 +193,8 @@ pub struct ListenerPlan {
     pub no_route: Arc<RouteStats>,
     /// Where sampled requests are logged.
     pub access_log: Option<Arc<AccessLogger>>,
+    /// Most connections open at once.
+    pub max_connections: Option<u64>,
 }
 
 /// What a matched route does.

@@ -137,9 +137,22 @@ impl Histogram {
 pub struct ListenerStats {
     opened: AtomicU64,
     closed: AtomicU64,
+    overflowed: AtomicU64,
 }
 
 impl ListenerStats {
+    /// Connections open now, across all workers.
+    pub fn active(&self) -> u64 {
+        self.opened
+            .load(Relaxed)
+            .saturating_sub(self.closed.load(Relaxed))
+    }
+
+    /// Counts a connection refused because the listener was full.
+    pub fn overflowed(&self) {
+        self.overflowed.fetch_add(1, Relaxed);
+    }
+
     /// Counts a connection opened; the guard counts it closed.
     pub fn opened(self: &Arc<Self>) -> ConnectionCount {
         self.opened.fetch_add(1, Relaxed);
@@ -433,6 +446,11 @@ impl Collector for StoreCollector {
                 "Client connections open now.",
                 2,
             ),
+            (
+                "strait_listener_connections_overflow",
+                "Client connections closed at once because the listener had max_connections open.",
+                3,
+            ),
         ] {
             let metric_type = if kind == 2 {
                 MetricType::Gauge
@@ -447,7 +465,8 @@ impl Collector for StoreCollector {
                 match kind {
                     0 => ConstCounter::new(opened).encode(fam)?,
                     1 => ConstCounter::new(closed).encode(fam)?,
-                    _ => ConstGauge::new(opened.saturating_sub(closed) as i64).encode(fam)?,
+                    2 => ConstGauge::new(opened.saturating_sub(closed) as i64).encode(fam)?,
+                    _ => ConstCounter::new(s.overflowed.load(Relaxed)).encode(fam)?,
                 }
             }
         }

@@ -1,0 +1,93 @@
+//! `max_connections`: beyond the limit a new connection is closed at once (and counted), while
+//! the open ones keep working; when one closes, a new one is served again.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused_cleanly_and_counted() {
+    let up = Upstream::echo("limited").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: small
+    address: ${{LISTEN}}
+    max_connections: 3
+    routes:
+      - match: {{ path: {{ prefix: / }} }}
+        backends: [{{ cluster: echo }}]
+clusters:
+  - name: echo
+    endpoints: [{{ address: "{}" }}]
+"#,
+        up.addr
+    ))
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut conn = Conn::open(proxy.listen, Proto::H1).await.expect("connect");
+        let resp = within(
+            Duration::from_secs(5),
+            "request",
+            conn.fetch(simple("GET", "l.example", "/")),
+        )
+        .await
+        .expect("served within the limit");
+        assert_eq!(resp.status, 200);
+        open.push(conn);
+    }
+    let mut extra = Conn::open(proxy.listen, Proto::H1)
+        .await
+        .expect("the kernel accepts the TCP connection");
+    let refused = within(
+        Duration::from_secs(5),
+        "refused",
+        extra.fetch(simple("GET", "l.example", "/")),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "the fourth connection was served: {:?}",
+        refused.map(|r| r.status)
+    );
+    for conn in open.iter_mut() {
+        let resp = within(
+            Duration::from_secs(5),
+            "again",
+            conn.fetch(simple("GET", "l.example", "/")),
+        )
+        .await
+        .expect("open connections keep working");
+        assert_eq!(resp.status, 200);
+    }
+    drop(open.pop());
+    let mut served = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(mut conn) = Conn::open(proxy.listen, Proto::H1).await else {
+            continue;
+        };
+        if let Ok(resp) = within(
+            Duration::from_secs(5),
+            "after",
+            conn.fetch(simple("GET", "l.example", "/")),
+        )
+        .await
+        {
+            assert_eq!(resp.status, 200);
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "a slot freed by a closed connection is used again");
+    let metrics = proxy.admin_get("/metrics").await.text();
+    let overflow = metrics
+        .lines()
+        .find(|l| l.starts_with("strait_listener_connections_overflow_total{listener=\"small\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .expect("overflow counter present");
+    assert!(overflow >= 1, "overflow {overflow}");
+}
