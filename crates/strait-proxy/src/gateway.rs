@@ -483,30 +483,13 @@ fn fault_reply(grpc: bool, answer: FaultAnswer) -> Response<ResponseBody> {
         FaultAnswer::Http(status) => (status, http_to_grpc(status)),
         FaultAnswer::Grpc(code) => (grpc_to_http(code), code),
     };
-    let mut resp = if grpc {
-        let mut resp = Response::new(ResponseBody::empty());
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        h.insert("grpc-status", HeaderValue::from(grpc_status));
-        h.insert("grpc-message", HeaderValue::from_static("fault injected"));
-        resp
-    } else {
-        let mut resp = Response::new(ResponseBody::full("fault_abort: fault injected\n"));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        resp
-    };
-    resp.headers_mut().insert(
-        X_STRAIT_ERROR.clone(),
-        HeaderValue::from_static("fault_abort"),
-    );
-    resp
+    proxy_reply(
+        grpc,
+        status,
+        grpc_status,
+        "fault_abort",
+        "fault_abort: fault injected".to_owned(),
+    )
 }
 
 /// gRPC's mapping of HTTP statuses to gRPC codes.
@@ -868,12 +851,12 @@ impl Cause {
     }
 
     /// The gRPC status a gRPC client gets instead (gRPC's HTTP-to-status mapping).
-    fn grpc_status(self) -> &'static str {
+    fn grpc_status(self) -> u16 {
         match self {
-            Cause::NoRoute => "12",       // UNIMPLEMENTED
-            Cause::BadRequest => "13",    // INTERNAL
-            Cause::RequestTimeout => "4", // DEADLINE_EXCEEDED
-            _ => "14",                    // UNAVAILABLE
+            Cause::NoRoute => 12,       // UNIMPLEMENTED
+            Cause::BadRequest => 13,    // INTERNAL
+            Cause::RequestTimeout => 4, // DEADLINE_EXCEEDED
+            _ => 14,                    // UNAVAILABLE
         }
     }
 }
@@ -887,6 +870,25 @@ pub(crate) fn local_reply(
     detail: impl std::fmt::Display,
 ) -> Response<ResponseBody> {
     let text = format!("{}: {detail}", cause.name());
+    proxy_reply(
+        grpc,
+        cause.status(),
+        cause.grpc_status(),
+        cause.name(),
+        text,
+    )
+}
+
+/// An answer the proxy makes itself, shaped for the client: gRPC clients get HTTP 200 with
+/// `grpc-status` and `grpc-message`, others `status` with `text` as the body. Both carry
+/// `x-strait-error: <cause>`.
+fn proxy_reply(
+    grpc: bool,
+    status: StatusCode,
+    grpc_status: u16,
+    cause: &'static str,
+    text: String,
+) -> Response<ResponseBody> {
     let mut resp = if grpc {
         let mut resp = Response::new(ResponseBody::empty());
         let h = resp.headers_mut();
@@ -894,26 +896,23 @@ pub(crate) fn local_reply(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        h.insert("grpc-status", HeaderValue::from_static(cause.grpc_status()));
-        if let Ok(v) =
-            HeaderValue::from_str(&text.replace(|c: char| !c.is_ascii_graphic() && c != ' ', ""))
-        {
+        h.insert("grpc-status", HeaderValue::from(grpc_status));
+        let printable = text.replace(|c: char| !c.is_ascii_graphic() && c != ' ', "");
+        if let Ok(v) = HeaderValue::from_str(&printable) {
             h.insert("grpc-message", v);
         }
         resp
     } else {
         let mut resp = Response::new(ResponseBody::full(text + "\n"));
-        *resp.status_mut() = cause.status();
+        *resp.status_mut() = status;
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         resp
     };
-    resp.headers_mut().insert(
-        X_STRAIT_ERROR.clone(),
-        HeaderValue::from_static(cause.name()),
-    );
+    resp.headers_mut()
+        .insert(X_STRAIT_ERROR.clone(), HeaderValue::from_static(cause));
     resp
 }
 
