@@ -8,23 +8,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn config(up: &Upstream, fault: &str) -> String {
-    format!(
-        r#"
-listeners:
-  - name: web
-    address: ${{LISTEN}}
-    routes:
-      - name: chaos
-        match: {{ path: {{ prefix: / }} }}
-        backends: [{{ cluster: echo }}]
-        fault: {fault}
-clusters:
-  - name: echo
-    protocol: http2
-    endpoints: [{{ address: "{}" }}]
-"#,
-        up.addr
-    )
+    one_route(up.addr, "", &format!("fault: {fault}"), "protocol: http2")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +46,7 @@ async fn aborts_hold_their_percentage_and_never_reach_the_upstream() {
         "aborted requests must not reach the upstream"
     );
     let metrics = proxy.admin_get("/metrics").await.text();
-    let line = format!("strait_fault_aborts_total{{listener=\"web\",route=\"chaos\"}} {aborted}");
+    let line = format!("strait_fault_aborts_total{{listener=\"main\",route=\"all\"}} {aborted}");
     assert!(metrics.contains(&line), "missing `{line}`");
 }
 

@@ -35,21 +35,7 @@ async fn stalling_upstream() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_response_body_is_cut_after_the_route_idle_timeout() {
     let upstream = stalling_upstream().await;
-    let proxy = Proxy::start(&format!(
-        r#"
-listeners:
-  - name: main
-    address: ${{LISTEN}}
-    routes:
-      - match: {{ path: {{ prefix: / }} }}
-        backends: [{{ cluster: stall }}]
-        idle_timeout: 300ms
-clusters:
-  - name: stall
-    endpoints: [{{ address: "{upstream}" }}]
-"#
-    ))
-    .await;
+    let proxy = Proxy::start(&one_route(upstream, "", "idle_timeout: 300ms", "")).await;
     for proto in [Proto::H1, Proto::H2] {
         let mut conn = within(
             Duration::from_secs(5),
@@ -83,22 +69,7 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_the_listener_idle_timeout() {
     let upstream = Upstream::echo("idle").await;
-    let proxy = Proxy::start(&format!(
-        r#"
-listeners:
-  - name: main
-    address: ${{LISTEN}}
-    idle_timeout: 400ms
-    routes:
-      - match: {{ path: {{ prefix: / }} }}
-        backends: [{{ cluster: echo }}]
-clusters:
-  - name: echo
-    endpoints: [{{ address: "{}" }}]
-"#,
-        upstream.addr
-    ))
-    .await;
+    let proxy = Proxy::start(&one_route(upstream.addr, "idle_timeout: 400ms", "", "")).await;
     let mut conn = within(
         Duration::from_secs(5),
         "connect",
@@ -129,22 +100,7 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_gets_goaway_after_the_listener_idle_timeout() {
     let upstream = Upstream::echo("idle-h2").await;
-    let proxy = Proxy::start(&format!(
-        r#"
-listeners:
-  - name: main
-    address: ${{LISTEN}}
-    idle_timeout: 400ms
-    routes:
-      - match: {{ path: {{ prefix: / }} }}
-        backends: [{{ cluster: echo }}]
-clusters:
-  - name: echo
-    endpoints: [{{ address: "{}" }}]
-"#,
-        upstream.addr
-    ))
-    .await;
+    let proxy = Proxy::start(&one_route(upstream.addr, "idle_timeout: 400ms", "", "")).await;
     let mut conn = within(
         Duration::from_secs(5),
         "connect",

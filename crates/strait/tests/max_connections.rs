@@ -10,22 +10,7 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_are_refused_cleanly_and_counted() {
     let up = Upstream::echo("limited").await;
-    let proxy = Proxy::start(&format!(
-        r#"
-listeners:
-  - name: small
-    address: ${{LISTEN}}
-    max_connections: 3
-    routes:
-      - match: {{ path: {{ prefix: / }} }}
-        backends: [{{ cluster: echo }}]
-clusters:
-  - name: echo
-    endpoints: [{{ address: "{}" }}]
-"#,
-        up.addr
-    ))
-    .await;
+    let proxy = Proxy::start(&one_route(up.addr, "max_connections: 3", "", "")).await;
     let mut open = Vec::new();
     for _ in 0..3 {
         let mut conn = Conn::open(proxy.listen, Proto::H1).await.expect("connect");
@@ -86,7 +71,7 @@ clusters:
     let metrics = proxy.admin_get("/metrics").await.text();
     let overflow = metrics
         .lines()
-        .find(|l| l.starts_with("strait_listener_connections_overflow_total{listener=\"small\"}"))
+        .find(|l| l.starts_with("strait_listener_connections_overflow_total{listener=\"main\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .expect("overflow counter present");
     assert!(overflow >= 1, "overflow {overflow}");

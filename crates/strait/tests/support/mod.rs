@@ -1498,3 +1498,27 @@ impl Blackhole {
         }
     }
 }
+
+/// A config with listener `main` on `${LISTEN}` and one catch-all route `all` to cluster
+/// `echo` (endpoint `upstream`). Each `*_extra` is YAML added to that mapping, written without
+/// indentation.
+pub fn one_route(
+    upstream: SocketAddr,
+    listener_extra: &str,
+    route_extra: &str,
+    cluster_extra: &str,
+) -> String {
+    let indent = |text: &str, n: usize| -> String {
+        text.lines()
+            .map(|l| format!("{}{l}\n", " ".repeat(n)))
+            .collect()
+    };
+    format!(
+        "listeners:\n  - name: main\n    address: ${{LISTEN}}\n{}    routes:\n      - name: all\n        \
+         match: {{ path: {{ prefix: / }} }}\n        backends: [{{ cluster: echo }}]\n{}clusters:\n  - name: \
+         echo\n    endpoints: [{{ address: \"{upstream}\" }}]\n{}",
+        indent(listener_extra, 4),
+        indent(route_extra, 8),
+        indent(cluster_extra, 4)
+    )
+}
