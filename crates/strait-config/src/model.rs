@@ -306,6 +306,64 @@ pub struct Route {
     /// Injected delays and failures, for chaos tests. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// A local rate limit on the route, per key. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A local rate limit: a token bucket per key (GCRA), answered with 429 (gRPC
+/// `RESOURCE_EXHAUSTED`), `retry-after` and the IETF `RateLimit-Policy`/`RateLimit` headers.
+/// Buckets live in a fixed-size table per route, so memory stays bounded whatever the keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained requests per second per key, more than 0. Required.
+    pub requests_per_second: f64,
+    /// Requests allowed at once. Default: `requests_per_second` rounded up (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<u32>,
+    /// What each bucket is kept for: `client_ip`, `route` (one bucket for everyone) or
+    /// `{ header: NAME }` (requests without the header are not limited). Default: `client_ip`.
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    #[schemars(with = "RateLimitKey")]
+    pub key: RateLimitKey,
+    /// Other rates for particular key values (an API key, an address). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<RateLimitOverride>,
+    /// Keys tracked at once (16 bytes each, rounded up to a power of two); beyond it the key
+    /// closest to a full bucket is forgotten. Default: `65536`.
+    #[serde(default = "defaults::max_keys")]
+    #[schemars(range(min = 8))]
+    pub max_keys: usize,
+}
+
+/// What a rate limit's buckets are kept for.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum RateLimitKey {
+    /// The client's IP address.
+    #[default]
+    ClientIp,
+    /// One bucket for the whole route.
+    Route,
+    /// The value of this request header.
+    Header(String),
+}
+
+/// A different rate for one key value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitOverride {
+    /// The key value (header value, or client IP address as text). Required.
+    pub value: String,
+    /// Sustained requests per second for it, more than 0. Required.
+    pub requests_per_second: f64,
+    /// Requests allowed at once. Default: `requests_per_second` rounded up (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<u32>,
 }
 
 /// Fault injection on a route: a sample of requests is delayed, a sample is answered with an
@@ -668,6 +726,9 @@ pub(crate) mod defaults {
     }
     pub fn weight() -> u32 {
         1
+    }
+    pub fn max_keys() -> usize {
+        65_536
     }
     pub fn stdout() -> String {
         "stdout".to_owned()

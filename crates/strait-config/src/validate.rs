@@ -318,6 +318,48 @@ impl Checker<'_> {
         }
         self.header_edits(&at.key("request_headers"), &route.request_headers);
         self.header_edits(&at.key("response_headers"), &route.response_headers);
+        if let Some(limit) = &route.rate_limit {
+            let at = at.key("rate_limit");
+            let rate_ok = |r: f64| r.is_finite() && r > 0.0 && r <= 1e9;
+            if !rate_ok(limit.requests_per_second) {
+                self.say(
+                    at.key("requests_per_second"),
+                    format!(
+                        "{}: allowed more than 0, up to 1e9",
+                        limit.requests_per_second
+                    ),
+                );
+            }
+            if limit.max_keys < 8 || limit.max_keys > 1 << 26 {
+                self.say(
+                    at.key("max_keys"),
+                    format!("{}: allowed 8 to 67108864", limit.max_keys),
+                );
+            }
+            if let RateLimitKey::Header(name) = &limit.key {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    self.say(
+                        at.key("key").key("header"),
+                        format!("{name:?} is not a valid header name"),
+                    );
+                }
+            }
+            if limit.key == RateLimitKey::Route && !limit.overrides.is_empty() {
+                self.say_at_key(
+                    at.key("overrides"),
+                    "with `key: route` there is one bucket and no key values to override; use \
+                     `client_ip` or `header`",
+                );
+            }
+            for (oi, o) in limit.overrides.iter().enumerate() {
+                if !rate_ok(o.requests_per_second) {
+                    self.say(
+                        at.key("overrides").index(oi).key("requests_per_second"),
+                        format!("{}: allowed more than 0, up to 1e9", o.requests_per_second),
+                    );
+                }
+            }
+        }
         if let Some(fault) = &route.fault {
             let at = at.key("fault");
             if let Some(delay) = &fault.delay {

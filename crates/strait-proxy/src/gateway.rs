@@ -30,9 +30,11 @@ use crate::balance::hash_key;
 use crate::http::body::{RequestBody, ResponseBody, TeeBody, UpstreamBody};
 use crate::http::headers::{self, Hop, X_STRAIT_ERROR};
 use crate::http::pool::{ConnectError, Pool};
+use crate::ratelimit::{self, Decision, Rate};
 use crate::route::{self, MatchInfo, RequestView};
 use crate::runtime::snapshot::{
-    ClusterPlan, FaultAnswer, ListenerPlan, RouteAction, RouteKind, Snapshot,
+    ip_key, ClusterPlan, FaultAnswer, ListenerPlan, RateLimitPlan, RateLimitSource, RouteAction,
+    RouteKind, Snapshot,
 };
 use crate::runtime::Worker;
 use crate::telemetry::access_log::LogEntry;
@@ -155,6 +157,14 @@ pub(crate) async fn serve(
                 count_answer(&action.local_stats, &mut response, started);
                 return Ok(finish_log(listener, log, response));
             }
+        }
+    }
+    if let Some(limit) = &action.rate_limit {
+        if let Some(retry) = over_limit(limit, &req, conn.peer.ip()) {
+            action.local_stats.rate_limited();
+            let mut response = rate_limited_reply(grpc, retry);
+            count_answer(&action.local_stats, &mut response, started);
+            return Ok(finish_log(listener, log, response));
         }
     }
     let mut stats = &action.local_stats;
@@ -469,6 +479,49 @@ async fn forward_to(
     let mut body = UpstreamBody::new(body, Some(in_flight), reuse, action.idle_timeout);
     body.count_bytes(Arc::clone(route_stats));
     Response::from_parts(parts, ResponseBody::Upstream(body))
+}
+
+/// Takes a token for the request's key; `Some` (the rate and the wait) when it is over the
+/// limit. Requests without the key (a missing header) are not limited.
+fn over_limit<B>(
+    limit: &RateLimitPlan,
+    req: &Request<B>,
+    client_ip: IpAddr,
+) -> Option<(Rate, u64)> {
+    let key = match &limit.key {
+        RateLimitSource::ClientIp => ip_key(client_ip),
+        RateLimitSource::Route => 1,
+        RateLimitSource::Header(name) => hash_key(req.headers().get(name)?.as_bytes()),
+    };
+    let rate = limit.rate_for(key);
+    match limit.limiter.check(key, rate, ratelimit::now_nanos()) {
+        Decision::Allow { .. } => None,
+        Decision::Deny { retry_after_nanos } => Some((rate, retry_after_nanos)),
+    }
+}
+
+/// 429 (gRPC `RESOURCE_EXHAUSTED`) with `retry-after` and the IETF `RateLimit-Policy` and
+/// `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers): quota `q` per window `w`
+/// seconds, nothing `r`emaining, `t` seconds until the next request is allowed.
+fn rate_limited_reply(grpc: bool, (rate, retry_nanos): (Rate, u64)) -> Response<ResponseBody> {
+    let retry_secs = retry_nanos.div_ceil(1_000_000_000).max(1);
+    let window = (f64::from(rate.burst()) / rate.per_second())
+        .ceil()
+        .max(1.0) as u64;
+    let text = format!(
+        "rate_limited: over {} requests per second; retry in {retry_secs}s",
+        rate.per_second()
+    );
+    let mut resp = proxy_reply(grpc, StatusCode::TOO_MANY_REQUESTS, 8, "rate_limited", text);
+    let h = resp.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs));
+    if let Ok(v) = HeaderValue::from_str(&format!("\"default\";q={};w={window}", rate.burst())) {
+        h.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"default\";r=0;t={retry_secs}")) {
+        h.insert("ratelimit", v);
+    }
+    resp
 }
 
 /// Draws a sample: true for `percent` % of calls.

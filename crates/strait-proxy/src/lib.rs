@@ -11,6 +11,7 @@ pub mod detect;
 mod gateway;
 pub mod http;
 pub mod listener;
+pub mod ratelimit;
 pub mod route;
 mod runtime;
 pub mod telemetry;

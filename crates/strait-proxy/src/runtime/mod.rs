@@ -23,6 +23,7 @@ use tokio::task::LocalSet;
 
 use crate::http::pool::Pool;
 use crate::listener;
+use crate::ratelimit::LimiterStore;
 use crate::telemetry::access_log::LogSinks;
 use crate::telemetry::metrics::GaugeSource;
 use crate::telemetry::MetricsStore;
@@ -95,6 +96,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<MetricsStore>,
     /// Access log writers by destination.
     pub logs: Arc<LogSinks>,
+    /// Rate-limit buckets by route, kept across reloads.
+    pub limiters: Arc<LimiterStore>,
 }
 
 impl Shared {
@@ -116,6 +119,7 @@ impl Shared {
                     Some(&old),
                     &self.metrics,
                     &self.logs,
+                    &self.limiters,
                 )
                 .map_err(|e| e.to_string())
             });
@@ -253,7 +257,8 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
     let admin_addr = config.admin.address;
     let metrics = Arc::new(MetricsStore::default());
     let logs = Arc::new(LogSinks::default());
-    let snapshot = Snapshot::compile(config, 1, None, &metrics, &logs)?;
+    let limiters = Arc::new(LimiterStore::default());
+    let snapshot = Snapshot::compile(config, 1, None, &metrics, &logs, &limiters)?;
     let (updated, _) = watch::channel(1);
     let (draining, _) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -267,6 +272,7 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         config_path: options.config_path.clone(),
         metrics,
         logs,
+        limiters,
     });
     shared
         .metrics

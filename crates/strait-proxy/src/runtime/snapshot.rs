@@ -12,6 +12,7 @@ use strait_config::{Config, HashOn, ProxyHeaders, Redirect, Rewrite, UpstreamPro
 
 use crate::balance::Balancer;
 use crate::http::headers::CompiledEdits;
+use crate::ratelimit::{KeyedLimiter, LimiterStore, Rate};
 use crate::route::{RouteTable, WeightedSplit};
 use crate::telemetry::access_log::{AccessLogger, LogSinks};
 use crate::telemetry::metrics::{
@@ -48,6 +49,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         metrics: &MetricsStore,
         logs: &LogSinks,
+        limiters: &LimiterStore,
     ) -> Result<Snapshot, CompileError> {
         let clusters: Vec<Arc<ClusterPlan>> = config
             .clusters
@@ -135,6 +137,19 @@ impl Snapshot {
                     timeout: r.timeout.non_zero(),
                     idle_timeout: r.idle_timeout.non_zero(),
                     fault: r.fault.as_ref().map(FaultPlan::compile),
+                    rate_limit: match &r.rate_limit {
+                        Some(rl) => Some(
+                            RateLimitPlan::compile(
+                                rl,
+                                limiters.limiter(&l.name, &route_name, rl.max_keys),
+                            )
+                            .map_err(|message| CompileError {
+                                location: format!("{}.rate_limit", at()),
+                                message,
+                            })?,
+                        ),
+                        None => None,
+                    },
                 };
                 actions.push((&r.matches, action));
             }
@@ -220,6 +235,81 @@ pub struct RouteAction {
     pub idle_timeout: Option<Duration>,
     /// Injected delays and failures.
     pub fault: Option<FaultPlan>,
+    /// Local rate limit.
+    pub rate_limit: Option<RateLimitPlan>,
+}
+
+/// A route's rate limit, ready to check requests.
+#[derive(Debug)]
+pub struct RateLimitPlan {
+    /// The buckets.
+    pub limiter: Arc<KeyedLimiter>,
+    /// The rate for keys without an override.
+    pub rate: Rate,
+    /// What a bucket is kept for.
+    pub key: RateLimitSource,
+    /// Rates for particular keys, by key hash.
+    pub overrides: Vec<(u64, Rate)>,
+}
+
+/// Where a request's rate-limit key comes from.
+#[derive(Debug)]
+pub enum RateLimitSource {
+    /// The client's address.
+    ClientIp,
+    /// One bucket for the route.
+    Route,
+    /// A request header (absent: not limited).
+    Header(http::HeaderName),
+}
+
+/// The key hash of a client address (its octets).
+pub fn ip_key(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(v4) => crate::balance::hash_key(&v4.octets()),
+        std::net::IpAddr::V6(v6) => crate::balance::hash_key(&v6.octets()),
+    }
+}
+
+impl RateLimitPlan {
+    fn compile(rl: &strait_config::RateLimit, limiter: Arc<KeyedLimiter>) -> Result<Self, String> {
+        let rate = |rps: f64, burst: Option<u32>| {
+            Rate::new(rps, burst.unwrap_or_else(|| rps.ceil().max(1.0) as u32))
+        };
+        let key = match &rl.key {
+            strait_config::RateLimitKey::Route => RateLimitSource::Route,
+            strait_config::RateLimitKey::Header(name) => RateLimitSource::Header(
+                http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("invalid header name {name:?}"))?,
+            ),
+            _ => RateLimitSource::ClientIp,
+        };
+        let mut overrides = Vec::with_capacity(rl.overrides.len());
+        for o in &rl.overrides {
+            let hash =
+                match key {
+                    RateLimitSource::ClientIp => ip_key(o.value.parse().map_err(|_| {
+                        format!("override value {:?} is not an IP address", o.value)
+                    })?),
+                    _ => crate::balance::hash_key(o.value.as_bytes()),
+                };
+            overrides.push((hash, rate(o.requests_per_second, o.burst)));
+        }
+        Ok(RateLimitPlan {
+            limiter,
+            rate: rate(rl.requests_per_second, rl.burst),
+            key,
+            overrides,
+        })
+    }
+
+    /// The rate for a key.
+    pub fn rate_for(&self, key: u64) -> Rate {
+        self.overrides
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(self.rate, |(_, r)| *r)
+    }
 }
 
 /// A route's fault injection, ready to draw samples.

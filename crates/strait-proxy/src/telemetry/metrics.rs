@@ -61,12 +61,18 @@ pub struct RouteStats {
     response_bytes: AtomicU64,
     fault_delays: AtomicU64,
     fault_aborts: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 impl RouteStats {
     /// Counts an injected delay.
     pub fn fault_delayed(&self) {
         self.fault_delays.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request refused by the route's rate limit.
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
     }
 
     /// Counts an injected failure.
@@ -408,6 +414,11 @@ impl Collector for StoreCollector {
                 "strait_fault_aborts",
                 "Requests answered with an injected failure.",
                 |s: &RouteStats| s.fault_aborts.load(Relaxed),
+            ),
+            (
+                "strait_rate_limited",
+                "Requests refused by a route's rate limit.",
+                |s: &RouteStats| s.rate_limited.load(Relaxed),
             ),
         ] {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
