@@ -632,6 +632,36 @@ pub struct Cluster {
     /// The endpoints, each address at most once. At least one is required.
     #[schemars(length(min = 1))]
     pub endpoints: Vec<Endpoint>,
+    /// Limits past which requests to the cluster fail fast with 503 instead of piling up.
+    /// Default: 1024 of each, as Envoy.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
+}
+
+/// A cluster's circuit breaker: counts shared by all workers; a request over a limit gets 503
+/// `overflow` at once and is counted in `strait_upstream_overflows_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Upstream connections open at once. Default: `1024`.
+    #[serde(default = "defaults::breaker_limit")]
+    pub max_connections: u64,
+    /// Requests waiting at once for a new connection to open. Default: `1024`.
+    #[serde(default = "defaults::breaker_limit")]
+    pub max_pending_requests: u64,
+    /// Requests in flight at once. Default: `1024`.
+    #[serde(default = "defaults::breaker_limit")]
+    pub max_requests: u64,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker {
+            max_connections: defaults::breaker_limit(),
+            max_pending_requests: defaults::breaker_limit(),
+            max_requests: defaults::breaker_limit(),
+        }
+    }
 }
 
 /// Protocol spoken to a cluster's endpoints.
@@ -726,6 +756,9 @@ pub(crate) mod defaults {
     }
     pub fn weight() -> u32 {
         1
+    }
+    pub fn breaker_limit() -> u64 {
+        1024
     }
     pub fn max_keys() -> usize {
         65_536

@@ -31,6 +31,7 @@ use crate::http::body::{RequestBody, ResponseBody, TeeBody, UpstreamBody};
 use crate::http::headers::{self, Hop, X_STRAIT_ERROR};
 use crate::http::pool::{ConnectError, Pool};
 use crate::ratelimit::{self, Decision, Rate};
+use crate::resilience::Limit;
 use crate::route::{self, MatchInfo, RequestView};
 use crate::runtime::snapshot::{
     ip_key, ClusterPlan, FaultAnswer, ListenerPlan, RateLimitPlan, RateLimitSource, RouteAction,
@@ -419,6 +420,14 @@ async fn forward_to(
     };
     let request = Request::from_parts(parts, body);
 
+    // Over the cluster's concurrent-request limit: fail fast rather than pile on.
+    let Some(admission) = cluster.breaker.admit(Limit::Requests) else {
+        return local_reply(
+            grpc,
+            Cause::Overflow,
+            format!("cluster {} at its max requests", cluster.name),
+        );
+    };
     let in_flight = stats.start_request();
     let counters = cluster.endpoint_counters.get(endpoint).map(|c| &**c);
     if let Some(c) = counters {
@@ -443,6 +452,9 @@ async fn forward_to(
     };
     let (mut response, reuse) = match outcome {
         Ok(ok) => ok,
+        Err(SendError::Connect(e @ ConnectError::Overflow { .. })) => {
+            return local_reply(grpc, Cause::Overflow, e.to_string());
+        }
         Err(SendError::Connect(e)) if e.is_timeout() => {
             if let Some(c) = counters {
                 c.connect_timeouts.fetch_add(1, Relaxed);
@@ -478,6 +490,7 @@ async fn forward_to(
     let reuse = reuse.map(|c| (Rc::clone(pool), c));
     let mut body = UpstreamBody::new(body, Some(in_flight), reuse, action.idle_timeout);
     body.count_bytes(Arc::clone(route_stats));
+    body.hold_until_end(admission);
     Response::from_parts(parts, ResponseBody::Upstream(body))
 }
 
@@ -624,7 +637,7 @@ async fn send(
     match cluster.protocol {
         UpstreamProtocol::Http2 => {
             let (mut sender, fresh) = pool
-                .http2(addr, cluster.connect_timeout)
+                .http2(addr, cluster.connect_timeout, &cluster.breaker)
                 .await
                 .map_err(SendError::Connect)?;
             if fresh {
@@ -639,7 +652,7 @@ async fn send(
         _ => {
             let max_idle = cluster.max_idle_per_endpoint;
             let mut conn = pool
-                .http1(addr, cluster.connect_timeout, max_idle)
+                .http1(addr, cluster.connect_timeout, max_idle, &cluster.breaker)
                 .await
                 .map_err(SendError::Connect)?;
             if !conn.reused {
@@ -650,7 +663,12 @@ async fn send(
                 Err(mut failed) => match failed.take_message() {
                     Some(request) if conn.reused => {
                         conn = pool
-                            .connect_http1(addr, cluster.connect_timeout, max_idle)
+                            .connect_http1(
+                                addr,
+                                cluster.connect_timeout,
+                                max_idle,
+                                &cluster.breaker,
+                            )
                             .await
                             .map_err(SendError::Connect)?;
                         opened();
@@ -872,6 +890,7 @@ pub(crate) enum Cause {
     NoRoute,
     BadRequest,
     NoHealthyEndpoint,
+    Overflow,
     ConnectFailed,
     ConnectTimeout,
     RequestTimeout,
@@ -884,6 +903,7 @@ impl Cause {
             Cause::NoRoute => "no_route",
             Cause::BadRequest => "bad_request",
             Cause::NoHealthyEndpoint => "no_healthy_endpoint",
+            Cause::Overflow => "overflow",
             Cause::ConnectFailed => "connect_failed",
             Cause::ConnectTimeout => "connect_timeout",
             Cause::RequestTimeout => "request_timeout",
@@ -895,9 +915,10 @@ impl Cause {
         match self {
             Cause::NoRoute => StatusCode::NOT_FOUND,
             Cause::BadRequest => StatusCode::BAD_REQUEST,
-            Cause::NoHealthyEndpoint | Cause::ConnectFailed | Cause::ConnectTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Cause::NoHealthyEndpoint
+            | Cause::ConnectFailed
+            | Cause::ConnectTimeout
+            | Cause::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             Cause::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Cause::UpstreamReset => StatusCode::BAD_GATEWAY,
         }

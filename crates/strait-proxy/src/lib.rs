@@ -12,6 +12,7 @@ mod gateway;
 pub mod http;
 pub mod listener;
 pub mod ratelimit;
+pub mod resilience;
 pub mod route;
 mod runtime;
 pub mod telemetry;

@@ -15,6 +15,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::balance::InFlight;
 use crate::http::pool::{Pool, PooledHttp1};
+use crate::resilience::Admission;
 use crate::telemetry::access_log::{AccessLogger, LogEntry};
 use crate::telemetry::metrics::RouteStats;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -241,6 +242,8 @@ pub struct UpstreamBody {
     grpc_pending: Option<Arc<RouteStats>>,
     /// The request's access log entry, written when the body ends.
     log: Option<(Arc<AccessLogger>, Box<LogEntry>)>,
+    /// The request's circuit-breaker slot, given back when the body ends.
+    admission: Option<Admission>,
 }
 
 /// Why a response body stopped early.
@@ -265,11 +268,23 @@ impl UpstreamBody {
             bytes: None,
             grpc_pending: None,
             log: None,
+            admission: None,
         };
         if body.inner.is_end_stream() {
             body.complete();
         }
         body
+    }
+
+    /// Keeps the request's circuit-breaker slot until the body ends.
+    pub fn hold_until_end(&mut self, admission: Admission) {
+        if !self.is_complete() {
+            self.admission = Some(admission);
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.inner.is_end_stream() && self.in_flight.is_none()
     }
 
     /// Counts the body's bytes in `stats`.
@@ -311,6 +326,7 @@ impl UpstreamBody {
         self.count_grpc(None);
         self.finish_log(None);
         self.in_flight = None;
+        self.admission = None;
         if let Some((pool, conn)) = self.reuse.take() {
             pool.put_http1(conn);
         }

@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 
 use crate::http::body::RequestBody;
 use crate::http::LocalExec;
+use crate::resilience::{Admission, Breaker, Limit};
+use std::sync::Arc;
 
 /// Why no connection to an endpoint could be had.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,14 @@ pub enum ConnectError {
         addr: SocketAddr,
         /// What the OS said.
         source: io::Error,
+    },
+    /// The cluster's circuit breaker refused: too many connections or pending requests.
+    #[error("{addr}: cluster at its max {} (circuit breaker)", limit.name())]
+    Overflow {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Which limit.
+        limit: Limit,
     },
     /// The HTTP handshake on a new connection failed.
     #[error("HTTP handshake with {addr}: {source}")]
@@ -79,6 +89,7 @@ impl Pool {
         addr: SocketAddr,
         connect_timeout: Duration,
         max_idle: usize,
+        breaker: &Arc<Breaker>,
     ) -> Result<PooledHttp1, ConnectError> {
         while let Some(mut sender) = self.pop_idle_http1(addr) {
             // `ready` also waits out the moment between a response's last byte and hyper
@@ -92,7 +103,8 @@ impl Pool {
                 });
             }
         }
-        self.connect_http1(addr, connect_timeout, max_idle).await
+        self.connect_http1(addr, connect_timeout, max_idle, breaker)
+            .await
     }
 
     /// Always a new HTTP/1 connection (for a retry after a stale pooled one failed).
@@ -101,8 +113,9 @@ impl Pool {
         addr: SocketAddr,
         connect_timeout: Duration,
         max_idle: usize,
+        breaker: &Arc<Breaker>,
     ) -> Result<PooledHttp1, ConnectError> {
-        let io = connect(addr, connect_timeout).await?;
+        let (io, slot) = connect(addr, connect_timeout, breaker).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -111,6 +124,7 @@ impl Pool {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
             }
+            drop(slot);
         });
         Ok(PooledHttp1 {
             addr,
@@ -149,13 +163,14 @@ impl Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
+        breaker: &Arc<Breaker>,
     ) -> Result<(http2::SendRequest<RequestBody>, bool), ConnectError> {
         if let Some(sender) = self.http2.borrow().get(&addr) {
             if sender.is_ready() {
                 return Ok((sender.clone(), false));
             }
         }
-        let io = connect(addr, connect_timeout).await?;
+        let (io, slot) = connect(addr, connect_timeout, breaker).await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -166,6 +181,7 @@ impl Pool {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
+            drop(slot);
         });
         self.http2.borrow_mut().insert(addr, sender.clone());
         Ok((sender, true))
@@ -184,7 +200,20 @@ impl Pool {
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStream>, ConnectError> {
+/// Opens a TCP connection within the cluster's limits: the request counts as pending while it
+/// connects, and the returned slot counts the connection until dropped.
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    breaker: &Arc<Breaker>,
+) -> Result<(TokioIo<TcpStream>, Admission), ConnectError> {
+    let overflow = |limit| ConnectError::Overflow { addr, limit };
+    let _pending = breaker
+        .admit(Limit::Pending)
+        .ok_or_else(|| overflow(Limit::Pending))?;
+    let slot = breaker
+        .admit(Limit::Connections)
+        .ok_or_else(|| overflow(Limit::Connections))?;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
@@ -194,5 +223,5 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStrea
     stream
         .set_nodelay(true)
         .map_err(|source| ConnectError::Io { addr, source })?;
-    Ok(TokioIo::new(stream))
+    Ok((TokioIo::new(stream), slot))
 }

@@ -13,6 +13,7 @@ use strait_config::{Config, HashOn, ProxyHeaders, Redirect, Rewrite, UpstreamPro
 use crate::balance::Balancer;
 use crate::http::headers::CompiledEdits;
 use crate::ratelimit::{KeyedLimiter, LimiterStore, Rate};
+use crate::resilience::Breaker;
 use crate::route::{RouteTable, WeightedSplit};
 use crate::telemetry::access_log::{AccessLogger, LogSinks};
 use crate::telemetry::metrics::{
@@ -409,6 +410,8 @@ pub struct ClusterPlan {
     pub endpoint_counters: Vec<Arc<EndpointCounters>>,
     /// Cluster-wide counters.
     pub counters: Arc<ClusterCounters>,
+    /// Limits on connections, pending and concurrent requests.
+    pub breaker: Arc<Breaker>,
     source: strait_config::Cluster,
 }
 
@@ -432,6 +435,12 @@ impl ClusterPlan {
             balancer: Balancer::keyed(c.load_balancer, &keyed),
             endpoint_counters: keys.iter().map(|k| metrics.endpoint(&c.name, k)).collect(),
             counters: metrics.cluster(&c.name),
+            breaker: Arc::new(Breaker::new(
+                c.circuit_breaker.max_connections,
+                c.circuit_breaker.max_pending_requests,
+                c.circuit_breaker.max_requests,
+                metrics.cluster(&c.name),
+            )),
             source: c.clone(),
         }
     }

@@ -196,6 +196,8 @@ pub struct ClusterCounters {
     pub request_timeouts: AtomicU64,
     /// Upstreams that closed or reset before a complete response head.
     pub resets: AtomicU64,
+    /// Requests failed fast by the circuit breaker, by limit (connections, pending, requests).
+    pub overflows: [AtomicU64; 3],
 }
 
 /// Key of one route's counters.
@@ -550,6 +552,24 @@ impl Collector for StoreCollector {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (c, s) in &clusters {
                 ConstCounter::new(pick(s)).encode(m.encode_family(&[("cluster", c.as_str())])?)?;
+            }
+        }
+
+        {
+            let mut m = encoder.encode_descriptor(
+                "strait_upstream_overflows",
+                "Requests failed fast by a cluster's circuit breaker, by limit.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (c, s) in &clusters {
+                for (limit, n) in ["connections", "pending", "requests"]
+                    .iter()
+                    .zip(&s.overflows)
+                {
+                    let labels = [("cluster", c.as_str()), ("limit", *limit)];
+                    ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
+                }
             }
         }
 

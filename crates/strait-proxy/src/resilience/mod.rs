@@ -1,0 +1,148 @@
+//! Resilience: keeping a failing or overloaded upstream from taking the proxy (and its other
+//! upstreams) down with it. Today: circuit breaking per cluster. Retries, outlier detection and
+//! health checks come next (issue 5).
+//!
+//! On the data path the breaker is asked before a request is sent (concurrent requests), before
+//! a connection is opened (connections) and while a request waits for one (pending). Over a
+//! limit the request fails fast with 503 `overflow` instead of queueing behind a struggling
+//! upstream. Counts are atomics shared by all workers; each admission is a guard that gives its
+//! slot back when dropped.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::telemetry::metrics::ClusterCounters;
+
+/// Which limit a breaker guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Upstream connections open.
+    Connections,
+    /// Requests waiting for a new connection.
+    Pending,
+    /// Requests in flight.
+    Requests,
+}
+
+impl Limit {
+    /// The label value in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::Connections => "connections",
+            Limit::Pending => "pending",
+            Limit::Requests => "requests",
+        }
+    }
+}
+
+/// A cluster's circuit breaker.
+#[derive(Debug)]
+pub struct Breaker {
+    max: [u64; 3],
+    active: [AtomicU64; 3],
+    counters: Arc<ClusterCounters>,
+}
+
+impl Breaker {
+    /// A breaker with these limits; overflows are counted in `counters`.
+    pub fn new(
+        max_connections: u64,
+        max_pending: u64,
+        max_requests: u64,
+        counters: Arc<ClusterCounters>,
+    ) -> Self {
+        Breaker {
+            max: [max_connections, max_pending, max_requests],
+            active: Default::default(),
+            counters,
+        }
+    }
+
+    /// Takes a slot of `limit`, or `None` (counted as an overflow) when all are taken.
+    pub fn admit(self: &Arc<Self>, limit: Limit) -> Option<Admission> {
+        let i = limit as usize;
+        let taken = self.active[i].fetch_add(1, Relaxed);
+        if taken >= self.max[i] {
+            self.active[i].fetch_sub(1, Relaxed);
+            self.counters.overflows[i].fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(Admission {
+            breaker: Arc::clone(self),
+            limit,
+        })
+    }
+
+    /// Slots of `limit` taken now.
+    pub fn active(&self, limit: Limit) -> u64 {
+        self.active[limit as usize].load(Relaxed)
+    }
+}
+
+/// A slot of a breaker's limit, given back on drop.
+#[derive(Debug)]
+pub struct Admission {
+    breaker: Arc<Breaker>,
+    limit: Limit,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.breaker.active[self.limit as usize].fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_limited_counted_and_given_back() {
+        let counters = Arc::new(ClusterCounters::default());
+        let b = Arc::new(Breaker::new(1, 0, 2, Arc::clone(&counters)));
+        let one = b.admit(Limit::Requests).unwrap();
+        let two = b.admit(Limit::Requests).unwrap();
+        assert!(b.admit(Limit::Requests).is_none());
+        assert!(
+            b.admit(Limit::Pending).is_none(),
+            "a limit of 0 admits nothing"
+        );
+        assert_eq!(b.active(Limit::Requests), 2);
+        drop(one);
+        assert!(b.admit(Limit::Requests).is_some());
+        drop(two);
+        assert_eq!(b.active(Limit::Requests), 0);
+        assert_eq!(
+            counters.overflows[Limit::Requests as usize].load(Relaxed),
+            1
+        );
+        assert_eq!(counters.overflows[Limit::Pending as usize].load(Relaxed), 1);
+        let _c = b.admit(Limit::Connections).unwrap();
+        assert!(b.admit(Limit::Connections).is_none());
+    }
+
+    #[test]
+    fn concurrent_admissions_never_exceed_the_limit() {
+        let b = Arc::new(Breaker::new(0, 0, 10, Arc::default()));
+        let peak = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (b, peak) = (Arc::clone(&b), Arc::clone(&peak));
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        if let Some(a) = b.admit(Limit::Requests) {
+                            peak.fetch_max(b.active(Limit::Requests), Relaxed);
+                            drop(a);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(peak.load(Relaxed) <= 10);
+        assert_eq!(b.active(Limit::Requests), 0);
+    }
+}
