@@ -261,3 +261,35 @@ clusters:
         "the last good config still serves"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_served_is_documented() {
+    let up = Upstream::echo("documented").await;
+    let proxy = Proxy::start(&one_route(up.addr, "", "", "")).await;
+    assert_eq!(proxy.get("d.example", "/").await.status, 200);
+    let (text, _) = scrape(&proxy).await;
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/metrics.md"
+    ))
+    .expect("docs/metrics.md");
+    let mut missing = Vec::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let served = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.to_owned()
+        };
+        if !docs.contains(&format!("`{served}`")) && !docs.contains(&format!("`{served}{{")) {
+            missing.push(served);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "metrics served but not in docs/metrics.md: {missing:?}"
+    );
+}
