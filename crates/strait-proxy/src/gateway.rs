@@ -136,9 +136,14 @@ pub(crate) async fn serve(
         Some(entry)
     });
     let Some((action, matched)) = found else {
-        let mut response = local_reply(grpc, Cause::NoRoute, "no route matches the request");
-        count_answer(&listener.no_route, &mut response, started);
-        return Ok(finish_log(listener, log, response));
+        let response = local_reply(grpc, Cause::NoRoute, "no route matches the request");
+        return Ok(answered(
+            listener,
+            &listener.no_route,
+            log,
+            response,
+            started,
+        ));
     };
     if let Some(entry) = log.as_mut() {
         entry.route = Some(Arc::clone(&action.name));
@@ -154,18 +159,28 @@ pub(crate) async fn serve(
         if let Some((answer, percent)) = fault.abort {
             if sampled(percent) {
                 action.local_stats.fault_aborted();
-                let mut response = fault_reply(grpc, answer);
-                count_answer(&action.local_stats, &mut response, started);
-                return Ok(finish_log(listener, log, response));
+                let response = fault_reply(grpc, answer);
+                return Ok(answered(
+                    listener,
+                    &action.local_stats,
+                    log,
+                    response,
+                    started,
+                ));
             }
         }
     }
     if let Some(limit) = &action.rate_limit {
         if let Some(retry) = over_limit(limit, &req, conn.peer.ip()) {
             action.local_stats.rate_limited();
-            let mut response = rate_limited_reply(grpc, retry);
-            count_answer(&action.local_stats, &mut response, started);
-            return Ok(finish_log(listener, log, response));
+            let response = rate_limited_reply(grpc, retry);
+            return Ok(answered(
+                listener,
+                &action.local_stats,
+                log,
+                response,
+                started,
+            ));
         }
     }
     let mut stats = &action.local_stats;
@@ -190,21 +205,19 @@ pub(crate) async fn serve(
                 req.uri().path(),
                 req.uri().query(),
             );
-            let mut resp = Response::new(ResponseBody::empty());
-            *resp.status_mut() = *status;
             match HeaderValue::try_from(location) {
                 Ok(v) => {
+                    let mut resp = Response::new(ResponseBody::empty());
+                    *resp.status_mut() = *status;
                     resp.headers_mut().insert(header::LOCATION, v);
+                    resp
                 }
-                Err(_) => {
-                    return Ok(local_reply(
-                        grpc,
-                        Cause::BadRequest,
-                        "redirect target is not a valid URL",
-                    ))
-                }
+                Err(_) => local_reply(
+                    grpc,
+                    Cause::BadRequest,
+                    "redirect target is not a valid URL",
+                ),
             }
-            resp
         }
         RouteKind::Forward(_) => {
             let (response, used) = forward(
@@ -215,12 +228,23 @@ pub(crate) async fn serve(
             response
         }
     };
-    count_answer(stats, &mut response, started);
     action.response_headers.apply(response.headers_mut());
     if let Some(via) = &listener.proxy_headers.via {
         headers::append_via(response.headers_mut(), "1.1", via);
     }
-    Ok(finish_log(listener, log, response))
+    Ok(answered(listener, stats, log, response, started))
+}
+
+/// The last step for every answer: counted in `stats`, and logged when the request is.
+fn answered(
+    listener: &ListenerPlan,
+    stats: &Arc<RouteStats>,
+    log: Option<Box<LogEntry>>,
+    mut response: Response<ResponseBody>,
+    started: Instant,
+) -> Response<ResponseBody> {
+    count_answer(stats, &mut response, started);
+    finish_log(listener, log, response)
 }
 
 /// Completes a request's access log entry with its answer: now for an answer the proxy made,
