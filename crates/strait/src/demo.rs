@@ -155,6 +155,14 @@ pub fn run(duration: Option<Duration>, port: u16, admin_port: u16) -> ExitCode {
         }
         Err(e) => {
             eprintln!("strait demo: {e}");
+            // A gateway that stopped says why (a port in use, most often: see --port).
+            if proxy.is_finished() {
+                if let Ok(Err(why)) = proxy.join() {
+                    eprintln!(
+                        "strait demo: {why} (choose other ports with --port and --admin-port)"
+                    );
+                }
+            }
             ExitCode::FAILURE
         }
     }
