@@ -293,3 +293,51 @@ async fn every_metric_served_is_documented() {
         "metrics served but not in docs/metrics.md: {missing:?}"
     );
 }
+
+/// The Grafana dashboard queries only metrics that exist: every name in its expressions is
+/// documented (and the test above ties the docs to what `/metrics` serves).
+#[test]
+fn the_dashboard_uses_only_documented_metrics() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}deploy/grafana/strait-dashboard.json"))
+            .expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let docs = std::fs::read_to_string(format!("{root}docs/metrics.md")).expect("docs/metrics.md");
+    fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match v.as_str() {
+                        Some(s) if k == "expr" || k == "query" => out.push(s.to_owned()),
+                        _ => exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    exprs(&dashboard, &mut all);
+    assert!(all.len() > 20, "the dashboard has its queries");
+    let mut unknown = BTreeSet::new();
+    for expr in &all {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !(word.starts_with("strait_") || word.starts_with("process_")) {
+                continue;
+            }
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(word, |w, s| w.strip_suffix(s).unwrap_or(w));
+            if !docs.contains(&format!("`{name}")) {
+                unknown.insert(word.to_owned());
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "dashboard metrics not in docs/metrics.md: {unknown:?}"
+    );
+}
