@@ -1,0 +1,1580 @@
+#!/usr/bin/env python3
+"""Side-by-side load harness: direct (no proxy), Strait, nginx and HAProxy.
+
+One worker each, every proxy pinned to the same core (CPU 0), the load generator and the upstream
+on the other core (CPU 1). Targets run interleaved (A B C D A B C D ...) and medians are reported.
+The proxy's CPU time comes from /proc/<pid>/task/*/schedstat (nanoseconds on CPU of every thread)
+and is divided by the requests the load generator completed.
+
+Results are written to OUT/bench-<stamp>.json (every run), .md (the tables) and -latency.svg (a
+plot of latency percentiles per target). See docs/benchmarks.md.
+
+    benches/harness/run.sh                      # install what is missing, build, run everything
+    python3 benches/harness/run.py --strait target/release/strait --scenarios h1,h2 --seconds 5
+    python3 benches/harness/run.py --smoke --strait PATH     # a few seconds, python3 only
+    python3 benches/harness/run.py --compare OLD.json NEW.json
+
+Standard library only. Every load loop is bounded in time and count and targets 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+HOST = "127.0.0.1"
+
+TARGETS = ["direct", "strait", "nginx", "haproxy"]
+
+# name -> (title, what it measures, kind)
+SCENARIOS: dict[str, tuple[str, str, str]] = {
+    "h1": (
+        "HTTP/1.1 keep-alive, small responses",
+        "wrk, 1 thread, 32 keep-alive connections, GET / answered with a 20-byte body; "
+        "closed loop (as fast as the target answers)",
+        "closed",
+    ),
+    "h1-newconn": (
+        "HTTP/1.1, a new TCP connection per request",
+        "wrk, 32 connections sending `Connection: close`: each request opens a new client "
+        "connection (upstream connections stay pooled)",
+        "closed",
+    ),
+    "h2": (
+        "HTTP/2 (h2c) multiplexed",
+        "h2load, 8 h2c connections x 16 concurrent streams, GET /; proxies forward over "
+        "HTTP/1.1 keep-alive (direct: the upstream answers h2c itself)",
+        "closed",
+    ),
+    "tls-h1": (
+        "TLS 1.3, HTTP/1.1 keep-alive",
+        "wrk over TLS 1.3 (ECDSA P-256 certificate, X25519), 32 keep-alive connections",
+        "closed",
+    ),
+    "tls-h2": (
+        "TLS 1.3, HTTP/2 multiplexed",
+        "h2load over TLS 1.3 with ALPN h2, 8 connections x 16 streams",
+        "closed",
+    ),
+    "tls-handshake": (
+        "TLS 1.3 full handshakes (a new connection per request)",
+        "wrk over TLS 1.3 with `Connection: close`: every request is a new connection and a "
+        "full handshake (the client does not resume sessions); requests/s = handshakes/s",
+        "closed",
+    ),
+    "body-1m": (
+        "1 MiB response bodies (throughput)",
+        "wrk, 8 keep-alive connections, GET /1m answered with a 1 MiB file",
+        "closed",
+    ),
+    "grpc": (
+        "gRPC unary (h2c)",
+        "h2load, 8 h2c connections x 16 streams, POST /grpc with `content-type: "
+        "application/grpc` and a 12-byte length-prefixed message; the upstream (nginx over h2c) "
+        "answers a length-prefixed message with `grpc-status: 0` in trailers; proxies forward "
+        "over h2c (nginx: grpc_pass, HAProxy: proto h2, Strait: protocol http2)",
+        "closed",
+    ),
+    "latency-25": (
+        "Fixed rate at 25% of nginx's HTTP/1.1 capacity (open loop)",
+        "h2load --h1 --rps, 32 connections, 1 request in flight each, at 25% of nginx's median "
+        "requests/s in the h1 scenario; percentiles over every request's latency",
+        "fixed",
+    ),
+    "latency-75": (
+        "Fixed rate at 75% of nginx's HTTP/1.1 capacity (open loop)",
+        "as latency-25, at 75% of nginx's capacity",
+        "fixed",
+    ),
+    "memory": (
+        "Memory: idle, and with 10,000 idle keep-alive connections",
+        "RSS of the serving process after start-up and one request (idle), then with 10,000 "
+        "HTTP/1.1 keep-alive connections open, each having completed one request; bytes per "
+        "connection = (RSS with them - RSS before) / connections",
+        "memory",
+    ),
+}
+DEFAULT_SCENARIOS = list(SCENARIOS)
+TLS_SCENARIOS = {"tls-h1", "tls-h2", "tls-handshake"}
+# Strait has no TLS yet (its own issue). Remove this when it lands: the harness then needs a
+# `tls` listener in strait_config() below.
+STRAIT_UNSUPPORTED = {s: "not supported yet: Strait has no TLS" for s in TLS_SCENARIOS}
+
+H1_CONNS = 32
+H2_CONNS, H2_STREAMS = 8, 16
+BODY_CONNS = 8
+FIXED_CONNS = 32
+IDLE_CONNS = 10_000
+SMALL_BODY = "hello from upstream\n"
+GRPC_MESSAGE = b"\x00\x00\x00\x00\x07\x0a\x05hello"  # uncompressed, 7-byte protobuf
+
+WRK_LUA = r"""
+done = function(summary, latency, requests)
+  io.write(string.format('WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,' ..
+    '"read":%d,"write":%d,"status":%d,"timeout":%d,"p50":%d,"p90":%d,"p99":%d,"p999":%d,' ..
+    '"max":%d,"mean":%.1f}\n',
+    summary.requests, summary.duration, summary.bytes, summary.errors.connect,
+    summary.errors.read, summary.errors.write, summary.errors.status, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, latency.mean))
+end
+"""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc sampling
+
+
+def cpu_ns(pids: list[int]) -> int:
+    """Nanoseconds on CPU of every thread of these processes (schedstat's first field)."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return total
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in bytes (0 when it is gone)."""
+    out = {"rss": 0, "hwm": 0}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    out["rss"] = int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    out["hwm"] = int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def open_sockets(pid: int) -> int:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except (FileNotFoundError, PermissionError):
+        return -1
+    n = 0
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def percentiles(values_us: list[int]) -> dict[str, float]:
+    if not values_us:
+        return {}
+    v = sorted(values_us)
+    n = len(v)
+
+    def rank(p: float) -> float:  # nearest rank
+        return float(v[min(n - 1, max(0, int(-(-p * n // 100)) - 1))])
+
+    return {
+        "p50": rank(50),
+        "p90": rank(90),
+        "p99": rank(99),
+        "p999": rank(99.9),
+        "max": float(v[-1]),
+        "mean": sum(v) / n,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+def pin(cpu: int | None):
+    if cpu is None:
+        return None
+
+    def fn():
+        os.sched_setaffinity(0, {cpu})
+
+    return fn
+
+
+class Procs:
+    """Every process the harness started, stopped by pid (never by name)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, argv, cpu, log_path: Path, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+        logf = open(log_path, "ab")
+        p = subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            preexec_fn=pin(cpu),
+            start_new_session=True,
+        )
+        logf.close()
+        self.procs.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen, sig=signal.SIGTERM, wait=5.0) -> None:
+        if p.poll() is None:
+            try:
+                p.send_signal(sig)
+                p.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self) -> None:
+        for p in list(reversed(self.procs)):
+            self.stop(p, wait=3.0)
+
+
+def wait_port(port: int, proc: subprocess.Popen | None, timeout=10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with status {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {HOST}:{port} after {timeout:.0f}s")
+
+
+def http_get(port: int, path="/", timeout=2.0) -> int:
+    """One HTTP/1.1 request; returns the status code."""
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        deadline = time.monotonic() + timeout
+        while b"\r\n" not in data and time.monotonic() < deadline:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+        return int(m.group(1)) if m else 0
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tool(name: str) -> str | None:
+    return shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the upstream and the targets
+
+
+class Env:
+    def __init__(self, args, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.smoke = args.smoke
+        allowed = sorted(os.sched_getaffinity(0))
+        if len(allowed) >= 2 and not args.no_pin:
+            self.proxy_cpu = allowed[0] if args.proxy_cpu is None else args.proxy_cpu
+            self.load_cpu = allowed[1] if args.load_cpu is None else args.load_cpu
+        else:
+            self.proxy_cpu = self.load_cpu = None
+            if not args.no_pin:
+                log("warning: fewer than 2 CPUs: nothing is pinned")
+        self.procs = Procs()
+        self.nginx = tool("nginx")
+        self.haproxy = tool("haproxy")
+        self.wrk = tool("wrk")
+        self.h2load = tool("h2load")
+        self.strait = args.strait
+        # nginx workers started by root run as `nobody`: they must be able to read the files
+        work.chmod(0o755)
+        (work / "www").mkdir(mode=0o755)
+        (work / "tmp").mkdir()
+        (work / "tmp").chmod(0o1777)
+        (work / "www" / "1m").write_bytes(os.urandom(1 << 20))
+        (work / "www" / "grpc.bin").write_bytes(GRPC_MESSAGE)
+        (work / "grpc-request.bin").write_bytes(GRPC_MESSAGE)
+        (work / "report.lua").write_text(WRK_LUA)
+        self.cert = self.key = self.pem = None
+
+
+def make_cert(env: Env) -> None:
+    if env.pem is not None:
+        return
+    key, cert, pem = env.work / "key.pem", env.work / "cert.pem", env.work / "haproxy.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost"],
+        check=True, capture_output=True,
+    )
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    env.cert, env.key, env.pem = cert, key, pem
+
+
+def nginx_common(env: Env, name: str, conns: int) -> str:
+    w = env.work
+    return (
+        f"worker_processes 1; daemon off; pid {w}/{name}.pid; error_log {w}/{name}.err error;\n"
+        f"worker_rlimit_nofile {min(conns * 2 + 100, nofile_hard())};\n"
+        f"events {{ worker_connections {conns}; }}\n"
+        "http {\n"
+        "  access_log off; keepalive_requests 1000000; sendfile on; tcp_nodelay on;\n"
+        f"  client_body_temp_path {w}/tmp; proxy_temp_path {w}/tmp; fastcgi_temp_path {w}/tmp;\n"
+        f"  uwsgi_temp_path {w}/tmp; scgi_temp_path {w}/tmp;\n"
+    )
+
+
+class Upstream:
+    """The fast upstream on the load generator's core: nginx in a full run, a tiny Python
+    asyncio server in smoke mode."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.h1, self.h2, self.tls = free_ports(3)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, conns: int, tls: bool) -> None:
+        env = self.env
+        if env.smoke:
+            argv = [sys.executable, str(Path(__file__).resolve()), "_upstream", str(self.h1)]
+            self.proc = env.procs.start(argv, env.load_cpu, env.work / "upstream.log")
+            wait_port(self.h1, self.proc)
+            return
+        w = env.work
+        tls_listen = ""
+        if tls:
+            make_cert(env)
+            tls_listen = (
+                f"    listen {HOST}:{self.tls} ssl http2 backlog=4096;\n"
+                f"    ssl_certificate {env.cert}; ssl_certificate_key {env.key};\n"
+                "    ssl_protocols TLSv1.3;\n"
+            )
+        conf = nginx_common(env, "upstream", conns) + (
+            "  server {\n"
+            f"    listen {HOST}:{self.h1} backlog=4096;\n"
+            f"    listen {HOST}:{self.h2} http2 backlog=4096;\n"
+            f"{tls_listen}"
+            "    http2_max_concurrent_streams 256;\n"
+            f'    location = / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}\n'
+            "    location = /nginx_status { stub_status; }\n"
+            f"    location = /1m {{ root {w}/www; }}\n"
+            # gRPC-shaped: a POST to a static file is a 405, which error_page turns into a GET
+            # of the file with status 200; add_trailer sends grpc-status in HTTP/2 trailers.
+            # `mirror` makes nginx read the whole request body before answering, as a gRPC
+            # server does (otherwise it answers early and resets the stream).
+            f"    location = /grpc {{ alias {w}/www/grpc.bin; default_type application/grpc;\n"
+            "      mirror /sink; mirror_request_body on;\n"
+            "      error_page 405 =200 /grpc.bin; add_trailer grpc-status 0; }\n"
+            "    location = /sink { internal; return 204; }\n"
+            f"    location = /grpc.bin {{ internal; root {w}/www; default_type application/grpc;\n"
+            "      add_trailer grpc-status 0; }\n"
+            "  }\n}\n"
+        )
+        (w / "upstream.conf").write_text(conf)
+        argv = [env.nginx, "-c", str(w / "upstream.conf"), "-e", str(w / "upstream.err")]
+        self.proc = env.procs.start(argv, env.load_cpu, w / "upstream.log")
+        wait_port(self.h1, self.proc)
+
+    def accepts(self) -> int | None:
+        """Connections the upstream has accepted so far (nginx stub_status)."""
+        if self.env.smoke:
+            return None
+        try:
+            with socket.create_connection((HOST, self.h1), timeout=2) as s:
+                s.sendall(f"GET /nginx_status HTTP/1.1\r\nHost: {HOST}\r\n"
+                          "Connection: close\r\n\r\n".encode())
+                data = b""
+                for _ in range(100):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            m = re.search(rb"server accepts handled requests\s+(\d+)", data)
+            return int(m.group(1)) if m else None
+        except OSError:
+            return None
+
+    def pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        if self.env.smoke:
+            return [self.proc.pid]
+        return children(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.env.procs.stop(self.proc, signal.SIGTERM)
+            self.proc = None
+
+
+class Target:
+    name = "?"
+
+    def __init__(self, env: Env, up: Upstream) -> None:
+        self.env, self.up = env, up
+        self.proc: subprocess.Popen | None = None
+        # ports by role: h1, h2 (h2c prior knowledge), tls (ALPN h2 and http/1.1), grpc (h2c)
+        self.ports: dict[str, int] = {}
+
+    @classmethod
+    def unsupported(cls, scenario: str) -> str | None:
+        """Why this target cannot run a scenario, or None."""
+        return None
+
+    def start(self, conns: int, tls: bool) -> None:
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        """The serving processes: CPU and memory are read from these."""
+        return [self.proc.pid] if self.proc else []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.env.procs.stop(self.proc, signal.SIGTERM)
+            self.proc = None
+
+
+class Direct(Target):
+    name = "direct"
+
+    def start(self, conns: int, tls: bool) -> None:
+        self.ports = {"h1": self.up.h1, "h2": self.up.h2, "tls": self.up.tls, "grpc": self.up.h2}
+
+    def pids(self) -> list[int]:
+        return self.up.pids()
+
+    def stop(self) -> None:
+        pass
+
+
+class Strait(Target):
+    name = "strait"
+
+    @classmethod
+    def unsupported(cls, scenario: str) -> str | None:
+        return STRAIT_UNSUPPORTED.get(scenario)
+
+    def start(self, conns: int, tls: bool) -> None:
+        env, w = self.env, self.env.work
+        main, grpc, admin = free_ports(3)
+        # The default configuration (request ids, x-forwarded-*, metrics all on), one worker.
+        conf = (
+            f"admin: {{ address: \"{HOST}:{admin}\" }}\n"
+            "workers: 1\n"
+            "listeners:\n"
+            "  - name: bench\n"
+            f"    address: \"{HOST}:{main}\"\n"
+            "    routes:\n"
+            "      - backends: [{ cluster: up }]\n"
+        )
+        if not env.smoke:
+            conf += (
+                "  - name: grpc\n"
+                f"    address: \"{HOST}:{grpc}\"\n"
+                "    routes:\n"
+                "      - backends: [{ cluster: up-grpc }]\n"
+            )
+        conf += (
+            "clusters:\n"
+            "  - name: up\n"
+            f"    endpoints: [{{ address: \"{HOST}:{self.up.h1}\" }}]\n"
+        )
+        if not env.smoke:
+            conf += (
+                "  - name: up-grpc\n"
+                "    protocol: http2\n"
+                f"    endpoints: [{{ address: \"{HOST}:{self.up.h2}\" }}]\n"
+            )
+        (w / "strait.yaml").write_text(conf)
+        argv = [env.strait, "proxy", "--config", str(w / "strait.yaml")]
+        self.proc = env.procs.start(argv, env.proxy_cpu, w / "strait.log")
+        wait_port(main, self.proc)
+        deadline = time.monotonic() + 10
+        while http_get(admin, "/ready") != 200:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("strait's /ready did not answer 200")
+            time.sleep(0.05)
+        self.ports = {"h1": main, "h2": main, "grpc": grpc}
+
+
+class Nginx(Target):
+    name = "nginx"
+
+    def start(self, conns: int, tls: bool) -> None:
+        env, w = self.env, self.env.work
+        h1, h2, tlsp, grpc = free_ports(4)
+        tls_server = ""
+        if tls:
+            make_cert(env)
+            tls_server = (
+                f"  server {{ listen {HOST}:{tlsp} ssl http2 backlog=4096;\n"
+                f"    ssl_certificate {env.cert}; ssl_certificate_key {env.key};\n"
+                "    ssl_protocols TLSv1.3;\n"
+                "    location / { proxy_pass http://up; } }\n"
+            )
+        conf = nginx_common(env, "nginx", conns) + (
+            # enough idle upstream connections for 128 concurrent requests (grpc_pass uses one
+            # upstream connection per request in flight), never retired by request count
+            f"  upstream up {{ server {HOST}:{self.up.h1}; keepalive 256; "
+            "keepalive_requests 1000000; }\n"
+            f"  upstream upgrpc {{ server {HOST}:{self.up.h2}; keepalive 256; "
+            "keepalive_requests 1000000; }\n"
+            # keep-alive upstream connections; stream big bodies instead of spooling to disk
+            "  proxy_http_version 1.1; proxy_set_header Connection \"\";\n"
+            "  proxy_max_temp_file_size 0;\n"
+            f"  server {{ listen {HOST}:{h1} backlog=4096; location / {{ proxy_pass http://up; }} }}\n"
+            f"  server {{ listen {HOST}:{h2} http2 backlog=4096;\n"
+            "    location / { proxy_pass http://up; } }\n"
+            f"  server {{ listen {HOST}:{grpc} http2 backlog=4096;\n"
+            "    location / { grpc_pass grpc://upgrpc; } }\n"
+            f"{tls_server}"
+            "}\n"
+        )
+        (w / "nginx.conf").write_text(conf)
+        argv = [env.nginx, "-c", str(w / "nginx.conf"), "-e", str(w / "nginx.err")]
+        self.proc = env.procs.start(argv, env.proxy_cpu, w / "nginx.log")
+        wait_port(h1, self.proc)
+        self.ports = {"h1": h1, "h2": h2, "tls": tlsp, "grpc": grpc}
+
+    def pids(self) -> list[int]:
+        # the worker (the master only supervises)
+        return children(self.proc.pid) if self.proc else []
+
+
+class Haproxy(Target):
+    name = "haproxy"
+
+    def start(self, conns: int, tls: bool) -> None:
+        env, w = self.env, self.env.work
+        h1, h2, tlsp, grpc = free_ports(4)
+        maxconn = max(4000, conns)
+        tls_front = ""
+        if tls:
+            make_cert(env)
+            tls_front = (
+                "frontend fe_tls\n"
+                f"  bind {HOST}:{tlsp} ssl crt {env.pem} alpn h2,http/1.1 ssl-min-ver TLSv1.3\n"
+                "  default_backend be\n"
+            )
+        conf = (
+            "global\n"
+            "  nbthread 1\n"
+            f"  maxconn {maxconn}\n"
+            # above ~9,900 connections HAProxy wants more descriptors than the hard limit here
+            # allows: let it run with what it gets rather than refuse to start
+            + ("  no strict-limits\n" if maxconn > 4000 else "")
+            + "defaults\n"
+            "  mode http\n"
+            "  timeout connect 5s\n"
+            "  timeout client 60s\n"
+            "  timeout server 60s\n"
+            "  http-reuse always\n"
+            "frontend fe_h1\n"
+            f"  bind {HOST}:{h1}\n"
+            "  default_backend be\n"
+            "frontend fe_h2\n"
+            f"  bind {HOST}:{h2} proto h2\n"
+            "  default_backend be\n"
+            "frontend fe_grpc\n"
+            f"  bind {HOST}:{grpc} proto h2\n"
+            "  default_backend be_grpc\n"
+            f"{tls_front}"
+            "backend be\n"
+            f"  server up {HOST}:{self.up.h1}\n"
+            "backend be_grpc\n"
+            f"  server up {HOST}:{self.up.h2} proto h2\n"
+        )
+        (w / "haproxy.cfg").write_text(conf)
+        argv = [env.haproxy, "-f", str(w / "haproxy.cfg"), "-db"]
+        self.proc = env.procs.start(argv, env.proxy_cpu, w / "haproxy.log")
+        wait_port(h1, self.proc)
+        self.ports = {"h1": h1, "h2": h2, "tls": tlsp, "grpc": grpc}
+
+
+TARGET_CLASSES = {"direct": Direct, "strait": Strait, "nginx": Nginx, "haproxy": Haproxy}
+
+
+# ---------------------------------------------------------------------------------------------
+# load generators: each returns {"requests", "seconds", "errors", "latency_us": {...}, ...}
+
+
+def run_loadgen(env: Env, argv: list[str], timeout: float) -> str:
+    p = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, preexec_fn=pin(env.load_cpu)
+    )
+    if p.returncode != 0:
+        tail = (p.stdout + p.stderr).strip().splitlines()[-5:]
+        raise RuntimeError(f"{Path(argv[0]).name} exited {p.returncode}: {' | '.join(tail)}")
+    return p.stdout
+
+
+def wrk(env: Env, url: str, conns: int, seconds: float, headers=()) -> dict:
+    argv = [env.wrk, "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
+            "-s", str(env.work / "report.lua")]
+    for h in headers:
+        argv += ["-H", h]
+    out = run_loadgen(env, argv + [url], seconds + 30)
+    m = re.search(r"^WRKJSON (\{.*\})$", out, re.M)
+    if not m:
+        raise RuntimeError("wrk printed no summary: " + out[-300:])
+    s = json.loads(m.group(1))
+    errors = s["connect"] + s["read"] + s["write"] + s["status"] + s["timeout"]
+    return {
+        "requests": s["requests"],
+        "seconds": s["duration_us"] / 1e6,
+        "bytes": s["bytes"],
+        "errors": errors,
+        "error_detail": {k: s[k] for k in ("connect", "read", "write", "status", "timeout")},
+        "latency_us": {k: float(s[k]) for k in ("p50", "p90", "p99", "p999", "max", "mean")},
+    }
+
+
+def h2load(env: Env, url: str, conns: int, streams: int, seconds: float, extra=()) -> dict:
+    logf = env.work / "h2load.log"
+    if logf.exists():
+        logf.unlink()
+    argv = [env.h2load, "-t1", f"-c{conns}", f"-m{streams}", "-D", str(max(1, round(seconds))),
+            "-T", "5", "-N", "5", "--log-file", str(logf), *extra, url]
+    out = run_loadgen(env, argv, seconds + 30)
+    m = re.search(r"finished in ([\d.]+)(m?s)", out)
+    secs = float(m.group(1)) / (1000 if m and m.group(2) == "ms" else 1) if m else seconds
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    if not m:
+        raise RuntimeError("h2load printed no summary: " + out[-300:])
+    done, ok = int(m.group(3)), int(m.group(4))
+    sc = re.search(r"status codes: (\d+) 2xx", out)
+    ok2xx = int(sc.group(1)) if sc else ok
+    m2 = re.search(r"traffic: .*?\((\d+)\) total", out)
+    lat = []
+    with open(logf) as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) == 3 and parts[1].startswith("2"):
+                lat.append(int(parts[2]))
+    return {
+        "requests": min(ok, ok2xx),
+        "seconds": secs,
+        "bytes": int(m2.group(1)) if m2 else 0,
+        "errors": (done - min(ok, ok2xx)) + int(m.group(6)) + int(m.group(7)),
+        "latency_us": percentiles(lat),
+    }
+
+
+def py_client(env: Env, port: int, conns: int, seconds: float, path="/") -> dict:
+    """The built-in HTTP/1.1 keep-alive load generator (smoke mode; python3 only)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "_client", str(port), str(conns),
+            str(seconds), path]
+    out = run_loadgen(env, argv, seconds + 30)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# scenarios
+
+
+def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float | None) -> dict:
+    """One measured run of one scenario against one target."""
+    p = target.ports
+    if env.smoke:
+        return py_client(env, p["h1"], 8, seconds)
+    if scenario == "h1":
+        return wrk(env, f"http://{HOST}:{p['h1']}/", H1_CONNS, seconds)
+    if scenario == "h1-newconn":
+        return wrk(env, f"http://{HOST}:{p['h1']}/", H1_CONNS, seconds, ["Connection: close"])
+    if scenario == "h2":
+        return h2load(env, f"http://{HOST}:{p['h2']}/", H2_CONNS, H2_STREAMS, seconds)
+    if scenario == "tls-h1":
+        return wrk(env, f"https://{HOST}:{p['tls']}/", H1_CONNS, seconds)
+    if scenario == "tls-h2":
+        return h2load(env, f"https://{HOST}:{p['tls']}/", H2_CONNS, H2_STREAMS, seconds)
+    if scenario == "tls-handshake":
+        return wrk(env, f"https://{HOST}:{p['tls']}/", H1_CONNS, seconds, ["Connection: close"])
+    if scenario == "body-1m":
+        return wrk(env, f"http://{HOST}:{p['h1']}/1m", BODY_CONNS, seconds)
+    if scenario == "grpc":
+        return h2load(
+            env, f"http://{HOST}:{p['grpc']}/grpc", H2_CONNS, H2_STREAMS, seconds,
+            ["-d", str(env.work / "grpc-request.bin"), "-H", "content-type: application/grpc",
+             "-H", "te: trailers"],
+        )
+    if scenario in ("latency-25", "latency-75"):
+        assert rate is not None
+        r = h2load(env, f"http://{HOST}:{p['h1']}/", FIXED_CONNS, 1, seconds,
+                   ["--h1", "--rps", f"{rate / FIXED_CONNS:.3f}"])
+        r["offered_rps"] = rate
+        return r
+    raise ValueError(scenario)
+
+
+def measure(env: Env, scenario: str, target: Target, seconds: float, rate=None) -> dict:
+    pids = target.pids()
+    a0 = target.up.accepts()
+    c0, t0 = cpu_ns(pids), time.monotonic()
+    r = drive(env, scenario, target, seconds, rate)
+    c1, wall = cpu_ns(pids), time.monotonic() - t0
+    a1 = target.up.accepts()
+    # connections the upstream accepted during the run (-1: the stub_status probe itself);
+    # for `direct` these are the load generator's own connections
+    r["upstream_conns"] = a1 - a0 - 1 if a0 is not None and a1 is not None else None
+    n = r["requests"]
+    r["rps"] = n / r["seconds"] if r["seconds"] > 0 else 0.0
+    r["loadavg_1m"] = os.getloadavg()[0]  # other work on the machine shows up here
+    r["cpu_us_per_req"] = (c1 - c0) / 1000 / n if n else None
+    r["cpu_cores"] = (c1 - c0) / 1e9 / wall if wall > 0 else None
+    if scenario == "body-1m":
+        r["mib_per_s"] = r["bytes"] / r["seconds"] / (1 << 20) if r["seconds"] else 0.0
+    mem = [proc_status(pid) for pid in pids]
+    r["rss_bytes"] = sum(m["rss"] for m in mem)
+    r["peak_rss_bytes"] = sum(m["hwm"] for m in mem)
+    return r
+
+
+def memory_run(env: Env, target: Target, conns: int) -> dict:
+    pids = target.pids()
+    port = target.ports["h1"]
+    for _ in range(20):  # a few requests first, so lazily built state exists before "before"
+        http_get(port)
+    time.sleep(0.5)
+    before = sum(proc_status(p)["rss"] for p in pids)
+    argv = [sys.executable, str(Path(__file__).resolve()), "_idle", str(port), str(conns), "90"]
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         preexec_fn=pin(env.load_cpu))
+    try:
+        ready, _, _ = select.select([p.stdout], [], [], 90)
+        if not ready:
+            raise RuntimeError("the idle-connection client did not report within 90 s")
+        report = json.loads(p.stdout.readline() or "{}")
+        time.sleep(1.0)
+        held = sum(proc_status(pid)["rss"] for pid in pids)
+        sockets = sum(open_sockets(pid) for pid in pids)
+    finally:
+        try:
+            p.stdin.write("close\n")
+            p.stdin.flush()
+        except BrokenPipeError:
+            pass
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    opened = report.get("opened", 0)
+    time.sleep(1.0)
+    return {
+        "connections_opened": opened,
+        "connections_failed": report.get("failed", 0),
+        "open_seconds": report.get("seconds"),
+        "server_sockets": sockets,
+        "rss_before_bytes": before,
+        "rss_with_conns_bytes": held,
+        "bytes_per_conn": (held - before) / opened if opened else None,
+        "rss_after_close_bytes": sum(proc_status(pid)["rss"] for pid in pids),
+        "peak_rss_bytes": sum(proc_status(pid)["hwm"] for pid in pids),
+        "errors": conns - opened,
+    }
+
+
+METRICS = ["upstream_conns", "rps", "cpu_us_per_req", "cpu_cores", "mib_per_s", "offered_rps", "errors",
+           "rss_bytes", "peak_rss_bytes", "idle_rss_bytes", "rss_before_bytes",
+           "rss_with_conns_bytes", "bytes_per_conn", "connections_opened", "server_sockets",
+           "rss_after_close_bytes"]
+LAT = ["p50", "p90", "p99", "p999", "max", "mean"]
+
+
+def median_of(runs: list[dict]) -> dict:
+    med: dict = {}
+    for k in METRICS:
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        if vals:
+            med[k] = max(vals) if k == "peak_rss_bytes" else statistics.median(vals)
+    med["errors"] = sum(r.get("errors", 0) or 0 for r in runs)  # all rounds' errors
+    lats = [r["latency_us"] for r in runs if r.get("latency_us")]
+    if lats:
+        med["latency_us"] = {k: statistics.median(l[k] for l in lats) for k in LAT}
+    cpu = [r["cpu_us_per_req"] for r in runs if r.get("cpu_us_per_req") is not None]
+    if len(cpu) > 1:
+        med["cpu_us_per_req_min"], med["cpu_us_per_req_max"] = min(cpu), max(cpu)
+    return med
+
+
+def run_scenario(env: Env, scenario: str, targets: list[str], capacity: float | None) -> dict:
+    args = env.args
+    title, what, kind = SCENARIOS[scenario]
+    res: dict = {"title": title, "method": what, "kind": kind, "targets": {}}
+    if kind == "fixed":
+        if not capacity:
+            res["skipped"] = "needs nginx's capacity: run it with the h1 scenario and nginx"
+            return res
+        frac = 0.25 if scenario == "latency-25" else 0.75
+        res["offered_rps"] = rate = capacity * frac
+        res["capacity_rps"] = capacity
+    else:
+        rate = None
+    if scenario in TLS_SCENARIOS and env.h2load is None and env.wrk is None:
+        res["skipped"] = "needs wrk and h2load"
+        return res
+    if kind == "memory":
+        return memory_scenario(env, res, targets)
+    conns = 4096
+    tls = scenario in TLS_SCENARIOS
+    up = Upstream(env)
+    objs: dict[str, Target] = {}
+    active: list[str] = []
+    try:
+        up.start(conns, tls)
+        for t in targets:
+            obj = TARGET_CLASSES[t](env, up)
+            objs[t] = obj
+            why = obj.unsupported(scenario)
+            if why:
+                res["targets"][t] = {"status": "skipped", "reason": why}
+                continue
+            try:
+                obj.start(conns, tls)
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                res["targets"][t] = {"status": "error", "reason": f"start: {e}"}
+                continue
+            active.append(t)
+            res["targets"][t] = {"status": "ok", "runs": []}
+        time.sleep(0.3)
+        for t in active:  # idle memory, before any load
+            pids = objs[t].pids()
+            if "h1" in objs[t].ports:
+                http_get(objs[t].ports["h1"])
+            time.sleep(0.2)
+            res["targets"][t]["idle_rss_bytes"] = sum(proc_status(p)["rss"] for p in pids)
+        warm = 0.5 if env.smoke else 1.0
+        for t in list(active):
+            try:
+                w = drive(env, scenario, objs[t], warm, rate)
+                if w["requests"] == 0 or w["errors"] > w["requests"] // 100:
+                    raise RuntimeError(
+                        f"warm-up: {w['requests']} requests, {w['errors']} errors")
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                res["targets"][t] = {"status": "error", "reason": str(e)[:300]}
+                active.remove(t)
+        for rnd in range(args.rounds):
+            for t in list(active):
+                try:
+                    r = measure(env, scenario, objs[t], args.seconds, rate)
+                except Exception as e:  # noqa: BLE001 - reported in the table
+                    res["targets"][t] = {"status": "error", "reason": str(e)[:300]}
+                    active.remove(t)
+                    continue
+                r["round"] = rnd + 1
+                res["targets"][t]["runs"].append(r)
+                cpu = r["cpu_us_per_req"]
+                log(f"  {scenario} round {rnd + 1} {t:8} {r['rps']:10.0f} req/s  "
+                    f"{cpu if cpu is None else round(cpu, 2)} µs/req  "
+                    f"p99 {r['latency_us'].get('p99', 0):.0f} µs  errors {r['errors']}")
+    finally:
+        for t in objs.values():
+            t.stop()
+        up.stop()
+    for t in active:
+        tr = res["targets"][t]
+        tr["median"] = median_of(tr["runs"])
+        tr["median"]["idle_rss_bytes"] = tr["idle_rss_bytes"]
+    add_ratios(res)
+    return res
+
+
+def memory_scenario(env: Env, res: dict, targets: list[str]) -> dict:
+    """Every run on freshly started processes (upstream included): allocators keep what a
+    previous run freed, which would hide the cost of the next run's connections."""
+    n = 200 if env.smoke else IDLE_CONNS
+    # headroom: nginx starts closing idle keep-alive connections when fewer than 1/16 of its
+    # worker_connections are free
+    conns = n + 1500
+    res["connections"] = n
+    ok = []
+    for t in targets:
+        why = TARGET_CLASSES[t].unsupported("memory")
+        if why:
+            res["targets"][t] = {"status": "skipped", "reason": why}
+        else:
+            res["targets"][t] = {"status": "ok", "runs": []}
+            ok.append(t)
+    for rnd in range(env.args.rounds):
+        for t in list(ok):
+            log(f"  memory round {rnd + 1} {t}")
+            up = Upstream(env)
+            obj = TARGET_CLASSES[t](env, up)
+            try:
+                up.start(conns, False)
+                obj.start(conns, False)
+                time.sleep(0.3)
+                http_get(obj.ports["h1"])
+                time.sleep(0.2)
+                idle = sum(proc_status(p)["rss"] for p in obj.pids())
+                r = memory_run(env, obj, n)
+                r["idle_rss_bytes"] = idle
+                r["round"] = rnd + 1
+                res["targets"][t]["runs"].append(r)
+                log(f"  memory round {rnd + 1} {t:8} idle {mib(idle)}, "
+                    f"{r['connections_opened']} connections: {fnum(r['bytes_per_conn'])} bytes each")
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                res["targets"][t] = {"status": "error", "reason": str(e)[:300]}
+                ok.remove(t)
+            finally:
+                obj.stop()
+                up.stop()
+    for t in ok:
+        res["targets"][t]["median"] = median_of(res["targets"][t]["runs"])
+    add_ratios(res)
+    return res
+
+
+def add_ratios(res: dict) -> None:
+    """Each target's medians divided by nginx's and by direct's."""
+
+    def flat(m: dict) -> dict:
+        f = {k: v for k, v in m.items() if isinstance(v, (int, float))}
+        for k, v in m.get("latency_us", {}).items():
+            f[k] = v
+        return f
+
+    for base in ("nginx", "direct"):
+        b = res["targets"].get(base, {})
+        if b.get("status") != "ok":
+            continue
+        bf = flat(b["median"])
+        for t in res["targets"].values():
+            if t.get("status") != "ok":
+                continue
+            tf = flat(t["median"])
+            t[f"vs_{base}"] = {k: tf[k] / bf[k] for k in tf if k in bf and bf[k]}
+
+
+# ---------------------------------------------------------------------------------------------
+# output: JSON, Markdown, SVG
+
+
+def mib(b) -> str:
+    return "" if b is None else f"{b / (1 << 20):.1f} MiB"
+
+
+def us(v) -> str:
+    if v is None:
+        return ""
+    return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.0f} µs"
+
+
+def x(r: dict, base: str, k: str) -> str:
+    v = r.get(f"vs_{base}", {}).get(k)
+    return "" if v is None else f"{v:.2f}×"
+
+
+def fnum(v, nd=0) -> str:
+    if v is None:
+        return ""
+    return f"{v:,.{nd}f}"
+
+
+def markdown(result: dict) -> str:
+    meta = result["meta"]
+    lines = [
+        f"# Strait load comparison, {meta['date']}",
+        "",
+        f"Machine: {meta['machine']['cpu']} ({meta['machine']['cpus']} CPUs), "
+        f"{meta['machine']['os']}, kernel {meta['machine']['kernel']}.  ",
+        "Versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".  ",
+        f"Strait {meta['strait']['commit']}{' (uncommitted changes)' if meta['strait']['dirty'] else ''}"
+        f", default config with `workers: 1`.  ",
+        f"{meta['rounds']} interleaved rounds of {meta['seconds']} s per target; medians. "
+        f"Proxies pinned to CPU {meta['proxy_cpu']}, load generator and upstream to CPU "
+        f"{meta['load_cpu']}.{' SMOKE RUN: plumbing check, not a measurement.' if meta['smoke'] else ''}",
+        "",
+        "CPU µs/req: on-CPU time of the target's serving process (all threads, from "
+        "/proc/PID/task/*/schedstat) per completed request. For `direct` it is the upstream's "
+        "own cost of answering. ×nginx and ×direct divide by nginx's and direct's medians.",
+        "",
+    ]
+    # summary
+    closed = [s for s, r in result["scenarios"].items() if r["kind"] == "closed"]
+    if closed:
+        tnames = result["meta"]["targets"]
+        lines += ["## Summary: CPU µs per request (requests/s)", "",
+                  "| scenario | " + " | ".join(tnames) + " |",
+                  "|---|" + "---:|" * len(tnames)]
+        for s in closed:
+            row = [s]
+            for t in tnames:
+                r = result["scenarios"][s]["targets"].get(t, {})
+                if r.get("status") == "ok":
+                    m = r["median"]
+                    row.append(f"{fnum(m.get('cpu_us_per_req'), 2)} ({fnum(m.get('rps'))})")
+                elif r:
+                    row.append(r.get("status", ""))
+                else:
+                    row.append("")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    for s, res in result["scenarios"].items():
+        lines += [f"## {s}: {res['title']}", "", res["method"] + ".", ""]
+        if res.get("skipped"):
+            lines += [f"Skipped: {res['skipped']}.", ""]
+            continue
+        kind = res["kind"]
+        if kind == "fixed":
+            lines += [f"Offered: {fnum(res['offered_rps'])} requests/s "
+                      f"(nginx capacity {fnum(res['capacity_rps'])} requests/s).", ""]
+        if kind == "memory":
+            head = ["target", "idle RSS", "×nginx", "RSS before", f"RSS with {res.get('connections', 0):,} conns",
+                    "bytes/conn", "×nginx", "×direct", "peak RSS", "opened", "server sockets",
+                    "errors"]
+        elif kind == "fixed":
+            head = ["target", "achieved req/s", "p50", "p90", "p99", "p99.9", "max",
+                    "p99 ×nginx", "p99 ×direct", "CPU µs/req", "×nginx", "peak RSS", "errors"]
+        else:
+            rate = "MiB/s" if s == "body-1m" else ("handshakes/s" if s == "tls-handshake" else "req/s")
+            head = ["target", rate, "×nginx", "×direct", "CPU µs/req", "(min–max)", "×nginx",
+                    "×direct", "p50", "p99", "p99.9", "peak RSS", "upstream conns", "errors"]
+        lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+        for t, r in res["targets"].items():
+            if r.get("status") != "ok":
+                lines.append(f"| {t} | {r.get('status')}: {r.get('reason', '')} |" + " |" * (len(head) - 2))
+                continue
+            m = r["median"]
+            lat = m.get("latency_us", {})
+            if kind == "memory":
+                row = [t, mib(m.get("idle_rss_bytes")), x(r, "nginx", "idle_rss_bytes"),
+                       mib(m.get("rss_before_bytes")), mib(m.get("rss_with_conns_bytes")),
+                       fnum(m.get("bytes_per_conn")), x(r, "nginx", "bytes_per_conn"),
+                       x(r, "direct", "bytes_per_conn"), mib(m.get("peak_rss_bytes")),
+                       fnum(m.get("connections_opened")), fnum(m.get("server_sockets")),
+                       fnum(m.get("errors"))]
+            elif kind == "fixed":
+                achieved = fnum(m.get("rps"))
+                if m.get("rps", 0) < 0.97 * res["offered_rps"]:
+                    achieved += " (saturated)"
+                row = [t, achieved, us(lat.get("p50")), us(lat.get("p90")),
+                       us(lat.get("p99")), us(lat.get("p999")), us(lat.get("max")),
+                       x(r, "nginx", "p99"), x(r, "direct", "p99"),
+                       fnum(m.get("cpu_us_per_req"), 2), x(r, "nginx", "cpu_us_per_req"),
+                       mib(m.get("peak_rss_bytes")), fnum(m.get("errors"))]
+            else:
+                key = "mib_per_s" if s == "body-1m" else "rps"
+                spread = ""
+                if "cpu_us_per_req_min" in m:
+                    spread = f"{m['cpu_us_per_req_min']:.2f}–{m['cpu_us_per_req_max']:.2f}"
+                row = [t, fnum(m.get(key), 1 if key == "mib_per_s" else 0), x(r, "nginx", key),
+                       x(r, "direct", key), fnum(m.get("cpu_us_per_req"), 2), spread,
+                       x(r, "nginx", "cpu_us_per_req"), x(r, "direct", "cpu_us_per_req"),
+                       us(lat.get("p50")), us(lat.get("p99")), us(lat.get("p999")),
+                       mib(m.get("peak_rss_bytes")), fnum(m.get("upstream_conns")),
+                       fnum(m.get("errors"))]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+COLORS = {"direct": "#7f7f7f", "strait": "#d62728", "nginx": "#2ca02c", "haproxy": "#1f77b4"}
+
+
+def svg_plot(result: dict) -> str:
+    """Latency by percentile, one panel per scenario with latencies, log scale."""
+    import math
+
+    panels = []
+    for s, res in result["scenarios"].items():
+        series = {}
+        for t, r in res.get("targets", {}).items():
+            lat = r.get("median", {}).get("latency_us") if r.get("status") == "ok" else None
+            if lat:
+                series[t] = [lat[k] for k in ("p50", "p90", "p99", "p999", "max")]
+        if series:
+            title = res["title"] if res["kind"] == "fixed" else f"{res['title']} (closed loop)"
+            panels.append((res["kind"] != "fixed", s, title, series))
+    # the open-loop (fixed-rate) panels first: closed-loop latency mostly shows queueing
+    panels = [p[1:] for p in sorted(panels, key=lambda p: p[0])]
+    cols = 2
+    pw, ph = 460, 300
+    ml, mr, mt, mb = 62, 16, 46, 40
+    rows = max(1, math.ceil(len(panels) / cols))
+    top = 50
+    width, height = cols * pw, rows * ph + top
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="10" y="22" font-size="15" font-weight="bold">Latency by percentile '
+        f'(median of rounds; log scale) — {result["meta"]["date"]}</text>',
+    ]
+    # legend
+    for i, (t, c) in enumerate(COLORS.items()):
+        out.append(f'<rect x="{12 + i * 95}" y="35" width="14" height="4" fill="{c}"/>'
+                   f'<text x="{12 + i * 95 + 18}" y="41">{t}</text>')
+    labels = ["p50", "p90", "p99", "p99.9", "max"]
+    if not panels:
+        out.append('<text x="10" y="60">no latency data in this run</text>')
+    for i, (s, title, series) in enumerate(panels):
+        ox, oy = (i % cols) * pw, top + (i // cols) * ph
+        allv = [v for vs in series.values() for v in vs if v > 0]
+        lo = 10 ** math.floor(math.log10(max(1.0, min(allv))))
+        hi = 10 ** math.ceil(math.log10(max(allv) * 1.01))
+        if hi <= lo:
+            hi = lo * 10
+        x0, x1, y0, y1 = ox + ml, ox + pw - mr, oy + ph - mb, oy + mt
+
+        def ypos(v: float) -> float:
+            v = max(v, lo)
+            return y0 - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * (y0 - y1)
+
+        def xpos(j: int) -> float:
+            return x0 + (j + 0.5) * (x1 - x0) / len(labels)
+
+        out.append(f'<text x="{ox + ml}" y="{oy + 20}" font-weight="bold">{s}</text>'
+                   f'<text x="{ox + ml}" y="{oy + 34}" fill="#555">{esc(title[:70])}</text>')
+        out.append(f'<rect x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}" '
+                   'fill="none" stroke="#999"/>')
+        d = lo
+        while d <= hi * 1.0001:
+            y = ypos(d)
+            out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="#eee"/>'
+                       f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end">{tick(d)}</text>')
+            d *= 10
+        for j, lab in enumerate(labels):
+            out.append(f'<text x="{xpos(j):.1f}" y="{y0 + 16}" text-anchor="middle">{lab}</text>')
+        for t, vs in series.items():
+            c = COLORS.get(t, "#000")
+            pts = " ".join(f"{xpos(j):.1f},{ypos(v):.1f}" for j, v in enumerate(vs))
+            out.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2"/>')
+            for j, v in enumerate(vs):
+                out.append(f'<circle cx="{xpos(j):.1f}" cy="{ypos(v):.1f}" r="3" fill="{c}">'
+                           f'<title>{t} {labels[j]} {us(v)}</title></circle>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def tick(v: float) -> str:
+    if v >= 1_000_000:
+        return f"{v / 1_000_000:g} s"
+    return f"{v / 1000:g} ms" if v >= 1000 else f"{v:g} µs"
+
+
+def esc(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def compare(old_path: str, new_path: str) -> str:
+    old, new = json.loads(Path(old_path).read_text()), json.loads(Path(new_path).read_text())
+    lines = [f"Compare {old_path} ({old['meta']['date']}) → {new_path} ({new['meta']['date']})", "",
+             "| scenario | target | metric | old | new | change |", "|---|---|---|---:|---:|---:|"]
+    for s, res in new["scenarios"].items():
+        ores = old["scenarios"].get(s, {})
+        for t, r in res.get("targets", {}).items():
+            o = ores.get("targets", {}).get(t, {})
+            if r.get("status") != "ok" or o.get("status") != "ok":
+                continue
+            for k in ("rps", "cpu_us_per_req", "bytes_per_conn", "p99"):
+                a = o["median"].get(k, o["median"].get("latency_us", {}).get(k))
+                b = r["median"].get(k, r["median"].get("latency_us", {}).get(k))
+                if a and b is not None:
+                    lines.append(f"| {s} | {t} | {k} | {a:,.2f} | {b:,.2f} | {(b / a - 1) * 100:+.1f}% |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        text = (p.stdout + p.stderr).strip()
+        return text.splitlines()[0] if text else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def metadata(env: Env, args, targets: list[str]) -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    osname = ""
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                osname = line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    versions = {"python": platform.python_version()}
+    if not env.smoke:
+        for name, argv in (("nginx", [env.nginx, "-v"]), ("haproxy", [env.haproxy, "-v"]),
+                           ("wrk", [env.wrk, "-v"]), ("h2load", [env.h2load, "--version"]),
+                           ("openssl", ["openssl", "version"])):
+            if argv[0]:
+                versions[name] = re.sub(r"^(nginx version: |HAProxy version |h2load )", "",
+                                        first_line(argv)).split(" - ")[0].split(" Copyright")[0]
+    commit = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or "unknown"
+    dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
+                                 "crates"], capture_output=True, text=True).stdout.strip())
+    return {
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+        "smoke": env.smoke,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "targets": targets,
+        "proxy_cpu": env.proxy_cpu,
+        "load_cpu": env.load_cpu,
+        "machine": {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
+                    "os": osname, "loadavg_at_start": os.getloadavg()},
+        "versions": versions,
+        "strait": {"binary": env.strait, "version": first_line([env.strait, "--version"]),
+                   "commit": commit, "dirty": dirty},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers run as subprocesses (pinned to the load core): smoke upstream, smoke client, idle conns
+
+
+def nofile_hard() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Reads one HTTP/1.1 response; returns its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.I)
+    if m:
+        await reader.readexactly(int(m.group(1)))
+    elif re.search(rb"\r\ntransfer-encoding:\s*chunked", head, re.I):
+        for _ in range(100_000):
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    return status
+
+
+def sub_upstream(port: int) -> None:
+    body = SMALL_BODY.encode()
+    resp = (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    async def handle(reader, writer):
+        try:
+            for _ in range(10_000_000):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 120)
+                m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.I)
+                if m:
+                    await reader.readexactly(int(m.group(1)))
+                writer.write(resp)
+                await writer.drain()
+                if re.search(rb"\r\nconnection:\s*close", head, re.I):
+                    break
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError,
+                asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, HOST, port, backlog=4096)
+        async with server:
+            await asyncio.sleep(3600)  # bounded: the harness stops it long before
+
+    raise_nofile()
+    asyncio.run(main())
+
+
+def sub_client(port: int, conns: int, seconds: float, path: str) -> None:
+    req = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    lat: list[int] = []
+    errors = 0
+    nbytes = 0
+    max_requests = 2_000_000
+
+    async def one(deadline: float):
+        nonlocal errors
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 5)
+        except (OSError, asyncio.TimeoutError):
+            errors += 1
+            return
+        try:
+            while time.monotonic() < deadline and len(lat) < max_requests:
+                t0 = time.perf_counter_ns()
+                writer.write(req)
+                status = await asyncio.wait_for(read_response(reader), 5)
+                lat.append((time.perf_counter_ns() - t0) // 1000)
+                if status // 100 != 2:
+                    errors += 1
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+            errors += 1
+        finally:
+            writer.close()
+
+    async def main():
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(t0 + seconds) for _ in range(conns)))
+        return time.monotonic() - t0
+
+    secs = asyncio.run(main())
+    print(json.dumps({"requests": len(lat), "seconds": secs, "bytes": nbytes, "errors": errors,
+                      "latency_us": percentiles(lat)}))
+
+
+def sub_idle(port: int, conns: int, timeout: float) -> None:
+    """Opens `conns` keep-alive connections, one request on each, reports, then holds them
+    until told to close (a line on stdin) or `timeout` seconds pass."""
+    raise_nofile()
+    held = []
+    failed = 0
+
+    async def one(sem):
+        nonlocal failed
+        async with sem:
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 10)
+                writer.write(f"GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+                status = await asyncio.wait_for(read_response(reader), 10)
+                if status // 100 != 2:
+                    failed += 1
+                held.append((reader, writer))
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+                failed += 1
+
+    async def main():
+        sem = asyncio.Semaphore(128)
+        t0 = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*(one(sem) for _ in range(conns))), timeout)
+        return time.monotonic() - t0
+
+    try:
+        secs = asyncio.run(main())
+    except asyncio.TimeoutError:
+        secs = timeout
+    print(json.dumps({"opened": len(held), "failed": failed, "seconds": secs}), flush=True)
+    select.select([sys.stdin], [], [], timeout)
+    # exiting closes every connection
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        cmd, rest = sys.argv[1], sys.argv[2:]
+        if cmd == "_upstream":
+            sub_upstream(int(rest[0]))
+        elif cmd == "_client":
+            sub_client(int(rest[0]), int(rest[1]), float(rest[2]), rest[3])
+        elif cmd == "_idle":
+            sub_idle(int(rest[0]), int(rest[1]), float(rest[2]))
+        return 0
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                    help="comma-separated, from: " + ", ".join(SCENARIOS))
+    ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of "
+                    + ", ".join(TARGETS))
+    ap.add_argument("--seconds", type=float, default=5.0, help="seconds per measured run")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario")
+    ap.add_argument("--out", default=str(REPO / "bench-results"), help="output directory")
+    ap.add_argument("--strait", help="the strait binary (run.sh builds it)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few seconds, python3 and strait only: h1 against direct and strait, "
+                    "built-in client and upstream; checks the plumbing, measures nothing")
+    ap.add_argument("--capacity", type=float,
+                    help="nginx's HTTP/1.1 requests/s for the latency scenarios, when the h1 "
+                    "scenario is not part of this run")
+    ap.add_argument("--proxy-cpu", type=int, help="the targets' CPU (default: the first allowed)")
+    ap.add_argument("--load-cpu", type=int,
+                    help="the load generator's and upstream's CPU (default: the second allowed)")
+    ap.add_argument("--no-pin", action="store_true", help="pin nothing")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    ap.add_argument("--report", metavar="RESULT.json",
+                    help="write the Markdown and SVG of an earlier result file again and exit")
+    ap.add_argument("--compare", nargs=2, metavar=("OLD.json", "NEW.json"),
+                    help="print the change between two result files and exit")
+    args = ap.parse_args()
+
+    if args.compare:
+        print(compare(*args.compare))
+        return 0
+    if args.report:
+        src = Path(args.report)
+        result = json.loads(src.read_text())
+        stem = src.with_suffix("")
+        Path(f"{stem}.md").write_text(markdown(result) + "\n")
+        Path(f"{stem}-latency.svg").write_text(svg_plot(result))
+        log(f"wrote {stem}.md {stem}-latency.svg")
+        return 0
+    if args.smoke:
+        args.scenarios, args.targets = "h1", "direct,strait"
+        args.rounds, args.seconds = 1, min(args.seconds, 1.5)
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    targets = [t for t in TARGETS if t in {x.strip() for x in args.targets.split(",")}]
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad or not targets:
+        ap.error(f"unknown scenarios {bad}" if bad else "no known targets")
+    if not args.strait and "strait" in targets:
+        default = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release" / "strait"
+        if not default.exists():
+            ap.error("--strait PATH is required (benches/harness/run.sh builds it)")
+        args.strait = str(default)
+    if args.strait:
+        args.strait = str(Path(args.strait).resolve())
+    if args.rounds < 1 or args.seconds <= 0 or args.seconds > 600:
+        ap.error("--rounds must be ≥ 1 and --seconds in (0, 600]")
+
+    raise_nofile()
+    work = Path(tempfile.mkdtemp(prefix="strait-bench-"))
+    env = Env(args, work)
+    if not args.smoke:
+        missing = [n for n, p in (("nginx", env.nginx), ("haproxy", env.haproxy), ("wrk", env.wrk),
+                                  ("h2load", env.h2load)) if p is None]
+        if shutil.which("openssl") is None:
+            missing.append("openssl")
+        if missing:
+            log(f"missing: {', '.join(missing)}: run benches/harness/run.sh (installs them from "
+                "apt as root), or apt-get install nginx haproxy wrk nghttp2-client openssl")
+            return 2
+    if env.load_cpu is not None:
+        os.sched_setaffinity(0, {env.load_cpu})  # keep the harness itself off the proxy's core
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    result = {"meta": metadata(env, args, targets), "scenarios": {}}
+    capacity = args.capacity
+    if any(SCENARIOS[s][2] == "fixed" for s in scenarios) and not capacity and "h1" not in scenarios:
+        scenarios = ["h1"] + scenarios  # the latency scenarios need nginx's capacity
+    if "h1" in scenarios and any(SCENARIOS[s][2] == "fixed" for s in scenarios):
+        scenarios = ["h1"] + [s for s in scenarios if s != "h1"]
+    t_start = time.monotonic()
+    try:
+        for s in scenarios:
+            log(f"== {s}: {SCENARIOS[s][0]}")
+            run_targets = targets
+            if SCENARIOS[s][2] == "fixed" and "nginx" not in targets and not capacity:
+                log("  (no capacity: the latency scenarios need nginx in the h1 scenario or "
+                    "--capacity)")
+            res = run_scenario(env, s, run_targets, capacity)
+            result["scenarios"][s] = res
+            if s == "h1" and not capacity:
+                ng = res["targets"].get("nginx", {})
+                if ng.get("status") == "ok":
+                    capacity = ng["median"]["rps"]
+    except KeyboardInterrupt:
+        log("interrupted: writing what was measured")
+    finally:
+        env.procs.stop_all()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"work directory kept: {work}")
+    result["meta"]["elapsed_seconds"] = round(time.monotonic() - t_start, 1)
+    result["meta"]["machine"]["loadavg_at_end"] = os.getloadavg()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
+    paths = {
+        "json": out / f"bench-{stamp}.json",
+        "md": out / f"bench-{stamp}.md",
+        "svg": out / f"bench-{stamp}-latency.svg",
+    }
+    paths["json"].write_text(json.dumps(result, indent=1) + "\n")
+    md = markdown(result)
+    paths["md"].write_text(md + "\n")
+    paths["svg"].write_text(svg_plot(result))
+    print(md)
+    log("wrote " + " ".join(str(p) for p in paths.values()))
+
+    # smoke mode checks its own plumbing: every target measured, files written
+    if args.smoke:
+        problems = []
+        for t in targets:
+            r = result["scenarios"].get("h1", {}).get("targets", {}).get(t, {})
+            m = r.get("median", {})
+            if r.get("status") != "ok" or not m.get("rps") or not m.get("cpu_us_per_req") \
+                    or not m.get("peak_rss_bytes") or not m.get("latency_us"):
+                problems.append(f"{t}: {r.get('status')} {r.get('reason', '')} {m}")
+        for p in paths.values():
+            if not p.exists() or p.stat().st_size == 0:
+                problems.append(f"{p} missing or empty")
+        if problems:
+            log("smoke check failed:\n  " + "\n  ".join(problems))
+            return 1
+        log("smoke check passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

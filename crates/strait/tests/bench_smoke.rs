@@ -1,0 +1,109 @@
+//! Keeps the load harness (`benches/harness/run.py`) from rotting: its smoke mode runs the whole
+//! plumbing (config generation, starting and stopping processes, pinning, /proc sampling, JSON,
+//! Markdown and SVG output) for a few seconds with only python3 and this crate's binary: a
+//! built-in Python client and upstream stand in for wrk and nginx. It measures nothing; the
+//! benchmark itself is never part of the test suite's verdict.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the repository root")
+}
+
+#[test]
+fn bench_harness_smoke_mode_measures_and_writes_every_output() {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let out =
+        std::env::temp_dir().join(format!("strait-bench-smoke-{}-{nanos}", std::process::id()));
+    let script = repo_root().join("benches/harness/run.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg("--smoke")
+        .arg("--strait")
+        .arg(env!("CARGO_BIN_EXE_strait"))
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
+
+    // Bounded: the smoke run takes ~6 s; give up (and kill it) after 90 s.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().expect("waiting for the harness").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the harness's smoke run did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().expect("the harness's output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "run.py --smoke failed ({}):\n{stderr}\n{stdout}",
+        output.status
+    );
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap_or_else(|e| panic!("no output directory {}: {e}", out.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    let with_suffix = |suffix: &str| {
+        files
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(suffix))
+            .unwrap_or_else(|| panic!("no *{suffix} in {files:?}"))
+            .clone()
+    };
+    let json = std::fs::read_to_string(with_suffix("-smoke.json")).expect("the JSON results");
+    let md = std::fs::read_to_string(with_suffix("-smoke.md")).expect("the Markdown results");
+    let svg = std::fs::read_to_string(with_suffix("-smoke-latency.svg")).expect("the SVG plot");
+
+    let result: serde_json::Value = serde_json::from_str(&json).expect("valid JSON results");
+    for target in ["direct", "strait"] {
+        let t = &result["scenarios"]["h1"]["targets"][target];
+        assert_eq!(t["status"], "ok", "{target}: {t}");
+        let median = &t["median"];
+        for key in ["rps", "cpu_us_per_req", "peak_rss_bytes"] {
+            assert!(
+                median[key].as_f64().is_some_and(|v| v > 0.0),
+                "{target}: median {key} missing or zero in {median}"
+            );
+        }
+        assert!(
+            median["latency_us"]["p99"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "{target}: no latency percentiles in {median}"
+        );
+        assert_eq!(median["errors"], 0, "{target}: errors in {median}");
+    }
+    assert!(
+        result["scenarios"]["h1"]["targets"]["strait"]["vs_direct"]["cpu_us_per_req"]
+            .as_f64()
+            .is_some(),
+        "no ratio to direct"
+    );
+    assert!(
+        md.contains("| strait |"),
+        "no strait row in the Markdown:\n{md}"
+    );
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "the SVG has no plotted line"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
