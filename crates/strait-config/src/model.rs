@@ -148,6 +148,8 @@ pub enum LogField {
     DurationMs,
     /// Milliseconds from sending upstream to the upstream's response head (null when none).
     UpstreamDurationMs,
+    /// Retries made for the request (hedged attempts included); 0 without retries.
+    Retries,
     /// The client's IP address.
     ClientIp,
     /// `x-request-id`.
@@ -163,7 +165,7 @@ pub enum LogField {
 
 impl LogField {
     /// Every field, in the default order.
-    pub const ALL: [LogField; 19] = [
+    pub const ALL: [LogField; 20] = [
         LogField::Time,
         LogField::Listener,
         LogField::Route,
@@ -179,6 +181,7 @@ impl LogField {
         LogField::BytesSent,
         LogField::DurationMs,
         LogField::UpstreamDurationMs,
+        LogField::Retries,
         LogField::ClientIp,
         LogField::RequestId,
         LogField::TraceId,
@@ -203,6 +206,7 @@ impl LogField {
             LogField::BytesSent => "bytes_sent",
             LogField::DurationMs => "duration_ms",
             LogField::UpstreamDurationMs => "upstream_duration_ms",
+            LogField::Retries => "retries",
             LogField::ClientIp => "client_ip",
             LogField::RequestId => "request_id",
             LogField::TraceId => "trace_id",
@@ -309,6 +313,127 @@ pub struct Route {
     /// A local rate limit on the route, per key. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Retries of failed attempts, bounded by the cluster's `retry_budget`; only with
+    /// `backends`. Default: none (one attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+/// A route's retry policy. A failed attempt is tried again, on another endpoint when there is
+/// one, after a backoff with full jitter, while attempts, the route `timeout`, the cluster's
+/// `retry_budget` and `circuit_breaker.max_retries` allow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Tries in all, the first one included, 1 to 10. Default: `2`.
+    #[serde(default = "defaults::retry_attempts")]
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: u32,
+    /// What is retried. Default: `[connect_failure, refused_stream, reset, gateway_error]`.
+    #[serde(default = "defaults::retry_on")]
+    pub retry_on: Vec<RetryOn>,
+    /// Further HTTP response statuses that are retried, 100 to 599 (e.g. `409`). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status_codes: Vec<u16>,
+    /// Time allowed to each attempt until its response head; on expiry the attempt counts as
+    /// a 504 (retried under `5xx` and `gateway_error`). `0s` disables it, leaving only the route
+    /// `timeout`. Default: `0s`.
+    #[serde(default)]
+    pub per_try_timeout: Duration,
+    /// The wait before each retry. Default: `{ base: 25ms, max: 250ms }`.
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Request body bytes kept to replay on a retry. A longer body is still forwarded, but the
+    /// request is no longer retried (counted as `retries_skipped{reason="body_too_large"}`).
+    /// 0 to 16777216. Default: `65536`.
+    #[serde(default = "defaults::retry_body")]
+    #[schemars(range(max = 16_777_216))]
+    pub max_body_bytes: usize,
+    /// Also retry methods that are not idempotent (POST, PATCH) after the request was sent.
+    /// Failures before sending (`connect_failure`, `refused_stream`) are retried for every
+    /// method regardless. Default: `false`.
+    #[serde(default)]
+    pub non_idempotent: bool,
+    /// Hedging: when `per_try_timeout` passes without an answer, send another attempt without
+    /// cancelling the first, and take the first good answer. Only requests without a body are
+    /// hedged. Needs `per_try_timeout`. Default: `false`.
+    #[serde(default)]
+    pub hedge: bool,
+}
+
+/// A condition under which an attempt is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RetryOn {
+    /// The TCP connection to the endpoint could not be opened (refused, timed out).
+    ConnectFailure,
+    /// An HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it did not process it.
+    RefusedStream,
+    /// The upstream closed or reset the connection before a response head.
+    Reset,
+    /// Any 5xx response, and a per-try timeout.
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// 502, 503 and 504 responses, and a per-try timeout.
+    GatewayError,
+    /// gRPC status `CANCELLED` (1) in the response head.
+    Cancelled,
+    /// gRPC status `DEADLINE_EXCEEDED` (4) in the response head.
+    DeadlineExceeded,
+    /// gRPC status `RESOURCE_EXHAUSTED` (8) in the response head.
+    ResourceExhausted,
+    /// gRPC status `INTERNAL` (13) in the response head.
+    Internal,
+    /// gRPC status `UNAVAILABLE` (14) in the response head.
+    Unavailable,
+}
+
+/// Exponential backoff with full jitter: before retry `n` (from 1), a random wait between 0
+/// and `min(max, base * 2^(n-1))`. A `retry-after` or `grpc-retry-pushback-ms` header on the
+/// failed answer replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// The first retry's longest wait. Default: `25ms`.
+    #[serde(default = "defaults::backoff_base")]
+    pub base: Duration,
+    /// The longest wait, at least `base`. Default: `250ms`.
+    #[serde(default = "defaults::backoff_max")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: defaults::backoff_base(),
+            max: defaults::backoff_max(),
+        }
+    }
+}
+
+/// How many retries a cluster takes, so that retries cannot multiply an outage: over the last
+/// 10 seconds, retries may be at most `percent` % of requests plus `min_retries_per_second`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Retries allowed as a percentage of requests, 0 to 1000. Default: `20`.
+    #[serde(default = "defaults::budget_percent")]
+    #[schemars(range(min = 0.0, max = 1000.0))]
+    pub percent: f64,
+    /// Retries allowed per second whatever the request rate, so that a quiet cluster can still
+    /// retry. Default: `10`.
+    #[serde(default = "defaults::budget_min")]
+    pub min_retries_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            percent: defaults::budget_percent(),
+            min_retries_per_second: defaults::budget_min(),
+        }
+    }
 }
 
 /// A local rate limit: a token bucket per key (GCRA), answered with 429 (gRPC
@@ -636,6 +761,10 @@ pub struct Cluster {
     /// Default: 1024 of each, as Envoy.
     #[serde(default)]
     pub circuit_breaker: CircuitBreaker,
+    /// Bounds on the retries of every route to the cluster. Default: 20 % of requests plus 10
+    /// per second.
+    #[serde(default)]
+    pub retry_budget: RetryBudget,
 }
 
 /// A cluster's circuit breaker: counts shared by all workers; a request over a limit gets 503
@@ -652,6 +781,10 @@ pub struct CircuitBreaker {
     /// Requests in flight at once. Default: `1024`.
     #[serde(default = "defaults::breaker_limit")]
     pub max_requests: u64,
+    /// Retries in flight at once; a retry over it is not made and the last answer stands.
+    /// Default: `1024`.
+    #[serde(default = "defaults::breaker_limit")]
+    pub max_retries: u64,
 }
 
 impl Default for CircuitBreaker {
@@ -660,6 +793,7 @@ impl Default for CircuitBreaker {
             max_connections: defaults::breaker_limit(),
             max_pending_requests: defaults::breaker_limit(),
             max_requests: defaults::breaker_limit(),
+            max_retries: defaults::breaker_limit(),
         }
     }
 }
@@ -728,7 +862,7 @@ pub struct Endpoint {
 
 /// Default values, one function per field default (serde needs functions).
 pub(crate) mod defaults {
-    use super::{Duration, ForwardedMode, SocketAddr};
+    use super::{Duration, ForwardedMode, RetryOn, SocketAddr};
 
     pub fn admin_address() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9901))
@@ -777,5 +911,31 @@ pub(crate) mod defaults {
     }
     pub fn max_idle_per_endpoint() -> usize {
         64
+    }
+    pub fn retry_attempts() -> u32 {
+        2
+    }
+    pub fn retry_on() -> Vec<RetryOn> {
+        vec![
+            RetryOn::ConnectFailure,
+            RetryOn::RefusedStream,
+            RetryOn::Reset,
+            RetryOn::GatewayError,
+        ]
+    }
+    pub fn retry_body() -> usize {
+        64 * 1024
+    }
+    pub fn backoff_base() -> Duration {
+        Duration::from_millis(25)
+    }
+    pub fn backoff_max() -> Duration {
+        Duration::from_millis(250)
+    }
+    pub fn budget_percent() -> f64 {
+        20.0
+    }
+    pub fn budget_min() -> u32 {
+        10
     }
 }

@@ -23,6 +23,8 @@ pub(crate) const MAX_ENDPOINT_WEIGHT: u32 = 1_000;
 pub(crate) const MAX_WORKERS: usize = 1_024;
 /// Idle connections kept per endpoint per worker; beyond this the pool only hoards sockets.
 pub(crate) const MAX_IDLE_PER_ENDPOINT: usize = 10_000;
+/// Longest request body kept for retries (16 MiB): more would let a few requests pin memory.
+const MAX_RETRY_BODY: usize = 16 << 20;
 /// The statuses a redirect may answer with.
 const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
 
@@ -359,6 +361,19 @@ impl Checker<'_> {
                     );
                 }
             }
+        }
+        if let Some(retry) = &route.retry {
+            if answers_itself {
+                self.say_at_key(
+                    at.key("retry"),
+                    format!(
+                        "`retry` applies only to routes that forward (`backends`); this route \
+                         answers with `{}`",
+                        actions.first().copied().unwrap_or_default()
+                    ),
+                );
+            }
+            self.retry(&at.key("retry"), retry);
         }
         if let Some(fault) = &route.fault {
             let at = at.key("fault");
@@ -711,6 +726,59 @@ impl Checker<'_> {
         }
     }
 
+    fn retry(&mut self, at: &FieldPath, retry: &Retry) {
+        if !(1..=10).contains(&retry.attempts) {
+            self.say(
+                at.key("attempts"),
+                format!(
+                    "{}: allowed 1 to 10 tries in all, the first one included (default 2)",
+                    retry.attempts
+                ),
+            );
+        }
+        for (i, &code) in retry.status_codes.iter().enumerate() {
+            if !(100..=599).contains(&code) {
+                self.say(
+                    at.key("status_codes").index(i),
+                    format!("{code}: allowed 100 to 599"),
+                );
+            }
+        }
+        let backoff = &retry.backoff;
+        if backoff.base.get().is_zero() {
+            self.say(
+                at.key("backoff").key("base"),
+                "0s would retry at once, in step with every other client; give a time above 0, \
+                 like `25ms` (the default)",
+            );
+        }
+        if backoff.max < backoff.base {
+            self.say(
+                at.key("backoff").key("max"),
+                format!(
+                    "{} is below `base` ({}): allowed `base` or more",
+                    backoff.max, backoff.base
+                ),
+            );
+        }
+        if retry.max_body_bytes > MAX_RETRY_BODY {
+            self.say(
+                at.key("max_body_bytes"),
+                format!(
+                    "{}: allowed 0 to {MAX_RETRY_BODY} (16 MiB); the default is 65536",
+                    retry.max_body_bytes
+                ),
+            );
+        }
+        if retry.hedge && retry.per_try_timeout.get().is_zero() {
+            self.say_at_key(
+                at.key("hedge"),
+                "hedging sends another attempt when `per_try_timeout` passes, and it is not \
+                 set; give `per_try_timeout` (like `100ms`) or remove `hedge`",
+            );
+        }
+    }
+
     fn cluster(&mut self, at: &FieldPath, cluster: &Cluster) {
         if cluster.connect_timeout.get().is_zero() {
             self.say(
@@ -775,6 +843,13 @@ impl Checker<'_> {
                     "{}: allowed 0 (no pooling) to {MAX_IDLE_PER_ENDPOINT}; the default is 64",
                     cluster.max_idle_per_endpoint
                 ),
+            );
+        }
+        let budget = &cluster.retry_budget.percent;
+        if !(budget.is_finite() && (0.0..=1000.0).contains(budget)) {
+            self.say(
+                at.key("retry_budget").key("percent"),
+                format!("{budget}: allowed 0 to 1000 (percent of requests; the default is 20)"),
             );
         }
         if cluster.endpoints.is_empty() {

@@ -8,6 +8,8 @@
 //!   strip hop-by-hop ─► forwarding headers ─► rewrite ─► header edits ─► weighted split
 //!   ─► balancer pick ─► mirror (sampled) ─► pooled connection ─► send with route timeout
 //!   ─► response: upgrade tunnel | header edits ─► streamed body (idle timer, pool return)
+//!   (a route with `retry` sends through `tries.rs`: replayable body, attempts, backoff,
+//!    budget, hedging; the same send and the same response handling)
 //! ```
 //!
 //! Errors the proxy generates carry `x-strait-error: <cause>` and a one-line body; gRPC
@@ -30,7 +32,9 @@ use crate::balance::hash_key;
 use crate::http::body::{RequestBody, ResponseBody, TeeBody, UpstreamBody};
 use crate::http::headers::{self, Hop, X_STRAIT_ERROR};
 use crate::http::pool::{ConnectError, Pool};
+use crate::http::replay::ReplayBody;
 use crate::ratelimit::{self, Decision, Rate};
+use crate::resilience::retry::Failure;
 use crate::resilience::Limit;
 use crate::route::{self, MatchInfo, RequestView};
 use crate::runtime::snapshot::{
@@ -41,6 +45,9 @@ use crate::runtime::Worker;
 use crate::telemetry::access_log::LogEntry;
 use crate::telemetry::metrics::{EndpointCounters, RouteStats};
 use std::sync::atomic::Ordering::Relaxed;
+
+mod tries;
+use tries::Tries;
 
 /// Largest request body copied for a mirror; bigger bodies are forwarded but not mirrored.
 const MIRROR_BODY_LIMIT: usize = 1 << 20;
@@ -331,18 +338,6 @@ async fn forward_to(
     log: &mut Option<Box<LogEntry>>,
 ) -> Response<ResponseBody> {
     let hash = request_hash(cluster, &req, conn.peer.ip());
-    let Some(endpoint) = cluster.balancer.pick(hash) else {
-        return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
-    };
-    let (Some(&addr), Some(stats)) = (
-        cluster.endpoints.get(endpoint),
-        cluster.balancer.stats_arc(endpoint),
-    ) else {
-        return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
-    };
-    if let Some(entry) = log.as_mut() {
-        entry.endpoint = Some(addr);
-    }
 
     // An HTTP/1 upgrade keeps its `upgrade` headers and becomes a byte tunnel on 101.
     let upgrade = req.version() == Version::HTTP_11
@@ -403,6 +398,62 @@ async fn forward_to(
         }
     }
 
+    if let (Some(policy), false) = (&action.retry, upgrade) {
+        let mirror = action.mirror.filter(|m| sampled(m.percent)).and_then(|m| {
+            let mirror_cluster = snapshot.clusters.get(m.cluster)?;
+            let copy = MirrorCopy {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
+                host: upstream_host.clone(),
+            };
+            Some((Arc::clone(mirror_cluster), copy))
+        });
+        let body = if http_body::Body::is_end_stream(&body) {
+            if let Some((mirror_cluster, copy)) = mirror {
+                spawn_mirror(&conn.worker, mirror_cluster, copy, None, action.timeout);
+            }
+            None
+        } else {
+            let whole = mirror.map(|(mirror_cluster, copy)| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                spawn_mirror(&conn.worker, mirror_cluster, copy, Some(rx), action.timeout);
+                tx
+            });
+            Some(ReplayBody::new(
+                body,
+                policy.max_body_bytes,
+                Arc::clone(route_stats),
+                received,
+                whole,
+            ))
+        };
+        let tries = Tries {
+            conn,
+            cluster,
+            action,
+            policy,
+            grpc,
+            hash,
+            head: parts,
+            body,
+        };
+        return tries.run(log, route_stats).await;
+    }
+
+    let Some(endpoint) = cluster.balancer.pick(hash) else {
+        return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
+    };
+    let (Some(&addr), Some(stats)) = (
+        cluster.endpoints.get(endpoint),
+        cluster.balancer.stats_arc(endpoint),
+    ) else {
+        return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
+    };
+    if let Some(entry) = log.as_mut() {
+        entry.endpoint = Some(addr);
+    }
+
     let body = match action.mirror {
         Some(m) if fastrand::f64() * 100.0 < m.percent => match snapshot.clusters.get(m.cluster) {
             Some(mirror_cluster) => {
@@ -444,19 +495,10 @@ async fn forward_to(
     };
     let request = Request::from_parts(parts, body);
 
-    // Over the cluster's concurrent-request limit: fail fast rather than pile on.
-    let Some(admission) = cluster.breaker.admit(Limit::Requests) else {
-        return local_reply(
-            grpc,
-            Cause::Overflow,
-            format!("cluster {} at its max requests", cluster.name),
-        );
+    let (admission, in_flight, counters) = match start_exchange(cluster, endpoint, stats, grpc) {
+        Ok(started) => started,
+        Err(reply) => return reply,
     };
-    let in_flight = stats.start_request();
-    let counters = cluster.endpoint_counters.get(endpoint).map(|c| &**c);
-    if let Some(c) = counters {
-        c.requests.fetch_add(1, Relaxed);
-    }
     let started = Instant::now();
     let pool = &conn.worker.pool;
     let sent = send(pool, cluster, addr, request, upgrade, counters);
@@ -476,25 +518,7 @@ async fn forward_to(
     };
     let (mut response, reuse) = match outcome {
         Ok(ok) => ok,
-        Err(SendError::Connect(e @ ConnectError::Overflow { .. })) => {
-            return local_reply(grpc, Cause::Overflow, e.to_string());
-        }
-        Err(SendError::Connect(e)) if e.is_timeout() => {
-            if let Some(c) = counters {
-                c.connect_timeouts.fetch_add(1, Relaxed);
-            }
-            return local_reply(grpc, Cause::ConnectTimeout, e.to_string());
-        }
-        Err(SendError::Connect(e)) => {
-            if let Some(c) = counters {
-                c.connect_refused.fetch_add(1, Relaxed);
-            }
-            return local_reply(grpc, Cause::ConnectFailed, e.to_string());
-        }
-        Err(SendError::Upstream(e)) => {
-            cluster.counters.resets.fetch_add(1, Relaxed);
-            return local_reply(grpc, Cause::UpstreamReset, format!("{addr}: {e}"));
-        }
+        Err(e) => return send_failed(e, cluster, counters, addr, grpc).1,
     };
     stats.observe_latency(started.elapsed());
     if let Some(entry) = log.as_mut() {
@@ -509,13 +533,126 @@ async fn forward_to(
             return Response::from_parts(parts, ResponseBody::empty());
         }
     }
-    headers::strip_hop_by_hop(response.headers_mut(), false);
-    let (parts, body) = response.into_parts();
-    let reuse = reuse.map(|c| (Rc::clone(pool), c));
-    let mut body = UpstreamBody::new(body, Some(in_flight), reuse, action.idle_timeout);
-    body.count_bytes(Arc::clone(route_stats));
-    body.hold_until_end(admission);
-    Response::from_parts(parts, ResponseBody::Upstream(body))
+    let answer = Answer {
+        response,
+        reuse,
+        in_flight,
+        admission,
+    };
+    answer.into_client(pool, action, route_stats)
+}
+
+/// Takes what an exchange with `endpoint` holds until its response ends: a slot of the
+/// cluster's concurrent-request limit (over it: fail fast rather than pile on, `Err` is the
+/// reply), a place among the endpoint's requests in flight, and its counters.
+#[allow(clippy::result_large_err)] // the error is the client's answer, returned as is
+fn start_exchange<'c>(
+    cluster: &'c ClusterPlan,
+    endpoint: usize,
+    stats: &Arc<crate::balance::EndpointStats>,
+    grpc: bool,
+) -> Result<
+    (
+        crate::resilience::Admission,
+        crate::balance::InFlight,
+        Option<&'c EndpointCounters>,
+    ),
+    Response<ResponseBody>,
+> {
+    let Some(admission) = cluster.breaker.admit(Limit::Requests) else {
+        return Err(local_reply(
+            grpc,
+            Cause::Overflow,
+            format!("cluster {} at its max requests", cluster.name),
+        ));
+    };
+    let in_flight = stats.start_request();
+    let counters = cluster.endpoint_counters.get(endpoint).map(|c| &**c);
+    if let Some(c) = counters {
+        c.requests.fetch_add(1, Relaxed);
+    }
+    Ok((admission, in_flight, counters))
+}
+
+/// A response head from upstream and what the exchange holds until its body ends.
+struct Answer {
+    response: Response<Incoming>,
+    reuse: Option<crate::http::pool::PooledHttp1>,
+    in_flight: crate::balance::InFlight,
+    admission: crate::resilience::Admission,
+}
+
+impl Answer {
+    /// The answer as the client gets it: hop-by-hop headers gone, the body streamed and
+    /// counted, the connection pooled again and the breaker slot given back when it ends.
+    fn into_client(
+        self,
+        pool: &Rc<Pool>,
+        action: &RouteAction,
+        route_stats: &Arc<RouteStats>,
+    ) -> Response<ResponseBody> {
+        let mut response = self.response;
+        headers::strip_hop_by_hop(response.headers_mut(), false);
+        let (parts, body) = response.into_parts();
+        let reuse = self.reuse.map(|c| (Rc::clone(pool), c));
+        let mut body = UpstreamBody::new(body, Some(self.in_flight), reuse, action.idle_timeout);
+        body.count_bytes(Arc::clone(route_stats));
+        body.hold_until_end(self.admission);
+        Response::from_parts(parts, ResponseBody::Upstream(body))
+    }
+}
+
+/// Counts a failed send and says what it was, with the reply the client gets if it is final.
+/// `None` for failures no retry may follow (the breaker refused a connection).
+fn send_failed(
+    e: SendError,
+    cluster: &ClusterPlan,
+    counters: Option<&EndpointCounters>,
+    addr: SocketAddr,
+    grpc: bool,
+) -> (Option<Failure>, Response<ResponseBody>) {
+    match e {
+        SendError::Connect(e @ ConnectError::Overflow { .. }) => {
+            (None, local_reply(grpc, Cause::Overflow, e.to_string()))
+        }
+        SendError::Connect(e) if e.is_timeout() => {
+            if let Some(c) = counters {
+                c.connect_timeouts.fetch_add(1, Relaxed);
+            }
+            let reply = local_reply(grpc, Cause::ConnectTimeout, e.to_string());
+            (Some(Failure::ConnectFailed), reply)
+        }
+        SendError::Connect(e) => {
+            if let Some(c) = counters {
+                c.connect_refused.fetch_add(1, Relaxed);
+            }
+            let reply = local_reply(grpc, Cause::ConnectFailed, e.to_string());
+            (Some(Failure::ConnectFailed), reply)
+        }
+        SendError::Upstream(e) => {
+            cluster.counters.resets.fetch_add(1, Relaxed);
+            let failure = if refused_stream(&e) {
+                Failure::RefusedStream
+            } else {
+                Failure::Reset
+            };
+            let reply = local_reply(grpc, Cause::UpstreamReset, format!("{addr}: {e}"));
+            (Some(failure), reply)
+        }
+    }
+}
+
+/// True when an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it did not process the
+/// request, so sending it again is safe whatever the method.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Takes a token for the request's key; `Some` (the rate and the wait) when it is over the

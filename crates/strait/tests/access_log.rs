@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use support::*;
 
-const ALL_FIELDS: [&str; 19] = [
+const ALL_FIELDS: [&str; 20] = [
     "time",
     "listener",
     "route",
@@ -23,6 +23,7 @@ const ALL_FIELDS: [&str; 19] = [
     "bytes_sent",
     "duration_ms",
     "upstream_duration_ms",
+    "retries",
     "client_ip",
     "request_id",
     "trace_id",

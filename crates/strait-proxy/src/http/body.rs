@@ -35,6 +35,8 @@ pub enum RequestBody {
     Teed(TeeBody),
     /// A body already in memory (mirrors, generated requests); `None` once sent.
     Full(Option<Bytes>),
+    /// The client's body, streamed, with a bounded copy kept for retries.
+    Replay(super::replay::ReplayBody),
 }
 
 impl RequestBody {
@@ -67,6 +69,7 @@ impl Body for RequestBody {
             }
             RequestBody::Teed(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -75,6 +78,7 @@ impl Body for RequestBody {
             RequestBody::Streaming(b) | RequestBody::Counted(b, _, _) => b.is_end_stream(),
             RequestBody::Teed(b) => b.inner.is_end_stream(),
             RequestBody::Full(b) => b.is_none(),
+            RequestBody::Replay(b) => b.is_end_stream(),
         }
     }
 
@@ -84,6 +88,7 @@ impl Body for RequestBody {
             RequestBody::Teed(b) => b.inner.size_hint(),
             RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             RequestBody::Full(None) => SizeHint::with_exact(0),
+            RequestBody::Replay(_) => SizeHint::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod headers;
 pub mod pool;
+pub mod replay;
 pub(crate) mod server;
 
 use std::future::Future;

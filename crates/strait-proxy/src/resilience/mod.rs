@@ -1,6 +1,6 @@
 //! Resilience: keeping a failing or overloaded upstream from taking the proxy (and its other
-//! upstreams) down with it. Today: circuit breaking per cluster. Retries, outlier detection and
-//! health checks come next (issue 5).
+//! upstreams) down with it: circuit breaking per cluster (here), retry policy ([`retry`]) and
+//! retry budgets ([`budget`]).
 //!
 //! On the data path the breaker is asked before a request is sent (concurrent requests), before
 //! a connection is opened (connections) and while a request waits for one (pending). Over a
@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 use crate::telemetry::metrics::ClusterCounters;
 
+pub mod budget;
+pub mod retry;
+
 /// Which limit a breaker guards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -22,6 +25,8 @@ pub enum Limit {
     Pending,
     /// Requests in flight.
     Requests,
+    /// Retries in flight.
+    Retries,
 }
 
 impl Limit {
@@ -31,6 +36,7 @@ impl Limit {
             Limit::Connections => "connections",
             Limit::Pending => "pending",
             Limit::Requests => "requests",
+            Limit::Retries => "retries",
         }
     }
 }
@@ -38,8 +44,8 @@ impl Limit {
 /// A cluster's circuit breaker.
 #[derive(Debug)]
 pub struct Breaker {
-    max: [u64; 3],
-    active: [AtomicU64; 3],
+    max: [u64; 4],
+    active: [AtomicU64; 4],
     counters: Arc<ClusterCounters>,
 }
 
@@ -49,10 +55,11 @@ impl Breaker {
         max_connections: u64,
         max_pending: u64,
         max_requests: u64,
+        max_retries: u64,
         counters: Arc<ClusterCounters>,
     ) -> Self {
         Breaker {
-            max: [max_connections, max_pending, max_requests],
+            max: [max_connections, max_pending, max_requests, max_retries],
             active: Default::default(),
             counters,
         }
@@ -100,7 +107,7 @@ mod tests {
     #[test]
     fn slots_are_limited_counted_and_given_back() {
         let counters = Arc::new(ClusterCounters::default());
-        let b = Arc::new(Breaker::new(1, 0, 2, Arc::clone(&counters)));
+        let b = Arc::new(Breaker::new(1, 0, 2, 0, Arc::clone(&counters)));
         let one = b.admit(Limit::Requests).unwrap();
         let two = b.admit(Limit::Requests).unwrap();
         assert!(b.admit(Limit::Requests).is_none());
@@ -124,7 +131,7 @@ mod tests {
 
     #[test]
     fn concurrent_admissions_never_exceed_the_limit() {
-        let b = Arc::new(Breaker::new(0, 0, 10, Arc::default()));
+        let b = Arc::new(Breaker::new(0, 0, 10, 0, Arc::default()));
         let peak = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..4)
             .map(|_| {

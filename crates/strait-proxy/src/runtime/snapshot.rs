@@ -13,6 +13,8 @@ use strait_config::{Config, HashOn, ProxyHeaders, Redirect, Rewrite, UpstreamPro
 use crate::balance::Balancer;
 use crate::http::headers::CompiledEdits;
 use crate::ratelimit::{KeyedLimiter, LimiterStore, Rate};
+use crate::resilience::budget::RetryBudget;
+use crate::resilience::retry::RetryPolicy;
 use crate::resilience::Breaker;
 use crate::route::{RouteTable, WeightedSplit};
 use crate::telemetry::access_log::{AccessLogger, LogSinks};
@@ -138,6 +140,7 @@ impl Snapshot {
                     timeout: r.timeout.non_zero(),
                     idle_timeout: r.idle_timeout.non_zero(),
                     fault: r.fault.as_ref().map(FaultPlan::compile),
+                    retry: r.retry.as_ref().map(RetryPolicy::compile),
                     rate_limit: match &r.rate_limit {
                         Some(rl) => Some(
                             RateLimitPlan::compile(
@@ -238,6 +241,8 @@ pub struct RouteAction {
     pub fault: Option<FaultPlan>,
     /// Local rate limit.
     pub rate_limit: Option<RateLimitPlan>,
+    /// When and how failed attempts are tried again.
+    pub retry: Option<RetryPolicy>,
 }
 
 /// A route's rate limit, ready to check requests.
@@ -412,6 +417,8 @@ pub struct ClusterPlan {
     pub counters: Arc<ClusterCounters>,
     /// Limits on connections, pending and concurrent requests.
     pub breaker: Arc<Breaker>,
+    /// How many retries the cluster takes.
+    pub retry_budget: RetryBudget,
     source: strait_config::Cluster,
 }
 
@@ -439,8 +446,13 @@ impl ClusterPlan {
                 c.circuit_breaker.max_connections,
                 c.circuit_breaker.max_pending_requests,
                 c.circuit_breaker.max_requests,
+                c.circuit_breaker.max_retries,
                 metrics.cluster(&c.name),
             )),
+            retry_budget: RetryBudget::new(
+                c.retry_budget.percent,
+                c.retry_budget.min_retries_per_second,
+            ),
             source: c.clone(),
         }
     }

@@ -196,8 +196,19 @@ pub struct ClusterCounters {
     pub request_timeouts: AtomicU64,
     /// Upstreams that closed or reset before a complete response head.
     pub resets: AtomicU64,
-    /// Requests failed fast by the circuit breaker, by limit (connections, pending, requests).
-    pub overflows: [AtomicU64; 3],
+    /// Requests failed fast by the circuit breaker, by limit (connections, pending, requests),
+    /// and retries not made (retries).
+    pub overflows: [AtomicU64; 4],
+    /// Retries sent (hedges included).
+    pub retries: AtomicU64,
+    /// Requests answered well after at least one retry.
+    pub retry_successes: AtomicU64,
+    /// Hedged attempts sent.
+    pub hedges: AtomicU64,
+    /// Retries not made because the request body outgrew the replay buffer.
+    pub retries_skipped_body: AtomicU64,
+    /// Retries not made because the cluster's retry budget was spent.
+    pub retries_skipped_budget: AtomicU64,
 }
 
 /// Key of one route's counters.
@@ -548,6 +559,21 @@ impl Collector for StoreCollector {
                 "Upstreams that closed or reset before a response head.",
                 |c: &ClusterCounters| c.resets.load(Relaxed),
             ),
+            (
+                "strait_upstream_retries",
+                "Retries sent, hedged attempts included.",
+                |c: &ClusterCounters| c.retries.load(Relaxed),
+            ),
+            (
+                "strait_upstream_retry_successes",
+                "Requests answered well after at least one retry.",
+                |c: &ClusterCounters| c.retry_successes.load(Relaxed),
+            ),
+            (
+                "strait_upstream_hedges",
+                "Hedged attempts sent while an earlier attempt was still waiting.",
+                |c: &ClusterCounters| c.hedges.load(Relaxed),
+            ),
         ] {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (c, s) in &clusters {
@@ -557,13 +583,31 @@ impl Collector for StoreCollector {
 
         {
             let mut m = encoder.encode_descriptor(
+                "strait_upstream_retries_skipped",
+                "Retries the policy asked for and that were not made, by reason.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (c, s) in &clusters {
+                for (reason, n) in [
+                    ("body_too_large", &s.retries_skipped_body),
+                    ("budget_exhausted", &s.retries_skipped_budget),
+                    ("overflow", &s.overflows[3]),
+                ] {
+                    let labels = [("cluster", c.as_str()), ("reason", reason)];
+                    ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
                 "strait_upstream_overflows",
                 "Requests failed fast by a cluster's circuit breaker, by limit.",
                 None,
                 MetricType::Counter,
             )?;
             for (c, s) in &clusters {
-                for (limit, n) in ["connections", "pending", "requests"]
+                for (limit, n) in ["connections", "pending", "requests", "retries"]
                     .iter()
                     .zip(&s.overflows)
                 {

@@ -827,6 +827,13 @@ enum Kind {
     /// A gRPC service over h2: `Echo/*` echoes each message as it arrives, `Echo/Missing`
     /// fails with status 5.
     Grpc,
+    /// Answers the first `n` requests with `status` and `headers` (after reading the body),
+    /// then echoes.
+    FailFirst {
+        n: usize,
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
 }
 
 struct UpState {
@@ -937,6 +944,21 @@ impl Upstream {
     /// gRPC-shaped echo service over h2c.
     pub async fn grpc(name: &str) -> Upstream {
         Upstream::spawn(name, Kind::Grpc).await
+    }
+
+    /// Fails the first `n` requests with `status` and these response headers, then echoes.
+    /// `usize::MAX` fails every request: a full outage.
+    pub async fn fail_first(
+        name: &str,
+        n: usize,
+        status: u16,
+        headers: &[(&str, &str)],
+    ) -> Upstream {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Upstream::spawn(name, Kind::FailFirst { n, status, headers }).await
     }
 
     /// Requests received (counted when the head arrives).
@@ -1052,6 +1074,25 @@ async fn respond(st: Arc<UpState>, req: Request<Incoming>) -> Response<Body> {
     st.hits.fetch_add(1, Ordering::SeqCst);
     let mut resp = match st.kind.clone() {
         Kind::Echo { delay } => echo(&st, req, delay).await,
+        Kind::FailFirst { n, status, headers } => {
+            if st.hits.load(Ordering::SeqCst) <= n {
+                let (parts, mut body) = req.into_parts();
+                let (body_len, trailers) = read_request_body(&mut body).await;
+                record(&st, &parts, body_len, trailers);
+                let mut resp = text_response(status, "failing on purpose");
+                for (k, v) in &headers {
+                    if let (Ok(k), Ok(v)) = (
+                        HeaderName::from_bytes(k.as_bytes()),
+                        HeaderValue::from_str(v),
+                    ) {
+                        resp.headers_mut().append(k, v);
+                    }
+                }
+                resp
+            } else {
+                echo(&st, req, Duration::ZERO).await
+            }
+        }
         Kind::Trailers => with_trailers(&st, req).await,
         Kind::WebSocket => websocket_accept(&st, req),
         Kind::Grpc => grpc(&st, req).await,

@@ -1,0 +1,220 @@
+//! A request body that can be sent again: what makes requests with bodies retryable.
+//!
+//! On a route with `retry`, the client's body streams to the first attempt as it arrives while
+//! a bounded buffer keeps a copy. A retry takes a new handle ([`ReplayBody::replay`]) that sends
+//! the kept bytes first, then goes on reading from the client where the last attempt stopped, so
+//! a retry never waits for the whole body and the first attempt is never delayed. Once the body
+//! outgrows the buffer the copy is dropped: the request still streams, but `replay` says no.
+//!
+//! Only the newest handle may read: an older attempt still holding its handle (its connection
+//! winding down) gets an error, so two attempts never split the client's bytes between them.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use super::body::BodyError;
+use crate::telemetry::metrics::RouteStats;
+
+/// One attempt's view of a replayable request body.
+#[derive(Debug)]
+pub struct ReplayBody {
+    shared: Arc<Mutex<Replay>>,
+    generation: u64,
+    /// Kept chunks this handle has sent.
+    sent_chunks: usize,
+    sent_trailers: bool,
+}
+
+#[derive(Debug)]
+struct Replay {
+    source: Incoming,
+    /// The handle allowed to read.
+    generation: u64,
+    chunks: Vec<Bytes>,
+    kept: usize,
+    limit: usize,
+    /// More than `limit` bytes arrived: the copy is gone.
+    overflowed: bool,
+    ended: bool,
+    failed: bool,
+    trailers: Option<HeaderMap>,
+    stats: Arc<RouteStats>,
+    received: Option<Arc<AtomicU64>>,
+    /// Whoever wants the whole body once it ended (a mirror), if it fits.
+    whole: Option<oneshot::Sender<Bytes>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was handed to a newer attempt")]
+struct Superseded;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed earlier")]
+struct SourceFailed;
+
+impl ReplayBody {
+    /// The first attempt's handle on `source`, keeping up to `limit` bytes for replays. Bytes
+    /// read from the client are counted once, in `stats` and `received`. When `whole` is given
+    /// it gets the complete body when it ends within the limit.
+    pub fn new(
+        source: Incoming,
+        limit: usize,
+        stats: Arc<RouteStats>,
+        received: Option<Arc<AtomicU64>>,
+        whole: Option<oneshot::Sender<Bytes>>,
+    ) -> Self {
+        let shared = Replay {
+            source,
+            generation: 0,
+            chunks: Vec::new(),
+            kept: 0,
+            limit,
+            overflowed: false,
+            ended: false,
+            failed: false,
+            trailers: None,
+            stats,
+            received,
+            whole,
+        };
+        ReplayBody {
+            shared: Arc::new(Mutex::new(shared)),
+            generation: 0,
+            sent_chunks: 0,
+            sent_trailers: false,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Replay> {
+        // A panic while holding the lock cannot leave the buffer inconsistent (every update is
+        // a single push or flag), so a poisoned lock is still usable.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A handle that sends the body again from its start, making every older handle stale;
+    /// `None` when the body outgrew the buffer (or the client's body failed).
+    pub fn replay(&self) -> Option<ReplayBody> {
+        let mut shared = self.lock();
+        if shared.overflowed || shared.failed {
+            return None;
+        }
+        shared.generation += 1;
+        Some(ReplayBody {
+            shared: Arc::clone(&self.shared),
+            generation: shared.generation,
+            sent_chunks: 0,
+            sent_trailers: false,
+        })
+    }
+
+    /// True when the body outgrew the buffer: no attempt can follow.
+    pub fn overflowed(&self) -> bool {
+        self.lock().overflowed
+    }
+}
+
+impl Replay {
+    fn keep(&mut self, data: &Bytes) {
+        if self.overflowed {
+            return;
+        }
+        if self.kept + data.len() > self.limit {
+            self.overflowed = true;
+            self.chunks = Vec::new();
+            self.whole = None;
+            return;
+        }
+        self.kept += data.len();
+        self.chunks.push(data.clone());
+    }
+
+    fn finish(&mut self) {
+        self.ended = true;
+        if let Some(tx) = self.whole.take() {
+            let whole = match self.chunks.as_slice() {
+                [] => Bytes::new(),
+                [one] => one.clone(),
+                many => Bytes::from(many.concat()),
+            };
+            let _ = tx.send(whole);
+        }
+    }
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let shared = Arc::clone(&this.shared);
+        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        if s.generation != this.generation {
+            return Poll::Ready(Some(Err(Box::new(Superseded))));
+        }
+        if let Some(chunk) = s.chunks.get(this.sent_chunks) {
+            this.sent_chunks += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
+        }
+        if s.failed {
+            return Poll::Ready(Some(Err(Box::new(SourceFailed))));
+        }
+        if s.ended {
+            if this.sent_trailers {
+                return Poll::Ready(None);
+            }
+            this.sent_trailers = true;
+            return Poll::Ready(s.trailers.clone().map(|t| Ok(Frame::trailers(t))));
+        }
+        match Pin::new(&mut s.source).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                s.finish();
+                this.sent_trailers = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                s.failed = true;
+                s.whole = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    s.stats.add_request_bytes(data.len());
+                    if let Some(r) = &s.received {
+                        r.fetch_add(data.len() as u64, Relaxed);
+                    }
+                    s.keep(data);
+                    // This handle has now sent every kept chunk (none, after an overflow).
+                    this.sent_chunks = s.chunks.len();
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    s.trailers = Some(trailers.clone());
+                    this.sent_trailers = true;
+                }
+                if s.source.is_end_stream() {
+                    s.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let s = self.lock();
+        s.generation == self.generation
+            && s.ended
+            && self.sent_chunks >= s.chunks.len()
+            && (self.sent_trailers || s.trailers.is_none())
+    }
+}
