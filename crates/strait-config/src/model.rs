@@ -750,7 +750,7 @@ pub struct Cluster {
     #[schemars(with = "Option<HashOn>")]
     pub hash_on: Option<HashOn>,
     /// Idle upstream connections kept per endpoint per worker, 0 (no pooling) to 10000.
-    /// Default: `64`.
+    /// Default: `256`.
     #[serde(default = "defaults::max_idle_per_endpoint")]
     #[schemars(range(max = 10000))]
     pub max_idle_per_endpoint: usize,
@@ -910,7 +910,7 @@ pub(crate) mod defaults {
         "text/plain; charset=utf-8".to_owned()
     }
     pub fn max_idle_per_endpoint() -> usize {
-        64
+        256
     }
     pub fn retry_attempts() -> u32 {
         2

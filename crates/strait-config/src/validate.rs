@@ -840,7 +840,7 @@ impl Checker<'_> {
             self.say(
                 at.key("max_idle_per_endpoint"),
                 format!(
-                    "{}: allowed 0 (no pooling) to {MAX_IDLE_PER_ENDPOINT}; the default is 64",
+                    "{}: allowed 0 (no pooling) to {MAX_IDLE_PER_ENDPOINT}; the default is 256",
                     cluster.max_idle_per_endpoint
                 ),
             );

@@ -501,7 +501,8 @@ async fn forward_to(
     };
     let started = Instant::now();
     let pool = &conn.worker.pool;
-    let sent = send(pool, cluster, addr, request, upgrade, counters);
+    // Pinned in place: the timeout then holds a pointer, not a copy of this large future.
+    let sent = std::pin::pin!(send(pool, cluster, addr, request, upgrade, counters));
     let outcome = match action.timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(outcome) => outcome,

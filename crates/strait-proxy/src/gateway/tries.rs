@@ -280,7 +280,7 @@ impl<'a> Tries<'a> {
         let attempt = Box::pin(async move {
             let _retry_slot = retry_slot;
             let started = Instant::now();
-            let sent = send(pool, cluster, addr, request, false, counters);
+            let sent = std::pin::pin!(send(pool, cluster, addr, request, false, counters));
             let outcome = match per_try {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
                     Ok(outcome) => outcome,

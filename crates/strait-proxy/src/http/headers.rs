@@ -24,8 +24,16 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// hop-by-hop in RFC 9110 (it was in RFC 2616) and must survive: an HTTP/1 hop sends only the
 /// trailer fields it declares.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names says which are there: most messages carry none or only
+    // `connection`, and a removal is a hashed lookup each.
+    let present = headers
+        .keys()
+        .fold(0u8, |acc, name| acc | hop_by_hop_bit(name));
+    if present == 0 && !keep_upgrade {
+        return;
+    }
     // Headers named in `connection` are hop-by-hop too (RFC 9110 §7.6.1).
-    if headers.contains_key(header::CONNECTION) {
+    if present & HOP_CONNECTION != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -40,20 +48,61 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
+    for (bit, name) in [
+        (HOP_KEEP_ALIVE, &KEEP_ALIVE),
+        (HOP_PROXY_CONNECTION, &PROXY_CONNECTION),
+        (HOP_TRANSFER_ENCODING, &header::TRANSFER_ENCODING),
+        (HOP_PROXY_AUTHENTICATE, &header::PROXY_AUTHENTICATE),
+        (HOP_PROXY_AUTHORIZATION, &header::PROXY_AUTHORIZATION),
+    ] {
+        if present & bit != 0 {
+            headers.remove(name);
+        }
+    }
+    if present & HOP_TE != 0 {
+        if let Some(te) = headers.get(header::TE) {
+            if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+                headers.remove(header::TE);
+            }
         }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & HOP_UPGRADE != 0 {
         headers.remove(header::UPGRADE);
+    }
+}
+
+const HOP_CONNECTION: u8 = 1;
+const HOP_KEEP_ALIVE: u8 = 1 << 1;
+const HOP_PROXY_CONNECTION: u8 = 1 << 2;
+const HOP_TRANSFER_ENCODING: u8 = 1 << 3;
+const HOP_PROXY_AUTHENTICATE: u8 = 1 << 4;
+const HOP_PROXY_AUTHORIZATION: u8 = 1 << 5;
+const HOP_TE: u8 = 1 << 6;
+const HOP_UPGRADE: u8 = 1 << 7;
+
+/// The bit of a fixed hop-by-hop header, 0 for others (those named in `connection` go with
+/// `connection` itself).
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        HOP_CONNECTION
+    } else if name == header::TRANSFER_ENCODING {
+        HOP_TRANSFER_ENCODING
+    } else if name == header::UPGRADE {
+        HOP_UPGRADE
+    } else if name == header::TE {
+        HOP_TE
+    } else if name == header::PROXY_AUTHENTICATE {
+        HOP_PROXY_AUTHENTICATE
+    } else if name == header::PROXY_AUTHORIZATION {
+        HOP_PROXY_AUTHORIZATION
+    } else if name == KEEP_ALIVE {
+        HOP_KEEP_ALIVE
+    } else if name == PROXY_CONNECTION {
+        HOP_PROXY_CONNECTION
+    } else {
+        0
     }
 }
 

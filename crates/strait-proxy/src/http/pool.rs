@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -78,8 +79,34 @@ pub struct PooledHttp1 {
 /// One worker's connections to every endpoint it talks to.
 #[derive(Debug, Default)]
 pub struct Pool {
-    http1_idle: RefCell<HashMap<SocketAddr, Vec<http1::SendRequest<RequestBody>>>>,
-    http2: RefCell<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
+    http1_idle: RefCell<AddrMap<Vec<http1::SendRequest<RequestBody>>>>,
+    http2: RefCell<AddrMap<http2::SendRequest<RequestBody>>>,
+}
+
+/// A map keyed by endpoint address. The addresses come from the config, not from peers, so a
+/// fast unkeyed hash (FNV-1a) is safe; SipHash cost more than the lookup it guards, twice per
+/// request.
+type AddrMap<V> = HashMap<SocketAddr, V, BuildHasherDefault<Fnv>>;
+
+#[derive(Debug)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Pool {
