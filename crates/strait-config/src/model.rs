@@ -91,6 +91,24 @@ pub struct Listener {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_connections: Option<u64>,
+    /// New client connections accepted per second across all workers (a token bucket); a
+    /// connection over the rate is closed as soon as it is accepted, and counted. Default: no
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_rate_limit: Option<ConnectionRateLimit>,
+}
+
+/// A listener's rate of new connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionRateLimit {
+    /// Sustained new connections per second, more than 0. Required.
+    pub connections_per_second: f64,
+    /// Connections allowed at once above the rate. Default: `connections_per_second` rounded
+    /// up (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<u32>,
 }
 
 /// An access log: one JSON object per line, per request, written by a background thread so

@@ -175,6 +175,22 @@ impl Checker<'_> {
                     "0 would refuse every connection: give 1 or more, or leave it out for no limit",
                 );
             }
+            if let Some(limit) = &listener.connection_rate_limit {
+                let rate = limit.connections_per_second;
+                if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {
+                    self.say(
+                        at.key("connection_rate_limit")
+                            .key("connections_per_second"),
+                        format!("{rate}: allowed more than 0, up to 1e9"),
+                    );
+                }
+                if limit.burst == Some(0) {
+                    self.say(
+                        at.key("connection_rate_limit").key("burst"),
+                        "0 would refuse every connection: give 1 or more",
+                    );
+                }
+            }
             if let Some(log) = &listener.access_log {
                 let at = at.key("access_log");
                 if log.path.trim().is_empty() {

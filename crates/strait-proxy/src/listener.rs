@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::gateway::{Activity, Connection};
 use crate::http::server::serve_connection;
+use crate::ratelimit::Decision;
 use crate::runtime::Worker;
 
 /// Binds `addr` with `SO_REUSEPORT` (each worker binds its own socket).
@@ -52,6 +53,15 @@ pub(crate) async fn accept_loop(
                         plan.connections.overflowed();
                         drop(stream);
                         continue;
+                    }
+                    if let Some((bucket, rate)) = &plan.connection_rate {
+                        let now = crate::ratelimit::now_nanos();
+                        if let Decision::Deny { .. } = bucket.check(1, *rate, now) {
+                            // Over the rate: the same clean close, counted apart.
+                            plan.connections.rate_limited();
+                            drop(stream);
+                            continue;
+                        }
                     }
                 }
                 let conn = Rc::new(Connection {

@@ -76,3 +76,59 @@ async fn connections_beyond_the_limit_are_refused_cleanly_and_counted() {
         .expect("overflow counter present");
     assert!(overflow >= 1, "overflow {overflow}");
 }
+
+/// `connection_rate_limit`: new connections beyond the rate are closed at accept and counted;
+/// over a couple of seconds the listener serves the burst plus the rate, no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_over_the_rate_are_refused_and_the_rate_holds() {
+    let up = Upstream::echo("rated").await;
+    let proxy = Proxy::start(&one_route(
+        up.addr,
+        "connection_rate_limit: { connections_per_second: 10, burst: 5 }",
+        "",
+        "",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let window = Duration::from_secs(2);
+    let (mut served, mut refused) = (0u32, 0u32);
+    while started.elapsed() < window {
+        let Ok(mut conn) = Conn::open(proxy.listen, Proto::H1).await else {
+            refused += 1;
+            continue;
+        };
+        match within(
+            Duration::from_secs(5),
+            "request",
+            conn.fetch(simple("GET", "r.example", "/")),
+        )
+        .await
+        {
+            Ok(resp) => {
+                assert_eq!(resp.status, 200);
+                served += 1;
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The burst, then 10 per second.
+    let expected = 5.0 + 10.0 * elapsed;
+    assert!(
+        (f64::from(served) - expected).abs() <= 3.0,
+        "{served} served in {elapsed:.2} s, expected about {expected:.0}"
+    );
+    assert!(refused > 0, "nothing was refused");
+    let metrics = proxy.admin_get("/metrics").await.text();
+    let counted = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("strait_listener_connections_rate_limited_total{listener=\"main\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u32>().ok())
+        .expect("rate-limited counter present");
+    assert!(
+        counted >= refused.saturating_sub(1),
+        "{counted} counted, {refused} refused"
+    );
+}

@@ -169,6 +169,14 @@ impl Snapshot {
                 routes,
                 connections: metrics.listener(&l.name),
                 max_connections: l.max_connections,
+                connection_rate: l.connection_rate_limit.as_ref().map(|r| {
+                    let burst = r
+                        .burst
+                        .unwrap_or_else(|| r.connections_per_second.ceil().max(1.0) as u32);
+                    // One bucket for the listener, kept across reloads like a route's.
+                    let limiter = limiters.limiter(&l.name, CONNECTIONS_BUCKET, 8);
+                    (limiter, Rate::new(r.connections_per_second, burst))
+                }),
                 access_log: match &l.access_log {
                     Some(log) => Some(Arc::new(logs.logger(log).map_err(|e| CompileError {
                         location: format!("listeners[{li}].access_log.path"),
@@ -193,6 +201,9 @@ impl Snapshot {
     }
 }
 
+/// The limiter-store key of a listener's connection bucket (no route can be named so).
+const CONNECTIONS_BUCKET: &str = "\0connections";
+
 /// A listener's compiled routes and settings.
 #[derive(Debug)]
 pub struct ListenerPlan {
@@ -214,6 +225,8 @@ pub struct ListenerPlan {
     pub access_log: Option<Arc<AccessLogger>>,
     /// Most connections open at once.
     pub max_connections: Option<u64>,
+    /// New connections per second: the listener's bucket and its rate.
+    pub connection_rate: Option<(Arc<KeyedLimiter>, Rate)>,
 }
 
 /// What a matched route does.

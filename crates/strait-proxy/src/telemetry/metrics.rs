@@ -144,6 +144,7 @@ pub struct ListenerStats {
     opened: AtomicU64,
     closed: AtomicU64,
     overflowed: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 impl ListenerStats {
@@ -157,6 +158,11 @@ impl ListenerStats {
     /// Counts a connection refused because the listener was full.
     pub fn overflowed(&self) {
         self.overflowed.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a connection closed at accept because the listener's connection rate was spent.
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
     }
 
     /// Counts a connection opened; the guard counts it closed.
@@ -475,6 +481,11 @@ impl Collector for StoreCollector {
                 "Client connections closed at once because the listener had max_connections open.",
                 3,
             ),
+            (
+                "strait_listener_connections_rate_limited",
+                "Client connections closed at once because the listener's connection_rate_limit was spent.",
+                4,
+            ),
         ] {
             let metric_type = if kind == 2 {
                 MetricType::Gauge
@@ -490,7 +501,8 @@ impl Collector for StoreCollector {
                     0 => ConstCounter::new(opened).encode(fam)?,
                     1 => ConstCounter::new(closed).encode(fam)?,
                     2 => ConstGauge::new(opened.saturating_sub(closed) as i64).encode(fam)?,
-                    _ => ConstCounter::new(s.overflowed.load(Relaxed)).encode(fam)?,
+                    3 => ConstCounter::new(s.overflowed.load(Relaxed)).encode(fam)?,
+                    _ => ConstCounter::new(s.rate_limited.load(Relaxed)).encode(fam)?,
                 }
             }
         }
