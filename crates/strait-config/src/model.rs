@@ -96,6 +96,112 @@ pub struct Listener {
     /// limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_rate_limit: Option<ConnectionRateLimit>,
+    /// Terminate TLS on this listener. Default: none (plain HTTP/1.1 and h2c).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination on a listener: certificates chosen by SNI, ALPN `h2`/`http/1.1`, session
+/// resumption by tickets and by session ID, optional client certificates. The files are read
+/// at start and whenever they change (a bad file is refused and the old certificates keep
+/// serving).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificates with their keys. Each serves the DNS names in its certificate's subject
+    /// alternative names (exact names before wildcards); the first one also serves clients
+    /// that send no SNI or an unknown name. At least one.
+    #[schemars(length(min = 1))]
+    pub certificates: Vec<TlsCertificate>,
+    /// Oldest TLS version accepted: `"1.2"` or `"1.3"`. Only modern AEAD cipher suites are
+    /// offered either way. Default: `"1.2"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// ALPN protocols offered, in order of preference: `h2`, `http/1.1`. Default: both, `h2`
+    /// first.
+    #[serde(default = "defaults::alpn")]
+    pub alpn: Vec<Alpn>,
+    /// Ask clients for certificates. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// Time allowed for the TLS handshake. Default: `10s`.
+    #[serde(default = "defaults::handshake_timeout")]
+    pub handshake_timeout: Duration,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// PEM file with the certificate, then its intermediates. Required.
+    pub cert: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 RSA or SEC1 EC). Required.
+    pub key: String,
+    /// A DER-encoded OCSP response to staple. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocsp: Option<String>,
+}
+
+/// Client-certificate authentication on a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    /// PEM file with the CA certificates that client certificates must chain to. Required.
+    pub ca: String,
+    /// Refuse clients without a certificate; with `false` they are served as anonymous (a
+    /// certificate that is presented must still be valid). Default: `true`.
+    #[serde(default = "defaults::yes")]
+    pub required: bool,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// An ALPN protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
+pub enum Alpn {
+    /// HTTP/2.
+    #[serde(rename = "h2")]
+    H2,
+    /// HTTP/1.1.
+    #[serde(rename = "http/1.1")]
+    Http11,
+}
+
+/// TLS to a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// The name sent as SNI and checked against the endpoints' certificates. Default: the
+    /// endpoint's IP address (checked against an IP address in the certificate, no SNI sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM file with the CA certificates the endpoints' certificates must chain to. Default:
+    /// the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// PEM file with a client certificate chain to present (mutual TLS); needs `key`.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// PEM file with the client certificate's private key; needs `cert`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Accept any certificate from the endpoints, unverified: for tests only. The proxy warns
+    /// at start. Default: `false`.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// A listener's rate of new connections.
@@ -783,6 +889,9 @@ pub struct Cluster {
     /// per second.
     #[serde(default)]
     pub retry_budget: RetryBudget,
+    /// Speak TLS to the endpoints. Default: none (plain TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
 }
 
 /// A cluster's circuit breaker: counts shared by all workers; a request over a limit gets 503
@@ -880,7 +989,7 @@ pub struct Endpoint {
 
 /// Default values, one function per field default (serde needs functions).
 pub(crate) mod defaults {
-    use super::{Duration, ForwardedMode, RetryOn, SocketAddr};
+    use super::{Alpn, Duration, ForwardedMode, RetryOn, SocketAddr};
 
     pub fn admin_address() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9901))
@@ -955,5 +1064,11 @@ pub(crate) mod defaults {
     }
     pub fn budget_min() -> u32 {
         10
+    }
+    pub fn alpn() -> Vec<Alpn> {
+        vec![Alpn::H2, Alpn::Http11]
+    }
+    pub fn handshake_timeout() -> Duration {
+        Duration::from_secs(10)
     }
 }

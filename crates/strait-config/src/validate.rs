@@ -175,6 +175,9 @@ impl Checker<'_> {
                     "0 would refuse every connection: give 1 or more, or leave it out for no limit",
                 );
             }
+            if let Some(tls) = &listener.tls {
+                self.listener_tls(&at.key("tls"), tls);
+            }
             if let Some(limit) = &listener.connection_rate_limit {
                 let rate = limit.connections_per_second;
                 if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {
@@ -742,6 +745,71 @@ impl Checker<'_> {
         }
     }
 
+    fn listener_tls(&mut self, at: &FieldPath, tls: &ListenerTls) {
+        if tls.certificates.is_empty() {
+            self.say(
+                at.key("certificates"),
+                "TLS needs at least one certificate: `[{ cert: cert.pem, key: key.pem }]`",
+            );
+        }
+        for (i, c) in tls.certificates.iter().enumerate() {
+            let at = at.key("certificates").index(i);
+            self.path(&at.key("cert"), &c.cert);
+            self.path(&at.key("key"), &c.key);
+            if let Some(ocsp) = &c.ocsp {
+                self.path(&at.key("ocsp"), ocsp);
+            }
+        }
+        if tls.alpn.is_empty() {
+            self.say(
+                at.key("alpn"),
+                "no protocol to offer: give `[h2, http/1.1]` (the default), or one of them",
+            );
+        }
+        if let Some(auth) = &tls.client_auth {
+            self.path(&at.key("client_auth").key("ca"), &auth.ca);
+        }
+        if tls.handshake_timeout.get().is_zero() {
+            self.say(
+                at.key("handshake_timeout"),
+                "0s would fail every handshake: give a time above 0, like `10s` (the default)",
+            );
+        }
+    }
+
+    fn cluster_tls(&mut self, at: &FieldPath, tls: &ClusterTls) {
+        for (key, value) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+            if let Some(path) = value {
+                self.path(&at.key(key), path);
+            }
+        }
+        match (&tls.cert, &tls.key) {
+            (Some(_), None) => self.say_at_key(
+                at.key("cert"),
+                "a client certificate needs its private key: add `key`",
+            ),
+            (None, Some(_)) => self.say_at_key(
+                at.key("key"),
+                "a private key needs its certificate: add `cert`",
+            ),
+            _ => {}
+        }
+        if let Some(name) = &tls.server_name {
+            if rustls_name_invalid(name) {
+                self.say(
+                    at.key("server_name"),
+                    format!("{name:?} is not a DNS name or IP address"),
+                );
+            }
+        }
+    }
+
+    fn path(&mut self, at: &FieldPath, path: &str) {
+        if path.trim().is_empty() {
+            self.say(at.clone(), "the file path is empty");
+        }
+    }
+
     fn retry(&mut self, at: &FieldPath, retry: &Retry) {
         if !(1..=10).contains(&retry.attempts) {
             self.say(
@@ -860,6 +928,9 @@ impl Checker<'_> {
                     cluster.max_idle_per_endpoint
                 ),
             );
+        }
+        if let Some(tls) = &cluster.tls {
+            self.cluster_tls(&at.key("tls"), tls);
         }
         let budget = &cluster.retry_budget.percent;
         if !(budget.is_finite() && (0.0..=1000.0).contains(budget)) {
@@ -1012,6 +1083,24 @@ fn regex_problem(e: &regex::Error) -> String {
         other => other.to_string(),
     };
     format!("invalid regular expression: {reason} (RE2 syntax, see https://docs.rs/regex)")
+}
+
+/// True when `name` can be neither a DNS name nor an IP address (what SNI and certificate
+/// checks accept).
+fn rustls_name_invalid(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return false;
+    }
+    name.is_empty()
+        || name.len() > 253
+        || name.split('.').any(|label| {
+            label.is_empty()
+                || label.len() > 63
+                || label.starts_with('-')
+                || !label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 #[cfg(test)]

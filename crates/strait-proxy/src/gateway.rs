@@ -61,6 +61,26 @@ pub(crate) struct Connection {
     /// Requests whose response head is not yet sent, and when the last one started: the HTTP/2
     /// idle timer closes a connection only when nothing is in flight.
     pub activity: Activity,
+    /// What the TLS handshake established, on a TLS listener (set once, after it).
+    pub tls: std::cell::OnceCell<TlsInfo>,
+}
+
+impl Connection {
+    /// `https` on a TLS listener, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.get().is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// What a TLS handshake established about the client.
+#[derive(Debug, Default)]
+pub(crate) struct TlsInfo {
+    /// The SPIFFE ID in the client's verified certificate, if it presented one.
+    pub peer_identity: Option<String>,
 }
 
 /// Request activity on one connection.
@@ -207,7 +227,7 @@ pub(crate) async fn serve(
             let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
             let location = route::redirect_location(
                 redirect,
-                "http",
+                conn.scheme(),
                 host,
                 req.uri().path(),
                 req.uri().query(),
@@ -351,11 +371,20 @@ async fn forward_to(
     let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     let hop = Hop {
         client_ip: conn.peer.ip(),
-        scheme: "http",
+        scheme: conn.scheme(),
         host: host_text,
         version,
     };
     headers::add_forwarding_headers(&mut parts.headers, &listener.proxy_headers, &hop);
+    // On TLS, the client's verified identity and only that: a client cannot forge it.
+    if let Some(tls) = conn.tls.get() {
+        parts.headers.remove(&headers::X_FORWARDED_CLIENT_CERT);
+        if let Some(id) = &tls.peer_identity {
+            if let Ok(v) = HeaderValue::from_str(&format!("URI={id}")) {
+                parts.headers.insert(&headers::X_FORWARDED_CLIENT_CERT, v);
+            }
+        }
+    }
     let received = log.as_mut().map(|entry| {
         // The id generated just now is the one the upstream sees: log that one.
         entry.request_id = parts.headers.get(&headers::X_REQUEST_ID).cloned();
@@ -799,7 +828,12 @@ async fn send(
     match cluster.protocol {
         UpstreamProtocol::Http2 => {
             let (mut sender, fresh) = pool
-                .http2(addr, cluster.connect_timeout, &cluster.breaker)
+                .http2(
+                    addr,
+                    cluster.connect_timeout,
+                    &cluster.breaker,
+                    cluster.tls.as_deref(),
+                )
                 .await
                 .map_err(SendError::Connect)?;
             if fresh {
@@ -814,7 +848,13 @@ async fn send(
         _ => {
             let max_idle = cluster.max_idle_per_endpoint;
             let mut conn = pool
-                .http1(addr, cluster.connect_timeout, max_idle, &cluster.breaker)
+                .http1(
+                    addr,
+                    cluster.connect_timeout,
+                    max_idle,
+                    &cluster.breaker,
+                    cluster.tls.as_deref(),
+                )
                 .await
                 .map_err(SendError::Connect)?;
             if !conn.reused {
@@ -830,6 +870,7 @@ async fn send(
                                 cluster.connect_timeout,
                                 max_idle,
                                 &cluster.breaker,
+                                cluster.tls.as_deref(),
                             )
                             .await
                             .map_err(SendError::Connect)?;

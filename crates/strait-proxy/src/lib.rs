@@ -16,5 +16,6 @@ pub mod resilience;
 pub mod route;
 mod runtime;
 pub mod telemetry;
+pub mod tls;
 
 pub use runtime::{run, ProxyOptions, StartError};

@@ -4,6 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -69,15 +70,18 @@ pub(crate) async fn accept_loop(
                     local: address,
                     peer,
                     activity: Activity::new(),
+                    tls: std::cell::OnceCell::new(),
                 });
                 let guard = worker.connection_opened();
                 let counted = plan.map(|l| l.connections.opened());
                 // Read per connection so a reload that changes the timeout applies to new ones.
                 let idle_timeout = plan.and_then(|l| l.idle_timeout);
+                let tls = plan.and_then(|l| l.tls.clone());
+                let stats = plan.map(|l| Arc::clone(&l.connections));
                 drop(snapshot);
                 let drain = stop.clone();
                 tokio::task::spawn_local(async move {
-                    serve_connection(stream, conn, idle_timeout, drain).await;
+                    serve_connection(stream, conn, idle_timeout, tls, stats, drain).await;
                     drop(counted);
                     drop(guard);
                 });

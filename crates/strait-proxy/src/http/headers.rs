@@ -9,6 +9,8 @@ use strait_config::{ForwardedMode, HeaderEdits, ProxyHeaders};
 
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The verified client identity on TLS listeners (Envoy's `x-forwarded-client-cert` form).
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// `x-forwarded-for`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `x-forwarded-proto`.

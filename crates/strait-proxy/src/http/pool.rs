@@ -17,7 +17,12 @@ use tokio::net::TcpStream;
 use crate::http::body::RequestBody;
 use crate::http::LocalExec;
 use crate::resilience::{Admission, Breaker, Limit};
+use crate::tls::ClientTls;
+use rustls::pki_types::ServerName;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Why no connection to an endpoint could be had.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,15 @@ pub enum ConnectError {
         addr: SocketAddr,
         /// Which limit.
         limit: Limit,
+    },
+    /// The TLS handshake with the endpoint failed (its certificate was refused, or it does not
+    /// speak TLS).
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What rustls said.
+        source: io::Error,
     },
     /// The HTTP handshake on a new connection failed.
     #[error("HTTP handshake with {addr}: {source}")]
@@ -117,6 +131,7 @@ impl Pool {
         connect_timeout: Duration,
         max_idle: usize,
         breaker: &Arc<Breaker>,
+        tls: Option<&ClientTls>,
     ) -> Result<PooledHttp1, ConnectError> {
         while let Some(mut sender) = self.pop_idle_http1(addr) {
             // `ready` also waits out the moment between a response's last byte and hyper
@@ -130,7 +145,7 @@ impl Pool {
                 });
             }
         }
-        self.connect_http1(addr, connect_timeout, max_idle, breaker)
+        self.connect_http1(addr, connect_timeout, max_idle, breaker, tls)
             .await
     }
 
@@ -141,8 +156,9 @@ impl Pool {
         connect_timeout: Duration,
         max_idle: usize,
         breaker: &Arc<Breaker>,
+        tls: Option<&ClientTls>,
     ) -> Result<PooledHttp1, ConnectError> {
-        let (io, slot) = connect(addr, connect_timeout, breaker).await?;
+        let (io, slot) = connect(addr, connect_timeout, breaker, tls).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -191,13 +207,14 @@ impl Pool {
         addr: SocketAddr,
         connect_timeout: Duration,
         breaker: &Arc<Breaker>,
+        tls: Option<&ClientTls>,
     ) -> Result<(http2::SendRequest<RequestBody>, bool), ConnectError> {
         if let Some(sender) = self.http2.borrow().get(&addr) {
             if sender.is_ready() {
                 return Ok((sender.clone(), false));
             }
         }
-        let (io, slot) = connect(addr, connect_timeout, breaker).await?;
+        let (io, slot) = connect(addr, connect_timeout, breaker, tls).await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -233,7 +250,8 @@ async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     breaker: &Arc<Breaker>,
-) -> Result<(TokioIo<TcpStream>, Admission), ConnectError> {
+    tls: Option<&ClientTls>,
+) -> Result<(TokioIo<UpstreamIo>, Admission), ConnectError> {
     let overflow = |limit| ConnectError::Overflow { addr, limit };
     let _pending = breaker
         .admit(Limit::Pending)
@@ -250,5 +268,86 @@ async fn connect(
     stream
         .set_nodelay(true)
         .map_err(|source| ConnectError::Io { addr, source })?;
-    Ok((TokioIo::new(stream), slot))
+    let Some(tls) = tls else {
+        return Ok((TokioIo::new(UpstreamIo::Plain(stream)), slot));
+    };
+    let name = tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+    // The handshake shares the connect timeout: both are "opening a connection".
+    let stream = match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => return Err(ConnectError::Tls { addr, source }),
+        Err(_) => return Err(ConnectError::Timeout { addr, timeout }),
+    };
+    Ok((TokioIo::new(UpstreamIo::Tls(Box::new(stream))), slot))
+}
+
+/// An upstream connection's byte stream: plain TCP, or TLS over it.
+#[derive(Debug)]
+pub enum UpstreamIo {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }

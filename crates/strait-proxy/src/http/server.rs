@@ -2,6 +2,7 @@
 //! when its listener drains (HTTP/1: close after the current response; HTTP/2: GOAWAY).
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -10,8 +11,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::detect::{self, Protocol};
-use crate::gateway::{self, Connection};
+use crate::gateway::{self, Connection, TlsInfo};
 use crate::http::LocalExec;
+use crate::telemetry::metrics::{ListenerStats, TlsFailure};
+use crate::tls::ServerTls;
 
 /// How long a new connection may stay silent when its listener has no idle timeout.
 const FIRST_BYTES_LIMIT: Duration = Duration::from_secs(60);
@@ -20,18 +23,71 @@ pub(crate) async fn serve_connection(
     stream: TcpStream,
     conn: Rc<Connection>,
     idle_timeout: Option<Duration>,
-    mut drain: watch::Receiver<bool>,
+    tls: Option<Arc<ServerTls>>,
+    stats: Option<Arc<ListenerStats>>,
+    drain: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let peer = conn.peer;
-    let protocol = match detect::sniff(&stream, idle_timeout.unwrap_or(FIRST_BYTES_LIMIT)).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "connection closed before a request");
+    let Some(tls) = tls else {
+        let limit = idle_timeout.unwrap_or(FIRST_BYTES_LIMIT);
+        let protocol = match detect::sniff(&stream, limit).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection closed before a request");
+                return;
+            }
+        };
+        return serve_http(TokioIo::new(stream), protocol, conn, idle_timeout, drain).await;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
+    let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            if let Some(s) = &stats {
+                s.tls_failed(TlsFailure::Handshake);
+            }
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            if let Some(s) = &stats {
+                s.tls_failed(TlsFailure::Timeout);
+            }
+            tracing::debug!(%peer, "TLS handshake timed out");
             return;
         }
     };
-    let io = TokioIo::new(stream);
+    let (_, session) = stream.get_ref();
+    if let Some(s) = &stats {
+        s.tls_handshake(session.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
+    }
+    // ALPN decides: `h2` is HTTP/2, anything else (or nothing) HTTP/1.1.
+    let protocol = match session.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    let info = TlsInfo {
+        peer_identity: session
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(crate::tls::spiffe_id),
+    };
+    let _ = conn.tls.set(info);
+    serve_http(TokioIo::new(stream), protocol, conn, idle_timeout, drain).await;
+}
+
+/// Serves HTTP on a connection whose protocol is known, over plain TCP or TLS.
+async fn serve_http<I>(
+    io: TokioIo<I>,
+    protocol: Protocol,
+    conn: Rc<Connection>,
+    idle_timeout: Option<Duration>,
+    mut drain: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let peer = conn.peer;
     let watched = Rc::clone(&conn);
     let service = service_fn(move |req| gateway::serve(req, Rc::clone(&conn)));
     let result = match protocol {

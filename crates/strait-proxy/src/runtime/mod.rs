@@ -377,6 +377,10 @@ async fn wait_for_signals(shared: &Shared) {
 /// that Kubernetes ConfigMap symlink swaps and editors that rename are both seen.
 async fn watch_config_file(shared: Arc<Shared>, interval: Duration) {
     let mut last = std::fs::read(&shared.config_path).ok();
+    // The certificates and keys the serving config was built from: a rotation on disk (a
+    // cert-manager renewal, a Kubernetes secret update) recompiles the same config.
+    let mut tls_files = shared.snapshot.load().tls_files();
+    let mut tls_seen = crate::tls::fingerprint(&tls_files);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -385,6 +389,16 @@ async fn watch_config_file(shared: Arc<Shared>, interval: Duration) {
             continue;
         };
         if last.as_deref() == Some(now.as_slice()) {
+            let tls_now = crate::tls::fingerprint(&tls_files);
+            if tls_now != tls_seen {
+                tracing::info!("TLS certificate or key files changed");
+                // A half-written pair fails to compile and is retried on the next change.
+                tls_seen = tls_now;
+                if let Ok(text) = String::from_utf8(now) {
+                    let _ = shared.apply_text(&text);
+                }
+                tls_files = shared.snapshot.load().tls_files();
+            }
             continue;
         }
         last = Some(now.clone());
@@ -392,6 +406,8 @@ async fn watch_config_file(shared: Arc<Shared>, interval: Duration) {
             Ok(text) => {
                 tracing::info!(path = %shared.config_path.display(), "config file changed");
                 let _ = shared.apply_text(&text);
+                tls_files = shared.snapshot.load().tls_files();
+                tls_seen = crate::tls::fingerprint(&tls_files);
             }
             Err(_) => {
                 shared.reject(format!("{}: not UTF-8 text", shared.config_path.display()));

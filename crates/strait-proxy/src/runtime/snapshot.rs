@@ -21,6 +21,7 @@ use crate::telemetry::access_log::{AccessLogger, LogSinks};
 use crate::telemetry::metrics::{
     ClusterCounters, EndpointCounters, ListenerStats, MetricsStore, RouteStats,
 };
+use crate::tls::{ClientTls, ServerTls};
 
 /// Why a config that passed validation still could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -58,15 +59,22 @@ impl Snapshot {
             .clusters
             .iter()
             .map(|c| {
+                // A TLS cluster is always rebuilt: its files may have changed under the same
+                // config.
                 let reused = previous
                     .and_then(|p| p.clusters.iter().find(|old| *old.name == *c.name))
-                    .filter(|old| old.source == *c);
+                    .filter(|old| old.source == *c && c.tls.is_none());
                 match reused {
-                    Some(old) => Arc::clone(old),
-                    None => Arc::new(ClusterPlan::compile(c, metrics)),
+                    Some(old) => Ok(Arc::clone(old)),
+                    None => ClusterPlan::compile(c, metrics)
+                        .map(Arc::new)
+                        .map_err(|message| CompileError {
+                            location: format!("clusters[{}].tls", c.name),
+                            message,
+                        }),
                 }
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let cluster_index = |name: &str, location: &dyn Fn() -> String| {
             clusters
                 .iter()
@@ -185,6 +193,15 @@ impl Snapshot {
                     None => None,
                 },
                 no_route: metrics.route(&l.name, "", ""),
+                tls: match &l.tls {
+                    Some(tls) => Some(Arc::new(ServerTls::compile(&l.name, tls).map_err(
+                        |message| CompileError {
+                            location: format!("listeners[{li}].tls"),
+                            message,
+                        },
+                    )?)),
+                    None => None,
+                },
             });
         }
         Ok(Snapshot {
@@ -193,6 +210,21 @@ impl Snapshot {
             listeners,
             clusters,
         })
+    }
+
+    /// Every file TLS was built from: when one changes, the config is compiled again.
+    pub fn tls_files(&self) -> Vec<std::path::PathBuf> {
+        let listeners = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| t.files.iter().cloned());
+        let clusters = self
+            .clusters
+            .iter()
+            .filter_map(|c| c.tls.as_ref())
+            .flat_map(|t| t.files.iter().cloned());
+        listeners.chain(clusters).collect()
     }
 
     /// The listener bound to `addr`.
@@ -227,6 +259,8 @@ pub struct ListenerPlan {
     pub max_connections: Option<u64>,
     /// New connections per second: the listener's bucket and its rate.
     pub connection_rate: Option<(Arc<KeyedLimiter>, Rate)>,
+    /// TLS termination.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 /// What a matched route does.
@@ -432,11 +466,21 @@ pub struct ClusterPlan {
     pub breaker: Arc<Breaker>,
     /// How many retries the cluster takes.
     pub retry_budget: RetryBudget,
+    /// TLS to the endpoints.
+    pub tls: Option<Arc<ClientTls>>,
     source: strait_config::Cluster,
 }
 
 impl ClusterPlan {
-    fn compile(c: &strait_config::Cluster, metrics: &MetricsStore) -> Self {
+    fn compile(c: &strait_config::Cluster, metrics: &MetricsStore) -> Result<Self, String> {
+        let tls = match &c.tls {
+            Some(t) => Some(Arc::new(ClientTls::compile(
+                &c.name,
+                t,
+                c.protocol == UpstreamProtocol::Http2,
+            )?)),
+            None => None,
+        };
         // Hashing balancers place endpoints by address, so a change to one endpoint moves only
         // its own keys.
         let keys: Vec<String> = c.endpoints.iter().map(|e| e.address.to_string()).collect();
@@ -445,7 +489,7 @@ impl ClusterPlan {
             .map(|k| k.as_bytes())
             .zip(c.endpoints.iter().map(|e| e.weight))
             .collect();
-        ClusterPlan {
+        Ok(ClusterPlan {
             name: Arc::from(c.name.as_str()),
             protocol: c.protocol,
             connect_timeout: c.connect_timeout.get(),
@@ -467,7 +511,8 @@ impl ClusterPlan {
                 c.retry_budget.min_retries_per_second,
             ),
             source: c.clone(),
-        }
+            tls,
+        })
     }
 
     /// The config this cluster was compiled from.

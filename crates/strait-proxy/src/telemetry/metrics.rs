@@ -145,6 +145,19 @@ pub struct ListenerStats {
     closed: AtomicU64,
     overflowed: AtomicU64,
     rate_limited: AtomicU64,
+    tls_full: AtomicU64,
+    tls_resumed: AtomicU64,
+    tls_failures: [AtomicU64; 2],
+}
+
+/// Why a TLS handshake with a client failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The client broke the protocol, offered nothing acceptable, or its certificate was
+    /// refused.
+    Handshake = 0,
+    /// The handshake did not finish within `handshake_timeout`.
+    Timeout = 1,
 }
 
 impl ListenerStats {
@@ -158,6 +171,21 @@ impl ListenerStats {
     /// Counts a connection refused because the listener was full.
     pub fn overflowed(&self) {
         self.overflowed.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a completed TLS handshake, full or resumed.
+    pub fn tls_handshake(&self, resumed: bool) {
+        let n = if resumed {
+            &self.tls_resumed
+        } else {
+            &self.tls_full
+        };
+        n.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a failed TLS handshake.
+    pub fn tls_failed(&self, why: TlsFailure) {
+        self.tls_failures[why as usize].fetch_add(1, Relaxed);
     }
 
     /// Counts a connection closed at accept because the listener's connection rate was spent.
@@ -503,6 +531,35 @@ impl Collector for StoreCollector {
                     2 => ConstGauge::new(opened.saturating_sub(closed) as i64).encode(fam)?,
                     3 => ConstCounter::new(s.overflowed.load(Relaxed)).encode(fam)?,
                     _ => ConstCounter::new(s.rate_limited.load(Relaxed)).encode(fam)?,
+                }
+            }
+        }
+
+        {
+            let mut m = encoder.encode_descriptor(
+                "strait_tls_handshakes",
+                "TLS handshakes completed with clients, by kind (full, resumed).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (l, s) in &listeners {
+                for (kind, n) in [("full", &s.tls_full), ("resumed", &s.tls_resumed)] {
+                    let labels = [("listener", l.as_str()), ("kind", kind)];
+                    ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "strait_tls_handshake_failures",
+                "TLS handshakes with clients that failed, by reason (handshake, timeout).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (l, s) in &listeners {
+                for (reason, n) in ["handshake", "timeout"].iter().zip(&s.tls_failures) {
+                    let labels = [("listener", l.as_str()), ("reason", *reason)];
+                    ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
                 }
             }
         }

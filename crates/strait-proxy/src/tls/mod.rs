@@ -1,0 +1,387 @@
+//! TLS with rustls (ring provider): server configs for listeners, client configs for clusters.
+//!
+//! On the data path, a TLS listener's accept is followed by the handshake (bounded by
+//! `handshake_timeout`) before protocol selection: ALPN `h2` means HTTP/2, anything else
+//! HTTP/1.1. Upstream connections of a TLS cluster do the client handshake right after the TCP
+//! connect, inside the pool.
+//!
+//! Everything here is built when a config snapshot is compiled, from files: a missing,
+//! unparsable or mismatched certificate or key fails the compile with the file named, so a bad
+//! file on reload leaves the previous certificates serving. Session-resumption state (the
+//! ticket key and the session-ID cache) is kept per listener name across reloads, so a
+//! certificate rotation does not force every client into a full handshake.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use rustls::crypto::ring as provider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use strait_config::{Alpn, ClusterTls, ListenerTls, TlsVersion};
+
+/// Sessions remembered per listener for resumption by session ID.
+const SESSION_CACHE: usize = 20_000;
+
+/// A listener's compiled TLS: the rustls config and the handshake limit.
+#[derive(Debug)]
+pub struct ServerTls {
+    /// What the acceptor uses.
+    pub config: Arc<ServerConfig>,
+    /// Time allowed for the handshake.
+    pub handshake_timeout: Duration,
+    /// The files it was built from, to notice when they change.
+    pub files: Vec<PathBuf>,
+}
+
+/// A cluster's compiled TLS.
+#[derive(Debug)]
+pub struct ClientTls {
+    /// What the connector uses.
+    pub config: Arc<ClientConfig>,
+    /// The SNI and verified name, when fixed by the config.
+    pub server_name: Option<ServerName<'static>>,
+    /// The files it was built from.
+    pub files: Vec<PathBuf>,
+}
+
+fn read(path: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{path}: cannot read: {e}"))
+}
+
+fn certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read(path)?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{path}: not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{path}: no certificate in it (expected -----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(certs)
+}
+
+fn key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| format!("{path}: not a PEM key file: {e}"))?
+        .ok_or_else(|| {
+            format!("{path}: no private key in it (expected PKCS#8, PKCS#1 RSA or SEC1 EC PEM)")
+        })
+}
+
+fn roots(path: &str) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    for cert in certs(path)? {
+        store
+            .add(cert)
+            .map_err(|e| format!("{path}: not a usable CA certificate: {e}"))?;
+    }
+    Ok(store)
+}
+
+/// A certificate chain and key, checked to belong together.
+fn certified_key(
+    cert_path: &str,
+    key_path: &str,
+    ocsp: Option<&str>,
+) -> Result<CertifiedKey, String> {
+    let chain = certs(cert_path)?;
+    let key = key(key_path)?;
+    let signer = provider::sign::any_supported_type(&key)
+        .map_err(|e| format!("{key_path}: unsupported private key: {e}"))?;
+    let mut certified = CertifiedKey::new(chain, signer);
+    certified.keys_match().map_err(|e| {
+        format!("{cert_path} and {key_path} do not belong together (the key is not the certificate's): {e}")
+    })?;
+    if let Some(path) = ocsp {
+        certified.ocsp = Some(read(path)?);
+    }
+    Ok(certified)
+}
+
+/// Chooses a certificate by SNI: an exact name first, then a wildcard one label up, then the
+/// first certificate.
+#[derive(Debug)]
+struct ByServerName {
+    keys: Vec<Arc<CertifiedKey>>,
+    exact: HashMap<String, usize>,
+    wildcard: HashMap<String, usize>,
+}
+
+impl ByServerName {
+    fn new(keys: Vec<Arc<CertifiedKey>>) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            let Some(leaf) = key.cert.first() else {
+                continue;
+            };
+            let Ok(parsed) = webpki::EndEntityCert::try_from(leaf) else {
+                continue;
+            };
+            for name in parsed.valid_dns_names() {
+                let name = name.to_ascii_lowercase();
+                match name.strip_prefix("*.") {
+                    Some(suffix) => wildcard.entry(suffix.to_owned()).or_insert(i),
+                    None => exact.entry(name).or_insert(i),
+                };
+            }
+        }
+        ByServerName {
+            keys,
+            exact,
+            wildcard,
+        }
+    }
+
+    fn find(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let index = sni
+            .map(str::to_ascii_lowercase)
+            .and_then(|name| {
+                self.exact.get(&name).copied().or_else(|| {
+                    let (_, parent) = name.split_once('.')?;
+                    self.wildcard.get(parent).copied()
+                })
+            })
+            .unwrap_or(0);
+        self.keys.get(index).cloned()
+    }
+}
+
+impl ResolvesServerCert for ByServerName {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.find(hello.server_name())
+    }
+}
+
+/// Resumption state kept per listener across reloads.
+type Resumption = (Arc<dyn StoresServerSessions>, Arc<dyn ProducesTickets>);
+
+fn resumption(listener: &str) -> Result<Resumption, String> {
+    static KEPT: OnceLock<Mutex<HashMap<String, Resumption>>> = OnceLock::new();
+    let mut kept = KEPT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = kept.get(listener) {
+        return Ok(r.clone());
+    }
+    let ticketer = provider::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
+    let made: Resumption = (
+        rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE),
+        ticketer,
+    );
+    kept.insert(listener.to_owned(), made.clone());
+    Ok(made)
+}
+
+static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+static TLS12_AND_13: [&rustls::SupportedProtocolVersion; 2] =
+    [&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    match min {
+        TlsVersion::Tls13 => &TLS13_ONLY,
+        _ => &TLS12_AND_13,
+    }
+}
+
+/// The provider with modern cipher suites only: AEAD with forward secrecy (the ring provider's
+/// defaults are exactly those: AES-GCM and ChaCha20-Poly1305, ECDHE).
+fn crypto() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(provider::default_provider())
+}
+
+impl ServerTls {
+    /// Builds a listener's TLS from its config, reading every file.
+    pub fn compile(listener: &str, tls: &ListenerTls) -> Result<ServerTls, String> {
+        let mut files = Vec::new();
+        let mut keys = Vec::with_capacity(tls.certificates.len());
+        for c in &tls.certificates {
+            keys.push(Arc::new(certified_key(&c.cert, &c.key, c.ocsp.as_deref())?));
+            files.push(PathBuf::from(&c.cert));
+            files.push(PathBuf::from(&c.key));
+            files.extend(c.ocsp.as_ref().map(PathBuf::from));
+        }
+        if keys.is_empty() {
+            return Err("no certificate".to_owned());
+        }
+        let builder = ServerConfig::builder_with_provider(crypto())
+            .with_protocol_versions(versions(tls.min_version))
+            .map_err(|e| e.to_string())?;
+        let builder = match &tls.client_auth {
+            Some(auth) => {
+                files.push(PathBuf::from(&auth.ca));
+                let roots = Arc::new(roots(&auth.ca)?);
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crypto());
+                let verifier = if auth.required {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                builder.with_client_cert_verifier(
+                    verifier.build().map_err(|e| format!("{}: {e}", auth.ca))?,
+                )
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(ByServerName::new(keys)));
+        config.alpn_protocols = tls
+            .alpn
+            .iter()
+            .map(|a| match a {
+                Alpn::H2 => b"h2".to_vec(),
+                _ => b"http/1.1".to_vec(),
+            })
+            .collect();
+        let (cache, ticketer) = resumption(listener)?;
+        config.session_storage = cache;
+        config.ticketer = ticketer;
+        config.send_tls13_tickets = 2;
+        Ok(ServerTls {
+            config: Arc::new(config),
+            handshake_timeout: tls.handshake_timeout.get(),
+            files,
+        })
+    }
+}
+
+impl ClientTls {
+    /// Builds a cluster's TLS from its config, reading every file.
+    pub fn compile(cluster: &str, tls: &ClusterTls, http2: bool) -> Result<ClientTls, String> {
+        let mut files = Vec::new();
+        let builder = ClientConfig::builder_with_provider(crypto())
+            .with_protocol_versions(versions(TlsVersion::Tls12))
+            .map_err(|e| e.to_string())?;
+        let builder = if tls.insecure_skip_verify {
+            tracing::warn!(
+                cluster,
+                "insecure_skip_verify: the endpoints' certificates are NOT verified; anyone on \
+                 the path can read and change this traffic"
+            );
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(crypto())))
+        } else {
+            let roots = match &tls.ca {
+                Some(ca) => {
+                    files.push(PathBuf::from(ca));
+                    roots(ca)?
+                }
+                None => system_roots()?,
+            };
+            builder.with_root_certificates(roots)
+        };
+        let mut config = match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key_path)) => {
+                files.push(PathBuf::from(cert));
+                files.push(PathBuf::from(key_path));
+                let chain = certs(cert)?;
+                builder
+                    .with_client_auth_cert(chain, key(key_path)?)
+                    .map_err(|e| format!("{cert} and {key_path}: {e}"))?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![if http2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        let server_name = match &tls.server_name {
+            Some(name) => Some(
+                ServerName::try_from(name.clone())
+                    .map_err(|e| format!("server_name {name:?}: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(ClientTls {
+            config: Arc::new(config),
+            server_name,
+            files,
+        })
+    }
+}
+
+fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(
+            "no trusted CA certificates found on this system; give `ca` (a PEM file)".to_owned(),
+        );
+    }
+    Ok(store)
+}
+
+/// The verified identity of a TLS peer: its SPIFFE ID (a `spiffe://` URI SAN) when its
+/// certificate carries one.
+pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    let id = parsed
+        .valid_uri_names()
+        .find(|uri| uri.starts_with("spiffe://"))
+        .map(str::to_owned);
+    id
+}
+
+/// A fingerprint of files' contents, to tell when they changed (missing files count too).
+pub fn fingerprint(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+    files.iter().map(|f| std::fs::read(f).ok()).collect()
+}
+
+/// `insecure_skip_verify`: accepts any certificate, still checking handshake signatures.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

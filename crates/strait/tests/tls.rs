@@ -1,0 +1,493 @@
+//! TLS against a test CA made here with rcgen (no key is committed): certificates chosen by SNI,
+//! ALPN, resumption, client certificates required or optional with the SPIFFE identity passed
+//! on, wrong-CA and expired client certificates refused, rotation while requests flow, a bad
+//! pair refused while the old one keeps serving, and TLS to upstreams (verified, wrong CA,
+//! `insecure_skip_verify`).
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::*;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA cert");
+        Ca { cert, key }
+    }
+
+    /// A leaf for these DNS names (and URIs, e.g. a SPIFFE ID), valid from `days_from` to
+    /// `days_to` days from now.
+    fn leaf(&self, dns: &[&str], uris: &[&str], days: (i64, i64)) -> (String, String) {
+        let mut params =
+            CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI(rcgen::Ia5String::try_from(*uri).expect("uri")));
+        }
+        let now = time_now();
+        params.not_before = now + days_secs(days.0);
+        params.not_after = now + days_secs(days.1);
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("leaf cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn pem(&self) -> String {
+        self.cert.pem()
+    }
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn days_secs(days: i64) -> time::Duration {
+    time::Duration::days(days)
+}
+
+/// Files in a fresh directory.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new() -> Dir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("strait-tls-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Dir(dir)
+    }
+
+    /// Writes `text` to `name` atomically (write a sibling, rename over).
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        let tmp = self.0.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+        path.display().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn client_config(
+    ca_pem: &str,
+    alpn: &[&[u8]],
+    client: Option<(&str, &str)>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(ca_pem) {
+        roots.add(cert).expect("root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots);
+    let mut config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(rustls_pemfile_certs(cert), pem_key(key))
+            .expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(config)
+}
+
+fn rustls_pemfile_certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates")
+}
+
+fn pem_key(pem: &str) -> PrivateKeyDer<'static> {
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .expect("PEM key")
+        .expect("a key")
+}
+
+async fn handshake(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    sni: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(sni.to_owned()).expect("server name");
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+/// One GET over a TLS stream, by the protocol ALPN chose; the status and the body's JSON.
+async fn get_over(stream: TlsStream<TcpStream>, host: &str) -> Result<(u16, String), BoxError> {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let req = http::Request::builder()
+        .uri(format!("https://{host}/tls"))
+        .header("host", host)
+        .header("x-forwarded-client-cert", "URI=spiffe://forged/ns/x/sa/y")
+        .body(Empty::<Bytes>::new())?;
+    let resp = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(conn);
+        send.send_request(req).await?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = req;
+        *req.uri_mut() = "/tls".parse()?;
+        send.send_request(req).await?
+    };
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn served_names(stream: &TlsStream<TcpStream>) -> Vec<String> {
+    let certs = stream.get_ref().1.peer_certificates().expect("server cert");
+    let der = certs.first().expect("leaf");
+    // The SAN DNS names appear in the DER as plain ASCII: enough to tell certificates apart.
+    [
+        "api.example.com",
+        "*.example.com",
+        "default.test",
+        "rotated.test",
+    ]
+    .iter()
+    .filter(|n| der.windows(n.len()).any(|w| w == n.as_bytes()))
+    .map(|n| n.to_string())
+    .collect()
+}
+
+fn tls_listener(dir: &Dir, ca: &Ca, extra: &str) -> (String, String) {
+    let (dc, dk) = ca.leaf(&["default.test", "127.0.0.1"], &[], (-1, 30));
+    let (ec, ek) = ca.leaf(&["api.example.com"], &[], (-1, 30));
+    let (wc, wk) = ca.leaf(&["*.example.com"], &[], (-1, 30));
+    let paths = [
+        (dir.write("default.pem", &dc), dir.write("default.key", &dk)),
+        (dir.write("exact.pem", &ec), dir.write("exact.key", &ek)),
+        (dir.write("wild.pem", &wc), dir.write("wild.key", &wk)),
+    ];
+    let certs: Vec<String> = paths
+        .iter()
+        .map(|(c, k)| format!("{{ cert: \"{c}\", key: \"{k}\" }}"))
+        .collect();
+    (
+        format!(
+            "    proxy_headers: {{ x_forwarded_proto: replace }}\n    tls:\n      certificates: [{}]\n{extra}",
+            certs.join(", ")
+        ),
+        paths[0].0.clone(),
+    )
+}
+
+fn config(upstream: std::net::SocketAddr, listener_tls: &str, cluster_extra: &str) -> String {
+    format!(
+        "listeners:\n  - name: main\n    address: ${{LISTEN}}\n{listener_tls}    routes:\n      - name: all\n        \
+         backends: [{{ cluster: up }}]\nclusters:\n  - name: up\n    endpoints: [{{ address: \"{upstream}\" }}]\n{cluster_extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_chosen_by_sni_and_alpn_picks_the_protocol() {
+    let dir = Dir::new();
+    let ca = Ca::new("test CA");
+    let up = Upstream::echo("app").await;
+    let (listener, _) = tls_listener(&dir, &ca, "");
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    let h1 = client_config(&ca.pem(), &[b"http/1.1"], None);
+    for (sni, want) in [
+        ("api.example.com", "api.example.com"),
+        ("www.example.com", "*.example.com"),
+        // An IP address sends no SNI: the first certificate answers.
+        ("127.0.0.1", "default.test"),
+    ] {
+        let stream = handshake(proxy.listen, Arc::clone(&h1), sni)
+            .await
+            .expect("handshake");
+        assert_eq!(served_names(&stream), vec![want.to_owned()], "SNI {sni}");
+        if sni == "www.example.com" {
+            let (status, body) = get_over(stream, sni).await.expect("request");
+            assert_eq!(status, 200, "{body}");
+            let seen: serde_json::Value = serde_json::from_str(&body).expect("echo json");
+            assert_eq!(seen["headers"]["x-forwarded-proto"][0], "https");
+            assert!(
+                seen["headers"].get("x-forwarded-client-cert").is_none(),
+                "a client's own x-forwarded-client-cert is dropped: {body}"
+            );
+        }
+    }
+    let h2 = client_config(&ca.pem(), &[b"h2", b"http/1.1"], None);
+    let stream = handshake(proxy.listen, h2, "api.example.com")
+        .await
+        .expect("h2 handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, body) = get_over(stream, "api.example.com")
+        .await
+        .expect("h2 request");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"version\":\"HTTP/1.1\""),
+        "forwarded over HTTP/1.1: {body}"
+    );
+
+    // Plain HTTP on a TLS port gets no answer.
+    let plain = within(
+        Duration::from_secs(5),
+        "plain",
+        proxy.send(Proto::H1, simple("GET", "a", "/")),
+    )
+    .await;
+    assert!(plain.is_err(), "plain HTTP was served on a TLS listener");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume() {
+    let dir = Dir::new();
+    let ca = Ca::new("test CA");
+    let up = Upstream::echo("app").await;
+    let (listener, _) = tls_listener(&dir, &ca, "");
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pemfile_certs(&ca.pem()).remove(0))
+            .expect("root");
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let cfg = Arc::new(cfg);
+        let first = handshake(proxy.listen, Arc::clone(&cfg), "api.example.com")
+            .await
+            .expect("first");
+        // TLS 1.3 tickets arrive after the handshake: read the response so they are processed.
+        get_over(first, "api.example.com")
+            .await
+            .expect("first request");
+        let second = handshake(proxy.listen, cfg, "api.example.com")
+            .await
+            .expect("second");
+        assert_eq!(
+            second.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "{versions:?}"
+        );
+    }
+    let metrics = proxy.admin_get("/metrics").await.text();
+    assert!(
+        metrics.contains("strait_tls_handshakes_total{listener=\"main\",kind=\"resumed\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_required_optional_and_the_spiffe_identity_passed_on() {
+    let dir = Dir::new();
+    let ca = Ca::new("mesh CA");
+    let other = Ca::new("someone else's CA");
+    let up = Upstream::echo("app").await;
+    let ca_path = dir.write("clients.pem", &ca.pem());
+    let spiffe = "spiffe://cluster.local/ns/shop/sa/checkout";
+    let (good_c, good_k) = ca.leaf(&["checkout"], &[spiffe], (-1, 30));
+    let (bad_c, bad_k) = other.leaf(&["checkout"], &[spiffe], (-1, 30));
+    let (old_c, old_k) = ca.leaf(&["checkout"], &[spiffe], (-30, -1));
+    let (future_c, future_k) = ca.leaf(&["checkout"], &[spiffe], (2, 30));
+
+    let required = format!("      client_auth: {{ ca: \"{ca_path}\" }}\n");
+    let (listener, _) = tls_listener(&dir, &ca, &required);
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    let anonymous = client_config(&ca.pem(), &[b"http/1.1"], None);
+    let refused = match handshake(proxy.listen, anonymous, "api.example.com").await {
+        // TLS 1.3: the client learns of the refusal on its first read.
+        Ok(stream) => get_over(stream, "api.example.com").await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a client without a certificate was served");
+    let with = client_config(&ca.pem(), &[b"http/1.1"], Some((&good_c, &good_k)));
+    let stream = handshake(proxy.listen, with, "api.example.com")
+        .await
+        .expect("handshake");
+    let (status, body) = get_over(stream, "api.example.com").await.expect("request");
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        seen["headers"]["x-forwarded-client-cert"][0],
+        format!("URI={spiffe}"),
+        "the verified identity replaces the forged one"
+    );
+    for (what, cert, key) in [
+        ("another CA's", &bad_c, &bad_k),
+        ("an expired", &old_c, &old_k),
+        ("a not yet valid", &future_c, &future_k),
+    ] {
+        let cfg = client_config(&ca.pem(), &[b"http/1.1"], Some((cert, key)));
+        let refused = match handshake(proxy.listen, cfg, "api.example.com").await {
+            Ok(stream) => get_over(stream, "api.example.com").await.is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "{what} client certificate was accepted");
+    }
+    let metrics = proxy.admin_get("/metrics").await.text();
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "strait_tls_handshake_failures_total{listener=\"main\",reason=\"handshake\"} "
+        ) && !l.ends_with(" 0")),
+        "failures are counted: {metrics}"
+    );
+
+    let optional = format!("      client_auth: {{ ca: \"{ca_path}\", required: false }}\n");
+    let (listener, _) = tls_listener(&dir, &ca, &optional);
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    let anonymous = client_config(&ca.pem(), &[b"http/1.1"], None);
+    let stream = handshake(proxy.listen, anonymous, "api.example.com")
+        .await
+        .expect("handshake");
+    let (status, body) = get_over(stream, "api.example.com").await.expect("request");
+    assert_eq!(status, 200);
+    assert!(!body.contains("x-forwarded-client-cert"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_without_failures_and_a_bad_pair_is_refused() {
+    let dir = Dir::new();
+    let ca = Ca::new("test CA");
+    let up = Upstream::echo("app").await;
+    let (listener, default_cert) = tls_listener(&dir, &ca, "");
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    let version = proxy.config_version().await;
+    let cfg = client_config(&ca.pem(), &[b"http/1.1"], None);
+
+    let addr = proxy.listen;
+    let flowing = {
+        let cfg = Arc::clone(&cfg);
+        tokio::spawn(async move {
+            let mut failures = 0;
+            for _ in 0..60 {
+                let ok = match handshake(addr, Arc::clone(&cfg), "127.0.0.1").await {
+                    Ok(stream) => matches!(get_over(stream, "127.0.0.1").await, Ok((200, _))),
+                    Err(_) => false,
+                };
+                failures += usize::from(!ok);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            failures
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (rc, rk) = ca.leaf(&["rotated.test", "127.0.0.1"], &[], (-1, 30));
+    dir.write("default.key", &rk);
+    dir.write("default.pem", &rc);
+    let rotated = proxy
+        .wait_version_above(version, Duration::from_secs(10))
+        .await;
+    assert!(rotated.is_some(), "the new certificate was not loaded");
+    // A fresh client: a resumed session would report the certificate of its first handshake.
+    let fresh = client_config(&ca.pem(), &[b"http/1.1"], None);
+    let stream = handshake(proxy.listen, fresh, "127.0.0.1")
+        .await
+        .expect("handshake");
+    assert_eq!(served_names(&stream), vec!["rotated.test".to_owned()]);
+    assert_eq!(
+        flowing.await.expect("requests"),
+        0,
+        "requests failed during the rotation"
+    );
+
+    // A key that is not the certificate's: refused, the rotated pair keeps serving.
+    let version = proxy.config_version().await;
+    let (_, other_key) = ca.leaf(&["x.test"], &[], (-1, 30));
+    dir.write("default.key", &other_key);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        proxy.config_version().await,
+        version,
+        "a mismatched pair was applied"
+    );
+    let dump = proxy.admin_get("/config_dump").await.text();
+    assert!(
+        dump.contains("do not belong together") && dump.contains(&default_cert),
+        "the error names the files: {dump}"
+    );
+    drop(cfg);
+    let fresh = client_config(&ca.pem(), &[b"http/1.1"], None);
+    let stream = handshake(proxy.listen, fresh, "127.0.0.1")
+        .await
+        .expect("still served");
+    assert_eq!(served_names(&stream), vec!["rotated.test".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_is_verified_by_default() {
+    let dir = Dir::new();
+    let ca = Ca::new("upstream CA");
+    let other = Ca::new("other CA");
+    let app = Upstream::echo("app").await;
+    let (listener, _) = tls_listener(&dir, &ca, "");
+    // The TLS upstream is a second proxy terminating TLS in front of the echo server.
+    let backend = Proxy::start(&config(app.addr, &listener, "")).await;
+    let ca_path = dir.write("upstream-ca.pem", &ca.pem());
+    let other_path = dir.write("other-ca.pem", &other.pem());
+
+    let verified = format!("    tls: {{ ca: \"{ca_path}\", server_name: api.example.com }}\n");
+    let front = Proxy::start(&config(backend.listen, "", &verified)).await;
+    let resp = front.get("api.example.com", "/").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.upstream(), "app");
+
+    let wrong = format!("    tls: {{ ca: \"{other_path}\", server_name: api.example.com }}\n");
+    let front = Proxy::start(&config(backend.listen, "", &wrong)).await;
+    let resp = front.get("api.example.com", "/").await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(
+        resp.header("x-strait-error").as_deref(),
+        Some("connect_failed")
+    );
+    assert!(resp.text().contains("TLS with"), "{}", resp.text());
+
+    let skip = "    tls: { insecure_skip_verify: true, server_name: whatever.test }\n";
+    let front = Proxy::start(&config(backend.listen, "", skip)).await;
+    assert_eq!(front.get("api.example.com", "/").await.status, 200);
+    assert!(
+        front.logs().contains("insecure_skip_verify"),
+        "a warning at start"
+    );
+}
