@@ -816,6 +816,183 @@ impl Checker<'_> {
                 );
             }
         }
+        if let Some(check) = &cluster.health_check {
+            self.health_check(&at.key("health_check"), check, cluster.protocol);
+        }
+        if let Some(outlier) = &cluster.outlier_detection {
+            self.outlier_detection(&at.key("outlier_detection"), outlier);
+        }
+    }
+
+    fn health_check(&mut self, at: &FieldPath, check: &HealthCheck, protocol: UpstreamProtocol) {
+        let kinds: Vec<&str> = [
+            (check.http.is_some(), "http"),
+            (check.grpc.is_some(), "grpc"),
+            (check.tcp.is_some(), "tcp"),
+        ]
+        .into_iter()
+        .filter_map(|(given, name)| given.then_some(name))
+        .collect();
+        match kinds.as_slice() {
+            [] => self.say(
+                at.clone(),
+                "say how to check: `http: { path: /healthz }`, `grpc: {}` or `tcp: {}`",
+            ),
+            [first, rest @ ..] => {
+                for extra in rest {
+                    self.say_at_key(
+                        at.key(extra),
+                        format!(
+                            "a health check is exactly one of `http`, `grpc` and `tcp`, and this \
+                             one already has `{first}`; keep one"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(http) = &check.http {
+            let at = at.key("http");
+            if !http.path.starts_with('/') || http.path.parse::<http::uri::PathAndQuery>().is_err()
+            {
+                self.say(
+                    at.key("path"),
+                    format!(
+                        "{:?} is not a request path: give one starting with `/`, like `/healthz`",
+                        http.path
+                    ),
+                );
+            }
+            if http.expected_statuses.is_empty() {
+                self.say(
+                    at.key("expected_statuses"),
+                    "no status would pass: give at least one, like `[200]` or `[\"200-299\"]`, or \
+                     leave it out for 200 to 399",
+                );
+            }
+            for (i, range) in http.expected_statuses.iter().enumerate() {
+                if !(100..=599).contains(&range.start) || !(100..=599).contains(&range.end) {
+                    self.say(
+                        at.key("expected_statuses").index(i),
+                        format!("{range}: HTTP statuses are 100 to 599"),
+                    );
+                } else if range.start > range.end {
+                    self.say(
+                        at.key("expected_statuses").index(i),
+                        format!(
+                            "{range}: a range goes from low to high, like `\"{}-{}\"`",
+                            range.end, range.start
+                        ),
+                    );
+                }
+            }
+            if let Some(host) = &http.host {
+                if host.parse::<http::uri::Authority>().is_err() || host.contains('@') {
+                    self.say(
+                        at.key("host"),
+                        format!(
+                            "{host:?} is not a host: give a name, optionally with a port, like \
+                             `api.internal` or `api.internal:8080`"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(grpc) = &check.grpc {
+            if protocol != UpstreamProtocol::Http2 {
+                self.say_at_key(
+                    at.key("grpc"),
+                    "gRPC health checks speak HTTP/2, and this cluster speaks `http1`; set the \
+                     cluster's `protocol: http2`, or check with `http` or `tcp`",
+                );
+            }
+            if grpc
+                .service
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+            {
+                self.say(
+                    at.key("grpc").key("service"),
+                    format!(
+                        "{:?} is not a gRPC service name: give one like `grpc.health.v1.Health` \
+                         or leave it out for the whole server",
+                        grpc.service
+                    ),
+                );
+            }
+        }
+        for (field, value, default) in [
+            ("interval", check.interval, "5s"),
+            ("timeout", check.timeout, "1s"),
+        ] {
+            if value.get().is_zero() {
+                self.say(
+                    at.key(field),
+                    format!("0s: give a time above 0, like `{default}` (the default)"),
+                );
+            }
+        }
+        for (field, value) in [
+            ("healthy_threshold", check.healthy_threshold),
+            ("unhealthy_threshold", check.unhealthy_threshold),
+        ] {
+            if value == 0 {
+                self.say(
+                    at.key(field),
+                    "0: give 1 or more (checks in a row that change the endpoint's state)",
+                );
+            }
+        }
+    }
+
+    fn outlier_detection(&mut self, at: &FieldPath, outlier: &OutlierDetection) {
+        for (field, value) in [
+            ("interval", outlier.interval),
+            ("base_ejection_time", outlier.base_ejection_time),
+        ] {
+            if value.get().is_zero() {
+                self.say(at.key(field), "0s: give a time above 0");
+            }
+        }
+        if outlier.max_ejection_time < outlier.base_ejection_time {
+            self.say(
+                at.key("max_ejection_time"),
+                format!(
+                    "{} is shorter than `base_ejection_time` ({}): the longest ejection must be \
+                     at least the first",
+                    outlier.max_ejection_time, outlier.base_ejection_time
+                ),
+            );
+        }
+        if outlier.max_ejection_percent > 100 {
+            self.say(
+                at.key("max_ejection_percent"),
+                format!(
+                    "{}: allowed 0 to 100 (percent of the cluster's endpoints)",
+                    outlier.max_ejection_percent
+                ),
+            );
+        }
+        let factor = outlier.success_rate_stdev_factor;
+        if !factor.is_finite() || factor < 0.0 {
+            self.say(
+                at.key("success_rate_stdev_factor"),
+                format!(
+                    "{factor}: give a number of standard deviations, 0 or more (0 disables \
+                     success-rate ejection; 1.9 is the default)"
+                ),
+            );
+        }
+        let ejects =
+            outlier.consecutive_5xx > 0 || outlier.consecutive_gateway_errors > 0 || factor > 0.0;
+        if !ejects || outlier.max_ejection_percent == 0 {
+            self.say(
+                at.clone(),
+                "this outlier detection can never eject an endpoint: give a \
+                 `max_ejection_percent` above 0 and at least one of `consecutive_5xx`, \
+                 `consecutive_gateway_errors` and `success_rate_stdev_factor` above 0, or remove \
+                 `outlier_detection`",
+            );
+        }
     }
 }
 
