@@ -31,7 +31,7 @@ use crate::http::body::{RequestBody, ResponseBody, TeeBody, UpstreamBody};
 use crate::http::headers::{self, Hop, X_STRAIT_ERROR};
 use crate::http::pool::{ConnectError, Pool};
 use crate::ratelimit::{self, Decision, Rate};
-use crate::resilience::Limit;
+use crate::resilience::{Limit, Outcome};
 use crate::route::{self, MatchInfo, RequestView};
 use crate::runtime::snapshot::{
     ip_key, ClusterPlan, FaultAnswer, ListenerPlan, RateLimitPlan, RateLimitSource, RouteAction,
@@ -332,7 +332,7 @@ async fn forward_to(
 ) -> Response<ResponseBody> {
     let hash = request_hash(cluster, &req, conn.peer.ip());
     let Some(endpoint) = cluster.balancer.pick(hash) else {
-        return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
+        return local_reply(grpc, Cause::NoHealthyEndpoint, "no usable endpoint");
     };
     let (Some(&addr), Some(stats)) = (
         cluster.endpoints.get(endpoint),
@@ -465,6 +465,7 @@ async fn forward_to(
             Ok(outcome) => outcome,
             Err(_) => {
                 cluster.counters.request_timeouts.fetch_add(1, Relaxed);
+                cluster.outlier.observe(endpoint, Outcome::Timeout);
                 return local_reply(
                     grpc,
                     Cause::RequestTimeout,
@@ -480,12 +481,14 @@ async fn forward_to(
             return local_reply(grpc, Cause::Overflow, e.to_string());
         }
         Err(SendError::Connect(e)) if e.is_timeout() => {
+            cluster.outlier.observe(endpoint, Outcome::ConnectFailed);
             if let Some(c) = counters {
                 c.connect_timeouts.fetch_add(1, Relaxed);
             }
             return local_reply(grpc, Cause::ConnectTimeout, e.to_string());
         }
         Err(SendError::Connect(e)) => {
+            cluster.outlier.observe(endpoint, Outcome::ConnectFailed);
             if let Some(c) = counters {
                 c.connect_refused.fetch_add(1, Relaxed);
             }
@@ -493,10 +496,12 @@ async fn forward_to(
         }
         Err(SendError::Upstream(e)) => {
             cluster.counters.resets.fetch_add(1, Relaxed);
+            cluster.outlier.observe(endpoint, Outcome::Reset);
             return local_reply(grpc, Cause::UpstreamReset, format!("{addr}: {e}"));
         }
     };
     stats.observe_latency(started.elapsed());
+    cluster.outlier.observe(endpoint, response.status());
     if let Some(entry) = log.as_mut() {
         entry.upstream_duration = Some(started.elapsed());
     }

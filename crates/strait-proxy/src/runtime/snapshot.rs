@@ -13,7 +13,10 @@ use strait_config::{Config, HashOn, ProxyHeaders, Redirect, Rewrite, UpstreamPro
 use crate::balance::Balancer;
 use crate::http::headers::CompiledEdits;
 use crate::ratelimit::{KeyedLimiter, LimiterStore, Rate};
-use crate::resilience::Breaker;
+use crate::resilience::health_check::CheckPlan;
+use crate::resilience::outlier::{Policy, Watched};
+use crate::resilience::store::{EndpointHealth, HealthStore};
+use crate::resilience::{Breaker, OutlierDetector};
 use crate::route::{RouteTable, WeightedSplit};
 use crate::telemetry::access_log::{AccessLogger, LogSinks};
 use crate::telemetry::metrics::{
@@ -51,20 +54,23 @@ impl Snapshot {
         metrics: &MetricsStore,
         logs: &LogSinks,
         limiters: &LimiterStore,
+        health: &HealthStore,
     ) -> Result<Snapshot, CompileError> {
-        let clusters: Vec<Arc<ClusterPlan>> = config
-            .clusters
-            .iter()
-            .map(|c| {
-                let reused = previous
-                    .and_then(|p| p.clusters.iter().find(|old| *old.name == *c.name))
-                    .filter(|old| old.source == *c);
-                match reused {
-                    Some(old) => Arc::clone(old),
-                    None => Arc::new(ClusterPlan::compile(c, metrics)),
-                }
-            })
-            .collect();
+        let mut clusters: Vec<Arc<ClusterPlan>> = Vec::with_capacity(config.clusters.len());
+        for (ci, c) in config.clusters.iter().enumerate() {
+            let reused = previous
+                .and_then(|p| p.clusters.iter().find(|old| *old.name == *c.name))
+                .filter(|old| old.source == *c);
+            clusters.push(match reused {
+                Some(old) => Arc::clone(old),
+                None => Arc::new(ClusterPlan::compile(c, metrics, health).map_err(|message| {
+                    CompileError {
+                        location: format!("clusters[{ci}].health_check"),
+                        message,
+                    }
+                })?),
+            });
+        }
         let cluster_index = |name: &str, location: &dyn Fn() -> String| {
             clusters
                 .iter()
@@ -412,11 +418,22 @@ pub struct ClusterPlan {
     pub counters: Arc<ClusterCounters>,
     /// Limits on connections, pending and concurrent requests.
     pub breaker: Arc<Breaker>,
+    /// Passive health: the request path reports each upstream outcome here.
+    pub outlier: OutlierDetector,
+    /// Active health checks, when configured (run by the control thread).
+    pub checks: Option<CheckPlan>,
+    /// Each endpoint's health, in endpoint order, shared with the store that keeps it across
+    /// reloads.
+    pub health: Box<[EndpointHealth]>,
     source: strait_config::Cluster,
 }
 
 impl ClusterPlan {
-    fn compile(c: &strait_config::Cluster, metrics: &MetricsStore) -> Self {
+    fn compile(
+        c: &strait_config::Cluster,
+        metrics: &MetricsStore,
+        store: &HealthStore,
+    ) -> Result<Self, String> {
         // Hashing balancers place endpoints by address, so a change to one endpoint moves only
         // its own keys.
         let keys: Vec<String> = c.endpoints.iter().map(|e| e.address.to_string()).collect();
@@ -425,15 +442,40 @@ impl ClusterPlan {
             .map(|k| k.as_bytes())
             .zip(c.endpoints.iter().map(|e| e.weight))
             .collect();
-        ClusterPlan {
+        let health: Box<[EndpointHealth]> = c
+            .endpoints
+            .iter()
+            .map(|e| store.endpoint(&c.name, e.address))
+            .collect();
+        let endpoint_counters: Vec<Arc<EndpointCounters>> =
+            keys.iter().map(|k| metrics.endpoint(&c.name, k)).collect();
+        let watched = health
+            .iter()
+            .zip(&endpoint_counters)
+            .map(|(h, counters)| Watched {
+                stats: Arc::clone(&h.stats),
+                record: Arc::clone(&h.outlier),
+                counters: Arc::clone(counters),
+            })
+            .collect();
+        let checks = match &c.health_check {
+            Some(check) => Some(CheckPlan::compile(check, c.protocol)?),
+            None => None,
+        };
+        Ok(ClusterPlan {
             name: Arc::from(c.name.as_str()),
             protocol: c.protocol,
             connect_timeout: c.connect_timeout.get(),
             max_idle_per_endpoint: c.max_idle_per_endpoint,
             hash_on: c.hash_on.clone(),
             endpoints: c.endpoints.iter().map(|e| e.address).collect(),
-            balancer: Balancer::keyed(c.load_balancer, &keyed),
-            endpoint_counters: keys.iter().map(|k| metrics.endpoint(&c.name, k)).collect(),
+            balancer: Balancer::sharing(
+                c.load_balancer,
+                &keyed,
+                health.iter().map(|h| Arc::clone(&h.stats)).collect(),
+            )
+            .fail_open(c.fail_open),
+            endpoint_counters,
             counters: metrics.cluster(&c.name),
             breaker: Arc::new(Breaker::new(
                 c.circuit_breaker.max_connections,
@@ -441,8 +483,15 @@ impl ClusterPlan {
                 c.circuit_breaker.max_requests,
                 metrics.cluster(&c.name),
             )),
+            outlier: OutlierDetector::new(
+                c.outlier_detection.as_ref().map(Policy::from_config),
+                watched,
+                metrics.cluster(&c.name),
+            ),
+            checks,
+            health,
             source: c.clone(),
-        }
+        })
     }
 
     /// The config this cluster was compiled from.
