@@ -82,6 +82,26 @@ impl Checker<'_> {
         });
     }
 
+    /// Of mutually exclusive options (`(given, name)`), reports each one given after the first
+    /// at its key, with `too_many(first)`; returns the names given, in order.
+    fn at_most_one<'n>(
+        &mut self,
+        at: &FieldPath,
+        options: &[(bool, &'n str)],
+        too_many: impl Fn(&str) -> String,
+    ) -> Vec<&'n str> {
+        let given: Vec<&str> = options
+            .iter()
+            .filter_map(|&(given, name)| given.then_some(name))
+            .collect();
+        if let [first, rest @ ..] = given.as_slice() {
+            for extra in rest {
+                self.say_at_key(at.key(extra), too_many(first));
+            }
+        }
+        given
+    }
+
     fn config(&mut self, config: &Config) {
         let root = FieldPath::root();
         if let Some(workers) = config.workers {
@@ -233,34 +253,28 @@ impl Checker<'_> {
         self.route_match(&at.key("match"), &route.matches);
 
         let forwards = !route.backends.is_empty();
-        let actions: Vec<&str> = [
-            (forwards, "backends"),
-            (route.redirect.is_some(), "redirect"),
-            (route.direct_response.is_some(), "direct_response"),
-        ]
-        .into_iter()
-        .filter_map(|(given, name)| given.then_some(name))
-        .collect();
-        match actions.as_slice() {
-            [] => self.problems.push(Problem {
+        let actions = self.at_most_one(
+            at,
+            &[
+                (forwards, "backends"),
+                (route.redirect.is_some(), "redirect"),
+                (route.direct_response.is_some(), "direct_response"),
+            ],
+            |first| {
+                format!(
+                    "a route takes exactly one of `backends`, `redirect` and `direct_response`, \
+                     and this one already has `{first}`; keep one, or split it into two routes"
+                )
+            },
+        );
+        if actions.is_empty() {
+            self.problems.push(Problem {
                 field: at.clone(),
                 at: At::Field(at.key("backends")),
                 message: "a route needs an action: `backends` (forward to clusters; at least \
                           one), `redirect` or `direct_response`"
                     .to_owned(),
-            }),
-            [first, rest @ ..] => {
-                for extra in rest {
-                    self.say_at_key(
-                        at.key(extra),
-                        format!(
-                            "a route takes exactly one of `backends`, `redirect` and \
-                             `direct_response`, and this one already has `{first}`; keep one, \
-                             or split it into two routes"
-                        ),
-                    );
-                }
-            }
+            });
         }
         // What only a forwarded request uses is refused on a route that answers by itself,
         // rather than ignored.
@@ -517,25 +531,17 @@ impl Checker<'_> {
         regex: Option<&str>,
         present: Option<bool>,
     ) {
-        let given: Vec<&str> = [
-            (exact, "exact"),
-            (regex.is_some(), "regex"),
-            (present.is_some(), "present"),
-        ]
-        .into_iter()
-        .filter_map(|(given, name)| given.then_some(name))
-        .collect();
-        if let [first, rest @ ..] = given.as_slice() {
-            for extra in rest {
-                self.say_at_key(
-                    at.key(extra),
-                    format!(
-                        "give at most one of `exact`, `regex` and `present`; `{first}` is \
-                         already given"
-                    ),
-                );
-            }
-        }
+        self.at_most_one(
+            at,
+            &[
+                (exact, "exact"),
+                (regex.is_some(), "regex"),
+                (present.is_some(), "present"),
+            ],
+            |first| {
+                format!("give at most one of `exact`, `regex` and `present`; `{first}` is already given")
+            },
+        );
         if let Some(re) = regex {
             if let Err(e) = regex::bytes::Regex::new(re) {
                 self.say(at.key("regex"), regex_problem(&e));
@@ -663,15 +669,20 @@ impl Checker<'_> {
             self.absolute(&at.key("path"), path);
         }
         if let Some(host) = &rewrite.host {
-            if host.parse::<http::uri::Authority>().is_err() || host.contains('@') {
-                self.say(
-                    at.key("host"),
-                    format!(
-                        "{host:?} is not a host: give a name, optionally with a port, like \
-                         `api.internal` or `api.internal:8080`"
-                    ),
-                );
-            }
+            self.authority(&at.key("host"), host);
+        }
+    }
+
+    /// A `Host` to send: `name` or `name:port`.
+    fn authority(&mut self, at: &FieldPath, host: &str) {
+        if host.parse::<http::uri::Authority>().is_err() || host.contains('@') {
+            self.say(
+                at.clone(),
+                format!(
+                    "{host:?} is not a host: give a name, optionally with a port, like \
+                     `api.internal` or `api.internal:8080`"
+                ),
+            );
         }
     }
 
@@ -825,30 +836,25 @@ impl Checker<'_> {
     }
 
     fn health_check(&mut self, at: &FieldPath, check: &HealthCheck, protocol: UpstreamProtocol) {
-        let kinds: Vec<&str> = [
-            (check.http.is_some(), "http"),
-            (check.grpc.is_some(), "grpc"),
-            (check.tcp.is_some(), "tcp"),
-        ]
-        .into_iter()
-        .filter_map(|(given, name)| given.then_some(name))
-        .collect();
-        match kinds.as_slice() {
-            [] => self.say(
+        let kinds = self.at_most_one(
+            at,
+            &[
+                (check.http.is_some(), "http"),
+                (check.grpc.is_some(), "grpc"),
+                (check.tcp.is_some(), "tcp"),
+            ],
+            |first| {
+                format!(
+                    "a health check is exactly one of `http`, `grpc` and `tcp`, and this one \
+                     already has `{first}`; keep one"
+                )
+            },
+        );
+        if kinds.is_empty() {
+            self.say(
                 at.clone(),
                 "say how to check: `http: { path: /healthz }`, `grpc: {}` or `tcp: {}`",
-            ),
-            [first, rest @ ..] => {
-                for extra in rest {
-                    self.say_at_key(
-                        at.key(extra),
-                        format!(
-                            "a health check is exactly one of `http`, `grpc` and `tcp`, and this \
-                             one already has `{first}`; keep one"
-                        ),
-                    );
-                }
-            }
+            );
         }
         if let Some(http) = &check.http {
             let at = at.key("http");
@@ -886,15 +892,7 @@ impl Checker<'_> {
                 }
             }
             if let Some(host) = &http.host {
-                if host.parse::<http::uri::Authority>().is_err() || host.contains('@') {
-                    self.say(
-                        at.key("host"),
-                        format!(
-                            "{host:?} is not a host: give a name, optionally with a port, like \
-                             `api.internal` or `api.internal:8080`"
-                        ),
-                    );
-                }
+                self.authority(&at.key("host"), host);
             }
         }
         if let Some(grpc) = &check.grpc {

@@ -10,21 +10,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// Listener `main` sending everything to cluster `pool` over `endpoints`, with `extra` (YAML,
-/// unindented) added to the cluster.
-fn pool(endpoints: &[SocketAddr], extra: &str) -> String {
-    let mut out = String::from(
-        "listeners:\n  - name: main\n    address: ${LISTEN}\n    routes:\n      - backends: [{ cluster: pool }]\nclusters:\n  - name: pool\n    endpoints:\n",
-    );
-    for e in endpoints {
-        out.push_str(&format!("      - {{ address: \"{e}\" }}\n"));
-    }
-    for line in extra.lines() {
-        out.push_str(&format!("    {line}\n"));
-    }
-    out
-}
-
 const LIMIT: Duration = Duration::from_secs(10);
 
 async fn wait_healthy(proxy: &Proxy, addr: SocketAddr, healthy: bool) {
@@ -32,6 +17,27 @@ async fn wait_healthy(proxy: &Proxy, addr: SocketAddr, healthy: bool) {
     proxy
         .wait_endpoint("pool", addr, what, LIMIT, |e| e["healthy"] == healthy)
         .await;
+}
+
+/// Waits until `u` is out of rotation, then checks that every request succeeds without it.
+async fn served_without(proxy: &Proxy, u: &Upstream) {
+    wait_healthy(proxy, u.addr, false).await;
+    let counts = spread(proxy, "h.example", "/", 40, 2).await;
+    assert_eq!(counts.get(&u.name), None, "{counts:?}");
+}
+
+/// Waits until `u` is back in rotation, then checks that it takes requests again.
+async fn served_with(proxy: &Proxy, u: &Upstream) {
+    wait_healthy(proxy, u.addr, true).await;
+    let counts = spread(proxy, "h.example", "/", 40, 2).await;
+    assert!(counts.get(&u.name).copied().unwrap_or(0) > 0, "{counts:?}");
+}
+
+async fn failing_open(proxy: &Proxy) -> Option<f64> {
+    let labels = [("cluster", "pool")];
+    proxy
+        .metric("strait_upstream_cluster_failing_open", &labels)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,11 +71,7 @@ async fn http_checks_take_a_dead_endpoint_out_and_bring_it_back() {
     );
 
     b.stop().await;
-    wait_healthy(&proxy, b.addr, false).await;
-    // Every request succeeds on the two others.
-    let counts = spread(&proxy, "h.example", "/", 60, 3).await;
-    assert_eq!(counts.get("b"), None, "{counts:?}");
-    assert_eq!(counts.values().sum::<usize>(), 60);
+    served_without(&proxy, &b).await;
     assert_eq!(
         proxy
             .metric(
@@ -89,9 +91,7 @@ async fn http_checks_take_a_dead_endpoint_out_and_bring_it_back() {
     assert!(failures >= 2.0, "{failures} failed checks counted");
 
     b.restart().await;
-    wait_healthy(&proxy, b.addr, true).await;
-    let counts = spread(&proxy, "h.example", "/", 60, 3).await;
-    assert!(counts.get("b").copied().unwrap_or(0) > 0, "{counts:?}");
+    served_with(&proxy, &b).await;
     assert!(
         proxy
             .metric(
@@ -134,14 +134,9 @@ async fn grpc_checks_follow_the_serving_status() {
     assert_eq!(check.body_len, 16);
 
     g1.set_serving(false);
-    wait_healthy(&proxy, g1.addr, false).await;
-    let counts = spread(&proxy, "g.example", "/", 30, 2).await;
-    assert_eq!(counts.get("g1"), None, "{counts:?}");
-
+    served_without(&proxy, &g1).await;
     g1.set_serving(true);
-    wait_healthy(&proxy, g1.addr, true).await;
-    let counts = spread(&proxy, "g.example", "/", 30, 2).await;
-    assert!(counts.get("g1").copied().unwrap_or(0) > 0, "{counts:?}");
+    served_with(&proxy, &g1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,13 +149,9 @@ async fn tcp_checks_see_an_endpoint_stop_and_start_listening() {
     ))
     .await;
     b.stop().await;
-    wait_healthy(&proxy, b.addr, false).await;
-    let counts = spread(&proxy, "t.example", "/", 40, 2).await;
-    assert_eq!(counts.get("a"), Some(&40), "{counts:?}");
+    served_without(&proxy, &b).await;
     b.restart().await;
-    wait_healthy(&proxy, b.addr, true).await;
-    let counts = spread(&proxy, "t.example", "/", 40, 2).await;
-    assert!(counts.get("b").copied().unwrap_or(0) > 0, "{counts:?}");
+    served_with(&proxy, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,15 +190,7 @@ async fn with_every_endpoint_failing_fail_open_decides_and_a_reload_keeps_health
     // Failing open (the default): requests go to both anyway, and a metric says so.
     let counts = spread(&proxy, "f.example", "/", 20, 2).await;
     assert_eq!(counts.len(), 2, "{counts:?}");
-    assert_eq!(
-        proxy
-            .metric(
-                "strait_upstream_cluster_failing_open",
-                &[("cluster", "pool")]
-            )
-            .await,
-        Some(1.0)
-    );
+    assert_eq!(failing_open(&proxy).await, Some(1.0));
     let clusters = proxy.admin_get("/clusters").await.json();
     assert_eq!(clusters[0]["failing_open"], true, "{clusters}");
 
@@ -238,15 +221,7 @@ async fn with_every_endpoint_failing_fail_open_decides_and_a_reload_keeps_health
         Some("no_healthy_endpoint")
     );
     assert_eq!(forwarded(), before, "nothing was forwarded");
-    assert_eq!(
-        proxy
-            .metric(
-                "strait_upstream_cluster_failing_open",
-                &[("cluster", "pool")]
-            )
-            .await,
-        Some(0.0)
-    );
+    assert_eq!(failing_open(&proxy).await, Some(0.0));
     // The checks carry on through the reload.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(

@@ -6,6 +6,16 @@ use strait_config::LoadBalancer;
 
 use super::*;
 
+/// Every algorithm: what holds for endpoint health holds for all of them.
+const EVERY_KIND: [LoadBalancer; 6] = [
+    LoadBalancer::RoundRobin,
+    LoadBalancer::Random,
+    LoadBalancer::LeastRequest,
+    LoadBalancer::PeakEwma,
+    LoadBalancer::RingHash,
+    LoadBalancer::Maglev,
+];
+
 fn counts(b: &Balancer, n: usize, hash: impl Fn(usize) -> Option<u64>) -> Vec<usize> {
     let mut c = vec![0; b.len()];
     for k in 0..n {
@@ -131,14 +141,7 @@ fn removing_an_endpoint_moves_about_its_share_of_keys() {
 
 #[test]
 fn unhealthy_endpoints_are_skipped_and_all_unhealthy_fails_open() {
-    for kind in [
-        LoadBalancer::RoundRobin,
-        LoadBalancer::Random,
-        LoadBalancer::LeastRequest,
-        LoadBalancer::PeakEwma,
-        LoadBalancer::RingHash,
-        LoadBalancer::Maglev,
-    ] {
+    for kind in EVERY_KIND {
         let b = Balancer::new(kind, &[1, 1, 1]);
         b.stats(1).unwrap().set_healthy(false);
         let c = counts(&b, 3000, |k| Some(hash_key(&(k as u64).to_le_bytes())));
@@ -156,14 +159,7 @@ fn unhealthy_endpoints_are_skipped_and_all_unhealthy_fails_open() {
 
 #[test]
 fn ejected_endpoints_are_skipped_and_the_two_causes_stay_apart() {
-    for kind in [
-        LoadBalancer::RoundRobin,
-        LoadBalancer::Random,
-        LoadBalancer::LeastRequest,
-        LoadBalancer::PeakEwma,
-        LoadBalancer::RingHash,
-        LoadBalancer::Maglev,
-    ] {
+    for kind in EVERY_KIND {
         let b = Balancer::new(kind, &[1, 1, 1]);
         let one = b.stats(1).unwrap();
         one.set_ejected(true);
@@ -185,14 +181,7 @@ fn ejected_endpoints_are_skipped_and_the_two_causes_stay_apart() {
 
 #[test]
 fn without_fail_open_nothing_is_picked_when_nothing_is_usable() {
-    for kind in [
-        LoadBalancer::RoundRobin,
-        LoadBalancer::Random,
-        LoadBalancer::LeastRequest,
-        LoadBalancer::PeakEwma,
-        LoadBalancer::RingHash,
-        LoadBalancer::Maglev,
-    ] {
+    for kind in EVERY_KIND {
         let b = Balancer::new(kind, &[1, 1]).fail_open(false);
         b.stats(0).unwrap().set_healthy(false);
         assert!(!b.is_failing_open());

@@ -627,42 +627,34 @@ impl Collector for StoreCollector {
 
         // Counted only where health checks or outlier detection run, so only series that have
         // counted something are served.
-        {
-            let mut m = encoder.encode_descriptor(
+        let results = CheckResult::ALL.map(CheckResult::name);
+        let reasons = Reason::ALL.map(Reason::name);
+        for (name, help, label, values, pick) in [
+            (
                 "strait_upstream_health_checks",
                 "Active health checks of an endpoint, by result (success, failure, timeout).",
-                None,
-                MetricType::Counter,
-            )?;
-            for ((c, e), s) in &endpoints {
-                for (result, n) in CheckResult::ALL.iter().zip(&s.health_checks) {
-                    let n = n.load(Relaxed);
-                    if n > 0 {
-                        let labels = [
-                            ("cluster", c.as_str()),
-                            ("endpoint", e.as_str()),
-                            ("result", result.name()),
-                        ];
-                        ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
-                    }
-                }
-            }
-        }
-        {
-            let mut m = encoder.encode_descriptor(
+                "result",
+                &results,
+                (|e: &EndpointCounters| &e.health_checks)
+                    as fn(&EndpointCounters) -> &[AtomicU64; 3],
+            ),
+            (
                 "strait_upstream_ejections",
                 "Endpoints ejected by outlier detection, by reason.",
-                None,
-                MetricType::Counter,
-            )?;
+                "reason",
+                &reasons,
+                |e: &EndpointCounters| &e.ejections,
+            ),
+        ] {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for ((c, e), s) in &endpoints {
-                for (reason, n) in Reason::ALL.iter().zip(&s.ejections) {
+                for (value, n) in values.iter().zip(pick(s)) {
                     let n = n.load(Relaxed);
                     if n > 0 {
                         let labels = [
                             ("cluster", c.as_str()),
                             ("endpoint", e.as_str()),
-                            ("reason", reason.name()),
+                            (label, *value),
                         ];
                         ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
                     }

@@ -1641,6 +1641,22 @@ impl Blackhole {
     }
 }
 
+/// A config with listener `main` on `${LISTEN}` sending every request to cluster `pool` over
+/// `endpoints`; `cluster_extra` is YAML added to the cluster, written without indentation.
+pub fn pool(endpoints: &[SocketAddr], cluster_extra: &str) -> String {
+    let mut out = String::from(
+        "listeners:\n  - name: main\n    address: ${LISTEN}\n    routes:\n      - backends: \
+         [{ cluster: pool }]\nclusters:\n  - name: pool\n    endpoints:\n",
+    );
+    for e in endpoints {
+        out.push_str(&format!("      - {{ address: \"{e}\" }}\n"));
+    }
+    for line in cluster_extra.lines() {
+        out.push_str(&format!("    {line}\n"));
+    }
+    out
+}
+
 /// A config with listener `main` on `${LISTEN}` and one catch-all route `all` to cluster
 /// `echo` (endpoint `upstream`). Each `*_extra` is YAML added to that mapping, written without
 /// indentation.
