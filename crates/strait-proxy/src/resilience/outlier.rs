@@ -331,43 +331,33 @@ impl OutlierDetector {
                 reset(&record.consecutive_gateway_errors);
             }
             Class::ServerError => {
-                self.count(
-                    endpoint,
-                    &record.consecutive_5xx,
-                    policy.consecutive_5xx,
-                    Reason::Consecutive5xx,
-                );
                 reset(&record.consecutive_gateway_errors);
+                if reached(&record.consecutive_5xx, policy.consecutive_5xx) {
+                    self.signal(endpoint, Reason::Consecutive5xx);
+                }
             }
             Class::GatewayError => {
-                self.count(
-                    endpoint,
-                    &record.consecutive_5xx,
-                    policy.consecutive_5xx,
-                    Reason::Consecutive5xx,
-                );
-                self.count(
-                    endpoint,
+                // Both counts move; one signal names the more telling reason.
+                let gateway = reached(
                     &record.consecutive_gateway_errors,
                     policy.consecutive_gateway_errors,
-                    Reason::ConsecutiveGatewayErrors,
                 );
+                let any = reached(&record.consecutive_5xx, policy.consecutive_5xx);
+                if gateway {
+                    self.signal(endpoint, Reason::ConsecutiveGatewayErrors);
+                } else if any {
+                    self.signal(endpoint, Reason::Consecutive5xx);
+                }
             }
         }
     }
 
-    /// Counts a failure in a row; at the threshold, starts the count again and asks the control
-    /// thread to eject (it may refuse, and then `threshold` more failures ask again).
-    fn count(&self, endpoint: usize, counter: &AtomicU32, threshold: u32, reason: Reason) {
-        if threshold == 0 {
-            return;
-        }
-        if counter.fetch_add(1, Relaxed).saturating_add(1) >= threshold {
-            counter.store(0, Relaxed);
-            if let Some(signal) = &self.signal {
-                // Fails only when no task listens (an old config's detector): nothing to do.
-                let _ = signal.send((endpoint, reason));
-            }
+    /// Asks the control thread to eject `endpoint` (it may refuse; then it takes a threshold's
+    /// worth of failures more to ask again).
+    fn signal(&self, endpoint: usize, reason: Reason) {
+        if let Some(signal) = &self.signal {
+            // Fails only when no task listens (an old config's detector): nothing to do.
+            let _ = signal.send((endpoint, reason));
         }
     }
 
@@ -406,7 +396,7 @@ impl OutlierDetector {
             None => before.times,
         }
         .saturating_add(1);
-        let until = now + policy.ejection_time(times);
+        let until = later(now, policy.ejection_time(times));
         w.record.set_ejection(Ejection {
             times,
             until: Some(until),
@@ -492,6 +482,25 @@ impl OutlierDetector {
             w.record.reset_counts();
         }
     }
+}
+
+/// `now + d`, without the panic of `+` on overflow. Config durations are at most a year (the
+/// parser refuses more), far inside `Instant`'s range, so the fallback is never taken.
+pub fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).unwrap_or(now)
+}
+
+/// Counts one more failure in a row; true when that reaches `threshold` (0: never), and then
+/// the count starts again.
+fn reached(counter: &AtomicU32, threshold: u32) -> bool {
+    if threshold == 0 {
+        return false;
+    }
+    let reached = counter.fetch_add(1, Relaxed).saturating_add(1) >= threshold;
+    if reached {
+        counter.store(0, Relaxed);
+    }
+    reached
 }
 
 /// Zeroes a counter, without a write when it already is (most answers succeed, and a write
@@ -581,6 +590,15 @@ mod tests {
         assert_eq!(signalled(&mut rx), [(1, Reason::ConsecutiveGatewayErrors)]);
         // Out of range endpoints are ignored, not a panic.
         d.observe(7, Outcome::Timeout);
+
+        // Both thresholds reached by one answer: one signal, the gateway one.
+        let mut p = policy();
+        p.consecutive_5xx = 2;
+        let d = detector(p, 1);
+        let mut rx = d.take_signals().unwrap();
+        d.observe(0, Outcome::Timeout);
+        d.observe(0, Outcome::Status(504));
+        assert_eq!(signalled(&mut rx), [(0, Reason::ConsecutiveGatewayErrors)]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::task::AbortHandle;
 use super::snapshot::{ClusterPlan, Snapshot};
 use super::Shared;
 use crate::resilience::health_check::{jittered, CheckHistory, CheckPlan, CheckResult};
-use crate::resilience::outlier::Ejected;
+use crate::resilience::outlier::{later, Ejected};
 use crate::resilience::probe;
 use crate::resilience::store::{EndpointHealth, HealthStore};
 use crate::telemetry::metrics::EndpointCounters;
@@ -208,7 +208,7 @@ async fn watch_outliers(cluster: Arc<ClusterPlan>) {
         return;
     };
     let interval = policy.interval;
-    let mut next_comparison = Instant::now() + interval;
+    let mut next_comparison = later(Instant::now(), interval);
     let mut returned = Vec::new();
     loop {
         returned.clear();
@@ -229,7 +229,7 @@ async fn watch_outliers(cluster: Arc<ClusterPlan>) {
             () = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
                 if now >= next_comparison {
-                    next_comparison = now + interval;
+                    next_comparison = later(now, interval);
                     for (i, outcome) in detector.compare_success_rates(now) {
                         log_ejection(&cluster, i, "success_rate", outcome);
                     }
