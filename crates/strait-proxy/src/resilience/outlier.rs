@@ -361,8 +361,9 @@ impl OutlierDetector {
         }
     }
 
-    /// The receiving end of threshold signals; the first caller gets it.
-    pub(crate) fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<(usize, Reason)>> {
+    /// The receiving end of threshold signals, for the control thread; the first caller gets
+    /// it.
+    pub fn take_signals(&self) -> Option<mpsc::UnboundedReceiver<(usize, Reason)>> {
         self.signals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
