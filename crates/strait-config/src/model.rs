@@ -892,6 +892,264 @@ pub struct Cluster {
     /// Speak TLS to the endpoints. Default: none (plain TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
+    /// Active health checks: each endpoint is probed on a timer, off the request path, and
+    /// skipped by the balancer while its checks fail. Default: none (every endpoint is
+    /// considered healthy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Passive health: endpoints whose answers fail are ejected (skipped by the balancer) for a
+    /// while. Default: none (no endpoint is ejected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// When no endpoint is usable (every one fails its health checks or is ejected): `true`
+    /// sends to all of them anyway, `false` answers 503 `no_healthy_endpoint`.
+    /// Default: `true`.
+    #[serde(default = "defaults::yes")]
+    pub fail_open: bool,
+}
+
+/// Active health checking of a cluster's endpoints: exactly one of `http`, `grpc` and `tcp`.
+///
+/// An endpoint new to the proxy is usable until its first check says otherwise, and that first
+/// result counts at once; after it, `unhealthy_threshold` failed checks in a row make the
+/// endpoint unusable and `healthy_threshold` passed checks in a row make it usable again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// An HTTP request in the cluster's `protocol`, passing on an expected status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+    /// The gRPC health protocol (`grpc.health.v1.Health/Check` over h2c), passing when the
+    /// server answers `SERVING`. Needs `protocol: http2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcHealthCheck>,
+    /// A TCP connect, passing when it is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpHealthCheck>,
+    /// Time between two checks of an endpoint, above 0; each wait gets up to 10 % more, at
+    /// random, so checks from many proxies do not arrive together. Default: `5s`.
+    #[serde(default = "defaults::health_interval")]
+    pub interval: Duration,
+    /// Time allowed for a whole check (connect, request, answer), above 0; on expiry the check
+    /// fails. Default: `1s`.
+    #[serde(default = "defaults::health_timeout")]
+    pub timeout: Duration,
+    /// Passed checks in a row that make an unhealthy endpoint usable again, 1 or more.
+    /// Default: `2`.
+    #[serde(default = "defaults::healthy_threshold")]
+    #[schemars(range(min = 1))]
+    pub healthy_threshold: u32,
+    /// Failed checks in a row that make a healthy endpoint unusable, 1 or more. Default: `3`.
+    #[serde(default = "defaults::unhealthy_threshold")]
+    #[schemars(range(min = 1))]
+    pub unhealthy_threshold: u32,
+}
+
+/// An HTTP health check: `GET path`, on a new connection each time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    /// Path (and query) requested, starting with `/`. Required.
+    pub path: String,
+    /// Statuses that pass: each a status (`200`) or an inclusive range (`"200-299"`), 100 to
+    /// 599. Default: `["200-399"]`.
+    #[serde(default = "defaults::expected_statuses")]
+    #[schemars(length(min = 1))]
+    pub expected_statuses: Vec<StatusRange>,
+    /// `Host` (`:authority` over HTTP/2) sent, `name` or `name:port`. Default: the endpoint's
+    /// address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// A gRPC health check.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcHealthCheck {
+    /// The service name asked about. Default: empty, the server as a whole.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+}
+
+/// A TCP health check: connect, then close. Written `tcp: {}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpHealthCheck {}
+
+/// An inclusive range of HTTP statuses, written `200` or `"200-299"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    /// Lowest status in the range.
+    pub start: u16,
+    /// Highest status in the range (equal to `start` for one status).
+    pub end: u16,
+}
+
+impl StatusRange {
+    /// True when `status` is in the range.
+    pub fn contains(self, status: u16) -> bool {
+        (self.start..=self.end).contains(&status)
+    }
+}
+
+impl std::fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+impl std::str::FromStr for StatusRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let status = |t: &str| -> Result<u16, String> {
+            let t = t.trim();
+            if t.len() == 3 && t.bytes().all(|b| b.is_ascii_digit()) {
+                t.parse().map_err(|_| String::new())
+            } else {
+                Err(String::new())
+            }
+        };
+        let parsed = match s.split_once('-') {
+            Some((a, b)) => status(a).and_then(|a| Ok((a, status(b)?))),
+            None => status(s).map(|a| (a, a)),
+        };
+        let (start, end) = parsed.map_err(|_| {
+            format!("{s:?} is not a status: write one like 200, or a range like \"200-299\"")
+        })?;
+        Ok(StatusRange { start, end })
+    }
+}
+
+impl Serialize for StatusRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.start == self.end {
+            s.serialize_u16(self.start)
+        } else {
+            s.collect_str(self)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = StatusRange;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a status like 200, or a range like \"200-299\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StatusRange, E> {
+                let status = u16::try_from(v).map_err(|_| {
+                    E::custom(format!("{v} is not an HTTP status: allowed 100 to 599"))
+                })?;
+                Ok(StatusRange {
+                    start: status,
+                    end: status,
+                })
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StatusRange, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!(
+                        "{v} is not an HTTP status: allowed 100 to 599"
+                    ))),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusRange, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for StatusRange {
+    fn schema_name() -> String {
+        "StatusRange".to_owned()
+    }
+
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        use schemars::schema::{InstanceType, Metadata, SchemaObject, SubschemaValidation};
+        let mut one = SchemaObject {
+            instance_type: Some(InstanceType::Integer.into()),
+            ..Default::default()
+        };
+        one.number().minimum = Some(100.0);
+        one.number().maximum = Some(599.0);
+        let mut range = SchemaObject {
+            instance_type: Some(InstanceType::String.into()),
+            ..Default::default()
+        };
+        range.string().pattern = Some(r"^[1-5][0-9]{2}(-[1-5][0-9]{2})?$".to_owned());
+        SchemaObject {
+            metadata: Some(Box::new(Metadata {
+                description: Some(
+                    "An HTTP status (200) or an inclusive range of them (\"200-299\").".to_owned(),
+                ),
+                ..Default::default()
+            })),
+            subschemas: Some(Box::new(SubschemaValidation {
+                any_of: Some(vec![one.into(), range.into()]),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+        .into()
+    }
+}
+
+/// Outlier detection (passive health): each upstream answer is scored as it comes back, and an
+/// endpoint that fails too often is ejected, skipped by the balancer, for a time that grows with
+/// each ejection. When the time is up it returns with its failure counts reset.
+///
+/// An ejection is refused when it would leave more than `max_ejection_percent` of the cluster
+/// ejected; one endpoint may always be ejected when the cluster has two or more, so the cap
+/// acts on small clusters too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Eject after this many 5xx answers in a row (502, 503, 504 and failures to connect,
+    /// resets and timeouts count as 5xx too). `0` disables it. Default: `5`.
+    #[serde(default = "defaults::consecutive_failures")]
+    pub consecutive_5xx: u32,
+    /// Eject after this many gateway errors in a row: 502, 503, 504, failures to connect,
+    /// resets and timeouts. `0` disables it. Default: `5`.
+    #[serde(default = "defaults::consecutive_failures")]
+    pub consecutive_gateway_errors: u32,
+    /// How often success rates are compared, above 0; an endpoint's success rate is its share
+    /// of non-5xx answers over the last interval. Default: `10s`.
+    #[serde(default = "defaults::outlier_interval")]
+    pub interval: Duration,
+    /// Eject an endpoint whose success rate is below the cluster's mean by more than this many
+    /// standard deviations. `0` disables success-rate ejection. Default: `1.9`.
+    #[serde(default = "defaults::success_rate_stdev_factor")]
+    #[schemars(range(min = 0.0))]
+    pub success_rate_stdev_factor: f64,
+    /// Endpoints with `success_rate_request_volume` answers in the interval needed before
+    /// success rates are compared. Default: `5`.
+    #[serde(default = "defaults::success_rate_minimum_hosts")]
+    pub success_rate_minimum_hosts: u32,
+    /// Answers in the interval an endpoint needs for its success rate to count. Default: `100`.
+    #[serde(default = "defaults::success_rate_request_volume")]
+    pub success_rate_request_volume: u32,
+    /// How long a first ejection lasts, above 0; an endpoint ejected n times lasts n times this
+    /// (up to `max_ejection_time`). The count goes down by one for each `base_ejection_time`
+    /// the endpoint then stays in without being ejected. Default: `30s`.
+    #[serde(default = "defaults::base_ejection_time")]
+    pub base_ejection_time: Duration,
+    /// Longest ejection, at least `base_ejection_time`. Default: `5m`.
+    #[serde(default = "defaults::max_ejection_time")]
+    pub max_ejection_time: Duration,
+    /// Most endpoints ejected at once, as a percent of the cluster, 0 to 100 (rounded down, but
+    /// at least one in a cluster of two or more). Default: `10`.
+    #[serde(default = "defaults::max_ejection_percent")]
+    #[schemars(range(max = 100))]
+    pub max_ejection_percent: u32,
 }
 
 /// A cluster's circuit breaker: counts shared by all workers; a request over a limit gets 503
@@ -989,7 +1247,7 @@ pub struct Endpoint {
 
 /// Default values, one function per field default (serde needs functions).
 pub(crate) mod defaults {
-    use super::{Alpn, Duration, ForwardedMode, RetryOn, SocketAddr};
+    use super::{Alpn, Duration, ForwardedMode, RetryOn, SocketAddr, StatusRange};
 
     pub fn admin_address() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9901))
@@ -1070,5 +1328,47 @@ pub(crate) mod defaults {
     }
     pub fn handshake_timeout() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn healthy_threshold() -> u32 {
+        2
+    }
+    pub fn unhealthy_threshold() -> u32 {
+        3
+    }
+    pub fn expected_statuses() -> Vec<StatusRange> {
+        vec![StatusRange {
+            start: 200,
+            end: 399,
+        }]
+    }
+    pub fn consecutive_failures() -> u32 {
+        5
+    }
+    pub fn outlier_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn success_rate_stdev_factor() -> f64 {
+        1.9
+    }
+    pub fn success_rate_minimum_hosts() -> u32 {
+        5
+    }
+    pub fn success_rate_request_volume() -> u32 {
+        100
+    }
+    pub fn base_ejection_time() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_ejection_time() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn max_ejection_percent() -> u32 {
+        10
     }
 }

@@ -84,6 +84,26 @@ impl Checker<'_> {
         });
     }
 
+    /// Of mutually exclusive options (`(given, name)`), reports each one given after the first
+    /// at its key, with `too_many(first)`; returns the names given, in order.
+    fn at_most_one<'n>(
+        &mut self,
+        at: &FieldPath,
+        options: &[(bool, &'n str)],
+        too_many: impl Fn(&str) -> String,
+    ) -> Vec<&'n str> {
+        let given: Vec<&str> = options
+            .iter()
+            .filter_map(|&(given, name)| given.then_some(name))
+            .collect();
+        if let [first, rest @ ..] = given.as_slice() {
+            for extra in rest {
+                self.say_at_key(at.key(extra), too_many(first));
+            }
+        }
+        given
+    }
+
     fn config(&mut self, config: &Config) {
         let root = FieldPath::root();
         if let Some(workers) = config.workers {
@@ -254,34 +274,28 @@ impl Checker<'_> {
         self.route_match(&at.key("match"), &route.matches);
 
         let forwards = !route.backends.is_empty();
-        let actions: Vec<&str> = [
-            (forwards, "backends"),
-            (route.redirect.is_some(), "redirect"),
-            (route.direct_response.is_some(), "direct_response"),
-        ]
-        .into_iter()
-        .filter_map(|(given, name)| given.then_some(name))
-        .collect();
-        match actions.as_slice() {
-            [] => self.problems.push(Problem {
+        let actions = self.at_most_one(
+            at,
+            &[
+                (forwards, "backends"),
+                (route.redirect.is_some(), "redirect"),
+                (route.direct_response.is_some(), "direct_response"),
+            ],
+            |first| {
+                format!(
+                    "a route takes exactly one of `backends`, `redirect` and `direct_response`, \
+                     and this one already has `{first}`; keep one, or split it into two routes"
+                )
+            },
+        );
+        if actions.is_empty() {
+            self.problems.push(Problem {
                 field: at.clone(),
                 at: At::Field(at.key("backends")),
                 message: "a route needs an action: `backends` (forward to clusters; at least \
                           one), `redirect` or `direct_response`"
                     .to_owned(),
-            }),
-            [first, rest @ ..] => {
-                for extra in rest {
-                    self.say_at_key(
-                        at.key(extra),
-                        format!(
-                            "a route takes exactly one of `backends`, `redirect` and \
-                             `direct_response`, and this one already has `{first}`; keep one, \
-                             or split it into two routes"
-                        ),
-                    );
-                }
-            }
+            });
         }
         // What only a forwarded request uses is refused on a route that answers by itself,
         // rather than ignored.
@@ -551,25 +565,17 @@ impl Checker<'_> {
         regex: Option<&str>,
         present: Option<bool>,
     ) {
-        let given: Vec<&str> = [
-            (exact, "exact"),
-            (regex.is_some(), "regex"),
-            (present.is_some(), "present"),
-        ]
-        .into_iter()
-        .filter_map(|(given, name)| given.then_some(name))
-        .collect();
-        if let [first, rest @ ..] = given.as_slice() {
-            for extra in rest {
-                self.say_at_key(
-                    at.key(extra),
-                    format!(
-                        "give at most one of `exact`, `regex` and `present`; `{first}` is \
-                         already given"
-                    ),
-                );
-            }
-        }
+        self.at_most_one(
+            at,
+            &[
+                (exact, "exact"),
+                (regex.is_some(), "regex"),
+                (present.is_some(), "present"),
+            ],
+            |first| {
+                format!("give at most one of `exact`, `regex` and `present`; `{first}` is already given")
+            },
+        );
         if let Some(re) = regex {
             if let Err(e) = regex::bytes::Regex::new(re) {
                 self.say(at.key("regex"), regex_problem(&e));
@@ -697,15 +703,20 @@ impl Checker<'_> {
             self.absolute(&at.key("path"), path);
         }
         if let Some(host) = &rewrite.host {
-            if host.parse::<http::uri::Authority>().is_err() || host.contains('@') {
-                self.say(
-                    at.key("host"),
-                    format!(
-                        "{host:?} is not a host: give a name, optionally with a port, like \
-                         `api.internal` or `api.internal:8080`"
-                    ),
-                );
-            }
+            self.authority(&at.key("host"), host);
+        }
+    }
+
+    /// A `Host` to send: `name` or `name:port`.
+    fn authority(&mut self, at: &FieldPath, host: &str) {
+        if host.parse::<http::uri::Authority>().is_err() || host.contains('@') {
+            self.say(
+                at.clone(),
+                format!(
+                    "{host:?} is not a host: give a name, optionally with a port, like \
+                     `api.internal` or `api.internal:8080`"
+                ),
+            );
         }
     }
 
@@ -977,6 +988,170 @@ impl Checker<'_> {
                     ),
                 );
             }
+        }
+        if let Some(check) = &cluster.health_check {
+            self.health_check(&at.key("health_check"), check, cluster.protocol);
+        }
+        if let Some(outlier) = &cluster.outlier_detection {
+            self.outlier_detection(&at.key("outlier_detection"), outlier);
+        }
+    }
+
+    fn health_check(&mut self, at: &FieldPath, check: &HealthCheck, protocol: UpstreamProtocol) {
+        let kinds = self.at_most_one(
+            at,
+            &[
+                (check.http.is_some(), "http"),
+                (check.grpc.is_some(), "grpc"),
+                (check.tcp.is_some(), "tcp"),
+            ],
+            |first| {
+                format!(
+                    "a health check is exactly one of `http`, `grpc` and `tcp`, and this one \
+                     already has `{first}`; keep one"
+                )
+            },
+        );
+        if kinds.is_empty() {
+            self.say(
+                at.clone(),
+                "say how to check: `http: { path: /healthz }`, `grpc: {}` or `tcp: {}`",
+            );
+        }
+        if let Some(http) = &check.http {
+            let at = at.key("http");
+            if !http.path.starts_with('/') || http.path.parse::<http::uri::PathAndQuery>().is_err()
+            {
+                self.say(
+                    at.key("path"),
+                    format!(
+                        "{:?} is not a request path: give one starting with `/`, like `/healthz`",
+                        http.path
+                    ),
+                );
+            }
+            if http.expected_statuses.is_empty() {
+                self.say(
+                    at.key("expected_statuses"),
+                    "no status would pass: give at least one, like `[200]` or `[\"200-299\"]`, or \
+                     leave it out for 200 to 399",
+                );
+            }
+            for (i, range) in http.expected_statuses.iter().enumerate() {
+                if !(100..=599).contains(&range.start) || !(100..=599).contains(&range.end) {
+                    self.say(
+                        at.key("expected_statuses").index(i),
+                        format!("{range}: HTTP statuses are 100 to 599"),
+                    );
+                } else if range.start > range.end {
+                    self.say(
+                        at.key("expected_statuses").index(i),
+                        format!(
+                            "{range}: a range goes from low to high, like `\"{}-{}\"`",
+                            range.end, range.start
+                        ),
+                    );
+                }
+            }
+            if let Some(host) = &http.host {
+                self.authority(&at.key("host"), host);
+            }
+        }
+        if let Some(grpc) = &check.grpc {
+            if protocol != UpstreamProtocol::Http2 {
+                self.say_at_key(
+                    at.key("grpc"),
+                    "gRPC health checks speak HTTP/2, and this cluster speaks `http1`; set the \
+                     cluster's `protocol: http2`, or check with `http` or `tcp`",
+                );
+            }
+            if grpc
+                .service
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+            {
+                self.say(
+                    at.key("grpc").key("service"),
+                    format!(
+                        "{:?} is not a gRPC service name: give one like `grpc.health.v1.Health` \
+                         or leave it out for the whole server",
+                        grpc.service
+                    ),
+                );
+            }
+        }
+        for (field, value, default) in [
+            ("interval", check.interval, "5s"),
+            ("timeout", check.timeout, "1s"),
+        ] {
+            if value.get().is_zero() {
+                self.say(
+                    at.key(field),
+                    format!("0s: give a time above 0, like `{default}` (the default)"),
+                );
+            }
+        }
+        for (field, value) in [
+            ("healthy_threshold", check.healthy_threshold),
+            ("unhealthy_threshold", check.unhealthy_threshold),
+        ] {
+            if value == 0 {
+                self.say(
+                    at.key(field),
+                    "0: give 1 or more (checks in a row that change the endpoint's state)",
+                );
+            }
+        }
+    }
+
+    fn outlier_detection(&mut self, at: &FieldPath, outlier: &OutlierDetection) {
+        for (field, value) in [
+            ("interval", outlier.interval),
+            ("base_ejection_time", outlier.base_ejection_time),
+        ] {
+            if value.get().is_zero() {
+                self.say(at.key(field), "0s: give a time above 0");
+            }
+        }
+        if outlier.max_ejection_time < outlier.base_ejection_time {
+            self.say(
+                at.key("max_ejection_time"),
+                format!(
+                    "{} is shorter than `base_ejection_time` ({}): the longest ejection must be \
+                     at least the first",
+                    outlier.max_ejection_time, outlier.base_ejection_time
+                ),
+            );
+        }
+        if outlier.max_ejection_percent > 100 {
+            self.say(
+                at.key("max_ejection_percent"),
+                format!(
+                    "{}: allowed 0 to 100 (percent of the cluster's endpoints)",
+                    outlier.max_ejection_percent
+                ),
+            );
+        }
+        let factor = outlier.success_rate_stdev_factor;
+        if !factor.is_finite() || factor < 0.0 {
+            self.say(
+                at.key("success_rate_stdev_factor"),
+                format!(
+                    "{factor}: give a number of standard deviations, 0 or more (0 disables \
+                     success-rate ejection; 1.9 is the default)"
+                ),
+            );
+        }
+        let ejects =
+            outlier.consecutive_5xx > 0 || outlier.consecutive_gateway_errors > 0 || factor > 0.0;
+        if !ejects || outlier.max_ejection_percent == 0 {
+            self.say(
+                at.clone(),
+                "this outlier detection can never eject an endpoint: give a \
+                 `max_ejection_percent` above 0 and at least one of `consecutive_5xx`, \
+                 `consecutive_gateway_errors` and `success_rate_stdev_factor` above 0, or remove \
+                 `outlier_detection`",
+            );
         }
     }
 }

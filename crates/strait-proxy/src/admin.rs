@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -100,7 +101,26 @@ async fn answer(
                             json!({
                                 "address": e.address.to_string(),
                                 "weight": e.weight,
-                                "healthy": stats.is_none_or(|s| s.is_healthy()),
+                                "healthy": stats.is_none_or(|s| s.is_usable()),
+                                "health_check": c.checks.as_ref().and(c.health.get(i)).map(|h| {
+                                    let history = *h.checks.lock().unwrap_or_else(|e| e.into_inner());
+                                    json!({
+                                        "passing": h.stats.is_healthy(),
+                                        "checked": history.checked,
+                                        "passes_in_a_row": history.passes,
+                                        "failures_in_a_row": history.failures,
+                                    })
+                                }),
+                                "outlier": c.outlier.policy().and(c.health.get(i)).map(|h| {
+                                    let ejection = h.outlier.ejection();
+                                    json!({
+                                        "ejected": h.stats.is_ejected(),
+                                        "ejection_remaining_ms": ejection.until.map(|t| {
+                                            t.saturating_duration_since(Instant::now()).as_millis() as u64
+                                        }),
+                                        "times_ejected": ejection.times,
+                                    })
+                                }),
                                 "in_flight": stats.map_or(0, |s| s.in_flight()),
                                 "ewma_latency_ms": stats.map_or(0.0, |s| s.ewma_latency().as_secs_f64() * 1e3),
                             })
@@ -110,6 +130,8 @@ async fn answer(
                         "name": &*c.name,
                         "protocol": c.source().protocol,
                         "load_balancer": c.source().load_balancer,
+                        "fail_open": c.source().fail_open,
+                        "failing_open": c.balancer.is_failing_open(),
                         "endpoints": endpoints,
                     })
                 })

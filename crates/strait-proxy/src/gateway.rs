@@ -35,7 +35,7 @@ use crate::http::pool::{ConnectError, Pool};
 use crate::http::replay::ReplayBody;
 use crate::ratelimit::{self, Decision, Rate};
 use crate::resilience::retry::Failure;
-use crate::resilience::Limit;
+use crate::resilience::{Limit, Outcome};
 use crate::route::{self, MatchInfo, RequestView};
 use crate::runtime::snapshot::{
     ip_key, ClusterPlan, FaultAnswer, ListenerPlan, RateLimitPlan, RateLimitSource, RouteAction,
@@ -471,7 +471,7 @@ async fn forward_to(
     }
 
     let Some(endpoint) = cluster.balancer.pick(hash) else {
-        return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
+        return local_reply(grpc, Cause::NoHealthyEndpoint, "no usable endpoint");
     };
     let (Some(&addr), Some(stats)) = (
         cluster.endpoints.get(endpoint),
@@ -537,6 +537,7 @@ async fn forward_to(
             Ok(outcome) => outcome,
             Err(_) => {
                 cluster.counters.request_timeouts.fetch_add(1, Relaxed);
+                cluster.outlier.observe(endpoint, Outcome::Timeout);
                 return local_reply(
                     grpc,
                     Cause::RequestTimeout,
@@ -548,9 +549,10 @@ async fn forward_to(
     };
     let (mut response, reuse) = match outcome {
         Ok(ok) => ok,
-        Err(e) => return send_failed(e, cluster, counters, addr, grpc).1,
+        Err(e) => return send_failed(e, cluster, endpoint, counters, addr, grpc).1,
     };
     stats.observe_latency(started.elapsed());
+    cluster.outlier.observe(endpoint, response.status());
     if let Some(entry) = log.as_mut() {
         entry.upstream_duration = Some(started.elapsed());
     }
@@ -637,6 +639,7 @@ impl Answer {
 fn send_failed(
     e: SendError,
     cluster: &ClusterPlan,
+    endpoint: usize,
     counters: Option<&EndpointCounters>,
     addr: SocketAddr,
     grpc: bool,
@@ -646,6 +649,7 @@ fn send_failed(
             (None, local_reply(grpc, Cause::Overflow, e.to_string()))
         }
         SendError::Connect(e) if e.is_timeout() => {
+            cluster.outlier.observe(endpoint, Outcome::ConnectFailed);
             if let Some(c) = counters {
                 c.connect_timeouts.fetch_add(1, Relaxed);
             }
@@ -653,6 +657,7 @@ fn send_failed(
             (Some(Failure::ConnectFailed), reply)
         }
         SendError::Connect(e) => {
+            cluster.outlier.observe(endpoint, Outcome::ConnectFailed);
             if let Some(c) = counters {
                 c.connect_refused.fetch_add(1, Relaxed);
             }
@@ -661,6 +666,7 @@ fn send_failed(
         }
         SendError::Upstream(e) => {
             cluster.counters.resets.fetch_add(1, Relaxed);
+            cluster.outlier.observe(endpoint, Outcome::Reset);
             let failure = if refused_stream(&e) {
                 Failure::RefusedStream
             } else {

@@ -5,8 +5,9 @@
 //! no lock: schedules and hash tables are built once per config and read-only; live state
 //! (requests in flight, latency estimates, health) is atomics in [`EndpointStats`].
 //!
-//! Every algorithm skips endpoints marked unhealthy and fails open to all endpoints when none is
-//! healthy: sending to a possibly-bad endpoint beats refusing every request.
+//! Every algorithm skips endpoints that are not usable (failing health checks, or ejected by
+//! outlier detection) and, when none is usable, fails open to all endpoints (sending to a
+//! possibly-bad endpoint beats refusing every request) unless the cluster says to refuse.
 
 mod hash;
 mod maglev;
@@ -27,6 +28,7 @@ pub struct Balancer {
     stats: Box<[Arc<EndpointStats>]>,
     weights: Box<[u32]>,
     strategy: Strategy,
+    fail_open: bool,
 }
 
 #[derive(Debug)]
@@ -69,11 +71,21 @@ impl Balancer {
 
     /// A balancer over endpoints identified by `key` (e.g. their address) with weights.
     pub fn keyed(kind: LoadBalancer, endpoints: &[(&[u8], u32)]) -> Self {
+        Self::sharing(kind, endpoints, Vec::new())
+    }
+
+    /// Like [`keyed`](Self::keyed), with each endpoint's live state given, in endpoint order, so
+    /// that it outlives this balancer (a reload keeps an endpoint's health and in-flight count).
+    /// Endpoints without one get a fresh state.
+    pub fn sharing(
+        kind: LoadBalancer,
+        endpoints: &[(&[u8], u32)],
+        stats: Vec<Arc<EndpointStats>>,
+    ) -> Self {
         let weights: Box<[u32]> = endpoints.iter().map(|&(_, w)| w.max(1)).collect();
-        let stats = endpoints
-            .iter()
-            .map(|_| Arc::new(EndpointStats::new()))
-            .collect();
+        let mut stats = stats;
+        stats.resize_with(endpoints.len(), Arc::default);
+        let stats: Box<[Arc<EndpointStats>]> = stats.into();
         let cumulative = || cumulative(&weights);
         let strategy = match kind {
             LoadBalancer::Random => Strategy::Random {
@@ -97,11 +109,25 @@ impl Balancer {
             stats,
             weights,
             strategy,
+            fail_open: true,
         }
     }
 
+    /// What `pick` does when no endpoint is usable: `true` (the default) treats all as usable,
+    /// `false` picks none.
+    pub fn fail_open(mut self, fail_open: bool) -> Self {
+        self.fail_open = fail_open;
+        self
+    }
+
+    /// True when no endpoint is usable and `pick` therefore chooses among all of them.
+    pub fn is_failing_open(&self) -> bool {
+        self.fail_open && !self.stats.iter().any(|s| s.is_usable())
+    }
+
     /// Index of the chosen endpoint. `hash` is the request's hashed key for `ring_hash` and
-    /// `maglev` (`None`: spread at random). `None` only when there are no endpoints.
+    /// `maglev` (`None`: spread at random). `None` when there are no endpoints, or none is usable
+    /// and the balancer does not fail open.
     pub fn pick(&self, hash: Option<u64>) -> Option<usize> {
         self.pick_excluding(hash, usize::MAX)
     }
@@ -112,11 +138,13 @@ impl Balancer {
         if self.stats.is_empty() {
             return None;
         }
-        // Fail open: with no healthy endpoint, treat all as usable.
-        let any_healthy = self.stats.iter().any(|s| s.is_healthy());
-        let usable = |i: usize| {
-            i != exclude && (!any_healthy || self.stats.get(i).is_some_and(|s| s.is_healthy()))
-        };
+        // Fail open: with no usable endpoint, treat all as usable (or refuse).
+        let all = !self.stats.iter().any(|s| s.is_usable());
+        if all && !self.fail_open {
+            return None;
+        }
+        let eligible = |i: usize| all || self.stats.get(i).is_some_and(|s| s.is_usable());
+        let usable = |i: usize| i != exclude && eligible(i);
         let chosen = match &self.strategy {
             Strategy::RoundRobin { schedule, next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
@@ -143,7 +171,7 @@ impl Balancer {
             }
         };
         // Every candidate was excluded: the excluded one is better than nothing.
-        chosen.or_else(|| (exclude < self.stats.len()).then_some(exclude))
+        chosen.or_else(|| (exclude < self.stats.len() && eligible(exclude)).then_some(exclude))
     }
 
     fn weighted_random(&self, cumulative: &[u64], usable: &dyn Fn(usize) -> bool) -> Option<usize> {

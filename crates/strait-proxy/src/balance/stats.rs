@@ -1,7 +1,7 @@
 //! Live per-endpoint state, written by every worker with relaxed atomics: requests in flight,
-//! a peak-sensitive latency estimate, and health.
+//! a peak-sensitive latency estimate, and whether balancers may choose the endpoint.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,11 @@ pub(super) fn now_nanos() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// Flag: active health checks failed.
+const FAILED_CHECKS: u8 = 1;
+/// Flag: ejected by outlier detection.
+const EJECTED: u8 = 2;
+
 /// One endpoint's live state.
 #[derive(Debug)]
 pub struct EndpointStats {
@@ -24,7 +29,9 @@ pub struct EndpointStats {
     /// f64 bits of the latency estimate in nanoseconds; 0 = never measured.
     ewma_nanos: AtomicU64,
     updated_at: AtomicU64,
-    healthy: AtomicBool,
+    /// Why balancers skip it: [`FAILED_CHECKS`] and [`EJECTED`], set and cleared apart so that
+    /// one cause ending does not clear the other.
+    unusable: AtomicU8,
 }
 
 impl Default for EndpointStats {
@@ -40,7 +47,7 @@ impl EndpointStats {
             in_flight: AtomicU32::new(0),
             ewma_nanos: AtomicU64::new(0),
             updated_at: AtomicU64::new(0),
-            healthy: AtomicBool::new(true),
+            unusable: AtomicU8::new(0),
         }
     }
 
@@ -93,14 +100,37 @@ impl EndpointStats {
         Duration::from_nanos(f64::from_bits(self.ewma_nanos.load(Ordering::Relaxed)) as u64)
     }
 
-    /// Marks the endpoint usable or not (health checks, outlier detection).
+    /// Records the verdict of active health checks.
     pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
+        self.set_flag(FAILED_CHECKS, !healthy);
     }
 
-    /// Whether balancers may choose it.
+    /// False while active health checks say the endpoint fails.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.unusable.load(Ordering::Relaxed) & FAILED_CHECKS == 0
+    }
+
+    /// Ejects the endpoint (outlier detection) or ends its ejection.
+    pub fn set_ejected(&self, ejected: bool) {
+        self.set_flag(EJECTED, ejected);
+    }
+
+    /// True while outlier detection has the endpoint ejected.
+    pub fn is_ejected(&self) -> bool {
+        self.unusable.load(Ordering::Relaxed) & EJECTED != 0
+    }
+
+    /// Whether balancers may choose it: healthy and not ejected.
+    pub fn is_usable(&self) -> bool {
+        self.unusable.load(Ordering::Relaxed) == 0
+    }
+
+    fn set_flag(&self, flag: u8, on: bool) {
+        if on {
+            self.unusable.fetch_or(flag, Ordering::Relaxed);
+        } else {
+            self.unusable.fetch_and(!flag, Ordering::Relaxed);
+        }
     }
 }
 

@@ -6,6 +6,16 @@ use strait_config::LoadBalancer;
 
 use super::*;
 
+/// Every algorithm: what holds for endpoint health holds for all of them.
+const EVERY_KIND: [LoadBalancer; 6] = [
+    LoadBalancer::RoundRobin,
+    LoadBalancer::Random,
+    LoadBalancer::LeastRequest,
+    LoadBalancer::PeakEwma,
+    LoadBalancer::RingHash,
+    LoadBalancer::Maglev,
+];
+
 fn counts(b: &Balancer, n: usize, hash: impl Fn(usize) -> Option<u64>) -> Vec<usize> {
     let mut c = vec![0; b.len()];
     for k in 0..n {
@@ -131,14 +141,7 @@ fn removing_an_endpoint_moves_about_its_share_of_keys() {
 
 #[test]
 fn unhealthy_endpoints_are_skipped_and_all_unhealthy_fails_open() {
-    for kind in [
-        LoadBalancer::RoundRobin,
-        LoadBalancer::Random,
-        LoadBalancer::LeastRequest,
-        LoadBalancer::PeakEwma,
-        LoadBalancer::RingHash,
-        LoadBalancer::Maglev,
-    ] {
+    for kind in EVERY_KIND {
         let b = Balancer::new(kind, &[1, 1, 1]);
         b.stats(1).unwrap().set_healthy(false);
         let c = counts(&b, 3000, |k| Some(hash_key(&(k as u64).to_le_bytes())));
@@ -151,6 +154,72 @@ fn unhealthy_endpoints_are_skipped_and_all_unhealthy_fails_open() {
             c.iter().sum::<usize>() == 3000 && c[1] > 0,
             "{kind:?} fail open {c:?}"
         );
+    }
+}
+
+#[test]
+fn ejected_endpoints_are_skipped_and_the_two_causes_stay_apart() {
+    for kind in EVERY_KIND {
+        let b = Balancer::new(kind, &[1, 1, 1]);
+        let one = b.stats(1).unwrap();
+        one.set_ejected(true);
+        one.set_healthy(false);
+        // The ejection ends, the failing health check still holds it out, and the other way round.
+        one.set_ejected(false);
+        assert!(!one.is_usable() && !one.is_healthy() && !one.is_ejected());
+        let c = counts(&b, 3000, |k| Some(hash_key(&(k as u64).to_le_bytes())));
+        assert_eq!(c[1], 0, "{kind:?} {c:?}");
+        one.set_ejected(true);
+        one.set_healthy(true);
+        assert!(!one.is_usable() && one.is_healthy() && one.is_ejected());
+        let c = counts(&b, 3000, |k| Some(hash_key(&(k as u64).to_le_bytes())));
+        assert_eq!(c[1], 0, "{kind:?} {c:?}");
+        one.set_ejected(false);
+        assert!(one.is_usable());
+    }
+}
+
+#[test]
+fn without_fail_open_nothing_is_picked_when_nothing_is_usable() {
+    for kind in EVERY_KIND {
+        let b = Balancer::new(kind, &[1, 1]).fail_open(false);
+        b.stats(0).unwrap().set_healthy(false);
+        assert!(!b.is_failing_open());
+        for k in 0..50u64 {
+            assert_eq!(b.pick(Some(k)), Some(1), "{kind:?}");
+            assert_eq!(
+                b.pick_excluding(Some(k), 1),
+                Some(1),
+                "{kind:?}: better than none"
+            );
+        }
+        b.stats(1).unwrap().set_ejected(true);
+        assert_eq!(b.pick(Some(7)), None, "{kind:?}");
+        assert_eq!(b.pick_excluding(Some(7), 1), None, "{kind:?}");
+        assert!(!b.is_failing_open(), "refusing is not failing open");
+        let open = Balancer::new(kind, &[1, 1]);
+        open.stats(0).unwrap().set_ejected(true);
+        open.stats(1).unwrap().set_healthy(false);
+        assert!(open.is_failing_open());
+        assert!(open.pick(Some(7)).is_some(), "{kind:?}");
+    }
+}
+
+#[test]
+fn shared_state_outlives_the_balancer() {
+    let a = Arc::new(EndpointStats::new());
+    a.set_ejected(true);
+    let keys: [(&[u8], u32); 2] = [(b"a", 1), (b"b", 1)];
+    let first = Balancer::sharing(LoadBalancer::RoundRobin, &keys, vec![Arc::clone(&a)]);
+    let second = Balancer::sharing(LoadBalancer::Maglev, &keys, vec![Arc::clone(&a)]);
+    drop(first);
+    assert!(second.stats(0).unwrap().is_ejected());
+    assert!(
+        second.stats(1).unwrap().is_usable(),
+        "missing states are fresh"
+    );
+    for k in 0..100u64 {
+        assert_eq!(second.pick(Some(k)), Some(1));
     }
 }
 

@@ -25,7 +25,7 @@ use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::replay::ReplayBody;
 use crate::ratelimit;
 use crate::resilience::retry::{pushback, Failure, Pushback, RetryPolicy};
-use crate::resilience::{Admission, Limit};
+use crate::resilience::{Admission, Limit, Outcome};
 use crate::runtime::snapshot::{ClusterPlan, RouteAction};
 use crate::telemetry::access_log::LogEntry;
 use crate::telemetry::metrics::RouteStats;
@@ -257,8 +257,7 @@ impl<'a> Tries<'a> {
                 }
             },
         };
-        let no_endpoint =
-            || local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
+        let no_endpoint = || local_reply(grpc, Cause::NoHealthyEndpoint, "no usable endpoint");
         let endpoint = cluster
             .balancer
             .pick_excluding(self.hash, exclude)
@@ -286,6 +285,7 @@ impl<'a> Tries<'a> {
                     Ok(outcome) => outcome,
                     Err(_) => {
                         cluster.counters.request_timeouts.fetch_add(1, Relaxed);
+                        cluster.outlier.observe(endpoint, Outcome::Timeout);
                         let reply = local_reply(
                             grpc,
                             Cause::RequestTimeout,
@@ -299,6 +299,7 @@ impl<'a> Tries<'a> {
             match outcome {
                 Ok((response, reuse)) => {
                     stats.observe_latency(started.elapsed());
+                    cluster.outlier.observe(endpoint, response.status());
                     let answer = Answer {
                         response,
                         reuse,
@@ -308,7 +309,7 @@ impl<'a> Tries<'a> {
                     Attempted::Answered(answer, endpoint)
                 }
                 Err(e) => {
-                    let (failure, reply) = send_failed(e, cluster, counters, addr, grpc);
+                    let (failure, reply) = send_failed(e, cluster, endpoint, counters, addr, grpc);
                     Attempted::Failed(failure, reply, endpoint)
                 }
             }

@@ -1,6 +1,7 @@
 //! Resilience: keeping a failing or overloaded upstream from taking the proxy (and its other
 //! upstreams) down with it: circuit breaking per cluster (here), retry policy ([`retry`]) and
-//! retry budgets ([`budget`]).
+//! retry budgets ([`budget`]), outlier detection ([`outlier`]) and active health checks
+//! ([`health_check`], [`probe`]), with endpoint health kept across reloads ([`store`]).
 //!
 //! On the data path the breaker is asked before a request is sent (concurrent requests), before
 //! a connection is opened (connections) and while a request waits for one (pending). Over a
@@ -8,10 +9,17 @@
 //! upstream. Counts are atomics shared by all workers; each admission is a guard that gives its
 //! slot back when dropped.
 
+pub mod grpc_health;
+pub mod health_check;
+pub mod outlier;
+pub mod probe;
+pub mod store;
+
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::telemetry::metrics::ClusterCounters;
+pub use outlier::{Outcome, OutlierDetector};
 
 pub mod budget;
 pub mod retry;

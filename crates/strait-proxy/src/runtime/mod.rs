@@ -1,11 +1,12 @@
 //! The process: worker threads that forward traffic, and one control thread for everything
-//! else (admin server, signals, config reloads).
+//! else (admin server, signals, config reloads, health checks and outlier ejections).
 //!
 //! Each worker is a thread with a current-thread tokio runtime, its own `SO_REUSEPORT` sockets
 //! and its own upstream pool, so nothing is locked on the hot path. Workers read the current
 //! [`Snapshot`] through an `ArcSwap` and are told of new ones through a watch channel, on which
 //! they bind listeners that appeared and close ones that went away.
 
+mod health;
 pub mod snapshot;
 
 use std::cell::Cell;
@@ -24,8 +25,9 @@ use tokio::task::LocalSet;
 use crate::http::pool::Pool;
 use crate::listener;
 use crate::ratelimit::LimiterStore;
+use crate::resilience::store::HealthStore;
 use crate::telemetry::access_log::LogSinks;
-use crate::telemetry::metrics::GaugeSource;
+use crate::telemetry::metrics::{ClusterGauges, EndpointGauges, GaugeSource};
 use crate::telemetry::MetricsStore;
 pub use snapshot::Snapshot;
 
@@ -98,6 +100,8 @@ pub(crate) struct Shared {
     pub logs: Arc<LogSinks>,
     /// Rate-limit buckets by route, kept across reloads.
     pub limiters: Arc<LimiterStore>,
+    /// Endpoint health and ejections by (cluster, address), kept across reloads.
+    pub health: Arc<HealthStore>,
 }
 
 impl Shared {
@@ -120,6 +124,7 @@ impl Shared {
                     &self.metrics,
                     &self.logs,
                     &self.limiters,
+                    &self.health,
                 )
                 .map_err(|e| e.to_string())
             });
@@ -163,22 +168,43 @@ impl Shared {
 struct SharedGauges(std::sync::Weak<Shared>);
 
 impl GaugeSource for SharedGauges {
-    fn endpoints(&self) -> Vec<(String, String, bool, u32)> {
+    fn endpoints(&self) -> Vec<EndpointGauges> {
         let Some(shared) = self.0.upgrade() else {
             return Vec::new();
         };
         let snapshot = shared.snapshot.load();
         let mut out = Vec::new();
         for c in &snapshot.clusters {
+            let checked = c.checks.is_some();
+            let detects = c.outlier.policy().is_some();
             for (i, addr) in c.endpoints.iter().enumerate() {
-                let (healthy, in_flight) = c
-                    .balancer
-                    .stats(i)
-                    .map_or((true, 0), |s| (s.is_healthy(), s.in_flight()));
-                out.push((c.name.to_string(), addr.to_string(), healthy, in_flight));
+                let stats = c.balancer.stats(i);
+                out.push(EndpointGauges {
+                    cluster: c.name.to_string(),
+                    endpoint: addr.to_string(),
+                    usable: stats.is_none_or(|s| s.is_usable()),
+                    in_flight: stats.map_or(0, |s| s.in_flight()),
+                    passing_checks: checked.then(|| stats.is_none_or(|s| s.is_healthy())),
+                    ejected: detects.then(|| stats.is_some_and(|s| s.is_ejected())),
+                });
             }
         }
         out
+    }
+
+    fn clusters(&self) -> Vec<ClusterGauges> {
+        let Some(shared) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let snapshot = shared.snapshot.load();
+        snapshot
+            .clusters
+            .iter()
+            .map(|c| ClusterGauges {
+                cluster: c.name.to_string(),
+                failing_open: c.balancer.is_failing_open(),
+            })
+            .collect()
     }
 
     fn access_log_dropped(&self) -> u64 {
@@ -258,7 +284,8 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
     let metrics = Arc::new(MetricsStore::default());
     let logs = Arc::new(LogSinks::default());
     let limiters = Arc::new(LimiterStore::default());
-    let snapshot = Snapshot::compile(config, 1, None, &metrics, &logs, &limiters)?;
+    let health = Arc::new(HealthStore::default());
+    let snapshot = Snapshot::compile(config, 1, None, &metrics, &logs, &limiters, &health)?;
     let (updated, _) = watch::channel(1);
     let (draining, _) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -273,6 +300,7 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         metrics,
         logs,
         limiters,
+        health,
     });
     shared
         .metrics
@@ -332,6 +360,7 @@ async fn control_main(
 ) {
     tokio::spawn(crate::admin::serve(admin, Arc::clone(&shared)));
     tokio::spawn(watch_config_file(Arc::clone(&shared), watch_interval));
+    tokio::spawn(health::supervise(Arc::clone(&shared)));
     wait_for_signals(&shared).await;
 
     shared.drain();

@@ -14,8 +14,11 @@ use crate::balance::Balancer;
 use crate::http::headers::CompiledEdits;
 use crate::ratelimit::{KeyedLimiter, LimiterStore, Rate};
 use crate::resilience::budget::RetryBudget;
+use crate::resilience::health_check::CheckPlan;
+use crate::resilience::outlier::{Policy, Watched};
 use crate::resilience::retry::RetryPolicy;
-use crate::resilience::Breaker;
+use crate::resilience::store::{EndpointHealth, HealthStore};
+use crate::resilience::{Breaker, OutlierDetector};
 use crate::route::{RouteTable, WeightedSplit};
 use crate::telemetry::access_log::{AccessLogger, LogSinks};
 use crate::telemetry::metrics::{
@@ -54,27 +57,24 @@ impl Snapshot {
         metrics: &MetricsStore,
         logs: &LogSinks,
         limiters: &LimiterStore,
+        health: &HealthStore,
     ) -> Result<Snapshot, CompileError> {
-        let clusters: Vec<Arc<ClusterPlan>> = config
-            .clusters
-            .iter()
-            .map(|c| {
-                // A TLS cluster is always rebuilt: its files may have changed under the same
-                // config.
-                let reused = previous
-                    .and_then(|p| p.clusters.iter().find(|old| *old.name == *c.name))
-                    .filter(|old| old.source == *c && c.tls.is_none());
-                match reused {
-                    Some(old) => Ok(Arc::clone(old)),
-                    None => ClusterPlan::compile(c, metrics)
-                        .map(Arc::new)
-                        .map_err(|message| CompileError {
-                            location: format!("clusters[{}].tls", c.name),
-                            message,
-                        }),
-                }
-            })
-            .collect::<Result<_, _>>()?;
+        let mut clusters: Vec<Arc<ClusterPlan>> = Vec::with_capacity(config.clusters.len());
+        for (ci, c) in config.clusters.iter().enumerate() {
+            // A TLS cluster is always rebuilt: its files may have changed under the same config.
+            let reused = previous
+                .and_then(|p| p.clusters.iter().find(|old| *old.name == *c.name))
+                .filter(|old| old.source == *c && c.tls.is_none());
+            clusters.push(match reused {
+                Some(old) => Arc::clone(old),
+                None => Arc::new(ClusterPlan::compile(c, metrics, health).map_err(|message| {
+                    CompileError {
+                        location: format!("clusters[{ci}]"),
+                        message,
+                    }
+                })?),
+            });
+        }
         let cluster_index = |name: &str, location: &dyn Fn() -> String| {
             clusters
                 .iter()
@@ -468,11 +468,22 @@ pub struct ClusterPlan {
     pub retry_budget: RetryBudget,
     /// TLS to the endpoints.
     pub tls: Option<Arc<ClientTls>>,
+    /// Passive health: the request path reports each upstream outcome here.
+    pub outlier: OutlierDetector,
+    /// Active health checks, when configured (run by the control thread).
+    pub checks: Option<CheckPlan>,
+    /// Each endpoint's health, in endpoint order, shared with the store that keeps it across
+    /// reloads.
+    pub health: Box<[EndpointHealth]>,
     source: strait_config::Cluster,
 }
 
 impl ClusterPlan {
-    fn compile(c: &strait_config::Cluster, metrics: &MetricsStore) -> Result<Self, String> {
+    fn compile(
+        c: &strait_config::Cluster,
+        metrics: &MetricsStore,
+        store: &HealthStore,
+    ) -> Result<Self, String> {
         let tls = match &c.tls {
             Some(t) => Some(Arc::new(ClientTls::compile(
                 &c.name,
@@ -489,6 +500,26 @@ impl ClusterPlan {
             .map(|k| k.as_bytes())
             .zip(c.endpoints.iter().map(|e| e.weight))
             .collect();
+        let health: Box<[EndpointHealth]> = c
+            .endpoints
+            .iter()
+            .map(|e| store.endpoint(&c.name, e.address))
+            .collect();
+        let endpoint_counters: Vec<Arc<EndpointCounters>> =
+            keys.iter().map(|k| metrics.endpoint(&c.name, k)).collect();
+        let watched = health
+            .iter()
+            .zip(&endpoint_counters)
+            .map(|(h, counters)| Watched {
+                stats: Arc::clone(&h.stats),
+                record: Arc::clone(&h.outlier),
+                counters: Arc::clone(counters),
+            })
+            .collect();
+        let checks = match &c.health_check {
+            Some(check) => Some(CheckPlan::compile(check, c.protocol)?),
+            None => None,
+        };
         Ok(ClusterPlan {
             name: Arc::from(c.name.as_str()),
             protocol: c.protocol,
@@ -496,8 +527,13 @@ impl ClusterPlan {
             max_idle_per_endpoint: c.max_idle_per_endpoint,
             hash_on: c.hash_on.clone(),
             endpoints: c.endpoints.iter().map(|e| e.address).collect(),
-            balancer: Balancer::keyed(c.load_balancer, &keyed),
-            endpoint_counters: keys.iter().map(|k| metrics.endpoint(&c.name, k)).collect(),
+            balancer: Balancer::sharing(
+                c.load_balancer,
+                &keyed,
+                health.iter().map(|h| Arc::clone(&h.stats)).collect(),
+            )
+            .fail_open(c.fail_open),
+            endpoint_counters,
             counters: metrics.cluster(&c.name),
             breaker: Arc::new(Breaker::new(
                 c.circuit_breaker.max_connections,
@@ -510,6 +546,13 @@ impl ClusterPlan {
                 c.retry_budget.percent,
                 c.retry_budget.min_retries_per_second,
             ),
+            outlier: OutlierDetector::new(
+                c.outlier_detection.as_ref().map(Policy::from_config),
+                watched,
+                metrics.cluster(&c.name),
+            ),
+            checks,
+            health,
             source: c.clone(),
             tls,
         })

@@ -15,6 +15,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::resilience::health_check::CheckResult;
+use crate::resilience::outlier::Reason;
+
 /// Upper bounds of the request duration histogram, in seconds: sub-millisecond to tens of
 /// seconds.
 pub const DURATION_BUCKETS: [f64; 15] = [
@@ -221,6 +224,10 @@ pub struct EndpointCounters {
     pub connect_refused: AtomicU64,
     /// Connects that timed out.
     pub connect_timeouts: AtomicU64,
+    /// Active health checks by result: success, failure, timeout.
+    pub health_checks: [AtomicU64; 3],
+    /// Ejections by reason: consecutive 5xx, consecutive gateway errors, success rate.
+    pub ejections: [AtomicU64; 3],
 }
 
 /// Counters of one cluster.
@@ -243,6 +250,8 @@ pub struct ClusterCounters {
     pub retries_skipped_body: AtomicU64,
     /// Retries not made because the cluster's retry budget was spent.
     pub retries_skipped_budget: AtomicU64,
+    /// Ejections outlier detection wanted and `max_ejection_percent` refused.
+    pub ejections_overflow: AtomicU64,
 }
 
 /// Key of one route's counters.
@@ -254,10 +263,38 @@ struct RouteKey {
     cluster: String,
 }
 
+/// One current endpoint's gauges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointGauges {
+    /// Cluster name.
+    pub cluster: String,
+    /// Endpoint address.
+    pub endpoint: String,
+    /// Balancers may choose it: passing health checks and not ejected.
+    pub usable: bool,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Whether it passes its health checks; `None` when the cluster has none.
+    pub passing_checks: Option<bool>,
+    /// Whether it is ejected; `None` when the cluster has no outlier detection.
+    pub ejected: Option<bool>,
+}
+
+/// One current cluster's gauges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterGauges {
+    /// Cluster name.
+    pub cluster: String,
+    /// No endpoint is usable and requests go to all of them.
+    pub failing_open: bool,
+}
+
 /// Live gauges that the store reads from elsewhere at scrape time.
 pub trait GaugeSource: Send + Sync + std::fmt::Debug + 'static {
-    /// `(cluster, endpoint, healthy, in_flight)` for every current endpoint.
-    fn endpoints(&self) -> Vec<(String, String, bool, u32)>;
+    /// Every current endpoint.
+    fn endpoints(&self) -> Vec<EndpointGauges>;
+    /// Every current cluster.
+    fn clusters(&self) -> Vec<ClusterGauges>;
     /// `(version, last reload unix seconds, reload failures)`.
     fn config(&self) -> (u64, u64, u64);
     /// Access log lines dropped because a writer could not keep up.
@@ -685,6 +722,58 @@ impl Collector for StoreCollector {
                 }
             }
         }
+        {
+            let mut m = encoder.encode_descriptor(
+                "strait_upstream_ejections_overflow",
+                "Ejections outlier detection wanted and max_ejection_percent refused.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (c, s) in clusters
+                .iter()
+                .filter(|(_, s)| s.ejections_overflow.load(Relaxed) > 0)
+            {
+                ConstCounter::new(s.ejections_overflow.load(Relaxed))
+                    .encode(m.encode_family(&[("cluster", c.as_str())])?)?;
+            }
+        }
+
+        // Counted only where health checks or outlier detection run, so only series that have
+        // counted something are served.
+        let results = CheckResult::ALL.map(CheckResult::name);
+        let reasons = Reason::ALL.map(Reason::name);
+        for (name, help, label, values, pick) in [
+            (
+                "strait_upstream_health_checks",
+                "Active health checks of an endpoint, by result (success, failure, timeout).",
+                "result",
+                &results,
+                (|e: &EndpointCounters| &e.health_checks)
+                    as fn(&EndpointCounters) -> &[AtomicU64; 3],
+            ),
+            (
+                "strait_upstream_ejections",
+                "Endpoints ejected by outlier detection, by reason.",
+                "reason",
+                &reasons,
+                |e: &EndpointCounters| &e.ejections,
+            ),
+        ] {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for ((c, e), s) in &endpoints {
+                for (value, n) in values.iter().zip(pick(s)) {
+                    let n = n.load(Relaxed);
+                    if n > 0 {
+                        let labels = [
+                            ("cluster", c.as_str()),
+                            ("endpoint", e.as_str()),
+                            (label, *value),
+                        ];
+                        ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
 
         let source = store
             .gauges
@@ -693,30 +782,47 @@ impl Collector for StoreCollector {
             .clone();
         if let Some(source) = source {
             let eps = source.endpoints();
-            {
-                let mut m = encoder.encode_descriptor(
+            for (name, help, pick) in [
+                (
                     "strait_upstream_endpoint_healthy",
-                    "1 when balancers may choose the endpoint.",
-                    None,
-                    MetricType::Gauge,
-                )?;
-                for (c, e, healthy, _) in &eps {
-                    ConstGauge::new(i64::from(*healthy)).encode(
-                        m.encode_family(&[("cluster", c.as_str()), ("endpoint", e.as_str())])?,
-                    )?;
+                    "1 when balancers may choose the endpoint: it passes its health checks and is not ejected.",
+                    (|g: &EndpointGauges| Some(i64::from(g.usable)))
+                        as fn(&EndpointGauges) -> Option<i64>,
+                ),
+                (
+                    "strait_upstream_endpoint_in_flight",
+                    "Requests sent to the endpoint and not finished.",
+                    |g: &EndpointGauges| Some(i64::from(g.in_flight)),
+                ),
+                (
+                    "strait_upstream_endpoint_health_check_passing",
+                    "1 when the endpoint passes its active health checks (clusters with health_check).",
+                    |g: &EndpointGauges| g.passing_checks.map(i64::from),
+                ),
+                (
+                    "strait_upstream_endpoint_ejected",
+                    "1 while outlier detection has the endpoint ejected (clusters with outlier_detection).",
+                    |g: &EndpointGauges| g.ejected.map(i64::from),
+                ),
+            ] {
+                let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for g in &eps {
+                    if let Some(v) = pick(g) {
+                        let labels = [("cluster", g.cluster.as_str()), ("endpoint", g.endpoint.as_str())];
+                        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+                    }
                 }
             }
             {
                 let mut m = encoder.encode_descriptor(
-                    "strait_upstream_endpoint_in_flight",
-                    "Requests sent to the endpoint and not finished.",
+                    "strait_upstream_cluster_failing_open",
+                    "1 when no endpoint of the cluster is usable and requests go to all of them (fail_open).",
                     None,
                     MetricType::Gauge,
                 )?;
-                for (c, e, _, in_flight) in &eps {
-                    ConstGauge::new(i64::from(*in_flight)).encode(
-                        m.encode_family(&[("cluster", c.as_str()), ("endpoint", e.as_str())])?,
-                    )?;
+                for c in source.clusters() {
+                    ConstGauge::new(i64::from(c.failing_open))
+                        .encode(m.encode_family(&[("cluster", c.cluster.as_str())])?)?;
                 }
             }
             let (version, reloaded, failures) = source.config();

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -357,6 +357,65 @@ impl Proxy {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The `/clusters` entry of endpoint `addr` in `cluster`.
+    pub async fn endpoint_state(&self, cluster: &str, addr: SocketAddr) -> serde_json::Value {
+        let all = self.admin_get("/clusters").await.json();
+        let found = all.as_array().and_then(|clusters| {
+            clusters.iter().find(|c| c["name"] == cluster)?["endpoints"]
+                .as_array()?
+                .iter()
+                .find(|e| e["address"] == addr.to_string())
+                .cloned()
+        });
+        found.unwrap_or_else(|| {
+            panic!("no endpoint {addr} of cluster {cluster} in /clusters: {all}")
+        })
+    }
+
+    /// Waits until `check` holds for the `/clusters` entry of `addr` in `cluster`; panics with
+    /// the entry after `limit`.
+    pub async fn wait_endpoint(
+        &self,
+        cluster: &str,
+        addr: SocketAddr,
+        what: &str,
+        limit: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let state = self.endpoint_state(cluster, addr).await;
+            if check(&state) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("endpoint {addr} of {cluster}: not {what} after {limit:?}: {state}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The value of the `/metrics` sample `name` whose labels include `labels`, if served.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let text = self.admin_get("/metrics").await.text();
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels_text, value) = match rest.strip_prefix('{') {
+                Some(rest) => rest.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            labels
+                .iter()
+                .all(|(k, v)| {
+                    labels_text
+                        .split(',')
+                        .any(|pair| pair == format!("{k}=\"{v}\""))
+                })
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
     }
 
     /// GET on a fresh HTTP/1.1 connection to the listener; panics on transport errors.
@@ -825,7 +884,8 @@ enum Kind {
     /// Accepts a WebSocket upgrade and echoes frames.
     WebSocket,
     /// A gRPC service over h2: `Echo/*` echoes each message as it arrives, `Echo/Missing`
-    /// fails with status 5.
+    /// fails with status 5, and `grpc.health.v1.Health/Check` answers `SERVING` or
+    /// `NOT_SERVING` (see [`Upstream::set_serving`]).
     Grpc,
     /// Answers the first `n` requests with `status` and `headers` (after reading the body),
     /// then echoes.
@@ -842,6 +902,12 @@ struct UpState {
     hits: AtomicUsize,
     conns: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
+    /// When not 0, every HTTP answer gets this status (see [`Upstream::set_status`]).
+    forced_status: AtomicU16,
+    /// What the gRPC health service answers (see [`Upstream::set_serving`]).
+    serving: AtomicBool,
+    /// The accept loop and every connection served, so [`Upstream::stop`] can end them.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// A real upstream server on 127.0.0.1, running on the test's runtime.
@@ -881,23 +947,58 @@ impl Upstream {
             hits: AtomicUsize::new(0),
             conns: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
+            forced_status: AtomicU16::new(0),
+            serving: AtomicBool::new(true),
+            tasks: Mutex::new(Vec::new()),
         });
-        let st = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                st.conns.fetch_add(1, Ordering::SeqCst);
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(stream, st.clone()));
-            }
-        });
+        accept(listener, &state);
         Upstream {
             name: name.to_owned(),
             addr,
             state,
         }
+    }
+
+    /// Dies: stops accepting and closes every open connection, as a crashed server would.
+    /// Connects to its address are refused until [`Upstream::restart`].
+    pub async fn stop(&self) {
+        let tasks: Vec<_> = self
+            .state
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .drain(..)
+            .collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Comes back on the same address after [`Upstream::stop`].
+    pub async fn restart(&self) {
+        let listener = within(REQUEST_LIMIT, "rebind the upstream", async {
+            loop {
+                match TcpListener::bind(self.addr).await {
+                    Ok(l) => return l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await;
+        accept(listener, &self.state);
+    }
+
+    /// From now on every HTTP answer gets `status` (`None`: back to normal).
+    pub fn set_status(&self, status: Option<u16>) {
+        self.state
+            .forced_status
+            .store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// What the gRPC health service answers from now on: `SERVING` or `NOT_SERVING`.
+    pub fn set_serving(&self, serving: bool) {
+        self.state.serving.store(serving, Ordering::SeqCst);
     }
 
     /// Echo server (HTTP/1.1 and h2c on the same port).
@@ -975,6 +1076,25 @@ impl Upstream {
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().expect("seen lock").clone()
     }
+}
+
+/// Serves connections from `listener` until [`Upstream::stop`].
+fn accept(listener: TcpListener, state: &Arc<UpState>) {
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            st.conns.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.set_nodelay(true);
+            let conn = tokio::spawn(serve_connection(stream, st.clone()));
+            let mut tasks = st.tasks.lock().expect("tasks lock");
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(conn);
+        }
+    });
+    state.tasks.lock().expect("tasks lock").push(task);
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -1098,6 +1218,10 @@ async fn respond(st: Arc<UpState>, req: Request<Incoming>) -> Response<Body> {
         Kind::Grpc => grpc(&st, req).await,
         Kind::Reset | Kind::Close | Kind::CloseMidBody { .. } => text_response(500, "unreachable"),
     };
+    let forced = st.forced_status.load(Ordering::SeqCst);
+    if forced != 0 {
+        *resp.status_mut() = StatusCode::from_u16(forced).unwrap_or(StatusCode::OK);
+    }
     if let Ok(v) = HeaderValue::from_str(&st.name) {
         resp.headers_mut().insert("x-upstream", v);
     }
@@ -1406,6 +1530,24 @@ async fn grpc(st: &UpState, req: Request<Incoming>) -> Response<Body> {
     resp.headers_mut()
         .insert("content-type", HeaderValue::from_static("application/grpc"));
 
+    if parts.uri.path() == "/grpc.health.v1.Health/Check" {
+        let (len, trailers) = read_request_body(&mut body).await;
+        record(st, &parts, len, trailers);
+        // HealthCheckResponse { status: SERVING (1) | NOT_SERVING (2) }
+        let status = if st.serving.load(Ordering::SeqCst) {
+            1
+        } else {
+            2
+        };
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(Frame::data(grpc_frame(&[0x08, status])))).await;
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from_static("0"));
+            let _ = tx.send(Ok(Frame::trailers(t))).await;
+        });
+        return resp;
+    }
+
     if parts.uri.path().ends_with("/Missing") {
         let (len, trailers) = read_request_body(&mut body).await;
         record(st, &parts, len, trailers);
@@ -1538,6 +1680,22 @@ impl Blackhole {
             _fillers: fillers,
         }
     }
+}
+
+/// A config with listener `main` on `${LISTEN}` sending every request to cluster `pool` over
+/// `endpoints`; `cluster_extra` is YAML added to the cluster, written without indentation.
+pub fn pool(endpoints: &[SocketAddr], cluster_extra: &str) -> String {
+    let mut out = String::from(
+        "listeners:\n  - name: main\n    address: ${LISTEN}\n    routes:\n      - backends: \
+         [{ cluster: pool }]\nclusters:\n  - name: pool\n    endpoints:\n",
+    );
+    for e in endpoints {
+        out.push_str(&format!("      - {{ address: \"{e}\" }}\n"));
+    }
+    for line in cluster_extra.lines() {
+        out.push_str(&format!("    {line}\n"));
+    }
+    out
 }
 
 /// A config with listener `main` on `${LISTEN}` and one catch-all route `all` to cluster
