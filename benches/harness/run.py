@@ -114,9 +114,8 @@ SCENARIOS: dict[str, tuple[str, str, str]] = {
 }
 DEFAULT_SCENARIOS = list(SCENARIOS)
 TLS_SCENARIOS = {"tls-h1", "tls-h2", "tls-handshake"}
-# Strait has no TLS yet (its own issue). Remove this when it lands: the harness then needs a
-# `tls` listener in strait_config() below.
-STRAIT_UNSUPPORTED = {s: "not supported yet: Strait has no TLS" for s in TLS_SCENARIOS}
+# Scenarios Strait cannot run yet, with the reason shown in the tables.
+STRAIT_UNSUPPORTED: dict[str, str] = {}
 
 H1_CONNS = 32
 H2_CONNS, H2_STREAMS = 8, 16
@@ -513,7 +512,7 @@ class Strait(Target):
 
     def start(self, conns: int, tls: bool) -> None:
         env, w = self.env, self.env.work
-        main, grpc, admin = free_ports(3)
+        main, grpc, admin, tlsp = free_ports(4)
         # The default configuration (request ids, x-forwarded-*, metrics all on), one worker.
         conf = (
             f"admin: {{ address: \"{HOST}:{admin}\" }}\n"
@@ -524,6 +523,18 @@ class Strait(Target):
             "    routes:\n"
             "      - backends: [{ cluster: up }]\n"
         )
+        if tls:
+            make_cert(env)
+            # TLS 1.3 only, as the other targets; ALPN h2 and http/1.1 (the default).
+            conf += (
+                "  - name: bench-tls\n"
+                f"    address: \"{HOST}:{tlsp}\"\n"
+                "    tls:\n"
+                f"      certificates: [{{ cert: \"{env.cert}\", key: \"{env.key}\" }}]\n"
+                "      min_version: \"1.3\"\n"
+                "    routes:\n"
+                "      - backends: [{ cluster: up }]\n"
+            )
         if not env.smoke:
             conf += (
                 "  - name: grpc\n"
@@ -551,7 +562,7 @@ class Strait(Target):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("strait's /ready did not answer 200")
             time.sleep(0.05)
-        self.ports = {"h1": main, "h2": main, "grpc": grpc}
+        self.ports = {"h1": main, "h2": main, "grpc": grpc, "tls": tlsp}
 
 
 class Nginx(Target):
