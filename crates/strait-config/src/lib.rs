@@ -10,6 +10,7 @@
 //!    (walking the file against the JSON Schema);
 //! 3. `validate.rs` checks what types cannot say (references, uniqueness, ranges, regexes).
 
+mod cidr;
 mod duration;
 mod error;
 mod field_path;
@@ -19,6 +20,7 @@ mod source_map;
 mod suggest;
 mod validate;
 
+pub use cidr::{Cidr, ParseCidrError};
 pub use duration::{Duration, ParseDurationError};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;

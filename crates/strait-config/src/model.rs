@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::cidr::Cidr;
 use crate::duration::Duration;
 
 /// A whole proxy configuration: one YAML file in static mode.
@@ -99,6 +100,62 @@ pub struct Listener {
     /// Terminate TLS on this listener. Default: none (plain HTTP/1.1 and h2c).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
+    /// Who may send requests to this listener, checked before routing. Default: none (all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+}
+
+/// An authorization policy: rules checked in order, the first whose conditions all hold
+/// decides; when none does, `default` decides. A denied request gets 403 (gRPC
+/// `PERMISSION_DENIED`) and never reaches an upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Authorization {
+    /// What happens to a request no rule matches: `allow`, or `deny` (default-deny mode).
+    /// Default: `allow`.
+    #[serde(default)]
+    pub default: AuthzAction,
+    /// The rules, in order. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<AuthzRule>,
+}
+
+/// One authorization rule: its conditions (all must hold; a list holds when any item does;
+/// a rule without conditions matches every request) and its action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzRule {
+    /// Name in metrics and logs. Default: `rule-<index>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `allow` or `deny`. Required.
+    pub action: AuthzAction,
+    /// Verified peer identities (SPIFFE IDs from client certificates): an exact ID
+    /// (`spiffe://cluster.local/ns/shop/sa/checkout`), a prefix ending in `*`
+    /// (`spiffe://cluster.local/ns/shop/*` for a namespace, `spiffe://cluster.local/*` for a
+    /// trust domain), or `*` for any verified peer. A request without a verified identity
+    /// matches none. Default: any request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    /// Client address ranges (`10.0.0.0/8`, `2001:db8::/32`, one address). Default: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_ips: Vec<Cidr>,
+    /// Request conditions: hosts, path, methods, headers, query, as a route's `match`.
+    /// Default: any request.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub request: Option<RouteMatch>,
+}
+
+/// What an authorization rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuthzAction {
+    /// Let the request through.
+    #[default]
+    Allow,
+    /// Answer 403.
+    Deny,
 }
 
 /// TLS termination on a listener: certificates chosen by SNI, ALPN `h2`/`http/1.1`, session
@@ -441,6 +498,9 @@ pub struct Route {
     /// `backends`. Default: none (one attempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// Who may use this route, checked after the listener's policy. Default: none (all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
 }
 
 /// A route's retry policy. A failed attempt is tried again, on another endpoint when there is

@@ -198,6 +198,9 @@ impl Checker<'_> {
             if let Some(tls) = &listener.tls {
                 self.listener_tls(&at.key("tls"), tls);
             }
+            if let Some(policy) = &listener.authorization {
+                self.authorization(&at.key("authorization"), policy);
+            }
             if let Some(limit) = &listener.connection_rate_limit {
                 let rate = limit.connections_per_second;
                 if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {
@@ -394,6 +397,9 @@ impl Checker<'_> {
                     );
                 }
             }
+        }
+        if let Some(policy) = &route.authorization {
+            self.authorization(&at.key("authorization"), policy);
         }
         if let Some(retry) = &route.retry {
             if answers_itself {
@@ -811,6 +817,41 @@ impl Checker<'_> {
                     at.key("server_name"),
                     format!("{name:?} is not a DNS name or IP address"),
                 );
+            }
+        }
+    }
+
+    fn authorization(&mut self, at: &FieldPath, policy: &Authorization) {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, rule) in policy.rules.iter().enumerate() {
+            let at = at.key("rules").index(i);
+            if let Some(name) = &rule.name {
+                if name.trim().is_empty() {
+                    self.say(at.key("name"), "the rule name is empty");
+                } else if let Some(first) = names.insert(name, i) {
+                    self.say(
+                        at.key("name"),
+                        format!("`{name}` is already the name of rules[{first}]"),
+                    );
+                }
+            }
+            if let Some(m) = &rule.request {
+                self.route_match(&at.key("match"), m);
+            }
+            for (pi, peer) in rule.peers.iter().enumerate() {
+                let valid = peer == "*"
+                    || (peer.starts_with("spiffe://")
+                        && peer.len() > "spiffe://".len()
+                        && !peer[..peer.len() - 1].contains('*'));
+                if !valid {
+                    self.say(
+                        at.key("peers").index(pi),
+                        format!(
+                            "{peer:?}: give a SPIFFE ID (`spiffe://td/ns/shop/sa/api`), a prefix \
+                             ending in `*` (`spiffe://td/ns/shop/*`), or `*` for any verified peer"
+                        ),
+                    );
+                }
             }
         }
     }

@@ -81,3 +81,31 @@ fn defaults_are_two_attempts_on_transport_and_gateway_errors() {
     assert_eq!(c.retry_budget.min_retries_per_second, 10);
     assert_eq!(c.circuit_breaker.max_retries, 1024);
 }
+
+#[test]
+fn authorization_rules_are_checked() {
+    let bad = format!(
+        "{BASE}    authorization:\n      rules:\n        - {{ name: a, action: allow, peers: [checkout] }}\n    routes:\n      - backends: [{{ cluster: c }}]\n"
+    );
+    let e = errors(&bad);
+    assert!(
+        e.contains("authorization.rules[0].peers[0]") && e.contains("give a SPIFFE ID"),
+        "{e}"
+    );
+    let cidr = format!(
+        "{BASE}    authorization:\n      rules:\n        - {{ action: deny, client_ips: [10.0.0.0/33] }}\n    routes:\n      - backends: [{{ cluster: c }}]\n"
+    );
+    let e = errors(&cidr);
+    assert!(
+        e.starts_with("t.yaml:9:40: listeners[0].authorization.rules[0].client_ips[0]: `10.0.0.0/33`: the prefix length must be 0 to 32"),
+        "{e}"
+    );
+    let dup = format!(
+        "{BASE}    authorization:\n      rules:\n        - {{ name: a, action: allow }}\n        - {{ name: a, action: deny }}\n    routes:\n      - backends: [{{ cluster: c }}]\n"
+    );
+    let e = errors(&dup);
+    assert!(
+        e.contains("authorization.rules[1].name: `a` is already the name of rules[0]"),
+        "{e}"
+    );
+}

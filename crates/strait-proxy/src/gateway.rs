@@ -138,7 +138,7 @@ pub(crate) async fn serve(
             .insert(headers::X_REQUEST_ID.clone(), headers::new_request_id());
     }
     let host = request_host(&req);
-    let found = {
+    let (found, denied) = {
         let view = RequestView {
             method: req.method(),
             host: host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
@@ -146,7 +146,22 @@ pub(crate) async fn serve(
             query: req.uri().query(),
             headers: req.headers(),
         };
-        listener.routes.find_with_match(&view)
+        // The listener's policy first, then the matched route's; the rule that denied is named.
+        let peer = conn.tls.get().and_then(|t| t.peer_identity.as_deref());
+        let denied_by = |policy: &crate::authz::Policy| {
+            let verdict = policy.decide(peer, conn.peer.ip(), &view);
+            (!verdict.allowed).then(|| verdict.rule.to_owned())
+        };
+        let by_listener = listener.authz.as_ref().and_then(denied_by);
+        let found = match by_listener {
+            Some(_) => None,
+            None => listener.routes.find_with_match(&view),
+        };
+        let by_route = found
+            .as_ref()
+            .and_then(|(action, _)| action.authz.as_ref())
+            .and_then(denied_by);
+        (found, by_listener.or(by_route))
     };
     let mut log = listener.access_log.as_ref().and_then(|logger| {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -162,6 +177,19 @@ pub(crate) async fn serve(
         entry.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
         Some(entry)
     });
+    if let Some(rule) = denied {
+        let stats = match &found {
+            Some((action, _)) => {
+                if let Some(entry) = log.as_mut() {
+                    entry.route = Some(Arc::clone(&action.name));
+                }
+                &action.local_stats
+            }
+            None => &listener.no_route,
+        };
+        let response = local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
+        return Ok(answered(listener, stats, log, response, started));
+    }
     let Some((action, matched)) = found else {
         let response = local_reply(grpc, Cause::NoRoute, "no route matches the request");
         return Ok(answered(
@@ -1098,6 +1126,7 @@ fn version_label(v: Version) -> &'static str {
 pub(crate) enum Cause {
     NoRoute,
     BadRequest,
+    Forbidden,
     NoHealthyEndpoint,
     Overflow,
     ConnectFailed,
@@ -1110,6 +1139,7 @@ impl Cause {
     fn name(self) -> &'static str {
         match self {
             Cause::NoRoute => "no_route",
+            Cause::Forbidden => "forbidden",
             Cause::BadRequest => "bad_request",
             Cause::NoHealthyEndpoint => "no_healthy_endpoint",
             Cause::Overflow => "overflow",
@@ -1123,6 +1153,7 @@ impl Cause {
     fn status(self) -> StatusCode {
         match self {
             Cause::NoRoute => StatusCode::NOT_FOUND,
+            Cause::Forbidden => StatusCode::FORBIDDEN,
             Cause::BadRequest => StatusCode::BAD_REQUEST,
             Cause::NoHealthyEndpoint
             | Cause::ConnectFailed
@@ -1137,6 +1168,7 @@ impl Cause {
     fn grpc_status(self) -> u16 {
         match self {
             Cause::NoRoute => 12,       // UNIMPLEMENTED
+            Cause::Forbidden => 7,      // PERMISSION_DENIED
             Cause::BadRequest => 13,    // INTERNAL
             Cause::RequestTimeout => 4, // DEADLINE_EXCEEDED
             _ => 14,                    // UNAVAILABLE

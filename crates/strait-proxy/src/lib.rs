@@ -6,6 +6,7 @@
 //! HTTP listeners).
 
 mod admin;
+pub mod authz;
 pub mod balance;
 pub mod detect;
 mod gateway;

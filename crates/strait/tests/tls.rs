@@ -491,3 +491,44 @@ async fn upstream_tls_is_verified_by_default() {
         "a warning at start"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_by_peer_identity() {
+    let dir = Dir::new();
+    let ca = Ca::new("mesh CA");
+    let up = Upstream::echo("app").await;
+    let ca_path = dir.write("clients.pem", &ca.pem());
+    let policy = format!(
+        "      client_auth: {{ ca: \"{ca_path}\", required: false }}\n    authorization:\n      default: deny\n      rules:\n        - {{ name: shop, action: allow, peers: ['spiffe://cluster.local/ns/shop/*'] }}\n"
+    );
+    let (listener, _) = tls_listener(&dir, &ca, &policy);
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    let status = |cert: Option<(String, String)>| {
+        let cfg = match &cert {
+            Some((c, k)) => client_config(&ca.pem(), &[b"http/1.1"], Some((c, k))),
+            None => client_config(&ca.pem(), &[b"http/1.1"], None),
+        };
+        async move {
+            let stream = handshake(proxy.listen, cfg, "api.example.com")
+                .await
+                .expect("handshake");
+            get_over(stream, "api.example.com")
+                .await
+                .expect("request")
+                .0
+        }
+    };
+    let shop = ca.leaf(
+        &["a"],
+        &["spiffe://cluster.local/ns/shop/sa/checkout"],
+        (-1, 30),
+    );
+    let other = ca.leaf(
+        &["b"],
+        &["spiffe://cluster.local/ns/ops/sa/deploy"],
+        (-1, 30),
+    );
+    assert_eq!(status(Some(shop)).await, 200);
+    assert_eq!(status(Some(other)).await, 403);
+    assert_eq!(status(None).await, 403, "no verified identity, no match");
+}

@@ -40,6 +40,37 @@ pub struct RequestView<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
+/// A whole `match` block, hosts included, for deciding outside a route table (authorization
+/// rules use it to match requests).
+#[derive(Debug)]
+pub struct RequestMatcher {
+    hosts: Box<[HostPattern]>,
+    rest: RouteMatcher,
+}
+
+impl RequestMatcher {
+    /// Errors name the offending field (`match.headers[1].regex: ...`).
+    pub fn compile(m: &strait_config::RouteMatch) -> Result<Self, String> {
+        let hosts = m
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| HostPattern::parse(h).map_err(|e| format!("match.hosts[{i}]: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(RequestMatcher {
+            hosts,
+            rest: RouteMatcher::compile(m)?,
+        })
+    }
+
+    /// True when every condition holds.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        let host = host_without_port(req.host);
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(host)))
+            && self.rest.matches(req).is_some()
+    }
+}
+
 /// What the engine needs to know about how the matched route matched.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MatchInfo {

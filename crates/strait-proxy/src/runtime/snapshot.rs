@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use strait_config::{Config, HashOn, ProxyHeaders, Redirect, Rewrite, UpstreamProtocol};
 
+use crate::authz::Policy as AuthzPolicy;
 use crate::balance::Balancer;
 use crate::http::headers::CompiledEdits;
 use crate::ratelimit::{KeyedLimiter, LimiterStore, Rate};
@@ -149,6 +150,18 @@ impl Snapshot {
                     idle_timeout: r.idle_timeout.non_zero(),
                     fault: r.fault.as_ref().map(FaultPlan::compile),
                     retry: r.retry.as_ref().map(RetryPolicy::compile),
+                    authz: match &r.authorization {
+                        Some(a) => Some(
+                            AuthzPolicy::compile(a, |rule| {
+                                metrics.authz(&l.name, &route_name, rule)
+                            })
+                            .map_err(|message| CompileError {
+                                location: format!("{}.authorization", at()),
+                                message,
+                            })?,
+                        ),
+                        None => None,
+                    },
                     rate_limit: match &r.rate_limit {
                         Some(rl) => Some(
                             RateLimitPlan::compile(
@@ -193,6 +206,17 @@ impl Snapshot {
                     None => None,
                 },
                 no_route: metrics.route(&l.name, "", ""),
+                authz: match &l.authorization {
+                    Some(a) => Some(
+                        AuthzPolicy::compile(a, |rule| metrics.authz(&l.name, "", rule)).map_err(
+                            |message| CompileError {
+                                location: format!("listeners[{li}].authorization"),
+                                message,
+                            },
+                        )?,
+                    ),
+                    None => None,
+                },
                 tls: match &l.tls {
                     Some(tls) => Some(Arc::new(ServerTls::compile(&l.name, tls).map_err(
                         |message| CompileError {
@@ -261,6 +285,8 @@ pub struct ListenerPlan {
     pub connection_rate: Option<(Arc<KeyedLimiter>, Rate)>,
     /// TLS termination.
     pub tls: Option<Arc<ServerTls>>,
+    /// Who may send requests, checked before routing.
+    pub authz: Option<AuthzPolicy>,
 }
 
 /// What a matched route does.
@@ -290,6 +316,8 @@ pub struct RouteAction {
     pub rate_limit: Option<RateLimitPlan>,
     /// When and how failed attempts are tried again.
     pub retry: Option<RetryPolicy>,
+    /// Who may use the route.
+    pub authz: Option<AuthzPolicy>,
 }
 
 /// A route's rate limit, ready to check requests.

@@ -3,6 +3,7 @@
 //! The [`MetricsStore`] keeps every handle by name, so counters survive reloads, and is read by
 //! a prometheus-client [`Collector`] on each scrape (on the control thread).
 
+use crate::authz::Decisions;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -309,6 +310,7 @@ pub struct MetricsStore {
     listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
     endpoints: Mutex<BTreeMap<(String, String), Arc<EndpointCounters>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterCounters>>>,
+    authz: Mutex<BTreeMap<(String, String, String), Arc<Decisions>>>,
     gauges: Mutex<Option<Arc<dyn GaugeSource>>>,
 }
 
@@ -343,6 +345,12 @@ impl MetricsStore {
     /// The counters of a cluster.
     pub fn cluster(&self, name: &str) -> Arc<ClusterCounters> {
         get_or_insert(&self.clusters, name.to_owned())
+    }
+
+    /// The decision counters of an authorization rule (`route` empty for a listener's policy).
+    pub fn authz(&self, listener: &str, route: &str, rule: &str) -> Arc<Decisions> {
+        let key = (listener.to_owned(), route.to_owned(), rule.to_owned());
+        get_or_insert(&self.authz, key)
     }
 
     /// Where the gauges read at scrape time come from.
@@ -596,6 +604,32 @@ impl Collector for StoreCollector {
             for (l, s) in &listeners {
                 for (reason, n) in ["handshake", "timeout"].iter().zip(&s.tls_failures) {
                     let labels = [("listener", l.as_str()), ("reason", *reason)];
+                    ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        {
+            let decisions: Vec<((String, String, String), Arc<Decisions>)> = {
+                let map = store.authz.lock().unwrap_or_else(|e| e.into_inner());
+                map.iter()
+                    .map(|(k, v)| (k.clone(), Arc::clone(v)))
+                    .collect()
+            };
+            let mut m = encoder.encode_descriptor(
+                "strait_authz_decisions",
+                "Authorization decisions, by policy rule and decision (allow, deny).",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((l, r, rule), d) in &decisions {
+                for (decision, n) in [("allow", &d.allowed), ("deny", &d.denied)] {
+                    let labels = [
+                        ("listener", l.as_str()),
+                        ("route", r.as_str()),
+                        ("rule", rule.as_str()),
+                        ("decision", decision),
+                    ];
                     ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
                 }
             }
