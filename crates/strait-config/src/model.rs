@@ -259,6 +259,12 @@ pub struct ClusterTls {
     /// at start. Default: `false`.
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// Mesh mTLS: the SPIFFE IDs the endpoints may present (exact, or a prefix ending in `*`).
+    /// When set, certificates must chain to `ca` (required) and carry a matching `spiffe://`
+    /// URI; DNS names are not checked. An endpoint's own `identity` narrows it further. A
+    /// mismatch fails the connection (503 `connect_failed`) and is counted. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spiffe_ids: Vec<String>,
 }
 
 /// A listener's rate of new connections.
@@ -1303,6 +1309,10 @@ pub struct Endpoint {
     #[serde(default = "defaults::weight")]
     #[schemars(range(min = 1, max = 1000))]
     pub weight: u32,
+    /// The SPIFFE ID this endpoint must present, with the cluster's `tls.spiffe_ids` set.
+    /// Default: any of the cluster's `spiffe_ids`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// Default values, one function per field default (serde needs functions).

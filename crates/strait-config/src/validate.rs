@@ -811,6 +811,40 @@ impl Checker<'_> {
             ),
             _ => {}
         }
+        if !tls.spiffe_ids.is_empty() {
+            if tls.ca.is_none() {
+                self.say_at_key(
+                    at.key("spiffe_ids"),
+                    "SPIFFE identities are checked against the mesh's CA, and `ca` is not set; \
+                     add `ca: mesh-ca.pem`",
+                );
+            }
+            if tls.server_name.is_some() {
+                self.say_at_key(
+                    at.key("server_name"),
+                    "with `spiffe_ids` the endpoints are checked by SPIFFE ID, not by name; \
+                     remove `server_name`",
+                );
+            }
+            if tls.insecure_skip_verify {
+                self.say_at_key(
+                    at.key("insecure_skip_verify"),
+                    "`insecure_skip_verify` would skip the identity check `spiffe_ids` asks for; \
+                     remove one of them",
+                );
+            }
+            for (i, id) in tls.spiffe_ids.iter().enumerate() {
+                if !spiffe_pattern_valid(id) {
+                    self.say(
+                        at.key("spiffe_ids").index(i),
+                        format!(
+                            "{id:?}: give a SPIFFE ID (`spiffe://td/ns/shop/sa/api`) or a prefix \
+                             ending in `*` (`spiffe://td/ns/shop/*`)"
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(name) = &tls.server_name {
             if rustls_name_invalid(name) {
                 self.say(
@@ -1000,6 +1034,24 @@ impl Checker<'_> {
         let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
         for (ei, endpoint) in cluster.endpoints.iter().enumerate() {
             let at = at.key("endpoints").index(ei);
+            if let Some(id) = &endpoint.identity {
+                let checked = cluster
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| !t.spiffe_ids.is_empty());
+                if !checked {
+                    self.say_at_key(
+                        at.key("identity"),
+                        "an endpoint identity is checked only by mesh mTLS: set the cluster's \
+                         `tls.spiffe_ids` (and `tls.ca`)",
+                    );
+                } else if id.contains('*') || !spiffe_pattern_valid(id) {
+                    self.say(
+                        at.key("identity"),
+                        format!("{id:?}: give a SPIFFE ID, like `spiffe://td/ns/shop/sa/api`"),
+                    );
+                }
+            }
             let address = endpoint.address;
             if address.port() == 0 || address.ip().is_unspecified() {
                 self.say(
@@ -1299,6 +1351,12 @@ fn regex_problem(e: &regex::Error) -> String {
         other => other.to_string(),
     };
     format!("invalid regular expression: {reason} (RE2 syntax, see https://docs.rs/regex)")
+}
+
+/// A SPIFFE ID, or a prefix of one ending in `*`.
+fn spiffe_pattern_valid(id: &str) -> bool {
+    let body = id.strip_suffix('*').unwrap_or(id);
+    body.len() > "spiffe://".len() && body.starts_with("spiffe://") && !body.contains('*')
 }
 
 /// True when `name` can be neither a DNS name nor an IP address (what SNI and certificate

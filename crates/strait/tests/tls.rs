@@ -532,3 +532,56 @@ async fn authorization_by_peer_identity() {
     assert_eq!(status(Some(other)).await, 403);
     assert_eq!(status(None).await, 403, "no verified identity, no match");
 }
+
+/// Mesh mTLS between two proxies: each presents a SPIFFE identity, each checks the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_mtls_checks_spiffe_identities_both_ways() {
+    let dir = Dir::new();
+    let ca = Ca::new("mesh CA");
+    let app = Upstream::echo("app").await;
+    let ca_path = dir.write("mesh-ca.pem", &ca.pem());
+    let server_id = "spiffe://cluster.local/ns/shop/sa/cart";
+    let client_id = "spiffe://cluster.local/ns/web/sa/frontend";
+    let (sc, sk) = ca.leaf(&[], &[server_id], (-1, 30));
+    let (cc, ck) = ca.leaf(&[], &[client_id], (-1, 30));
+    let (server_cert, server_key) = (dir.write("cart.pem", &sc), dir.write("cart.key", &sk));
+    let (client_cert, client_key) = (dir.write("web.pem", &cc), dir.write("web.key", &ck));
+    let inbound = format!(
+        "    tls:\n      certificates: [{{ cert: \"{server_cert}\", key: \"{server_key}\" }}]\n      client_auth: {{ ca: \"{ca_path}\" }}\n    authorization:\n      default: deny\n      rules: [{{ name: web, action: allow, peers: ['spiffe://cluster.local/ns/web/*'] }}]\n"
+    );
+    let cart = Proxy::start(&config(app.addr, &inbound, "")).await;
+    let outbound = |ids: &str, identity: &str| {
+        format!(
+            "listeners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      - backends: [{{ cluster: cart }}]\nclusters:\n  - name: cart\n    endpoints: [{{ address: \"{}\"{identity} }}]\n    tls:\n      ca: \"{ca_path}\"\n      cert: \"{client_cert}\"\n      key: \"{client_key}\"\n      spiffe_ids: [{ids}]\n",
+            cart.listen
+        )
+    };
+    let web = Proxy::start(&outbound("'spiffe://cluster.local/ns/shop/*'", "")).await;
+    let resp = web.get("cart.example", "/items").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.upstream(), "app");
+    let seen: serde_json::Value = serde_json::from_str(&resp.text()).expect("echo json");
+    assert_eq!(
+        seen["headers"]["x-forwarded-client-cert"][0],
+        format!("URI={client_id}"),
+        "the cart side saw the web side's identity"
+    );
+
+    // The endpoint must be exactly this identity: the cart's certificate is refused.
+    let wrong = ", identity: 'spiffe://cluster.local/ns/shop/sa/payments'";
+    let web = Proxy::start(&outbound("'spiffe://cluster.local/ns/shop/*'", wrong)).await;
+    let resp = web.get("cart.example", "/items").await;
+    assert_eq!(resp.status, 503);
+    assert!(
+        resp.text().contains("not the one expected"),
+        "{}",
+        resp.text()
+    );
+    let metrics = web.admin_get("/metrics").await.text();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("strait_upstream_identity_mismatches_total{cluster=\"cart\"} ")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}

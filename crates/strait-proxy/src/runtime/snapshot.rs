@@ -513,11 +513,21 @@ impl ClusterPlan {
         store: &HealthStore,
     ) -> Result<Self, String> {
         let tls = match &c.tls {
-            Some(t) => Some(Arc::new(ClientTls::compile(
-                &c.name,
-                t,
-                c.protocol == UpstreamProtocol::Http2,
-            )?)),
+            Some(t) => {
+                let endpoints: Vec<_> = c
+                    .endpoints
+                    .iter()
+                    .map(|e| (e.address.ip(), e.identity.clone()))
+                    .collect();
+                let mismatches = Arc::clone(&metrics.cluster(&c.name).identity_mismatches);
+                Some(Arc::new(ClientTls::compile(
+                    &c.name,
+                    t,
+                    c.protocol == UpstreamProtocol::Http2,
+                    &endpoints,
+                    mismatches,
+                )?))
+            }
             None => None,
         };
         // Hashing balancers place endpoints by address, so a change to one endpoint moves only

@@ -253,6 +253,8 @@ pub struct ClusterCounters {
     pub retries_skipped_budget: AtomicU64,
     /// Ejections outlier detection wanted and `max_ejection_percent` refused.
     pub ejections_overflow: AtomicU64,
+    /// Upstream TLS handshakes refused because the peer's SPIFFE ID was not the expected one.
+    pub identity_mismatches: Arc<AtomicU64>,
 }
 
 /// Key of one route's counters.
@@ -708,6 +710,11 @@ impl Collector for StoreCollector {
                 "strait_upstream_retry_successes",
                 "Requests answered well after at least one retry.",
                 |c: &ClusterCounters| c.retry_successes.load(Relaxed),
+            ),
+            (
+                "strait_upstream_identity_mismatches",
+                "Upstream TLS connections refused: the peer's SPIFFE ID was not the expected one.",
+                |c: &ClusterCounters| c.identity_mismatches.load(Relaxed),
             ),
             (
                 "strait_upstream_hedges",

@@ -12,7 +12,9 @@
 //! certificate rotation does not force every client into a full handshake.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -253,13 +255,40 @@ impl ServerTls {
 }
 
 impl ClientTls {
-    /// Builds a cluster's TLS from its config, reading every file.
-    pub fn compile(cluster: &str, tls: &ClusterTls, http2: bool) -> Result<ClientTls, String> {
+    /// Builds a cluster's TLS from its config, reading every file. `endpoints` are the
+    /// cluster's endpoints with the identity each must present (mesh mTLS); `mismatches`
+    /// counts refused identities.
+    pub fn compile(
+        cluster: &str,
+        tls: &ClusterTls,
+        http2: bool,
+        endpoints: &[(IpAddr, Option<String>)],
+        mismatches: Arc<AtomicU64>,
+    ) -> Result<ClientTls, String> {
         let mut files = Vec::new();
         let builder = ClientConfig::builder_with_provider(crypto())
             .with_protocol_versions(versions(TlsVersion::Tls12))
             .map_err(|e| e.to_string())?;
-        let builder = if tls.insecure_skip_verify {
+        let builder = if !tls.spiffe_ids.is_empty() {
+            let ca = tls
+                .ca
+                .as_deref()
+                .ok_or("spiffe_ids needs `ca`, the mesh's CA")?;
+            files.push(PathBuf::from(ca));
+            let verifier = SpiffeVerifier {
+                anchors: roots(ca)?.roots,
+                accepted: tls.spiffe_ids.clone(),
+                by_endpoint: endpoints
+                    .iter()
+                    .filter_map(|(ip, id)| Some((*ip, id.clone()?)))
+                    .collect(),
+                provider: crypto(),
+                mismatches,
+            };
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+        } else if tls.insecure_skip_verify {
             tracing::warn!(
                 cluster,
                 "insecure_skip_verify: the endpoints' certificates are NOT verified; anyone on \
@@ -335,6 +364,114 @@ pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
 /// A fingerprint of files' contents, to tell when they changed (missing files count too).
 pub fn fingerprint(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
     files.iter().map(|f| std::fs::read(f).ok()).collect()
+}
+
+/// True when `id` matches a pattern: exact, or a prefix ending in `*`.
+fn spiffe_matches(pattern: &str, id: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => id.starts_with(prefix),
+        None => id == pattern,
+    }
+}
+
+/// Mesh mTLS: the endpoint's certificate must chain to the mesh CA (for server use) and carry
+/// a SPIFFE ID the config expects for that endpoint; DNS names play no part.
+#[derive(Debug)]
+struct SpiffeVerifier {
+    anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
+    accepted: Vec<String>,
+    by_endpoint: HashMap<IpAddr, String>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    mismatches: Arc<AtomicU64>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for SpiffeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &self.anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| {
+            Error::InvalidCertificate(match e {
+                webpki::Error::CertExpired { .. } => CertificateError::Expired,
+                webpki::Error::CertNotValidYet { .. } => CertificateError::NotValidYet,
+                webpki::Error::UnknownIssuer => CertificateError::UnknownIssuer,
+                other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
+            })
+        })?;
+        let wanted = match server_name {
+            ServerName::IpAddress(ip) => self.by_endpoint.get(&IpAddr::from(*ip)),
+            _ => None,
+        };
+        let ok = cert
+            .valid_uri_names()
+            .filter(|uri| uri.starts_with("spiffe://"))
+            .any(|id| match wanted {
+                Some(exact) => id == exact,
+                None => self.accepted.iter().any(|p| spiffe_matches(p, id)),
+            });
+        if !ok {
+            self.mismatches.fetch_add(1, Relaxed);
+            let presented: Vec<&str> = cert.valid_uri_names().collect();
+            return Err(Error::General(format!(
+                "peer identity {presented:?} is not the one expected ({})",
+                match wanted {
+                    Some(exact) => exact.clone(),
+                    None => self.accepted.join(", "),
+                }
+            )));
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// `insecure_skip_verify`: accepts any certificate, still checking handshake signatures.
