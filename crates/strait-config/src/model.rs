@@ -103,6 +103,71 @@ pub struct Listener {
     /// Who may send requests to this listener, checked before routing. Default: none (all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// Verify a JWT bearer token on every request, before routing (and before
+    /// `authorization`). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<Jwt>,
+}
+
+/// JWT verification: the `Authorization: Bearer` token's signature (RS256, ES256 or EdDSA, by
+/// a key from a JWKS), issuer, audience, `exp` and `nbf`. A failure gets 401 with
+/// `WWW-Authenticate` (gRPC `UNAUTHENTICATED`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Jwt {
+    /// The `iss` tokens must carry. Required.
+    pub issuer: String,
+    /// `aud` values accepted (a token needs one of them). Default: any audience.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Where the signing keys come from: `{ file: jwks.json }` or `{ url: https://... }`.
+    /// Required.
+    pub jwks: JwksSource,
+    /// Signature algorithms accepted: `RS256`, `ES256`, `EdDSA`. Default: all three.
+    #[serde(default = "defaults::jwt_algorithms")]
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Clock skew allowed on `exp` and `nbf`. Default: `60s`.
+    #[serde(default = "defaults::jwt_leeway")]
+    pub leeway: Duration,
+    /// Refuse requests without a token; with `false` they pass unauthenticated (a token that is
+    /// present must still be valid). Default: `true`.
+    #[serde(default = "defaults::yes")]
+    pub required: bool,
+    /// Claims copied into request headers for routing, rate limiting and the upstream
+    /// (`{ sub: x-user }`); such headers sent by the client are removed first. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claim_to_headers: BTreeMap<String, String>,
+    /// Keep the `Authorization` header on the request sent upstream. Default: `true`.
+    #[serde(default = "defaults::yes")]
+    pub forward: bool,
+}
+
+/// A JWKS (JSON Web Key Set) location.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwksSource {
+    /// A JWKS file, read at start and whenever it changes. One of `file` and `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// An `http://` or `https://` URL, fetched in the background (bounded to 1 MiB and 10 s)
+    /// and kept; the last good set serves while a fetch fails. One of `file` and `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// How often the URL is fetched again. Default: `5m`.
+    #[serde(default = "defaults::jwks_refresh")]
+    pub refresh: Duration,
+}
+
+/// A JWT signature algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
+pub enum JwtAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+    /// Ed25519.
+    EdDSA,
 }
 
 /// An authorization policy: rules checked in order, the first whose conditions all hold
@@ -1317,7 +1382,7 @@ pub struct Endpoint {
 
 /// Default values, one function per field default (serde needs functions).
 pub(crate) mod defaults {
-    use super::{Alpn, Duration, ForwardedMode, RetryOn, SocketAddr, StatusRange};
+    use super::{Alpn, Duration, ForwardedMode, JwtAlgorithm, RetryOn, SocketAddr, StatusRange};
 
     pub fn admin_address() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9901))
@@ -1392,6 +1457,19 @@ pub(crate) mod defaults {
     }
     pub fn budget_min() -> u32 {
         10
+    }
+    pub fn jwt_algorithms() -> Vec<JwtAlgorithm> {
+        vec![
+            JwtAlgorithm::RS256,
+            JwtAlgorithm::ES256,
+            JwtAlgorithm::EdDSA,
+        ]
+    }
+    pub fn jwt_leeway() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn jwks_refresh() -> Duration {
+        Duration::from_secs(300)
     }
     pub fn alpn() -> Vec<Alpn> {
         vec![Alpn::H2, Alpn::Http11]

@@ -201,6 +201,9 @@ impl Checker<'_> {
             if let Some(policy) = &listener.authorization {
                 self.authorization(&at.key("authorization"), policy);
             }
+            if let Some(jwt) = &listener.jwt {
+                self.jwt(&at.key("jwt"), jwt);
+            }
             if let Some(limit) = &listener.connection_rate_limit {
                 let rate = limit.connections_per_second;
                 if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {
@@ -886,6 +889,51 @@ impl Checker<'_> {
                         ),
                     );
                 }
+            }
+        }
+    }
+
+    fn jwt(&mut self, at: &FieldPath, jwt: &Jwt) {
+        if jwt.issuer.trim().is_empty() {
+            self.say(
+                at.key("issuer"),
+                "the issuer is empty: give the `iss` tokens carry",
+            );
+        }
+        if jwt.algorithms.is_empty() {
+            self.say(
+                at.key("algorithms"),
+                "no algorithm accepted: give some of `RS256`, `ES256`, `EdDSA` (the default is all)",
+            );
+        }
+        let jwks = at.key("jwks");
+        match (&jwt.jwks.file, &jwt.jwks.url) {
+            (Some(file), None) => self.path(&jwks.key("file"), file),
+            (None, Some(url)) => {
+                let ok = (url.starts_with("https://") || url.starts_with("http://"))
+                    && url.parse::<http::Uri>().is_ok_and(|u| u.host().is_some());
+                if !ok {
+                    self.say(
+                        jwks.key("url"),
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    );
+                }
+            }
+            _ => self.say_at_key(
+                jwks,
+                "give exactly one of `file` (a JWKS file) and `url` (where to fetch it)",
+            ),
+        }
+        if jwt.jwks.refresh.get() < std::time::Duration::from_secs(1) {
+            self.say(
+                at.key("jwks").key("refresh"),
+                "below 1s: the issuer would be asked for keys on every request or so; give \
+                 `5m` (the default) or at least `1s`",
+            );
+        }
+        for (claim, header) in &jwt.claim_to_headers {
+            if let Err(e) = check_header_name(header) {
+                self.say(at.key("claim_to_headers").key(claim), e);
             }
         }
     }

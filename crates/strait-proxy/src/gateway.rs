@@ -137,6 +137,26 @@ pub(crate) async fn serve(
         req.headers_mut()
             .insert(headers::X_REQUEST_ID.clone(), headers::new_request_id());
     }
+    // The token first: its claims may become headers that routes and rate limits look at.
+    if let Some(jwt) = &listener.jwt {
+        if let Err(refusal) = jwt.check(req.headers_mut()) {
+            let mut response = local_reply(
+                grpc,
+                Cause::Unauthorized,
+                format!("bearer token {}", refusal.name().replace('_', " ")),
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, crate::jwt::challenge(refusal));
+            return Ok(answered(
+                listener,
+                &listener.no_route,
+                None,
+                response,
+                started,
+            ));
+        }
+    }
     let host = request_host(&req);
     let (found, denied) = {
         let view = RequestView {
@@ -1126,6 +1146,7 @@ fn version_label(v: Version) -> &'static str {
 pub(crate) enum Cause {
     NoRoute,
     BadRequest,
+    Unauthorized,
     Forbidden,
     NoHealthyEndpoint,
     Overflow,
@@ -1140,6 +1161,7 @@ impl Cause {
         match self {
             Cause::NoRoute => "no_route",
             Cause::Forbidden => "forbidden",
+            Cause::Unauthorized => "unauthorized",
             Cause::BadRequest => "bad_request",
             Cause::NoHealthyEndpoint => "no_healthy_endpoint",
             Cause::Overflow => "overflow",
@@ -1154,6 +1176,7 @@ impl Cause {
         match self {
             Cause::NoRoute => StatusCode::NOT_FOUND,
             Cause::Forbidden => StatusCode::FORBIDDEN,
+            Cause::Unauthorized => StatusCode::UNAUTHORIZED,
             Cause::BadRequest => StatusCode::BAD_REQUEST,
             Cause::NoHealthyEndpoint
             | Cause::ConnectFailed
@@ -1169,6 +1192,7 @@ impl Cause {
         match self {
             Cause::NoRoute => 12,       // UNIMPLEMENTED
             Cause::Forbidden => 7,      // PERMISSION_DENIED
+            Cause::Unauthorized => 16,  // UNAUTHENTICATED
             Cause::BadRequest => 13,    // INTERNAL
             Cause::RequestTimeout => 4, // DEADLINE_EXCEEDED
             _ => 14,                    // UNAVAILABLE

@@ -11,6 +11,7 @@ pub mod balance;
 pub mod detect;
 mod gateway;
 pub mod http;
+pub mod jwt;
 pub mod listener;
 pub mod ratelimit;
 pub mod resilience;

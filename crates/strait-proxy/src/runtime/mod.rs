@@ -408,7 +408,7 @@ async fn watch_config_file(shared: Arc<Shared>, interval: Duration) {
     let mut last = std::fs::read(&shared.config_path).ok();
     // The certificates and keys the serving config was built from: a rotation on disk (a
     // cert-manager renewal, a Kubernetes secret update) recompiles the same config.
-    let mut tls_files = shared.snapshot.load().tls_files();
+    let mut tls_files = shared.snapshot.load().watched_files();
     let mut tls_seen = crate::tls::fingerprint(&tls_files);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -426,7 +426,7 @@ async fn watch_config_file(shared: Arc<Shared>, interval: Duration) {
                 if let Ok(text) = String::from_utf8(now) {
                     let _ = shared.apply_text(&text);
                 }
-                tls_files = shared.snapshot.load().tls_files();
+                tls_files = shared.snapshot.load().watched_files();
             }
             continue;
         }
@@ -435,7 +435,7 @@ async fn watch_config_file(shared: Arc<Shared>, interval: Duration) {
             Ok(text) => {
                 tracing::info!(path = %shared.config_path.display(), "config file changed");
                 let _ = shared.apply_text(&text);
-                tls_files = shared.snapshot.load().tls_files();
+                tls_files = shared.snapshot.load().watched_files();
                 tls_seen = crate::tls::fingerprint(&tls_files);
             }
             Err(_) => {

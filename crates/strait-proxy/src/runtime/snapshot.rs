@@ -13,6 +13,7 @@ use strait_config::{Config, HashOn, ProxyHeaders, Redirect, Rewrite, UpstreamPro
 use crate::authz::Policy as AuthzPolicy;
 use crate::balance::Balancer;
 use crate::http::headers::CompiledEdits;
+use crate::jwt::JwtPlan;
 use crate::ratelimit::{KeyedLimiter, LimiterStore, Rate};
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::health_check::CheckPlan;
@@ -206,6 +207,15 @@ impl Snapshot {
                     None => None,
                 },
                 no_route: metrics.route(&l.name, "", ""),
+                jwt: match &l.jwt {
+                    Some(j) => Some(JwtPlan::compile(j, metrics.jwt(&l.name)).map_err(
+                        |message| CompileError {
+                            location: format!("listeners[{li}].jwt"),
+                            message,
+                        },
+                    )?),
+                    None => None,
+                },
                 authz: match &l.authorization {
                     Some(a) => Some(
                         AuthzPolicy::compile(a, |rule| metrics.authz(&l.name, "", rule)).map_err(
@@ -236,19 +246,24 @@ impl Snapshot {
         })
     }
 
-    /// Every file TLS was built from: when one changes, the config is compiled again.
-    pub fn tls_files(&self) -> Vec<std::path::PathBuf> {
+    /// Every file the snapshot was built from besides the config (certificates, keys, CAs,
+    /// JWKS files): when one changes, the config is compiled again.
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
         let listeners = self
             .listeners
             .iter()
             .filter_map(|l| l.tls.as_ref())
             .flat_map(|t| t.files.iter().cloned());
+        let jwks = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.jwt.as_ref()?.file.clone());
         let clusters = self
             .clusters
             .iter()
             .filter_map(|c| c.tls.as_ref())
             .flat_map(|t| t.files.iter().cloned());
-        listeners.chain(clusters).collect()
+        listeners.chain(clusters).chain(jwks).collect()
     }
 
     /// The listener bound to `addr`.
@@ -287,6 +302,8 @@ pub struct ListenerPlan {
     pub tls: Option<Arc<ServerTls>>,
     /// Who may send requests, checked before routing.
     pub authz: Option<AuthzPolicy>,
+    /// Bearer-token verification, before routing.
+    pub jwt: Option<JwtPlan>,
 }
 
 /// What a matched route does.

@@ -4,6 +4,7 @@
 //! a prometheus-client [`Collector`] on each scrape (on the control thread).
 
 use crate::authz::Decisions;
+use crate::jwt::{JwtCounters, Refusal};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -313,6 +314,7 @@ pub struct MetricsStore {
     endpoints: Mutex<BTreeMap<(String, String), Arc<EndpointCounters>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterCounters>>>,
     authz: Mutex<BTreeMap<(String, String, String), Arc<Decisions>>>,
+    jwt: Mutex<BTreeMap<String, Arc<JwtCounters>>>,
     gauges: Mutex<Option<Arc<dyn GaugeSource>>>,
 }
 
@@ -347,6 +349,11 @@ impl MetricsStore {
     /// The counters of a cluster.
     pub fn cluster(&self, name: &str) -> Arc<ClusterCounters> {
         get_or_insert(&self.clusters, name.to_owned())
+    }
+
+    /// The JWT check results of a listener.
+    pub fn jwt(&self, listener: &str) -> Arc<JwtCounters> {
+        get_or_insert(&self.jwt, listener.to_owned())
     }
 
     /// The decision counters of an authorization rule (`route` empty for a listener's policy).
@@ -632,6 +639,30 @@ impl Collector for StoreCollector {
                         ("rule", rule.as_str()),
                         ("decision", decision),
                     ];
+                    ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        {
+            let jwt: Vec<(String, Arc<JwtCounters>)> = {
+                let map = store.jwt.lock().unwrap_or_else(|e| e.into_inner());
+                map.iter()
+                    .map(|(k, v)| (k.clone(), Arc::clone(v)))
+                    .collect()
+            };
+            let mut m = encoder.encode_descriptor(
+                "strait_jwt_requests",
+                "Requests checked for a JWT, by result (valid, anonymous, or why refused).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (l, c) in &jwt {
+                let results = [("valid", &c.accepted), ("anonymous", &c.anonymous)]
+                    .into_iter()
+                    .chain(Refusal::ALL.iter().map(|r| r.name()).zip(c.refused.iter()));
+                for (result, n) in results {
+                    let labels = [("listener", l.as_str()), ("result", result)];
                     ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
                 }
             }

@@ -338,6 +338,21 @@ impl ClientTls {
     }
 }
 
+/// A client config for HTTPS fetches the proxy makes itself (JWKS): the system's roots.
+pub(crate) fn https_client_config() -> Result<Arc<ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let config = ClientConfig::builder_with_provider(crypto())
+                .with_protocol_versions(versions(TlsVersion::Tls12))
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(system_roots()?)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
 fn system_roots() -> Result<RootCertStore, String> {
     let found = rustls_native_certs::load_native_certs();
     let mut store = RootCertStore::empty();
