@@ -40,6 +40,20 @@ pub(crate) async fn serve_connection(
         };
         return serve_http(TokioIo::new(stream), protocol, conn, idle_timeout, drain).await;
     };
+    // Boxed: a TLS session is kilobytes, and a plain connection's task (allocated at the size
+    // of its largest state) must not carry room for one.
+    Box::pin(serve_tls(stream, tls, conn, idle_timeout, stats, drain)).await;
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    tls: Arc<ServerTls>,
+    conn: Rc<Connection>,
+    idle_timeout: Option<Duration>,
+    stats: Option<Arc<ListenerStats>>,
+    drain: watch::Receiver<bool>,
+) {
+    let peer = conn.peer;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
     let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
