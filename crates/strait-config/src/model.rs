@@ -404,6 +404,8 @@ pub enum LogField {
     Retries,
     /// The client's IP address.
     ClientIp,
+    /// The verified peer identity (SPIFFE ID of the client certificate), else null.
+    PeerIdentity,
     /// `x-request-id`.
     RequestId,
     /// Trace id from a valid W3C `traceparent`, else null.
@@ -417,7 +419,7 @@ pub enum LogField {
 
 impl LogField {
     /// Every field, in the default order.
-    pub const ALL: [LogField; 20] = [
+    pub const ALL: [LogField; 21] = [
         LogField::Time,
         LogField::Listener,
         LogField::Route,
@@ -435,6 +437,7 @@ impl LogField {
         LogField::UpstreamDurationMs,
         LogField::Retries,
         LogField::ClientIp,
+        LogField::PeerIdentity,
         LogField::RequestId,
         LogField::TraceId,
         LogField::ResponseFlags,
@@ -460,6 +463,7 @@ impl LogField {
             LogField::UpstreamDurationMs => "upstream_duration_ms",
             LogField::Retries => "retries",
             LogField::ClientIp => "client_ip",
+            LogField::PeerIdentity => "peer_identity",
             LogField::RequestId => "request_id",
             LogField::TraceId => "trace_id",
             LogField::ResponseFlags => "response_flags",
@@ -730,6 +734,9 @@ pub enum RateLimitKey {
     Route,
     /// The value of this request header.
     Header(String),
+    /// The verified peer identity (the SPIFFE ID of a client certificate); requests without
+    /// one are not limited.
+    Peer,
 }
 
 /// A different rate for one key value.

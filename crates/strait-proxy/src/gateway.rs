@@ -195,6 +195,7 @@ pub(crate) async fn serve(
             req.headers(),
         )?;
         entry.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
+        entry.peer_identity = conn.tls.get().and_then(|t| t.peer_identity.clone());
         Some(entry)
     });
     if let Some(rule) = denied {
@@ -246,7 +247,7 @@ pub(crate) async fn serve(
         }
     }
     if let Some(limit) = &action.rate_limit {
-        if let Some(retry) = over_limit(limit, &req, conn.peer.ip()) {
+        if let Some(retry) = over_limit(limit, &req, &conn) {
             action.local_stats.rate_limited();
             let response = rate_limited_reply(grpc, retry);
             return Ok(answered(
@@ -744,12 +745,13 @@ fn refused_stream(e: &hyper::Error) -> bool {
 fn over_limit<B>(
     limit: &RateLimitPlan,
     req: &Request<B>,
-    client_ip: IpAddr,
+    conn: &Connection,
 ) -> Option<(Rate, u64)> {
     let key = match &limit.key {
-        RateLimitSource::ClientIp => ip_key(client_ip),
+        RateLimitSource::ClientIp => ip_key(conn.peer.ip()),
         RateLimitSource::Route => 1,
         RateLimitSource::Header(name) => hash_key(req.headers().get(name)?.as_bytes()),
+        RateLimitSource::Peer => hash_key(conn.tls.get()?.peer_identity.as_deref()?.as_bytes()),
     };
     let rate = limit.rate_for(key);
     match limit.limiter.check(key, rate, ratelimit::now_nanos()) {

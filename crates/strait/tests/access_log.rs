@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use support::*;
 
-const ALL_FIELDS: [&str; 20] = [
+const ALL_FIELDS: [&str; 21] = [
     "time",
     "listener",
     "route",
@@ -25,6 +25,7 @@ const ALL_FIELDS: [&str; 20] = [
     "upstream_duration_ms",
     "retries",
     "client_ip",
+    "peer_identity",
     "request_id",
     "trace_id",
     "response_flags",

@@ -585,3 +585,53 @@ async fn mesh_mtls_checks_spiffe_identities_both_ways() {
         "{metrics}"
     );
 }
+
+/// The verified identity keys rate limits and is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_identity_keys_rate_limits_and_is_logged() {
+    let dir = Dir::new();
+    let ca = Ca::new("mesh CA");
+    let up = Upstream::echo("app").await;
+    let ca_path = dir.write("clients.pem", &ca.pem());
+    let log_path = dir.0.join("access.log");
+    let extra = format!(
+        "      client_auth: {{ ca: \"{ca_path}\" }}\n    access_log: {{ path: \"{}\", fields: [status, peer_identity] }}\n",
+        log_path.display()
+    );
+    let (listener, _) = tls_listener(&dir, &ca, &extra);
+    let template = config(up.addr, &listener, "").replace(
+        "        backends: [{ cluster: up }]\n",
+        "        backends: [{ cluster: up }]\n        rate_limit: { requests_per_second: 1, burst: 1, key: peer }\n",
+    );
+    let proxy = Proxy::start(&template).await;
+    let status = |id: &str| {
+        let (c, k) = ca.leaf(&["w"], &[id], (-1, 30));
+        let cfg = client_config(&ca.pem(), &[b"http/1.1"], Some((&c, &k)));
+        async move {
+            let stream = handshake(proxy.listen, cfg, "api.example.com")
+                .await
+                .expect("handshake");
+            get_over(stream, "api.example.com")
+                .await
+                .expect("request")
+                .0
+        }
+    };
+    let a = "spiffe://cluster.local/ns/a/sa/x";
+    let b = "spiffe://cluster.local/ns/b/sa/y";
+    assert_eq!(status(a).await, 200);
+    assert_eq!(status(a).await, 429, "a's bucket is spent");
+    assert_eq!(status(b).await, 200, "b has its own bucket");
+    let mut logged = String::new();
+    for _ in 0..40 {
+        logged = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if logged.lines().count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        logged.contains(&format!("\"peer_identity\":\"{b}\"")),
+        "the identity is logged: {logged}"
+    );
+}

@@ -375,7 +375,10 @@ mod tests {
 
     #[test]
     fn bearer_tokens_are_found_whatever_the_scheme_case() {
-        assert_eq!(bearer(&with_auth("Bearer abc.def.ghi")), Some("abc.def.ghi"));
+        assert_eq!(
+            bearer(&with_auth("Bearer abc.def.ghi")),
+            Some("abc.def.ghi")
+        );
         assert_eq!(bearer(&with_auth("bearer  abc")), Some("abc"));
         assert_eq!(bearer(&with_auth("Basic dXNlcjpwdw==")), None);
         assert_eq!(bearer(&with_auth("Bearer ")), None);
@@ -387,7 +390,10 @@ mod tests {
         assert!(Keys::parse(b"not json").is_err());
         assert!(Keys::parse(br#"{"keys": []}"#).is_err());
         let hmac = br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}]}"#;
-        assert!(Keys::parse(hmac).is_err(), "symmetric keys are never accepted");
+        assert!(
+            Keys::parse(hmac).is_err(),
+            "symmetric keys are never accepted"
+        );
     }
 
     #[test]

@@ -359,6 +359,8 @@ pub enum RateLimitSource {
     Route,
     /// A request header (absent: not limited).
     Header(http::HeaderName),
+    /// The verified peer identity (none: not limited).
+    Peer,
 }
 
 /// The key hash of a client address (its octets).
@@ -376,6 +378,7 @@ impl RateLimitPlan {
         };
         let key = match &rl.key {
             strait_config::RateLimitKey::Route => RateLimitSource::Route,
+            strait_config::RateLimitKey::Peer => RateLimitSource::Peer,
             strait_config::RateLimitKey::Header(name) => RateLimitSource::Header(
                 http::HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| format!("invalid header name {name:?}"))?,

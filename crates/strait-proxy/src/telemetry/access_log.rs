@@ -40,6 +40,7 @@ pub struct LogEntry {
     pub(crate) duration: Duration,
     pub(crate) upstream_duration: Option<Duration>,
     pub(crate) retries: u32,
+    pub(crate) peer_identity: Option<String>,
     pub(crate) client_ip: IpAddr,
     pub(crate) request_id: Option<HeaderValue>,
     pub(crate) trace_id: Option<String>,
@@ -92,6 +93,7 @@ impl AccessLogger {
             duration: Duration::ZERO,
             upstream_duration: None,
             retries: 0,
+            peer_identity: None,
             client_ip,
             request_id: None,
             trace_id,
@@ -237,6 +239,10 @@ impl LogEntry {
                 LogField::DurationMs => ms(self.duration),
                 LogField::UpstreamDurationMs => self.upstream_duration.map_or(Value::Null, ms),
                 LogField::Retries => Value::from(self.retries),
+                LogField::PeerIdentity => self
+                    .peer_identity
+                    .clone()
+                    .map_or(Value::Null, Value::String),
                 LogField::ClientIp => Value::String(self.client_ip.to_string()),
                 LogField::RequestId => text(self.request_id.as_ref().and_then(|v| v.to_str().ok())),
                 LogField::TraceId => self.trace_id.clone().map_or(Value::Null, Value::String),
