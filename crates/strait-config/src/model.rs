@@ -107,6 +107,23 @@ pub struct Listener {
     /// `authorization`). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<Jwt>,
+    /// TLS passthrough: route raw TLS connections by the SNI of their ClientHello to a cluster,
+    /// without terminating them. Such a listener serves no HTTP: not with `routes` or `tls`.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_passthrough: Vec<PassthroughRoute>,
+}
+
+/// Where TLS connections for some server names go, untouched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughRoute {
+    /// SNI names: exact, or a leading wildcard `*.example.com`; case-insensitive. The first
+    /// entry that matches wins. Default: any name, and connections without SNI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<String>,
+    /// The cluster the connection's bytes go to. Required.
+    pub cluster: String,
 }
 
 /// JWT verification: the `Authorization: Bearer` token's signature (RS256, ES256 or EdDSA, by

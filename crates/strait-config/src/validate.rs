@@ -204,6 +204,40 @@ impl Checker<'_> {
             if let Some(jwt) = &listener.jwt {
                 self.jwt(&at.key("jwt"), jwt);
             }
+            if !listener.tls_passthrough.is_empty() {
+                let http_only = [
+                    ("routes", !listener.routes.is_empty()),
+                    ("tls", listener.tls.is_some()),
+                    ("jwt", listener.jwt.is_some()),
+                ];
+                for (field, set) in http_only {
+                    if set {
+                        self.say_at_key(
+                            at.key(field),
+                            format!(
+                                "a `tls_passthrough` listener forwards TLS untouched and serves \
+                                 no HTTP, so `{field}` cannot apply; use another listener"
+                            ),
+                        );
+                    }
+                }
+                for (pi, p) in listener.tls_passthrough.iter().enumerate() {
+                    let at = at.key("tls_passthrough").index(pi);
+                    self.cluster_ref(&at.key("cluster"), &p.cluster);
+                    for (ni, name) in p.server_names.iter().enumerate() {
+                        let body = name.strip_prefix("*.").unwrap_or(name);
+                        if body.contains('*') || rustls_name_invalid(body) {
+                            self.say(
+                                at.key("server_names").index(ni),
+                                format!(
+                                    "{name:?}: give a DNS name, or `*.` and a DNS name for a \
+                                     wildcard"
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
             if let Some(limit) = &listener.connection_rate_limit {
                 let rate = limit.connections_per_second;
                 if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {

@@ -13,6 +13,7 @@ mod gateway;
 pub mod http;
 pub mod jwt;
 pub mod listener;
+mod passthrough;
 pub mod ratelimit;
 pub mod resilience;
 pub mod route;

@@ -65,6 +65,17 @@ pub(crate) async fn accept_loop(
                         }
                     }
                 }
+                if let Some(routes) = plan.and_then(|l| l.passthrough.clone()) {
+                    let guard = worker.connection_opened();
+                    let counted = plan.map(|l| l.connections.opened());
+                    let snapshot = Arc::clone(&snapshot);
+                    tokio::task::spawn_local(async move {
+                        crate::passthrough::serve(stream, snapshot, routes).await;
+                        drop(counted);
+                        drop(guard);
+                    });
+                    continue;
+                }
                 let conn = Rc::new(Connection {
                     worker: Rc::clone(&worker),
                     local: address,

@@ -635,3 +635,43 @@ async fn peer_identity_keys_rate_limits_and_is_logged() {
         "the identity is logged: {logged}"
     );
 }
+
+/// TLS passthrough: connections are routed by SNI, untouched, to TLS backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_routes_raw_tls_by_sni() {
+    let dir = Dir::new();
+    let ca = Ca::new("test CA");
+    let app = Upstream::echo("app").await;
+    let (listener, _) = tls_listener(&dir, &ca, "");
+    let backend = Proxy::start(&config(app.addr, &listener, "")).await;
+    let front = Proxy::start(&format!(
+        "listeners:\n  - name: edge\n    address: ${{LISTEN}}\n    tls_passthrough:\n      - {{ server_names: [api.example.com, \"*.example.com\"], cluster: backend }}\nclusters:\n  - name: backend\n    endpoints: [{{ address: \"{}\" }}]\n",
+        backend.listen
+    ))
+    .await;
+    let cfg = client_config(&ca.pem(), &[b"h2", b"http/1.1"], None);
+    // The session is end to end: the client sees the backend's certificate for its SNI.
+    for (sni, served) in [
+        ("api.example.com", "api.example.com"),
+        ("www.example.com", "*.example.com"),
+    ] {
+        let stream = handshake(front.listen, Arc::clone(&cfg), sni)
+            .await
+            .expect("handshake through");
+        assert_eq!(served_names(&stream), vec![served.to_owned()]);
+        let (status, body) = get_over(stream, sni).await.expect("request through");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"upstream\":\"app\""), "{body}");
+    }
+    // A name no entry takes: closed without a byte.
+    let refused = handshake(front.listen, Arc::clone(&cfg), "other.test").await;
+    assert!(refused.is_err(), "an unrouted name was passed through");
+    // Not TLS at all: closed.
+    let plain = within(
+        Duration::from_secs(5),
+        "plain",
+        front.send(Proto::H1, simple("GET", "a", "/")),
+    )
+    .await;
+    assert!(plain.is_err());
+}

@@ -14,6 +14,7 @@ use crate::authz::Policy as AuthzPolicy;
 use crate::balance::Balancer;
 use crate::http::headers::CompiledEdits;
 use crate::jwt::JwtPlan;
+use crate::passthrough::PassthroughRoute;
 use crate::ratelimit::{KeyedLimiter, LimiterStore, Rate};
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::health_check::CheckPlan;
@@ -207,6 +208,17 @@ impl Snapshot {
                     None => None,
                 },
                 no_route: metrics.route(&l.name, "", ""),
+                passthrough: if l.tls_passthrough.is_empty() {
+                    None
+                } else {
+                    let mut routes = Vec::with_capacity(l.tls_passthrough.len());
+                    for (pi, p) in l.tls_passthrough.iter().enumerate() {
+                        let at = || format!("listeners[{li}].tls_passthrough[{pi}]");
+                        let cluster = cluster_index(&p.cluster, &at)?;
+                        routes.push(PassthroughRoute::new(&p.server_names, cluster));
+                    }
+                    Some(Arc::from(routes))
+                },
                 jwt: match &l.jwt {
                     Some(j) => Some(JwtPlan::compile(j, metrics.jwt(&l.name)).map_err(
                         |message| CompileError {
@@ -304,6 +316,8 @@ pub struct ListenerPlan {
     pub authz: Option<AuthzPolicy>,
     /// Bearer-token verification, before routing.
     pub jwt: Option<JwtPlan>,
+    /// TLS passthrough by SNI, instead of HTTP.
+    pub passthrough: Option<Arc<[PassthroughRoute]>>,
 }
 
 /// What a matched route does.
