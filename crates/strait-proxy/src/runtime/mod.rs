@@ -26,8 +26,12 @@ use crate::listener;
 use crate::ratelimit::LimiterStore;
 use crate::telemetry::access_log::LogSinks;
 use crate::telemetry::metrics::GaugeSource;
+use crate::telemetry::otlp::Exporters;
 use crate::telemetry::MetricsStore;
 pub use snapshot::Snapshot;
+
+/// Longest a stopping proxy waits for its last spans to be exported.
+const SPAN_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// How the proxy is started (the bootstrap lane: flags, not config).
 #[derive(Debug, Clone)]
@@ -98,6 +102,8 @@ pub(crate) struct Shared {
     pub logs: Arc<LogSinks>,
     /// Rate-limit buckets by route, kept across reloads.
     pub limiters: Arc<LimiterStore>,
+    /// Span exporters, kept across reloads that do not change them.
+    pub exporters: Arc<Exporters>,
 }
 
 impl Shared {
@@ -120,6 +126,7 @@ impl Shared {
                     &self.metrics,
                     &self.logs,
                     &self.limiters,
+                    &self.exporters,
                 )
                 .map_err(|e| e.to_string())
             });
@@ -258,7 +265,9 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
     let metrics = Arc::new(MetricsStore::default());
     let logs = Arc::new(LogSinks::default());
     let limiters = Arc::new(LimiterStore::default());
-    let snapshot = Snapshot::compile(config, 1, None, &metrics, &logs, &limiters)?;
+    let exporters = Arc::new(Exporters::default());
+    metrics.set_tracing_counters(exporters.counters());
+    let snapshot = Snapshot::compile(config, 1, None, &metrics, &logs, &limiters, &exporters)?;
     let (updated, _) = watch::channel(1);
     let (draining, _) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -273,6 +282,7 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         metrics,
         logs,
         limiters,
+        exporters,
     });
     shared
         .metrics
@@ -347,6 +357,10 @@ async fn control_main(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Spans of the last requests: sent if the collector answers soon, else given up.
+    shared
+        .exporters
+        .flush(std::time::Instant::now() + SPAN_FLUSH_LIMIT);
     tracing::info!("stopped");
 }
 

@@ -21,6 +21,9 @@ use crate::telemetry::access_log::{AccessLogger, LogSinks};
 use crate::telemetry::metrics::{
     ClusterCounters, EndpointCounters, ListenerStats, MetricsStore, RouteStats,
 };
+use crate::telemetry::otlp::Exporters;
+use crate::telemetry::spans::{ListenerTracing, Tracer};
+use crate::telemetry::trace_context::Sampler;
 
 /// Why a config that passed validation still could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +56,21 @@ impl Snapshot {
         metrics: &MetricsStore,
         logs: &LogSinks,
         limiters: &LimiterStore,
+        exporters: &Exporters,
     ) -> Result<Snapshot, CompileError> {
+        let tracer = match &config.tracing {
+            Some(t) => Some(Arc::new(Tracer {
+                sampler: Sampler::ratio(t.sample_percent),
+                sink: exporters.sink(t).map_err(|e| CompileError {
+                    location: "tracing".to_owned(),
+                    message: e.to_string(),
+                })?,
+            })),
+            None => {
+                exporters.clear();
+                None
+            }
+        };
         let clusters: Vec<Arc<ClusterPlan>> = config
             .clusters
             .iter()
@@ -177,6 +194,9 @@ impl Snapshot {
                     None => None,
                 },
                 no_route: metrics.route(&l.name, "", ""),
+                tracing: tracer
+                    .as_ref()
+                    .map(|t| ListenerTracing::new(l.trace_context.as_ref(), Arc::clone(t))),
             });
         }
         Ok(Snapshot {
@@ -214,6 +234,8 @@ pub struct ListenerPlan {
     pub access_log: Option<Arc<AccessLogger>>,
     /// Most connections open at once.
     pub max_connections: Option<u64>,
+    /// Trace context and spans, when the config has `tracing`.
+    pub tracing: Option<ListenerTracing>,
 }
 
 /// What a matched route does.

@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::spans::TracingCounters;
+
 /// Upper bounds of the request duration histogram, in seconds: sub-millisecond to tens of
 /// seconds.
 pub const DURATION_BUCKETS: [f64; 15] = [
@@ -239,6 +241,7 @@ pub struct MetricsStore {
     endpoints: Mutex<BTreeMap<(String, String), Arc<EndpointCounters>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterCounters>>>,
     gauges: Mutex<Option<Arc<dyn GaugeSource>>>,
+    tracing: Mutex<Option<Arc<TracingCounters>>>,
 }
 
 fn get_or_insert<K: Ord, V: Default>(map: &Mutex<BTreeMap<K, Arc<V>>>, key: K) -> Arc<V> {
@@ -272,6 +275,11 @@ impl MetricsStore {
     /// The counters of a cluster.
     pub fn cluster(&self, name: &str) -> Arc<ClusterCounters> {
         get_or_insert(&self.clusters, name.to_owned())
+    }
+
+    /// The span exporters' counters.
+    pub fn set_tracing_counters(&self, counters: Arc<TracingCounters>) {
+        *self.tracing.lock().unwrap_or_else(|e| e.into_inner()) = Some(counters);
     }
 
     /// Where the gauges read at scrape time come from.
@@ -679,6 +687,41 @@ impl Collector for StoreCollector {
                 MetricType::Counter,
             )?;
             ConstCounter::new(source.access_log_dropped()).encode(m)?;
+        }
+        let tracing = store
+            .tracing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(t) = tracing {
+            let m = encoder.encode_descriptor(
+                "strait_tracing_spans_exported",
+                "Spans the OTLP collector accepted.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(t.exported.load(Relaxed)).encode(m)?;
+            let mut m = encoder.encode_descriptor(
+                "strait_tracing_spans_dropped",
+                "Spans never exported, by reason: queue_full (the exporter could not keep up), \
+                 export_failed (the collector was unreachable, slow or refused them).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in [
+                ("queue_full", &t.dropped_queue_full),
+                ("export_failed", &t.dropped_export_failed),
+            ] {
+                ConstCounter::new(n.load(Relaxed))
+                    .encode(m.encode_family(&[("reason", reason)])?)?;
+            }
+            let m = encoder.encode_descriptor(
+                "strait_tracing_export_failures",
+                "OTLP export requests that failed or timed out.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(t.export_failures.load(Relaxed)).encode(m)?;
         }
         Ok(())
     }
