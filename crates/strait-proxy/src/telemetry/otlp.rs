@@ -47,6 +47,7 @@ pub struct Exporters {
 #[derive(Debug)]
 struct Running {
     feed: Arc<Feed>,
+    /// Disconnected once the thread has ended; nothing is ever sent on it.
     done: Receiver<()>,
 }
 
@@ -139,7 +140,8 @@ fn start(
         .name("strait-otlp".to_owned())
         .spawn(move || {
             thread.run(ready_tx);
-            let _ = done_tx.send(());
+            // Ending is the signal: `flush` and `sink` see the channel disconnected.
+            drop(done_tx);
         })
         .map_err(ExportError::Thread)?;
     match ready_rx.recv() {
@@ -433,15 +435,15 @@ fn server_attributes(
         ));
     }
     if let Some(listener) = &r.listener {
-        out.push(KeyValue::new("strait.listener", listener.to_string()));
+        out.push(KeyValue::new("strait.listener", shared(listener)));
     }
     if let Some(cluster) = &r.cluster {
-        out.push(KeyValue::new("strait.cluster", cluster.to_string()));
+        out.push(KeyValue::new("strait.cluster", shared(cluster)));
     }
     match &r.route {
         Some(route) => {
-            out.push(KeyValue::new("http.route", route.to_string()));
-            out.push(KeyValue::new("strait.route", route.to_string()));
+            out.push(KeyValue::new("http.route", shared(route)));
+            out.push(KeyValue::new("strait.route", shared(route)));
             Cow::Owned(format!("{method} {route}"))
         }
         None => Cow::Borrowed(method),
@@ -469,9 +471,14 @@ fn client_attributes(
         ));
     }
     if let Some(cluster) = &r.cluster {
-        out.push(KeyValue::new("strait.cluster", cluster.to_string()));
+        out.push(KeyValue::new("strait.cluster", shared(cluster)));
     }
     Cow::Borrowed(if method == "_OTHER" { "HTTP" } else { method })
+}
+
+/// A config name as an attribute value, shared rather than copied.
+fn shared(name: &Arc<str>) -> Value {
+    Value::String(StringValue::from(Arc::clone(name)))
 }
 
 /// The method as the conventions name it: one of the known methods, else `_OTHER` and the
@@ -623,6 +630,39 @@ mod tests {
             Some(Value::I64(2))
         );
         assert_eq!(s("url.full").as_deref(), Some("http://10.1.0.1:9000/api/x"));
+    }
+
+    fn tracing(yaml: &str) -> Tracing {
+        let config = strait_config::parse(&format!("tracing: {yaml}\n"), "t.yaml").unwrap();
+        config.tracing.unwrap()
+    }
+
+    #[test]
+    fn a_reload_that_changes_only_sampling_keeps_the_exporter() {
+        let exporters = Exporters::default();
+        let first = exporters
+            .sink(&tracing("{ endpoint: \"http://127.0.0.1:9\" }"))
+            .unwrap();
+        let same = exporters
+            .sink(&tracing(
+                "{ endpoint: \"http://127.0.0.1:9\", sample_percent: 50 }",
+            ))
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &same));
+        let other = exporters
+            .sink(&tracing(
+                "{ endpoint: \"http://127.0.0.1:9\", service_name: b }",
+            ))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        // Every exporter thread ends once asked to send what it holds.
+        exporters.flush(Instant::now() + Duration::from_secs(5));
+        let running = exporters.running.lock().unwrap();
+        assert_eq!(running.len(), 2);
+        assert!(running
+            .iter()
+            .all(|r| matches!(r.done.try_recv(), Err(TryRecvError::Disconnected))));
+        drop((first, same, other));
     }
 
     #[test]
