@@ -42,7 +42,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HOST = "127.0.0.1"
 
-TARGETS = ["direct", "strait", "nginx", "haproxy"]
+TARGETS = ["direct", "strait", "strait-observed", "nginx", "haproxy"]
+# strait-observed (Strait with an access log and tracing on) runs only when asked for: it
+# answers one question, the cost of observability, rather than comparing proxies.
+DEFAULT_TARGETS = ["direct", "strait", "nginx", "haproxy"]
+# What strait-observed samples: the issue's budget is stated at 10 %.
+OBSERVED_SAMPLE_PERCENT = 10
 
 # name -> (title, what it measures, kind)
 SCENARIOS: dict[str, tuple[str, str, str]] = {
@@ -510,16 +515,23 @@ class Strait(Target):
     def unsupported(cls, scenario: str) -> str | None:
         return STRAIT_UNSUPPORTED.get(scenario)
 
+    def observability(self) -> tuple[str, str]:
+        """Config added at the top level and to each listener: nothing for plain Strait."""
+        return "", ""
+
     def start(self, conns: int, tls: bool) -> None:
         env, w = self.env, self.env.work
         main, grpc, admin, tlsp = free_ports(4)
+        top, per_listener = self.observability()
         # The default configuration (request ids, x-forwarded-*, metrics all on), one worker.
         conf = (
             f"admin: {{ address: \"{HOST}:{admin}\" }}\n"
             "workers: 1\n"
+            f"{top}"
             "listeners:\n"
             "  - name: bench\n"
             f"    address: \"{HOST}:{main}\"\n"
+            f"{per_listener}"
             "    routes:\n"
             "      - backends: [{ cluster: up }]\n"
         )
@@ -539,6 +551,7 @@ class Strait(Target):
             conf += (
                 "  - name: grpc\n"
                 f"    address: \"{HOST}:{grpc}\"\n"
+                f"{per_listener}"
                 "    routes:\n"
                 "      - backends: [{ cluster: up-grpc }]\n"
             )
@@ -553,9 +566,9 @@ class Strait(Target):
                 "    protocol: http2\n"
                 f"    endpoints: [{{ address: \"{HOST}:{self.up.h2}\" }}]\n"
             )
-        (w / "strait.yaml").write_text(conf)
-        argv = [env.strait, "proxy", "--config", str(w / "strait.yaml")]
-        self.proc = env.procs.start(argv, env.proxy_cpu, w / "strait.log")
+        (w / f"{self.name}.yaml").write_text(conf)
+        argv = [env.strait, "proxy", "--config", str(w / f"{self.name}.yaml")]
+        self.proc = env.procs.start(argv, env.proxy_cpu, w / f"{self.name}.log")
         wait_port(main, self.proc)
         deadline = time.monotonic() + 10
         while http_get(admin, "/ready") != 200:
@@ -563,6 +576,50 @@ class Strait(Target):
                 raise RuntimeError("strait's /ready did not answer 200")
             time.sleep(0.05)
         self.ports = {"h1": main, "h2": main, "grpc": grpc, "tls": tlsp}
+
+
+class StraitObserved(Strait):
+    """Strait with everything an operator turns on to watch it: metrics (always on), a JSON
+    access log of every request to a file, and tracing at OBSERVED_SAMPLE_PERCENT % exported
+    over OTLP/HTTP to a local sink on the load generator's core (it answers 200 and discards,
+    as a collector would accept)."""
+
+    name = "strait-observed"
+
+    def __init__(self, env: Env, up: Upstream) -> None:
+        super().__init__(env, up)
+        self.sink: subprocess.Popen | None = None
+        self.sink_port = 0
+
+    def observability(self) -> tuple[str, str]:
+        observe = self.env.args.observe
+        top = listener = ""
+        if observe in ("all", "tracing"):
+            top = (
+                "tracing:\n"
+                "  protocol: http_protobuf\n"
+                f"  endpoint: \"http://{HOST}:{self.sink_port}/v1/traces\"\n"
+                f"  sample_percent: {self.env.args.observe_percent:g}\n"
+                "  batch_delay: 1s\n"
+            )
+        if observe in ("all", "access-log"):
+            listener = f"    access_log: {{ path: \"{self.env.work / 'access.log'}\" }}\n"
+        return top, listener
+
+    def start(self, conns: int, tls: bool) -> None:
+        (self.sink_port,) = free_ports(1)
+        argv = [sys.executable, str(Path(__file__).resolve()), "_otlp", str(self.sink_port)]
+        self.sink = self.env.procs.start(argv, self.env.load_cpu, self.env.work / "otlp.log")
+        wait_port(self.sink_port, self.sink)
+        super().start(conns, tls)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.sink is not None:
+            self.env.procs.stop(self.sink, signal.SIGTERM)
+            self.sink = None
+        # the log grows by a line per request: keep the disk free between runs
+        (self.env.work / "access.log").unlink(missing_ok=True)
 
 
 class Nginx(Target):
@@ -659,7 +716,8 @@ class Haproxy(Target):
         self.ports = {"h1": h1, "h2": h2, "tls": tlsp, "grpc": grpc}
 
 
-TARGET_CLASSES = {"direct": Direct, "strait": Strait, "nginx": Nginx, "haproxy": Haproxy}
+TARGET_CLASSES = {"direct": Direct, "strait": Strait, "strait-observed": StraitObserved,
+                  "nginx": Nginx, "haproxy": Haproxy}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1138,7 +1196,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-COLORS = {"direct": "#7f7f7f", "strait": "#d62728", "nginx": "#2ca02c", "haproxy": "#1f77b4"}
+COLORS = {"direct": "#7f7f7f", "strait": "#d62728", "strait-observed": "#ff7f0e",
+          "nginx": "#2ca02c", "haproxy": "#1f77b4"}
 
 
 def svg_plot(result: dict) -> str:
@@ -1330,10 +1389,9 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-def sub_upstream(port: int) -> None:
-    body = SMALL_BODY.encode()
-    resp = (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: "
-            + str(len(body)).encode() + b"\r\n\r\n" + body)
+def serve_fixed(port: int, resp: bytes) -> None:
+    """An HTTP/1.1 keep-alive server that reads each request (head and content-length body)
+    and answers `resp`, until the client closes or sends `connection: close`."""
 
     async def handle(reader, writer):
         try:
@@ -1359,6 +1417,18 @@ def sub_upstream(port: int) -> None:
 
     raise_nofile()
     asyncio.run(main())
+
+
+def sub_upstream(port: int) -> None:
+    body = SMALL_BODY.encode()
+    serve_fixed(port, b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: "
+                + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def sub_otlp(port: int) -> None:
+    """An OTLP/HTTP sink: reads each export and answers 200 with an empty protobuf response."""
+    serve_fixed(port, b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\n"
+                b"content-length: 0\r\n\r\n")
 
 
 def sub_client(port: int, conns: int, seconds: float, path: str) -> None:
@@ -1444,6 +1514,8 @@ def main() -> int:
             sub_upstream(int(rest[0]))
         elif cmd == "_client":
             sub_client(int(rest[0]), int(rest[1]), float(rest[2]), rest[3])
+        elif cmd == "_otlp":
+            sub_otlp(int(rest[0]))
         elif cmd == "_idle":
             sub_idle(int(rest[0]), int(rest[1]), float(rest[2]))
         return 0
@@ -1451,8 +1523,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
                     help="comma-separated, from: " + ", ".join(SCENARIOS))
-    ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of "
-                    + ", ".join(TARGETS))
+    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                    help="comma-separated subset of " + ", ".join(TARGETS))
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per measured run")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario")
     ap.add_argument("--out", default=str(REPO / "bench-results"), help="output directory")
@@ -1467,6 +1539,10 @@ def main() -> int:
     ap.add_argument("--load-cpu", type=int,
                     help="the load generator's and upstream's CPU (default: the second allowed)")
     ap.add_argument("--no-pin", action="store_true", help="pin nothing")
+    ap.add_argument("--observe", choices=["all", "access-log", "tracing"], default="all",
+                    help="what the strait-observed target turns on besides metrics")
+    ap.add_argument("--observe-percent", type=float, default=OBSERVED_SAMPLE_PERCENT,
+                    help="strait-observed's tracing sample_percent")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     ap.add_argument("--report", metavar="RESULT.json",
                     help="write the Markdown and SVG of an earlier result file again and exit")
@@ -1493,7 +1569,7 @@ def main() -> int:
     bad = [s for s in scenarios if s not in SCENARIOS]
     if bad or not targets:
         ap.error(f"unknown scenarios {bad}" if bad else "no known targets")
-    if not args.strait and "strait" in targets:
+    if not args.strait and any(t.startswith("strait") for t in targets):
         default = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release" / "strait"
         if not default.exists():
             ap.error("--strait PATH is required (benches/harness/run.sh builds it)")

@@ -35,6 +35,138 @@ pub struct Config {
     /// Named groups of upstream endpoints that routes send traffic to.
     #[serde(default)]
     pub clusters: Vec<Cluster>,
+    /// Distributed tracing: a span per request and per upstream attempt, exported over OTLP,
+    /// and trace context read from and written to requests. Default: none (no spans, and trace
+    /// headers pass through untouched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// Where spans go and which requests are traced. Spans wait in a bounded queue for a
+/// background exporter; when it cannot keep up or the collector is down, spans are dropped and
+/// counted (`strait_tracing_spans_dropped_total`): requests never wait for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// The OpenTelemetry collector, `http://host:port` (plain HTTP: the collector is usually a
+    /// local agent). For `http_protobuf` the path is where spans are posted (`/v1/traces` when
+    /// the URL has no path). Default: `http://127.0.0.1:4317` for `grpc`,
+    /// `http://127.0.0.1:4318/v1/traces` for `http_protobuf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// OTLP transport: `grpc` or `http_protobuf`. Default: `grpc`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Percent of new traces recorded, 0 to 100: requests that arrive without a sampling
+    /// decision. A request whose trace context carries one follows it. Default: `10`.
+    #[serde(default = "defaults::trace_sample_percent")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub sample_percent: f64,
+    /// `service.name` of the spans. Default: `strait`.
+    #[serde(default = "defaults::service_name")]
+    #[schemars(length(min = 1))]
+    pub service_name: String,
+    /// Finished spans waiting for export, 1 to 1048576; beyond it spans are dropped and
+    /// counted. Default: `2048`.
+    #[serde(default = "defaults::max_queue_spans")]
+    #[schemars(range(min = 1, max = 1_048_576))]
+    pub max_queue_spans: usize,
+    /// Most spans in one export request, 1 to `max_queue_spans`. Default: `512`.
+    #[serde(default = "defaults::max_batch_spans")]
+    #[schemars(range(min = 1))]
+    pub max_batch_spans: usize,
+    /// Longest a finished span waits for its batch to fill before it is sent anyway, above 0.
+    /// Default: `5s`.
+    #[serde(default = "defaults::batch_delay")]
+    pub batch_delay: Duration,
+    /// Time allowed to one export request, retries by the exporter included, above 0; spans of
+    /// a request that fails or times out are dropped and counted. Default: `10s`.
+    #[serde(default = "defaults::export_timeout")]
+    pub export_timeout: Duration,
+}
+
+impl Tracing {
+    /// The URL spans are sent to: `endpoint`, or the protocol's usual local collector; for
+    /// `http_protobuf`, `/v1/traces` is added to a URL without a path.
+    pub fn endpoint_url(&self) -> String {
+        match (self.protocol, self.endpoint.as_deref()) {
+            (OtlpProtocol::Grpc, None) => "http://127.0.0.1:4317".to_owned(),
+            (OtlpProtocol::HttpProtobuf, None) => "http://127.0.0.1:4318/v1/traces".to_owned(),
+            (OtlpProtocol::HttpProtobuf, Some(url)) => {
+                let url = url.trim_end_matches('/');
+                let has_path = url
+                    .split_once("://")
+                    .is_some_and(|(_, rest)| rest.contains('/'));
+                if has_path {
+                    url.to_owned()
+                } else {
+                    format!("{url}/v1/traces")
+                }
+            }
+            (_, Some(url)) => url.trim_end_matches('/').to_owned(),
+        }
+    }
+}
+
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (usually port 4317).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (usually port 4318, path `/v1/traces`).
+    HttpProtobuf,
+}
+
+/// Which trace context headers a listener reads from requests and writes to what it sends
+/// upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TraceContext {
+    /// Formats read from requests, tried in this order; the first valid one is the parent.
+    /// `[]` starts a new trace for every request (an edge that trusts no client's context).
+    /// Default: `[w3c, b3]`.
+    #[serde(default = "defaults::trace_accept")]
+    pub accept: Vec<AcceptFormat>,
+    /// Formats written to requests sent upstream, carrying the proxy's client span. `[]` sends
+    /// no trace context upstream. Default: `[w3c]`.
+    #[serde(default = "defaults::trace_emit")]
+    pub emit: Vec<EmitFormat>,
+}
+
+impl Default for TraceContext {
+    fn default() -> Self {
+        TraceContext {
+            accept: defaults::trace_accept(),
+            emit: defaults::trace_emit(),
+        }
+    }
+}
+
+/// A trace context format read from requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AcceptFormat {
+    /// W3C Trace Context: `traceparent` and `tracestate`.
+    W3c,
+    /// Zipkin B3, the single `b3` header or the `x-b3-*` headers.
+    B3,
+}
+
+/// A trace context format written to requests sent upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EmitFormat {
+    /// W3C Trace Context: `traceparent`, and `tracestate` as received.
+    W3c,
+    /// Zipkin B3 in one header: `b3: {trace}-{span}-{sampled}`.
+    B3Single,
+    /// Zipkin B3 in `x-b3-traceid`, `x-b3-spanid` and `x-b3-sampled` (or `x-b3-flags`).
+    B3Multi,
 }
 
 /// The admin server.
@@ -92,6 +224,10 @@ pub struct Listener {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_connections: Option<u64>,
+    /// Trace context formats read and written; only with a top-level `tracing`.
+    /// Default (with `tracing`): `{ accept: [w3c, b3], emit: [w3c] }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_context: Option<TraceContext>,
     /// New client connections accepted per second across all workers (a token bucket); a
     /// connection over the rate is closed as soon as it is accepted, and counted. Default: no
     /// limit.
@@ -425,7 +561,8 @@ pub enum LogField {
     PeerIdentity,
     /// `x-request-id`.
     RequestId,
-    /// Trace id from a valid W3C `traceparent`, else null.
+    /// The request's trace id: with `tracing`, the one its spans carry (received or new);
+    /// without, the one of a valid W3C `traceparent`, else null.
     TraceId,
     /// Why the proxy answered itself, if it did: `no_route`, `connect_failed`,
     /// `connect_timeout`, `request_timeout`, `upstream_reset`, `no_healthy_endpoint`,
@@ -1406,7 +1543,10 @@ pub struct Endpoint {
 
 /// Default values, one function per field default (serde needs functions).
 pub(crate) mod defaults {
-    use super::{Alpn, Duration, ForwardedMode, JwtAlgorithm, RetryOn, SocketAddr, StatusRange};
+    use super::{
+        AcceptFormat, Alpn, Duration, EmitFormat, ForwardedMode, JwtAlgorithm, RetryOn, SocketAddr,
+        StatusRange,
+    };
 
     pub fn admin_address() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9901))
@@ -1539,6 +1679,30 @@ pub(crate) mod defaults {
     }
     pub fn max_ejection_time() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn trace_sample_percent() -> f64 {
+        10.0
+    }
+    pub fn service_name() -> String {
+        "strait".to_owned()
+    }
+    pub fn max_queue_spans() -> usize {
+        2048
+    }
+    pub fn max_batch_spans() -> usize {
+        512
+    }
+    pub fn batch_delay() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn export_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn trace_accept() -> Vec<AcceptFormat> {
+        vec![AcceptFormat::W3c, AcceptFormat::B3]
+    }
+    pub fn trace_emit() -> Vec<EmitFormat> {
+        vec![EmitFormat::W3c]
     }
     pub fn max_ejection_percent() -> u32 {
         10

@@ -25,6 +25,8 @@ pub(crate) const MAX_WORKERS: usize = 1_024;
 pub(crate) const MAX_IDLE_PER_ENDPOINT: usize = 10_000;
 /// Longest request body kept for retries (16 MiB): more would let a few requests pin memory.
 const MAX_RETRY_BODY: usize = 16 << 20;
+/// Most finished spans waiting for export (each a few hundred bytes).
+const MAX_QUEUE_SPANS: usize = 1 << 20;
 /// The statuses a redirect may answer with.
 const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
 
@@ -118,6 +120,9 @@ impl Checker<'_> {
             }
         }
         self.listeners(config);
+        if let Some(tracing) = &config.tracing {
+            self.tracing(&root.key("tracing"), tracing);
+        }
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (ci, cluster) in config.clusters.iter().enumerate() {
             let at = root.key("clusters").index(ci);
@@ -288,8 +293,97 @@ impl Checker<'_> {
                     }
                 }
             }
+            if let Some(context) = &listener.trace_context {
+                let at = at.key("trace_context");
+                if config.tracing.is_none() {
+                    self.say_at_key(
+                        at.clone(),
+                        "`trace_context` chooses the headers of the proxy's spans, and there is \
+                         no top-level `tracing`: add `tracing` (an OTLP collector), or remove it",
+                    );
+                }
+                self.listed_once(&at.key("accept"), &context.accept, accept_name);
+                self.listed_once(&at.key("emit"), &context.emit, emit_name);
+            }
             for (ri, route) in listener.routes.iter().enumerate() {
                 self.route(&at.key("routes").index(ri), route);
+            }
+        }
+    }
+
+    /// Each choice of a list at most once.
+    fn listed_once<T: PartialEq + Copy>(
+        &mut self,
+        at: &FieldPath,
+        items: &[T],
+        name: fn(T) -> &'static str,
+    ) {
+        for (i, &item) in items.iter().enumerate() {
+            if let Some(first) = items.iter().position(|&x| x == item).filter(|&p| p < i) {
+                self.say(
+                    at.index(i),
+                    format!(
+                        "`{}` is already listed at [{first}]; list each once",
+                        name(item)
+                    ),
+                );
+            }
+        }
+    }
+
+    fn tracing(&mut self, at: &FieldPath, tracing: &Tracing) {
+        if let Some(endpoint) = &tracing.endpoint {
+            if let Err(e) = check_collector_url(endpoint, tracing.protocol) {
+                self.say(at.key("endpoint"), e);
+            }
+        }
+        if !(tracing.sample_percent.is_finite() && (0.0..=100.0).contains(&tracing.sample_percent))
+        {
+            self.say(
+                at.key("sample_percent"),
+                format!(
+                    "{}: allowed 0 to 100 (percent of new traces recorded; the default is 10)",
+                    tracing.sample_percent
+                ),
+            );
+        }
+        if tracing.service_name.trim().is_empty() {
+            self.say(
+                at.key("service_name"),
+                "the service name is empty: give the name traces should show, like `strait` \
+                 (the default) or `edge-gateway`",
+            );
+        }
+        if !(1..=MAX_QUEUE_SPANS).contains(&tracing.max_queue_spans) {
+            self.say(
+                at.key("max_queue_spans"),
+                format!(
+                    "{}: allowed 1 to {MAX_QUEUE_SPANS}; the default is 2048",
+                    tracing.max_queue_spans
+                ),
+            );
+        }
+        if tracing.max_batch_spans == 0 || tracing.max_batch_spans > tracing.max_queue_spans {
+            self.say(
+                at.key("max_batch_spans"),
+                format!(
+                    "{}: allowed 1 to `max_queue_spans` ({}); the default is 512",
+                    tracing.max_batch_spans, tracing.max_queue_spans
+                ),
+            );
+        }
+        for (field, value) in [
+            ("batch_delay", tracing.batch_delay),
+            ("export_timeout", tracing.export_timeout),
+        ] {
+            if value.get().is_zero() {
+                self.say(
+                    at.key(field),
+                    format!(
+                        "0s leaves the exporter no time: give a time above 0, like `{}`",
+                        if field == "batch_delay" { "5s" } else { "10s" }
+                    ),
+                );
             }
         }
     }
@@ -1329,6 +1423,66 @@ impl Checker<'_> {
             );
         }
     }
+}
+
+fn accept_name(format: AcceptFormat) -> &'static str {
+    match format {
+        AcceptFormat::W3c => "w3c",
+        AcceptFormat::B3 => "b3",
+    }
+}
+
+fn emit_name(format: EmitFormat) -> &'static str {
+    match format {
+        EmitFormat::W3c => "w3c",
+        EmitFormat::B3Single => "b3_single",
+        EmitFormat::B3Multi => "b3_multi",
+    }
+}
+
+/// A collector URL the exporter can use: plain `http://host[:port]`, and for gRPC no path.
+fn check_collector_url(url: &str, protocol: OtlpProtocol) -> Result<(), String> {
+    let example = match protocol {
+        OtlpProtocol::Grpc => "http://otel-collector:4317",
+        OtlpProtocol::HttpProtobuf => "http://otel-collector:4318/v1/traces",
+    };
+    let parsed = url
+        .parse::<http::Uri>()
+        .map_err(|_| format!("{url:?} is not a URL: give one like `{example}`"))?;
+    match parsed.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{url:?}: TLS to the collector is not supported yet; send to a local collector \
+                 or agent over plain HTTP, like `{example}`"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "{url:?} needs `http://`: give one like `{example}`"
+            ))
+        }
+    }
+    let authority = parsed
+        .authority()
+        .filter(|a| !a.host().is_empty())
+        .ok_or_else(|| format!("{url:?} has no host: give one like `{example}`"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "{url:?} carries credentials; give the host only (headers such as authorization \
+             come from OTEL_EXPORTER_OTLP_HEADERS)"
+        ));
+    }
+    if parsed.query().is_some() {
+        return Err(format!("{url:?} has a query string; remove it"));
+    }
+    if protocol == OtlpProtocol::Grpc && !matches!(parsed.path(), "" | "/") {
+        return Err(format!(
+            "{url:?}: a gRPC collector is addressed by host and port only; remove the path, \
+             or use `protocol: http_protobuf`"
+        ));
+    }
+    Ok(())
 }
 
 /// How `address` collides with `other`, which [`overlaps`] it.

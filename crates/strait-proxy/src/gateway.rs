@@ -2,14 +2,17 @@
 //! of a request:
 //!
 //! ```text
-//! load snapshot ─► find listener ─► route match ─┬─ direct response ─► reply
+//! load snapshot ─► find listener ─► request id ─► trace context (server span when sampled)
+//!   ─► route match ─┬─ direct response ─► reply
 //!                                                ├─ redirect ─────────► reply
 //!                                                └─ forward:
-//!   strip hop-by-hop ─► forwarding headers ─► rewrite ─► header edits ─► weighted split
-//!   ─► balancer pick ─► mirror (sampled) ─► pooled connection ─► send with route timeout
+//!   strip hop-by-hop and trace headers ─► forwarding headers ─► rewrite ─► header edits
+//!   ─► weighted split ─► balancer pick ─► mirror (sampled) ─► client span, its trace headers
+//!   ─► pooled connection ─► send with route timeout
 //!   ─► response: upgrade tunnel | header edits ─► streamed body (idle timer, pool return)
 //!   (a route with `retry` sends through `tries.rs`: replayable body, attempts, backoff,
-//!    budget, hedging; the same send and the same response handling)
+//!    budget, hedging; each attempt its own client span; the same send and response handling)
+//! answer ─► counted ─► spans and access log end with the response body
 //! ```
 //!
 //! Errors the proxy generates carry `x-strait-error: <cause>` and a one-line body; gRPC
@@ -44,6 +47,8 @@ use crate::runtime::snapshot::{
 use crate::runtime::Worker;
 use crate::telemetry::access_log::LogEntry;
 use crate::telemetry::metrics::{EndpointCounters, RouteStats};
+use crate::telemetry::spans::{OpenSpan, RequestTrace, UpstreamAttempt};
+use crate::telemetry::trace_context;
 use std::sync::atomic::Ordering::Relaxed;
 
 mod tries;
@@ -152,12 +157,17 @@ pub(crate) async fn serve(
                 listener,
                 &listener.no_route,
                 None,
+                None,
                 response,
                 started,
             ));
         }
     }
     let host = request_host(&req);
+    let mut trace = listener
+        .tracing
+        .as_ref()
+        .map(|t| t.begin(&req, &listener.name, conn.peer, host.as_ref()));
     let (found, denied) = {
         let view = RequestView {
             method: req.method(),
@@ -192,7 +202,10 @@ pub(crate) async fn serve(
             path,
             req.version(),
             conn.peer.ip(),
-            req.headers(),
+            match &trace {
+                Some(t) => Some(t.trace_id()),
+                None => trace_context::received_trace_id(req.headers()),
+            },
         )?;
         entry.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
         entry.peer_identity = conn.tls.get().and_then(|t| t.peer_identity.clone());
@@ -209,7 +222,7 @@ pub(crate) async fn serve(
             None => &listener.no_route,
         };
         let response = local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
-        return Ok(answered(listener, stats, log, response, started));
+        return Ok(answered(listener, stats, log, trace, response, started));
     }
     let Some((action, matched)) = found else {
         let response = local_reply(grpc, Cause::NoRoute, "no route matches the request");
@@ -217,12 +230,16 @@ pub(crate) async fn serve(
             listener,
             &listener.no_route,
             log,
+            trace,
             response,
             started,
         ));
     };
     if let Some(entry) = log.as_mut() {
         entry.route = Some(Arc::clone(&action.name));
+    }
+    if let Some(t) = trace.as_mut() {
+        t.note_route(&action.name);
     }
     tracing::trace!(listener = %listener.name, route = %action.name, "route matched");
     if let Some(fault) = &action.fault {
@@ -240,6 +257,7 @@ pub(crate) async fn serve(
                     listener,
                     &action.local_stats,
                     log,
+                    trace,
                     response,
                     started,
                 ));
@@ -254,6 +272,7 @@ pub(crate) async fn serve(
                 listener,
                 &action.local_stats,
                 log,
+                trace,
                 response,
                 started,
             ));
@@ -297,7 +316,7 @@ pub(crate) async fn serve(
         }
         RouteKind::Forward(_) => {
             let (response, used) = forward(
-                req, &conn, &snapshot, listener, action, matched, host, grpc, &mut log,
+                req, &conn, &snapshot, listener, action, matched, host, grpc, &mut log, &mut trace,
             )
             .await;
             stats = used;
@@ -308,19 +327,35 @@ pub(crate) async fn serve(
     if let Some(via) = &listener.proxy_headers.via {
         headers::append_via(response.headers_mut(), "1.1", via);
     }
-    Ok(answered(listener, stats, log, response, started))
+    Ok(answered(listener, stats, log, trace, response, started))
 }
 
-/// The last step for every answer: counted in `stats`, and logged when the request is.
+/// The last step for every answer: counted in `stats`, its server span and its log line
+/// completed (both end with the body).
 fn answered(
     listener: &ListenerPlan,
     stats: &Arc<RouteStats>,
     log: Option<Box<LogEntry>>,
+    trace: Option<RequestTrace>,
     mut response: Response<ResponseBody>,
     started: Instant,
 ) -> Response<ResponseBody> {
     count_answer(stats, &mut response, started);
+    if let Some(span) = trace.and_then(RequestTrace::into_server_span) {
+        end_with_response(span, &mut response);
+    }
     finish_log(listener, log, response)
+}
+
+/// Records a span's answer; the span ends with the response body.
+fn end_with_response(mut span: OpenSpan, response: &mut Response<ResponseBody>) {
+    span.set_status(response.status().as_u16());
+    if let Some(cause) = response.headers().get(&X_STRAIT_ERROR) {
+        span.set_error(String::from_utf8_lossy(cause.as_bytes()).into_owned());
+    }
+    if let ResponseBody::Upstream(body) = response.body_mut() {
+        body.end_span_with_body(span);
+    }
 }
 
 /// Completes a request's access log entry with its answer: now for an answer the proxy made,
@@ -364,6 +399,7 @@ async fn forward<'s>(
     host: Option<HeaderValue>,
     grpc: bool,
     log: &mut Option<Box<LogEntry>>,
+    trace: &mut Option<RequestTrace>,
 ) -> (Response<ResponseBody>, &'s Arc<RouteStats>) {
     let RouteKind::Forward(split) = &action.kind else {
         let reply = local_reply(grpc, Cause::NoRoute, "route does not forward");
@@ -384,8 +420,22 @@ async fn forward<'s>(
     if let Some(entry) = log.as_mut() {
         entry.cluster = Some(Arc::clone(&cluster.name));
     }
+    if let Some(t) = trace.as_mut() {
+        t.note_cluster(&cluster.name);
+    }
     let response = forward_to(
-        req, conn, snapshot, listener, action, matched, host, grpc, cluster, stats, log,
+        req,
+        conn,
+        snapshot,
+        listener,
+        action,
+        matched,
+        host,
+        grpc,
+        cluster,
+        stats,
+        log,
+        trace.as_ref(),
     )
     .await;
     (response, stats)
@@ -405,6 +455,7 @@ async fn forward_to(
     cluster: &ClusterPlan,
     route_stats: &Arc<RouteStats>,
     log: &mut Option<Box<LogEntry>>,
+    trace: Option<&RequestTrace>,
 ) -> Response<ResponseBody> {
     let hash = request_hash(cluster, &req, conn.peer.ip());
 
@@ -417,6 +468,10 @@ async fn forward_to(
     let version = version_label(req.version());
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // Each attempt writes its own context; mirrors carry none (shadow traffic is not the trace).
+    if let Some(t) = trace {
+        t.strip(&mut parts.headers);
+    }
     let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     let hop = Hop {
         client_ip: conn.peer.ip(),
@@ -515,6 +570,7 @@ async fn forward_to(
             hash,
             head: parts,
             body,
+            trace,
         };
         return tries.run(log, route_stats).await;
     }
@@ -571,12 +627,22 @@ async fn forward_to(
         },
         _ => RequestBody::Counted(body, Arc::clone(route_stats), received),
     };
-    let request = Request::from_parts(parts, body);
-
     let (admission, in_flight, counters) = match start_exchange(cluster, endpoint, stats, grpc) {
         Ok(started) => started,
         Err(reply) => return reply,
     };
+    let mut span = trace.and_then(|t| {
+        let attempt = UpstreamAttempt {
+            method: &parts.method,
+            path: parts.uri.path(),
+            endpoint: addr,
+            version: parts.version,
+            cluster: &cluster.name,
+            resends: 0,
+        };
+        t.start_client(&mut parts.headers, &attempt)
+    });
+    let request = Request::from_parts(parts, body);
     let started = Instant::now();
     let pool = &conn.worker.pool;
     // Pinned in place: the timeout then holds a pointer, not a copy of this large future.
@@ -587,6 +653,9 @@ async fn forward_to(
             Err(_) => {
                 cluster.counters.request_timeouts.fetch_add(1, Relaxed);
                 cluster.outlier.observe(endpoint, Outcome::Timeout);
+                if let Some(span) = span.as_mut() {
+                    span.set_error(Cause::RequestTimeout.name());
+                }
                 return local_reply(
                     grpc,
                     Cause::RequestTimeout,
@@ -598,8 +667,17 @@ async fn forward_to(
     };
     let (mut response, reuse) = match outcome {
         Ok(ok) => ok,
-        Err(e) => return send_failed(e, cluster, endpoint, counters, addr, grpc).1,
+        Err(e) => {
+            let (_, cause, reply) = send_failed(e, cluster, endpoint, counters, addr, grpc);
+            if let Some(span) = span.as_mut() {
+                span.set_error(cause.name());
+            }
+            return reply;
+        }
     };
+    if let Some(span) = span.as_mut() {
+        span.set_status(response.status().as_u16());
+    }
     stats.observe_latency(started.elapsed());
     cluster.outlier.observe(endpoint, response.status());
     if let Some(entry) = log.as_mut() {
@@ -619,6 +697,7 @@ async fn forward_to(
         reuse,
         in_flight,
         admission,
+        span,
     };
     answer.into_client(pool, action, route_stats)
 }
@@ -661,6 +740,8 @@ struct Answer {
     reuse: Option<crate::http::pool::PooledHttp1>,
     in_flight: crate::balance::InFlight,
     admission: crate::resilience::Admission,
+    /// The attempt's client span, ended with the body.
+    span: Option<OpenSpan>,
 }
 
 impl Answer {
@@ -679,12 +760,16 @@ impl Answer {
         let mut body = UpstreamBody::new(body, Some(self.in_flight), reuse, action.idle_timeout);
         body.count_bytes(Arc::clone(route_stats));
         body.hold_until_end(self.admission);
+        if let Some(span) = self.span {
+            body.end_span_with_body(span);
+        }
         Response::from_parts(parts, ResponseBody::Upstream(body))
     }
 }
 
-/// Counts a failed send and says what it was, with the reply the client gets if it is final.
-/// `None` for failures no retry may follow (the breaker refused a connection).
+/// Counts a failed send and says what it was: the failure (`None` for failures no retry may
+/// follow: the breaker refused a connection), its cause, and the reply the client gets if it
+/// is final.
 fn send_failed(
     e: SendError,
     cluster: &ClusterPlan,
@@ -692,26 +777,26 @@ fn send_failed(
     counters: Option<&EndpointCounters>,
     addr: SocketAddr,
     grpc: bool,
-) -> (Option<Failure>, Response<ResponseBody>) {
-    match e {
+) -> (Option<Failure>, Cause, Response<ResponseBody>) {
+    let (failure, cause, detail) = match e {
         SendError::Connect(e @ ConnectError::Overflow { .. }) => {
-            (None, local_reply(grpc, Cause::Overflow, e.to_string()))
+            (None, Cause::Overflow, e.to_string())
         }
         SendError::Connect(e) if e.is_timeout() => {
             cluster.outlier.observe(endpoint, Outcome::ConnectFailed);
             if let Some(c) = counters {
                 c.connect_timeouts.fetch_add(1, Relaxed);
             }
-            let reply = local_reply(grpc, Cause::ConnectTimeout, e.to_string());
-            (Some(Failure::ConnectFailed), reply)
+            let failure = Some(Failure::ConnectFailed);
+            (failure, Cause::ConnectTimeout, e.to_string())
         }
         SendError::Connect(e) => {
             cluster.outlier.observe(endpoint, Outcome::ConnectFailed);
             if let Some(c) = counters {
                 c.connect_refused.fetch_add(1, Relaxed);
             }
-            let reply = local_reply(grpc, Cause::ConnectFailed, e.to_string());
-            (Some(Failure::ConnectFailed), reply)
+            let failure = Some(Failure::ConnectFailed);
+            (failure, Cause::ConnectFailed, e.to_string())
         }
         SendError::Upstream(e) => {
             cluster.counters.resets.fetch_add(1, Relaxed);
@@ -721,10 +806,10 @@ fn send_failed(
             } else {
                 Failure::Reset
             };
-            let reply = local_reply(grpc, Cause::UpstreamReset, format!("{addr}: {e}"));
-            (Some(failure), reply)
+            (Some(failure), Cause::UpstreamReset, format!("{addr}: {e}"))
         }
-    }
+    };
+    (failure, cause, local_reply(grpc, cause, detail))
 }
 
 /// True when an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it did not process the

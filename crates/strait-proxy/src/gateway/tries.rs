@@ -29,6 +29,7 @@ use crate::resilience::{Admission, Limit, Outcome};
 use crate::runtime::snapshot::{ClusterPlan, RouteAction};
 use crate::telemetry::access_log::LogEntry;
 use crate::telemetry::metrics::RouteStats;
+use crate::telemetry::spans::{RequestTrace, UpstreamAttempt};
 
 /// Longest `retry-after`/`grpc-retry-pushback-ms` honoured on a route without a timeout; a
 /// server asking for more is not retried.
@@ -46,6 +47,8 @@ pub(super) struct Tries<'a> {
     pub head: http::request::Parts,
     /// The body with its replay buffer; `None` for requests without a body.
     pub body: Option<ReplayBody>,
+    /// The request's trace: each attempt is a client span of its own.
+    pub trace: Option<&'a RequestTrace>,
 }
 
 /// What became of one attempt.
@@ -106,7 +109,7 @@ impl<'a> Tries<'a> {
         let counters = &self.cluster.counters;
         let pool = &self.conn.worker.pool;
         let mut inflight: Vec<Attempt<'_>> = Vec::with_capacity(2);
-        let mut last_sent = match self.launch(usize::MAX, None) {
+        let mut last_sent = match self.launch(usize::MAX, None, 0) {
             Ok((first, endpoint)) => {
                 inflight.push(first);
                 endpoint
@@ -124,7 +127,9 @@ impl<'a> Tries<'a> {
                         hedge_timer = None;
                         if self.policy.hedge && tries < self.policy.attempts {
                             if let Some(slot) = self.retry_slot() {
-                                if let Ok((hedge, endpoint)) = self.launch(last_sent, Some(slot)) {
+                                if let Ok((hedge, endpoint)) =
+                                    self.launch(last_sent, Some(slot), tries)
+                                {
                                     inflight.push(hedge);
                                     last_sent = endpoint;
                                     tries += 1;
@@ -192,7 +197,7 @@ impl<'a> Tries<'a> {
             // The failed answer goes (and its connection with it) before the wait.
             drop(last);
             tokio::time::sleep(wait).await;
-            match self.launch(endpoint, Some(slot)) {
+            match self.launch(endpoint, Some(slot), tries) {
                 Ok((retry, endpoint)) => {
                     inflight.push(retry);
                     last_sent = endpoint;
@@ -233,14 +238,16 @@ impl<'a> Tries<'a> {
         }
     }
 
-    /// Starts an attempt on an endpoint other than `exclude` when there is one. `Err` is the
-    /// client's answer when no attempt can start.
+    /// Starts an attempt on an endpoint other than `exclude` when there is one, its client span
+    /// counting `resends` attempts before it. `Err` is the client's answer when no attempt can
+    /// start.
     // The error is the client's answer, returned as is: boxing it would only add an allocation.
     #[allow(clippy::result_large_err)]
     fn launch(
         &self,
         exclude: usize,
         retry_slot: Option<Admission>,
+        resends: u32,
     ) -> Result<(Attempt<'a>, usize), Response<ResponseBody>> {
         let cluster = self.cluster;
         let grpc = self.grpc;
@@ -274,6 +281,17 @@ impl<'a> Tries<'a> {
         *request.uri_mut() = self.head.uri.clone();
         *request.version_mut() = self.head.version;
         *request.headers_mut() = self.head.headers.clone();
+        let mut span = self.trace.and_then(|t| {
+            let attempt = UpstreamAttempt {
+                method: &self.head.method,
+                path: self.head.uri.path(),
+                endpoint: addr,
+                version: self.head.version,
+                cluster: &cluster.name,
+                resends,
+            };
+            t.start_client(request.headers_mut(), &attempt)
+        });
         let per_try = self.policy.per_try_timeout.filter(|_| !self.policy.hedge);
         let pool = &self.conn.worker.pool;
         let attempt = Box::pin(async move {
@@ -286,6 +304,9 @@ impl<'a> Tries<'a> {
                     Err(_) => {
                         cluster.counters.request_timeouts.fetch_add(1, Relaxed);
                         cluster.outlier.observe(endpoint, Outcome::Timeout);
+                        if let Some(span) = span.as_mut() {
+                            span.set_error(Cause::RequestTimeout.name());
+                        }
                         let reply = local_reply(
                             grpc,
                             Cause::RequestTimeout,
@@ -300,16 +321,24 @@ impl<'a> Tries<'a> {
                 Ok((response, reuse)) => {
                     stats.observe_latency(started.elapsed());
                     cluster.outlier.observe(endpoint, response.status());
+                    if let Some(span) = span.as_mut() {
+                        span.set_status(response.status().as_u16());
+                    }
                     let answer = Answer {
                         response,
                         reuse,
                         in_flight,
                         admission,
+                        span,
                     };
                     Attempted::Answered(answer, endpoint)
                 }
                 Err(e) => {
-                    let (failure, reply) = send_failed(e, cluster, endpoint, counters, addr, grpc);
+                    let (failure, cause, reply) =
+                        send_failed(e, cluster, endpoint, counters, addr, grpc);
+                    if let Some(span) = span.as_mut() {
+                        span.set_error(cause.name());
+                    }
                     Attempted::Failed(failure, reply, endpoint)
                 }
             }

@@ -18,6 +18,7 @@ use crate::http::pool::{Pool, PooledHttp1};
 use crate::resilience::Admission;
 use crate::telemetry::access_log::{AccessLogger, LogEntry};
 use crate::telemetry::metrics::RouteStats;
+use crate::telemetry::spans::OpenSpan;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -249,6 +250,8 @@ pub struct UpstreamBody {
     log: Option<(Arc<AccessLogger>, Box<LogEntry>)>,
     /// The request's circuit-breaker slot, given back when the body ends.
     admission: Option<Admission>,
+    /// Spans that end with the body: the attempt's client span, then the request's server span.
+    spans: [Option<OpenSpan>; 2],
 }
 
 /// Why a response body stopped early.
@@ -274,6 +277,7 @@ impl UpstreamBody {
             grpc_pending: None,
             log: None,
             admission: None,
+            spans: [None, None],
         };
         if body.inner.is_end_stream() {
             body.complete();
@@ -305,10 +309,34 @@ impl UpstreamBody {
 
     /// Writes `entry` to `logger` when the body ends (or is dropped before).
     pub fn log_on_completion(&mut self, logger: Arc<AccessLogger>, entry: Box<LogEntry>) {
-        if self.inner.is_end_stream() && self.reuse.is_none() && self.in_flight.is_none() {
+        if self.ended() {
             logger.finish(entry);
         } else {
             self.log = Some((logger, entry));
+        }
+    }
+
+    /// True once the body has ended and what it held is released.
+    fn ended(&self) -> bool {
+        self.inner.is_end_stream() && self.reuse.is_none() && self.in_flight.is_none()
+    }
+
+    /// Ends `span` when the body ends (or is dropped before): at once if it has ended.
+    pub fn end_span_with_body(&mut self, span: OpenSpan) {
+        if self.ended() {
+            return;
+        }
+        if let Some(slot) = self.spans.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(span);
+        }
+    }
+
+    fn end_spans(&mut self, error: Option<&'static str>) {
+        for span in &mut self.spans {
+            if let (Some(open), Some(error)) = (span.as_mut(), error) {
+                open.set_error(error);
+            }
+            drop(span.take());
         }
     }
 
@@ -330,6 +358,7 @@ impl UpstreamBody {
     fn complete(&mut self) {
         self.count_grpc(None);
         self.finish_log(None);
+        self.end_spans(None);
         self.in_flight = None;
         self.admission = None;
         if let Some((pool, conn)) = self.reuse.take() {
@@ -358,6 +387,7 @@ impl Body for UpstreamBody {
                         this.in_flight = None;
                         let limit = *limit;
                         this.finish_log(Some("stream_idle_timeout"));
+                        this.end_spans(Some("stream_idle_timeout"));
                         return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout(limit)))));
                     }
                 }

@@ -28,8 +28,12 @@ use crate::ratelimit::LimiterStore;
 use crate::resilience::store::HealthStore;
 use crate::telemetry::access_log::LogSinks;
 use crate::telemetry::metrics::{ClusterGauges, EndpointGauges, GaugeSource};
+use crate::telemetry::otlp::Exporters;
 use crate::telemetry::MetricsStore;
 pub use snapshot::Snapshot;
+
+/// Longest a stopping proxy waits for its last spans to be exported.
+const SPAN_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// How the proxy is started (the bootstrap lane: flags, not config).
 #[derive(Debug, Clone)]
@@ -102,6 +106,8 @@ pub(crate) struct Shared {
     pub limiters: Arc<LimiterStore>,
     /// Endpoint health and ejections by (cluster, address), kept across reloads.
     pub health: Arc<HealthStore>,
+    /// Span exporters, kept across reloads that do not change them.
+    pub exporters: Arc<Exporters>,
 }
 
 impl Shared {
@@ -125,6 +131,7 @@ impl Shared {
                     &self.logs,
                     &self.limiters,
                     &self.health,
+                    &self.exporters,
                 )
                 .map_err(|e| e.to_string())
             });
@@ -285,7 +292,11 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
     let logs = Arc::new(LogSinks::default());
     let limiters = Arc::new(LimiterStore::default());
     let health = Arc::new(HealthStore::default());
-    let snapshot = Snapshot::compile(config, 1, None, &metrics, &logs, &limiters, &health)?;
+    let exporters = Arc::new(Exporters::default());
+    metrics.set_tracing_counters(exporters.counters());
+    let snapshot = Snapshot::compile(
+        config, 1, None, &metrics, &logs, &limiters, &health, &exporters,
+    )?;
     let (updated, _) = watch::channel(1);
     let (draining, _) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -301,6 +312,7 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         logs,
         limiters,
         health,
+        exporters,
     });
     shared
         .metrics
@@ -376,6 +388,10 @@ async fn control_main(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Spans of the last requests: sent if the collector answers soon, else given up.
+    shared
+        .exporters
+        .flush(std::time::Instant::now() + SPAN_FLUSH_LIMIT);
     tracing::info!("stopped");
 }
 

@@ -27,6 +27,9 @@ use crate::telemetry::access_log::{AccessLogger, LogSinks};
 use crate::telemetry::metrics::{
     ClusterCounters, EndpointCounters, ListenerStats, MetricsStore, RouteStats,
 };
+use crate::telemetry::otlp::Exporters;
+use crate::telemetry::spans::{ListenerTracing, Tracer};
+use crate::telemetry::trace_context::Sampler;
 use crate::tls::{ClientTls, ServerTls};
 
 /// Why a config that passed validation still could not be compiled.
@@ -53,6 +56,9 @@ pub struct Snapshot {
 impl Snapshot {
     /// Compiles `config`. Clusters whose config did not change keep their live state
     /// (balancer position, in-flight counts, latency estimates) from `previous`.
+    // The config plus the long-lived stores it compiles against (metrics, logs, limiters,
+    // health, exporters): each is separate state with its own lifetime across reloads.
+    #[allow(clippy::too_many_arguments)]
     pub fn compile(
         config: Config,
         version: u64,
@@ -61,7 +67,21 @@ impl Snapshot {
         logs: &LogSinks,
         limiters: &LimiterStore,
         health: &HealthStore,
+        exporters: &Exporters,
     ) -> Result<Snapshot, CompileError> {
+        let tracer = match &config.tracing {
+            Some(t) => Some(Arc::new(Tracer {
+                sampler: Sampler::ratio(t.sample_percent),
+                sink: exporters.sink(t).map_err(|e| CompileError {
+                    location: "tracing".to_owned(),
+                    message: e.to_string(),
+                })?,
+            })),
+            None => {
+                exporters.clear();
+                None
+            }
+        };
         let mut clusters: Vec<Arc<ClusterPlan>> = Vec::with_capacity(config.clusters.len());
         for (ci, c) in config.clusters.iter().enumerate() {
             // A TLS cluster is always rebuilt: its files may have changed under the same config.
@@ -208,6 +228,9 @@ impl Snapshot {
                     None => None,
                 },
                 no_route: metrics.route(&l.name, "", ""),
+                tracing: tracer
+                    .as_ref()
+                    .map(|t| ListenerTracing::new(l.trace_context.as_ref(), Arc::clone(t))),
                 passthrough: if l.tls_passthrough.is_empty() {
                     None
                 } else {
@@ -318,6 +341,8 @@ pub struct ListenerPlan {
     pub jwt: Option<JwtPlan>,
     /// TLS passthrough by SNI, instead of HTTP.
     pub passthrough: Option<Arc<[PassthroughRoute]>>,
+    /// Trace context and spans, when the config has `tracing`.
+    pub tracing: Option<ListenerTracing>,
 }
 
 /// What a matched route does.

@@ -1,18 +1,23 @@
 //! Access logs: one JSON line per request. A worker only fills a [`LogEntry`] and hands it to
 //! a bounded channel; a writer thread per destination formats and writes through a buffer. When
 //! the writer cannot keep up the entry is dropped and counted: a slow disk never slows traffic.
+//!
+//! The writer wakes every [`FLUSH_EVERY`], or when a quarter of its queue is full, and writes
+//! everything queued: waking it for each line would cost a worker a system call and a context
+//! switch per request.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Method, Version};
-use serde_json::Value;
 use strait_config::{AccessLog, LogField};
+
+use super::trace_context::TraceId;
 
 /// Entries waiting for a writer, per destination.
 const QUEUE: usize = 16 * 1024;
@@ -43,7 +48,7 @@ pub struct LogEntry {
     pub(crate) peer_identity: Option<String>,
     pub(crate) client_ip: IpAddr,
     pub(crate) request_id: Option<HeaderValue>,
-    pub(crate) trace_id: Option<String>,
+    pub(crate) trace_id: Option<TraceId>,
     pub(crate) flags: String,
 }
 
@@ -66,14 +71,11 @@ impl AccessLogger {
         path: &str,
         version: Version,
         client_ip: IpAddr,
-        headers: &http::HeaderMap,
+        trace_id: Option<TraceId>,
     ) -> Option<Box<LogEntry>> {
         if self.sample_percent < 100.0 && fastrand::f64() * 100.0 >= self.sample_percent {
             return None;
         }
-        let trace_id = headers
-            .get("traceparent")
-            .and_then(|v| trace_id(v.as_bytes()));
         Some(Box::new(LogEntry {
             fields: Arc::clone(&self.fields),
             arrived: SystemTime::now(),
@@ -151,6 +153,9 @@ impl LogSinks {
 struct Sink {
     tx: SyncSender<Box<LogEntry>>,
     dropped: Arc<AtomicU64>,
+    /// Entries sent and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
+    writer: std::thread::Thread,
 }
 
 impl Sink {
@@ -166,15 +171,28 @@ impl Sink {
             ),
         };
         let (tx, rx) = mpsc::sync_channel::<Box<LogEntry>>(QUEUE);
-        std::thread::Builder::new()
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = Arc::clone(&queued);
+        let writer = std::thread::Builder::new()
             .name("strait-access-log".to_owned())
-            .spawn(move || write_lines(rx, out))?;
-        Ok(Sink { tx, dropped })
+            .spawn(move || write_lines(rx, out, &taken))?
+            .thread()
+            .clone();
+        Ok(Sink {
+            tx,
+            dropped,
+            queued,
+            writer,
+        })
     }
 
     fn send(&self, entry: Box<LogEntry>) {
         match self.tx.try_send(entry) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.queued.fetch_add(1, Relaxed) + 1 == WAKE_AT {
+                    self.writer.unpark();
+                }
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Relaxed);
             }
@@ -182,108 +200,111 @@ impl Sink {
     }
 }
 
-fn write_lines(rx: mpsc::Receiver<Box<LogEntry>>, out: Box<dyn Write + Send>) {
+/// Queued entries that wake the writer before its next tick.
+const WAKE_AT: usize = QUEUE / 4;
+
+fn write_lines(
+    rx: mpsc::Receiver<Box<LogEntry>>,
+    out: Box<dyn Write + Send>,
+    queued: &AtomicUsize,
+) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    let mut last_flush = Instant::now();
+    let mut line = Vec::with_capacity(1024);
     loop {
-        match rx.recv_timeout(FLUSH_EVERY) {
-            Ok(entry) => {
-                let mut line = entry.to_json();
-                line.push('\n');
-                if out.write_all(line.as_bytes()).is_err() {
-                    // The destination is gone (disk full, closed pipe); keep draining the
-                    // queue so workers never see it fill.
-                    continue;
+        std::thread::park_timeout(FLUSH_EVERY);
+        loop {
+            match rx.try_recv() {
+                Ok(entry) => {
+                    queued.fetch_sub(1, Relaxed);
+                    line.clear();
+                    entry.write_json(&mut line);
+                    line.push(b'\n');
+                    // A destination that is gone (disk full, closed pipe) still has its queue
+                    // drained, so workers never see it fill.
+                    let _ = out.write_all(&line);
                 }
-                if last_flush.elapsed() >= FLUSH_EVERY {
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
                     let _ = out.flush();
-                    last_flush = Instant::now();
+                    return;
                 }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                let _ = out.flush();
-                last_flush = Instant::now();
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = out.flush();
-                return;
             }
         }
+        let _ = out.flush();
     }
 }
 
 impl LogEntry {
-    /// The line, its keys in the configured order.
-    fn to_json(&self) -> String {
-        let mut line = String::with_capacity(512);
-        line.push('{');
-        let text = |v: Option<&str>| Value::String(v.unwrap_or("").to_owned());
-        let ms = |d: Duration| Value::from((d.as_secs_f64() * 1e6).round() / 1e3);
-        for &field in self.fields.iter() {
-            let value = match field {
-                LogField::Time => Value::String(rfc3339(self.arrived)),
-                LogField::Listener => Value::String(self.listener.to_string()),
-                LogField::Route => text(self.route.as_deref()),
-                LogField::Cluster => text(self.cluster.as_deref()),
-                LogField::Endpoint => {
-                    Value::String(self.endpoint.map(|e| e.to_string()).unwrap_or_default())
-                }
-                LogField::Method => Value::String(self.method.to_string()),
-                LogField::Authority => text(self.authority.as_ref().and_then(|a| a.to_str().ok())),
-                LogField::Path => Value::String(self.path.clone()),
-                LogField::Protocol => Value::String(format!("{:?}", self.version)),
-                LogField::Status => Value::from(self.status),
-                LogField::GrpcStatus => self.grpc_status.map_or(Value::Null, Value::from),
-                LogField::BytesReceived => Value::from(self.bytes_received.load(Relaxed)),
-                LogField::BytesSent => Value::from(self.bytes_sent),
-                LogField::DurationMs => ms(self.duration),
-                LogField::UpstreamDurationMs => self.upstream_duration.map_or(Value::Null, ms),
-                LogField::Retries => Value::from(self.retries),
-                LogField::PeerIdentity => self
-                    .peer_identity
-                    .clone()
-                    .map_or(Value::Null, Value::String),
-                LogField::ClientIp => Value::String(self.client_ip.to_string()),
-                LogField::RequestId => text(self.request_id.as_ref().and_then(|v| v.to_str().ok())),
-                LogField::TraceId => self.trace_id.clone().map_or(Value::Null, Value::String),
-                LogField::ResponseFlags => Value::String(self.flags.clone()),
-                #[allow(unreachable_patterns)]
-                _ => continue,
-            };
-            if line.len() > 1 {
-                line.push(',');
+    /// Writes the line (without its newline), its keys in the configured order.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let text = |out: &mut Vec<u8>, v: Option<&str>| json(out, v.unwrap_or(""));
+        let ms = |out: &mut Vec<u8>, d: Duration| json(out, (d.as_secs_f64() * 1e6).round() / 1e3);
+        out.push(b'{');
+        for (i, &field) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
             }
-            line.push('"');
-            line.push_str(field.key());
-            line.push_str("\":");
-            line.push_str(&value.to_string());
+            out.push(b'"');
+            out.extend_from_slice(field.key().as_bytes());
+            out.extend_from_slice(b"\":");
+            match field {
+                LogField::Time => json(out, rfc3339(self.arrived)),
+                LogField::Listener => json(out, &*self.listener),
+                LogField::Route => text(out, self.route.as_deref()),
+                LogField::Cluster => text(out, self.cluster.as_deref()),
+                LogField::Endpoint => match self.endpoint {
+                    Some(e) => json(out, e),
+                    None => json(out, ""),
+                },
+                LogField::Method => json(out, self.method.as_str()),
+                LogField::Authority => {
+                    text(out, self.authority.as_ref().and_then(|a| a.to_str().ok()))
+                }
+                LogField::Path => json(out, &self.path),
+                LogField::Protocol => json(out, protocol(self.version)),
+                LogField::Status => json(out, self.status),
+                LogField::GrpcStatus => json(out, self.grpc_status),
+                LogField::BytesReceived => json(out, self.bytes_received.load(Relaxed)),
+                LogField::BytesSent => json(out, self.bytes_sent),
+                LogField::DurationMs => ms(out, self.duration),
+                LogField::UpstreamDurationMs => match self.upstream_duration {
+                    Some(d) => ms(out, d),
+                    None => json(out, ()),
+                },
+                LogField::Retries => json(out, self.retries),
+                LogField::ClientIp => json(out, self.client_ip),
+                LogField::PeerIdentity => json(out, self.peer_identity.as_deref()),
+                LogField::RequestId => {
+                    text(out, self.request_id.as_ref().and_then(|v| v.to_str().ok()))
+                }
+                LogField::TraceId => match self.trace_id {
+                    Some(t) => json(out, std::str::from_utf8(&t.to_hex()).unwrap_or_default()),
+                    None => json(out, ()),
+                },
+                LogField::ResponseFlags => json(out, &self.flags),
+                #[allow(unreachable_patterns)]
+                _ => json(out, ()),
+            }
         }
-        line.push('}');
-        line
+        out.push(b'}');
     }
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is valid:
-/// lower-case hex, not all zeros, version not `ff` (future versions may append fields).
-fn trace_id(value: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(value).ok()?.trim();
-    let mut parts = text.split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let valid = hex(version, 2)
-        && version != "ff"
-        && (version != "00" || parts.next().is_none())
-        && hex(trace, 32)
-        && trace.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && parent.bytes().any(|b| b != b'0')
-        && hex(flags, 2);
-    valid.then(|| trace.to_owned())
+/// Appends one JSON value: strings escaped, numbers as serde_json writes them, `()` as null.
+fn json(out: &mut Vec<u8>, value: impl serde::Serialize) {
+    // Writing to a Vec cannot fail, and these types always serialize.
+    let _ = serde_json::to_writer(out, &value);
+}
+
+/// `HTTP/1.1` and friends, as `http::Version`'s `Debug` spells them.
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
 }
 
 /// `2026-11-22T12:30:05.123Z`.
@@ -316,37 +337,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lines_are_json_with_the_fields_in_order() {
+        let entry = LogEntry {
+            fields: LogField::ALL.into(),
+            arrived: UNIX_EPOCH,
+            started: Instant::now(),
+            listener: Arc::from("web"),
+            route: None,
+            cluster: Some(Arc::from("api")),
+            endpoint: Some("10.0.0.1:80".parse().unwrap()),
+            method: Method::POST,
+            authority: Some(HeaderValue::from_static("a.example")),
+            path: "/q?\"x\"=\\".to_owned(),
+            version: Version::HTTP_2,
+            status: 503,
+            grpc_status: None,
+            bytes_received: Arc::new(AtomicU64::new(7)),
+            bytes_sent: 9,
+            duration: Duration::from_micros(1_500),
+            upstream_duration: None,
+            retries: 1,
+            peer_identity: None,
+            client_ip: "::1".parse().unwrap(),
+            request_id: None,
+            trace_id: Some(TraceId([0xab; 16])),
+            flags: "connect_failed".to_owned(),
+        };
+        let mut out = Vec::new();
+        entry.write_json(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), LogField::ALL.len());
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["route"], "");
+        assert_eq!(v["endpoint"], "10.0.0.1:80");
+        assert_eq!(v["path"], "/q?\"x\"=\\");
+        assert_eq!(v["protocol"], "HTTP/2.0");
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["grpc_status"], serde_json::Value::Null);
+        assert_eq!(v["bytes_received"], 7);
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["upstream_duration_ms"], serde_json::Value::Null);
+        assert_eq!(v["client_ip"], "::1");
+        assert_eq!(v["trace_id"], "ab".repeat(16));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("{\"time\":"), "{text}");
+    }
+
+    #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_795_350_605_123);
         assert_eq!(rfc3339(t), "2026-11-22T12:30:05.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
-    fn trace_ids_follow_the_w3c_rules() {
-        let good = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(
-            trace_id(good).as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        // Future versions may carry more fields; version 00 may not.
-        assert!(
-            trace_id(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra").is_some()
-        );
-        assert!(
-            trace_id(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra").is_none()
-        );
-        for bad in [
-            &b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..],
-            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            b"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            b"garbage",
-        ] {
-            assert!(trace_id(bad).is_none(), "{}", String::from_utf8_lossy(bad));
-        }
     }
 }

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::spans::TracingCounters;
 use crate::resilience::health_check::CheckResult;
 use crate::resilience::outlier::Reason;
 
@@ -316,6 +317,7 @@ pub struct MetricsStore {
     authz: Mutex<BTreeMap<(String, String, String), Arc<Decisions>>>,
     jwt: Mutex<BTreeMap<String, Arc<JwtCounters>>>,
     gauges: Mutex<Option<Arc<dyn GaugeSource>>>,
+    tracing: Mutex<Option<Arc<TracingCounters>>>,
 }
 
 fn get_or_insert<K: Ord, V: Default>(map: &Mutex<BTreeMap<K, Arc<V>>>, key: K) -> Arc<V> {
@@ -360,6 +362,11 @@ impl MetricsStore {
     pub fn authz(&self, listener: &str, route: &str, rule: &str) -> Arc<Decisions> {
         let key = (listener.to_owned(), route.to_owned(), rule.to_owned());
         get_or_insert(&self.authz, key)
+    }
+
+    /// The span exporters' counters.
+    pub fn set_tracing_counters(&self, counters: Arc<TracingCounters>) {
+        *self.tracing.lock().unwrap_or_else(|e| e.into_inner()) = Some(counters);
     }
 
     /// Where the gauges read at scrape time come from.
@@ -926,6 +933,41 @@ impl Collector for StoreCollector {
                 MetricType::Counter,
             )?;
             ConstCounter::new(source.access_log_dropped()).encode(m)?;
+        }
+        let tracing = store
+            .tracing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(t) = tracing {
+            let m = encoder.encode_descriptor(
+                "strait_tracing_spans_exported",
+                "Spans the OTLP collector accepted.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(t.exported.load(Relaxed)).encode(m)?;
+            let mut m = encoder.encode_descriptor(
+                "strait_tracing_spans_dropped",
+                "Spans never exported, by reason: queue_full (the exporter could not keep up), \
+                 export_failed (the collector was unreachable, slow or refused them).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in [
+                ("queue_full", &t.dropped_queue_full),
+                ("export_failed", &t.dropped_export_failed),
+            ] {
+                ConstCounter::new(n.load(Relaxed))
+                    .encode(m.encode_family(&[("reason", reason)])?)?;
+            }
+            let m = encoder.encode_descriptor(
+                "strait_tracing_export_failures",
+                "OTLP export requests that failed or timed out.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(t.export_failures.load(Relaxed)).encode(m)?;
         }
         Ok(())
     }

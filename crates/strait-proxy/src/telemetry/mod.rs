@@ -1,8 +1,12 @@
 //! Telemetry: what operators see of the data path: Prometheus metrics on the admin server's
-//! `/metrics` and JSON access logs. OTLP tracing comes next (issue 6).
+//! `/metrics`, JSON access logs, and distributed tracing (W3C/B3 propagation, spans exported
+//! over OTLP).
 
 pub mod access_log;
 pub mod metrics;
+pub mod otlp;
 mod process;
+pub mod spans;
+pub mod trace_context;
 
 pub use metrics::MetricsStore;
