@@ -15,6 +15,21 @@ for component in rustfmt clippy; do
     fi
 done
 
+# Programs the tests run: python3 (the load harness's smoke mode) and openssl (RSA keys for the
+# JWT tests; the other test keys are made in-process). Installed from apt when missing and root.
+missing=()
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing from apt: ${missing[*]}" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "missing: ${missing[*]}; install them (Debian/Ubuntu: sudo apt-get install ${missing[*]})." >&2
+        exit 2
+    fi
+fi
+
 # A persistent target dir keeps rebuilds fast across clones; a clean one works too.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strait/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
