@@ -317,6 +317,23 @@ async fn sessions_resume() {
         metrics.contains("strait_tls_handshakes_total{listener=\"main\",kind=\"resumed\"} 2"),
         "{metrics}"
     );
+    // The leaves were made valid for 30 days from now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let expiries: Vec<i64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("strait_tls_certificate_expiry_seconds{listener=\"main\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(expiries.len(), 3, "{metrics}");
+    for e in expiries {
+        assert!(
+            (e - now - 30 * 86_400).abs() < 3600,
+            "expiry {e}, now {now}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

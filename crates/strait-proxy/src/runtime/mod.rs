@@ -218,6 +218,20 @@ impl GaugeSource for SharedGauges {
         self.0.upgrade().map_or(0, |s| s.logs.dropped())
     }
 
+    fn certificates(&self) -> Vec<(String, String, i64)> {
+        let Some(shared) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let snapshot = shared.snapshot.load();
+        let mut out = Vec::new();
+        for l in &snapshot.listeners {
+            for (file, expiry) in l.tls.iter().flat_map(|t| t.expiries.iter()) {
+                out.push((l.name.to_string(), file.clone(), *expiry));
+            }
+        }
+        out
+    }
+
     fn config(&self) -> (u64, u64, u64) {
         let Some(shared) = self.0.upgrade() else {
             return (0, 0, 0);

@@ -304,6 +304,8 @@ pub trait GaugeSource: Send + Sync + std::fmt::Debug + 'static {
     fn config(&self) -> (u64, u64, u64);
     /// Access log lines dropped because a writer could not keep up.
     fn access_log_dropped(&self) -> u64;
+    /// `(listener, certificate file, notAfter unix seconds)` of every served certificate.
+    fn certificates(&self) -> Vec<(String, String, i64)>;
 }
 
 /// Every counter handle, by name. Locked when a snapshot is compiled and when scraped; never by
@@ -933,6 +935,19 @@ impl Collector for StoreCollector {
                 MetricType::Counter,
             )?;
             ConstCounter::new(source.access_log_dropped()).encode(m)?;
+            let mut m = encoder.encode_descriptor(
+                "strait_tls_certificate_expiry_seconds",
+                "When each served certificate expires (its notAfter), as Unix seconds.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (listener, file, expiry) in source.certificates() {
+                let labels = [
+                    ("listener", listener.as_str()),
+                    ("certificate", file.as_str()),
+                ];
+                ConstGauge::new(expiry).encode(m.encode_family(&labels)?)?;
+            }
         }
         let tracing = store
             .tracing

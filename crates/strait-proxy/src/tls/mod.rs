@@ -37,6 +37,8 @@ pub struct ServerTls {
     pub handshake_timeout: Duration,
     /// The files it was built from, to notice when they change.
     pub files: Vec<PathBuf>,
+    /// Each certificate file and its leaf's expiry (Unix seconds), for metrics.
+    pub expiries: Vec<(String, i64)>,
 }
 
 /// A cluster's compiled TLS.
@@ -203,9 +205,14 @@ impl ServerTls {
     /// Builds a listener's TLS from its config, reading every file.
     pub fn compile(listener: &str, tls: &ListenerTls) -> Result<ServerTls, String> {
         let mut files = Vec::new();
+        let mut expiries = Vec::new();
         let mut keys = Vec::with_capacity(tls.certificates.len());
         for c in &tls.certificates {
-            keys.push(Arc::new(certified_key(&c.cert, &c.key, c.ocsp.as_deref())?));
+            let key = certified_key(&c.cert, &c.key, c.ocsp.as_deref())?;
+            if let Some(t) = key.cert.first().and_then(not_after) {
+                expiries.push((c.cert.clone(), t));
+            }
+            keys.push(Arc::new(key));
             files.push(PathBuf::from(&c.cert));
             files.push(PathBuf::from(&c.key));
             files.extend(c.ocsp.as_ref().map(PathBuf::from));
@@ -250,6 +257,7 @@ impl ServerTls {
             config: Arc::new(config),
             handshake_timeout: tls.handshake_timeout.get(),
             files,
+            expiries,
         })
     }
 }
@@ -535,5 +543,114 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The `notAfter` of a DER certificate, as Unix seconds: read by hand from the DER (the
+/// certificate was already parsed and accepted when its config was compiled; this only reads
+/// one field, and gives up on anything unexpected).
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    /// One TLV: its tag, its contents, and what follows it.
+    fn tlv(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = bytes.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let (len_bytes, rest) = rest.split_at(n);
+            let len = len_bytes
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            (len, rest)
+        };
+        if rest.len() < len {
+            return None;
+        }
+        let (contents, after) = rest.split_at(len);
+        Some((tag, contents, after))
+    }
+    let (_, cert, _) = tlv(cert.as_ref())?; // Certificate
+    let (_, mut tbs, _) = tlv(cert)?; // TBSCertificate
+                                      // Skip the optional [0] version, the serial, the signature algorithm and the issuer.
+    let (tag, _, rest) = tlv(tbs)?;
+    tbs = if tag == 0xa0 { tlv(rest)?.2 } else { rest };
+    let (_, _, rest) = tlv(tbs)?; // signature algorithm
+    let (_, _, rest) = tlv(rest)?; // issuer
+    let (_, validity, _) = tlv(rest)?;
+    let (_, _, rest) = tlv(validity)?; // notBefore
+    let (tag, time, _) = tlv(rest)?; // notAfter
+    let text = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
+    let digits = |s: &str| -> Option<i64> {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    let (year, rest) = match tag {
+        // UTCTime: YYMMDDHHMMSS, years 1950 to 2049.
+        0x17 => {
+            let yy = digits(text.get(..2)?)?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, text.get(2..)?)
+        }
+        // GeneralizedTime: YYYYMMDDHHMMSS.
+        0x18 => (digits(text.get(..4)?)?, text.get(4..)?),
+        _ => return None,
+    };
+    let field = |i: usize| digits(rest.get(i..i + 2)?);
+    let (month, day) = (field(0)?, field(2)?);
+    let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_read_from_utc_and_generalized_times() {
+        // Both encodings of 2031-01-02 03:04:05 UTC.
+        let want = 1_925_089_445;
+        for (tag, text) in [(0x17u8, "310102030405Z"), (0x18, "20310102030405Z")] {
+            let time = |t: u8, s: &str| {
+                let mut v = vec![t, s.len() as u8];
+                v.extend(s.as_bytes());
+                v
+            };
+            let seq = |inner: Vec<u8>| {
+                let mut v = vec![0x30, inner.len() as u8];
+                v.extend(inner);
+                v
+            };
+            let validity = seq([time(0x17, "200101000000Z"), time(tag, text)].concat());
+            let tbs = seq([
+                vec![0xa0, 3, 2, 1, 2], // version
+                vec![2, 1, 7],          // serial
+                seq(vec![6, 1, 1]),     // algorithm
+                seq(vec![]),            // issuer
+                validity,
+            ]
+            .concat());
+            let cert = seq([tbs, seq(vec![]), vec![3, 1, 0]].concat());
+            assert_eq!(
+                not_after(&CertificateDer::from(cert)),
+                Some(want),
+                "tag {tag:#x}"
+            );
+        }
+        assert_eq!(not_after(&CertificateDer::from(vec![0x30, 5, 1])), None);
     }
 }
