@@ -648,6 +648,11 @@ pub struct ProxyHeaders {
     /// Default: `true`.
     #[serde(default = "defaults::yes")]
     pub request_id: bool,
+    /// On TLS listeners, send the client's verified SPIFFE ID upstream as
+    /// `x-forwarded-client-cert: URI=<id>`. A client's own `x-forwarded-client-cert` is removed
+    /// on TLS listeners either way. Default: `true`.
+    #[serde(default = "defaults::yes")]
+    pub client_cert: bool,
 }
 
 impl Default for ProxyHeaders {
@@ -658,6 +663,7 @@ impl Default for ProxyHeaders {
             forwarded: ForwardedMode::Untouched,
             via: None,
             request_id: true,
+            client_cert: true,
         }
     }
 }

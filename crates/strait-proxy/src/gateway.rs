@@ -483,7 +483,8 @@ async fn forward_to(
     // On TLS, the client's verified identity and only that: a client cannot forge it.
     if let Some(tls) = conn.tls.get() {
         parts.headers.remove(&headers::X_FORWARDED_CLIENT_CERT);
-        if let Some(id) = &tls.peer_identity {
+        let wanted = listener.proxy_headers.client_cert;
+        if let Some(id) = tls.peer_identity.as_ref().filter(|_| wanted) {
             if let Ok(v) = HeaderValue::from_str(&format!("URI={id}")) {
                 parts.headers.insert(&headers::X_FORWARDED_CLIENT_CERT, v);
             }

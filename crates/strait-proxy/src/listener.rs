@@ -66,6 +66,14 @@ pub(crate) async fn accept_loop(
                     }
                 }
                 if let Some(routes) = plan.and_then(|l| l.passthrough.clone()) {
+                    let denied = plan
+                        .and_then(|l| l.authz.as_ref())
+                        .is_some_and(|p| !p.decide_connection(peer.ip()).allowed);
+                    if denied {
+                        // Refused by the listener's policy: closed at once, counted by rule.
+                        drop(stream);
+                        continue;
+                    }
                     let guard = worker.connection_opened();
                     let counted = plan.map(|l| l.connections.opened());
                     let snapshot = Arc::clone(&snapshot);

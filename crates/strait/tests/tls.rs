@@ -401,6 +401,20 @@ async fn client_certificates_required_optional_and_the_spiffe_identity_passed_on
     let (status, body) = get_over(stream, "api.example.com").await.expect("request");
     assert_eq!(status, 200);
     assert!(!body.contains("x-forwarded-client-cert"), "{body}");
+
+    // `client_cert: false`: the identity is not sent, and a forged header is still removed.
+    let listener = listener.replace(
+        "{ x_forwarded_proto: replace }",
+        "{ x_forwarded_proto: replace, client_cert: false }",
+    );
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    let with = client_config(&ca.pem(), &[b"http/1.1"], Some((&good_c, &good_k)));
+    let stream = handshake(proxy.listen, with, "api.example.com")
+        .await
+        .expect("handshake");
+    let (status, body) = get_over(stream, "api.example.com").await.expect("request");
+    assert_eq!(status, 200);
+    assert!(!body.contains("x-forwarded-client-cert"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

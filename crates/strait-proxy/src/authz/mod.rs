@@ -111,6 +111,32 @@ impl Policy {
         })
     }
 
+    /// Decides for a TCP connection (TLS passthrough): only what a connection shows can hold,
+    /// so rules with `peers` or `match` conditions never match one. Counted like requests.
+    pub fn decide_connection(&self, client_ip: IpAddr) -> Verdict<'_> {
+        let matched = self.rules.iter().zip(self.names.iter()).find(|(rule, _)| {
+            rule.peers.is_empty()
+                && rule.request.is_none()
+                && (rule.client_ips.is_empty()
+                    || rule.client_ips.iter().any(|c| c.contains(client_ip)))
+        });
+        self.count(matched.map(|(r, n)| (r, &**n)))
+    }
+
+    fn count<'p>(&'p self, matched: Option<(&'p Rule, &'p str)>) -> Verdict<'p> {
+        let (allowed, counts, rule) = match matched {
+            Some((r, name)) => (r.allows, &r.counts, name),
+            None => (self.default_allows, &self.default_counts, "default"),
+        };
+        let n = if allowed {
+            &counts.allowed
+        } else {
+            &counts.denied
+        };
+        n.fetch_add(1, Relaxed);
+        Verdict { allowed, rule }
+    }
+
     /// Decides, and counts the decision.
     pub fn decide(
         &self,
@@ -125,17 +151,7 @@ impl Policy {
                     || rule.client_ips.iter().any(|c| c.contains(client_ip)))
                 && rule.request.as_ref().is_none_or(|m| m.matches(req))
         });
-        let (allowed, counts, rule) = match matched {
-            Some((r, name)) => (r.allows, &r.counts, &**name),
-            None => (self.default_allows, &self.default_counts, "default"),
-        };
-        let n = if allowed {
-            &counts.allowed
-        } else {
-            &counts.denied
-        };
-        n.fetch_add(1, Relaxed);
-        Verdict { allowed, rule }
+        self.count(matched.map(|(r, n)| (r, &**n)))
     }
 }
 
@@ -226,5 +242,21 @@ rules:
         );
         let counted = p.rules.first().unwrap().counts.allowed.load(Relaxed);
         assert_eq!(counted, 1);
+    }
+
+    #[test]
+    fn connections_are_judged_by_address_only() {
+        let p = policy(
+            "default: deny
+rules:
+  - { name: needs-request, action: allow, match: { methods: [GET] } }
+  - { name: needs-peer, action: allow, peers: ['*'] }
+  - { name: office, action: allow, client_ips: [10.0.0.0/8] }
+",
+        );
+        let inside = p.decide_connection("10.1.1.1".parse().unwrap());
+        assert_eq!((inside.allowed, inside.rule), (true, "office"));
+        let outside = p.decide_connection("192.0.2.1".parse().unwrap());
+        assert_eq!((outside.allowed, outside.rule), (false, "default"));
     }
 }
