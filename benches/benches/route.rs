@@ -127,6 +127,7 @@ fn bench_find(
         path,
         query: Some("page=2"),
         headers: &headers,
+        peer: None,
     };
     assert_eq!(table.find(&req).copied(), expect, "{name}");
     c.bench_function(name, |b| b.iter(|| table.find(black_box(&req))));

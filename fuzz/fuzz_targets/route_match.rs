@@ -166,6 +166,7 @@ fuzz_target!(|data: &[u8]| {
         path: &path,
         query: query.as_deref(),
         headers: &headers,
+        peer: None,
     };
 
     let found = table.find_with_match(&req);

@@ -986,6 +986,11 @@ pub struct RouteMatch {
     /// Query parameter conditions, all of which must hold. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query: Vec<QueryMatch>,
+    /// Verified peer identities (the SPIFFE ID of a client certificate on a TLS listener
+    /// with `client_auth`), any of: an exact ID, a prefix ending in `*`, or `*` for any verified
+    /// peer. A request without a verified identity matches none. Default: any request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
 }
 
 /// How the request path (without the query string) is matched. Exactly one field is set.

@@ -627,6 +627,7 @@ impl Checker<'_> {
     }
 
     fn route_match(&mut self, at: &FieldPath, m: &RouteMatch) {
+        self.peer_patterns(&at.key("peers"), &m.peers);
         for (hi, host) in m.hosts.iter().enumerate() {
             if let Err(e) = check_host_pattern(host) {
                 self.say(at.key("hosts").index(hi), e);
@@ -1003,21 +1004,7 @@ impl Checker<'_> {
             if let Some(m) = &rule.request {
                 self.route_match(&at.key("match"), m);
             }
-            for (pi, peer) in rule.peers.iter().enumerate() {
-                let valid = peer == "*"
-                    || (peer.starts_with("spiffe://")
-                        && peer.len() > "spiffe://".len()
-                        && !peer[..peer.len() - 1].contains('*'));
-                if !valid {
-                    self.say(
-                        at.key("peers").index(pi),
-                        format!(
-                            "{peer:?}: give a SPIFFE ID (`spiffe://td/ns/shop/sa/api`), a prefix \
-                             ending in `*` (`spiffe://td/ns/shop/*`), or `*` for any verified peer"
-                        ),
-                    );
-                }
-            }
+            self.peer_patterns(&at.key("peers"), &rule.peers);
         }
     }
 
@@ -1062,6 +1049,20 @@ impl Checker<'_> {
         for (claim, header) in &jwt.claim_to_headers {
             if let Err(e) = check_header_name(header) {
                 self.say(at.key("claim_to_headers").key(claim), e);
+            }
+        }
+    }
+
+    fn peer_patterns(&mut self, at: &FieldPath, peers: &[String]) {
+        for (pi, peer) in peers.iter().enumerate() {
+            if peer != "*" && !spiffe_pattern_valid(peer) {
+                self.say(
+                    at.index(pi),
+                    format!(
+                        "{peer:?}: give a SPIFFE ID (`spiffe://td/ns/shop/sa/api`), a prefix \
+                         ending in `*` (`spiffe://td/ns/shop/*`), or `*` for any verified peer"
+                    ),
+                );
             }
         }
     }

@@ -175,9 +175,10 @@ pub(crate) async fn serve(
             path: req.uri().path(),
             query: req.uri().query(),
             headers: req.headers(),
+            peer: conn.tls.get().and_then(|t| t.peer_identity.as_deref()),
         };
         // The listener's policy first, then the matched route's; the rule that denied is named.
-        let peer = conn.tls.get().and_then(|t| t.peer_identity.as_deref());
+        let peer = view.peer;
         let denied_by = |policy: &crate::authz::Policy| {
             let verdict = policy.decide(peer, conn.peer.ip(), &view);
             (!verdict.allowed).then(|| verdict.rule.to_owned())

@@ -706,3 +706,47 @@ async fn passthrough_routes_raw_tls_by_sni() {
     .await;
     assert!(plain.is_err());
 }
+
+/// Routes can match on the verified peer identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_match_on_peer_identity() {
+    let dir = Dir::new();
+    let ca = Ca::new("mesh CA");
+    let shop_app = Upstream::echo("shop-app").await;
+    let other_app = Upstream::echo("other-app").await;
+    let ca_path = dir.write("clients.pem", &ca.pem());
+    let (listener, _) = tls_listener(
+        &dir,
+        &ca,
+        &format!("      client_auth: {{ ca: \"{ca_path}\", required: false }}\n"),
+    );
+    let proxy = Proxy::start(&format!(
+        "listeners:\n  - name: main\n    address: ${{LISTEN}}\n{listener}    routes:\n      - match: {{ peers: ['spiffe://cluster.local/ns/shop/*'] }}\n        backends: [{{ cluster: shop }}]\n      - backends: [{{ cluster: other }}]\nclusters:\n  - name: shop\n    endpoints: [{{ address: \"{}\" }}]\n  - name: other\n    endpoints: [{{ address: \"{}\" }}]\n",
+        shop_app.addr, other_app.addr
+    ))
+    .await;
+    let upstream_for = |cert: Option<(String, String)>| {
+        let cfg = match &cert {
+            Some((c, k)) => client_config(&ca.pem(), &[b"http/1.1"], Some((c, k))),
+            None => client_config(&ca.pem(), &[b"http/1.1"], None),
+        };
+        async move {
+            let stream = handshake(proxy.listen, cfg, "api.example.com")
+                .await
+                .expect("handshake");
+            let (status, body) = get_over(stream, "api.example.com").await.expect("request");
+            assert_eq!(status, 200, "{body}");
+            let seen: serde_json::Value = serde_json::from_str(&body).expect("json");
+            seen["upstream"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    let shop = ca.leaf(
+        &["a"],
+        &["spiffe://cluster.local/ns/shop/sa/cart"],
+        (-1, 30),
+    );
+    let ops = ca.leaf(&["b"], &["spiffe://cluster.local/ns/ops/sa/x"], (-1, 30));
+    assert_eq!(upstream_for(Some(shop)).await, "shop-app");
+    assert_eq!(upstream_for(Some(ops)).await, "other-app");
+    assert_eq!(upstream_for(None).await, "other-app");
+}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use strait_config::{Authorization, AuthzAction, Cidr};
 
-use crate::route::{RequestMatcher, RequestView};
+use crate::route::{peer_matches, RequestMatcher, RequestView};
 
 /// A compiled authorization policy.
 #[derive(Debug)]
@@ -27,7 +27,8 @@ pub struct Policy {
 #[derive(Debug)]
 struct Rule {
     allows: bool,
-    peers: Box<[PeerPattern]>,
+    /// Identity patterns (see [`peer_matches`]); empty: any request.
+    peers: Box<[Box<str>]>,
     client_ips: Box<[Cidr]>,
     request: Option<RequestMatcher>,
     counts: Arc<Decisions>,
@@ -40,34 +41,6 @@ pub struct Decisions {
     pub allowed: AtomicU64,
     /// Requests denied.
     pub denied: AtomicU64,
-}
-
-#[derive(Debug)]
-enum PeerPattern {
-    /// Any verified identity.
-    Any,
-    Exact(Box<str>),
-    Prefix(Box<str>),
-}
-
-impl PeerPattern {
-    fn parse(text: &str) -> PeerPattern {
-        match text {
-            "*" => PeerPattern::Any,
-            _ => match text.strip_suffix('*') {
-                Some(prefix) => PeerPattern::Prefix(prefix.into()),
-                None => PeerPattern::Exact(text.into()),
-            },
-        }
-    }
-
-    fn matches(&self, id: &str) -> bool {
-        match self {
-            PeerPattern::Any => true,
-            PeerPattern::Exact(exact) => id == &**exact,
-            PeerPattern::Prefix(prefix) => id.starts_with(&**prefix),
-        }
-    }
 }
 
 /// The outcome of a policy.
@@ -96,7 +69,7 @@ impl Policy {
             };
             rules.push(Rule {
                 allows: r.action == AuthzAction::Allow,
-                peers: r.peers.iter().map(|p| PeerPattern::parse(p)).collect(),
+                peers: r.peers.iter().map(|p| p.as_str().into()).collect(),
                 client_ips: r.client_ips.clone().into_boxed_slice(),
                 request,
                 counts: counts(&name),
@@ -146,7 +119,7 @@ impl Policy {
     ) -> Verdict<'_> {
         let matched = self.rules.iter().zip(self.names.iter()).find(|(rule, _)| {
             (rule.peers.is_empty()
-                || peer.is_some_and(|id| rule.peers.iter().any(|p| p.matches(id))))
+                || peer.is_some_and(|id| rule.peers.iter().any(|p| peer_matches(p, id))))
                 && (rule.client_ips.is_empty()
                     || rule.client_ips.iter().any(|c| c.contains(client_ip)))
                 && rule.request.as_ref().is_none_or(|m| m.matches(req))
@@ -180,6 +153,7 @@ mod tests {
             path,
             query: None,
             headers: &headers,
+            peer: None,
         };
         let v = p.decide(peer, ip.parse().unwrap(), &view);
         (v.allowed, v.rule.to_owned())

@@ -91,6 +91,8 @@ pub(super) struct RouteMatcher {
     methods: Box<[Method]>,
     headers: Box<[HeaderCondition]>,
     query: Box<[QueryCondition]>,
+    /// Peer identity patterns; empty: any request.
+    peers: Box<[Box<str>]>,
 }
 
 impl RouteMatcher {
@@ -120,6 +122,7 @@ impl RouteMatcher {
             methods,
             headers,
             query,
+            peers: m.peers.iter().map(|p| p.as_str().into()).collect(),
         })
     }
 
@@ -134,6 +137,12 @@ impl RouteMatcher {
         }
         if !self.query.iter().all(|q| q.holds(req.query)) {
             return None;
+        }
+        if !self.peers.is_empty() {
+            let id = req.peer?;
+            if !self.peers.iter().any(|p| peer_matches(p, id)) {
+                return None;
+            }
         }
         Some(info)
     }
@@ -359,6 +368,14 @@ impl QueryCondition {
     }
 }
 
+/// A peer identity pattern: `*` (any verified peer), a prefix ending in `*`, or an exact ID.
+pub(crate) fn peer_matches(pattern: &str, id: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => id.starts_with(prefix),
+        None => id == pattern,
+    }
+}
+
 /// The value of the first `name=value` pair named `name`, raw (no percent-decoding); a bare
 /// `name` has the empty value.
 fn first_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
@@ -419,6 +436,7 @@ mod tests {
                 path: self.path,
                 query: self.query,
                 headers: &self.headers,
+                peer: None,
             }
         }
     }

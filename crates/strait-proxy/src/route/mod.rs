@@ -19,6 +19,8 @@ mod split;
 pub use rewrite::{host_without_port, redirect_location, rewrite_prefix};
 pub use split::WeightedSplit;
 
+pub(crate) use matcher::peer_matches;
+
 use std::fmt;
 
 use index::{RouteIndex, RouteKeys};
@@ -38,6 +40,8 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
     /// The request headers.
     pub headers: &'a http::HeaderMap,
+    /// The verified peer identity (SPIFFE ID of the client certificate), when there is one.
+    pub peer: Option<&'a str>,
 }
 
 /// A whole `match` block, hosts included, for deciding outside a route table (authorization

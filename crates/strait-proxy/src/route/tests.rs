@@ -41,6 +41,7 @@ fn find(table: &RouteTable<usize>, host: &str, path: &str) -> Option<usize> {
         path,
         query: None,
         headers: &headers,
+        peer: None,
     };
     table.find(&req).copied()
 }
@@ -138,6 +139,7 @@ fn find_with_match_reports_the_prefix_length() {
             path,
             query: None,
             headers: &headers,
+            peer: None,
         };
         let info = |path| {
             t.find_with_match(&view(path))
@@ -369,6 +371,7 @@ fn index_agrees_with_linear_scan_on_random_tables() {
                 path: pick(&mut rng, &request_paths),
                 query: [None, Some("q=1"), Some("q=x"), Some("")][rng.usize(..4)],
                 headers: &headers,
+                peer: None,
             };
             let want = linear.find(&req);
             let got = t.find_with_match(&req).map(|(&i, info)| (i, info));
