@@ -179,6 +179,9 @@ pub(crate) async fn serve(
         };
         // The listener's policy first, then the matched route's; the rule that denied is named.
         let peer = view.peer;
+        if let Some(id) = peer {
+            listener.peers.count(id);
+        }
         let denied_by = |policy: &crate::authz::Policy| {
             let verdict = policy.decide(peer, conn.peer.ip(), &view);
             (!verdict.allowed).then(|| verdict.rule.to_owned())

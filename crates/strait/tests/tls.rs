@@ -665,6 +665,13 @@ async fn peer_identity_keys_rate_limits_and_is_logged() {
         logged.contains(&format!("\"peer_identity\":\"{b}\"")),
         "the identity is logged: {logged}"
     );
+    let metrics = proxy.admin_get("/metrics").await.text();
+    assert!(
+        metrics.contains(&format!(
+            "strait_peer_requests_total{{listener=\"main\",peer=\"{a}\"}} 2"
+        )),
+        "requests are counted by peer: {metrics}"
+    );
 }
 
 /// TLS passthrough: connections are routed by SNI, untouched, to TLS backends.

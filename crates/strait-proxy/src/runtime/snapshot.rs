@@ -25,7 +25,7 @@ use crate::resilience::{Breaker, OutlierDetector};
 use crate::route::{RouteTable, WeightedSplit};
 use crate::telemetry::access_log::{AccessLogger, LogSinks};
 use crate::telemetry::metrics::{
-    ClusterCounters, EndpointCounters, ListenerStats, MetricsStore, RouteStats,
+    ClusterCounters, EndpointCounters, ListenerStats, MetricsStore, PeerRequests, RouteStats,
 };
 use crate::telemetry::otlp::Exporters;
 use crate::telemetry::spans::{ListenerTracing, Tracer};
@@ -211,6 +211,7 @@ impl Snapshot {
                 idle_timeout: l.idle_timeout.non_zero(),
                 routes,
                 connections: metrics.listener(&l.name),
+                peers: metrics.peers(&l.name),
                 max_connections: l.max_connections,
                 connection_rate: l.connection_rate_limit.as_ref().map(|r| {
                     let burst = r
@@ -325,6 +326,8 @@ pub struct ListenerPlan {
     pub routes: RouteTable<RouteAction>,
     /// Connection counters.
     pub connections: Arc<ListenerStats>,
+    /// Requests by verified peer identity.
+    pub peers: Arc<PeerRequests>,
     /// Counters of requests no route matched.
     pub no_route: Arc<RouteStats>,
     /// Where sampled requests are logged.

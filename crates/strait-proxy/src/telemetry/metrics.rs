@@ -144,6 +144,54 @@ impl Histogram {
     }
 }
 
+/// Most distinct peer identities counted apart per listener; the rest count as `other`, so a
+/// mesh of any size cannot grow the label set without bound.
+pub const MAX_PEERS: usize = 1024;
+
+/// Requests by verified peer identity on one listener.
+#[derive(Debug, Default)]
+pub struct PeerRequests {
+    by_peer: std::sync::RwLock<std::collections::HashMap<Box<str>, Arc<AtomicU64>>>,
+    other: AtomicU64,
+}
+
+impl PeerRequests {
+    /// Counts a request from `peer`. A read lock and an atomic add; the write lock only the
+    /// first time an identity is seen (at most [`MAX_PEERS`] times).
+    pub fn count(&self, peer: &str) {
+        let known = self
+            .by_peer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .cloned();
+        let counter = known.or_else(|| {
+            let mut map = self.by_peer.write().unwrap_or_else(|e| e.into_inner());
+            if map.len() >= MAX_PEERS && !map.contains_key(peer) {
+                return None;
+            }
+            Some(Arc::clone(map.entry(peer.into()).or_default()))
+        });
+        match counter {
+            Some(c) => c.fetch_add(1, Relaxed),
+            None => self.other.fetch_add(1, Relaxed),
+        };
+    }
+
+    fn snapshot(&self) -> Vec<(String, u64)> {
+        let map = self.by_peer.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(String, u64)> = map
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.load(Relaxed)))
+            .collect();
+        let other = self.other.load(Relaxed);
+        if other > 0 {
+            out.push(("other".to_owned(), other));
+        }
+        out
+    }
+}
+
 /// Client connections of one listener.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
@@ -318,6 +366,7 @@ pub struct MetricsStore {
     clusters: Mutex<BTreeMap<String, Arc<ClusterCounters>>>,
     authz: Mutex<BTreeMap<(String, String, String), Arc<Decisions>>>,
     jwt: Mutex<BTreeMap<String, Arc<JwtCounters>>>,
+    peers: Mutex<BTreeMap<String, Arc<PeerRequests>>>,
     gauges: Mutex<Option<Arc<dyn GaugeSource>>>,
     tracing: Mutex<Option<Arc<TracingCounters>>>,
 }
@@ -353,6 +402,11 @@ impl MetricsStore {
     /// The counters of a cluster.
     pub fn cluster(&self, name: &str) -> Arc<ClusterCounters> {
         get_or_insert(&self.clusters, name.to_owned())
+    }
+
+    /// The requests by peer identity of a listener.
+    pub fn peers(&self, listener: &str) -> Arc<PeerRequests> {
+        get_or_insert(&self.peers, listener.to_owned())
     }
 
     /// The JWT check results of a listener.
@@ -653,6 +707,26 @@ impl Collector for StoreCollector {
             }
         }
 
+        {
+            let peers: Vec<(String, Arc<PeerRequests>)> = {
+                let map = store.peers.lock().unwrap_or_else(|e| e.into_inner());
+                map.iter()
+                    .map(|(k, v)| (k.clone(), Arc::clone(v)))
+                    .collect()
+            };
+            let mut m = encoder.encode_descriptor(
+                "strait_peer_requests",
+                "Requests by verified peer identity (SPIFFE ID of the client certificate).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (l, p) in &peers {
+                for (peer, n) in p.snapshot() {
+                    let labels = [("listener", l.as_str()), ("peer", peer.as_str())];
+                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
         {
             let jwt: Vec<(String, Arc<JwtCounters>)> = {
                 let map = store.jwt.lock().unwrap_or_else(|e| e.into_inner());
@@ -991,6 +1065,20 @@ impl Collector for StoreCollector {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
+    #[test]
+    fn peer_labels_are_bounded() {
+        let p = PeerRequests::default();
+        for i in 0..MAX_PEERS + 10 {
+            p.count(&format!("spiffe://td/ns/n/sa/{i}"));
+        }
+        p.count("spiffe://td/ns/n/sa/0");
+        let seen = p.snapshot();
+        assert_eq!(seen.len(), MAX_PEERS + 1);
+        assert!(seen.contains(&("other".to_owned(), 10)));
+        assert!(seen.contains(&("spiffe://td/ns/n/sa/0".to_owned(), 2)));
+    }
+
     use super::*;
 
     #[test]
