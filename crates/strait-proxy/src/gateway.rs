@@ -63,6 +63,8 @@ pub(crate) struct Connection {
     pub worker: Rc<Worker>,
     pub local: SocketAddr,
     pub peer: SocketAddr,
+    /// The peer's IP address as header text (`x-forwarded-for`), formatted once.
+    pub peer_ip: HeaderValue,
     /// Requests whose response head is not yet sent, and when the last one started: the HTTP/2
     /// idle timer closes a connection only when nothing is in flight.
     pub activity: Activity,
@@ -479,6 +481,7 @@ async fn forward_to(
     let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     let hop = Hop {
         client_ip: conn.peer.ip(),
+        client_ip_text: &conn.peer_ip,
         scheme: conn.scheme(),
         host: host_text,
         version,

@@ -88,6 +88,9 @@ pub(crate) async fn accept_loop(
                     worker: Rc::clone(&worker),
                     local: address,
                     peer,
+                    // An address's text is always a valid header value.
+                    peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+                        .unwrap_or_else(|_| http::HeaderValue::from_static("")),
                     activity: Activity::new(),
                     tls: std::cell::OnceCell::new(),
                 });

@@ -35,7 +35,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         return;
     }
     // Headers named in `connection` are hop-by-hop too (RFC 9110 §7.6.1).
-    if present & HOP_CONNECTION != 0 {
+    // Most `connection` headers say only `keep-alive` or `close`: nothing more to remove.
+    let only_standard = || {
+        headers.get_all(header::CONNECTION).iter().all(|v| {
+            v.as_bytes().split(|&b| b == b',').all(|t| {
+                let t = t.trim_ascii();
+                t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+            })
+        })
+    };
+    if present & HOP_CONNECTION != 0 && only_standard() {
+        headers.remove(header::CONNECTION);
+    } else if present & HOP_CONNECTION != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -124,6 +135,8 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 pub struct Hop<'a> {
     /// The client's address.
     pub client_ip: IpAddr,
+    /// The same address as header text, formatted once per connection.
+    pub client_ip_text: &'a HeaderValue,
     /// `http` or `https`, as the client reached us.
     pub scheme: &'static str,
     /// The request's host (authority) as received.
@@ -135,14 +148,19 @@ pub struct Hop<'a> {
 /// Writes `x-forwarded-for`, `x-forwarded-proto`, `forwarded`, `via` and `x-request-id` as
 /// the listener's settings say.
 pub fn add_forwarding_headers(headers: &mut HeaderMap, cfg: &ProxyHeaders, hop: &Hop<'_>) {
-    let ip = hop.client_ip.to_string();
     match cfg.x_forwarded_for {
-        ForwardedMode::Append => {
-            let value = fold_all(headers, &X_FORWARDED_FOR)
-                .map_or_else(|| ip.clone(), |all| format!("{all}, {ip}"));
-            set(headers, X_FORWARDED_FOR.clone(), &value);
+        ForwardedMode::Append => match fold_all(headers, &X_FORWARDED_FOR) {
+            Some(all) => {
+                let ip = hop.client_ip_text.to_str().unwrap_or_default();
+                set(headers, X_FORWARDED_FOR.clone(), &format!("{all}, {ip}"));
+            }
+            None => {
+                headers.insert(X_FORWARDED_FOR.clone(), hop.client_ip_text.clone());
+            }
+        },
+        ForwardedMode::Replace => {
+            headers.insert(X_FORWARDED_FOR.clone(), hop.client_ip_text.clone());
         }
-        ForwardedMode::Replace => set(headers, X_FORWARDED_FOR.clone(), &ip),
         _ => {}
     }
     match cfg.x_forwarded_proto {
@@ -342,8 +360,10 @@ mod tests {
 
     #[test]
     fn forwarding_headers_follow_the_modes() {
+        let text = HeaderValue::from_static("10.0.0.9");
         let hop = Hop {
             client_ip: "10.0.0.9".parse().unwrap(),
+            client_ip_text: &text,
             scheme: "http",
             host: "a.example",
             version: "1.1",
