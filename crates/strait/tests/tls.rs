@@ -757,3 +757,93 @@ async fn routes_match_on_peer_identity() {
     assert_eq!(upstream_for(Some(ops)).await, "other-app");
     assert_eq!(upstream_for(None).await, "other-app");
 }
+
+/// A verifier that records the stapled OCSP response, then verifies as usual.
+#[derive(Debug)]
+struct RecordOcsp {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    seen: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for RecordOcsp {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.seen.lock().expect("lock") = ocsp.to_vec();
+        // The staple here is test bytes, not a signed response: check the chain without it.
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, &[], now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A configured OCSP response is stapled to the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_responses_are_stapled() {
+    let dir = Dir::new();
+    let ca = Ca::new("test CA");
+    let up = Upstream::echo("app").await;
+    let (cert, key) = ca.leaf(&["api.example.com"], &[], (-1, 30));
+    let (cert, key) = (dir.write("c.pem", &cert), dir.write("c.key", &key));
+    let staple = b"test OCSP response bytes".to_vec();
+    let ocsp = dir.0.join("c.ocsp");
+    std::fs::write(&ocsp, &staple).expect("ocsp file");
+    let listener = format!(
+        "    tls:\n      certificates: [{{ cert: \"{cert}\", key: \"{key}\", ocsp: \"{}\" }}]\n",
+        ocsp.display()
+    );
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pemfile_certs(&ca.pem()).remove(0))
+        .expect("root");
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
+    )
+    .build()
+    .expect("verifier");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let verifier = RecordOcsp {
+        inner,
+        seen: Arc::clone(&seen),
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let stream = handshake(proxy.listen, Arc::new(cfg), "api.example.com")
+        .await
+        .expect("handshake");
+    drop(stream);
+    assert_eq!(*seen.lock().expect("lock"), staple);
+}
