@@ -659,11 +659,7 @@ async fn forward_to(
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(outcome) => outcome,
             Err(_) => {
-                cluster.counters.request_timeouts.fetch_add(1, Relaxed);
-                cluster.outlier.observe(endpoint, Outcome::Timeout);
-                if let Some(span) = span.as_mut() {
-                    span.set_error(Cause::RequestTimeout.name());
-                }
+                timed_out(cluster, endpoint, span.as_mut());
                 return local_reply(
                     grpc,
                     Cause::RequestTimeout,
@@ -708,6 +704,16 @@ async fn forward_to(
         span,
     };
     answer.into_client(pool, action, route_stats)
+}
+
+/// Counts an attempt that got no response head in time: the cluster's counter, the endpoint's
+/// outlier record, the attempt's span.
+fn timed_out(cluster: &ClusterPlan, endpoint: usize, span: Option<&mut OpenSpan>) {
+    cluster.counters.request_timeouts.fetch_add(1, Relaxed);
+    cluster.outlier.observe(endpoint, Outcome::Timeout);
+    if let Some(span) = span {
+        span.set_error(Cause::RequestTimeout.name());
+    }
 }
 
 /// Takes what an exchange with `endpoint` holds until its response ends: a slot of the

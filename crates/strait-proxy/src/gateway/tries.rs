@@ -20,12 +20,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{Request, Response};
 
-use super::{local_reply, send, send_failed, start_exchange, Answer, Cause, Connection};
+use super::{local_reply, send, send_failed, start_exchange, timed_out, Answer, Cause, Connection};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::replay::ReplayBody;
 use crate::ratelimit;
 use crate::resilience::retry::{pushback, Failure, Pushback, RetryPolicy};
-use crate::resilience::{Admission, Limit, Outcome};
+use crate::resilience::{Admission, Limit};
 use crate::runtime::snapshot::{ClusterPlan, RouteAction};
 use crate::telemetry::access_log::LogEntry;
 use crate::telemetry::metrics::RouteStats;
@@ -302,11 +302,7 @@ impl<'a> Tries<'a> {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
                     Ok(outcome) => outcome,
                     Err(_) => {
-                        cluster.counters.request_timeouts.fetch_add(1, Relaxed);
-                        cluster.outlier.observe(endpoint, Outcome::Timeout);
-                        if let Some(span) = span.as_mut() {
-                            span.set_error(Cause::RequestTimeout.name());
-                        }
+                        timed_out(cluster, endpoint, span.as_mut());
                         let reply = local_reply(
                             grpc,
                             Cause::RequestTimeout,
