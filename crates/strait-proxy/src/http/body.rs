@@ -61,10 +61,7 @@ impl Body for RequestBody {
                 let frame = ready!(Pin::new(b).poll_frame(cx));
                 if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
                     let n = data.map_or(0, Bytes::len);
-                    stats.add_request_bytes(n);
-                    if let Some(r) = received {
-                        r.fetch_add(n as u64, Relaxed);
-                    }
+                    count_received(Some(stats), received.as_deref(), n);
                 }
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
@@ -94,15 +91,80 @@ impl Body for RequestBody {
     }
 }
 
+/// Counts request body bytes received from the client: in the route's metrics, and in the
+/// request's access log entry when it has one.
+pub(crate) fn count_received(stats: Option<&RouteStats>, received: Option<&AtomicU64>, n: usize) {
+    if let Some(stats) = stats {
+        stats.add_request_bytes(n);
+    }
+    if let Some(r) = received {
+        r.fetch_add(n as u64, Relaxed);
+    }
+}
+
+/// A bounded copy of a body as it streams (for a mirror, or for replays): chunks are kept until
+/// more than `limit` bytes arrived, then the copy is dropped for good.
+#[derive(Debug)]
+pub(crate) struct BoundedCopy {
+    chunks: Vec<Bytes>,
+    len: usize,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl BoundedCopy {
+    /// An empty copy that keeps at most `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        BoundedCopy {
+            chunks: Vec::new(),
+            len: 0,
+            limit,
+            overflowed: false,
+        }
+    }
+
+    /// Keeps `data`; false once the body outgrew the limit (its copy is gone).
+    pub(crate) fn keep(&mut self, data: &Bytes) -> bool {
+        if self.overflowed {
+            return false;
+        }
+        if self.len + data.len() > self.limit {
+            self.overflowed = true;
+            self.chunks = Vec::new();
+            return false;
+        }
+        self.len += data.len();
+        self.chunks.push(data.clone());
+        true
+    }
+
+    /// True when the body outgrew the limit.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    /// The kept chunks, in order.
+    pub(crate) fn chunks(&self) -> &[Bytes] {
+        &self.chunks
+    }
+
+    /// The kept bytes as one buffer.
+    pub(crate) fn whole(&self) -> Bytes {
+        match self.chunks.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => Bytes::from(many.concat()),
+        }
+    }
+}
+
 /// Streams the client's body upstream and keeps a copy of up to `limit` bytes; when the body
 /// ends, the copy goes to whoever waits on the receiver (the mirror). A body over the limit, or
 /// one that fails, sends nothing: a mirror never sees a truncated request.
 #[derive(Debug)]
 pub struct TeeBody {
     inner: Incoming,
-    copy: Vec<Bytes>,
-    copied: usize,
-    limit: usize,
+    copy: BoundedCopy,
     done: Option<oneshot::Sender<Bytes>>,
     stats: Option<Arc<RouteStats>>,
     received: Option<Arc<AtomicU64>>,
@@ -120,9 +182,7 @@ impl TeeBody {
         let (tx, rx) = oneshot::channel();
         let tee = TeeBody {
             inner,
-            copy: Vec::new(),
-            copied: 0,
-            limit,
+            copy: BoundedCopy::new(limit),
             done: Some(tx),
             stats,
             received,
@@ -132,12 +192,7 @@ impl TeeBody {
 
     fn finish(&mut self) {
         if let Some(tx) = self.done.take() {
-            let whole = match self.copy.len() {
-                0 => Bytes::new(),
-                1 => self.copy.pop().unwrap_or_default(),
-                _ => Bytes::from(self.copy.concat()),
-            };
-            let _ = tx.send(whole);
+            let _ = tx.send(self.copy.whole());
         }
     }
 }
@@ -155,18 +210,10 @@ impl Body for TeeBody {
         match &frame {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
-                    if let Some(stats) = &this.stats {
-                        stats.add_request_bytes(data.len());
-                    }
-                    if let Some(r) = &this.received {
-                        r.fetch_add(data.len() as u64, Relaxed);
-                    }
-                    this.copied += data.len();
-                    if this.copied > this.limit {
+                    let (stats, received) = (this.stats.as_deref(), this.received.as_deref());
+                    count_received(stats, received, data.len());
+                    if this.done.is_some() && !this.copy.keep(data) {
                         this.done = None;
-                        this.copy = Vec::new();
-                    } else if this.done.is_some() {
-                        this.copy.push(data.clone());
                     }
                 }
                 if this.inner.is_end_stream() {

@@ -10,7 +10,7 @@
 //! winding down) gets an error, so two attempts never split the client's bytes between them.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -20,7 +20,7 @@ use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use super::body::BodyError;
+use super::body::{count_received, BodyError, BoundedCopy};
 use crate::telemetry::metrics::RouteStats;
 
 /// One attempt's view of a replayable request body.
@@ -38,11 +38,8 @@ struct Replay {
     source: Incoming,
     /// The handle allowed to read.
     generation: u64,
-    chunks: Vec<Bytes>,
-    kept: usize,
-    limit: usize,
-    /// More than `limit` bytes arrived: the copy is gone.
-    overflowed: bool,
+    /// What replays send; gone once the body outgrew the limit.
+    copy: BoundedCopy,
     ended: bool,
     failed: bool,
     trailers: Option<HeaderMap>,
@@ -74,10 +71,7 @@ impl ReplayBody {
         let shared = Replay {
             source,
             generation: 0,
-            chunks: Vec::new(),
-            kept: 0,
-            limit,
-            overflowed: false,
+            copy: BoundedCopy::new(limit),
             ended: false,
             failed: false,
             trailers: None,
@@ -103,7 +97,7 @@ impl ReplayBody {
     /// `None` when the body outgrew the buffer (or the client's body failed).
     pub fn replay(&self) -> Option<ReplayBody> {
         let mut shared = self.lock();
-        if shared.overflowed || shared.failed {
+        if shared.copy.overflowed() || shared.failed {
             return None;
         }
         shared.generation += 1;
@@ -117,34 +111,15 @@ impl ReplayBody {
 
     /// True when the body outgrew the buffer: no attempt can follow.
     pub fn overflowed(&self) -> bool {
-        self.lock().overflowed
+        self.lock().copy.overflowed()
     }
 }
 
 impl Replay {
-    fn keep(&mut self, data: &Bytes) {
-        if self.overflowed {
-            return;
-        }
-        if self.kept + data.len() > self.limit {
-            self.overflowed = true;
-            self.chunks = Vec::new();
-            self.whole = None;
-            return;
-        }
-        self.kept += data.len();
-        self.chunks.push(data.clone());
-    }
-
     fn finish(&mut self) {
         self.ended = true;
         if let Some(tx) = self.whole.take() {
-            let whole = match self.chunks.as_slice() {
-                [] => Bytes::new(),
-                [one] => one.clone(),
-                many => Bytes::from(many.concat()),
-            };
-            let _ = tx.send(whole);
+            let _ = tx.send(self.copy.whole());
         }
     }
 }
@@ -163,7 +138,7 @@ impl Body for ReplayBody {
         if s.generation != this.generation {
             return Poll::Ready(Some(Err(Box::new(Superseded))));
         }
-        if let Some(chunk) = s.chunks.get(this.sent_chunks) {
+        if let Some(chunk) = s.copy.chunks().get(this.sent_chunks) {
             this.sent_chunks += 1;
             return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
         }
@@ -191,13 +166,12 @@ impl Body for ReplayBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    s.stats.add_request_bytes(data.len());
-                    if let Some(r) = &s.received {
-                        r.fetch_add(data.len() as u64, Relaxed);
+                    count_received(Some(&s.stats), s.received.as_deref(), data.len());
+                    if !s.copy.keep(data) {
+                        s.whole = None;
                     }
-                    s.keep(data);
                     // This handle has now sent every kept chunk (none, after an overflow).
-                    this.sent_chunks = s.chunks.len();
+                    this.sent_chunks = s.copy.chunks().len();
                 } else if let Some(trailers) = frame.trailers_ref() {
                     s.trailers = Some(trailers.clone());
                     this.sent_trailers = true;
@@ -214,7 +188,7 @@ impl Body for ReplayBody {
         let s = self.lock();
         s.generation == self.generation
             && s.ended
-            && self.sent_chunks >= s.chunks.len()
+            && self.sent_chunks >= s.copy.chunks().len()
             && (self.sent_trailers || s.trailers.is_none())
     }
 }
