@@ -84,10 +84,10 @@ impl Snapshot {
         };
         let mut clusters: Vec<Arc<ClusterPlan>> = Vec::with_capacity(config.clusters.len());
         for (ci, c) in config.clusters.iter().enumerate() {
-            // A TLS cluster is always rebuilt: its files may have changed under the same config.
+            // Same config, and for TLS the same certificate files: keep the live state.
             let reused = previous
                 .and_then(|p| p.clusters.iter().find(|old| *old.name == *c.name))
-                .filter(|old| old.source == *c && c.tls.is_none());
+                .filter(|old| old.source == *c && old.tls.as_ref().is_none_or(|t| t.is_current()));
             clusters.push(match reused {
                 Some(old) => Arc::clone(old),
                 None => Arc::new(ClusterPlan::compile(c, metrics, health).map_err(|message| {

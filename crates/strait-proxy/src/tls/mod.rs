@@ -50,6 +50,15 @@ pub struct ClientTls {
     pub server_name: Option<ServerName<'static>>,
     /// The files it was built from.
     pub files: Vec<PathBuf>,
+    /// Their contents when it was built: the cluster is rebuilt only when they changed.
+    pub built_from: Vec<Option<Vec<u8>>>,
+}
+
+impl ClientTls {
+    /// True when the files still hold what this was built from.
+    pub fn is_current(&self) -> bool {
+        fingerprint(&self.files) == self.built_from
+    }
 }
 
 fn read(path: &str) -> Result<Vec<u8>, String> {
@@ -338,10 +347,12 @@ impl ClientTls {
             ),
             None => None,
         };
+        let built_from = fingerprint(&files);
         Ok(ClientTls {
             config: Arc::new(config),
             server_name,
             files,
+            built_from,
         })
     }
 }
