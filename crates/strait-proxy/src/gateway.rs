@@ -179,13 +179,12 @@ pub(crate) async fn serve(
             headers: req.headers(),
             peer: conn.tls.get().and_then(|t| t.peer_identity.as_deref()),
         };
-        // The listener's policy first, then the matched route's; the rule that denied is named.
-        let peer = view.peer;
-        if let Some(id) = peer {
+        if let Some(id) = view.peer {
             listener.peers.count(id);
         }
+        // The listener's policy first, then the matched route's; the rule that denied is named.
         let denied_by = |policy: &crate::authz::Policy| {
-            let verdict = policy.decide(peer, conn.peer.ip(), &view);
+            let verdict = policy.decide(conn.peer.ip(), &view);
             (!verdict.allowed).then(|| verdict.rule.to_owned())
         };
         let by_listener = listener.authz.as_ref().and_then(denied_by);
@@ -672,18 +671,17 @@ async fn forward_to(
     let (mut response, reuse) = match outcome {
         Ok(ok) => ok,
         Err(e) => {
-            let (_, cause, reply) = send_failed(e, cluster, endpoint, counters, addr, grpc);
-            if let Some(span) = span.as_mut() {
-                span.set_error(cause.name());
-            }
-            return reply;
+            return send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut()).1;
         }
     };
-    if let Some(span) = span.as_mut() {
-        span.set_status(response.status().as_u16());
-    }
-    stats.observe_latency(started.elapsed());
-    cluster.outlier.observe(endpoint, response.status());
+    head_received(
+        cluster,
+        endpoint,
+        stats,
+        started,
+        response.status(),
+        span.as_mut(),
+    );
     if let Some(entry) = log.as_mut() {
         entry.upstream_duration = Some(started.elapsed());
     }
@@ -781,9 +779,26 @@ impl Answer {
     }
 }
 
-/// Counts a failed send and says what it was: the failure (`None` for failures no retry may
-/// follow: the breaker refused a connection), its cause, and the reply the client gets if it
-/// is final.
+/// Records an attempt's response head: the endpoint's latency, the status for outlier detection
+/// and for the attempt's span.
+fn head_received(
+    cluster: &ClusterPlan,
+    endpoint: usize,
+    stats: &crate::balance::EndpointStats,
+    started: Instant,
+    status: StatusCode,
+    span: Option<&mut OpenSpan>,
+) {
+    stats.observe_latency(started.elapsed());
+    cluster.outlier.observe(endpoint, status);
+    if let Some(span) = span {
+        span.set_status(status.as_u16());
+    }
+}
+
+/// Counts a failed send (and marks the attempt's span) and says what it was: the failure
+/// (`None` for failures no retry may follow: the breaker refused a connection) and the reply
+/// the client gets if it is final.
 fn send_failed(
     e: SendError,
     cluster: &ClusterPlan,
@@ -791,7 +806,8 @@ fn send_failed(
     counters: Option<&EndpointCounters>,
     addr: SocketAddr,
     grpc: bool,
-) -> (Option<Failure>, Cause, Response<ResponseBody>) {
+    span: Option<&mut OpenSpan>,
+) -> (Option<Failure>, Response<ResponseBody>) {
     let (failure, cause, detail) = match e {
         SendError::Connect(e @ ConnectError::Overflow { .. }) => {
             (None, Cause::Overflow, e.to_string())
@@ -823,7 +839,10 @@ fn send_failed(
             (Some(failure), Cause::UpstreamReset, format!("{addr}: {e}"))
         }
     };
-    (failure, cause, local_reply(grpc, cause, detail))
+    if let Some(span) = span {
+        span.set_error(cause.name());
+    }
+    (failure, local_reply(grpc, cause, detail))
 }
 
 /// True when an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it did not process the

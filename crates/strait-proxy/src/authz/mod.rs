@@ -110,13 +110,9 @@ impl Policy {
         Verdict { allowed, rule }
     }
 
-    /// Decides, and counts the decision.
-    pub fn decide(
-        &self,
-        peer: Option<&str>,
-        client_ip: IpAddr,
-        req: &RequestView<'_>,
-    ) -> Verdict<'_> {
+    /// Decides, and counts the decision. The peer identity is the request's (`req.peer`).
+    pub fn decide(&self, client_ip: IpAddr, req: &RequestView<'_>) -> Verdict<'_> {
+        let peer = req.peer;
         let matched = self.rules.iter().zip(self.names.iter()).find(|(rule, _)| {
             (rule.peers.is_empty()
                 || peer.is_some_and(|id| rule.peers.iter().any(|p| peer_matches(p, id))))
@@ -153,9 +149,9 @@ mod tests {
             path,
             query: None,
             headers: &headers,
-            peer: None,
+            peer,
         };
-        let v = p.decide(peer, ip.parse().unwrap(), &view);
+        let v = p.decide(ip.parse().unwrap(), &view);
         (v.allowed, v.rule.to_owned())
     }
 

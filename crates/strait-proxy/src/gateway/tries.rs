@@ -20,7 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{Request, Response};
 
-use super::{local_reply, send, send_failed, start_exchange, timed_out, Answer, Cause, Connection};
+use super::{
+    head_received, local_reply, send, send_failed, start_exchange, timed_out, Answer, Cause,
+    Connection,
+};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::replay::ReplayBody;
 use crate::ratelimit;
@@ -315,11 +318,8 @@ impl<'a> Tries<'a> {
             };
             match outcome {
                 Ok((response, reuse)) => {
-                    stats.observe_latency(started.elapsed());
-                    cluster.outlier.observe(endpoint, response.status());
-                    if let Some(span) = span.as_mut() {
-                        span.set_status(response.status().as_u16());
-                    }
+                    let status = response.status();
+                    head_received(cluster, endpoint, stats, started, status, span.as_mut());
                     let answer = Answer {
                         response,
                         reuse,
@@ -330,11 +330,8 @@ impl<'a> Tries<'a> {
                     Attempted::Answered(answer, endpoint)
                 }
                 Err(e) => {
-                    let (failure, cause, reply) =
-                        send_failed(e, cluster, endpoint, counters, addr, grpc);
-                    if let Some(span) = span.as_mut() {
-                        span.set_error(cause.name());
-                    }
+                    let (failure, reply) =
+                        send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut());
                     Attempted::Failed(failure, reply, endpoint)
                 }
             }

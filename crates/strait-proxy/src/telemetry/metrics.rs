@@ -151,7 +151,7 @@ pub const MAX_PEERS: usize = 1024;
 /// Requests by verified peer identity on one listener.
 #[derive(Debug, Default)]
 pub struct PeerRequests {
-    by_peer: std::sync::RwLock<std::collections::HashMap<Box<str>, Arc<AtomicU64>>>,
+    by_peer: std::sync::RwLock<std::collections::HashMap<Box<str>, AtomicU64>>,
     other: AtomicU64,
 }
 
@@ -159,23 +159,21 @@ impl PeerRequests {
     /// Counts a request from `peer`. A read lock and an atomic add; the write lock only the
     /// first time an identity is seen (at most [`MAX_PEERS`] times).
     pub fn count(&self, peer: &str) {
-        let known = self
+        if let Some(n) = self
             .by_peer
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(peer)
-            .cloned();
-        let counter = known.or_else(|| {
-            let mut map = self.by_peer.write().unwrap_or_else(|e| e.into_inner());
-            if map.len() >= MAX_PEERS && !map.contains_key(peer) {
-                return None;
-            }
-            Some(Arc::clone(map.entry(peer.into()).or_default()))
-        });
-        match counter {
-            Some(c) => c.fetch_add(1, Relaxed),
-            None => self.other.fetch_add(1, Relaxed),
-        };
+        {
+            n.fetch_add(1, Relaxed);
+            return;
+        }
+        let mut map = self.by_peer.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_PEERS && !map.contains_key(peer) {
+            self.other.fetch_add(1, Relaxed);
+            return;
+        }
+        map.entry(peer.into()).or_default().fetch_add(1, Relaxed);
     }
 
     fn snapshot(&self) -> Vec<(String, u64)> {
