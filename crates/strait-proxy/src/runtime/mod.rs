@@ -406,6 +406,8 @@ async fn control_main(
     shared
         .exporters
         .flush(std::time::Instant::now() + SPAN_FLUSH_LIMIT);
+    // The access log lines of the last requests, which the writers' next tick would not see.
+    shared.logs.flush();
     tracing::info!("stopped");
 }
 
