@@ -34,7 +34,7 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// What is known of one request, filled in along its path.
 #[derive(Debug)]
 pub struct LogEntry {
-    fields: Arc<[LogField]>,
+    fields: Arc<[Field]>,
     pub(crate) arrived: SystemTime,
     pub(crate) started: Instant,
     pub(crate) listener: Arc<str>,
@@ -62,7 +62,7 @@ pub struct LogEntry {
 /// A listener's access log: which fields, how many requests, where to.
 #[derive(Debug)]
 pub struct AccessLogger {
-    fields: Arc<[LogField]>,
+    fields: Arc<[Field]>,
     sample_percent: f64,
     sink: Arc<Sink>,
 }
@@ -137,11 +137,11 @@ impl LogSinks {
                 sink
             }
         };
-        let fields: Arc<[LogField]> = if config.fields.is_empty() {
-            LogField::ALL.into()
+        let fields = layout(if config.fields.is_empty() {
+            &LogField::ALL[..]
         } else {
-            config.fields.clone().into()
-        };
+            &config.fields[..]
+        });
         Ok(AccessLogger {
             fields,
             sample_percent: config.sample_percent,
@@ -161,6 +161,27 @@ impl LogSinks {
             sink.shared.write_pending(&mut Vec::new());
         }
     }
+}
+
+/// A field of the line and what precedes its value: `{"time":`, `,"listener":`, ...
+#[derive(Debug)]
+struct Field {
+    field: LogField,
+    prefix: Box<[u8]>,
+}
+
+/// The fields of a line, with their keys written once rather than per line.
+fn layout(fields: &[LogField]) -> Arc<[Field]> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(i, &field)| Field {
+            field,
+            prefix: format!("{}\"{}\":", if i == 0 { '{' } else { ',' }, field.key())
+                .into_bytes()
+                .into_boxed_slice(),
+        })
+        .collect()
 }
 
 /// One destination and its writer thread.
@@ -271,18 +292,15 @@ impl LogEntry {
     /// Writes the line (without its newline), its keys in the configured order.
     fn write_json(&self, out: &mut Vec<u8>) {
         let text = |out: &mut Vec<u8>, v: Option<&str>| json_str(out, v.unwrap_or(""));
-        out.push(b'{');
-        for (i, &field) in self.fields.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.push(b'"');
-            out.extend_from_slice(field.key().as_bytes());
-            out.extend_from_slice(b"\":");
+        if self.fields.is_empty() {
+            out.push(b'{');
+        }
+        for Field { field, prefix } in self.fields.iter() {
+            out.extend_from_slice(prefix);
             match field {
                 LogField::Time => {
                     out.push(b'"');
-                    rfc3339(out, self.arrived);
+                    rfc3339_cached(out, self.arrived);
                     out.push(b'"');
                 }
                 LogField::Listener => json_str(out, &self.listener),
@@ -439,6 +457,33 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
+/// Appends `2026-11-22T12:30:05.123Z`, the part before the milliseconds made once a second
+/// per thread.
+fn rfc3339_cached(out: &mut Vec<u8>, t: SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, Vec<u8>)> = const {
+            std::cell::RefCell::new((u64::MAX, Vec::new()))
+        };
+    }
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    SECOND.with_borrow_mut(|(secs, text)| {
+        if *secs != d.as_secs() {
+            text.clear();
+            rfc3339(text, UNIX_EPOCH + Duration::from_secs(d.as_secs()));
+            text.truncate(text.len().saturating_sub(4)); // `000Z`
+            *secs = d.as_secs();
+        }
+        out.extend_from_slice(text);
+    });
+    let ms = d.subsec_millis();
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
+}
+
 /// Appends `2026-11-22T12:30:05.123Z`.
 fn rfc3339(out: &mut Vec<u8>, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -483,7 +528,7 @@ mod tests {
     #[test]
     fn lines_are_json_with_the_fields_in_order() {
         let entry = LogEntry {
-            fields: LogField::ALL.into(),
+            fields: layout(&LogField::ALL),
             arrived: UNIX_EPOCH,
             started: Instant::now(),
             listener: Arc::from("web"),
@@ -580,6 +625,11 @@ mod tests {
         assert_eq!(text(t), "2026-11-22T12:30:05.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(text(leap), "2000-02-29T00:00:00.000Z");
+        for t in [t, leap, t + Duration::from_millis(1_001), t, UNIX_EPOCH] {
+            let mut cached = Vec::new();
+            rfc3339_cached(&mut cached, t);
+            assert_eq!(String::from_utf8(cached).unwrap(), text(t));
+        }
     }
 
     #[test]

@@ -135,10 +135,17 @@ impl Extracted {
 /// Reads the formats of `accept`, in order: the first that yields a parent or a sampling
 /// decision is used, and the others are ignored.
 pub fn extract(headers: &HeaderMap, accept: &[AcceptFormat]) -> Extracted {
+    // Most requests carry no context: one pass over the names spares a lookup per header.
+    let present = Formats::present(headers);
+    if present.is_empty() {
+        return Extracted::NONE;
+    }
     for format in accept {
         let found = match format {
-            AcceptFormat::W3c => extract_w3c(headers),
-            AcceptFormat::B3 => extract_b3(headers),
+            AcceptFormat::W3c if present.has(Formats::W3C) => extract_w3c(headers),
+            AcceptFormat::B3 if present.has(Formats::B3_SINGLE | Formats::B3_MULTI) => {
+                extract_b3(headers)
+            }
             #[allow(unreachable_patterns)]
             _ => None,
         };
@@ -521,8 +528,23 @@ impl Formats {
         Formats(bits)
     }
 
-    fn has(self, bit: u8) -> bool {
-        self.0 & bit != 0
+    /// The families of the trace headers a request carries, found in one pass over its
+    /// header names (a lookup per name would hash each of seven names).
+    pub fn present(headers: &HeaderMap) -> Formats {
+        let mut bits = 0;
+        for name in headers.keys() {
+            bits |= match name.as_str().as_bytes() {
+                b"traceparent" | b"tracestate" => Self::W3C,
+                b"b3" => Self::B3_SINGLE,
+                [b'x', b'-', b'b', b'3', b'-', ..] => Self::B3_MULTI,
+                _ => 0,
+            };
+        }
+        Formats(bits)
+    }
+
+    fn has(self, bits: u8) -> bool {
+        self.0 & bits != 0
     }
 
     /// True when there is nothing in the set.
@@ -533,6 +555,7 @@ impl Formats {
 
 /// Removes the headers of `families` from a request.
 pub fn strip(headers: &mut HeaderMap, families: Formats) {
+    let families = Formats(families.0 & Formats::present(headers).0);
     if families.has(Formats::W3C) {
         headers.remove(&TRACEPARENT);
         headers.remove(&TRACESTATE);

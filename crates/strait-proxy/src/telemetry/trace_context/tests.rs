@@ -542,3 +542,19 @@ fn ids_print_as_lower_hex() {
     assert_ne!(TraceId::random(), TraceId::random());
     assert_ne!(SpanId::random(), SpanId::random());
 }
+
+#[test]
+fn present_finds_each_family_by_its_names() {
+    let of = |pairs: &[(&str, &str)]| Formats::present(&headers(pairs));
+    assert!(of(&[("host", "a"), ("user-agent", "x")]).is_empty());
+    assert_eq!(of(&[("traceparent", "x")]), Formats(Formats::W3C));
+    assert_eq!(of(&[("tracestate", "x")]), Formats(Formats::W3C));
+    assert_eq!(of(&[("b3", "1")]), Formats(Formats::B3_SINGLE));
+    assert_eq!(of(&[("x-b3-sampled", "1")]), Formats(Formats::B3_MULTI));
+    assert_eq!(
+        of(&[("b3", "1"), ("traceparent", "x"), ("x-b3-traceid", "y")]),
+        Formats(Formats::W3C | Formats::B3_SINGLE | Formats::B3_MULTI)
+    );
+    // Near misses are not trace headers.
+    assert!(of(&[("b33", "1"), ("x-b3", "1"), ("traceparents", "x")]).is_empty());
+}
