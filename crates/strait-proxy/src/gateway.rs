@@ -95,6 +95,9 @@ pub(crate) struct TlsInfo {
 pub(crate) struct Activity {
     pending: std::cell::Cell<usize>,
     last: std::cell::Cell<tokio::time::Instant>,
+    /// Response bodies on their way to the client (counted where the connection is taken
+    /// apart when idle: `http::idle`).
+    streaming: std::cell::Cell<usize>,
 }
 
 impl Activity {
@@ -102,7 +105,21 @@ impl Activity {
         Activity {
             pending: std::cell::Cell::new(0),
             last: std::cell::Cell::new(tokio::time::Instant::now()),
+            streaming: std::cell::Cell::new(0),
         }
+    }
+
+    /// Response bodies being sent.
+    pub fn streaming(&self) -> usize {
+        self.streaming.get()
+    }
+
+    pub fn body_started(&self) {
+        self.streaming.set(self.streaming.get() + 1);
+    }
+
+    pub fn body_ended(&self) {
+        self.streaming.set(self.streaming.get().saturating_sub(1));
     }
 
     /// When the connection went idle, or `None` while a request is pending.

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod headers;
+pub(crate) mod idle;
 pub mod pool;
 pub mod replay;
 pub(crate) mod server;

@@ -1,10 +1,15 @@
 //! One client connection: detect the protocol, serve it with hyper, and shut it down gracefully
 //! when its listener drains (HTTP/1: close after the current response; HTTP/2: GOAWAY).
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -12,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::detect::{self, Protocol};
 use crate::gateway::{self, Connection, TlsInfo};
+use crate::http::idle::{Tracked, Watched};
 use crate::http::LocalExec;
 use crate::telemetry::metrics::{ListenerStats, TlsFailure};
 use crate::tls::ServerTls;
@@ -38,7 +44,20 @@ pub(crate) async fn serve_connection(
                 return;
             }
         };
-        return serve_http(TokioIo::new(stream), protocol, conn, idle_timeout, drain).await;
+        return match protocol {
+            Protocol::Http1 => serve_http1(stream, conn, idle_timeout, stats, drain).await,
+            // Boxed: HTTP/2's state must not make every HTTP/1 connection's task bigger.
+            Protocol::Http2 => {
+                Box::pin(serve_http(
+                    TokioIo::new(stream),
+                    protocol,
+                    conn,
+                    idle_timeout,
+                    drain,
+                ))
+                .await
+            }
+        };
     };
     // Boxed: a TLS session is kilobytes, and a plain connection's task (allocated at the size
     // of its largest state) must not carry room for one.
@@ -89,6 +108,142 @@ async fn serve_tls(
     };
     let _ = conn.tls.set(info);
     serve_http(TokioIo::new(stream), protocol, conn, idle_timeout, drain).await;
+}
+
+/// HTTP/1 over plain TCP. Between requests, when the worker holds many connections, hyper's
+/// connection is taken apart so the idle client costs its socket and not hyper's buffers
+/// (`http::idle`), and a new one serves the client's next bytes. A client that came back
+/// within [`QUIET`] is busy: its connection keeps hyper's until it has been quiet that long,
+/// so a loaded connection does not pay for a new hyper connection per request.
+async fn serve_http1(
+    stream: TcpStream,
+    conn: Rc<Connection>,
+    idle_timeout: Option<Duration>,
+    stats: Option<Arc<ListenerStats>>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let peer = conn.peer;
+    let mut io = Watched::new(stream);
+    let state = Arc::clone(&io.state);
+    let mut header_timeout = idle_timeout;
+    // Whether the client's last wait was shorter than QUIET, and the timer that lets a busy
+    // connection give back its buffers once quiet (made the first time it is needed).
+    let mut busy = false;
+    let mut quiet: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let served_conn = Rc::clone(&conn);
+    let mut service = service_fn(move |req| {
+        let conn = Rc::clone(&served_conn);
+        async move {
+            let response = gateway::serve(req, Rc::clone(&conn)).await?;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, conn)))
+        }
+    });
+    loop {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(header_timeout);
+        // Boxed: freed while the connection waits, so an idle client's task is small.
+        let mut served = Box::new(
+            builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
+        // `Some`: the connection ended; `None`: it is idle and can give back its buffers.
+        let ended = {
+            let drained = drain.wait_for(|d| *d);
+            tokio::pin!(drained);
+            let mut draining = false;
+            std::future::poll_fn(|cx| {
+                if !draining && drained.as_mut().poll(cx).is_ready() {
+                    draining = true;
+                    Pin::new(&mut *served).graceful_shutdown();
+                }
+                if let Poll::Ready(result) = Pin::new(&mut *served).poll(cx) {
+                    return Poll::Ready(Some(result));
+                }
+                if draining || !state.releasable(&conn) {
+                    return Poll::Pending;
+                }
+                let Some(since) = conn.activity.idle_since().filter(|_| busy) else {
+                    return Poll::Ready(None);
+                };
+                let at = since + QUIET;
+                if at <= tokio::time::Instant::now() {
+                    return Poll::Ready(None);
+                }
+                // Woken at the latest deadline seen when the timer last fired (a timer is
+                // not moved per request), then set to the current one.
+                let timer = quiet.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    timer.as_mut().reset(at);
+                    let _ = timer.as_mut().poll(cx);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        if let Some(result) = ended {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+            return;
+        }
+        let Some(parts) = (*served).into_parts() else {
+            return; // upgraded: the upgrade's task owns the socket now
+        };
+        io = parts.io.into_inner();
+        service = parts.service;
+        // An empty read buffer still holds hyper's allocation: keep it only when it has bytes.
+        let unread = parts.read_buf;
+        if let Some(s) = &stats {
+            s.released();
+        }
+        let idle_since = conn
+            .activity
+            .idle_since()
+            .unwrap_or_else(tokio::time::Instant::now);
+        if !unread.is_empty() {
+            // The start of the next request: the next connection reads it first, within what
+            // is left of the time the client had to send it.
+            io.unread = Bytes::copy_from_slice(&unread);
+            header_timeout = match idle_timeout.map(|t| t.saturating_sub(idle_since.elapsed())) {
+                Some(left) if left.is_zero() => return,
+                left => left,
+            };
+            continue;
+        }
+        drop(unread);
+        // Nothing buffered: wait on the bare socket for the client's next bytes.
+        let deadline = idle_timeout.map(|t| idle_since + t);
+        tokio::select! {
+            ready = io.stream.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+            }
+            () = sleep_until(deadline) => {
+                tracing::debug!(%peer, "idle keep-alive connection timed out");
+                return;
+            }
+            _ = drain.wait_for(|d| *d) => return,
+        }
+        busy = idle_since.elapsed() < QUIET;
+        header_timeout = idle_timeout;
+    }
+}
+
+/// How soon a client must come back for its connection to count as busy, and how long a busy
+/// connection must then be quiet to give back its buffers.
+const QUIET: Duration = Duration::from_secs(1);
+
+/// Completes at `deadline`, or never.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves HTTP on a connection whose protocol is known, over plain TCP or TLS.

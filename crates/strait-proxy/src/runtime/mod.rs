@@ -264,6 +264,11 @@ impl Worker {
         self.shared.snapshot.load_full()
     }
 
+    /// Client connections open on this worker.
+    pub fn open_connections(&self) -> usize {
+        self.open.get()
+    }
+
     /// Counts a connection until the guard drops.
     pub fn connection_opened(self: &Rc<Self>) -> ConnectionGuard {
         self.open.set(self.open.get() + 1);

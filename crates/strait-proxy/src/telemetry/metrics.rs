@@ -197,6 +197,7 @@ pub struct ListenerStats {
     closed: AtomicU64,
     overflowed: AtomicU64,
     rate_limited: AtomicU64,
+    released: AtomicU64,
     tls_full: AtomicU64,
     tls_resumed: AtomicU64,
     tls_failures: [AtomicU64; 2],
@@ -218,6 +219,11 @@ impl ListenerStats {
         self.opened
             .load(Relaxed)
             .saturating_sub(self.closed.load(Relaxed))
+    }
+
+    /// Counts an idle HTTP/1 connection that gave back its buffers (`http::idle`).
+    pub fn released(&self) {
+        self.released.fetch_add(1, Relaxed);
     }
 
     /// Counts a connection refused because the listener was full.
@@ -629,6 +635,11 @@ impl Collector for StoreCollector {
                 "Client connections closed at once because the listener's connection_rate_limit was spent.",
                 4,
             ),
+            (
+                "strait_listener_connections_released",
+                "Times an idle HTTP/1 client connection gave back its buffers while the worker held many connections.",
+                5,
+            ),
         ] {
             let metric_type = if kind == 2 {
                 MetricType::Gauge
@@ -645,7 +656,8 @@ impl Collector for StoreCollector {
                     1 => ConstCounter::new(closed).encode(fam)?,
                     2 => ConstGauge::new(opened.saturating_sub(closed) as i64).encode(fam)?,
                     3 => ConstCounter::new(s.overflowed.load(Relaxed)).encode(fam)?,
-                    _ => ConstCounter::new(s.rate_limited.load(Relaxed)).encode(fam)?,
+                    4 => ConstCounter::new(s.rate_limited.load(Relaxed)).encode(fam)?,
+                    _ => ConstCounter::new(s.released.load(Relaxed)).encode(fam)?,
                 }
             }
         }
