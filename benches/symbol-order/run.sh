@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Regenerates crates/strait/symbol-order.txt: the functions a release `strait proxy` runs from
+# start-up through HTTP/1.1 and HTTP/2 traffic, which the release link places together at the
+# start of .text (see crates/strait/build.rs and docs/benchmarks.md, "Idle RSS").
+#
+#   benches/symbol-order/run.sh            # builds the release binary first
+#
+# Needs valgrind, nginx and h2load (apt: valgrind nginx nghttp2-client). A stale list is
+# harmless: names that no longer exist are ignored, new functions land after the listed ones.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+for tool in valgrind nginx h2load curl; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
+        echo "missing: $tool (apt-get install valgrind nginx nghttp2-client curl)" >&2
+        exit 2
+    }
+done
+target="${CARGO_TARGET_DIR:-$root/target}"
+cargo build --release -p strait
+bin="$target/release/strait"
+
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+ports=$(python3 -c 'import socket
+s=[socket.socket() for _ in range(3)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))')
+read -r listen admin up <<<"$ports"
+cat >"$work/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $work/nginx.pid; error_log $work/nginx.err error;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $work; proxy_temp_path $work;
+  fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
+  server { listen 127.0.0.1:$up; location / { return 200 "hello\n"; } } }
+CONF
+cat >"$work/strait.yaml" <<CONF
+workers: 1
+admin: { address: "127.0.0.1:$admin" }
+listeners:
+  - name: main
+    address: "127.0.0.1:$listen"
+    routes:
+      - backends: [{ cluster: up }]
+clusters:
+  - name: up
+    endpoints: [{ address: "127.0.0.1:$up" }]
+CONF
+nginx -c "$work/nginx.conf" &
+valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/callgrind.out" \
+    "$bin" proxy --config "$work/strait.yaml" >"$work/strait.log" 2>&1 &
+proxy=$!
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$listen/" && break; sleep 0.3; done
+h2load --h1 -n 2000 -c 8 "http://127.0.0.1:$listen/" >/dev/null
+h2load -n 2000 -c 4 -m 8 "http://127.0.0.1:$listen/" >/dev/null
+curl -s -o /dev/null "http://127.0.0.1:$admin/metrics"
+kill -TERM "$proxy"
+wait "$proxy" || true
+
+python3 - "$work/callgrind.out" "$bin" "$root/crates/strait/symbol-order.txt" <<'PY'
+import re, subprocess, sys
+out, binary, dest = sys.argv[1:]
+ran = set()
+for line in open(out, errors="replace"):
+    m = re.match(r"^c?fn=\(\d+\) (.+)$", line.rstrip("\n"))
+    if m:
+        ran.add(m.group(1))
+nm = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True).stdout
+text = {p[2] for p in (l.split() for l in nm.splitlines()) if len(p) == 3 and p[1] in "tTwW"}
+names = sorted(ran & text)
+with open(dest, "w") as f:
+    f.write("\n".join(names) + "\n")
+print(f"{len(names)} functions written to {dest}")
+PY
