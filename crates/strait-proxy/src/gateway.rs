@@ -223,7 +223,7 @@ pub(crate) async fn serve(
             host.as_ref(),
             path,
             req.version(),
-            conn.peer.ip(),
+            &conn.peer_ip,
             match &trace {
                 Some(t) => Some(t.trace_id()),
                 None => trace_context::received_trace_id(req.headers()),

@@ -139,14 +139,9 @@ async fn serve_http1(
         }
     });
     loop {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .header_read_timeout(header_timeout);
         // Boxed: freed while the connection waits, so an idle client's task is small.
         let mut served = Box::new(
-            builder
+            http1_server(header_timeout)
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades(),
         );
@@ -238,6 +233,17 @@ async fn serve_http1(
 /// connection must then be quiet to give back its buffers.
 const QUIET: Duration = Duration::from_secs(1);
 
+/// hyper's HTTP/1 server as every client connection uses it: keep-alive, and the client's
+/// time to send a request head bounded by `header_timeout`.
+fn http1_server(header_timeout: Option<Duration>) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(header_timeout);
+    builder
+}
+
 /// Completes at `deadline`, or never.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -261,12 +267,9 @@ async fn serve_http<I>(
     let service = service_fn(move |req| gateway::serve(req, Rc::clone(&conn)));
     let result = match protocol {
         Protocol::Http1 => {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .keep_alive(true)
-                .header_read_timeout(idle_timeout);
-            let served = builder.serve_connection(io, service).with_upgrades();
+            let served = http1_server(idle_timeout)
+                .serve_connection(io, service)
+                .with_upgrades();
             tokio::pin!(served);
             tokio::select! {
                 r = served.as_mut() => r,

@@ -34,7 +34,6 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// What is known of one request, filled in along its path.
 #[derive(Debug)]
 pub struct LogEntry {
-    fields: Arc<[Field]>,
     pub(crate) arrived: SystemTime,
     pub(crate) started: Instant,
     pub(crate) listener: Arc<str>,
@@ -53,7 +52,8 @@ pub struct LogEntry {
     pub(crate) upstream_duration: Option<Duration>,
     pub(crate) retries: u32,
     pub(crate) peer_identity: Option<String>,
-    pub(crate) client_ip: IpAddr,
+    /// The client's address as text, formatted once per connection.
+    pub(crate) client_ip: HeaderValue,
     pub(crate) request_id: Option<HeaderValue>,
     pub(crate) trace_id: Option<TraceId>,
     pub(crate) flags: String,
@@ -77,14 +77,13 @@ impl AccessLogger {
         authority: Option<&HeaderValue>,
         path: &str,
         version: Version,
-        client_ip: IpAddr,
+        client_ip: &HeaderValue,
         trace_id: Option<TraceId>,
     ) -> Option<Box<LogEntry>> {
         if self.sample_percent < 100.0 && fastrand::f64() * 100.0 >= self.sample_percent {
             return None;
         }
         Some(Box::new(LogEntry {
-            fields: Arc::clone(&self.fields),
             arrived: SystemTime::now(),
             started: Instant::now(),
             listener: Arc::clone(listener),
@@ -103,7 +102,7 @@ impl AccessLogger {
             upstream_duration: None,
             retries: 0,
             peer_identity: None,
-            client_ip,
+            client_ip: client_ip.clone(),
             request_id: None,
             trace_id,
             flags: String::new(),
@@ -113,7 +112,7 @@ impl AccessLogger {
     /// Writes a finished entry's line for the writer; never waits on the destination.
     pub(crate) fn finish(&self, mut entry: Box<LogEntry>) {
         entry.duration = entry.started.elapsed();
-        self.sink.append(&entry);
+        self.sink.append(&self.fields, &entry);
     }
 }
 
@@ -237,7 +236,7 @@ impl Sink {
 
     /// Formats the entry's line onto the pending buffer, or drops and counts it when the
     /// buffer is full.
-    fn append(&self, entry: &LogEntry) {
+    fn append(&self, fields: &[Field], entry: &LogEntry) {
         let mut pending = self.shared.lock_pending();
         let before = pending.len();
         if before >= MAX_PENDING {
@@ -245,7 +244,7 @@ impl Sink {
             self.dropped.fetch_add(1, Relaxed);
             return;
         }
-        entry.write_json(&mut pending);
+        entry.write_json(fields, &mut pending);
         pending.push(b'\n');
         let wake = before < WAKE_AT && pending.len() >= WAKE_AT;
         drop(pending);
@@ -290,12 +289,12 @@ fn write_lines(shared: &std::sync::Weak<SinkShared>) {
 
 impl LogEntry {
     /// Writes the line (without its newline), its keys in the configured order.
-    fn write_json(&self, out: &mut Vec<u8>) {
+    fn write_json(&self, fields: &[Field], out: &mut Vec<u8>) {
         let text = |out: &mut Vec<u8>, v: Option<&str>| json_str(out, v.unwrap_or(""));
-        if self.fields.is_empty() {
+        if fields.is_empty() {
             out.push(b'{');
         }
-        for Field { field, prefix } in self.fields.iter() {
+        for Field { field, prefix } in fields {
             out.extend_from_slice(prefix);
             match field {
                 LogField::Time => {
@@ -307,7 +306,7 @@ impl LogEntry {
                 LogField::Route => text(out, self.route.as_deref()),
                 LogField::Cluster => text(out, self.cluster.as_deref()),
                 LogField::Endpoint => match self.endpoint {
-                    Some(e) => json_addr(out, e.ip(), Some(e.port())),
+                    Some(e) => json_addr(out, e),
                     None => json_str(out, ""),
                 },
                 LogField::Method => json_str(out, self.method.as_str()),
@@ -329,7 +328,7 @@ impl LogEntry {
                     None => json_null(out),
                 },
                 LogField::Retries => json_uint(out, self.retries),
-                LogField::ClientIp => json_addr(out, self.client_ip, None),
+                LogField::ClientIp => json_str(out, self.client_ip.to_str().unwrap_or_default()),
                 LogField::PeerIdentity => match &self.peer_identity {
                     Some(id) => json_str(out, id),
                     None => json_null(out),
@@ -419,10 +418,10 @@ fn json_ms(out: &mut Vec<u8>, d: Duration) {
     out.extend(digits[..len].iter().map(|&d| b'0' + d as u8));
 }
 
-/// An address as a JSON string, `10.0.0.1`, `10.0.0.1:80` or `[::1]:80`.
-fn json_addr(out: &mut Vec<u8>, ip: IpAddr, port: Option<u16>) {
+/// An endpoint as a JSON string, `10.0.0.1:80` or `[::1]:80`.
+fn json_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     out.push(b'"');
-    match ip {
+    match addr.ip() {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
@@ -430,17 +429,12 @@ fn json_addr(out: &mut Vec<u8>, ip: IpAddr, port: Option<u16>) {
                 }
                 json_uint(out, octet);
             }
-            if let Some(port) = port {
-                out.push(b':');
-                json_uint(out, port);
-            }
+            out.push(b':');
+            json_uint(out, addr.port());
         }
-        IpAddr::V6(v6) => {
-            // Rare enough for the formatter; it writes only hex digits, colons and brackets.
-            let _ = match port {
-                Some(port) => write!(out, "{}", SocketAddr::new(IpAddr::V6(v6), port)),
-                None => write!(out, "{v6}"),
-            };
+        // Rare enough for the formatter; it writes only hex digits, colons and brackets.
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{addr}");
         }
     }
     out.push(b'"');
@@ -528,7 +522,6 @@ mod tests {
     #[test]
     fn lines_are_json_with_the_fields_in_order() {
         let entry = LogEntry {
-            fields: layout(&LogField::ALL),
             arrived: UNIX_EPOCH,
             started: Instant::now(),
             listener: Arc::from("web"),
@@ -547,13 +540,13 @@ mod tests {
             upstream_duration: None,
             retries: 1,
             peer_identity: None,
-            client_ip: "::1".parse().unwrap(),
+            client_ip: HeaderValue::from_static("::1"),
             request_id: None,
             trace_id: Some(TraceId([0xab; 16])),
             flags: "connect_failed".to_owned(),
         };
         let mut out = Vec::new();
-        entry.write_json(&mut out);
+        entry.write_json(&layout(&LogField::ALL), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(keys.len(), LogField::ALL.len());
@@ -602,15 +595,14 @@ mod tests {
         assert_eq!(ms(Duration::from_secs(12)), "12000.0");
         assert_eq!(ms(Duration::from_nanos(1_499)), "0.001");
         assert_eq!(ms(Duration::from_nanos(1_500)), "0.002");
-        let addr = |ip: &str, port| {
+        let addr = |text: &str| {
             let mut out = Vec::new();
-            json_addr(&mut out, ip.parse().unwrap(), port);
+            json_addr(&mut out, text.parse().unwrap());
             String::from_utf8(out).unwrap()
         };
-        assert_eq!(addr("10.0.0.1", Some(80)), "\"10.0.0.1:80\"");
-        assert_eq!(addr("255.0.9.10", None), "\"255.0.9.10\"");
-        assert_eq!(addr("::1", Some(443)), "\"[::1]:443\"");
-        assert_eq!(addr("fe80::1", None), "\"fe80::1\"");
+        assert_eq!(addr("10.0.0.1:80"), "\"10.0.0.1:80\"");
+        assert_eq!(addr("255.0.9.10:65535"), "\"255.0.9.10:65535\"");
+        assert_eq!(addr("[::1]:443"), "\"[::1]:443\"");
     }
 
     #[test]
@@ -645,7 +637,7 @@ mod tests {
         };
         let logger = sinks.logger(&config).unwrap();
         let listener: Arc<str> = Arc::from("web");
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip = HeaderValue::from_static("127.0.0.1");
         let entry = || {
             let mut e = logger
                 .begin(
@@ -654,7 +646,7 @@ mod tests {
                     None,
                     "/",
                     Version::HTTP_11,
-                    ip,
+                    &ip,
                     None,
                 )
                 .unwrap();
