@@ -32,7 +32,10 @@ use hyper::body::Incoming;
 use strait_config::{HashOn, UpstreamProtocol};
 
 use crate::balance::hash_key;
-use crate::http::body::{RequestBody, ResponseBody, TeeBody, UpstreamBody};
+use crate::http::body::{
+    BodyError, FromUpstream, RequestBody, ResponseBody, TeeBody, UpstreamBody,
+};
+use crate::http::client1;
 use crate::http::headers::{self, Hop, X_STRAIT_ERROR};
 use crate::http::pool::{ConnectError, Pool};
 use crate::http::replay::ReplayBody;
@@ -685,7 +688,7 @@ async fn forward_to(
         },
         None => sent.await,
     };
-    let (mut response, reuse) = match outcome {
+    let response = match outcome {
         Ok(ok) => ok,
         Err(e) => {
             return send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut()).1;
@@ -705,15 +708,17 @@ async fn forward_to(
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::task::spawn_local(tunnel(client_upgrade, upstream_upgrade, in_flight));
-            let (parts, _) = response.into_parts();
+            let (parts, body) = response.into_parts();
+            if let FromUpstream::Http1(body) = body {
+                if let Some(upstream) = body.into_upgraded() {
+                    tokio::task::spawn_local(tunnel(client_upgrade, upstream, in_flight));
+                }
+            }
             return Response::from_parts(parts, ResponseBody::empty());
         }
     }
     let answer = Answer {
         response,
-        reuse,
         in_flight,
         admission,
         span,
@@ -765,8 +770,7 @@ fn start_exchange<'c>(
 
 /// A response head from upstream and what the exchange holds until its body ends.
 struct Answer {
-    response: Response<Incoming>,
-    reuse: Option<crate::http::pool::PooledHttp1>,
+    response: Response<FromUpstream>,
     in_flight: crate::balance::InFlight,
     admission: crate::resilience::Admission,
     /// The attempt's client span, ended with the body.
@@ -785,8 +789,8 @@ impl Answer {
         let mut response = self.response;
         headers::strip_hop_by_hop(response.headers_mut(), false);
         let (parts, body) = response.into_parts();
-        let reuse = self.reuse.map(|c| (Rc::clone(pool), c));
-        let mut body = UpstreamBody::new(body, Some(self.in_flight), reuse, action.idle_timeout);
+        let pool = Some(Rc::clone(pool));
+        let mut body = UpstreamBody::new(body, Some(self.in_flight), pool, action.idle_timeout);
         body.count_bytes(Arc::clone(route_stats));
         body.hold_until_end(self.admission);
         if let Some(span) = self.span {
@@ -848,7 +852,7 @@ fn send_failed(
         SendError::Upstream(e) => {
             cluster.counters.resets.fetch_add(1, Relaxed);
             cluster.outlier.observe(endpoint, Outcome::Reset);
-            let failure = if refused_stream(&e) {
+            let failure = if refused_stream(&*e) {
                 Failure::RefusedStream
             } else {
                 Failure::Reset
@@ -864,8 +868,8 @@ fn send_failed(
 
 /// True when an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it did not process the
 /// request, so sending it again is safe whatever the method.
-fn refused_stream(e: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
             return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
@@ -995,10 +999,10 @@ fn count_answer(stats: &Arc<RouteStats>, response: &mut Response<ResponseBody>, 
 /// Why sending upstream failed.
 enum SendError {
     Connect(ConnectError),
-    Upstream(hyper::Error),
+    Upstream(BodyError),
 }
 
-type Sent = (Response<Incoming>, Option<crate::http::pool::PooledHttp1>);
+type Sent = Response<FromUpstream>;
 
 /// Sends on a pooled connection. A request that a reused HTTP/1 connection did not take (the
 /// upstream closed it while idle) goes again on a new connection: it was never sent, so this is
@@ -1033,49 +1037,40 @@ async fn send(
             let response = sender
                 .send_request(request)
                 .await
-                .map_err(SendError::Upstream)?;
-            Ok((response, None))
+                .map_err(|e| SendError::Upstream(Box::new(e)))?;
+            Ok(response.map(FromUpstream::Http2))
         }
         _ => {
-            let max_idle = cluster.max_idle_per_endpoint;
-            let mut conn = pool
-                .http1(
+            // `fresh`: a new connection even when an idle one is there.
+            let checkout = |fresh: bool| {
+                let tls = cluster.tls.as_deref();
+                let max_idle = cluster.max_idle_per_endpoint;
+                pool.http1(
                     addr,
+                    fresh,
                     cluster.connect_timeout,
                     max_idle,
                     &cluster.breaker,
-                    cluster.tls.as_deref(),
+                    tls,
                 )
-                .await
-                .map_err(SendError::Connect)?;
+            };
+            let conn = checkout(false).await.map_err(SendError::Connect)?;
             if !conn.reused {
                 opened();
             }
-            let response = match conn.sender.try_send_request(request).await {
-                Ok(response) => response,
-                Err(mut failed) => match failed.take_message() {
-                    Some(request) if conn.reused => {
-                        conn = pool
-                            .connect_http1(
-                                addr,
-                                cluster.connect_timeout,
-                                max_idle,
-                                &cluster.breaker,
-                                cluster.tls.as_deref(),
-                            )
-                            .await
-                            .map_err(SendError::Connect)?;
-                        opened();
-                        conn.sender
-                            .send_request(request)
-                            .await
-                            .map_err(SendError::Upstream)?
-                    }
-                    _ => return Err(SendError::Upstream(failed.into_error())),
-                },
+            let failed = match client1::send(conn, request, upgrade).await {
+                Ok(response) => return Ok(response.map(FromUpstream::Http1)),
+                Err(failed) => failed,
             };
-            // An upgraded connection becomes the tunnel; it never returns to the pool.
-            Ok((response, (!upgrade).then_some(conn)))
+            let Some(request) = failed.unsent else {
+                return Err(SendError::Upstream(Box::new(failed.error)));
+            };
+            let conn = checkout(true).await.map_err(SendError::Connect)?;
+            opened();
+            client1::send(conn, request, upgrade)
+                .await
+                .map(|response| response.map(FromUpstream::Http1))
+                .map_err(|failed| SendError::Upstream(Box::new(failed.error)))
         }
     }
 }
@@ -1083,18 +1078,17 @@ async fn send(
 /// Copies bytes both ways once client and upstream have both switched protocols.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    mut upstream: client1::Upgraded1,
     _in_flight: crate::balance::InFlight,
 ) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(both) => both,
+    let client = match client.await {
+        Ok(client) => client,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
             return;
         }
     };
     let mut client = hyper_util::rt::TokioIo::new(client);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(error = %e, "upgraded connection ended");
     }
@@ -1163,15 +1157,11 @@ fn spawn_mirror(
         };
         let limit = timeout.unwrap_or(std::time::Duration::from_secs(15));
         let exchange = async {
-            let (response, reuse) = send(&worker.pool, &cluster, addr, request, false, None)
+            let response = send(&worker.pool, &cluster, addr, request, false, None)
                 .await
                 .ok()?;
-            let body = UpstreamBody::new(
-                response.into_body(),
-                None,
-                reuse.map(|c| (Rc::clone(&worker.pool), c)),
-                None,
-            );
+            let pool = Some(Rc::clone(&worker.pool));
+            let body = UpstreamBody::new(response.into_body(), None, pool, None);
             http_body_util::BodyExt::collect(body).await.ok()
         };
         if tokio::time::timeout(limit, exchange)

@@ -317,12 +317,11 @@ impl<'a> Tries<'a> {
                 None => sent.await,
             };
             match outcome {
-                Ok((response, reuse)) => {
+                Ok(response) => {
                     let status = response.status();
                     head_received(cluster, endpoint, stats, started, status, span.as_mut());
                     let answer = Answer {
                         response,
-                        reuse,
                         in_flight,
                         admission,
                         span,

@@ -14,7 +14,8 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::balance::InFlight;
-use crate::http::pool::{Pool, PooledHttp1};
+use crate::http::client1::Body1;
+use crate::http::pool::Pool;
 use crate::resilience::Admission;
 use crate::telemetry::access_log::{AccessLogger, LogEntry};
 use crate::telemetry::metrics::RouteStats;
@@ -227,6 +228,54 @@ impl Body for TeeBody {
     }
 }
 
+/// A response body as it comes from upstream.
+#[derive(Debug)]
+pub enum FromUpstream {
+    /// Read off a pooled HTTP/1 connection by the request's task.
+    Http1(Body1),
+    /// A stream of an HTTP/2 connection.
+    Http2(Incoming),
+}
+
+impl FromUpstream {
+    /// The HTTP/1 connection, when the body ended cleanly and the connection can be reused.
+    fn take_idle(&mut self) -> Option<Box<crate::http::client1::Conn1>> {
+        match self {
+            FromUpstream::Http1(b) => b.take_idle(),
+            FromUpstream::Http2(_) => None,
+        }
+    }
+}
+
+impl Body for FromUpstream {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            FromUpstream::Http1(b) => Pin::new(b).poll_frame(cx),
+            FromUpstream::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            FromUpstream::Http1(b) => b.is_end_stream(),
+            FromUpstream::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            FromUpstream::Http1(b) => b.size_hint(),
+            FromUpstream::Http2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A response body sent to the client.
 #[derive(Debug)]
 pub enum ResponseBody {
@@ -285,9 +334,10 @@ impl Body for ResponseBody {
 /// idle timer.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: FromUpstream,
     in_flight: Option<InFlight>,
-    reuse: Option<(Rc<Pool>, PooledHttp1)>,
+    /// Where an HTTP/1 connection goes back when the body ended cleanly.
+    pool: Option<Rc<Pool>>,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
     /// Where response bytes are counted.
     bytes: Option<Arc<RouteStats>>,
@@ -307,18 +357,19 @@ pub struct UpstreamBody {
 pub struct StreamIdleTimeout(Duration);
 
 impl UpstreamBody {
-    /// Wraps an upstream body. `reuse`: an HTTP/1 connection to give back once the body ended.
+    /// Wraps an upstream body. `pool`: where an HTTP/1 connection goes back once the body
+    /// ended.
     pub fn new(
-        inner: Incoming,
+        inner: FromUpstream,
         in_flight: Option<InFlight>,
-        reuse: Option<(Rc<Pool>, PooledHttp1)>,
+        pool: Option<Rc<Pool>>,
         idle_timeout: Option<Duration>,
     ) -> Self {
         let idle = idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d))));
         let mut body = UpstreamBody {
             inner,
             in_flight,
-            reuse,
+            pool,
             idle,
             bytes: None,
             grpc_pending: None,
@@ -365,7 +416,7 @@ impl UpstreamBody {
 
     /// True once the body has ended and what it held is released.
     fn ended(&self) -> bool {
-        self.inner.is_end_stream() && self.reuse.is_none() && self.in_flight.is_none()
+        self.inner.is_end_stream() && self.pool.is_none() && self.in_flight.is_none()
     }
 
     /// Ends `span` when the body ends (or is dropped before): at once if it has ended.
@@ -408,8 +459,10 @@ impl UpstreamBody {
         self.end_spans(None);
         self.in_flight = None;
         self.admission = None;
-        if let Some((pool, conn)) = self.reuse.take() {
-            pool.put_http1(conn);
+        if let Some(pool) = self.pool.take() {
+            if let Some(conn) = self.inner.take_idle() {
+                pool.put_http1(conn);
+            }
         }
     }
 }
@@ -430,7 +483,7 @@ impl Body for UpstreamBody {
                 if let Some((limit, sleep)) = &mut this.idle {
                     if sleep.as_mut().poll(cx).is_ready() {
                         // Dropping the connection (not returning it) resets the stream upstream.
-                        this.reuse = None;
+                        this.pool = None;
                         this.in_flight = None;
                         let limit = *limit;
                         this.finish_log(Some("stream_idle_timeout"));
@@ -467,10 +520,10 @@ impl Body for UpstreamBody {
                     this.complete();
                 }
             }
-            Some(Err(_)) => this.reuse = None,
+            Some(Err(_)) => this.pool = None,
             None => this.complete(),
         }
-        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -2,6 +2,7 @@
 //! hyper client connections for upstreams, and the bodies and headers that cross between them.
 
 pub mod body;
+pub mod client1;
 pub mod headers;
 pub(crate) mod idle;
 pub mod pool;

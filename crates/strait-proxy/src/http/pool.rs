@@ -1,7 +1,8 @@
 //! Per-worker upstream connection pools. Each worker thread owns one `Pool`: no locks, no
 //! atomics, no sharing. HTTP/1 connections carry one request at a time and go back to the idle
 //! list only when their response body completed; an HTTP/2 connection is shared by all of the
-//! worker's requests to that endpoint.
+//! worker's requests to that endpoint. HTTP/1 connections are driven by the request that holds
+//! them ([`crate::http::client1`]); HTTP/2 connections by a task of their own.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,11 +11,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::http::body::RequestBody;
+use crate::http::client1::Conn1;
 use crate::http::LocalExec;
 use crate::resilience::{Admission, Breaker, Limit};
 use crate::tls::ClientTls;
@@ -78,22 +80,12 @@ impl ConnectError {
     }
 }
 
-/// An HTTP/1 connection checked out of the pool for one request.
-#[derive(Debug)]
-pub struct PooledHttp1 {
-    addr: SocketAddr,
-    max_idle: usize,
-    /// Whether this connection served an earlier request (a failure to send on it may just mean
-    /// the upstream closed it while idle, and the request can go on a new one).
-    pub reused: bool,
-    /// The connection's request sender.
-    pub sender: http1::SendRequest<RequestBody>,
-}
-
 /// One worker's connections to every endpoint it talks to.
 #[derive(Debug, Default)]
 pub struct Pool {
-    http1_idle: RefCell<AddrMap<Vec<http1::SendRequest<RequestBody>>>>,
+    // Boxed: a connection moves from the list to a request and back, a pointer each time.
+    #[allow(clippy::vec_box)]
+    http1_idle: RefCell<AddrMap<Vec<Box<Conn1>>>>,
     http2: RefCell<AddrMap<http2::SendRequest<RequestBody>>>,
 }
 
@@ -124,79 +116,44 @@ impl Hasher for Fnv {
 }
 
 impl Pool {
-    /// An idle HTTP/1 connection to `addr`, or a new one.
+    /// An idle HTTP/1 connection to `addr` that the upstream has not closed, or a new one;
+    /// always a new one when `fresh` (a retry after a stale pooled one failed).
     pub async fn http1(
         &self,
         addr: SocketAddr,
+        fresh: bool,
         connect_timeout: Duration,
         max_idle: usize,
         breaker: &Arc<Breaker>,
         tls: Option<&ClientTls>,
-    ) -> Result<PooledHttp1, ConnectError> {
-        while let Some(mut sender) = self.pop_idle_http1(addr) {
-            // `ready` also waits out the moment between a response's last byte and hyper
-            // marking the connection free; an error means the upstream closed it.
-            if sender.ready().await.is_ok() {
-                return Ok(PooledHttp1 {
-                    addr,
-                    max_idle,
-                    reused: true,
-                    sender,
-                });
+    ) -> Result<Box<Conn1>, ConnectError> {
+        if !fresh {
+            if let Some(conn) = self.pop_idle_http1(addr) {
+                return Ok(conn);
             }
         }
-        self.connect_http1(addr, connect_timeout, max_idle, breaker, tls)
-            .await
-    }
-
-    /// Always a new HTTP/1 connection (for a retry after a stale pooled one failed).
-    pub async fn connect_http1(
-        &self,
-        addr: SocketAddr,
-        connect_timeout: Duration,
-        max_idle: usize,
-        breaker: &Arc<Breaker>,
-        tls: Option<&ClientTls>,
-    ) -> Result<PooledHttp1, ConnectError> {
         let (io, slot) = connect(addr, connect_timeout, breaker, tls).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::task::spawn_local(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
-            }
-            drop(slot);
-        });
-        Ok(PooledHttp1 {
-            addr,
-            max_idle,
-            reused: false,
-            sender,
-        })
+        Ok(Conn1::new(io, addr, max_idle, slot))
     }
 
-    fn pop_idle_http1(&self, addr: SocketAddr) -> Option<http1::SendRequest<RequestBody>> {
+    fn pop_idle_http1(&self, addr: SocketAddr) -> Option<Box<Conn1>> {
         let mut idle = self.http1_idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
-        while let Some(sender) = list.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        // The most recently used first: its socket and buffers are the warmest.
+        while let Some(mut conn) = list.pop() {
+            if conn.is_usable() {
+                return Some(conn);
             }
         }
         None
     }
 
-    /// Gives back a connection whose response completed.
-    pub fn put_http1(&self, conn: PooledHttp1) {
-        if conn.sender.is_closed() {
-            return;
-        }
+    /// Gives back a connection whose exchange ended cleanly.
+    pub fn put_http1(&self, conn: Box<Conn1>) {
         let mut idle = self.http1_idle.borrow_mut();
-        let list = idle.entry(conn.addr).or_default();
-        if list.len() < conn.max_idle {
-            list.push(conn.sender);
+        let list = idle.entry(conn.addr()).or_default();
+        if list.len() < conn.max_idle() {
+            list.push(conn);
         }
     }
 
@@ -218,7 +175,7 @@ impl Pool {
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
-            .handshake(io)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;
         tokio::task::spawn_local(async move {
@@ -251,7 +208,7 @@ async fn connect(
     timeout: Duration,
     breaker: &Arc<Breaker>,
     tls: Option<&ClientTls>,
-) -> Result<(TokioIo<UpstreamIo>, Admission), ConnectError> {
+) -> Result<(UpstreamIo, Admission), ConnectError> {
     let overflow = |limit| ConnectError::Overflow { addr, limit };
     let _pending = breaker
         .admit(Limit::Pending)
@@ -269,7 +226,7 @@ async fn connect(
         .set_nodelay(true)
         .map_err(|source| ConnectError::Io { addr, source })?;
     let Some(tls) = tls else {
-        return Ok((TokioIo::new(UpstreamIo::Plain(stream)), slot));
+        return Ok((UpstreamIo::Plain(stream), slot));
     };
     let name = tls
         .server_name
@@ -282,7 +239,7 @@ async fn connect(
         Ok(Err(source)) => return Err(ConnectError::Tls { addr, source }),
         Err(_) => return Err(ConnectError::Timeout { addr, timeout }),
     };
-    Ok((TokioIo::new(UpstreamIo::Tls(Box::new(stream))), slot))
+    Ok((UpstreamIo::Tls(Box::new(stream)), slot))
 }
 
 /// An upstream connection's byte stream: plain TCP, or TLS over it.

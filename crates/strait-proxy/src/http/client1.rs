@@ -1,0 +1,1270 @@
+//! The HTTP/1.1 client for pooled upstream connections, driven from the request's own task.
+//!
+//! hyper's client runs each connection as a task of its own: a request crosses a channel to
+//! it, the response head comes back over a oneshot and every body chunk over another channel,
+//! so one small exchange woke three tasks and paid for two channels, an 8 KiB buffer
+//! allocation and hyper's idle-connection bookkeeping. Here the task that owns the request
+//! writes it and reads the answer itself: the request future polls the socket until the head
+//! is in, the response body polls it until the last byte, and then the connection goes back
+//! to the worker's idle list, untouched until the next request checks it out.
+//!
+//! The request body keeps streaming while the response is read (an upstream may answer before
+//! the upload ends, or echo it as it comes); a connection goes back to the pool only when both
+//! directions ended cleanly.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::http::body::{BodyError, RequestBody};
+use crate::http::pool::UpstreamIo;
+use crate::resilience::Admission;
+
+/// The read buffer of a connection; response heads may grow it up to `MAX_HEAD`.
+const READ_BUF: usize = 8 * 1024;
+/// The largest response head (status line and headers) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most headers (or trailers) a response may carry.
+const MAX_HEADERS: usize = 128;
+/// Request bytes queued for the socket before the request body is no longer polled.
+const WRITE_HIGH: usize = 64 * 1024;
+/// Body reads larger than this go to a buffer of their own instead of the connection's.
+const BIG_READ: usize = 64 * 1024;
+
+/// What went wrong in an HTTP/1 exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum Http1Error {
+    /// The socket failed.
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    /// The upstream closed the connection before the response was complete.
+    #[error("upstream closed the connection before the response was complete")]
+    Closed,
+    /// The response is not valid HTTP/1.
+    #[error("invalid response from upstream: {0}")]
+    Invalid(&'static str),
+    /// The response head is larger than the limit.
+    #[error("upstream response head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    /// The request body failed while it was being sent.
+    #[error("request body: {0}")]
+    RequestBody(BodyError),
+}
+
+/// An idle or checked-out HTTP/1 connection to an endpoint.
+#[derive(Debug)]
+pub struct Conn1 {
+    io: UpstreamIo,
+    /// Bytes read and not consumed are `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Where request heads and chunk framing are encoded.
+    scratch: BytesMut,
+    addr: SocketAddr,
+    max_idle: usize,
+    /// Whether this connection served an earlier request (a failure to send on it may just mean
+    /// the upstream closed it while idle, and the request can go on a new one).
+    pub reused: bool,
+    /// The cluster's connection slot, held while the connection is open.
+    _slot: Admission,
+}
+
+impl Conn1 {
+    /// A fresh connection over `io`.
+    pub(crate) fn new(
+        io: UpstreamIo,
+        addr: SocketAddr,
+        max_idle: usize,
+        slot: Admission,
+    ) -> Box<Self> {
+        Box::new(Conn1 {
+            io,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            scratch: BytesMut::new(),
+            addr,
+            max_idle,
+            reused: false,
+            _slot: slot,
+        })
+    }
+
+    /// The endpoint.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Idle connections kept per endpoint for this connection's cluster.
+    pub(crate) fn max_idle(&self) -> usize {
+        self.max_idle
+    }
+
+    /// True when an idle connection can take a request: the upstream has neither closed it
+    /// nor sent anything since the last response. Costs no system call unless the socket
+    /// became readable.
+    pub(crate) fn is_usable(&mut self) -> bool {
+        if self.start != self.end {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        match &mut self.io {
+            UpstreamIo::Plain(s) => match s.poll_read_ready(&mut cx) {
+                Poll::Pending => true,
+                Poll::Ready(Err(_)) => false,
+                // Readiness may be stale: only a read that would block says the peer is quiet.
+                Poll::Ready(Ok(())) => {
+                    matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            },
+            // TLS: records such as session tickets may arrive while idle; rustls takes them.
+            UpstreamIo::Tls(s) => {
+                let mut rb = ReadBuf::new(&mut probe);
+                Pin::new(s).poll_read(&mut cx, &mut rb).is_pending()
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0; READ_BUF];
+        } else if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.buf.len() < MAX_HEAD {
+                self.buf.resize(self.buf.len() * 2, 0);
+            } else {
+                return Poll::Ready(Err(io::Error::other("read buffer full")));
+            }
+        }
+        let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        self.end += n;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Reads more of a body: the end of the stream here means the upstream cut it short.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
+        match ready!(self.poll_fill(cx)) {
+            Ok(0) => Poll::Ready(Err(Http1Error::Closed)),
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Takes up to `max` buffered bytes as a chunk of their own.
+    fn take(&mut self, max: usize) -> Bytes {
+        let n = max.min(self.end - self.start);
+        let chunk = Bytes::copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        chunk
+    }
+
+    /// The buffer holds nothing: a read of a large body goes to a buffer of its own, sized to
+    /// what is left of the body, so big bodies are not copied out of the connection's.
+    fn poll_read_big(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<Bytes>> {
+        let mut chunk = vec![0; want.min(BIG_READ)];
+        let mut rb = ReadBuf::new(&mut chunk);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        chunk.truncate(n);
+        Poll::Ready(Ok(Bytes::from(chunk)))
+    }
+}
+
+/// How a request body is framed on the wire.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// `content-length`: this many bytes are still to come.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked,
+}
+
+/// The request going out: the head first, then the body as it streams, in one queue of byte
+/// chunks written with vectored writes.
+#[derive(Debug)]
+struct Writer {
+    body: Option<RequestBody>,
+    framing: Framing,
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    /// Whether any byte of the request reached the socket.
+    wrote: bool,
+}
+
+impl Writer {
+    /// True once the whole request is on the wire.
+    fn done(&self) -> bool {
+        self.body.is_none() && self.queue.is_empty()
+    }
+
+    /// Moves the request forward as far as it can without waiting: body frames into the
+    /// queue, the queue into the socket. `Ready(Ok)` once the whole request is written.
+    fn poll(&mut self, conn: &mut Conn1, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
+        loop {
+            let mut body_pending = false;
+            while self.queued < WRITE_HIGH {
+                let Some(body) = self.body.as_mut() else {
+                    break;
+                };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => {
+                        body_pending = true;
+                        break;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        self.body = None;
+                        return Poll::Ready(Err(Http1Error::RequestBody(e)));
+                    }
+                    Poll::Ready(Some(Ok(frame))) => self.encode_frame(conn, frame)?,
+                    Poll::Ready(None) => self.finish()?,
+                }
+            }
+            if self.queue.is_empty() {
+                return if self.body.is_none() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    debug_assert!(body_pending);
+                    Poll::Pending
+                };
+            }
+            let mut slices = [IoSlice::new(&[]); 8];
+            let mut count = 0;
+            for (slot, chunk) in slices.iter_mut().zip(&self.queue) {
+                *slot = IoSlice::new(chunk);
+                count += 1;
+            }
+            let n = match Pin::new(&mut conn.io).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()))
+                }
+                Poll::Ready(Ok(n)) => n,
+            };
+            self.wrote = true;
+            self.advance(n);
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                let _ = front.split_to(n);
+                return;
+            }
+            n -= front.len();
+            self.queue.pop_front();
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.queued += chunk.len();
+            self.queue.push_back(chunk);
+        }
+    }
+
+    fn encode_frame(&mut self, conn: &mut Conn1, frame: Frame<Bytes>) -> Result<(), Http1Error> {
+        let frame = match frame.into_data() {
+            Ok(data) => return self.encode_data(conn, data),
+            Err(frame) => frame,
+        };
+        let Ok(trailers) = frame.into_trailers() else {
+            return Ok(());
+        };
+        // Trailers end the body; only chunked encoding can carry them.
+        if let Framing::Chunked = self.framing {
+            let s = &mut conn.scratch;
+            s.put_slice(b"0\r\n");
+            put_headers(s, &trailers);
+            s.put_slice(b"\r\n");
+            self.push(s.split().freeze());
+            self.body = None;
+            return Ok(());
+        }
+        self.finish()
+    }
+
+    fn encode_data(&mut self, conn: &mut Conn1, data: Bytes) -> Result<(), Http1Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match &mut self.framing {
+            Framing::Length(left) => {
+                if data.len() as u64 > *left {
+                    return Err(Http1Error::RequestBody(
+                        "request body longer than its content-length".into(),
+                    ));
+                }
+                *left -= data.len() as u64;
+                self.push(data);
+            }
+            Framing::Chunked => {
+                let s = &mut conn.scratch;
+                put_hex(s, data.len());
+                s.put_slice(b"\r\n");
+                self.push(s.split().freeze());
+                self.push(data);
+                self.push(Bytes::from_static(b"\r\n"));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), Http1Error> {
+        self.body = None;
+        match self.framing {
+            Framing::Length(0) => Ok(()),
+            Framing::Length(_) => Err(Http1Error::RequestBody(
+                "request body shorter than its content-length".into(),
+            )),
+            Framing::Chunked => {
+                self.push(Bytes::from_static(b"0\r\n\r\n"));
+                Ok(())
+            }
+        }
+    }
+}
+
+fn put_headers(s: &mut BytesMut, headers: &HeaderMap) {
+    for (name, value) in headers {
+        s.put_slice(name.as_str().as_bytes());
+        s.put_slice(b": ");
+        s.put_slice(value.as_bytes());
+        s.put_slice(b"\r\n");
+    }
+}
+
+fn put_hex(s: &mut BytesMut, mut n: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    s.put_slice(&digits[i..]);
+}
+
+/// Why a request could not be sent: the error, and the request itself when none of it reached
+/// a reused connection (the upstream had closed it while idle; it can go on a new one).
+#[derive(Debug)]
+pub struct SendFailed {
+    /// What went wrong.
+    pub error: Http1Error,
+    /// The untouched request, when it may be sent again.
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+/// Sends `request` on `conn` and reads the response head. The returned body streams the rest
+/// of the response (and of the request body), and hands the connection back for reuse when
+/// both ended cleanly. `upgrade`: the request asks to switch protocols; a 101 answer then
+/// leaves the connection in the body, to be taken with [`Body1::into_upgraded`].
+pub async fn send(
+    mut conn: Box<Conn1>,
+    request: Request<RequestBody>,
+    upgrade: bool,
+) -> Result<Response<Body1>, SendFailed> {
+    let head_only = request.method() == Method::HEAD;
+    let (mut writer, parts) = start(&mut conn, request);
+    let mut parts = Some(parts);
+    let polled = std::future::poll_fn(|cx| {
+        if writer.body.is_some() || !writer.queue.is_empty() {
+            if let Poll::Ready(Err(e)) = writer.poll(&mut conn, cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        poll_head(&mut conn, cx)
+    })
+    .await;
+    let head = match polled {
+        Ok(head) => head,
+        Err(error) => {
+            let unsent = match (
+                conn.reused && !writer.wrote,
+                parts.take(),
+                writer.body.take(),
+            ) {
+                (true, Some(parts), Some(body)) => Some(Request::from_parts(parts, body)),
+                (true, Some(parts), None) if writer.queue.len() == 1 => {
+                    Some(Request::from_parts(parts, RequestBody::empty()))
+                }
+                _ => None,
+            };
+            return Err(SendFailed { error, unsent });
+        }
+    };
+    drop(parts);
+    let writer = (!writer.done()).then(|| Box::new(writer));
+    let state = if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        if !upgrade {
+            return Err(SendFailed {
+                error: Http1Error::Invalid("101 to a request that asked for no upgrade"),
+                unsent: None,
+            });
+        }
+        State::Upgraded
+    } else if head_only
+        || head.status.is_informational()
+        || head.status == StatusCode::NO_CONTENT
+        || head.status == StatusCode::NOT_MODIFIED
+    {
+        State::Done
+    } else {
+        match head.framing {
+            BodyFraming::Length(0) => State::Done,
+            BodyFraming::Length(n) => State::Length(n),
+            BodyFraming::Chunked => State::Chunk(Chunk::Size {
+                value: 0,
+                digits: 0,
+            }),
+            BodyFraming::UntilClose => State::UntilClose,
+        }
+    };
+    let mut body = Body1 {
+        conn: Some(conn),
+        writer,
+        state,
+        keep_alive: head.keep_alive && !matches!(head.framing, BodyFraming::UntilClose),
+    };
+    body.settle();
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.version_mut() = head.version;
+    *response.headers_mut() = head.headers;
+    Ok(response)
+}
+
+/// Encodes the request head into the queue; the body is left to stream.
+fn start(conn: &mut Conn1, request: Request<RequestBody>) -> (Writer, http::request::Parts) {
+    let (parts, body) = request.into_parts();
+    let s = &mut conn.scratch;
+    s.reserve(256);
+    s.put_slice(parts.method.as_str().as_bytes());
+    s.put_u8(b' ');
+    if parts.method == Method::CONNECT {
+        let authority = parts.uri.authority().map_or("", |a| a.as_str());
+        s.put_slice(authority.as_bytes());
+    } else {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        s.put_slice(target.as_bytes());
+    }
+    s.put_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            s.put_slice(b"host: ");
+            s.put_slice(authority.as_str().as_bytes());
+            s.put_slice(b"\r\n");
+        }
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    for (name, value) in &parts.headers {
+        // Framing is this hop's own: written below from what the body is.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        s.put_slice(name.as_str().as_bytes());
+        s.put_slice(b": ");
+        s.put_slice(value.as_bytes());
+        s.put_slice(b"\r\n");
+    }
+    let empty = body.is_end_stream();
+    let framing = match (declared, body.size_hint().exact()) {
+        (Some(n), _) | (None, Some(n)) if !empty || declared.is_some() => {
+            if n > 0 || declared.is_some() || !matches!(parts.method, Method::GET | Method::HEAD) {
+                s.put_slice(b"content-length: ");
+                let mut digits = itoa::Buffer::new();
+                s.put_slice(digits.format(n).as_bytes());
+                s.put_slice(b"\r\n");
+            }
+            Framing::Length(n)
+        }
+        _ if empty => Framing::Length(0),
+        _ => {
+            s.put_slice(b"transfer-encoding: chunked\r\n");
+            Framing::Chunked
+        }
+    };
+    s.put_slice(b"\r\n");
+    let head = s.split().freeze();
+    let mut writer = Writer {
+        body: (!empty).then_some(body),
+        framing,
+        queue: VecDeque::with_capacity(4),
+        queued: 0,
+        wrote: false,
+    };
+    writer.push(head);
+    (writer, parts)
+}
+
+/// How a response body is framed.
+#[derive(Debug, Clone, Copy)]
+enum BodyFraming {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: BodyFraming,
+    keep_alive: bool,
+}
+
+/// Reads until a final (non-1xx, or 101) response head is in, and parses it.
+fn poll_head(conn: &mut Conn1, cx: &mut Context<'_>) -> Poll<Result<Head, Http1Error>> {
+    loop {
+        if conn.start != conn.end {
+            if let Some((head, len)) = parse_head(conn.buffered())? {
+                conn.start += len;
+                let interim = head.status.is_informational()
+                    && head.status != StatusCode::SWITCHING_PROTOCOLS;
+                if !interim {
+                    return Poll::Ready(Ok(head));
+                }
+                continue;
+            }
+            if conn.end - conn.start >= MAX_HEAD {
+                return Poll::Ready(Err(Http1Error::HeadTooLarge));
+            }
+        }
+        let had = conn.end - conn.start;
+        match ready!(conn.poll_fill(cx)) {
+            Ok(0) if had == 0 => return Poll::Ready(Err(Http1Error::Closed)),
+            Ok(0) => return Poll::Ready(Err(Http1Error::Invalid("response head cut short"))),
+            Ok(_) => {}
+            Err(e) => return Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
+/// Parses a response head at the start of `bytes`: `None` until it is complete.
+fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Http1Error::Invalid("more than 128 response headers"))
+        }
+        Err(_) => return Err(Http1Error::Invalid("malformed response head")),
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(Http1Error::Invalid("bad status code"))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // Header values are slices of one copy of the head: one allocation, not one per value.
+    let base = bytes.as_ptr() as usize;
+    let block = Bytes::copy_from_slice(&bytes[..len]);
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut encoded = false;
+    let mut close = version == Version::HTTP_10;
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| Http1Error::Invalid("bad header name"))?;
+        let at = h.value.as_ptr() as usize - base;
+        let value = HeaderValue::from_maybe_shared(block.slice(at..at + h.value.len()))
+            .map_err(|_| Http1Error::Invalid("bad header value"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(Http1Error::Invalid("bad content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Http1Error::Invalid("conflicting content-length"));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            encoded = true;
+            // Only the last coding says whether the body is chunked.
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let framing = match (encoded, chunked, length) {
+        (true, true, _) => BodyFraming::Chunked,
+        (true, false, _) => BodyFraming::UntilClose,
+        (false, _, Some(n)) => BodyFraming::Length(n),
+        (false, _, None) => BodyFraming::UntilClose,
+    };
+    // A message with both framings may be a smuggling attempt: never reuse its connection.
+    let keep_alive = !(close || encoded && length.is_some());
+    let head = Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    };
+    Ok(Some((head, len)))
+}
+
+/// Where a response body is.
+#[derive(Debug)]
+enum State {
+    /// This many bytes are still to come.
+    Length(u64),
+    /// Chunked, at this point of a chunk.
+    Chunk(Chunk),
+    /// Everything until the upstream closes.
+    UntilClose,
+    /// The body ended.
+    Done,
+    /// The exchange switched protocols; the connection waits to be taken.
+    Upgraded,
+    /// The exchange failed; the connection is gone.
+    Failed,
+}
+
+/// The parts of a chunked body.
+#[derive(Debug)]
+enum Chunk {
+    /// The hex size line.
+    Size { value: u64, digits: u8 },
+    /// A chunk extension, skipped up to its line end.
+    Extension { value: u64 },
+    /// The `\n` ending the size line.
+    SizeLf { value: u64 },
+    /// Data bytes still to come in this chunk.
+    Data(u64),
+    /// The `\r\n` after a chunk's data; the flag says the `\r` was seen.
+    DataEnd(bool),
+    /// The trailer section after the last chunk.
+    Trailers,
+}
+
+/// A response body read straight off the upstream connection by whoever polls it.
+#[derive(Debug)]
+pub struct Body1 {
+    conn: Option<Box<Conn1>>,
+    /// The rest of the request, still being written.
+    writer: Option<Box<Writer>>,
+    state: State,
+    keep_alive: bool,
+}
+
+impl Body1 {
+    /// The connection, when the body ended cleanly and the connection can take another
+    /// request.
+    pub fn take_idle(&mut self) -> Option<Box<Conn1>> {
+        if !matches!(self.state, State::Done) || self.writer.is_some() || !self.keep_alive {
+            return None;
+        }
+        let mut conn = self.conn.take()?;
+        if conn.start != conn.end {
+            // Bytes after the response: the upstream is out of step; the connection closes.
+            return None;
+        }
+        conn.reused = true;
+        Some(conn)
+    }
+
+    /// The upgraded connection after a 101 answer, with the bytes already read past the head.
+    pub fn into_upgraded(mut self) -> Option<Upgraded1> {
+        if !matches!(self.state, State::Upgraded) {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        let early = Bytes::copy_from_slice(conn.buffered());
+        Some(Upgraded1 { io: conn.io, early })
+    }
+
+    /// After the body ended, finishes what can be finished at once: a request body already
+    /// written off, a connection closed when it cannot be reused.
+    fn settle(&mut self) {
+        if matches!(self.state, State::Done) && self.writer.as_ref().is_some_and(|w| w.done()) {
+            self.writer = None;
+        }
+    }
+
+    fn fail(&mut self, e: impl Into<Http1Error>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.state = State::Failed;
+        self.conn = None;
+        self.writer = None;
+        Poll::Ready(Some(Err(Box::new(e.into()))))
+    }
+
+    /// Moves the rest of the request forward; a failure there stops the request (the answer
+    /// may still be fine: the upstream may have stopped reading because it answered).
+    fn poll_writer(&mut self, cx: &mut Context<'_>) {
+        let (Some(writer), Some(conn)) = (self.writer.as_mut(), self.conn.as_mut()) else {
+            return;
+        };
+        match writer.poll(conn, cx) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(())) => self.writer = None,
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(error = %e, "request body stopped after the response began");
+                // The request is cut short: the connection must not carry another.
+                self.keep_alive = false;
+                self.writer = None;
+            }
+        }
+    }
+
+    fn poll_chunked(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let State::Chunk(chunk) = &mut self.state else {
+                return Poll::Ready(None);
+            };
+            if let Chunk::Data(left) = chunk {
+                if conn.start == conn.end {
+                    if let Err(e) = ready!(conn.poll_more(cx)) {
+                        return self.fail(e);
+                    }
+                }
+                let data = conn.take(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= data.len() as u64;
+                if *left == 0 {
+                    *chunk = Chunk::DataEnd(false);
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if let Chunk::Trailers = chunk {
+                return self.poll_trailers(cx);
+            }
+            if conn.start == conn.end {
+                if let Err(e) = ready!(conn.poll_more(cx)) {
+                    return self.fail(e);
+                }
+            }
+            let b = conn.buf[conn.start];
+            conn.start += 1;
+            match next_chunk_state(chunk, b) {
+                Ok(next) => *chunk = next,
+                Err(what) => return self.fail(Http1Error::Invalid(what)),
+            }
+        }
+    }
+
+    /// Reads the trailer section (often just the empty line) after the last chunk.
+    fn poll_trailers(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let bytes = conn.buffered();
+            if bytes.starts_with(b"\r\n") {
+                conn.start += 2;
+                self.state = State::Done;
+                return Poll::Ready(None);
+            }
+            if !bytes.is_empty() && !b"\r".starts_with(bytes) {
+                let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                match httparse::parse_headers(bytes, &mut slots) {
+                    Ok(httparse::Status::Complete((len, fields))) => {
+                        let mut trailers = HeaderMap::with_capacity(fields.len());
+                        for f in fields {
+                            let (Ok(name), Ok(value)) = (
+                                HeaderName::from_bytes(f.name.as_bytes()),
+                                HeaderValue::from_bytes(f.value),
+                            ) else {
+                                return self.fail(Http1Error::Invalid("bad trailer field"));
+                            };
+                            trailers.append(name, value);
+                        }
+                        conn.start += len;
+                        self.state = State::Done;
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(_) => return self.fail(Http1Error::Invalid("malformed trailers")),
+                }
+            }
+            if let Err(e) = ready!(conn.poll_more(cx)) {
+                return self.fail(e);
+            }
+        }
+    }
+}
+
+/// The chunked-body parser's next state after byte `b` outside chunk data.
+fn next_chunk_state(chunk: &Chunk, b: u8) -> Result<Chunk, &'static str> {
+    Ok(match (chunk, b) {
+        (Chunk::Size { value, digits }, _) if b.is_ascii_hexdigit() => {
+            if *digits >= 16 {
+                return Err("chunk size too large");
+            }
+            let d = (b as char).to_digit(16).map_or(0, u64::from);
+            Chunk::Size {
+                value: value << 4 | d,
+                digits: digits + 1,
+            }
+        }
+        // Whitespace after the size: only an extension or the line end may follow.
+        (Chunk::Size { value, digits }, b' ' | b'\t') if *digits > 0 => Chunk::Size {
+            value: *value,
+            digits: 16,
+        },
+        (Chunk::Size { value, digits }, b';') if *digits > 0 => Chunk::Extension { value: *value },
+        (Chunk::Size { value, digits }, b'\r') if *digits > 0 => Chunk::SizeLf { value: *value },
+        (Chunk::Extension { .. }, b'\n') => return Err("bare LF in a chunk extension"),
+        (Chunk::Extension { value }, b'\r') => Chunk::SizeLf { value: *value },
+        (Chunk::Extension { value }, _) => Chunk::Extension { value: *value },
+        (Chunk::SizeLf { value: 0 }, b'\n') => Chunk::Trailers,
+        (Chunk::SizeLf { value }, b'\n') => Chunk::Data(*value),
+        (Chunk::DataEnd(false), b'\r') => Chunk::DataEnd(true),
+        (Chunk::DataEnd(true), b'\n') => Chunk::Size {
+            value: 0,
+            digits: 0,
+        },
+        _ => return Err("malformed chunked body"),
+    })
+}
+
+impl Body for Body1 {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        this.poll_writer(cx);
+        let polled = match &mut this.state {
+            State::Done | State::Upgraded | State::Failed => Poll::Ready(None),
+            State::Chunk(_) => this.poll_chunked(cx),
+            State::Length(left) => {
+                let left_now = *left;
+                let Some(conn) = this.conn.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let data = if conn.start != conn.end {
+                    conn.take(usize::try_from(left_now).unwrap_or(usize::MAX))
+                } else if left_now >= READ_BUF as u64 {
+                    match ready!(
+                        conn.poll_read_big(cx, usize::try_from(left_now).unwrap_or(usize::MAX))
+                    ) {
+                        Ok(data) if data.is_empty() => return this.fail(Http1Error::Closed),
+                        Ok(data) => data,
+                        Err(e) => return this.fail(e),
+                    }
+                } else {
+                    if let Err(e) = ready!(conn.poll_more(cx)) {
+                        return this.fail(e);
+                    }
+                    conn.take(usize::try_from(left_now).unwrap_or(usize::MAX))
+                };
+                let left = left_now - data.len() as u64;
+                this.state = if left == 0 {
+                    State::Done
+                } else {
+                    State::Length(left)
+                };
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            State::UntilClose => {
+                let Some(conn) = this.conn.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let data = if conn.start != conn.end {
+                    conn.take(usize::MAX)
+                } else {
+                    match ready!(conn.poll_read_big(cx, BIG_READ)) {
+                        Ok(data) => data,
+                        Err(e) => return this.fail(e),
+                    }
+                };
+                if data.is_empty() {
+                    this.state = State::Done;
+                    this.conn = None;
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+            }
+        };
+        this.settle();
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Upgraded)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done | State::Upgraded => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// An upstream connection that switched protocols: its byte stream, starting with what was
+/// read past the 101 head.
+#[derive(Debug)]
+pub struct Upgraded1 {
+    io: UpstreamIo,
+    early: Bytes,
+}
+
+impl AsyncRead for Upgraded1 {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            buf.put_slice(&this.early.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded1 {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::resilience::{Breaker, Limit};
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// An upstream that reads one request head, answers with `reply` written in pieces of
+    /// `piece` bytes, and hands back what it read. It keeps the connection open unless
+    /// `close`.
+    async fn upstream(
+        reply: &'static [u8],
+        piece: usize,
+        close: bool,
+    ) -> (SocketAddr, tokio::task::JoinHandle<(Vec<u8>, TcpStream)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            sock.set_nodelay(true).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "client closed before its request head ended");
+                got.extend_from_slice(&buf[..n]);
+            }
+            for part in reply.chunks(piece) {
+                sock.write_all(part).await.unwrap();
+                if piece < reply.len() {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            if close {
+                sock.shutdown().await.unwrap();
+            }
+            (got, sock)
+        });
+        (addr, task)
+    }
+
+    async fn conn(addr: SocketAddr) -> Box<Conn1> {
+        let breaker = Arc::new(Breaker::new(10, 10, 10, 10, Arc::default()));
+        let slot = breaker.admit(Limit::Connections).unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Conn1::new(UpstreamIo::Plain(stream), addr, 8, slot)
+    }
+
+    fn get(path: &str) -> Request<RequestBody> {
+        Request::builder()
+            .uri(path)
+            .header("host", "svc")
+            .body(RequestBody::empty())
+            .unwrap()
+    }
+
+    async fn exchange(
+        reply: &'static [u8],
+        piece: usize,
+        request: Request<RequestBody>,
+    ) -> (Response<Body1>, Vec<u8>) {
+        let (addr, server) = upstream(reply, piece, false).await;
+        let response = send(conn(addr).await, request, false).await.unwrap();
+        let (got, sock) = server.await.unwrap();
+        // Keep the upstream's end open for as long as the test reads the answer.
+        std::mem::forget(sock);
+        (response, got)
+    }
+
+    #[tokio::test]
+    async fn content_length_answer_streams_and_the_connection_is_reusable() {
+        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: b\r\nconnection: keep-alive\r\n\r\nhello";
+        let (response, got) = exchange(reply, usize::MAX, get("/p?q=1")).await;
+        assert_eq!(got, b"GET /p?q=1 HTTP/1.1\r\nhost: svc\r\n\r\n");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-a"], "b");
+        assert_eq!(response.body().size_hint().exact(), Some(5));
+        let mut body = response.into_body();
+        let data = (&mut body).collect().await.unwrap().to_bytes();
+        assert_eq!(data, "hello");
+        let mut idle = body.take_idle().expect("reusable");
+        assert!(idle.reused);
+        assert!(idle.is_usable(), "a quiet idle connection is usable");
+    }
+
+    #[tokio::test]
+    async fn chunked_answer_in_small_pieces_with_extensions_and_trailers() {
+        let reply = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+            5;name=value\r\nhello\r\n6 \r\n world\r\n0\r\ngrpc-status: 0\r\nx-t: 1\r\n\r\n";
+        let (response, _) = exchange(reply, 3, get("/")).await;
+        assert_eq!(response.body().size_hint().exact(), None);
+        let mut body = response.into_body();
+        let collected = (&mut body).collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["x-t"], "1");
+        assert_eq!(collected.to_bytes(), "hello world");
+        assert!(body.take_idle().is_some());
+    }
+
+    #[tokio::test]
+    async fn body_until_close_is_read_whole_and_never_reused() {
+        let (addr, server) = upstream(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end",
+            4,
+            true,
+        )
+        .await;
+        let response = send(conn(addr).await, get("/"), false).await.unwrap();
+        let mut body = response.into_body();
+        let data = (&mut body).collect().await.unwrap().to_bytes();
+        assert_eq!(data, "until the end");
+        assert!(body.take_idle().is_none());
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn head_204_and_interim_answers_carry_no_body() {
+        let head = Request::builder()
+            .method(Method::HEAD)
+            .uri("/")
+            .body(RequestBody::empty())
+            .unwrap();
+        let (response, _) = exchange(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+            usize::MAX,
+            head,
+        )
+        .await;
+        assert!(response.body().is_end_stream());
+        assert!(response.into_body().take_idle().is_some());
+
+        let reply = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        let (response, _) = exchange(reply, usize::MAX, get("/")).await;
+        assert_eq!(response.status(), 204);
+        assert!(response.body().is_end_stream());
+    }
+
+    fn post(length: &str, body: &'static [u8]) -> Request<RequestBody> {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/up")
+            .header("content-length", length)
+            .header("transfer-encoding", "chunked")
+            .body(RequestBody::Full(Some(Bytes::from_static(body))))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn request_body_goes_with_its_length_and_only_one_framing() {
+        let (addr, server) = upstream(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            usize::MAX,
+            false,
+        )
+        .await;
+        let response = send(conn(addr).await, post("3", b"abc"), false)
+            .await
+            .unwrap();
+        assert!(response.body().is_end_stream());
+        assert!(response.into_body().take_idle().is_some());
+        let (mut got, mut sock) = server.await.unwrap();
+        while !got.ends_with(b"abc") {
+            let mut buf = [0u8; 64];
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8(got).unwrap();
+        assert!(text.starts_with("POST /up HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("content-length: 3\r\n"), "{text}");
+        assert!(!text.contains("transfer-encoding"), "{text}");
+        assert!(text.ends_with("\r\n\r\nabc"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn request_body_shorter_than_declared_fails() {
+        let (addr, _server) = upstream(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            usize::MAX,
+            false,
+        )
+        .await;
+        let failed = send(conn(addr).await, post("999", b"abc"), false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(failed.error, Http1Error::RequestBody(_)),
+            "{:?}",
+            failed.error
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_errors() {
+        for reply in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"garbage\r\n\r\n",
+        ] {
+            let (addr, _server) = upstream(reply, usize::MAX, false).await;
+            let failed = send(conn(addr).await, get("/"), false).await.unwrap_err();
+            assert!(
+                matches!(failed.error, Http1Error::Invalid(_)),
+                "{:?}",
+                failed.error
+            );
+            assert!(failed.unsent.is_none());
+        }
+        let reply = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n";
+        let (response, _) = exchange(reply, usize::MAX, get("/")).await;
+        let mut body = response.into_body();
+        assert!((&mut body).collect().await.is_err());
+        assert!(body.take_idle().is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_head_is_refused() {
+        let mut reply = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+        reply.resize(reply.len() + MAX_HEAD, b'a');
+        reply.extend_from_slice(b"\r\n\r\n");
+        let reply: &'static [u8] = reply.leak();
+        let (addr, _server) = upstream(reply, usize::MAX, false).await;
+        let failed = send(conn(addr).await, get("/"), false).await.unwrap_err();
+        assert!(
+            matches!(failed.error, Http1Error::HeadTooLarge),
+            "{:?}",
+            failed.error
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_idle_connection_is_not_usable() {
+        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (addr, server) = upstream(reply, usize::MAX, false).await;
+        let response = send(conn(addr).await, get("/"), false).await.unwrap();
+        let mut body = response.into_body();
+        (&mut body).collect().await.unwrap();
+        let mut idle = body.take_idle().unwrap();
+        let (_, sock) = server.await.unwrap();
+        assert!(idle.is_usable());
+        drop(sock);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!idle.is_usable(), "the upstream closed it");
+    }
+
+    #[tokio::test]
+    async fn switching_protocols_hands_over_the_bytes_read_past_the_head() {
+        let reply = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\nearly";
+        let (addr, server) = upstream(reply, usize::MAX, false).await;
+        let response = send(conn(addr).await, get("/ws"), true).await.unwrap();
+        assert_eq!(response.status(), 101);
+        let mut up = response.into_body().into_upgraded().expect("upgraded");
+        let (_, mut sock) = server.await.unwrap();
+        sock.write_all(b" late").await.unwrap();
+        let mut got = vec![0u8; 10];
+        up.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"early late");
+        up.write_all(b"back").await.unwrap();
+        let mut back = [0u8; 4];
+        sock.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"back");
+    }
+}
