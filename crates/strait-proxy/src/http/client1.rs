@@ -22,7 +22,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::future::Future;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::pool::UpstreamIo;
@@ -37,7 +38,7 @@ const MAX_HEADERS: usize = 128;
 /// Request bytes queued for the socket before the request body is no longer polled.
 const WRITE_HIGH: usize = 64 * 1024;
 /// Body reads larger than this go to a buffer of their own instead of the connection's.
-const BIG_READ: usize = 64 * 1024;
+const BIG_READ: usize = 256 * 1024;
 
 /// What went wrong in an HTTP/1 exchange.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,8 @@ pub struct Conn1 {
     end: usize,
     /// Where request heads and chunk framing are encoded.
     scratch: BytesMut,
+    /// Where large response bodies are read (see `poll_read_big`).
+    big: BytesMut,
     addr: SocketAddr,
     max_idle: usize,
     /// Whether this connection served an earlier request (a failure to send on it may just mean
@@ -92,6 +95,7 @@ impl Conn1 {
             start: 0,
             end: 0,
             scratch: BytesMut::new(),
+            big: BytesMut::new(),
             addr,
             max_idle,
             reused: false,
@@ -182,15 +186,18 @@ impl Conn1 {
         chunk
     }
 
-    /// The buffer holds nothing: a read of a large body goes to a buffer of its own, sized to
-    /// what is left of the body, so big bodies are not copied out of the connection's.
+    /// The buffer holds nothing: a read of a large body goes to a buffer of its own, up to
+    /// what is left of the body, so big bodies are neither copied out of the connection's
+    /// buffer nor zeroed before the read. Successive chunks share one allocation until it is
+    /// used up.
     fn poll_read_big(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<Bytes>> {
-        let mut chunk = vec![0; want.min(BIG_READ)];
-        let mut rb = ReadBuf::new(&mut chunk);
-        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
-        let n = rb.filled().len();
-        chunk.truncate(n);
-        Poll::Ready(Ok(Bytes::from(chunk)))
+        let want = want.min(BIG_READ);
+        if self.big.capacity() < want.min(BIG_READ / 4) {
+            self.big = BytesMut::with_capacity(want);
+        }
+        let read = std::pin::pin!(self.io.read_buf(&mut self.big));
+        ready!(read.poll(cx))?;
+        Poll::Ready(Ok(self.big.split().freeze()))
     }
 }
 
@@ -713,6 +720,8 @@ impl Body1 {
             return None;
         }
         conn.reused = true;
+        // An idle connection keeps its small buffer, not the room a large body was read into.
+        conn.big = BytesMut::new();
         Some(conn)
     }
 
@@ -1087,6 +1096,32 @@ mod tests {
         let mut idle = body.take_idle().expect("reusable");
         assert!(idle.reused);
         assert!(idle.is_usable(), "a quiet idle connection is usable");
+    }
+
+    #[tokio::test]
+    async fn large_body_arrives_whole_in_order_and_the_connection_is_reusable() {
+        let body: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        let mut reply =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+        reply.extend_from_slice(&body);
+        let reply: &'static [u8] = reply.leak();
+        let (response, _) = exchange(reply, 100_000, get("/big")).await;
+        let mut answer = response.into_body();
+        let mut got = Vec::new();
+        let mut frames = 0;
+        while let Some(frame) = answer.frame().await {
+            got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            frames += 1;
+        }
+        assert_eq!(got.len(), body.len());
+        assert!(got == body, "bytes out of order or changed");
+        assert!(frames > 1, "read in more than one piece");
+        let idle = answer.take_idle().expect("reusable");
+        assert_eq!(
+            idle.big.capacity(),
+            0,
+            "an idle connection keeps no large buffer"
+        );
     }
 
     #[tokio::test]
