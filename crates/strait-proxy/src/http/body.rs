@@ -338,7 +338,7 @@ pub struct UpstreamBody {
     in_flight: Option<InFlight>,
     /// Where an HTTP/1 connection goes back when the body ended cleanly.
     pool: Option<Rc<Pool>>,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    idle: Option<IdleTimer>,
     /// Where response bytes are counted.
     bytes: Option<Arc<RouteStats>>,
     /// A gRPC answer waiting for its grpc-status in the trailers to be counted.
@@ -349,6 +349,37 @@ pub struct UpstreamBody {
     admission: Option<Admission>,
     /// Spans that end with the body: the attempt's client span, then the request's server span.
     spans: [Option<OpenSpan>; 2],
+}
+
+/// The stream idle timer of a response body, armed only when the body has to wait: most
+/// bodies arrive with their head or stream without a pause, and a timer per response (an
+/// allocation, a reset per frame, a wheel entry) cost more than the wait it guards.
+#[derive(Debug)]
+struct IdleTimer {
+    limit: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// A frame came since the timer was last armed.
+    active: bool,
+}
+
+impl IdleTimer {
+    /// Called when the body waits: arms the timer for `limit` from now if frames came since it
+    /// was last armed (or it never was), and says whether it has run out.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if self.active {
+                    sleep.as_mut().reset(Instant::now() + self.limit);
+                }
+                sleep
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(
+                Instant::now() + self.limit,
+            ))),
+        };
+        self.active = false;
+        sleep.as_mut().poll(cx).is_ready()
+    }
 }
 
 /// Why a response body stopped early.
@@ -365,7 +396,11 @@ impl UpstreamBody {
         pool: Option<Rc<Pool>>,
         idle_timeout: Option<Duration>,
     ) -> Self {
-        let idle = idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+        let idle = idle_timeout.map(|limit| IdleTimer {
+            limit,
+            sleep: None,
+            active: false,
+        });
         let mut body = UpstreamBody {
             inner,
             in_flight,
@@ -480,12 +515,12 @@ impl Body for UpstreamBody {
         let frame = match polled {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                if let Some((limit, sleep)) = &mut this.idle {
-                    if sleep.as_mut().poll(cx).is_ready() {
+                if let Some(timer) = &mut this.idle {
+                    if timer.expired(cx) {
                         // Dropping the connection (not returning it) resets the stream upstream.
                         this.pool = None;
                         this.in_flight = None;
-                        let limit = *limit;
+                        let limit = timer.limit;
                         this.finish_log(Some("stream_idle_timeout"));
                         this.end_spans(Some("stream_idle_timeout"));
                         return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout(limit)))));
@@ -496,8 +531,8 @@ impl Body for UpstreamBody {
         };
         match &frame {
             Some(Ok(f)) => {
-                if let Some((limit, sleep)) = &mut this.idle {
-                    sleep.as_mut().reset(Instant::now() + *limit);
+                if let Some(timer) = &mut this.idle {
+                    timer.active = true;
                 }
                 if let Some(data) = f.data_ref() {
                     if let Some(stats) = &this.bytes {
@@ -541,3 +576,33 @@ impl Drop for UpstreamBody {
 }
 
 use std::future::Future as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn expired(timer: &mut IdleTimer) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(timer.expired(cx))).await
+    }
+
+    #[tokio::test]
+    async fn the_idle_timer_counts_from_the_first_wait_after_the_last_frame() {
+        let mut timer = IdleTimer {
+            limit: Duration::from_secs(1),
+            sleep: None,
+            active: false,
+        };
+        assert!(!expired(&mut timer).await, "armed at the first wait");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // A frame came: the next wait re-arms for the full limit.
+        timer.active = true;
+        assert!(!expired(&mut timer).await);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            !expired(&mut timer).await,
+            "1.2 s after the first wait, 0.6 s after the frame: not idle for 1 s yet"
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(expired(&mut timer).await, "1.2 s without a frame");
+    }
+}
