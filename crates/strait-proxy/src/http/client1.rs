@@ -72,6 +72,8 @@ pub struct Conn1 {
     scratch: BytesMut,
     /// Where large response bodies are read (see `poll_read_big`).
     big: BytesMut,
+    /// Request bytes not yet written.
+    out: Outbox,
     addr: SocketAddr,
     max_idle: usize,
     /// Whether this connection served an earlier request (a failure to send on it may just mean
@@ -96,6 +98,7 @@ impl Conn1 {
             end: 0,
             scratch: BytesMut::new(),
             big: BytesMut::new(),
+            out: Outbox::default(),
             addr,
             max_idle,
             reused: false,
@@ -210,70 +213,20 @@ enum Framing {
     Chunked,
 }
 
-/// The request going out: the head first, then the body as it streams, in one queue of byte
-/// chunks written with vectored writes.
-#[derive(Debug)]
-struct Writer {
-    body: Option<RequestBody>,
-    framing: Framing,
+/// Request bytes waiting for the socket: the head, then the body as it streams, written with
+/// vectored writes. It lives in the connection so that its room is reused request after
+/// request.
+#[derive(Debug, Default)]
+struct Outbox {
     queue: VecDeque<Bytes>,
     queued: usize,
-    /// Whether any byte of the request reached the socket.
-    wrote: bool,
 }
 
-impl Writer {
-    /// True once the whole request is on the wire.
-    fn done(&self) -> bool {
-        self.body.is_none() && self.queue.is_empty()
-    }
-
-    /// Moves the request forward as far as it can without waiting: body frames into the
-    /// queue, the queue into the socket. `Ready(Ok)` once the whole request is written.
-    fn poll(&mut self, conn: &mut Conn1, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
-        loop {
-            let mut body_pending = false;
-            while self.queued < WRITE_HIGH {
-                let Some(body) = self.body.as_mut() else {
-                    break;
-                };
-                match Pin::new(body).poll_frame(cx) {
-                    Poll::Pending => {
-                        body_pending = true;
-                        break;
-                    }
-                    Poll::Ready(Some(Err(e))) => {
-                        self.body = None;
-                        return Poll::Ready(Err(Http1Error::RequestBody(e)));
-                    }
-                    Poll::Ready(Some(Ok(frame))) => self.encode_frame(conn, frame)?,
-                    Poll::Ready(None) => self.finish()?,
-                }
-            }
-            if self.queue.is_empty() {
-                return if self.body.is_none() {
-                    Poll::Ready(Ok(()))
-                } else {
-                    debug_assert!(body_pending);
-                    Poll::Pending
-                };
-            }
-            let mut slices = [IoSlice::new(&[]); 8];
-            let mut count = 0;
-            for (slot, chunk) in slices.iter_mut().zip(&self.queue) {
-                *slot = IoSlice::new(chunk);
-                count += 1;
-            }
-            let n = match Pin::new(&mut conn.io).poll_write_vectored(cx, &slices[..count]) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()))
-                }
-                Poll::Ready(Ok(n)) => n,
-            };
-            self.wrote = true;
-            self.advance(n);
+impl Outbox {
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.queued += chunk.len();
+            self.queue.push_back(chunk);
         }
     }
 
@@ -291,11 +244,69 @@ impl Writer {
             self.queue.pop_front();
         }
     }
+}
 
-    fn push(&mut self, chunk: Bytes) {
-        if !chunk.is_empty() {
-            self.queued += chunk.len();
-            self.queue.push_back(chunk);
+/// The request going out: its body and how it is framed.
+#[derive(Debug)]
+struct Writer {
+    body: Option<RequestBody>,
+    framing: Framing,
+    /// Whether any byte of the request reached the socket.
+    wrote: bool,
+}
+
+impl Writer {
+    /// True once the whole request is on the wire.
+    fn done(&self, conn: &Conn1) -> bool {
+        self.body.is_none() && conn.out.queue.is_empty()
+    }
+
+    /// Moves the request forward as far as it can without waiting: body frames into the
+    /// queue, the queue into the socket. `Ready(Ok)` once the whole request is written.
+    fn poll(&mut self, conn: &mut Conn1, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
+        loop {
+            let mut body_pending = false;
+            while conn.out.queued < WRITE_HIGH {
+                let Some(body) = self.body.as_mut() else {
+                    break;
+                };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => {
+                        body_pending = true;
+                        break;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        self.body = None;
+                        return Poll::Ready(Err(Http1Error::RequestBody(e)));
+                    }
+                    Poll::Ready(Some(Ok(frame))) => self.encode_frame(conn, frame)?,
+                    Poll::Ready(None) => self.finish(conn)?,
+                }
+            }
+            if conn.out.queue.is_empty() {
+                return if self.body.is_none() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    debug_assert!(body_pending);
+                    Poll::Pending
+                };
+            }
+            let mut slices = [IoSlice::new(&[]); 8];
+            let mut count = 0;
+            for (slot, chunk) in slices.iter_mut().zip(&conn.out.queue) {
+                *slot = IoSlice::new(chunk);
+                count += 1;
+            }
+            let n = match Pin::new(&mut conn.io).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()))
+                }
+                Poll::Ready(Ok(n)) => n,
+            };
+            self.wrote = true;
+            conn.out.advance(n);
         }
     }
 
@@ -313,11 +324,11 @@ impl Writer {
             s.put_slice(b"0\r\n");
             put_headers(s, &trailers);
             s.put_slice(b"\r\n");
-            self.push(s.split().freeze());
+            conn.out.push(s.split().freeze());
             self.body = None;
             return Ok(());
         }
-        self.finish()
+        self.finish(conn)
     }
 
     fn encode_data(&mut self, conn: &mut Conn1, data: Bytes) -> Result<(), Http1Error> {
@@ -332,21 +343,21 @@ impl Writer {
                     ));
                 }
                 *left -= data.len() as u64;
-                self.push(data);
+                conn.out.push(data);
             }
             Framing::Chunked => {
                 let s = &mut conn.scratch;
                 put_hex(s, data.len());
                 s.put_slice(b"\r\n");
-                self.push(s.split().freeze());
-                self.push(data);
-                self.push(Bytes::from_static(b"\r\n"));
+                conn.out.push(s.split().freeze());
+                conn.out.push(data);
+                conn.out.push(Bytes::from_static(b"\r\n"));
             }
         }
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<(), Http1Error> {
+    fn finish(&mut self, conn: &mut Conn1) -> Result<(), Http1Error> {
         self.body = None;
         match self.framing {
             Framing::Length(0) => Ok(()),
@@ -354,7 +365,7 @@ impl Writer {
                 "request body shorter than its content-length".into(),
             )),
             Framing::Chunked => {
-                self.push(Bytes::from_static(b"0\r\n\r\n"));
+                conn.out.push(Bytes::from_static(b"0\r\n\r\n"));
                 Ok(())
             }
         }
@@ -407,7 +418,7 @@ pub async fn send(
     let (mut writer, parts) = start(&mut conn, request);
     let mut parts = Some(parts);
     let polled = std::future::poll_fn(|cx| {
-        if writer.body.is_some() || !writer.queue.is_empty() {
+        if !writer.done(&conn) {
             if let Poll::Ready(Err(e)) = writer.poll(&mut conn, cx) {
                 return Poll::Ready(Err(e));
             }
@@ -424,7 +435,7 @@ pub async fn send(
                 writer.body.take(),
             ) {
                 (true, Some(parts), Some(body)) => Some(Request::from_parts(parts, body)),
-                (true, Some(parts), None) if writer.queue.len() == 1 => {
+                (true, Some(parts), None) if conn.out.queue.len() == 1 => {
                     Some(Request::from_parts(parts, RequestBody::empty()))
                 }
                 _ => None,
@@ -433,7 +444,7 @@ pub async fn send(
         }
     };
     drop(parts);
-    let writer = (!writer.done()).then(|| Box::new(writer));
+    let writer = (!writer.done(&conn)).then(|| Box::new(writer));
     let state = if head.status == StatusCode::SWITCHING_PROTOCOLS {
         if !upgrade {
             return Err(SendFailed {
@@ -528,14 +539,16 @@ fn start(conn: &mut Conn1, request: Request<RequestBody>) -> (Writer, http::requ
     };
     s.put_slice(b"\r\n");
     let head = s.split().freeze();
-    let mut writer = Writer {
+    // A connection comes back only after its request was written whole: nothing is queued
+    // (cleared all the same, keeping the queue's room).
+    conn.out.queue.clear();
+    conn.out.queued = 0;
+    conn.out.push(head);
+    let writer = Writer {
         body: (!empty).then_some(body),
         framing,
-        queue: VecDeque::with_capacity(4),
-        queued: 0,
         wrote: false,
     };
-    writer.push(head);
     (writer, parts)
 }
 
@@ -738,8 +751,10 @@ impl Body1 {
     /// After the body ended, finishes what can be finished at once: a request body already
     /// written off, a connection closed when it cannot be reused.
     fn settle(&mut self) {
-        if matches!(self.state, State::Done) && self.writer.as_ref().is_some_and(|w| w.done()) {
-            self.writer = None;
+        if let (State::Done, Some(writer), Some(conn)) = (&self.state, &self.writer, &self.conn) {
+            if writer.done(conn) {
+                self.writer = None;
+            }
         }
     }
 
