@@ -181,6 +181,24 @@ impl Conn1 {
         &self.buf[self.start..self.end]
     }
 
+    /// Up to `max` bytes of a body whose framing says at least one more is due: buffered bytes
+    /// first, else a read (one of its own when much is left). The end of the stream here means
+    /// the upstream cut the body short.
+    fn poll_body(&mut self, cx: &mut Context<'_>, max: u64) -> Poll<Result<Bytes, Http1Error>> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        if self.start == self.end {
+            if max >= READ_BUF {
+                let data = ready!(self.poll_read_big(cx, max))?;
+                if data.is_empty() {
+                    return Poll::Ready(Err(Http1Error::Closed));
+                }
+                return Poll::Ready(Ok(data));
+            }
+            ready!(self.poll_more(cx))?;
+        }
+        Poll::Ready(Ok(self.take(max)))
+    }
+
     /// Takes up to `max` buffered bytes as a chunk of their own.
     fn take(&mut self, max: usize) -> Bytes {
         let n = max.min(self.end - self.start);
@@ -322,7 +340,9 @@ impl Writer {
         if let Framing::Chunked = self.framing {
             let s = &mut conn.scratch;
             s.put_slice(b"0\r\n");
-            put_headers(s, &trailers);
+            for (name, value) in &trailers {
+                put_field(s, name.as_str().as_bytes(), value.as_bytes());
+            }
             s.put_slice(b"\r\n");
             conn.out.push(s.split().freeze());
             self.body = None;
@@ -372,13 +392,12 @@ impl Writer {
     }
 }
 
-fn put_headers(s: &mut BytesMut, headers: &HeaderMap) {
-    for (name, value) in headers {
-        s.put_slice(name.as_str().as_bytes());
-        s.put_slice(b": ");
-        s.put_slice(value.as_bytes());
-        s.put_slice(b"\r\n");
-    }
+/// Writes `name: value` and its line end.
+fn put_field(s: &mut BytesMut, name: &[u8], value: &[u8]) {
+    s.put_slice(name);
+    s.put_slice(b": ");
+    s.put_slice(value);
+    s.put_slice(b"\r\n");
 }
 
 fn put_hex(s: &mut BytesMut, mut n: usize) {
@@ -416,7 +435,6 @@ pub async fn send(
 ) -> Result<Response<Body1>, SendFailed> {
     let head_only = request.method() == Method::HEAD;
     let (mut writer, parts) = start(&mut conn, request);
-    let mut parts = Some(parts);
     let polled = std::future::poll_fn(|cx| {
         if !writer.done(&conn) {
             if let Poll::Ready(Err(e)) = writer.poll(&mut conn, cx) {
@@ -429,17 +447,13 @@ pub async fn send(
     let head = match polled {
         Ok(head) => head,
         Err(error) => {
-            let unsent = match (
-                conn.reused && !writer.wrote,
-                parts.take(),
-                writer.body.take(),
-            ) {
-                (true, Some(parts), Some(body)) => Some(Request::from_parts(parts, body)),
-                (true, Some(parts), None) if conn.out.queue.len() == 1 => {
-                    Some(Request::from_parts(parts, RequestBody::empty()))
-                }
-                _ => None,
-            };
+            // Only the head queued and none of it written: the body was not touched, and the
+            // request can go again as it came.
+            let untouched = conn.reused && !writer.wrote && conn.out.queue.len() == 1;
+            let unsent = untouched.then(|| {
+                let body = writer.body.take().unwrap_or_else(RequestBody::empty);
+                Request::from_parts(parts, body)
+            });
             return Err(SendFailed { error, unsent });
         }
     };
@@ -454,7 +468,6 @@ pub async fn send(
         }
         State::Upgraded
     } else if head_only
-        || head.status.is_informational()
         || head.status == StatusCode::NO_CONTENT
         || head.status == StatusCode::NOT_MODIFIED
     {
@@ -470,13 +483,14 @@ pub async fn send(
             BodyFraming::UntilClose => State::UntilClose,
         }
     };
-    let mut body = Body1 {
+    // A body read until close ends with the connection; one with no body at all (HEAD, 204,
+    // 304) leaves it reusable whatever its framing headers said.
+    let body = Body1 {
         conn: Some(conn),
         writer,
         state,
-        keep_alive: head.keep_alive && !matches!(head.framing, BodyFraming::UntilClose),
+        keep_alive: head.keep_alive,
     };
-    body.settle();
     let mut response = Response::new(body);
     *response.status_mut() = head.status;
     *response.version_mut() = head.version;
@@ -501,9 +515,7 @@ fn start(conn: &mut Conn1, request: Request<RequestBody>) -> (Writer, http::requ
     s.put_slice(b" HTTP/1.1\r\n");
     if !parts.headers.contains_key(header::HOST) {
         if let Some(authority) = parts.uri.authority() {
-            s.put_slice(b"host: ");
-            s.put_slice(authority.as_str().as_bytes());
-            s.put_slice(b"\r\n");
+            put_field(s, b"host", authority.as_str().as_bytes());
         }
     }
     let declared = parts
@@ -512,28 +524,25 @@ fn start(conn: &mut Conn1, request: Request<RequestBody>) -> (Writer, http::requ
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     for (name, value) in &parts.headers {
         // Framing is this hop's own: written below from what the body is.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            put_field(s, name.as_str().as_bytes(), value.as_bytes());
         }
-        s.put_slice(name.as_str().as_bytes());
-        s.put_slice(b": ");
-        s.put_slice(value.as_bytes());
-        s.put_slice(b"\r\n");
     }
     let empty = body.is_end_stream();
     let framing = match (declared, body.size_hint().exact()) {
         (Some(n), _) | (None, Some(n)) if !empty || declared.is_some() => {
             if n > 0 || declared.is_some() || !matches!(parts.method, Method::GET | Method::HEAD) {
-                s.put_slice(b"content-length: ");
-                let mut digits = itoa::Buffer::new();
-                s.put_slice(digits.format(n).as_bytes());
-                s.put_slice(b"\r\n");
+                put_field(
+                    s,
+                    b"content-length",
+                    itoa::Buffer::new().format(n).as_bytes(),
+                );
             }
             Framing::Length(n)
         }
         _ if empty => Framing::Length(0),
         _ => {
-            s.put_slice(b"transfer-encoding: chunked\r\n");
+            put_field(s, b"transfer-encoding", b"chunked");
             Framing::Chunked
         }
     };
@@ -748,16 +757,6 @@ impl Body1 {
         Some(Upgraded1 { io: conn.io, early })
     }
 
-    /// After the body ended, finishes what can be finished at once: a request body already
-    /// written off, a connection closed when it cannot be reused.
-    fn settle(&mut self) {
-        if let (State::Done, Some(writer), Some(conn)) = (&self.state, &self.writer, &self.conn) {
-            if writer.done(conn) {
-                self.writer = None;
-            }
-        }
-    }
-
     fn fail(&mut self, e: impl Into<Http1Error>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.state = State::Failed;
         self.conn = None;
@@ -795,12 +794,10 @@ impl Body1 {
                 return Poll::Ready(None);
             };
             if let Chunk::Data(left) = chunk {
-                if conn.start == conn.end {
-                    if let Err(e) = ready!(conn.poll_more(cx)) {
-                        return self.fail(e);
-                    }
-                }
-                let data = conn.take(usize::try_from(*left).unwrap_or(usize::MAX));
+                let data = match ready!(conn.poll_body(cx, *left)) {
+                    Ok(data) => data,
+                    Err(e) => return self.fail(e),
+                };
                 *left -= data.len() as u64;
                 if *left == 0 {
                     *chunk = Chunk::DataEnd(false);
@@ -912,7 +909,7 @@ impl Body for Body1 {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         this.poll_writer(cx);
-        let polled = match &mut this.state {
+        match &mut this.state {
             State::Done | State::Upgraded | State::Failed => Poll::Ready(None),
             State::Chunk(_) => this.poll_chunked(cx),
             State::Length(left) => {
@@ -920,21 +917,9 @@ impl Body for Body1 {
                 let Some(conn) = this.conn.as_mut() else {
                     return Poll::Ready(None);
                 };
-                let data = if conn.start != conn.end {
-                    conn.take(usize::try_from(left_now).unwrap_or(usize::MAX))
-                } else if left_now >= READ_BUF as u64 {
-                    match ready!(
-                        conn.poll_read_big(cx, usize::try_from(left_now).unwrap_or(usize::MAX))
-                    ) {
-                        Ok(data) if data.is_empty() => return this.fail(Http1Error::Closed),
-                        Ok(data) => data,
-                        Err(e) => return this.fail(e),
-                    }
-                } else {
-                    if let Err(e) = ready!(conn.poll_more(cx)) {
-                        return this.fail(e);
-                    }
-                    conn.take(usize::try_from(left_now).unwrap_or(usize::MAX))
+                let data = match ready!(conn.poll_body(cx, left_now)) {
+                    Ok(data) => data,
+                    Err(e) => return this.fail(e),
                 };
                 let left = left_now - data.len() as u64;
                 this.state = if left == 0 {
@@ -964,9 +949,7 @@ impl Body for Body1 {
                     Poll::Ready(Some(Ok(Frame::data(data))))
                 }
             }
-        };
-        this.settle();
-        polled
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1190,6 +1173,24 @@ mod tests {
         let (response, _) = exchange(reply, usize::MAX, get("/")).await;
         assert_eq!(response.status(), 204);
         assert!(response.body().is_end_stream());
+        // No framing headers, but no body either: the connection is not "read until close".
+        assert!(response.into_body().take_idle().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_large_chunk_is_read_whole_and_the_chunked_body_ends_cleanly() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let mut reply = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        reply.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        reply.extend_from_slice(&data);
+        reply.extend_from_slice(b"\r\n3\r\nend\r\n0\r\n\r\n");
+        let reply: &'static [u8] = reply.leak();
+        let (response, _) = exchange(reply, 30_000, get("/")).await;
+        let mut body = response.into_body();
+        let got = (&mut body).collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), data.len() + 3);
+        assert!(got[..data.len()] == data[..] && &got[data.len()..] == b"end");
+        assert!(body.take_idle().is_some());
     }
 
     fn post(length: &str, body: &'static [u8]) -> Request<RequestBody> {
