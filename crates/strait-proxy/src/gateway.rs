@@ -219,12 +219,12 @@ pub(crate) async fn serve(
         (found, by_listener.or(by_route))
     };
     let mut log = listener.access_log.as_ref().and_then(|logger| {
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let mut entry = logger.begin(
+            started,
             &listener.name,
             req.method(),
             host.as_ref(),
-            path,
+            req.uri().path_and_query(),
             req.version(),
             &conn.peer_ip,
             match &trace {
@@ -395,11 +395,15 @@ fn finish_log(
     };
     entry.status = response.status().as_u16();
     let headers = response.headers();
-    entry.grpc_status = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    if let Some(cause) = headers.get(&X_STRAIT_ERROR).and_then(|v| v.to_str().ok()) {
-        entry.flags = cause.to_owned();
+    if is_grpc_answer(headers) {
+        entry.grpc_status = grpc_status_in(headers);
+    }
+    if let ResponseBody::Full(_) = response.body() {
+        // The proxy's own answers name their cause; an upstream's answer is not ours to flag
+        // (and looking for the header on every answer cost a hashed lookup).
+        if let Some(cause) = headers.get(&X_STRAIT_ERROR).and_then(|v| v.to_str().ok()) {
+            entry.flags = cause.to_owned();
+        }
     }
     match response.body_mut() {
         ResponseBody::Upstream(body) => body.log_on_completion(Arc::clone(logger), entry),
@@ -973,21 +977,26 @@ fn grpc_to_http(code: u16) -> StatusCode {
     }
 }
 
+/// A gRPC answer: its content type says so (a gRPC status is looked for only there).
+fn is_grpc_answer(map: &http::HeaderMap) -> bool {
+    map.get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// `grpc-status` of a head or trailers.
+fn grpc_status_in(map: &http::HeaderMap) -> Option<u16> {
+    map.get(&headers::GRPC_STATUS)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
 /// Counts an answer: its time to head now; its status now, or for a gRPC answer whose
 /// grpc-status comes in trailers, when the body brings them.
 fn count_answer(stats: &Arc<RouteStats>, response: &mut Response<ResponseBody>, started: Instant) {
     let status = response.status().as_u16();
     stats.observe(status, started.elapsed());
-    let grpc_in_head = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let grpc_answer = grpc_in_head.is_none()
-        && response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let grpc = is_grpc_answer(response.headers());
+    let grpc_in_head = grpc.then(|| grpc_status_in(response.headers())).flatten();
+    let grpc_answer = grpc_in_head.is_none() && grpc;
     match response.body_mut() {
         ResponseBody::Upstream(body) if grpc_answer => {
             body.count_grpc_status_from_trailers(Arc::clone(stats))

@@ -42,6 +42,14 @@ struct Received {
     /// `content-type` of each OTLP/HTTP request.
     content_types: Mutex<Vec<String>>,
     paths: Mutex<Vec<String>>,
+    /// Answer exports with an error (gRPC `UNAVAILABLE`, HTTP 503) and keep nothing.
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+impl Received {
+    fn refusing(&self) -> bool {
+        self.refuse.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Received {
@@ -78,6 +86,9 @@ impl TraceService for GrpcReceiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if self.0.refusing() {
+            return Err(tonic::Status::unavailable("collector refusing (test)"));
+        }
         self.0.take(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -177,6 +188,9 @@ async fn http_export(req: Request<Incoming>, received: &Received) -> Response<Fu
         Ok(b) => b.to_bytes(),
         Err(_) => return status(400),
     };
+    if received.refusing() {
+        return status(503);
+    }
     match ExportTraceServiceRequest::decode(body) {
         Ok(request) => {
             received.take(request);
@@ -832,26 +846,7 @@ async fn a_dead_collector_costs_only_a_counter() {
             .unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert_eq!(resp.status, 200, "request {i}");
     }
-    let dropped = |reason: &'static str| {
-        let proxy = &proxy;
-        async move {
-            let text = proxy.admin_get("/metrics").await.text();
-            let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-                .expect("exposition parses");
-            scrape
-                .samples
-                .iter()
-                .filter(|s| {
-                    s.metric == "strait_tracing_spans_dropped_total"
-                        && s.labels.get("reason") == Some(reason)
-                })
-                .map(|s| match s.value {
-                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-                    _ => 0.0,
-                })
-                .sum::<f64>()
-        }
-    };
+    let dropped = |reason: &'static str| spans_dropped(&proxy, reason);
     assert!(
         eventually(Duration::from_secs(10), || async {
             dropped("export_failed").await > 0.0
@@ -874,4 +869,73 @@ async fn a_dead_collector_costs_only_a_counter() {
             .any(|l| l.starts_with("strait_tracing_spans_exported_total 0")),
         "nothing exported"
     );
+}
+
+/// `strait_tracing_spans_dropped_total{reason}` as the admin server reports it.
+async fn spans_dropped(proxy: &Proxy, reason: &str) -> f64 {
+    let text = proxy.admin_get("/metrics").await.text();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("exposition parses");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == "strait_tracing_spans_dropped_total"
+                && s.labels.get("reason") == Some(reason)
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// A collector that answers with an error (gRPC `UNAVAILABLE`, HTTP 503): the batch's spans
+/// are dropped and counted, and the next batch goes through once it accepts again.
+async fn refused_exports_are_counted_and_export_resumes(collector: Collector, protocol: &str) {
+    let up = Upstream::echo("refused").await;
+    let proxy = Proxy::start(&traced(
+        collector.addr,
+        &format!("protocol: {protocol}\nsample_percent: 100"),
+        up.addr,
+        "",
+    ))
+    .await;
+    collector
+        .received
+        .refuse
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(get_with(&proxy, "/refused", &[]).await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            spans_dropped(&proxy, "export_failed").await >= 2.0
+        })
+        .await,
+        "{protocol}: the refused batch's two spans are counted"
+    );
+    assert!(collector.now().is_empty());
+    collector
+        .received
+        .refuse
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(get_with(&proxy, "/accepted", &[]).await.status, 200);
+    let spans = collector.spans(2).await;
+    let servers = by_kind(&spans, SpanKind::Server);
+    assert_eq!(
+        servers.len(),
+        1,
+        "{protocol}: refused spans are not sent again"
+    );
+    assert_eq!(s(servers[0], "url.path"), "/accepted");
+    assert_eq!(spans_dropped(&proxy, "export_failed").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_grpc_collector_costs_the_batch_and_export_resumes() {
+    refused_exports_are_counted_and_export_resumes(Collector::grpc().await, "grpc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_http_collector_costs_the_batch_and_export_resumes() {
+    refused_exports_are_counted_and_export_resumes(Collector::http().await, "http_protobuf").await;
 }

@@ -544,7 +544,7 @@ impl Body for UpstreamBody {
                 }
                 if let Some(trailers) = f.trailers_ref() {
                     let status = trailers
-                        .get("grpc-status")
+                        .get(&crate::http::headers::GRPC_STATUS)
                         .and_then(|v| v.to_str().ok()?.parse().ok());
                     if let Some((_, entry)) = &mut this.log {
                         entry.grpc_status = entry.grpc_status.or(status);

@@ -17,6 +17,8 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The header naming the cause of an error the proxy generated.
 pub static X_STRAIT_ERROR: HeaderName = HeaderName::from_static("x-strait-error");
+/// A gRPC answer's status, in its trailers or (trailers-only) its head.
+pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -256,7 +258,31 @@ pub fn new_request_id() -> HeaderValue {
         *slot = HEX[nibble as usize];
     }
     // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    made_value(&out).unwrap_or_else(|| HeaderValue::from_static("0"))
+}
+
+/// Bytes of the values [`made_value`] carves, per thread.
+const MADE_VALUES_BLOCK: usize = 4096;
+
+/// A header value the proxy writes itself (a request id, a `traceparent`), carved from a
+/// per-thread block shared by many values rather than allocated alone: one allocation per
+/// block instead of one per value, each value holding a reference to its block. A value kept
+/// long keeps its block (4 KiB) alive; these live as long as their request.
+pub(crate) fn made_value(bytes: &[u8]) -> Option<HeaderValue> {
+    thread_local! {
+        static BLOCK: std::cell::RefCell<bytes::BytesMut> =
+            std::cell::RefCell::new(bytes::BytesMut::new());
+    }
+    if bytes.len() > MADE_VALUES_BLOCK / 4 {
+        return HeaderValue::from_bytes(bytes).ok();
+    }
+    BLOCK.with_borrow_mut(|block| {
+        if block.capacity() - block.len() < bytes.len() {
+            *block = bytes::BytesMut::with_capacity(MADE_VALUES_BLOCK);
+        }
+        block.extend_from_slice(bytes);
+        HeaderValue::from_maybe_shared(block.split().freeze()).ok()
+    })
 }
 
 /// A route's header edits, parsed once when the config is compiled.
@@ -317,6 +343,27 @@ impl CompiledEdits {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_values_keep_their_bytes_across_blocks() {
+        // More values than one block holds, each checked after the rest were made.
+        let texts: Vec<String> = (0..300)
+            .map(|i| format!("{i:032x}-{}", "v".repeat(i % 40)))
+            .collect();
+        let values: Vec<HeaderValue> = texts
+            .iter()
+            .map(|t| made_value(t.as_bytes()).unwrap())
+            .collect();
+        for (t, v) in texts.iter().zip(&values) {
+            assert_eq!(v.as_bytes(), t.as_bytes());
+        }
+        assert!(made_value(b"bad\nvalue").is_none());
+        let long = "x".repeat(MADE_VALUES_BLOCK);
+        assert_eq!(made_value(long.as_bytes()).unwrap().len(), long.len());
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

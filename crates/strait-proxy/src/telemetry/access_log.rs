@@ -14,11 +14,12 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Version};
 use strait_config::{AccessLog, LogField};
 
@@ -42,7 +43,8 @@ pub struct LogEntry {
     pub(crate) endpoint: Option<SocketAddr>,
     pub(crate) method: Method,
     pub(crate) authority: Option<HeaderValue>,
-    pub(crate) path: String,
+    /// The path and query as received: shared with the request rather than copied.
+    pub(crate) path: PathAndQuery,
     pub(crate) version: Version,
     pub(crate) status: u16,
     pub(crate) grpc_status: Option<u16>,
@@ -68,14 +70,16 @@ pub struct AccessLogger {
 }
 
 impl AccessLogger {
-    /// A new entry for a request, or `None` when this request is not sampled.
+    /// A new entry for a request that arrived at `started`, or `None` when this request is not
+    /// sampled.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn begin(
         &self,
+        started: Instant,
         listener: &Arc<str>,
         method: &Method,
         authority: Option<&HeaderValue>,
-        path: &str,
+        path: Option<&PathAndQuery>,
         version: Version,
         client_ip: &HeaderValue,
         trace_id: Option<TraceId>,
@@ -83,20 +87,22 @@ impl AccessLogger {
         if self.sample_percent < 100.0 && fastrand::f64() * 100.0 >= self.sample_percent {
             return None;
         }
-        Some(Box::new(LogEntry {
+        let fresh = |bytes_received| LogEntry {
             arrived: SystemTime::now(),
-            started: Instant::now(),
+            started,
             listener: Arc::clone(listener),
             route: None,
             cluster: None,
             endpoint: None,
             method: method.clone(),
             authority: authority.cloned(),
-            path: path.to_owned(),
+            path: path
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
             version,
             status: 0,
             grpc_status: None,
-            bytes_received: Arc::default(),
+            bytes_received,
             bytes_sent: 0,
             duration: Duration::ZERO,
             upstream_duration: None,
@@ -106,14 +112,61 @@ impl AccessLogger {
             request_id: None,
             trace_id,
             flags: String::new(),
-        }))
+        };
+        Some(match SPARE_ENTRIES.with_borrow_mut(Vec::pop) {
+            Some(mut spare) => {
+                // The byte counter too, unless the request's body still holds it.
+                let counter = match Arc::get_mut(&mut spare.bytes_received) {
+                    Some(n) => {
+                        *n.get_mut() = 0;
+                        Arc::clone(&spare.bytes_received)
+                    }
+                    None => Arc::default(),
+                };
+                *spare = fresh(counter);
+                spare
+            }
+            None => Box::new(fresh(Arc::default())),
+        })
     }
 
     /// Writes a finished entry's line for the writer; never waits on the destination.
     pub(crate) fn finish(&self, mut entry: Box<LogEntry>) {
         entry.duration = entry.started.elapsed();
         self.sink.append(&self.fields, &entry);
+        keep_spare(entry);
     }
+}
+
+thread_local! {
+    /// Entries of finished requests, reused by the next ones. An entry is a few hundred bytes:
+    /// with many requests in flight, glibc's per-thread cache (seven blocks of a size) overflows
+    /// and each entry's allocation and free took the allocator's slow paths, which cost more
+    /// than formatting half the line.
+    // The boxes are the point: each is an allocation kept for the next entry.
+    #[allow(clippy::vec_box)]
+    static SPARE_ENTRIES: std::cell::RefCell<Vec<Box<LogEntry>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Most entries a thread keeps for reuse: more than the requests a worker has in flight at
+/// once in the benchmarks; past it, entries are freed.
+const MAX_SPARE_ENTRIES: usize = 256;
+
+/// Keeps a finished entry for reuse, without what would hold the request's memory (its
+/// header values share the connection's read buffer) or our own (a request id's block).
+fn keep_spare(mut entry: Box<LogEntry>) {
+    entry.authority = None;
+    entry.path = PathAndQuery::from_static("/");
+    entry.request_id = None;
+    entry.peer_identity = None;
+    entry.route = None;
+    entry.cluster = None;
+    SPARE_ENTRIES.with_borrow_mut(|spare| {
+        if spare.len() < MAX_SPARE_ENTRIES {
+            spare.push(entry);
+        }
+    });
 }
 
 /// Writers by destination, shared by every snapshot so a reload keeps files open.
@@ -166,19 +219,26 @@ impl LogSinks {
 #[derive(Debug)]
 struct Field {
     field: LogField,
-    prefix: Box<[u8]>,
+    /// The prefix, padded: copied whole (a fixed-size copy the compiler inlines, where a copy
+    /// of the exact length is a call to `memcpy`), then cut to `len`.
+    prefix: [u8; PREFIX_MAX],
+    len: usize,
 }
+
+/// Room for the longest prefix, `,"upstream_duration_ms":` (24 bytes).
+const PREFIX_MAX: usize = 32;
 
 /// The fields of a line, with their keys written once rather than per line.
 fn layout(fields: &[LogField]) -> Arc<[Field]> {
     fields
         .iter()
         .enumerate()
-        .map(|(i, &field)| Field {
-            field,
-            prefix: format!("{}\"{}\":", if i == 0 { '{' } else { ',' }, field.key())
-                .into_bytes()
-                .into_boxed_slice(),
+        .map(|(i, &field)| {
+            let text = format!("{}\"{}\":", if i == 0 { '{' } else { ',' }, field.key());
+            let mut prefix = [0u8; PREFIX_MAX];
+            let len = text.len().min(PREFIX_MAX);
+            prefix[..len].copy_from_slice(&text.as_bytes()[..len]);
+            Field { field, prefix, len }
         })
         .collect()
 }
@@ -294,8 +354,10 @@ impl LogEntry {
         if fields.is_empty() {
             out.push(b'{');
         }
-        for Field { field, prefix } in fields {
+        for Field { field, prefix, len } in fields {
+            let at = out.len();
             out.extend_from_slice(prefix);
+            out.truncate(at + len);
             match field {
                 LogField::Time => {
                     out.push(b'"');
@@ -309,12 +371,13 @@ impl LogEntry {
                     Some(e) => json_addr(out, e),
                     None => json_str(out, ""),
                 },
-                LogField::Method => json_str(out, self.method.as_str()),
+                // A token: no quotes, backslashes or control characters.
+                LogField::Method => json_plain(out, self.method.as_str().as_bytes()),
                 LogField::Authority => {
                     text(out, self.authority.as_ref().and_then(|a| a.to_str().ok()))
                 }
-                LogField::Path => json_str(out, &self.path),
-                LogField::Protocol => json_str(out, protocol(self.version)),
+                LogField::Path => json_str(out, self.path.as_str()),
+                LogField::Protocol => json_plain(out, protocol(self.version).as_bytes()),
                 LogField::Status => json_uint(out, self.status),
                 LogField::GrpcStatus => match self.grpc_status {
                     Some(s) => json_uint(out, s),
@@ -328,7 +391,8 @@ impl LogEntry {
                     None => json_null(out),
                 },
                 LogField::Retries => json_uint(out, self.retries),
-                LogField::ClientIp => json_str(out, self.client_ip.to_str().unwrap_or_default()),
+                // Formatted by the proxy from an address: digits, dots, colons.
+                LogField::ClientIp => json_plain(out, self.client_ip.as_bytes()),
                 LogField::PeerIdentity => match &self.peer_identity {
                     Some(id) => json_str(out, id),
                     None => json_null(out),
@@ -358,12 +422,59 @@ impl LogEntry {
 
 /// A JSON string: quoted, with `"`, `\` and control characters escaped.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(s.len() + 2);
-    out.push(b'"');
     let bytes = s.as_bytes();
+    match first_to_escape(bytes) {
+        None => json_plain(out, bytes),
+        Some(at) => json_escaped(out, bytes, at),
+    }
+}
+
+/// A JSON string of bytes known to need no escaping.
+fn json_plain(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(bytes);
+    out.push(b'"');
+}
+
+/// Where the first byte JSON must escape is (a control character, `"` or `\`), looking at
+/// eight bytes at a time: most strings have none, and the scan is most of the line's cost.
+fn first_to_escape(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Bytes of `x` that are zero get their high bit set (and possibly bytes above a zero one,
+    // which the exact scan below sorts out).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let flagged = |chunk: &[u8]| {
+        let v = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or([0; 8]));
+        let control = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
+        control | zero(v ^ (ONES * u64::from(b'"'))) | zero(v ^ (ONES * u64::from(b'\\'))) != 0
+    };
+    let needs = |b: &u8| *b < 0x20 || *b == b'"' || *b == b'\\';
+    let mut at = 0;
+    for chunk in bytes.chunks_exact(8) {
+        if flagged(chunk) {
+            return bytes.get(at..)?.iter().position(needs).map(|i| at + i);
+        }
+        at += 8;
+    }
+    match bytes.len() {
+        // The last eight bytes in one look, overlapping what was looked at already.
+        len if len > 8 && at < len => {
+            let tail = bytes.get(len - 8..)?;
+            flagged(tail).then(|| tail.iter().position(needs).map(|i| len - 8 + i))?
+        }
+        _ => bytes.get(at..)?.iter().position(needs).map(|i| at + i),
+    }
+}
+
+/// A JSON string whose byte `first` is the first to escape.
+fn json_escaped(out: &mut Vec<u8>, bytes: &[u8], first: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() + 8);
+    out.push(b'"');
     let mut clean = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate().skip(first) {
         if b >= 0x20 && b != b'"' && b != b'\\' {
             continue;
         }
@@ -399,7 +510,11 @@ fn json_null(out: &mut Vec<u8>) {
 
 /// Milliseconds with microsecond precision: `1.5`, `0.345`, `12.0`.
 fn json_ms(out: &mut Vec<u8>, d: Duration) {
-    let micros = ((d.as_nanos() + 500) / 1_000).min(u128::from(u64::MAX)) as u64;
+    // Rounded to the microsecond; a subsecond part that rounds up to 1,000,000 carries.
+    let micros = d
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from((d.subsec_nanos() + 500) / 1_000));
     json_uint(out, micros / 1_000);
     out.push(b'.');
     let frac = micros % 1_000;
@@ -418,26 +533,31 @@ fn json_ms(out: &mut Vec<u8>, d: Duration) {
     out.extend(digits[..len].iter().map(|&d| b'0' + d as u8));
 }
 
-/// An endpoint as a JSON string, `10.0.0.1:80` or `[::1]:80`.
+/// An endpoint as a JSON string, `10.0.0.1:80` or `[::1]:80`, from a small per-thread cache:
+/// a worker logs the same few endpoints over and over, and formatting one costs more than the
+/// rest of the field.
 fn json_addr(out: &mut Vec<u8>, addr: SocketAddr) {
-    out.push(b'"');
-    match addr.ip() {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                json_uint(out, octet);
-            }
-            out.push(b':');
-            json_uint(out, addr.port());
-        }
-        // Rare enough for the formatter; it writes only hex digits, colons and brackets.
-        IpAddr::V6(_) => {
-            let _ = write!(out, "{addr}");
-        }
+    thread_local! {
+        static RECENT: std::cell::RefCell<[(Option<SocketAddr>, Vec<u8>); 8]> =
+            std::cell::RefCell::new(Default::default());
     }
-    out.push(b'"');
+    let slot = usize::from(addr.port())
+        ^ match addr.ip() {
+            std::net::IpAddr::V4(v4) => usize::from(v4.octets()[3]),
+            std::net::IpAddr::V6(v6) => usize::from(v6.octets()[15]),
+        };
+    RECENT.with_borrow_mut(|recent| {
+        let Some((known, text)) = recent.get_mut(slot % 8) else {
+            return;
+        };
+        if *known != Some(addr) {
+            text.clear();
+            super::addr_text::write_socket_addr(text, addr);
+            *known = Some(addr);
+        }
+        // Digits, dots, colons and brackets: nothing to escape.
+        json_plain(out, text);
+    });
 }
 
 /// `HTTP/1.1` and friends, as `http::Version`'s `Debug` spells them.
@@ -530,7 +650,8 @@ mod tests {
             endpoint: Some("10.0.0.1:80".parse().unwrap()),
             method: Method::POST,
             authority: Some(HeaderValue::from_static("a.example")),
-            path: "/q?\"x\"=\\".to_owned(),
+            // A path may carry a quote (the http crate takes it), which the line escapes.
+            path: PathAndQuery::try_from("/q\"x?y=1").unwrap(),
             version: Version::HTTP_2,
             status: 503,
             grpc_status: None,
@@ -553,7 +674,7 @@ mod tests {
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(v["route"], "");
         assert_eq!(v["endpoint"], "10.0.0.1:80");
-        assert_eq!(v["path"], "/q?\"x\"=\\");
+        assert_eq!(v["path"], "/q\"x?y=1");
         assert_eq!(v["protocol"], "HTTP/2.0");
         assert_eq!(v["status"], 503);
         assert_eq!(v["grpc_status"], serde_json::Value::Null);
@@ -564,6 +685,10 @@ mod tests {
         assert_eq!(v["trace_id"], "ab".repeat(16));
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("{\"time\":"), "{text}");
+        // Every key's prefix fits the room it is copied with.
+        for field in LogField::ALL {
+            assert!(field.key().len() + 4 <= PREFIX_MAX, "{}", field.key());
+        }
     }
 
     #[test]
@@ -576,6 +701,12 @@ mod tests {
             "ctl\n\r\t\u{1}\u{1f}",
             "ünï€😀",
             "\u{7f}",
+            "a long plain string of more than eight bytes",
+            "exactly8",
+            "seven\"s",
+            "eight\"s_",
+            "0123456789abcdef\\",
+            "ü\u{1}ü\u{1}üüüüüüüü\"",
         ];
         for s in strings {
             let mut out = Vec::new();
@@ -603,6 +734,41 @@ mod tests {
         assert_eq!(addr("10.0.0.1:80"), "\"10.0.0.1:80\"");
         assert_eq!(addr("255.0.9.10:65535"), "\"255.0.9.10:65535\"");
         assert_eq!(addr("[::1]:443"), "\"[::1]:443\"");
+        // Two endpoints that share a cache slot, in turn.
+        for _ in 0..3 {
+            assert_eq!(addr("10.0.0.1:80"), "\"10.0.0.1:80\"");
+            assert_eq!(addr("10.0.0.9:88"), "\"10.0.0.9:88\"");
+        }
+        // What a method, written without escaping, can hold: the http crate refuses quotes,
+        // backslashes and control characters in one (a path may carry a quote).
+        assert!(PathAndQuery::try_from("/a\"b").is_ok());
+        for bad in ["GE\"T", "GE\\T", "GE\u{1}T"] {
+            assert!(Method::from_bytes(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_eight_byte_scan_finds_the_first_byte_to_escape() {
+        let scalar = |b: &[u8]| b.iter().position(|&c| c < 0x20 || c == b'"' || c == b'\\');
+        // Every special byte at every position of strings up to 24 bytes, over plain ASCII,
+        // high bytes, and bytes just above the control range (where a borrow could hide one).
+        for fill in [b'a', 0xc3, 0x20, 0x21, 0x7f, 0xff] {
+            for len in 0..24 {
+                let base = vec![fill; len];
+                assert_eq!(first_to_escape(&base), scalar(&base), "{fill} x {len}");
+                for at in 0..len {
+                    for special in [0u8, 0x1f, b'\n', b'"', b'\\'] {
+                        let mut b = base.clone();
+                        b[at] = special;
+                        assert_eq!(
+                            first_to_escape(&b),
+                            Some(at),
+                            "{fill} x {len}, {special} at {at}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -641,10 +807,11 @@ mod tests {
         let entry = || {
             let mut e = logger
                 .begin(
+                    Instant::now(),
                     &listener,
                     &Method::GET,
                     None,
-                    "/",
+                    None,
                     Version::HTTP_11,
                     &ip,
                     None,
@@ -654,11 +821,27 @@ mod tests {
             e
         };
         logger.finish(entry());
-        logger.finish(entry());
+        // A finished entry is reused with its byte counter reset; a counter a body still
+        // holds is not shared with the next request.
+        let first = entry();
+        first.bytes_received.store(5, Relaxed);
+        let held = Arc::clone(&first.bytes_received);
+        logger.finish(first);
+        let second = entry();
+        assert_eq!(second.bytes_received.load(Relaxed), 0);
+        assert!(!Arc::ptr_eq(&second.bytes_received, &held));
+        held.store(9, Relaxed);
+        drop(held);
+        assert_eq!(second.bytes_received.load(Relaxed), 0);
+        let counter = Arc::as_ptr(&second.bytes_received);
+        logger.finish(second);
+        let third = entry();
+        assert_eq!(Arc::as_ptr(&third.bytes_received), counter, "reused");
+        logger.finish(third);
         sinks.flush();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
-            "{\"status\":200}\n{\"status\":200}\n"
+            "{\"status\":200}\n".repeat(4)
         );
         assert_eq!(sinks.dropped(), 0);
 

@@ -3,6 +3,7 @@
 //! over OTLP).
 
 pub mod access_log;
+mod addr_text;
 pub mod metrics;
 pub mod otlp;
 mod process;

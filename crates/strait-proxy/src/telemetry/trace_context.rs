@@ -584,8 +584,36 @@ pub fn inject(
     context: &SpanContext,
     tracestate: Option<&HeaderValue>,
 ) {
-    let trace = context.trace_id.to_hex();
-    let span = context.span_id.to_hex();
+    if emit.has(Formats::W3C) {
+        // `00-{trace}-{span}-{flags}`, written in place: the header every traced request gets.
+        let mut v = [b'-'; 55];
+        v[..2].copy_from_slice(b"00");
+        hex_into(&context.trace_id.0, &mut v[3..35]);
+        hex_into(&context.span_id.0, &mut v[36..52]);
+        v[53..].copy_from_slice(if context.sampled { b"01" } else { b"00" });
+        // Hex digits and dashes: always a valid header value.
+        if let Some(v) = crate::http::headers::made_value(&v) {
+            headers.insert(TRACEPARENT.clone(), v);
+        }
+    }
+    if emit.has(Formats::B3_SINGLE) || emit.has(Formats::B3_MULTI) {
+        inject_b3(headers, emit, context);
+    }
+    // Written after the rest, and only with W3C, so a stale `tracestate` never survives alone.
+    if emit.has(Formats::W3C) {
+        match tracestate {
+            Some(state) => {
+                headers.insert(TRACESTATE.clone(), state.clone());
+            }
+            None => {
+                headers.remove(&TRACESTATE);
+            }
+        }
+    }
+}
+
+/// The B3 headers of [`inject`].
+fn inject_b3(headers: &mut HeaderMap, emit: Formats, context: &SpanContext) {
     let mut put = |name: &HeaderName, parts: &[&[u8]]| {
         let mut buf = [0u8; 64];
         let mut len = 0;
@@ -597,14 +625,12 @@ pub fn inject(
             }
         }
         // Hex digits and dashes: always a valid header value.
-        if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
+        if let Some(v) = crate::http::headers::made_value(&buf[..len]) {
             headers.insert(name.clone(), v);
         }
     };
-    if emit.has(Formats::W3C) {
-        let flags: &[u8] = if context.sampled { b"01" } else { b"00" };
-        put(&TRACEPARENT, &[b"00-", &trace, b"-", &span, b"-", flags]);
-    }
+    let trace = context.trace_id.to_hex();
+    let span = context.span_id.to_hex();
     let b3_decision: &[u8] = match (context.debug, context.sampled) {
         (true, _) => b"d",
         (false, true) => b"1",
@@ -623,25 +649,24 @@ pub fn inject(
             put(&X_B3_SAMPLED, &[b3_decision]);
         }
     }
-    // Written after the rest, and only with W3C, so a stale `tracestate` never survives alone.
-    if emit.has(Formats::W3C) {
-        match tracestate {
-            Some(state) => {
-                headers.insert(TRACESTATE.clone(), state.clone());
-            }
-            None => {
-                headers.remove(&TRACESTATE);
-            }
-        }
-    }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Each byte's two hex digits: one lookup per byte instead of two shifts and two lookups.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    table
+};
+
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
     for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
     }
 }
 

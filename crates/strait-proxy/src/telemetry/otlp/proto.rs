@@ -1,0 +1,676 @@
+//! The OTLP protobuf encoding of Strait's span records: an `ExportTraceServiceRequest` written
+//! straight from [`SpanRecord`]s into one buffer, with the attributes of OpenTelemetry's HTTP
+//! semantic conventions.
+//!
+//! Why by hand: going through opentelemetry-otlp cost about 30,000 instructions per span on the
+//! exporter thread (the SDK's `SpanData`, then the protobuf types, every key and value an owned
+//! string, then nested length passes), which at 10 % sampling alone was more than the 10 %
+//! budget for all of observability. Here a span is one pass: each field is appended as it is
+//! read from the record, and only a span's own bytes are copied once more (to prefix their
+//! length). The tests decode the result with opentelemetry-proto's generated types, so the
+//! encoding is checked against the published schema.
+//!
+//! The messages (opentelemetry-proto, `trace/v1/trace.proto` and `common/v1/common.proto`):
+//!
+//! ```text
+//! ExportTraceServiceRequest { 1: repeated ResourceSpans }
+//! ResourceSpans { 1: Resource, 2: repeated ScopeSpans }
+//! Resource { 1: repeated KeyValue attributes }
+//! ScopeSpans { 1: InstrumentationScope, 2: repeated Span }
+//! InstrumentationScope { 1: name, 2: version }
+//! Span { 1: trace_id, 2: span_id, 3: trace_state, 4: parent_span_id, 5: name, 6: kind,
+//!        7: fixed64 start, 8: fixed64 end, 9: repeated KeyValue attributes, 15: Status,
+//!        16: fixed32 flags }
+//! Status { 3: code }   KeyValue { 1: key, 2: AnyValue }
+//! AnyValue { 1: string | 3: int64 | 5: ArrayValue { 1: repeated AnyValue } }
+//! ```
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::super::addr_text::{write_ip, write_socket_addr};
+use super::super::spans::{SpanKind, SpanRecord};
+
+// Wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const FIXED32: u8 = 5;
+
+/// `Span.kind` values.
+const KIND_SERVER: u64 = 2;
+const KIND_CLIENT: u64 = 3;
+/// `Status.code` of a failed span.
+const STATUS_ERROR: u64 = 2;
+/// `Span.flags`: the context knows whether the parent is remote, and it is.
+const FLAG_HAS_IS_REMOTE: u32 = 0x100;
+const FLAG_IS_REMOTE: u32 = 0x200;
+/// W3C trace flags: sampled (every exported span is).
+const FLAG_SAMPLED: u32 = 0x01;
+
+/// Builds export requests: spans are added one at a time, and [`Encoder::finish`] wraps them in
+/// the request with the resource (`service.name`) and the scope (`strait`, its version).
+#[derive(Debug)]
+pub(crate) struct Encoder {
+    /// `Resource` and `InstrumentationScope`, encoded once as the fields they are.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+    /// The spans added so far, each a `ScopeSpans.spans` field.
+    spans: Vec<u8>,
+    count: usize,
+    /// One span's body while it is written (its length prefixes it).
+    span: Vec<u8>,
+    /// Values formatted as text (addresses, a URL).
+    text: Vec<u8>,
+}
+
+impl Encoder {
+    pub(crate) fn new(service_name: &str) -> Encoder {
+        // ResourceSpans.resource = Resource { attributes: [service.name] }.
+        let mut service = Vec::new();
+        attr_str(&mut service, "service.name", service_name);
+        let mut resource_body = Vec::new();
+        len_field(&mut resource_body, 1, &service);
+        let mut resource = Vec::new();
+        len_field(&mut resource, 1, &resource_body);
+        let mut scope_body = Vec::new();
+        str_field(&mut scope_body, 1, "strait");
+        str_field(&mut scope_body, 2, env!("CARGO_PKG_VERSION"));
+        let mut scope = Vec::new();
+        len_field(&mut scope, 1, &scope_body);
+        Encoder {
+            resource,
+            scope,
+            spans: Vec::new(),
+            count: 0,
+            span: Vec::with_capacity(1024),
+            text: Vec::new(),
+        }
+    }
+
+    /// Spans added since the last [`Encoder::finish`].
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Adds one span.
+    pub(crate) fn push(&mut self, r: &SpanRecord) {
+        let mut span = std::mem::take(&mut self.span);
+        span.clear();
+        self.encode_span(r, &mut span);
+        len_field(&mut self.spans, 2, &span);
+        self.span = span;
+        self.count += 1;
+    }
+
+    /// Writes the export request of the spans added so far into `out` (cleared first), and
+    /// starts over.
+    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
+        out.clear();
+        let scope_spans = self.scope.len() + self.spans.len();
+        let resource_spans = self.resource.len() + field_len(scope_spans);
+        out.reserve(field_len(resource_spans));
+        key(out, 1, LEN);
+        varint(out, resource_spans as u64);
+        out.extend_from_slice(&self.resource);
+        key(out, 2, LEN);
+        varint(out, scope_spans as u64);
+        out.extend_from_slice(&self.scope);
+        out.extend_from_slice(&self.spans);
+        self.spans.clear();
+        self.count = 0;
+        // Past a burst, give back what it made the buffer grow to.
+        self.spans.shrink_to(1 << 20);
+    }
+
+    fn encode_span(&mut self, r: &SpanRecord, out: &mut Vec<u8>) {
+        len_field(out, 1, &r.context.trace_id.0);
+        len_field(out, 2, &r.context.span_id.0);
+        if let Some(state) = r.tracestate.as_ref().and_then(|v| v.to_str().ok()) {
+            if !state.is_empty() {
+                str_field(out, 3, state);
+            }
+        }
+        if let Some(parent) = r.parent {
+            len_field(out, 4, &parent.0);
+        }
+        let (method, original) = semconv_method(&r.method);
+        // Name: `{method} {route}` for a server span with a route, `{method}` otherwise, and
+        // `HTTP` for a client span of an unknown method.
+        match (r.kind, &r.route) {
+            (SpanKind::Server, Some(route)) => {
+                key(out, 5, LEN);
+                varint(out, (method.len() + 1 + route.len()) as u64);
+                out.extend_from_slice(method.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(route.as_bytes());
+            }
+            (SpanKind::Client, _) if original.is_some() => str_field(out, 5, "HTTP"),
+            _ => str_field(out, 5, method),
+        }
+        key(out, 6, VARINT);
+        varint(
+            out,
+            match r.kind {
+                SpanKind::Server => KIND_SERVER,
+                SpanKind::Client => KIND_CLIENT,
+            },
+        );
+        fixed64_field(out, 7, unix_nanos(r.start));
+        fixed64_field(out, 8, unix_nanos(r.end));
+
+        attr(out, |o| attr_str(o, "http.request.method", method));
+        if let Some(original) = original {
+            attr(out, |o| {
+                attr_str(o, "http.request.method_original", original)
+            });
+        }
+        if r.status != 0 {
+            attr(out, |o| {
+                attr_int(o, "http.response.status_code", i64::from(r.status));
+            });
+        }
+        attr(out, |o| {
+            attr_str(o, "network.protocol.version", protocol_version(r.version));
+        });
+        match r.kind {
+            SpanKind::Server => self.server_attributes(r, out),
+            SpanKind::Client => self.client_attributes(r, out),
+        }
+        let failed = match r.kind {
+            SpanKind::Server => r.status >= 500 || (r.status == 0 && r.error.is_some()),
+            SpanKind::Client => r.status >= 400 || r.error.is_some(),
+        };
+        // Only failures carry `error.type`: a 404 the proxy made (`no_route`) is the client's
+        // doing.
+        if failed {
+            match &r.error {
+                Some(e) => attr(out, |o| attr_str(o, "error.type", e)),
+                None => {
+                    let mut digits = itoa::Buffer::new();
+                    let status = digits.format(r.status);
+                    attr(out, |o| attr_str(o, "error.type", status));
+                }
+            }
+            // Status { code: ERROR }: 2 bytes.
+            key(out, 15, LEN);
+            varint(out, 2);
+            key(out, 3, VARINT);
+            varint(out, STATUS_ERROR);
+        }
+        let mut flags = FLAG_SAMPLED | FLAG_HAS_IS_REMOTE;
+        if r.parent_remote {
+            flags |= FLAG_IS_REMOTE;
+        }
+        key(out, 16, FIXED32);
+        out.extend_from_slice(&flags.to_le_bytes());
+    }
+
+    fn server_attributes(&mut self, r: &SpanRecord, out: &mut Vec<u8>) {
+        fn text(v: &Option<http::HeaderValue>) -> Option<&str> {
+            v.as_ref().and_then(|v| v.to_str().ok())
+        }
+        attr(out, |o| attr_str(o, "url.path", &r.path));
+        attr(out, |o| attr_str(o, "url.scheme", "http"));
+        if let Some(host) = text(&r.host) {
+            let (name, port) = split_host(host);
+            if let Some(port) = port {
+                attr(out, |o| attr_int(o, "server.port", i64::from(port)));
+            }
+            attr(out, |o| attr_str(o, "server.address", name));
+        }
+        if let Some(client) = r.client {
+            self.text.clear();
+            write_ip(&mut self.text, client.ip());
+            attr(out, |o| attr_bytes(o, "client.address", &self.text));
+        }
+        if let Some(agent) = text(&r.user_agent) {
+            attr(out, |o| attr_str(o, "user_agent.original", agent));
+        }
+        if let Some(id) = text(&r.request_id) {
+            attr(out, |o| {
+                attr_str_array(o, "http.request.header.x-request-id", id);
+            });
+        }
+        if let Some(listener) = &r.listener {
+            attr(out, |o| attr_str(o, "strait.listener", listener));
+        }
+        if let Some(cluster) = &r.cluster {
+            attr(out, |o| attr_str(o, "strait.cluster", cluster));
+        }
+        if let Some(route) = &r.route {
+            attr(out, |o| attr_str(o, "http.route", route));
+            attr(out, |o| attr_str(o, "strait.route", route));
+        }
+    }
+
+    fn client_attributes(&mut self, r: &SpanRecord, out: &mut Vec<u8>) {
+        if let Some(endpoint) = r.endpoint {
+            self.text.clear();
+            write_ip(&mut self.text, endpoint.ip());
+            attr(out, |o| attr_bytes(o, "server.address", &self.text));
+            attr(out, |o| {
+                attr_int(o, "server.port", i64::from(endpoint.port()))
+            });
+            self.text.clear();
+            self.text.extend_from_slice(b"http://");
+            write_socket_addr(&mut self.text, endpoint);
+            self.text.extend_from_slice(r.path.as_bytes());
+            attr(out, |o| attr_bytes(o, "url.full", &self.text));
+        }
+        if r.resends > 0 {
+            attr(out, |o| {
+                attr_int(o, "http.request.resend_count", i64::from(r.resends));
+            });
+        }
+        if let Some(cluster) = &r.cluster {
+            attr(out, |o| attr_str(o, "strait.cluster", cluster));
+        }
+    }
+}
+
+/// One `Span.attributes` entry (field 9): `write` appends the `KeyValue`'s body, whose length
+/// is then known. The body is written after a one-byte length and moved in the rare case it is
+/// longer (a `KeyValue` of 128 bytes or more: a long path or user agent).
+fn attr(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    key(out, 9, LEN);
+    let at = out.len();
+    out.push(0);
+    write(out);
+    let body = out.len() - at - 1;
+    if body < 0x80 {
+        // The placeholder is the length: a one-byte varint.
+        if let Some(b) = out.get_mut(at) {
+            *b = body as u8;
+        }
+    } else {
+        let mut prefix = Vec::with_capacity(10);
+        varint(&mut prefix, body as u64);
+        out.splice(at..=at, prefix);
+    }
+}
+
+/// A `KeyValue` body with a string value.
+fn attr_str(out: &mut Vec<u8>, name: &str, value: &str) {
+    attr_bytes(out, name, value.as_bytes());
+}
+
+/// A `KeyValue` body with a string value given as bytes, which must be UTF-8 (the encoder's
+/// own text: addresses and URLs).
+fn attr_bytes(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    str_field(out, 1, name);
+    // AnyValue { string_value: 1 }
+    key(out, 2, LEN);
+    varint(out, field_len(value.len()) as u64);
+    len_field(out, 1, value);
+}
+
+/// A `KeyValue` body with an integer value.
+fn attr_int(out: &mut Vec<u8>, name: &str, value: i64) {
+    str_field(out, 1, name);
+    // AnyValue { int_value: 3 }
+    let v = value as u64;
+    key(out, 2, LEN);
+    varint(out, (1 + varint_len(v)) as u64);
+    key(out, 3, VARINT);
+    varint(out, v);
+}
+
+/// A `KeyValue` body whose value is an array of one string (HTTP header attributes).
+fn attr_str_array(out: &mut Vec<u8>, name: &str, value: &str) {
+    str_field(out, 1, name);
+    // AnyValue { array_value: 5 { values: 1 [AnyValue { string_value: 1 }] } }
+    let any = field_len(value.len());
+    let array = field_len(any);
+    key(out, 2, LEN);
+    varint(out, field_len(array) as u64);
+    key(out, 5, LEN);
+    varint(out, array as u64);
+    key(out, 1, LEN);
+    varint(out, any as u64);
+    str_field(out, 1, value);
+}
+
+/// Bytes of a length-delimited field (key of a field number under 16) holding `len` bytes.
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
+    varint(out, u64::from(field << 3 | u32::from(wire)));
+}
+
+fn len_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    key(out, field, LEN);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn str_field(out: &mut Vec<u8>, field: u32, s: &str) {
+    len_field(out, field, s.as_bytes());
+}
+
+fn fixed64_field(out: &mut Vec<u8>, field: u32, v: u64) {
+    key(out, field, FIXED64);
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint_len(v: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The method as the conventions name it: one of the known methods, else `_OTHER` and the
+/// original beside it.
+fn semconv_method(method: &http::Method) -> (&'static str, Option<&str>) {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    match KNOWN.iter().find(|k| **k == method.as_str()) {
+        Some(k) => (k, None),
+        None => ("_OTHER", Some(method.as_str())),
+    }
+}
+
+fn protocol_version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        _ => "1.1",
+    }
+}
+
+/// `example.com:8080` → (`example.com`, 8080); `[::1]:80` → (`::1`, 80).
+fn split_host(host: &str) -> (&str, Option<u16>) {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') || name.ends_with(']') => {
+            (name, port.parse().ok())
+        }
+        _ => (host, None),
+    };
+    (name.trim_start_matches('[').trim_end_matches(']'), port)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::telemetry::trace_context::{SpanContext, SpanId, TraceId};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue};
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind as Kind;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
+    use std::borrow::Cow;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn record(kind: SpanKind) -> SpanRecord {
+        SpanRecord {
+            kind,
+            context: SpanContext {
+                trace_id: TraceId([1; 16]),
+                span_id: SpanId([2; 8]),
+                sampled: true,
+                debug: false,
+            },
+            parent: Some(SpanId([3; 8])),
+            parent_remote: true,
+            tracestate: Some(http::HeaderValue::from_static("a=1")),
+            start: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            end: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_128_456_789),
+            method: http::Method::GET,
+            path: "/api/x".to_owned(),
+            version: http::Version::HTTP_2,
+            status: 200,
+            error: None,
+            listener: Some(Arc::from("public")),
+            route: Some(Arc::from("api")),
+            cluster: Some(Arc::from("backend")),
+            host: Some(http::HeaderValue::from_static("api.example.com:8080")),
+            client: Some("10.0.0.9:5000".parse().unwrap()),
+            user_agent: Some(http::HeaderValue::from_static("curl/8")),
+            request_id: Some(http::HeaderValue::from_static("abc")),
+            endpoint: Some("10.1.0.1:9000".parse().unwrap()),
+            resends: 0,
+        }
+    }
+
+    /// Encodes the records as one request and decodes it with the generated types.
+    fn decode(records: &[SpanRecord]) -> ExportTraceServiceRequest {
+        let mut encoder = Encoder::new("edge");
+        for r in records {
+            encoder.push(r);
+        }
+        assert_eq!(encoder.len(), records.len());
+        let mut out = Vec::new();
+        encoder.finish(&mut out);
+        assert_eq!(encoder.len(), 0);
+        ExportTraceServiceRequest::decode(out.as_slice()).unwrap()
+    }
+
+    fn one(r: SpanRecord) -> Span {
+        let mut request = decode(&[r]);
+        request
+            .resource_spans
+            .remove(0)
+            .scope_spans
+            .remove(0)
+            .spans
+            .remove(0)
+    }
+
+    fn attr(span: &Span, key: &str) -> Option<Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone()?.value)
+    }
+
+    fn s(span: &Span, key: &str) -> Option<String> {
+        match attr(span, key)? {
+            Value::StringValue(s) => Some(s),
+            other => panic!("{key}: not a string: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_carry_the_resource_the_scope_and_every_span() {
+        let request = decode(&[record(SpanKind::Server), record(SpanKind::Client)]);
+        assert_eq!(request.resource_spans.len(), 1);
+        let rs = &request.resource_spans[0];
+        let resource = rs.resource.as_ref().unwrap();
+        assert_eq!(resource.attributes.len(), 1);
+        assert_eq!(resource.attributes[0].key, "service.name");
+        assert_eq!(
+            resource.attributes[0].value.clone().unwrap().value,
+            Some(Value::StringValue("edge".to_owned()))
+        );
+        assert_eq!(rs.scope_spans.len(), 1);
+        let scope = rs.scope_spans[0].scope.as_ref().unwrap();
+        assert_eq!(scope.name, "strait");
+        assert_eq!(scope.version, env!("CARGO_PKG_VERSION"));
+        let spans = &rs.scope_spans[0].spans;
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].kind, Kind::Server as i32);
+        assert_eq!(spans[1].kind, Kind::Client as i32);
+        // The encoder starts over after each request.
+        assert_eq!(decode(&[]).resource_spans[0].scope_spans[0].spans.len(), 0);
+    }
+
+    #[test]
+    fn server_spans_carry_the_http_conventions() {
+        let span = one(record(SpanKind::Server));
+        assert_eq!(span.name, "GET api");
+        assert_eq!(span.kind, Kind::Server as i32);
+        assert_eq!(span.trace_id, [1; 16]);
+        assert_eq!(span.span_id, [2; 8]);
+        assert_eq!(span.parent_span_id, [3; 8]);
+        assert_eq!(span.trace_state, "a=1");
+        assert_eq!(span.flags, 0x301, "sampled, with a remote parent");
+        assert_eq!(span.start_time_unix_nano, 1_700_000_000_123_456_789);
+        assert_eq!(span.end_time_unix_nano, 1_700_000_000_128_456_789);
+        assert_eq!(s(&span, "http.request.method").as_deref(), Some("GET"));
+        assert_eq!(s(&span, "url.path").as_deref(), Some("/api/x"));
+        assert_eq!(s(&span, "url.scheme").as_deref(), Some("http"));
+        assert_eq!(
+            s(&span, "server.address").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(attr(&span, "server.port"), Some(Value::IntValue(8080)));
+        assert_eq!(
+            attr(&span, "http.response.status_code"),
+            Some(Value::IntValue(200))
+        );
+        assert_eq!(s(&span, "client.address").as_deref(), Some("10.0.0.9"));
+        assert_eq!(s(&span, "network.protocol.version").as_deref(), Some("2"));
+        assert_eq!(s(&span, "http.route").as_deref(), Some("api"));
+        assert_eq!(s(&span, "strait.route").as_deref(), Some("api"));
+        assert_eq!(s(&span, "strait.listener").as_deref(), Some("public"));
+        assert_eq!(s(&span, "strait.cluster").as_deref(), Some("backend"));
+        assert_eq!(s(&span, "user_agent.original").as_deref(), Some("curl/8"));
+        assert_eq!(
+            attr(&span, "http.request.header.x-request-id"),
+            Some(Value::ArrayValue(ArrayValue {
+                values: vec![AnyValue {
+                    value: Some(Value::StringValue("abc".to_owned()))
+                }]
+            }))
+        );
+        assert_eq!(span.status, None);
+        assert!(attr(&span, "error.type").is_none());
+    }
+
+    #[test]
+    fn a_root_span_has_no_parent_and_a_local_context() {
+        let mut r = record(SpanKind::Server);
+        r.parent = None;
+        r.parent_remote = false;
+        r.tracestate = None;
+        r.route = None;
+        let span = one(r);
+        assert!(span.parent_span_id.is_empty());
+        assert_eq!(span.trace_state, "");
+        assert_eq!(span.flags, 0x101);
+        assert_eq!(span.name, "GET");
+        assert!(attr(&span, "http.route").is_none());
+    }
+
+    #[test]
+    fn failures_set_the_status_and_error_type() {
+        let mut r = record(SpanKind::Server);
+        r.status = 503;
+        r.error = Some(Cow::Borrowed("connect_failed"));
+        let span = one(r);
+        assert_eq!(span.status.as_ref().unwrap().code, StatusCode::Error as i32);
+        assert_eq!(s(&span, "error.type").as_deref(), Some("connect_failed"));
+        // A 4xx is the client's doing: not a server span error, but a client span one.
+        let mut r = record(SpanKind::Server);
+        r.status = 404;
+        assert_eq!(one(r).status, None);
+        let mut r = record(SpanKind::Client);
+        r.status = 404;
+        let span = one(r);
+        assert_eq!(span.status.as_ref().unwrap().code, StatusCode::Error as i32);
+        assert_eq!(s(&span, "error.type").as_deref(), Some("404"));
+        // No answer at all.
+        let mut r = record(SpanKind::Client);
+        r.status = 0;
+        r.error = Some(Cow::Borrowed("timeout"));
+        let span = one(r);
+        assert!(attr(&span, "http.response.status_code").is_none());
+        assert_eq!(s(&span, "error.type").as_deref(), Some("timeout"));
+    }
+
+    #[test]
+    fn client_spans_name_the_endpoint_and_resends() {
+        let mut r = record(SpanKind::Client);
+        r.resends = 2;
+        r.method = http::Method::from_bytes(b"PURGE").unwrap();
+        let span = one(r);
+        assert_eq!(span.name, "HTTP");
+        assert_eq!(span.kind, Kind::Client as i32);
+        assert_eq!(s(&span, "http.request.method").as_deref(), Some("_OTHER"));
+        assert_eq!(
+            s(&span, "http.request.method_original").as_deref(),
+            Some("PURGE")
+        );
+        assert_eq!(s(&span, "server.address").as_deref(), Some("10.1.0.1"));
+        assert_eq!(attr(&span, "server.port"), Some(Value::IntValue(9000)));
+        assert_eq!(
+            attr(&span, "http.request.resend_count"),
+            Some(Value::IntValue(2))
+        );
+        assert_eq!(
+            s(&span, "url.full").as_deref(),
+            Some("http://10.1.0.1:9000/api/x")
+        );
+        assert!(s(&span, "url.path").is_none(), "server attributes only");
+    }
+
+    #[test]
+    fn long_values_and_many_spans_keep_their_lengths() {
+        // Attributes past 127 bytes need a longer length prefix; a batch past 16 KiB too.
+        let mut r = record(SpanKind::Server);
+        r.path = format!("/{}", "p".repeat(300));
+        r.user_agent = Some(http::HeaderValue::from_str(&"u".repeat(20_000)).unwrap());
+        let records: Vec<_> = (0..50)
+            .map(|i| {
+                let mut r = record(SpanKind::Server);
+                r.status = 200 + i;
+                r
+            })
+            .chain([r])
+            .collect();
+        let request = decode(&records);
+        let spans = &request.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 51);
+        assert_eq!(
+            attr(&spans[49], "http.response.status_code"),
+            Some(Value::IntValue(249))
+        );
+        assert_eq!(s(&spans[50], "url.path").unwrap().len(), 301);
+        assert_eq!(s(&spans[50], "user_agent.original").unwrap().len(), 20_000);
+        assert_eq!(s(&spans[50], "strait.route").as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn hosts_split_into_name_and_port() {
+        assert_eq!(split_host("a.example"), ("a.example", None));
+        assert_eq!(split_host("a.example:81"), ("a.example", Some(81)));
+        assert_eq!(split_host("[::1]:80"), ("::1", Some(80)));
+        assert_eq!(split_host("[::1]"), ("::1", None));
+    }
+}
