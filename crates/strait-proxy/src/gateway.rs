@@ -496,6 +496,9 @@ async fn forward_to(
 
     let version = version_label(req.version());
     let (mut parts, body) = req.into_parts();
+    // Only headers named in `connection` can take the request's id with them (a new one is
+    // then made below): otherwise the id logged on arrival is the one the upstream sees.
+    let id_may_change = log.is_some() && parts.headers.contains_key(header::CONNECTION);
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // Each attempt writes its own context; mirrors carry none (shadow traffic is not the trace).
     if let Some(t) = trace {
@@ -521,8 +524,10 @@ async fn forward_to(
         }
     }
     let received = log.as_mut().map(|entry| {
-        // The id generated just now is the one the upstream sees: log that one.
-        entry.request_id = parts.headers.get(&headers::X_REQUEST_ID).cloned();
+        if id_may_change {
+            // An id made just now is the one the upstream sees: log that one.
+            entry.request_id = parts.headers.get(&headers::X_REQUEST_ID).cloned();
+        }
         Arc::clone(&entry.bytes_received)
     });
 

@@ -118,7 +118,8 @@ impl ListenerTracing {
         client: SocketAddr,
         host: Option<&HeaderValue>,
     ) -> RequestTrace {
-        let extracted = trace_context::extract(req.headers(), &self.accept);
+        let present = Formats::present(req.headers());
+        let extracted = trace_context::extract_present(req.headers(), &self.accept, present);
         let started = trace_context::start(extracted, &self.tracer.sampler);
         let server = started.context.sampled.then(|| {
             let headers = req.headers();
@@ -139,6 +140,7 @@ impl ListenerTracing {
             started,
             emit: self.emit,
             owned: self.owned,
+            present,
             server,
         }
     }
@@ -151,6 +153,8 @@ pub struct RequestTrace {
     started: Started,
     emit: Formats,
     owned: Formats,
+    /// The trace headers' formats the request arrived with.
+    present: Formats,
     server: Option<OpenSpan>,
 }
 
@@ -176,7 +180,7 @@ impl RequestTrace {
 
     /// Removes the trace headers the listener reads or writes from a request going upstream.
     pub fn strip(&self, headers: &mut HeaderMap) {
-        trace_context::strip(headers, self.owned);
+        trace_context::strip(headers, self.owned, self.present);
     }
 
     /// Starts the client span of one upstream attempt: writes its context into the attempt's

@@ -135,8 +135,16 @@ impl Extracted {
 /// Reads the formats of `accept`, in order: the first that yields a parent or a sampling
 /// decision is used, and the others are ignored.
 pub fn extract(headers: &HeaderMap, accept: &[AcceptFormat]) -> Extracted {
-    // Most requests carry no context: one pass over the names spares a lookup per header.
-    let present = Formats::present(headers);
+    extract_present(headers, accept, Formats::present(headers))
+}
+
+/// [`extract`], given which formats' headers the request carries ([`Formats::present`]):
+/// most requests carry no context, and one pass over the names spares a lookup per header.
+pub fn extract_present(
+    headers: &HeaderMap,
+    accept: &[AcceptFormat],
+    present: Formats,
+) -> Extracted {
     if present.is_empty() {
         return Extracted::NONE;
     }
@@ -554,8 +562,10 @@ impl Formats {
 }
 
 /// Removes the headers of `families` from a request.
-pub fn strip(headers: &mut HeaderMap, families: Formats) {
-    let families = Formats(families.0 & Formats::present(headers).0);
+/// `present`: the formats whose headers the message carries ([`Formats::present`], found when
+/// its context was extracted).
+pub fn strip(headers: &mut HeaderMap, families: Formats, present: Formats) {
+    let families = Formats(families.0 & present.0);
     if families.has(Formats::W3C) {
         headers.remove(&TRACEPARENT);
         headers.remove(&TRACESTATE);
@@ -599,15 +609,12 @@ pub fn inject(
     if emit.has(Formats::B3_SINGLE) || emit.has(Formats::B3_MULTI) {
         inject_b3(headers, emit, context);
     }
-    // Written after the rest, and only with W3C, so a stale `tracestate` never survives alone.
+    // Written after the rest, and only with W3C. Without one there is nothing to remove: the
+    // request's own `tracestate` went with [`strip`], and an attempt before this one wrote
+    // none.
     if emit.has(Formats::W3C) {
-        match tracestate {
-            Some(state) => {
-                headers.insert(TRACESTATE.clone(), state.clone());
-            }
-            None => {
-                headers.remove(&TRACESTATE);
-            }
+        if let Some(state) = tracestate {
+            headers.insert(TRACESTATE.clone(), state.clone());
         }
     }
 }

@@ -499,20 +499,26 @@ fn owned_families_are_stripped_and_others_kept() {
         ("x-other", "x"),
     ];
     let mut h = headers(&all);
+    let present = Formats::present(&h);
     strip(
         &mut h,
         Formats::owned(&[AcceptFormat::W3c], &[EmitFormat::W3c]),
+        present,
     );
     assert!(!h.contains_key("traceparent") && !h.contains_key("tracestate"));
     assert!(h.contains_key("b3") && h.contains_key("x-b3-traceid"));
 
     let mut h = headers(&all);
-    strip(&mut h, Formats::owned(&[], &[EmitFormat::B3Single]));
+    strip(
+        &mut h,
+        Formats::owned(&[], &[EmitFormat::B3Single]),
+        present,
+    );
     assert!(h.contains_key("traceparent"));
     assert!(!h.contains_key("b3") && !h.contains_key("x-b3-flags"));
 
     let mut h = headers(&all);
-    strip(&mut h, Formats::owned(&BOTH, &[]));
+    strip(&mut h, Formats::owned(&BOTH, &[]), present);
     assert_eq!(h.len(), 1);
     assert!(Formats::owned(&[], &[]).is_empty());
 }
@@ -524,9 +530,11 @@ fn replacing_a_context_leaves_no_stale_header() {
         ("tracestate", "old=1"),
         ("x-b3-flags", "1"),
     ]);
+    let present = Formats::present(&h);
     strip(
         &mut h,
         Formats::owned(&BOTH, &[EmitFormat::W3c, EmitFormat::B3Multi]),
+        present,
     );
     let emit = Formats::emitted(&[EmitFormat::W3c, EmitFormat::B3Multi]);
     inject(&mut h, emit, &context(true, false), None);
