@@ -51,12 +51,12 @@ pub enum ExportError {
     /// The exporter thread could not be created.
     #[error("cannot start the span exporter thread: {0}")]
     Thread(std::io::Error),
-    /// opentelemetry-otlp refused the settings.
+    /// The collector URL cannot be used.
     #[error("cannot build the OTLP exporter for {endpoint}: {message}")]
     Build {
         /// The collector URL.
         endpoint: String,
-        /// What the exporter said.
+        /// What is wrong with it.
         message: String,
     },
 }

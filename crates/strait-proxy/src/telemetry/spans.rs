@@ -5,8 +5,8 @@
 //! A span here is Strait's own small record ([`SpanRecord`]) of what the request path already
 //! knows (method, route, status, endpoint), not an OpenTelemetry SDK span: the SDK's spans
 //! take a lock per attribute and build key-value vectors as they go, which a proxy does not need
-//! on a worker thread. The exporter thread turns records into the SDK's `SpanData` and sends
-//! them (see `otlp.rs`).
+//! on a worker thread. The exporter thread encodes records as OTLP protobuf and sends them
+//! (see `otlp.rs`).
 //!
 //! Cost: every request of a traced listener parses its trace headers and writes the emitted
 //! ones; only sampled requests allocate a record (one per span) and take the clock.
