@@ -8,7 +8,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
 use strait_config::{AcceptFormat, EmitFormat};
 use strait_proxy::telemetry::trace_context::{
-    extract, inject, start, strip, Formats, Sampler, SpanContext, SpanId,
+    extract_present, inject, start, strip, Formats, Sampler, SpanContext, SpanId,
 };
 
 const ACCEPT: [AcceptFormat; 2] = [AcceptFormat::W3c, AcceptFormat::B3];
@@ -32,9 +32,10 @@ fn request(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
 /// What a traced listener does per request: extract, decide, and for one attempt strip and
 /// inject.
 fn per_request(headers: &HeaderMap, emit: &[EmitFormat], sampler: &Sampler) -> HeaderMap {
-    let started = start(extract(headers, &ACCEPT), sampler);
+    let present = Formats::present(headers);
+    let started = start(extract_present(headers, &ACCEPT, present), sampler);
     let mut upstream = headers.clone();
-    strip(&mut upstream, Formats::owned(&ACCEPT, emit));
+    strip(&mut upstream, Formats::owned(&ACCEPT, emit), present);
     let attempt = SpanContext {
         span_id: SpanId::random(),
         ..started.context
