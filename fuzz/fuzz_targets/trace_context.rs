@@ -64,7 +64,8 @@ fuzz_target!(|data: &[u8]| {
     assert_ne!(started.context.span_id, SpanId([0; 8]));
 
     let emit = [EmitFormat::W3c, EmitFormat::B3Single, EmitFormat::B3Multi];
-    strip(&mut headers, Formats::owned(accept, &emit));
+    let present = Formats::present(&headers);
+    strip(&mut headers, Formats::owned(accept, &emit), present);
     inject(
         &mut headers,
         Formats::emitted(&emit),
