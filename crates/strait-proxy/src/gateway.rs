@@ -365,11 +365,11 @@ fn answered(
     mut response: Response<ResponseBody>,
     started: Instant,
 ) -> Response<ResponseBody> {
-    count_answer(stats, &mut response, started);
+    let grpc_in_head = count_answer(stats, &mut response, started);
     if let Some(span) = trace.and_then(RequestTrace::into_server_span) {
         end_with_response(span, &mut response);
     }
-    finish_log(listener, log, response)
+    finish_log(listener, log, grpc_in_head, response)
 }
 
 /// Records a span's answer; the span ends with the response body.
@@ -384,20 +384,20 @@ fn end_with_response(mut span: OpenSpan, response: &mut Response<ResponseBody>) 
 }
 
 /// Completes a request's access log entry with its answer: now for an answer the proxy made,
-/// or when the body ends for one that streams from upstream.
+/// or when the body ends for one that streams from upstream. `grpc_in_head`: the answer's
+/// `grpc-status` as [`count_answer`] found it in the head.
 fn finish_log(
     listener: &ListenerPlan,
     entry: Option<Box<LogEntry>>,
+    grpc_in_head: Option<u16>,
     mut response: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
     let (Some(logger), Some(mut entry)) = (&listener.access_log, entry) else {
         return response;
     };
     entry.status = response.status().as_u16();
+    entry.grpc_status = grpc_in_head;
     let headers = response.headers();
-    if is_grpc_answer(headers) {
-        entry.grpc_status = grpc_status_in(headers);
-    }
     if let ResponseBody::Full(_) = response.body() {
         // The proxy's own answers name their cause; an upstream's answer is not ours to flag
         // (and looking for the header on every answer cost a hashed lookup).
@@ -498,8 +498,7 @@ async fn forward_to(
     let (mut parts, body) = req.into_parts();
     // Only headers named in `connection` can take the request's id with them (a new one is
     // then made below): otherwise the id logged on arrival is the one the upstream sees.
-    let id_may_change = log.is_some() && parts.headers.contains_key(header::CONNECTION);
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let id_may_change = headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // Each attempt writes its own context; mirrors carry none (shadow traffic is not the trace).
     if let Some(t) = trace {
         t.strip(&mut parts.headers);
@@ -995,8 +994,13 @@ fn grpc_status_in(map: &http::HeaderMap) -> Option<u16> {
 }
 
 /// Counts an answer: its time to head now; its status now, or for a gRPC answer whose
-/// grpc-status comes in trailers, when the body brings them.
-fn count_answer(stats: &Arc<RouteStats>, response: &mut Response<ResponseBody>, started: Instant) {
+/// grpc-status comes in trailers, when the body brings them. Returns the `grpc-status` of a
+/// gRPC answer's head (a trailers-only answer), for the access log.
+fn count_answer(
+    stats: &Arc<RouteStats>,
+    response: &mut Response<ResponseBody>,
+    started: Instant,
+) -> Option<u16> {
     let status = response.status().as_u16();
     stats.observe(status, started.elapsed());
     let grpc = is_grpc_answer(response.headers());
@@ -1008,6 +1012,7 @@ fn count_answer(stats: &Arc<RouteStats>, response: &mut Response<ResponseBody>, 
         }
         _ => stats.count(status, grpc_in_head),
     }
+    grpc_in_head
 }
 
 /// Why sending upstream failed.

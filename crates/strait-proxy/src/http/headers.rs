@@ -26,16 +26,18 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers. `te: trailers` survives (gRPC needs it end to end); for an
 /// upgrade, `upgrade` survives and `connection: upgrade` is written back. `trailer` is not
 /// hop-by-hop in RFC 9110 (it was in RFC 2616) and must survive: an HTTP/1 hop sends only the
-/// trailer fields it declares.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+/// trailer fields it declares. True when it removed headers that `connection` named (beyond
+/// `keep-alive` and `close`).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     // One pass over the names says which are there: most messages carry none or only
     // `connection`, and a removal is a hashed lookup each.
     let present = headers
         .keys()
         .fold(0u8, |acc, name| acc | hop_by_hop_bit(name));
     if present == 0 && !keep_upgrade {
-        return;
+        return false;
     }
+    let mut removed_named = false;
     // Headers named in `connection` are hop-by-hop too (RFC 9110 §7.6.1).
     // Most `connection` headers say only `keep-alive` or `close`: nothing more to remove.
     let only_standard = || {
@@ -58,7 +60,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .collect();
         for name in named {
             if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(&name);
+                removed_named |= headers.remove(&name).is_some();
             }
         }
         headers.remove(header::CONNECTION);
@@ -86,6 +88,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else if present & HOP_UPGRADE != 0 {
         headers.remove(header::UPGRADE);
     }
+    removed_named
 }
 
 const HOP_CONNECTION: u8 = 1;
@@ -386,9 +389,12 @@ mod tests {
             ("upgrade", "websocket"),
             ("x-kept", "yes"),
         ]);
-        strip_hop_by_hop(&mut h, false);
+        assert!(strip_hop_by_hop(&mut h, false), "x-secret was named");
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+        let mut h = map(&[("connection", "keep-alive"), ("x-request-id", "a")]);
+        assert!(!strip_hop_by_hop(&mut h, false), "nothing named");
+        assert!(h.contains_key("x-request-id"));
     }
 
     #[test]

@@ -503,7 +503,7 @@ fn first_to_escape(bytes: &[u8]) -> Option<usize> {
         let control = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
         control | zero(v ^ (ONES * u64::from(b'"'))) | zero(v ^ (ONES * u64::from(b'\\'))) != 0
     };
-    let needs = |b: &u8| *b < 0x20 || *b == b'"' || *b == b'\\';
+    let needs = |b: &u8| needs_escape(*b);
     let mut at = 0;
     for chunk in bytes.chunks_exact(8) {
         if flagged(chunk) {
@@ -521,6 +521,11 @@ fn first_to_escape(bytes: &[u8]) -> Option<usize> {
     }
 }
 
+/// A byte JSON strings must escape: a control character, `"` or `\`.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
 /// A JSON string whose byte `first` is the first to escape.
 fn json_escaped(out: &mut Vec<u8>, bytes: &[u8], first: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -528,7 +533,7 @@ fn json_escaped(out: &mut Vec<u8>, bytes: &[u8], first: usize) {
     out.push(b'"');
     let mut clean = 0;
     for (i, &b) in bytes.iter().enumerate().skip(first) {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
+        if !needs_escape(b) {
             continue;
         }
         out.extend_from_slice(&bytes[clean..i]);
@@ -822,7 +827,7 @@ mod tests {
 
     #[test]
     fn the_eight_byte_scan_finds_the_first_byte_to_escape() {
-        let scalar = |b: &[u8]| b.iter().position(|&c| c < 0x20 || c == b'"' || c == b'\\');
+        let scalar = |b: &[u8]| b.iter().position(|&c| needs_escape(c));
         // Every special byte at every position of strings up to 24 bytes, over plain ASCII,
         // high bytes, and bytes just above the control range (where a borrow could hide one).
         for fill in [b'a', 0xc3, 0x20, 0x21, 0x7f, 0xff] {

@@ -36,6 +36,8 @@ const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
+/// `Span.attributes`.
+const SPAN_ATTRIBUTES: u32 = 9;
 /// `Span.kind` values.
 const KIND_SERVER: u64 = 2;
 const KIND_CLIENT: u64 = 3;
@@ -66,10 +68,13 @@ pub(crate) struct Encoder {
 impl Encoder {
     pub(crate) fn new(service_name: &str) -> Encoder {
         // ResourceSpans.resource = Resource { attributes: [service.name] }.
-        let mut service = Vec::new();
-        attr_str(&mut service, "service.name", service_name);
         let mut resource_body = Vec::new();
-        len_field(&mut resource_body, 1, &service);
+        key_value(
+            &mut resource_body,
+            1,
+            "service.name",
+            service_name.as_bytes(),
+        );
         let mut resource = Vec::new();
         len_field(&mut resource, 1, &resource_body);
         let mut scope_body = Vec::new();
@@ -158,20 +163,14 @@ impl Encoder {
         fixed64_field(out, 7, unix_nanos(r.start));
         fixed64_field(out, 8, unix_nanos(r.end));
 
-        attr(out, |o| attr_str(o, "http.request.method", method));
+        attr_str(out, "http.request.method", method);
         if let Some(original) = original {
-            attr(out, |o| {
-                attr_str(o, "http.request.method_original", original)
-            });
+            attr_str(out, "http.request.method_original", original);
         }
         if r.status != 0 {
-            attr(out, |o| {
-                attr_int(o, "http.response.status_code", i64::from(r.status));
-            });
+            attr_int(out, "http.response.status_code", i64::from(r.status));
         }
-        attr(out, |o| {
-            attr_str(o, "network.protocol.version", protocol_version(r.version));
-        });
+        attr_str(out, "network.protocol.version", protocol_version(r.version));
         match r.kind {
             SpanKind::Server => self.server_attributes(r, out),
             SpanKind::Client => self.client_attributes(r, out),
@@ -184,11 +183,11 @@ impl Encoder {
         // doing.
         if failed {
             match &r.error {
-                Some(e) => attr(out, |o| attr_str(o, "error.type", e)),
+                Some(e) => attr_str(out, "error.type", e),
                 None => {
                     let mut digits = itoa::Buffer::new();
                     let status = digits.format(r.status);
-                    attr(out, |o| attr_str(o, "error.type", status));
+                    attr_str(out, "error.type", status);
                 }
             }
             // Status { code: ERROR }: 2 bytes.
@@ -209,37 +208,35 @@ impl Encoder {
         fn text(v: &Option<http::HeaderValue>) -> Option<&str> {
             v.as_ref().and_then(|v| v.to_str().ok())
         }
-        attr(out, |o| attr_str(o, "url.path", &r.path));
-        attr(out, |o| attr_str(o, "url.scheme", "http"));
+        attr_str(out, "url.path", &r.path);
+        attr_str(out, "url.scheme", "http");
         if let Some(host) = text(&r.host) {
             let (name, port) = split_host(host);
             if let Some(port) = port {
-                attr(out, |o| attr_int(o, "server.port", i64::from(port)));
+                attr_int(out, "server.port", i64::from(port));
             }
-            attr(out, |o| attr_str(o, "server.address", name));
+            attr_str(out, "server.address", name);
         }
         if let Some(client) = r.client {
             self.text.clear();
             write_ip(&mut self.text, client.ip());
-            attr(out, |o| attr_bytes(o, "client.address", &self.text));
+            attr_bytes(out, "client.address", &self.text);
         }
         if let Some(agent) = text(&r.user_agent) {
-            attr(out, |o| attr_str(o, "user_agent.original", agent));
+            attr_str(out, "user_agent.original", agent);
         }
         if let Some(id) = text(&r.request_id) {
-            attr(out, |o| {
-                attr_str_array(o, "http.request.header.x-request-id", id);
-            });
+            attr_str_array(out, "http.request.header.x-request-id", id);
         }
         if let Some(listener) = &r.listener {
-            attr(out, |o| attr_str(o, "strait.listener", listener));
+            attr_str(out, "strait.listener", listener);
         }
         if let Some(cluster) = &r.cluster {
-            attr(out, |o| attr_str(o, "strait.cluster", cluster));
+            attr_str(out, "strait.cluster", cluster);
         }
         if let Some(route) = &r.route {
-            attr(out, |o| attr_str(o, "http.route", route));
-            attr(out, |o| attr_str(o, "strait.route", route));
+            attr_str(out, "http.route", route);
+            attr_str(out, "strait.route", route);
         }
     }
 
@@ -247,87 +244,70 @@ impl Encoder {
         if let Some(endpoint) = r.endpoint {
             self.text.clear();
             write_ip(&mut self.text, endpoint.ip());
-            attr(out, |o| attr_bytes(o, "server.address", &self.text));
-            attr(out, |o| {
-                attr_int(o, "server.port", i64::from(endpoint.port()))
-            });
+            attr_bytes(out, "server.address", &self.text);
+            attr_int(out, "server.port", i64::from(endpoint.port()));
             self.text.clear();
             self.text.extend_from_slice(b"http://");
             write_socket_addr(&mut self.text, endpoint);
             self.text.extend_from_slice(r.path.as_bytes());
-            attr(out, |o| attr_bytes(o, "url.full", &self.text));
+            attr_bytes(out, "url.full", &self.text);
         }
         if r.resends > 0 {
-            attr(out, |o| {
-                attr_int(o, "http.request.resend_count", i64::from(r.resends));
-            });
+            attr_int(out, "http.request.resend_count", i64::from(r.resends));
         }
         if let Some(cluster) = &r.cluster {
-            attr(out, |o| attr_str(o, "strait.cluster", cluster));
+            attr_str(out, "strait.cluster", cluster);
         }
     }
 }
 
-/// One `Span.attributes` entry (field 9): `write` appends the `KeyValue`'s body, whose length
-/// is then known. The body is written after a one-byte length and moved in the rare case it is
-/// longer (a `KeyValue` of 128 bytes or more: a long path or user agent).
-fn attr(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
-    key(out, 9, LEN);
-    let at = out.len();
-    out.push(0);
-    write(out);
-    let body = out.len() - at - 1;
-    if body < 0x80 {
-        // The placeholder is the length: a one-byte varint.
-        if let Some(b) = out.get_mut(at) {
-            *b = body as u8;
-        }
-    } else {
-        let mut prefix = Vec::with_capacity(10);
-        varint(&mut prefix, body as u64);
-        out.splice(at..=at, prefix);
-    }
-}
-
-/// A `KeyValue` body with a string value.
+/// A span attribute (`Span.attributes`) with a string value.
 fn attr_str(out: &mut Vec<u8>, name: &str, value: &str) {
     attr_bytes(out, name, value.as_bytes());
 }
 
-/// A `KeyValue` body with a string value given as bytes, which must be UTF-8 (the encoder's
+/// A span attribute with a string value given as bytes, which must be UTF-8 (the encoder's
 /// own text: addresses and URLs).
 fn attr_bytes(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    str_field(out, 1, name);
-    // AnyValue { string_value: 1 }
-    key(out, 2, LEN);
-    varint(out, field_len(value.len()) as u64);
+    key_value(out, SPAN_ATTRIBUTES, name, value);
+}
+
+/// A `KeyValue` with a string value, as field `field` of its message: `AnyValue {
+/// string_value: 1 }`.
+fn key_value(out: &mut Vec<u8>, field: u32, name: &str, value: &[u8]) {
+    key_value_head(out, field, name, field_len(value.len()));
     len_field(out, 1, value);
 }
 
-/// A `KeyValue` body with an integer value.
+/// A span attribute with an integer value: `AnyValue { int_value: 3 }`.
 fn attr_int(out: &mut Vec<u8>, name: &str, value: i64) {
-    str_field(out, 1, name);
-    // AnyValue { int_value: 3 }
     let v = value as u64;
-    key(out, 2, LEN);
-    varint(out, (1 + varint_len(v)) as u64);
+    key_value_head(out, SPAN_ATTRIBUTES, name, 1 + varint_len(v));
     key(out, 3, VARINT);
     varint(out, v);
 }
 
-/// A `KeyValue` body whose value is an array of one string (HTTP header attributes).
+/// A span attribute whose value is an array of one string (HTTP header attributes):
+/// `AnyValue { array_value: 5 { values: 1 [AnyValue { string_value: 1 }] } }`.
 fn attr_str_array(out: &mut Vec<u8>, name: &str, value: &str) {
-    str_field(out, 1, name);
-    // AnyValue { array_value: 5 { values: 1 [AnyValue { string_value: 1 }] } }
     let any = field_len(value.len());
     let array = field_len(any);
-    key(out, 2, LEN);
-    varint(out, field_len(array) as u64);
+    key_value_head(out, SPAN_ATTRIBUTES, name, field_len(array));
     key(out, 5, LEN);
     varint(out, array as u64);
     key(out, 1, LEN);
     varint(out, any as u64);
     str_field(out, 1, value);
+}
+
+/// A `KeyValue`'s field, up to its `AnyValue`'s content (`any` bytes, written next): every
+/// length is known before the value is written, so nothing is written twice.
+fn key_value_head(out: &mut Vec<u8>, field: u32, name: &str, any: usize) {
+    key(out, field, LEN);
+    varint(out, (field_len(name.len()) + field_len(any)) as u64);
+    str_field(out, 1, name);
+    key(out, 2, LEN);
+    varint(out, any as u64);
 }
 
 /// Bytes of a length-delimited field (key of a field number under 16) holding `len` bytes.
