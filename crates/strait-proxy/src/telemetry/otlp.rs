@@ -1,32 +1,34 @@
-//! OTLP export, off the worker threads: one exporter thread per tracing config, with its own
-//! current-thread runtime, takes finished [`SpanRecord`]s from a bounded queue, batches them,
-//! encodes each batch as an OTLP `ExportTraceServiceRequest` ([`proto`]) and sends it over
-//! OTLP/gRPC or OTLP/HTTP with protobuf bodies ([`transport`]).
+//! OTLP export, off the worker threads: workers encode each finished span as OTLP protobuf
+//! ([`proto`]) into a bounded queue of batches; one exporter thread per tracing config, with
+//! its own current-thread runtime, wraps each batch in an `ExportTraceServiceRequest` and
+//! sends it over OTLP/gRPC or OTLP/HTTP with protobuf bodies ([`transport`]).
 //!
 //! ```text
-//! worker: span ends ─► try_send (queue full: dropped, counted) ─► [queue] ─► exporter thread:
-//!   every batch_delay, or when a batch is full ─► SpanRecord → protobuf bytes ─► send within
+//! worker: span ends ─► SpanRecord → protobuf bytes ─► [queue of batches] (full: dropped,
+//!   counted) ─► exporter thread: every batch_delay, or when a batch is full ─► send within
 //!   export_timeout ─► exported, or dropped and counted (collector down, slow, refusing)
 //! ```
 //!
 //! Why this shape: workers keep their own small records (`spans.rs`) rather than an SDK's spans,
-//! which take locks and build attribute vectors on the hot path; and the records are encoded
-//! here in one pass rather than through opentelemetry-otlp, whose conversions cost more than
-//! the whole observability budget (see `proto.rs`). Workers never wait for the collector: the
-//! queue is bounded, sending is `try_send`, and a dead collector costs a failed export here and
-//! a counter.
+//! which take locks and build attribute vectors on the hot path; the records are encoded in one
+//! pass rather than through opentelemetry-otlp, whose conversions cost more than the whole
+//! observability budget (see `proto.rs`); and they are encoded where they end, because handing
+//! records to the exporter (a box moved, then freed on another thread) cost more than encoding
+//! them. Workers never wait for the collector: the queue is bounded, a worker holds its lock
+//! only to append a span's bytes, and a dead collector costs a failed export here and a
+//! counter.
 
-mod proto;
+pub(crate) mod proto;
 mod transport;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use strait_config::Tracing;
 
-use super::spans::{Feed, SpanRecord, SpanSink, TracingCounters};
+use super::spans::{Feed, SpanSink, TracingCounters};
 
 /// The exporters started so far, and the current config's, reused while its export settings
 /// do not change (a reload that changes only `sample_percent` keeps the exporter).
@@ -115,18 +117,11 @@ fn start(
     config: &Tracing,
     counters: Arc<TracingCounters>,
 ) -> Result<(Arc<SpanSink>, Running), ExportError> {
-    let (tx, rx) = mpsc::sync_channel(config.max_queue_spans);
-    let feed = Arc::new(Feed {
-        queued: AtomicUsize::new(0),
-        batch: config.max_batch_spans,
-        wake: tokio::sync::Notify::new(),
-        closing: AtomicBool::new(false),
-    });
+    let feed = Arc::new(Feed::new(config.max_batch_spans, config.max_queue_spans));
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     let thread = ExporterThread {
         config: config.clone(),
-        rx,
         feed: Arc::clone(&feed),
         counters: Arc::clone(&counters),
     };
@@ -148,7 +143,6 @@ fn start(
         }
     }
     let sink = Arc::new(SpanSink {
-        tx,
         feed: Arc::clone(&feed),
         counters,
     });
@@ -161,7 +155,6 @@ fn start(
 
 struct ExporterThread {
     config: Tracing,
-    rx: Receiver<Box<SpanRecord>>,
     feed: Arc<Feed>,
     counters: Arc<TracingCounters>,
 }
@@ -196,35 +189,35 @@ impl ExporterThread {
 
     async fn export_loop(self, mut transport: transport::Transport) {
         let delay = self.config.batch_delay.get();
-        let max_batch = self.config.max_batch_spans;
-        let mut encoder = proto::Encoder::new(&self.config.service_name);
-        let mut pending: Vec<SpanRecord> = Vec::with_capacity(max_batch);
-        let mut oldest: Option<tokio::time::Instant> = None;
+        let encoder = proto::Encoder::new(&self.config.service_name);
+        let mut batches = Vec::new();
+        let mut message = Vec::new();
+        let mut oldest = None;
         let mut healthy = true;
         loop {
-            let wait = oldest.map_or(delay, |t| delay.saturating_sub(t.elapsed()));
+            let wait = oldest.map_or(delay, |t: Instant| delay.saturating_sub(t.elapsed()));
             tokio::select! {
                 _ = self.feed.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
-            let closed = self.take(&mut pending, &mut oldest);
-            let closing = closed || self.feed.closing.load(Relaxed);
-            let due = oldest.is_some_and(|t| t.elapsed() >= delay);
-            while pending.len() >= max_batch || (!pending.is_empty() && (due || closing)) {
-                let n = pending.len().min(max_batch);
-                for span in pending.drain(..n) {
-                    encoder.push(&span);
+            let closing = self.feed.closing.load(Relaxed);
+            {
+                let mut queue = self.feed.lock();
+                // The batch being filled goes once its first span has waited `batch_delay`.
+                if closing || queue.oldest.is_some_and(|t| t.elapsed() >= delay) {
+                    queue.seal();
                 }
-                let ok = self.export(&mut transport, &mut encoder).await;
+                queue.take_full(&mut batches);
+                oldest = queue.oldest;
+            }
+            for (spans, n) in batches.drain(..) {
+                encoder.finish(&spans, &mut message);
+                let ok = self.export(&mut transport, &mut message, n).await;
                 if ok != healthy {
                     healthy = ok;
                     log_health(ok, &self.config);
                 }
-                // Spans that queued while exporting count from now.
-                self.take(&mut pending, &mut oldest);
-            }
-            if pending.is_empty() {
-                oldest = None;
+                self.feed.lock().give_back(spans);
             }
             if closing {
                 return;
@@ -232,37 +225,18 @@ impl ExporterThread {
         }
     }
 
-    /// Moves queued spans into `pending`; true when no span can arrive any more.
-    fn take(
-        &self,
-        pending: &mut Vec<SpanRecord>,
-        oldest: &mut Option<tokio::time::Instant>,
-    ) -> bool {
-        loop {
-            match self.rx.try_recv() {
-                Ok(span) => {
-                    self.feed.queued.fetch_sub(1, Relaxed);
-                    oldest.get_or_insert_with(tokio::time::Instant::now);
-                    pending.push(*span);
-                }
-                Err(TryRecvError::Empty) => return false,
-                Err(TryRecvError::Disconnected) => return true,
-            }
-        }
-    }
-
-    /// Sends the spans in `encoder` as one request within `export_timeout`; true when the
-    /// collector took them.
+    /// Sends `message`, an export request of `n` spans, within `export_timeout`; true when
+    /// the collector took them.
     async fn export(
         &self,
         transport: &mut transport::Transport,
-        encoder: &mut proto::Encoder,
+        message: &mut Vec<u8>,
+        n: usize,
     ) -> bool {
-        let n = encoder.len() as u64;
-        let mut message = Vec::new();
-        encoder.finish(&mut message);
+        let n = n as u64;
         let limit = self.config.export_timeout.get();
-        match tokio::time::timeout(limit, transport.send(message.into())).await {
+        let body = std::mem::take(message);
+        match tokio::time::timeout(limit, transport.send(body.into())).await {
             Ok(Ok(())) => {
                 self.counters.exported.fetch_add(n, Relaxed);
                 true
@@ -329,7 +303,7 @@ mod tests {
         assert_eq!(running.len(), 2);
         assert!(running
             .iter()
-            .all(|r| matches!(r.done.try_recv(), Err(TryRecvError::Disconnected))));
+            .all(|r| matches!(r.done.try_recv(), Err(mpsc::TryRecvError::Disconnected))));
         drop((first, same, other));
     }
 }

@@ -5,22 +5,25 @@
 //! A span here is Strait's own small record ([`SpanRecord`]) of what the request path already
 //! knows (method, route, status, endpoint), not an OpenTelemetry SDK span: the SDK's spans
 //! take a lock per attribute and build key-value vectors as they go, which a proxy does not need
-//! on a worker thread. The exporter thread encodes records as OTLP protobuf and sends them
-//! (see `otlp.rs`).
+//! on a worker thread. The exporter thread wraps encoded spans in export requests and sends
+//! them (see `otlp.rs`).
 //!
 //! Cost: every request of a traced listener parses its trace headers and writes the emitted
-//! ones; only sampled requests allocate a record (one per span) and take the clock.
+//! ones; only sampled requests fill a record (one per span, reused from a per-thread pool) and
+//! take the clock. A span is encoded as OTLP protobuf by the worker that ends it, and only its
+//! bytes go to the exporter thread.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Version};
 use strait_config::{AcceptFormat, TraceContext};
 
+use super::otlp::proto;
 use super::trace_context::{self, Formats, Sampler, SpanContext, SpanId, Started, TraceId};
 
 /// Counters of the span pipeline, shared by every exporter a config ever started.
@@ -36,39 +39,133 @@ pub struct TracingCounters {
     pub export_failures: AtomicU64,
 }
 
-/// What the sink and the exporter thread share.
+/// The spans waiting for the exporter, already encoded: what the sink and the exporter thread
+/// share.
 #[derive(Debug)]
 pub(crate) struct Feed {
-    /// Spans sent and not yet taken by the exporter.
-    pub queued: AtomicUsize,
-    /// Spans that fill a batch: the exporter is woken when `queued` reaches it, so workers
-    /// wake it once per batch rather than once per span.
+    /// Spans that fill a batch (one export request).
     pub batch: usize,
+    /// Most spans waiting; past it spans are dropped and counted.
+    pub limit: usize,
     /// Wakes the exporter early: a full batch, or closing.
     pub wake: tokio::sync::Notify,
     /// No span will be sent any more: export what is queued and stop.
     pub closing: AtomicBool,
+    queue: Mutex<Queue>,
 }
 
-/// Where finished spans go: the queue of one exporter thread. Sending never blocks.
+/// Encoded spans: batches ready to send, and the one being filled.
+#[derive(Debug, Default)]
+pub(crate) struct Queue {
+    /// The batch being filled: `ScopeSpans.spans` fields.
+    open: Vec<u8>,
+    open_spans: usize,
+    /// When the first span of the open batch arrived.
+    pub oldest: Option<Instant>,
+    /// Full batches, and their span counts.
+    full: Vec<(Vec<u8>, usize)>,
+    /// Spans in `open` and `full`.
+    spans: usize,
+    /// Emptied batch buffers, reused.
+    spare: Vec<Vec<u8>>,
+}
+
+/// Emptied batch buffers kept for reuse, and the most each keeps of its capacity.
+const SPARE_BATCHES: usize = 4;
+const SPARE_BATCH_BYTES: usize = 1 << 20;
+
+impl Feed {
+    pub(crate) fn new(batch: usize, limit: usize) -> Feed {
+        Feed {
+            batch,
+            limit,
+            wake: tokio::sync::Notify::new(),
+            closing: AtomicBool::new(false),
+            queue: Mutex::new(Queue::default()),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds the span encoded in `scratch`; false when the queue is full and it was dropped.
+    fn push(&self, scratch: &proto::Scratch) -> bool {
+        let mut queue = self.lock();
+        if queue.spans >= self.limit {
+            return false;
+        }
+        if queue.open_spans == 0 {
+            queue.oldest = Some(Instant::now());
+        }
+        proto::append_span(&mut queue.open, scratch);
+        queue.open_spans += 1;
+        queue.spans += 1;
+        let full = queue.open_spans >= self.batch;
+        if full {
+            queue.seal();
+        }
+        drop(queue);
+        if full {
+            self.wake.notify_one();
+        }
+        true
+    }
+}
+
+impl Queue {
+    /// Ends the open batch, ready to send.
+    pub(crate) fn seal(&mut self) {
+        if self.open_spans == 0 {
+            return;
+        }
+        let next = self.spare.pop().unwrap_or_default();
+        let batch = std::mem::replace(&mut self.open, next);
+        self.full.push((batch, self.open_spans));
+        self.open_spans = 0;
+        self.oldest = None;
+    }
+
+    /// Takes the full batches (oldest first) into `out`.
+    pub(crate) fn take_full(&mut self, out: &mut Vec<(Vec<u8>, usize)>) {
+        self.spans -= self.full.iter().map(|(_, n)| n).sum::<usize>();
+        out.append(&mut self.full);
+    }
+
+    /// Gives back a sent batch's buffer.
+    pub(crate) fn give_back(&mut self, mut batch: Vec<u8>) {
+        if self.spare.len() < SPARE_BATCHES {
+            batch.clear();
+            batch.shrink_to(SPARE_BATCH_BYTES);
+            self.spare.push(batch);
+        }
+    }
+}
+
+/// Where finished spans go: encoded on the worker that ends them, into the exporter's queue.
+/// Sending never blocks on the collector.
 #[derive(Debug)]
 pub struct SpanSink {
-    pub(crate) tx: SyncSender<Box<SpanRecord>>,
     pub(crate) feed: Arc<Feed>,
     pub(crate) counters: Arc<TracingCounters>,
 }
 
+thread_local! {
+    /// A worker's buffers for encoding spans.
+    static SCRATCH: RefCell<proto::Scratch> = RefCell::new(proto::Scratch::default());
+}
+
 impl SpanSink {
-    fn send(&self, span: Box<SpanRecord>) {
-        match self.tx.try_send(span) {
-            Ok(()) => {
-                if self.feed.queued.fetch_add(1, Relaxed) + 1 == self.feed.batch {
-                    self.feed.wake.notify_one();
-                }
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counters.dropped_queue_full.fetch_add(1, Relaxed);
-            }
+    /// Encodes a finished span here, on the worker, and queues its bytes: handing the record
+    /// itself to the exporter thread cost more (a box freed on another thread, and moves)
+    /// than the encoding.
+    fn send(&self, span: &SpanRecord) {
+        let queued = SCRATCH.with_borrow_mut(|scratch| {
+            proto::encode_span(span, scratch);
+            self.feed.push(scratch)
+        });
+        if !queued {
+            self.counters.dropped_queue_full.fetch_add(1, Relaxed);
         }
     }
 }
@@ -127,7 +224,7 @@ impl ListenerTracing {
             record.parent = started.parent;
             record.parent_remote = started.parent.is_some();
             record.tracestate = started.tracestate.clone();
-            record.path = req.uri().path().to_owned();
+            record.path.push_str(req.uri().path());
             record.version = req.version();
             record.listener = Some(Arc::clone(listener));
             record.host = host.cloned();
@@ -204,7 +301,7 @@ impl RequestTrace {
         let mut record = SpanRecord::new(SpanKind::Client, context, attempt.method);
         record.parent = Some(self.started.context.span_id);
         record.tracestate = self.started.tracestate.clone();
-        record.path = attempt.path.to_owned();
+        record.path.push_str(attempt.path);
         record.version = attempt.version;
         record.cluster = Some(Arc::clone(attempt.cluster));
         record.endpoint = Some(attempt.endpoint);
@@ -273,8 +370,9 @@ pub struct SpanRecord {
 }
 
 impl SpanRecord {
+    /// A record for a new span: one kept by this thread when there is one, else a new box.
     fn new(kind: SpanKind, context: SpanContext, method: &Method) -> Box<SpanRecord> {
-        Box::new(SpanRecord {
+        let fresh = |path| SpanRecord {
             kind,
             context,
             parent: None,
@@ -283,7 +381,7 @@ impl SpanRecord {
             start: SystemTime::now(),
             end: SystemTime::UNIX_EPOCH,
             method: method.clone(),
-            path: String::new(),
+            path,
             version: Version::HTTP_11,
             status: 0,
             error: None,
@@ -296,8 +394,45 @@ impl SpanRecord {
             request_id: None,
             endpoint: None,
             resends: 0,
-        })
+        };
+        match SPARE_RECORDS.with_borrow_mut(Vec::pop) {
+            Some(mut spare) => {
+                let mut path = std::mem::take(&mut spare.path);
+                path.clear();
+                *spare = fresh(path);
+                spare
+            }
+            None => Box::new(fresh(String::new())),
+        }
     }
+}
+
+thread_local! {
+    /// Records of ended spans, reused by the next ones (their path's buffer too).
+    // The boxes are the point: each is an allocation kept for the next record.
+    #[allow(clippy::vec_box)]
+    static SPARE_RECORDS: RefCell<Vec<Box<SpanRecord>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Most records a thread keeps for reuse.
+const MAX_SPARE_RECORDS: usize = 64;
+
+/// Keeps an ended span's record for reuse, without what holds other memory (header values
+/// share a connection's read buffer).
+fn keep_spare(mut record: Box<SpanRecord>) {
+    record.tracestate = None;
+    record.host = None;
+    record.user_agent = None;
+    record.request_id = None;
+    record.error = None;
+    record.listener = None;
+    record.route = None;
+    record.cluster = None;
+    SPARE_RECORDS.with_borrow_mut(|spare| {
+        if spare.len() < MAX_SPARE_RECORDS {
+            spare.push(record);
+        }
+    });
 }
 
 /// A span being recorded; it ends, and goes to the exporter, when dropped.
@@ -341,7 +476,8 @@ impl Drop for OpenSpan {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
             record.end = SystemTime::now();
-            self.sink.send(record);
+            self.sink.send(&record);
+            keep_spare(record);
         }
     }
 }

@@ -7,7 +7,7 @@
 //! string, then nested length passes), which at 10 % sampling alone was more than the 10 %
 //! budget for all of observability. Here a span is one pass: each field is appended as it is
 //! read from the record, and only a span's own bytes are copied once more (to prefix their
-//! length). The tests decode the result with opentelemetry-proto's generated types, so the
+//! length, into the batch). The tests decode the result with opentelemetry-proto's generated types, so the
 //! encoding is checked against the published schema.
 //!
 //! The messages (opentelemetry-proto, `trace/v1/trace.proto` and `common/v1/common.proto`):
@@ -49,20 +49,13 @@ const FLAG_IS_REMOTE: u32 = 0x200;
 /// W3C trace flags: sampled (every exported span is).
 const FLAG_SAMPLED: u32 = 0x01;
 
-/// Builds export requests: spans are added one at a time, and [`Encoder::finish`] wraps them in
-/// the request with the resource (`service.name`) and the scope (`strait`, its version).
+/// Wraps encoded spans in an export request, with the resource (`service.name`) and the scope
+/// (`strait`, its version), both encoded once.
 #[derive(Debug)]
 pub(crate) struct Encoder {
     /// `Resource` and `InstrumentationScope`, encoded once as the fields they are.
     resource: Vec<u8>,
     scope: Vec<u8>,
-    /// The spans added so far, each a `ScopeSpans.spans` field.
-    spans: Vec<u8>,
-    count: usize,
-    /// One span's body while it is written (its length prefixes it).
-    span: Vec<u8>,
-    /// Values formatted as text (addresses, a URL).
-    text: Vec<u8>,
 }
 
 impl Encoder {
@@ -82,36 +75,14 @@ impl Encoder {
         str_field(&mut scope_body, 2, env!("CARGO_PKG_VERSION"));
         let mut scope = Vec::new();
         len_field(&mut scope, 1, &scope_body);
-        Encoder {
-            resource,
-            scope,
-            spans: Vec::new(),
-            count: 0,
-            span: Vec::with_capacity(1024),
-            text: Vec::new(),
-        }
+        Encoder { resource, scope }
     }
 
-    /// Spans added since the last [`Encoder::finish`].
-    pub(crate) fn len(&self) -> usize {
-        self.count
-    }
-
-    /// Adds one span.
-    pub(crate) fn push(&mut self, r: &SpanRecord) {
-        let mut span = std::mem::take(&mut self.span);
-        span.clear();
-        self.encode_span(r, &mut span);
-        len_field(&mut self.spans, 2, &span);
-        self.span = span;
-        self.count += 1;
-    }
-
-    /// Writes the export request of the spans added so far into `out` (cleared first), and
-    /// starts over.
-    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
+    /// Writes the export request of `spans` (spans appended by [`push_span`]) into `out`,
+    /// cleared first.
+    pub(crate) fn finish(&self, spans: &[u8], out: &mut Vec<u8>) {
         out.clear();
-        let scope_spans = self.scope.len() + self.spans.len();
+        let scope_spans = self.scope.len() + spans.len();
         let resource_spans = self.resource.len() + field_len(scope_spans);
         out.reserve(field_len(resource_spans));
         key(out, 1, LEN);
@@ -120,13 +91,37 @@ impl Encoder {
         key(out, 2, LEN);
         varint(out, scope_spans as u64);
         out.extend_from_slice(&self.scope);
-        out.extend_from_slice(&self.spans);
-        self.spans.clear();
-        self.count = 0;
-        // Past a burst, give back what it made the buffer grow to.
-        self.spans.shrink_to(1 << 20);
+        out.extend_from_slice(spans);
     }
+}
 
+/// What encoding a span writes on the side: the span's body while it is written (its length
+/// prefixes it), and values formatted as text (addresses, a URL). Kept per thread.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    span: Vec<u8>,
+    text: Vec<u8>,
+}
+
+/// Encodes one span's body into `scratch` (a worker does this outside any lock); then
+/// [`append_span`] adds it to a batch.
+pub(crate) fn encode_span(r: &SpanRecord, scratch: &mut Scratch) {
+    let Scratch { span, text } = scratch;
+    span.clear();
+    SpanWriter { text }.encode_span(r, span);
+}
+
+/// Appends the span last encoded into `scratch` to `spans` as a `ScopeSpans.spans` field.
+pub(crate) fn append_span(spans: &mut Vec<u8>, scratch: &Scratch) {
+    len_field(spans, 2, &scratch.span);
+}
+
+/// Encodes a span's fields; `text` is where values formatted as text are made.
+struct SpanWriter<'a> {
+    text: &'a mut Vec<u8>,
+}
+
+impl SpanWriter<'_> {
     fn encode_span(&mut self, r: &SpanRecord, out: &mut Vec<u8>) {
         len_field(out, 1, &r.context.trace_id.0);
         len_field(out, 2, &r.context.span_id.0);
@@ -219,8 +214,8 @@ impl Encoder {
         }
         if let Some(client) = r.client {
             self.text.clear();
-            write_ip(&mut self.text, client.ip());
-            attr_bytes(out, "client.address", &self.text);
+            write_ip(self.text, client.ip());
+            attr_bytes(out, "client.address", self.text);
         }
         if let Some(agent) = text(&r.user_agent) {
             attr_str(out, "user_agent.original", agent);
@@ -243,14 +238,14 @@ impl Encoder {
     fn client_attributes(&mut self, r: &SpanRecord, out: &mut Vec<u8>) {
         if let Some(endpoint) = r.endpoint {
             self.text.clear();
-            write_ip(&mut self.text, endpoint.ip());
-            attr_bytes(out, "server.address", &self.text);
+            write_ip(self.text, endpoint.ip());
+            attr_bytes(out, "server.address", self.text);
             attr_int(out, "server.port", i64::from(endpoint.port()));
             self.text.clear();
             self.text.extend_from_slice(b"http://");
-            write_socket_addr(&mut self.text, endpoint);
+            write_socket_addr(self.text, endpoint);
             self.text.extend_from_slice(r.path.as_bytes());
-            attr_bytes(out, "url.full", &self.text);
+            attr_bytes(out, "url.full", self.text);
         }
         if r.resends > 0 {
             attr_int(out, "http.request.resend_count", i64::from(r.resends));
@@ -432,14 +427,15 @@ mod tests {
 
     /// Encodes the records as one request and decodes it with the generated types.
     fn decode(records: &[SpanRecord]) -> ExportTraceServiceRequest {
-        let mut encoder = Encoder::new("edge");
+        let encoder = Encoder::new("edge");
+        let mut scratch = Scratch::default();
+        let mut spans = Vec::new();
         for r in records {
-            encoder.push(r);
+            encode_span(r, &mut scratch);
+            append_span(&mut spans, &scratch);
         }
-        assert_eq!(encoder.len(), records.len());
         let mut out = Vec::new();
-        encoder.finish(&mut out);
-        assert_eq!(encoder.len(), 0);
+        encoder.finish(&spans, &mut out);
         ExportTraceServiceRequest::decode(out.as_slice()).unwrap()
     }
 
