@@ -160,10 +160,14 @@ pub(crate) async fn serve(
         return Ok(local_reply(grpc, Cause::NoRoute, "listener removed"));
     };
     // Made on arrival, so every answer's log line has one, not just the forwarded ones.
-    if listener.proxy_headers.request_id && !req.headers().contains_key(&headers::X_REQUEST_ID) {
+    let made_id = (listener.proxy_headers.request_id
+        && !req.headers().contains_key(&headers::X_REQUEST_ID))
+    .then(|| {
+        let id = headers::new_request_id();
         req.headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), headers::new_request_id());
-    }
+            .insert(headers::X_REQUEST_ID.clone(), id.clone());
+        id
+    });
     // The token first: its claims may become headers that routes and rate limits look at.
     if let Some(jwt) = &listener.jwt {
         if let Err(refusal) = jwt.check(req.headers_mut()) {
@@ -232,7 +236,8 @@ pub(crate) async fn serve(
                 None => trace_context::received_trace_id(req.headers()),
             },
         )?;
-        entry.request_id = req.headers().get(&headers::X_REQUEST_ID).cloned();
+        // The id made above, else the client's: no second lookup for the one just made.
+        entry.request_id = made_id.or_else(|| req.headers().get(&headers::X_REQUEST_ID).cloned());
         entry.peer_identity = conn.tls.get().and_then(|t| t.peer_identity.clone());
         Some(entry)
     });

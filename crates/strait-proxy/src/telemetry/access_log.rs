@@ -90,47 +90,71 @@ impl AccessLogger {
         if self.sample_percent < 100.0 && fastrand::f64() * 100.0 >= self.sample_percent {
             return None;
         }
-        let fresh = |bytes_received| LogEntry {
-            arrived: SystemTime::now(),
-            started,
-            listener: Arc::clone(listener),
-            route: None,
-            cluster: None,
-            endpoint: None,
-            method: method.clone(),
-            authority: authority.cloned(),
-            path: path
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            version,
-            status: 0,
-            grpc_status: None,
-            bytes_received,
-            bytes_sent: 0,
-            duration: Duration::ZERO,
-            upstream_duration: None,
-            retries: 0,
-            peer_identity: None,
-            client_ip: client_ip.clone(),
-            request_id: None,
-            trace_id,
-            flags: String::new(),
+        let arrived = SystemTime::now();
+        let path = path
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let Some(mut entry) = SPARE_ENTRIES.with_borrow_mut(Vec::pop) else {
+            return Some(Box::new(LogEntry {
+                arrived,
+                started,
+                listener: Arc::clone(listener),
+                route: None,
+                cluster: None,
+                endpoint: None,
+                method: method.clone(),
+                authority: authority.cloned(),
+                path,
+                version,
+                status: 0,
+                grpc_status: None,
+                bytes_received: Arc::default(),
+                bytes_sent: 0,
+                duration: Duration::ZERO,
+                upstream_duration: None,
+                retries: 0,
+                peer_identity: None,
+                client_ip: client_ip.clone(),
+                request_id: None,
+                trace_id,
+                flags: String::new(),
+            }));
         };
-        Some(match SPARE_ENTRIES.with_borrow_mut(Vec::pop) {
-            Some(mut spare) => {
-                // The byte counter too, unless the request's body still holds it.
-                let counter = match Arc::get_mut(&mut spare.bytes_received) {
-                    Some(n) => {
-                        *n.get_mut() = 0;
-                        Arc::clone(&spare.bytes_received)
-                    }
-                    None => Arc::default(),
-                };
-                *spare = fresh(counter);
-                spare
-            }
-            None => Box::new(fresh(Arc::default())),
-        })
+        // A kept entry, its fields set one by one: building a whole new entry and moving it
+        // into the box cost more than the fields that change. `keep_spare` emptied the fields
+        // that hold a request's memory; the listener and the client's address are usually
+        // the ones it already holds (a connection's requests).
+        entry.arrived = arrived;
+        entry.started = started;
+        if !Arc::ptr_eq(&entry.listener, listener) {
+            entry.listener = Arc::clone(listener);
+        }
+        entry.endpoint = None;
+        entry.method = method.clone();
+        entry.authority = authority.cloned();
+        entry.path = path;
+        entry.version = version;
+        entry.status = 0;
+        entry.grpc_status = None;
+        // The byte counter too, unless the request's body still holds it.
+        match Arc::get_mut(&mut entry.bytes_received) {
+            Some(n) => *n.get_mut() = 0,
+            None => entry.bytes_received = Arc::default(),
+        }
+        entry.bytes_sent = 0;
+        entry.duration = Duration::ZERO;
+        entry.upstream_duration = None;
+        entry.retries = 0;
+        // The same bytes when at the same place: the kept value is alive, so its place cannot
+        // have been reused by another.
+        let same_client = entry.client_ip.as_bytes().as_ptr() == client_ip.as_bytes().as_ptr()
+            && entry.client_ip.len() == client_ip.len();
+        if !same_client {
+            entry.client_ip = client_ip.clone();
+        }
+        entry.trace_id = trace_id;
+        entry.flags.clear();
+        Some(entry)
     }
 
     /// Writes a finished entry's line for the writer; never waits on the destination.
@@ -421,9 +445,15 @@ impl LogEntry {
                 rfc3339_cached(out, self.arrived);
                 out.push(b'"');
             }
-            LogField::Listener => json_str(out, &self.listener),
-            LogField::Route => text(out, self.route.as_deref()),
-            LogField::Cluster => text(out, self.cluster.as_deref()),
+            LogField::Listener => json_name(out, &self.listener),
+            LogField::Route => match &self.route {
+                Some(name) => json_name(out, name),
+                None => out.extend_from_slice(b"\"\""),
+            },
+            LogField::Cluster => match &self.cluster {
+                Some(name) => json_name(out, name),
+                None => out.extend_from_slice(b"\"\""),
+            },
             LogField::Endpoint => match self.endpoint {
                 Some(e) => json_addr(out, e),
                 None => json_str(out, ""),
@@ -603,6 +633,33 @@ const FRACTIONS: [([u8; 4], u8); 1_000] = {
     }
     table
 };
+
+/// A name and its JSON text.
+type NameText = (Option<Arc<str>>, Vec<u8>);
+
+/// A name from the config (a listener's, a route's, a cluster's) as a JSON string, from a small
+/// per-thread cache of the names last written: the same few names are logged over and over,
+/// and scanning one for what to escape costs more than copying it.
+fn json_name(out: &mut Vec<u8>, name: &Arc<str>) {
+    thread_local! {
+        static RECENT: std::cell::RefCell<[NameText; 8]> =
+            std::cell::RefCell::new(Default::default());
+    }
+    // The name's address picks the slot; the slot holds the name, so while it is cached no
+    // other name can be at that address.
+    let slot = (Arc::as_ptr(name).cast::<u8>() as usize >> 4) % 8;
+    RECENT.with_borrow_mut(|recent| {
+        let Some((known, text)) = recent.get_mut(slot) else {
+            return;
+        };
+        if !known.as_ref().is_some_and(|k| Arc::ptr_eq(k, name)) {
+            text.clear();
+            json_str(text, name);
+            *known = Some(Arc::clone(name));
+        }
+        out.extend_from_slice(text);
+    });
+}
 
 /// An endpoint as a JSON string, `10.0.0.1:80` or `[::1]:80`, from a small per-thread cache:
 /// a worker logs the same few endpoints over and over, and formatting one costs more than the
