@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -707,7 +707,7 @@ async fn forward_to(
             return send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut()).1;
         }
     };
-    head_received(
+    let waited = head_received(
         cluster,
         endpoint,
         stats,
@@ -716,7 +716,7 @@ async fn forward_to(
         span.as_mut(),
     );
     if let Some(entry) = log.as_mut() {
-        entry.upstream_duration = Some(started.elapsed());
+        entry.upstream_duration = Some(waited);
     }
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -814,7 +814,7 @@ impl Answer {
 }
 
 /// Records an attempt's response head: the endpoint's latency, the status for outlier detection
-/// and for the attempt's span.
+/// and for the attempt's span. Returns the latency (the time since `started`).
 fn head_received(
     cluster: &ClusterPlan,
     endpoint: usize,
@@ -822,12 +822,14 @@ fn head_received(
     started: Instant,
     status: StatusCode,
     span: Option<&mut OpenSpan>,
-) {
-    stats.observe_latency(started.elapsed());
+) -> Duration {
+    let waited = started.elapsed();
+    stats.observe_latency(waited);
     cluster.outlier.observe(endpoint, status);
     if let Some(span) = span {
         span.set_status(status.as_u16());
     }
+    waited
 }
 
 /// Counts a failed send (and marks the attempt's span) and says what it was: the failure

@@ -319,7 +319,7 @@ impl<'a> Tries<'a> {
             match outcome {
                 Ok(response) => {
                     let status = response.status();
-                    head_received(cluster, endpoint, stats, started, status, span.as_mut());
+                    let _ = head_received(cluster, endpoint, stats, started, status, span.as_mut());
                     let answer = Answer {
                         response,
                         in_flight,

@@ -637,27 +637,41 @@ const FRACTIONS: [([u8; 4], u8); 1_000] = {
 /// A name and its JSON text.
 type NameText = (Option<Arc<str>>, Vec<u8>);
 
+/// Names [`json_name`] keeps per thread.
+const RECENT_NAMES: usize = 8;
+
 /// A name from the config (a listener's, a route's, a cluster's) as a JSON string, from a small
 /// per-thread cache of the names last written: the same few names are logged over and over,
-/// and scanning one for what to escape costs more than copying it.
+/// and scanning one for what to escape costs more than copying it. A cached name is held, so
+/// while it is cached no other name can be at its address: the address identifies it.
 fn json_name(out: &mut Vec<u8>, name: &Arc<str>) {
     thread_local! {
-        static RECENT: std::cell::RefCell<[NameText; 8]> =
+        static RECENT: std::cell::RefCell<([NameText; RECENT_NAMES], usize)> =
             std::cell::RefCell::new(Default::default());
     }
-    // The name's address picks the slot; the slot holds the name, so while it is cached no
-    // other name can be at that address.
-    let slot = (Arc::as_ptr(name).cast::<u8>() as usize >> 4) % 8;
-    RECENT.with_borrow_mut(|recent| {
-        let Some((known, text)) = recent.get_mut(slot) else {
-            return;
+    RECENT.with_borrow_mut(|(recent, next)| {
+        // A scan rather than a slot picked by address: a route's and a cluster's names picked
+        // the same slot often enough to miss on most lines.
+        let hit = recent
+            .iter()
+            .position(|(known, _)| known.as_ref().is_some_and(|k| Arc::ptr_eq(k, name)));
+        let at = match hit {
+            Some(at) => at,
+            None => {
+                let at = *next % RECENT_NAMES;
+                *next = next.wrapping_add(1);
+                let Some((known, text)) = recent.get_mut(at) else {
+                    return json_str(out, name);
+                };
+                text.clear();
+                json_str(text, name);
+                *known = Some(Arc::clone(name));
+                at
+            }
         };
-        if !known.as_ref().is_some_and(|k| Arc::ptr_eq(k, name)) {
-            text.clear();
-            json_str(text, name);
-            *known = Some(Arc::clone(name));
+        if let Some((_, text)) = recent.get(at) {
+            out.extend_from_slice(text);
         }
-        out.extend_from_slice(text);
     });
 }
 
