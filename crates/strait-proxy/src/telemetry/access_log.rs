@@ -41,11 +41,8 @@ pub struct LogEntry {
     pub(crate) route: Option<Arc<str>>,
     pub(crate) cluster: Option<Arc<str>>,
     pub(crate) endpoint: Option<SocketAddr>,
-    pub(crate) method: Method,
-    pub(crate) authority: Option<HeaderValue>,
-    /// The path and query as received: shared with the request rather than copied.
-    pub(crate) path: PathAndQuery,
-    pub(crate) version: Version,
+    /// The method, authority, path and protocol, as JSON values.
+    pub(crate) request: RequestText,
     pub(crate) status: u16,
     pub(crate) grpc_status: Option<u16>,
     pub(crate) bytes_received: Arc<AtomicU64>,
@@ -57,6 +54,8 @@ pub struct LogEntry {
     /// The client's address as text, formatted once per connection.
     pub(crate) client_ip: HeaderValue,
     pub(crate) request_id: Option<HeaderValue>,
+    /// `request_id` is one the proxy made.
+    pub(crate) request_id_made: bool,
     pub(crate) trace_id: Option<TraceId>,
     pub(crate) flags: String,
 }
@@ -91,9 +90,6 @@ impl AccessLogger {
             return None;
         }
         let arrived = SystemTime::now();
-        let path = path
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let Some(mut entry) = SPARE_ENTRIES.with_borrow_mut(Vec::pop) else {
             return Some(Box::new(LogEntry {
                 arrived,
@@ -102,10 +98,7 @@ impl AccessLogger {
                 route: None,
                 cluster: None,
                 endpoint: None,
-                method: method.clone(),
-                authority: authority.cloned(),
-                path,
-                version,
+                request: RequestText::of(method, authority, path, version),
                 status: 0,
                 grpc_status: None,
                 bytes_received: Arc::default(),
@@ -116,6 +109,7 @@ impl AccessLogger {
                 peer_identity: None,
                 client_ip: client_ip.clone(),
                 request_id: None,
+                request_id_made: false,
                 trace_id,
                 flags: String::new(),
             }));
@@ -130,10 +124,7 @@ impl AccessLogger {
             entry.listener = Arc::clone(listener);
         }
         entry.endpoint = None;
-        entry.method = method.clone();
-        entry.authority = authority.cloned();
-        entry.path = path;
-        entry.version = version;
+        entry.request.fill(method, authority, path, version);
         entry.status = 0;
         entry.grpc_status = None;
         // The byte counter too, unless the request's body still holds it.
@@ -152,6 +143,7 @@ impl AccessLogger {
         if !same_client {
             entry.client_ip = client_ip.clone();
         }
+        entry.request_id_made = false;
         entry.trace_id = trace_id;
         entry.flags.clear();
         Some(entry)
@@ -181,11 +173,9 @@ thread_local! {
 /// once in the benchmarks; past it, entries are freed.
 const MAX_SPARE_ENTRIES: usize = 256;
 
-/// Keeps a finished entry for reuse, without what would hold the request's memory (its
-/// header values share the connection's read buffer) or our own (a request id's block).
+/// Keeps a finished entry for reuse, without what would hold the request's memory or our own
+/// (a request id's block).
 fn keep_spare(mut entry: Box<LogEntry>) {
-    entry.authority = None;
-    entry.path = PathAndQuery::from_static("/");
     entry.request_id = None;
     entry.peer_identity = None;
     entry.route = None;
@@ -459,10 +449,10 @@ impl LogEntry {
                 None => json_str(out, ""),
             },
             // A token: no quotes, backslashes or control characters.
-            LogField::Method => json_plain(out, self.method.as_str().as_bytes()),
-            LogField::Authority => text(out, self.authority.as_ref().and_then(|a| a.to_str().ok())),
-            LogField::Path => json_str(out, self.path.as_str()),
-            LogField::Protocol => json_plain(out, protocol(self.version).as_bytes()),
+            LogField::Method => out.extend_from_slice(self.request.value(0)),
+            LogField::Authority => out.extend_from_slice(self.request.value(1)),
+            LogField::Path => out.extend_from_slice(self.request.value(2)),
+            LogField::Protocol => out.extend_from_slice(self.request.value(3)),
             LogField::Status => json_uint(out, self.status),
             LogField::GrpcStatus => match self.grpc_status {
                 Some(s) => json_uint(out, s),
@@ -482,9 +472,11 @@ impl LogEntry {
                 Some(id) => json_str(out, id),
                 None => json_null(out),
             },
-            LogField::RequestId => {
-                text(out, self.request_id.as_ref().and_then(|v| v.to_str().ok()))
-            }
+            // The proxy's own ids are hex digits: nothing to check or escape.
+            LogField::RequestId => match &self.request_id {
+                Some(id) if self.request_id_made => json_plain(out, id.as_bytes()),
+                id => text(out, id.as_ref().and_then(|v| v.to_str().ok())),
+            },
             LogField::TraceId => match self.trace_id {
                 Some(t) => {
                     out.push(b'"');
@@ -493,10 +485,68 @@ impl LogEntry {
                 }
                 None => json_null(out),
             },
+            // Usually none.
+            LogField::ResponseFlags if self.flags.is_empty() => out.extend_from_slice(b"\"\""),
             LogField::ResponseFlags => json_str(out, &self.flags),
             #[allow(unreachable_patterns)]
             _ => json_null(out),
         }
+    }
+}
+
+/// A request's method, authority, path (with its query) and protocol as JSON values, written
+/// when the request arrives: copying them then costs less than holding the request's header
+/// values (shared with its connection's buffer) until the line is written.
+#[derive(Debug, Default)]
+pub(crate) struct RequestText {
+    text: Vec<u8>,
+    /// Where each value ends in `text`.
+    ends: [usize; 4],
+}
+
+impl RequestText {
+    fn of(
+        method: &Method,
+        authority: Option<&HeaderValue>,
+        path: Option<&PathAndQuery>,
+        version: Version,
+    ) -> RequestText {
+        let mut text = RequestText::default();
+        text.fill(method, authority, path, version);
+        text
+    }
+
+    fn fill(
+        &mut self,
+        method: &Method,
+        authority: Option<&HeaderValue>,
+        path: Option<&PathAndQuery>,
+        version: Version,
+    ) {
+        let text = &mut self.text;
+        text.clear();
+        // A token: no quotes, backslashes or control characters.
+        json_plain(text, method.as_str().as_bytes());
+        self.ends[0] = text.len();
+        match authority.and_then(|a| a.to_str().ok()) {
+            Some(a) => json_str(text, a),
+            None => text.extend_from_slice(b"\"\""),
+        }
+        self.ends[1] = text.len();
+        json_str(text, path.map_or("/", PathAndQuery::as_str));
+        self.ends[2] = text.len();
+        json_plain(text, protocol(version).as_bytes());
+        self.ends[3] = text.len();
+    }
+
+    /// Value `i`: 0 the method, 1 the authority, 2 the path, 3 the protocol.
+    fn value(&self, i: usize) -> &[u8] {
+        let start = match i {
+            0 => 0,
+            _ => self.ends.get(i - 1).copied().unwrap_or(0),
+        };
+        let end = self.ends.get(i).copied().unwrap_or(0);
+        self.text.get(start..end).unwrap_or_default()
     }
 }
 
@@ -790,11 +840,13 @@ mod tests {
             route: None,
             cluster: Some(Arc::from("api")),
             endpoint: Some("10.0.0.1:80".parse().unwrap()),
-            method: Method::POST,
-            authority: Some(HeaderValue::from_static("a.example")),
             // A path may carry a quote (the http crate takes it), which the line escapes.
-            path: PathAndQuery::try_from("/q\"x?y=1").unwrap(),
-            version: Version::HTTP_2,
+            request: RequestText::of(
+                &Method::POST,
+                Some(&HeaderValue::from_static("a.example")),
+                Some(&PathAndQuery::try_from("/q\"x?y=1").unwrap()),
+                Version::HTTP_2,
+            ),
             status: 503,
             grpc_status: None,
             bytes_received: Arc::new(AtomicU64::new(7)),
@@ -805,6 +857,7 @@ mod tests {
             peer_identity: None,
             client_ip: HeaderValue::from_static("::1"),
             request_id: None,
+            request_id_made: false,
             trace_id: Some(TraceId([0xab; 16])),
             flags: "connect_failed".to_owned(),
         };
@@ -823,6 +876,8 @@ mod tests {
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(v["route"], "");
         assert_eq!(v["endpoint"], "10.0.0.1:80");
+        assert_eq!(v["method"], "POST");
+        assert_eq!(v["authority"], "a.example");
         assert_eq!(v["path"], "/q\"x?y=1");
         assert_eq!(v["protocol"], "HTTP/2.0");
         assert_eq!(v["status"], 503);
