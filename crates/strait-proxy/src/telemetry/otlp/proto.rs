@@ -49,6 +49,44 @@ const FLAG_IS_REMOTE: u32 = 0x200;
 /// W3C trace flags: sampled (every exported span is).
 const FLAG_SAMPLED: u32 = 0x01;
 
+/// A `KeyValue`'s key, encoded when compiled: the `key` field with the name, then the tag of
+/// the `value` field. Copied whole (a fixed-size copy) and cut to `len`, rather than written
+/// field by field per span.
+struct AttrKey {
+    bytes: [u8; KEY_ROOM],
+    len: usize,
+}
+
+/// Room for the longest name, `http.request.header.x-request-id`, and three bytes.
+const KEY_ROOM: usize = 40;
+
+const fn attr_key(name: &str) -> AttrKey {
+    let name = name.as_bytes();
+    // Fails the build for a name that does not fit (or needs a longer length prefix).
+    assert!(name.len() + 3 <= KEY_ROOM && name.len() < 0x80);
+    let mut bytes = [0u8; KEY_ROOM];
+    bytes[0] = 1 << 3 | LEN; // KeyValue.key
+    bytes[1] = name.len() as u8;
+    let mut i = 0;
+    while i < name.len() {
+        bytes[2 + i] = name[i];
+        i += 1;
+    }
+    bytes[2 + name.len()] = 2 << 3 | LEN; // KeyValue.value
+    AttrKey {
+        bytes,
+        len: name.len() + 3,
+    }
+}
+
+/// The [`AttrKey`] of a literal name, made at compile time.
+macro_rules! key {
+    ($name:literal) => {{
+        const KEY: AttrKey = attr_key($name);
+        &KEY
+    }};
+}
+
 /// Wraps encoded spans in an export request, with the resource (`service.name`) and the scope
 /// (`strait`, its version), both encoded once.
 #[derive(Debug)]
@@ -65,7 +103,7 @@ impl Encoder {
         key_value(
             &mut resource_body,
             1,
-            "service.name",
+            key!("service.name"),
             service_name.as_bytes(),
         );
         let mut resource = Vec::new();
@@ -158,14 +196,18 @@ impl SpanWriter<'_> {
         fixed64_field(out, 7, unix_nanos(r.start));
         fixed64_field(out, 8, unix_nanos(r.end));
 
-        attr_str(out, "http.request.method", method);
+        attr_str(out, key!("http.request.method"), method);
         if let Some(original) = original {
-            attr_str(out, "http.request.method_original", original);
+            attr_str(out, key!("http.request.method_original"), original);
         }
         if r.status != 0 {
-            attr_int(out, "http.response.status_code", i64::from(r.status));
+            attr_int(out, key!("http.response.status_code"), i64::from(r.status));
         }
-        attr_str(out, "network.protocol.version", protocol_version(r.version));
+        attr_str(
+            out,
+            key!("network.protocol.version"),
+            protocol_version(r.version),
+        );
         match r.kind {
             SpanKind::Server => self.server_attributes(r, out),
             SpanKind::Client => self.client_attributes(r, out),
@@ -178,11 +220,11 @@ impl SpanWriter<'_> {
         // doing.
         if failed {
             match &r.error {
-                Some(e) => attr_str(out, "error.type", e),
+                Some(e) => attr_str(out, key!("error.type"), e),
                 None => {
                     let mut digits = itoa::Buffer::new();
                     let status = digits.format(r.status);
-                    attr_str(out, "error.type", status);
+                    attr_str(out, key!("error.type"), status);
                 }
             }
             // Status { code: ERROR }: 2 bytes.
@@ -203,35 +245,35 @@ impl SpanWriter<'_> {
         fn text(v: &Option<http::HeaderValue>) -> Option<&str> {
             v.as_ref().and_then(|v| v.to_str().ok())
         }
-        attr_str(out, "url.path", &r.path);
-        attr_str(out, "url.scheme", "http");
+        attr_str(out, key!("url.path"), &r.path);
+        attr_str(out, key!("url.scheme"), "http");
         if let Some(host) = text(&r.host) {
             let (name, port) = split_host(host);
             if let Some(port) = port {
-                attr_int(out, "server.port", i64::from(port));
+                attr_int(out, key!("server.port"), i64::from(port));
             }
-            attr_str(out, "server.address", name);
+            attr_str(out, key!("server.address"), name);
         }
         if let Some(client) = r.client {
             self.text.clear();
             write_ip(self.text, client.ip());
-            attr_bytes(out, "client.address", self.text);
+            attr_bytes(out, key!("client.address"), self.text);
         }
         if let Some(agent) = text(&r.user_agent) {
-            attr_str(out, "user_agent.original", agent);
+            attr_str(out, key!("user_agent.original"), agent);
         }
         if let Some(id) = text(&r.request_id) {
-            attr_str_array(out, "http.request.header.x-request-id", id);
+            attr_str_array(out, key!("http.request.header.x-request-id"), id);
         }
         if let Some(listener) = &r.listener {
-            attr_str(out, "strait.listener", listener);
+            attr_str(out, key!("strait.listener"), listener);
         }
         if let Some(cluster) = &r.cluster {
-            attr_str(out, "strait.cluster", cluster);
+            attr_str(out, key!("strait.cluster"), cluster);
         }
         if let Some(route) = &r.route {
-            attr_str(out, "http.route", route);
-            attr_str(out, "strait.route", route);
+            attr_str(out, key!("http.route"), route);
+            attr_str(out, key!("strait.route"), route);
         }
     }
 
@@ -239,43 +281,43 @@ impl SpanWriter<'_> {
         if let Some(endpoint) = r.endpoint {
             self.text.clear();
             write_ip(self.text, endpoint.ip());
-            attr_bytes(out, "server.address", self.text);
-            attr_int(out, "server.port", i64::from(endpoint.port()));
+            attr_bytes(out, key!("server.address"), self.text);
+            attr_int(out, key!("server.port"), i64::from(endpoint.port()));
             self.text.clear();
             self.text.extend_from_slice(b"http://");
             write_socket_addr(self.text, endpoint);
             self.text.extend_from_slice(r.path.as_bytes());
-            attr_bytes(out, "url.full", self.text);
+            attr_bytes(out, key!("url.full"), self.text);
         }
         if r.resends > 0 {
-            attr_int(out, "http.request.resend_count", i64::from(r.resends));
+            attr_int(out, key!("http.request.resend_count"), i64::from(r.resends));
         }
         if let Some(cluster) = &r.cluster {
-            attr_str(out, "strait.cluster", cluster);
+            attr_str(out, key!("strait.cluster"), cluster);
         }
     }
 }
 
 /// A span attribute (`Span.attributes`) with a string value.
-fn attr_str(out: &mut Vec<u8>, name: &str, value: &str) {
+fn attr_str(out: &mut Vec<u8>, name: &AttrKey, value: &str) {
     attr_bytes(out, name, value.as_bytes());
 }
 
 /// A span attribute with a string value given as bytes, which must be UTF-8 (the encoder's
 /// own text: addresses and URLs).
-fn attr_bytes(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+fn attr_bytes(out: &mut Vec<u8>, name: &AttrKey, value: &[u8]) {
     key_value(out, SPAN_ATTRIBUTES, name, value);
 }
 
 /// A `KeyValue` with a string value, as field `field` of its message: `AnyValue {
 /// string_value: 1 }`.
-fn key_value(out: &mut Vec<u8>, field: u32, name: &str, value: &[u8]) {
+fn key_value(out: &mut Vec<u8>, field: u32, name: &AttrKey, value: &[u8]) {
     key_value_head(out, field, name, field_len(value.len()));
     len_field(out, 1, value);
 }
 
 /// A span attribute with an integer value: `AnyValue { int_value: 3 }`.
-fn attr_int(out: &mut Vec<u8>, name: &str, value: i64) {
+fn attr_int(out: &mut Vec<u8>, name: &AttrKey, value: i64) {
     let v = value as u64;
     key_value_head(out, SPAN_ATTRIBUTES, name, 1 + varint_len(v));
     key(out, 3, VARINT);
@@ -284,7 +326,7 @@ fn attr_int(out: &mut Vec<u8>, name: &str, value: i64) {
 
 /// A span attribute whose value is an array of one string (HTTP header attributes):
 /// `AnyValue { array_value: 5 { values: 1 [AnyValue { string_value: 1 }] } }`.
-fn attr_str_array(out: &mut Vec<u8>, name: &str, value: &str) {
+fn attr_str_array(out: &mut Vec<u8>, name: &AttrKey, value: &str) {
     let any = field_len(value.len());
     let array = field_len(any);
     key_value_head(out, SPAN_ATTRIBUTES, name, field_len(array));
@@ -297,11 +339,12 @@ fn attr_str_array(out: &mut Vec<u8>, name: &str, value: &str) {
 
 /// A `KeyValue`'s field, up to its `AnyValue`'s content (`any` bytes, written next): every
 /// length is known before the value is written, so nothing is written twice.
-fn key_value_head(out: &mut Vec<u8>, field: u32, name: &str, any: usize) {
+fn key_value_head(out: &mut Vec<u8>, field: u32, name: &AttrKey, any: usize) {
     key(out, field, LEN);
-    varint(out, (field_len(name.len()) + field_len(any)) as u64);
-    str_field(out, 1, name);
-    key(out, 2, LEN);
+    varint(out, (name.len + varint_len(any as u64) + any) as u64);
+    let at = out.len();
+    out.extend_from_slice(&name.bytes);
+    out.truncate(at + name.len);
     varint(out, any as u64);
 }
 
