@@ -389,27 +389,26 @@ impl LogEntry {
     /// literals: the per-field loop, its dispatch and the key copies of [`LogEntry::write_json`]
     /// were a quarter of the line's cost.
     fn write_json_all(&self, out: &mut Vec<u8>) {
-        macro_rules! line {
-            ($first:ident = $first_key:literal $(, $field:ident = $key:literal)*) => {
-                out.extend_from_slice(concat!("{\"", $first_key, "\":").as_bytes());
-                self.write_value(LogField::$first, out);
+        macro_rules! fields {
+            ($($field:ident = $key:literal),*) => {
                 $(
                     out.extend_from_slice(concat!(",\"", $key, "\":").as_bytes());
                     self.write_value(LogField::$field, out);
                 )*
-                out.push(b'}');
             };
         }
-        line!(
-            Time = "time",
-            Listener = "listener",
-            Route = "route",
-            Cluster = "cluster",
-            Endpoint = "endpoint",
-            Method = "method",
-            Authority = "authority",
-            Path = "path",
-            Protocol = "protocol",
+        out.extend_from_slice(b"{\"time\":");
+        self.write_value(LogField::Time, out);
+        // The names, and the request's values, each written whole with their keys.
+        json_names(
+            out,
+            &self.listener,
+            self.route.as_ref(),
+            self.cluster.as_ref(),
+        );
+        fields!(Endpoint = "endpoint");
+        out.extend_from_slice(&self.request.text);
+        fields!(
             Status = "status",
             GrpcStatus = "grpc_status",
             BytesReceived = "bytes_received",
@@ -423,6 +422,7 @@ impl LogEntry {
             TraceId = "trace_id",
             ResponseFlags = "response_flags"
         );
+        out.push(b'}');
     }
 
     /// Writes one field's value.
@@ -494,14 +494,15 @@ impl LogEntry {
     }
 }
 
-/// A request's method, authority, path (with its query) and protocol as JSON values, written
-/// when the request arrives: copying them then costs less than holding the request's header
-/// values (shared with its connection's buffer) until the line is written.
+/// A request's method, authority, path (with its query) and protocol as the line's fields,
+/// keys and JSON values (`,"method":"GET","authority":...`), written when the request arrives:
+/// copying them then costs less than holding the request's header values (shared with its
+/// connection's buffer) until the line is written.
 #[derive(Debug, Default)]
 pub(crate) struct RequestText {
     text: Vec<u8>,
-    /// Where each value ends in `text`.
-    ends: [usize; 4],
+    /// Where each value starts and ends in `text`.
+    values: [(usize, usize); 4],
 }
 
 impl RequestText {
@@ -525,27 +526,31 @@ impl RequestText {
     ) {
         let text = &mut self.text;
         text.clear();
+        text.extend_from_slice(b",\"method\":");
+        let start = text.len();
         // A token: no quotes, backslashes or control characters.
         json_plain(text, method.as_str().as_bytes());
-        self.ends[0] = text.len();
+        self.values[0] = (start, text.len());
+        text.extend_from_slice(b",\"authority\":");
+        let start = text.len();
         match authority.and_then(|a| a.to_str().ok()) {
             Some(a) => json_str(text, a),
             None => text.extend_from_slice(b"\"\""),
         }
-        self.ends[1] = text.len();
+        self.values[1] = (start, text.len());
+        text.extend_from_slice(b",\"path\":");
+        let start = text.len();
         json_str(text, path.map_or("/", PathAndQuery::as_str));
-        self.ends[2] = text.len();
+        self.values[2] = (start, text.len());
+        text.extend_from_slice(b",\"protocol\":");
+        let start = text.len();
         json_plain(text, protocol(version).as_bytes());
-        self.ends[3] = text.len();
+        self.values[3] = (start, text.len());
     }
 
     /// Value `i`: 0 the method, 1 the authority, 2 the path, 3 the protocol.
     fn value(&self, i: usize) -> &[u8] {
-        let start = match i {
-            0 => 0,
-            _ => self.ends.get(i - 1).copied().unwrap_or(0),
-        };
-        let end = self.ends.get(i).copied().unwrap_or(0);
+        let (start, end) = self.values.get(i).copied().unwrap_or_default();
         self.text.get(start..end).unwrap_or_default()
     }
 }
@@ -638,9 +643,37 @@ fn json_escaped(out: &mut Vec<u8>, bytes: &[u8], first: usize) {
     out.push(b'"');
 }
 
-fn json_uint(out: &mut Vec<u8>, n: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+/// A number; those under 10,000 (statuses, sizes of small bodies, retries, milliseconds) from
+/// a table of digit pairs, without the call to copy itoa's text.
+fn json_uint(out: &mut Vec<u8>, n: impl Into<u64>) {
+    let n: u64 = n.into();
+    let pair = |i: u64| DIGIT_PAIRS.get(i as usize).copied().unwrap_or(*b"00");
+    match n {
+        0..=9 => out.push(b'0' + n as u8),
+        10..=99 => out.extend_from_slice(&pair(n)),
+        100..=999 => {
+            out.push(b'0' + (n / 100) as u8);
+            out.extend_from_slice(&pair(n % 100));
+        }
+        1_000..=9_999 => {
+            let [a, b] = pair(n / 100);
+            let [c, d] = pair(n % 100);
+            out.extend_from_slice(&[a, b, c, d]);
+        }
+        _ => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+    }
 }
+
+/// `00` to `99`.
+const DIGIT_PAIRS: [[u8; 2]; 100] = {
+    let mut table = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        table[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    table
+};
 
 fn json_null(out: &mut Vec<u8>) {
     out.extend_from_slice(b"null");
@@ -724,6 +757,62 @@ fn json_name(out: &mut Vec<u8>, name: &Arc<str>) {
         }
     });
 }
+
+/// The listener's, route's and cluster's names as the line's fields (`,"listener":"web",
+/// "route":"",...`), from a small per-thread cache of the fragments last written: a worker
+/// writes the same few over and over.
+fn json_names(
+    out: &mut Vec<u8>,
+    listener: &Arc<str>,
+    route: Option<&Arc<str>>,
+    cluster: Option<&Arc<str>>,
+) {
+    thread_local! {
+        static RECENT: std::cell::RefCell<([NamesText; RECENT_NAMES], usize)> =
+            std::cell::RefCell::new(Default::default());
+    }
+    let same = |a: Option<&Arc<str>>, b: Option<&Arc<str>>| match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    };
+    RECENT.with_borrow_mut(|(recent, next)| {
+        // Held names cannot have their addresses reused: the addresses identify them.
+        let hit = recent.iter().position(|(names, _)| {
+            names.as_ref().is_some_and(|(l, r, c)| {
+                Arc::ptr_eq(l, listener) && same(r.as_ref(), route) && same(c.as_ref(), cluster)
+            })
+        });
+        let at = match hit {
+            Some(at) => at,
+            None => {
+                let at = *next % RECENT_NAMES;
+                *next = next.wrapping_add(1);
+                let Some((names, text)) = recent.get_mut(at) else {
+                    return;
+                };
+                text.clear();
+                text.extend_from_slice(b",\"listener\":");
+                json_str(text, listener);
+                for (key, name) in [(&b",\"route\":"[..], route), (b",\"cluster\":", cluster)] {
+                    text.extend_from_slice(key);
+                    json_str(text, name.map_or("", |n| n));
+                }
+                *names = Some((Arc::clone(listener), route.cloned(), cluster.cloned()));
+                at
+            }
+        };
+        if let Some((_, text)) = recent.get(at) {
+            out.extend_from_slice(text);
+        }
+    });
+}
+
+/// Names and the fragment [`json_names`] writes of them.
+type NamesText = (
+    Option<(Arc<str>, Option<Arc<str>>, Option<Arc<str>>)>,
+    Vec<u8>,
+);
 
 /// An endpoint as a JSON string, `10.0.0.1:80` or `[::1]:80`, from a small per-thread cache:
 /// a worker logs the same few endpoints over and over, and formatting one costs more than the
