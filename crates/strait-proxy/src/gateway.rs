@@ -237,8 +237,10 @@ pub(crate) async fn serve(
             },
         )?;
         // The id made above, else the client's: no second lookup for the one just made.
-        entry.request_id_made = made_id.is_some();
-        entry.request_id = made_id.or_else(|| req.headers().get(&headers::X_REQUEST_ID).cloned());
+        match &made_id {
+            Some(id) => entry.set_request_id(Some(id), true),
+            None => entry.set_request_id(req.headers().get(&headers::X_REQUEST_ID), false),
+        }
         entry.peer_identity = conn.tls.get().and_then(|t| t.peer_identity.clone());
         Some(entry)
     });
@@ -531,8 +533,7 @@ async fn forward_to(
     let received = log.as_mut().map(|entry| {
         if id_may_change {
             // An id made just now is the one the upstream sees: log that one.
-            entry.request_id = parts.headers.get(&headers::X_REQUEST_ID).cloned();
-            entry.request_id_made = false;
+            entry.set_request_id(parts.headers.get(&headers::X_REQUEST_ID), false);
         }
         Arc::clone(&entry.bytes_received)
     });

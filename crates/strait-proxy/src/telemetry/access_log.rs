@@ -53,9 +53,9 @@ pub struct LogEntry {
     pub(crate) peer_identity: Option<String>,
     /// The client's address as text, formatted once per connection.
     pub(crate) client_ip: HeaderValue,
-    pub(crate) request_id: Option<HeaderValue>,
-    /// `request_id` is one the proxy made.
-    pub(crate) request_id_made: bool,
+    /// The request id as a JSON value (`""` when the request had none), written when it is
+    /// known rather than holding the header value.
+    request_id: Vec<u8>,
     pub(crate) trace_id: Option<TraceId>,
     pub(crate) flags: String,
 }
@@ -108,8 +108,7 @@ impl AccessLogger {
                 retries: 0,
                 peer_identity: None,
                 client_ip: client_ip.clone(),
-                request_id: None,
-                request_id_made: false,
+                request_id: b"\"\"".to_vec(),
                 trace_id,
                 flags: String::new(),
             }));
@@ -143,7 +142,8 @@ impl AccessLogger {
         if !same_client {
             entry.client_ip = client_ip.clone();
         }
-        entry.request_id_made = false;
+        entry.request_id.clear();
+        entry.request_id.extend_from_slice(b"\"\"");
         entry.trace_id = trace_id;
         entry.flags.clear();
         Some(entry)
@@ -176,7 +176,6 @@ const MAX_SPARE_ENTRIES: usize = 256;
 /// Keeps a finished entry for reuse, without what would hold the request's memory or our own
 /// (a request id's block).
 fn keep_spare(mut entry: Box<LogEntry>) {
-    entry.request_id = None;
     entry.peer_identity = None;
     entry.route = None;
     entry.cluster = None;
@@ -371,6 +370,17 @@ fn write_lines(shared: &std::sync::Weak<SinkShared>) {
 }
 
 impl LogEntry {
+    /// Records the request id: `made` when the proxy made it (hex digits, nothing to check).
+    pub(crate) fn set_request_id(&mut self, id: Option<&HeaderValue>, made: bool) {
+        let text = &mut self.request_id;
+        text.clear();
+        match id {
+            Some(id) if made || plain_ascii(id.as_bytes()) => json_plain(text, id.as_bytes()),
+            Some(id) => json_str(text, id.to_str().unwrap_or("")),
+            None => text.extend_from_slice(b"\"\""),
+        }
+    }
+
     /// Writes the line (without its newline), its keys in the configured order.
     fn write_json(&self, fields: &[Field], out: &mut Vec<u8>) {
         if fields.is_empty() {
@@ -428,7 +438,6 @@ impl LogEntry {
     /// Writes one field's value.
     #[inline(always)]
     fn write_value(&self, field: LogField, out: &mut Vec<u8>) {
-        let text = |out: &mut Vec<u8>, v: Option<&str>| json_str(out, v.unwrap_or(""));
         match field {
             LogField::Time => {
                 out.push(b'"');
@@ -472,11 +481,7 @@ impl LogEntry {
                 Some(id) => json_str(out, id),
                 None => json_null(out),
             },
-            // The proxy's own ids are hex digits: nothing to check or escape.
-            LogField::RequestId => match &self.request_id {
-                Some(id) if self.request_id_made => json_plain(out, id.as_bytes()),
-                id => text(out, id.as_ref().and_then(|v| v.to_str().ok())),
-            },
+            LogField::RequestId => out.extend_from_slice(&self.request_id),
             LogField::TraceId => match self.trace_id {
                 Some(t) => {
                     out.push(b'"');
@@ -539,14 +544,19 @@ impl RequestText {
         self.values[0] = (start, text.len());
         text.extend_from_slice(b",\"authority\":");
         let start = text.len();
-        match authority.and_then(|a| a.to_str().ok()) {
-            Some(a) => json_str(text, a),
+        // Most are plain ASCII: one scan, no UTF-8 check.
+        match authority {
+            Some(a) if plain_ascii(a.as_bytes()) => json_plain(text, a.as_bytes()),
+            Some(a) => json_str(text, a.to_str().unwrap_or("")),
             None => text.extend_from_slice(b"\"\""),
         }
         self.values[1] = (start, text.len());
         text.extend_from_slice(b",\"path\":");
         let start = text.len();
-        json_str(text, path.map_or("/", PathAndQuery::as_str));
+        match path.map_or("/", PathAndQuery::as_str) {
+            p if plain_ascii(p.as_bytes()) => json_plain(text, p.as_bytes()),
+            p => json_str(text, p),
+        }
         self.values[2] = (start, text.len());
         let start = text.len() + b",\"protocol\":".len();
         text.extend_from_slice(protocol_field(version).as_bytes());
@@ -610,6 +620,37 @@ fn first_to_escape(bytes: &[u8]) -> Option<usize> {
             flagged(tail).then(|| tail.iter().position(needs).map(|i| len - 8 + i))?
         }
         _ => bytes.get(at..)?.iter().position(needs).map(|i| at + i),
+    }
+}
+
+/// True when every byte is printable ASCII other than `"` and `\`: text that is valid UTF-8
+/// and a JSON string as it is. Eight bytes at a time, as [`first_to_escape`].
+fn plain_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let flagged = |chunk: &[u8]| {
+        let v = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or([0; 8]));
+        // Control characters, and bytes of 0x80 and above (their high bit).
+        let outside = (v.wrapping_sub(ONES * 0x20) & !v & HIGH) | (v & HIGH);
+        outside
+            | zero(v ^ (ONES * 0x7f))
+            | zero(v ^ (ONES * u64::from(b'"')))
+            | zero(v ^ (ONES * u64::from(b'\\')))
+            != 0
+    };
+    let plain = |b: &u8| (0x20..0x7f).contains(b) && *b != b'"' && *b != b'\\';
+    let chunks = bytes.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        if flagged(chunk) {
+            return false;
+        }
+    }
+    match bytes.len() {
+        // The last eight bytes in one look, overlapping what was looked at already.
+        len if len >= 8 => bytes.get(len - 8..).is_some_and(|tail| !flagged(tail)),
+        _ => rest.iter().all(plain),
     }
 }
 
@@ -966,8 +1007,7 @@ mod tests {
             retries: 1,
             peer_identity: None,
             client_ip: HeaderValue::from_static("::1"),
-            request_id: None,
-            request_id_made: false,
+            request_id: b"\"\"".to_vec(),
             trace_id: Some(TraceId([0xab; 16])),
             flags: "connect_failed".to_owned(),
         };
@@ -1094,6 +1134,30 @@ mod tests {
         assert!(PathAndQuery::try_from("/a\"b").is_ok());
         for bad in ["GE\"T", "GE\\T", "GE\u{1}T"] {
             assert!(Method::from_bytes(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn plain_ascii_is_printable_ascii_without_quotes_or_backslashes() {
+        let slow = |b: &[u8]| {
+            b.iter()
+                .all(|c| (0x20..0x7f).contains(c) && !b"\"\\".contains(c))
+        };
+        let mut cases: Vec<Vec<u8>> =
+            vec![b"".to_vec(), b"/".to_vec(), b"127.0.0.1:19000".to_vec()];
+        for len in 0..20 {
+            for at in 0..len {
+                for bad in [0u8, 0x1f, b'"', b'\\', 0x7f, 0x80, 0xc3, 0xff, b'\t'] {
+                    let mut v = vec![b'a'; len];
+                    v[at] = bad;
+                    cases.push(v);
+                }
+            }
+            cases.push(vec![b'~'; len]);
+            cases.push(vec![b' '; len]);
+        }
+        for case in &cases {
+            assert_eq!(plain_ascii(case), slow(case), "{case:?}");
         }
     }
 
