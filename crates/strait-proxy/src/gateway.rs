@@ -52,6 +52,7 @@ use crate::telemetry::access_log::LogEntry;
 use crate::telemetry::metrics::{EndpointCounters, RouteStats};
 use crate::telemetry::spans::{OpenSpan, RequestTrace, UpstreamAttempt};
 use crate::telemetry::trace_context;
+use crate::telemetry::trace_context::TraceparentValue;
 use std::sync::atomic::Ordering::Relaxed;
 
 mod tries;
@@ -674,6 +675,8 @@ async fn forward_to(
         Ok(started) => started,
         Err(reply) => return reply,
     };
+    // For the HTTP/1 client, `traceparent` goes straight into the request head.
+    let mut traceparent = None;
     let mut span = trace.and_then(|t| {
         let attempt = UpstreamAttempt {
             method: &parts.method,
@@ -683,13 +686,22 @@ async fn forward_to(
             cluster: &cluster.name,
             resends: 0,
         };
-        t.start_client(&mut parts.headers, &attempt)
+        let direct = (cluster.protocol != UpstreamProtocol::Http2).then_some(&mut traceparent);
+        t.start_client(&mut parts.headers, &attempt, direct)
     });
     let request = Request::from_parts(parts, body);
     let started = Instant::now();
     let pool = &conn.worker.pool;
     // Pinned in place: the timeout then holds a pointer, not a copy of this large future.
-    let sent = std::pin::pin!(send(pool, cluster, addr, request, upgrade, counters));
+    let sent = std::pin::pin!(send(
+        pool,
+        cluster,
+        addr,
+        request,
+        upgrade,
+        counters,
+        traceparent.as_ref()
+    ));
     let outcome = match action.timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(outcome) => outcome,
@@ -1036,13 +1048,16 @@ type Sent = Response<FromUpstream>;
 /// Sends on a pooled connection. A request that a reused HTTP/1 connection did not take (the
 /// upstream closed it while idle) goes again on a new connection: it was never sent, so this is
 /// safe for any method.
+/// `traceparent`: a trace context for the request head, written by the HTTP/1 client (or
+/// into the headers, for HTTP/2).
 async fn send(
     pool: &Pool,
     cluster: &ClusterPlan,
     addr: SocketAddr,
-    request: Request<RequestBody>,
+    mut request: Request<RequestBody>,
     upgrade: bool,
     counters: Option<&EndpointCounters>,
+    traceparent: Option<&TraceparentValue>,
 ) -> Result<Sent, SendError> {
     let opened = || {
         if let Some(c) = counters {
@@ -1062,6 +1077,9 @@ async fn send(
                 .map_err(SendError::Connect)?;
             if fresh {
                 opened();
+            }
+            if let Some(traceparent) = traceparent {
+                traceparent.insert_into(request.headers_mut());
             }
             let response = sender
                 .send_request(request)
@@ -1087,7 +1105,8 @@ async fn send(
             if !conn.reused {
                 opened();
             }
-            let failed = match client1::send(conn, request, upgrade).await {
+            let traceparent = traceparent.map(TraceparentValue::as_bytes);
+            let failed = match client1::send(conn, request, upgrade, traceparent).await {
                 Ok(response) => return Ok(response.map(FromUpstream::Http1)),
                 Err(failed) => failed,
             };
@@ -1096,7 +1115,7 @@ async fn send(
             };
             let conn = checkout(true).await.map_err(SendError::Connect)?;
             opened();
-            client1::send(conn, request, upgrade)
+            client1::send(conn, request, upgrade, traceparent)
                 .await
                 .map(|response| response.map(FromUpstream::Http1))
                 .map_err(|failed| SendError::Upstream(Box::new(failed.error)))
@@ -1186,7 +1205,7 @@ fn spawn_mirror(
         };
         let limit = timeout.unwrap_or(std::time::Duration::from_secs(15));
         let exchange = async {
-            let response = send(&worker.pool, &cluster, addr, request, false, None)
+            let response = send(&worker.pool, &cluster, addr, request, false, None, None)
                 .await
                 .ok()?;
             let pool = Some(Rc::clone(&worker.pool));

@@ -470,6 +470,39 @@ async fn retries_are_separate_client_spans() {
     }
 }
 
+/// The HTTP/1 client writes `traceparent` into the request head itself; an HTTP/2 cluster's
+/// requests carry it as a header: both upstreams see one, continuing the caller's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_http2_upstreams_both_get_one_traceparent() {
+    let up = Upstream::echo("both").await;
+    let collector = Collector::grpc().await;
+    for cluster in ["", "protocol: http2"] {
+        let config = format!(
+            "tracing:\n  endpoint: http://{}\n  batch_delay: 50ms\n  sample_percent: 0\n{}",
+            collector.addr,
+            one_route(up.addr, "", "", cluster)
+        );
+        let proxy = Proxy::start(&config).await;
+        let resp = get_with(
+            &proxy,
+            "/",
+            &[
+                ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+                ("tracestate", "a=1"),
+            ],
+        )
+        .await;
+        assert_eq!(resp.status, 200, "{cluster:?}");
+        let echoed = resp.echo();
+        let (version, trace, parent, flags) = traceparent(&echoed);
+        assert_eq!(version, "00", "{cluster:?}");
+        assert_eq!(trace, TRACE, "{cluster:?}");
+        assert_ne!(parent, SPAN, "{cluster:?}: the proxy's own span id");
+        assert_eq!(flags, "01", "{cluster:?}");
+        assert_eq!(echoed.header("tracestate"), vec!["a=1"], "{cluster:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_percent_sends_nothing_but_still_propagates() {
     let up = Upstream::echo("quiet").await;

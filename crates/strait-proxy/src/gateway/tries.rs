@@ -33,6 +33,7 @@ use crate::runtime::snapshot::{ClusterPlan, RouteAction};
 use crate::telemetry::access_log::LogEntry;
 use crate::telemetry::metrics::RouteStats;
 use crate::telemetry::spans::{RequestTrace, UpstreamAttempt};
+use strait_config::UpstreamProtocol;
 
 /// Longest `retry-after`/`grpc-retry-pushback-ms` honoured on a route without a timeout; a
 /// server asking for more is not retried.
@@ -284,6 +285,8 @@ impl<'a> Tries<'a> {
         *request.uri_mut() = self.head.uri.clone();
         *request.version_mut() = self.head.version;
         *request.headers_mut() = self.head.headers.clone();
+        // For the HTTP/1 client, `traceparent` goes straight into the request head.
+        let mut traceparent = None;
         let mut span = self.trace.and_then(|t| {
             let attempt = UpstreamAttempt {
                 method: &self.head.method,
@@ -293,14 +296,23 @@ impl<'a> Tries<'a> {
                 cluster: &cluster.name,
                 resends,
             };
-            t.start_client(request.headers_mut(), &attempt)
+            let direct = (cluster.protocol != UpstreamProtocol::Http2).then_some(&mut traceparent);
+            t.start_client(request.headers_mut(), &attempt, direct)
         });
         let per_try = self.policy.per_try_timeout.filter(|_| !self.policy.hedge);
         let pool = &self.conn.worker.pool;
         let attempt = Box::pin(async move {
             let _retry_slot = retry_slot;
             let started = Instant::now();
-            let sent = std::pin::pin!(send(pool, cluster, addr, request, false, counters));
+            let sent = std::pin::pin!(send(
+                pool,
+                cluster,
+                addr,
+                request,
+                false,
+                counters,
+                traceparent.as_ref()
+            ));
             let outcome = match per_try {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
                     Ok(outcome) => outcome,

@@ -428,13 +428,16 @@ pub struct SendFailed {
 /// of the response (and of the request body), and hands the connection back for reuse when
 /// both ended cleanly. `upgrade`: the request asks to switch protocols; a 101 answer then
 /// leaves the connection in the body, to be taken with [`Body1::into_upgraded`].
+/// `traceparent`: a `traceparent` value written into the head after the request's headers
+/// (which then have none), rather than made a header value first.
 pub async fn send(
     mut conn: Box<Conn1>,
     request: Request<RequestBody>,
     upgrade: bool,
+    traceparent: Option<&[u8]>,
 ) -> Result<Response<Body1>, SendFailed> {
     let head_only = request.method() == Method::HEAD;
-    let (mut writer, parts) = start(&mut conn, request);
+    let (mut writer, parts) = start(&mut conn, request, traceparent);
     let polled = std::future::poll_fn(|cx| {
         if !writer.done(&conn) {
             if let Poll::Ready(Err(e)) = writer.poll(&mut conn, cx) {
@@ -499,7 +502,11 @@ pub async fn send(
 }
 
 /// Encodes the request head into the queue; the body is left to stream.
-fn start(conn: &mut Conn1, request: Request<RequestBody>) -> (Writer, http::request::Parts) {
+fn start(
+    conn: &mut Conn1,
+    request: Request<RequestBody>,
+    traceparent: Option<&[u8]>,
+) -> (Writer, http::request::Parts) {
     let (parts, body) = request.into_parts();
     let s = &mut conn.scratch;
     s.reserve(256);
@@ -527,6 +534,9 @@ fn start(conn: &mut Conn1, request: Request<RequestBody>) -> (Writer, http::requ
         if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
             put_field(s, name.as_str().as_bytes(), value.as_bytes());
         }
+    }
+    if let Some(traceparent) = traceparent {
+        put_field(s, b"traceparent", traceparent);
     }
     let empty = body.is_end_stream();
     let framing = match (declared, body.size_hint().exact()) {
@@ -1073,7 +1083,7 @@ mod tests {
         request: Request<RequestBody>,
     ) -> (Response<Body1>, Vec<u8>) {
         let (addr, server) = upstream(reply, piece, false).await;
-        let response = send(conn(addr).await, request, false).await.unwrap();
+        let response = send(conn(addr).await, request, false, None).await.unwrap();
         let (got, sock) = server.await.unwrap();
         // Keep the upstream's end open for as long as the test reads the answer.
         std::mem::forget(sock);
@@ -1145,7 +1155,7 @@ mod tests {
             true,
         )
         .await;
-        let response = send(conn(addr).await, get("/"), false).await.unwrap();
+        let response = send(conn(addr).await, get("/"), false, None).await.unwrap();
         let mut body = response.into_body();
         let data = (&mut body).collect().await.unwrap().to_bytes();
         assert_eq!(data, "until the end");
@@ -1211,7 +1221,7 @@ mod tests {
             false,
         )
         .await;
-        let response = send(conn(addr).await, post("3", b"abc"), false)
+        let response = send(conn(addr).await, post("3", b"abc"), false, None)
             .await
             .unwrap();
         assert!(response.body().is_end_stream());
@@ -1238,7 +1248,7 @@ mod tests {
             false,
         )
         .await;
-        let failed = send(conn(addr).await, post("999", b"abc"), false)
+        let failed = send(conn(addr).await, post("999", b"abc"), false, None)
             .await
             .unwrap_err();
         assert!(
@@ -1256,7 +1266,9 @@ mod tests {
             b"garbage\r\n\r\n",
         ] {
             let (addr, _server) = upstream(reply, usize::MAX, false).await;
-            let failed = send(conn(addr).await, get("/"), false).await.unwrap_err();
+            let failed = send(conn(addr).await, get("/"), false, None)
+                .await
+                .unwrap_err();
             assert!(
                 matches!(failed.error, Http1Error::Invalid(_)),
                 "{:?}",
@@ -1278,7 +1290,9 @@ mod tests {
         reply.extend_from_slice(b"\r\n\r\n");
         let reply: &'static [u8] = reply.leak();
         let (addr, _server) = upstream(reply, usize::MAX, false).await;
-        let failed = send(conn(addr).await, get("/"), false).await.unwrap_err();
+        let failed = send(conn(addr).await, get("/"), false, None)
+            .await
+            .unwrap_err();
         assert!(
             matches!(failed.error, Http1Error::HeadTooLarge),
             "{:?}",
@@ -1290,7 +1304,7 @@ mod tests {
     async fn a_closed_idle_connection_is_not_usable() {
         let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         let (addr, server) = upstream(reply, usize::MAX, false).await;
-        let response = send(conn(addr).await, get("/"), false).await.unwrap();
+        let response = send(conn(addr).await, get("/"), false, None).await.unwrap();
         let mut body = response.into_body();
         (&mut body).collect().await.unwrap();
         let mut idle = body.take_idle().unwrap();
@@ -1305,7 +1319,9 @@ mod tests {
     async fn switching_protocols_hands_over_the_bytes_read_past_the_head() {
         let reply = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\nearly";
         let (addr, server) = upstream(reply, usize::MAX, false).await;
-        let response = send(conn(addr).await, get("/ws"), true).await.unwrap();
+        let response = send(conn(addr).await, get("/ws"), true, None)
+            .await
+            .unwrap();
         assert_eq!(response.status(), 101);
         let mut up = response.into_body().into_upgraded().expect("upgraded");
         let (_, mut sock) = server.await.unwrap();

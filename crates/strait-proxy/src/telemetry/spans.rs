@@ -24,7 +24,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, Version};
 use strait_config::{AcceptFormat, TraceContext};
 
 use super::otlp::proto;
-use super::trace_context::{self, Formats, Sampler, SpanContext, SpanId, Started, TraceId};
+use super::trace_context::{
+    self, Formats, Sampler, SpanContext, SpanId, Started, TraceId, TraceparentValue,
+};
 
 /// Counters of the span pipeline, shared by every exporter a config ever started.
 #[derive(Debug, Default)]
@@ -281,22 +283,26 @@ impl RequestTrace {
     }
 
     /// Starts the client span of one upstream attempt: writes its context into the attempt's
-    /// headers, and returns the span when the request is sampled.
+    /// headers, and returns the span when the request is sampled. With `traceparent`, the
+    /// `traceparent` header goes there instead, for the HTTP/1 client to write into the head.
     pub(crate) fn start_client(
         &self,
         headers: &mut HeaderMap,
         attempt: &UpstreamAttempt<'_>,
+        traceparent: Option<&mut Option<TraceparentValue>>,
     ) -> Option<OpenSpan> {
         let context = SpanContext {
             span_id: SpanId::random(),
             ..self.started.context
         };
-        trace_context::inject(
-            headers,
-            self.emit,
-            &context,
-            self.started.tracestate.as_ref(),
-        );
+        let tracestate = self.started.tracestate.as_ref();
+        match traceparent {
+            Some(out) => {
+                *out =
+                    trace_context::inject_but_traceparent(headers, self.emit, &context, tracestate);
+            }
+            None => trace_context::inject(headers, self.emit, &context, tracestate),
+        }
         let server = self.server.as_ref()?;
         let mut record = SpanRecord::new(SpanKind::Client, context, attempt.method);
         record.parent = Some(self.started.context.span_id);

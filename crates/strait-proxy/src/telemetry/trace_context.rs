@@ -586,6 +586,35 @@ pub fn strip(headers: &mut HeaderMap, families: Formats, present: Formats) {
     }
 }
 
+/// A `traceparent` value: `00-{trace}-{span}-{flags}`.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceparentValue([u8; 55]);
+
+impl TraceparentValue {
+    /// The value for `context`.
+    pub fn of(context: &SpanContext) -> TraceparentValue {
+        let mut v = [b'-'; 55];
+        v[..2].copy_from_slice(b"00");
+        hex_into(&context.trace_id.0, &mut v[3..35]);
+        hex_into(&context.span_id.0, &mut v[36..52]);
+        v[53..].copy_from_slice(if context.sampled { b"01" } else { b"00" });
+        TraceparentValue(v)
+    }
+
+    /// The value's bytes: hex digits and dashes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Writes the value into `headers`, replacing what is there.
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        // Hex digits and dashes: always a valid header value.
+        if let Some(v) = crate::http::headers::made_value(&self.0) {
+            headers.insert(TRACEPARENT.clone(), v);
+        }
+    }
+}
+
 /// Writes `context` in every format of `emit`, replacing what is there; `tracestate` goes with
 /// W3C.
 pub fn inject(
@@ -594,29 +623,33 @@ pub fn inject(
     context: &SpanContext,
     tracestate: Option<&HeaderValue>,
 ) {
-    if emit.has(Formats::W3C) {
-        // `00-{trace}-{span}-{flags}`, written in place: the header every traced request gets.
-        let mut v = [b'-'; 55];
-        v[..2].copy_from_slice(b"00");
-        hex_into(&context.trace_id.0, &mut v[3..35]);
-        hex_into(&context.span_id.0, &mut v[36..52]);
-        v[53..].copy_from_slice(if context.sampled { b"01" } else { b"00" });
-        // Hex digits and dashes: always a valid header value.
-        if let Some(v) = crate::http::headers::made_value(&v) {
-            headers.insert(TRACEPARENT.clone(), v);
-        }
+    if let Some(traceparent) = inject_but_traceparent(headers, emit, context, tracestate) {
+        traceparent.insert_into(headers);
     }
+}
+
+/// As [`inject`], but the `traceparent` (when `emit` has W3C) is returned rather than written
+/// into `headers`: Strait's HTTP/1 client writes it straight into the request head, which
+/// costs less than making a header value and inserting it into the map (about 500
+/// instructions per request).
+pub fn inject_but_traceparent(
+    headers: &mut HeaderMap,
+    emit: Formats,
+    context: &SpanContext,
+    tracestate: Option<&HeaderValue>,
+) -> Option<TraceparentValue> {
     if emit.has(Formats::B3_SINGLE) || emit.has(Formats::B3_MULTI) {
         inject_b3(headers, emit, context);
     }
-    // Written after the rest, and only with W3C. Without one there is nothing to remove: the
-    // request's own `tracestate` went with [`strip`], and an attempt before this one wrote
-    // none.
-    if emit.has(Formats::W3C) {
-        if let Some(state) = tracestate {
-            headers.insert(TRACESTATE.clone(), state.clone());
-        }
+    if !emit.has(Formats::W3C) {
+        return None;
     }
+    // Without a tracestate there is nothing to remove: the request's own went with [`strip`],
+    // and an attempt before this one wrote none.
+    if let Some(state) = tracestate {
+        headers.insert(TRACESTATE.clone(), state.clone());
+    }
+    Some(TraceparentValue::of(context))
 }
 
 /// The B3 headers of [`inject`].
