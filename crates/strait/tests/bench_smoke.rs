@@ -107,3 +107,26 @@ fn bench_harness_smoke_mode_measures_and_writes_every_output() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The side-by-side script (`benches/harness/side_by_side.py`) needs nginx and wrk to measure;
+/// here it only loads (it borrows run.py's helpers, which must still be there) and lists its
+/// options.
+#[test]
+fn side_by_side_script_loads_and_lists_its_options() {
+    let script = repo_root().join("benches/harness/side_by_side.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "side_by_side.py --help failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for option in ["--strait", "--rounds", "--observe", "--observe-percent"] {
+        assert!(stdout.contains(option), "{option} missing from:\n{stdout}");
+    }
+}
