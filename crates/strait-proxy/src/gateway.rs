@@ -675,7 +675,7 @@ async fn forward_to(
         Ok(started) => started,
         Err(reply) => return reply,
     };
-    // For the HTTP/1 client, `traceparent` goes straight into the request head.
+    // `send` writes it: into the HTTP/1 head, or the HTTP/2 headers.
     let mut traceparent = None;
     let mut span = trace.and_then(|t| {
         let attempt = UpstreamAttempt {
@@ -686,8 +686,7 @@ async fn forward_to(
             cluster: &cluster.name,
             resends: 0,
         };
-        let direct = (cluster.protocol != UpstreamProtocol::Http2).then_some(&mut traceparent);
-        t.start_client(&mut parts.headers, &attempt, direct)
+        t.start_client(&mut parts.headers, &attempt, &mut traceparent)
     });
     let request = Request::from_parts(parts, body);
     let started = Instant::now();

@@ -33,7 +33,6 @@ use crate::runtime::snapshot::{ClusterPlan, RouteAction};
 use crate::telemetry::access_log::LogEntry;
 use crate::telemetry::metrics::RouteStats;
 use crate::telemetry::spans::{RequestTrace, UpstreamAttempt};
-use strait_config::UpstreamProtocol;
 
 /// Longest `retry-after`/`grpc-retry-pushback-ms` honoured on a route without a timeout; a
 /// server asking for more is not retried.
@@ -285,7 +284,7 @@ impl<'a> Tries<'a> {
         *request.uri_mut() = self.head.uri.clone();
         *request.version_mut() = self.head.version;
         *request.headers_mut() = self.head.headers.clone();
-        // For the HTTP/1 client, `traceparent` goes straight into the request head.
+        // `send` writes it: into the HTTP/1 head, or the HTTP/2 headers.
         let mut traceparent = None;
         let mut span = self.trace.and_then(|t| {
             let attempt = UpstreamAttempt {
@@ -296,8 +295,7 @@ impl<'a> Tries<'a> {
                 cluster: &cluster.name,
                 resends,
             };
-            let direct = (cluster.protocol != UpstreamProtocol::Http2).then_some(&mut traceparent);
-            t.start_client(request.headers_mut(), &attempt, direct)
+            t.start_client(request.headers_mut(), &attempt, &mut traceparent)
         });
         let per_try = self.policy.per_try_timeout.filter(|_| !self.policy.hedge);
         let pool = &self.conn.worker.pool;

@@ -444,15 +444,10 @@ impl LogEntry {
                 rfc3339_cached(out, self.arrived);
                 out.push(b'"');
             }
-            LogField::Listener => json_name(out, &self.listener),
-            LogField::Route => match &self.route {
-                Some(name) => json_name(out, name),
-                None => out.extend_from_slice(b"\"\""),
-            },
-            LogField::Cluster => match &self.cluster {
-                Some(name) => json_name(out, name),
-                None => out.extend_from_slice(b"\"\""),
-            },
+            // The default line writes these from `json_names`' cache.
+            LogField::Listener => json_str(out, &self.listener),
+            LogField::Route => json_str(out, self.route.as_deref().unwrap_or("")),
+            LogField::Cluster => json_str(out, self.cluster.as_deref().unwrap_or("")),
             LogField::Endpoint => match self.endpoint {
                 Some(e) => json_addr(out, e),
                 None => json_str(out, ""),
@@ -592,19 +587,30 @@ fn json_plain(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `x` that is zero (and possibly of bytes above a zero one,
+/// which exact scans sort out).
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & HIGH
+}
+
+/// Eight bytes as one number; the scans below look at eight bytes at a time.
+fn eight(chunk: &[u8]) -> u64 {
+    u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or([0; 8]))
+}
+
+/// Nonzero when the eight bytes hold one JSON must escape: a control character, `"` or `\`.
+fn escape_flags(v: u64) -> u64 {
+    let control = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
+    control | zero_bytes(v ^ (ONES * u64::from(b'"'))) | zero_bytes(v ^ (ONES * u64::from(b'\\')))
+}
+
 /// Where the first byte JSON must escape is (a control character, `"` or `\`), looking at
 /// eight bytes at a time: most strings have none, and the scan is most of the line's cost.
 fn first_to_escape(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Bytes of `x` that are zero get their high bit set (and possibly bytes above a zero one,
-    // which the exact scan below sorts out).
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let flagged = |chunk: &[u8]| {
-        let v = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or([0; 8]));
-        let control = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
-        control | zero(v ^ (ONES * u64::from(b'"'))) | zero(v ^ (ONES * u64::from(b'\\'))) != 0
-    };
+    let flagged = |chunk: &[u8]| escape_flags(eight(chunk)) != 0;
     let needs = |b: &u8| needs_escape(*b);
     let mut at = 0;
     for chunk in bytes.chunks_exact(8) {
@@ -626,18 +632,10 @@ fn first_to_escape(bytes: &[u8]) -> Option<usize> {
 /// True when every byte is printable ASCII other than `"` and `\`: text that is valid UTF-8
 /// and a JSON string as it is. Eight bytes at a time, as [`first_to_escape`].
 fn plain_ascii(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    // Besides what JSON escapes: bytes of 0x80 and above (their high bit), and DEL.
     let flagged = |chunk: &[u8]| {
-        let v = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or([0; 8]));
-        // Control characters, and bytes of 0x80 and above (their high bit).
-        let outside = (v.wrapping_sub(ONES * 0x20) & !v & HIGH) | (v & HIGH);
-        outside
-            | zero(v ^ (ONES * 0x7f))
-            | zero(v ^ (ONES * u64::from(b'"')))
-            | zero(v ^ (ONES * u64::from(b'\\')))
-            != 0
+        let v = eight(chunk);
+        escape_flags(v) | (v & HIGH) | zero_bytes(v ^ (ONES * 0x7f)) != 0
     };
     let plain = |b: &u8| (0x20..0x7f).contains(b) && *b != b'"' && *b != b'\\';
     let chunks = bytes.chunks_exact(8);
@@ -765,47 +763,6 @@ const FRACTIONS: [([u8; 4], u8); 1_000] = {
     table
 };
 
-/// A name and its JSON text.
-type NameText = (Option<Arc<str>>, Vec<u8>);
-
-/// Names [`json_name`] keeps per thread.
-const RECENT_NAMES: usize = 8;
-
-/// A name from the config (a listener's, a route's, a cluster's) as a JSON string, from a small
-/// per-thread cache of the names last written: the same few names are logged over and over,
-/// and scanning one for what to escape costs more than copying it. A cached name is held, so
-/// while it is cached no other name can be at its address: the address identifies it.
-fn json_name(out: &mut Vec<u8>, name: &Arc<str>) {
-    thread_local! {
-        static RECENT: std::cell::RefCell<([NameText; RECENT_NAMES], usize)> =
-            std::cell::RefCell::new(Default::default());
-    }
-    RECENT.with_borrow_mut(|(recent, next)| {
-        // A scan rather than a slot picked by address: a route's and a cluster's names picked
-        // the same slot often enough to miss on most lines.
-        let hit = recent
-            .iter()
-            .position(|(known, _)| known.as_ref().is_some_and(|k| Arc::ptr_eq(k, name)));
-        let at = match hit {
-            Some(at) => at,
-            None => {
-                let at = *next % RECENT_NAMES;
-                *next = next.wrapping_add(1);
-                let Some((known, text)) = recent.get_mut(at) else {
-                    return json_str(out, name);
-                };
-                text.clear();
-                json_str(text, name);
-                *known = Some(Arc::clone(name));
-                at
-            }
-        };
-        if let Some((_, text)) = recent.get(at) {
-            out.extend_from_slice(text);
-        }
-    });
-}
-
 /// The listener's, route's and cluster's names as the line's fields (`,"listener":"web",
 /// "route":"",...`), from a small per-thread cache of the fragments last written: a worker
 /// writes the same few over and over.
@@ -815,6 +772,8 @@ fn json_names(
     route: Option<&Arc<str>>,
     cluster: Option<&Arc<str>>,
 ) {
+    /// Fragments kept per thread.
+    const RECENT_NAMES: usize = 8;
     thread_local! {
         static RECENT: std::cell::RefCell<([NamesText; RECENT_NAMES], usize)> =
             std::cell::RefCell::new(Default::default());

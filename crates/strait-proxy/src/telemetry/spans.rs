@@ -283,26 +283,25 @@ impl RequestTrace {
     }
 
     /// Starts the client span of one upstream attempt: writes its context into the attempt's
-    /// headers, and returns the span when the request is sampled. With `traceparent`, the
-    /// `traceparent` header goes there instead, for the HTTP/1 client to write into the head.
+    /// headers, but for `traceparent`, which goes to `traceparent` for the sender to write
+    /// (into the HTTP/1 head, or the HTTP/2 headers), and returns the span when the request is
+    /// sampled.
     pub(crate) fn start_client(
         &self,
         headers: &mut HeaderMap,
         attempt: &UpstreamAttempt<'_>,
-        traceparent: Option<&mut Option<TraceparentValue>>,
+        traceparent: &mut Option<TraceparentValue>,
     ) -> Option<OpenSpan> {
         let context = SpanContext {
             span_id: SpanId::random(),
             ..self.started.context
         };
-        let tracestate = self.started.tracestate.as_ref();
-        match traceparent {
-            Some(out) => {
-                *out =
-                    trace_context::inject_but_traceparent(headers, self.emit, &context, tracestate);
-            }
-            None => trace_context::inject(headers, self.emit, &context, tracestate),
-        }
+        *traceparent = trace_context::inject_but_traceparent(
+            headers,
+            self.emit,
+            &context,
+            self.started.tracestate.as_ref(),
+        );
         let server = self.server.as_ref()?;
         let mut record = SpanRecord::new(SpanKind::Client, context, attempt.method);
         record.parent = Some(self.started.context.span_id);
