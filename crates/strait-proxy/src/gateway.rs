@@ -814,7 +814,11 @@ impl Answer {
         route_stats: &Arc<RouteStats>,
     ) -> Response<ResponseBody> {
         let mut response = self.response;
-        headers::strip_hop_by_hop(response.headers_mut(), false);
+        // An HTTP/1 head was read without them (`client1`); HTTP/2 forbids them, but a
+        // translating upstream may still send some.
+        if !matches!(response.body(), FromUpstream::Http1(b) if b.end_to_end_head()) {
+            headers::strip_hop_by_hop(response.headers_mut(), false);
+        }
         let (parts, body) = response.into_parts();
         let pool = Some(Rc::clone(pool));
         let mut body = UpstreamBody::new(body, Some(self.in_flight), pool, action.idle_timeout);

@@ -26,6 +26,7 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::http::body::{BodyError, RequestBody};
+use crate::http::headers::{hop_by_hop_bit, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING};
 use crate::http::pool::UpstreamIo;
 use crate::resilience::Admission;
 
@@ -493,6 +494,7 @@ pub async fn send(
         writer,
         state,
         keep_alive: head.keep_alive,
+        end_to_end_head: head.end_to_end,
     };
     let mut response = Response::new(body);
     *response.status_mut() = head.status;
@@ -586,6 +588,8 @@ struct Head {
     headers: HeaderMap,
     framing: BodyFraming,
     keep_alive: bool,
+    /// `headers` holds no hop-by-hop header: [`parse_head`] left them out.
+    end_to_end: bool,
 }
 
 /// Reads until a final (non-1xx, or 101) response head is in, and parses it.
@@ -643,12 +647,21 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
     let mut chunked = false;
     let mut encoded = false;
     let mut close = version == Version::HTTP_10;
+    // Hop-by-hop headers are this hop's own: left out here, as they are read, rather than
+    // inserted and then found and removed (which cost a pass over the map and a hashed removal
+    // per response). A 101 keeps them for the tunnel's answer; a `connection` that names other
+    // headers is kept for `strip_hop_by_hop`, which removes those too.
+    let strip = status != StatusCode::SWITCHING_PROTOCOLS;
+    let mut end_to_end = strip;
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| Http1Error::Invalid("bad header name"))?;
         let at = h.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(block.slice(at..at + h.value.len()))
             .map_err(|_| Http1Error::Invalid("bad header value"))?;
+        let hop = hop_by_hop_bit(&name);
+        // Whether this `connection` names other headers (beyond `keep-alive` and `close`).
+        let mut names_others = false;
         if name == header::CONTENT_LENGTH {
             let n = std::str::from_utf8(h.value)
                 .ok()
@@ -658,7 +671,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
                 return Err(Http1Error::Invalid("conflicting content-length"));
             }
             length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
+        } else if hop == HOP_TRANSFER_ENCODING {
             encoded = true;
             // Only the last coding says whether the body is chunked.
             chunked = h
@@ -666,13 +679,26 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
+        } else if hop == HOP_CONNECTION && h.value == b"keep-alive" {
+            // The usual value, settled without splitting it.
+            close = false;
+        } else if hop == HOP_CONNECTION {
             for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     close = false;
+                } else {
+                    names_others = true;
                 }
+            }
+        }
+        if strip && hop != 0 {
+            match hop {
+                HOP_CONNECTION if names_others => end_to_end = false,
+                // `te: trailers` is the one value `strip_hop_by_hop` lets through.
+                HOP_TE if h.value.eq_ignore_ascii_case(b"trailers") => {}
+                _ => continue,
             }
         }
         headers.append(name, value);
@@ -691,6 +717,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
         headers,
         framing,
         keep_alive,
+        end_to_end,
     };
     Ok(Some((head, len)))
 }
@@ -737,9 +764,17 @@ pub struct Body1 {
     writer: Option<Box<Writer>>,
     state: State,
     keep_alive: bool,
+    /// The response's head holds no hop-by-hop header (see [`parse_head`]).
+    end_to_end_head: bool,
 }
 
 impl Body1 {
+    /// True when the response's head was read without its hop-by-hop headers: there is
+    /// nothing for `strip_hop_by_hop` to do.
+    pub fn end_to_end_head(&self) -> bool {
+        self.end_to_end_head
+    }
+
     /// The connection, when the body ended cleanly and the connection can take another
     /// request.
     pub fn take_idle(&mut self) -> Option<Box<Conn1>> {
@@ -1088,6 +1123,51 @@ mod tests {
         // Keep the upstream's end open for as long as the test reads the answer.
         std::mem::forget(sock);
         (response, got)
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_left_out_of_the_parsed_head() {
+        let head = |text: &str| parse_head(text.as_bytes()).unwrap().unwrap().0;
+        let names =
+            |h: &Head| -> Vec<String> { h.headers.keys().map(|n| n.as_str().to_owned()).collect() };
+
+        let plain = head(
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\n\
+             proxy-connection: keep-alive\r\nupgrade: h2c\r\nte: trailers\r\n\
+             transfer-encoding: chunked\r\nproxy-authenticate: Basic\r\nx-a: b\r\n\r\n",
+        );
+        assert!(plain.end_to_end);
+        assert_eq!(
+            names(&plain),
+            ["te", "x-a"],
+            "only `te: trailers` and x-a stay"
+        );
+        assert!(
+            matches!(plain.framing, BodyFraming::Chunked),
+            "framing still read"
+        );
+        assert!(plain.keep_alive);
+        let te_other = head("HTTP/1.1 200 OK\r\nte: gzip\r\ncontent-length: 0\r\n\r\n");
+        assert!(te_other.end_to_end);
+        assert_eq!(names(&te_other), ["content-length"]);
+
+        // A `connection` naming another header is kept, so the named one goes too.
+        let named = head(
+            "HTTP/1.1 200 OK\r\nx-hop: 1\r\nconnection: close, x-hop\r\nkeep-alive: 1\r\n\r\n",
+        );
+        assert!(!named.end_to_end);
+        assert!(!named.keep_alive);
+        assert_eq!(names(&named), ["x-hop", "connection"]);
+        let mut map = named.headers;
+        crate::http::headers::strip_hop_by_hop(&mut map, false);
+        assert!(map.is_empty());
+
+        // A switch of protocols keeps its `connection` and `upgrade` for the tunnel's answer.
+        let switched = head(
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        );
+        assert!(!switched.end_to_end);
+        assert_eq!(names(&switched), ["connection", "upgrade"]);
     }
 
     #[tokio::test]

@@ -41,12 +41,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     // Headers named in `connection` are hop-by-hop too (RFC 9110 §7.6.1).
     // Most `connection` headers say only `keep-alive` or `close`: nothing more to remove.
     let only_standard = || {
-        headers.get_all(header::CONNECTION).iter().all(|v| {
-            v.as_bytes().split(|&b| b == b',').all(|t| {
-                let t = t.trim_ascii();
-                t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
-            })
-        })
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .all(|v| names_no_headers(v.as_bytes()))
     };
     if present & HOP_CONNECTION != 0 && only_standard() {
         headers.remove(header::CONNECTION);
@@ -91,34 +89,46 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     removed_named
 }
 
-const HOP_CONNECTION: u8 = 1;
+/// True when a `connection` value names no other header: only `keep-alive` and `close`.
+fn names_no_headers(connection: &[u8]) -> bool {
+    // The usual value, before splitting.
+    if connection == b"keep-alive" {
+        return true;
+    }
+    connection.split(|&b| b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+    })
+}
+
+pub(crate) const HOP_CONNECTION: u8 = 1;
 const HOP_KEEP_ALIVE: u8 = 1 << 1;
 const HOP_PROXY_CONNECTION: u8 = 1 << 2;
-const HOP_TRANSFER_ENCODING: u8 = 1 << 3;
+pub(crate) const HOP_TRANSFER_ENCODING: u8 = 1 << 3;
 const HOP_PROXY_AUTHENTICATE: u8 = 1 << 4;
 const HOP_PROXY_AUTHORIZATION: u8 = 1 << 5;
-const HOP_TE: u8 = 1 << 6;
+pub(crate) const HOP_TE: u8 = 1 << 6;
 const HOP_UPGRADE: u8 = 1 << 7;
 
 /// The bit of a fixed hop-by-hop header, 0 for others (those named in `connection` go with
 /// `connection` itself).
-fn hop_by_hop_bit(name: &HeaderName) -> u8 {
-    if name == header::CONNECTION {
-        HOP_CONNECTION
-    } else if name == header::TRANSFER_ENCODING {
-        HOP_TRANSFER_ENCODING
-    } else if name == header::UPGRADE {
-        HOP_UPGRADE
-    } else if name == header::TE {
-        HOP_TE
-    } else if name == header::PROXY_AUTHENTICATE {
-        HOP_PROXY_AUTHENTICATE
-    } else if name == header::PROXY_AUTHORIZATION {
-        HOP_PROXY_AUTHORIZATION
-    } else if name == KEEP_ALIVE {
-        HOP_KEEP_ALIVE
-    } else if name == PROXY_CONNECTION {
-        HOP_PROXY_CONNECTION
+pub(crate) fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    // By length first: most names have a length no hop-by-hop name has, and are settled
+    // without comparing bytes (this runs for every header of every response).
+    let name = name.as_str();
+    let (bit, hop) = match name.len() {
+        2 => (HOP_TE, "te"),
+        7 => (HOP_UPGRADE, "upgrade"),
+        10 if name.starts_with('c') => (HOP_CONNECTION, "connection"),
+        10 => (HOP_KEEP_ALIVE, "keep-alive"),
+        16 => (HOP_PROXY_CONNECTION, "proxy-connection"),
+        17 => (HOP_TRANSFER_ENCODING, "transfer-encoding"),
+        18 => (HOP_PROXY_AUTHENTICATE, "proxy-authenticate"),
+        19 => (HOP_PROXY_AUTHORIZATION, "proxy-authorization"),
+        _ => return 0,
+    };
+    if name == hop {
+        bit
     } else {
         0
     }
@@ -395,6 +405,52 @@ mod tests {
         let mut h = map(&[("connection", "keep-alive"), ("x-request-id", "a")]);
         assert!(!strip_hop_by_hop(&mut h, false), "nothing named");
         assert!(h.contains_key("x-request-id"));
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_known_by_their_bits_and_only_they() {
+        let hop = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "upgrade",
+        ];
+        let mut seen = 0u8;
+        for name in hop {
+            let bit = hop_by_hop_bit(&HeaderName::from_static(name));
+            assert_eq!(bit.count_ones(), 1, "{name}");
+            assert_eq!(seen & bit, 0, "{name} shares a bit");
+            seen |= bit;
+        }
+        // Names of the same lengths, and the common ones.
+        for name in [
+            "tt",
+            "x-upgrad",
+            "xonnection",
+            "content-md5",
+            "x-keep-alive",
+            "proxy-connectiox",
+            "transfer-encodinx",
+            "proxy-authenticatx",
+            "proxy-authorizatiox",
+            "date",
+            "server",
+            "content-type",
+            "content-length",
+            "x-request-id",
+            "trailer",
+        ] {
+            assert_eq!(hop_by_hop_bit(&HeaderName::from_static(name)), 0, "{name}");
+        }
+        assert!(names_no_headers(b"Keep-Alive"));
+        assert!(names_no_headers(b"close"));
+        assert!(names_no_headers(b"keep-alive , Close"));
+        assert!(!names_no_headers(b"keep-alive, x-secret"));
+        assert!(!names_no_headers(b"upgrade"));
     }
 
     #[test]
