@@ -25,6 +25,7 @@
 //! AnyValue { 1: string | 3: int64 | 5: ArrayValue { 1: repeated AnyValue } }
 //! ```
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::super::addr_text::{write_ip, write_socket_addr};
@@ -133,20 +134,57 @@ impl Encoder {
     }
 }
 
-/// What encoding a span writes on the side: the span's body while it is written (its length
-/// prefixes it), and values formatted as text (addresses, a URL). Kept per thread.
+/// What encoding a span keeps on the side: the span's body while it is written (its length
+/// prefixes it), and the addresses last formatted as text. Kept per thread.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
     span: Vec<u8>,
-    text: Vec<u8>,
+    addrs: AddrTexts,
+}
+
+/// The last client and endpoint addresses a worker formatted, and their text: a worker's spans
+/// name the same few over and over, and formatting an address costs more than its attribute.
+#[derive(Debug, Default)]
+struct AddrTexts {
+    client: Option<(IpAddr, Vec<u8>)>,
+    /// The endpoint, its IP as text, and `http://` with its address.
+    endpoint: Option<(SocketAddr, Vec<u8>, Vec<u8>)>,
+}
+
+impl AddrTexts {
+    fn client(&mut self, ip: IpAddr) -> &[u8] {
+        let (known, text) = self.client.get_or_insert_with(|| (ip, Vec::new()));
+        if *known != ip || text.is_empty() {
+            text.clear();
+            write_ip(text, ip);
+            *known = ip;
+        }
+        text
+    }
+
+    /// The endpoint's IP and its URL up to the path.
+    fn endpoint(&mut self, addr: SocketAddr) -> (&[u8], &[u8]) {
+        let (known, ip, url) = self
+            .endpoint
+            .get_or_insert_with(|| (addr, Vec::new(), Vec::new()));
+        if *known != addr || ip.is_empty() {
+            ip.clear();
+            write_ip(ip, addr.ip());
+            url.clear();
+            url.extend_from_slice(b"http://");
+            write_socket_addr(url, addr);
+            *known = addr;
+        }
+        (ip, url)
+    }
 }
 
 /// Encodes one span's body into `scratch` (a worker does this outside any lock); then
 /// [`append_span`] adds it to a batch.
 pub(crate) fn encode_span(r: &SpanRecord, scratch: &mut Scratch) {
-    let Scratch { span, text } = scratch;
+    let Scratch { span, addrs } = scratch;
     span.clear();
-    SpanWriter { text }.encode_span(r, span);
+    SpanWriter { addrs }.encode_span(r, span);
 }
 
 /// Appends the span last encoded into `scratch` to `spans` as a `ScopeSpans.spans` field.
@@ -154,9 +192,9 @@ pub(crate) fn append_span(spans: &mut Vec<u8>, scratch: &Scratch) {
     len_field(spans, 2, &scratch.span);
 }
 
-/// Encodes a span's fields; `text` is where values formatted as text are made.
+/// Encodes a span's fields, its addresses' text from the worker's [`AddrTexts`].
 struct SpanWriter<'a> {
-    text: &'a mut Vec<u8>,
+    addrs: &'a mut AddrTexts,
 }
 
 impl SpanWriter<'_> {
@@ -255,9 +293,7 @@ impl SpanWriter<'_> {
             attr_str(out, key!("server.address"), name);
         }
         if let Some(client) = r.client {
-            self.text.clear();
-            write_ip(self.text, client.ip());
-            attr_bytes(out, key!("client.address"), self.text);
+            attr_bytes(out, key!("client.address"), self.addrs.client(client.ip()));
         }
         if let Some(agent) = text(&r.user_agent) {
             attr_str(out, key!("user_agent.original"), agent);
@@ -279,15 +315,11 @@ impl SpanWriter<'_> {
 
     fn client_attributes(&mut self, r: &SpanRecord, out: &mut Vec<u8>) {
         if let Some(endpoint) = r.endpoint {
-            self.text.clear();
-            write_ip(self.text, endpoint.ip());
-            attr_bytes(out, key!("server.address"), self.text);
+            let (ip, url) = self.addrs.endpoint(endpoint);
+            attr_bytes(out, key!("server.address"), ip);
             attr_int(out, key!("server.port"), i64::from(endpoint.port()));
-            self.text.clear();
-            self.text.extend_from_slice(b"http://");
-            write_socket_addr(self.text, endpoint);
-            self.text.extend_from_slice(r.path.as_bytes());
-            attr_bytes(out, key!("url.full"), self.text);
+            let path = r.path.as_bytes();
+            key_value_of_two(out, SPAN_ATTRIBUTES, key!("url.full"), url, path);
         }
         if r.resends > 0 {
             attr_int(out, key!("http.request.resend_count"), i64::from(r.resends));
@@ -309,16 +341,67 @@ fn attr_bytes(out: &mut Vec<u8>, name: &AttrKey, value: &[u8]) {
     key_value(out, SPAN_ATTRIBUTES, name, value);
 }
 
-/// A `KeyValue` with a string value, as field `field` of its message: `AnyValue {
+/// A `KeyValue` with a string value, as field `field` (under 16) of its message: `AnyValue {
 /// string_value: 1 }`.
 fn key_value(out: &mut Vec<u8>, field: u32, name: &AttrKey, value: &[u8]) {
-    key_value_head(out, field, name, field_len(value.len()));
-    len_field(out, 1, value);
+    key_value_of_two(out, field, name, value, &[]);
+}
+
+/// [`key_value`] of a value given in two parts, `first` then `second`.
+fn key_value_of_two(out: &mut Vec<u8>, field: u32, name: &AttrKey, first: &[u8], second: &[u8]) {
+    let len = first.len() + second.len();
+    let any = field_len(len);
+    let kv = name.len + varint_len(any as u64) + any;
+    if kv >= 0x80 {
+        key_value_head(out, field, name, any);
+        key(out, 1, LEN);
+        varint(out, len as u64);
+        out.extend_from_slice(first);
+        out.extend_from_slice(second);
+        return;
+    }
+    // Every length fits one byte: the bytes before the value are made in one fixed-size
+    // block and copied whole, then cut (a span has a dozen attributes, and writing each field
+    // by field was half of encoding it).
+    let mut head = [0u8; KEY_ROOM + 5];
+    head[0] = (field << 3) as u8 | LEN;
+    head[1] = kv as u8;
+    head[2..2 + KEY_ROOM].copy_from_slice(&name.bytes);
+    let at = 2 + name.len;
+    head[at] = any as u8;
+    head[at + 1] = 1 << 3 | LEN; // AnyValue.string_value
+    head[at + 2] = len as u8;
+    put_head(out, &head, at + 3, len);
+    out.extend_from_slice(first);
+    out.extend_from_slice(second);
+}
+
+/// Appends the first `len` bytes of `head` (copied whole, then cut), with room for `more`.
+#[inline(always)]
+fn put_head(out: &mut Vec<u8>, head: &[u8; KEY_ROOM + 5], len: usize, more: usize) {
+    out.reserve(head.len() + more);
+    let start = out.len();
+    out.extend_from_slice(head);
+    out.truncate(start + len);
 }
 
 /// A span attribute with an integer value: `AnyValue { int_value: 3 }`.
 fn attr_int(out: &mut Vec<u8>, name: &AttrKey, value: i64) {
     let v = value as u64;
+    // Status codes and ports: at most three bytes of varint, so every length fits one byte.
+    if v < 1 << 21 {
+        let any = 1 + varint_len(v);
+        let mut head = [0u8; KEY_ROOM + 5];
+        head[0] = (SPAN_ATTRIBUTES << 3) as u8 | LEN;
+        head[1] = (name.len + 1 + any) as u8;
+        head[2..2 + KEY_ROOM].copy_from_slice(&name.bytes);
+        let at = 2 + name.len;
+        head[at] = any as u8;
+        head[at + 1] = 3 << 3 | VARINT; // AnyValue.int_value
+        put_head(out, &head, at + 2, 3);
+        varint(out, v);
+        return;
+    }
     key_value_head(out, SPAN_ATTRIBUTES, name, 1 + varint_len(v));
     key(out, 3, VARINT);
     varint(out, v);
@@ -572,6 +655,64 @@ mod tests {
         );
         assert_eq!(span.status, None);
         assert!(attr(&span, "error.type").is_none());
+    }
+
+    #[test]
+    fn values_of_every_length_and_addresses_that_change_encode_alike() {
+        let encoder = Encoder::new("edge");
+        let mut scratch = Scratch::default();
+        // Lengths around the one-byte limits of each nested length, and a port of three
+        // varint bytes: the fast and the general paths must agree.
+        for len in [0, 1, 80, 90, 100, 110, 120, 127, 128, 200, 20_000] {
+            // Client spans (odd) to two endpoints in turn, server spans from two clients.
+            let endpoints = [
+                "10.1.0.1:9000",
+                "[fd00::1]:65535",
+                "10.1.0.1:9000",
+                "10.1.0.1:80",
+            ];
+            for (i, endpoint) in endpoints.iter().enumerate() {
+                let mut r = record(if i % 2 == 1 {
+                    SpanKind::Client
+                } else {
+                    SpanKind::Server
+                });
+                r.path = format!("/{}", "p".repeat(len));
+                r.user_agent = Some(http::HeaderValue::from_str(&"u".repeat(len)).unwrap());
+                r.endpoint = Some(endpoint.parse().unwrap());
+                r.client = Some(format!("10.0.0.{i}:1").parse().unwrap());
+                r.status = 200 + i as u16;
+                encode_span(&r, &mut scratch);
+                let mut spans = Vec::new();
+                append_span(&mut spans, &scratch);
+                let mut out = Vec::new();
+                encoder.finish(&spans, &mut out);
+                let span = ExportTraceServiceRequest::decode(out.as_slice())
+                    .unwrap()
+                    .resource_spans
+                    .remove(0)
+                    .scope_spans
+                    .remove(0)
+                    .spans
+                    .remove(0);
+                let code = attr(&span, "http.response.status_code");
+                assert_eq!(code, Some(Value::IntValue(200 + i as i64)));
+                if i % 2 == 1 {
+                    let url = format!("http://{endpoint}/{}", "p".repeat(len));
+                    assert_eq!(s(&span, "url.full"), Some(url));
+                    let addr: SocketAddr = endpoint.parse().unwrap();
+                    let ip = addr.ip().to_string();
+                    assert_eq!(s(&span, "server.address"), Some(ip));
+                    let port = i64::from(addr.port());
+                    assert_eq!(attr(&span, "server.port"), Some(Value::IntValue(port)));
+                } else {
+                    assert_eq!(s(&span, "url.path"), Some(r.path.clone()));
+                    assert_eq!(s(&span, "user_agent.original"), Some("u".repeat(len)));
+                    let client = format!("10.0.0.{i}");
+                    assert_eq!(s(&span, "client.address"), Some(client));
+                }
+            }
+        }
     }
 
     #[test]
