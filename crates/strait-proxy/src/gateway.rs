@@ -161,14 +161,19 @@ pub(crate) async fn serve(
         return Ok(local_reply(grpc, Cause::NoRoute, "listener removed"));
     };
     // Made on arrival, so every answer's log line has one, not just the forwarded ones.
-    let made_id = (listener.proxy_headers.request_id
-        && !req.headers().contains_key(&headers::X_REQUEST_ID))
-    .then(|| {
-        let id = headers::new_request_id();
-        req.headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), id.clone());
-        id
-    });
+    let made_id = if listener.proxy_headers.request_id {
+        // An entry: the name hashed once to look and to insert.
+        match req.headers_mut().entry(&headers::X_REQUEST_ID) {
+            http::header::Entry::Vacant(slot) => {
+                let id = headers::new_request_id();
+                slot.insert(id.clone());
+                Some(id)
+            }
+            http::header::Entry::Occupied(_) => None,
+        }
+    } else {
+        None
+    };
     // The token first: its claims may become headers that routes and rate limits look at.
     if let Some(jwt) = &listener.jwt {
         if let Err(refusal) = jwt.check(req.headers_mut()) {

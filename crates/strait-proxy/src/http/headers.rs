@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use strait_config::{ForwardedMode, HeaderEdits, ProxyHeaders};
 
 /// `x-request-id`.
@@ -163,14 +163,22 @@ pub struct Hop<'a> {
 /// Writes `x-forwarded-for`, `x-forwarded-proto`, `forwarded`, `via` and `x-request-id` as
 /// the listener's settings say.
 pub fn add_forwarding_headers(headers: &mut HeaderMap, cfg: &ProxyHeaders, hop: &Hop<'_>) {
+    // Entries, so that looking for a header and writing it hash its name once.
     match cfg.x_forwarded_for {
-        ForwardedMode::Append => match fold_all(headers, &X_FORWARDED_FOR) {
-            Some(all) => {
-                let ip = hop.client_ip_text.to_str().unwrap_or_default();
-                set(headers, X_FORWARDED_FOR.clone(), &format!("{all}, {ip}"));
-            }
-            None => {
-                headers.insert(X_FORWARDED_FOR.clone(), hop.client_ip_text.clone());
+        ForwardedMode::Append => match headers.entry(&X_FORWARDED_FOR) {
+            Entry::Occupied(mut prior) => match fold_values(prior.iter()) {
+                Some(all) => {
+                    let ip = hop.client_ip_text.to_str().unwrap_or_default();
+                    if let Ok(v) = HeaderValue::from_str(&format!("{all}, {ip}")) {
+                        prior.insert(v);
+                    }
+                }
+                None => {
+                    prior.insert(hop.client_ip_text.clone());
+                }
+            },
+            Entry::Vacant(slot) => {
+                slot.insert(hop.client_ip_text.clone());
             }
         },
         ForwardedMode::Replace => {
@@ -179,11 +187,10 @@ pub fn add_forwarding_headers(headers: &mut HeaderMap, cfg: &ProxyHeaders, hop: 
         _ => {}
     }
     match cfg.x_forwarded_proto {
-        ForwardedMode::Append if !headers.contains_key(&X_FORWARDED_PROTO) => {
-            headers.insert(
-                X_FORWARDED_PROTO.clone(),
-                HeaderValue::from_static(hop.scheme),
-            );
+        ForwardedMode::Append => {
+            if let Entry::Vacant(slot) = headers.entry(&X_FORWARDED_PROTO) {
+                slot.insert(HeaderValue::from_static(hop.scheme));
+            }
         }
         ForwardedMode::Replace => {
             headers.insert(
@@ -214,8 +221,10 @@ pub fn add_forwarding_headers(headers: &mut HeaderMap, cfg: &ProxyHeaders, hop: 
     if let Some(via) = &cfg.via {
         append_via(headers, hop.version, via);
     }
-    if cfg.request_id && !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), new_request_id());
+    if cfg.request_id {
+        if let Entry::Vacant(slot) = headers.entry(&X_REQUEST_ID) {
+            slot.insert(new_request_id());
+        }
     }
 }
 
@@ -229,8 +238,13 @@ pub fn append_via(headers: &mut HeaderMap, version: &'static str, via: &str) {
 
 /// All values of a header joined with `, `, or `None` when absent or not text.
 fn fold_all(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    fold_values(headers.get_all(name).iter())
+}
+
+/// Values joined with `, `, or `None` when there are none or one is not text.
+fn fold_values<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String> {
     let mut out: Option<String> = None;
-    for v in headers.get_all(name) {
+    for v in values {
         let v = v.to_str().ok()?.trim();
         if v.is_empty() {
             continue;
