@@ -42,10 +42,10 @@ use crate::http::replay::ReplayBody;
 use crate::ratelimit::{self, Decision, Rate};
 use crate::resilience::retry::Failure;
 use crate::resilience::{Limit, Outcome};
-use crate::route::{self, MatchInfo, RequestView};
+use crate::route::{self, MatchInfo, RequestView, WeightedSplit};
 use crate::runtime::snapshot::{
-    ip_key, ClusterPlan, FaultAnswer, ListenerPlan, RateLimitPlan, RateLimitSource, RouteAction,
-    RouteKind, Snapshot,
+    ip_key, Backend, ClusterPlan, FaultAnswer, ListenerPlan, RateLimitPlan, RateLimitSource,
+    RouteAction, RouteKind, Snapshot,
 };
 use crate::runtime::Worker;
 use crate::telemetry::access_log::LogEntry;
@@ -185,14 +185,15 @@ pub(crate) async fn serve(
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, crate::jwt::challenge(refusal));
-            return Ok(answered(
+            answered(
                 listener,
                 &listener.no_route,
                 None,
                 None,
-                response,
+                &mut response,
                 started,
-            ));
+            );
+            return Ok(response);
         }
     }
     let host = request_host(&req);
@@ -260,19 +261,21 @@ pub(crate) async fn serve(
             }
             None => &listener.no_route,
         };
-        let response = local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
-        return Ok(answered(listener, stats, log, trace, response, started));
+        let mut response = local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
+        answered(listener, stats, log, trace, &mut response, started);
+        return Ok(response);
     }
     let Some((action, matched)) = found else {
-        let response = local_reply(grpc, Cause::NoRoute, "no route matches the request");
-        return Ok(answered(
+        let mut response = local_reply(grpc, Cause::NoRoute, "no route matches the request");
+        answered(
             listener,
             &listener.no_route,
             log,
             trace,
-            response,
+            &mut response,
             started,
-        ));
+        );
+        return Ok(response);
     };
     if let Some(entry) = log.as_mut() {
         entry.route = Some(Arc::clone(&action.name));
@@ -291,30 +294,32 @@ pub(crate) async fn serve(
         if let Some((answer, percent)) = fault.abort {
             if sampled(percent) {
                 action.local_stats.fault_aborted();
-                let response = fault_reply(grpc, answer);
-                return Ok(answered(
+                let mut response = fault_reply(grpc, answer);
+                answered(
                     listener,
                     &action.local_stats,
                     log,
                     trace,
-                    response,
+                    &mut response,
                     started,
-                ));
+                );
+                return Ok(response);
             }
         }
     }
     if let Some(limit) = &action.rate_limit {
         if let Some(retry) = over_limit(limit, &req, &conn) {
             action.local_stats.rate_limited();
-            let response = rate_limited_reply(grpc, retry);
-            return Ok(answered(
+            let mut response = rate_limited_reply(grpc, retry);
+            answered(
                 listener,
                 &action.local_stats,
                 log,
                 trace,
-                response,
+                &mut response,
                 started,
-            ));
+            );
+            return Ok(response);
         }
     }
     let mut stats = &action.local_stats;
@@ -353,37 +358,62 @@ pub(crate) async fn serve(
                 ),
             }
         }
-        RouteKind::Forward(_) => {
-            let (response, used) = forward(
-                req, &conn, &snapshot, listener, action, matched, host, grpc, &mut log, &mut trace,
-            )
-            .await;
-            stats = used;
-            response
-        }
+        RouteKind::Forward(split) => match pick_backend(split, &snapshot) {
+            None => local_reply(
+                grpc,
+                Cause::NoHealthyEndpoint,
+                "every backend of the route has weight 0",
+            ),
+            Some((backend, cluster)) => {
+                stats = &backend.stats;
+                if let Some(entry) = log.as_mut() {
+                    entry.cluster = Some(Arc::clone(&cluster.name));
+                }
+                if let Some(t) = trace.as_mut() {
+                    t.note_cluster(&cluster.name);
+                }
+                forward_to(
+                    req,
+                    &conn,
+                    &snapshot,
+                    listener,
+                    action,
+                    matched,
+                    host,
+                    grpc,
+                    cluster,
+                    stats,
+                    &mut log,
+                    trace.as_ref(),
+                )
+                .await
+            }
+        },
     };
     action.response_headers.apply(response.headers_mut());
     if let Some(via) = &listener.proxy_headers.via {
         headers::append_via(response.headers_mut(), "1.1", via);
     }
-    Ok(answered(listener, stats, log, trace, response, started))
+    answered(listener, stats, log, trace, &mut response, started);
+    Ok(response)
 }
 
 /// The last step for every answer: counted in `stats`, its server span and its log line
 /// completed (both end with the body).
+/// The response is changed in place: moving it in and out again cost a copy each way.
 fn answered(
     listener: &ListenerPlan,
     stats: &Arc<RouteStats>,
     log: Option<Box<LogEntry>>,
     trace: Option<RequestTrace>,
-    mut response: Response<ResponseBody>,
+    response: &mut Response<ResponseBody>,
     started: Instant,
-) -> Response<ResponseBody> {
-    let grpc_in_head = count_answer(stats, &mut response, started);
+) {
+    let grpc_in_head = count_answer(stats, response, started);
     if let Some(span) = trace.and_then(RequestTrace::into_server_span) {
-        end_with_response(span, &mut response);
+        end_with_response(span, response);
     }
-    finish_log(listener, log, grpc_in_head, response)
+    finish_log(listener, log, grpc_in_head, response);
 }
 
 /// Records a span's answer; the span ends with the response body.
@@ -404,10 +434,10 @@ fn finish_log(
     listener: &ListenerPlan,
     entry: Option<Box<LogEntry>>,
     grpc_in_head: Option<u16>,
-    mut response: Response<ResponseBody>,
-) -> Response<ResponseBody> {
+    response: &mut Response<ResponseBody>,
+) {
     let (Some(logger), Some(mut entry)) = (&listener.access_log, entry) else {
-        return response;
+        return;
     };
     entry.status = response.status().as_u16();
     entry.grpc_status = grpc_in_head;
@@ -426,62 +456,18 @@ fn finish_log(
             logger.finish(entry);
         }
     }
-    response
 }
 
-/// Sends a request to one of the route's backends; returns the answer and the counters of
-/// the route's traffic to the backend chosen.
-#[allow(clippy::too_many_arguments)]
-async fn forward<'s>(
-    req: Request<Incoming>,
-    conn: &Connection,
-    snapshot: &'s Arc<Snapshot>,
-    listener: &ListenerPlan,
-    action: &'s RouteAction,
-    matched: MatchInfo,
-    host: Option<HeaderValue>,
-    grpc: bool,
-    log: &mut Option<Box<LogEntry>>,
-    trace: &mut Option<RequestTrace>,
-) -> (Response<ResponseBody>, &'s Arc<RouteStats>) {
-    let RouteKind::Forward(split) = &action.kind else {
-        let reply = local_reply(grpc, Cause::NoRoute, "route does not forward");
-        return (reply, &action.local_stats);
-    };
-    let Some((backend, cluster)) = split
+/// The backend a forwarding route sends this request to, and its cluster; `None` when every
+/// weight is 0. Apart from the forwarding, so the request is moved once, into
+/// [`forward_to`]'s future, rather than through a wrapping one as well.
+fn pick_backend<'s>(
+    split: &'s WeightedSplit<Backend>,
+    snapshot: &'s Snapshot,
+) -> Option<(&'s Backend, &'s ClusterPlan)> {
+    split
         .pick(fastrand::u32(..))
-        .and_then(|b| Some((b, snapshot.clusters.get(b.cluster)?)))
-    else {
-        let reply = local_reply(
-            grpc,
-            Cause::NoHealthyEndpoint,
-            "every backend of the route has weight 0",
-        );
-        return (reply, &action.local_stats);
-    };
-    let stats = &backend.stats;
-    if let Some(entry) = log.as_mut() {
-        entry.cluster = Some(Arc::clone(&cluster.name));
-    }
-    if let Some(t) = trace.as_mut() {
-        t.note_cluster(&cluster.name);
-    }
-    let response = forward_to(
-        req,
-        conn,
-        snapshot,
-        listener,
-        action,
-        matched,
-        host,
-        grpc,
-        cluster,
-        stats,
-        log,
-        trace.as_ref(),
-    )
-    .await;
-    (response, stats)
+        .and_then(|b| Some((b, &**snapshot.clusters.get(b.cluster)?)))
 }
 
 /// Sends a request to `cluster` and streams the answer back.
