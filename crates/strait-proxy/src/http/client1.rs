@@ -26,7 +26,9 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::http::body::{BodyError, RequestBody};
-use crate::http::headers::{hop_by_hop_bit, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING};
+use crate::http::headers::{
+    hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
+};
 use crate::http::pool::UpstreamIo;
 use crate::resilience::Admission;
 
@@ -654,8 +656,8 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
     let strip = status != StatusCode::SWITCHING_PROTOCOLS;
     let mut end_to_end = strip;
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| Http1Error::Invalid("bad header name"))?;
+        let name =
+            received_name(h.name.as_bytes()).map_err(|_| Http1Error::Invalid("bad header name"))?;
         let at = h.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(block.slice(at..at + h.value.len()))
             .map_err(|_| Http1Error::Invalid("bad header value"))?;

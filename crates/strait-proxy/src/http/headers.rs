@@ -89,6 +89,49 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     removed_named
 }
 
+/// The header name of a field's raw bytes as received, from a small per-thread cache of the
+/// names last parsed: an upstream sends the same few names, spelt the same way, in every
+/// answer, and `HeaderName::from_bytes` (lowercasing, then matching the standard names) cost
+/// about 120 instructions a name.
+pub(crate) fn received_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    /// Slots in the cache (pairs: a name may sit in either of two), and the longest name kept
+    /// (longer ones are parsed every time).
+    const SLOTS: usize = 64;
+    const LONGEST: usize = 48;
+    thread_local! {
+        static NAMES: std::cell::RefCell<[(Vec<u8>, Option<HeaderName>); SLOTS]> =
+            std::cell::RefCell::new(std::array::from_fn(|_| (Vec::new(), None)));
+    }
+    let (Some(&first), Some(&last)) = (raw.first(), raw.last()) else {
+        return HeaderName::from_bytes(raw);
+    };
+    if raw.len() > LONGEST {
+        return HeaderName::from_bytes(raw);
+    }
+    let middle = raw.get(raw.len() / 2).copied().unwrap_or(0);
+    let mix = raw.len() * 31 + usize::from(first) * 7 + usize::from(middle) * 13;
+    let pair = ((mix + usize::from(last) * 11) % SLOTS) & !1;
+    NAMES.with_borrow_mut(|names| {
+        for slot in [pair, pair + 1] {
+            if let Some((bytes, Some(name))) = names.get(slot) {
+                if bytes.as_slice() == raw {
+                    return Ok(name.clone());
+                }
+            }
+        }
+        // Not there: the pair's first slot's name moves to the second, the new one takes the
+        // first (each slot's buffer reused).
+        let name = HeaderName::from_bytes(raw)?;
+        names.swap(pair, pair + 1);
+        if let Some((bytes, kept)) = names.get_mut(pair) {
+            bytes.clear();
+            bytes.extend_from_slice(raw);
+            *kept = Some(name.clone());
+        }
+        Ok(name)
+    })
+}
+
 /// True when a `connection` value names no other header: only `keep-alive` and `close`.
 fn names_no_headers(connection: &[u8]) -> bool {
     // The usual value, before splitting.
@@ -419,6 +462,40 @@ mod tests {
         let mut h = map(&[("connection", "keep-alive"), ("x-request-id", "a")]);
         assert!(!strip_hop_by_hop(&mut h, false), "nothing named");
         assert!(h.contains_key("x-request-id"));
+    }
+
+    #[test]
+    fn received_names_are_the_names_parsed_whatever_the_cache_holds() {
+        let mut names: Vec<String> = [
+            "Content-Type",
+            "content-type",
+            "CONTENT-TYPE",
+            "Server",
+            "Date",
+            "x-a",
+            "X-A",
+            "x-custom-header",
+            "Connection",
+            "a",
+            "set-cookie",
+            "Set-Cookie",
+        ]
+        .iter()
+        .map(|n| (*n).to_owned())
+        .collect();
+        // Enough names that many share a slot, and one longer than the cache keeps.
+        names.extend((0..100).map(|i| format!("x-h{i}")));
+        names.push(format!("x-{}", "l".repeat(60)));
+        for _ in 0..3 {
+            for n in &names {
+                let got = received_name(n.as_bytes()).unwrap();
+                assert_eq!(got, HeaderName::from_bytes(n.as_bytes()).unwrap(), "{n}");
+            }
+        }
+        for bad in ["", "bad name", "a:b", "x\u{e9}"] {
+            assert!(received_name(bad.as_bytes()).is_err(), "{bad:?}");
+            assert!(received_name(bad.as_bytes()).is_err(), "{bad:?} again");
+        }
     }
 
     #[test]
