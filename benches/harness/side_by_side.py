@@ -6,10 +6,13 @@ The machine's neighbours move a proxy's CPU per request by up to 40 % from one m
 next; run.py's interleaved rounds see each target in a different minute, and the ratio moves
 with them. Here both targets share every minute, so the drift falls on both alike and the
 ratio of their CPU per request is steady from round to round. (Each also shares its core with
-the other, so the absolute figures are not comparable with run.py's.)
+the other, so the absolute figures are not comparable with run.py's.) Both proxies start
+afresh every round: a process's memory layout, random per start, moves its CPU per request by
+a few per cent for its whole life, so the median is taken over many layouts.
 
     python3 benches/harness/side_by_side.py --strait target/release/strait [--rounds 10]
         [--seconds 3] [--observe all|access-log|tracing] [--observe-percent 10]
+        [--observed-strait OTHER_BINARY]
 
 Needs nginx and wrk (benches/harness/run.sh installs them). Prints each round and the median
 ratio; writes nothing else.
@@ -51,6 +54,9 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=16, help="wrk connections per target")
     ap.add_argument("--observe", choices=["all", "access-log", "tracing"], default="all")
     ap.add_argument("--observe-percent", type=float, default=run.OBSERVED_SAMPLE_PERCENT)
+    ap.add_argument("--observed-strait", metavar="BINARY",
+                    help="run strait-observed from this binary (default --strait): compares "
+                         "two builds' observability cost")
     args = ap.parse_args()
     for name in ("nginx", "wrk"):
         if run.tool(name) is None:
@@ -87,7 +93,7 @@ def main() -> int:
             f"  sample_percent: {args.observe_percent:g}\n  batch_delay: 1s\n"
         )
         access_log = f'    access_log: {{ path: "{work / "access.log"}" }}\n'
-        targets = []
+        configs = []
         for name, port, admin, top, per_listener in [
             ("strait", plain, admin1, "", ""),
             (
@@ -105,21 +111,38 @@ def main() -> int:
                 "    routes:\n      - backends: [{ cluster: up }]\n"
                 f'clusters:\n  - name: up\n    endpoints: [{{ address: "{HOST}:{up}" }}]\n'
             )
-            p = start([args.strait, "proxy", "--config", str(conf)], proxy_cpu, f"{name}.log")
-            run.wait_port(port, p)
-            targets.append((name, port, p))
-        ratios = []
-        for round_ in range(args.rounds + 1):
-            before = [cpu_seconds(p.pid) for _, _, p in targets]
+            configs.append((name, port, conf))
+        binaries = [args.strait, args.observed_strait or args.strait]
+
+        def load(seconds: int) -> list[str]:
+            """Both targets under their own wrk at once; wrk's reports."""
             loads = [
                 subprocess.Popen(
                     pinned(load_cpu, ["wrk", "-t1", f"-c{args.connections}",
-                                      f"-d{args.seconds}s", f"http://{HOST}:{port}/"]),
+                                      f"-d{seconds}s", f"http://{HOST}:{port}/"]),
                     stdout=subprocess.PIPE, text=True)
-                for _, port, _ in targets
+                for _, port, _ in configs
             ]
-            outputs = [w.communicate()[0] for w in loads]
-            after = [cpu_seconds(p.pid) for _, _, p in targets]
+            return [w.communicate()[0] for w in loads]
+
+        ratios = []
+        for round_ in range(1, args.rounds + 1):
+            # Fresh processes every round: where a process's code and data land (address
+            # randomisation) moves its CPU per request by a few per cent for as long as it
+            # runs, so one pair of processes would give one layout's ratio every round.
+            targets = []
+            for binary, (name, port, conf) in zip(binaries, configs):
+                p = start([binary, "proxy", "--config", str(conf)], proxy_cpu,
+                          f"{name}.log")
+                run.wait_port(port, p)
+                targets.append(p)
+            load(1)  # warm-up: connections, pools, caches
+            before = [cpu_seconds(p.pid) for p in targets]
+            outputs = load(args.seconds)
+            after = [cpu_seconds(p.pid) for p in targets]
+            for p in targets:
+                p.send_signal(signal.SIGTERM)
+                p.wait(10)
             per_request = []
             for out, b, a in zip(outputs, before, after):
                 found = re.search(r"(\d+) requests in", out)
@@ -127,8 +150,6 @@ def main() -> int:
                     print(f"wrk failed or saw errors:\n{out}", file=sys.stderr)
                     return 1
                 per_request.append((a - b) * 1e6 / int(found.group(1)))
-            if round_ == 0:
-                continue  # warm-up
             ratio = per_request[1] / per_request[0]
             ratios.append(ratio)
             print(f"round {round_}: strait {per_request[0]:.2f} µs, strait-observed "

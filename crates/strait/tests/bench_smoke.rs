@@ -126,7 +126,13 @@ fn side_by_side_script_loads_and_lists_its_options() {
         "side_by_side.py --help failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    for option in ["--strait", "--rounds", "--observe", "--observe-percent"] {
+    for option in [
+        "--strait",
+        "--rounds",
+        "--observe",
+        "--observe-percent",
+        "--observed-strait",
+    ] {
         assert!(stdout.contains(option), "{option} missing from:\n{stdout}");
     }
 }
