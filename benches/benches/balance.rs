@@ -5,7 +5,7 @@
 //!
 //! `cargo bench -p strait-benches --bench balance`
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use strait_config::LoadBalancer;
@@ -32,7 +32,10 @@ fn cluster(kind: LoadBalancer, n: usize) -> (Balancer, Vec<String>) {
     let b = Balancer::keyed(kind, &eps);
     for i in 0..n {
         if let Some(s) = b.stats(i) {
-            s.observe_latency(Duration::from_micros(200 + 50 * (i as u64 % 7)));
+            s.observe_latency(
+                Duration::from_micros(200 + 50 * (i as u64 % 7)),
+                Instant::now(),
+            );
         }
     }
     if let Some(s) = b.stats(n / 2) {

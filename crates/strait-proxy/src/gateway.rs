@@ -832,8 +832,10 @@ fn head_received(
     status: StatusCode,
     span: Option<&mut OpenSpan>,
 ) -> Duration {
-    let waited = started.elapsed();
-    stats.observe_latency(waited);
+    // One clock read for the wait and the estimate's update time.
+    let now = Instant::now();
+    let waited = now.saturating_duration_since(started);
+    stats.observe_latency(waited, now);
     cluster.outlier.observe(endpoint, status);
     if let Some(span) = span {
         span.set_status(status.as_u16());

@@ -13,8 +13,14 @@ const UNMEASURED_NANOS: f64 = 1e6;
 
 /// Nanoseconds since the first call in this process: a clock all workers share.
 pub(super) fn now_nanos() -> u64 {
+    nanos_at(Instant::now())
+}
+
+/// [`now_nanos`] of an instant already read.
+fn nanos_at(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    at.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_nanos() as u64
 }
 
 /// Flag: active health checks failed.
@@ -64,9 +70,10 @@ impl EndpointStats {
         }
     }
 
-    /// Feeds the latency estimate with a response's time to headers.
-    pub fn observe_latency(&self, rtt: Duration) {
-        self.observe_at(rtt, now_nanos());
+    /// Feeds the latency estimate with a response's time to headers, the head having arrived
+    /// `at` (the caller's clock read, not a second one).
+    pub fn observe_latency(&self, rtt: Duration, at: Instant) {
+        self.observe_at(rtt, nanos_at(at));
     }
 
     /// Peak-sensitive EWMA: a slower answer than the estimate replaces it at once (react to

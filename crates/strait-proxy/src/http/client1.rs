@@ -529,13 +529,18 @@ fn start(
             put_field(s, b"host", authority.as_str().as_bytes());
         }
     }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // The length the request declared (its first `content-length`), found on the way rather
+    // than looked up.
+    let mut declared = None;
+    let mut length_seen = false;
     for (name, value) in &parts.headers {
         // Framing is this hop's own: written below from what the body is.
-        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH {
+            if !length_seen {
+                length_seen = true;
+                declared = content_length(value.as_bytes());
+            }
+        } else if name != header::TRANSFER_ENCODING {
             put_field(s, name.as_str().as_bytes(), value.as_bytes());
         }
     }
@@ -573,6 +578,19 @@ fn start(
         wrote: false,
     };
     (writer, parts)
+}
+
+/// A `content-length` value: digits only (RFC 9110: `1*DIGIT`), around them optional spaces;
+/// `None` for anything else or a number past `u64`.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// How a response body is framed.
@@ -665,10 +683,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
         // Whether this `connection` names other headers (beyond `keep-alive` and `close`).
         let mut names_others = false;
         if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(Http1Error::Invalid("bad content-length"))?;
+            let n = content_length(h.value).ok_or(Http1Error::Invalid("bad content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Http1Error::Invalid("conflicting content-length"));
             }
@@ -1125,6 +1140,30 @@ mod tests {
         // Keep the upstream's end open for as long as the test reads the answer.
         std::mem::forget(sock);
         (response, got)
+    }
+
+    #[test]
+    fn content_lengths_are_digits_only() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b" 42 "), Some(42));
+        assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b" ",
+            b"+5",
+            b"-1",
+            b"1 2",
+            b"0x10",
+            b"5a",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
