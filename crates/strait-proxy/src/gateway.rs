@@ -1242,6 +1242,13 @@ fn upstream_uri(
     host: Option<&HeaderValue>,
     protocol: UpstreamProtocol,
 ) -> Result<Uri, &'static str> {
+    // The usual case, an HTTP/1 request in origin form (`/path?q`) to an HTTP/1 cluster with no
+    // rewrite, goes as it came: a clone of its path (a shared buffer), not a URI built anew.
+    let origin_form =
+        uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some();
+    if new_path.is_none() && protocol != UpstreamProtocol::Http2 && origin_form {
+        return Ok(uri.clone());
+    }
     let path_and_query = match new_path {
         Some(path) => {
             let joined = match uri.query() {
@@ -1449,6 +1456,17 @@ mod tests {
         let h2 = upstream_uri(&uri, None, Some(&host), UpstreamProtocol::Http2).unwrap();
         assert_eq!(h2, "http://svc.local:80/a/b?x=1");
         assert!(upstream_uri(&uri, None, None, UpstreamProtocol::Http2).is_err());
+        // Unchanged for HTTP/1; an absolute-form request (a forward proxy's) loses its scheme
+        // and authority.
+        let same = upstream_uri(&uri, None, Some(&host), UpstreamProtocol::Http1).unwrap();
+        assert_eq!(same, "/a/b?x=1");
+        let absolute: Uri = "http://other.example/a?y".parse().unwrap();
+        let h1 = upstream_uri(&absolute, None, Some(&host), UpstreamProtocol::Http1).unwrap();
+        assert_eq!(h1, "/a?y");
+        assert!(h1.scheme().is_none() && h1.authority().is_none());
+        let star: Uri = "*".parse().unwrap();
+        let h1 = upstream_uri(&star, None, Some(&host), UpstreamProtocol::Http1).unwrap();
+        assert_eq!(h1, "*");
     }
 
     #[test]
