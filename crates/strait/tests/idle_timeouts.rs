@@ -131,3 +131,53 @@ async fn an_idle_http2_connection_gets_goaway_after_the_listener_idle_timeout() 
         "closed after {took:?}, before the idle timeout"
     );
 }
+
+/// A client that sends part of a request head and stalls (slowloris) is cut off after the
+/// listener's `idle_timeout`, on its first request and on a later one of the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_stalls_is_cut_after_the_listener_idle_timeout() {
+    let upstream = Upstream::echo("slow-head").await;
+    let proxy = Proxy::start(&one_route(upstream.addr, "idle_timeout: 400ms", "", "")).await;
+    for requests_before in [0, 1] {
+        let mut stream = tokio::net::TcpStream::connect(proxy.listen)
+            .await
+            .expect("connect to proxy");
+        for _ in 0..requests_before {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nhost: a.example\r\n\r\n")
+                .await
+                .expect("write a whole request");
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("slow-head") {
+                let n = within(Duration::from_secs(5), "answer", stream.read(&mut buf))
+                    .await
+                    .expect("read the answer");
+                assert!(n > 0, "closed before answering");
+                seen.extend_from_slice(&buf[..n]);
+            }
+        }
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: a.exa")
+            .await
+            .expect("write part of a head");
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        // The proxy may answer 408 before closing; what matters is that it closes.
+        let closed = within(Duration::from_secs(5), "close", async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed, "a stalled head kept its connection open");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "after {requests_before} requests: closed after {took:?}, expected about 400ms"
+        );
+    }
+}
