@@ -607,7 +607,8 @@ async fn forward_to(
             body,
             trace,
         };
-        return tries.run(log, route_stats).await;
+        // Boxed: a retried request's state must not make every request's future larger.
+        return Box::pin(tries.run(log, route_stats)).await;
     }
 
     let Some(endpoint) = cluster.balancer.pick(hash) else {

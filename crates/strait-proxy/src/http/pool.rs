@@ -132,7 +132,9 @@ impl Pool {
                 return Ok(conn);
             }
         }
-        let (io, slot) = connect(addr, connect_timeout, breaker, tls).await?;
+        // Boxed: connecting is the rare case, and its future (a TLS handshake's among them)
+        // would otherwise make every request's future kilobytes larger, copied at each move.
+        let (io, slot) = Box::pin(connect(addr, connect_timeout, breaker, tls)).await?;
         Ok(Conn1::new(io, addr, max_idle, slot))
     }
 
@@ -171,13 +173,18 @@ impl Pool {
                 return Ok((sender.clone(), false));
             }
         }
-        let (io, slot) = connect(addr, connect_timeout, breaker, tls).await?;
-        let (sender, conn) = http2::Builder::new(LocalExec)
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        // Boxed, as for HTTP/1: only a new connection pays for its future's room.
+        let (slot, sender, conn) = Box::pin(async move {
+            let (io, slot) = connect(addr, connect_timeout, breaker, tls).await?;
+            let (sender, conn) = http2::Builder::new(LocalExec)
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|source| ConnectError::Handshake { addr, source })?;
+            Ok::<_, ConnectError>((slot, sender, conn))
+        })
+        .await?;
         tokio::task::spawn_local(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
