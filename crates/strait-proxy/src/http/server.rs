@@ -274,9 +274,9 @@ async fn serve_http<I>(
 {
     let peer = conn.peer;
     let watched = Rc::clone(&conn);
-    let service = service_fn(move |req| gateway::serve(req, Rc::clone(&conn)));
     let result = match protocol {
         Protocol::Http1 => {
+            let service = service_fn(move |req| gateway::serve(req, Rc::clone(&conn)));
             let served = http1_server(idle_timeout)
                 .serve_connection(io, service)
                 .with_upgrades();
@@ -290,6 +290,11 @@ async fn serve_http<I>(
             }
         }
         Protocol::Http2 => {
+            // Each stream's future is boxed: hyper spawns a task per stream, and the task
+            // moved the whole request future (kilobytes) into place, then its output out,
+            // where a box moves a pointer (h2c under callgrind: 44,462 -> 42,194
+            // instructions a request).
+            let service = service_fn(move |req| Box::pin(gateway::serve(req, Rc::clone(&conn))));
             let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
             builder.timer(TokioTimer::new());
             if let Some(idle) = idle_timeout {
