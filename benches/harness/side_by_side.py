@@ -11,10 +11,14 @@ afresh every round: a process's memory layout, random per start, moves its CPU p
 a few per cent for its whole life, so the median is taken over many layouts.
 
     python3 benches/harness/side_by_side.py --strait target/release/strait [--rounds 10]
-        [--seconds 3] [--observe all|access-log|tracing] [--observe-percent 10]
-        [--observed-strait OTHER_BINARY]
+        [--seconds 3] [--observe all|access-log|tracing|none] [--observe-percent 10]
+        [--observed-strait OTHER_BINARY] [--protocol h1|h2]
 
-Needs nginx and wrk (benches/harness/run.sh installs them). Prints each round and the median
+With `--observe none --observed-strait OTHER_BINARY` both run the same plain config: an A/B of
+two builds' CPU per request under the same minute-to-minute drift; `--protocol h2` loads both
+with h2load over h2c (8 connections x 16 streams) instead of wrk over HTTP/1.1.
+
+Needs nginx, wrk and h2load (benches/harness/run.sh installs them). Prints each round and the median
 ratio; writes nothing else.
 """
 
@@ -51,14 +55,17 @@ def main() -> int:
     ap.add_argument("--strait", required=True, help="the strait binary")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--seconds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=16, help="wrk connections per target")
-    ap.add_argument("--observe", choices=["all", "access-log", "tracing"], default="all")
+    ap.add_argument("--connections", type=int, default=16,
+                    help="wrk connections per target (h2: half as many, 16 streams each)")
+    ap.add_argument("--protocol", choices=["h1", "h2"], default="h1",
+                    help="h1: wrk, HTTP/1.1 keep-alive; h2: h2load, h2c multiplexed")
+    ap.add_argument("--observe", choices=["all", "access-log", "tracing", "none"], default="all")
     ap.add_argument("--observe-percent", type=float, default=run.OBSERVED_SAMPLE_PERCENT)
     ap.add_argument("--observed-strait", metavar="BINARY",
                     help="run strait-observed from this binary (default --strait): compares "
                          "two builds' observability cost")
     args = ap.parse_args()
-    for name in ("nginx", "wrk"):
+    for name in ("nginx", "wrk", "h2load"):
         if run.tool(name) is None:
             print(f"{name} is missing: benches/harness/run.sh installs it", file=sys.stderr)
             return 2
@@ -114,16 +121,33 @@ def main() -> int:
             configs.append((name, port, conf))
         binaries = [args.strait, args.observed_strait or args.strait]
 
+        def load_argv(seconds: int, port: int) -> list[str]:
+            url = f"http://{HOST}:{port}/"
+            if args.protocol == "h2":
+                # h2c, the streams of run.py's h2 scenario
+                return [run.tool("h2load"), "-t1", f"-c{args.connections // 2 or 1}",
+                        "-m16", "-D", str(seconds), url]
+            return ["wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s", url]
+
         def load(seconds: int) -> list[str]:
-            """Both targets under their own wrk at once; wrk's reports."""
+            """Both targets under their own load generator at once; its reports."""
             loads = [
-                subprocess.Popen(
-                    pinned(load_cpu, ["wrk", "-t1", f"-c{args.connections}",
-                                      f"-d{seconds}s", f"http://{HOST}:{port}/"]),
-                    stdout=subprocess.PIPE, text=True)
+                subprocess.Popen(pinned(load_cpu, load_argv(seconds, port)),
+                                 stdout=subprocess.PIPE, text=True)
                 for _, port, _ in configs
             ]
             return [w.communicate()[0] for w in loads]
+
+        def served(out: str) -> int | None:
+            """Requests answered 2xx in a load generator's report; None on any error."""
+            if args.protocol == "h2":
+                found = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) "
+                                  r"succeeded, 0 failed, 0 errored", out)
+                codes = re.search(r"status codes: (\d+) 2xx", out)
+                ok = found and codes and found.group(1) == codes.group(1)
+                return int(found.group(1)) if ok else None
+            found = re.search(r"(\d+) requests in", out)
+            return int(found.group(1)) if found and "Non-2xx" not in out else None
 
         ratios = []
         for round_ in range(1, args.rounds + 1):
@@ -145,11 +169,11 @@ def main() -> int:
                 p.wait(10)
             per_request = []
             for out, b, a in zip(outputs, before, after):
-                found = re.search(r"(\d+) requests in", out)
-                if not found or "Non-2xx" in out:
-                    print(f"wrk failed or saw errors:\n{out}", file=sys.stderr)
+                requests = served(out)
+                if not requests:
+                    print(f"the load generator failed or saw errors:\n{out}", file=sys.stderr)
                     return 1
-                per_request.append((a - b) * 1e6 / int(found.group(1)))
+                per_request.append((a - b) * 1e6 / requests)
             ratio = per_request[1] / per_request[0]
             ratios.append(ratio)
             print(f"round {round_}: strait {per_request[0]:.2f} µs, strait-observed "
