@@ -318,13 +318,8 @@ impl Writer {
                 *slot = IoSlice::new(chunk);
                 count += 1;
             }
-            // One chunk (a request head alone, the usual GET) goes out with a plain write:
-            // `send(2)` of one buffer costs the kernel less than `writev(2)` of one slice.
-            let written = match slices.get(..count) {
-                Some([one]) => Pin::new(&mut conn.io).poll_write(cx, one),
-                Some(some) => Pin::new(&mut conn.io).poll_write_vectored(cx, some),
-                None => Poll::Ready(Ok(0)),
-            };
+            let written =
+                crate::http::poll_write_slices(Pin::new(&mut conn.io), cx, &slices[..count]);
             let n = match written {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),

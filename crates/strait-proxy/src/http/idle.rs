@@ -37,14 +37,6 @@ use crate::gateway::Connection;
 /// Open connections on a worker above which idle HTTP/1 connections give back their buffers.
 pub const RELEASE_ABOVE: usize = 256;
 
-/// Vectored writes of at most this many bytes are copied into one buffer and sent as one.
-const FLATTEN_MAX: usize = 4096;
-
-thread_local! {
-    /// The buffer small vectored writes are flattened into, one per worker thread.
-    static FLAT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// What the connection's task sees of hyper's use of the socket. (Atomics only because an
 /// upgraded socket must be `Send`; one thread ever touches them, and relaxed loads and stores
 /// are plain moves.)
@@ -134,20 +126,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.state.unflushed.store(true, Relaxed);
-        // A small response (hyper's head and a body of a few hundred bytes: two slices) goes
-        // out copied into one buffer and sent with `send(2)`, which costs the kernel less than
-        // `writev(2)` of several slices. Large writes stay vectored: copying them costs more.
-        let len: usize = bufs.iter().map(|b| b.len()).sum();
-        if bufs.len() > 1 && len <= FLATTEN_MAX {
-            return FLAT.with_borrow_mut(|flat| {
-                flat.clear();
-                for b in bufs {
-                    flat.extend_from_slice(b);
-                }
-                Pin::new(&mut this.stream).poll_write(cx, flat)
-            });
-        }
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        crate::http::poll_write_slices(Pin::new(&mut this.stream), cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -9,7 +9,13 @@ pub mod pool;
 pub mod replay;
 pub(crate) mod server;
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
 
 /// Runs hyper's background tasks (HTTP/2 streams, connection drivers) on the worker's own
 /// thread: nothing a worker does needs to be `Send`.
@@ -22,5 +28,114 @@ where
 {
     fn execute(&self, fut: F) {
         tokio::task::spawn_local(fut);
+    }
+}
+
+/// Writes of several slices totalling at most this many bytes are copied into one buffer.
+const FLATTEN_MAX: usize = 4096;
+
+thread_local! {
+    /// The buffer small vectored writes are flattened into, one per worker thread.
+    static FLAT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Writes `bufs` as a socket takes them cheapest: one slice (a request head alone) with a
+/// plain write, a few small ones (hyper's response head and a short body) copied into one
+/// buffer and written together, since `send(2)` of one buffer costs the kernel less than
+/// `writev(2)`; large writes stay vectored, where the copy would cost more.
+pub(crate) fn poll_write_slices<W: AsyncWrite + ?Sized>(
+    io: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    bufs: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    match bufs {
+        [one] => io.poll_write(cx, one),
+        [_, _, ..] if bufs.iter().map(|b| b.len()).sum::<usize>() <= FLATTEN_MAX => FLAT
+            .with_borrow_mut(|flat| {
+                flat.clear();
+                for b in bufs {
+                    flat.extend_from_slice(b);
+                }
+                io.poll_write(cx, flat)
+            }),
+        _ => io.poll_write_vectored(cx, bufs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what it is given and how: `w` for a plain write, `v` for a vectored one.
+    #[derive(Default)]
+    struct Recorder {
+        bytes: Vec<u8>,
+        calls: String,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.calls.push('w');
+            self.bytes.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.calls.push('v');
+            let mut n = 0;
+            for b in bufs {
+                self.bytes.extend_from_slice(b);
+                n += b.len();
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn write(parts: &[&[u8]]) -> (Vec<u8>, String, usize) {
+        let bufs: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut io = Recorder::default();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let Poll::Ready(Ok(n)) = poll_write_slices(Pin::new(&mut io), &mut cx, &bufs) else {
+            panic!("the recorder is always ready");
+        };
+        (io.bytes, io.calls, n)
+    }
+
+    #[test]
+    fn one_slice_and_small_slices_are_written_plainly_large_ones_vectored() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".as_slice();
+        let (bytes, calls, n) = write(&[head]);
+        assert_eq!(
+            (bytes.as_slice(), calls.as_str(), n),
+            (head, "w", head.len())
+        );
+
+        let (bytes, calls, n) = write(&[head, b"hello"]);
+        assert_eq!(bytes, [head, b"hello"].concat());
+        assert_eq!((calls.as_str(), n), ("w", head.len() + 5));
+
+        let big = vec![7u8; FLATTEN_MAX];
+        let (bytes, calls, n) = write(&[head, &big]);
+        assert_eq!(bytes, [head, &big].concat());
+        assert_eq!((calls.as_str(), n), ("v", head.len() + big.len()));
+
+        let (bytes, calls, n) = write(&[]);
+        assert_eq!((bytes.len(), calls.as_str(), n), (0, "v", 0));
     }
 }
