@@ -4,15 +4,22 @@
 #   benches/harness/run.sh                                   # everything, 5 s x 3 rounds
 #   benches/harness/run.sh --scenarios h1,h2 --seconds 10    # any run.py option
 #   benches/harness/run.sh --smoke                           # a few seconds, checks the plumbing
+#   benches/harness/run.sh --pgo                             # measure the profile-guided build
 #
 # Installs nginx, haproxy, wrk, h2load (nghttp2-client) and openssl from apt when missing (as
-# root), builds strait in release mode unless --strait PATH is given, then runs run.py.
+# root), builds strait in release mode unless --strait PATH is given (with --pgo: the
+# profile-guided build of scripts/build-pgo.sh, about 10 minutes), then runs run.py.
 # Results: bench-results/bench-<stamp>.{json,md} and bench-<stamp>-latency.svg.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-smoke=0; strait=""
-args=("$@")
+smoke=0; strait=""; pgo=0
+args=()
+for arg in "$@"; do
+    # --pgo is this script's own: run.py never sees it
+    if [ "$arg" = --pgo ]; then pgo=1; else args+=("$arg"); fi
+done
+set -- ${args[@]+"${args[@]}"}
 for ((i = 0; i < ${#args[@]}; i++)); do
     case "${args[$i]}" in
         --smoke) smoke=1 ;;
@@ -45,6 +52,11 @@ fi
 
 if [ -z "$strait" ]; then
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strait/target}"
+    if [ "$pgo" = 1 ]; then
+        echo "building strait (release, profile-guided)" >&2
+        bin=$(scripts/build-pgo.sh | tail -n 1)
+        exec python3 benches/harness/run.py --strait "$bin" "$@"
+    fi
     echo "building strait (release)" >&2
     cargo build --release -q -p strait
     exec python3 benches/harness/run.py --strait "$CARGO_TARGET_DIR/release/strait" "$@"
