@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds a profile-guided (PGO) release `strait`: an instrumented build serves the benchmark
-# harness's traffic (HTTP/1.1, h2c, TLS 1.3 with both, gRPC, 1 MiB bodies; plain and with
-# access log and tracing on), the counts it leaves are merged, and the release build is made
-# again with them. The result is the binary to ship and to benchmark; see docs/benchmarks.md
+# harness's traffic (HTTP/1.1, h2c, TLS 1.3 with both, new connections and TLS handshakes,
+# gRPC, 1 MiB bodies; plain and with access log and tracing on), the counts it leaves are
+# merged, and the release build is made again with them. The result is the binary to ship and to benchmark; see docs/benchmarks.md
 # ("Profile-guided build") for what it saves.
 #
 #   scripts/build-pgo.sh          # prints the binary's path on its last line
@@ -54,7 +54,8 @@ RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$data" CARGO_TARGET_DIR="$base/gene
 echo "== training traffic" >&2
 # Every proxy process stops on SIGTERM and writes its counts as it exits.
 python3 benches/harness/run.py --strait "$base/generate/$host/release/strait" \
-    --targets strait,strait-observed --scenarios h1,h2,tls-h1,tls-h2,grpc,body-1m \
+    --targets strait,strait-observed \
+    --scenarios h1,h1-newconn,h2,tls-h1,tls-h2,tls-handshake,grpc,body-1m \
     --rounds 1 --seconds 3 --out "$base/training" >&2
 ls "$data"/*.profraw >/dev/null
 "$profdata" merge -o "$base/merged.profdata" "$data"

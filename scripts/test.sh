@@ -48,6 +48,11 @@ cargo test --workspace --locked
 step "fuzz targets compile (running them needs nightly: see fuzz/Cargo.toml)"
 cargo check --manifest-path fuzz/Cargo.toml --all-targets --locked
 
+step "shell scripts parse (build-pgo.sh is run by hand: two release builds, ~10 min)"
+for script in scripts/*.sh benches/harness/run.sh benches/symbol-order/run.sh .ci/run; do
+    bash -n "$script"
+done
+
 step "strait validate: every shipped config"
 mapfile -t configs < <(find config examples -name '*.yaml' 2>/dev/null | sort)
 if [ "${#configs[@]}" -gt 0 ]; then
