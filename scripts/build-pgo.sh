@@ -2,42 +2,31 @@
 # Builds a profile-guided (PGO) release `strait`: an instrumented build serves the benchmark
 # harness's traffic (HTTP/1.1, h2c, TLS 1.3 with both, new connections and TLS handshakes,
 # gRPC, 1 MiB bodies; plain and with access log and tracing on), the counts it leaves are
-# merged, and the release build is made again with them. The result is the binary to ship and to benchmark; see docs/benchmarks.md
-# ("Profile-guided build") for what it saves.
+# merged, and the release build is made again with them. The result is the binary to ship and
+# to benchmark; see docs/benchmarks.md ("Profile-guided build") for what it saves.
 #
 #   scripts/build-pgo.sh          # prints the binary's path on its last line
 #
-# Needs llvm-profdata of the same LLVM major version as rustc (`rustc -vV`), nginx, haproxy,
-# wrk and h2load for the training traffic; as root on Debian it installs what is missing.
-# Build outputs go under ${CARGO_TARGET_DIR:-target}/pgo/ so the ordinary release build is
-# left alone.
+# Needs llvm-profdata of the same LLVM major version as rustc (`rustc -vV`); as root on Debian
+# it installs it. The training runs through benches/harness/run.sh, which installs the
+# harness's own tools (nginx, haproxy, wrk, h2load, openssl) the same way. Build outputs go
+# under ${CARGO_TARGET_DIR:-target}/pgo/ so the ordinary release build is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 llvm=$(rustc -vV | awk '/^LLVM version/{split($3, v, "."); print v[1]}')
-profdata=""
-for p in "llvm-profdata-$llvm" "/usr/lib/llvm-$llvm/bin/llvm-profdata"; do
-    if command -v "$p" >/dev/null 2>&1; then profdata=$(command -v "$p"); break; fi
-done
-apt_tools=()
-[ -n "$profdata" ] || apt_tools+=("llvm-$llvm")
-for tool in nginx haproxy wrk h2load curl; do
-    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || case $tool in
-        h2load) apt_tools+=(nghttp2-client) ;;
-        *) apt_tools+=("$tool") ;;
-    esac
-done
-if [ ${#apt_tools[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing: ${apt_tools[*]}" >&2
-        apt-get install -y "${apt_tools[@]}" >/dev/null
-    else
-        echo "missing: ${apt_tools[*]} (apt-get install ${apt_tools[*]})" >&2
+profdata="/usr/lib/llvm-$llvm/bin/llvm-profdata"
+if [ ! -x "$profdata" ]; then
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "missing: llvm-profdata $llvm (apt-get install llvm-$llvm)" >&2
         exit 2
     fi
+    echo "installing from apt: llvm-$llvm" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "llvm-$llvm" \
+        >/dev/null
 fi
-[ -n "$profdata" ] || profdata="/usr/lib/llvm-$llvm/bin/llvm-profdata"
 
 base="${CARGO_TARGET_DIR:-$root/target}/pgo"
 data="$base/data"
@@ -53,7 +42,7 @@ RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$data" CARGO_TARGET_DIR="$base/gene
 
 echo "== training traffic" >&2
 # Every proxy process stops on SIGTERM and writes its counts as it exits.
-python3 benches/harness/run.py --strait "$base/generate/$host/release/strait" \
+benches/harness/run.sh --strait "$base/generate/$host/release/strait" \
     --targets strait,strait-observed \
     --scenarios h1,h1-newconn,h2,tls-h1,tls-h2,tls-handshake,grpc,body-1m \
     --rounds 1 --seconds 3 --out "$base/training" >&2
