@@ -28,17 +28,17 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use strait_config::{HashOn, UpstreamProtocol};
 
 use crate::balance::hash_key;
 use crate::http::body::{
-    BodyError, FromUpstream, RequestBody, ResponseBody, TeeBody, UpstreamBody,
+    BodyError, ClientBody, FromUpstream, RequestBody, ResponseBody, TeeBody, UpstreamBody,
 };
 use crate::http::client1;
 use crate::http::headers::{self, Hop, X_STRAIT_ERROR};
 use crate::http::pool::{ConnectError, Pool};
 use crate::http::replay::ReplayBody;
+use crate::http::server1::ClientUpgrade;
 use crate::ratelimit::{self, Decision, Rate};
 use crate::resilience::retry::Failure;
 use crate::resilience::{Limit, Outcome};
@@ -99,9 +99,6 @@ pub(crate) struct TlsInfo {
 pub(crate) struct Activity {
     pending: std::cell::Cell<usize>,
     last: std::cell::Cell<tokio::time::Instant>,
-    /// Response bodies on their way to the client (counted where the connection is taken
-    /// apart when idle: `http::idle`).
-    streaming: std::cell::Cell<usize>,
 }
 
 impl Activity {
@@ -109,21 +106,7 @@ impl Activity {
         Activity {
             pending: std::cell::Cell::new(0),
             last: std::cell::Cell::new(tokio::time::Instant::now()),
-            streaming: std::cell::Cell::new(0),
         }
-    }
-
-    /// Response bodies being sent.
-    pub fn streaming(&self) -> usize {
-        self.streaming.get()
-    }
-
-    pub fn body_started(&self) {
-        self.streaming.set(self.streaming.get() + 1);
-    }
-
-    pub fn body_ended(&self) {
-        self.streaming.set(self.streaming.get().saturating_sub(1));
     }
 
     /// When the connection went idle, or `None` while a request is pending.
@@ -149,7 +132,7 @@ impl Drop for PendingRequest<'_> {
 
 /// Serves one request from a client connection.
 pub(crate) async fn serve(
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     conn: Rc<Connection>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let _pending = conn.activity.start();
@@ -473,7 +456,7 @@ fn pick_backend<'s>(
 /// Sends a request to `cluster` and streams the answer back.
 #[allow(clippy::too_many_arguments)]
 async fn forward_to(
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     conn: &Connection,
     snapshot: &Arc<Snapshot>,
     listener: &ListenerPlan,
@@ -492,7 +475,7 @@ async fn forward_to(
     let upgrade = req.version() == Version::HTTP_11
         && cluster.protocol == UpstreamProtocol::Http1
         && headers::is_upgrade_request(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
 
     let version = version_label(req.version());
     let (mut parts, body) = req.into_parts();
@@ -1122,19 +1105,11 @@ async fn send(
 
 /// Copies bytes both ways once client and upstream have both switched protocols.
 async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    client: ClientUpgrade,
     mut upstream: client1::Upgraded1,
     _in_flight: crate::balance::InFlight,
 ) {
-    let client = match client.await {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = hyper_util::rt::TokioIo::new(client);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    if let Err(e) = client.tunnel(&mut upstream).await {
         tracing::debug!(error = %e, "upgraded connection ended");
     }
 }

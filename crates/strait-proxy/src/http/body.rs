@@ -26,13 +26,51 @@ use std::sync::Arc;
 /// Boxed error crossing the body boundary (what hyper expects).
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request body as it comes from the client.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// Read by hyper's server connection (HTTP/2, and HTTP/1.1 over TLS).
+    Hyper(Incoming),
+    /// Read off a plain HTTP/1.1 connection by whoever polls it (`server1`).
+    Http1(crate::http::server1::RequestBody1),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Http1(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Http1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Http1(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A request body sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
     /// The client's body, streamed as it arrives.
-    Streaming(Incoming),
+    Streaming(ClientBody),
     /// The client's body, streamed, its bytes counted in the route's metrics.
-    Counted(Incoming, Arc<RouteStats>, Option<Arc<AtomicU64>>),
+    Counted(ClientBody, Arc<RouteStats>, Option<Arc<AtomicU64>>),
     /// The client's body, streamed, with a bounded copy kept for a mirror.
     Teed(TeeBody),
     /// A body already in memory (mirrors, generated requests); `None` once sent.
@@ -57,14 +95,14 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Counted(b, stats, received) => {
                 let frame = ready!(Pin::new(b).poll_frame(cx));
                 if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
                     let n = data.map_or(0, Bytes::len);
                     count_received(Some(stats), received.as_deref(), n);
                 }
-                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+                Poll::Ready(frame)
             }
             RequestBody::Teed(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
@@ -164,7 +202,7 @@ impl BoundedCopy {
 /// one that fails, sends nothing: a mirror never sees a truncated request.
 #[derive(Debug)]
 pub struct TeeBody {
-    inner: Incoming,
+    inner: ClientBody,
     copy: BoundedCopy,
     done: Option<oneshot::Sender<Bytes>>,
     stats: Option<Arc<RouteStats>>,
@@ -175,7 +213,7 @@ impl TeeBody {
     /// Wraps `inner`; the receiver gets the whole body once it has streamed. Bytes are counted
     /// in `stats` when given.
     pub fn new(
-        inner: Incoming,
+        inner: ClientBody,
         limit: usize,
         stats: Option<Arc<RouteStats>>,
         received: Option<Arc<AtomicU64>>,
@@ -224,7 +262,7 @@ impl Body for TeeBody {
             Some(Err(_)) => this.done = None,
             None => this.finish(),
         }
-        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+        Poll::Ready(frame)
     }
 }
 

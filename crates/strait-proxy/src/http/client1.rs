@@ -19,29 +19,24 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use std::future::Future;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::headers::{
     hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
 };
+use crate::http::inbuf::{Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::pool::UpstreamIo;
+use crate::http::Rewound;
 use crate::resilience::Admission;
 
-/// The read buffer of a connection; response heads may grow it up to `MAX_HEAD`.
-const READ_BUF: usize = 8 * 1024;
-/// The largest response head (status line and headers) accepted.
-const MAX_HEAD: usize = 64 * 1024;
 /// The most headers (or trailers) a response may carry.
 const MAX_HEADERS: usize = 128;
 /// Request bytes queued for the socket before the request body is no longer polled.
 const WRITE_HIGH: usize = 64 * 1024;
-/// Body reads larger than this go to a buffer of their own instead of the connection's.
-const BIG_READ: usize = 256 * 1024;
 
 /// What went wrong in an HTTP/1 exchange.
 #[derive(Debug, thiserror::Error)]
@@ -67,14 +62,10 @@ pub enum Http1Error {
 #[derive(Debug)]
 pub struct Conn1 {
     io: UpstreamIo,
-    /// Bytes read and not consumed are `buf[start..end]`.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    /// Bytes read and not consumed.
+    rd: InBuf,
     /// Where request heads and chunk framing are encoded.
     scratch: BytesMut,
-    /// Where large response bodies are read (see `poll_read_big`).
-    big: BytesMut,
     /// Request bytes not yet written.
     out: Outbox,
     addr: SocketAddr,
@@ -96,11 +87,8 @@ impl Conn1 {
     ) -> Box<Self> {
         Box::new(Conn1 {
             io,
-            buf: Vec::new(),
-            start: 0,
-            end: 0,
+            rd: InBuf::default(),
             scratch: BytesMut::new(),
-            big: BytesMut::new(),
             out: Outbox::default(),
             addr,
             max_idle,
@@ -123,7 +111,7 @@ impl Conn1 {
     /// nor sent anything since the last response. Costs no system call unless the socket
     /// became readable.
     pub(crate) fn is_usable(&mut self) -> bool {
-        if self.start != self.end {
+        if !self.rd.is_empty() {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
@@ -145,83 +133,13 @@ impl Conn1 {
         }
     }
 
-    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-        if self.buf.is_empty() {
-            self.buf = vec![0; READ_BUF];
-        } else if self.end == self.buf.len() {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            } else if self.buf.len() < MAX_HEAD {
-                self.buf.resize(self.buf.len() * 2, 0);
-            } else {
-                return Poll::Ready(Err(io::Error::other("read buffer full")));
-            }
-        }
-        let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
-        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
-        let n = rb.filled().len();
-        self.end += n;
-        Poll::Ready(Ok(n))
-    }
-
-    /// Reads more of a body: the end of the stream here means the upstream cut it short.
-    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
-        match ready!(self.poll_fill(cx)) {
-            Ok(0) => Poll::Ready(Err(Http1Error::Closed)),
-            Ok(_) => Poll::Ready(Ok(())),
+    /// Up to `max` bytes of a body whose framing says at least one more is due.
+    fn poll_body(&mut self, cx: &mut Context<'_>, max: u64) -> Poll<Result<Bytes, Http1Error>> {
+        match ready!(self.rd.poll_body(&mut self.io, cx, max)) {
+            Ok(data) if data.is_empty() => Poll::Ready(Err(Http1Error::Closed)),
+            Ok(data) => Poll::Ready(Ok(data)),
             Err(e) => Poll::Ready(Err(e.into())),
         }
-    }
-
-    fn buffered(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    /// Up to `max` bytes of a body whose framing says at least one more is due: buffered bytes
-    /// first, else a read (one of its own when much is left). The end of the stream here means
-    /// the upstream cut the body short.
-    fn poll_body(&mut self, cx: &mut Context<'_>, max: u64) -> Poll<Result<Bytes, Http1Error>> {
-        let max = usize::try_from(max).unwrap_or(usize::MAX);
-        if self.start == self.end {
-            if max >= READ_BUF {
-                let data = ready!(self.poll_read_big(cx, max))?;
-                if data.is_empty() {
-                    return Poll::Ready(Err(Http1Error::Closed));
-                }
-                return Poll::Ready(Ok(data));
-            }
-            ready!(self.poll_more(cx))?;
-        }
-        Poll::Ready(Ok(self.take(max)))
-    }
-
-    /// Takes up to `max` buffered bytes as a chunk of their own.
-    fn take(&mut self, max: usize) -> Bytes {
-        let n = max.min(self.end - self.start);
-        let chunk = Bytes::copy_from_slice(&self.buf[self.start..self.start + n]);
-        self.start += n;
-        chunk
-    }
-
-    /// The buffer holds nothing: a read of a large body goes to a buffer of its own, up to
-    /// what is left of the body, so big bodies are neither copied out of the connection's
-    /// buffer nor zeroed before the read. Successive chunks share one allocation until it is
-    /// used up.
-    fn poll_read_big(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<Bytes>> {
-        let want = want.min(BIG_READ);
-        if self.big.capacity() < want.min(BIG_READ / 4) {
-            self.big = BytesMut::with_capacity(want);
-        }
-        let read = std::pin::pin!(self.io.read_buf(&mut self.big));
-        ready!(read.poll(cx))?;
-        Poll::Ready(Ok(self.big.split().freeze()))
     }
 }
 
@@ -398,14 +316,14 @@ impl Writer {
 }
 
 /// Writes `name: value` and its line end.
-fn put_field(s: &mut BytesMut, name: &[u8], value: &[u8]) {
+pub(crate) fn put_field(s: &mut BytesMut, name: &[u8], value: &[u8]) {
     s.put_slice(name);
     s.put_slice(b": ");
     s.put_slice(value);
     s.put_slice(b"\r\n");
 }
 
-fn put_hex(s: &mut BytesMut, mut n: usize) {
+pub(crate) fn put_hex(s: &mut BytesMut, mut n: usize) {
     let mut digits = [0u8; 16];
     let mut i = digits.len();
     loop {
@@ -484,10 +402,7 @@ pub async fn send(
         match head.framing {
             BodyFraming::Length(0) => State::Done,
             BodyFraming::Length(n) => State::Length(n),
-            BodyFraming::Chunked => State::Chunk(Chunk::Size {
-                value: 0,
-                digits: 0,
-            }),
+            BodyFraming::Chunked => State::Chunk(Chunk::START),
             BodyFraming::UntilClose => State::UntilClose,
         }
     };
@@ -584,7 +499,7 @@ fn start(
 
 /// A `content-length` value: digits only (RFC 9110: `1*DIGIT`), around them optional spaces;
 /// `None` for anything else or a number past `u64`.
-fn content_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();
     if digits.is_empty() {
         return None;
@@ -617,9 +532,9 @@ struct Head {
 /// Reads until a final (non-1xx, or 101) response head is in, and parses it.
 fn poll_head(conn: &mut Conn1, cx: &mut Context<'_>) -> Poll<Result<Head, Http1Error>> {
     loop {
-        if conn.start != conn.end {
-            if let Some((head, len)) = parse_head(conn.buffered())? {
-                conn.start += len;
+        if !conn.rd.is_empty() {
+            if let Some((head, len)) = parse_head(conn.rd.buffered())? {
+                conn.rd.consume(len);
                 let interim = head.status.is_informational()
                     && head.status != StatusCode::SWITCHING_PROTOCOLS;
                 if !interim {
@@ -627,12 +542,12 @@ fn poll_head(conn: &mut Conn1, cx: &mut Context<'_>) -> Poll<Result<Head, Http1E
                 }
                 continue;
             }
-            if conn.end - conn.start >= MAX_HEAD {
+            if conn.rd.buffered().len() >= MAX_HEAD {
                 return Poll::Ready(Err(Http1Error::HeadTooLarge));
             }
         }
-        let had = conn.end - conn.start;
-        match ready!(conn.poll_fill(cx)) {
+        let had = conn.rd.buffered().len();
+        match ready!(conn.rd.poll_fill(&mut conn.io, cx)) {
             Ok(0) if had == 0 => return Poll::Ready(Err(Http1Error::Closed)),
             Ok(0) => return Poll::Ready(Err(Http1Error::Invalid("response head cut short"))),
             Ok(_) => {}
@@ -758,23 +673,6 @@ enum State {
     Failed,
 }
 
-/// The parts of a chunked body.
-#[derive(Debug)]
-enum Chunk {
-    /// The hex size line.
-    Size { value: u64, digits: u8 },
-    /// A chunk extension, skipped up to its line end.
-    Extension { value: u64 },
-    /// The `\n` ending the size line.
-    SizeLf { value: u64 },
-    /// Data bytes still to come in this chunk.
-    Data(u64),
-    /// The `\r\n` after a chunk's data; the flag says the `\r` was seen.
-    DataEnd(bool),
-    /// The trailer section after the last chunk.
-    Trailers,
-}
-
 /// A response body read straight off the upstream connection by whoever polls it.
 #[derive(Debug)]
 pub struct Body1 {
@@ -801,13 +699,13 @@ impl Body1 {
             return None;
         }
         let mut conn = self.conn.take()?;
-        if conn.start != conn.end {
+        if !conn.rd.is_empty() {
             // Bytes after the response: the upstream is out of step; the connection closes.
             return None;
         }
         conn.reused = true;
         // An idle connection keeps its small buffer, not the room a large body was read into.
-        conn.big = BytesMut::new();
+        conn.rd.drop_big();
         Some(conn)
     }
 
@@ -817,8 +715,8 @@ impl Body1 {
             return None;
         }
         let conn = self.conn.take()?;
-        let early = Bytes::copy_from_slice(conn.buffered());
-        Some(Upgraded1 { io: conn.io, early })
+        let early = Bytes::copy_from_slice(conn.rd.buffered());
+        Some(Rewound::new(conn.io, early))
     }
 
     fn fail(&mut self, e: impl Into<Http1Error>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
@@ -850,117 +748,20 @@ impl Body1 {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        loop {
-            let Some(conn) = self.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let State::Chunk(chunk) = &mut self.state else {
-                return Poll::Ready(None);
-            };
-            if let Chunk::Data(left) = chunk {
-                let data = match ready!(conn.poll_body(cx, *left)) {
-                    Ok(data) => data,
-                    Err(e) => return self.fail(e),
-                };
-                *left -= data.len() as u64;
-                if *left == 0 {
-                    *chunk = Chunk::DataEnd(false);
-                }
-                return Poll::Ready(Some(Ok(Frame::data(data))));
-            }
-            if let Chunk::Trailers = chunk {
-                return self.poll_trailers(cx);
-            }
-            if conn.start == conn.end {
-                if let Err(e) = ready!(conn.poll_more(cx)) {
-                    return self.fail(e);
-                }
-            }
-            let b = conn.buf[conn.start];
-            conn.start += 1;
-            match next_chunk_state(chunk, b) {
-                Ok(next) => *chunk = next,
-                Err(what) => return self.fail(Http1Error::Invalid(what)),
-            }
+        let (Some(conn), State::Chunk(chunk)) = (self.conn.as_mut(), &mut self.state) else {
+            return Poll::Ready(None);
+        };
+        let frame = match ready!(conn.rd.poll_chunked(&mut conn.io, cx, chunk)) {
+            Ok(frame) => frame,
+            Err(ChunkError::Io(e)) => return self.fail(e),
+            Err(ChunkError::Closed) => return self.fail(Http1Error::Closed),
+            Err(ChunkError::Invalid(what)) => return self.fail(Http1Error::Invalid(what)),
+        };
+        if let Chunk::Ended = chunk {
+            self.state = State::Done;
         }
+        Poll::Ready(frame.map(Ok))
     }
-
-    /// Reads the trailer section (often just the empty line) after the last chunk.
-    fn poll_trailers(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        loop {
-            let Some(conn) = self.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let bytes = conn.buffered();
-            if bytes.starts_with(b"\r\n") {
-                conn.start += 2;
-                self.state = State::Done;
-                return Poll::Ready(None);
-            }
-            if !bytes.is_empty() && !b"\r".starts_with(bytes) {
-                let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                match httparse::parse_headers(bytes, &mut slots) {
-                    Ok(httparse::Status::Complete((len, fields))) => {
-                        let mut trailers = HeaderMap::with_capacity(fields.len());
-                        for f in fields {
-                            let (Ok(name), Ok(value)) = (
-                                HeaderName::from_bytes(f.name.as_bytes()),
-                                HeaderValue::from_bytes(f.value),
-                            ) else {
-                                return self.fail(Http1Error::Invalid("bad trailer field"));
-                            };
-                            trailers.append(name, value);
-                        }
-                        conn.start += len;
-                        self.state = State::Done;
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(_) => return self.fail(Http1Error::Invalid("malformed trailers")),
-                }
-            }
-            if let Err(e) = ready!(conn.poll_more(cx)) {
-                return self.fail(e);
-            }
-        }
-    }
-}
-
-/// The chunked-body parser's next state after byte `b` outside chunk data.
-fn next_chunk_state(chunk: &Chunk, b: u8) -> Result<Chunk, &'static str> {
-    Ok(match (chunk, b) {
-        (Chunk::Size { value, digits }, _) if b.is_ascii_hexdigit() => {
-            if *digits >= 16 {
-                return Err("chunk size too large");
-            }
-            let d = (b as char).to_digit(16).map_or(0, u64::from);
-            Chunk::Size {
-                value: value << 4 | d,
-                digits: digits + 1,
-            }
-        }
-        // Whitespace after the size: only an extension or the line end may follow.
-        (Chunk::Size { value, digits }, b' ' | b'\t') if *digits > 0 => Chunk::Size {
-            value: *value,
-            digits: 16,
-        },
-        (Chunk::Size { value, digits }, b';') if *digits > 0 => Chunk::Extension { value: *value },
-        (Chunk::Size { value, digits }, b'\r') if *digits > 0 => Chunk::SizeLf { value: *value },
-        (Chunk::Extension { .. }, b'\n') => return Err("bare LF in a chunk extension"),
-        (Chunk::Extension { value }, b'\r') => Chunk::SizeLf { value: *value },
-        (Chunk::Extension { value }, _) => Chunk::Extension { value: *value },
-        (Chunk::SizeLf { value: 0 }, b'\n') => Chunk::Trailers,
-        (Chunk::SizeLf { value }, b'\n') => Chunk::Data(*value),
-        (Chunk::DataEnd(false), b'\r') => Chunk::DataEnd(true),
-        (Chunk::DataEnd(true), b'\n') => Chunk::Size {
-            value: 0,
-            digits: 0,
-        },
-        _ => return Err("malformed chunked body"),
-    })
 }
 
 impl Body for Body1 {
@@ -997,10 +798,10 @@ impl Body for Body1 {
                 let Some(conn) = this.conn.as_mut() else {
                     return Poll::Ready(None);
                 };
-                let data = if conn.start != conn.end {
-                    conn.take(usize::MAX)
+                let data = if !conn.rd.is_empty() {
+                    conn.rd.take(usize::MAX)
                 } else {
-                    match ready!(conn.poll_read_big(cx, BIG_READ)) {
+                    match ready!(conn.rd.poll_read_big(&mut conn.io, cx, usize::MAX)) {
                         Ok(data) => data,
                         Err(e) => return this.fail(e),
                     }
@@ -1031,45 +832,7 @@ impl Body for Body1 {
 
 /// An upstream connection that switched protocols: its byte stream, starting with what was
 /// read past the 101 head.
-#[derive(Debug)]
-pub struct Upgraded1 {
-    io: UpstreamIo,
-    early: Bytes,
-}
-
-impl AsyncRead for Upgraded1 {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.early.is_empty() {
-            let n = this.early.len().min(buf.remaining());
-            buf.put_slice(&this.early.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded1 {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
+pub type Upgraded1 = Rewound<UpstreamIo>;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -1249,7 +1012,7 @@ mod tests {
         assert!(frames > 1, "read in more than one piece");
         let idle = answer.take_idle().expect("reusable");
         assert_eq!(
-            idle.big.capacity(),
+            idle.rd.big_capacity(),
             0,
             "an idle connection keeps no large buffer"
         );

@@ -151,7 +151,7 @@ pub(crate) const HOP_TRANSFER_ENCODING: u8 = 1 << 3;
 const HOP_PROXY_AUTHENTICATE: u8 = 1 << 4;
 const HOP_PROXY_AUTHORIZATION: u8 = 1 << 5;
 pub(crate) const HOP_TE: u8 = 1 << 6;
-const HOP_UPGRADE: u8 = 1 << 7;
+pub(crate) const HOP_UPGRADE: u8 = 1 << 7;
 
 /// The bit of a fixed hop-by-hop header, 0 for others (those named in `connection` go with
 /// `connection` itself).

@@ -1,13 +1,16 @@
-//! HTTP on both sides of the proxy: hyper 1 server connections for clients, per-worker pools of
-//! hyper client connections for upstreams, and the bodies and headers that cross between them.
+//! HTTP on both sides of the proxy: a hand-written HTTP/1.1 server for plain client connections
+//! (`server1`) and hyper 1 server connections for HTTP/2 and TLS, per-worker pools of upstream
+//! connections (`client1` for HTTP/1.1, hyper for HTTP/2), and the bodies and headers that
+//! cross between them.
 
 pub mod body;
 pub mod client1;
 pub mod headers;
-pub(crate) mod idle;
+pub(crate) mod inbuf;
 pub mod pool;
 pub mod replay;
 pub(crate) mod server;
+pub(crate) mod server1;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -15,7 +18,8 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::AsyncWrite;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Runs hyper's background tasks (HTTP/2 streams, connection drivers) on the worker's own
 /// thread: nothing a worker does needs to be `Send`.
@@ -28,6 +32,54 @@ where
 {
     fn execute(&self, fut: F) {
         tokio::task::spawn_local(fut);
+    }
+}
+
+/// A connection that switched protocols: its byte stream, starting with the bytes read past
+/// the head that switched it.
+#[derive(Debug)]
+pub struct Rewound<T> {
+    io: T,
+    early: Bytes,
+}
+
+impl<T> Rewound<T> {
+    pub(crate) fn new(io: T, early: Bytes) -> Self {
+        Rewound { io, early }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewound<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            buf.put_slice(&this.early.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewound<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -9,15 +9,17 @@
 //! Only the newest handle may read: an older attempt still holding its handle (its connection
 //! winding down) gets an error, so two attempts never split the client's bytes between them.
 
+use std::cell::{RefCell, RefMut};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::http::body::ClientBody;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame};
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use super::body::{count_received, BodyError, BoundedCopy};
@@ -26,7 +28,7 @@ use crate::telemetry::metrics::RouteStats;
 /// One attempt's view of a replayable request body.
 #[derive(Debug)]
 pub struct ReplayBody {
-    shared: Arc<Mutex<Replay>>,
+    shared: Rc<RefCell<Replay>>,
     generation: u64,
     /// Kept chunks this handle has sent.
     sent_chunks: usize,
@@ -35,7 +37,7 @@ pub struct ReplayBody {
 
 #[derive(Debug)]
 struct Replay {
-    source: Incoming,
+    source: ClientBody,
     /// The handle allowed to read.
     generation: u64,
     /// What replays send; gone once the body outgrew the limit.
@@ -62,7 +64,7 @@ impl ReplayBody {
     /// read from the client are counted once, in `stats` and `received`. When `whole` is given
     /// it gets the complete body when it ends within the limit.
     pub fn new(
-        source: Incoming,
+        source: ClientBody,
         limit: usize,
         stats: Arc<RouteStats>,
         received: Option<Arc<AtomicU64>>,
@@ -80,17 +82,17 @@ impl ReplayBody {
             whole,
         };
         ReplayBody {
-            shared: Arc::new(Mutex::new(shared)),
+            shared: Rc::new(RefCell::new(shared)),
             generation: 0,
             sent_chunks: 0,
             sent_trailers: false,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Replay> {
-        // A panic while holding the lock cannot leave the buffer inconsistent (every update is
-        // a single push or flag), so a poisoned lock is still usable.
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> RefMut<'_, Replay> {
+        // Every handle lives on the worker's thread (the client's body is read off its
+        // connection there), and no borrow outlives the call that took it.
+        self.shared.borrow_mut()
     }
 
     /// A handle that sends the body again from its start, making every older handle stale;
@@ -102,7 +104,7 @@ impl ReplayBody {
         }
         shared.generation += 1;
         Some(ReplayBody {
-            shared: Arc::clone(&self.shared),
+            shared: Rc::clone(&self.shared),
             generation: shared.generation,
             sent_chunks: 0,
             sent_trailers: false,
@@ -133,8 +135,8 @@ impl Body for ReplayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let shared = Arc::clone(&this.shared);
-        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = Rc::clone(&this.shared);
+        let mut s = shared.borrow_mut();
         if s.generation != this.generation {
             return Poll::Ready(Some(Err(Box::new(Superseded))));
         }
@@ -162,7 +164,7 @@ impl Body for ReplayBody {
             Poll::Ready(Some(Err(e))) => {
                 s.failed = true;
                 s.whole = None;
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

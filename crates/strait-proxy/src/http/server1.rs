@@ -1,0 +1,1279 @@
+//! The HTTP/1.1 server for plain-TCP client connections: the first step of every HTTP/1 request
+//! the proxy receives without TLS. It reads a request head off the socket, hands the request to
+//! the gateway with a body that is read off the same socket by whoever polls it, and writes the
+//! answer back, in the connection's own task.
+//!
+//! It replaces hyper's server connection on this path because hyper's parse, encode and flush
+//! were a third of the proxy's user-space instructions per request (callgrind, h1 keep-alive:
+//! ~8,000 of 25,800): hyper moves each request through a dispatcher, a body channel and a
+//! write buffer that is flattened and flushed on every turn. Here a small response's head and
+//! body are encoded into one buffer and written with one `send(2)`, request heads are parsed
+//! in place with `httparse` (as hyper does), and nothing is allocated per request but the
+//! request's own head and the gateway's future.
+//!
+//! What the connection does, in order: wait for a complete head (within the listener's idle
+//! timeout, measured from the end of the previous response); answer a malformed one with
+//! 400, 431 or 501 and close; serve the request; write the response framed by content-length,
+//! chunked encoding or (HTTP/1.0) the connection's end; then either keep the connection for the
+//! next request (pipelined bytes are kept) or close it: the client or the answer asked for it,
+//! the request body was not read to its end, or the listener drains. An idle connection on a
+//! worker that holds many gives back its buffers, so it costs its socket and a small task.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio::time::{Instant, Sleep};
+
+use crate::gateway::{self, Connection};
+use crate::http::body::{BodyError, ClientBody, ResponseBody};
+use crate::http::client1::{content_length, put_field, put_hex};
+use crate::http::headers::{
+    hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
+};
+use crate::http::inbuf::{Chunk, ChunkError, InBuf, MAX_HEAD};
+use crate::http::Rewound;
+use crate::telemetry::metrics::ListenerStats;
+
+/// Open connections on a worker above which idle HTTP/1 connections give back their buffers.
+pub const RELEASE_ABOVE: usize = 256;
+/// The most header fields a request may carry (Envoy's default); more get 431.
+const MAX_HEADERS: usize = 100;
+/// Fields a forwarded request may gain in the proxy.
+const ADDED_FIELDS: usize = 8;
+/// Response bytes queued for the socket before the response body is no longer polled.
+const WRITE_HIGH: usize = 64 * 1024;
+/// Response body chunks up to this size are copied behind the head, so that a small response
+/// goes out in one write; larger ones are queued as they are and written vectored.
+const COPY_MAX: usize = 4 * 1024;
+/// How long a connection being closed with unread request bytes keeps reading them (so the
+/// kernel does not answer them with a reset that could destroy the response), and how many.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 64 * 1024;
+/// The interim answer to `expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// An upgraded client connection: the socket, with the bytes read past the request's head.
+pub type UpgradedClient = Rewound<TcpStream>;
+
+/// The client's side of an upgrade: its connection once the 101 answer is written.
+pub(crate) enum ClientUpgrade {
+    /// From hyper's server connection.
+    Hyper(hyper::upgrade::OnUpgrade),
+    /// From this server.
+    Http1(oneshot::Receiver<UpgradedClient>),
+}
+
+impl ClientUpgrade {
+    /// The client's side of `req`'s upgrade, whichever server read it.
+    pub(crate) fn of(req: &mut Request<ClientBody>) -> Self {
+        if let ClientBody::Http1(body) = req.body_mut() {
+            if let Some(switched) = body.take_upgrade() {
+                return ClientUpgrade::Http1(switched);
+            }
+        }
+        ClientUpgrade::Hyper(hyper::upgrade::on(req))
+    }
+
+    /// Copies bytes both ways between the client and `upstream` until both ended.
+    pub(crate) async fn tunnel<T>(self, upstream: &mut T) -> io::Result<()>
+    where
+        T: tokio::io::AsyncRead + AsyncWrite + Unpin,
+    {
+        match self {
+            ClientUpgrade::Hyper(on) => {
+                let client = on.await.map_err(io::Error::other)?;
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                tokio::io::copy_bidirectional(&mut client, upstream).await?;
+            }
+            ClientUpgrade::Http1(switched) => {
+                let mut client = switched
+                    .await
+                    .map_err(|_| io::Error::other("the client connection ended before the 101"))?;
+                tokio::io::copy_bidirectional(&mut client, upstream).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves HTTP/1.1 on a plain client connection until it closes.
+pub(crate) async fn serve_http1(
+    stream: TcpStream,
+    conn: Rc<Connection>,
+    idle_timeout: Option<Duration>,
+    stats: Option<Arc<ListenerStats>>,
+    drain: watch::Receiver<bool>,
+) {
+    let peer = conn.peer;
+    let inbound = Rc::new(RefCell::new(Inbound::new(stream)));
+    let mut out = Outbox::default();
+    let mut wait = Wait::new(drain);
+    loop {
+        let deadline = idle_timeout.map(|t| Instant::now() + t);
+        let head = match poll_fn(|cx| wait.poll_head(&inbound, cx, deadline)).await {
+            NextHead::Head(head) => head,
+            NextHead::Closed => return,
+            NextHead::Reject(status) => {
+                tracing::debug!(%peer, %status, "malformed request head");
+                Box::pin(reject(&inbound, status)).await;
+                return;
+            }
+        };
+        // Boxed: an idle connection's task, allocated at the size of its largest state, must
+        // not carry room for a request's.
+        let served = Box::pin(exchange(&inbound, head, &conn, &mut out, &wait.seen)).await;
+        match served {
+            Ok(After::KeepAlive) => {}
+            Ok(After::Upgraded) => return,
+            Ok(After::Close) => {
+                Box::pin(close(&inbound)).await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                return;
+            }
+        }
+        let mut inb = inbound.borrow_mut();
+        if inb.rd.is_empty() && conn.worker.open_connections() > RELEASE_ABOVE {
+            inb.rd.release();
+            out.release();
+            if let Some(s) = &stats {
+                s.released();
+            }
+        }
+    }
+}
+
+/// The socket and what was read from it, shared by the connection's task and the request body
+/// it hands the gateway (which may be polled from another task of the worker: an HTTP/2
+/// upstream connection's).
+#[derive(Debug)]
+struct Inbound {
+    /// `None` once the connection switched protocols and the socket went to the tunnel.
+    io: Option<TcpStream>,
+    rd: InBuf,
+    /// Where the current request's body is.
+    body: BodyState,
+    /// What is left to write of a `100 Continue` due before the body is first read.
+    interim: &'static [u8],
+}
+
+impl Inbound {
+    fn new(io: TcpStream) -> Self {
+        Inbound {
+            io: Some(io),
+            rd: InBuf::default(),
+            body: BodyState::Done,
+            interim: &[],
+        }
+    }
+}
+
+/// Where a request body is.
+#[derive(Debug)]
+enum BodyState {
+    /// This many bytes are still to come.
+    Length(u64),
+    /// Chunked, at this point.
+    Chunked(Chunk),
+    /// The body ended (or there was none).
+    Done,
+    /// The body was cut short or malformed: the connection cannot carry another request.
+    Failed,
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+enum RequestBodyError {
+    #[error("client connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("client closed the connection before the request body was complete")]
+    Closed,
+    #[error("invalid request body: {0}")]
+    Invalid(&'static str),
+    #[error("request body already failed")]
+    Failed,
+}
+
+impl From<ChunkError> for RequestBodyError {
+    fn from(e: ChunkError) -> Self {
+        match e {
+            ChunkError::Io(e) => RequestBodyError::Io(e),
+            ChunkError::Closed => RequestBodyError::Closed,
+            ChunkError::Invalid(what) => RequestBodyError::Invalid(what),
+        }
+    }
+}
+
+/// A request body read straight off the client connection by whoever polls it.
+#[derive(Debug)]
+pub struct RequestBody1 {
+    inbound: Rc<RefCell<Inbound>>,
+    /// The socket, once the answer to an upgrade request switched protocols.
+    upgrade: Option<oneshot::Receiver<UpgradedClient>>,
+}
+
+impl RequestBody1 {
+    /// Where the client's socket comes once a 101 answer to this (upgrade) request is written.
+    pub(crate) fn take_upgrade(&mut self) -> Option<oneshot::Receiver<UpgradedClient>> {
+        self.upgrade.take()
+    }
+}
+
+impl Body for RequestBody1 {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut guard = self.inbound.borrow_mut();
+        let Inbound {
+            io,
+            rd,
+            body,
+            interim,
+        } = &mut *guard;
+        if matches!(body, BodyState::Done) {
+            return Poll::Ready(None);
+        }
+        let Some(io) = io.as_mut() else {
+            // The connection closed under the body.
+            *body = BodyState::Failed;
+            return Poll::Ready(Some(Err(Box::new(RequestBodyError::Closed))));
+        };
+        let read = poll_request_body(io, rd, body, interim, cx);
+        let frame = match ready!(read) {
+            Ok(frame) => frame,
+            Err(e) => {
+                *body = BodyState::Failed;
+                return Poll::Ready(Some(Err(Box::new(e))));
+            }
+        };
+        Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.inbound.borrow().body, BodyState::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.inbound.borrow().body {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The next frame of the request body: the interim `100 Continue` goes out first.
+fn poll_request_body(
+    io: &mut TcpStream,
+    rd: &mut InBuf,
+    body: &mut BodyState,
+    interim: &mut &'static [u8],
+    cx: &mut Context<'_>,
+) -> Poll<Result<Option<Frame<Bytes>>, RequestBodyError>> {
+    while !interim.is_empty() {
+        match ready!(Pin::new(&mut *io).poll_write(cx, interim))? {
+            0 => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
+            n => *interim = interim.get(n..).unwrap_or_default(),
+        }
+    }
+    match body {
+        BodyState::Done => Poll::Ready(Ok(None)),
+        BodyState::Failed => Poll::Ready(Err(RequestBodyError::Failed)),
+        BodyState::Length(left) => {
+            let data = ready!(rd.poll_body(io, cx, *left))?;
+            if data.is_empty() {
+                return Poll::Ready(Err(RequestBodyError::Closed));
+            }
+            *left -= data.len() as u64;
+            if *left == 0 {
+                *body = BodyState::Done;
+            }
+            Poll::Ready(Ok(Some(Frame::data(data))))
+        }
+        BodyState::Chunked(chunk) => {
+            let frame = ready!(rd.poll_chunked(io, cx, chunk))?;
+            if let Chunk::Ended = chunk {
+                *body = BodyState::Done;
+            }
+            Poll::Ready(Ok(frame))
+        }
+    }
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: BodyState,
+    /// The client keeps the connection for another request.
+    keep_alive: bool,
+    /// `expect: 100-continue` on a request with a body.
+    expect_continue: bool,
+    /// An HTTP/1.1 upgrade request (`connection: upgrade` and `upgrade`).
+    upgrade: bool,
+    /// `te: trailers`: a chunked answer may end with trailer fields.
+    trailers: bool,
+}
+
+/// Parses a request head at the start of `bytes`: the head and its length, `None` until it is
+/// complete, or the status a malformed one is answered with.
+fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
+    let bad = StatusCode::BAD_REQUEST;
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let len = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        }
+        Err(_) => return Err(bad),
+    };
+    let (Some(method), Some(path), Some(minor)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(bad);
+    };
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad)?;
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Values (and the target) are slices of one copy of the head: one allocation, not one per
+    // value.
+    let base = bytes.as_ptr() as usize;
+    let block = Bytes::copy_from_slice(bytes.get(..len).ok_or(bad)?);
+    let slice = |part: &[u8]| {
+        let at = part.as_ptr() as usize - base;
+        block.slice(at..at + part.len())
+    };
+    let uri = Uri::from_maybe_shared(slice(path.as_bytes())).map_err(|_| bad)?;
+    // Room for the fields the proxy adds on the way (forwarding, request id, trace context),
+    // so that adding them does not grow the map.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + ADDED_FIELDS);
+    let mut length: Option<u64> = None;
+    let mut encodings = 0;
+    let mut chunked = false;
+    let (mut close, mut keep_alive, mut connection_upgrade) = (false, false, false);
+    let (mut upgrade, mut trailers, mut expect_continue) = (false, false, false);
+    for h in parsed.headers.iter() {
+        let name = received_name(h.name.as_bytes()).map_err(|_| bad)?;
+        let value = HeaderValue::from_maybe_shared(slice(h.value)).map_err(|_| bad)?;
+        let hop = hop_by_hop_bit(&name);
+        if name == header::CONTENT_LENGTH {
+            let n = content_length(h.value).ok_or(bad)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(bad);
+            }
+            length = Some(n);
+        } else if hop == HOP_TRANSFER_ENCODING {
+            encodings += 1;
+            chunked = h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if hop == HOP_CONNECTION {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+            }
+        } else if hop == HOP_UPGRADE {
+            upgrade = true;
+        } else if hop == HOP_TE {
+            trailers |= h
+                .value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+        } else if name == header::EXPECT {
+            expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+        headers.append(name, value);
+    }
+    let body = if encodings > 0 {
+        // Both framings in one request is how requests are smuggled past a proxy; HTTP/1.0
+        // has no chunked encoding; any coding but a single `chunked` cannot be forwarded.
+        if length.is_some() || version == Version::HTTP_10 {
+            return Err(bad);
+        }
+        if encodings > 1 || !chunked {
+            return Err(StatusCode::NOT_IMPLEMENTED);
+        }
+        BodyState::Chunked(Chunk::START)
+    } else {
+        match length {
+            None | Some(0) => BodyState::Done,
+            Some(n) => BodyState::Length(n),
+        }
+    };
+    let http11 = version == Version::HTTP_11;
+    let head = Head {
+        method,
+        uri,
+        version,
+        headers,
+        expect_continue: expect_continue && http11 && !matches!(body, BodyState::Done),
+        body,
+        keep_alive: !close && (http11 || keep_alive),
+        upgrade: http11 && connection_upgrade && upgrade,
+        trailers,
+    };
+    Ok(Some((head, len)))
+}
+
+/// What waiting for the next request head ended with. (Large, but made and moved once per
+/// request: boxing it would cost an allocation.)
+#[allow(clippy::large_enum_variant)]
+enum NextHead {
+    Head(Head),
+    /// The client closed, went quiet past the idle timeout, or the listener drains.
+    Closed,
+    /// A malformed head, answered with this status.
+    Reject(StatusCode),
+}
+
+/// What a connection waits on between requests: the listener's drain signal and a timer.
+struct Wait {
+    /// The drain signal's future, polled once and after that only when the signal changed (a
+    /// version check), so a busy connection does not poll it on every request.
+    drained: Pin<Box<dyn Future<Output = ()>>>,
+    watching: bool,
+    /// A second receiver of the drain signal, only asked whether it changed.
+    seen: watch::Receiver<bool>,
+    /// The idle timer: set at the deadline seen when it was made, and moved only when it
+    /// fires before the current one (a timer is not moved per request).
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Wait {
+    fn new(mut drain: watch::Receiver<bool>) -> Self {
+        let seen = drain.clone();
+        Wait {
+            drained: Box::pin(async move {
+                let _ = drain.wait_for(|d| *d).await;
+            }),
+            watching: false,
+            seen,
+            timer: None,
+        }
+    }
+
+    /// Reads until a whole request head is in, or the wait ends.
+    fn poll_head(
+        &mut self,
+        inbound: &RefCell<Inbound>,
+        cx: &mut Context<'_>,
+        deadline: Option<Instant>,
+    ) -> Poll<NextHead> {
+        let mut guard = inbound.borrow_mut();
+        let inb = &mut *guard;
+        loop {
+            if !inb.rd.is_empty() {
+                match parse_request(inb.rd.buffered()) {
+                    Ok(Some((head, len))) => {
+                        inb.rd.consume(len);
+                        return Poll::Ready(NextHead::Head(head));
+                    }
+                    Ok(None) if inb.rd.buffered().len() >= MAX_HEAD => {
+                        return Poll::Ready(NextHead::Reject(
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        ))
+                    }
+                    Ok(None) => {}
+                    Err(status) => return Poll::Ready(NextHead::Reject(status)),
+                }
+            }
+            let Some(io) = inb.io.as_mut() else {
+                return Poll::Ready(NextHead::Closed);
+            };
+            match inb.rd.poll_fill(io, cx) {
+                // The end of the stream, before or inside a head: nothing to answer.
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(NextHead::Closed),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        if self.drain_pending(cx).is_ready() {
+            return Poll::Ready(NextHead::Closed);
+        }
+        match deadline {
+            Some(at) if self.poll_timer(at, cx).is_ready() => Poll::Ready(NextHead::Closed),
+            _ => Poll::Pending,
+        }
+    }
+
+    /// Ready once the listener drains.
+    fn drain_pending(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.watching && !self.seen.has_changed().unwrap_or(true) {
+            return Poll::Pending;
+        }
+        self.watching = true;
+        self.drained.as_mut().poll(cx)
+    }
+
+    /// Ready once `at` passed.
+    fn poll_timer(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        while timer.as_mut().poll(cx).is_ready() {
+            if timer.deadline() >= at {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(at);
+        }
+        Poll::Pending
+    }
+}
+
+/// True once the listener drains (or its signal is gone).
+fn draining(seen: &watch::Receiver<bool>) -> bool {
+    seen.has_changed().unwrap_or(true) && *seen.borrow()
+}
+
+/// What a connection does after a response.
+enum After {
+    KeepAlive,
+    Close,
+    Upgraded,
+}
+
+/// Serves one request and writes its response.
+async fn exchange(
+    inbound: &Rc<RefCell<Inbound>>,
+    head: Head,
+    conn: &Rc<Connection>,
+    out: &mut Outbox,
+    drain: &watch::Receiver<bool>,
+) -> io::Result<After> {
+    let Head {
+        method,
+        uri,
+        version,
+        headers,
+        body,
+        keep_alive,
+        expect_continue,
+        upgrade,
+        trailers,
+    } = head;
+    {
+        let mut inb = inbound.borrow_mut();
+        inb.body = body;
+        inb.interim = if expect_continue { CONTINUE } else { &[] };
+    }
+    let (switched, upgrade_rx) = if upgrade {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let head_request = method == Method::HEAD;
+    let mut request = Request::new(ClientBody::Http1(RequestBody1 {
+        inbound: Rc::clone(inbound),
+        upgrade: upgrade_rx,
+    }));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    // Boxed: the gateway's future is kilobytes, and an idle connection's task, allocated at
+    // the size of its largest state, must not carry room for it.
+    let response = match Box::pin(gateway::serve(request, Rc::clone(conn))).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (parts, mut body) = response.into_parts();
+    let plan = Plan {
+        head_request,
+        http11: version == Version::HTTP_11,
+        keep_alive: keep_alive && !draining(drain),
+        trailers,
+    };
+    let interim = std::mem::take(&mut inbound.borrow_mut().interim);
+    if interim.len() < CONTINUE.len() {
+        // Part of a `100 Continue` was written: the rest goes before the final head.
+        out.scratch.put_slice(interim);
+    }
+    let (mut framing, mut close) = encode_head(&mut out.scratch, &parts, &body, plan);
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(switched) = switched {
+            return switch_protocols(inbound, out, body, switched).await;
+        }
+        close = true;
+    }
+    poll_fn(|cx| out.poll_send(inbound, &mut body, &mut framing, cx)).await?;
+    // The connection carries another request only once this one's body was read whole.
+    let read_whole = matches!(inbound.borrow().body, BodyState::Done);
+    Ok(if close || !read_whole {
+        After::Close
+    } else {
+        After::KeepAlive
+    })
+}
+
+/// Writes the 101 head, then hands the socket (and the bytes read past the request) to the
+/// tunnel.
+async fn switch_protocols(
+    inbound: &Rc<RefCell<Inbound>>,
+    out: &mut Outbox,
+    mut body: ResponseBody,
+    switched: oneshot::Sender<UpgradedClient>,
+) -> io::Result<After> {
+    let mut framing = Framing::Empty;
+    poll_fn(|cx| out.poll_send(inbound, &mut body, &mut framing, cx)).await?;
+    let mut inb = inbound.borrow_mut();
+    let early = Bytes::copy_from_slice(inb.rd.buffered());
+    inb.rd = InBuf::default();
+    if let Some(io) = inb.io.take() {
+        let _ = switched.send(Rewound::new(io, early));
+    }
+    Ok(After::Upgraded)
+}
+
+/// How the request shapes its response's head.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    head_request: bool,
+    http11: bool,
+    /// Both the client and the proxy keep the connection after this response.
+    keep_alive: bool,
+    /// The client takes trailer fields.
+    trailers: bool,
+}
+
+/// How a response body goes on the wire.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// No body bytes (HEAD, 1xx, 204, 304): whatever the body yields is dropped.
+    Empty,
+    /// `content-length`: this many bytes are still due.
+    Length(u64),
+    /// `transfer-encoding: chunked`; the flag says trailers may be sent.
+    Chunked(bool),
+    /// Until the connection closes (an HTTP/1.0 client and a body of unknown length).
+    UntilClose,
+    /// The body was written whole.
+    Ended,
+}
+
+/// Encodes the response head into `s`: the framing the body is written with, and whether the
+/// connection closes after the response.
+fn encode_head(
+    s: &mut BytesMut,
+    parts: &http::response::Parts,
+    body: &ResponseBody,
+    plan: Plan,
+) -> (Framing, bool) {
+    let status = parts.status;
+    s.reserve(256);
+    if status == StatusCode::OK {
+        s.put_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        s.put_slice(b"HTTP/1.1 ");
+        s.put_slice(status.as_str().as_bytes());
+        s.put_u8(b' ');
+        s.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+        s.put_slice(b"\r\n");
+    }
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut declared = None;
+    let mut date = false;
+    let mut close = !plan.keep_alive;
+    let (mut connection, mut said_close) = (false, false);
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            // One length, and none on an answer that cannot have a body (RFC 9110 8.6).
+            if declared.is_some() || status.is_informational() || status == StatusCode::NO_CONTENT {
+                continue;
+            }
+            declared = Some(content_length(value.as_bytes()));
+        } else if name == header::TRANSFER_ENCODING {
+            // This hop's own: decided below from what the body is.
+            continue;
+        } else if name == header::CONNECTION {
+            connection = true;
+            said_close |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= said_close;
+        } else if name == header::DATE {
+            date = true;
+        }
+        put_field(s, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !date {
+        put_date(s);
+    }
+    let framing = if plan.head_request || bodiless {
+        Framing::Empty
+    } else if let Some(declared) = declared {
+        // An unreadable length was passed on as it came: the body then ends the connection.
+        match declared {
+            Some(n) => Framing::Length(n),
+            None => {
+                close = true;
+                Framing::UntilClose
+            }
+        }
+    } else if let Some(n) = body.size_hint().exact() {
+        put_field(
+            s,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
+        Framing::Length(n)
+    } else if plan.http11 {
+        put_field(s, b"transfer-encoding", b"chunked");
+        Framing::Chunked(plan.trailers)
+    } else {
+        close = true;
+        Framing::UntilClose
+    };
+    if close && !said_close && status != StatusCode::SWITCHING_PROTOCOLS {
+        put_field(s, b"connection", b"close");
+    } else if !close && !plan.http11 && !connection {
+        put_field(s, b"connection", b"keep-alive");
+    }
+    s.put_slice(b"\r\n");
+    (framing, close)
+}
+
+/// Writes `date: <now>`; the text is made once a second per worker.
+fn put_date(s: &mut BytesMut) {
+    thread_local! {
+        static DATE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((0, Vec::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now).into_bytes();
+        }
+        put_field(s, b"date", text);
+    });
+}
+
+/// Response bytes on their way to the socket: a tail of small pieces copied together
+/// (`scratch`, of which `sent` bytes went out), after large chunks queued as they came.
+#[derive(Debug, Default)]
+struct Outbox {
+    queue: std::collections::VecDeque<Bytes>,
+    queued: usize,
+    scratch: BytesMut,
+    sent: usize,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.sent == self.scratch.len()
+    }
+
+    fn len(&self) -> usize {
+        self.queued + self.scratch.len() - self.sent
+    }
+
+    /// Gives back the memory of an empty outbox.
+    fn release(&mut self) {
+        if self.is_empty() {
+            *self = Outbox::default();
+        }
+    }
+
+    /// Adds body bytes: small ones are copied behind what is there, large ones queued.
+    fn push(&mut self, data: Bytes) {
+        if data.len() <= COPY_MAX {
+            self.scratch.put_slice(&data);
+            return;
+        }
+        if self.sent < self.scratch.len() {
+            let mut tail = self.scratch.split();
+            let _ = tail.split_to(self.sent);
+            self.queued += tail.len();
+            self.queue.push_back(tail.freeze());
+        } else {
+            self.scratch.clear();
+        }
+        self.sent = 0;
+        self.queued += data.len();
+        self.queue.push_back(data);
+    }
+
+    /// Encodes a body frame for `framing`.
+    fn encode(&mut self, frame: Frame<Bytes>, framing: &mut Framing) -> io::Result<()> {
+        let frame = match frame.into_data() {
+            Ok(data) => return self.encode_data(data, framing),
+            Err(frame) => frame,
+        };
+        if let (Ok(trailers), Framing::Chunked(true)) = (frame.into_trailers(), *framing) {
+            let s = &mut self.scratch;
+            s.put_slice(b"0\r\n");
+            for (name, value) in &trailers {
+                put_field(s, name.as_str().as_bytes(), value.as_bytes());
+            }
+            s.put_slice(b"\r\n");
+            *framing = Framing::Ended;
+        }
+        Ok(())
+    }
+
+    fn encode_data(&mut self, data: Bytes, framing: &mut Framing) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match framing {
+            Framing::Empty | Framing::Ended => {}
+            Framing::Length(left) => {
+                if data.len() as u64 > *left {
+                    return Err(io::Error::other(
+                        "response body longer than its content-length",
+                    ));
+                }
+                *left -= data.len() as u64;
+                self.push(data);
+            }
+            Framing::Chunked(_) => {
+                put_hex(&mut self.scratch, data.len());
+                self.scratch.put_slice(b"\r\n");
+                self.push(data);
+                self.scratch.put_slice(b"\r\n");
+            }
+            Framing::UntilClose => self.push(data),
+        }
+        Ok(())
+    }
+
+    /// Ends the body.
+    fn finish(&mut self, framing: &mut Framing) -> io::Result<()> {
+        match *framing {
+            Framing::Length(n) if n > 0 => {
+                return Err(io::Error::other(
+                    "response body shorter than its content-length",
+                ))
+            }
+            Framing::Chunked(_) => self.scratch.put_slice(b"0\r\n\r\n"),
+            _ => {}
+        }
+        *framing = Framing::Ended;
+        Ok(())
+    }
+
+    /// Moves the response forward as far as it can without waiting: body frames into the
+    /// outbox, the outbox into the socket. Ready once the whole response is written.
+    fn poll_send(
+        &mut self,
+        inbound: &RefCell<Inbound>,
+        body: &mut ResponseBody,
+        framing: &mut Framing,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            while !matches!(framing, Framing::Ended) && self.len() < WRITE_HIGH {
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(None) => self.finish(framing)?,
+                    Poll::Ready(Some(Ok(frame))) => self.encode(frame, framing)?,
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(io::Error::other(format!("response body: {e}"))))
+                    }
+                }
+            }
+            if self.is_empty() {
+                return if matches!(framing, Framing::Ended) {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            let mut inb = inbound.borrow_mut();
+            let Some(io) = inb.io.as_mut() else {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected)));
+            };
+            ready!(self.poll_write(io, cx))?;
+        }
+    }
+
+    /// One write of what is queued.
+    fn poll_write(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let tail = self.scratch.get(self.sent..).unwrap_or_default();
+        let n = if self.queue.is_empty() {
+            ready!(Pin::new(&mut *io).poll_write(cx, tail))?
+        } else {
+            let mut slices = [IoSlice::new(&[]); 8];
+            let mut count = 0;
+            for (slot, chunk) in slices.iter_mut().zip(self.queue.iter()) {
+                *slot = IoSlice::new(chunk);
+                count += 1;
+            }
+            if count < slices.len() && !tail.is_empty() {
+                if let Some(slot) = slices.get_mut(count) {
+                    *slot = IoSlice::new(tail);
+                    count += 1;
+                }
+            }
+            let slices = slices.get(..count).unwrap_or_default();
+            ready!(crate::http::poll_write_slices(
+                Pin::new(&mut *io),
+                cx,
+                slices
+            ))?
+        };
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        self.advance(n);
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                break;
+            };
+            if n < front.len() {
+                let _ = front.split_to(n);
+                self.queued -= n;
+                return;
+            }
+            n -= front.len();
+            self.queued -= front.len();
+            self.queue.pop_front();
+        }
+        self.sent = (self.sent + n).min(self.scratch.len());
+        if self.sent == self.scratch.len() {
+            self.scratch.clear();
+            self.sent = 0;
+        }
+    }
+}
+
+/// Answers a malformed request head and closes the connection.
+async fn reject(inbound: &RefCell<Inbound>, status: StatusCode) {
+    let mut s = BytesMut::with_capacity(128);
+    s.put_slice(b"HTTP/1.1 ");
+    s.put_slice(status.as_str().as_bytes());
+    s.put_u8(b' ');
+    s.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    s.put_slice(b"\r\n");
+    put_date(&mut s);
+    s.put_slice(b"content-length: 0\r\nconnection: close\r\n\r\n");
+    let Some(mut io) = inbound.borrow_mut().io.take() else {
+        return;
+    };
+    if tokio::time::timeout(LINGER, io.write_all(&s)).await.is_ok() {
+        linger(io).await;
+    }
+}
+
+/// Closes the connection after its last response.
+async fn close(inbound: &RefCell<Inbound>) {
+    let io = inbound.borrow_mut().io.take();
+    if let Some(io) = io {
+        linger(io).await;
+    }
+}
+
+/// Ends the connection: no more bytes from the proxy, and the client's unread ones are read
+/// and dropped for a moment, so that closing with them unread does not reset the connection
+/// before the client has read its answer.
+async fn linger(mut io: TcpStream) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER, async {
+        while left > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<Option<(Head, usize)>, StatusCode> {
+        parse_request(raw.as_bytes())
+    }
+
+    fn status(raw: &str) -> StatusCode {
+        match parse(raw) {
+            Err(status) => status,
+            Ok(head) => panic!("{raw:?} parsed: {head:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_get_parses_with_its_fields_and_keeps_the_connection() {
+        let raw = "GET /a?b=1 HTTP/1.1\r\nHost: x.example\r\nX-Two: 1\r\nx-two: 2\r\n\r\nGET";
+        let (head, len) = parse(raw).unwrap().unwrap();
+        assert_eq!(len, raw.len() - 3);
+        assert_eq!(head.method, Method::GET);
+        assert_eq!(head.uri, "/a?b=1");
+        assert_eq!(head.version, Version::HTTP_11);
+        assert_eq!(head.headers["host"], "x.example");
+        assert_eq!(head.headers.get_all("x-two").iter().count(), 2);
+        assert!(head.keep_alive && !head.upgrade && !head.expect_continue);
+        assert!(matches!(head.body, BodyState::Done));
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_for_more() {
+        assert!(parse("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        assert!(parse("GE").unwrap().is_none());
+    }
+
+    #[test]
+    fn framing_comes_from_content_length_or_chunked() {
+        let (head, _) = parse("POST / HTTP/1.1\r\ncontent-length: 12\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(head.body, BodyState::Length(12)));
+        let (head, _) = parse("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(head.body, BodyState::Chunked(_)));
+        let (head, _) = parse("POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(head.body, BodyState::Length(3)));
+    }
+
+    #[test]
+    fn malformed_heads_get_the_status_nginx_and_envoy_answer() {
+        let bad = StatusCode::BAD_REQUEST;
+        assert_eq!(status("HELLO\r\n\r\n"), bad);
+        assert_eq!(status("GE T / HTTP/1.1\r\n\r\n"), bad);
+        assert_eq!(status("GET / HTTP/2.0\r\n\r\n"), bad);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost : x\r\n\r\n"), bad);
+        assert_eq!(status("GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n"), bad);
+        assert_eq!(status("GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n"), bad);
+        assert_eq!(
+            status("POST / HTTP/1.1\r\ncontent-length: abc\r\n\r\n"),
+            bad
+        );
+        assert_eq!(status("POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n"), bad);
+        assert_eq!(
+            status("POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"),
+            bad
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n"),
+            bad
+        );
+        assert_eq!(
+            status("POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n"),
+            bad
+        );
+        let not_implemented = StatusCode::NOT_IMPLEMENTED;
+        assert_eq!(
+            status("POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n"),
+            not_implemented
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            not_implemented
+        );
+        assert_eq!(
+            status(
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n"
+            ),
+            not_implemented
+        );
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(
+            status(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn connection_tokens_decide_keep_alive_and_upgrades() {
+        let head = |raw: &str| parse(raw).unwrap().unwrap().0;
+        assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        let ws =
+            head("GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(ws.upgrade && ws.keep_alive);
+        assert!(
+            !head("GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade
+        );
+        assert!(head("GET / HTTP/1.1\r\nTE: deflate, trailers\r\n\r\n").trailers);
+        // 100-continue only matters when a body is to come.
+        assert!(!head("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+        assert!(
+            head("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\ncontent-length: 5\r\n\r\n")
+                .expect_continue
+        );
+    }
+
+    #[test]
+    fn absolute_and_authority_targets_parse() {
+        let (head, _) = parse("GET http://x.example/p HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.uri.host(), Some("x.example"));
+        assert_eq!(head.uri.path(), "/p");
+        let (head, _) = parse("CONNECT x.example:443 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            head.uri.authority().map(|a| a.as_str()),
+            Some("x.example:443")
+        );
+        assert_eq!(status("GET /a b HTTP/1.1\r\n\r\n"), StatusCode::BAD_REQUEST);
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            head_request: false,
+            http11: true,
+            keep_alive: true,
+            trailers: false,
+        }
+    }
+
+    fn encoded(response: http::Response<ResponseBody>, plan: Plan) -> (String, Framing, bool) {
+        let (parts, body) = response.into_parts();
+        let mut s = BytesMut::new();
+        let (framing, close) = encode_head(&mut s, &parts, &body, plan);
+        let text = String::from_utf8(s.to_vec()).unwrap();
+        // The date changes: checked for, then left out.
+        assert!(text.contains("\r\ndate: "), "{text}");
+        let text = text
+            .lines()
+            .filter(|l| !l.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (text, framing, close)
+    }
+
+    #[test]
+    fn heads_are_framed_by_length_chunks_or_the_close() {
+        let sized = || {
+            let mut r = http::Response::new(ResponseBody::full(Bytes::from_static(b"hello")));
+            r.headers_mut().insert("x-a", HeaderValue::from_static("1"));
+            r
+        };
+        let (text, framing, close) = encoded(sized(), plan());
+        assert_eq!(text, "HTTP/1.1 200 OK\nx-a: 1\ncontent-length: 5\n");
+        assert!(matches!(framing, Framing::Length(5)) && !close);
+
+        let (text, framing, close) = encoded(
+            sized(),
+            Plan {
+                head_request: true,
+                ..plan()
+            },
+        );
+        assert_eq!(text, "HTTP/1.1 200 OK\nx-a: 1\n");
+        assert!(matches!(framing, Framing::Empty) && !close);
+
+        let (text, _, close) = encoded(
+            sized(),
+            Plan {
+                http11: false,
+                ..plan()
+            },
+        );
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\nx-a: 1\ncontent-length: 5\nconnection: keep-alive\n"
+        );
+        assert!(!close);
+
+        let (text, _, close) = encoded(
+            sized(),
+            Plan {
+                keep_alive: false,
+                ..plan()
+            },
+        );
+        assert!(text.ends_with("connection: close\n"), "{text}");
+        assert!(close);
+
+        let mut no_content = http::Response::new(ResponseBody::empty());
+        *no_content.status_mut() = StatusCode::NO_CONTENT;
+        no_content
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let (text, framing, _) = encoded(no_content, plan());
+        assert_eq!(text, "HTTP/1.1 204 No Content\n");
+        assert!(matches!(framing, Framing::Empty));
+    }
+
+    #[test]
+    fn the_outbox_keeps_order_across_copied_and_queued_chunks() {
+        let mut out = Outbox::default();
+        let mut framing = Framing::Chunked(false);
+        out.scratch.put_slice(b"HEAD\r\n");
+        let big = Bytes::from(vec![b'x'; COPY_MAX + 1]);
+        out.encode(Frame::data(Bytes::from_static(b"ab")), &mut framing)
+            .unwrap();
+        out.encode(Frame::data(big.clone()), &mut framing).unwrap();
+        out.encode(Frame::data(Bytes::from_static(b"cd")), &mut framing)
+            .unwrap();
+        out.finish(&mut framing).unwrap();
+        let mut wire = Vec::new();
+        for chunk in &out.queue {
+            wire.extend_from_slice(chunk);
+        }
+        wire.extend_from_slice(&out.scratch[out.sent..]);
+        let expected = [
+            b"HEAD\r\n2\r\nab\r\n".as_slice(),
+            format!("{:x}\r\n", big.len()).as_bytes(),
+            &big,
+            b"\r\n2\r\ncd\r\n0\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(wire, expected);
+        assert_eq!(out.len(), expected.len());
+        out.advance(expected.len() - 3);
+        assert_eq!(out.len(), 3);
+        out.advance(3);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_body_longer_or_shorter_than_its_length_is_an_error() {
+        let mut out = Outbox::default();
+        let mut framing = Framing::Length(3);
+        assert!(out
+            .encode(Frame::data(Bytes::from_static(b"abcd")), &mut framing)
+            .is_err());
+        let mut framing = Framing::Length(3);
+        out.encode(Frame::data(Bytes::from_static(b"ab")), &mut framing)
+            .unwrap();
+        assert!(out.finish(&mut framing).is_err());
+    }
+}
