@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -238,6 +238,33 @@ impl InBuf {
     }
 }
 
+/// Decodes a whole chunked body held in memory, as a connection reads one: its data and its
+/// trailers, or what is wrong with it. The fuzz target `http1_request` drives it with hostile
+/// bytes.
+pub fn decode_chunked(mut wire: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), &'static str> {
+    let mut rd = InBuf::default();
+    let mut chunk = Chunk::START;
+    let mut data = Vec::new();
+    let mut trailers = None;
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        // Bytes in memory are always ready: `Pending` cannot happen.
+        let Poll::Ready(frame) = rd.poll_chunked(&mut wire, &mut cx, &mut chunk) else {
+            return Err("stalled");
+        };
+        match frame {
+            Ok(Some(frame)) => match frame.into_data() {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+            Ok(None) => return Ok((data, trailers)),
+            Err(ChunkError::Invalid(what)) => return Err(what),
+            Err(ChunkError::Closed) => return Err("cut short"),
+            Err(ChunkError::Io(_)) => return Err("read failed"),
+        }
+    }
+}
+
 /// Where a chunked body's reader is.
 #[derive(Debug)]
 pub(crate) enum Chunk {
@@ -294,4 +321,52 @@ pub(crate) fn next_chunk_state(chunk: &Chunk, b: u8) -> Result<Chunk, &'static s
         (Chunk::DataEnd(true), b'\n') => Chunk::START,
         _ => return Err("malformed chunked body"),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_any_case_and_trailers() {
+        // Cut short after a size line: an error, not a short body.
+        assert_eq!(
+            decode_chunked(b"3;note=x\r\nabc\r\n1A\r\n"),
+            Err("cut short")
+        );
+
+        let body = [
+            b"3;note=x\r\nabc\r\n1A\r\n".as_slice(),
+            &[b'z'; 26],
+            b"\r\n0\r\n\r\n",
+        ]
+        .concat();
+        let (data, trailers) = decode_chunked(&body).unwrap();
+        assert_eq!(data, [b"abc".as_slice(), &[b'z'; 26]].concat());
+        assert!(trailers.is_none());
+
+        let (data, trailers) = decode_chunked(b"2\r\nhi\r\n0\r\nx-sum: 7\r\n\r\n").unwrap();
+        assert_eq!(data, b"hi");
+        assert_eq!(trailers.unwrap()["x-sum"], "7");
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_refused() {
+        for wire in [
+            b"zz\r\n".as_slice(),
+            b"3\r\nabcd\r\n0\r\n\r\n",
+            b"3\nabc\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"3 4\r\nabc\r\n0\r\n\r\n",
+            b"0\r\nbad trailer\r\n\r\n",
+            b"",
+        ] {
+            assert!(
+                decode_chunked(wire).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
 }

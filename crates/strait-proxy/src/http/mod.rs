@@ -6,11 +6,11 @@
 pub mod body;
 pub mod client1;
 pub mod headers;
-pub(crate) mod inbuf;
+pub mod inbuf;
 pub mod pool;
 pub mod replay;
 pub(crate) mod server;
-pub(crate) mod server1;
+pub mod server1;
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -319,6 +319,13 @@ fn poll_request_body(
     }
 }
 
+/// Reads a request head as the server does: the length of a complete and valid head, `None`
+/// while it is incomplete, or the status a malformed one is answered with (400, 431 or 501).
+/// The fuzz target `http1_request` drives it with hostile bytes.
+pub fn check_request_head(bytes: &[u8]) -> Result<Option<usize>, StatusCode> {
+    Ok(parse_request(bytes)?.map(|(_, len)| len))
+}
+
 /// A parsed request head.
 #[derive(Debug)]
 struct Head {
