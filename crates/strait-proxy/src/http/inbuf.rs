@@ -59,6 +59,11 @@ impl InBuf {
         self.start = (self.start + n).min(self.end);
     }
 
+    /// True when the buffer holds no memory (it was never needed, or was given back).
+    pub(crate) fn is_released(&self) -> bool {
+        self.buf.capacity() == 0
+    }
+
     /// Gives back the memory of an empty buffer (an idle connection keeps only its socket).
     pub(crate) fn release(&mut self) {
         if self.is_empty() {

@@ -512,6 +512,15 @@ impl Wait {
             let Some(io) = inb.io.as_mut() else {
                 return Poll::Ready(NextHead::Closed);
             };
+            // A connection that gave back its buffer waits for the client's bytes on the bare
+            // socket: a buffer is taken only when there is something to read into it.
+            if inb.rd.is_released() {
+                match io.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(NextHead::Closed),
+                    Poll::Pending => break,
+                }
+            }
             match inb.rd.poll_fill(io, cx) {
                 // The end of the stream, before or inside a head: nothing to answer.
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(NextHead::Closed),
