@@ -1006,8 +1006,14 @@ async fn reject(inbound: &RefCell<Inbound>, status: StatusCode) {
 
 /// Closes the connection after its last response.
 async fn close(inbound: &RefCell<Inbound>) {
-    let io = inbound.borrow_mut().io.take();
-    if let Some(io) = io {
+    let (io, unread) = {
+        let mut inb = inbound.borrow_mut();
+        let unread = !inb.rd.is_empty() || !matches!(inb.body, BodyState::Done);
+        (inb.io.take(), unread)
+    };
+    // With nothing of the client's left unread, closing sends a plain FIN (a client that asked
+    // to close, a connection per request): no need to wait for the client's.
+    if let (Some(io), true) = (io, unread) {
         linger(io).await;
     }
 }
