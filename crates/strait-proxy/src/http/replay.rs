@@ -16,13 +16,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::http::body::ClientBody;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame};
 use tokio::sync::oneshot;
 
-use super::body::{count_received, BodyError, BoundedCopy};
+use super::body::{count_received, BodyError, BoundedCopy, ClientBody};
 use crate::telemetry::metrics::RouteStats;
 
 /// One attempt's view of a replayable request body.

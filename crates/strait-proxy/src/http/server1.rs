@@ -702,15 +702,7 @@ fn encode_head(
 ) -> (Framing, bool) {
     let status = parts.status;
     s.reserve(256);
-    if status == StatusCode::OK {
-        s.put_slice(b"HTTP/1.1 200 OK\r\n");
-    } else {
-        s.put_slice(b"HTTP/1.1 ");
-        s.put_slice(status.as_str().as_bytes());
-        s.put_u8(b' ');
-        s.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
-        s.put_slice(b"\r\n");
-    }
+    put_status_line(s, status);
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -775,6 +767,19 @@ fn encode_head(
     }
     s.put_slice(b"\r\n");
     (framing, close)
+}
+
+/// Writes the status line (always `HTTP/1.1`, the highest version this server speaks).
+fn put_status_line(s: &mut BytesMut, status: StatusCode) {
+    if status == StatusCode::OK {
+        s.put_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    s.put_slice(b"HTTP/1.1 ");
+    s.put_slice(status.as_str().as_bytes());
+    s.put_u8(b' ');
+    s.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    s.put_slice(b"\r\n");
 }
 
 /// Writes `date: <now>`; the text is made once a second per worker.
@@ -989,11 +994,7 @@ impl Outbox {
 /// Answers a malformed request head and closes the connection.
 async fn reject(inbound: &RefCell<Inbound>, status: StatusCode) {
     let mut s = BytesMut::with_capacity(128);
-    s.put_slice(b"HTTP/1.1 ");
-    s.put_slice(status.as_str().as_bytes());
-    s.put_u8(b' ');
-    s.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    s.put_slice(b"\r\n");
+    put_status_line(&mut s, status);
     put_date(&mut s);
     s.put_slice(b"content-length: 0\r\nconnection: close\r\n\r\n");
     let Some(mut io) = inbound.borrow_mut().io.take() else {

@@ -221,7 +221,7 @@ impl ListenerStats {
             .saturating_sub(self.closed.load(Relaxed))
     }
 
-    /// Counts an idle HTTP/1 connection that gave back its buffers (`http::idle`).
+    /// Counts an idle HTTP/1 connection that gave back its buffers (`http::server1`).
     pub fn released(&self) {
         self.released.fetch_add(1, Relaxed);
     }
