@@ -99,6 +99,9 @@ pub(crate) struct TlsInfo {
 pub(crate) struct Activity {
     pending: std::cell::Cell<usize>,
     last: std::cell::Cell<tokio::time::Instant>,
+    /// Someone asks [`Activity::idle_since`]: only then is the clock read as each request
+    /// ends (the HTTP/1 server keeps its own deadline and never asks).
+    watched: std::cell::Cell<bool>,
 }
 
 impl Activity {
@@ -106,11 +109,13 @@ impl Activity {
         Activity {
             pending: std::cell::Cell::new(0),
             last: std::cell::Cell::new(tokio::time::Instant::now()),
+            watched: std::cell::Cell::new(false),
         }
     }
 
     /// When the connection went idle, or `None` while a request is pending.
     pub fn idle_since(&self) -> Option<tokio::time::Instant> {
+        self.watched.set(true);
         (self.pending.get() == 0).then(|| self.last.get())
     }
 
@@ -126,158 +131,181 @@ struct PendingRequest<'a>(&'a Activity);
 impl Drop for PendingRequest<'_> {
     fn drop(&mut self) {
         self.0.pending.set(self.0.pending.get().saturating_sub(1));
-        self.0.last.set(tokio::time::Instant::now());
+        if self.0.watched.get() {
+            self.0.last.set(tokio::time::Instant::now());
+        }
     }
 }
 
 /// Serves one request from a client connection.
-pub(crate) async fn serve(
+///
+/// A plain function returning an `async` block, like [`send`], so the request is held once.
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+pub(crate) fn serve(
     mut req: Request<ClientBody>,
     conn: Rc<Connection>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let _pending = conn.activity.start();
-    let started = Instant::now();
-    let snapshot = conn.worker.snapshot();
-    let grpc = is_grpc(&req);
-    let Some(listener) = snapshot.listener(conn.local) else {
-        // The listener was removed by a reload while this connection stayed open.
-        return Ok(local_reply(grpc, Cause::NoRoute, "listener removed"));
-    };
-    // Made on arrival, so every answer's log line has one, not just the forwarded ones.
-    let made_id = if listener.proxy_headers.request_id {
-        // An entry: the name hashed once to look and to insert.
-        match req.headers_mut().entry(&headers::X_REQUEST_ID) {
-            http::header::Entry::Vacant(slot) => {
-                let id = headers::new_request_id();
-                slot.insert(id.clone());
-                Some(id)
+) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Infallible>> {
+    async move {
+        let _pending = conn.activity.start();
+        let started = Instant::now();
+        let snapshot = conn.worker.snapshot();
+        let grpc = is_grpc(&req);
+        let Some(listener) = snapshot.listener(conn.local) else {
+            // The listener was removed by a reload while this connection stayed open.
+            return Ok(local_reply(grpc, Cause::NoRoute, "listener removed"));
+        };
+        // Made on arrival, so every answer's log line has one, not just the forwarded ones.
+        let made_id = if listener.proxy_headers.request_id {
+            // An entry: the name hashed once to look and to insert.
+            match req.headers_mut().entry(&headers::X_REQUEST_ID) {
+                http::header::Entry::Vacant(slot) => {
+                    let id = headers::new_request_id();
+                    slot.insert(id.clone());
+                    Some(id)
+                }
+                http::header::Entry::Occupied(_) => None,
             }
-            http::header::Entry::Occupied(_) => None,
+        } else {
+            None
+        };
+        // The token first: its claims may become headers that routes and rate limits look at.
+        if let Some(jwt) = &listener.jwt {
+            if let Err(refusal) = jwt.check(req.headers_mut()) {
+                let mut response = local_reply(
+                    grpc,
+                    Cause::Unauthorized,
+                    format!("bearer token {}", refusal.name().replace('_', " ")),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, crate::jwt::challenge(refusal));
+                answered(
+                    listener,
+                    &listener.no_route,
+                    None,
+                    None,
+                    &mut response,
+                    started,
+                );
+                return Ok(response);
+            }
         }
-    } else {
-        None
-    };
-    // The token first: its claims may become headers that routes and rate limits look at.
-    if let Some(jwt) = &listener.jwt {
-        if let Err(refusal) = jwt.check(req.headers_mut()) {
-            let mut response = local_reply(
-                grpc,
-                Cause::Unauthorized,
-                format!("bearer token {}", refusal.name().replace('_', " ")),
-            );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, crate::jwt::challenge(refusal));
+        let host = request_host(&req);
+        let mut trace = listener
+            .tracing
+            .as_ref()
+            .map(|t| t.begin(&req, &listener.name, conn.peer, host.as_ref()));
+        let (found, denied) = {
+            let view = RequestView {
+                method: req.method(),
+                host: host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+                path: req.uri().path(),
+                query: req.uri().query(),
+                headers: req.headers(),
+                peer: conn.tls.get().and_then(|t| t.peer_identity.as_deref()),
+            };
+            if let Some(id) = view.peer {
+                listener.peers.count(id);
+            }
+            // The listener's policy first, then the matched route's; the rule that denied is named.
+            let denied_by = |policy: &crate::authz::Policy| {
+                let verdict = policy.decide(conn.peer.ip(), &view);
+                (!verdict.allowed).then(|| verdict.rule.to_owned())
+            };
+            let by_listener = listener.authz.as_ref().and_then(denied_by);
+            let found = match by_listener {
+                Some(_) => None,
+                None => listener.routes.find_with_match(&view),
+            };
+            let by_route = found
+                .as_ref()
+                .and_then(|(action, _)| action.authz.as_ref())
+                .and_then(denied_by);
+            (found, by_listener.or(by_route))
+        };
+        let mut log = listener.access_log.as_ref().and_then(|logger| {
+            let mut entry = logger.begin(
+                started,
+                &listener.name,
+                req.method(),
+                host.as_ref(),
+                req.uri().path_and_query(),
+                req.version(),
+                &conn.peer_ip,
+                match &trace {
+                    Some(t) => Some(t.trace_id()),
+                    None => trace_context::received_trace_id(req.headers()),
+                },
+            )?;
+            // The id made above, else the client's: no second lookup for the one just made.
+            match &made_id {
+                Some(id) => entry.set_request_id(Some(id), true),
+                None => entry.set_request_id(req.headers().get(&headers::X_REQUEST_ID), false),
+            }
+            entry.peer_identity = conn.tls.get().and_then(|t| t.peer_identity.clone());
+            Some(entry)
+        });
+        if let Some(rule) = denied {
+            let stats = match &found {
+                Some((action, _)) => {
+                    if let Some(entry) = log.as_mut() {
+                        entry.route = Some(Arc::clone(&action.name));
+                    }
+                    &action.local_stats
+                }
+                None => &listener.no_route,
+            };
+            let mut response =
+                local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
+            answered(listener, stats, log, trace, &mut response, started);
+            return Ok(response);
+        }
+        let Some((action, matched)) = found else {
+            let mut response = local_reply(grpc, Cause::NoRoute, "no route matches the request");
             answered(
                 listener,
                 &listener.no_route,
-                None,
-                None,
+                log,
+                trace,
                 &mut response,
                 started,
             );
             return Ok(response);
-        }
-    }
-    let host = request_host(&req);
-    let mut trace = listener
-        .tracing
-        .as_ref()
-        .map(|t| t.begin(&req, &listener.name, conn.peer, host.as_ref()));
-    let (found, denied) = {
-        let view = RequestView {
-            method: req.method(),
-            host: host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
-            path: req.uri().path(),
-            query: req.uri().query(),
-            headers: req.headers(),
-            peer: conn.tls.get().and_then(|t| t.peer_identity.as_deref()),
         };
-        if let Some(id) = view.peer {
-            listener.peers.count(id);
+        if let Some(entry) = log.as_mut() {
+            entry.route = Some(Arc::clone(&action.name));
         }
-        // The listener's policy first, then the matched route's; the rule that denied is named.
-        let denied_by = |policy: &crate::authz::Policy| {
-            let verdict = policy.decide(conn.peer.ip(), &view);
-            (!verdict.allowed).then(|| verdict.rule.to_owned())
-        };
-        let by_listener = listener.authz.as_ref().and_then(denied_by);
-        let found = match by_listener {
-            Some(_) => None,
-            None => listener.routes.find_with_match(&view),
-        };
-        let by_route = found
-            .as_ref()
-            .and_then(|(action, _)| action.authz.as_ref())
-            .and_then(denied_by);
-        (found, by_listener.or(by_route))
-    };
-    let mut log = listener.access_log.as_ref().and_then(|logger| {
-        let mut entry = logger.begin(
-            started,
-            &listener.name,
-            req.method(),
-            host.as_ref(),
-            req.uri().path_and_query(),
-            req.version(),
-            &conn.peer_ip,
-            match &trace {
-                Some(t) => Some(t.trace_id()),
-                None => trace_context::received_trace_id(req.headers()),
-            },
-        )?;
-        // The id made above, else the client's: no second lookup for the one just made.
-        match &made_id {
-            Some(id) => entry.set_request_id(Some(id), true),
-            None => entry.set_request_id(req.headers().get(&headers::X_REQUEST_ID), false),
+        if let Some(t) = trace.as_mut() {
+            t.note_route(&action.name);
         }
-        entry.peer_identity = conn.tls.get().and_then(|t| t.peer_identity.clone());
-        Some(entry)
-    });
-    if let Some(rule) = denied {
-        let stats = match &found {
-            Some((action, _)) => {
-                if let Some(entry) = log.as_mut() {
-                    entry.route = Some(Arc::clone(&action.name));
+        tracing::trace!(listener = %listener.name, route = %action.name, "route matched");
+        if let Some(fault) = &action.fault {
+            if let Some((delay, percent)) = fault.delay {
+                if sampled(percent) {
+                    action.local_stats.fault_delayed();
+                    tokio::time::sleep(delay).await;
                 }
-                &action.local_stats
             }
-            None => &listener.no_route,
-        };
-        let mut response = local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
-        answered(listener, stats, log, trace, &mut response, started);
-        return Ok(response);
-    }
-    let Some((action, matched)) = found else {
-        let mut response = local_reply(grpc, Cause::NoRoute, "no route matches the request");
-        answered(
-            listener,
-            &listener.no_route,
-            log,
-            trace,
-            &mut response,
-            started,
-        );
-        return Ok(response);
-    };
-    if let Some(entry) = log.as_mut() {
-        entry.route = Some(Arc::clone(&action.name));
-    }
-    if let Some(t) = trace.as_mut() {
-        t.note_route(&action.name);
-    }
-    tracing::trace!(listener = %listener.name, route = %action.name, "route matched");
-    if let Some(fault) = &action.fault {
-        if let Some((delay, percent)) = fault.delay {
-            if sampled(percent) {
-                action.local_stats.fault_delayed();
-                tokio::time::sleep(delay).await;
+            if let Some((answer, percent)) = fault.abort {
+                if sampled(percent) {
+                    action.local_stats.fault_aborted();
+                    let mut response = fault_reply(grpc, answer);
+                    answered(
+                        listener,
+                        &action.local_stats,
+                        log,
+                        trace,
+                        &mut response,
+                        started,
+                    );
+                    return Ok(response);
+                }
             }
         }
-        if let Some((answer, percent)) = fault.abort {
-            if sampled(percent) {
-                action.local_stats.fault_aborted();
-                let mut response = fault_reply(grpc, answer);
+        if let Some(limit) = &action.rate_limit {
+            if let Some(retry) = over_limit(limit, &req, &conn) {
+                action.local_stats.rate_limited();
+                let mut response = rate_limited_reply(grpc, retry);
                 answered(
                     listener,
                     &action.local_stats,
@@ -289,96 +317,81 @@ pub(crate) async fn serve(
                 return Ok(response);
             }
         }
-    }
-    if let Some(limit) = &action.rate_limit {
-        if let Some(retry) = over_limit(limit, &req, &conn) {
-            action.local_stats.rate_limited();
-            let mut response = rate_limited_reply(grpc, retry);
-            answered(
-                listener,
-                &action.local_stats,
-                log,
-                trace,
-                &mut response,
-                started,
-            );
-            return Ok(response);
-        }
-    }
-    let mut stats = &action.local_stats;
-    let mut response = match &action.kind {
-        RouteKind::Direct {
-            status,
-            body,
-            content_type,
-        } => {
-            let mut resp = Response::new(ResponseBody::full(body.clone()));
-            *resp.status_mut() = *status;
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, content_type.clone());
-            resp
-        }
-        RouteKind::Redirect { redirect, status } => {
-            let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-            let location = route::redirect_location(
-                redirect,
-                conn.scheme(),
-                host,
-                req.uri().path(),
-                req.uri().query(),
-            );
-            match HeaderValue::try_from(location) {
-                Ok(v) => {
-                    let mut resp = Response::new(ResponseBody::empty());
-                    *resp.status_mut() = *status;
-                    resp.headers_mut().insert(header::LOCATION, v);
-                    resp
-                }
-                Err(_) => local_reply(
-                    grpc,
-                    Cause::BadRequest,
-                    "redirect target is not a valid URL",
-                ),
+        let mut stats = &action.local_stats;
+        let mut response = match &action.kind {
+            RouteKind::Direct {
+                status,
+                body,
+                content_type,
+            } => {
+                let mut resp = Response::new(ResponseBody::full(body.clone()));
+                *resp.status_mut() = *status;
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, content_type.clone());
+                resp
             }
-        }
-        RouteKind::Forward(split) => match pick_backend(split, &snapshot) {
-            None => local_reply(
-                grpc,
-                Cause::NoHealthyEndpoint,
-                "every backend of the route has weight 0",
-            ),
-            Some((backend, cluster)) => {
-                stats = &backend.stats;
-                if let Some(entry) = log.as_mut() {
-                    entry.cluster = Some(Arc::clone(&cluster.name));
-                }
-                if let Some(t) = trace.as_mut() {
-                    t.note_cluster(&cluster.name);
-                }
-                forward_to(
-                    req,
-                    &conn,
-                    &snapshot,
-                    listener,
-                    action,
-                    matched,
+            RouteKind::Redirect { redirect, status } => {
+                let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+                let location = route::redirect_location(
+                    redirect,
+                    conn.scheme(),
                     host,
-                    grpc,
-                    cluster,
-                    stats,
-                    &mut log,
-                    trace.as_ref(),
-                )
-                .await
+                    req.uri().path(),
+                    req.uri().query(),
+                );
+                match HeaderValue::try_from(location) {
+                    Ok(v) => {
+                        let mut resp = Response::new(ResponseBody::empty());
+                        *resp.status_mut() = *status;
+                        resp.headers_mut().insert(header::LOCATION, v);
+                        resp
+                    }
+                    Err(_) => local_reply(
+                        grpc,
+                        Cause::BadRequest,
+                        "redirect target is not a valid URL",
+                    ),
+                }
             }
-        },
-    };
-    action.response_headers.apply(response.headers_mut());
-    if let Some(via) = &listener.proxy_headers.via {
-        headers::append_via(response.headers_mut(), "1.1", via);
+            RouteKind::Forward(split) => match pick_backend(split, &snapshot) {
+                None => local_reply(
+                    grpc,
+                    Cause::NoHealthyEndpoint,
+                    "every backend of the route has weight 0",
+                ),
+                Some((backend, cluster)) => {
+                    stats = &backend.stats;
+                    if let Some(entry) = log.as_mut() {
+                        entry.cluster = Some(Arc::clone(&cluster.name));
+                    }
+                    if let Some(t) = trace.as_mut() {
+                        t.note_cluster(&cluster.name);
+                    }
+                    forward_to(
+                        req,
+                        &conn,
+                        &snapshot,
+                        listener,
+                        action,
+                        matched,
+                        host,
+                        grpc,
+                        cluster,
+                        stats,
+                        &mut log,
+                        trace.as_ref(),
+                    )
+                    .await
+                }
+            },
+        };
+        action.response_headers.apply(response.headers_mut());
+        if let Some(via) = &listener.proxy_headers.via {
+            headers::append_via(response.headers_mut(), "1.1", via);
+        }
+        answered(listener, stats, log, trace, &mut response, started);
+        Ok(response)
     }
-    answered(listener, stats, log, trace, &mut response, started);
-    Ok(response)
 }
 
 /// The last step for every answer: counted in `stats`, its server span and its log line
@@ -454,278 +467,326 @@ fn pick_backend<'s>(
 }
 
 /// Sends a request to `cluster` and streams the answer back.
-#[allow(clippy::too_many_arguments)]
-async fn forward_to(
+/// A plain function returning an `async` block, like [`send`], so the arguments are held once.
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+fn forward_to<'a>(
     mut req: Request<ClientBody>,
-    conn: &Connection,
-    snapshot: &Arc<Snapshot>,
-    listener: &ListenerPlan,
-    action: &RouteAction,
+    conn: &'a Connection,
+    snapshot: &'a Arc<Snapshot>,
+    listener: &'a ListenerPlan,
+    action: &'a RouteAction,
     matched: MatchInfo,
     host: Option<HeaderValue>,
     grpc: bool,
-    cluster: &ClusterPlan,
-    route_stats: &Arc<RouteStats>,
-    log: &mut Option<Box<LogEntry>>,
-    trace: Option<&RequestTrace>,
-) -> Response<ResponseBody> {
-    let hash = request_hash(cluster, &req, conn.peer.ip());
+    cluster: &'a ClusterPlan,
+    route_stats: &'a Arc<RouteStats>,
+    log: &'a mut Option<Box<LogEntry>>,
+    trace: Option<&'a RequestTrace>,
+) -> impl std::future::Future<Output = Response<ResponseBody>> + 'a {
+    async move {
+        // Made in a block: what the request was made of is dead, and takes no room in the future,
+        // by the time the future waits (a named result would keep its room, too).
+        #[allow(clippy::blocks_in_conditions)]
+        let (
+            request,
+            client_upgrade,
+            upgrade,
+            endpoint,
+            addr,
+            stats,
+            admission,
+            in_flight,
+            counters,
+            traceparent,
+            mut span,
+        ) = match 'prepare: {
+            let hash = request_hash(cluster, &req, conn.peer.ip());
 
-    // An HTTP/1 upgrade keeps its `upgrade` headers and becomes a byte tunnel on 101.
-    let upgrade = req.version() == Version::HTTP_11
-        && cluster.protocol == UpstreamProtocol::Http1
-        && headers::is_upgrade_request(req.headers());
-    let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
+            // An HTTP/1 upgrade keeps its `upgrade` headers and becomes a byte tunnel on 101.
+            let upgrade = req.version() == Version::HTTP_11
+                && cluster.protocol == UpstreamProtocol::Http1
+                && headers::is_upgrade_request(req.headers());
+            let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
 
-    let version = version_label(req.version());
-    let (mut parts, body) = req.into_parts();
-    // Only headers named in `connection` can take the request's id with them (a new one is
-    // then made below): otherwise the id logged on arrival is the one the upstream sees.
-    let id_may_change = headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    // Each attempt writes its own context; mirrors carry none (shadow traffic is not the trace).
-    if let Some(t) = trace {
-        t.strip(&mut parts.headers);
-    }
-    let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-    let hop = Hop {
-        client_ip: conn.peer.ip(),
-        client_ip_text: &conn.peer_ip,
-        scheme: conn.scheme(),
-        host: host_text,
-        version,
-    };
-    headers::add_forwarding_headers(&mut parts.headers, &listener.proxy_headers, &hop);
-    // On TLS, the client's verified identity and only that: a client cannot forge it.
-    if let Some(tls) = conn.tls.get() {
-        parts.headers.remove(&headers::X_FORWARDED_CLIENT_CERT);
-        let wanted = listener.proxy_headers.client_cert;
-        if let Some(id) = tls.peer_identity.as_ref().filter(|_| wanted) {
-            if let Ok(v) = HeaderValue::from_str(&format!("URI={id}")) {
-                parts.headers.insert(&headers::X_FORWARDED_CLIENT_CERT, v);
+            let version = version_label(req.version());
+            let (mut parts, body) = req.into_parts();
+            // Only headers named in `connection` can take the request's id with them (a new one is
+            // then made below): otherwise the id logged on arrival is the one the upstream sees.
+            let id_may_change = headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+            // Each attempt writes its own context; mirrors carry none (shadow traffic is not the trace).
+            if let Some(t) = trace {
+                t.strip(&mut parts.headers);
             }
-        }
-    }
-    let received = log.as_mut().map(|entry| {
-        if id_may_change {
-            // An id made just now is the one the upstream sees: log that one.
-            entry.set_request_id(parts.headers.get(&headers::X_REQUEST_ID), false);
-        }
-        Arc::clone(&entry.bytes_received)
-    });
-
-    let mut upstream_host = host.clone();
-    let mut new_path: Option<String> = None;
-    if let Some(rewrite) = &action.rewrite {
-        if let Some(full) = &rewrite.path {
-            new_path = Some(full.clone());
-        } else if let (Some(prefix), Some(len)) = (&rewrite.path_prefix, matched.prefix_len) {
-            new_path = Some(route::rewrite_prefix(parts.uri.path(), len, prefix));
-        }
-        if let Some(h) = &rewrite.host {
-            upstream_host = HeaderValue::from_str(h).ok();
-        }
-    }
-    action.request_headers.apply(&mut parts.headers);
-    let uri = match upstream_uri(
-        &parts.uri,
-        new_path.as_deref(),
-        upstream_host.as_ref(),
-        cluster.protocol,
-    ) {
-        Ok(uri) => uri,
-        Err(message) => return local_reply(grpc, Cause::BadRequest, message),
-    };
-    parts.uri = uri;
-    match cluster.protocol {
-        UpstreamProtocol::Http2 => {
-            parts.version = Version::HTTP_2;
-            parts.headers.remove(header::HOST);
-        }
-        _ => {
-            parts.version = Version::HTTP_11;
-            if let Some(h) = upstream_host.clone() {
-                parts.headers.insert(header::HOST, h);
-            }
-        }
-    }
-
-    if let (Some(policy), false) = (&action.retry, upgrade) {
-        let mirror = action.mirror.filter(|m| sampled(m.percent)).and_then(|m| {
-            let mirror_cluster = snapshot.clusters.get(m.cluster)?;
-            let copy = MirrorCopy {
-                method: parts.method.clone(),
-                uri: parts.uri.clone(),
-                headers: parts.headers.clone(),
-                host: upstream_host.clone(),
+            let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+            let hop = Hop {
+                client_ip: conn.peer.ip(),
+                client_ip_text: &conn.peer_ip,
+                scheme: conn.scheme(),
+                host: host_text,
+                version,
             };
-            Some((Arc::clone(mirror_cluster), copy))
-        });
-        let body = if http_body::Body::is_end_stream(&body) {
-            if let Some((mirror_cluster, copy)) = mirror {
-                spawn_mirror(&conn.worker, mirror_cluster, copy, None, action.timeout);
+            headers::add_forwarding_headers(&mut parts.headers, &listener.proxy_headers, &hop);
+            // On TLS, the client's verified identity and only that: a client cannot forge it.
+            if let Some(tls) = conn.tls.get() {
+                parts.headers.remove(&headers::X_FORWARDED_CLIENT_CERT);
+                let wanted = listener.proxy_headers.client_cert;
+                if let Some(id) = tls.peer_identity.as_ref().filter(|_| wanted) {
+                    if let Ok(v) = HeaderValue::from_str(&format!("URI={id}")) {
+                        parts.headers.insert(&headers::X_FORWARDED_CLIENT_CERT, v);
+                    }
+                }
             }
-            None
-        } else {
-            let whole = mirror.map(|(mirror_cluster, copy)| {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                spawn_mirror(&conn.worker, mirror_cluster, copy, Some(rx), action.timeout);
-                tx
+            let received = log.as_mut().map(|entry| {
+                if id_may_change {
+                    // An id made just now is the one the upstream sees: log that one.
+                    entry.set_request_id(parts.headers.get(&headers::X_REQUEST_ID), false);
+                }
+                Arc::clone(&entry.bytes_received)
             });
-            Some(ReplayBody::new(
-                body,
-                policy.max_body_bytes,
-                Arc::clone(route_stats),
-                received,
-                whole,
-            ))
-        };
-        let tries = Tries {
-            conn,
-            cluster,
-            action,
-            policy,
-            grpc,
-            hash,
-            head: parts,
-            body,
-            trace,
-        };
-        // Boxed: a retried request's state must not make every request's future larger.
-        return Box::pin(tries.run(log, route_stats)).await;
-    }
 
-    let Some(endpoint) = cluster.balancer.pick(hash) else {
-        return local_reply(grpc, Cause::NoHealthyEndpoint, "no usable endpoint");
-    };
-    let (Some(&addr), Some(stats)) = (
-        cluster.endpoints.get(endpoint),
-        cluster.balancer.stats_arc(endpoint),
-    ) else {
-        return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
-    };
-    if let Some(entry) = log.as_mut() {
-        entry.endpoint = Some(addr);
-    }
+            let mut upstream_host = host.clone();
+            let mut new_path: Option<String> = None;
+            if let Some(rewrite) = &action.rewrite {
+                if let Some(full) = &rewrite.path {
+                    new_path = Some(full.clone());
+                } else if let (Some(prefix), Some(len)) = (&rewrite.path_prefix, matched.prefix_len)
+                {
+                    new_path = Some(route::rewrite_prefix(parts.uri.path(), len, prefix));
+                }
+                if let Some(h) = &rewrite.host {
+                    upstream_host = HeaderValue::from_str(h).ok();
+                }
+            }
+            action.request_headers.apply(&mut parts.headers);
+            let uri = match upstream_uri(
+                &parts.uri,
+                new_path.as_deref(),
+                upstream_host.as_ref(),
+                cluster.protocol,
+            ) {
+                Ok(uri) => uri,
+                Err(message) => return local_reply(grpc, Cause::BadRequest, message),
+            };
+            parts.uri = uri;
+            match cluster.protocol {
+                UpstreamProtocol::Http2 => {
+                    parts.version = Version::HTTP_2;
+                    parts.headers.remove(header::HOST);
+                }
+                _ => {
+                    parts.version = Version::HTTP_11;
+                    if let Some(h) = upstream_host.clone() {
+                        parts.headers.insert(header::HOST, h);
+                    }
+                }
+            }
 
-    let body = match action.mirror {
-        Some(m) if fastrand::f64() * 100.0 < m.percent => match snapshot.clusters.get(m.cluster) {
-            Some(mirror_cluster) => {
-                let copy = MirrorCopy {
-                    method: parts.method.clone(),
-                    uri: parts.uri.clone(),
-                    headers: parts.headers.clone(),
-                    host: upstream_host.clone(),
-                };
-                if http_body::Body::is_end_stream(&body) {
-                    spawn_mirror(
-                        &conn.worker,
-                        Arc::clone(mirror_cluster),
-                        copy,
-                        None,
-                        action.timeout,
-                    );
-                    RequestBody::Counted(body, Arc::clone(route_stats), received)
+            if let (Some(policy), false) = (&action.retry, upgrade) {
+                let mirror = action.mirror.filter(|m| sampled(m.percent)).and_then(|m| {
+                    let mirror_cluster = snapshot.clusters.get(m.cluster)?;
+                    let copy = MirrorCopy {
+                        method: parts.method.clone(),
+                        uri: parts.uri.clone(),
+                        headers: parts.headers.clone(),
+                        host: upstream_host.clone(),
+                    };
+                    Some((Arc::clone(mirror_cluster), copy))
+                });
+                let body = if http_body::Body::is_end_stream(&body) {
+                    if let Some((mirror_cluster, copy)) = mirror {
+                        spawn_mirror(&conn.worker, mirror_cluster, copy, None, action.timeout);
+                    }
+                    None
                 } else {
-                    let (tee, copied) = TeeBody::new(
+                    let whole = mirror.map(|(mirror_cluster, copy)| {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        spawn_mirror(&conn.worker, mirror_cluster, copy, Some(rx), action.timeout);
+                        tx
+                    });
+                    Some(ReplayBody::new(
                         body,
-                        MIRROR_BODY_LIMIT,
-                        Some(Arc::clone(route_stats)),
+                        policy.max_body_bytes,
+                        Arc::clone(route_stats),
                         received,
-                    );
-                    spawn_mirror(
-                        &conn.worker,
-                        Arc::clone(mirror_cluster),
-                        copy,
-                        Some(copied),
-                        action.timeout,
-                    );
-                    RequestBody::Teed(tee)
-                }
-            }
-            None => RequestBody::Counted(body, Arc::clone(route_stats), received),
-        },
-        _ => RequestBody::Counted(body, Arc::clone(route_stats), received),
-    };
-    let (admission, in_flight, counters) = match start_exchange(cluster, endpoint, stats, grpc) {
-        Ok(started) => started,
-        Err(reply) => return reply,
-    };
-    // `send` writes it: into the HTTP/1 head, or the HTTP/2 headers.
-    let mut traceparent = None;
-    let mut span = trace.and_then(|t| {
-        let attempt = UpstreamAttempt {
-            method: &parts.method,
-            path: parts.uri.path(),
-            endpoint: addr,
-            version: parts.version,
-            cluster: &cluster.name,
-            resends: 0,
-        };
-        t.start_client(&mut parts.headers, &attempt, &mut traceparent)
-    });
-    let request = Request::from_parts(parts, body);
-    let started = Instant::now();
-    let pool = &conn.worker.pool;
-    // Pinned in place: the timeout then holds a pointer, not a copy of this large future.
-    let sent = std::pin::pin!(send(
-        pool,
-        cluster,
-        addr,
-        request,
-        upgrade,
-        counters,
-        traceparent.as_ref()
-    ));
-    let outcome = match action.timeout {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                timed_out(cluster, endpoint, span.as_mut());
-                return local_reply(
+                        whole,
+                    ))
+                };
+                let tries = Tries {
+                    conn,
+                    cluster,
+                    action,
+                    policy,
                     grpc,
-                    Cause::RequestTimeout,
-                    format!("no response from {addr} within {limit:?}"),
-                );
+                    hash,
+                    head: parts,
+                    body,
+                    trace,
+                };
+                break 'prepare Next::Retry(tries);
             }
-        },
-        None => sent.await,
-    };
-    let response = match outcome {
-        Ok(ok) => ok,
-        Err(e) => {
-            return send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut()).1;
-        }
-    };
-    let waited = head_received(
-        cluster,
-        endpoint,
-        stats,
-        started,
-        response.status(),
-        span.as_mut(),
-    );
-    if let Some(entry) = log.as_mut() {
-        entry.upstream_duration = Some(waited);
-    }
 
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let (parts, body) = response.into_parts();
-            if let FromUpstream::Http1(body) = body {
-                if let Some(upstream) = body.into_upgraded() {
-                    tokio::task::spawn_local(tunnel(client_upgrade, upstream, in_flight));
-                }
+            let Some(endpoint) = cluster.balancer.pick(hash) else {
+                return local_reply(grpc, Cause::NoHealthyEndpoint, "no usable endpoint");
+            };
+            let (Some(&addr), Some(stats)) = (
+                cluster.endpoints.get(endpoint),
+                cluster.balancer.stats_arc(endpoint),
+            ) else {
+                return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
+            };
+            if let Some(entry) = log.as_mut() {
+                entry.endpoint = Some(addr);
             }
-            return Response::from_parts(parts, ResponseBody::empty());
+
+            let body = match action.mirror {
+                Some(m) if fastrand::f64() * 100.0 < m.percent => {
+                    match snapshot.clusters.get(m.cluster) {
+                        Some(mirror_cluster) => {
+                            let copy = MirrorCopy {
+                                method: parts.method.clone(),
+                                uri: parts.uri.clone(),
+                                headers: parts.headers.clone(),
+                                host: upstream_host.clone(),
+                            };
+                            if http_body::Body::is_end_stream(&body) {
+                                spawn_mirror(
+                                    &conn.worker,
+                                    Arc::clone(mirror_cluster),
+                                    copy,
+                                    None,
+                                    action.timeout,
+                                );
+                                RequestBody::Counted(body, Arc::clone(route_stats), received)
+                            } else {
+                                let (tee, copied) = TeeBody::new(
+                                    body,
+                                    MIRROR_BODY_LIMIT,
+                                    Some(Arc::clone(route_stats)),
+                                    received,
+                                );
+                                spawn_mirror(
+                                    &conn.worker,
+                                    Arc::clone(mirror_cluster),
+                                    copy,
+                                    Some(copied),
+                                    action.timeout,
+                                );
+                                RequestBody::Teed(tee)
+                            }
+                        }
+                        None => RequestBody::Counted(body, Arc::clone(route_stats), received),
+                    }
+                }
+                _ => RequestBody::Counted(body, Arc::clone(route_stats), received),
+            };
+            let (admission, in_flight, counters) =
+                match start_exchange(cluster, endpoint, stats, grpc) {
+                    Ok(started) => started,
+                    Err(reply) => return reply,
+                };
+            // `send` writes it: into the HTTP/1 head, or the HTTP/2 headers.
+            let mut traceparent = None;
+            let span = trace.and_then(|t| {
+                let attempt = UpstreamAttempt {
+                    method: &parts.method,
+                    path: parts.uri.path(),
+                    endpoint: addr,
+                    version: parts.version,
+                    cluster: &cluster.name,
+                    resends: 0,
+                };
+                t.start_client(&mut parts.headers, &attempt, &mut traceparent)
+            });
+            Next::Once((
+                Request::from_parts(parts, body),
+                client_upgrade,
+                upgrade,
+                endpoint,
+                addr,
+                stats,
+                admission,
+                in_flight,
+                counters,
+                traceparent,
+                span,
+            ))
+        } {
+            Next::Once(once) => once,
+            // Boxed: a retried request's state must not make every request's future larger.
+            Next::Retry(tries) => return Box::pin(tries.run(log, route_stats)).await,
+        };
+        let started = Instant::now();
+        let pool = &conn.worker.pool;
+        // Pinned in place: the timeout then holds a pointer, not a copy of this large future.
+        let sent = std::pin::pin!(send(
+            pool,
+            cluster,
+            addr,
+            request,
+            upgrade,
+            counters,
+            traceparent.as_ref()
+        ));
+        let outcome = match action.timeout {
+            // The deadline from the clock read just above, not from a second one.
+            Some(limit) => match tokio::time::timeout_at((started + limit).into(), sent).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    timed_out(cluster, endpoint, span.as_mut());
+                    return local_reply(
+                        grpc,
+                        Cause::RequestTimeout,
+                        format!("no response from {addr} within {limit:?}"),
+                    );
+                }
+            },
+            None => sent.await,
+        };
+        let response = match outcome {
+            Ok(ok) => ok,
+            Err(e) => {
+                return send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut()).1;
+            }
+        };
+        let waited = head_received(
+            cluster,
+            endpoint,
+            stats,
+            started,
+            response.status(),
+            span.as_mut(),
+        );
+        if let Some(entry) = log.as_mut() {
+            entry.upstream_duration = Some(waited);
         }
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let (parts, body) = response.into_parts();
+                if let FromUpstream::Http1(body) = body {
+                    if let Some(upstream) = body.into_upgraded() {
+                        tokio::task::spawn_local(tunnel(client_upgrade, upstream, in_flight));
+                    }
+                }
+                return Response::from_parts(parts, ResponseBody::empty());
+            }
+        }
+        let answer = Answer {
+            response,
+            in_flight,
+            admission,
+            span,
+        };
+        answer.into_client(pool, action, route_stats)
     }
-    let answer = Answer {
-        response,
-        in_flight,
-        admission,
-        span,
-    };
-    answer.into_client(pool, action, route_stats)
+}
+
+/// What [`forward_to`] does once the request is made: send it once, or through the retry
+/// policy's attempts.
+#[allow(clippy::large_enum_variant)] // `Once` holds as much; the lint sees a type parameter
+enum Next<'a, T> {
+    Once(T),
+    Retry(Tries<'a>),
 }
 
 /// Counts an attempt that got no response head in time: the cluster's counter, the endpoint's
@@ -1030,75 +1091,83 @@ type Sent = Response<FromUpstream>;
 /// safe for any method.
 /// `traceparent`: a trace context for the request head, written by the HTTP/1 client (or
 /// into the headers, for HTTP/2).
-async fn send(
-    pool: &Pool,
-    cluster: &ClusterPlan,
+///
+/// A plain function returning an `async` block: an `async fn` would hold its arguments twice
+/// (as passed, and as its locals), and this future is moved by value on every request.
+#[allow(clippy::manual_async_fn)]
+fn send<'a>(
+    pool: &'a Pool,
+    cluster: &'a ClusterPlan,
     addr: SocketAddr,
     mut request: Request<RequestBody>,
     upgrade: bool,
-    counters: Option<&EndpointCounters>,
-    traceparent: Option<&TraceparentValue>,
-) -> Result<Sent, SendError> {
-    let opened = || {
-        if let Some(c) = counters {
-            c.connections_opened.fetch_add(1, Relaxed);
-        }
-    };
-    match cluster.protocol {
-        UpstreamProtocol::Http2 => {
-            let (mut sender, fresh) = pool
-                .http2(
-                    addr,
-                    cluster.connect_timeout,
-                    &cluster.breaker,
-                    cluster.tls.as_deref(),
-                )
-                .await
-                .map_err(SendError::Connect)?;
-            if fresh {
+    counters: Option<&'a EndpointCounters>,
+    traceparent: Option<&'a TraceparentValue>,
+) -> impl std::future::Future<Output = Result<Sent, SendError>> + 'a {
+    async move {
+        let opened = || {
+            if let Some(c) = counters {
+                c.connections_opened.fetch_add(1, Relaxed);
+            }
+        };
+        match cluster.protocol {
+            UpstreamProtocol::Http2 => {
+                let (mut sender, fresh) = pool
+                    .http2(
+                        addr,
+                        cluster.connect_timeout,
+                        &cluster.breaker,
+                        cluster.tls.as_deref(),
+                    )
+                    .await
+                    .map_err(SendError::Connect)?;
+                if fresh {
+                    opened();
+                }
+                if let Some(traceparent) = traceparent {
+                    traceparent.insert_into(request.headers_mut());
+                }
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| SendError::Upstream(Box::new(e)))?;
+                Ok(response.map(FromUpstream::Http2))
+            }
+            _ => {
+                // `fresh`: a new connection even when an idle one is there.
+                let checkout = |fresh: bool| {
+                    let tls = cluster.tls.as_deref();
+                    let max_idle = cluster.max_idle_per_endpoint;
+                    pool.http1(
+                        addr,
+                        fresh,
+                        cluster.connect_timeout,
+                        max_idle,
+                        &cluster.breaker,
+                        tls,
+                    )
+                };
+                let conn = checkout(false).await.map_err(SendError::Connect)?;
+                if !conn.reused {
+                    opened();
+                }
+                let traceparent = traceparent.map(TraceparentValue::as_bytes);
+                // Only the request is kept from a failure: the future holds no more than it.
+                let request = match client1::send(conn, request, upgrade, traceparent).await {
+                    Ok(response) => return Ok(response.map(FromUpstream::Http1)),
+                    Err(client1::SendFailed {
+                        unsent: Some(request),
+                        ..
+                    }) => request,
+                    Err(failed) => return Err(SendError::Upstream(Box::new(failed.error))),
+                };
+                let conn = checkout(true).await.map_err(SendError::Connect)?;
                 opened();
+                client1::send(conn, request, upgrade, traceparent)
+                    .await
+                    .map(|response| response.map(FromUpstream::Http1))
+                    .map_err(|failed| SendError::Upstream(Box::new(failed.error)))
             }
-            if let Some(traceparent) = traceparent {
-                traceparent.insert_into(request.headers_mut());
-            }
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| SendError::Upstream(Box::new(e)))?;
-            Ok(response.map(FromUpstream::Http2))
-        }
-        _ => {
-            // `fresh`: a new connection even when an idle one is there.
-            let checkout = |fresh: bool| {
-                let tls = cluster.tls.as_deref();
-                let max_idle = cluster.max_idle_per_endpoint;
-                pool.http1(
-                    addr,
-                    fresh,
-                    cluster.connect_timeout,
-                    max_idle,
-                    &cluster.breaker,
-                    tls,
-                )
-            };
-            let conn = checkout(false).await.map_err(SendError::Connect)?;
-            if !conn.reused {
-                opened();
-            }
-            let traceparent = traceparent.map(TraceparentValue::as_bytes);
-            let failed = match client1::send(conn, request, upgrade, traceparent).await {
-                Ok(response) => return Ok(response.map(FromUpstream::Http1)),
-                Err(failed) => failed,
-            };
-            let Some(request) = failed.unsent else {
-                return Err(SendError::Upstream(Box::new(failed.error)));
-            };
-            let conn = checkout(true).await.map_err(SendError::Connect)?;
-            opened();
-            client1::send(conn, request, upgrade, traceparent)
-                .await
-                .map(|response| response.map(FromUpstream::Http1))
-                .map_err(|failed| SendError::Upstream(Box::new(failed.error)))
         }
     }
 }

@@ -353,73 +353,79 @@ pub struct SendFailed {
 /// leaves the connection in the body, to be taken with [`Body1::into_upgraded`].
 /// `traceparent`: a `traceparent` value written into the head after the request's headers
 /// (which then have none), rather than made a header value first.
-pub async fn send(
+///
+/// The head is encoded when this is called, before the future exists: an `async fn` would
+/// keep its arguments (the request) in its future beside what it makes of them, and every
+/// future around it is moved by value once per request.
+pub fn send(
     mut conn: Box<Conn1>,
     request: Request<RequestBody>,
     upgrade: bool,
     traceparent: Option<&[u8]>,
-) -> Result<Response<Body1>, SendFailed> {
+) -> impl std::future::Future<Output = Result<Response<Body1>, SendFailed>> {
     let head_only = request.method() == Method::HEAD;
     let (mut writer, parts) = start(&mut conn, request, traceparent);
-    let polled = std::future::poll_fn(|cx| {
-        if !writer.done(&conn) {
-            if let Poll::Ready(Err(e)) = writer.poll(&mut conn, cx) {
-                return Poll::Ready(Err(e));
+    async move {
+        let polled = std::future::poll_fn(|cx| {
+            if !writer.done(&conn) {
+                if let Poll::Ready(Err(e)) = writer.poll(&mut conn, cx) {
+                    return Poll::Ready(Err(e));
+                }
             }
-        }
-        poll_head(&mut conn, cx)
-    })
-    .await;
-    let head = match polled {
-        Ok(head) => head,
-        Err(error) => {
-            // Only the head queued and none of it written: the body was not touched, and the
-            // request can go again as it came.
-            let untouched = conn.reused && !writer.wrote && conn.out.queue.len() == 1;
-            let unsent = untouched.then(|| {
-                let body = writer.body.take().unwrap_or_else(RequestBody::empty);
-                Request::from_parts(parts, body)
-            });
-            return Err(SendFailed { error, unsent });
-        }
-    };
-    drop(parts);
-    let writer = (!writer.done(&conn)).then(|| Box::new(writer));
-    let state = if head.status == StatusCode::SWITCHING_PROTOCOLS {
-        if !upgrade {
-            return Err(SendFailed {
-                error: Http1Error::Invalid("101 to a request that asked for no upgrade"),
-                unsent: None,
-            });
-        }
-        State::Upgraded
-    } else if head_only
-        || head.status == StatusCode::NO_CONTENT
-        || head.status == StatusCode::NOT_MODIFIED
-    {
-        State::Done
-    } else {
-        match head.framing {
-            BodyFraming::Length(0) => State::Done,
-            BodyFraming::Length(n) => State::Length(n),
-            BodyFraming::Chunked => State::Chunk(Chunk::START),
-            BodyFraming::UntilClose => State::UntilClose,
-        }
-    };
-    // A body read until close ends with the connection; one with no body at all (HEAD, 204,
-    // 304) leaves it reusable whatever its framing headers said.
-    let body = Body1 {
-        conn: Some(conn),
-        writer,
-        state,
-        keep_alive: head.keep_alive,
-        end_to_end_head: head.end_to_end,
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = head.status;
-    *response.version_mut() = head.version;
-    *response.headers_mut() = head.headers;
-    Ok(response)
+            poll_head(&mut conn, cx)
+        })
+        .await;
+        let head = match polled {
+            Ok(head) => head,
+            Err(error) => {
+                // Only the head queued and none of it written: the body was not touched, and the
+                // request can go again as it came.
+                let untouched = conn.reused && !writer.wrote && conn.out.queue.len() == 1;
+                let unsent = untouched.then(|| {
+                    let body = writer.body.take().unwrap_or_else(RequestBody::empty);
+                    Request::from_parts(parts, body)
+                });
+                return Err(SendFailed { error, unsent });
+            }
+        };
+        drop(parts);
+        let writer = (!writer.done(&conn)).then(|| Box::new(writer));
+        let state = if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            if !upgrade {
+                return Err(SendFailed {
+                    error: Http1Error::Invalid("101 to a request that asked for no upgrade"),
+                    unsent: None,
+                });
+            }
+            State::Upgraded
+        } else if head_only
+            || head.status == StatusCode::NO_CONTENT
+            || head.status == StatusCode::NOT_MODIFIED
+        {
+            State::Done
+        } else {
+            match head.framing {
+                BodyFraming::Length(0) => State::Done,
+                BodyFraming::Length(n) => State::Length(n),
+                BodyFraming::Chunked => State::Chunk(Chunk::START),
+                BodyFraming::UntilClose => State::UntilClose,
+            }
+        };
+        // A body read until close ends with the connection; one with no body at all (HEAD, 204,
+        // 304) leaves it reusable whatever its framing headers said.
+        let body = Body1 {
+            conn: Some(conn),
+            writer,
+            state,
+            keep_alive: head.keep_alive,
+            end_to_end_head: head.end_to_end,
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        Ok(response)
+    }
 }
 
 /// Encodes the request head into the queue; the body is left to stream.

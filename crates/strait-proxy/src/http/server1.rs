@@ -574,13 +574,17 @@ enum After {
 }
 
 /// Serves one request and writes its response.
-async fn exchange(
-    inbound: &Rc<RefCell<Inbound>>,
+///
+/// The request is made and handed to the gateway when this is called; the future keeps only
+/// what writing the response needs (an `async fn` would hold the head, and the request made of
+/// it, through every wait).
+fn exchange<'a>(
+    inbound: &'a Rc<RefCell<Inbound>>,
     head: Head,
     conn: &Rc<Connection>,
-    out: &mut Outbox,
-    drain: &watch::Receiver<bool>,
-) -> io::Result<After> {
+    out: &'a mut Outbox,
+    drain: &'a watch::Receiver<bool>,
+) -> impl std::future::Future<Output = io::Result<After>> + 'a {
     let Head {
         method,
         uri,
@@ -614,37 +618,41 @@ async fn exchange(
     *request.headers_mut() = headers;
     // Boxed: the gateway's future is kilobytes, and an idle connection's task, allocated at
     // the size of its largest state, must not carry room for it.
-    let response = match Box::pin(gateway::serve(request, Rc::clone(conn))).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
-    let (parts, mut body) = response.into_parts();
-    let plan = Plan {
-        head_request,
-        http11: version == Version::HTTP_11,
-        keep_alive: keep_alive && !draining(drain),
-        trailers,
-    };
-    let interim = std::mem::take(&mut inbound.borrow_mut().interim);
-    if interim.len() < CONTINUE.len() {
-        // Part of a `100 Continue` was written: the rest goes before the final head.
-        out.scratch.put_slice(interim);
-    }
-    let (mut framing, mut close) = encode_head(&mut out.scratch, &parts, &body, plan);
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(switched) = switched {
-            return switch_protocols(inbound, out, body, switched).await;
+    let serving = Box::pin(gateway::serve(request, Rc::clone(conn)));
+    async move {
+        let response = match serving.await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let (parts, mut body) = response.into_parts();
+        let plan = Plan {
+            head_request,
+            http11: version == Version::HTTP_11,
+            keep_alive: keep_alive && !draining(drain),
+            trailers,
+        };
+        let interim = std::mem::take(&mut inbound.borrow_mut().interim);
+        if interim.len() < CONTINUE.len() {
+            // Part of a `100 Continue` was written: the rest goes before the final head.
+            out.scratch.put_slice(interim);
         }
-        close = true;
+        let (mut framing, mut close) = encode_head(&mut out.scratch, &parts, &body, plan);
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(switched) = switched {
+                // Boxed: the rare upgrade must not make every exchange's future larger.
+                return Box::pin(switch_protocols(inbound, out, body, switched)).await;
+            }
+            close = true;
+        }
+        poll_fn(|cx| out.poll_send(inbound, &mut body, &mut framing, cx)).await?;
+        // The connection carries another request only once this one's body was read whole.
+        let read_whole = matches!(inbound.borrow().body, BodyState::Done);
+        Ok(if close || !read_whole {
+            After::Close
+        } else {
+            After::KeepAlive
+        })
     }
-    poll_fn(|cx| out.poll_send(inbound, &mut body, &mut framing, cx)).await?;
-    // The connection carries another request only once this one's body was read whole.
-    let read_whole = matches!(inbound.borrow().body, BodyState::Done);
-    Ok(if close || !read_whole {
-        After::Close
-    } else {
-        After::KeepAlive
-    })
 }
 
 /// Writes the 101 head, then hands the socket (and the bytes read past the request) to the
