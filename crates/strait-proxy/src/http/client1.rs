@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::headers::{
-    hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
+    self, hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
 };
 use crate::http::inbuf::{Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::pool::UpstreamIo;
@@ -388,7 +388,8 @@ pub fn send(
                 return Err(SendFailed { error, unsent });
             }
         };
-        drop(parts);
+        // Written and answered: the request's map serves a later head.
+        headers::give_map(parts.headers);
         let writer = (!writer.done(&conn)).then(|| Box::new(writer));
         let state = if head.status == StatusCode::SWITCHING_PROTOCOLS {
             if !upgrade {
@@ -585,7 +586,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
     // Header values are slices of one copy of the head: one allocation, not one per value.
     let base = bytes.as_ptr() as usize;
     let block = Bytes::copy_from_slice(&bytes[..len]);
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut headers = headers::take_map(parsed.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;

@@ -41,7 +41,7 @@ use crate::gateway::{self, Connection};
 use crate::http::body::{BodyError, ClientBody, ResponseBody};
 use crate::http::client1::{content_length, put_field, put_hex};
 use crate::http::headers::{
-    hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
+    self, hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
 use crate::http::inbuf::{Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::Rewound;
@@ -379,7 +379,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
     let uri = Uri::from_maybe_shared(slice(path.as_bytes())).map_err(|_| bad)?;
     // Room for the fields the proxy adds on the way (forwarding, request id, trace context),
     // so that adding them does not grow the map.
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + ADDED_FIELDS);
+    let mut headers = headers::take_map(parsed.headers.len() + ADDED_FIELDS);
     let mut length: Option<u64> = None;
     let mut encodings = 0;
     let mut chunked = false;
@@ -624,7 +624,7 @@ fn exchange<'a>(
             Ok(response) => response,
             Err(never) => match never {},
         };
-        let (parts, mut body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
         let plan = Plan {
             head_request,
             http11: version == Version::HTTP_11,
@@ -637,6 +637,7 @@ fn exchange<'a>(
             out.scratch.put_slice(interim);
         }
         let (mut framing, mut close) = encode_head(&mut out.scratch, &parts, &body, plan);
+        headers::give_map(std::mem::take(&mut parts.headers));
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(switched) = switched {
                 // Boxed: the rare upgrade must not make every exchange's future larger.
