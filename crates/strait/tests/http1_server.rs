@@ -709,3 +709,26 @@ async fn a_post_body_over_1_mib_arrives_whole() {
     assert_eq!(seen[0].body_len, len as u64, "the upstream got every byte");
     assert_eq!(reply.version, "HTTP/1.1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http2_preface_in_pieces_is_answered_as_http2() {
+    let up = Upstream::echo("up").await;
+    let proxy = proxy_to(&up).await;
+    // The HTTP/1 server reads the first bytes; a strict prefix of the preface waits for more.
+    let mut client = Client::connect(&proxy).await;
+    client.send(b"PRI * HT").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.send(b"TP/2.0\r\n\r\nSM\r\n\r\n").await;
+    // An empty SETTINGS frame: the server's own SETTINGS comes back first.
+    client.send(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+    let frame = client.exactly(9).await;
+    assert_eq!(frame[3], 4, "the first frame is SETTINGS: {frame:?}");
+    assert_eq!(frame[4] & 1, 0, "not an ACK: {frame:?}");
+
+    // Bytes that start like the preface and then differ are HTTP/1.
+    let mut client = Client::connect(&proxy).await;
+    let reply = client
+        .request(b"PRI / HTTP/1.1\r\nHost: h1.example\r\n\r\n")
+        .await;
+    assert_eq!(reply.version, "HTTP/1.1", "{}", reply.head);
+}

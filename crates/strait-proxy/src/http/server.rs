@@ -13,15 +13,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::detect::{self, Protocol};
+use crate::detect::Protocol;
 use crate::gateway::{self, Connection, TlsInfo};
 use crate::http::body::ClientBody;
 use crate::http::LocalExec;
 use crate::telemetry::metrics::{ListenerStats, TlsFailure};
 use crate::tls::ServerTls;
-
-/// How long a new connection may stay silent when its listener has no idle timeout.
-const FIRST_BYTES_LIMIT: Duration = Duration::from_secs(60);
 
 pub(crate) async fn serve_connection(
     stream: TcpStream,
@@ -31,37 +28,28 @@ pub(crate) async fn serve_connection(
     stats: Option<Arc<ListenerStats>>,
     drain: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let peer = conn.peer;
     let Some(tls) = tls else {
-        let limit = idle_timeout.unwrap_or(FIRST_BYTES_LIMIT);
-        let protocol = match detect::sniff(&stream, limit).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "connection closed before a request");
-                return;
-            }
-        };
-        return match protocol {
-            Protocol::Http1 => {
-                crate::http::server1::serve_http1(stream, conn, idle_timeout, stats, drain).await
-            }
-            // Boxed: HTTP/2's state must not make every HTTP/1 connection's task bigger.
-            Protocol::Http2 => {
-                Box::pin(serve_http(
-                    TokioIo::new(stream),
-                    protocol,
-                    conn,
-                    idle_timeout,
-                    drain,
-                ))
-                .await
-            }
-        };
+        // The HTTP/1 server reads the first bytes itself and hands a connection that opens
+        // with HTTP/2's preface to `serve_h2c`: no bytes peeked first (two system calls per
+        // connection, one of them finding nothing yet), and `TCP_NODELAY` set only when a
+        // second write comes.
+        return crate::http::server1::serve_http1(stream, conn, idle_timeout, stats, drain).await;
     };
+    let _ = stream.set_nodelay(true);
     // Boxed: a TLS session is kilobytes, and a plain connection's task (allocated at the size
     // of its largest state) must not carry room for one.
     Box::pin(serve_tls(stream, tls, conn, idle_timeout, stats, drain)).await;
+}
+
+/// HTTP/2 with prior knowledge on a plain connection, whose first bytes (`io` gives them back
+/// first) the HTTP/1 server read. `TCP_NODELAY` is set already.
+pub(crate) async fn serve_h2c(
+    io: crate::http::Rewound<TcpStream>,
+    conn: Rc<Connection>,
+    idle_timeout: Option<Duration>,
+    drain: watch::Receiver<bool>,
+) {
+    serve_http(TokioIo::new(io), Protocol::Http2, conn, idle_timeout, drain).await;
 }
 
 async fn serve_tls(

@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
+use crate::detect::{self, Protocol};
 use crate::gateway::{self, Connection};
 use crate::http::body::{BodyError, ClientBody, ResponseBody};
 use crate::http::client1::{content_length, put_field, put_hex};
@@ -44,7 +45,7 @@ use crate::http::headers::{
     self, hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
 use crate::http::inbuf::{Chunk, ChunkError, InBuf, MAX_HEAD};
-use crate::http::Rewound;
+use crate::http::{server, Rewound};
 use crate::telemetry::metrics::ListenerStats;
 
 /// Open connections on a worker above which idle HTTP/1 connections give back their buffers.
@@ -53,6 +54,9 @@ pub const RELEASE_ABOVE: usize = 256;
 const MAX_HEADERS: usize = 100;
 /// Fields a forwarded request may gain in the proxy.
 const ADDED_FIELDS: usize = 8;
+
+/// How long a new connection may stay silent when its listener has no idle timeout.
+const FIRST_BYTES_LIMIT: Duration = Duration::from_secs(60);
 /// Response bytes queued for the socket before the response body is no longer polled.
 const WRITE_HIGH: usize = 64 * 1024;
 /// Response body chunks up to this size are copied behind the head, so that a small response
@@ -121,17 +125,41 @@ pub(crate) async fn serve_http1(
     let inbound = Rc::new(RefCell::new(Inbound::new(stream)));
     let mut out = Outbox::default();
     let mut wait = Wait::new(drain);
+    let mut first = true;
     loop {
-        let deadline = idle_timeout.map(|t| Instant::now() + t);
-        let head = match poll_fn(|cx| wait.poll_head(&inbound, cx, deadline)).await {
+        // The first head is awaited for at most `FIRST_BYTES_LIMIT` when there is no idle
+        // timeout: a connection that never says anything is not kept forever.
+        let limit = match first {
+            true => Some(idle_timeout.unwrap_or(FIRST_BYTES_LIMIT)),
+            false => idle_timeout,
+        };
+        let deadline = limit.map(|t| Instant::now() + t);
+        let head = match poll_fn(|cx| wait.poll_head(&inbound, cx, deadline, first)).await {
             NextHead::Head(head) => head,
             NextHead::Closed => return,
+            NextHead::Http2 => {
+                let (io, early) = {
+                    let mut inb = inbound.borrow_mut();
+                    let early = Bytes::copy_from_slice(inb.rd.buffered());
+                    inb.rd = InBuf::default();
+                    (inb.io.take(), early)
+                };
+                if let Some(io) = io {
+                    let _ = io.set_nodelay(true);
+                    let io = Rewound::new(io, early);
+                    let drain = wait.seen.clone();
+                    // Boxed: HTTP/2's state must not make every HTTP/1 connection's task bigger.
+                    Box::pin(server::serve_h2c(io, conn, idle_timeout, drain)).await;
+                }
+                return;
+            }
             NextHead::Reject(status) => {
                 tracing::debug!(%peer, %status, "malformed request head");
                 Box::pin(reject(&inbound, status)).await;
                 return;
             }
         };
+        first = false;
         // Boxed: an idle connection's task, allocated at the size of its largest state, must
         // not carry room for a request's.
         let served = Box::pin(exchange(&inbound, head, &conn, &mut out, &wait.seen)).await;
@@ -456,6 +484,8 @@ enum NextHead {
     Closed,
     /// A malformed head, answered with this status.
     Reject(StatusCode),
+    /// The connection opened with HTTP/2's preface: h2c with prior knowledge.
+    Http2,
 }
 
 /// What a connection waits on between requests: the listener's drain signal and a timer.
@@ -484,17 +514,27 @@ impl Wait {
         }
     }
 
-    /// Reads until a whole request head is in, or the wait ends.
+    /// Reads until a whole request head is in, or the wait ends. `first`: the connection's
+    /// first bytes, which may be HTTP/2's preface instead.
     fn poll_head(
         &mut self,
         inbound: &RefCell<Inbound>,
         cx: &mut Context<'_>,
         deadline: Option<Instant>,
+        first: bool,
     ) -> Poll<NextHead> {
         let mut guard = inbound.borrow_mut();
         let inb = &mut *guard;
         loop {
-            if !inb.rd.is_empty() {
+            let sniffed = match first && !inb.rd.is_empty() {
+                true => detect::classify(inb.rd.buffered()),
+                false => Some(Protocol::Http1),
+            };
+            if sniffed == Some(Protocol::Http2) {
+                return Poll::Ready(NextHead::Http2);
+            }
+            // `None`: a strict prefix of the preface so far; read on.
+            if !inb.rd.is_empty() && sniffed.is_some() {
                 match parse_request(inb.rd.buffered()) {
                     Ok(Some((head, len))) => {
                         inb.rd.consume(len);
@@ -632,6 +672,10 @@ fn exchange<'a>(
             trailers,
         };
         let interim = std::mem::take(&mut inbound.borrow_mut().interim);
+        if expect_continue && interim.len() < CONTINUE.len() {
+            // The `100 Continue`, or part of it, went out: the answer is a second write.
+            out.wrote = true;
+        }
         if interim.len() < CONTINUE.len() {
             // Part of a `100 Continue` was written: the rest goes before the final head.
             out.scratch.put_slice(interim);
@@ -670,6 +714,8 @@ async fn switch_protocols(
     let early = Bytes::copy_from_slice(inb.rd.buffered());
     inb.rd = InBuf::default();
     if let Some(io) = inb.io.take() {
+        // The tunnel's bytes go as they come.
+        let _ = io.set_nodelay(true);
         let _ = switched.send(Rewound::new(io, early));
     }
     Ok(After::Upgraded)
@@ -815,6 +861,10 @@ struct Outbox {
     queued: usize,
     scratch: BytesMut,
     sent: usize,
+    /// Something was written on the connection.
+    wrote: bool,
+    /// `TCP_NODELAY` is set.
+    nodelay: bool,
 }
 
 impl Outbox {
@@ -829,7 +879,22 @@ impl Outbox {
     /// Gives back the memory of an empty outbox.
     fn release(&mut self) {
         if self.is_empty() {
-            *self = Outbox::default();
+            *self = Outbox {
+                wrote: self.wrote,
+                nodelay: self.nodelay,
+                ..Outbox::default()
+            };
+        }
+    }
+
+    /// Turns Nagle's algorithm off before a second write. It holds a write back while an
+    /// earlier one is unacknowledged, so the first write goes at once either way, and a
+    /// connection that closes after one answer never needs the system call (nginx sets it the
+    /// same way, when a connection is kept alive).
+    fn no_delay(&mut self, io: &TcpStream) {
+        if self.wrote && !self.nodelay {
+            let _ = io.set_nodelay(true);
+            self.nodelay = true;
         }
     }
 
@@ -942,6 +1007,7 @@ impl Outbox {
             let Some(io) = inb.io.as_mut() else {
                 return Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected)));
             };
+            self.no_delay(io);
             ready!(self.poll_write(io, cx))?;
         }
     }
@@ -974,6 +1040,7 @@ impl Outbox {
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
+        self.wrote = true;
         self.advance(n);
         Poll::Ready(Ok(()))
     }
