@@ -129,24 +129,18 @@ pub(crate) async fn serve_http1(
     loop {
         // The first head is awaited for at most `FIRST_BYTES_LIMIT` when there is no idle
         // timeout: a connection that never says anything is not kept forever.
-        let limit = match first {
-            true => Some(idle_timeout.unwrap_or(FIRST_BYTES_LIMIT)),
-            false => idle_timeout,
+        let limit = if first {
+            Some(idle_timeout.unwrap_or(FIRST_BYTES_LIMIT))
+        } else {
+            idle_timeout
         };
         let deadline = limit.map(|t| Instant::now() + t);
         let head = match poll_fn(|cx| wait.poll_head(&inbound, cx, deadline, first)).await {
             NextHead::Head(head) => head,
             NextHead::Closed => return,
             NextHead::Http2 => {
-                let (io, early) = {
-                    let mut inb = inbound.borrow_mut();
-                    let early = Bytes::copy_from_slice(inb.rd.buffered());
-                    inb.rd = InBuf::default();
-                    (inb.io.take(), early)
-                };
+                let io = inbound.borrow_mut().hand_over();
                 if let Some(io) = io {
-                    let _ = io.set_nodelay(true);
-                    let io = Rewound::new(io, early);
                     let drain = wait.seen.clone();
                     // Boxed: HTTP/2's state must not make every HTTP/1 connection's task bigger.
                     Box::pin(server::serve_h2c(io, conn, idle_timeout, drain)).await;
@@ -198,6 +192,7 @@ struct Inbound {
     body: BodyState,
     /// What is left to write of a `100 Continue` due before the body is first read.
     interim: &'static [u8],
+    nagle: Nagle,
 }
 
 impl Inbound {
@@ -207,6 +202,42 @@ impl Inbound {
             rd: InBuf::default(),
             body: BodyState::Done,
             interim: &[],
+            nagle: Nagle::Unwritten,
+        }
+    }
+
+    /// Takes the socket for another protocol (a tunnel after a 101, HTTP/2 with prior
+    /// knowledge), the bytes read and not served given back first; its writes go as they come.
+    fn hand_over(&mut self) -> Option<Rewound<TcpStream>> {
+        let early = Bytes::copy_from_slice(self.rd.buffered());
+        self.rd = InBuf::default();
+        let io = self.io.take()?;
+        let _ = io.set_nodelay(true);
+        Some(Rewound::new(io, early))
+    }
+}
+
+/// Where the connection is with Nagle's algorithm, which holds a write back while an earlier
+/// one is unacknowledged: the first write goes at once either way, so `TCP_NODELAY` is set
+/// only before a second (a connection that closes after one answer never makes the call;
+/// nginx sets it the same way, when a connection is kept alive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nagle {
+    Unwritten,
+    Written,
+    Off,
+}
+
+impl Nagle {
+    /// Called before every write on `io`.
+    fn before_write(&mut self, io: &TcpStream) {
+        match self {
+            Nagle::Unwritten => *self = Nagle::Written,
+            Nagle::Written => {
+                let _ = io.set_nodelay(true);
+                *self = Nagle::Off;
+            }
+            Nagle::Off => {}
         }
     }
 }
@@ -276,6 +307,7 @@ impl Body for RequestBody1 {
             rd,
             body,
             interim,
+            nagle,
         } = &mut *guard;
         if matches!(body, BodyState::Done) {
             return Poll::Ready(None);
@@ -285,7 +317,7 @@ impl Body for RequestBody1 {
             *body = BodyState::Failed;
             return Poll::Ready(Some(Err(Box::new(RequestBodyError::Closed))));
         };
-        let read = poll_request_body(io, rd, body, interim, cx);
+        let read = poll_request_body(io, rd, body, interim, nagle, cx);
         let frame = match ready!(read) {
             Ok(frame) => frame,
             Err(e) => {
@@ -315,9 +347,11 @@ fn poll_request_body(
     rd: &mut InBuf,
     body: &mut BodyState,
     interim: &mut &'static [u8],
+    nagle: &mut Nagle,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Option<Frame<Bytes>>, RequestBodyError>> {
     while !interim.is_empty() {
+        nagle.before_write(io);
         match ready!(Pin::new(&mut *io).poll_write(cx, interim))? {
             0 => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
             n => *interim = interim.get(n..).unwrap_or_default(),
@@ -526,16 +560,17 @@ impl Wait {
         let mut guard = inbound.borrow_mut();
         let inb = &mut *guard;
         loop {
-            let sniffed = match first && !inb.rd.is_empty() {
-                true => detect::classify(inb.rd.buffered()),
-                false => Some(Protocol::Http1),
+            let sniffed = if first {
+                detect::classify(inb.rd.buffered())
+            } else {
+                Some(Protocol::Http1)
             };
-            if sniffed == Some(Protocol::Http2) {
-                return Poll::Ready(NextHead::Http2);
-            }
-            // `None`: a strict prefix of the preface so far; read on.
-            if !inb.rd.is_empty() && sniffed.is_some() {
-                match parse_request(inb.rd.buffered()) {
+            match sniffed {
+                Some(Protocol::Http2) => return Poll::Ready(NextHead::Http2),
+                // Nothing yet, or a strict prefix of HTTP/2's preface: read on.
+                None => {}
+                Some(Protocol::Http1) if inb.rd.is_empty() => {}
+                Some(Protocol::Http1) => match parse_request(inb.rd.buffered()) {
                     Ok(Some((head, len))) => {
                         inb.rd.consume(len);
                         return Poll::Ready(NextHead::Head(head));
@@ -547,7 +582,7 @@ impl Wait {
                     }
                     Ok(None) => {}
                     Err(status) => return Poll::Ready(NextHead::Reject(status)),
-                }
+                },
             }
             let Some(io) = inb.io.as_mut() else {
                 return Poll::Ready(NextHead::Closed);
@@ -672,10 +707,6 @@ fn exchange<'a>(
             trailers,
         };
         let interim = std::mem::take(&mut inbound.borrow_mut().interim);
-        if expect_continue && interim.len() < CONTINUE.len() {
-            // The `100 Continue`, or part of it, went out: the answer is a second write.
-            out.wrote = true;
-        }
         if interim.len() < CONTINUE.len() {
             // Part of a `100 Continue` was written: the rest goes before the final head.
             out.scratch.put_slice(interim);
@@ -710,13 +741,8 @@ async fn switch_protocols(
 ) -> io::Result<After> {
     let mut framing = Framing::Empty;
     poll_fn(|cx| out.poll_send(inbound, &mut body, &mut framing, cx)).await?;
-    let mut inb = inbound.borrow_mut();
-    let early = Bytes::copy_from_slice(inb.rd.buffered());
-    inb.rd = InBuf::default();
-    if let Some(io) = inb.io.take() {
-        // The tunnel's bytes go as they come.
-        let _ = io.set_nodelay(true);
-        let _ = switched.send(Rewound::new(io, early));
+    if let Some(io) = inbound.borrow_mut().hand_over() {
+        let _ = switched.send(io);
     }
     Ok(After::Upgraded)
 }
@@ -861,10 +887,6 @@ struct Outbox {
     queued: usize,
     scratch: BytesMut,
     sent: usize,
-    /// Something was written on the connection.
-    wrote: bool,
-    /// `TCP_NODELAY` is set.
-    nodelay: bool,
 }
 
 impl Outbox {
@@ -879,22 +901,7 @@ impl Outbox {
     /// Gives back the memory of an empty outbox.
     fn release(&mut self) {
         if self.is_empty() {
-            *self = Outbox {
-                wrote: self.wrote,
-                nodelay: self.nodelay,
-                ..Outbox::default()
-            };
-        }
-    }
-
-    /// Turns Nagle's algorithm off before a second write. It holds a write back while an
-    /// earlier one is unacknowledged, so the first write goes at once either way, and a
-    /// connection that closes after one answer never needs the system call (nginx sets it the
-    /// same way, when a connection is kept alive).
-    fn no_delay(&mut self, io: &TcpStream) {
-        if self.wrote && !self.nodelay {
-            let _ = io.set_nodelay(true);
-            self.nodelay = true;
+            *self = Outbox::default();
         }
     }
 
@@ -1003,11 +1010,12 @@ impl Outbox {
                     Poll::Pending
                 };
             }
-            let mut inb = inbound.borrow_mut();
+            let mut guard = inbound.borrow_mut();
+            let inb = &mut *guard;
             let Some(io) = inb.io.as_mut() else {
                 return Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected)));
             };
-            self.no_delay(io);
+            inb.nagle.before_write(io);
             ready!(self.poll_write(io, cx))?;
         }
     }
@@ -1040,7 +1048,6 @@ impl Outbox {
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
-        self.wrote = true;
         self.advance(n);
         Poll::Ready(Ok(()))
     }
