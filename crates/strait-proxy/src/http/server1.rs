@@ -22,6 +22,7 @@
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -410,9 +411,10 @@ struct Head {
 /// complete, or the status a malformed one is answered with.
 fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
     let bad = StatusCode::BAD_REQUEST;
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    let len = match parsed.parse(bytes) {
+    // Left uninitialized: filling 100 empty slots (3.2 KB) cost more than parsing the head.
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(bytes, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
