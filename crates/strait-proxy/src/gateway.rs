@@ -19,9 +19,12 @@
 //! requests get the matching `grpc-status` instead of a bare HTTP error.
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{ready, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -74,6 +77,8 @@ pub(crate) struct Connection {
     pub activity: Activity,
     /// What the TLS handshake established, on a TLS listener (set once, after it).
     pub tls: std::cell::OnceCell<TlsInfo>,
+    /// The upstream timeout's timer, kept for the connection's next request.
+    pub timer: KeptTimer,
 }
 
 impl Connection {
@@ -122,6 +127,64 @@ impl Activity {
     fn start(&self) -> PendingRequest<'_> {
         self.pending.set(self.pending.get() + 1);
         PendingRequest(self)
+    }
+}
+
+/// A connection's upstream-timeout timer, kept from one request to the next.
+///
+/// A timer made per request cost an insertion into tokio's timer wheel and a removal from it
+/// (each under the driver's lock, ~400 instructions a request). A kept timer moved to a later
+/// deadline only records it (tokio re-files the entry when the earlier deadline comes up): on
+/// a busy connection the wheel is touched once per timeout period, not once per request.
+/// A connection's concurrent (HTTP/2) requests beyond the first make their own.
+#[derive(Default)]
+pub(crate) struct KeptTimer(std::cell::Cell<Option<Pin<Box<tokio::time::Sleep>>>>);
+
+impl KeptTimer {
+    /// A timer set to `at`: the kept one, or a new one if another request has it.
+    fn take(&self, at: tokio::time::Instant) -> Pin<Box<tokio::time::Sleep>> {
+        match self.0.take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(at);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(at)),
+        }
+    }
+
+    /// Keeps `timer` for the next request (unless one is kept already).
+    fn give(&self, timer: Pin<Box<tokio::time::Sleep>>) {
+        let kept = self.0.take();
+        self.0.set(kept.or(Some(timer)));
+    }
+
+    /// `fut`'s output, or `None` if `at` comes first.
+    fn before<'a, F: std::future::Future>(
+        &'a self,
+        at: tokio::time::Instant,
+        mut fut: Pin<&'a mut F>,
+    ) -> impl std::future::Future<Output = Option<F::Output>> + 'a {
+        let mut timer = Some(self.take(at));
+        std::future::poll_fn(move |cx| {
+            let out = match (fut.as_mut().poll(cx), timer.as_mut()) {
+                (Poll::Ready(out), _) => Some(out),
+                (Poll::Pending, Some(t)) => {
+                    ready!(t.as_mut().poll(cx));
+                    None
+                }
+                (Poll::Pending, None) => return Poll::Pending,
+            };
+            if let Some(t) = timer.take() {
+                self.give(t);
+            }
+            Poll::Ready(out)
+        })
+    }
+}
+
+impl std::fmt::Debug for KeptTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeptTimer")
     }
 }
 
@@ -729,9 +792,9 @@ fn forward_to<'a>(
         ));
         let outcome = match action.timeout {
             // The deadline from the clock read just above, not from a second one.
-            Some(limit) => match tokio::time::timeout_at((started + limit).into(), sent).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
+            Some(limit) => match conn.timer.before((started + limit).into(), sent).await {
+                Some(outcome) => outcome,
+                None => {
                     timed_out(cluster, endpoint, span.as_mut());
                     return local_reply(
                         grpc,

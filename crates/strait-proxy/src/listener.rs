@@ -93,6 +93,7 @@ pub(crate) async fn accept_loop(
                         .unwrap_or_else(|_| http::HeaderValue::from_static("")),
                     activity: Activity::new(),
                     tls: std::cell::OnceCell::new(),
+                    timer: Default::default(),
                 });
                 let guard = worker.connection_opened();
                 let counted = plan.map(|l| l.connections.opened());

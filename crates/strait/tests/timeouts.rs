@@ -104,6 +104,73 @@ async fn slow_upstream_beyond_route_timeout_gives_504_request_timeout() {
     assert_eq!(slow.hits(), 2, "the request did reach the slow upstream");
 }
 
+/// Sends `path` on `conn`: answered with `status` within `least..most` milliseconds.
+async fn timed(conn: &mut Conn, proto: Proto, path: &str, status: u16, least: u64, most: u64) {
+    let started = Instant::now();
+    let resp = within(
+        Duration::from_secs(10),
+        path,
+        conn.fetch(simple("GET", "t.example.com", path)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{proto:?} {path}: {e}"));
+    let took = started.elapsed();
+    assert_eq!(resp.status.as_u16(), status, "{proto:?} {path}");
+    assert!(
+        took >= Duration::from_millis(least) && took < Duration::from_millis(most),
+        "{proto:?} {path}: answered in {took:?}, expected {least}..{most} ms"
+    );
+}
+
+/// One client connection keeps one timer for its requests' upstream timeouts, moved to each
+/// new deadline: fast requests leave it pending, a wait longer than the timeout lets it fire
+/// idle, a route with a shorter timeout moves it earlier. Each slow request still gets its own
+/// route's timeout, neither early nor late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connections_kept_timer_times_each_request_by_its_own_route() {
+    let fast = Upstream::echo("fast").await;
+    let slow = Upstream::slow("slow", Duration::from_secs(5)).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - match: {{ path: {{ prefix: /fast }} }}
+        backends: [{{ cluster: fast }}]
+        timeout: 2s
+      - match: {{ path: {{ prefix: /slow-long }} }}
+        backends: [{{ cluster: slow }}]
+        timeout: 900ms
+      - match: {{ path: {{ prefix: /slow }} }}
+        backends: [{{ cluster: slow }}]
+        timeout: 300ms
+clusters:
+  - name: fast
+    endpoints: [{{ address: "{}" }}]
+  - name: slow
+    endpoints: [{{ address: "{}" }}]
+"#,
+        fast.addr, slow.addr
+    ))
+    .await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut conn = proxy.connect(proto).await;
+        // Fast requests: the kept timer is pending, moved later each time.
+        for _ in 0..3 {
+            timed(&mut conn, proto, "/fast", 200, 0, 1_000).await;
+        }
+        // A shorter timeout than the timer is set to (2 s): it must fire at 300 ms.
+        timed(&mut conn, proto, "/slow", 504, 280, 1_500).await;
+        timed(&mut conn, proto, "/fast", 200, 0, 1_000).await;
+        // Idle past the last deadline: the kept timer fires with nothing waiting on it.
+        tokio::time::sleep(Duration::from_millis(2_200)).await;
+        timed(&mut conn, proto, "/fast", 200, 0, 1_000).await;
+        // A longer timeout than the last request's, on the same timer.
+        timed(&mut conn, proto, "/slow-long", 504, 880, 2_500).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_zero_disables_it() {
     let slow = Upstream::slow("slow", Duration::from_millis(1_200)).await;
