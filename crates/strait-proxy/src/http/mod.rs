@@ -26,6 +26,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LocalExec;
 
+/// The future `make` returns, boxed: its heap room is allocated first and `make` writes the
+/// future straight into it. `Box::pin(make())` built it on the stack and copied it over, at the
+/// future's full size (kilobytes for the gateway's) even though a future not yet started holds
+/// only its arguments.
+pub(crate) fn boxed<F>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
 impl<F> hyper::rt::Executor<F> for LocalExec
 where
     F: Future + 'static,

@@ -46,7 +46,7 @@ use crate::http::headers::{
     self, hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
 use crate::http::inbuf::{Chunk, ChunkError, InBuf, MAX_HEAD};
-use crate::http::{server, Rewound};
+use crate::http::{boxed, server, Rewound};
 use crate::telemetry::metrics::ListenerStats;
 
 /// Open connections on a worker above which idle HTTP/1 connections give back their buffers.
@@ -157,7 +157,7 @@ pub(crate) async fn serve_http1(
         first = false;
         // Boxed: an idle connection's task, allocated at the size of its largest state, must
         // not carry room for a request's.
-        let served = Box::pin(exchange(&inbound, head, &conn, &mut out, &wait.seen)).await;
+        let served = boxed(|| exchange(&inbound, head, &conn, &mut out, &wait.seen)).await;
         match served {
             Ok(After::KeepAlive) => {}
             Ok(After::Upgraded) => return,
@@ -695,7 +695,7 @@ fn exchange<'a>(
     *request.headers_mut() = headers;
     // Boxed: the gateway's future is kilobytes, and an idle connection's task, allocated at
     // the size of its largest state, must not carry room for it.
-    let serving = Box::pin(gateway::serve(request, Rc::clone(conn)));
+    let serving = boxed(|| gateway::serve(request, Rc::clone(conn)));
     async move {
         let response = match serving.await {
             Ok(response) => response,
