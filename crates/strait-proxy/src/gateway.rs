@@ -130,20 +130,27 @@ impl Activity {
     }
 }
 
-/// A connection's upstream-timeout timer, kept from one request to the next.
+/// A connection's upstream-timeout timers, kept from one request to the next.
 ///
 /// A timer made per request cost an insertion into tokio's timer wheel and a removal from it
 /// (each under the driver's lock, ~400 instructions a request). A kept timer moved to a later
 /// deadline only records it (tokio re-files the entry when the earlier deadline comes up): on
 /// a busy connection the wheel is touched once per timeout period, not once per request.
-/// A connection's concurrent (HTTP/2) requests beyond the first make their own.
+/// An HTTP/1 connection needs one; an HTTP/2 connection one per concurrent stream, up to
+/// [`KeptTimer::MOST`] (streams beyond that make their own). A kept timer holds the waker of
+/// the request that last used it until the next one does: at most that many finished tasks'
+/// memory per connection, freed with it.
 #[derive(Default)]
-pub(crate) struct KeptTimer(std::cell::Cell<Option<Pin<Box<tokio::time::Sleep>>>>);
+pub(crate) struct KeptTimer(std::cell::RefCell<Vec<Pin<Box<tokio::time::Sleep>>>>);
 
 impl KeptTimer {
-    /// A timer set to `at`: the kept one, or a new one if another request has it.
+    /// The most timers a connection keeps.
+    const MOST: usize = 16;
+
+    /// A timer set to `at`: a kept one, or a new one if the connection's other requests have
+    /// them all.
     fn take(&self, at: tokio::time::Instant) -> Pin<Box<tokio::time::Sleep>> {
-        match self.0.take() {
+        match self.0.borrow_mut().pop() {
             Some(mut timer) => {
                 timer.as_mut().reset(at);
                 timer
@@ -152,10 +159,12 @@ impl KeptTimer {
         }
     }
 
-    /// Keeps `timer` for the next request (unless one is kept already).
+    /// Keeps `timer` for a next request (unless the connection keeps enough).
     fn give(&self, timer: Pin<Box<tokio::time::Sleep>>) {
-        let kept = self.0.take();
-        self.0.set(kept.or(Some(timer)));
+        let mut kept = self.0.borrow_mut();
+        if kept.len() < Self::MOST {
+            kept.push(timer);
+        }
     }
 
     /// `fut`'s output, or `None` if `at` comes first.

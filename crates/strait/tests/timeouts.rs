@@ -171,6 +171,53 @@ clusters:
     }
 }
 
+/// Concurrent HTTP/2 streams on one connection, more than it keeps timers for, twice over (the
+/// second wave finds kept timers last used by finished streams): every slow stream gets its 504
+/// at its route's timeout, every fast one its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_each_get_their_own_timeout() {
+    let fast = Upstream::echo("fast").await;
+    let slow = Upstream::slow("slow", Duration::from_secs(5)).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - match: {{ path: {{ prefix: /fast }} }}
+        backends: [{{ cluster: fast }}]
+        timeout: 2s
+      - match: {{ path: {{ prefix: /slow }} }}
+        backends: [{{ cluster: slow }}]
+        timeout: 300ms
+clusters:
+  - name: fast
+    endpoints: [{{ address: "{}" }}]
+  - name: slow
+    endpoints: [{{ address: "{}" }}]
+"#,
+        fast.addr, slow.addr
+    ))
+    .await;
+    let conn = proxy.connect(Proto::H2).await;
+    for _wave in 0..2 {
+        let streams = (0..40).map(|i| {
+            let mut conn = conn.clone_h2();
+            let (path, status, least, most) = if i % 2 == 0 {
+                ("/fast", 200, 0, 1_000)
+            } else {
+                ("/slow", 504, 280, 1_500)
+            };
+            tokio::spawn(async move {
+                timed(&mut conn, Proto::H2, path, status, least, most).await;
+            })
+        });
+        for stream in streams.collect::<Vec<_>>() {
+            stream.await.expect("a stream's checks");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_zero_disables_it() {
     let slow = Upstream::slow("slow", Duration::from_millis(1_200)).await;
