@@ -29,7 +29,7 @@ use crate::http::body::{BodyError, RequestBody};
 use crate::http::headers::{
     self, hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
 };
-use crate::http::inbuf::{Chunk, ChunkError, InBuf, MAX_HEAD};
+use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::pool::UpstreamIo;
 use crate::http::Rewound;
 use crate::resilience::Admission;
@@ -591,7 +591,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
     };
     // Header values are slices of one copy of the head: one allocation, not one per value.
     let base = bytes.as_ptr() as usize;
-    let block = Bytes::copy_from_slice(&bytes[..len]);
+    let block = copied(&bytes[..len]);
     let mut headers = headers::take_map(parsed.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;

@@ -32,6 +32,36 @@ thread_local! {
     static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Room for [`copied`] bytes, allocated a chunk at a time.
+const COPY_CHUNK: usize = 2 * 1024;
+/// Copies longer than this get an allocation of their own.
+const COPY_MOST: usize = 512;
+
+thread_local! {
+    /// Where small copies out of read buffers go: heads and small body chunks, each a slice of
+    /// a shared chunk rather than an allocation of its own (two, with the reference count
+    /// `Bytes` adds once the copy is sliced into header values).
+    static COPIES: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// `bytes` as `Bytes` of their own: a copy, into the worker's current chunk when small.
+///
+/// A chunk is freed when the last copy in it is dropped; a copy kept long (a head whose
+/// values a long response still holds) keeps at most its chunk, 2 KiB.
+pub(crate) fn copied(bytes: &[u8]) -> Bytes {
+    if bytes.len() > COPY_MOST {
+        return Bytes::copy_from_slice(bytes);
+    }
+    COPIES.with_borrow_mut(|room| {
+        if room.capacity() - room.len() < bytes.len() {
+            // A new chunk (or the old one again, if nothing still holds a copy in it).
+            room.reserve(COPY_CHUNK);
+        }
+        room.extend_from_slice(bytes);
+        room.split().freeze()
+    })
+}
+
 /// A read buffer: a spare one when the worker has one.
 fn take_spare() -> Vec<u8> {
     SPARE
@@ -153,8 +183,7 @@ impl InBuf {
     /// Takes up to `max` buffered bytes as a chunk of their own.
     pub(crate) fn take(&mut self, max: usize) -> Bytes {
         let n = max.min(self.end - self.start);
-        let chunk =
-            Bytes::copy_from_slice(self.buf.get(self.start..self.start + n).unwrap_or_default());
+        let chunk = copied(self.buf.get(self.start..self.start + n).unwrap_or_default());
         self.start += n;
         chunk
     }
@@ -366,6 +395,33 @@ pub(crate) fn next_chunk_state(chunk: &Chunk, b: u8) -> Result<Chunk, &'static s
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_copies_share_a_chunk_and_large_ones_do_not() {
+        let heads: Vec<Vec<u8>> = (0..40u8)
+            .map(|i| vec![b'a' + i % 26; 50 + usize::from(i) * 7])
+            .collect();
+        let copies: Vec<Bytes> = heads.iter().map(|h| copied(h)).collect();
+        for (head, copy) in heads.iter().zip(&copies) {
+            assert_eq!(copy.as_ref(), head.as_slice());
+        }
+        // Consecutive copies sit side by side, until a chunk is full.
+        let adjacent = copies
+            .windows(2)
+            .filter(|w| w[0].as_ptr() as usize + w[0].len() == w[1].as_ptr() as usize)
+            .count();
+        let total: usize = heads.iter().map(Vec::len).sum();
+        assert!(
+            adjacent >= copies.len() - 1 - total / COPY_CHUNK - 1,
+            "only {adjacent} of {} copies followed the one before",
+            copies.len() - 1
+        );
+        let big = vec![b'x'; COPY_MOST + 1];
+        let a = copied(&big);
+        let b = copied(b"after");
+        assert_eq!(a.as_ref(), big.as_slice());
+        assert_ne!(a.as_ptr() as usize + a.len(), b.as_ptr() as usize);
+    }
 
     #[test]
     fn chunked_bodies_decode_with_extensions_any_case_and_trailers() {

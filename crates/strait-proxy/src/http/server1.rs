@@ -45,7 +45,7 @@ use crate::http::client1::{content_length, put_field, put_hex};
 use crate::http::headers::{
     self, hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
-use crate::http::inbuf::{Chunk, ChunkError, InBuf, MAX_HEAD};
+use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::{boxed, server, Rewound};
 use crate::telemetry::metrics::ListenerStats;
 
@@ -435,7 +435,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
     // Values (and the target) are slices of one copy of the head: one allocation, not one per
     // value.
     let base = bytes.as_ptr() as usize;
-    let block = Bytes::copy_from_slice(bytes.get(..len).ok_or(bad)?);
+    let block = copied(bytes.get(..len).ok_or(bad)?);
     let slice = |part: &[u8]| {
         let at = part.as_ptr() as usize - base;
         block.slice(at..at + part.len())
