@@ -77,7 +77,7 @@ pub(crate) struct Connection {
     pub activity: Activity,
     /// What the TLS handshake established, on a TLS listener (set once, after it).
     pub tls: std::cell::OnceCell<TlsInfo>,
-    /// The upstream timeout's timer, kept for the connection's next request.
+    /// The route timeout's timers, kept for the connection's next requests.
     pub timer: KeptTimer,
 }
 
@@ -175,13 +175,16 @@ impl KeptTimer {
     ) -> impl std::future::Future<Output = Option<F::Output>> + 'a {
         let mut timer = Some(self.take(at));
         std::future::poll_fn(move |cx| {
-            let out = match (fut.as_mut().poll(cx), timer.as_mut()) {
-                (Poll::Ready(out), _) => Some(out),
-                (Poll::Pending, Some(t)) => {
+            // `None` only once this completed (the timer went back).
+            let Some(t) = timer.as_mut() else {
+                return Poll::Pending;
+            };
+            let out = match fut.as_mut().poll(cx) {
+                Poll::Ready(out) => Some(out),
+                Poll::Pending => {
                     ready!(t.as_mut().poll(cx));
                     None
                 }
-                (Poll::Pending, None) => return Poll::Pending,
             };
             if let Some(t) = timer.take() {
                 self.give(t);

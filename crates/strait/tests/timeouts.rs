@@ -122,12 +122,10 @@ async fn timed(conn: &mut Conn, proto: Proto, path: &str, status: u16, least: u6
     );
 }
 
-/// One client connection keeps one timer for its requests' upstream timeouts, moved to each
-/// new deadline: fast requests leave it pending, a wait longer than the timeout lets it fire
-/// idle, a route with a shorter timeout moves it earlier. Each slow request still gets its own
-/// route's timeout, neither early nor late.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connections_kept_timer_times_each_request_by_its_own_route() {
+/// A proxy with routes of three timeouts: `/fast` (2 s) to an echo upstream, `/slow-long`
+/// (900 ms), `/slow` and `/slow-retried` (300 ms, with a retry policy) to one that answers
+/// after 5 s.
+async fn fast_and_slow() -> (Upstream, Upstream, Proxy) {
     let fast = Upstream::echo("fast").await;
     let slow = Upstream::slow("slow", Duration::from_secs(5)).await;
     let proxy = Proxy::start(&format!(
@@ -139,6 +137,10 @@ listeners:
       - match: {{ path: {{ prefix: /fast }} }}
         backends: [{{ cluster: fast }}]
         timeout: 2s
+      - match: {{ path: {{ prefix: /slow-retried }} }}
+        backends: [{{ cluster: slow }}]
+        timeout: 300ms
+        retry: {{ backoff: {{ base: 1ms, max: 5ms }} }}
       - match: {{ path: {{ prefix: /slow-long }} }}
         backends: [{{ cluster: slow }}]
         timeout: 900ms
@@ -154,6 +156,16 @@ clusters:
         fast.addr, slow.addr
     ))
     .await;
+    (fast, slow, proxy)
+}
+
+/// One client connection keeps one timer for its requests' upstream timeouts, moved to each
+/// new deadline: fast requests leave it pending, a wait longer than the timeout lets it fire
+/// idle, a route with a shorter timeout moves it earlier. Each slow request still gets its own
+/// route's timeout, neither early nor late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connections_kept_timer_times_each_request_by_its_own_route() {
+    let (_fast, _slow, proxy) = fast_and_slow().await;
     for proto in [Proto::H1, Proto::H2] {
         let mut conn = proxy.connect(proto).await;
         // Fast requests: the kept timer is pending, moved later each time.
@@ -168,6 +180,8 @@ clusters:
         timed(&mut conn, proto, "/fast", 200, 0, 1_000).await;
         // A longer timeout than the last request's, on the same timer.
         timed(&mut conn, proto, "/slow-long", 504, 880, 2_500).await;
+        // A route with a retry policy times out the same way.
+        timed(&mut conn, proto, "/slow-retried", 504, 280, 1_500).await;
     }
 }
 
@@ -176,29 +190,7 @@ clusters:
 /// at its route's timeout, every fast one its answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_streams_each_get_their_own_timeout() {
-    let fast = Upstream::echo("fast").await;
-    let slow = Upstream::slow("slow", Duration::from_secs(5)).await;
-    let proxy = Proxy::start(&format!(
-        r#"
-listeners:
-  - name: main
-    address: ${{LISTEN}}
-    routes:
-      - match: {{ path: {{ prefix: /fast }} }}
-        backends: [{{ cluster: fast }}]
-        timeout: 2s
-      - match: {{ path: {{ prefix: /slow }} }}
-        backends: [{{ cluster: slow }}]
-        timeout: 300ms
-clusters:
-  - name: fast
-    endpoints: [{{ address: "{}" }}]
-  - name: slow
-    endpoints: [{{ address: "{}" }}]
-"#,
-        fast.addr, slow.addr
-    ))
-    .await;
+    let (_fast, _slow, proxy) = fast_and_slow().await;
     let conn = proxy.connect(Proto::H2).await;
     for _wave in 0..2 {
         let streams = (0..40).map(|i| {

@@ -86,11 +86,12 @@ impl<'a> Tries<'a> {
     ) -> Response<ResponseBody> {
         self.cluster.retry_budget.deposit(now_secs());
         let deadline = self.action.timeout.map(|t| Instant::now() + t);
-        let work = self.attempts(deadline, log, route_stats);
-        match self.action.timeout {
-            Some(limit) => match tokio::time::timeout(limit, work).await {
-                Ok(response) => response,
-                Err(_) => {
+        let work = std::pin::pin!(self.attempts(deadline, log, route_stats));
+        // The connection's kept timer, as for a request sent once.
+        match self.action.timeout.zip(deadline) {
+            Some((limit, at)) => match self.conn.timer.before(at.into(), work).await {
+                Some(response) => response,
+                None => {
                     self.cluster.counters.request_timeouts.fetch_add(1, Relaxed);
                     local_reply(
                         self.grpc,
