@@ -1071,6 +1071,55 @@ def add_ratios(res: dict) -> None:
                 continue
             tf = flat(t["median"])
             t[f"vs_{base}"] = {k: tf[k] / bf[k] for k in tf if k in bf and bf[k]}
+    add_paired(res)
+
+
+def median_interval(n: int, level: float = 0.95) -> tuple[int, int, float]:
+    """The ranks (1-based, of n sorted values) bounding a distribution-free confidence
+    interval for the median, and the interval's exact coverage: the median lies below the
+    k-th smallest value with probability P(Binomial(n, 1/2) < k), so k is the largest rank
+    with that tail at most (1 - level) / 2 on each side. With fewer than 6 values no interval
+    reaches 95 %: the whole range is given, with the coverage it has."""
+    from math import comb
+
+    def below(k: int) -> float:  # P(Binomial(n, 1/2) < k)
+        return sum(comb(n, i) for i in range(k)) / 2 ** n
+
+    k = 1
+    while k + 1 <= n // 2 and below(k + 1) <= (1 - level) / 2:
+        k += 1
+    return k, n + 1 - k, 1 - 2 * below(k)
+
+
+def add_paired(res: dict) -> None:
+    """Round-by-round CPU ratios of each target against nginx and HAProxy. Each round runs
+    every target back to back, so a round's ratio cancels what drifts more slowly than a
+    round (other tenants of a shared host, the load generator's core); the median of those
+    ratios, with a confidence interval from the order statistics, says whether a difference
+    is beyond this machine's noise."""
+    for base in ("nginx", "haproxy"):
+        b = res["targets"].get(base, {})
+        if b.get("status") != "ok":
+            continue
+        by_round = {r["round"]: r.get("cpu_us_per_req") for r in b["runs"] if "round" in r}
+        for name, t in res["targets"].items():
+            if name == base or t.get("status") != "ok":
+                continue
+            ratios = sorted(
+                r["cpu_us_per_req"] / by_round[r["round"]]
+                for r in t["runs"]
+                if r.get("cpu_us_per_req") and by_round.get(r.get("round"))
+            )
+            if len(ratios) < 2:
+                continue
+            lo, hi, coverage = median_interval(len(ratios))
+            t.setdefault("paired_cpu", {})[base] = {
+                "median": statistics.median(ratios),
+                "low": ratios[lo - 1],
+                "high": ratios[hi - 1],
+                "coverage": coverage,
+                "rounds": len(ratios),
+            }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1193,6 +1242,17 @@ def markdown(result: dict) -> str:
                        fnum(m.get("errors"))]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        paired = [(t, b, r["paired_cpu"][b]) for t, r in res["targets"].items()
+                  for b in ("nginx", "haproxy") if b in r.get("paired_cpu", {})]
+        if paired:
+            lines += ["CPU µs/req paired round by round: the median of each round's ratio, "
+                      "with a distribution-free confidence interval for it.", "",
+                      "| target | against | median ratio | interval | coverage | rounds |",
+                      "|---|---|---:|---:|---:|---:|"]
+            for t, b, p in paired:
+                lines.append(f"| {t} | {b} | {p['median']:.2f}× | {p['low']:.2f}–{p['high']:.2f}× "
+                             f"| {p['coverage'] * 100:.0f} % | {p['rounds']} |")
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -136,3 +136,52 @@ fn side_by_side_script_loads_and_lists_its_options() {
         assert!(stdout.contains(option), "{option} missing from:\n{stdout}");
     }
 }
+
+/// The paired per-round ratios and their confidence interval (the statistic that says whether a
+/// difference against nginx or HAProxy is beyond the machine's noise), on made-up rounds whose
+/// answer is known: the ranks come from the binomial distribution, the ratios pair by round.
+#[test]
+fn paired_round_ratios_have_a_distribution_free_interval() {
+    let check = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+import run
+assert run.median_interval(5) == (1, 5, 0.9375), run.median_interval(5)
+assert run.median_interval(11) == (2, 10, 0.98828125), run.median_interval(11)
+lo, hi, cov = run.median_interval(30)
+assert (lo, hi) == (10, 21) and 0.95 <= cov < 0.96, (lo, hi, cov)
+def runs(cpus):
+    return [{"round": i + 1, "cpu_us_per_req": c} for i, c in enumerate(cpus)]
+# nginx's rounds drift from 10 to 20 us; Strait's are 0.8x nginx's in the same round, except
+# round 3 (1.5x); HAProxy's rounds are missing round 2, so only four pair with it.
+nginx = [10.0, 12.0, 14.0, 16.0, 20.0]
+res = {"targets": {
+    "strait": {"status": "ok", "runs": runs([n * (1.5 if i == 2 else 0.8) for i, n in enumerate(nginx)])},
+    "nginx": {"status": "ok", "runs": runs(nginx)},
+    "haproxy": {"status": "ok", "runs": [r for r in runs([8.0, 8.0, 8.0, 8.0, 8.0]) if r["round"] != 2]},
+    "direct": {"status": "error", "runs": []},
+}}
+run.add_paired(res)
+p = res["targets"]["strait"]["paired_cpu"]["nginx"]
+assert abs(p["median"] - 0.8) < 1e-9 and abs(p["low"] - 0.8) < 1e-9, p
+assert abs(p["high"] - 1.5) < 1e-9 and p["rounds"] == 5 and p["coverage"] == 0.9375, p
+h = res["targets"]["strait"]["paired_cpu"]["haproxy"]
+assert h["rounds"] == 4 and abs(h["high"] - 14.0 * 1.5 / 8.0) < 1e-9, h
+assert "paired_cpu" not in res["targets"]["direct"]
+assert "nginx" not in res["targets"]["nginx"].get("paired_cpu", {})
+print("ok")
+"#;
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(check)
+        .arg(repo_root().join("benches/harness"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
