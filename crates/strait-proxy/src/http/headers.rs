@@ -363,16 +363,33 @@ fn is_token(s: &str) -> bool {
 
 /// A new random request id: 32 lower-case hex digits (128 bits).
 pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
-    let (hi, lo) = (fastrand::u64(..), fastrand::u64(..));
-    for (i, slot) in out.iter_mut().enumerate() {
-        let word = if i < 16 { hi } else { lo };
-        let nibble = (word >> ((i % 16) * 4)) & 0xf;
-        *slot = HEX[nibble as usize];
-    }
+    let (hi, lo) = out.split_at_mut(16);
+    hi.copy_from_slice(&hex_digits(fastrand::u64(..)));
+    lo.copy_from_slice(&hex_digits(fastrand::u64(..)));
     // Hex digits are always a valid header value.
     made_value(&out).unwrap_or_else(|| HeaderValue::from_static("0"))
+}
+
+/// The 16 nibbles of `x` as lower-case hex digits, least significant first (a random id has
+/// no order to keep). Every nibble is moved into a byte of its own with shifts and masks and
+/// turned into its digit in all 16 bytes at once: a digit at a time cost ~250 instructions a
+/// request id.
+fn hex_digits(x: u64) -> [u8; 16] {
+    const LOW_HALVES: u128 = 0x0000_0000_ffff_ffff_0000_0000_ffff_ffff;
+    const LOW_QUARTERS: u128 = 0x0000_ffff_0000_ffff_0000_ffff_0000_ffff;
+    const LOW_BYTES: u128 = 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
+    const LOW_NIBBLES: u128 = 0x0f0f_0f0f_0f0f_0f0f_0f0f_0f0f_0f0f_0f0f;
+    const EVERY_BYTE: u128 = 0x0101_0101_0101_0101_0101_0101_0101_0101;
+    let mut n = u128::from(x);
+    n = (n | n << 32) & LOW_HALVES;
+    n = (n | n << 16) & LOW_QUARTERS;
+    n = (n | n << 8) & LOW_BYTES;
+    n = (n | n << 4) & LOW_NIBBLES;
+    // 1 in each byte whose nibble is 10 or more (adding 6 carries it into bit 4).
+    let letters = ((n + 6 * EVERY_BYTE) >> 4) & EVERY_BYTE;
+    // '0' + nibble, and for letters the 39 more from '0' + 10 (':') to 'a'.
+    (n + u128::from(b'0') * EVERY_BYTE + letters * 39).to_le_bytes()
 }
 
 /// Bytes of the values [`made_value`] carves, per thread.
@@ -663,6 +680,25 @@ mod tests {
     #[test]
     fn request_ids_differ() {
         assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn request_ids_are_32_lower_case_hex_digits() {
+        for _ in 0..1000 {
+            let id = new_request_id();
+            assert_eq!(id.len(), 32, "{id:?}");
+            assert!(
+                id.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)),
+                "{id:?}"
+            );
+        }
+        // Every nibble, in order from the least significant.
+        assert_eq!(&hex_digits(0xfedc_ba98_7654_3210), b"0123456789abcdef");
+        assert_eq!(&hex_digits(0), b"0000000000000000");
+        assert_eq!(&hex_digits(u64::MAX), b"ffffffffffffffff");
+        assert_eq!(&hex_digits(0xa0), b"0a00000000000000");
     }
 
     #[test]
