@@ -1349,7 +1349,9 @@ fn shadow_host(host: &str) -> String {
 /// The request's host: `:authority` for HTTP/2 (and absolute-form HTTP/1), else `Host`.
 fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     if let Some(authority) = req.uri().authority() {
-        return HeaderValue::from_str(authority.as_str()).ok();
+        // Carved from the worker's shared block: every HTTP/2 request has an authority, and a
+        // value of its own was an allocation each.
+        return headers::made_value(authority.as_str().as_bytes());
     }
     req.headers().get(header::HOST).cloned()
 }
