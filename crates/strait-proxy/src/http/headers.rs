@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use strait_config::{ForwardedMode, HeaderEdits, ProxyHeaders};
 
+use crate::http::inbuf::copied;
+
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The verified client identity on TLS listeners (Envoy's `x-forwarded-client-cert` form).
@@ -199,26 +201,26 @@ fn common_name(raw: &[u8]) -> Option<HeaderName> {
         VARY,
     };
     let word = word_of(raw)?;
-    let is = |name: &Lower| word | name.case == name.word;
-    // Constants matched arm by arm: a table of `HeaderName`s (which have drop glue) would be
-    // built on the stack at every call.
+    let is = |name: Lower| word | name.case == name.word;
+    // Constants matched arm by arm (each name's word computed at compile time): a table of
+    // `HeaderName`s (which have drop glue) would be built on the stack at every call.
     Some(match raw.len() {
-        4 if is(&L_HOST) => HOST,
-        4 if is(&L_DATE) => DATE,
-        4 if is(&L_ETAG) => ETAG,
-        4 if is(&L_VARY) => VARY,
-        6 if is(&L_SERVER) => SERVER,
-        6 if is(&L_ACCEPT) => ACCEPT,
-        6 if is(&L_COOKIE) => COOKIE,
-        10 if is(&L_CONNECTION) => CONNECTION,
-        10 if is(&L_USER_AGENT) => USER_AGENT,
-        10 if is(&L_SET_COOKIE) => SET_COOKIE,
-        12 if is(&L_CONTENT_TYPE) => CONTENT_TYPE,
-        13 if is(&L_CACHE_CONTROL) => CACHE_CONTROL,
-        13 if is(&L_LAST_MODIFIED) => LAST_MODIFIED,
-        13 if is(&L_AUTHORIZATION) => AUTHORIZATION,
-        14 if is(&L_CONTENT_LENGTH) => CONTENT_LENGTH,
-        15 if is(&L_ACCEPT_ENCODING) => ACCEPT_ENCODING,
+        4 if is(const { lower(b"host") }) => HOST,
+        4 if is(const { lower(b"date") }) => DATE,
+        4 if is(const { lower(b"etag") }) => ETAG,
+        4 if is(const { lower(b"vary") }) => VARY,
+        6 if is(const { lower(b"server") }) => SERVER,
+        6 if is(const { lower(b"accept") }) => ACCEPT,
+        6 if is(const { lower(b"cookie") }) => COOKIE,
+        10 if is(const { lower(b"connection") }) => CONNECTION,
+        10 if is(const { lower(b"user-agent") }) => USER_AGENT,
+        10 if is(const { lower(b"set-cookie") }) => SET_COOKIE,
+        12 if is(const { lower(b"content-type") }) => CONTENT_TYPE,
+        13 if is(const { lower(b"cache-control") }) => CACHE_CONTROL,
+        13 if is(const { lower(b"last-modified") }) => LAST_MODIFIED,
+        13 if is(const { lower(b"authorization") }) => AUTHORIZATION,
+        14 if is(const { lower(b"content-length") }) => CONTENT_LENGTH,
+        15 if is(const { lower(b"accept-encoding") }) => ACCEPT_ENCODING,
         _ => return None,
     })
 }
@@ -268,23 +270,6 @@ const fn lower(name: &[u8]) -> Lower {
     }
     Lower { word, case }
 }
-
-const L_HOST: Lower = lower(b"host");
-const L_DATE: Lower = lower(b"date");
-const L_ETAG: Lower = lower(b"etag");
-const L_VARY: Lower = lower(b"vary");
-const L_SERVER: Lower = lower(b"server");
-const L_ACCEPT: Lower = lower(b"accept");
-const L_COOKIE: Lower = lower(b"cookie");
-const L_CONNECTION: Lower = lower(b"connection");
-const L_USER_AGENT: Lower = lower(b"user-agent");
-const L_SET_COOKIE: Lower = lower(b"set-cookie");
-const L_CONTENT_TYPE: Lower = lower(b"content-type");
-const L_CACHE_CONTROL: Lower = lower(b"cache-control");
-const L_LAST_MODIFIED: Lower = lower(b"last-modified");
-const L_AUTHORIZATION: Lower = lower(b"authorization");
-const L_CONTENT_LENGTH: Lower = lower(b"content-length");
-const L_ACCEPT_ENCODING: Lower = lower(b"accept-encoding");
 
 /// True when a `connection` value names no other header: only `keep-alive` and `close`.
 fn names_no_headers(connection: &[u8]) -> bool {
@@ -502,28 +487,11 @@ fn hex_digits(x: u64) -> [u8; 16] {
     (n + u128::from(b'0') * EVERY_BYTE + letters * 39).to_le_bytes()
 }
 
-/// Bytes of the values [`made_value`] carves, per thread.
-const MADE_VALUES_BLOCK: usize = 4096;
-
-/// A header value the proxy writes itself (a request id, a `traceparent`), carved from a
-/// per-thread block shared by many values rather than allocated alone: one allocation per
-/// block instead of one per value, each value holding a reference to its block. A value kept
-/// long keeps its block (4 KiB) alive; these live as long as their request.
+/// A header value the proxy writes itself (a request id, a `traceparent`, an HTTP/2 request's
+/// host), carved from the worker's shared chunk of small copies ([`copied`]) rather than
+/// allocated alone; these live as long as their request.
 pub(crate) fn made_value(bytes: &[u8]) -> Option<HeaderValue> {
-    thread_local! {
-        static BLOCK: std::cell::RefCell<bytes::BytesMut> =
-            std::cell::RefCell::new(bytes::BytesMut::new());
-    }
-    if bytes.len() > MADE_VALUES_BLOCK / 4 {
-        return HeaderValue::from_bytes(bytes).ok();
-    }
-    BLOCK.with_borrow_mut(|block| {
-        if block.capacity() - block.len() < bytes.len() {
-            *block = bytes::BytesMut::with_capacity(MADE_VALUES_BLOCK);
-        }
-        block.extend_from_slice(bytes);
-        HeaderValue::from_maybe_shared(block.split().freeze()).ok()
-    })
+    HeaderValue::from_maybe_shared(copied(bytes)).ok()
 }
 
 /// A route's header edits, parsed once when the config is compiled.
@@ -620,7 +588,8 @@ mod tests {
             assert_eq!(v.as_bytes(), t.as_bytes());
         }
         assert!(made_value(b"bad\nvalue").is_none());
-        let long = "x".repeat(MADE_VALUES_BLOCK);
+        // Longer than a shared chunk holds.
+        let long = "x".repeat(4096);
         assert_eq!(made_value(long.as_bytes()).unwrap().len(), long.len());
         let id = new_request_id();
         assert_eq!(id.len(), 32);

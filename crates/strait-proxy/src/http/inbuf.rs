@@ -38,9 +38,10 @@ const COPY_CHUNK: usize = 2 * 1024;
 const COPY_MOST: usize = 512;
 
 thread_local! {
-    /// Where small copies out of read buffers go: heads and small body chunks, each a slice of
-    /// a shared chunk rather than an allocation of its own (two, with the reference count
-    /// `Bytes` adds once the copy is sliced into header values).
+    /// Where small copies go: heads and small body chunks out of read buffers, and the header
+    /// values the proxy makes (`headers::made_value`), each a slice of a shared chunk rather
+    /// than an allocation of its own (two, with the reference count `Bytes` adds once the copy
+    /// is sliced into header values).
     static COPIES: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
