@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(Some(len)) => {
             let head = data.get(..len).expect("a head within the bytes");
             assert!(
-                head.ends_with(b"\n\n") || head.ends_with(b"\r\n\r\n"),
+                head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n"),
                 "a head ends with an empty line"
             );
         }

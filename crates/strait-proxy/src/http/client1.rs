@@ -14,7 +14,6 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
@@ -26,6 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::http::body::{BodyError, RequestBody};
+use crate::http::head1::{self, HeadError, Slots};
 use crate::http::headers::{
     self, hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
 };
@@ -566,33 +566,24 @@ fn poll_head(conn: &mut Conn1, cx: &mut Context<'_>) -> Poll<Result<Head, Http1E
 
 /// Parses a response head at the start of `bytes`: `None` until it is complete.
 fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
-    // Left uninitialized: filling 128 empty slots (4 KB) cost more than parsing the head.
-    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut parsed,
-        bytes,
-        &mut slots,
-    ) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
+    let mut slots = Slots::new();
+    let line = match slots.parse(bytes, MAX_HEADERS, head1::parse_response) {
+        Ok(Some(line)) => line,
+        Ok(None) => return Ok(None),
+        Err(HeadError::TooManyFields) => {
             return Err(Http1Error::Invalid("more than 128 response headers"))
         }
-        Err(_) => return Err(Http1Error::Invalid("malformed response head")),
+        Err(HeadError::Malformed) => return Err(Http1Error::Invalid("malformed response head")),
     };
-    let status = parsed
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(Http1Error::Invalid("bad status code"))?;
-    let version = match parsed.version {
-        Some(0) => Version::HTTP_10,
+    let status =
+        StatusCode::from_u16(line.code).map_err(|_| Http1Error::Invalid("bad status code"))?;
+    let version = match line.minor {
+        0 => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
     // Header values are slices of one copy of the head: one allocation, not one per value.
-    let base = bytes.as_ptr() as usize;
-    let block = copied(&bytes[..len]);
-    let mut headers = headers::take_map(parsed.headers.len());
+    let block = copied(bytes.get(..line.len).unwrap_or_default());
+    let mut headers = headers::take_map(line.fields);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;
@@ -603,17 +594,18 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
     // headers is kept for `strip_hop_by_hop`, which removes those too.
     let strip = status != StatusCode::SWITCHING_PROTOCOLS;
     let mut end_to_end = strip;
-    for h in parsed.headers.iter() {
-        let name =
-            received_name(h.name.as_bytes()).map_err(|_| Http1Error::Invalid("bad header name"))?;
-        let at = h.value.as_ptr() as usize - base;
-        let value = HeaderValue::from_maybe_shared(block.slice(at..at + h.value.len()))
+    for field in slots.fields(line.fields) {
+        // In range: the parser's offsets lie within the head.
+        let raw_value = bytes.get(field.value()).unwrap_or_default();
+        let name = received_name(bytes.get(field.name()).unwrap_or_default())
+            .map_err(|_| Http1Error::Invalid("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(block.slice(field.value()))
             .map_err(|_| Http1Error::Invalid("bad header value"))?;
         let hop = hop_by_hop_bit(&name);
         // Whether this `connection` names other headers (beyond `keep-alive` and `close`).
         let mut names_others = false;
         if name == header::CONTENT_LENGTH {
-            let n = content_length(h.value).ok_or(Http1Error::Invalid("bad content-length"))?;
+            let n = content_length(raw_value).ok_or(Http1Error::Invalid("bad content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Http1Error::Invalid("conflicting content-length"));
             }
@@ -621,16 +613,15 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
         } else if hop == HOP_TRANSFER_ENCODING {
             encoded = true;
             // Only the last coding says whether the body is chunked.
-            chunked = h
-                .value
+            chunked = raw_value
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if hop == HOP_CONNECTION && h.value == b"keep-alive" {
+        } else if hop == HOP_CONNECTION && raw_value == b"keep-alive" {
             // The usual value, settled without splitting it.
             close = false;
         } else if hop == HOP_CONNECTION {
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            for token in raw_value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -644,7 +635,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
             match hop {
                 HOP_CONNECTION if names_others => end_to_end = false,
                 // `te: trailers` is the one value `strip_hop_by_hop` lets through.
-                HOP_TE if h.value.eq_ignore_ascii_case(b"trailers") => {}
+                HOP_TE if raw_value.eq_ignore_ascii_case(b"trailers") => {}
                 _ => continue,
             }
         }
@@ -666,7 +657,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
         keep_alive,
         end_to_end,
     };
-    Ok(Some((head, len)))
+    Ok(Some((head, line.len)))
 }
 
 /// Where a response body is.
@@ -1180,6 +1171,25 @@ mod tests {
         let mut body = response.into_body();
         assert!((&mut body).collect().await.is_err());
         assert!(body.take_idle().is_none());
+    }
+
+    #[test]
+    fn heads_with_more_fields_than_the_stack_slots_parse_whole() {
+        for count in [head1::FEW_FIELDS + 1, MAX_HEADERS - 1] {
+            let fields: String = (0..count).map(|i| format!("x-{i}: v{i}\r\n")).collect();
+            let head = format!("HTTP/1.1 200 OK\r\n{fields}content-length: 0\r\n\r\n");
+            let (head, len) = parse_head(head.as_bytes()).unwrap().unwrap();
+            assert_eq!(len, fields.len() + 38);
+            assert_eq!(head.headers.len(), count + 1);
+            let last = format!("x-{}", count - 1);
+            assert_eq!(
+                head.headers[last.as_str()],
+                format!("v{}", count - 1).as_str()
+            );
+        }
+        let fields: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let head = format!("HTTP/1.1 200 OK\r\n{fields}\r\n");
+        assert!(parse_head(head.as_bytes()).is_err());
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod client1;
+pub(crate) mod head1;
 pub mod headers;
 pub mod inbuf;
 pub mod pool;

@@ -8,7 +8,7 @@
 //! ~8,000 of 25,800): hyper moves each request through a dispatcher, a body channel and a
 //! write buffer that is flattened and flushed on every turn. Here a small response's head and
 //! body are encoded into one buffer and written with one `send(2)`, request heads are parsed
-//! in place with `httparse` (as hyper does), and nothing is allocated per request but the
+//! in place (by `head1`), and nothing is allocated per request but the
 //! request's own head and the gateway's future.
 //!
 //! What the connection does, in order: wait for a complete head (within the listener's idle
@@ -22,7 +22,6 @@
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -42,6 +41,7 @@ use crate::detect::{self, Protocol};
 use crate::gateway::{self, Connection};
 use crate::http::body::{BodyError, ClientBody, ResponseBody};
 use crate::http::client1::{content_length, put_field, put_hex};
+use crate::http::head1::{self, HeadError, Slots};
 use crate::http::headers::{
     self, hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
@@ -411,59 +411,50 @@ struct Head {
 /// complete, or the status a malformed one is answered with.
 fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
     let bad = StatusCode::BAD_REQUEST;
-    // Left uninitialized: filling 100 empty slots (3.2 KB) cost more than parsing the head.
-    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut []);
-    let len = match parsed.parse_with_uninit_headers(bytes, &mut slots) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-        }
-        Err(_) => return Err(bad),
+    let mut slots = Slots::new();
+    let line = match slots.parse(bytes, MAX_HEADERS, head1::parse_request) {
+        Ok(Some(line)) => line,
+        Ok(None) => return Ok(None),
+        Err(HeadError::TooManyFields) => return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(HeadError::Malformed) => return Err(bad),
     };
-    let (Some(method), Some(path), Some(minor)) = (parsed.method, parsed.path, parsed.version)
-    else {
-        return Err(bad);
-    };
-    let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad)?;
-    let version = if minor == 0 {
+    let method = bytes.get(line.method.clone()).ok_or(bad)?;
+    let method = Method::from_bytes(method).map_err(|_| bad)?;
+    let version = if line.minor == 0 {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
     // Values (and the target) are slices of one copy of the head: one allocation, not one per
     // value.
-    let base = bytes.as_ptr() as usize;
-    let block = copied(bytes.get(..len).ok_or(bad)?);
-    let slice = |part: &[u8]| {
-        let at = part.as_ptr() as usize - base;
-        block.slice(at..at + part.len())
-    };
-    let uri = Uri::from_maybe_shared(slice(path.as_bytes())).map_err(|_| bad)?;
+    let block = copied(bytes.get(..line.len).ok_or(bad)?);
+    let uri = Uri::from_maybe_shared(block.slice(line.target.clone())).map_err(|_| bad)?;
     // Room for the fields the proxy adds on the way (forwarding, request id, trace context),
     // so that adding them does not grow the map.
-    let mut headers = headers::take_map(parsed.headers.len() + ADDED_FIELDS);
+    let mut headers = headers::take_map(line.fields + ADDED_FIELDS);
     let mut length: Option<u64> = None;
     let mut encodings = 0;
     let mut chunked = false;
     let (mut close, mut keep_alive, mut connection_upgrade) = (false, false, false);
     let (mut upgrade, mut trailers, mut expect_continue) = (false, false, false);
-    for h in parsed.headers.iter() {
-        let name = received_name(h.name.as_bytes()).map_err(|_| bad)?;
-        let value = HeaderValue::from_maybe_shared(slice(h.value)).map_err(|_| bad)?;
+    for field in slots.fields(line.fields) {
+        // In range: the parser's offsets lie within the head.
+        let raw_name = bytes.get(field.name()).unwrap_or_default();
+        let raw_value = bytes.get(field.value()).unwrap_or_default();
+        let name = received_name(raw_name).map_err(|_| bad)?;
+        let value = HeaderValue::from_maybe_shared(block.slice(field.value())).map_err(|_| bad)?;
         let hop = hop_by_hop_bit(&name);
         if name == header::CONTENT_LENGTH {
-            let n = content_length(h.value).ok_or(bad)?;
+            let n = content_length(raw_value).ok_or(bad)?;
             if length.is_some_and(|l| l != n) {
                 return Err(bad);
             }
             length = Some(n);
         } else if hop == HOP_TRANSFER_ENCODING {
             encodings += 1;
-            chunked = h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            chunked = raw_value.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if hop == HOP_CONNECTION {
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            for token in raw_value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
@@ -471,12 +462,11 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
         } else if hop == HOP_UPGRADE {
             upgrade = true;
         } else if hop == HOP_TE {
-            trailers |= h
-                .value
+            trailers |= raw_value
                 .split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
         } else if name == header::EXPECT {
-            expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            expect_continue = raw_value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
         headers.append(name, value);
     }
@@ -508,7 +498,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
         upgrade: http11 && connection_upgrade && upgrade,
         trailers,
     };
-    Ok(Some((head, len)))
+    Ok(Some((head, line.len)))
 }
 
 /// What waiting for the next request head ended with. (Large, but made and moved once per
@@ -1222,6 +1212,23 @@ mod tests {
             status(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
+    }
+
+    #[test]
+    fn heads_with_more_fields_than_the_stack_slots_parse_whole() {
+        for count in [head1::FEW_FIELDS, head1::FEW_FIELDS + 1, MAX_HEADERS] {
+            let fields: String = (0..count).map(|i| format!("x-{i}: v{i}\r\n")).collect();
+            let (head, _) = parse(&format!("GET / HTTP/1.1\r\n{fields}\r\n"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(head.headers.len(), count);
+            assert_eq!(head.headers["x-0"], "v0");
+            let last = format!("x-{}", count - 1);
+            assert_eq!(
+                head.headers[last.as_str()],
+                format!("v{}", count - 1).as_str()
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,617 @@
+//! HTTP/1 message heads, delimited: the first thing done with every request head `server1` reads
+//! off a client connection and every response head `client1` reads off an upstream connection.
+//!
+//! This finds where the head ends and where each part of it is (method, target, version or
+//! status; each field's name and value). It checks the parts nothing else checks in full: the
+//! version, the status code and reason, and the request target (`http::Uri` skips a fragment's
+//! bytes). It does **not** check the bytes of the method or of a field's name or value: the
+//! caller builds `http::Method`, `HeaderName` and `HeaderValue` from them, and those
+//! constructors check every byte anyway.
+//! Checking them here too was paying for it twice. `httparse` (which this replaced) checks
+//! them, and then the constructors did again: ~2,100 instructions a request on h1 keep-alive
+//! (callgrind), ~1,100 for a five-field response head alone.
+//!
+//! A complete head is accepted (parsed and then built into `http` types by the caller) exactly
+//! when `httparse` accepts it; the tests compare the two over mutated heads. The difference is
+//! when a malformed head is noticed. `httparse` stops at the first bad byte. Here a line is
+//! looked at once its end has arrived, and a bad name or value when the caller builds it.
+//!
+//! Lines end at `\n`, with or without a `\r` before it, as `httparse` allows. Searching for
+//! `\n` (and for the `:` after a name) is done eight bytes at a time with integer arithmetic:
+//! no `unsafe`, no CPU feature checks.
+
+/// A head is parsed within its first this many bytes, so offsets fit in a `u16`. Callers cap
+/// heads at [`MAX_HEAD`](crate::http::inbuf::MAX_HEAD) (64 KiB) anyway: a head not complete
+/// within these bytes is reported incomplete, and the caller's size limit ends it.
+pub(crate) const MAX_PARSED: usize = u16::MAX as usize;
+
+/// Field slots a caller keeps on the stack: heads with more fields are parsed again into
+/// slots on the heap. (Zeroing room for the most a head may have, 100 or 128, on every parse
+/// cost ~70 instructions a head.)
+pub(crate) const FEW_FIELDS: usize = 24;
+
+/// Where one field is in its head: byte offsets of the name and of the value (without the
+/// whitespace around it). Neither has been checked: see the module's description.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Field {
+    name_at: u16,
+    name_end: u16,
+    value_at: u16,
+    value_end: u16,
+}
+
+impl Field {
+    pub(crate) fn name(self) -> std::ops::Range<usize> {
+        self.name_at as usize..self.name_end as usize
+    }
+
+    pub(crate) fn value(self) -> std::ops::Range<usize> {
+        self.value_at as usize..self.value_end as usize
+    }
+}
+
+/// Why a head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    /// A line that is not what belongs there.
+    Malformed,
+    /// More fields than the caller has room for.
+    TooManyFields,
+}
+
+/// A complete request head. The method is an unchecked byte range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RequestLine {
+    pub(crate) method: std::ops::Range<usize>,
+    pub(crate) target: std::ops::Range<usize>,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub(crate) minor: u8,
+    /// How many of the caller's field slots were filled.
+    pub(crate) fields: usize,
+    /// The head's length, its final empty line included.
+    pub(crate) len: usize,
+}
+
+/// A complete response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StatusLine {
+    pub(crate) code: u16,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub(crate) minor: u8,
+    /// How many of the caller's field slots were filled.
+    pub(crate) fields: usize,
+    /// The head's length, its final empty line included.
+    pub(crate) len: usize,
+}
+
+/// What a step of the parse found: `Ok(None)` means the bytes ran out before it could tell.
+type Step<T> = Result<Option<T>, HeadError>;
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit set in each byte of `x` that equals `b`. Bits above the first such byte may
+/// be wrong (a borrow carries into the next byte up); the lowest set bit is always right, and
+/// it is the only one read.
+fn bytes_equal(x: u64, b: u8) -> u64 {
+    let y = x ^ (ONES * u64::from(b));
+    y.wrapping_sub(ONES) & !y & HIGHS
+}
+
+/// The offset of the first `b` at or after `at`, if it has arrived.
+fn find(bytes: &[u8], at: usize, b: u8) -> Option<usize> {
+    let rest = bytes.get(at..)?;
+    let mut words = rest.chunks_exact(8);
+    let mut word_at = at;
+    for word in &mut words {
+        let Ok(word) = <[u8; 8]>::try_from(word) else {
+            break;
+        };
+        let found = bytes_equal(u64::from_le_bytes(word), b);
+        if found != 0 {
+            return Some(word_at + found.trailing_zeros() as usize / 8);
+        }
+        word_at += 8;
+    }
+    let tail = words.remainder();
+    tail.iter().position(|&c| c == b).map(|i| word_at + i)
+}
+
+/// Where the content of the line ending with the `\n` at `newline` ends (before `\r\n` or `\n`).
+fn content_end(bytes: &[u8], line_at: usize, newline: usize) -> usize {
+    if newline > line_at && bytes.get(newline - 1) == Some(&b'\r') {
+        newline - 1
+    } else {
+        newline
+    }
+}
+
+/// The next line from `at`: where its content ends and where the next line starts, once its
+/// `\n` has arrived.
+fn line(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
+    let newline = find(bytes, at, b'\n')?;
+    Some((content_end(bytes, at, newline), newline + 1))
+}
+
+/// Skips the empty lines a peer may send before the first line (as `httparse` does).
+fn skip_empty_lines(bytes: &[u8], mut at: usize) -> Step<usize> {
+    loop {
+        match bytes.get(at) {
+            None => return Ok(None),
+            Some(b'\r') => match bytes.get(at + 1) {
+                None => return Ok(None),
+                Some(b'\n') => at += 2,
+                Some(_) => return Err(HeadError::Malformed),
+            },
+            Some(b'\n') => at += 1,
+            Some(_) => return Ok(Some(at)),
+        }
+    }
+}
+
+/// `HTTP/1.0` or `HTTP/1.1`: the minor version.
+fn version(text: &[u8]) -> Result<u8, HeadError> {
+    match text {
+        b"HTTP/1.1" => Ok(1),
+        b"HTTP/1.0" => Ok(0),
+        _ => Err(HeadError::Malformed),
+    }
+}
+
+/// The head's first line, past any empty lines before it: the bytes within [`MAX_PARSED`],
+/// where the line starts, where its content ends and where the next line starts.
+#[inline(always)]
+fn first_line(bytes: &[u8]) -> Step<(&[u8], usize, usize, usize)> {
+    let bytes = bytes.get(..MAX_PARSED).unwrap_or(bytes);
+    let Some(at) = skip_empty_lines(bytes, 0)? else {
+        return Ok(None);
+    };
+    Ok(line(bytes, at).map(|(end, next)| (bytes, at, end, next)))
+}
+
+/// A head's field slots: a few on the stack, and room on the heap only for a head that has
+/// more fields than those.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    few: [Field; FEW_FIELDS],
+    many: Vec<Field>,
+}
+
+impl Slots {
+    #[inline(always)]
+    pub(crate) fn new() -> Self {
+        Self {
+            few: [Field::default(); FEW_FIELDS],
+            many: Vec::new(),
+        }
+    }
+
+    /// Parses a head with `parse` (`parse_request` or `parse_response`) into the few slots,
+    /// and again into `most` slots if it has more fields.
+    #[inline(always)]
+    pub(crate) fn parse<T>(
+        &mut self,
+        bytes: &[u8],
+        most: usize,
+        parse: fn(&[u8], &mut [Field]) -> Step<T>,
+    ) -> Step<T> {
+        match parse(bytes, &mut self.few) {
+            Err(HeadError::TooManyFields) if most > FEW_FIELDS => {
+                self.many.resize(most, Field::default());
+                parse(bytes, &mut self.many)
+            }
+            parsed => parsed,
+        }
+    }
+
+    /// The first `count` fields parsed.
+    #[inline(always)]
+    pub(crate) fn fields(&self, count: usize) -> &[Field] {
+        let all = if self.many.is_empty() {
+            &self.few[..]
+        } else {
+            &self.many[..]
+        };
+        all.get(..count).unwrap_or_default()
+    }
+}
+
+/// Parses a request head at the start of `bytes` into `fields`.
+pub(crate) fn parse_request(bytes: &[u8], fields: &mut [Field]) -> Step<RequestLine> {
+    let Some((bytes, at, end, next)) = first_line(bytes)? else {
+        return Ok(None);
+    };
+    // method SP target SP version: the version is the line's last eight bytes.
+    let text = bytes.get(at..end).unwrap_or_default();
+    let Some(method_len) = text.iter().position(|&b| b == b' ') else {
+        return Err(HeadError::Malformed);
+    };
+    let target_at = at + method_len + 1;
+    let Some(version_at) = end.checked_sub(8).filter(|&v| v > target_at + 1) else {
+        return Err(HeadError::Malformed);
+    };
+    if bytes.get(version_at - 1) != Some(&b' ') {
+        return Err(HeadError::Malformed);
+    }
+    let minor = version(bytes.get(version_at..end).unwrap_or_default())?;
+    // `http::Uri` does not look at the bytes of a fragment (after `#`), so the target is
+    // checked here: visible ASCII, or UTF-8 above it, as `httparse` requires.
+    let target = bytes.get(target_at..version_at - 1).unwrap_or_default();
+    if !target.iter().all(|&b| b > b' ' && b != 0x7f)
+        || !target.is_ascii() && std::str::from_utf8(target).is_err()
+    {
+        return Err(HeadError::Malformed);
+    }
+    let Some((count, len)) = parse_fields(bytes, next, fields)? else {
+        return Ok(None);
+    };
+    Ok(Some(RequestLine {
+        method: at..at + method_len,
+        target: target_at..version_at - 1,
+        minor,
+        fields: count,
+        len,
+    }))
+}
+
+/// Parses a response head at the start of `bytes` into `fields`.
+pub(crate) fn parse_response(bytes: &[u8], fields: &mut [Field]) -> Step<StatusLine> {
+    let Some((bytes, at, end, next)) = first_line(bytes)? else {
+        return Ok(None);
+    };
+    // version SP 3DIGIT [SP reason]
+    let text = bytes.get(at..end).unwrap_or_default();
+    let Some((head, reason)) = text.split_at_checked(12) else {
+        return Err(HeadError::Malformed);
+    };
+    let minor = version(head.get(..8).unwrap_or_default())?;
+    let [b' ', digits @ ..] = head.get(8..).unwrap_or_default() else {
+        return Err(HeadError::Malformed);
+    };
+    let mut code = 0u16;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(HeadError::Malformed);
+        }
+        code = code * 10 + u16::from(d - b'0');
+    }
+    // The reason is dropped, so nothing else would check it: tab, space, visible ASCII and
+    // obs-text, as `httparse` allows.
+    match reason {
+        [] => {}
+        [b' ', phrase @ ..]
+            if phrase
+                .iter()
+                .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f)) => {}
+        _ => return Err(HeadError::Malformed),
+    }
+    let Some((count, len)) = parse_fields(bytes, next, fields)? else {
+        return Ok(None);
+    };
+    Ok(Some(StatusLine {
+        code,
+        minor,
+        fields: count,
+        len,
+    }))
+}
+
+/// Delimits header fields from `at` up to and including the empty line that ends them: how
+/// many there were and the offset after the head.
+fn parse_fields(bytes: &[u8], mut at: usize, fields: &mut [Field]) -> Step<(usize, usize)> {
+    let mut count = 0;
+    loop {
+        match bytes.get(at) {
+            None => return Ok(None),
+            Some(b'\n') => return Ok(Some((count, at + 1))),
+            Some(b'\r') => {
+                return match bytes.get(at + 1) {
+                    None => Ok(None),
+                    Some(b'\n') => Ok(Some((count, at + 2))),
+                    Some(_) => Err(HeadError::Malformed),
+                }
+            }
+            Some(_) => {}
+        }
+        // The name runs to the first colon, and the value from there to the line's end: each
+        // byte is looked at once. A line without a colon makes the "name" run across the line
+        // break, and building it (which refuses `\r` and `\n`) refuses the head.
+        let Some(colon) = find(bytes, at, b':') else {
+            // No colon yet: malformed if this line is whole, else wait for more.
+            return match find(bytes, at, b'\n') {
+                Some(_) => Err(HeadError::Malformed),
+                None => Ok(None),
+            };
+        };
+        let Some(newline) = find(bytes, colon + 1, b'\n') else {
+            return Ok(None);
+        };
+        let end = content_end(bytes, colon + 1, newline);
+        let value = bytes.get(colon + 1..end).unwrap_or_default();
+        let value_at = colon
+            + 1
+            + value
+                .iter()
+                .position(|&b| b != b' ' && b != b'\t')
+                .unwrap_or(value.len());
+        let value_end = colon
+            + 1
+            + value
+                .iter()
+                .rposition(|&b| b != b' ' && b != b'\t')
+                .map_or(0, |i| i + 1);
+        let Some(slot) = fields.get_mut(count) else {
+            return Err(HeadError::TooManyFields);
+        };
+        // Offsets fit: `bytes` is at most MAX_PARSED long.
+        *slot = Field {
+            name_at: at as u16,
+            name_end: colon as u16,
+            value_at: value_at as u16,
+            value_end: value_end.max(value_at) as u16,
+        };
+        count += 1;
+        at = newline + 1;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http::header::{HeaderName, HeaderValue};
+    use http::{Method, Uri};
+    use std::mem::MaybeUninit;
+
+    /// A head's outcome once its parts are built into `http` types, as the callers do.
+    #[derive(Debug, PartialEq)]
+    enum Outcome<'a> {
+        Partial,
+        TooMany,
+        Malformed,
+        Request(&'a [u8], &'a [u8], u8, Fields<'a>, usize),
+        Response(u16, u8, Fields<'a>, usize),
+    }
+
+    type Fields<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+    const SLOTS: usize = 6;
+
+    /// Whether the callers' constructors take every part.
+    fn built<'a>(method: Option<&[u8]>, target: Option<&[u8]>, fields: &Fields<'a>) -> bool {
+        method.is_none_or(|m| Method::from_bytes(m).is_ok())
+            && target.is_none_or(|t| Uri::try_from(t).is_ok())
+            && fields.iter().all(|(n, v)| {
+                HeaderName::from_bytes(n).is_ok() && HeaderValue::from_bytes(v).is_ok()
+            })
+    }
+
+    fn reference_request(bytes: &[u8]) -> Outcome<'_> {
+        let mut slots = [const { MaybeUninit::uninit() }; SLOTS];
+        let mut req = httparse::Request::new(&mut []);
+        match req.parse_with_uninit_headers(bytes, &mut slots) {
+            Ok(httparse::Status::Complete(len)) => {
+                let method = req.method.unwrap_or_default().as_bytes();
+                let target = req.path.unwrap_or_default().as_bytes();
+                let fields = req
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.as_bytes(), h.value))
+                    .collect();
+                if !built(Some(method), Some(target), &fields) {
+                    return Outcome::Malformed;
+                }
+                Outcome::Request(method, target, req.version.unwrap_or(9), fields, len)
+            }
+            Ok(httparse::Status::Partial) => Outcome::Partial,
+            Err(httparse::Error::TooManyHeaders) => Outcome::TooMany,
+            Err(_) => Outcome::Malformed,
+        }
+    }
+
+    fn reference_response(bytes: &[u8]) -> Outcome<'_> {
+        let mut slots = [const { MaybeUninit::uninit() }; SLOTS];
+        let mut res = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, bytes, &mut slots)
+        {
+            Ok(httparse::Status::Complete(len)) => {
+                let fields = res
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.as_bytes(), h.value))
+                    .collect();
+                if !built(None, None, &fields) {
+                    return Outcome::Malformed;
+                }
+                Outcome::Response(
+                    res.code.unwrap_or_default(),
+                    res.version.unwrap_or(9),
+                    fields,
+                    len,
+                )
+            }
+            Ok(httparse::Status::Partial) => Outcome::Partial,
+            Err(httparse::Error::TooManyHeaders) => Outcome::TooMany,
+            Err(_) => Outcome::Malformed,
+        }
+    }
+
+    fn listed<'a>(bytes: &'a [u8], fields: &[Field], count: usize) -> Fields<'a> {
+        fields[..count]
+            .iter()
+            .map(|f| (&bytes[f.name()], &bytes[f.value()]))
+            .collect()
+    }
+
+    fn ours_request(bytes: &[u8]) -> Outcome<'_> {
+        let mut fields = [Field::default(); SLOTS];
+        match parse_request(bytes, &mut fields) {
+            Ok(None) => Outcome::Partial,
+            Err(HeadError::TooManyFields) => Outcome::TooMany,
+            Err(HeadError::Malformed) => Outcome::Malformed,
+            Ok(Some(l)) => {
+                let list = listed(bytes, &fields, l.fields);
+                let (method, target) = (&bytes[l.method], &bytes[l.target]);
+                if !built(Some(method), Some(target), &list) {
+                    return Outcome::Malformed;
+                }
+                Outcome::Request(method, target, l.minor, list, l.len)
+            }
+        }
+    }
+
+    fn ours_response(bytes: &[u8]) -> Outcome<'_> {
+        let mut fields = [Field::default(); SLOTS];
+        match parse_response(bytes, &mut fields) {
+            Ok(None) => Outcome::Partial,
+            Err(HeadError::TooManyFields) => Outcome::TooMany,
+            Err(HeadError::Malformed) => Outcome::Malformed,
+            Ok(Some(l)) => {
+                let list = listed(bytes, &fields, l.fields);
+                if !built(None, None, &list) {
+                    return Outcome::Malformed;
+                }
+                Outcome::Response(l.code, l.minor, list, l.len)
+            }
+        }
+    }
+
+    /// Ours against `httparse`'s: the same head and fields whenever either accepts it. A
+    /// refusal may come later here (once the line or the head is whole) and may be "too many
+    /// fields" where `httparse` saw a bad byte in an earlier one.
+    fn agree(bytes: &[u8], ours: &Outcome<'_>, theirs: &Outcome<'_>) -> bool {
+        let fine = match (ours, theirs) {
+            (Outcome::Partial, Outcome::Partial | Outcome::Malformed) => true,
+            (Outcome::Malformed, Outcome::Malformed) => true,
+            (Outcome::TooMany, Outcome::TooMany | Outcome::Malformed) => true,
+            (a, b) => a == b,
+        };
+        assert!(
+            fine,
+            "{:?}: ours {ours:?}, httparse {theirs:?}",
+            bytes.escape_ascii().to_string()
+        );
+        matches!(ours, Outcome::Request(..) | Outcome::Response(..))
+    }
+
+    const REQUESTS: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.0\r\nAccept: */*\r\n\r\n",
+        b"POST /upload?a=1&b=%20 HTTP/1.0\r\nContent-Length: 5\r\nX-Long-Value: abcdefghijklmnopqrstuvwxyz0123456789\r\n\r\nhello",
+        b"\r\n\nOPTIONS * HTTP/1.1\nhost:x\nempty:\nspaced:  a b \t \n\n",
+        b"M-SEARCH http://h/p HTTP/1.1\r\nX:\t\ttab\tin\tvalue\t\r\nY: obs\xe9text\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\nG: 7\r\n\r\n",
+    ];
+
+    const RESPONSES: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 04 Dec 2026 14:07:49 GMT\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: keep-alive\r\n\r\nhello",
+        b"HTTP/1.0 404\r\nX: y\r\n\r\n",
+        b"\r\nHTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nConnection: Upgrade\n\n",
+        b"HTTP/1.1 500 Internal \t Error \xff\r\nA:\r\nB: \t\r\nC: 1\r\nD: 2\r\nE: 3\r\nF: 4\r\nG: 5\r\n\r\n",
+    ];
+
+    /// Bytes that sit on the boundaries the parsers decide on.
+    const INTERESTING: &[u8] = b"\r\n\t :/HT10\x00\x7f\x80\xff\"(,aZ9-!~";
+
+    fn mutated(rng: &mut fastrand::Rng, base: &[u8]) -> Vec<u8> {
+        let mut v = base.to_vec();
+        for _ in 0..rng.usize(1..4) {
+            let at = rng.usize(..=v.len());
+            let b = if rng.bool() {
+                INTERESTING[rng.usize(..INTERESTING.len())]
+            } else {
+                rng.u8(..)
+            };
+            match rng.u8(..3) {
+                0 if at < v.len() => v[at] = b,
+                1 => v.insert(at, b),
+                _ if at < v.len() => {
+                    v.remove(at);
+                }
+                _ => v.push(b),
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn every_prefix_parses_as_httparse_parses_it() {
+        for head in REQUESTS {
+            for end in 0..=head.len() {
+                let b = &head[..end];
+                agree(b, &ours_request(b), &reference_request(b));
+            }
+        }
+        for head in RESPONSES {
+            for end in 0..=head.len() {
+                let b = &head[..end];
+                agree(b, &ours_response(b), &reference_response(b));
+            }
+        }
+        // Whole, every one is accepted, but the last of each with one field too many.
+        let (last, others) = REQUESTS.split_last().unwrap();
+        assert!(others
+            .iter()
+            .all(|h| matches!(ours_request(h), Outcome::Request(..))));
+        assert_eq!(ours_request(last), Outcome::TooMany);
+        let (last, others) = RESPONSES.split_last().unwrap();
+        assert!(others
+            .iter()
+            .all(|h| matches!(ours_response(h), Outcome::Response(..))));
+        assert_eq!(ours_response(last), Outcome::TooMany);
+    }
+
+    #[test]
+    fn mutated_heads_are_accepted_exactly_when_httparse_accepts_them() {
+        let mut rng = fastrand::Rng::with_seed(0x5742_a17e);
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            for (bases, request) in [(REQUESTS, true), (RESPONSES, false)] {
+                let base = bases[rng.usize(..bases.len())];
+                let v = mutated(&mut rng, base);
+                let (ours, theirs) = if request {
+                    (ours_request(&v), reference_request(&v))
+                } else {
+                    (ours_response(&v), reference_response(&v))
+                };
+                if agree(&v, &ours, &theirs) {
+                    accepted += 1;
+                } else if ours != Outcome::Partial {
+                    refused += 1;
+                }
+            }
+        }
+        // The mutations reach both sides of the decision.
+        assert!(
+            accepted > 5_000 && refused > 5_000,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn a_byte_is_found_at_any_position_among_any_bytes() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..100_000 {
+            let mut bytes = [0u8; 19];
+            rng.fill(&mut bytes);
+            for b in [b'\n', b':', bytes[rng.usize(..19)]] {
+                let from = rng.usize(..19);
+                let expected = bytes[from..].iter().position(|&c| c == b).map(|i| from + i);
+                assert_eq!(
+                    find(&bytes, from, b),
+                    expected,
+                    "{bytes:02x?} {b:02x} from {from}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn heads_past_the_offset_range_are_not_read_past_it() {
+        let mut head = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        head.resize(MAX_PARSED + 100, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        let mut fields = [Field::default(); 4];
+        assert_eq!(parse_request(&head, &mut fields), Ok(None));
+    }
+}
