@@ -580,7 +580,11 @@ fn forward_to<'a>(
             // An HTTP/1 upgrade keeps its `upgrade` headers and becomes a byte tunnel on 101.
             let upgrade = req.version() == Version::HTTP_11
                 && cluster.protocol == UpstreamProtocol::Http1
-                && headers::is_upgrade_request(req.headers());
+                && match req.body() {
+                    // Seen as the head was parsed.
+                    ClientBody::Http1(body) => body.is_upgrade(),
+                    ClientBody::Hyper(_) => headers::is_upgrade_request(req.headers()),
+                };
             let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
 
             let version = version_label(req.version());
@@ -1427,10 +1431,15 @@ fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
         })
 }
 
-fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+fn is_grpc(req: &Request<ClientBody>) -> bool {
+    match req.body() {
+        // Seen as the head was parsed.
+        ClientBody::Http1(body) => body.is_grpc(),
+        ClientBody::Hyper(_) => req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+    }
 }
 
 fn version_label(v: Version) -> &'static str {

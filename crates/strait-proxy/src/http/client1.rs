@@ -449,8 +449,9 @@ fn start(
         s.put_slice(target.as_bytes());
     }
     s.put_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(authority) = parts.uri.authority() {
+    // (The gateway sends origin-form targets with `host` set: the lookup is skipped then.)
+    if let Some(authority) = parts.uri.authority() {
+        if !parts.headers.contains_key(header::HOST) {
             put_field(s, b"host", authority.as_str().as_bytes());
         }
     }

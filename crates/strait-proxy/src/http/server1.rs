@@ -285,12 +285,28 @@ pub struct RequestBody1 {
     inbound: Rc<RefCell<Inbound>>,
     /// The socket, once the answer to an upgrade request switched protocols.
     upgrade: Option<oneshot::Receiver<UpgradedClient>>,
+    /// The head's (first) `content-type` says gRPC.
+    grpc: bool,
 }
 
+// What the head's parse saw, carried with the body so the gateway need not look the headers
+// up again (a hashed lookup each; an extension on the request would cost an allocation).
 impl RequestBody1 {
     /// Where the client's socket comes once a 101 answer to this (upgrade) request is written.
     pub(crate) fn take_upgrade(&mut self) -> Option<oneshot::Receiver<UpgradedClient>> {
         self.upgrade.take()
+    }
+
+    /// The request is an HTTP/1.1 upgrade (`connection: upgrade` and an `upgrade` header), and
+    /// its socket has not been taken yet.
+    pub(crate) fn is_upgrade(&self) -> bool {
+        self.upgrade.is_some()
+    }
+
+    /// The request's `content-type` is gRPC's (`application/grpc`, `application/grpc+proto`,
+    /// ...).
+    pub(crate) fn is_grpc(&self) -> bool {
+        self.grpc
     }
 }
 
@@ -405,6 +421,8 @@ struct Head {
     upgrade: bool,
     /// `te: trailers`: a chunked answer may end with trailer fields.
     trailers: bool,
+    /// The first `content-type` starts with `application/grpc`.
+    grpc: bool,
 }
 
 /// Parses a request head at the start of `bytes`: the head and its length, `None` until it is
@@ -437,6 +455,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
     let mut chunked = false;
     let (mut close, mut keep_alive, mut connection_upgrade) = (false, false, false);
     let (mut upgrade, mut trailers, mut expect_continue) = (false, false, false);
+    let mut grpc = None;
     for field in slots.fields(line.fields) {
         // In range: the parser's offsets lie within the head.
         let raw_name = bytes.get(field.name()).unwrap_or_default();
@@ -467,6 +486,8 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
         } else if name == header::EXPECT {
             expect_continue = raw_value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::CONTENT_TYPE && grpc.is_none() {
+            grpc = Some(raw_value.starts_with(b"application/grpc"));
         }
         headers.append(name, value);
     }
@@ -497,6 +518,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
         keep_alive: !close && (http11 || keep_alive),
         upgrade: http11 && connection_upgrade && upgrade,
         trailers,
+        grpc: grpc.unwrap_or(false),
     };
     Ok(Some((head, line.len)))
 }
@@ -662,6 +684,7 @@ fn exchange<'a>(
         expect_continue,
         upgrade,
         trailers,
+        grpc,
     } = head;
     {
         let mut inb = inbound.borrow_mut();
@@ -678,6 +701,7 @@ fn exchange<'a>(
     let mut request = Request::new(ClientBody::Http1(RequestBody1 {
         inbound: Rc::clone(inbound),
         upgrade: upgrade_rx,
+        grpc,
     }));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -1250,6 +1274,19 @@ mod tests {
             head("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\ncontent-length: 5\r\n\r\n")
                 .expect_continue
         );
+    }
+
+    #[test]
+    fn grpc_is_told_by_the_first_content_type() {
+        let head = |raw: &str| parse(raw).unwrap().unwrap().0;
+        assert!(head("POST /s/M HTTP/1.1\r\nContent-Type: application/grpc\r\n\r\n").grpc);
+        assert!(head("POST /s/M HTTP/1.1\r\ncontent-type: application/grpc+proto\r\n\r\n").grpc);
+        assert!(!head("POST / HTTP/1.1\r\ncontent-type: application/json\r\n\r\n").grpc);
+        assert!(!head("GET / HTTP/1.1\r\n\r\n").grpc);
+        // As `HeaderMap::get` reads it: the first value.
+        let two =
+            "POST / HTTP/1.1\r\ncontent-type: text/plain\r\ncontent-type: application/grpc\r\n\r\n";
+        assert!(!head(two).grpc);
     }
 
     #[test]
