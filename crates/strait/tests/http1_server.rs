@@ -411,6 +411,35 @@ async fn control_bytes_in_a_header_value_and_space_before_the_colon_get_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_heads_are_counted_by_the_status_they_got() {
+    let up = Upstream::echo("up").await;
+    let proxy = proxy_to(&up).await;
+    let many: String = (0..101).map(|i| format!("x-{i}: v\r\n")).collect();
+    let too_many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+    for (request, status) in [
+        (&b"HELLO\r\n\r\n"[..], 400),
+        (b"GET / HTTP/1.1\r\nHost : h1.example\r\n\r\n", 400),
+        (too_many.as_bytes(), 431),
+        (
+            b"POST / HTTP/1.1\r\nHost: h1.example\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+        ),
+    ] {
+        assert_refused(&proxy, &up, request, status).await;
+    }
+    // A good request is not counted.
+    let mut client = Client::connect(&proxy).await;
+    assert_eq!(client.request(&get("/fine")).await.status, 200);
+    let metrics = proxy.admin_get("/metrics").await.text();
+    for (status, count) in [("400", 2), ("431", 1), ("501", 1)] {
+        let line = format!(
+            "strait_listener_malformed_requests_total{{listener=\"main\",status=\"{status}\"}} {count}"
+        );
+        assert!(metrics.contains(&line), "no {line:?} in:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let up = Upstream::echo("up").await;
     let proxy = proxy_to(&up).await;

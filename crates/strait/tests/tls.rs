@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -338,6 +339,35 @@ async fn sessions_resume() {
             "expiry {e}, now {now}"
         );
     }
+}
+
+/// hyper serves HTTP/1.1 over TLS and answers a malformed head itself: the listener still
+/// counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_heads_over_tls_are_counted() {
+    let dir = Dir::new();
+    let ca = Ca::new("test CA");
+    let up = Upstream::echo("app").await;
+    let (listener, _) = tls_listener(&dir, &ca, "");
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    let cfg = client_config(&ca.pem(), &[b"http/1.1"], None);
+    let mut stream = handshake(proxy.listen, cfg, "api.example.com")
+        .await
+        .expect("handshake");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost : api.example.com\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    let line = "strait_listener_malformed_requests_total{listener=\"main\",status=\"400\"} 1";
+    let counted = eventually(Duration::from_secs(5), || async {
+        proxy.admin_get("/metrics").await.text().contains(line)
+    })
+    .await;
+    assert!(counted, "{}", proxy.admin_get("/metrics").await.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

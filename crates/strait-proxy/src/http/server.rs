@@ -49,7 +49,15 @@ pub(crate) async fn serve_h2c(
     idle_timeout: Option<Duration>,
     drain: watch::Receiver<bool>,
 ) {
-    serve_http(TokioIo::new(io), Protocol::Http2, conn, idle_timeout, drain).await;
+    serve_http(
+        TokioIo::new(io),
+        Protocol::Http2,
+        conn,
+        idle_timeout,
+        None,
+        drain,
+    )
+    .await;
 }
 
 async fn serve_tls(
@@ -95,7 +103,15 @@ async fn serve_tls(
             .and_then(crate::tls::spiffe_id),
     };
     let _ = conn.tls.set(info);
-    serve_http(TokioIo::new(stream), protocol, conn, idle_timeout, drain).await;
+    serve_http(
+        TokioIo::new(stream),
+        protocol,
+        conn,
+        idle_timeout,
+        stats,
+        drain,
+    )
+    .await;
 }
 
 /// hyper's HTTP/1 server as every client connection uses it: keep-alive, and the client's
@@ -109,12 +125,14 @@ fn http1_server(header_timeout: Option<Duration>) -> hyper::server::conn::http1:
     builder
 }
 
-/// Serves HTTP on a connection whose protocol is known, over plain TCP or TLS.
+/// Serves HTTP on a connection whose protocol is known, over plain TCP or TLS. `stats` counts
+/// the HTTP/1 request heads hyper refuses as malformed.
 async fn serve_http<I>(
     io: TokioIo<I>,
     protocol: Protocol,
     conn: Rc<Connection>,
     idle_timeout: Option<Duration>,
+    stats: Option<Arc<ListenerStats>>,
     mut drain: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
@@ -171,6 +189,17 @@ async fn serve_http<I>(
         }
     };
     if let Err(e) = result {
+        // hyper answered a malformed head itself: 431 for one too large (414 for a target too
+        // long, counted with them), 400 for the rest.
+        if protocol == Protocol::Http1 && e.is_parse() && !e.is_parse_version_h2() {
+            if let Some(s) = &stats {
+                s.malformed_request(if e.is_parse_too_large() {
+                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                } else {
+                    http::StatusCode::BAD_REQUEST
+                });
+            }
+        }
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
 }

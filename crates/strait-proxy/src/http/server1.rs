@@ -150,6 +150,9 @@ pub(crate) async fn serve_http1(
             }
             NextHead::Reject(status) => {
                 tracing::debug!(%peer, %status, "malformed request head");
+                if let Some(s) = &stats {
+                    s.malformed_request(status);
+                }
                 Box::pin(reject(&inbound, status)).await;
                 return;
             }

@@ -201,7 +201,13 @@ pub struct ListenerStats {
     tls_full: AtomicU64,
     tls_resumed: AtomicU64,
     tls_failures: [AtomicU64; 2],
+    /// Malformed request heads, by the status they were answered with (see [`MALFORMED`]).
+    malformed: [AtomicU64; 3],
 }
+
+/// The statuses a malformed HTTP/1 request head is answered with, in the order
+/// `ListenerStats::malformed` counts them.
+const MALFORMED: [&str; 3] = ["400", "431", "501"];
 
 /// Why a TLS handshake with a client failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +250,17 @@ impl ListenerStats {
     /// Counts a failed TLS handshake.
     pub fn tls_failed(&self, why: TlsFailure) {
         self.tls_failures[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a malformed HTTP/1 request head, answered with `status` (400, 431 or 501; any
+    /// other 4xx or 5xx counts as 400) before it reached a route.
+    pub fn malformed_request(&self, status: http::StatusCode) {
+        let at = match status.as_u16() {
+            431 => 1,
+            501 => 2,
+            _ => 0,
+        };
+        self.malformed[at].fetch_add(1, Relaxed);
     }
 
     /// Counts a connection closed at accept because the listener's connection rate was spent.
@@ -672,6 +689,20 @@ impl Collector for StoreCollector {
             for (l, s) in &listeners {
                 for (kind, n) in [("full", &s.tls_full), ("resumed", &s.tls_resumed)] {
                     let labels = [("listener", l.as_str()), ("kind", kind)];
+                    ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "strait_listener_malformed_requests",
+                "HTTP/1 request heads refused as malformed before routing, by the status answered (400, 431, 501).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (l, s) in &listeners {
+                for (status, n) in MALFORMED.iter().zip(&s.malformed) {
+                    let labels = [("listener", l.as_str()), ("status", *status)];
                     ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
                 }
             }
