@@ -195,7 +195,8 @@ impl Slots {
         most: usize,
         parse: fn(&[u8], &mut [Field]) -> Step<T>,
     ) -> Step<T> {
-        match parse(bytes, &mut self.few) {
+        let few = most.min(FEW_FIELDS);
+        match parse(bytes, self.few.get_mut(..few).unwrap_or_default()) {
             Err(HeadError::TooManyFields) if most > FEW_FIELDS => {
                 self.many.resize(most, Field::default());
                 parse(bytes, &mut self.many)
@@ -602,6 +603,31 @@ mod tests {
                     expected,
                     "{bytes:02x?} {b:02x} from {from}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn slots_hold_at_most_the_fields_asked_for() {
+        let head = |n: usize| {
+            let fields: String = (0..n).map(|i| format!("x-{i}: {i}\r\n")).collect();
+            format!("GET / HTTP/1.1\r\n{fields}\r\n")
+        };
+        for (most, n, fits) in [(3, 3, true), (3, 4, false), (30, 30, true), (30, 31, false)] {
+            let bytes = head(n);
+            let mut slots = Slots::new();
+            let parsed = slots.parse(bytes.as_bytes(), most, parse_request);
+            match parsed {
+                Ok(Some(line)) => {
+                    assert!(fits, "{n} fields in {most} slots");
+                    let last = slots.fields(line.fields).last().copied().unwrap();
+                    assert_eq!(
+                        &bytes.as_bytes()[last.value()],
+                        (n - 1).to_string().as_bytes()
+                    );
+                }
+                Err(HeadError::TooManyFields) => assert!(!fits, "{n} fields in {most} slots"),
+                other => panic!("{other:?}"),
             }
         }
     }
