@@ -439,6 +439,45 @@ async fn malformed_heads_are_counted_by_the_status_they_got() {
     }
 }
 
+/// An answer that does not wait for the request's body (here a direct response): a small
+/// rest of the body is read and dropped and the connection serves on, as nginx does; a large
+/// one still ends the connection after the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_body_left_unread_by_an_early_answer_is_dropped_and_the_connection_kept() {
+    let up = Upstream::echo("up").await;
+    let config = format!(
+        "listeners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
+         - match: {{ path: {{ exact: /early }} }}\n        \
+         direct_response: {{ status: 403, body: no }}\n      \
+         - match: {{ path: {{ prefix: / }} }}\n        backends: [{{ cluster: echo }}]\n\
+         clusters:\n  - name: echo\n    endpoints: [{{ address: \"{}\" }}]\n",
+        up.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let sized = b"POST /early HTTP/1.1\r\nHost: h1.example\r\nContent-Length: 10\r\n\r\n0123456789";
+    let chunked = b"POST /early HTTP/1.1\r\nHost: h1.example\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    5\r\nhello\r\n0\r\n\r\n";
+    for request in [&sized[..], &chunked[..]] {
+        let mut client = Client::connect(&proxy).await;
+        let reply = client.request(request).await;
+        assert_eq!(reply.status, 403);
+        let after = client.request(&get("/after")).await;
+        assert_eq!(
+            after.status, 200,
+            "the connection serves on after the early answer"
+        );
+        assert_eq!(after.echo()["uri"], "/after");
+    }
+    // More than 64 KiB still to come: not waited for.
+    let mut client = Client::connect(&proxy).await;
+    let head = b"POST /early HTTP/1.1\r\nHost: h1.example\r\nContent-Length: 1000000\r\n\r\n";
+    client.send(head).await;
+    assert_eq!(client.response().await.status, 403);
+    client
+        .assert_closed("the answer to a large unread body")
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let up = Upstream::echo("up").await;

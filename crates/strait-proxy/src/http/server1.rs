@@ -16,8 +16,10 @@
 //! 400, 431 or 501 and close; serve the request; write the response framed by content-length,
 //! chunked encoding or (HTTP/1.0) the connection's end; then either keep the connection for the
 //! next request (pipelined bytes are kept) or close it: the client or the answer asked for it,
-//! the request body was not read to its end, or the listener drains. An idle connection on a
-//! worker that holds many gives back its buffers, so it costs its socket and a small task.
+//! the request body was not read to its end (after an early answer, a rest of up to 64 KiB
+//! that arrives within 500 ms is read and dropped first), or the listener drains. An idle
+//! connection on a worker that holds many gives back its buffers, so it costs its socket and
+//! a small task.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -321,31 +323,10 @@ impl Body for RequestBody1 {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut guard = self.inbound.borrow_mut();
-        let Inbound {
-            io,
-            rd,
-            body,
-            interim,
-            nagle,
-        } = &mut *guard;
-        if matches!(body, BodyState::Done) {
-            return Poll::Ready(None);
+        match ready!(self.inbound.borrow_mut().poll_body(cx)) {
+            Ok(frame) => Poll::Ready(frame.map(Ok)),
+            Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
         }
-        let Some(io) = io.as_mut() else {
-            // The connection closed under the body.
-            *body = BodyState::Failed;
-            return Poll::Ready(Some(Err(Box::new(RequestBodyError::Closed))));
-        };
-        let read = poll_request_body(io, rd, body, interim, nagle, cx);
-        let frame = match ready!(read) {
-            Ok(frame) => frame,
-            Err(e) => {
-                *body = BodyState::Failed;
-                return Poll::Ready(Some(Err(Box::new(e))));
-            }
-        };
-        Poll::Ready(frame.map(Ok))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -358,6 +339,36 @@ impl Body for RequestBody1 {
             BodyState::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
+    }
+}
+
+impl Inbound {
+    /// The next frame of the current request's body; `None` at its end. A failure (or the
+    /// connection gone) leaves the body failed.
+    fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Frame<Bytes>>, RequestBodyError>> {
+        let Inbound {
+            io,
+            rd,
+            body,
+            interim,
+            nagle,
+        } = self;
+        if matches!(body, BodyState::Done) {
+            return Poll::Ready(Ok(None));
+        }
+        let Some(io) = io.as_mut() else {
+            // The connection closed under the body.
+            *body = BodyState::Failed;
+            return Poll::Ready(Err(RequestBodyError::Closed));
+        };
+        let read = ready!(poll_request_body(io, rd, body, interim, nagle, cx));
+        if read.is_err() {
+            *body = BodyState::Failed;
+        }
+        Poll::Ready(read)
     }
 }
 
@@ -740,8 +751,11 @@ fn exchange<'a>(
             close = true;
         }
         poll_fn(|cx| out.poll_send(inbound, &mut body, &mut framing, cx)).await?;
-        // The connection carries another request only once this one's body was read whole.
-        let read_whole = matches!(inbound.borrow().body, BodyState::Done);
+        // The connection carries another request only once this one's body was read whole:
+        // after an answer that did not wait for it (a refusal, a direct response), a small
+        // rest is read and dropped first.
+        let read_whole = matches!(inbound.borrow().body, BodyState::Done)
+            || !close && Box::pin(discard_rest(inbound)).await;
         Ok(if close || !read_whole {
             After::Close
         } else {
@@ -1091,6 +1105,37 @@ impl Outbox {
             self.sent = 0;
         }
     }
+}
+
+/// Reads and drops what is left of a request body that its answer did not wait for, so that
+/// the connection can carry the next request (nginx does the same). Bounded, because the
+/// client may be slow or may not send the body at all (an `expect: 100-continue` request
+/// answered without the 100): at most `LINGER_BYTES` more, within `LINGER`. Past either, or
+/// on an error, `false`, and the connection is closed as before.
+async fn discard_rest(inbound: &RefCell<Inbound>) -> bool {
+    let mut budget = LINGER_BYTES as u64;
+    if let BodyState::Length(left) = inbound.borrow().body {
+        if left > budget {
+            return false;
+        }
+    }
+    let drained = poll_fn(|cx| {
+        let mut inb = inbound.borrow_mut();
+        loop {
+            match ready!(inb.poll_body(cx)) {
+                Ok(Some(frame)) => {
+                    let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    match budget.checked_sub(n) {
+                        Some(rest) => budget = rest,
+                        None => return Poll::Ready(false),
+                    }
+                }
+                Ok(None) => return Poll::Ready(matches!(inb.body, BodyState::Done)),
+                Err(_) => return Poll::Ready(false),
+            }
+        }
+    });
+    tokio::time::timeout(LINGER, drained).await.unwrap_or(false)
 }
 
 /// Answers a malformed request head and closes the connection.
