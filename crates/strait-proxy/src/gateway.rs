@@ -1126,7 +1126,7 @@ fn grpc_to_http(code: u16) -> StatusCode {
 /// A gRPC answer: its content type says so (a gRPC status is looked for only there).
 fn is_grpc_answer(map: &http::HeaderMap) -> bool {
     map.get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .is_some_and(|v| headers::is_grpc_content_type(v.as_bytes()))
 }
 
 /// `grpc-status` of a head or trailers.
@@ -1438,7 +1438,7 @@ fn is_grpc(req: &Request<ClientBody>) -> bool {
         ClientBody::Hyper(_) => req
             .headers()
             .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+            .is_some_and(|v| headers::is_grpc_content_type(v.as_bytes())),
     }
 }
 

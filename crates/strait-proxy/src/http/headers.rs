@@ -271,6 +271,11 @@ const fn lower(name: &[u8]) -> Lower {
     Lower { word, case }
 }
 
+/// A `content-type` that says gRPC (`application/grpc`, `application/grpc+proto`, ...).
+pub(crate) fn is_grpc_content_type(value: &[u8]) -> bool {
+    value.starts_with(b"application/grpc")
+}
+
 /// True when a `connection` value names no other header: only `keep-alive` and `close`.
 fn names_no_headers(connection: &[u8]) -> bool {
     // The usual value, before splitting.

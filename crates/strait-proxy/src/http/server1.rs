@@ -501,7 +501,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
         } else if name == header::EXPECT {
             expect_continue = raw_value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::CONTENT_TYPE && grpc.is_none() {
-            grpc = Some(raw_value.starts_with(b"application/grpc"));
+            grpc = Some(headers::is_grpc_content_type(raw_value));
         }
         headers.append(name, value);
     }
