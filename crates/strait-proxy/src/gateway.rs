@@ -35,7 +35,8 @@ use strait_config::{HashOn, UpstreamProtocol};
 
 use crate::balance::hash_key;
 use crate::http::body::{
-    BodyError, ClientBody, FromUpstream, RequestBody, ResponseBody, TeeBody, UpstreamBody,
+    complete_headers, BodyError, ClientBody, FromUpstream, RequestBody, ResponseBody, TeeBody,
+    UpstreamBody,
 };
 use crate::http::client1;
 use crate::http::headers::{self, Hop, X_STRAIT_ERROR};
@@ -460,8 +461,12 @@ pub(crate) fn serve(
                 }
             },
         };
-        action.response_headers.apply(response.headers_mut());
+        if !action.response_headers.is_empty() {
+            complete_headers(&mut response);
+            action.response_headers.apply(response.headers_mut());
+        }
         if let Some(via) = &listener.proxy_headers.via {
+            complete_headers(&mut response);
             headers::append_via(response.headers_mut(), "1.1", via);
         }
         answered(listener, stats, log, trace, &mut response, started);
@@ -489,6 +494,7 @@ fn answered(
 
 /// Records a span's answer; the span ends with the response body.
 fn end_with_response(mut span: OpenSpan, response: &mut Response<ResponseBody>) {
+    complete_headers(response);
     span.set_status(response.status().as_u16());
     if let Some(cause) = response.headers().get(&X_STRAIT_ERROR) {
         span.set_error(String::from_utf8_lossy(cause.as_bytes()).into_owned());
@@ -559,6 +565,13 @@ fn forward_to<'a>(
     trace: Option<&'a RequestTrace>,
 ) -> impl std::future::Future<Output = Response<ResponseBody>> + 'a {
     async move {
+        // The answer's head may be passed on as it came (see `client1::RawHead`) when nothing
+        // reads or changes its headers on the way and `server1` writes it: no upgrade, no
+        // response header edits, no `via`, no trace (its span looks for an error header).
+        let keep_raw = matches!(req.body(), ClientBody::Http1(body) if !body.is_upgrade())
+            && trace.is_none()
+            && action.response_headers.is_empty()
+            && listener.proxy_headers.via.is_none();
         // Made in a block: what the request was made of is dead, and takes no room in the future,
         // by the time the future waits (a named result would keep its room, too).
         #[allow(clippy::blocks_in_conditions)]
@@ -803,6 +816,7 @@ fn forward_to<'a>(
             addr,
             request,
             upgrade,
+            keep_raw,
             counters,
             traceparent.as_ref()
         ));
@@ -1173,13 +1187,14 @@ type Sent = Response<FromUpstream>;
 ///
 /// A plain function returning an `async` block: an `async fn` would hold its arguments twice
 /// (as passed, and as its locals), and this future is moved by value on every request.
-#[allow(clippy::manual_async_fn)]
+#[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
 fn send<'a>(
     pool: &'a Pool,
     cluster: &'a ClusterPlan,
     addr: SocketAddr,
     mut request: Request<RequestBody>,
     upgrade: bool,
+    keep_raw: bool,
     counters: Option<&'a EndpointCounters>,
     traceparent: Option<&'a TraceparentValue>,
 ) -> impl std::future::Future<Output = Result<Sent, SendError>> + 'a {
@@ -1232,17 +1247,18 @@ fn send<'a>(
                 }
                 let traceparent = traceparent.map(TraceparentValue::as_bytes);
                 // Only the request is kept from a failure: the future holds no more than it.
-                let request = match client1::send(conn, request, upgrade, traceparent).await {
-                    Ok(response) => return Ok(response.map(FromUpstream::Http1)),
-                    Err(client1::SendFailed {
-                        unsent: Some(request),
-                        ..
-                    }) => request,
-                    Err(failed) => return Err(SendError::Upstream(Box::new(failed.error))),
-                };
+                let request =
+                    match client1::send(conn, request, upgrade, traceparent, keep_raw).await {
+                        Ok(response) => return Ok(response.map(FromUpstream::Http1)),
+                        Err(client1::SendFailed {
+                            unsent: Some(request),
+                            ..
+                        }) => request,
+                        Err(failed) => return Err(SendError::Upstream(Box::new(failed.error))),
+                    };
                 let conn = checkout(true).await.map_err(SendError::Connect)?;
                 opened();
-                client1::send(conn, request, upgrade, traceparent)
+                client1::send(conn, request, upgrade, traceparent, keep_raw)
                     .await
                     .map(|response| response.map(FromUpstream::Http1))
                     .map_err(|failed| SendError::Upstream(Box::new(failed.error)))
@@ -1325,9 +1341,18 @@ fn spawn_mirror(
         };
         let limit = timeout.unwrap_or(std::time::Duration::from_secs(15));
         let exchange = async {
-            let response = send(&worker.pool, &cluster, addr, request, false, None, None)
-                .await
-                .ok()?;
+            let response = send(
+                &worker.pool,
+                &cluster,
+                addr,
+                request,
+                false,
+                false,
+                None,
+                None,
+            )
+            .await
+            .ok()?;
             let pool = Some(Rc::clone(&worker.pool));
             let body = UpstreamBody::new(response.into_body(), None, pool, None);
             http_body_util::BodyExt::collect(body).await.ok()

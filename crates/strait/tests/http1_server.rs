@@ -478,6 +478,95 @@ async fn a_small_body_left_unread_by_an_early_answer_is_dropped_and_the_connecti
         .await;
 }
 
+/// An upstream that answers each request on a connection with the next of `answers`, bytes
+/// exactly as given.
+async fn raw_upstream(answers: &'static [&'static str]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                for answer in answers.iter().cycle() {
+                    while find(&got, b"\r\n\r\n").is_none() {
+                        match stream.read(&mut buf).await {
+                            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    let end = find(&got, b"\r\n\r\n").unwrap_or_default();
+                    got.drain(..end + 4);
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_head_is_passed_on_as_it_came_without_its_hop_by_hop_fields() {
+    // The second answer brings its own date; the others get the proxy's.
+    static ANSWERS: &[&str] = &[
+        "HTTP/1.1 200 OK\r\nServer: Raw/1\r\nX-Mixed-Case: Kept As Sent\r\n\
+         Keep-Alive: timeout=5\r\nContent-Length: 2\r\nContent-Length: 2\r\n\
+         Connection: keep-alive\r\nX-Last:\tlast \r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 204 No Content\r\nX-Mixed-Case: 204\r\nContent-Length: 0\r\n\r\n",
+    ];
+    let up = raw_upstream(ANSWERS).await;
+    let config = format!(
+        "listeners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
+         - match: {{ path: {{ prefix: /edited }} }}\n        backends: [{{ cluster: raw }}]\n        \
+         response_headers: {{ remove: [x-mixed-case], add: {{ x-added: \"1\" }} }}\n      \
+         - backends: [{{ cluster: raw }}]\n\
+         clusters:\n  - name: raw\n    endpoints: [{{ address: \"{up}\" }}]\n"
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut client = Client::connect(&proxy).await;
+
+    let first = client.request(&get("/")).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, b"ok");
+    // Names as the upstream spelt them, values as sent (without the whitespace around them).
+    for line in [
+        "\r\nServer: Raw/1\r\n",
+        "\r\nX-Mixed-Case: Kept As Sent\r\n",
+        "\r\nX-Last: last\r\n",
+    ] {
+        assert!(first.head.contains(line), "{line:?} in {}", first.head);
+    }
+    let count = |reply: &Reply, name: &str| reply.headers.iter().filter(|(n, _)| n == name).count();
+    assert_eq!(count(&first, "content-length"), 1, "{}", first.head);
+    assert_eq!(count(&first, "date"), 1, "{}", first.head);
+    assert_eq!(count(&first, "keep-alive"), 0, "{}", first.head);
+    assert_eq!(count(&first, "connection"), 0, "{}", first.head);
+
+    let second = client.request(&get("/")).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(count(&second, "date"), 1, "{}", second.head);
+    assert_eq!(second.header("date"), Some("Thu, 01 Jan 2026 00:00:00 GMT"));
+
+    let third = client.request(&get("/")).await;
+    assert_eq!(third.status, 204);
+    assert_eq!(count(&third, "content-length"), 0, "{}", third.head);
+    assert_eq!(third.header("x-mixed-case"), Some("204"));
+
+    // A route that edits the answer's headers finds the upstream's among them.
+    let mut client = Client::connect(&proxy).await;
+    let edited = client.request(&get("/edited")).await;
+    assert_eq!(edited.status, 200);
+    assert_eq!(edited.header("x-mixed-case"), None, "{}", edited.head);
+    assert_eq!(edited.header("server"), Some("Raw/1"));
+    assert_eq!(edited.header("x-added"), Some("1"));
+    assert_eq!(edited.body, b"ok");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let up = Upstream::echo("up").await;

@@ -309,6 +309,8 @@ impl<'a> Tries<'a> {
                 addr,
                 request,
                 false,
+                // The policy reads the answer's headers: they are built into its map.
+                false,
                 counters,
                 traceparent.as_ref()
             ));

@@ -336,6 +336,36 @@ impl ResponseBody {
     }
 }
 
+impl ResponseBody {
+    /// The upstream head's fields, when they were kept as they came rather than put into the
+    /// response's map (see [`RawHead`](crate::http::client1::RawHead)).
+    pub(crate) fn raw_head(&self) -> Option<&crate::http::client1::RawHead> {
+        match self {
+            ResponseBody::Upstream(UpstreamBody {
+                inner: FromUpstream::Http1(body),
+                ..
+            }) => body.raw_head(),
+            _ => None,
+        }
+    }
+}
+
+/// Puts the upstream head's fields kept as they came, if they were, into the response's map:
+/// for code that reads or changes the response's headers (and may not have been foreseen when
+/// they were kept).
+pub(crate) fn complete_headers(response: &mut http::Response<ResponseBody>) {
+    let raw = match response.body_mut() {
+        ResponseBody::Upstream(UpstreamBody {
+            inner: FromUpstream::Http1(body),
+            ..
+        }) => body.take_raw_head(),
+        _ => None,
+    };
+    if let Some(raw) = raw {
+        raw.fill(response.headers_mut());
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;

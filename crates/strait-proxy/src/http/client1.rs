@@ -353,7 +353,8 @@ pub struct SendFailed {
 /// both ended cleanly. `upgrade`: the request asks to switch protocols; a 101 answer then
 /// leaves the connection in the body, to be taken with [`Body1::into_upgraded`].
 /// `traceparent`: a `traceparent` value written into the head after the request's headers
-/// (which then have none), rather than made a header value first.
+/// (which then have none), rather than made a header value first. `keep_raw`: the response's
+/// fields may be kept as they came (see [`RawHead`]); its `HeaderMap` then holds none of them.
 ///
 /// The head is encoded when this is called, before the future exists: an `async fn` would
 /// keep its arguments (the request) in its future beside what it makes of them, and every
@@ -363,6 +364,7 @@ pub fn send(
     request: Request<RequestBody>,
     upgrade: bool,
     traceparent: Option<&[u8]>,
+    keep_raw: bool,
 ) -> impl std::future::Future<Output = Result<Response<Body1>, SendFailed>> {
     let head_only = request.method() == Method::HEAD;
     let (mut writer, parts) = start(&mut conn, request, traceparent);
@@ -373,7 +375,7 @@ pub fn send(
                     return Poll::Ready(Err(e));
                 }
             }
-            poll_head(&mut conn, cx)
+            poll_head(&mut conn, keep_raw, cx)
         })
         .await;
         let head = match polled {
@@ -421,6 +423,7 @@ pub fn send(
             state,
             keep_alive: head.keep_alive,
             end_to_end_head: head.end_to_end,
+            raw: head.raw,
         };
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
@@ -536,13 +539,114 @@ struct Head {
     keep_alive: bool,
     /// `headers` holds no hop-by-hop header: [`parse_head`] left them out.
     end_to_end: bool,
+    /// The fields kept as they came, when they were not built into `headers`.
+    raw: Option<Box<RawHead>>,
+}
+
+/// A response head's fields kept as they came rather than built into a `HeaderMap`: for an
+/// answer that goes to an HTTP/1 client with no header of it read or changed on the way, whose
+/// head `server1` then writes by copying these fields. Building the map cost ~250 instructions
+/// a field (the name hashed, the value's bytes shared and checked, the entry inserted, then
+/// iterated, dropped and the map recycled) to write the same bytes out again.
+///
+/// Only end-to-end fields are here: the hop-by-hop ones were left out as for the map. Names
+/// keep the case the upstream gave them, as nginx passes them on.
+#[derive(Debug)]
+pub struct RawHead {
+    /// The head's bytes; the fields' offsets point into it.
+    block: Bytes,
+    fields: [head1::Field; RAW_FIELDS],
+    count: u8,
+    /// The kept `content-length` field (the first; later ones, equal to it, were dropped).
+    length: Option<(u8, u64)>,
+    /// A `date` field is among them.
+    date: bool,
+}
+
+/// The most fields a [`RawHead`] keeps; a head with more is built into a map.
+const RAW_FIELDS: usize = 16;
+
+impl RawHead {
+    fn new(block: Bytes) -> Box<Self> {
+        Box::new(RawHead {
+            block,
+            fields: [head1::Field::default(); RAW_FIELDS],
+            count: 0,
+            length: None,
+            date: false,
+        })
+    }
+
+    /// Each field's name (as received) and value.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let fields = self
+            .fields
+            .get(..usize::from(self.count))
+            .unwrap_or_default();
+        fields.iter().map(|f| {
+            (
+                self.block.get(f.name()).unwrap_or_default(),
+                self.block.get(f.value()).unwrap_or_default(),
+            )
+        })
+    }
+
+    /// The declared length and the index of its field among [`RawHead::fields`].
+    pub fn content_length(&self) -> Option<(usize, u64)> {
+        self.length.map(|(at, n)| (usize::from(at), n))
+    }
+
+    /// Whether a `date` field is among the fields.
+    pub fn has_date(&self) -> bool {
+        self.date
+    }
+
+    /// Appends the fields to `map`, in order.
+    fn append_to(&self, map: &mut HeaderMap) {
+        let fields = self
+            .fields
+            .get(..usize::from(self.count))
+            .unwrap_or_default();
+        for f in fields {
+            // Both were checked as the head was parsed, as the map would have: neither fails.
+            let name = received_name(self.block.get(f.name()).unwrap_or_default());
+            let value = HeaderValue::from_maybe_shared(self.block.slice(f.value()));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                map.append(name, value);
+            }
+        }
+    }
+
+    /// Puts the fields into `map` ahead of those it holds (added to the response since).
+    pub fn fill(&self, map: &mut HeaderMap) {
+        if map.is_empty() {
+            self.append_to(map);
+            return;
+        }
+        let added = std::mem::replace(map, headers::take_map(usize::from(self.count) + map.len()));
+        self.append_to(map);
+        let mut last = None;
+        for (name, value) in added {
+            // `None`: another value of the name before it.
+            if let Some(name) = name {
+                last = Some(name);
+            }
+            if let Some(name) = &last {
+                map.append(name.clone(), value);
+            }
+        }
+    }
 }
 
 /// Reads until a final (non-1xx, or 101) response head is in, and parses it.
-fn poll_head(conn: &mut Conn1, cx: &mut Context<'_>) -> Poll<Result<Head, Http1Error>> {
+fn poll_head(
+    conn: &mut Conn1,
+    keep_raw: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Head, Http1Error>> {
     loop {
         if !conn.rd.is_empty() {
-            if let Some((head, len)) = parse_head(conn.rd.buffered())? {
+            if let Some((head, len)) = parse_head(conn.rd.buffered(), keep_raw)? {
                 conn.rd.consume(len);
                 let interim = head.status.is_informational()
                     && head.status != StatusCode::SWITCHING_PROTOCOLS;
@@ -565,8 +669,9 @@ fn poll_head(conn: &mut Conn1, cx: &mut Context<'_>) -> Poll<Result<Head, Http1E
     }
 }
 
-/// Parses a response head at the start of `bytes`: `None` until it is complete.
-fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
+/// Parses a response head at the start of `bytes`: `None` until it is complete. `keep_raw`:
+/// the fields may be kept as they came (see [`RawHead`]) rather than built into a map.
+fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Http1Error> {
     let mut slots = Slots::new();
     let line = match slots.parse(bytes, MAX_HEADERS, head1::parse_response) {
         Ok(Some(line)) => line,
@@ -584,7 +689,13 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
     };
     // Header values are slices of one copy of the head: one allocation, not one per value.
     let block = copied(bytes.get(..line.len).unwrap_or_default());
-    let mut headers = headers::take_map(line.fields);
+    // Not for a 101: its hop-by-hop headers stay, for the tunnel's answer.
+    let mut raw = (keep_raw && status != StatusCode::SWITCHING_PROTOCOLS && line.fields > 0)
+        .then(|| RawHead::new(block.clone()));
+    let mut headers = match raw {
+        Some(_) => HeaderMap::new(),
+        None => headers::take_map(line.fields),
+    };
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;
@@ -600,8 +711,17 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
         let raw_value = bytes.get(field.value()).unwrap_or_default();
         let name = received_name(bytes.get(field.name()).unwrap_or_default())
             .map_err(|_| Http1Error::Invalid("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(block.slice(field.value()))
-            .map_err(|_| Http1Error::Invalid("bad header value"))?;
+        // Checked once: as a `HeaderValue` is built for the map, or here for a kept field.
+        let value = match raw {
+            Some(_) if !head1::is_field_value(raw_value) => {
+                return Err(Http1Error::Invalid("bad header value"));
+            }
+            Some(_) => None,
+            None => Some(
+                HeaderValue::from_maybe_shared(block.slice(field.value()))
+                    .map_err(|_| Http1Error::Invalid("bad header value"))?,
+            ),
+        };
         let hop = hop_by_hop_bit(&name);
         // Whether this `connection` names other headers (beyond `keep-alive` and `close`).
         let mut names_others = false;
@@ -640,7 +760,45 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
                 _ => continue,
             }
         }
-        headers.append(name, value);
+        if let Some(kept) = raw.as_mut() {
+            // A gRPC answer's head is read on the way (its status), so it is built into a map.
+            let grpc = name == header::CONTENT_TYPE && headers::is_grpc_content_type(raw_value);
+            let count = usize::from(kept.count);
+            if !grpc && count < RAW_FIELDS {
+                if name == header::CONTENT_LENGTH {
+                    if kept.length.is_some() {
+                        // Equal to the first (checked above): one is written.
+                        continue;
+                    }
+                    kept.length = length.map(|n| (kept.count, n));
+                }
+                kept.date |= name == header::DATE;
+                if let Some(slot) = kept.fields.get_mut(count) {
+                    *slot = *field;
+                    kept.count += 1;
+                }
+                continue;
+            }
+            if let Some(kept) = raw.take() {
+                headers = headers::take_map(line.fields);
+                kept.fill(&mut headers);
+            }
+        }
+        let value = match value {
+            Some(value) => Ok(value),
+            // Checked above as this would: it does not fail.
+            None => HeaderValue::from_maybe_shared(block.slice(field.value())),
+        };
+        if let Ok(value) = value {
+            headers.append(name, value);
+        }
+    }
+    if !end_to_end {
+        // `strip_hop_by_hop` removes what `connection` names: from a map.
+        if let Some(kept) = raw.take() {
+            headers = headers::take_map(line.fields);
+            kept.fill(&mut headers);
+        }
     }
     let framing = match (encoded, chunked, length) {
         (true, true, _) => BodyFraming::Chunked,
@@ -657,6 +815,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Http1Error> {
         framing,
         keep_alive,
         end_to_end,
+        raw,
     };
     Ok(Some((head, line.len)))
 }
@@ -688,6 +847,8 @@ pub struct Body1 {
     keep_alive: bool,
     /// The response's head holds no hop-by-hop header (see [`parse_head`]).
     end_to_end_head: bool,
+    /// The head's fields, when kept as they came: the response's map holds none of them.
+    raw: Option<Box<RawHead>>,
 }
 
 impl Body1 {
@@ -695,6 +856,16 @@ impl Body1 {
     /// nothing for `strip_hop_by_hop` to do.
     pub fn end_to_end_head(&self) -> bool {
         self.end_to_end_head
+    }
+
+    /// The head's fields, when they were kept as they came.
+    pub fn raw_head(&self) -> Option<&RawHead> {
+        self.raw.as_deref()
+    }
+
+    /// The head's fields kept as they came, taken to be put into the response's map.
+    pub fn take_raw_head(&mut self) -> Option<Box<RawHead>> {
+        self.raw.take()
     }
 
     /// The connection, when the body ended cleanly and the connection can take another
@@ -905,7 +1076,9 @@ mod tests {
         request: Request<RequestBody>,
     ) -> (Response<Body1>, Vec<u8>) {
         let (addr, server) = upstream(reply, piece, false).await;
-        let response = send(conn(addr).await, request, false, None).await.unwrap();
+        let response = send(conn(addr).await, request, false, None, false)
+            .await
+            .unwrap();
         let (got, sock) = server.await.unwrap();
         // Keep the upstream's end open for as long as the test reads the answer.
         std::mem::forget(sock);
@@ -938,7 +1111,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_are_left_out_of_the_parsed_head() {
-        let head = |text: &str| parse_head(text.as_bytes()).unwrap().unwrap().0;
+        let head = |text: &str| parse_head(text.as_bytes(), false).unwrap().unwrap().0;
         let names =
             |h: &Head| -> Vec<String> { h.headers.keys().map(|n| n.as_str().to_owned()).collect() };
 
@@ -979,6 +1152,107 @@ mod tests {
         );
         assert!(!switched.end_to_end);
         assert_eq!(names(&switched), ["connection", "upgrade"]);
+    }
+
+    /// The fields of a head as a map: built while parsing, or kept as they came and put into
+    /// a map afterwards (holding `added`, fields the proxy added since).
+    fn parsed_map(text: &str, keep_raw: bool, added: &[(&str, &str)]) -> (Head, Vec<String>) {
+        let (mut head, _) = parse_head(text.as_bytes(), keep_raw).unwrap().unwrap();
+        let mut map = std::mem::take(&mut head.headers);
+        for (n, v) in added {
+            map.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        if let Some(raw) = head.raw.take() {
+            raw.fill(&mut map);
+        }
+        let mut fields = Vec::new();
+        for name in map.keys() {
+            for value in map.get_all(name) {
+                fields.push(format!("{name}: {}", value.to_str().unwrap()));
+            }
+        }
+        (head, fields)
+    }
+
+    #[test]
+    fn a_head_kept_as_it_came_holds_what_the_map_would() {
+        let heads = [
+            // Kept: names in their case, hop-by-hop ones out, one content-length.
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri, 04 Dec 2026 16:19:36 GMT\r\n\
+             Content-Type: text/plain\r\nContent-Length: 20\r\nConnection: keep-alive\r\n\
+             Keep-Alive: timeout=5\r\nx-a: 1\r\nX-A: 2\r\nte: trailers\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n",
+            "HTTP/1.0 404 Not Found\r\nx-tab:\tv\tw \r\n\r\n",
+            // Built into a map: a gRPC answer, a `connection` naming a field, a 101, many fields.
+            "HTTP/1.1 200 OK\r\nx-b: 1\r\ncontent-type: application/grpc-web\r\nx-c: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx-hop: 1\r\nconnection: x-hop\r\nx-d: 2\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: ws\r\n\r\n",
+        ];
+        let many: String = (0..RAW_FIELDS + 3)
+            .map(|i| format!("x-{i}: {i}\r\n"))
+            .collect();
+        let many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        let kept = |text: &str| {
+            parse_head(text.as_bytes(), true)
+                .unwrap()
+                .unwrap()
+                .0
+                .raw
+                .is_some()
+        };
+        for (i, text) in heads.iter().copied().chain([many.as_str()]).enumerate() {
+            let added = [("x-added", "yes"), ("x-a", "3")];
+            let (built, expected) = parsed_map(text, false, &added);
+            let (raw, got) = parsed_map(text, true, &added);
+            let mut expected = expected;
+            if i == 1 {
+                // The second, equal `content-length` is dropped.
+                expected.remove(1);
+            }
+            assert_eq!(got, expected, "{text:?}");
+            assert_eq!(
+                (raw.end_to_end, raw.keep_alive),
+                (built.end_to_end, built.keep_alive)
+            );
+            assert_eq!(kept(text), i < 3, "{text:?}");
+        }
+
+        let (head, _) = parse_head(heads[0].as_bytes(), true).unwrap().unwrap();
+        let raw = head.raw.unwrap();
+        assert!(head.headers.is_empty());
+        let fields: Vec<String> = raw
+            .fields()
+            .map(|(n, v)| {
+                format!(
+                    "{}: {}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(v)
+                )
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "Server: nginx",
+                "Date: Fri, 04 Dec 2026 16:19:36 GMT",
+                "Content-Type: text/plain",
+                "Content-Length: 20",
+                "x-a: 1",
+                "X-A: 2",
+                "te: trailers"
+            ]
+        );
+        assert_eq!(raw.content_length(), Some((3, 20)));
+        assert!(raw.has_date());
+        // Refused as the map refuses them.
+        for bad in ["x: a\x7fb", "x: a\x01", "x y: 1"] {
+            let text = format!("HTTP/1.1 200 OK\r\n{bad}\r\n\r\n");
+            assert!(parse_head(text.as_bytes(), true).is_err(), "{bad:?}");
+            assert!(parse_head(text.as_bytes(), false).is_err(), "{bad:?}");
+        }
     }
 
     #[tokio::test]
@@ -1046,7 +1320,9 @@ mod tests {
             true,
         )
         .await;
-        let response = send(conn(addr).await, get("/"), false, None).await.unwrap();
+        let response = send(conn(addr).await, get("/"), false, None, false)
+            .await
+            .unwrap();
         let mut body = response.into_body();
         let data = (&mut body).collect().await.unwrap().to_bytes();
         assert_eq!(data, "until the end");
@@ -1112,7 +1388,7 @@ mod tests {
             false,
         )
         .await;
-        let response = send(conn(addr).await, post("3", b"abc"), false, None)
+        let response = send(conn(addr).await, post("3", b"abc"), false, None, false)
             .await
             .unwrap();
         assert!(response.body().is_end_stream());
@@ -1139,7 +1415,7 @@ mod tests {
             false,
         )
         .await;
-        let failed = send(conn(addr).await, post("999", b"abc"), false, None)
+        let failed = send(conn(addr).await, post("999", b"abc"), false, None, false)
             .await
             .unwrap_err();
         assert!(
@@ -1157,7 +1433,7 @@ mod tests {
             b"garbage\r\n\r\n",
         ] {
             let (addr, _server) = upstream(reply, usize::MAX, false).await;
-            let failed = send(conn(addr).await, get("/"), false, None)
+            let failed = send(conn(addr).await, get("/"), false, None, false)
                 .await
                 .unwrap_err();
             assert!(
@@ -1179,7 +1455,7 @@ mod tests {
         for count in [head1::FEW_FIELDS + 1, MAX_HEADERS - 1] {
             let fields: String = (0..count).map(|i| format!("x-{i}: v{i}\r\n")).collect();
             let head = format!("HTTP/1.1 200 OK\r\n{fields}content-length: 0\r\n\r\n");
-            let (head, len) = parse_head(head.as_bytes()).unwrap().unwrap();
+            let (head, len) = parse_head(head.as_bytes(), false).unwrap().unwrap();
             assert_eq!(len, fields.len() + 38);
             assert_eq!(head.headers.len(), count + 1);
             let last = format!("x-{}", count - 1);
@@ -1190,7 +1466,7 @@ mod tests {
         }
         let fields: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
         let head = format!("HTTP/1.1 200 OK\r\n{fields}\r\n");
-        assert!(parse_head(head.as_bytes()).is_err());
+        assert!(parse_head(head.as_bytes(), false).is_err());
     }
 
     #[tokio::test]
@@ -1200,7 +1476,7 @@ mod tests {
         reply.extend_from_slice(b"\r\n\r\n");
         let reply: &'static [u8] = reply.leak();
         let (addr, _server) = upstream(reply, usize::MAX, false).await;
-        let failed = send(conn(addr).await, get("/"), false, None)
+        let failed = send(conn(addr).await, get("/"), false, None, false)
             .await
             .unwrap_err();
         assert!(
@@ -1214,7 +1490,9 @@ mod tests {
     async fn a_closed_idle_connection_is_not_usable() {
         let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         let (addr, server) = upstream(reply, usize::MAX, false).await;
-        let response = send(conn(addr).await, get("/"), false, None).await.unwrap();
+        let response = send(conn(addr).await, get("/"), false, None, false)
+            .await
+            .unwrap();
         let mut body = response.into_body();
         (&mut body).collect().await.unwrap();
         let mut idle = body.take_idle().unwrap();
@@ -1229,7 +1507,7 @@ mod tests {
     async fn switching_protocols_hands_over_the_bytes_read_past_the_head() {
         let reply = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\nearly";
         let (addr, server) = upstream(reply, usize::MAX, false).await;
-        let response = send(conn(addr).await, get("/ws"), true, None)
+        let response = send(conn(addr).await, get("/ws"), true, None, false)
             .await
             .unwrap();
         assert_eq!(response.status(), 101);

@@ -824,6 +824,21 @@ fn encode_head(
     let mut date = false;
     let mut close = !plan.keep_alive;
     let (mut connection, mut said_close) = (false, false);
+    // An upstream head's fields kept as they came: end-to-end only, one `content-length`.
+    if let Some(raw) = body.raw_head() {
+        let length = raw.content_length();
+        let bodyless_length = status.is_informational() || status == StatusCode::NO_CONTENT;
+        for (i, (name, value)) in raw.fields().enumerate() {
+            if let Some((_, n)) = length.filter(|&(at, _)| at == i) {
+                if bodyless_length {
+                    continue;
+                }
+                declared = Some(Some(n));
+            }
+            put_field(s, name, value);
+        }
+        date = raw.has_date();
+    }
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
             // One length, and none on an answer that cannot have a body (RFC 9110 8.6).
