@@ -137,7 +137,7 @@ impl KeyedLimiter {
             let tat = self.tats[slot].load(Relaxed);
             if held == 0 || tat <= now {
                 // Free, or a full bucket (indistinguishable from a fresh key): take it.
-                if self.claim(slot, held, key, now) {
+                if self.claim(slot, held, key, tat, now) {
                     return slot;
                 }
                 continue;
@@ -151,16 +151,25 @@ impl KeyedLimiter {
         let held = self.keys[victim].load(Relaxed);
         // Losing a race for the slot to another key means sharing its bucket for this one
         // request: at worst stricter once, never unbounded.
-        let _ = self.claim(victim, held, key, now);
+        let _ = self.claim(victim, held, key, victim_tat, now);
         victim
     }
 
-    fn claim(&self, slot: usize, held: u64, key: u64, now: u64) -> bool {
+    /// Takes `slot` for `key` if it still holds `held`; `tat`: the slot's bucket as it was
+    /// seen when it was chosen.
+    fn claim(&self, slot: usize, held: u64, key: u64, tat: u64, now: u64) -> bool {
         if self.keys[slot]
             .compare_exchange(held, key, Relaxed, Relaxed)
             .is_ok()
         {
-            self.tats[slot].store(now, Relaxed);
+            // A bucket whose time has passed is full, as a new key's is: it is left as it is.
+            // An evicted key's live bucket is made full, unless requests of the new key (which
+            // other threads see in the slot from the moment it was taken) already drew on it.
+            // A plain store here refilled a bucket those requests had drawn on: under
+            // contention, a new key got its burst more than once.
+            if tat > now {
+                let _ = self.tats[slot].compare_exchange(tat, now, Relaxed, Relaxed);
+            }
             true
         } else {
             self.keys[slot].load(Relaxed) == key
@@ -270,18 +279,24 @@ mod tests {
 
     #[test]
     fn concurrent_checks_never_allow_more_than_the_burst() {
+        // Each round a new key, first seen by four threads at once: its slot is claimed while
+        // the others already take from its bucket.
         let l = std::sync::Arc::new(KeyedLimiter::new(64));
         let rate = Rate::new(1.0, 100);
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let l = std::sync::Arc::clone(&l);
-                std::thread::spawn(move || {
-                    (0..1000).filter(|_| allowed(&l, 42, rate, 5 * SEC)).count()
+        for key in 1..=50u64 {
+            let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let (l, start) = (std::sync::Arc::clone(&l), std::sync::Arc::clone(&start));
+                    std::thread::spawn(move || {
+                        start.wait();
+                        (0..300).filter(|_| allowed(&l, key, rate, 5 * SEC)).count()
+                    })
                 })
-            })
-            .collect();
-        let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-        assert_eq!(total, 100);
+                .collect();
+            let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+            assert_eq!(total, 100, "key {key}");
+        }
     }
 }
 
