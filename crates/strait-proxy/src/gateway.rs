@@ -600,11 +600,18 @@ fn forward_to<'a>(
                 };
             let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
 
+            // `server1` lets through only requests with one `host`: an origin-form request's is
+            // the one it came with, and stays in place unless something below changes it.
+            let mut host_in_place = matches!(req.body(), ClientBody::Http1(_))
+                && req.uri().authority().is_none()
+                && action.request_headers.is_empty();
             let version = version_label(req.version());
             let (mut parts, body) = req.into_parts();
             // Only headers named in `connection` can take the request's id with them (a new one is
             // then made below): otherwise the id logged on arrival is the one the upstream sees.
             let id_may_change = headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+            // (A header named in `connection` may have been `host`.)
+            host_in_place &= !id_may_change;
             // Each attempt writes its own context; mirrors carry none (shadow traffic is not the trace).
             if let Some(t) = trace {
                 t.strip(&mut parts.headers);
@@ -647,6 +654,7 @@ fn forward_to<'a>(
                 }
                 if let Some(h) = &rewrite.host {
                     upstream_host = HeaderValue::from_str(h).ok();
+                    host_in_place = false;
                 }
             }
             action.request_headers.apply(&mut parts.headers);
@@ -667,8 +675,8 @@ fn forward_to<'a>(
                 }
                 _ => {
                     parts.version = Version::HTTP_11;
-                    if let Some(h) = upstream_host.clone() {
-                        parts.headers.insert(header::HOST, h);
+                    if let (Some(h), false) = (&upstream_host, host_in_place) {
+                        parts.headers.insert(header::HOST, h.clone());
                     }
                 }
             }

@@ -411,6 +411,23 @@ async fn control_bytes_in_a_header_value_and_space_before_the_colon_get_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_1_request_without_host_or_with_two_gets_400() {
+    let up = Upstream::echo("up").await;
+    let proxy = proxy_to(&up).await;
+    for request in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: h1.example\r\nHost: other.example\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: h1.example\r\nhost: h1.example\r\n\r\n",
+    ] {
+        assert_refused(&proxy, &up, request, 400).await;
+    }
+    // HTTP/1.0 needs none.
+    let mut client = Client::connect(&proxy).await;
+    let reply = client.request(b"GET /ten HTTP/1.0\r\n\r\n").await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_heads_are_counted_by_the_status_they_got() {
     let up = Upstream::echo("up").await;
     let proxy = proxy_to(&up).await;

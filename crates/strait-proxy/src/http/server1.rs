@@ -470,6 +470,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
     let (mut close, mut keep_alive, mut connection_upgrade) = (false, false, false);
     let (mut upgrade, mut trailers, mut expect_continue) = (false, false, false);
     let mut grpc = None;
+    let mut hosts = 0u32;
     for field in slots.fields(line.fields) {
         // In range: the parser's offsets lie within the head.
         let raw_name = bytes.get(field.name()).unwrap_or_default();
@@ -502,6 +503,8 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
             expect_continue = raw_value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::CONTENT_TYPE && grpc.is_none() {
             grpc = Some(headers::is_grpc_content_type(raw_value));
+        } else if name == header::HOST {
+            hosts += 1;
         }
         headers.append(name, value);
     }
@@ -521,6 +524,11 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
             Some(n) => BodyState::Length(n),
         }
     };
+    // RFC 9112 3.2: an HTTP/1.1 request has exactly one `host` (HTTP/1.0 at most one). With
+    // two, the proxy could route by one while the upstream reads the other.
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(bad);
+    }
     let http11 = version == Version::HTTP_11;
     let head = Head {
         method,
@@ -1239,18 +1247,32 @@ mod tests {
 
     #[test]
     fn framing_comes_from_content_length_or_chunked() {
-        let (head, _) = parse("POST / HTTP/1.1\r\ncontent-length: 12\r\n\r\n")
+        let (head, _) = parse("POST / HTTP/1.1\r\nHost: x\r\ncontent-length: 12\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(matches!(head.body, BodyState::Length(12)));
-        let (head, _) = parse("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")
+        let (head, _) = parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(matches!(head.body, BodyState::Chunked(_)));
-        let (head, _) = parse("POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (head, _) =
+            parse("POST / HTTP/1.1\r\nHost: x\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert!(matches!(head.body, BodyState::Length(3)));
+    }
+
+    #[test]
+    fn an_http_1_1_request_has_one_host() {
+        let bad = StatusCode::BAD_REQUEST;
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), bad);
+        assert_eq!(status("GET http://a/ HTTP/1.1\r\n\r\n"), bad);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), bad);
+        assert_eq!(status("GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n"), bad);
+        // HTTP/1.0 has no `host` of its own.
+        assert!(parse("GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+        let (head, _) = parse("GET / HTTP/1.1\r\nhost: a\r\n\r\n").unwrap().unwrap();
+        assert_eq!(head.headers["host"], "a");
     }
 
     #[test]
@@ -1260,19 +1282,28 @@ mod tests {
         assert_eq!(status("GE T / HTTP/1.1\r\n\r\n"), bad);
         assert_eq!(status("GET / HTTP/2.0\r\n\r\n"), bad);
         assert_eq!(status("GET / HTTP/1.1\r\nHost : x\r\n\r\n"), bad);
-        assert_eq!(status("GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n"), bad);
-        assert_eq!(status("GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n"), bad);
         assert_eq!(
-            status("POST / HTTP/1.1\r\ncontent-length: abc\r\n\r\n"),
-            bad
-        );
-        assert_eq!(status("POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n"), bad);
-        assert_eq!(
-            status("POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"),
+            status("GET / HTTP/1.1\r\nHost: x\r\nX: a\x7fb\r\n\r\n"),
             bad
         );
         assert_eq!(
-            status("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n"),
+            status("GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n"),
+            bad
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: x\r\ncontent-length: abc\r\n\r\n"),
+            bad
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: x\r\ncontent-length: -1\r\n\r\n"),
+            bad
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"),
+            bad
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n"),
             bad
         );
         assert_eq!(
@@ -1281,22 +1312,22 @@ mod tests {
         );
         let not_implemented = StatusCode::NOT_IMPLEMENTED;
         assert_eq!(
-            status("POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n"),
+            status("POST / HTTP/1.1\r\nHost: x\r\ntransfer-encoding: gzip\r\n\r\n"),
             not_implemented
         );
         assert_eq!(
-            status("POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            status("POST / HTTP/1.1\r\nHost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
             not_implemented
         );
         assert_eq!(
             status(
-                "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n"
+                "POST / HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n"
             ),
             not_implemented
         );
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
         assert_eq!(
-            status(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            status(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
     }
@@ -1305,7 +1336,8 @@ mod tests {
     fn heads_with_more_fields_than_the_stack_slots_parse_whole() {
         for count in [head1::FEW_FIELDS, head1::FEW_FIELDS + 1, MAX_HEADERS] {
             let fields: String = (0..count).map(|i| format!("x-{i}: v{i}\r\n")).collect();
-            let (head, _) = parse(&format!("GET / HTTP/1.1\r\n{fields}\r\n"))
+            // HTTP/1.0: no `host` needed, so the fields are exactly these.
+            let (head, _) = parse(&format!("GET / HTTP/1.0\r\n{fields}\r\n"))
                 .unwrap()
                 .unwrap();
             assert_eq!(head.headers.len(), count);
@@ -1321,20 +1353,20 @@ mod tests {
     #[test]
     fn connection_tokens_decide_keep_alive_and_upgrades() {
         let head = |raw: &str| parse(raw).unwrap().unwrap().0;
-        assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
         let ws =
-            head("GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n");
+            head("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n");
         assert!(ws.upgrade && ws.keep_alive);
         assert!(
             !head("GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade
         );
-        assert!(head("GET / HTTP/1.1\r\nTE: deflate, trailers\r\n\r\n").trailers);
+        assert!(head("GET / HTTP/1.1\r\nHost: x\r\nTE: deflate, trailers\r\n\r\n").trailers);
         // 100-continue only matters when a body is to come.
-        assert!(!head("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+        assert!(!head("GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n").expect_continue);
         assert!(
-            head("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\ncontent-length: 5\r\n\r\n")
+            head("PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\ncontent-length: 5\r\n\r\n")
                 .expect_continue
         );
     }
@@ -1342,24 +1374,29 @@ mod tests {
     #[test]
     fn grpc_is_told_by_the_first_content_type() {
         let head = |raw: &str| parse(raw).unwrap().unwrap().0;
-        assert!(head("POST /s/M HTTP/1.1\r\nContent-Type: application/grpc\r\n\r\n").grpc);
-        assert!(head("POST /s/M HTTP/1.1\r\ncontent-type: application/grpc+proto\r\n\r\n").grpc);
-        assert!(!head("POST / HTTP/1.1\r\ncontent-type: application/json\r\n\r\n").grpc);
-        assert!(!head("GET / HTTP/1.1\r\n\r\n").grpc);
+        assert!(
+            head("POST /s/M HTTP/1.1\r\nHost: x\r\nContent-Type: application/grpc\r\n\r\n").grpc
+        );
+        assert!(
+            head("POST /s/M HTTP/1.1\r\nHost: x\r\ncontent-type: application/grpc+proto\r\n\r\n")
+                .grpc
+        );
+        assert!(!head("POST / HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\r\n").grpc);
+        assert!(!head("GET / HTTP/1.1\r\nHost: x\r\n\r\n").grpc);
         // As `HeaderMap::get` reads it: the first value.
         let two =
-            "POST / HTTP/1.1\r\ncontent-type: text/plain\r\ncontent-type: application/grpc\r\n\r\n";
+            "POST / HTTP/1.1\r\nHost: x\r\ncontent-type: text/plain\r\ncontent-type: application/grpc\r\n\r\n";
         assert!(!head(two).grpc);
     }
 
     #[test]
     fn absolute_and_authority_targets_parse() {
-        let (head, _) = parse("GET http://x.example/p HTTP/1.1\r\n\r\n")
+        let (head, _) = parse("GET http://x.example/p HTTP/1.1\r\nHost: x.example\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(head.uri.host(), Some("x.example"));
         assert_eq!(head.uri.path(), "/p");
-        let (head, _) = parse("CONNECT x.example:443 HTTP/1.1\r\n\r\n")
+        let (head, _) = parse("CONNECT x.example:443 HTTP/1.1\r\nHost: x.example:443\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(
