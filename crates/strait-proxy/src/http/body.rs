@@ -409,12 +409,21 @@ pub struct UpstreamBody {
     idle: Option<IdleTimer>,
     /// Where response bytes are counted.
     bytes: Option<Arc<RouteStats>>,
-    /// A gRPC answer waiting for its grpc-status in the trailers to be counted.
-    grpc_pending: Option<Arc<RouteStats>>,
     /// The request's access log entry, written when the body ends.
     log: Option<(Arc<AccessLogger>, Box<LogEntry>)>,
     /// The request's circuit-breaker slot, given back when the body ends.
     admission: Option<Admission>,
+    /// What only some bodies hold, boxed: a response is moved several times on its way to the
+    /// client, and with these inline every response was 40 bytes larger, past the size
+    /// (256 bytes) up to which `memcpy` takes its short path.
+    rare: Option<Box<Rare>>,
+}
+
+/// What an [`UpstreamBody`] holds for gRPC answers and traced requests only.
+#[derive(Debug, Default)]
+struct Rare {
+    /// A gRPC answer waiting for its grpc-status in the trailers to be counted.
+    grpc_pending: Option<Arc<RouteStats>>,
     /// Spans that end with the body: the attempt's client span, then the request's server span.
     spans: [Option<OpenSpan>; 2],
 }
@@ -475,10 +484,9 @@ impl UpstreamBody {
             pool,
             idle,
             bytes: None,
-            grpc_pending: None,
             log: None,
             admission: None,
-            spans: [None, None],
+            rare: None,
         };
         if body.inner.is_end_stream() {
             body.complete();
@@ -505,7 +513,7 @@ impl UpstreamBody {
     /// Counts the answer in `stats` by the grpc-status of its trailers (or, without one, by
     /// its HTTP status 200) once they arrive or the body ends.
     pub fn count_grpc_status_from_trailers(&mut self, stats: Arc<RouteStats>) {
-        self.grpc_pending = Some(stats);
+        self.rare.get_or_insert_default().grpc_pending = Some(stats);
     }
 
     /// Writes `entry` to `logger` when the body ends (or is dropped before).
@@ -527,13 +535,17 @@ impl UpstreamBody {
         if self.ended() {
             return;
         }
-        if let Some(slot) = self.spans.iter_mut().find(|s| s.is_none()) {
+        let spans = &mut self.rare.get_or_insert_default().spans;
+        if let Some(slot) = spans.iter_mut().find(|s| s.is_none()) {
             *slot = Some(span);
         }
     }
 
     fn end_spans(&mut self, error: Option<&'static str>) {
-        for span in &mut self.spans {
+        let Some(rare) = self.rare.as_mut() else {
+            return;
+        };
+        for span in &mut rare.spans {
             if let (Some(open), Some(error)) = (span.as_mut(), error) {
                 open.set_error(error);
             }
@@ -551,7 +563,7 @@ impl UpstreamBody {
     }
 
     fn count_grpc(&mut self, status: Option<u16>) {
-        if let Some(stats) = self.grpc_pending.take() {
+        if let Some(stats) = self.rare.as_mut().and_then(|r| r.grpc_pending.take()) {
             stats.count(200, status);
         }
     }
