@@ -230,6 +230,19 @@ pub(crate) fn serve(
             // The listener was removed by a reload while this connection stayed open.
             return Ok(local_reply(grpc, Cause::NoRoute, "listener removed"));
         };
+        // RFC 9112 3.2: one `host` in an HTTP/1.1 request. `server1` refuses others as it parses
+        // the head; HTTP/1.1 over TLS is parsed by hyper, which does not.
+        if matches!(req.body(), ClientBody::Hyper(_))
+            && req.version() == Version::HTTP_11
+            && req.headers().get_all(header::HOST).iter().count() != 1
+        {
+            let response = local_reply(
+                grpc,
+                Cause::BadRequest,
+                "an HTTP/1.1 request has exactly one host",
+            );
+            return Ok(answered_unrouted(listener, response, started));
+        }
         // Made on arrival, so every answer's log line has one, not just the forwarded ones.
         let made_id = if listener.proxy_headers.request_id {
             // An entry: the name hashed once to look and to insert.
@@ -255,15 +268,7 @@ pub(crate) fn serve(
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, crate::jwt::challenge(refusal));
-                answered(
-                    listener,
-                    &listener.no_route,
-                    None,
-                    None,
-                    &mut response,
-                    started,
-                );
-                return Ok(response);
+                return Ok(answered_unrouted(listener, response, started));
             }
         }
         let host = request_host(&req);
@@ -490,6 +495,24 @@ fn answered(
         end_with_response(span, response);
     }
     finish_log(listener, log, grpc_in_head, response);
+}
+
+/// [`answered`] for an answer made before any route was looked for: counted and logged with
+/// the listener's unrouted requests.
+fn answered_unrouted(
+    listener: &ListenerPlan,
+    mut response: Response<ResponseBody>,
+    started: Instant,
+) -> Response<ResponseBody> {
+    answered(
+        listener,
+        &listener.no_route,
+        None,
+        None,
+        &mut response,
+        started,
+    );
+    response
 }
 
 /// Records a span's answer; the span ends with the response body.

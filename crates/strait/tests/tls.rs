@@ -343,14 +343,20 @@ async fn sessions_resume() {
 
 /// hyper serves HTTP/1.1 over TLS and answers a malformed head itself: the listener still
 /// counts it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_heads_over_tls_are_counted() {
+/// A TLS listener in front of an echo upstream, and a client config offering only HTTP/1.1.
+async fn http1_over_tls() -> (Dir, Upstream, Proxy, Arc<rustls::ClientConfig>) {
     let dir = Dir::new();
     let ca = Ca::new("test CA");
     let up = Upstream::echo("app").await;
     let (listener, _) = tls_listener(&dir, &ca, "");
     let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
     let cfg = client_config(&ca.pem(), &[b"http/1.1"], None);
+    (dir, up, proxy, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_heads_over_tls_are_counted() {
+    let (_dir, _up, proxy, cfg) = http1_over_tls().await;
     let mut stream = handshake(proxy.listen, cfg, "api.example.com")
         .await
         .expect("handshake");
@@ -368,6 +374,37 @@ async fn malformed_heads_over_tls_are_counted() {
     })
     .await;
     assert!(counted, "{}", proxy.admin_get("/metrics").await.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_1_request_over_tls_without_host_or_with_two_gets_400() {
+    let (_dir, up, proxy, cfg) = http1_over_tls().await;
+    for (head, status) in [
+        (&b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..], "400"),
+        (
+            b"GET / HTTP/1.1\r\nHost: api.example.com\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+            "400",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n", "200"),
+    ] {
+        let mut stream = handshake(proxy.listen, Arc::clone(&cfg), "api.example.com")
+            .await
+            .expect("handshake");
+        stream.write_all(head).await.expect("write");
+        let mut answer = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head:?}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        up.hits(),
+        1,
+        "only the request with one host reached the upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
