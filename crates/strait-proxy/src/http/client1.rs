@@ -1255,6 +1255,63 @@ mod tests {
         }
     }
 
+    #[test]
+    fn mutated_heads_kept_as_they_came_are_refused_or_read_as_the_map_reads_them() {
+        const BASES: &[&str] = &[
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri, 04 Dec 2026 16:19:36 GMT\r\n\
+             Content-Type: text/plain\r\nContent-Length: 20\r\nConnection: keep-alive\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\nx-a: 1\r\nTransfer-Encoding: chunked\r\nte: trailers\r\n\
+             keep-alive: 5\r\nX-B:\tb \r\n\r\n",
+        ];
+        const BYTES: &[u8] = b"\r\n\t :,\x00\x01\x7f\x80\xffaZ9-grpc/";
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut compared = 0;
+        for _ in 0..30_000 {
+            let mut head = BASES[rng.usize(..BASES.len())].as_bytes().to_vec();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..head.len());
+                match rng.u8(..3) {
+                    0 => head[at] = BYTES[rng.usize(..BYTES.len())],
+                    1 => head.insert(at, BYTES[rng.usize(..BYTES.len())]),
+                    _ => {
+                        head.remove(at);
+                    }
+                }
+            }
+            let built = parse_head(&head, false);
+            let kept = parse_head(&head, true);
+            match (built, kept) {
+                (Err(_), Err(_)) | (Ok(None), Ok(None)) => {}
+                (Ok(Some((built, n))), Ok(Some((mut kept, m)))) => {
+                    assert_eq!(n, m, "{head:?}");
+                    if let Some(raw) = kept.raw.take() {
+                        raw.fill(&mut kept.headers);
+                    }
+                    let fields = |h: &Head| -> Vec<(String, Vec<u8>)> {
+                        let mut all: Vec<_> = h
+                            .headers
+                            .iter()
+                            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                            .collect();
+                        // The map keeps a second, equal `content-length`; a kept head, one.
+                        all.dedup();
+                        all
+                    };
+                    assert_eq!(fields(&built), fields(&kept), "{head:?}");
+                    assert_eq!(built.keep_alive, kept.keep_alive, "{head:?}");
+                    assert_eq!(built.end_to_end, kept.end_to_end, "{head:?}");
+                    compared += 1;
+                }
+                (built, kept) => panic!(
+                    "{head:?}: map {:?}, kept {:?}",
+                    built.map(|h| h.map(|h| h.1)),
+                    kept.map(|h| h.map(|h| h.1))
+                ),
+            }
+        }
+        assert!(compared > 5_000, "only {compared} heads parsed whole");
+    }
+
     #[tokio::test]
     async fn content_length_answer_streams_and_the_connection_is_reusable() {
         let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: b\r\nconnection: keep-alive\r\n\r\nhello";
