@@ -31,6 +31,13 @@ const ALL_FIELDS: [&str; 21] = [
     "response_flags",
 ];
 
+/// A log file path of the test at `line`, with no file there yet.
+fn fresh_log(line: u32) -> std::path::PathBuf {
+    let log = std::env::temp_dir().join(format!("strait-access-{}-{line}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    log
+}
+
 /// The log's lines once there are at least `n` (the writer flushes every 100 ms).
 async fn lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     raw_lines(path, n)
@@ -59,12 +66,7 @@ async fn raw_lines(path: &std::path::Path, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_gets_a_json_line_with_the_documented_fields() {
     let up = Upstream::echo("logged").await;
-    let log = std::env::temp_dir().join(format!(
-        "strait-access-{}-{}.log",
-        std::process::id(),
-        line!()
-    ));
-    let _ = std::fs::remove_file(&log);
+    let log = fresh_log(line!());
     let nobody = free_addr();
     let proxy = Proxy::start(&format!(
         r#"
@@ -209,4 +211,42 @@ clusters:
     assert_eq!(unlogged, "", "sample_percent 0 logs nothing");
     let _ = std::fs::remove_file(&picked);
     let _ = std::fs::remove_file(&none);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_head_gets_a_line_too() {
+    let up = Upstream::echo("logged").await;
+    let log = fresh_log(line!());
+    let proxy = Proxy::start(&format!(
+        "listeners:\n  - name: web\n    address: ${{LISTEN}}\n    \
+         access_log: {{ path: \"{}\" }}\n    routes:\n      - backends: [{{ cluster: echo }}]\n\
+         clusters:\n  - name: echo\n    endpoints: [{{ address: \"{}\" }}]\n",
+        log.display(),
+        up.addr
+    ))
+    .await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost : a.example\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 400"), "{answer:?}");
+    let lines = lines(&log, 1).await;
+    let line = &lines[0];
+    assert_eq!(line["status"], 400, "{line}");
+    assert_eq!(line["response_flags"], "malformed_request", "{line}");
+    assert_eq!(line["listener"], "web", "{line}");
+    for field in ["method", "authority", "path", "protocol", "route"] {
+        assert_eq!(line[field], "", "{field} in {line}");
+    }
+    assert_eq!(line["client_ip"], "127.0.0.1", "{line}");
+    for field in ALL_FIELDS {
+        assert!(line.get(field).is_some(), "{field} missing from {line}");
+    }
+    let _ = std::fs::remove_file(&log);
 }

@@ -192,13 +192,15 @@ async fn serve_http<I>(
         // hyper answered a malformed head itself: 431 for one too large (414 for a target too
         // long, counted with them), 400 for the rest.
         if protocol == Protocol::Http1 && e.is_parse() && !e.is_parse_version_h2() {
+            let status = if e.is_parse_too_large() {
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            } else {
+                http::StatusCode::BAD_REQUEST
+            };
             if let Some(s) = &stats {
-                s.malformed_request(if e.is_parse_too_large() {
-                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-                } else {
-                    http::StatusCode::BAD_REQUEST
-                });
+                s.malformed_request(status);
             }
+            super::server1::log_malformed(&watched, status);
         }
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }

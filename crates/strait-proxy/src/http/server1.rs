@@ -116,6 +116,16 @@ impl ClientUpgrade {
     }
 }
 
+/// Writes the access log line of a request head refused as malformed, on a listener that logs.
+pub(crate) fn log_malformed(conn: &Connection, status: StatusCode) {
+    let snapshot = conn.worker.snapshot();
+    if let Some(listener) = snapshot.listener(conn.local) {
+        if let Some(logger) = &listener.access_log {
+            logger.malformed_request(&listener.name, &conn.peer_ip, status.as_u16());
+        }
+    }
+}
+
 /// Serves HTTP/1.1 on a plain client connection until it closes.
 pub(crate) async fn serve_http1(
     stream: TcpStream,
@@ -155,6 +165,7 @@ pub(crate) async fn serve_http1(
                 if let Some(s) = &stats {
                     s.malformed_request(status);
                 }
+                log_malformed(&conn, status);
                 Box::pin(reject(&inbound, status)).await;
                 return;
             }

@@ -150,6 +150,36 @@ impl AccessLogger {
     }
 
     /// Writes a finished entry's line for the writer; never waits on the destination.
+    /// Writes the line of a request whose head was refused as malformed before it could be
+    /// read (answered `status`): its method, authority, path and protocol are empty and its
+    /// `response_flags` say `malformed_request`, as nginx logs a 400 it answered itself.
+    pub(crate) fn malformed_request(
+        &self,
+        listener: &Arc<str>,
+        client_ip: &HeaderValue,
+        status: u16,
+    ) {
+        let now = Instant::now();
+        let version = Version::HTTP_11;
+        let Some(mut entry) = self.begin(
+            now,
+            listener,
+            &Method::GET,
+            None,
+            None,
+            version,
+            client_ip,
+            None,
+        ) else {
+            return;
+        };
+        entry.request = RequestText::unparsed();
+        entry.status = status;
+        entry.flags.clear();
+        entry.flags.push_str("malformed_request");
+        self.finish(entry);
+    }
+
     pub(crate) fn finish(&self, mut entry: Box<LogEntry>) {
         entry.duration = entry.started.elapsed();
         let fields = (!self.all_fields).then_some(&*self.fields);
@@ -556,6 +586,29 @@ impl RequestText {
         let start = text.len() + b",\"protocol\":".len();
         text.extend_from_slice(protocol_field(version).as_bytes());
         self.values[3] = (start, text.len());
+    }
+
+    /// The four values of a request whose head could not be parsed: all empty.
+    fn unparsed() -> RequestText {
+        let mut text = Vec::new();
+        let mut values = [(0, 0); 4];
+        for (i, key) in [
+            ",\"method\":",
+            ",\"authority\":",
+            ",\"path\":",
+            ",\"protocol\":",
+        ]
+        .iter()
+        .enumerate()
+        {
+            text.extend_from_slice(key.as_bytes());
+            let start = text.len();
+            text.extend_from_slice(b"\"\"");
+            if let Some(slot) = values.get_mut(i) {
+                *slot = (start, text.len());
+            }
+        }
+        RequestText { text, values }
     }
 
     /// Value `i`: 0 the method, 1 the authority, 2 the path, 3 the protocol.
