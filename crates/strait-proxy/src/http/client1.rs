@@ -779,10 +779,7 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
                 }
                 continue;
             }
-            if let Some(kept) = raw.take() {
-                headers = headers::take_map(line.fields);
-                kept.fill(&mut headers);
-            }
+            spill(&mut raw, &mut headers, line.fields);
         }
         let value = match value {
             Some(value) => Ok(value),
@@ -795,10 +792,7 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
     }
     if !end_to_end {
         // `strip_hop_by_hop` removes what `connection` names: from a map.
-        if let Some(kept) = raw.take() {
-            headers = headers::take_map(line.fields);
-            kept.fill(&mut headers);
-        }
+        spill(&mut raw, &mut headers, line.fields);
     }
     let framing = match (encoded, chunked, length) {
         (true, true, _) => BodyFraming::Chunked,
@@ -818,6 +812,15 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
         raw,
     };
     Ok(Some((head, line.len)))
+}
+
+/// Puts the fields kept so far into a map taken for a head of `fields` fields: for a head
+/// found, as it is parsed, to be one that must be a map after all.
+fn spill(raw: &mut Option<Box<RawHead>>, headers: &mut HeaderMap, fields: usize) {
+    if let Some(kept) = raw.take() {
+        *headers = headers::take_map(fields);
+        kept.fill(headers);
+    }
 }
 
 /// Where a response body is.

@@ -836,9 +836,10 @@ fn encode_head(
     let status = parts.status;
     s.reserve(256);
     put_status_line(s, status);
-    let bodiless = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    // No length on an answer that cannot have a body (RFC 9110 8.6); a 304 keeps the one it
+    // describes.
+    let lengthless = status.is_informational() || status == StatusCode::NO_CONTENT;
+    let bodiless = lengthless || status == StatusCode::NOT_MODIFIED;
     let mut declared = None;
     let mut date = false;
     let mut close = !plan.keep_alive;
@@ -846,10 +847,9 @@ fn encode_head(
     // An upstream head's fields kept as they came: end-to-end only, one `content-length`.
     if let Some(raw) = body.raw_head() {
         let length = raw.content_length();
-        let bodyless_length = status.is_informational() || status == StatusCode::NO_CONTENT;
         for (i, (name, value)) in raw.fields().enumerate() {
             if let Some((_, n)) = length.filter(|&(at, _)| at == i) {
-                if bodyless_length {
+                if lengthless {
                     continue;
                 }
                 declared = Some(Some(n));
@@ -860,8 +860,8 @@ fn encode_head(
     }
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
-            // One length, and none on an answer that cannot have a body (RFC 9110 8.6).
-            if declared.is_some() || status.is_informational() || status == StatusCode::NO_CONTENT {
+            // One length.
+            if declared.is_some() || lengthless {
                 continue;
             }
             declared = Some(content_length(value.as_bytes()));

@@ -86,11 +86,28 @@ impl AccessLogger {
         client_ip: &HeaderValue,
         trace_id: Option<TraceId>,
     ) -> Option<Box<LogEntry>> {
+        self.entry(started, listener, client_ip, trace_id, |text| {
+            text.fill(method, authority, path, version);
+        })
+    }
+
+    /// [`AccessLogger::begin`] with the request's text written by `request` (into a kept
+    /// entry's buffer, or a new one's).
+    fn entry(
+        &self,
+        started: Instant,
+        listener: &Arc<str>,
+        client_ip: &HeaderValue,
+        trace_id: Option<TraceId>,
+        request: impl FnOnce(&mut RequestText),
+    ) -> Option<Box<LogEntry>> {
         if self.sample_percent < 100.0 && fastrand::f64() * 100.0 >= self.sample_percent {
             return None;
         }
         let arrived = SystemTime::now();
         let Some(mut entry) = SPARE_ENTRIES.with_borrow_mut(Vec::pop) else {
+            let mut text = RequestText::default();
+            request(&mut text);
             return Some(Box::new(LogEntry {
                 arrived,
                 started,
@@ -98,7 +115,7 @@ impl AccessLogger {
                 route: None,
                 cluster: None,
                 endpoint: None,
-                request: RequestText::of(method, authority, path, version),
+                request: text,
                 status: 0,
                 grpc_status: None,
                 bytes_received: Arc::default(),
@@ -123,7 +140,7 @@ impl AccessLogger {
             entry.listener = Arc::clone(listener);
         }
         entry.endpoint = None;
-        entry.request.fill(method, authority, path, version);
+        request(&mut entry.request);
         entry.status = 0;
         entry.grpc_status = None;
         // The byte counter too, unless the request's body still holds it.
@@ -149,7 +166,6 @@ impl AccessLogger {
         Some(entry)
     }
 
-    /// Writes a finished entry's line for the writer; never waits on the destination.
     /// Writes the line of a request whose head was refused as malformed before it could be
     /// read (answered `status`): its method, authority, path and protocol are empty and its
     /// `response_flags` say `malformed_request`, as nginx logs a 400 it answered itself.
@@ -159,27 +175,21 @@ impl AccessLogger {
         client_ip: &HeaderValue,
         status: u16,
     ) {
-        let now = Instant::now();
-        let version = Version::HTTP_11;
-        let Some(mut entry) = self.begin(
-            now,
+        let entry = self.entry(
+            Instant::now(),
             listener,
-            &Method::GET,
-            None,
-            None,
-            version,
             client_ip,
             None,
-        ) else {
-            return;
-        };
-        entry.request = RequestText::unparsed();
-        entry.status = status;
-        entry.flags.clear();
-        entry.flags.push_str("malformed_request");
-        self.finish(entry);
+            RequestText::fill_unparsed,
+        );
+        if let Some(mut entry) = entry {
+            entry.status = status;
+            entry.flags.push_str("malformed_request");
+            self.finish(entry);
+        }
     }
 
+    /// Writes a finished entry's line for the writer; never waits on the destination.
     pub(crate) fn finish(&self, mut entry: Box<LogEntry>) {
         entry.duration = entry.started.elapsed();
         let fields = (!self.all_fields).then_some(&*self.fields);
@@ -536,6 +546,7 @@ pub(crate) struct RequestText {
 }
 
 impl RequestText {
+    #[cfg(test)]
     fn of(
         method: &Method,
         authority: Option<&HeaderValue>,
@@ -589,26 +600,20 @@ impl RequestText {
     }
 
     /// The four values of a request whose head could not be parsed: all empty.
-    fn unparsed() -> RequestText {
-        let mut text = Vec::new();
-        let mut values = [(0, 0); 4];
-        for (i, key) in [
+    fn fill_unparsed(&mut self) {
+        self.text.clear();
+        let keys = [
             ",\"method\":",
             ",\"authority\":",
             ",\"path\":",
             ",\"protocol\":",
-        ]
-        .iter()
-        .enumerate()
-        {
-            text.extend_from_slice(key.as_bytes());
-            let start = text.len();
-            text.extend_from_slice(b"\"\"");
-            if let Some(slot) = values.get_mut(i) {
-                *slot = (start, text.len());
-            }
+        ];
+        for (key, value) in keys.iter().zip(&mut self.values) {
+            self.text.extend_from_slice(key.as_bytes());
+            let start = self.text.len();
+            self.text.extend_from_slice(b"\"\"");
+            *value = (start, self.text.len());
         }
-        RequestText { text, values }
     }
 
     /// Value `i`: 0 the method, 1 the authority, 2 the path, 3 the protocol.
