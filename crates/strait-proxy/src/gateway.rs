@@ -39,7 +39,7 @@ use crate::http::body::{
     UpstreamBody,
 };
 use crate::http::client1;
-use crate::http::headers::{self, Hop, X_STRAIT_ERROR};
+use crate::http::headers::{self, Appended, Hop, X_STRAIT_ERROR};
 use crate::http::pool::{ConnectError, Pool};
 use crate::http::replay::ReplayBody;
 use crate::http::server1::ClientUpgrade;
@@ -595,6 +595,17 @@ fn forward_to<'a>(
             && trace.is_none()
             && action.response_headers.is_empty()
             && listener.proxy_headers.via.is_none();
+        // `x-forwarded-for` and `-proto` may be written by the HTTP/1 client after the request's
+        // own fields, rather than inserted into its map (see `Appended`), when the client sent
+        // neither (`server1` saw its fields) and nothing reads or copies the map on the way: no
+        // header edits, no mirror, no retry (each attempt copies it), no token claims (they may
+        // be written as headers of any name).
+        let forwarding_appended = matches!(req.body(), ClientBody::Http1(body) if !body.names_forwarding())
+            && cluster.protocol == UpstreamProtocol::Http1
+            && action.request_headers.is_empty()
+            && action.mirror.is_none()
+            && action.retry.is_none()
+            && listener.jwt.is_none();
         // Made in a block: what the request was made of is dead, and takes no room in the future,
         // by the time the future waits (a named result would keep its room, too).
         #[allow(clippy::blocks_in_conditions)]
@@ -647,7 +658,16 @@ fn forward_to<'a>(
                 host: host_text,
                 version,
             };
-            headers::add_forwarding_headers(&mut parts.headers, &listener.proxy_headers, &hop);
+            // The id `serve` gave the request (or the client's) is still there unless `connection`
+            // named it or a token's claims replaced it.
+            let id_in_place = !id_may_change && listener.jwt.is_none();
+            headers::add_forwarding_headers(
+                &mut parts.headers,
+                &listener.proxy_headers,
+                &hop,
+                id_in_place,
+                forwarding_appended,
+            );
             // On TLS, the client's verified identity and only that: a client cannot forge it.
             if let Some(tls) = conn.tls.get() {
                 parts.headers.remove(&headers::X_FORWARDED_CLIENT_CERT);
@@ -849,7 +869,14 @@ fn forward_to<'a>(
             upgrade,
             keep_raw,
             counters,
-            traceparent.as_ref()
+            Appended {
+                traceparent: traceparent.as_ref().map(TraceparentValue::as_bytes),
+                ..if forwarding_appended {
+                    Appended::forwarding(&listener.proxy_headers, &conn.peer_ip, conn.scheme())
+                } else {
+                    Appended::default()
+                }
+            }
         ));
         let outcome = match action.timeout {
             // The deadline from the clock read just above, not from a second one.
@@ -1213,8 +1240,8 @@ type Sent = Response<FromUpstream>;
 /// Sends on a pooled connection. A request that a reused HTTP/1 connection did not take (the
 /// upstream closed it while idle) goes again on a new connection: it was never sent, so this is
 /// safe for any method.
-/// `traceparent`: a trace context for the request head, written by the HTTP/1 client (or
-/// into the headers, for HTTP/2).
+/// `appended`: fields for the request head (a trace context, `x-forwarded-*`), written by the
+/// HTTP/1 client after the request's own (or into the headers, for HTTP/2).
 ///
 /// A plain function returning an `async` block: an `async fn` would hold its arguments twice
 /// (as passed, and as its locals), and this future is moved by value on every request.
@@ -1227,7 +1254,7 @@ fn send<'a>(
     upgrade: bool,
     keep_raw: bool,
     counters: Option<&'a EndpointCounters>,
-    traceparent: Option<&'a TraceparentValue>,
+    appended: Appended<'a>,
 ) -> impl std::future::Future<Output = Result<Sent, SendError>> + 'a {
     async move {
         let opened = || {
@@ -1249,9 +1276,7 @@ fn send<'a>(
                 if fresh {
                     opened();
                 }
-                if let Some(traceparent) = traceparent {
-                    traceparent.insert_into(request.headers_mut());
-                }
+                appended.insert_into(request.headers_mut());
                 let response = sender
                     .send_request(request)
                     .await
@@ -1276,20 +1301,19 @@ fn send<'a>(
                 if !conn.reused {
                     opened();
                 }
-                let traceparent = traceparent.map(TraceparentValue::as_bytes);
                 // Only the request is kept from a failure: the future holds no more than it.
-                let request =
-                    match client1::send(conn, request, upgrade, traceparent, keep_raw).await {
-                        Ok(response) => return Ok(response.map(FromUpstream::Http1)),
-                        Err(client1::SendFailed {
-                            unsent: Some(request),
-                            ..
-                        }) => request,
-                        Err(failed) => return Err(SendError::Upstream(Box::new(failed.error))),
-                    };
+                let request = match client1::send(conn, request, upgrade, appended, keep_raw).await
+                {
+                    Ok(response) => return Ok(response.map(FromUpstream::Http1)),
+                    Err(client1::SendFailed {
+                        unsent: Some(request),
+                        ..
+                    }) => request,
+                    Err(failed) => return Err(SendError::Upstream(Box::new(failed.error))),
+                };
                 let conn = checkout(true).await.map_err(SendError::Connect)?;
                 opened();
-                client1::send(conn, request, upgrade, traceparent, keep_raw)
+                client1::send(conn, request, upgrade, appended, keep_raw)
                     .await
                     .map(|response| response.map(FromUpstream::Http1))
                     .map_err(|failed| SendError::Upstream(Box::new(failed.error)))
@@ -1380,7 +1404,7 @@ fn spawn_mirror(
                 false,
                 false,
                 None,
-                None,
+                Appended::default(),
             )
             .await
             .ok()?;

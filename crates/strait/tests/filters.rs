@@ -623,6 +623,19 @@ async fn forwarded_headers_follow_append_replace_untouched() {
             1,
             "{proto:?}: one forwarded element, got {fwd:?}"
         );
+        // Replace with none sent (over HTTP/1 the client writes them after the request's own
+        // fields rather than the map holding them): this hop alone, once each.
+        let (_, none_sent) = echo_via(proxy.listen2, proto, &[]).await;
+        assert_eq!(
+            none_sent.header("x-forwarded-for"),
+            ["127.0.0.1"],
+            "{proto:?} replace, none sent"
+        );
+        assert_eq!(
+            none_sent.header("x-forwarded-proto"),
+            ["http"],
+            "{proto:?} replace proto, none sent"
+        );
         let params: Vec<String> = fwd[0]
             .split(';')
             .map(|p| p.trim().replace('"', "").to_ascii_lowercase())

@@ -25,6 +25,7 @@ use super::{
     Connection,
 };
 use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::headers::Appended;
 use crate::http::replay::ReplayBody;
 use crate::ratelimit;
 use crate::resilience::retry::{pushback, Failure, Pushback, RetryPolicy};
@@ -33,6 +34,7 @@ use crate::runtime::snapshot::{ClusterPlan, RouteAction};
 use crate::telemetry::access_log::LogEntry;
 use crate::telemetry::metrics::RouteStats;
 use crate::telemetry::spans::{RequestTrace, UpstreamAttempt};
+use crate::telemetry::trace_context::TraceparentValue;
 
 /// Longest `retry-after`/`grpc-retry-pushback-ms` honoured on a route without a timeout; a
 /// server asking for more is not retried.
@@ -312,7 +314,10 @@ impl<'a> Tries<'a> {
                 // The policy reads the answer's headers: they are built into its map.
                 false,
                 counters,
-                traceparent.as_ref()
+                Appended {
+                    traceparent: traceparent.as_ref().map(TraceparentValue::as_bytes),
+                    ..Appended::default()
+                }
             ));
             let outcome = match per_try {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::head1::{self, HeadError, Slots};
 use crate::http::headers::{
-    self, hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
+    self, hop_by_hop_bit, received_name, Appended, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::pool::UpstreamIo;
@@ -352,8 +352,8 @@ pub struct SendFailed {
 /// of the response (and of the request body), and hands the connection back for reuse when
 /// both ended cleanly. `upgrade`: the request asks to switch protocols; a 101 answer then
 /// leaves the connection in the body, to be taken with [`Body1::into_upgraded`].
-/// `traceparent`: a `traceparent` value written into the head after the request's headers
-/// (which then have none), rather than made a header value first. `keep_raw`: the response's
+/// `appended`: fields written into the head after the request's headers (which then have
+/// none of them), rather than made header values and inserted first. `keep_raw`: the response's
 /// fields may be kept as they came (see [`RawHead`]); its `HeaderMap` then holds none of them.
 ///
 /// The head is encoded when this is called, before the future exists: an `async fn` would
@@ -363,11 +363,11 @@ pub fn send(
     mut conn: Box<Conn1>,
     request: Request<RequestBody>,
     upgrade: bool,
-    traceparent: Option<&[u8]>,
+    appended: Appended<'_>,
     keep_raw: bool,
 ) -> impl std::future::Future<Output = Result<Response<Body1>, SendFailed>> {
     let head_only = request.method() == Method::HEAD;
-    let (mut writer, parts) = start(&mut conn, request, traceparent);
+    let (mut writer, parts) = start(&mut conn, request, appended);
     async move {
         let polled = std::future::poll_fn(|cx| {
             if !writer.done(&conn) {
@@ -437,7 +437,7 @@ pub fn send(
 fn start(
     conn: &mut Conn1,
     request: Request<RequestBody>,
-    traceparent: Option<&[u8]>,
+    appended: Appended<'_>,
 ) -> (Writer, http::request::Parts) {
     let (parts, body) = request.into_parts();
     let s = &mut conn.scratch;
@@ -473,8 +473,8 @@ fn start(
             put_field(s, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    if let Some(traceparent) = traceparent {
-        put_field(s, b"traceparent", traceparent);
+    for (name, value) in appended.fields() {
+        put_field(s, name.as_str().as_bytes(), value);
     }
     let empty = body.is_end_stream();
     let framing = match (declared, body.size_hint().exact()) {
@@ -1065,6 +1065,15 @@ mod tests {
         Conn1::new(UpstreamIo::Plain(stream), addr, 8, slot)
     }
 
+    /// Sends `request` on a new connection to `addr`: no upgrade, nothing appended, the
+    /// answer's head built into its map.
+    async fn send_plain(
+        addr: SocketAddr,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Body1>, SendFailed> {
+        send(conn(addr).await, request, false, Appended::default(), false).await
+    }
+
     fn get(path: &str) -> Request<RequestBody> {
         Request::builder()
             .uri(path)
@@ -1079,9 +1088,7 @@ mod tests {
         request: Request<RequestBody>,
     ) -> (Response<Body1>, Vec<u8>) {
         let (addr, server) = upstream(reply, piece, false).await;
-        let response = send(conn(addr).await, request, false, None, false)
-            .await
-            .unwrap();
+        let response = send_plain(addr, request).await.unwrap();
         let (got, sock) = server.await.unwrap();
         // Keep the upstream's end open for as long as the test reads the answer.
         std::mem::forget(sock);
@@ -1380,9 +1387,7 @@ mod tests {
             true,
         )
         .await;
-        let response = send(conn(addr).await, get("/"), false, None, false)
-            .await
-            .unwrap();
+        let response = send_plain(addr, get("/")).await.unwrap();
         let mut body = response.into_body();
         let data = (&mut body).collect().await.unwrap().to_bytes();
         assert_eq!(data, "until the end");
@@ -1448,9 +1453,7 @@ mod tests {
             false,
         )
         .await;
-        let response = send(conn(addr).await, post("3", b"abc"), false, None, false)
-            .await
-            .unwrap();
+        let response = send_plain(addr, post("3", b"abc")).await.unwrap();
         assert!(response.body().is_end_stream());
         assert!(response.into_body().take_idle().is_some());
         let (mut got, mut sock) = server.await.unwrap();
@@ -1475,9 +1478,7 @@ mod tests {
             false,
         )
         .await;
-        let failed = send(conn(addr).await, post("999", b"abc"), false, None, false)
-            .await
-            .unwrap_err();
+        let failed = send_plain(addr, post("999", b"abc")).await.unwrap_err();
         assert!(
             matches!(failed.error, Http1Error::RequestBody(_)),
             "{:?}",
@@ -1493,9 +1494,7 @@ mod tests {
             b"garbage\r\n\r\n",
         ] {
             let (addr, _server) = upstream(reply, usize::MAX, false).await;
-            let failed = send(conn(addr).await, get("/"), false, None, false)
-                .await
-                .unwrap_err();
+            let failed = send_plain(addr, get("/")).await.unwrap_err();
             assert!(
                 matches!(failed.error, Http1Error::Invalid(_)),
                 "{:?}",
@@ -1536,9 +1535,7 @@ mod tests {
         reply.extend_from_slice(b"\r\n\r\n");
         let reply: &'static [u8] = reply.leak();
         let (addr, _server) = upstream(reply, usize::MAX, false).await;
-        let failed = send(conn(addr).await, get("/"), false, None, false)
-            .await
-            .unwrap_err();
+        let failed = send_plain(addr, get("/")).await.unwrap_err();
         assert!(
             matches!(failed.error, Http1Error::HeadTooLarge),
             "{:?}",
@@ -1550,9 +1547,7 @@ mod tests {
     async fn a_closed_idle_connection_is_not_usable() {
         let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         let (addr, server) = upstream(reply, usize::MAX, false).await;
-        let response = send(conn(addr).await, get("/"), false, None, false)
-            .await
-            .unwrap();
+        let response = send_plain(addr, get("/")).await.unwrap();
         let mut body = response.into_body();
         (&mut body).collect().await.unwrap();
         let mut idle = body.take_idle().unwrap();
@@ -1567,9 +1562,15 @@ mod tests {
     async fn switching_protocols_hands_over_the_bytes_read_past_the_head() {
         let reply = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\nearly";
         let (addr, server) = upstream(reply, usize::MAX, false).await;
-        let response = send(conn(addr).await, get("/ws"), true, None, false)
-            .await
-            .unwrap();
+        let response = send(
+            conn(addr).await,
+            get("/ws"),
+            true,
+            Appended::default(),
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(response.status(), 101);
         let mut up = response.into_body().into_upgraded().expect("upgraded");
         let (_, mut sock) = server.await.unwrap();

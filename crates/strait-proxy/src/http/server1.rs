@@ -303,6 +303,8 @@ pub struct RequestBody1 {
     upgrade: Option<oneshot::Receiver<UpgradedClient>>,
     /// The head's (first) `content-type` says gRPC.
     grpc: bool,
+    /// The head has an `x-forwarded-for` or `x-forwarded-proto` field.
+    x_forwarded: bool,
 }
 
 // What the head's parse saw, carried with the body so the gateway need not look the headers
@@ -323,6 +325,11 @@ impl RequestBody1 {
     /// ...).
     pub(crate) fn is_grpc(&self) -> bool {
         self.grpc
+    }
+
+    /// The request came with `x-forwarded-for` or `x-forwarded-proto`.
+    pub(crate) fn names_forwarding(&self) -> bool {
+        self.x_forwarded
     }
 }
 
@@ -448,6 +455,8 @@ struct Head {
     trailers: bool,
     /// The first `content-type` starts with `application/grpc`.
     grpc: bool,
+    /// An `x-forwarded-for` or `x-forwarded-proto` field is there.
+    x_forwarded: bool,
 }
 
 /// Parses a request head at the start of `bytes`: the head and its length, `None` until it is
@@ -482,6 +491,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
     let (mut upgrade, mut trailers, mut expect_continue) = (false, false, false);
     let mut grpc = None;
     let mut hosts = 0u32;
+    let mut x_forwarded = false;
     for field in slots.fields(line.fields) {
         // In range: the parser's offsets lie within the head.
         let raw_name = bytes.get(field.name()).unwrap_or_default();
@@ -516,6 +526,8 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
             grpc = Some(headers::is_grpc_content_type(raw_value));
         } else if name == header::HOST {
             hosts += 1;
+        } else if headers::is_x_forwarded(&name) {
+            x_forwarded = true;
         }
         headers.append(name, value);
     }
@@ -552,6 +564,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
         upgrade: http11 && connection_upgrade && upgrade,
         trailers,
         grpc: grpc.unwrap_or(false),
+        x_forwarded,
     };
     Ok(Some((head, line.len)))
 }
@@ -718,6 +731,7 @@ fn exchange<'a>(
         upgrade,
         trailers,
         grpc,
+        x_forwarded,
     } = head;
     {
         let mut inb = inbound.borrow_mut();
@@ -735,6 +749,7 @@ fn exchange<'a>(
         inbound: Rc::clone(inbound),
         upgrade: upgrade_rx,
         grpc,
+        x_forwarded,
     }));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -1248,6 +1263,21 @@ mod tests {
         assert_eq!(head.headers.get_all("x-two").iter().count(), 2);
         assert!(head.keep_alive && !head.upgrade && !head.expect_continue);
         assert!(matches!(head.body, BodyState::Done));
+    }
+
+    #[test]
+    fn the_parse_tells_whether_x_forwarded_fields_came() {
+        let came = |fields: &str| {
+            let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{fields}\r\n");
+            parse(&raw).unwrap().unwrap().0.x_forwarded
+        };
+        assert!(!came(""));
+        assert!(!came(
+            "X-Forwarded-Host: y\r\nForwarded: for=1.2.3.4\r\nX-Request-Id: 7\r\n"
+        ));
+        assert!(came("X-Forwarded-For: 1.2.3.4\r\n"));
+        assert!(came("x-forwarded-proto: https\r\n"));
+        assert!(came("X-FORWARDED-PROTO: https\r\nAccept: */*\r\n"));
     }
 
     #[test]
