@@ -243,20 +243,16 @@ pub(crate) fn serve(
             );
             return Ok(answered_unrouted(listener, response, started));
         }
-        // Made on arrival, so every answer's log line has one, not just the forwarded ones.
-        let made_id = if listener.proxy_headers.request_id {
-            // An entry: the name hashed once to look and to insert.
-            match req.headers_mut().entry(&headers::X_REQUEST_ID) {
-                http::header::Entry::Vacant(slot) => {
-                    let id = headers::new_request_id();
-                    slot.insert(id.clone());
-                    Some(id)
-                }
-                http::header::Entry::Occupied(_) => None,
-            }
-        } else {
-            None
+        // Made on arrival, so every answer's log line has one, not just the forwarded ones; it
+        // is written into the request when that is forwarded (`forward_to`), as the
+        // `x-forwarded-*` fields are: routes, policies and rate limits see the request as it came.
+        let came_with_id = match req.body() {
+            // Seen as the head was parsed.
+            ClientBody::Http1(body) => body.names_request_id(),
+            ClientBody::Hyper(_) => req.headers().contains_key(&headers::X_REQUEST_ID),
         };
+        let made_id =
+            (listener.proxy_headers.request_id && !came_with_id).then(headers::RequestId::random);
         // The token first: its claims may become headers that routes and rate limits look at.
         if let Some(jwt) = &listener.jwt {
             if let Err(refusal) = jwt.check(req.headers_mut()) {
@@ -272,10 +268,15 @@ pub(crate) fn serve(
             }
         }
         let host = request_host(&req);
-        let mut trace = listener
-            .tracing
-            .as_ref()
-            .map(|t| t.begin(&req, &listener.name, conn.peer, host.as_ref()));
+        let mut trace = listener.tracing.as_ref().map(|t| {
+            t.begin(
+                &req,
+                &listener.name,
+                conn.peer,
+                host.as_ref(),
+                made_id.as_ref(),
+            )
+        });
         let (found, denied) = {
             let view = RequestView {
                 method: req.method(),
@@ -320,8 +321,8 @@ pub(crate) fn serve(
             )?;
             // The id made above, else the client's: no second lookup for the one just made.
             match &made_id {
-                Some(id) => entry.set_request_id(Some(id), true),
-                None => entry.set_request_id(req.headers().get(&headers::X_REQUEST_ID), false),
+                Some(id) => entry.set_made_request_id(id),
+                None => entry.set_request_id(req.headers().get(&headers::X_REQUEST_ID)),
             }
             entry.peer_identity = conn.tls.get().and_then(|t| t.peer_identity.clone());
             Some(entry)
@@ -456,6 +457,7 @@ pub(crate) fn serve(
                         action,
                         matched,
                         host,
+                        made_id,
                         grpc,
                         cluster,
                         stats,
@@ -581,6 +583,7 @@ fn forward_to<'a>(
     action: &'a RouteAction,
     matched: MatchInfo,
     host: Option<HeaderValue>,
+    made_id: Option<headers::RequestId>,
     grpc: bool,
     cluster: &'a ClusterPlan,
     route_stats: &'a Arc<RouteStats>,
@@ -650,6 +653,15 @@ fn forward_to<'a>(
             if let Some(t) = trace {
                 t.strip(&mut parts.headers);
             }
+            // The id made on arrival goes after the request's own fields with the `x-forwarded-*`
+            // ones when those do, else into the map (unless a token's claims put one there).
+            if let (Some(id), false) = (&made_id, forwarding_appended) {
+                if let http::header::Entry::Vacant(slot) =
+                    parts.headers.entry(&headers::X_REQUEST_ID)
+                {
+                    slot.insert(id.to_value());
+                }
+            }
             let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
             let hop = Hop {
                 client_ip: conn.peer.ip(),
@@ -658,9 +670,9 @@ fn forward_to<'a>(
                 host: host_text,
                 version,
             };
-            // The id `serve` gave the request (or the client's) is still there unless `connection`
-            // named it or a token's claims replaced it.
-            let id_in_place = !id_may_change && listener.jwt.is_none();
+            // The id made on arrival is settled above; the client's is still there unless
+            // `connection` named it or a token's claims replaced it.
+            let id_in_place = made_id.is_some() || !id_may_change && listener.jwt.is_none();
             headers::add_forwarding_headers(
                 &mut parts.headers,
                 &listener.proxy_headers,
@@ -679,9 +691,9 @@ fn forward_to<'a>(
                 }
             }
             let received = log.as_mut().map(|entry| {
-                if id_may_change {
+                if id_may_change && made_id.is_none() {
                     // An id made just now is the one the upstream sees: log that one.
-                    entry.set_request_id(parts.headers.get(&headers::X_REQUEST_ID), false);
+                    entry.set_request_id(parts.headers.get(&headers::X_REQUEST_ID));
                 }
                 Arc::clone(&entry.bytes_received)
             });
@@ -870,6 +882,10 @@ fn forward_to<'a>(
             keep_raw,
             counters,
             Appended {
+                request_id: made_id
+                    .as_ref()
+                    .filter(|_| forwarding_appended)
+                    .map(headers::RequestId::as_bytes),
                 traceparent: traceparent.as_ref().map(TraceparentValue::as_bytes),
                 ..if forwarding_appended {
                     Appended::forwarding(&listener.proxy_headers, &conn.peer_ip, conn.scheme())

@@ -105,8 +105,17 @@ clusters:
     assert_eq!(resp.status, 200);
     assert_eq!(proxy.get("api.example", "/down").await.status, 503);
     assert_eq!(proxy.get("api.example", "/missing").await.status, 404);
+    // An id made here is the one the upstream sees and the one logged.
+    let made = request("GET", "api.example", "/api/made")
+        .body(empty())
+        .expect("request");
+    let made = within(Duration::from_secs(5), "made", proxy.send(Proto::H1, made))
+        .await
+        .expect("made");
+    let seen = made.echo().header("x-request-id");
+    assert_eq!(seen.len(), 1, "one x-request-id: {seen:?}");
 
-    let entries = lines(&log, 3).await;
+    let entries = lines(&log, 4).await;
     for e in &entries {
         let keys: Vec<&str> = e
             .as_object()
@@ -157,6 +166,7 @@ clusters:
             .is_some_and(|id| id.len() == 32),
         "generated ids are logged"
     );
+    assert_eq!(entries[3]["request_id"], seen[0].as_str());
     let _ = std::fs::remove_file(&log);
 }
 

@@ -353,6 +353,8 @@ pub struct Hop<'a> {
 /// For HTTP/2 they are inserted into the headers instead ([`Appended::insert_into`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Appended<'a> {
+    /// `x-request-id`: the id made on arrival, when the request came with none.
+    pub request_id: Option<&'a [u8]>,
     /// `traceparent`, for the attempt's span.
     pub traceparent: Option<&'a [u8]>,
     /// `x-forwarded-for`: the client's address, when the request came with none.
@@ -371,6 +373,7 @@ impl<'a> Appended<'a> {
     ) -> Self {
         let written = |mode| !matches!(mode, ForwardedMode::Untouched);
         Appended {
+            request_id: None,
             traceparent: None,
             forwarded_for: written(cfg.x_forwarded_for).then_some(client_ip_text),
             forwarded_proto: written(cfg.x_forwarded_proto).then_some(scheme),
@@ -381,6 +384,7 @@ impl<'a> Appended<'a> {
     pub fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &[u8])> {
         let traceparent: &'static HeaderName = &crate::telemetry::trace_context::TRACEPARENT;
         [
+            self.request_id.map(|v| (&X_REQUEST_ID, v)),
             self.forwarded_for.map(|v| (&X_FORWARDED_FOR, v.as_bytes())),
             self.forwarded_proto
                 .map(|v| (&X_FORWARDED_PROTO, v.as_bytes())),
@@ -401,10 +405,21 @@ impl<'a> Appended<'a> {
     }
 }
 
-/// `x-forwarded-for` or `x-forwarded-proto`: the fields [`Appended::forwarding`] writes for a
-/// request that came with neither. (By length first: most names are settled by it.)
-pub(crate) fn is_x_forwarded(name: &HeaderName) -> bool {
-    matches!(name.as_str().len(), 15 | 17) && (name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO)
+/// [`proxy_field`]: `x-forwarded-for` or `x-forwarded-proto`.
+pub(crate) const FIELD_X_FORWARDED: u8 = 1;
+/// [`proxy_field`]: `x-request-id`.
+pub(crate) const FIELD_REQUEST_ID: u8 = 2;
+
+/// Whether `name` is one of the fields the proxy writes itself, and which: `x-forwarded-for`
+/// or `x-forwarded-proto` ([`FIELD_X_FORWARDED`]), `x-request-id` ([`FIELD_REQUEST_ID`]), or
+/// 0. A request that came with none of them may have them written after its own fields (see
+/// [`Appended`]). By length first: most names are settled by it.
+pub(crate) fn proxy_field(name: &HeaderName) -> u8 {
+    match name.as_str().len() {
+        12 if name == X_REQUEST_ID => FIELD_REQUEST_ID,
+        15 | 17 if name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO => FIELD_X_FORWARDED,
+        _ => 0,
+    }
 }
 
 /// Writes `x-forwarded-for`, `x-forwarded-proto`, `forwarded`, `via` and `x-request-id` as
@@ -541,12 +556,35 @@ fn is_token(s: &str) -> bool {
 
 /// A new random request id: 32 lower-case hex digits (128 bits).
 pub fn new_request_id() -> HeaderValue {
-    let mut out = [0u8; 32];
-    let (hi, lo) = out.split_at_mut(16);
-    hi.copy_from_slice(&hex_digits(fastrand::u64(..)));
-    lo.copy_from_slice(&hex_digits(fastrand::u64(..)));
-    // Hex digits are always a valid header value.
-    made_value(&out).unwrap_or_else(|| HeaderValue::from_static("0"))
+    RequestId::random().to_value()
+}
+
+/// A request id made here: 32 lower-case hex digits of a random 128-bit number. Kept as bytes
+/// until something needs a header value of it; when the HTTP/1 client writes it after the
+/// request's fields (see [`Appended`]), it never becomes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId([u8; 32]);
+
+impl RequestId {
+    /// A new random id.
+    pub fn random() -> Self {
+        let mut out = [0u8; 32];
+        let (hi, lo) = out.split_at_mut(16);
+        hi.copy_from_slice(&hex_digits(fastrand::u64(..)));
+        lo.copy_from_slice(&hex_digits(fastrand::u64(..)));
+        RequestId(out)
+    }
+
+    /// The id's hex digits.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The id as a header value.
+    pub fn to_value(&self) -> HeaderValue {
+        // Hex digits are always a valid header value.
+        made_value(&self.0).unwrap_or_else(|| HeaderValue::from_static("0"))
+    }
 }
 
 /// The 16 nibbles of `x` as lower-case hex digits, least significant first (a random id has
@@ -965,16 +1003,27 @@ mod tests {
                 assert_eq!(inserted.len(), in_map.len(), "{cfg:?}");
             }
         }
-        // A trace context goes last, after the forwarding fields.
+        // The request id first, a trace context last.
+        let id = RequestId::random();
         let appended = Appended {
+            request_id: Some(id.as_bytes()),
             traceparent: Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
             ..Appended::forwarding(&ProxyHeaders::default(), &text, "http")
         };
         let names: Vec<&str> = appended.fields().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["x-forwarded-for", "x-forwarded-proto", "traceparent"]
+            [
+                "x-request-id",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "traceparent"
+            ]
         );
+        let mut h = HeaderMap::new();
+        appended.insert_into(&mut h);
+        assert_eq!(h["x-request-id"], id.to_value());
+        assert_eq!(h.len(), 4);
     }
 
     #[test]

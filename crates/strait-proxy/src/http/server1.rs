@@ -303,8 +303,8 @@ pub struct RequestBody1 {
     upgrade: Option<oneshot::Receiver<UpgradedClient>>,
     /// The head's (first) `content-type` says gRPC.
     grpc: bool,
-    /// The head has an `x-forwarded-for` or `x-forwarded-proto` field.
-    x_forwarded: bool,
+    /// Which of the fields the proxy writes itself the head has (`headers::proxy_field`).
+    proxy_fields: u8,
 }
 
 // What the head's parse saw, carried with the body so the gateway need not look the headers
@@ -329,7 +329,12 @@ impl RequestBody1 {
 
     /// The request came with `x-forwarded-for` or `x-forwarded-proto`.
     pub(crate) fn names_forwarding(&self) -> bool {
-        self.x_forwarded
+        self.proxy_fields & headers::FIELD_X_FORWARDED != 0
+    }
+
+    /// The request came with an `x-request-id`.
+    pub(crate) fn names_request_id(&self) -> bool {
+        self.proxy_fields & headers::FIELD_REQUEST_ID != 0
     }
 }
 
@@ -455,8 +460,8 @@ struct Head {
     trailers: bool,
     /// The first `content-type` starts with `application/grpc`.
     grpc: bool,
-    /// An `x-forwarded-for` or `x-forwarded-proto` field is there.
-    x_forwarded: bool,
+    /// Which of the fields the proxy writes itself are there (`headers::proxy_field`).
+    proxy_fields: u8,
 }
 
 /// Parses a request head at the start of `bytes`: the head and its length, `None` until it is
@@ -491,7 +496,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
     let (mut upgrade, mut trailers, mut expect_continue) = (false, false, false);
     let mut grpc = None;
     let mut hosts = 0u32;
-    let mut x_forwarded = false;
+    let mut proxy_fields = 0u8;
     for field in slots.fields(line.fields) {
         // In range: the parser's offsets lie within the head.
         let raw_name = bytes.get(field.name()).unwrap_or_default();
@@ -526,8 +531,8 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
             grpc = Some(headers::is_grpc_content_type(raw_value));
         } else if name == header::HOST {
             hosts += 1;
-        } else if headers::is_x_forwarded(&name) {
-            x_forwarded = true;
+        } else {
+            proxy_fields |= headers::proxy_field(&name);
         }
         headers.append(name, value);
     }
@@ -564,7 +569,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
         upgrade: http11 && connection_upgrade && upgrade,
         trailers,
         grpc: grpc.unwrap_or(false),
-        x_forwarded,
+        proxy_fields,
     };
     Ok(Some((head, line.len)))
 }
@@ -731,7 +736,7 @@ fn exchange<'a>(
         upgrade,
         trailers,
         grpc,
-        x_forwarded,
+        proxy_fields,
     } = head;
     {
         let mut inb = inbound.borrow_mut();
@@ -749,7 +754,7 @@ fn exchange<'a>(
         inbound: Rc::clone(inbound),
         upgrade: upgrade_rx,
         grpc,
-        x_forwarded,
+        proxy_fields,
     }));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -1266,18 +1271,25 @@ mod tests {
     }
 
     #[test]
-    fn the_parse_tells_whether_x_forwarded_fields_came() {
+    fn the_parse_tells_which_of_the_proxy_s_own_fields_came() {
         let came = |fields: &str| {
             let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{fields}\r\n");
-            parse(&raw).unwrap().unwrap().0.x_forwarded
+            parse(&raw).unwrap().unwrap().0.proxy_fields
         };
-        assert!(!came(""));
-        assert!(!came(
-            "X-Forwarded-Host: y\r\nForwarded: for=1.2.3.4\r\nX-Request-Id: 7\r\n"
-        ));
-        assert!(came("X-Forwarded-For: 1.2.3.4\r\n"));
-        assert!(came("x-forwarded-proto: https\r\n"));
-        assert!(came("X-FORWARDED-PROTO: https\r\nAccept: */*\r\n"));
+        let (fwd, id) = (headers::FIELD_X_FORWARDED, headers::FIELD_REQUEST_ID);
+        assert_eq!(came(""), 0);
+        assert_eq!(
+            came("X-Forwarded-Host: y\r\nForwarded: for=1.2.3.4\r\nX-Request: 7\r\n"),
+            0
+        );
+        assert_eq!(came("X-Forwarded-For: 1.2.3.4\r\n"), fwd);
+        assert_eq!(came("x-forwarded-proto: https\r\n"), fwd);
+        assert_eq!(came("X-FORWARDED-PROTO: https\r\nAccept: */*\r\n"), fwd);
+        assert_eq!(came("X-Request-Id: 7\r\n"), id);
+        assert_eq!(
+            came("x-request-id: 7\r\nx-forwarded-for: 1.2.3.4\r\n"),
+            fwd | id
+        );
     }
 
     #[test]

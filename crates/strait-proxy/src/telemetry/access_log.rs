@@ -410,15 +410,21 @@ fn write_lines(shared: &std::sync::Weak<SinkShared>) {
 }
 
 impl LogEntry {
-    /// Records the request id: `made` when the proxy made it (hex digits, nothing to check).
-    pub(crate) fn set_request_id(&mut self, id: Option<&HeaderValue>, made: bool) {
+    /// Records the request id the request came with (or was given by a token's claims).
+    pub(crate) fn set_request_id(&mut self, id: Option<&HeaderValue>) {
         let text = &mut self.request_id;
         text.clear();
         match id {
-            Some(id) if made || plain_ascii(id.as_bytes()) => json_plain(text, id.as_bytes()),
+            Some(id) if plain_ascii(id.as_bytes()) => json_plain(text, id.as_bytes()),
             Some(id) => json_str(text, id.to_str().unwrap_or("")),
             None => text.extend_from_slice(b"\"\""),
         }
+    }
+
+    /// Records the request id the proxy made (hex digits, nothing to check).
+    pub(crate) fn set_made_request_id(&mut self, id: &crate::http::headers::RequestId) {
+        self.request_id.clear();
+        json_plain(&mut self.request_id, id.as_bytes());
     }
 
     /// Writes the line (without its newline), its keys in the configured order.

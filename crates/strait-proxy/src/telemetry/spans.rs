@@ -216,6 +216,7 @@ impl ListenerTracing {
         listener: &Arc<str>,
         client: SocketAddr,
         host: Option<&HeaderValue>,
+        made_id: Option<&crate::http::headers::RequestId>,
     ) -> RequestTrace {
         let present = Formats::present(req.headers());
         let extracted = trace_context::extract_present(req.headers(), &self.accept, present);
@@ -232,7 +233,11 @@ impl ListenerTracing {
             record.host = host.cloned();
             record.client = Some(client);
             record.user_agent = headers.get(http::header::USER_AGENT).cloned();
-            record.request_id = headers.get(&crate::http::headers::X_REQUEST_ID).cloned();
+            // The id made on arrival is written into the request when it is forwarded.
+            record.request_id = match made_id {
+                Some(id) => Some(id.to_value()),
+                None => headers.get(&crate::http::headers::X_REQUEST_ID).cloned(),
+            };
             OpenSpan::new(record, Arc::clone(&self.tracer.sink))
         });
         RequestTrace {
