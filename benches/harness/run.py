@@ -151,9 +151,8 @@ def log(msg: str) -> None:
 # /proc sampling
 
 
-def cpu_ns(pids: list[int]) -> int:
-    """Nanoseconds on CPU of every thread of these processes (schedstat's first field)."""
-    total = 0
+def thread_stats(pids: list[int], name: str):
+    """The text of /proc/PID/task/TID/<name> of every thread of these processes."""
     for pid in pids:
         try:
             tasks = os.listdir(f"/proc/{pid}/task")
@@ -161,11 +160,36 @@ def cpu_ns(pids: list[int]) -> int:
             continue
         for tid in tasks:
             try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                with open(f"/proc/{pid}/task/{tid}/{name}") as f:
+                    yield f.read()
+            except (FileNotFoundError, ProcessLookupError):
                 pass
+
+
+def cpu_ns(pids: list[int]) -> int:
+    """Nanoseconds on CPU of every thread of these processes (schedstat's first field)."""
+    total = 0
+    for text in thread_stats(pids, "schedstat"):
+        try:
+            total += int(text.split()[0])
+        except (IndexError, ValueError):
+            pass
     return total
+
+
+def cpu_ticks(pids: list[int]) -> tuple[int, int]:
+    """User and system clock ticks of every thread of these processes (stat's utime and stime):
+    coarse (10 ms), but over a run enough to split the schedstat time between the two."""
+    user = system = 0
+    for text in thread_stats(pids, "stat"):
+        try:
+            # the fields after the command name (which may hold spaces); state is the first
+            fields = text.rsplit(")", 1)[1].split()
+            user += int(fields[11])
+            system += int(fields[12])
+        except (IndexError, ValueError):
+            pass
+    return user, system
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -836,9 +860,9 @@ def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float |
 def measure(env: Env, scenario: str, target: Target, seconds: float, rate=None) -> dict:
     pids = target.pids()
     a0 = target.up.accepts()
-    c0, t0 = cpu_ns(pids), time.monotonic()
+    (u0, s0), c0, t0 = cpu_ticks(pids), cpu_ns(pids), time.monotonic()
     r = drive(env, scenario, target, seconds, rate)
-    c1, wall = cpu_ns(pids), time.monotonic() - t0
+    c1, wall, (u1, s1) = cpu_ns(pids), time.monotonic() - t0, cpu_ticks(pids)
     a1 = target.up.accepts()
     # connections the upstream accepted during the run (-1: the stub_status probe itself);
     # for `direct` these are the load generator's own connections
@@ -848,6 +872,10 @@ def measure(env: Env, scenario: str, target: Target, seconds: float, rate=None) 
     r["loadavg_1m"] = os.getloadavg()[0]  # other work on the machine shows up here
     r["cpu_us_per_req"] = (c1 - c0) / 1000 / n if n else None
     r["cpu_cores"] = (c1 - c0) / 1e9 / wall if wall > 0 else None
+    # the part of it spent in user space (the rest is the kernel's: sockets, epoll)
+    ticks = (u1 - u0) + (s1 - s0)
+    if r["cpu_us_per_req"] is not None and ticks > 0:
+        r["cpu_user_us_per_req"] = r["cpu_us_per_req"] * (u1 - u0) / ticks
     if scenario == "body-1m":
         r["mib_per_s"] = r["bytes"] / r["seconds"] / (1 << 20) if r["seconds"] else 0.0
     mem = [proc_status(pid) for pid in pids]
@@ -901,7 +929,7 @@ def memory_run(env: Env, target: Target, conns: int) -> dict:
     }
 
 
-METRICS = ["upstream_conns", "rps", "cpu_us_per_req", "cpu_cores", "mib_per_s", "offered_rps", "errors",
+METRICS = ["upstream_conns", "rps", "cpu_us_per_req", "cpu_user_us_per_req", "cpu_cores", "mib_per_s", "offered_rps", "errors",
            "rss_bytes", "peak_rss_bytes", "idle_rss_bytes", "rss_before_bytes",
            "rss_with_conns_bytes", "bytes_per_conn", "connections_opened", "server_sockets",
            "rss_after_close_bytes"]
@@ -1163,7 +1191,9 @@ def markdown(result: dict) -> str:
         "",
         "CPU µs/req: on-CPU time of the target's serving process (all threads, from "
         "/proc/PID/task/*/schedstat) per completed request. For `direct` it is the upstream's "
-        "own cost of answering. ×nginx and ×direct divide by nginx's and direct's medians.",
+        "own cost of answering. ×nginx and ×direct divide by nginx's and direct's medians. "
+        "user: the part of it in user space (the rest is the kernel's), split by the "
+        "threads' utime and stime.",
         "",
     ]
     # summary
@@ -1204,8 +1234,8 @@ def markdown(result: dict) -> str:
                     "p99 ×nginx", "p99 ×direct", "CPU µs/req", "×nginx", "peak RSS", "errors"]
         else:
             rate = "MiB/s" if s == "body-1m" else ("handshakes/s" if s == "tls-handshake" else "req/s")
-            head = ["target", rate, "×nginx", "×direct", "CPU µs/req", "(min–max)", "×nginx",
-                    "×direct", "p50", "p99", "p99.9", "peak RSS", "upstream conns", "errors"]
+            head = ["target", rate, "×nginx", "×direct", "CPU µs/req", "(min–max)", "user",
+                    "×nginx", "×direct", "p50", "p99", "p99.9", "peak RSS", "upstream conns", "errors"]
         lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for t, r in res["targets"].items():
             if r.get("status") != "ok":
@@ -1236,7 +1266,7 @@ def markdown(result: dict) -> str:
                     spread = f"{m['cpu_us_per_req_min']:.2f}–{m['cpu_us_per_req_max']:.2f}"
                 row = [t, fnum(m.get(key), 1 if key == "mib_per_s" else 0), x(r, "nginx", key),
                        x(r, "direct", key), fnum(m.get("cpu_us_per_req"), 2), spread,
-                       x(r, "nginx", "cpu_us_per_req"), x(r, "direct", "cpu_us_per_req"),
+                       fnum(m.get("cpu_user_us_per_req"), 2), x(r, "nginx", "cpu_us_per_req"), x(r, "direct", "cpu_us_per_req"),
                        us(lat.get("p50")), us(lat.get("p99")), us(lat.get("p999")),
                        mib(m.get("peak_rss_bytes")), fnum(m.get("upstream_conns")),
                        fnum(m.get("errors"))]
