@@ -457,7 +457,7 @@ pub(crate) fn serve(
                         action,
                         matched,
                         host,
-                        made_id,
+                        made_id.as_ref(),
                         grpc,
                         cluster,
                         stats,
@@ -583,7 +583,7 @@ fn forward_to<'a>(
     action: &'a RouteAction,
     matched: MatchInfo,
     host: Option<HeaderValue>,
-    made_id: Option<headers::RequestId>,
+    made_id: Option<&'a headers::RequestId>,
     grpc: bool,
     cluster: &'a ClusterPlan,
     route_stats: &'a Arc<RouteStats>,
@@ -655,7 +655,7 @@ fn forward_to<'a>(
             }
             // The id made on arrival goes after the request's own fields with the `x-forwarded-*`
             // ones when those do, else into the map (unless a token's claims put one there).
-            if let (Some(id), false) = (&made_id, forwarding_appended) {
+            if let (Some(id), false) = (made_id, forwarding_appended) {
                 if let http::header::Entry::Vacant(slot) =
                     parts.headers.entry(&headers::X_REQUEST_ID)
                 {
@@ -883,7 +883,6 @@ fn forward_to<'a>(
             counters,
             Appended {
                 request_id: made_id
-                    .as_ref()
                     .filter(|_| forwarding_appended)
                     .map(headers::RequestId::as_bytes),
                 traceparent: traceparent.as_ref().map(TraceparentValue::as_bytes),
