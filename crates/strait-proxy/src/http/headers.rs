@@ -425,8 +425,9 @@ pub(crate) fn proxy_field(name: &HeaderName) -> u8 {
 /// Writes `x-forwarded-for`, `x-forwarded-proto`, `forwarded`, `via` and `x-request-id` as
 /// the listener's settings say.
 ///
-/// `id_in_place`: the request still holds the `x-request-id` it came with or was given on
-/// arrival (none was removed since), so it is not looked for again. `forwarding_appended`: the
+/// `id_in_place`: the request's `x-request-id` is settled (the one it came with is still
+/// there, or the one made on arrival is written, into the map or after the fields), so it is
+/// not looked for again. `forwarding_appended`: the
 /// request has no `x-forwarded-for` or `x-forwarded-proto` and the caller writes them itself
 /// (see [`Appended::forwarding`]): they are left out here.
 pub fn add_forwarding_headers(
