@@ -50,7 +50,7 @@ pub(crate) async fn serve_h2c(
     drain: watch::Receiver<bool>,
 ) {
     serve_http(
-        TokioIo::new(io),
+        TokioIo::new(crate::http::Batched::new(io, true)),
         Protocol::Http2,
         conn,
         idle_timeout,
@@ -104,7 +104,10 @@ async fn serve_tls(
     };
     let _ = conn.tls.set(info);
     serve_http(
-        TokioIo::new(stream),
+        TokioIo::new(crate::http::Batched::new(
+            stream,
+            protocol == Protocol::Http2,
+        )),
         protocol,
         conn,
         idle_timeout,
