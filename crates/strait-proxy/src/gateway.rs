@@ -246,11 +246,7 @@ pub(crate) fn serve(
         // Made on arrival, so every answer's log line has one, not just the forwarded ones; it
         // is written into the request when that is forwarded (`forward_to`), as the
         // `x-forwarded-*` fields are: routes, policies and rate limits see the request as it came.
-        let came_with_id = match req.body() {
-            // Seen as the head was parsed.
-            ClientBody::Http1(body) => body.names_request_id(),
-            ClientBody::Hyper(_) => req.headers().contains_key(&headers::X_REQUEST_ID),
-        };
+        let came_with_id = proxy_fields(&req) & headers::FIELD_REQUEST_ID != 0;
         let made_id =
             (listener.proxy_headers.request_id && !came_with_id).then(headers::RequestId::random);
         // The token first: its claims may become headers that routes and rate limits look at.
@@ -602,20 +598,13 @@ fn forward_to<'a>(
         // own fields rather than inserted into its map (see `Appended`) when the client sent
         // neither and nothing reads or copies the map after they are made. What would: header
         // edits, a mirror, a retry policy (each attempt copies the map), a token (its claims may
-        // be written as headers of any name). `server1` noted the fields as it parsed the head;
-        // for a request hyper parsed (HTTP/2, TLS), two lookups cost a quarter of the inserts.
+        // be written as headers of any name).
         let forwarding_appended = cluster.protocol == UpstreamProtocol::Http1
             && action.request_headers.is_empty()
             && action.mirror.is_none()
             && action.retry.is_none()
             && listener.jwt.is_none()
-            && match req.body() {
-                ClientBody::Http1(body) => !body.names_forwarding(),
-                ClientBody::Hyper(_) => {
-                    !req.headers().contains_key(&headers::X_FORWARDED_FOR)
-                        && !req.headers().contains_key(&headers::X_FORWARDED_PROTO)
-                }
-            };
+            && proxy_fields(&req) & headers::FIELD_X_FORWARDED == 0;
         // Made in a block: what the request was made of is dead, and takes no room in the future,
         // by the time the future waits (a named result would keep its room, too).
         #[allow(clippy::blocks_in_conditions)]
@@ -1531,6 +1520,16 @@ fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
             let (k, v) = pair.trim().split_once('=')?;
             (k == name).then_some(v)
         })
+}
+
+/// Which of the fields the proxy writes itself (`x-request-id`, `x-forwarded-for`,
+/// `x-forwarded-proto`) the request came with: noted by `server1` as it parsed the head, or
+/// found in one pass over the names of a request hyper parsed (HTTP/2, TLS).
+fn proxy_fields(req: &Request<ClientBody>) -> u8 {
+    match req.body() {
+        ClientBody::Http1(body) => body.proxy_fields(),
+        ClientBody::Hyper(_) => headers::proxy_fields_in(req.headers()),
+    }
 }
 
 fn is_grpc(req: &Request<ClientBody>) -> bool {

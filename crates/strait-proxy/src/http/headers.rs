@@ -422,6 +422,14 @@ pub(crate) fn proxy_field(name: &HeaderName) -> u8 {
     }
 }
 
+/// [`proxy_field`] of every name in `headers`, in one pass over them (cheaper than a hashed
+/// lookup for each of the fields).
+pub(crate) fn proxy_fields_in(headers: &HeaderMap) -> u8 {
+    headers
+        .keys()
+        .fold(0, |fields, name| fields | proxy_field(name))
+}
+
 /// Writes `x-forwarded-for`, `x-forwarded-proto`, `forwarded`, `via` and `x-request-id` as
 /// the listener's settings say.
 ///
@@ -1025,6 +1033,25 @@ mod tests {
         appended.insert_into(&mut h);
         assert_eq!(h["x-request-id"], id.to_value());
         assert_eq!(h.len(), 4);
+    }
+
+    #[test]
+    fn the_proxy_s_own_fields_are_found_in_one_pass() {
+        assert_eq!(
+            proxy_fields_in(&map(&[("host", "a"), ("x-forwarded-host", "b")])),
+            0
+        );
+        assert_eq!(
+            proxy_fields_in(&map(&[("x-forwarded-proto", "https")])),
+            FIELD_X_FORWARDED
+        );
+        assert_eq!(
+            proxy_fields_in(&map(&[
+                ("x-request-id", "7"),
+                ("x-forwarded-for", "1.2.3.4")
+            ])),
+            FIELD_X_FORWARDED | FIELD_REQUEST_ID
+        );
     }
 
     #[test]

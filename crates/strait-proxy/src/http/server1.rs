@@ -327,14 +327,10 @@ impl RequestBody1 {
         self.grpc
     }
 
-    /// The request came with `x-forwarded-for` or `x-forwarded-proto`.
-    pub(crate) fn names_forwarding(&self) -> bool {
-        self.proxy_fields & headers::FIELD_X_FORWARDED != 0
-    }
-
-    /// The request came with an `x-request-id`.
-    pub(crate) fn names_request_id(&self) -> bool {
-        self.proxy_fields & headers::FIELD_REQUEST_ID != 0
+    /// Which of the fields the proxy writes itself the request came with
+    /// (`headers::proxy_field`).
+    pub(crate) fn proxy_fields(&self) -> u8 {
+        self.proxy_fields
     }
 }
 
