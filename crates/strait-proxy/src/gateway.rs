@@ -230,19 +230,6 @@ pub(crate) fn serve(
             // The listener was removed by a reload while this connection stayed open.
             return Ok(local_reply(grpc, Cause::NoRoute, "listener removed"));
         };
-        // RFC 9112 3.2: one `host` in an HTTP/1.1 request. `server1` refuses others as it parses
-        // the head; HTTP/1.1 over TLS is parsed by hyper, which does not.
-        if matches!(req.body(), ClientBody::Hyper(_))
-            && req.version() == Version::HTTP_11
-            && req.headers().get_all(header::HOST).iter().count() != 1
-        {
-            let response = local_reply(
-                grpc,
-                Cause::BadRequest,
-                "an HTTP/1.1 request has exactly one host",
-            );
-            return Ok(answered_unrouted(listener, response, started));
-        }
         // Made on arrival, so every answer's log line has one, not just the forwarded ones; it
         // is written into the request when that is forwarded (`forward_to`), as the
         // `x-forwarded-*` fields are: routes, policies and rate limits see the request as it came.

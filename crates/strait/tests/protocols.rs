@@ -416,10 +416,7 @@ async fn websocket_upgrade_then_frames_flow_both_ways() {
     let mut s = within(REQUEST_LIMIT, "connect", TcpStream::connect(proxy.listen))
         .await
         .expect("connect to the proxy");
-    let handshake = format!(
-        "GET /chat HTTP/1.1\r\nHost: ws.example.com\r\nConnection: Upgrade\r\n\
-         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n\r\n"
-    );
+    let handshake = ws_upgrade_head("ws.example.com");
     s.write_all(handshake.as_bytes())
         .await
         .expect("send handshake");

@@ -341,8 +341,6 @@ async fn sessions_resume() {
     }
 }
 
-/// hyper serves HTTP/1.1 over TLS and answers a malformed head itself: the listener still
-/// counts it.
 /// A TLS listener in front of an echo upstream, and a client config offering only HTTP/1.1.
 async fn http1_over_tls() -> (Dir, Upstream, Proxy, Arc<rustls::ClientConfig>) {
     let dir = Dir::new();
@@ -352,6 +350,217 @@ async fn http1_over_tls() -> (Dir, Upstream, Proxy, Arc<rustls::ClientConfig>) {
     let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
     let cfg = client_config(&ca.pem(), &[b"http/1.1"], None);
     (dir, up, proxy, cfg)
+}
+
+/// The responses in `bytes`, one after another: each head, and its body's length (framed by
+/// `content-length` or chunked).
+fn responses(mut bytes: &[u8]) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a whole head")
+            + 4;
+        let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+        bytes = &bytes[end..];
+        let mut len = 0;
+        if let Some(at) = head.find("content-length: ") {
+            let digits = head[at + 16..].split("\r\n").next().expect("a length");
+            len = digits.parse().expect("a number");
+            bytes = &bytes[len..];
+        } else if head.contains("transfer-encoding: chunked") {
+            loop {
+                let line_end = bytes.windows(2).position(|w| w == b"\r\n").expect("size");
+                let size = std::str::from_utf8(&bytes[..line_end]).expect("ascii");
+                let size = usize::from_str_radix(size, 16).expect("hex size");
+                bytes = &bytes[line_end + 2..];
+                if size == 0 {
+                    bytes = &bytes[2..];
+                    break;
+                }
+                len += size;
+                bytes = &bytes[size + 2..];
+            }
+        }
+        out.push((head, len));
+    }
+    out
+}
+
+/// Reads one response head off `s`, byte by byte.
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        within(REQUEST_LIMIT, "response head", s.read_exact(&mut byte))
+            .await
+            .expect("read head");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+/// HTTP/1.1 over TLS is served by the proxy's own HTTP/1 server: a response larger than the
+/// socket buffers hold is written whole to a slow reader (that its last bytes are not held
+/// back in the TLS session is `server1`'s unit test); pipelined requests are answered in order
+/// on one connection; and a connection closed after its last answer ends with `close_notify`,
+/// so the client can tell it from a cut one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_over_tls_writes_large_answers_whole_pipelines_and_closes_with_close_notify() {
+    let (_dir, up, proxy, cfg) = http1_over_tls().await;
+    // A small receive buffer, read slowly: the proxy's writes find the socket full.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    let tcp = socket.connect(proxy.listen).await.expect("connect");
+    let name = ServerName::try_from("api.example.com").expect("server name");
+    let mut stream = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let big = 8 * 1024 * 1024 + 11;
+    let request = format!(
+        "GET /big HTTP/1.1\r\nHost: api.example.com\r\nx-echo-response-bytes: {big}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {big}\r\n")),
+        "{head}"
+    );
+    let slow_read = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = big;
+        while left > 0 {
+            let n = stream.read(&mut buf[..left.min(64 * 1024)]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            left -= n;
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    within(REQUEST_LIMIT, "the large body", slow_read)
+        .await
+        .expect("the large answer arrives whole, with no further request");
+
+    let requests =
+        "POST /small HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 5\r\n\r\nhello\
+                    GET /last HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n";
+    stream.write_all(requests.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    within(REQUEST_LIMIT, "answers", stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends with close_notify, not cut");
+    let answers = responses(&answer);
+    assert_eq!(answers.len(), 2, "{:?}", answers);
+    for (head, _) in &answers {
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    }
+    assert!(
+        answers[1].0.contains("connection: close"),
+        "{}",
+        answers[1].0
+    );
+    let seen = up.seen();
+    let uris: Vec<&str> = seen.iter().map(|s| s.uri.as_str()).collect();
+    assert_eq!(uris, ["/big", "/small", "/last"]);
+    assert_eq!(seen[1].body_len, 5);
+}
+
+/// Over TLS as over plain TCP: `expect: 100-continue` gets its interim answer before the body
+/// is sent, and a WebSocket upgrade switches the TLS connection to a tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_over_tls_answers_100_continue_and_upgrades_to_a_websocket() {
+    let dir = Dir::new();
+    let ca = Ca::new("test CA");
+    let up = Upstream::echo("app").await;
+    let ws = Upstream::websocket("ws").await;
+    let (listener, _) = tls_listener(&dir, &ca, "");
+    let template = format!(
+        "listeners:\n  - name: main\n    address: ${{LISTEN}}\n{listener}    routes:\n      \
+         - name: ws\n        match: {{ path: {{ prefix: /chat }} }}\n        backends: [{{ cluster: ws }}]\n      \
+         - name: all\n        backends: [{{ cluster: up }}]\nclusters:\n  - name: up\n    \
+         endpoints: [{{ address: \"{}\" }}]\n  - name: ws\n    endpoints: [{{ address: \"{}\" }}]\n",
+        up.addr, ws.addr
+    );
+    let proxy = Proxy::start(&template).await;
+    let cfg = client_config(&ca.pem(), &[b"http/1.1"], None);
+
+    let mut s = handshake(proxy.listen, Arc::clone(&cfg), "api.example.com")
+        .await
+        .expect("handshake");
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 5\r\n\
+          Expect: 100-continue\r\n\r\n",
+    )
+    .await
+    .expect("write head");
+    let mut interim = [0u8; 25];
+    within(REQUEST_LIMIT, "100 continue", s.read_exact(&mut interim))
+        .await
+        .expect("read 100");
+    assert_eq!(&interim[..], b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.expect("write body");
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(up.seen()[0].body_len, 5);
+
+    let mut s = handshake(proxy.listen, cfg, "api.example.com")
+        .await
+        .expect("handshake");
+    let upgrade = ws_upgrade_head("api.example.com");
+    s.write_all(upgrade.as_bytes())
+        .await
+        .expect("write upgrade");
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let (op, greeting) = within(REQUEST_LIMIT, "greeting", ws_read_frame(&mut s))
+        .await
+        .expect("read greeting");
+    assert_eq!((op, greeting.as_slice()), (1, &b"hello from ws"[..]));
+    s.write_all(&ws_frame(1, b"over tls", Some([1, 2, 3, 4])))
+        .await
+        .expect("send frame");
+    let (op, echoed) = within(REQUEST_LIMIT, "echo", ws_read_frame(&mut s))
+        .await
+        .expect("read echo");
+    assert_eq!((op, echoed.as_slice()), (1, &b"over tls"[..]));
+}
+
+/// A TLS client that negotiated no protocol and opens with HTTP/2's preface is served HTTP/2
+/// (as Envoy's codec `auto` does); with ALPN `http/1.1` or none, HTTP/1.1 is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_without_alpn_serves_http2_with_prior_knowledge() {
+    let dir = Dir::new();
+    let ca = Ca::new("test CA");
+    let up = Upstream::echo("app").await;
+    let (listener, _) = tls_listener(&dir, &ca, "");
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    let stream = handshake(
+        proxy.listen,
+        client_config(&ca.pem(), &[], None),
+        "api.example.com",
+    )
+    .await
+    .expect("handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("https://api.example.com/prior")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = within(REQUEST_LIMIT, "h2 answer", send.send_request(req))
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.seen()[0].uri, "/prior");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

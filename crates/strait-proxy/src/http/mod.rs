@@ -1,10 +1,11 @@
-//! HTTP on both sides of the proxy: a hand-written HTTP/1.1 server for plain client connections
-//! (`server1`) and hyper 1 server connections for HTTP/2 and TLS, per-worker pools of upstream
+//! HTTP on both sides of the proxy: a hand-written HTTP/1.1 server for client connections, plain
+//! or TLS (`server1`), and hyper 1 server connections for HTTP/2, per-worker pools of upstream
 //! connections (`client1` for HTTP/1.1, hyper for HTTP/2), and the bodies and headers that
 //! cross between them.
 
 pub mod body;
 pub mod client1;
+mod conn_io;
 pub(crate) mod head1;
 pub mod headers;
 pub mod inbuf;
@@ -21,6 +22,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub use conn_io::{ClientIo, MaybeTls};
 
 /// Runs hyper's background tasks (HTTP/2 streams, connection drivers) on the worker's own
 /// thread: nothing a worker does needs to be `Send`.

@@ -35,7 +35,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
@@ -48,7 +47,7 @@ use crate::http::headers::{
     self, hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
-use crate::http::{boxed, server, Rewound};
+use crate::http::{boxed, server, ClientIo, Rewound};
 use crate::telemetry::metrics::ListenerStats;
 
 /// Open connections on a worker above which idle HTTP/1 connections give back their buffers.
@@ -73,7 +72,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// An upgraded client connection: the socket, with the bytes read past the request's head.
-pub type UpgradedClient = Rewound<TcpStream>;
+pub type UpgradedClient = Rewound<ClientIo>;
 
 /// The client's side of an upgrade: its connection once the 101 answer is written.
 pub(crate) enum ClientUpgrade {
@@ -126,9 +125,10 @@ pub(crate) fn log_malformed(conn: &Connection, status: StatusCode) {
     }
 }
 
-/// Serves HTTP/1.1 on a plain client connection until it closes.
+/// Serves HTTP/1.1 on a client connection (plain, or TLS whose ALPN chose HTTP/1.1) until it
+/// closes.
 pub(crate) async fn serve_http1(
-    stream: TcpStream,
+    stream: ClientIo,
     conn: Rc<Connection>,
     idle_timeout: Option<Duration>,
     stats: Option<Arc<ListenerStats>>,
@@ -156,7 +156,7 @@ pub(crate) async fn serve_http1(
                 if let Some(io) = io {
                     let drain = wait.seen.clone();
                     // Boxed: HTTP/2's state must not make every HTTP/1 connection's task bigger.
-                    Box::pin(server::serve_h2c(io, conn, idle_timeout, drain)).await;
+                    boxed(|| server::serve_h2c(io, conn, idle_timeout, drain)).await;
                 }
                 return;
             }
@@ -166,7 +166,7 @@ pub(crate) async fn serve_http1(
                     s.malformed_request(status);
                 }
                 log_malformed(&conn, status);
-                Box::pin(reject(&inbound, status)).await;
+                boxed(|| reject(&inbound, status)).await;
                 return;
             }
         };
@@ -178,7 +178,7 @@ pub(crate) async fn serve_http1(
             Ok(After::KeepAlive) => {}
             Ok(After::Upgraded) => return,
             Ok(After::Close) => {
-                Box::pin(close(&inbound)).await;
+                boxed(|| close(&inbound)).await;
                 return;
             }
             Err(e) => {
@@ -187,7 +187,10 @@ pub(crate) async fn serve_http1(
             }
         }
         let mut inb = inbound.borrow_mut();
-        if inb.rd.is_empty() && conn.worker.open_connections() > RELEASE_ABOVE {
+        // A TLS connection keeps its buffer: its session holds buffers of its own, and may hold
+        // the next request's bytes, decrypted, while its socket has none.
+        let plain = inb.io.as_ref().is_some_and(|io| !io.is_tls());
+        if plain && inb.rd.is_empty() && conn.worker.open_connections() > RELEASE_ABOVE {
             inb.rd.release();
             out.release();
             if let Some(s) = &stats {
@@ -203,7 +206,7 @@ pub(crate) async fn serve_http1(
 #[derive(Debug)]
 struct Inbound {
     /// `None` once the connection switched protocols and the socket went to the tunnel.
-    io: Option<TcpStream>,
+    io: Option<ClientIo>,
     rd: InBuf,
     /// Where the current request's body is.
     body: BodyState,
@@ -213,23 +216,29 @@ struct Inbound {
 }
 
 impl Inbound {
-    fn new(io: TcpStream) -> Self {
+    fn new(io: ClientIo) -> Self {
+        // A TLS connection had `TCP_NODELAY` set for its handshake.
+        let nagle = if io.is_tls() {
+            Nagle::Off
+        } else {
+            Nagle::Unwritten
+        };
         Inbound {
             io: Some(io),
             rd: InBuf::default(),
             body: BodyState::Done,
             interim: &[],
-            nagle: Nagle::Unwritten,
+            nagle,
         }
     }
 
     /// Takes the socket for another protocol (a tunnel after a 101, HTTP/2 with prior
     /// knowledge), the bytes read and not served given back first; its writes go as they come.
-    fn hand_over(&mut self) -> Option<Rewound<TcpStream>> {
+    fn hand_over(&mut self) -> Option<Rewound<ClientIo>> {
         let early = Bytes::copy_from_slice(self.rd.buffered());
         self.rd = InBuf::default();
         let io = self.io.take()?;
-        let _ = io.set_nodelay(true);
+        let _ = io.tcp().set_nodelay(true);
         Some(Rewound::new(io, early))
     }
 }
@@ -247,11 +256,11 @@ enum Nagle {
 
 impl Nagle {
     /// Called before every write on `io`.
-    fn before_write(&mut self, io: &TcpStream) {
+    fn before_write(&mut self, io: &ClientIo) {
         match self {
             Nagle::Unwritten => *self = Nagle::Written,
             Nagle::Written => {
-                let _ = io.set_nodelay(true);
+                let _ = io.tcp().set_nodelay(true);
                 *self = Nagle::Off;
             }
             Nagle::Off => {}
@@ -393,7 +402,7 @@ impl Inbound {
 
 /// The next frame of the request body: the interim `100 Continue` goes out first.
 fn poll_request_body(
-    io: &mut TcpStream,
+    io: &mut ClientIo,
     rd: &mut InBuf,
     body: &mut BodyState,
     interim: &mut &'static [u8],
@@ -406,6 +415,10 @@ fn poll_request_body(
             0 => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
             n => *interim = interim.get(n..).unwrap_or_default(),
         }
+    }
+    if io.is_tls() {
+        // What of the interim answer the socket did not take yet is in the TLS session.
+        ready!(Pin::new(&mut *io).poll_flush(cx))?;
     }
     match body {
         BodyState::Done => Poll::Ready(Ok(None)),
@@ -781,7 +794,7 @@ fn exchange<'a>(
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(switched) = switched {
                 // Boxed: the rare upgrade must not make every exchange's future larger.
-                return Box::pin(switch_protocols(inbound, out, body, switched)).await;
+                return boxed(|| switch_protocols(inbound, out, body, switched)).await;
             }
             close = true;
         }
@@ -790,7 +803,7 @@ fn exchange<'a>(
         // after an answer that did not wait for it (a refusal, a direct response), a small
         // rest is read and dropped first.
         let read_whole = matches!(inbound.borrow().body, BodyState::Done)
-            || !close && Box::pin(discard_rest(inbound)).await;
+            || !close && boxed(|| discard_rest(inbound)).await;
         Ok(if close || !read_whole {
             After::Close
         } else {
@@ -1087,6 +1100,11 @@ impl Outbox {
                 }
             }
             if self.is_empty() {
+                // A TLS connection may hold written bytes the socket did not take yet: they
+                // must not wait for the next body frame, or for the next request.
+                if let Some(io) = inbound.borrow_mut().io.as_mut().filter(|io| io.is_tls()) {
+                    ready!(Pin::new(io).poll_flush(cx))?;
+                }
                 return if matches!(framing, Framing::Ended) {
                     Poll::Ready(Ok(()))
                 } else {
@@ -1104,7 +1122,7 @@ impl Outbox {
     }
 
     /// One write of what is queued.
-    fn poll_write(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write(&mut self, io: &mut ClientIo, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let tail = self.scratch.get(self.sent..).unwrap_or_default();
         let n = if self.queue.is_empty() {
             ready!(Pin::new(&mut *io).poll_write(cx, tail))?
@@ -1197,7 +1215,11 @@ async fn reject(inbound: &RefCell<Inbound>, status: StatusCode) {
     let Some(mut io) = inbound.borrow_mut().io.take() else {
         return;
     };
-    if tokio::time::timeout(LINGER, io.write_all(&s)).await.is_ok() {
+    let written = async {
+        io.write_all(&s).await?;
+        io.flush().await
+    };
+    if tokio::time::timeout(LINGER, written).await.is_ok() {
         linger(io).await;
     }
 }
@@ -1210,16 +1232,21 @@ async fn close(inbound: &RefCell<Inbound>) {
         (inb.io.take(), unread)
     };
     // With nothing of the client's left unread, closing sends a plain FIN (a client that asked
-    // to close, a connection per request): no need to wait for the client's.
-    if let (Some(io), true) = (io, unread) {
-        linger(io).await;
+    // to close, a connection per request): no need to wait for the client's. TLS ends with
+    // `close_notify` first, which tells a response read to the connection's end from a cut one.
+    match (io, unread) {
+        (Some(io), true) => linger(io).await,
+        (Some(mut io), false) if io.is_tls() => {
+            let _ = tokio::time::timeout(LINGER, io.shutdown()).await;
+        }
+        _ => {}
     }
 }
 
 /// Ends the connection: no more bytes from the proxy, and the client's unread ones are read
 /// and dropped for a moment, so that closing with them unread does not reset the connection
 /// before the client has read its answer.
-async fn linger(mut io: TcpStream) {
+async fn linger(mut io: ClientIo) {
     if io.shutdown().await.is_err() {
         return;
     }
@@ -1576,5 +1603,83 @@ mod tests {
         out.encode(Frame::data(Bytes::from_static(b"ab")), &mut framing)
             .unwrap();
         assert!(out.finish(&mut framing).is_err());
+    }
+
+    /// A TLS pair over loopback: the server's end with a send buffer this small (no
+    /// autotuning), and the client's.
+    async fn tls_pair(
+        send_buffer: usize,
+    ) -> (
+        ClientIo,
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, connected) =
+            tokio::join!(listener.accept(), tokio::net::TcpStream::connect(addr));
+        let tcp = accepted.unwrap().0;
+        socket2::SockRef::from(&tcp)
+            .set_send_buffer_size(send_buffer)
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (server, client) = tokio::join!(
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(tcp),
+            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, connected.unwrap()),
+        );
+        (ClientIo::Tls(Box::new(server.unwrap())), client.unwrap())
+    }
+
+    /// A TLS write that finds the socket full leaves encrypted bytes in the session: sending a
+    /// response flushes them, or its end would wait there for the next request's answer.
+    #[tokio::test]
+    async fn a_response_over_tls_is_sent_whole_though_its_last_write_found_the_socket_full() {
+        const LEN: usize = 1 << 20;
+        let (io, mut client) = tls_pair(4096).await;
+        let inbound = RefCell::new(Inbound::new(io));
+        let send = async {
+            let mut out = Outbox::default();
+            let mut body = ResponseBody::full(Bytes::from(vec![7u8; LEN]));
+            let mut framing = Framing::Length(LEN as u64);
+            poll_fn(|cx| out.poll_send(&inbound, &mut body, &mut framing, cx))
+                .await
+                .unwrap();
+        };
+        // Read more slowly than the proxy writes, and keep reading once it is done.
+        let read = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut got = 0;
+            while got < LEN {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the connection ended after {got} bytes");
+                got += n;
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            got
+        };
+        let read = tokio::time::timeout(Duration::from_secs(5), read);
+        let ((), got) = tokio::join!(send, read);
+        assert_eq!(got.expect("the whole response arrives"), LEN);
     }
 }

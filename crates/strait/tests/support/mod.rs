@@ -1380,6 +1380,14 @@ async fn with_trailers(st: &UpState, req: Request<Incoming>) -> Response<Body> {
 pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 pub const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
+/// A WebSocket upgrade request for `/chat` on `host`, keyed with `WS_KEY`.
+pub fn ws_upgrade_head(host: &str) -> String {
+    format!(
+        "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n\r\n"
+    )
+}
+
 fn websocket_accept(st: &UpState, mut req: Request<Incoming>) -> Response<Body> {
     record(st, &head_of(&req), 0, None);
     let upgrade = req
