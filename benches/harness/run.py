@@ -192,6 +192,19 @@ def cpu_ticks(pids: list[int]) -> tuple[int, int]:
     return user, system
 
 
+def core_ticks(cpu: int | None) -> tuple[int, int] | None:
+    """Busy and idle ticks (USER_HZ) of one CPU, from /proc/stat: busy is user, nice, system,
+    irq and softirq time (not steal: the hypervisor's), idle is idle and iowait."""
+    if cpu is None:
+        return None
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                return v[0] + v[1] + v[2] + v[5] + v[6], v[3] + v[4]
+    return None
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a process, in bytes (0 when it is gone)."""
     out = {"rss": 0, "hwm": 0}
@@ -860,9 +873,11 @@ def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float |
 def measure(env: Env, scenario: str, target: Target, seconds: float, rate=None) -> dict:
     pids = target.pids()
     a0 = target.up.accepts()
+    p0, l0 = core_ticks(env.proxy_cpu), core_ticks(env.load_cpu)
     (u0, s0), c0, t0 = cpu_ticks(pids), cpu_ns(pids), time.monotonic()
     r = drive(env, scenario, target, seconds, rate)
     c1, wall, (u1, s1) = cpu_ns(pids), time.monotonic() - t0, cpu_ticks(pids)
+    p1, l1 = core_ticks(env.proxy_cpu), core_ticks(env.load_cpu)
     a1 = target.up.accepts()
     # connections the upstream accepted during the run (-1: the stub_status probe itself);
     # for `direct` these are the load generator's own connections
@@ -876,6 +891,16 @@ def measure(env: Env, scenario: str, target: Target, seconds: float, rate=None) 
     ticks = (u1 - u0) + (s1 - s0)
     if r["cpu_us_per_req"] is not None and ticks > 0:
         r["cpu_user_us_per_req"] = r["cpu_us_per_req"] * (u1 - u0) / ticks
+    # The cores as a whole. The load generator's core (the load generator and the upstream) is
+    # what a closed loop saturates when the proxy is not the limit: its busy time per request
+    # tells what the target costs the other side (a proxy that leaves its own core idle makes
+    # every send to it wake a halted CPU, an interrupt that the sender pays). The proxy core's
+    # idle share tells whether the proxy was the limit.
+    hz = os.sysconf("SC_CLK_TCK")
+    if l0 and l1 and n:
+        r["load_core_us_per_req"] = (l1[0] - l0[0]) * 1e6 / hz / n
+    if p0 and p1 and (p1[0] - p0[0]) + (p1[1] - p0[1]) > 0:
+        r["proxy_core_idle"] = (p1[1] - p0[1]) / ((p1[0] - p0[0]) + (p1[1] - p0[1]))
     if scenario == "body-1m":
         r["mib_per_s"] = r["bytes"] / r["seconds"] / (1 << 20) if r["seconds"] else 0.0
     mem = [proc_status(pid) for pid in pids]
@@ -929,7 +954,8 @@ def memory_run(env: Env, target: Target, conns: int) -> dict:
     }
 
 
-METRICS = ["upstream_conns", "rps", "cpu_us_per_req", "cpu_user_us_per_req", "cpu_cores", "mib_per_s", "offered_rps", "errors",
+METRICS = ["upstream_conns", "rps", "cpu_us_per_req", "cpu_user_us_per_req", "cpu_cores",
+           "load_core_us_per_req", "proxy_core_idle", "mib_per_s", "offered_rps", "errors",
            "rss_bytes", "peak_rss_bytes", "idle_rss_bytes", "rss_before_bytes",
            "rss_with_conns_bytes", "bytes_per_conn", "connections_opened", "server_sockets",
            "rss_after_close_bytes"]
@@ -1169,6 +1195,10 @@ def x(r: dict, base: str, k: str) -> str:
     return "" if v is None else f"{v:.2f}×"
 
 
+def pct(v) -> str:
+    return "" if v is None else f"{v * 100:.0f} %"
+
+
 def fnum(v, nd=0) -> str:
     if v is None:
         return ""
@@ -1193,7 +1223,9 @@ def markdown(result: dict) -> str:
         "/proc/PID/task/*/schedstat) per completed request. For `direct` it is the upstream's "
         "own cost of answering. ×nginx and ×direct divide by nginx's and direct's medians. "
         "user: the part of it in user space (the rest is the kernel's), split by the "
-        "threads' utime and stime.",
+        "threads' utime and stime. load core: the busy time of the load generator's and "
+        "upstream's CPU per request (/proc/stat: user, system, irq, softirq), what the target "
+        "costs the other side; proxy idle: the share of the run the proxy's CPU was idle.",
         "",
     ]
     # summary
@@ -1235,7 +1267,8 @@ def markdown(result: dict) -> str:
         else:
             rate = "MiB/s" if s == "body-1m" else ("handshakes/s" if s == "tls-handshake" else "req/s")
             head = ["target", rate, "×nginx", "×direct", "CPU µs/req", "(min–max)", "user",
-                    "×nginx", "×direct", "p50", "p99", "p99.9", "peak RSS", "upstream conns", "errors"]
+                    "×nginx", "×direct", "load core", "proxy idle", "p50", "p99", "p99.9",
+                    "peak RSS", "upstream conns", "errors"]
         lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for t, r in res["targets"].items():
             if r.get("status") != "ok":
@@ -1267,6 +1300,7 @@ def markdown(result: dict) -> str:
                 row = [t, fnum(m.get(key), 1 if key == "mib_per_s" else 0), x(r, "nginx", key),
                        x(r, "direct", key), fnum(m.get("cpu_us_per_req"), 2), spread,
                        fnum(m.get("cpu_user_us_per_req"), 2), x(r, "nginx", "cpu_us_per_req"), x(r, "direct", "cpu_us_per_req"),
+                       fnum(m.get("load_core_us_per_req"), 1), pct(m.get("proxy_core_idle")),
                        us(lat.get("p50")), us(lat.get("p99")), us(lat.get("p999")),
                        mib(m.get("peak_rss_bytes")), fnum(m.get("upstream_conns")),
                        fnum(m.get("errors"))]
