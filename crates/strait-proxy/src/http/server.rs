@@ -105,7 +105,8 @@ fn serve_tls(
         if let Some(s) = &stats {
             s.tls_handshake(session.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
         }
-        // ALPN decides: `h2` is HTTP/2, anything else (or nothing) HTTP/1.1.
+        // ALPN decides: `h2` is HTTP/2; anything else (or nothing) goes to the HTTP/1 server,
+        // which still serves a client that opens with HTTP/2's preface as HTTP/2.
         let http2 = session.alpn_protocol() == Some(b"h2");
         let info = TlsInfo {
             peer_identity: session
