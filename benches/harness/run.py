@@ -899,8 +899,10 @@ def measure(env: Env, scenario: str, target: Target, seconds: float, rate=None) 
     hz = os.sysconf("SC_CLK_TCK")
     if l0 and l1 and n:
         r["load_core_us_per_req"] = (l1[0] - l0[0]) * 1e6 / hz / n
-    if p0 and p1 and (p1[0] - p0[0]) + (p1[1] - p0[1]) > 0:
-        r["proxy_core_idle"] = (p1[1] - p0[1]) / ((p1[0] - p0[0]) + (p1[1] - p0[1]))
+    if p0 and p1:
+        busy, idle = p1[0] - p0[0], p1[1] - p0[1]
+        if busy + idle > 0:
+            r["proxy_core_idle"] = idle / (busy + idle)
     if scenario == "body-1m":
         r["mib_per_s"] = r["bytes"] / r["seconds"] / (1 << 20) if r["seconds"] else 0.0
     mem = [proc_status(pid) for pid in pids]

@@ -233,9 +233,10 @@ pub(crate) fn serve(
         // Made on arrival, so every answer's log line has one, not just the forwarded ones; it
         // is written into the request when that is forwarded (`forward_to`), as the
         // `x-forwarded-*` fields are: routes, policies and rate limits see the request as it came.
-        let came_with_id = proxy_fields(&req) & headers::FIELD_REQUEST_ID != 0;
-        let made_id =
-            (listener.proxy_headers.request_id && !came_with_id).then(headers::RequestId::random);
+        let came_with = proxy_fields(&req);
+        let made_id = (listener.proxy_headers.request_id
+            && came_with & headers::FIELD_REQUEST_ID == 0)
+            .then(headers::RequestId::random);
         // The token first: its claims may become headers that routes and rate limits look at.
         if let Some(jwt) = &listener.jwt {
             if let Err(refusal) = jwt.check(req.headers_mut()) {
@@ -441,6 +442,7 @@ pub(crate) fn serve(
                         matched,
                         host,
                         made_id.as_ref(),
+                        came_with,
                         grpc,
                         cluster,
                         stats,
@@ -567,6 +569,7 @@ fn forward_to<'a>(
     matched: MatchInfo,
     host: Option<HeaderValue>,
     made_id: Option<&'a headers::RequestId>,
+    came_with: u8,
     grpc: bool,
     cluster: &'a ClusterPlan,
     route_stats: &'a Arc<RouteStats>,
@@ -591,7 +594,7 @@ fn forward_to<'a>(
             && action.mirror.is_none()
             && action.retry.is_none()
             && listener.jwt.is_none()
-            && proxy_fields(&req) & headers::FIELD_X_FORWARDED == 0;
+            && came_with & headers::FIELD_X_FORWARDED == 0;
         // Made in a block: what the request was made of is dead, and takes no room in the future,
         // by the time the future waits (a named result would keep its room, too).
         #[allow(clippy::blocks_in_conditions)]

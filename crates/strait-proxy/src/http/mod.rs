@@ -101,24 +101,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewound<T> {
 /// write. For HTTP/2 client connections, where hyper's connection task writes whatever streams
 /// finished by the time it is polled: under load this halves the writes (and the client's
 /// answering writes), about 8 answers a write becoming about 15.
+/// (HTTP/1 connections are not wrapped: they write one answer at a time.)
 #[derive(Debug)]
 pub(crate) struct Batched<T> {
     io: T,
-    /// This batch's write already waited its turn (or found the socket full); always true when
-    /// batching is off.
+    /// This batch's write already waited its turn (or found the socket full).
     waited: bool,
-    /// Batching is on (an HTTP/1 connection writes one answer at a time: nothing to wait for).
-    on: bool,
 }
 
 impl<T> Batched<T> {
-    /// `io`, its writes batched when `on`.
-    pub(crate) fn new(io: T, on: bool) -> Self {
-        Batched {
-            io,
-            waited: !on,
-            on,
-        }
+    /// `io`, its writes batched.
+    pub(crate) fn new(io: T) -> Self {
+        Batched { io, waited: false }
     }
 
     /// `Pending` once per batch, after waking the task; then what `write` says. A write that
@@ -137,7 +131,7 @@ impl<T> Batched<T> {
             return Poll::Pending;
         }
         let written = write(Pin::new(&mut self.io), cx);
-        if written.is_ready() && self.on {
+        if written.is_ready() {
             self.waited = false;
         }
         written
@@ -277,12 +271,12 @@ mod tests {
     }
 
     #[test]
-    fn a_batched_write_waits_one_turn_per_batch_and_only_when_on() {
+    fn a_batched_write_waits_one_turn_per_batch() {
         let wakes = std::sync::Arc::new(Wakes::default());
         let waker = std::task::Waker::from(std::sync::Arc::clone(&wakes));
         let mut cx = Context::from_waker(&waker);
         let woken = || wakes.0.load(std::sync::atomic::Ordering::Relaxed);
-        let mut io = Batched::new(Recorder::default(), true);
+        let mut io = Batched::new(Recorder::default());
         // The first write of a batch: woken to come back, nothing written.
         assert!(Pin::new(&mut io).poll_write(&mut cx, b"ab").is_pending());
         assert_eq!((woken(), io.io.calls.as_str()), (1, ""));
@@ -304,16 +298,6 @@ mod tests {
             (woken(), io.io.bytes.as_slice(), io.io.calls.as_str()),
             (2, &b"abcde"[..], "wv")
         );
-
-        // Off: every write goes straight through.
-        let mut plain = Batched::new(Recorder::default(), false);
-        for _ in 0..3 {
-            assert!(matches!(
-                Pin::new(&mut plain).poll_write(&mut cx, b"x"),
-                Poll::Ready(Ok(1))
-            ));
-        }
-        assert_eq!((woken(), plain.io.calls.as_str()), (2, "www"));
     }
 
     fn write(parts: &[&[u8]]) -> (Vec<u8>, String, usize) {

@@ -56,7 +56,7 @@ pub(crate) async fn serve_h2c(
     drain: watch::Receiver<bool>,
 ) {
     serve_h2(
-        TokioIo::new(crate::http::Batched::new(io, true)),
+        TokioIo::new(crate::http::Batched::new(io)),
         conn,
         idle_timeout,
         drain,
@@ -116,7 +116,7 @@ fn serve_tls(
         };
         let _ = conn.tls.set(info);
         if http2 {
-            let io = TokioIo::new(crate::http::Batched::new(stream, true));
+            let io = TokioIo::new(crate::http::Batched::new(stream));
             serve_h2(io, conn, idle_timeout, drain).await;
         } else {
             let io = ClientIo::Tls(Box::new(stream));

@@ -416,10 +416,8 @@ fn poll_request_body(
             n => *interim = interim.get(n..).unwrap_or_default(),
         }
     }
-    if io.is_tls() {
-        // What of the interim answer the socket did not take yet is in the TLS session.
-        ready!(Pin::new(&mut *io).poll_flush(cx))?;
-    }
+    // Over TLS, what of the interim answer the socket did not take yet is in the session.
+    ready!(Pin::new(&mut *io).poll_flush(cx))?;
     match body {
         BodyState::Done => Poll::Ready(Ok(None)),
         BodyState::Failed => Poll::Ready(Err(RequestBodyError::Failed)),
@@ -1105,8 +1103,9 @@ impl Outbox {
             }
             if self.is_empty() {
                 // A TLS connection may hold written bytes the socket did not take yet: they
-                // must not wait for the next body frame, or for the next request.
-                if let Some(io) = inbound.borrow_mut().io.as_mut().filter(|io| io.is_tls()) {
+                // must not wait for the next body frame, or for the next request (a plain
+                // socket's flush does nothing).
+                if let Some(io) = inbound.borrow_mut().io.as_mut() {
                     ready!(Pin::new(io).poll_flush(cx))?;
                 }
                 return if matches!(framing, Framing::Ended) {
