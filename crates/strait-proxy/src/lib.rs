@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod resilience;
 pub mod route;
 mod runtime;
+mod sockopt;
 pub mod telemetry;
 pub mod tls;
 

@@ -16,7 +16,12 @@ use crate::http::server::serve_connection;
 use crate::ratelimit::Decision;
 use crate::runtime::Worker;
 
-/// Binds `addr` with `SO_REUSEPORT` (each worker binds its own socket).
+/// How long the kernel holds a connection whose client has not spoken yet before handing it
+/// to `accept` anyway, so Strait's own timeouts then apply to it.
+const DEFER_ACCEPT: Duration = Duration::from_secs(1);
+
+/// Binds `addr` with `SO_REUSEPORT` (each worker binds its own socket), accepting connections
+/// once their first bytes are in (`TCP_DEFER_ACCEPT`).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -24,6 +29,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
+    crate::sockopt::set_defer_accept(&socket, DEFER_ACCEPT)?;
     TcpListener::from_std(socket.into())
 }
 
