@@ -110,10 +110,12 @@ SCENARIOS: dict[str, tuple[str, str, str]] = {
         "fixed",
     ),
     "memory": (
-        "Memory: idle, and with 10,000 idle keep-alive connections",
-        "RSS of the serving process after start-up and one request (idle), then with 10,000 "
-        "HTTP/1.1 keep-alive connections open, each having completed one request; bytes per "
-        "connection = (RSS with them - RSS before) / connections",
+        "Memory: idle, with 50 active connections, and with 10,000 idle keep-alive connections",
+        "RSS of the serving process after start-up and one request (idle); its peak RSS under "
+        "wrk with 50 keep-alive connections, plain HTTP/1.1 then TLS 1.3 (2 s each, a fresh "
+        "process); then, in another fresh process, RSS with 10,000 HTTP/1.1 keep-alive "
+        "connections open, each having completed one request; bytes per connection = (RSS "
+        "with them - RSS before) / connections",
         "memory",
     ),
 }
@@ -127,6 +129,7 @@ H2_CONNS, H2_STREAMS = 8, 16
 BODY_CONNS = 8
 FIXED_CONNS = 32
 IDLE_CONNS = 10_000
+ACTIVE_CONNS = 50
 SMALL_BODY = "hello from upstream\n"
 GRPC_MESSAGE = b"\x00\x00\x00\x00\x07\x0a\x05hello"  # uncompressed, 7-byte protobuf
 
@@ -960,7 +963,9 @@ METRICS = ["upstream_conns", "rps", "cpu_us_per_req", "cpu_user_us_per_req", "cp
            "load_core_us_per_req", "proxy_core_idle", "mib_per_s", "offered_rps", "errors",
            "rss_bytes", "peak_rss_bytes", "idle_rss_bytes", "rss_before_bytes",
            "rss_with_conns_bytes", "bytes_per_conn", "connections_opened", "server_sockets",
-           "rss_after_close_bytes"]
+           "rss_after_close_bytes", "active_peak_rss_bytes", "active_tls_peak_rss_bytes"]
+# Peaks: the rounds' largest, not their median.
+PEAKS = {"peak_rss_bytes", "active_peak_rss_bytes", "active_tls_peak_rss_bytes"}
 LAT = ["p50", "p90", "p99", "p999", "max", "mean"]
 
 
@@ -969,7 +974,7 @@ def median_of(runs: list[dict]) -> dict:
     for k in METRICS:
         vals = [r[k] for r in runs if r.get(k) is not None]
         if vals:
-            med[k] = max(vals) if k == "peak_rss_bytes" else statistics.median(vals)
+            med[k] = max(vals) if k in PEAKS else statistics.median(vals)
     med["errors"] = sum(r.get("errors", 0) or 0 for r in runs)  # all rounds' errors
     lats = [r["latency_us"] for r in runs if r.get("latency_us")]
     if lats:
@@ -1062,6 +1067,30 @@ def run_scenario(env: Env, scenario: str, targets: list[str], capacity: float | 
     return res
 
 
+def active_memory(env: Env, t: str) -> dict:
+    """Peak RSS of a freshly started target under ACTIVE_CONNS busy keep-alive connections,
+    plain HTTP/1.1 first, then TLS 1.3 (the peak after the second includes the first's)."""
+    up = Upstream(env)
+    obj = TARGET_CLASSES[t](env, up)
+    try:
+        # Sized as for the load scenarios: nginx's memory grows with its worker_connections.
+        up.start(4096, True)
+        obj.start(4096, True)
+        http_get(obj.ports["h1"])
+        out = {}
+        for key, scheme, port in (("active_peak_rss_bytes", "http", obj.ports["h1"]),
+                                  ("active_tls_peak_rss_bytes", "https", obj.ports["tls"])):
+            r = wrk(env, f"{scheme}://{HOST}:{port}/", ACTIVE_CONNS, 2)
+            if r["requests"] == 0 or r["errors"] > r["requests"] // 100:
+                raise RuntimeError(f"{ACTIVE_CONNS} active connections over {scheme}: "
+                                   f"{r['requests']} requests, {r['errors']} errors")
+            out[key] = sum(proc_status(p)["hwm"] for p in obj.pids())
+        return out
+    finally:
+        obj.stop()
+        up.stop()
+
+
 def memory_scenario(env: Env, res: dict, targets: list[str]) -> dict:
     """Every run on freshly started processes (upstream included): allocators keep what a
     previous run freed, which would hide the cost of the next run's connections."""
@@ -1092,6 +1121,10 @@ def memory_scenario(env: Env, res: dict, targets: list[str]) -> dict:
                 idle = sum(proc_status(p)["rss"] for p in obj.pids())
                 r = memory_run(env, obj, n)
                 r["idle_rss_bytes"] = idle
+                obj.stop()
+                up.stop()
+                if env.wrk and not env.smoke:
+                    r.update(active_memory(env, t))
                 r["round"] = rnd + 1
                 res["targets"][t]["runs"].append(r)
                 log(f"  memory round {rnd + 1} {t:8} idle {mib(idle)}, "
@@ -1260,9 +1293,10 @@ def markdown(result: dict) -> str:
             lines += [f"Offered: {fnum(res['offered_rps'])} requests/s "
                       f"(nginx capacity {fnum(res['capacity_rps'])} requests/s).", ""]
         if kind == "memory":
-            head = ["target", "idle RSS", "×nginx", "RSS before", f"RSS with {res.get('connections', 0):,} conns",
-                    "bytes/conn", "×nginx", "×direct", "peak RSS", "opened", "server sockets",
-                    "errors"]
+            head = ["target", "idle RSS", "×nginx", f"peak, {ACTIVE_CONNS} active",
+                    f"peak, {ACTIVE_CONNS} active TLS", "RSS before",
+                    f"RSS with {res.get('connections', 0):,} conns", "bytes/conn", "×nginx",
+                    "×direct", "peak RSS", "opened", "server sockets", "errors"]
         elif kind == "fixed":
             head = ["target", "achieved req/s", "p50", "p90", "p99", "p99.9", "max",
                     "p99 ×nginx", "p99 ×direct", "CPU µs/req", "×nginx", "peak RSS", "errors"]
@@ -1280,6 +1314,7 @@ def markdown(result: dict) -> str:
             lat = m.get("latency_us", {})
             if kind == "memory":
                 row = [t, mib(m.get("idle_rss_bytes")), x(r, "nginx", "idle_rss_bytes"),
+                       mib(m.get("active_peak_rss_bytes")), mib(m.get("active_tls_peak_rss_bytes")),
                        mib(m.get("rss_before_bytes")), mib(m.get("rss_with_conns_bytes")),
                        fnum(m.get("bytes_per_conn")), x(r, "nginx", "bytes_per_conn"),
                        x(r, "direct", "bytes_per_conn"), mib(m.get("peak_rss_bytes")),
