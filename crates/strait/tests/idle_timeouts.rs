@@ -181,3 +181,66 @@ async fn a_request_head_that_stalls_is_cut_after_the_listener_idle_timeout() {
         );
     }
 }
+
+/// Reads until the connection closes; returns what came and how long it took.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> (String, Duration) {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    within(Duration::from_secs(8), "close", async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    (
+        String::from_utf8_lossy(&seen).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// Listeners accept a connection only once its first bytes are in (`TCP_DEFER_ACCEPT`, 1 s),
+/// or once the second is up. A client that speaks after the second is still served (the idle
+/// timeout counts from the hand-over), and one that never speaks is still closed by the
+/// listener's idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_slow_to_speak_are_served_and_silent_ones_are_still_timed_out() {
+    let upstream = Upstream::echo("late").await;
+    let proxy = Proxy::start(&one_route(upstream.addr, "idle_timeout: 1s", "", "")).await;
+    let connect = || async {
+        within(
+            Duration::from_secs(5),
+            "connect",
+            tokio::net::TcpStream::connect(proxy.listen),
+        )
+        .await
+        .expect("connect to proxy")
+    };
+    let (mut slow, mut silent) = (connect().await, connect().await);
+    let slow_client = async {
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write the late request");
+        read_to_close(&mut slow).await
+    };
+    let ((answer, _), (nothing, silent_for)) =
+        tokio::join!(slow_client, read_to_close(&mut silent));
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("late"),
+        "a request sent 1.3 s after connecting got {answer:?}"
+    );
+    assert!(
+        !nothing.contains("200"),
+        "a connection that never spoke got {nothing:?}"
+    );
+    // Handed over after the deferral (about a second), then closed after the idle timeout
+    // (another second): without the deferral it would close after one.
+    assert!(
+        silent_for >= Duration::from_millis(1500) && silent_for < Duration::from_secs(6),
+        "a connection that never spoke was closed after {silent_for:?}"
+    );
+}
