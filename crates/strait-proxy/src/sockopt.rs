@@ -11,7 +11,8 @@ use std::time::Duration;
 /// once its first bytes have arrived, or once `wait` has passed without them. The accepting
 /// worker then wakes once for a new connection and its first request (or ClientHello), not
 /// twice, and each wakeup of an idle core is paid by the sender. Suits every listener that
-/// Strait has, as all of them wait for the client to speak first.
+/// Strait has, as all of them wait for the client to speak first; a listener for a protocol
+/// whose server speaks first (opaque TCP, when it comes) must not set it, or its clients wait.
 #[cfg(target_os = "linux")]
 pub(crate) fn set_defer_accept(socket: &impl AsRawFd, wait: Duration) -> io::Result<()> {
     let seconds = libc::c_int::try_from(wait.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
