@@ -29,7 +29,10 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    crate::sockopt::set_defer_accept(&socket, DEFER_ACCEPT)?;
+    if let Err(error) = crate::sockopt::set_defer_accept(&socket, DEFER_ACCEPT) {
+        // A saving, not a need (some sandboxes refuse the option): serve without it.
+        tracing::warn!(%addr, %error, "TCP_DEFER_ACCEPT refused; accepting connections at once");
+    }
     TcpListener::from_std(socket.into())
 }
 
