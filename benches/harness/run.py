@@ -1121,6 +1121,8 @@ def memory_scenario(env: Env, res: dict, targets: list[str]) -> dict:
                 idle = sum(proc_status(p)["rss"] for p in obj.pids())
                 r = memory_run(env, obj, n)
                 r["idle_rss_bytes"] = idle
+                # Stopped now (the `finally` below does nothing more): the next process starts
+                # fresh and alone.
                 obj.stop()
                 up.stop()
                 if env.wrk and not env.smoke:

@@ -613,15 +613,12 @@ fn forward_to<'a>(
         ) = match 'prepare: {
             let hash = request_hash(cluster, &req, conn.peer.ip());
 
-            // An HTTP/1 upgrade keeps its `upgrade` headers and becomes a byte tunnel on 101.
-            let upgrade = req.version() == Version::HTTP_11
-                && cluster.protocol == UpstreamProtocol::Http1
-                && match req.body() {
-                    // Seen as the head was parsed.
-                    ClientBody::Http1(body) => body.is_upgrade(),
-                    ClientBody::Hyper(_) => headers::is_upgrade_request(req.headers()),
-                };
-            let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
+            // An HTTP/1.1 upgrade (seen as the head was parsed) keeps its `upgrade` headers and
+            // becomes a byte tunnel on 101.
+            let client_upgrade = (cluster.protocol == UpstreamProtocol::Http1)
+                .then(|| ClientUpgrade::of(&mut req))
+                .flatten();
+            let upgrade = client_upgrade.is_some();
 
             // `server1` lets through only requests with one `host`: an origin-form request's is
             // the one it came with, and stays in place unless something below changes it.
@@ -1514,7 +1511,7 @@ fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
 
 /// Which of the fields the proxy writes itself (`x-request-id`, `x-forwarded-for`,
 /// `x-forwarded-proto`) the request came with: noted by `server1` as it parsed the head, or
-/// found in one pass over the names of a request hyper parsed (HTTP/2, TLS).
+/// found in one pass over the names of a request hyper parsed (HTTP/2).
 fn proxy_fields(req: &Request<ClientBody>) -> u8 {
     match req.body() {
         ClientBody::Http1(body) => body.proxy_fields(),

@@ -29,9 +29,9 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body as it comes from the client.
 #[derive(Debug)]
 pub enum ClientBody {
-    /// Read by hyper's server connection (HTTP/2, and HTTP/1.1 over TLS).
+    /// Read by hyper's server connection (HTTP/2, plain or TLS).
     Hyper(Incoming),
-    /// Read off a plain HTTP/1.1 connection by whoever polls it (`server1`).
+    /// Read off an HTTP/1.1 connection, plain or TLS, by whoever polls it (`server1`).
     Http1(crate::http::server1::RequestBody1),
 }
 

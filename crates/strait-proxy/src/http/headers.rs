@@ -321,17 +321,6 @@ pub(crate) fn hop_by_hop_bit(name: &HeaderName) -> u8 {
     }
 }
 
-/// True for an HTTP/1 `Upgrade` request (WebSocket and friends).
-pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
-}
-
 /// What a hop knows about the request it forwards.
 #[derive(Debug, Clone, Copy)]
 pub struct Hop<'a> {
@@ -931,7 +920,6 @@ mod tests {
             ("connection", "Upgrade"),
             ("upgrade", "websocket"),
         ]);
-        assert!(is_upgrade_request(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["upgrade"], "websocket");

@@ -74,23 +74,18 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// An upgraded client connection: the socket, with the bytes read past the request's head.
 pub type UpgradedClient = Rewound<ClientIo>;
 
-/// The client's side of an upgrade: its connection once the 101 answer is written.
-pub(crate) enum ClientUpgrade {
-    /// From hyper's server connection.
-    Hyper(hyper::upgrade::OnUpgrade),
-    /// From this server.
-    Http1(oneshot::Receiver<UpgradedClient>),
-}
+/// The client's side of an upgrade: its connection once the 101 answer is written. Only
+/// `server1` upgrades: hyper serves client connections HTTP/2 alone.
+pub(crate) struct ClientUpgrade(oneshot::Receiver<UpgradedClient>);
 
 impl ClientUpgrade {
-    /// The client's side of `req`'s upgrade, whichever server read it.
-    pub(crate) fn of(req: &mut Request<ClientBody>) -> Self {
-        if let ClientBody::Http1(body) = req.body_mut() {
-            if let Some(switched) = body.take_upgrade() {
-                return ClientUpgrade::Http1(switched);
-            }
+    /// The client's side of `req`'s upgrade: `None` unless `req` is an HTTP/1.1 upgrade request
+    /// whose side was not taken yet.
+    pub(crate) fn of(req: &mut Request<ClientBody>) -> Option<Self> {
+        match req.body_mut() {
+            ClientBody::Http1(body) => body.take_upgrade().map(ClientUpgrade),
+            ClientBody::Hyper(_) => None,
         }
-        ClientUpgrade::Hyper(hyper::upgrade::on(req))
     }
 
     /// Copies bytes both ways between the client and `upstream` until both ended.
@@ -98,19 +93,11 @@ impl ClientUpgrade {
     where
         T: tokio::io::AsyncRead + AsyncWrite + Unpin,
     {
-        match self {
-            ClientUpgrade::Hyper(on) => {
-                let client = on.await.map_err(io::Error::other)?;
-                let mut client = hyper_util::rt::TokioIo::new(client);
-                tokio::io::copy_bidirectional(&mut client, upstream).await?;
-            }
-            ClientUpgrade::Http1(switched) => {
-                let mut client = switched
-                    .await
-                    .map_err(|_| io::Error::other("the client connection ended before the 101"))?;
-                tokio::io::copy_bidirectional(&mut client, upstream).await?;
-            }
-        }
+        let mut client = self
+            .0
+            .await
+            .map_err(|_| io::Error::other("the client connection ended before the 101"))?;
+        tokio::io::copy_bidirectional(&mut client, upstream).await?;
         Ok(())
     }
 }
