@@ -89,6 +89,12 @@ SCENARIOS: dict[str, tuple[str, str, str]] = {
         "runs out first",
         "closed",
     ),
+    "tls-handshake-full": (
+        "TLS 1.3 full handshakes (no resumption)",
+        "tls-handshake-load --no-resume: as tls-handshake, but every connection makes a full "
+        "handshake (the proxy signs with its ECDSA P-256 key, the client checks the signature)",
+        "closed",
+    ),
     "tls-handshake-wrk": (
         "TLS 1.3 handshakes, wrk as the client",
         "the same exchange from wrk with `Connection: close` (each of its connections resumes "
@@ -131,8 +137,8 @@ SCENARIOS: dict[str, tuple[str, str, str]] = {
     ),
 }
 DEFAULT_SCENARIOS = list(SCENARIOS)
-TLS_SCENARIOS = {"tls-h1", "tls-h2", "tls-handshake", "tls-handshake-wrk"}
-HANDSHAKE_SCENARIOS = {"tls-handshake", "tls-handshake-wrk"}
+HANDSHAKE_SCENARIOS = {"tls-handshake", "tls-handshake-full", "tls-handshake-wrk"}
+TLS_SCENARIOS = {"tls-h1", "tls-h2"} | HANDSHAKE_SCENARIOS
 # Scenarios Strait cannot run yet, with the reason shown in the tables.
 STRAIT_UNSUPPORTED: dict[str, str] = {}
 
@@ -840,9 +846,9 @@ def h2load(env: Env, url: str, conns: int, streams: int, seconds: float, extra=(
     }
 
 
-def tls_handshake_load(env: Env, port: int, conns: int, seconds: float) -> dict:
+def tls_handshake_load(env: Env, port: int, conns: int, seconds: float, extra=()) -> dict:
     """TLS handshakes from the harness's own rustls client (see the tls-handshake scenario)."""
-    argv = [env.tls_client, f"{HOST}:{port}", str(conns), str(seconds)]
+    argv = [env.tls_client, f"{HOST}:{port}", str(conns), str(seconds), *extra]
     out = run_loadgen(env, argv, seconds + 30)
     return json.loads(out.strip().splitlines()[-1])
 
@@ -888,6 +894,8 @@ def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float |
         return h2load(env, f"https://{HOST}:{p['tls']}/", H2_CONNS, H2_STREAMS, seconds)
     if scenario == "tls-handshake":
         return tls_handshake_load(env, p["tls"], H1_CONNS, seconds)
+    if scenario == "tls-handshake-full":
+        return tls_handshake_load(env, p["tls"], H1_CONNS, seconds, ["--no-resume"])
     if scenario == "tls-handshake-wrk":
         return wrk(env, f"https://{HOST}:{p['tls']}/", H1_CONNS, seconds, ["Connection: close"])
     if scenario == "body-1m":
@@ -1775,7 +1783,8 @@ def main() -> int:
         args.strait = str(default)
     if args.strait:
         args.strait = str(Path(args.strait).resolve())
-    if "tls-handshake" in scenarios and not args.smoke and not args.tls_client:
+    needs_client = {"tls-handshake", "tls-handshake-full"} & set(scenarios)
+    if needs_client and not args.smoke and not args.tls_client:
         args.tls_client = build_tls_client()
     if args.rounds < 1 or args.seconds <= 0 or args.seconds > 600:
         ap.error("--rounds must be ≥ 1 and --seconds in (0, 600]")
