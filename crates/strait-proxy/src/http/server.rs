@@ -117,7 +117,10 @@ fn serve_tls(
         let _ = conn.tls.set(info);
         if http2 {
             let io = TokioIo::new(crate::http::Batched::new(stream));
-            serve_h2(io, conn, idle_timeout, drain).await;
+            // Boxed apart: inline, hyper's HTTP/2 server set this future's size, and every
+            // HTTP/1.1 connection over TLS carried its room (5.7 KB rather than 2.6, heaptrack
+            // with 50 connections).
+            crate::http::boxed(|| serve_h2(io, conn, idle_timeout, drain)).await;
         } else {
             let io = ClientIo::Tls(Box::new(stream));
             crate::http::server1::serve_http1(io, conn, idle_timeout, stats, drain).await;
