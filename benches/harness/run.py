@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Side-by-side load harness: direct (no proxy), Strait, nginx and HAProxy.
+"""Side-by-side load harness: direct (no proxy), Strait, nginx and HAProxy, and when named a
+bare relay that knows no HTTP (the floor under any proxy of h1).
 
 One worker each, every proxy pinned to the same core (CPU 0), the load generator and the upstream
 on the other core (CPU 1). Targets run interleaved (A B C D A B C D ...) and medians are reported.
@@ -42,9 +43,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HOST = "127.0.0.1"
 
-TARGETS = ["direct", "strait", "strait-observed", "nginx", "haproxy"]
+TARGETS = ["direct", "strait", "strait-observed", "nginx", "haproxy", "relay"]
 # strait-observed (Strait with an access log and tracing on) runs only when asked for: it
-# answers one question, the cost of observability, rather than comparing proxies.
+# answers one question, the cost of observability, rather than comparing proxies. So does
+# relay (harness/relay.rs, h1 only): a bare epoll relay that moves bytes without HTTP, the
+# floor under any proxy's CPU per request.
 DEFAULT_TARGETS = ["direct", "strait", "nginx", "haproxy"]
 # What strait-observed samples: the issue's budget is stated at 10 %.
 OBSERVED_SAMPLE_PERCENT = 10
@@ -406,6 +409,7 @@ class Env:
         self.h2load = tool("h2load")
         self.strait = args.strait
         self.tls_client = args.tls_client
+        self.relay = args.relay
         # nginx workers started by root run as `nobody`: they must be able to read the files
         work.chmod(0o755)
         (work / "www").mkdir(mode=0o755)
@@ -775,8 +779,30 @@ class Haproxy(Target):
         self.ports = {"h1": h1, "h2": h2, "tls": tlsp, "grpc": grpc}
 
 
+class Relay(Target):
+    """The floor: harness/relay.rs, one thread on epoll relaying bytes between each client
+    connection and an upstream connection of its own, with the same system calls and TCP
+    segments per kept-alive request as the proxies and nothing else."""
+
+    name = "relay"
+
+    @classmethod
+    def unsupported(cls, scenario: str) -> str | None:
+        if scenario != "h1":
+            return ("the relay is the floor of h1 only: it knows no HTTP and opens an upstream "
+                    "connection per client connection")
+        return None
+
+    def start(self, conns: int, tls: bool) -> None:
+        (h1,) = free_ports(1)
+        argv = [self.env.relay, f"{HOST}:{h1}", f"{HOST}:{self.up.h1}"]
+        self.proc = self.env.procs.start(argv, self.env.proxy_cpu, self.env.work / "relay.log")
+        wait_port(h1, self.proc)
+        self.ports = {"h1": h1}
+
+
 TARGET_CLASSES = {"direct": Direct, "strait": Strait, "strait-observed": StraitObserved,
-                  "nginx": Nginx, "haproxy": Haproxy}
+                  "nginx": Nginx, "haproxy": Haproxy, "relay": Relay}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -853,16 +879,17 @@ def tls_handshake_load(env: Env, port: int, conns: int, seconds: float, extra=()
     return json.loads(out.strip().splitlines()[-1])
 
 
-def build_tls_client() -> str:
-    """Builds tls-handshake-load (release) where run.sh builds strait, and returns its path."""
+def build_bench_bin(name: str) -> str:
+    """Builds one of strait-benches' binaries (tls-handshake-load, relay) in release where
+    run.sh builds strait, and returns its path."""
     target = Path(os.environ.get("CARGO_TARGET_DIR") or Path.home() / ".cache/strait/target")
     env = dict(os.environ, CARGO_TARGET_DIR=str(target))
     # Flags meant for strait (a profile-guided build's) are not the load generator's.
     env.pop("RUSTFLAGS", None)
-    log("building tls-handshake-load (release)")
+    log(f"building {name} (release)")
     subprocess.run(["cargo", "build", "--release", "-q", "--locked", "-p", "strait-benches",
-                    "--bin", "tls-handshake-load"], cwd=REPO, env=env, check=True)
-    return str(target / "release" / "tls-handshake-load")
+                    "--bin", name], cwd=REPO, env=env, check=True)
+    return str(target / "release" / name)
 
 
 def py_client(env: Env, port: int, conns: int, seconds: float, path="/") -> dict:
@@ -1224,13 +1251,17 @@ def median_interval(n: int, level: float = 0.95) -> tuple[int, int, float]:
     return k, n + 1 - k, 1 - 2 * below(k)
 
 
+# What paired ratios are taken against: the two proxies of the goals, and the floor.
+PAIRED_BASES = ("nginx", "haproxy", "relay")
+
+
 def add_paired(res: dict) -> None:
-    """Round-by-round CPU ratios of each target against nginx and HAProxy. Each round runs
+    """Round-by-round CPU ratios of each target against nginx, HAProxy and the relay. Each round runs
     every target back to back, so a round's ratio cancels what drifts more slowly than a
     round (other tenants of a shared host, the load generator's core); the median of those
     ratios, with a confidence interval from the order statistics, says whether a difference
     is beyond this machine's noise."""
-    for base in ("nginx", "haproxy"):
+    for base in PAIRED_BASES:
         b = res["targets"].get(base, {})
         if b.get("status") != "ok":
             continue
@@ -1388,7 +1419,7 @@ def markdown(result: dict) -> str:
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
         paired = [(t, b, r["paired_cpu"][b]) for t, r in res["targets"].items()
-                  for b in ("nginx", "haproxy") if b in r.get("paired_cpu", {})]
+                  for b in PAIRED_BASES if b in r.get("paired_cpu", {})]
         if paired:
             lines += ["CPU µs/req paired round by round: the median of each round's ratio, "
                       "with a distribution-free confidence interval for it.", "",
@@ -1402,7 +1433,7 @@ def markdown(result: dict) -> str:
 
 
 COLORS = {"direct": "#7f7f7f", "strait": "#d62728", "strait-observed": "#ff7f0e",
-          "nginx": "#2ca02c", "haproxy": "#1f77b4"}
+          "nginx": "#2ca02c", "haproxy": "#1f77b4", "relay": "#9467bd"}
 
 
 def svg_plot(result: dict) -> str:
@@ -1559,7 +1590,9 @@ def metadata(env: Env, args, targets: list[str]) -> dict:
         "machine": {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
                     "os": osname, "loadavg_at_start": os.getloadavg()},
         "versions": versions,
-        "strait": {"binary": env.strait, "version": first_line([env.strait, "--version"]),
+        # a run without a Strait target (--targets nginx,relay) has no binary to ask
+        "strait": {"binary": env.strait,
+                   "version": first_line([env.strait, "--version"]) if env.strait else "",
                    "commit": commit, "dirty": dirty},
     }
 
@@ -1736,6 +1769,7 @@ def main() -> int:
     ap.add_argument("--strait", help="the strait binary (run.sh builds it)")
     ap.add_argument("--tls-client",
                     help="the tls-handshake scenario's client (default: built with cargo)")
+    ap.add_argument("--relay", help="the relay target's binary (default: built with cargo)")
     ap.add_argument("--smoke", action="store_true",
                     help="a few seconds, python3 and strait only: h1 against direct and strait, "
                     "built-in client and upstream; checks the plumbing, measures nothing")
@@ -1785,7 +1819,9 @@ def main() -> int:
         args.strait = str(Path(args.strait).resolve())
     needs_client = {"tls-handshake", "tls-handshake-full"} & set(scenarios)
     if needs_client and not args.smoke and not args.tls_client:
-        args.tls_client = build_tls_client()
+        args.tls_client = build_bench_bin("tls-handshake-load")
+    if "relay" in targets and not args.relay:
+        args.relay = build_bench_bin("relay")
     if args.rounds < 1 or args.seconds <= 0 or args.seconds > 600:
         ap.error("--rounds must be ≥ 1 and --seconds in (0, 600]")
 
