@@ -85,6 +85,10 @@ static int tcp_to(int port) {
 }
 
 int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s LISTEN_PORT UPSTREAM_PORT [SETUP_FLAGS [multishot]]\n", argv[0]);
+        return 2;
+    }
     int lport = atoi(argv[1]), uport = atoi(argv[2]), one = 1;
     unsigned flags = argc > 3 ? strtoul(argv[3], NULL, 0)
                               : IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
