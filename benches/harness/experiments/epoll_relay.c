@@ -10,29 +10,16 @@
  * bytes are relayed as they come, no parsing. Small messages only: a full send buffer is
  * retried at once. */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/socket.h>
 #include <unistd.h>
+
+#include "relay_common.h"
 
 #define MAXFD 65536
 static int peer[MAXFD];
 static char buf[65536];
-
-static int tcp_to(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { perror("connect"); exit(1); }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return fd;
-}
 
 int main(int argc, char **argv) {
     if (argc < 3) {
@@ -40,11 +27,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     int lport = atoi(argv[1]), uport = atoi(argv[2]), one = 1;
-    int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(lport)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 1024)) { perror("listen"); return 1; }
+    int ls = listen_on(lport, SOCK_NONBLOCK);
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = ls}, evs[512];
     epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);

@@ -19,16 +19,12 @@
  * same socket; with it, a send whose completion gives the buffer back. Either way one
  * io_uring_enter carries a whole batch. Small messages only: a short send ends the pair. */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <errno.h>
 #include <liburing.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
+
+#include "relay_common.h"
 
 #ifndef IORING_SETUP_SINGLE_ISSUER
 #define IORING_SETUP_SINGLE_ISSUER (1U << 12)
@@ -75,15 +71,6 @@ static void arm_accept(int ls) {
     io_uring_prep_accept(s, ls, NULL, NULL, 0);
     io_uring_sqe_set_data64(s, ((__u64)OP_ACCEPT << 32) | ls);
 }
-static int tcp_to(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { perror("connect"); exit(1); }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return fd;
-}
-
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s LISTEN_PORT UPSTREAM_PORT [SETUP_FLAGS [multishot]]\n", argv[0]);
@@ -92,11 +79,7 @@ int main(int argc, char **argv) {
     int lport = atoi(argv[1]), uport = atoi(argv[2]), one = 1;
     unsigned flags = argc > 3 ? strtoul(argv[3], NULL, 0)
                               : IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-    int ls = socket(AF_INET, SOCK_STREAM, 0);
-    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(lport)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 1024)) { perror("listen"); return 1; }
+    int ls = listen_on(lport, 0);
     int e = io_uring_queue_init(4096, &ring, flags);
     if (e < 0) { fprintf(stderr, "io_uring_queue_init: %s\n", strerror(-e)); return 1; }
     multishot = argc > 4 && strcmp(argv[4], "multishot") == 0;
