@@ -165,23 +165,7 @@ fn write_all_now(s: &mut TcpStream, mut data: &[u8]) -> io::Result<()> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let parsed = match args.as_slice() {
-        [listen, upstream] => listen
-            .parse::<SocketAddr>()
-            .and_then(|l| Ok((l, upstream.parse::<SocketAddr>()?))),
-        _ => {
-            eprintln!("usage: relay LISTEN_ADDR UPSTREAM_ADDR");
-            std::process::exit(2);
-        }
-    };
-    let (listen, upstream) = match parsed {
-        Ok(addrs) => addrs,
-        Err(e) => {
-            eprintln!("relay: bad address: {e}");
-            std::process::exit(2);
-        }
-    };
+    let (listen, upstream) = strait_benches::listen_and_upstream("relay");
     let result = Relay::bind(listen, upstream).and_then(Relay::run);
     if let Err(e) = result {
         eprintln!("relay: {e}");

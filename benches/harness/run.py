@@ -43,11 +43,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HOST = "127.0.0.1"
 
-TARGETS = ["direct", "strait", "strait-observed", "nginx", "haproxy", "relay"]
+TARGETS = ["direct", "strait", "strait-observed", "nginx", "haproxy", "relay", "lean"]
 # strait-observed (Strait with an access log and tracing on) runs only when asked for: it
-# answers one question, the cost of observability, rather than comparing proxies. So does
-# relay (harness/relay.rs, h1 only): a bare epoll relay that moves bytes without HTTP, the
-# floor under any proxy's CPU per request.
+# answers one question, the cost of observability, rather than comparing proxies. So do two
+# h1-only references: relay (harness/relay.rs), a bare epoll relay that moves bytes without
+# HTTP, the floor under any proxy's CPU per request; and lean (harness/lean_proxy.rs), the
+# leanest tokio HTTP/1.1 proxy doing what Strait's default configuration does to a request.
 DEFAULT_TARGETS = ["direct", "strait", "nginx", "haproxy"]
 # What strait-observed samples: the issue's budget is stated at 10 %.
 OBSERVED_SAMPLE_PERCENT = 10
@@ -409,7 +410,7 @@ class Env:
         self.h2load = tool("h2load")
         self.strait = args.strait
         self.tls_client = args.tls_client
-        self.relay = args.relay
+        self.bench_bins = args.bench_bins
         # nginx workers started by root run as `nobody`: they must be able to read the files
         work.chmod(0o755)
         (work / "www").mkdir(mode=0o755)
@@ -785,6 +786,7 @@ class Relay(Target):
     segments per kept-alive request as the proxies and nothing else."""
 
     name = "relay"
+    binary = "relay"
 
     @classmethod
     def unsupported(cls, scenario: str) -> str | None:
@@ -795,14 +797,30 @@ class Relay(Target):
 
     def start(self, conns: int, tls: bool) -> None:
         (h1,) = free_ports(1)
-        argv = [self.env.relay, f"{HOST}:{h1}", f"{HOST}:{self.up.h1}"]
-        self.proc = self.env.procs.start(argv, self.env.proxy_cpu, self.env.work / "relay.log")
+        argv = [self.env.bench_bins[self.binary], f"{HOST}:{h1}", f"{HOST}:{self.up.h1}"]
+        self.proc = self.env.procs.start(argv, self.env.proxy_cpu,
+                                         self.env.work / f"{self.name}.log")
         wait_port(h1, self.proc)
         self.ports = {"h1": h1}
 
 
+class Lean(Relay):
+    """harness/lean_proxy.rs: HTTP/1.1 on tokio with heads kept as bytes (httparse), the three
+    fields Strait adds, a request counter and latency histogram; no routing, pool, timeouts
+    or TLS. What the stack costs above the floor."""
+
+    name = "lean"
+    binary = "lean-proxy"
+
+    @classmethod
+    def unsupported(cls, scenario: str) -> str | None:
+        if scenario != "h1":
+            return "lean is a reference for h1 only: HTTP/1.1 with Content-Length bodies"
+        return None
+
+
 TARGET_CLASSES = {"direct": Direct, "strait": Strait, "strait-observed": StraitObserved,
-                  "nginx": Nginx, "haproxy": Haproxy, "relay": Relay}
+                  "nginx": Nginx, "haproxy": Haproxy, "relay": Relay, "lean": Lean}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1433,7 +1451,7 @@ def markdown(result: dict) -> str:
 
 
 COLORS = {"direct": "#7f7f7f", "strait": "#d62728", "strait-observed": "#ff7f0e",
-          "nginx": "#2ca02c", "haproxy": "#1f77b4", "relay": "#9467bd"}
+          "nginx": "#2ca02c", "haproxy": "#1f77b4", "relay": "#9467bd", "lean": "#8c564b"}
 
 
 def svg_plot(result: dict) -> str:
@@ -1770,6 +1788,7 @@ def main() -> int:
     ap.add_argument("--tls-client",
                     help="the tls-handshake scenario's client (default: built with cargo)")
     ap.add_argument("--relay", help="the relay target's binary (default: built with cargo)")
+    ap.add_argument("--lean", help="the lean target's binary, lean-proxy (default: built with cargo)")
     ap.add_argument("--smoke", action="store_true",
                     help="a few seconds, python3 and strait only: h1 against direct and strait, "
                     "built-in client and upstream; checks the plumbing, measures nothing")
@@ -1820,8 +1839,12 @@ def main() -> int:
     needs_client = {"tls-handshake", "tls-handshake-full"} & set(scenarios)
     if needs_client and not args.smoke and not args.tls_client:
         args.tls_client = build_bench_bin("tls-handshake-load")
-    if "relay" in targets and not args.relay:
-        args.relay = build_bench_bin("relay")
+    # the h1 references' binaries, by binary name
+    args.bench_bins = {}
+    for t, path in (("relay", args.relay), ("lean", args.lean)):
+        if t in targets:
+            binary = TARGET_CLASSES[t].binary
+            args.bench_bins[binary] = path or build_bench_bin(binary)
     if args.rounds < 1 or args.seconds <= 0 or args.seconds > 600:
         ap.error("--rounds must be ≥ 1 and --seconds in (0, 600]")
 

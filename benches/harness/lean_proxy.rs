@@ -1,0 +1,336 @@
+//! An experiment, not a product: the leanest HTTP/1.1 keep-alive proxy on tokio that does what
+//! Strait's default configuration does to a request, to see what the stack itself costs
+//! above the relay's floor (docs/benchmarks.md, "The floor: a relay that knows no HTTP").
+//!
+//! Per request it parses the client's head (httparse, offsets into the read buffer, no header
+//! map), adds `x-forwarded-for`, `x-forwarded-proto` and a random `x-request-id`, writes the
+//! head to an upstream connection of the client's own, parses the response head, and writes
+//! the response out as it came. It counts the request and its latency (a counter and a
+//! histogram of 16 buckets, as a metrics registry would), so it reads the clock twice. It
+//! has no routing table, no pool, no timeouts, no TLS and no error pages: a request it cannot
+//! handle (a chunked body, a head over 16 KiB) ends the connection.
+//!
+//! One thread (tokio's current-thread runtime, a `LocalSet`), as each target of the harness.
+//!
+//! Usage: `lean-proxy LISTEN_ADDR UPSTREAM_ADDR` (runs until killed)
+
+use std::cell::Cell;
+use std::io::{self, ErrorKind};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The largest head accepted, and the read buffers' starting size.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// What a metrics registry would count, kept as cheaply as it can be.
+#[derive(Default)]
+struct Stats {
+    requests: Cell<u64>,
+    /// Latency histogram: bucket `i` counts latencies under `2^i` µs (the last, the rest).
+    latency: [Cell<u64>; 16],
+    /// xorshift64 state for request ids.
+    rng: Cell<u64>,
+}
+
+impl Stats {
+    fn observe(&self, since: Instant) {
+        self.requests.set(self.requests.get() + 1);
+        let us = since.elapsed().as_micros() as u64;
+        let i = (64 - us.leading_zeros() as usize).min(15);
+        self.latency[i].set(self.latency[i].get() + 1);
+    }
+
+    fn request_id(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x
+    }
+}
+
+/// A read buffer: `buf[start..end]` holds bytes read and not yet used.
+struct InBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl InBuf {
+    fn new() -> Self {
+        Self {
+            buf: vec![0; MAX_HEAD],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads once more; `Ok(false)` at the end of the stream.
+    async fn fill(&mut self, io: &mut TcpStream) -> io::Result<bool> {
+        if self.end == self.buf.len() {
+            if self.start == 0 {
+                return Err(io::Error::new(ErrorKind::InvalidData, "head too large"));
+            }
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let n = io.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n > 0)
+    }
+
+    /// Reads until `n` bytes are buffered (for a body after its head).
+    async fn fill_to(&mut self, io: &mut TcpStream, n: usize) -> io::Result<()> {
+        if n > self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            self.buf.resize(n, 0);
+        }
+        while self.data().len() < n {
+            if !self.fill(io).await? {
+                return Err(ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A parsed head: its length, and its body's (`Content-Length`, 0 without one).
+fn framing(headers: &[httparse::Header<'_>], head_len: usize) -> io::Result<(usize, usize)> {
+    let mut body = 0;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            body = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "bad content-length"))?;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(io::Error::new(ErrorKind::Unsupported, "chunked"));
+        }
+    }
+    Ok((head_len, body))
+}
+
+fn parse_request(data: &[u8]) -> io::Result<Option<(usize, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let status = req.parse(data);
+    complete(status, req.headers)
+}
+
+fn parse_response(data: &[u8]) -> io::Result<Option<(usize, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut res = httparse::Response::new(&mut headers);
+    let status = res.parse(data);
+    complete(status, res.headers)
+}
+
+/// A head's framing once httparse has all of it; `None` while it is partial.
+fn complete(
+    status: httparse::Result<usize>,
+    headers: &[httparse::Header<'_>],
+) -> io::Result<Option<(usize, usize)>> {
+    match status {
+        Ok(httparse::Status::Complete(n)) => framing(headers, n).map(Some),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(io::Error::new(ErrorKind::InvalidData, e)),
+    }
+}
+
+/// The request head as it came, with the three fields Strait adds by default before its end.
+fn upstream_head(out: &mut Vec<u8>, head: &[u8], peer: IpAddr, id: u64) {
+    use std::io::Write;
+    out.clear();
+    out.extend_from_slice(&head[..head.len() - 2]);
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "x-forwarded-for: {peer}\r\nx-forwarded-proto: http\r\nx-request-id: {id:016x}\r\n\r\n"
+    );
+}
+
+async fn serve(
+    mut client: TcpStream,
+    peer: IpAddr,
+    upstream: SocketAddr,
+    stats: Rc<Stats>,
+) -> io::Result<()> {
+    client.set_nodelay(true)?;
+    let mut up: Option<TcpStream> = None;
+    let (mut cin, mut uin) = (InBuf::new(), InBuf::new());
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        let (head, body) = loop {
+            if let Some(framing) = parse_request(cin.data())? {
+                break framing;
+            }
+            if !cin.fill(&mut client).await? {
+                return Ok(());
+            }
+        };
+        let start = Instant::now();
+        cin.fill_to(&mut client, head + body).await?;
+        upstream_head(&mut out, &cin.data()[..head], peer, stats.request_id());
+        out.extend_from_slice(&cin.data()[head..head + body]);
+        cin.consume(head + body);
+        let conn = match &mut up {
+            Some(conn) => conn,
+            None => {
+                let conn = TcpStream::connect(upstream).await?;
+                conn.set_nodelay(true)?;
+                up.insert(conn)
+            }
+        };
+        conn.write_all(&out).await?;
+        let (rhead, rbody) = loop {
+            if let Some(framing) = parse_response(uin.data())? {
+                break framing;
+            }
+            if !uin.fill(conn).await? {
+                return Err(ErrorKind::UnexpectedEof.into());
+            }
+        };
+        uin.fill_to(conn, rhead + rbody).await?;
+        client.write_all(&uin.data()[..rhead + rbody]).await?;
+        uin.consume(rhead + rbody);
+        stats.observe(start);
+    }
+}
+
+fn main() {
+    let (listen, upstream) = strait_benches::listen_and_upstream("lean-proxy");
+    if let Err(e) = run(listen, upstream) {
+        eprintln!("lean-proxy: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(listen: SocketAddr, upstream: SocketAddr) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let listener = TcpListener::bind(listen).await?;
+        accept_loop(listener, upstream).await
+    })
+}
+
+async fn accept_loop(listener: TcpListener, upstream: SocketAddr) -> io::Result<()> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64);
+    let stats = Rc::new(Stats {
+        rng: Cell::new(seed | 1),
+        ..Stats::default()
+    });
+    loop {
+        let (client, peer) = listener.accept().await?;
+        let stats = Rc::clone(&stats);
+        tokio::task::spawn_local(async move {
+            // A connection that fails ends; the others go on.
+            let _ = serve(client, peer.ip(), upstream, stats).await;
+        });
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_head_keeps_the_clients_and_adds_three_fields() {
+        let mut out = Vec::new();
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        upstream_head(&mut out, head, "10.0.0.1".parse().unwrap(), 0xab);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nHost: a\r\nx-forwarded-for: 10.0.0.1\r\n\
+             x-forwarded-proto: http\r\nx-request-id: 00000000000000ab\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn heads_are_framed_by_content_length_and_chunked_is_refused() {
+        let req = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(parse_request(req).unwrap(), Some((38, 3)));
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHo").unwrap(), None);
+        let res = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            parse_response(res).unwrap_err().kind(),
+            ErrorKind::Unsupported
+        );
+    }
+
+    #[test]
+    fn requests_go_through_and_keep_their_connection() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let upstream = up.local_addr().unwrap();
+            tokio::task::spawn_local(async move {
+                let (mut s, _) = up.accept().await.unwrap();
+                let mut buf = InBuf::new();
+                for _ in 0..2 {
+                    let (head, body) = loop {
+                        if let Some(f) = parse_request(buf.data()).unwrap() {
+                            break f;
+                        }
+                        assert!(buf.fill(&mut s).await.unwrap());
+                    };
+                    let text = String::from_utf8(buf.data()[..head].to_vec()).unwrap();
+                    assert!(text.contains("x-forwarded-proto: http\r\n"), "{text}");
+                    buf.fill_to(&mut s, head + body).await.unwrap();
+                    buf.consume(head + body);
+                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+            });
+            let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = proxy.local_addr().unwrap();
+            tokio::task::spawn_local(accept_loop(proxy, upstream));
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let mut got = InBuf::new();
+            for req in [
+                &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+            ] {
+                c.write_all(req).await.unwrap();
+                let (head, body) = loop {
+                    if let Some(f) = parse_response(got.data()).unwrap() {
+                        break f;
+                    }
+                    assert!(got.fill(&mut c).await.unwrap());
+                };
+                got.fill_to(&mut c, head + body).await.unwrap();
+                assert!(got.data()[..head + body].ends_with(b"\r\n\r\nok"));
+                got.consume(head + body);
+            }
+        });
+    }
+}
