@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
 
 /// The sample apps: name and how many instances.
 const APPS: &[(&str, usize)] = &[("users-v1", 2), ("users-v2", 1), ("orders", 2)];
@@ -70,7 +71,7 @@ const PATHS: &[&str] = &[
     "/nowhere",
 ];
 
-/// Runs the demo until Ctrl-C or `duration`.
+/// Runs the demo until Ctrl-C, SIGTERM or `duration`.
 pub fn run(duration: Option<Duration>, port: u16, admin_port: u16) -> ExitCode {
     let apps = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -130,12 +131,18 @@ pub fn run(duration: Option<Duration>, port: u16, admin_port: u16) -> ExitCode {
         for client in 0..CLIENTS {
             tokio::spawn(client_loop(gateway, client, Arc::clone(&stats)));
         }
+        // SIGTERM (a supervisor, `timeout`) stops the traffic as Ctrl-C does. Otherwise the
+        // gateway alone would stop on it (it drains on both) while the clients went on and
+        // counted its closed port as unexpected answers.
+        let mut terminate =
+            signal(SignalKind::terminate()).map_err(|_| "cannot watch for SIGTERM")?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => stats.print_second(started.elapsed()),
                 _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = terminate.recv() => return Ok(()),
             }
             if duration.is_some_and(|d| started.elapsed() >= d) {
                 return Ok(());
