@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Side-by-side load harness: direct (no proxy), Strait, nginx and HAProxy, and when named a
-bare relay that knows no HTTP (the floor under any proxy of h1).
+"""Side-by-side load harness: direct (no proxy), Strait, nginx and HAProxy; and, when named, two
+references for h1: a bare relay that knows no HTTP (the floor under any proxy) and the leanest
+tokio HTTP/1.1 proxy (what the stack costs above it).
 
 One worker each, every proxy pinned to the same core (CPU 0), the load generator and the upstream
 on the other core (CPU 1). Targets run interleaved (A B C D A B C D ...) and medians are reported.
@@ -898,8 +899,8 @@ def tls_handshake_load(env: Env, port: int, conns: int, seconds: float, extra=()
 
 
 def build_bench_bin(name: str) -> str:
-    """Builds one of strait-benches' binaries (tls-handshake-load, relay) in release where
-    run.sh builds strait, and returns its path."""
+    """Builds one of strait-benches' binaries (tls-handshake-load, relay, lean-proxy) in
+    release where run.sh builds strait, and returns its path."""
     target = Path(os.environ.get("CARGO_TARGET_DIR") or Path.home() / ".cache/strait/target")
     env = dict(os.environ, CARGO_TARGET_DIR=str(target))
     # Flags meant for strait (a profile-guided build's) are not the load generator's.
@@ -1274,11 +1275,11 @@ PAIRED_BASES = ("nginx", "haproxy", "relay")
 
 
 def add_paired(res: dict) -> None:
-    """Round-by-round CPU ratios of each target against nginx, HAProxy and the relay. Each round runs
-    every target back to back, so a round's ratio cancels what drifts more slowly than a
-    round (other tenants of a shared host, the load generator's core); the median of those
-    ratios, with a confidence interval from the order statistics, says whether a difference
-    is beyond this machine's noise."""
+    """Round-by-round CPU ratios of each target against nginx, HAProxy and the relay. Each
+    round runs every target back to back, so a round's ratio cancels what drifts more slowly
+    than a round (other tenants of a shared host, the load generator's core); the median of
+    those ratios, with a confidence interval from the order statistics, says whether a
+    difference is beyond this machine's noise."""
     for base in PAIRED_BASES:
         b = res["targets"].get(base, {})
         if b.get("status") != "ok":
