@@ -3,12 +3,17 @@
 
 use std::net::SocketAddr;
 
-/// The two addresses of a proxy binary's command line, `LISTEN_ADDR UPSTREAM_ADDR`; on
-/// anything else, prints the usage (or what is wrong) and exits with status 2.
-pub fn listen_and_upstream(program: &str) -> (SocketAddr, SocketAddr) {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// The two addresses of a proxy binary's command line, `LISTEN_ADDR UPSTREAM_ADDR`, besides
+/// the `flags` it also accepts (the caller reads those); on anything else, prints the usage
+/// (or what is wrong) and exits with status 2.
+pub fn listen_and_upstream(program: &str, flags: &[&str]) -> (SocketAddr, SocketAddr) {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !flags.contains(&a.as_str()))
+        .collect();
     let [listen, upstream] = args.as_slice() else {
-        eprintln!("usage: {program} LISTEN_ADDR UPSTREAM_ADDR");
+        let flags: String = flags.iter().map(|f| format!(" [{f}]")).collect();
+        eprintln!("usage: {program} LISTEN_ADDR UPSTREAM_ADDR{flags}");
         std::process::exit(2);
     };
     match (listen.parse(), upstream.parse()) {

@@ -3,28 +3,49 @@
 //! above the relay's floor (docs/benchmarks.md, "The floor: a relay that knows no HTTP").
 //!
 //! Per request it parses the client's head (httparse, offsets into the read buffer, no header
-//! map), adds `x-forwarded-for`, `x-forwarded-proto` and a random `x-request-id`, writes the
-//! head to an upstream connection of the client's own, parses the response head, and writes
-//! the response out as it came. It counts the request and its latency (a counter and a
-//! histogram of 16 buckets, as a metrics registry would), so it reads the clock twice. It
-//! has no routing table, no pool, no timeouts, no TLS and no error pages: a request it cannot
-//! handle (a chunked body, a head over 16 KiB) ends the connection.
+//! map), matches its path against a table of three prefixes, adds `x-forwarded-for`,
+//! `x-forwarded-proto` and a random `x-request-id`, writes the head to an upstream connection
+//! taken from a pool, parses the response head, writes the response out as it came and gives
+//! the connection back. The wait for a request head is bounded by an idle timeout, and the
+//! upstream exchange by a request timeout, as Strait's are (so two timers a request). It counts
+//! the request and its latency (a counter and a histogram of 16 buckets, as a metrics registry
+//! would), so it reads the clock twice. It has no TLS, no retries and no error pages beyond a
+//! bare 404: a request it cannot handle (a chunked body, a head over 16 KiB) ends the
+//! connection.
+//!
+//! With `--bare` it keeps only the HTTP: no routing table, no timers, and an upstream
+//! connection of each client connection's own instead of the pool.
 //!
 //! One thread (tokio's current-thread runtime, a `LocalSet`), as each target of the harness.
 //!
-//! Usage: `lean-proxy LISTEN_ADDR UPSTREAM_ADDR` (runs until killed)
+//! Usage: `lean-proxy LISTEN_ADDR UPSTREAM_ADDR [--bare]` (runs until killed)
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The largest head accepted, and the read buffers' starting size.
 const MAX_HEAD: usize = 16 * 1024;
+/// Strait's defaults: a listener's `idle_timeout` and a route's request `timeout`.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// The routing table: path prefixes, tried in order.
+const ROUTES: [&[u8]; 3] = [b"/api/", b"/static/", b"/"];
+
+/// What every connection shares.
+struct Shared {
+    upstream: SocketAddr,
+    /// `--bare`: no routing, no timers, no pool.
+    bare: bool,
+    /// Idle upstream connections, taken for a request and given back after it.
+    pool: RefCell<Vec<TcpStream>>,
+    stats: Stats,
+}
 
 /// What a metrics registry would count, kept as cheaply as it can be.
 #[derive(Default)]
@@ -168,87 +189,160 @@ fn upstream_head(out: &mut Vec<u8>, head: &[u8], peer: IpAddr, id: u64) {
     );
 }
 
-async fn serve(
-    mut client: TcpStream,
-    peer: IpAddr,
-    upstream: SocketAddr,
-    stats: Rc<Stats>,
+/// The next request's framing; `None` once the client has closed.
+async fn next_head(cin: &mut InBuf, client: &mut TcpStream) -> io::Result<Option<(usize, usize)>> {
+    loop {
+        if let Some(framing) = parse_request(cin.data())? {
+            return Ok(Some(framing));
+        }
+        if !cin.fill(client).await? {
+            return Ok(None);
+        }
+    }
+}
+
+/// The index of the first route whose prefix starts the request's path.
+fn route(head: &[u8]) -> Option<usize> {
+    let path = head.split(|&b| b == b' ').nth(1)?;
+    ROUTES.iter().position(|prefix| path.starts_with(prefix))
+}
+
+/// Sends the request in `out` and passes the response on to the client as it came.
+async fn exchange(
+    conn: &mut TcpStream,
+    out: &[u8],
+    uin: &mut InBuf,
+    client: &mut TcpStream,
 ) -> io::Result<()> {
+    conn.write_all(out).await?;
+    let (head, body) = loop {
+        if let Some(framing) = parse_response(uin.data())? {
+            break framing;
+        }
+        if !uin.fill(conn).await? {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+    };
+    uin.fill_to(conn, head + body).await?;
+    client.write_all(&uin.data()[..head + body]).await?;
+    uin.consume(head + body);
+    Ok(())
+}
+
+async fn serve(mut client: TcpStream, peer: IpAddr, shared: Rc<Shared>) -> io::Result<()> {
     client.set_nodelay(true)?;
-    let mut up: Option<TcpStream> = None;
+    let mut own: Option<TcpStream> = None;
     let (mut cin, mut uin) = (InBuf::new(), InBuf::new());
     let mut out = Vec::with_capacity(1024);
+    // Kept timers, as Strait keeps them: moving one to a later deadline only records it, so
+    // tokio's timer wheel is touched once per timeout period, not once per request.
+    let idle = tokio::time::sleep(IDLE_TIMEOUT);
+    let limit = tokio::time::sleep(REQUEST_TIMEOUT);
+    tokio::pin!(idle, limit);
     loop {
-        let (head, body) = loop {
-            if let Some(framing) = parse_request(cin.data())? {
-                break framing;
+        let next = if shared.bare {
+            next_head(&mut cin, &mut client).await?
+        } else {
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+            tokio::select! {
+                biased;
+                next = next_head(&mut cin, &mut client) => next?,
+                () = &mut idle => return Err(ErrorKind::TimedOut.into()),
             }
-            if !cin.fill(&mut client).await? {
-                return Ok(());
-            }
+        };
+        let Some((head, body)) = next else {
+            return Ok(());
         };
         let start = Instant::now();
         cin.fill_to(&mut client, head + body).await?;
-        upstream_head(&mut out, &cin.data()[..head], peer, stats.request_id());
+        if !shared.bare && route(&cin.data()[..head]).is_none() {
+            cin.consume(head + body);
+            client
+                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                .await?;
+            continue;
+        }
+        upstream_head(
+            &mut out,
+            &cin.data()[..head],
+            peer,
+            shared.stats.request_id(),
+        );
         out.extend_from_slice(&cin.data()[head..head + body]);
         cin.consume(head + body);
-        let conn = match &mut up {
+        let kept = if shared.bare {
+            own.take()
+        } else {
+            shared.pool.borrow_mut().pop()
+        };
+        let mut conn = match kept {
             Some(conn) => conn,
             None => {
-                let conn = TcpStream::connect(upstream).await?;
+                let conn = TcpStream::connect(shared.upstream).await?;
                 conn.set_nodelay(true)?;
-                up.insert(conn)
+                conn
             }
         };
-        conn.write_all(&out).await?;
-        let (rhead, rbody) = loop {
-            if let Some(framing) = parse_response(uin.data())? {
-                break framing;
+        if shared.bare {
+            exchange(&mut conn, &out, &mut uin, &mut client).await?;
+            own = Some(conn);
+        } else {
+            limit
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(start) + REQUEST_TIMEOUT);
+            tokio::select! {
+                biased;
+                sent = exchange(&mut conn, &out, &mut uin, &mut client) => sent?,
+                () = &mut limit => return Err(ErrorKind::TimedOut.into()),
             }
-            if !uin.fill(conn).await? {
-                return Err(ErrorKind::UnexpectedEof.into());
-            }
-        };
-        uin.fill_to(conn, rhead + rbody).await?;
-        client.write_all(&uin.data()[..rhead + rbody]).await?;
-        uin.consume(rhead + rbody);
-        stats.observe(start);
+            shared.pool.borrow_mut().push(conn);
+        }
+        shared.stats.observe(start);
     }
 }
 
 fn main() {
-    let (listen, upstream) = strait_benches::listen_and_upstream("lean-proxy");
-    if let Err(e) = run(listen, upstream) {
+    // `--bare` is taken off the command line before the two addresses are read.
+    let bare = std::env::args().any(|a| a == "--bare");
+    let (listen, upstream) = strait_benches::listen_and_upstream("lean-proxy", &["--bare"]);
+    if let Err(e) = run(listen, upstream, bare) {
         eprintln!("lean-proxy: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(listen: SocketAddr, upstream: SocketAddr) -> io::Result<()> {
+fn run(listen: SocketAddr, upstream: SocketAddr, bare: bool) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let listener = TcpListener::bind(listen).await?;
-        accept_loop(listener, upstream).await
+        accept_loop(listener, upstream, bare).await
     })
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr) -> io::Result<()> {
+async fn accept_loop(listener: TcpListener, upstream: SocketAddr, bare: bool) -> io::Result<()> {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64);
-    let stats = Rc::new(Stats {
-        rng: Cell::new(seed | 1),
-        ..Stats::default()
+    let shared = Rc::new(Shared {
+        upstream,
+        bare,
+        pool: RefCell::new(Vec::new()),
+        stats: Stats {
+            rng: Cell::new(seed | 1),
+            ..Stats::default()
+        },
     });
     loop {
         let (client, peer) = listener.accept().await?;
-        let stats = Rc::clone(&stats);
+        let shared = Rc::clone(&shared);
         tokio::task::spawn_local(async move {
             // A connection that fails ends; the others go on.
-            let _ = serve(client, peer.ip(), upstream, stats).await;
+            let _ = serve(client, peer.ip(), shared).await;
         });
     }
 }
@@ -283,9 +377,24 @@ mod tests {
     }
 
     #[test]
+    fn paths_take_the_first_route_whose_prefix_they_start_with() {
+        assert_eq!(route(b"GET /api/x HTTP/1.1\r\n\r\n"), Some(0));
+        assert_eq!(route(b"GET /static/a.css HTTP/1.1\r\n\r\n"), Some(1));
+        assert_eq!(route(b"GET /apis HTTP/1.1\r\n\r\n"), Some(2));
+        assert_eq!(route(b"OPTIONS * HTTP/1.1\r\n\r\n"), None);
+    }
+
+    #[test]
     fn requests_go_through_and_keep_their_connection() {
+        for bare in [false, true] {
+            requests_go_through(bare);
+        }
+    }
+
+    fn requests_go_through(bare: bool) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .build()
             .unwrap();
         let local = tokio::task::LocalSet::new();
@@ -313,7 +422,7 @@ mod tests {
             });
             let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = proxy.local_addr().unwrap();
-            tokio::task::spawn_local(accept_loop(proxy, upstream));
+            tokio::task::spawn_local(accept_loop(proxy, upstream, bare));
             let mut c = TcpStream::connect(addr).await.unwrap();
             let mut got = InBuf::new();
             for req in [

@@ -165,7 +165,7 @@ fn write_all_now(s: &mut TcpStream, mut data: &[u8]) -> io::Result<()> {
 }
 
 fn main() {
-    let (listen, upstream) = strait_benches::listen_and_upstream("relay");
+    let (listen, upstream) = strait_benches::listen_and_upstream("relay", &[]);
     let result = Relay::bind(listen, upstream).and_then(Relay::run);
     if let Err(e) = result {
         eprintln!("relay: {e}");
