@@ -178,22 +178,30 @@ fn complete(
 }
 
 /// The request head as it came, with the three fields Strait adds by default before its end.
-fn upstream_head(out: &mut Vec<u8>, head: &[u8], peer: IpAddr, id: u64) {
-    use std::io::Write;
+/// The fields added to every request of a connection, up to the request id's value: the
+/// client's address is the connection's, so this is written once per connection.
+fn added_fields(peer: IpAddr) -> Vec<u8> {
+    format!("x-forwarded-for: {peer}\r\nx-forwarded-proto: http\r\nx-request-id: ").into_bytes()
+}
+
+/// The request head as it came, with the added fields (`added`, then the id) before its end.
+fn upstream_head(out: &mut Vec<u8>, head: &[u8], added: &[u8], id: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.clear();
     out.extend_from_slice(&head[..head.len() - 2]);
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "x-forwarded-for: {peer}\r\nx-forwarded-proto: http\r\nx-request-id: {id:016x}\r\n\r\n"
-    );
+    out.extend_from_slice(added);
+    out.extend((0..16).rev().map(|i| HEX[(id >> (4 * i)) as usize & 0xf]));
+    out.extend_from_slice(b"\r\n\r\n");
 }
 
 /// The next request's framing; `None` once the client has closed.
 async fn next_head(cin: &mut InBuf, client: &mut TcpStream) -> io::Result<Option<(usize, usize)>> {
     loop {
-        if let Some(framing) = parse_request(cin.data())? {
-            return Ok(Some(framing));
+        // An empty buffer has nothing to parse yet (a pipelined request would be there).
+        if !cin.data().is_empty() {
+            if let Some(framing) = parse_request(cin.data())? {
+                return Ok(Some(framing));
+            }
         }
         if !cin.fill(client).await? {
             return Ok(None);
@@ -216,8 +224,10 @@ async fn exchange(
 ) -> io::Result<()> {
     conn.write_all(out).await?;
     let (head, body) = loop {
-        if let Some(framing) = parse_response(uin.data())? {
-            break framing;
+        if !uin.data().is_empty() {
+            if let Some(framing) = parse_response(uin.data())? {
+                break framing;
+            }
         }
         if !uin.fill(conn).await? {
             return Err(ErrorKind::UnexpectedEof.into());
@@ -231,6 +241,7 @@ async fn exchange(
 
 async fn serve(mut client: TcpStream, peer: IpAddr, shared: Rc<Shared>) -> io::Result<()> {
     client.set_nodelay(true)?;
+    let added = added_fields(peer);
     let mut own: Option<TcpStream> = None;
     let (mut cin, mut uin) = (InBuf::new(), InBuf::new());
     let mut out = Vec::with_capacity(1024);
@@ -266,7 +277,7 @@ async fn serve(mut client: TcpStream, peer: IpAddr, shared: Rc<Shared>) -> io::R
         upstream_head(
             &mut out,
             &cin.data()[..head],
-            peer,
+            &added,
             shared.stats.request_id(),
         );
         out.extend_from_slice(&cin.data()[head..head + body]);
@@ -356,7 +367,8 @@ mod tests {
     fn the_upstream_head_keeps_the_clients_and_adds_three_fields() {
         let mut out = Vec::new();
         let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        upstream_head(&mut out, head, "10.0.0.1".parse().unwrap(), 0xab);
+        let added = added_fields("10.0.0.1".parse().unwrap());
+        upstream_head(&mut out, head, &added, 0xab);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET / HTTP/1.1\r\nHost: a\r\nx-forwarded-for: 10.0.0.1\r\n\
