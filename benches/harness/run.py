@@ -781,6 +781,11 @@ class Haproxy(Target):
         self.ports = {"h1": h1, "h2": h2, "tls": tlsp, "grpc": grpc}
 
 
+# The scenarios the h1 references (relay, lean) run: small kept-alive HTTP/1.1 requests, closed
+# loop or at a fixed rate.
+H1_KEEPALIVE = ("h1", "latency-25", "latency-75")
+
+
 class Relay(Target):
     """The floor: harness/relay.rs, one thread on epoll relaying bytes between each client
     connection and an upstream connection of its own, with the same system calls and TCP
@@ -791,9 +796,9 @@ class Relay(Target):
 
     @classmethod
     def unsupported(cls, scenario: str) -> str | None:
-        if scenario != "h1":
-            return ("the relay is the floor of h1 only: it knows no HTTP and opens an upstream "
-                    "connection per client connection")
+        if scenario not in H1_KEEPALIVE:
+            return ("the relay is a floor for kept-alive HTTP/1.1 only: it knows no HTTP and "
+                    "opens an upstream connection per client connection")
         return None
 
     def start(self, conns: int, tls: bool) -> None:
@@ -815,8 +820,9 @@ class Lean(Relay):
 
     @classmethod
     def unsupported(cls, scenario: str) -> str | None:
-        if scenario != "h1":
-            return "lean is a reference for h1 only: HTTP/1.1 with Content-Length bodies"
+        if scenario not in H1_KEEPALIVE:
+            return ("lean is a reference for kept-alive HTTP/1.1 only, with Content-Length "
+                    "bodies")
         return None
 
 
