@@ -135,8 +135,11 @@ impl InBuf {
     }
 }
 
+/// A head's length and its body's.
+type Framing = (usize, usize);
+
 /// A parsed head: its length, and its body's (`Content-Length`, 0 without one).
-fn framing(headers: &[httparse::Header<'_>], head_len: usize) -> io::Result<(usize, usize)> {
+fn framing(headers: &[httparse::Header<'_>], head_len: usize) -> io::Result<Framing> {
     let mut body = 0;
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -151,14 +154,14 @@ fn framing(headers: &[httparse::Header<'_>], head_len: usize) -> io::Result<(usi
     Ok((head_len, body))
 }
 
-fn parse_request(data: &[u8]) -> io::Result<Option<(usize, usize)>> {
+fn parse_request(data: &[u8]) -> io::Result<Option<Framing>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let status = req.parse(data);
     complete(status, req.headers)
 }
 
-fn parse_response(data: &[u8]) -> io::Result<Option<(usize, usize)>> {
+fn parse_response(data: &[u8]) -> io::Result<Option<Framing>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut res = httparse::Response::new(&mut headers);
     let status = res.parse(data);
@@ -169,7 +172,7 @@ fn parse_response(data: &[u8]) -> io::Result<Option<(usize, usize)>> {
 fn complete(
     status: httparse::Result<usize>,
     headers: &[httparse::Header<'_>],
-) -> io::Result<Option<(usize, usize)>> {
+) -> io::Result<Option<Framing>> {
     match status {
         Ok(httparse::Status::Complete(n)) => framing(headers, n).map(Some),
         Ok(httparse::Status::Partial) => Ok(None),
@@ -177,7 +180,6 @@ fn complete(
     }
 }
 
-/// The request head as it came, with the three fields Strait adds by default before its end.
 /// The fields added to every request of a connection, up to the request id's value: the
 /// client's address is the connection's, so this is written once per connection.
 fn added_fields(peer: IpAddr) -> Vec<u8> {
@@ -194,16 +196,20 @@ fn upstream_head(out: &mut Vec<u8>, head: &[u8], added: &[u8], id: u64) {
     out.extend_from_slice(b"\r\n\r\n");
 }
 
-/// The next request's framing; `None` once the client has closed.
-async fn next_head(cin: &mut InBuf, client: &mut TcpStream) -> io::Result<Option<(usize, usize)>> {
+/// The framing of the next head on `io`, parsed by `parse`; `None` once the peer has closed.
+async fn read_head(
+    buf: &mut InBuf,
+    io: &mut TcpStream,
+    parse: fn(&[u8]) -> io::Result<Option<Framing>>,
+) -> io::Result<Option<Framing>> {
     loop {
-        // An empty buffer has nothing to parse yet (a pipelined request would be there).
-        if !cin.data().is_empty() {
-            if let Some(framing) = parse_request(cin.data())? {
+        // An empty buffer has nothing to parse yet (a pipelined head would be there).
+        if !buf.data().is_empty() {
+            if let Some(framing) = parse(buf.data())? {
                 return Ok(Some(framing));
             }
         }
-        if !cin.fill(client).await? {
+        if !buf.fill(io).await? {
             return Ok(None);
         }
     }
@@ -223,16 +229,9 @@ async fn exchange(
     client: &mut TcpStream,
 ) -> io::Result<()> {
     conn.write_all(out).await?;
-    let (head, body) = loop {
-        if !uin.data().is_empty() {
-            if let Some(framing) = parse_response(uin.data())? {
-                break framing;
-            }
-        }
-        if !uin.fill(conn).await? {
-            return Err(ErrorKind::UnexpectedEof.into());
-        }
-    };
+    let (head, body) = read_head(uin, conn, parse_response)
+        .await?
+        .ok_or(ErrorKind::UnexpectedEof)?;
     uin.fill_to(conn, head + body).await?;
     client.write_all(&uin.data()[..head + body]).await?;
     uin.consume(head + body);
@@ -252,13 +251,13 @@ async fn serve(mut client: TcpStream, peer: IpAddr, shared: Rc<Shared>) -> io::R
     tokio::pin!(idle, limit);
     loop {
         let next = if shared.bare {
-            next_head(&mut cin, &mut client).await?
+            read_head(&mut cin, &mut client, parse_request).await?
         } else {
             idle.as_mut()
                 .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
             tokio::select! {
                 biased;
-                next = next_head(&mut cin, &mut client) => next?,
+                next = read_head(&mut cin, &mut client, parse_request) => next?,
                 () = &mut idle => return Err(ErrorKind::TimedOut.into()),
             }
         };

@@ -9,7 +9,7 @@
 //! proxy is.
 //!
 //! A write that cannot go at once is retried at once: right for small messages, which the
-//! harness sends it (`h1` only), and not a design for large bodies.
+//! harness sends it (kept-alive HTTP/1.1 scenarios only), and not a design for large bodies.
 //!
 //! Usage: `relay LISTEN_ADDR UPSTREAM_ADDR` (runs until killed)
 
@@ -141,7 +141,7 @@ impl Relay {
     fn close(&mut self, k: usize) {
         for i in [2 * k, 2 * k + 1] {
             if let Some(mut s) = self.socks[i].take() {
-                // Dropping the socket closes it, which also removes it from epoll.
+                // Out of epoll first, then closed by the drop.
                 let _ = self.poll.registry().deregister(&mut s);
             }
         }

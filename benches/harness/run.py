@@ -47,9 +47,10 @@ HOST = "127.0.0.1"
 TARGETS = ["direct", "strait", "strait-observed", "nginx", "haproxy", "relay", "lean"]
 # strait-observed (Strait with an access log and tracing on) runs only when asked for: it
 # answers one question, the cost of observability, rather than comparing proxies. So do two
-# h1-only references: relay (harness/relay.rs), a bare epoll relay that moves bytes without
-# HTTP, the floor under any proxy's CPU per request; and lean (harness/lean_proxy.rs), the
-# leanest tokio HTTP/1.1 proxy doing what Strait's default configuration does to a request.
+# references for kept-alive HTTP/1.1: relay (harness/relay.rs), a bare epoll relay that moves
+# bytes without HTTP, the floor under any proxy's CPU per request; and lean
+# (harness/lean_proxy.rs), the leanest tokio HTTP/1.1 proxy doing what Strait's default
+# configuration does to a request.
 DEFAULT_TARGETS = ["direct", "strait", "nginx", "haproxy"]
 # What strait-observed samples: the issue's budget is stated at 10 %.
 OBSERVED_SAMPLE_PERCENT = 10
@@ -793,13 +794,13 @@ class Relay(Target):
 
     name = "relay"
     binary = "relay"
+    # why it runs only the H1_KEEPALIVE scenarios
+    only_h1 = ("the relay is a floor for kept-alive HTTP/1.1 only: it knows no HTTP and opens "
+               "an upstream connection per client connection")
 
     @classmethod
     def unsupported(cls, scenario: str) -> str | None:
-        if scenario not in H1_KEEPALIVE:
-            return ("the relay is a floor for kept-alive HTTP/1.1 only: it knows no HTTP and "
-                    "opens an upstream connection per client connection")
-        return None
+        return None if scenario in H1_KEEPALIVE else cls.only_h1
 
     def start(self, conns: int, tls: bool) -> None:
         (h1,) = free_ports(1)
@@ -811,19 +812,13 @@ class Relay(Target):
 
 
 class Lean(Relay):
-    """harness/lean_proxy.rs: HTTP/1.1 on tokio with heads kept as bytes (httparse), the three
-    fields Strait adds, a request counter and latency histogram; no routing, pool, timeouts
-    or TLS. What the stack costs above the floor."""
+    """harness/lean_proxy.rs: HTTP/1.1 on tokio with heads kept as bytes (httparse), a routing
+    table, a pool, two kept timers, the three fields Strait adds, a request counter and a
+    latency histogram; no TLS. What the stack costs above the floor."""
 
     name = "lean"
     binary = "lean-proxy"
-
-    @classmethod
-    def unsupported(cls, scenario: str) -> str | None:
-        if scenario not in H1_KEEPALIVE:
-            return ("lean is a reference for kept-alive HTTP/1.1 only, with Content-Length "
-                    "bodies")
-        return None
+    only_h1 = "lean is a reference for kept-alive HTTP/1.1 only, with Content-Length bodies"
 
 
 TARGET_CLASSES = {"direct": Direct, "strait": Strait, "strait-observed": StraitObserved,
@@ -1795,7 +1790,8 @@ def main() -> int:
     ap.add_argument("--tls-client",
                     help="the tls-handshake scenario's client (default: built with cargo)")
     ap.add_argument("--relay", help="the relay target's binary (default: built with cargo)")
-    ap.add_argument("--lean", help="the lean target's binary, lean-proxy (default: built with cargo)")
+    ap.add_argument("--lean",
+                    help="the lean target's binary, lean-proxy (default: built with cargo)")
     ap.add_argument("--smoke", action="store_true",
                     help="a few seconds, python3 and strait only: h1 against direct and strait, "
                     "built-in client and upstream; checks the plumbing, measures nothing")

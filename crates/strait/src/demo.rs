@@ -131,9 +131,12 @@ pub fn run(duration: Option<Duration>, port: u16, admin_port: u16) -> ExitCode {
         for client in 0..CLIENTS {
             tokio::spawn(client_loop(gateway, client, Arc::clone(&stats)));
         }
-        // SIGTERM (a supervisor, `timeout`) stops the traffic as Ctrl-C does. Otherwise the
-        // gateway alone would stop on it (it drains on both) while the clients went on and
-        // counted its closed port as unexpected answers.
+        // SIGINT (Ctrl-C) and SIGTERM (a supervisor, `timeout`) stop the traffic. Otherwise the
+        // gateway alone would stop on them (it drains on both) while the clients went on and
+        // counted its closed port as unexpected answers. Streams made once: a `ctrl_c()` made
+        // anew each second would miss a signal that came between two of them.
+        let mut interrupt =
+            signal(SignalKind::interrupt()).map_err(|_| "cannot watch for SIGINT")?;
         let mut terminate =
             signal(SignalKind::terminate()).map_err(|_| "cannot watch for SIGTERM")?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -141,7 +144,7 @@ pub fn run(duration: Option<Duration>, port: u16, admin_port: u16) -> ExitCode {
         loop {
             tokio::select! {
                 _ = tick.tick() => stats.print_second(started.elapsed()),
-                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = interrupt.recv() => return Ok(()),
                 _ = terminate.recv() => return Ok(()),
             }
             if duration.is_some_and(|d| started.elapsed() >= d) {
