@@ -1,32 +1,46 @@
 #!/usr/bin/env bash
-# Regenerates crates/strait/symbol-order.txt: the functions a release `strait proxy` runs from
-# start-up through HTTP/1.1 and HTTP/2 traffic, which the release link places together at the
-# start of .text (see crates/strait/build.rs and docs/benchmarks.md, "Idle RSS").
+# Writes the link order of a `strait` binary: the functions `strait proxy` runs from start-up
+# through HTTP/1.1, HTTP/2 and TLS traffic, which the release link places together at the
+# start of .text (see crates/strait/build.rs, and in docs/benchmarks.md "The link order, made
+# for the binary it links").
 #
-#   benches/symbol-order/run.sh            # builds the release binary first
+#   benches/symbol-order/run.sh                    # release build -> crates/strait/symbol-order.txt
+#   benches/symbol-order/run.sh BINARY LIST        # the functions BINARY runs -> LIST
 #
-# Needs valgrind, nginx and h2load (apt: valgrind nginx nghttp2-client). A stale list is
-# harmless: names that no longer exist are ignored, new functions land after the listed ones.
+# Symbol names carry their crate's build hash, which changes with the compiler flags: the
+# profile-guided build (scripts/build-pgo.sh) therefore makes its own list from its own binary
+# and links again with it, rather than using the committed one, which is for plain release
+# builds. Needs valgrind, nginx, h2load and openssl (apt: valgrind nginx nghttp2-client
+# openssl). A stale list is harmless: names that no longer exist are ignored, new functions
+# land after the listed ones.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
-for tool in valgrind nginx h2load curl; do
+for tool in valgrind nginx h2load curl openssl; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
-        echo "missing: $tool (apt-get install valgrind nginx nghttp2-client curl)" >&2
+        echo "missing: $tool (apt-get install valgrind nginx nghttp2-client curl openssl)" >&2
         exit 2
     }
 done
-target="${CARGO_TARGET_DIR:-$root/target}"
-cargo build --release -p strait
-bin="$target/release/strait"
+if [ $# -ge 2 ]; then
+    bin=$1
+    dest=$2
+else
+    target="${CARGO_TARGET_DIR:-$root/target}"
+    cargo build --release -p strait
+    bin="$target/release/strait"
+    dest="$root/crates/strait/symbol-order.txt"
+fi
 
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 ports=$(python3 -c 'import socket
-s=[socket.socket() for _ in range(3)]
+s=[socket.socket() for _ in range(4)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(" ".join(str(x.getsockname()[1]) for x in s))')
-read -r listen admin up <<<"$ports"
+read -r listen admin up tls <<<"$ports"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=localhost -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 cat >"$work/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $work/nginx.pid; error_log $work/nginx.err error;
 events { worker_connections 1024; }
@@ -42,6 +56,12 @@ listeners:
     address: "127.0.0.1:$listen"
     routes:
       - backends: [{ cluster: up }]
+  - name: main-tls
+    address: "127.0.0.1:$tls"
+    tls:
+      certificates: [{ cert: "$work/cert.pem", key: "$work/key.pem" }]
+    routes:
+      - backends: [{ cluster: up }]
 clusters:
   - name: up
     endpoints: [{ address: "127.0.0.1:$up" }]
@@ -53,11 +73,13 @@ proxy=$!
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$listen/" && break; sleep 0.3; done
 h2load --h1 -n 2000 -c 8 "http://127.0.0.1:$listen/" >/dev/null
 h2load -n 2000 -c 4 -m 8 "http://127.0.0.1:$listen/" >/dev/null
+h2load --h1 -n 500 -c 8 "https://127.0.0.1:$tls/" >/dev/null
+h2load -n 1000 -c 4 -m 8 "https://127.0.0.1:$tls/" >/dev/null
 curl -s -o /dev/null "http://127.0.0.1:$admin/metrics"
 kill -TERM "$proxy"
 wait "$proxy" || true
 
-python3 - "$work/callgrind.out" "$bin" "$root/crates/strait/symbol-order.txt" <<'PY'
+python3 - "$work/callgrind.out" "$bin" "$dest" <<'PY'
 import re, subprocess, sys
 out, binary, dest = sys.argv[1:]
 ran = set()

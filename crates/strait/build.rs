@@ -7,11 +7,13 @@
 //!
 //! The option is rust-lld's, the toolchain's own linker on this target since Rust 1.90. It is
 //! left out with an older compiler, with a linker chosen in the environment, or when
-//! `STRAIT_NO_SYMBOL_ORDER` is set.
+//! `STRAIT_NO_SYMBOL_ORDER` is set. `STRAIT_SYMBOL_ORDER_FILE` names another list: the
+//! profile-guided build links with one made from its own binary, whose symbol names differ
+//! from a plain release build's.
 
 fn main() {
-    println!("cargo:rerun-if-changed=symbol-order.txt");
     println!("cargo:rerun-if-env-changed=STRAIT_NO_SYMBOL_ORDER");
+    println!("cargo:rerun-if-env-changed=STRAIT_SYMBOL_ORDER_FILE");
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     let own_linker = !var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty()
@@ -24,8 +26,12 @@ fn main() {
     {
         return;
     }
-    let dir = var("CARGO_MANIFEST_DIR");
-    println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={dir}/symbol-order.txt");
+    let list = match var("STRAIT_SYMBOL_ORDER_FILE") {
+        given if !given.is_empty() => given,
+        _ => format!("{}/symbol-order.txt", var("CARGO_MANIFEST_DIR")),
+    };
+    println!("cargo:rerun-if-changed={list}");
+    println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={list}");
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
 }
 
