@@ -1341,10 +1341,13 @@ def markdown(result: dict) -> str:
         f"# Strait load comparison, {meta['date']}",
         "",
         f"Machine: {meta['machine']['cpu']} ({meta['machine']['cpus']} CPUs), "
-        f"{meta['machine']['os']}, kernel {meta['machine']['kernel']}.  ",
+        f"{meta['machine']['os']}, kernel {meta['machine']['kernel']}"
+        f"{', idle: ' + meta['machine']['idle'] if meta['machine'].get('idle') else ''}.  ",
         "Versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".  ",
         f"Strait {meta['strait']['commit']}{' (uncommitted changes)' if meta['strait']['dirty'] else ''}"
-        f", default config with `workers: 1`.  ",
+        f", default config with `workers: 1`"
+        f"{'; link order: ' + meta['strait']['link_order'] if meta['strait'].get('link_order') else ''}"
+        ".  ",
         f"{meta['rounds']} interleaved rounds of {meta['seconds']} s per target; medians. "
         f"Proxies pinned to CPU {meta['proxy_cpu']}, load generator and upstream to CPU "
         f"{meta['load_cpu']}.{' SMOKE RUN: plumbing check, not a measurement.' if meta['smoke'] else ''}",
@@ -1572,6 +1575,51 @@ def first_line(argv: list[str]) -> str:
         return ""
 
 
+def idle_setting() -> str:
+    """The kernel's idle driver and, for `haltpoll`, how long an idle vCPU polls before it
+    halts: at 0 a sleeping proxy wakes through the host, which sets the fixed-rate scenarios'
+    tail (docs/benchmarks.md, the Intel machine's results)."""
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return ""
+    driver = read("/sys/devices/system/cpu/cpuidle/current_driver") or "none"
+    poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    return f"{driver}, guest_halt_poll_ns {poll}" if poll else driver
+
+
+def link_order(binary: str) -> str:
+    """Whether the binary was linked in a link order (crates/strait/build.rs), and with a list
+    that matches it: a list goes stale when symbol names change, and the binary's resident
+    size grows with it. The committed list is for plain release builds,
+    `pgo/symbol-order.txt` for build-pgo.sh's. Reports the best-matching list: how many of its
+    functions the binary has, and how many of those lie together at the start of the code."""
+    try:
+        p = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True,
+                           timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    code = sorted((int(f[0], 16), f[2]) for f in (line.split() for line in p.stdout.splitlines())
+                  if len(f) == 3 and f[1] in "tTwW")
+    defined = {name for _, name in code}
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or Path.home() / ".cache/strait/target")
+    best, best_found = "", -1
+    for path in (REPO / "crates/strait/symbol-order.txt", target / "pgo/symbol-order.txt"):
+        try:
+            names = set(path.read_text().split())
+        except OSError:
+            continue
+        found = len(names & defined)
+        if found > best_found and names:
+            first = {name for _, name in code[:found]}
+            placed = len(first & names) / found if found else 0.0
+            best_found = found
+            best = (f"{found:,} of the {len(names):,} functions of {path.parent.name}/{path.name} "
+                    f"are in it, {placed:.0%} of them placed first")
+    return best
+
+
 def metadata(env: Env, args, targets: list[str]) -> dict:
     cpu = ""
     try:
@@ -1608,12 +1656,14 @@ def metadata(env: Env, args, targets: list[str]) -> dict:
         "proxy_cpu": env.proxy_cpu,
         "load_cpu": env.load_cpu,
         "machine": {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
-                    "os": osname, "loadavg_at_start": os.getloadavg()},
+                    "os": osname, "loadavg_at_start": os.getloadavg(), "idle": idle_setting()},
         "versions": versions,
         # a run without a Strait target (--targets nginx,relay) has no binary to ask
         "strait": {"binary": env.strait,
                    "version": first_line([env.strait, "--version"]) if env.strait else "",
-                   "commit": commit, "dirty": dirty},
+                   "commit": commit, "dirty": dirty,
+                   # the smoke run's debug binary has no link order to check
+                   "link_order": link_order(env.strait) if env.strait and not env.smoke else ""},
     }
 
 
