@@ -7,8 +7,8 @@
 #
 #   scripts/build-pgo.sh          # prints the binary's path on its last line
 #
-# Needs llvm-profdata of the same LLVM major version as rustc (`rustc -vV`) and valgrind (the
-# link order, below); as root on Debian it installs them. The training runs through
+# Needs llvm-profdata of the same LLVM major version as rustc (`rustc -vV`), valgrind and curl
+# (the link order, below); as root on Debian it installs them. The training runs through
 # benches/harness/run.sh, which installs the harness's own tools (nginx, haproxy, wrk, h2load,
 # openssl) the same way. Build outputs go
 # under ${CARGO_TARGET_DIR:-target}/pgo/ so the ordinary release build is left alone.
@@ -29,13 +29,19 @@ if [ ! -x "$profdata" ]; then
         >/dev/null
 fi
 
-if ! command -v valgrind >/dev/null 2>&1; then
+# The link order's run (benches/symbol-order/run.sh) needs these beside the harness's tools.
+missing=()
+for tool in valgrind curl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        echo "missing: valgrind (apt-get install valgrind)" >&2
+        echo "missing: ${missing[*]} (apt-get install ${missing[*]})" >&2
         exit 2
     fi
-    echo "installing from apt: valgrind" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind \
+    echo "installing from apt: ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
         >/dev/null
 fi
 
