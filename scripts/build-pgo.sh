@@ -18,19 +18,10 @@ root=$(pwd)
 
 llvm=$(rustc -vV | awk '/^LLVM version/{split($3, v, "."); print v[1]}')
 profdata="/usr/lib/llvm-$llvm/bin/llvm-profdata"
-if [ ! -x "$profdata" ]; then
-    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        echo "missing: llvm-profdata $llvm (apt-get install llvm-$llvm)" >&2
-        exit 2
-    fi
-    echo "installing from apt: llvm-$llvm" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "llvm-$llvm" \
-        >/dev/null
-fi
-
-# The link order's run (benches/symbol-order/run.sh) needs these beside the harness's tools.
+# llvm-profdata merges the counts; valgrind and curl serve the link order's run
+# (benches/symbol-order/run.sh), beside the harness's own tools.
 missing=()
+[ -x "$profdata" ] || missing+=("llvm-$llvm")
 for tool in valgrind curl; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done

@@ -899,10 +899,15 @@ def tls_handshake_load(env: Env, port: int, conns: int, seconds: float, extra=()
     return json.loads(out.strip().splitlines()[-1])
 
 
+def cargo_target_dir() -> Path:
+    """Where run.sh and scripts/build-pgo.sh build: $CARGO_TARGET_DIR, else run.sh's default."""
+    return Path(os.environ.get("CARGO_TARGET_DIR") or Path.home() / ".cache/strait/target")
+
+
 def build_bench_bin(name: str) -> str:
     """Builds one of strait-benches' binaries (tls-handshake-load, relay, lean-proxy) in
     release where run.sh builds strait, and returns its path."""
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or Path.home() / ".cache/strait/target")
+    target = cargo_target_dir()
     env = dict(os.environ, CARGO_TARGET_DIR=str(target))
     # Flags meant for strait (a profile-guided build's) are not the load generator's.
     env.pop("RUSTFLAGS", None)
@@ -1603,9 +1608,9 @@ def link_order(binary: str) -> str:
     code = sorted((int(f[0], 16), f[2]) for f in (line.split() for line in p.stdout.splitlines())
                   if len(f) == 3 and f[1] in "tTwW")
     defined = {name for _, name in code}
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or Path.home() / ".cache/strait/target")
     best, best_found = "", -1
-    for path in (REPO / "crates/strait/symbol-order.txt", target / "pgo/symbol-order.txt"):
+    for path in (REPO / "crates/strait/symbol-order.txt",
+                 cargo_target_dir() / "pgo/symbol-order.txt"):
         try:
             names = set(path.read_text().split())
         except OSError:

@@ -2,8 +2,9 @@
 //! `strait proxy` runs from start-up through its first requests) together at the start of
 //! `.text`. Start-up otherwise touches code spread over the whole binary, and the kernel maps
 //! 64 KiB around every page it faults in: 6.3 MiB of the binary stayed resident in an idle
-//! proxy, 3.9 MiB with the order. The list is made by `benches/symbol-order/run.sh`; a stale
-//! one is harmless.
+//! proxy, 3.9 MiB with the order. The list is made by `benches/symbol-order/run.sh`. A stale
+//! one breaks nothing, but no longer keeps that code together: make it again when the
+//! harness's report shows the binary matching little of it.
 //!
 //! The option is rust-lld's, the toolchain's own linker on this target since Rust 1.90. It is
 //! left out with an older compiler, with a linker chosen in the environment, or when
