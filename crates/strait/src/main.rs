@@ -1,6 +1,7 @@
 //! `strait`: one binary, several roles. `proxy` runs the data plane from a config file,
 //! `validate` checks a config, `demo` runs a gateway with sample apps and live traffic.
 
+mod allocator;
 mod demo;
 
 use std::path::PathBuf;
@@ -61,9 +62,10 @@ enum Command {
 /// mimalloc rather than glibc's allocator: a proxied request makes and frees a few dozen small
 /// blocks, and glibc's paths (its per-thread cache holds seven blocks a size; beyond, and for
 /// the 128-byte-aligned tokio task of every HTTP/2 stream, `_int_malloc` and `_int_free`)
-/// cost several times mimalloc's.
+/// cost several times mimalloc's. Called through [`allocator::Allocator`], which skips
+/// mimalloc's aligned entry points when they are not needed.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
