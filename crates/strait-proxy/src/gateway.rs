@@ -596,29 +596,20 @@ fn forward_to<'a>(
             && listener.jwt.is_none()
             && came_with & headers::FIELD_X_FORWARDED == 0;
         // Made in a block: what the request was made of is dead, and takes no room in the future,
-        // by the time the future waits (a named result would keep its room, too).
-        #[allow(clippy::blocks_in_conditions)]
-        let (
-            request,
-            client_upgrade,
-            upgrade,
-            endpoint,
-            addr,
-            stats,
-            admission,
-            in_flight,
-            counters,
-            traceparent,
-            mut span,
-        ) = match 'prepare: {
+        // by the time the future waits (a named result would keep its room, too). What the
+        // block makes is assigned where it is kept: returned as a tuple, it was copied out of
+        // the block and again into these (~190 instructions a request).
+        let (request, client_upgrade, upgrade, endpoint, addr, stats);
+        let (admission, in_flight, counters, mut traceparent, mut span);
+        {
             let hash = request_hash(cluster, &req, conn.peer.ip());
 
             // An HTTP/1.1 upgrade (seen as the head was parsed) keeps its `upgrade` headers and
             // becomes a byte tunnel on 101.
-            let client_upgrade = (cluster.protocol == UpstreamProtocol::Http1)
+            client_upgrade = (cluster.protocol == UpstreamProtocol::Http1)
                 .then(|| ClientUpgrade::of(&mut req))
                 .flatten();
-            let upgrade = client_upgrade.is_some();
+            upgrade = client_upgrade.is_some();
 
             // `server1` lets through only requests with one `host`: an origin-form request's is
             // the one it came with, and stays in place unless something below changes it.
@@ -760,18 +751,21 @@ fn forward_to<'a>(
                     body,
                     trace,
                 };
-                break 'prepare Next::Retry(tries);
+                // Boxed: a retried request's state must not make every request's future larger.
+                return Box::pin(tries.run(log, route_stats)).await;
             }
 
-            let Some(endpoint) = cluster.balancer.pick(hash) else {
+            let Some(picked) = cluster.balancer.pick(hash) else {
                 return local_reply(grpc, Cause::NoHealthyEndpoint, "no usable endpoint");
             };
-            let (Some(&addr), Some(stats)) = (
+            endpoint = picked;
+            let (Some(&picked_addr), Some(picked_stats)) = (
                 cluster.endpoints.get(endpoint),
                 cluster.balancer.stats_arc(endpoint),
             ) else {
                 return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
             };
+            (addr, stats) = (picked_addr, picked_stats);
             if let Some(entry) = log.as_mut() {
                 entry.endpoint = Some(addr);
             }
@@ -817,14 +811,14 @@ fn forward_to<'a>(
                 }
                 _ => RequestBody::Counted(body, Arc::clone(route_stats), received),
             };
-            let (admission, in_flight, counters) =
-                match start_exchange(cluster, endpoint, stats, grpc) {
-                    Ok(started) => started,
-                    Err(reply) => return reply,
-                };
+            (admission, in_flight, counters) = match start_exchange(cluster, endpoint, stats, grpc)
+            {
+                Ok(started) => started,
+                Err(reply) => return reply,
+            };
             // `send` writes it: into the HTTP/1 head, or the HTTP/2 headers.
-            let mut traceparent = None;
-            let span = trace.and_then(|t| {
+            traceparent = None;
+            span = trace.and_then(|t| {
                 let attempt = UpstreamAttempt {
                     method: &parts.method,
                     path: parts.uri.path(),
@@ -835,24 +829,8 @@ fn forward_to<'a>(
                 };
                 t.start_client(&mut parts.headers, &attempt, &mut traceparent)
             });
-            Next::Once((
-                Request::from_parts(parts, body),
-                client_upgrade,
-                upgrade,
-                endpoint,
-                addr,
-                stats,
-                admission,
-                in_flight,
-                counters,
-                traceparent,
-                span,
-            ))
-        } {
-            Next::Once(once) => once,
-            // Boxed: a retried request's state must not make every request's future larger.
-            Next::Retry(tries) => return Box::pin(tries.run(log, route_stats)).await,
-        };
+            request = Request::from_parts(parts, body);
+        }
         let started = Instant::now();
         let pool = &conn.worker.pool;
         // Pinned in place: the timeout then holds a pointer, not a copy of this large future.
@@ -928,14 +906,6 @@ fn forward_to<'a>(
         };
         answer.into_client(pool, action, route_stats)
     }
-}
-
-/// What [`forward_to`] does once the request is made: send it once, or through the retry
-/// policy's attempts.
-#[allow(clippy::large_enum_variant)] // `Once` holds as much; the lint sees a type parameter
-enum Next<'a, T> {
-    Once(T),
-    Retry(Tries<'a>),
 }
 
 /// Counts an attempt that got no response head in time: the cluster's counter, the endpoint's
