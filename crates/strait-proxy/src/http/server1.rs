@@ -861,16 +861,10 @@ fn encode_head(
     let (mut connection, mut said_close) = (false, false);
     // An upstream head's fields kept as they came: end-to-end only, one `content-length`.
     if let Some(raw) = body.raw_head() {
-        let length = raw.content_length();
-        for (i, (name, value)) in raw.fields().enumerate() {
-            if let Some((_, n)) = length.filter(|&(at, _)| at == i) {
-                if lengthless {
-                    continue;
-                }
-                declared = Some(Some(n));
-            }
-            put_field(s, name, value);
+        if let Some((_, n)) = raw.content_length().filter(|_| !lengthless) {
+            declared = Some(Some(n));
         }
+        raw.write_fields(s, lengthless);
         date = raw.has_date();
     }
     for (name, value) in &parts.headers {
