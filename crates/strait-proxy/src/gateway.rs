@@ -31,7 +31,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use strait_config::{HashOn, UpstreamProtocol};
+use strait_config::{ForwardedMode, HashOn, UpstreamProtocol};
 
 use crate::balance::hash_key;
 use crate::http::body::{
@@ -264,7 +264,7 @@ pub(crate) fn serve(
         let (found, denied) = {
             let view = RequestView {
                 method: req.method(),
-                host: host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+                host: host.as_ref().and_then(headers::value_text).unwrap_or(""),
                 path: req.uri().path(),
                 query: req.uri().query(),
                 headers: req.headers(),
@@ -397,7 +397,7 @@ pub(crate) fn serve(
                 resp
             }
             RouteKind::Redirect { redirect, status } => {
-                let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+                let host = host.as_ref().and_then(headers::value_text).unwrap_or("");
                 let location = route::redirect_location(
                     redirect,
                     conn.scheme(),
@@ -636,7 +636,11 @@ fn forward_to<'a>(
                     slot.insert(id.to_value());
                 }
             }
-            let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+            // Read only for `forwarded`.
+            let host_text = match listener.proxy_headers.forwarded {
+                ForwardedMode::Untouched => "",
+                _ => host.as_ref().and_then(headers::value_text).unwrap_or(""),
+            };
             let hop = Hop {
                 client_ip: conn.peer.ip(),
                 client_ip_text: &conn.peer_ip,

@@ -606,6 +606,19 @@ fn hex_digits(x: u64) -> [u8; 16] {
     (n + u128::from(b'0') * EVERY_BYTE + letters * 39).to_le_bytes()
 }
 
+/// A header value as text, as `HeaderValue::to_str` gives it (`None` unless every byte is
+/// visible ASCII or a tab), in a word-at-a-time check: a `HeaderValue` holds no control byte
+/// but the tab and no DEL (it is checked when made), so only bytes over 127 are left to refuse.
+/// `to_str` checked each byte again, ~7 instructions a byte (~100 for a request's host).
+pub(crate) fn value_text(value: &HeaderValue) -> Option<&str> {
+    let bytes = value.as_bytes();
+    if bytes.is_ascii() {
+        std::str::from_utf8(bytes).ok()
+    } else {
+        None
+    }
+}
+
 /// A header value the proxy writes itself (a request id, a `traceparent`, an HTTP/2 request's
 /// host), carved from the worker's shared chunk of small copies ([`copied`]) rather than
 /// allocated alone; these live as long as their request.
@@ -671,6 +684,23 @@ impl CompiledEdits {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_text_is_what_to_str_gives() {
+        let values: [&[u8]; 7] = [
+            b"127.0.0.1:18080",
+            b"",
+            b"a\tb",
+            b"caf\xc3\xa9",
+            b"\xff",
+            b"x y ~!",
+            b"0123456789abcdef0123456789abcdef-long-enough-for-words",
+        ];
+        for bytes in values {
+            let value = HeaderValue::from_bytes(bytes).unwrap();
+            assert_eq!(value_text(&value), value.to_str().ok(), "{bytes:?}");
+        }
+    }
 
     #[test]
     fn maps_given_back_come_back_empty_with_their_room() {
