@@ -591,8 +591,8 @@ impl RawHead {
         })
     }
 
-    /// Writes the fields into `s` as they came, each line ending in CRLF. Lines that came one
-    /// after the other with CRLF between them are copied as one: nginx's answers then take one
+    /// Writes the fields into `s` as `name: value` lines ending in CRLF. Lines that came so, one
+    /// after the other with CRLF between them, are copied as one: nginx's answers then take one
     /// copy for all but their `connection`, where writing each field's name, separator, value
     /// and line end cost ~4 copies a field. `skip_length`: the kept `content-length` is left out.
     pub fn write_fields(&self, s: &mut BytesMut, skip_length: bool) {
@@ -619,6 +619,18 @@ impl RawHead {
                 continue;
             }
             let (at, end) = (f.name().start, f.value().end);
+            // (The name ends at the colon, as the parser found it.)
+            let spaced =
+                f.value().start == f.name().end + 2 && block.get(f.name().end + 1) == Some(&b' ');
+            if !spaced {
+                // Another separator (none, a tab, more spaces): written as `name: value`.
+                if let Some(done) = lines.take() {
+                    put_lines(s, done);
+                }
+                let name = block.get(f.name()).unwrap_or_default();
+                put_field(s, name, block.get(f.value()).unwrap_or_default());
+                continue;
+            }
             lines = match lines {
                 Some((first, last)) if block.get(last..at) == Some(b"\r\n".as_slice()) => {
                     Some((first, end))
@@ -1328,12 +1340,12 @@ mod tests {
             written(nginx, true),
             "Server: nginx\r\nDate: Fri, 04 Dec 2026 16:19:36 GMT\r\nx-a: 1\r\n"
         );
-        // Bare line feeds and trailing whitespace end a run; the line is written with CRLF,
-        // without the whitespace after its value.
-        let odd = "HTTP/1.1 200 OK\nx-a:1\nx-b:  2 \t\r\nx-c: \r\nx-d: 4\r\n\r\n";
+        // Bare line feeds, other separators and trailing whitespace end a run; such a line is
+        // written as `name: value` and CRLF.
+        let odd = "HTTP/1.1 200 OK\nx-a:1\nx-b:\t 2 \t\r\nx-c: \r\nx-d: 4\ny: 5\r\n\r\n";
         assert_eq!(
             written(odd, false),
-            "x-a:1\r\nx-b:  2\r\nx-c: \r\nx-d: 4\r\n"
+            "x-a: 1\r\nx-b: 2\r\nx-c: \r\nx-d: 4\r\ny: 5\r\n"
         );
         // A second, equal length is dropped whether or not the first is written.
         let two = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx: 1\r\ncontent-length: 3\r\n\r\n";
