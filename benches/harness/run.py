@@ -1609,8 +1609,12 @@ def link_order(binary: str) -> str:
                   if len(f) == 3 and f[1] in "tTwW")
     defined = {name for _, name in code}
     best, best_found = "", -1
-    for path in (REPO / "crates/strait/symbol-order.txt",
-                 cargo_target_dir() / "pgo/symbol-order.txt"):
+    # build-pgo.sh's list also sits beside its binary (pgo/use/HOST/release/strait), which
+    # finds it when CARGO_TARGET_DIR is not set here as it was for the build.
+    beside = Path(binary).resolve().parents[3:4]
+    lists = [REPO / "crates/strait/symbol-order.txt", cargo_target_dir() / "pgo/symbol-order.txt"]
+    lists += [p / "symbol-order.txt" for p in beside if p.name == "pgo"]
+    for path in dict.fromkeys(lists):
         try:
             names = set(path.read_text().split())
         except OSError:
