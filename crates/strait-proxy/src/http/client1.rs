@@ -473,9 +473,7 @@ fn start(
             put_field(s, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    for (name, value) in appended.fields() {
-        put_field(s, name.as_str().as_bytes(), value);
-    }
+    appended.write_lines(s);
     let empty = body.is_end_stream();
     let framing = match (declared, body.size_hint().exact()) {
         (Some(n), _) | (None, Some(n)) if !empty || declared.is_some() => {

@@ -383,6 +383,32 @@ impl<'a> Appended<'a> {
         .flatten()
     }
 
+    /// Writes the fields as head lines (`name: value` and CRLF) into `s`, in the order of
+    /// [`Appended::fields`]: each name with its separator as one constant, where writing the
+    /// `HeaderName`'s text and the separator apart cost a match and a copy more a field.
+    pub fn write_lines(&self, s: &mut bytes::BytesMut) {
+        use bytes::BufMut;
+        let lines: [(&[u8], Option<&[u8]>); 4] = [
+            (b"x-request-id: ", self.request_id),
+            (
+                b"x-forwarded-for: ",
+                self.forwarded_for.map(HeaderValue::as_bytes),
+            ),
+            (
+                b"x-forwarded-proto: ",
+                self.forwarded_proto.map(str::as_bytes),
+            ),
+            (b"traceparent: ", self.traceparent),
+        ];
+        for (name, value) in lines {
+            if let Some(value) = value {
+                s.put_slice(name);
+                s.put_slice(value);
+                s.put_slice(b"\r\n");
+            }
+        }
+    }
+
     /// Writes the fields into `headers` (for a hop whose head is not written by Strait's
     /// HTTP/1 client), replacing what is there.
     pub fn insert_into(&self, headers: &mut HeaderMap) {
@@ -684,6 +710,30 @@ impl CompiledEdits {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appended_lines_are_the_fields_written_as_a_head_writes_them() {
+        let ip = HeaderValue::from_static("10.0.0.1");
+        let all = Appended {
+            request_id: Some(b"0123456789abcdef0123456789abcdef"),
+            traceparent: Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            forwarded_for: Some(&ip),
+            forwarded_proto: Some("https"),
+        };
+        let some = Appended {
+            forwarded_proto: Some("http"),
+            ..Appended::default()
+        };
+        for appended in [all, some, Appended::default()] {
+            let mut lines = bytes::BytesMut::new();
+            appended.write_lines(&mut lines);
+            let mut fields = bytes::BytesMut::new();
+            for (name, value) in appended.fields() {
+                crate::http::client1::put_field(&mut fields, name.as_str().as_bytes(), value);
+            }
+            assert_eq!(lines, fields);
+        }
+    }
 
     #[test]
     fn value_text_is_what_to_str_gives() {
