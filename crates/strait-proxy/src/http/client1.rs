@@ -610,35 +610,30 @@ impl RawHead {
         // The lines not yet written: from the first's name to the last's value.
         let mut lines: Option<(usize, usize)> = None;
         for (i, f) in fields.iter().enumerate() {
-            if skip == Some(i) {
-                if let Some(done) = lines.take() {
-                    put_lines(s, done);
-                }
-                continue;
-            }
             let (at, end) = (f.name().start, f.value().end);
+            let skipped = skip == Some(i);
             // (The name ends at the colon, as the parser found it.)
             let spaced =
                 f.value().start == f.name().end + 2 && block.get(f.name().end + 1) == Some(&b' ');
-            if !spaced {
-                // Another separator (none, a tab, more spaces): written as `name: value`.
-                if let Some(done) = lines.take() {
-                    put_lines(s, done);
-                }
-                let name = block.get(f.name()).unwrap_or_default();
-                put_field(s, name, block.get(f.value()).unwrap_or_default());
+            let follows =
+                lines.is_some_and(|(_, last)| block.get(last..at) == Some(b"\r\n".as_slice()));
+            if spaced && !skipped && follows {
+                lines = lines.map(|(first, _)| (first, end));
                 continue;
             }
-            lines = match lines {
-                Some((first, last)) if block.get(last..at) == Some(b"\r\n".as_slice()) => {
-                    Some((first, end))
-                }
-                Some(done) => {
-                    put_lines(s, done);
-                    Some((at, end))
-                }
-                None => Some((at, end)),
-            };
+            if let Some(done) = lines.take() {
+                put_lines(s, done);
+            }
+            if skipped {
+                continue;
+            }
+            if spaced {
+                lines = Some((at, end));
+            } else {
+                // Another separator (none, a tab, more spaces): written as `name: value`.
+                let name = block.get(f.name()).unwrap_or_default();
+                put_field(s, name, block.get(f.value()).unwrap_or_default());
+            }
         }
         if let Some(done) = lines {
             put_lines(s, done);

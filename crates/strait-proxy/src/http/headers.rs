@@ -352,6 +352,10 @@ pub struct Appended<'a> {
     pub forwarded_proto: Option<&'static str>,
 }
 
+/// A field [`Appended`] may hold: its name, the name with the separator as a head line starts
+/// (`name: `), and its value when it is to be written.
+type AppendedField<'v> = (&'static HeaderName, &'static [u8], Option<&'v [u8]>);
+
 impl<'a> Appended<'a> {
     /// The `x-forwarded-*` fields [`add_forwarding_headers`] leaves out when told the request
     /// has neither: for such a request `append` and `replace` both write this hop alone.
@@ -369,40 +373,40 @@ impl<'a> Appended<'a> {
         }
     }
 
-    /// Each field as a name and its value's bytes, in the order they are written.
-    pub fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &[u8])> {
+    /// Every field this may hold, in the order they are written.
+    fn table(&self) -> [AppendedField<'_>; 4] {
         let traceparent: &'static HeaderName = &crate::telemetry::trace_context::TRACEPARENT;
         [
-            self.request_id.map(|v| (&X_REQUEST_ID, v)),
-            self.forwarded_for.map(|v| (&X_FORWARDED_FOR, v.as_bytes())),
-            self.forwarded_proto
-                .map(|v| (&X_FORWARDED_PROTO, v.as_bytes())),
-            self.traceparent.map(|v| (traceparent, v)),
-        ]
-        .into_iter()
-        .flatten()
-    }
-
-    /// Writes the fields as head lines (`name: value` and CRLF) into `s`, in the order of
-    /// [`Appended::fields`]: each name with its separator as one constant, where writing the
-    /// `HeaderName`'s text and the separator apart cost a match and a copy more a field.
-    pub fn write_lines(&self, s: &mut bytes::BytesMut) {
-        use bytes::BufMut;
-        let lines: [(&[u8], Option<&[u8]>); 4] = [
-            (b"x-request-id: ", self.request_id),
+            (&X_REQUEST_ID, b"x-request-id: ", self.request_id),
             (
+                &X_FORWARDED_FOR,
                 b"x-forwarded-for: ",
                 self.forwarded_for.map(HeaderValue::as_bytes),
             ),
             (
+                &X_FORWARDED_PROTO,
                 b"x-forwarded-proto: ",
                 self.forwarded_proto.map(str::as_bytes),
             ),
-            (b"traceparent: ", self.traceparent),
-        ];
-        for (name, value) in lines {
+            (traceparent, b"traceparent: ", self.traceparent),
+        ]
+    }
+
+    /// Each field as a name and its value's bytes, in the order they are written.
+    pub fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &[u8])> {
+        self.table()
+            .into_iter()
+            .filter_map(|(name, _, value)| Some((name, value?)))
+    }
+
+    /// Writes the fields as head lines (`name: value` and CRLF) into `s`: each name with its
+    /// separator as one constant, where writing the `HeaderName`'s text and the separator
+    /// apart cost a match and a copy more a field.
+    pub fn write_lines(&self, s: &mut bytes::BytesMut) {
+        use bytes::BufMut;
+        for (_, line_start, value) in self.table() {
             if let Some(value) = value {
-                s.put_slice(name);
+                s.put_slice(line_start);
                 s.put_slice(value);
                 s.put_slice(b"\r\n");
             }
