@@ -19,7 +19,6 @@
 //! requests get the matching `grpc-status` instead of a bare HTTP error.
 
 use std::convert::Infallible;
-use std::future::Future as _;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -34,6 +33,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use strait_config::{ForwardedMode, HashOn, UpstreamProtocol};
 
 use crate::balance::hash_key;
+use crate::http::alarm::Alarm;
 use crate::http::body::{
     complete_headers, BodyError, ClientBody, FromUpstream, RequestBody, ResponseBody, TeeBody,
     UpstreamBody,
@@ -134,15 +134,15 @@ impl Activity {
 /// A connection's upstream-timeout timers, kept from one request to the next.
 ///
 /// A timer made per request cost an insertion into tokio's timer wheel and a removal from it
-/// (each under the driver's lock, ~400 instructions a request). A kept timer moved to a later
-/// deadline only records it (tokio re-files the entry when the earlier deadline comes up): on
-/// a busy connection the wheel is touched once per timeout period, not once per request.
+/// (each under the driver's lock, ~400 instructions a request). A kept timer ([`Alarm`]) is not
+/// moved to a later deadline: when its earlier one comes up it is moved then, so on a busy
+/// connection the wheel is touched once per timeout period, not once per request.
 /// An HTTP/1 connection needs one; an HTTP/2 connection one per concurrent stream, up to
 /// [`KeptTimer::MOST`] (streams beyond that make their own). A kept timer holds the waker of
 /// the request that last used it until the next one does: at most that many finished tasks'
 /// memory per connection, freed with it.
 #[derive(Default)]
-pub(crate) struct KeptTimer(std::cell::RefCell<Vec<Pin<Box<tokio::time::Sleep>>>>);
+pub(crate) struct KeptTimer(std::cell::RefCell<Vec<Alarm>>);
 
 impl KeptTimer {
     /// The most timers a connection keeps.
@@ -150,18 +150,18 @@ impl KeptTimer {
 
     /// A timer set to `at`: a kept one, or a new one if the connection's other requests have
     /// them all.
-    fn take(&self, at: tokio::time::Instant) -> Pin<Box<tokio::time::Sleep>> {
+    fn take(&self, at: tokio::time::Instant) -> Alarm {
         match self.0.borrow_mut().pop() {
             Some(mut timer) => {
-                timer.as_mut().reset(at);
+                timer.arm(at);
                 timer
             }
-            None => Box::pin(tokio::time::sleep_until(at)),
+            None => Alarm::new(at),
         }
     }
 
     /// Keeps `timer` for a next request (unless the connection keeps enough).
-    fn give(&self, timer: Pin<Box<tokio::time::Sleep>>) {
+    fn give(&self, timer: Alarm) {
         let mut kept = self.0.borrow_mut();
         if kept.len() < Self::MOST {
             kept.push(timer);
@@ -183,7 +183,7 @@ impl KeptTimer {
             let out = match fut.as_mut().poll(cx) {
                 Poll::Ready(out) => Some(out),
                 Poll::Pending => {
-                    ready!(t.as_mut().poll(cx));
+                    ready!(t.poll_until(at, cx));
                     None
                 }
             };
@@ -813,6 +813,8 @@ fn forward_to<'a>(
                         None => RequestBody::Counted(body, Arc::clone(route_stats), received),
                     }
                 }
+                // A body that has ended (a GET's) has no bytes to count: no counters held.
+                _ if http_body::Body::is_end_stream(&body) => RequestBody::Streaming(body),
                 _ => RequestBody::Counted(body, Arc::clone(route_stats), received),
             };
             (admission, in_flight, counters) = match start_exchange(cluster, endpoint, stats, grpc)

@@ -83,7 +83,10 @@ impl EndpointStats {
         // on every response.
         let rtt = rtt.as_secs_f64() * 1e9;
         let prev = f64::from_bits(self.ewma_nanos.load(Ordering::Relaxed));
-        let last = self.updated_at.swap(now, Ordering::Relaxed);
+        // A load and a store, not a swap: the estimate's own update (load, then store) is not
+        // one atomic step either, and a swap is a locked instruction on every response.
+        let last = self.updated_at.load(Ordering::Relaxed);
+        self.updated_at.store(now, Ordering::Relaxed);
         let next = if prev == 0.0 || rtt > prev {
             rtt
         } else {

@@ -3,6 +3,7 @@
 //! connections (`client1` for HTTP/1.1, hyper for HTTP/2), and the bodies and headers that
 //! cross between them.
 
+pub(crate) mod alarm;
 pub mod body;
 pub mod client1;
 mod conn_io;

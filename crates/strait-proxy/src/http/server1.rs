@@ -36,10 +36,11 @@ use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::detect::{self, Protocol};
 use crate::gateway::{self, Connection};
+use crate::http::alarm::Alarm;
 use crate::http::body::{BodyError, ClientBody, ResponseBody};
 use crate::http::client1::{content_length, put_field, put_hex};
 use crate::http::head1::{self, HeadError, Slots};
@@ -589,9 +590,8 @@ struct Wait {
     watching: bool,
     /// A second receiver of the drain signal, only asked whether it changed.
     seen: watch::Receiver<bool>,
-    /// The idle timer: set at the deadline seen when it was made, and moved only when it
-    /// fires before the current one (a timer is not moved per request).
-    timer: Option<Pin<Box<Sleep>>>,
+    /// The idle timer, made at the first wait with a deadline and kept (see [`Alarm`]).
+    timer: Option<Alarm>,
 }
 
 impl Wait {
@@ -682,16 +682,13 @@ impl Wait {
 
     /// Ready once `at` passed.
     fn poll_timer(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        while timer.as_mut().poll(cx).is_ready() {
-            if timer.deadline() >= at {
-                return Poll::Ready(());
+        match &mut self.timer {
+            Some(timer) => {
+                timer.arm(at);
+                timer.poll_until(at, cx)
             }
-            timer.as_mut().reset(at);
+            None => self.timer.insert(Alarm::new(at)).poll_until(at, cx),
         }
-        Poll::Pending
     }
 }
 
