@@ -307,7 +307,7 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     let admin_addr = config.admin.address;
-    let metrics = Arc::new(MetricsStore::default());
+    let metrics = Arc::new(MetricsStore::with_workers(workers));
     let logs = Arc::new(LogSinks::default());
     let limiters = Arc::new(LimiterStore::default());
     let health = Arc::new(HealthStore::default());
@@ -355,7 +355,10 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         let bound_tx = bound_tx.clone();
         std::thread::Builder::new()
             .name(format!("strait-worker-{id}"))
-            .spawn(move || worker_main(shared, bound_tx))
+            .spawn(move || {
+                crate::telemetry::metrics::enter_worker(id);
+                worker_main(shared, bound_tx)
+            })
             .map_err(StartError::Runtime)?;
     }
     drop(bound_tx);

@@ -56,21 +56,124 @@ fn class_index(code: u16) -> usize {
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// The counters of one (direction, listener, route, cluster).
+thread_local! {
+    /// This thread's shard of the per-request counters: a worker's index plus one, or 0 (the
+    /// shard every other thread shares).
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes the calling thread worker `index` of its proxy: the per-request counters it bumps are
+/// its own shard, which only it writes. Each worker thread of one [`MetricsStore`] must have
+/// its own index.
+pub fn enter_worker(index: usize) {
+    SHARD.set(index.saturating_add(1));
+}
+
+/// Adds `n` to a counter: with a plain load and store when this thread is its only writer,
+/// else with an atomic add. An atomic add is a locked instruction (~20 ns on the bench
+/// machine), and a request bumps five of these counters.
+fn add(counter: &AtomicU64, n: u64, sole: bool) {
+    if sole {
+        counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+    } else {
+        counter.fetch_add(n, Relaxed);
+    }
+}
+
+/// The counters every request bumps, one shard of them.
 #[derive(Debug, Default)]
-pub struct RouteStats {
+struct RouteShard {
     codes: [AtomicU64; SLOTS],
     /// gRPC answers by grpc-status (their HTTP status is 200).
     grpc: [AtomicU64; GRPC_CODES],
     durations: [Histogram; 5],
     request_bytes: AtomicU64,
     response_bytes: AtomicU64,
+}
+
+/// A histogram as a scrape reads it: the sum in seconds, the count, and each bucket's upper
+/// bound and count.
+type HistogramRead = (f64, u64, Vec<(f64, u64)>);
+
+/// The per-request counters of a route summed over its shards, as a scrape reads them.
+#[derive(Debug, Default)]
+struct RouteTotals {
+    codes: [u64; SLOTS],
+    grpc: [u64; GRPC_CODES],
+    durations: [HistogramRead; 5],
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+/// The counters of one (direction, listener, route, cluster).
+///
+/// The ones every request bumps are sharded: shard 0 is shared by any thread and bumped with
+/// atomic adds; shard `i + 1` belongs to worker `i` ([`enter_worker`]), which bumps it with
+/// plain stores. Two workers answering on one route then never write the same cache line, and
+/// no request pays a locked instruction for them. A scrape sums the shards.
+#[derive(Debug)]
+pub struct RouteStats {
+    shards: Box<[RouteShard]>,
     fault_delays: AtomicU64,
     fault_aborts: AtomicU64,
     rate_limited: AtomicU64,
 }
 
+impl Default for RouteStats {
+    /// Counters with only the shared shard (for tests and stores made without workers).
+    fn default() -> Self {
+        RouteStats::with_workers(0)
+    }
+}
+
 impl RouteStats {
+    /// Counters with a shard for each of `workers` workers besides the shared one.
+    fn with_workers(workers: usize) -> Self {
+        RouteStats {
+            shards: (0..=workers).map(|_| RouteShard::default()).collect(),
+            fault_delays: AtomicU64::default(),
+            fault_aborts: AtomicU64::default(),
+            rate_limited: AtomicU64::default(),
+        }
+    }
+
+    /// This thread's shard, and whether the thread is its only writer.
+    fn shard(&self) -> Option<(&RouteShard, bool)> {
+        let own = SHARD.get();
+        match self.shards.get(own) {
+            Some(shard) if own > 0 => Some((shard, true)),
+            _ => self.shards.first().map(|shard| (shard, false)),
+        }
+    }
+
+    /// The per-request counters summed over the shards.
+    fn totals(&self) -> RouteTotals {
+        let mut t = RouteTotals::default();
+        for shard in self.shards.iter() {
+            for (sum, n) in t.codes.iter_mut().zip(&shard.codes) {
+                *sum += n.load(Relaxed);
+            }
+            for (sum, n) in t.grpc.iter_mut().zip(&shard.grpc) {
+                *sum += n.load(Relaxed);
+            }
+            for (sum, h) in t.durations.iter_mut().zip(&shard.durations) {
+                let (s, count, buckets) = h.snapshot();
+                if sum.2.is_empty() {
+                    *sum = (s, count, buckets);
+                } else {
+                    sum.0 += s;
+                    sum.1 += count;
+                    for (into, (_, n)) in sum.2.iter_mut().zip(buckets) {
+                        into.1 += n;
+                    }
+                }
+            }
+            t.request_bytes += shard.request_bytes.load(Relaxed);
+            t.response_bytes += shard.response_bytes.load(Relaxed);
+        }
+        t
+    }
+
     /// Counts an injected delay.
     pub fn fault_delayed(&self) {
         self.fault_delays.fetch_add(1, Relaxed);
@@ -88,25 +191,39 @@ impl RouteStats {
 
     /// Counts an answer by status, or by grpc-status for a gRPC answer.
     pub fn count(&self, status: u16, grpc_status: Option<u16>) {
-        match grpc_status.map(usize::from).filter(|&g| g < GRPC_CODES) {
-            Some(g) => self.grpc[g].fetch_add(1, Relaxed),
-            None => self.codes[code_slot(status)].fetch_add(1, Relaxed),
+        let Some((shard, sole)) = self.shard() else {
+            return;
         };
+        let counter = match grpc_status.map(usize::from).filter(|&g| g < GRPC_CODES) {
+            Some(g) => shard.grpc.get(g),
+            None => shard.codes.get(code_slot(status)),
+        };
+        if let Some(counter) = counter {
+            add(counter, 1, sole);
+        }
     }
 
     /// Records the time from request head to response head.
     pub fn observe(&self, status: u16, elapsed: Duration) {
-        self.durations[class_index(status)].observe(elapsed);
+        if let Some((shard, sole)) = self.shard() {
+            if let Some(h) = shard.durations.get(class_index(status)) {
+                h.observe(elapsed, sole);
+            }
+        }
     }
 
     /// Counts request body bytes sent upstream.
     pub fn add_request_bytes(&self, n: usize) {
-        self.request_bytes.fetch_add(n as u64, Relaxed);
+        if let Some((shard, sole)) = self.shard() {
+            add(&shard.request_bytes, n as u64, sole);
+        }
     }
 
     /// Counts response body bytes sent to the client.
     pub fn add_response_bytes(&self, n: usize) {
-        self.response_bytes.fetch_add(n as u64, Relaxed);
+        if let Some((shard, sole)) = self.shard() {
+            add(&shard.response_bytes, n as u64, sole);
+        }
     }
 }
 
@@ -119,18 +236,21 @@ struct Histogram {
 }
 
 impl Histogram {
-    fn observe(&self, d: Duration) {
+    /// Records `d`; `sole`: this thread is the histogram's only writer (see [`add`]).
+    fn observe(&self, d: Duration, sole: bool) {
         let secs = d.as_secs_f64();
         if let Some(i) = DURATION_BUCKETS.iter().position(|&b| secs <= b) {
-            self.buckets[i].fetch_add(1, Relaxed);
+            if let Some(bucket) = self.buckets.get(i) {
+                add(bucket, 1, sole);
+            }
         }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_nanos.fetch_add(d.as_nanos() as u64, Relaxed);
+        add(&self.count, 1, sole);
+        add(&self.sum_nanos, d.as_nanos() as u64, sole);
     }
 
     /// Per-bucket counts (the encoder makes them cumulative), the last one for observations
     /// above every bound.
-    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+    fn snapshot(&self) -> HistogramRead {
         let mut out: Vec<(f64, u64)> = DURATION_BUCKETS
             .iter()
             .zip(&self.buckets)
@@ -381,6 +501,8 @@ pub trait GaugeSource: Send + Sync + std::fmt::Debug + 'static {
 /// a request.
 #[derive(Debug, Default)]
 pub struct MetricsStore {
+    /// The proxy's worker threads: each gets a shard of every route's counters.
+    workers: usize,
     routes: Mutex<BTreeMap<RouteKey, Arc<RouteStats>>>,
     listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
     endpoints: Mutex<BTreeMap<(String, String), Arc<EndpointCounters>>>,
@@ -399,6 +521,15 @@ fn get_or_insert<K: Ord, V: Default>(map: &Mutex<BTreeMap<K, Arc<V>>>, key: K) -
 }
 
 impl MetricsStore {
+    /// A store for a proxy with `workers` worker threads, each of which calls
+    /// [`enter_worker`] with its index.
+    pub fn with_workers(workers: usize) -> Self {
+        MetricsStore {
+            workers,
+            ..MetricsStore::default()
+        }
+    }
+
     /// The counters of a route's traffic to a cluster (`""` for none).
     pub fn route(&self, listener: &str, route: &str, cluster: &str) -> Arc<RouteStats> {
         let key = RouteKey {
@@ -407,7 +538,12 @@ impl MetricsStore {
             route: route.to_owned(),
             cluster: cluster.to_owned(),
         };
-        get_or_insert(&self.routes, key)
+        let mut map = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let workers = self.workers;
+        Arc::clone(
+            map.entry(key)
+                .or_insert_with(|| Arc::new(RouteStats::with_workers(workers))),
+        )
     }
 
     /// The connection counters of a listener.
@@ -482,6 +618,7 @@ impl Collector for StoreCollector {
                 .map(|(k, v)| (k.clone(), Arc::clone(v)))
                 .collect()
         };
+        let totals: Vec<RouteTotals> = routes.iter().map(|(_, s)| s.totals()).collect();
         {
             let mut m = encoder.encode_descriptor(
                 "strait_http_requests",
@@ -489,15 +626,14 @@ impl Collector for StoreCollector {
                 None,
                 MetricType::Counter,
             )?;
-            for (k, s) in &routes {
+            for ((k, _), s) in routes.iter().zip(&totals) {
                 let base = [
                     ("direction", k.direction),
                     ("listener", k.listener.as_str()),
                     ("route", k.route.as_str()),
                     ("cluster", k.cluster.as_str()),
                 ];
-                for (slot, n) in s.codes.iter().enumerate() {
-                    let n = n.load(Relaxed);
+                for (slot, &n) in s.codes.iter().enumerate() {
                     if n == 0 {
                         continue;
                     }
@@ -519,8 +655,7 @@ impl Collector for StoreCollector {
                     ];
                     ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
                 }
-                for (g, n) in s.grpc.iter().enumerate() {
-                    let n = n.load(Relaxed);
+                for (g, &n) in s.grpc.iter().enumerate() {
                     if n == 0 {
                         continue;
                     }
@@ -545,9 +680,9 @@ impl Collector for StoreCollector {
                 None,
                 MetricType::Histogram,
             )?;
-            for (k, s) in &routes {
-                for (class, h) in CLASSES.iter().zip(&s.durations) {
-                    let (sum, count, buckets) = h.snapshot();
+            for ((k, _), s) in routes.iter().zip(&totals) {
+                for (class, (sum, count, buckets)) in CLASSES.iter().zip(&s.durations) {
+                    let (sum, count) = (*sum, *count);
                     if count == 0 {
                         continue;
                     }
@@ -560,7 +695,7 @@ impl Collector for StoreCollector {
                     ];
                     m.encode_family(&labels)?
                         .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                            sum, count, &buckets, None,
+                            sum, count, buckets, None,
                         )?;
                 }
             }
@@ -569,16 +704,16 @@ impl Collector for StoreCollector {
             (
                 "strait_http_request_body_bytes",
                 "Request body bytes forwarded upstream.",
-                (|s: &RouteStats| s.request_bytes.load(Relaxed)) as fn(&RouteStats) -> u64,
+                (|s: &RouteTotals| s.request_bytes) as fn(&RouteTotals) -> u64,
             ),
             (
                 "strait_http_response_body_bytes",
                 "Response body bytes sent to clients.",
-                |s: &RouteStats| s.response_bytes.load(Relaxed),
+                |s: &RouteTotals| s.response_bytes,
             ),
         ] {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (k, s) in &routes {
+            for ((k, _), s) in routes.iter().zip(&totals) {
                 let labels = [
                     ("direction", k.direction),
                     ("listener", k.listener.as_str()),
@@ -1135,9 +1270,9 @@ mod tests {
     #[test]
     fn histogram_buckets_add_up_to_the_count() {
         let h = Histogram::default();
-        h.observe(Duration::from_micros(300));
-        h.observe(Duration::from_millis(3));
-        h.observe(Duration::from_secs(60));
+        h.observe(Duration::from_micros(300), false);
+        h.observe(Duration::from_millis(3), false);
+        h.observe(Duration::from_secs(60), false);
         let (sum, count, buckets) = h.snapshot();
         assert_eq!(count, 3);
         assert!((sum - 60.0033).abs() < 1e-6);
@@ -1151,6 +1286,66 @@ mod tests {
         let store = MetricsStore::default();
         store.route("l", "r", "c").count(200, None);
         let again = store.route("l", "r", "c");
-        assert_eq!(again.codes[code_slot(200)].load(Relaxed), 1);
+        assert_eq!(again.totals().codes[code_slot(200)], 1);
+    }
+
+    #[test]
+    fn workers_count_in_their_own_shards_and_a_scrape_sums_them() {
+        let store = Arc::new(MetricsStore::with_workers(2));
+        let stats = store.route("l", "r", "c");
+        let threads: Vec<_> = (0..2)
+            .map(|id| {
+                let stats = Arc::clone(&stats);
+                std::thread::spawn(move || {
+                    enter_worker(id);
+                    for _ in 0..1000 {
+                        stats.count(200, None);
+                        stats.observe(200, Duration::from_millis(2));
+                        stats.add_response_bytes(10);
+                    }
+                })
+            })
+            .collect();
+        // This thread is no worker: it shares shard 0.
+        stats.count(404, None);
+        stats.add_request_bytes(7);
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Each worker wrote only its own shard.
+        for shard in stats.shards.get(1..).unwrap() {
+            assert_eq!(shard.codes[code_slot(200)].load(Relaxed), 1000);
+        }
+        let t = stats.totals();
+        assert_eq!(t.codes[code_slot(200)], 2000);
+        assert_eq!(t.codes[code_slot(404)], 1);
+        assert_eq!(t.request_bytes, 7);
+        assert_eq!(t.response_bytes, 20_000);
+        let (sum, count, buckets) = &t.durations[class_index(200)];
+        assert_eq!(*count, 2000);
+        assert!((sum - 4.0).abs() < 1e-9);
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 2000);
+        let text = {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &store.registry()).unwrap();
+            out
+        };
+        assert!(
+            text.contains("code=\"200\",grpc_status=\"\"} 2000"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_worker_index_past_the_shards_counts_in_the_shared_one() {
+        let stats = Arc::new(RouteStats::with_workers(1));
+        let s = Arc::clone(&stats);
+        std::thread::spawn(move || {
+            enter_worker(5);
+            s.count(200, None);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(stats.shards[0].codes[code_slot(200)].load(Relaxed), 1);
     }
 }
