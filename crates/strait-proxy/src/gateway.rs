@@ -223,7 +223,7 @@ pub(crate) fn serve(
 ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Infallible>> {
     async move {
         let _pending = conn.activity.start();
-        let started = Instant::now();
+        let mut clock = RequestClock::new();
         let snapshot = conn.worker.snapshot();
         let grpc = is_grpc(&req);
         let Some(listener) = snapshot.listener(conn.local) else {
@@ -248,7 +248,7 @@ pub(crate) fn serve(
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, crate::jwt::challenge(refusal));
-                return Ok(answered_unrouted(listener, response, started));
+                return Ok(answered_unrouted(listener, response, &clock));
             }
         }
         let host = request_host(&req);
@@ -291,7 +291,7 @@ pub(crate) fn serve(
         };
         let mut log = listener.access_log.as_ref().and_then(|logger| {
             let mut entry = logger.begin(
-                started,
+                clock.arrived,
                 &listener.name,
                 req.method(),
                 host.as_ref(),
@@ -323,7 +323,7 @@ pub(crate) fn serve(
             };
             let mut response =
                 local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
-            answered(listener, stats, log, trace, &mut response, started);
+            answered(listener, stats, log, trace, &mut response, &clock);
             return Ok(response);
         }
         let Some((action, matched)) = found else {
@@ -334,7 +334,7 @@ pub(crate) fn serve(
                 log,
                 trace,
                 &mut response,
-                started,
+                &clock,
             );
             return Ok(response);
         };
@@ -350,6 +350,7 @@ pub(crate) fn serve(
                 if sampled(percent) {
                     action.local_stats.fault_delayed();
                     tokio::time::sleep(delay).await;
+                    clock.fresh = false;
                 }
             }
             if let Some((answer, percent)) = fault.abort {
@@ -362,7 +363,7 @@ pub(crate) fn serve(
                         log,
                         trace,
                         &mut response,
-                        started,
+                        &clock,
                     );
                     return Ok(response);
                 }
@@ -378,7 +379,7 @@ pub(crate) fn serve(
                     log,
                     trace,
                     &mut response,
-                    started,
+                    &clock,
                 );
                 return Ok(response);
             }
@@ -448,6 +449,7 @@ pub(crate) fn serve(
                         stats,
                         &mut log,
                         trace.as_ref(),
+                        &mut clock,
                     )
                     .await
                 }
@@ -461,7 +463,7 @@ pub(crate) fn serve(
             complete_headers(&mut response);
             headers::append_via(response.headers_mut(), "1.1", via);
         }
-        answered(listener, stats, log, trace, &mut response, started);
+        answered(listener, stats, log, trace, &mut response, &clock);
         Ok(response)
     }
 }
@@ -475,9 +477,9 @@ fn answered(
     log: Option<Box<LogEntry>>,
     trace: Option<RequestTrace>,
     response: &mut Response<ResponseBody>,
-    started: Instant,
+    clock: &RequestClock,
 ) {
-    let grpc_in_head = count_answer(stats, response, started);
+    let grpc_in_head = count_answer(stats, response, clock.elapsed());
     if let Some(span) = trace.and_then(RequestTrace::into_server_span) {
         end_with_response(span, response);
     }
@@ -489,7 +491,7 @@ fn answered(
 fn answered_unrouted(
     listener: &ListenerPlan,
     mut response: Response<ResponseBody>,
-    started: Instant,
+    clock: &RequestClock,
 ) -> Response<ResponseBody> {
     answered(
         listener,
@@ -497,7 +499,7 @@ fn answered_unrouted(
         None,
         None,
         &mut response,
-        started,
+        clock,
     );
     response
 }
@@ -575,6 +577,7 @@ fn forward_to<'a>(
     route_stats: &'a Arc<RouteStats>,
     log: &'a mut Option<Box<LogEntry>>,
     trace: Option<&'a RequestTrace>,
+    clock: &'a mut RequestClock,
 ) -> impl std::future::Future<Output = Response<ResponseBody>> + 'a {
     async move {
         // The answer's head may be passed on as it came (see `client1::RawHead`) when nothing
@@ -837,7 +840,7 @@ fn forward_to<'a>(
             });
             request = Request::from_parts(parts, body);
         }
-        let started = Instant::now();
+        let started = clock.forwarding_start();
         let pool = &conn.worker.pool;
         // Pinned in place: the timeout then holds a pointer, not a copy of this large future.
         let sent = std::pin::pin!(send(
@@ -881,7 +884,7 @@ fn forward_to<'a>(
                 return send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut()).1;
             }
         };
-        let waited = head_received(
+        let (waited, head_at) = head_received(
             cluster,
             endpoint,
             stats,
@@ -889,6 +892,7 @@ fn forward_to<'a>(
             response.status(),
             span.as_mut(),
         );
+        clock.answered = Some(head_at);
         if let Some(entry) = log.as_mut() {
             entry.upstream_duration = Some(waited);
         }
@@ -993,7 +997,8 @@ impl Answer {
 }
 
 /// Records an attempt's response head: the endpoint's latency, the status for outlier detection
-/// and for the attempt's span. Returns the latency (the time since `started`).
+/// and for the attempt's span. Returns the latency (the time since `started`) and the clock read
+/// it was taken from.
 fn head_received(
     cluster: &ClusterPlan,
     endpoint: usize,
@@ -1001,8 +1006,8 @@ fn head_received(
     started: Instant,
     status: StatusCode,
     span: Option<&mut OpenSpan>,
-) -> Duration {
-    // One clock read for the wait and the estimate's update time.
+) -> (Duration, Instant) {
+    // One clock read for the wait, the estimate's update time and the request's duration.
     let now = Instant::now();
     let waited = now.saturating_duration_since(started);
     stats.observe_latency(waited, now);
@@ -1010,7 +1015,46 @@ fn head_received(
     if let Some(span) = span {
         span.set_status(status.as_u16());
     }
-    waited
+    (waited, now)
+}
+
+/// A request's clock reads, each made once and used twice: a clock read is ~20 ns here (5 a
+/// request were 0.9 % of the proxy's CPU time).
+struct RequestClock {
+    /// When the request's head was taken in.
+    arrived: Instant,
+    /// Nothing waited since `arrived` (no injected delay): forwarding starts its clock there.
+    fresh: bool,
+    /// When an upstream answer's head came: the request's duration ends there.
+    answered: Option<Instant>,
+}
+
+impl RequestClock {
+    fn new() -> Self {
+        RequestClock {
+            arrived: Instant::now(),
+            fresh: true,
+            answered: None,
+        }
+    }
+
+    /// Where the first attempt's timeout and latency count from: the arrival, unless the
+    /// request waited since (routing and header work in between take microseconds).
+    fn forwarding_start(&self) -> Instant {
+        if self.fresh {
+            self.arrived
+        } else {
+            Instant::now()
+        }
+    }
+
+    /// The time from the request's head to its answer's: to the upstream head's arrival, or to
+    /// now for an answer made here.
+    fn elapsed(&self) -> Duration {
+        self.answered
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(self.arrived)
+    }
 }
 
 /// Counts a failed send (and marks the attempt's span) and says what it was: the failure
@@ -1187,10 +1231,10 @@ fn grpc_status_in(map: &http::HeaderMap) -> Option<u16> {
 fn count_answer(
     stats: &Arc<RouteStats>,
     response: &mut Response<ResponseBody>,
-    started: Instant,
+    elapsed: Duration,
 ) -> Option<u16> {
     let status = response.status().as_u16();
-    stats.observe(status, started.elapsed());
+    stats.observe(status, elapsed);
     let grpc = is_grpc_answer(response.headers());
     let grpc_in_head = grpc.then(|| grpc_status_in(response.headers())).flatten();
     let grpc_answer = grpc_in_head.is_none() && grpc;

@@ -480,7 +480,13 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
     // Values (and the target) are slices of one copy of the head: one allocation, not one per
     // value.
     let block = copied(bytes.get(..line.len).ok_or(bad)?);
-    let uri = Uri::from_maybe_shared(block.slice(line.target.clone())).map_err(|_| bad)?;
+    // `/` is http's own static path: the slice (a reference count up and down) and the parse
+    // would be thrown away for it.
+    let uri = if bytes.get(line.target.clone()) == Some(b"/") {
+        Uri::from_static("/")
+    } else {
+        Uri::from_maybe_shared(block.slice(line.target.clone())).map_err(|_| bad)?
+    };
     // Room for the fields the proxy adds on the way (forwarding, request id, trace context),
     // so that adding them does not grow the map.
     let mut headers = headers::take_map(line.fields + ADDED_FIELDS);
@@ -1289,6 +1295,24 @@ mod tests {
         assert_eq!(head.headers.get_all("x-two").iter().count(), 2);
         assert!(head.keep_alive && !head.upgrade && !head.expect_continue);
         assert!(matches!(head.body, BodyState::Done));
+    }
+
+    #[test]
+    fn a_root_target_reads_as_the_parsed_one_would() {
+        let (head, _) = parse("GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        let parsed = Uri::from_maybe_shared(Bytes::from_static(b"/")).unwrap();
+        assert_eq!(head.uri, parsed);
+        assert_eq!(head.uri.path(), "/");
+        assert_eq!(head.uri.query(), None);
+        assert_eq!(head.uri.path_and_query().map(|p| p.as_str()), Some("/"));
+        assert!(head.uri.authority().is_none());
+        // Not a prefix match: `/x` and `/?q` are parsed as they came.
+        for target in ["/x", "/?q", "//"] {
+            let (head, _) = parse(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(head.uri, target);
+        }
     }
 
     #[test]
