@@ -251,7 +251,8 @@ pub(crate) fn serve(
                 return Ok(answered_unrouted(listener, response, &clock));
             }
         }
-        let host = request_host(&req);
+        // A token's claims may be written as headers: then the map is asked, not the parse.
+        let host = request_host(&mut req, listener.jwt.is_none());
         let mut trace = listener.tracing.as_ref().map(|t| {
             t.begin(
                 &req,
@@ -1448,12 +1449,16 @@ fn shadow_host(host: &str) -> String {
     format!("{name}-shadow{port}")
 }
 
-/// The request's host: `:authority` for HTTP/2 (and absolute-form HTTP/1), else `Host`.
-fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+/// The request's host: `:authority` for HTTP/2 (and absolute-form HTTP/1), else `Host`: as
+/// `server1` parsed it while the headers are still as they came (`as_parsed`).
+fn request_host(req: &mut Request<ClientBody>, as_parsed: bool) -> Option<HeaderValue> {
     if let Some(authority) = req.uri().authority() {
         // Carved from the worker's shared block: every HTTP/2 request has an authority, and a
         // value of its own was an allocation each.
         return headers::made_value(authority.as_str().as_bytes());
+    }
+    if let (true, ClientBody::Http1(body)) = (as_parsed, req.body_mut()) {
+        return body.take_host();
     }
     req.headers().get(header::HOST).cloned()
 }

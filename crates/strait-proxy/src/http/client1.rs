@@ -428,7 +428,7 @@ pub fn send(
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
+        headers::put_map(response.headers_mut(), head.headers);
         Ok(response)
     }
 }

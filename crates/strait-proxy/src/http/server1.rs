@@ -302,6 +302,8 @@ pub struct RequestBody1 {
     grpc: bool,
     /// Which of the fields the proxy writes itself the head has (`headers::proxy_field`).
     proxy_fields: u8,
+    /// The head's `host` value (a second reference to the one in its map).
+    host: Option<HeaderValue>,
 }
 
 // What the head's parse saw, carried with the body so the gateway need not look the headers
@@ -328,6 +330,12 @@ impl RequestBody1 {
     /// (`headers::proxy_field`).
     pub(crate) fn proxy_fields(&self) -> u8 {
         self.proxy_fields
+    }
+
+    /// The head's `host` value as parsed (taken: asked for once), so the gateway does not
+    /// look it up in the map (a hashed lookup, ~110 instructions).
+    pub(crate) fn take_host(&mut self) -> Option<HeaderValue> {
+        self.host.take()
     }
 }
 
@@ -457,6 +465,8 @@ struct Head {
     grpc: bool,
     /// Which of the fields the proxy writes itself are there (`headers::proxy_field`).
     proxy_fields: u8,
+    /// The `host` field's value.
+    host: Option<HeaderValue>,
 }
 
 /// Parses a request head at the start of `bytes`: the head and its length, `None` until it is
@@ -498,6 +508,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
     let mut grpc = None;
     let mut hosts = 0u32;
     let mut proxy_fields = 0u8;
+    let mut host = None;
     for field in slots.fields(line.fields) {
         // In range: the parser's offsets lie within the head.
         let raw_name = bytes.get(field.name()).unwrap_or_default();
@@ -532,6 +543,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
             grpc = Some(headers::is_grpc_content_type(raw_value));
         } else if name == header::HOST {
             hosts += 1;
+            host = Some(value.clone());
         } else {
             proxy_fields |= headers::proxy_field(&name);
         }
@@ -571,6 +583,7 @@ fn parse_request(bytes: &[u8]) -> Result<Option<(Head, usize)>, StatusCode> {
         trailers,
         grpc: grpc.unwrap_or(false),
         proxy_fields,
+        host,
     };
     Ok(Some((head, line.len)))
 }
@@ -734,6 +747,7 @@ fn exchange<'a>(
         trailers,
         grpc,
         proxy_fields,
+        host,
     } = head;
     {
         let mut inb = inbound.borrow_mut();
@@ -752,11 +766,12 @@ fn exchange<'a>(
         upgrade: upgrade_rx,
         grpc,
         proxy_fields,
+        host,
     }));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
-    *request.headers_mut() = headers;
+    headers::put_map(request.headers_mut(), headers);
     // Boxed: the gateway's future is kilobytes, and an idle connection's task, allocated at
     // the size of its largest state, must not carry room for it.
     let serving = boxed(|| gateway::serve(request, Rc::clone(conn)));
@@ -1292,6 +1307,8 @@ mod tests {
         assert_eq!(head.uri, "/a?b=1");
         assert_eq!(head.version, Version::HTTP_11);
         assert_eq!(head.headers["host"], "x.example");
+        // Kept aside too, for the gateway.
+        assert_eq!(head.host.as_ref(), head.headers.get("host"));
         assert_eq!(head.headers.get_all("x-two").iter().count(), 2);
         assert!(head.keep_alive && !head.upgrade && !head.expect_continue);
         assert!(matches!(head.body, BodyState::Done));
