@@ -1320,19 +1320,18 @@ fn send<'a>(
                 if !conn.reused {
                     opened();
                 }
-                // Only the request is kept from a failure: the future holds no more than it.
-                let request = match client1::send(conn, request, upgrade, appended, keep_raw).await
-                {
+                // Only the encoded request is kept from a failure: the future holds no more.
+                let unsent = match client1::send(conn, request, upgrade, appended, keep_raw).await {
                     Ok(response) => return Ok(response.map(FromUpstream::Http1)),
                     Err(client1::SendFailed {
-                        unsent: Some(request),
+                        unsent: Some(unsent),
                         ..
-                    }) => request,
+                    }) => unsent,
                     Err(failed) => return Err(SendError::Upstream(Box::new(failed.error))),
                 };
                 let conn = checkout(true).await.map_err(SendError::Connect)?;
                 opened();
-                client1::send(conn, request, upgrade, appended, keep_raw)
+                client1::resend(conn, unsent, upgrade, keep_raw)
                     .await
                     .map(|response| response.map(FromUpstream::Http1))
                     .map_err(|failed| SendError::Upstream(Box::new(failed.error)))

@@ -344,8 +344,17 @@ pub(crate) fn put_hex(s: &mut BytesMut, mut n: usize) {
 pub struct SendFailed {
     /// What went wrong.
     pub error: Http1Error,
-    /// The untouched request, when it may be sent again.
-    pub unsent: Option<Request<RequestBody>>,
+    /// The untouched request, when it may be sent again ([`resend`]).
+    pub unsent: Option<Unsent>,
+}
+
+/// A request encoded for a connection that took none of it: its head's bytes and its body,
+/// untouched, to go again on another connection with [`resend`].
+#[derive(Debug)]
+pub struct Unsent {
+    head: Bytes,
+    writer: Writer,
+    head_only: bool,
 }
 
 /// Sends `request` on `conn` and reads the response head. The returned body streams the rest
@@ -367,7 +376,39 @@ pub fn send(
     keep_raw: bool,
 ) -> impl std::future::Future<Output = Result<Response<Body1>, SendFailed>> {
     let head_only = request.method() == Method::HEAD;
-    let (mut writer, parts) = start(&mut conn, request, appended);
+    let writer = start(&mut conn, request, appended);
+    exchange(conn, writer, upgrade, keep_raw, head_only)
+}
+
+/// Sends a request that another connection did not take, as it was encoded for that one.
+pub fn resend(
+    mut conn: Box<Conn1>,
+    unsent: Unsent,
+    upgrade: bool,
+    keep_raw: bool,
+) -> impl std::future::Future<Output = Result<Response<Body1>, SendFailed>> {
+    let Unsent {
+        head,
+        writer,
+        head_only,
+    } = unsent;
+    conn.out.queue.clear();
+    conn.out.queued = 0;
+    conn.out.push(head);
+    exchange(conn, writer, upgrade, keep_raw, head_only)
+}
+
+/// Writes the request queued on `conn` (its head, then `writer`'s body) and reads the answer's
+/// head. The future holds no more of the request than its body: the head is bytes in the
+/// connection's queue, taken back from there if the request must go again.
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments and its locals apart
+fn exchange(
+    mut conn: Box<Conn1>,
+    mut writer: Writer,
+    upgrade: bool,
+    keep_raw: bool,
+    head_only: bool,
+) -> impl std::future::Future<Output = Result<Response<Body1>, SendFailed>> {
     async move {
         let polled = std::future::poll_fn(|cx| {
             if !writer.done(&conn) {
@@ -384,15 +425,15 @@ pub fn send(
                 // Only the head queued and none of it written: the body was not touched, and the
                 // request can go again as it came.
                 let untouched = conn.reused && !writer.wrote && conn.out.queue.len() == 1;
-                let unsent = untouched.then(|| {
-                    let body = writer.body.take().unwrap_or_else(RequestBody::empty);
-                    Request::from_parts(parts, body)
+                let head = untouched.then(|| conn.out.queue.pop_front()).flatten();
+                let unsent = head.map(|head| Unsent {
+                    head,
+                    writer,
+                    head_only,
                 });
                 return Err(SendFailed { error, unsent });
             }
         };
-        // Written and answered: the request's map serves a later head.
-        headers::give_map(parts.headers);
         let writer = (!writer.done(&conn)).then(|| Box::new(writer));
         let state = if head.status == StatusCode::SWITCHING_PROTOCOLS {
             if !upgrade {
@@ -433,12 +474,9 @@ pub fn send(
     }
 }
 
-/// Encodes the request head into the queue; the body is left to stream.
-fn start(
-    conn: &mut Conn1,
-    request: Request<RequestBody>,
-    appended: Appended<'_>,
-) -> (Writer, http::request::Parts) {
+/// Encodes the request head into the queue; the body is left to stream. The request's map goes
+/// back to the spare ones: a later head is parsed into it.
+fn start(conn: &mut Conn1, request: Request<RequestBody>, appended: Appended<'_>) -> Writer {
     let (parts, body) = request.into_parts();
     let s = &mut conn.scratch;
     s.reserve(256);
@@ -499,12 +537,12 @@ fn start(
     conn.out.queue.clear();
     conn.out.queued = 0;
     conn.out.push(head);
-    let writer = Writer {
+    headers::give_map(parts.headers);
+    Writer {
         body: (!empty).then_some(body),
         framing,
         wrote: false,
-    };
-    (writer, parts)
+    }
 }
 
 /// A `content-length` value: digits only (RFC 9110: `1*DIGIT`), around them optional spaces;
@@ -1565,6 +1603,50 @@ mod tests {
             "{:?}",
             failed.error
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_a_reused_connection_refused_goes_again_as_it_was_encoded() {
+        // A kept connection the upstream reset while it idled.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = listener.local_addr().unwrap();
+        let mut stale = conn(dead).await;
+        let (sock, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&sock)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(sock);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stale.reused = true;
+        let appended = Appended {
+            request_id: Some(b"id-1"),
+            ..Appended::default()
+        };
+        let failed = send(stale, get("/again?x=1"), false, appended, false)
+            .await
+            .unwrap_err();
+        let unsent = failed.unsent.expect("nothing was written: it may go again");
+        // On a new connection: the same head, appended fields included, then the answer.
+        let (addr, server) = upstream(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            usize::MAX,
+            false,
+        )
+        .await;
+        let response = resend(conn(addr).await, unsent, false, false)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        let (got, _sock) = server.await.unwrap();
+        let got = String::from_utf8(got).unwrap();
+        assert!(
+            got.starts_with("GET /again?x=1 HTTP/1.1\r\nhost: svc\r\n"),
+            "{got}"
+        );
+        assert!(got.contains("x-request-id: id-1\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\n"), "{got}");
     }
 
     #[tokio::test]
