@@ -95,16 +95,6 @@ struct RouteShard {
 /// bound and count.
 type HistogramRead = (f64, u64, Vec<(f64, u64)>);
 
-/// The per-request counters of a route summed over its shards, as a scrape reads them.
-#[derive(Debug, Default)]
-struct RouteTotals {
-    codes: [u64; SLOTS],
-    grpc: [u64; GRPC_CODES],
-    durations: [HistogramRead; 5],
-    request_bytes: u64,
-    response_bytes: u64,
-}
-
 /// The counters of one (direction, listener, route, cluster).
 ///
 /// The ones every request bumps are sharded: shard 0 is shared by any thread and bumped with
@@ -146,30 +136,26 @@ impl RouteStats {
         }
     }
 
-    /// The per-request counters summed over the shards.
-    fn totals(&self) -> RouteTotals {
-        let mut t = RouteTotals::default();
+    /// The per-request counters summed over the shards, as one shard a scrape reads.
+    fn totals(&self) -> RouteShard {
+        let t = RouteShard::default();
+        let sum = |into: &AtomicU64, from: &AtomicU64| add(into, from.load(Relaxed), true);
         for shard in self.shards.iter() {
-            for (sum, n) in t.codes.iter_mut().zip(&shard.codes) {
-                *sum += n.load(Relaxed);
+            for (into, from) in t.codes.iter().zip(&shard.codes) {
+                sum(into, from);
             }
-            for (sum, n) in t.grpc.iter_mut().zip(&shard.grpc) {
-                *sum += n.load(Relaxed);
+            for (into, from) in t.grpc.iter().zip(&shard.grpc) {
+                sum(into, from);
             }
-            for (sum, h) in t.durations.iter_mut().zip(&shard.durations) {
-                let (s, count, buckets) = h.snapshot();
-                if sum.2.is_empty() {
-                    *sum = (s, count, buckets);
-                } else {
-                    sum.0 += s;
-                    sum.1 += count;
-                    for (into, (_, n)) in sum.2.iter_mut().zip(buckets) {
-                        into.1 += n;
-                    }
+            for (into, from) in t.durations.iter().zip(&shard.durations) {
+                for (b, n) in into.buckets.iter().zip(&from.buckets) {
+                    sum(b, n);
                 }
+                sum(&into.count, &from.count);
+                sum(&into.sum_nanos, &from.sum_nanos);
             }
-            t.request_bytes += shard.request_bytes.load(Relaxed);
-            t.response_bytes += shard.response_bytes.load(Relaxed);
+            sum(&t.request_bytes, &shard.request_bytes);
+            sum(&t.response_bytes, &shard.response_bytes);
         }
         t
     }
@@ -618,7 +604,7 @@ impl Collector for StoreCollector {
                 .map(|(k, v)| (k.clone(), Arc::clone(v)))
                 .collect()
         };
-        let totals: Vec<RouteTotals> = routes.iter().map(|(_, s)| s.totals()).collect();
+        let totals: Vec<RouteShard> = routes.iter().map(|(_, s)| s.totals()).collect();
         {
             let mut m = encoder.encode_descriptor(
                 "strait_http_requests",
@@ -633,7 +619,8 @@ impl Collector for StoreCollector {
                     ("route", k.route.as_str()),
                     ("cluster", k.cluster.as_str()),
                 ];
-                for (slot, &n) in s.codes.iter().enumerate() {
+                for (slot, n) in s.codes.iter().enumerate() {
+                    let n = n.load(Relaxed);
                     if n == 0 {
                         continue;
                     }
@@ -655,7 +642,8 @@ impl Collector for StoreCollector {
                     ];
                     ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
                 }
-                for (g, &n) in s.grpc.iter().enumerate() {
+                for (g, n) in s.grpc.iter().enumerate() {
+                    let n = n.load(Relaxed);
                     if n == 0 {
                         continue;
                     }
@@ -681,8 +669,8 @@ impl Collector for StoreCollector {
                 MetricType::Histogram,
             )?;
             for ((k, _), s) in routes.iter().zip(&totals) {
-                for (class, (sum, count, buckets)) in CLASSES.iter().zip(&s.durations) {
-                    let (sum, count) = (*sum, *count);
+                for (class, h) in CLASSES.iter().zip(&s.durations) {
+                    let (sum, count, buckets) = h.snapshot();
                     if count == 0 {
                         continue;
                     }
@@ -695,7 +683,7 @@ impl Collector for StoreCollector {
                     ];
                     m.encode_family(&labels)?
                         .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                            sum, count, buckets, None,
+                            sum, count, &buckets, None,
                         )?;
                 }
             }
@@ -704,12 +692,12 @@ impl Collector for StoreCollector {
             (
                 "strait_http_request_body_bytes",
                 "Request body bytes forwarded upstream.",
-                (|s: &RouteTotals| s.request_bytes) as fn(&RouteTotals) -> u64,
+                (|s: &RouteShard| s.request_bytes.load(Relaxed)) as fn(&RouteShard) -> u64,
             ),
             (
                 "strait_http_response_body_bytes",
                 "Response body bytes sent to clients.",
-                |s: &RouteTotals| s.response_bytes,
+                |s: &RouteShard| s.response_bytes.load(Relaxed),
             ),
         ] {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -1286,7 +1274,7 @@ mod tests {
         let store = MetricsStore::default();
         store.route("l", "r", "c").count(200, None);
         let again = store.route("l", "r", "c");
-        assert_eq!(again.totals().codes[code_slot(200)], 1);
+        assert_eq!(again.totals().codes[code_slot(200)].load(Relaxed), 1);
     }
 
     #[test]
@@ -1317,12 +1305,12 @@ mod tests {
             assert_eq!(shard.codes[code_slot(200)].load(Relaxed), 1000);
         }
         let t = stats.totals();
-        assert_eq!(t.codes[code_slot(200)], 2000);
-        assert_eq!(t.codes[code_slot(404)], 1);
-        assert_eq!(t.request_bytes, 7);
-        assert_eq!(t.response_bytes, 20_000);
-        let (sum, count, buckets) = &t.durations[class_index(200)];
-        assert_eq!(*count, 2000);
+        assert_eq!(t.codes[code_slot(200)].load(Relaxed), 2000);
+        assert_eq!(t.codes[code_slot(404)].load(Relaxed), 1);
+        assert_eq!(t.request_bytes.load(Relaxed), 7);
+        assert_eq!(t.response_bytes.load(Relaxed), 20_000);
+        let (sum, count, buckets) = t.durations[class_index(200)].snapshot();
+        assert_eq!(count, 2000);
         assert!((sum - 4.0).abs() < 1e-9);
         assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 2000);
         let text = {
