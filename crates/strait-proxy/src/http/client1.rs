@@ -163,6 +163,15 @@ struct Outbox {
 }
 
 impl Outbox {
+    /// Queues a request's head as the only thing queued. A connection comes back only after
+    /// its request was written whole, so nothing is; the queue is cleared all the same,
+    /// keeping its room.
+    fn start(&mut self, head: Bytes) {
+        self.queue.clear();
+        self.queued = 0;
+        self.push(head);
+    }
+
     fn push(&mut self, chunk: Bytes) {
         if !chunk.is_empty() {
             self.queued += chunk.len();
@@ -392,9 +401,7 @@ pub fn resend(
         writer,
         head_only,
     } = unsent;
-    conn.out.queue.clear();
-    conn.out.queued = 0;
-    conn.out.push(head);
+    conn.out.start(head);
     exchange(conn, writer, upgrade, keep_raw, head_only)
 }
 
@@ -532,11 +539,7 @@ fn start(conn: &mut Conn1, request: Request<RequestBody>, appended: Appended<'_>
     };
     s.put_slice(b"\r\n");
     let head = s.split().freeze();
-    // A connection comes back only after its request was written whole: nothing is queued
-    // (cleared all the same, keeping the queue's room).
-    conn.out.queue.clear();
-    conn.out.queued = 0;
-    conn.out.push(head);
+    conn.out.start(head);
     headers::give_map(parts.headers);
     Writer {
         body: (!empty).then_some(body),
@@ -613,13 +616,17 @@ impl RawHead {
         })
     }
 
-    /// Each field's name (as received) and value.
-    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        let fields = self
-            .fields
+    /// The kept fields' offsets into the block.
+    fn kept(&self) -> &[head1::Field] {
+        self.fields
             .get(..usize::from(self.count))
-            .unwrap_or_default();
-        fields.iter().map(|f| {
+            .unwrap_or_default()
+    }
+
+    /// Each field's name (as received) and value.
+    #[cfg(test)]
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.kept().iter().map(|f| {
             (
                 self.block.get(f.name()).unwrap_or_default(),
                 self.block.get(f.value()).unwrap_or_default(),
@@ -636,10 +643,7 @@ impl RawHead {
             .length
             .filter(|_| skip_length)
             .map(|(at, _)| usize::from(at));
-        let fields = self
-            .fields
-            .get(..usize::from(self.count))
-            .unwrap_or_default();
+        let fields = self.kept();
         let block = &self.block[..];
         let put_lines = |s: &mut BytesMut, (at, end): (usize, usize)| {
             s.put_slice(block.get(at..end).unwrap_or_default());
@@ -690,11 +694,7 @@ impl RawHead {
 
     /// Appends the fields to `map`, in order.
     fn append_to(&self, map: &mut HeaderMap) {
-        let fields = self
-            .fields
-            .get(..usize::from(self.count))
-            .unwrap_or_default();
-        for f in fields {
+        for f in self.kept() {
             // Both were checked as the head was parsed, as the map would have: neither fails.
             let name = received_name(self.block.get(f.name()).unwrap_or_default());
             let value = HeaderValue::from_maybe_shared(self.block.slice(f.value()));

@@ -122,11 +122,8 @@ mod spare {
     /// Keeps `map`'s tables for a later [`take`] (its fields are dropped now).
     pub(crate) fn give(mut map: HeaderMap) {
         let capacity = map.capacity();
-        if capacity == 0 {
+        if capacity == 0 || capacity > LARGEST {
             super::drop_empty(map);
-            return;
-        }
-        if capacity > LARGEST {
             return;
         }
         map.clear();

@@ -701,13 +701,9 @@ impl Wait {
 
     /// Ready once `at` passed.
     fn poll_timer(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        match &mut self.timer {
-            Some(timer) => {
-                timer.arm(at);
-                timer.poll_until(at, cx)
-            }
-            None => self.timer.insert(Alarm::new(at)).poll_until(at, cx),
-        }
+        let timer = self.timer.get_or_insert_with(|| Alarm::new(at));
+        timer.arm(at);
+        timer.poll_until(at, cx)
     }
 }
 

@@ -91,10 +91,6 @@ struct RouteShard {
     response_bytes: AtomicU64,
 }
 
-/// A histogram as a scrape reads it: the sum in seconds, the count, and each bucket's upper
-/// bound and count.
-type HistogramRead = (f64, u64, Vec<(f64, u64)>);
-
 /// The counters of one (direction, listener, route, cluster).
 ///
 /// The ones every request bumps are sharded: shard 0 is shared by any thread and bumped with
@@ -236,7 +232,7 @@ impl Histogram {
 
     /// Per-bucket counts (the encoder makes them cumulative), the last one for observations
     /// above every bound.
-    fn snapshot(&self) -> HistogramRead {
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
         let mut out: Vec<(f64, u64)> = DURATION_BUCKETS
             .iter()
             .zip(&self.buckets)
