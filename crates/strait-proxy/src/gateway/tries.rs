@@ -22,7 +22,7 @@ use http::{Request, Response};
 
 use super::{
     head_received, local_reply, send, send_failed, start_exchange, timed_out, Answer, Cause,
-    Connection,
+    Connection, Outgoing,
 };
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::headers::Appended;
@@ -302,23 +302,18 @@ impl<'a> Tries<'a> {
         });
         let per_try = self.policy.per_try_timeout.filter(|_| !self.policy.hedge);
         let pool = &self.conn.worker.pool;
+        let (parts, body) = request.into_parts();
+        let appended = Appended {
+            traceparent: traceparent.as_ref().map(TraceparentValue::as_bytes),
+            ..Appended::default()
+        };
+        let request = Outgoing::new(pool, cluster.protocol, parts, body, appended);
         let attempt = Box::pin(async move {
             let _retry_slot = retry_slot;
             let started = Instant::now();
-            let sent = std::pin::pin!(send(
-                pool,
-                cluster,
-                addr,
-                request,
-                false,
-                // The policy reads the answer's headers: they are built into its map.
-                false,
-                counters,
-                Appended {
-                    traceparent: traceparent.as_ref().map(TraceparentValue::as_bytes),
-                    ..Appended::default()
-                }
-            ));
+            // `false, false`: no upgrade; the policy reads the answer's headers, so they are
+            // built into its map.
+            let sent = std::pin::pin!(send(pool, cluster, addr, request, false, false, counters));
             let outcome = match per_try {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
                     Ok(outcome) => outcome,

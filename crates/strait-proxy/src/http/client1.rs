@@ -20,7 +20,7 @@ use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -65,7 +65,8 @@ pub struct Conn1 {
     io: UpstreamIo,
     /// Bytes read and not consumed.
     rd: InBuf,
-    /// Where request heads and chunk framing are encoded.
+    /// Where a chunked request body's framing is encoded (heads are encoded before a
+    /// connection is picked: see [`encode`]).
     scratch: BytesMut,
     /// Request bytes not yet written.
     out: Outbox,
@@ -198,7 +199,10 @@ impl Outbox {
 /// The request going out: its body and how it is framed.
 #[derive(Debug)]
 struct Writer {
-    body: Option<RequestBody>,
+    /// `None` once the body ended, or from the start for one that had (a GET's). Boxed: the
+    /// writer travels with the request from the gateway into the exchange's future, and a
+    /// pointer moves where the body's 150 bytes were copied at each step.
+    body: Option<Box<RequestBody>>,
     framing: Framing,
     /// Whether any byte of the request reached the socket.
     wrote: bool,
@@ -219,7 +223,7 @@ impl Writer {
                 let Some(body) = self.body.as_mut() else {
                     break;
                 };
-                match Pin::new(body).poll_frame(cx) {
+                match Pin::new(body.as_mut()).poll_frame(cx) {
                     Poll::Pending => {
                         body_pending = true;
                         break;
@@ -353,54 +357,37 @@ pub(crate) fn put_hex(s: &mut BytesMut, mut n: usize) {
 pub struct SendFailed {
     /// What went wrong.
     pub error: Http1Error,
-    /// The untouched request, when it may be sent again ([`resend`]).
-    pub unsent: Option<Unsent>,
+    /// The untouched request, when it may be sent again ([`send`] on another connection).
+    pub unsent: Option<Encoded>,
 }
 
-/// A request encoded for a connection that took none of it: its head's bytes and its body,
-/// untouched, to go again on another connection with [`resend`].
+/// A request encoded for the wire ([`encode`]): its head's bytes and its body, untouched. It is
+/// what [`send`] writes, and what a reused connection that took none of it gives back, to go
+/// again as it is on another one.
 #[derive(Debug)]
-pub struct Unsent {
+pub struct Encoded {
     head: Bytes,
     writer: Writer,
     head_only: bool,
 }
 
-/// Sends `request` on `conn` and reads the response head. The returned body streams the rest
-/// of the response (and of the request body), and hands the connection back for reuse when
-/// both ended cleanly. `upgrade`: the request asks to switch protocols; a 101 answer then
-/// leaves the connection in the body, to be taken with [`Body1::into_upgraded`].
-/// `appended`: fields written into the head after the request's headers (which then have
-/// none of them), rather than made header values and inserted first. `keep_raw`: the response's
-/// fields may be kept as they came (see [`RawHead`]); its `HeaderMap` then holds none of them.
-///
-/// The head is encoded when this is called, before the future exists: an `async fn` would
-/// keep its arguments (the request) in its future beside what it makes of them, and every
-/// future around it is moved by value once per request.
+/// Sends an encoded request on `conn` and reads the response head. The returned body streams
+/// the rest of the response (and of the request body), and hands the connection back for
+/// reuse when both ended cleanly. `upgrade`: the request asks to switch protocols; a 101 answer
+/// then leaves the connection in the body, to be taken with [`Body1::into_upgraded`].
+/// `keep_raw`: the response's fields may be kept as they came (see [`RawHead`]); its
+/// `HeaderMap` then holds none of them.
 pub fn send(
     mut conn: Box<Conn1>,
-    request: Request<RequestBody>,
-    upgrade: bool,
-    appended: Appended<'_>,
-    keep_raw: bool,
-) -> impl std::future::Future<Output = Result<Response<Body1>, SendFailed>> {
-    let head_only = request.method() == Method::HEAD;
-    let writer = start(&mut conn, request, appended);
-    exchange(conn, writer, upgrade, keep_raw, head_only)
-}
-
-/// Sends a request that another connection did not take, as it was encoded for that one.
-pub fn resend(
-    mut conn: Box<Conn1>,
-    unsent: Unsent,
+    request: Encoded,
     upgrade: bool,
     keep_raw: bool,
 ) -> impl std::future::Future<Output = Result<Response<Body1>, SendFailed>> {
-    let Unsent {
+    let Encoded {
         head,
         writer,
         head_only,
-    } = unsent;
+    } = request;
     conn.out.start(head);
     exchange(conn, writer, upgrade, keep_raw, head_only)
 }
@@ -433,7 +420,7 @@ fn exchange(
                 // request can go again as it came.
                 let untouched = conn.reused && !writer.wrote && conn.out.queue.len() == 1;
                 let head = untouched.then(|| conn.out.queue.pop_front()).flatten();
-                let unsent = head.map(|head| Unsent {
+                let unsent = head.map(|head| Encoded {
                     head,
                     writer,
                     head_only,
@@ -481,11 +468,19 @@ fn exchange(
     }
 }
 
-/// Encodes the request head into the queue; the body is left to stream. The request's map goes
-/// back to the spare ones: a later head is parsed into it.
-fn start(conn: &mut Conn1, request: Request<RequestBody>, appended: Appended<'_>) -> Writer {
-    let (parts, body) = request.into_parts();
-    let s = &mut conn.scratch;
+/// Encodes a request's head into `s`, from where it is split off, and keeps its body to stream.
+/// `appended`: fields written into the head after the request's headers (which then have none
+/// of them), rather than made header values and inserted first.
+///
+/// The head is encoded before a connection is picked and before the future that sends it
+/// exists: that future then holds the head's bytes, not the request's parts (~220 bytes, moved
+/// with every future around it).
+pub fn encode(
+    s: &mut BytesMut,
+    parts: &http::request::Parts,
+    body: RequestBody,
+    appended: Appended<'_>,
+) -> Encoded {
     s.reserve(256);
     s.put_slice(parts.method.as_str().as_bytes());
     s.put_u8(b' ');
@@ -538,13 +533,14 @@ fn start(conn: &mut Conn1, request: Request<RequestBody>, appended: Appended<'_>
         }
     };
     s.put_slice(b"\r\n");
-    let head = s.split().freeze();
-    conn.out.start(head);
-    headers::give_map(parts.headers);
-    Writer {
-        body: (!empty).then_some(body),
-        framing,
-        wrote: false,
+    Encoded {
+        head: s.split().freeze(),
+        writer: Writer {
+            body: (!empty).then(|| Box::new(body)),
+            framing,
+            wrote: false,
+        },
+        head_only: parts.method == Method::HEAD,
     }
 }
 
@@ -1105,6 +1101,7 @@ pub type Upgraded1 = Rewound<UpstreamIo>;
 mod tests {
     use super::*;
     use crate::resilience::{Breaker, Limit};
+    use http::Request;
     use http_body_util::BodyExt;
     use std::sync::Arc;
     use std::time::Duration;
@@ -1152,13 +1149,20 @@ mod tests {
         Conn1::new(UpstreamIo::Plain(stream), addr, 8, slot)
     }
 
+    /// `request` encoded as the gateway encodes it, with `appended` after its fields.
+    fn encoded(request: Request<RequestBody>, appended: Appended<'_>) -> Encoded {
+        let (parts, body) = request.into_parts();
+        encode(&mut BytesMut::new(), &parts, body, appended)
+    }
+
     /// Sends `request` on a new connection to `addr`: no upgrade, nothing appended, the
     /// answer's head built into its map.
     async fn send_plain(
         addr: SocketAddr,
         request: Request<RequestBody>,
     ) -> Result<Response<Body1>, SendFailed> {
-        send(conn(addr).await, request, false, Appended::default(), false).await
+        let request = encoded(request, Appended::default());
+        send(conn(addr).await, request, false, false).await
     }
 
     fn get(path: &str) -> Request<RequestBody> {
@@ -1622,7 +1626,7 @@ mod tests {
             request_id: Some(b"id-1"),
             ..Appended::default()
         };
-        let failed = send(stale, get("/again?x=1"), false, appended, false)
+        let failed = send(stale, encoded(get("/again?x=1"), appended), false, false)
             .await
             .unwrap_err();
         let unsent = failed.unsent.expect("nothing was written: it may go again");
@@ -1633,9 +1637,7 @@ mod tests {
             false,
         )
         .await;
-        let response = resend(conn(addr).await, unsent, false, false)
-            .await
-            .unwrap();
+        let response = send(conn(addr).await, unsent, false, false).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
@@ -1725,15 +1727,8 @@ mod tests {
     async fn switching_protocols_hands_over_the_bytes_read_past_the_head() {
         let reply = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\nearly";
         let (addr, server) = upstream(reply, usize::MAX, false).await;
-        let response = send(
-            conn(addr).await,
-            get("/ws"),
-            true,
-            Appended::default(),
-            false,
-        )
-        .await
-        .unwrap();
+        let request = encoded(get("/ws"), Appended::default());
+        let response = send(conn(addr).await, request, true, false).await.unwrap();
         assert_eq!(response.status(), 101);
         let mut up = response.into_body().into_upgraded().expect("upgraded");
         let (_, mut sock) = server.await.unwrap();

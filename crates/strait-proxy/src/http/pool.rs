@@ -11,12 +11,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::http::body::RequestBody;
-use crate::http::client1::Conn1;
+use crate::http::client1::{self, Conn1, Encoded};
+use crate::http::headers::Appended;
 use crate::http::LocalExec;
 use crate::resilience::{Admission, Breaker, Limit};
 use crate::tls::ClientTls;
@@ -84,6 +86,9 @@ pub struct Pool {
     #[allow(clippy::vec_box)]
     http1_idle: RefCell<AddrMap<Vec<Box<Conn1>>>>,
     http2: RefCell<AddrMap<http2::SendRequest<RequestBody>>>,
+    /// Where HTTP/1 request heads are encoded, before a connection is picked. Each head is
+    /// split off; the room comes back once no written head holds it.
+    heads: RefCell<BytesMut>,
 }
 
 /// A map keyed by endpoint address. The addresses come from the config, not from peers, so a
@@ -113,6 +118,17 @@ impl Hasher for Fnv {
 }
 
 impl Pool {
+    /// `parts` and `body` encoded for an HTTP/1 connection, with `appended` after the fields
+    /// (see [`client1::encode`]).
+    pub fn encode_http1(
+        &self,
+        parts: &http::request::Parts,
+        body: RequestBody,
+        appended: Appended<'_>,
+    ) -> Encoded {
+        client1::encode(&mut self.heads.borrow_mut(), parts, body, appended)
+    }
+
     /// An idle HTTP/1 connection to `addr` that the upstream has not closed, or a new one;
     /// always a new one when `fresh` (a retry after a stale pooled one failed).
     pub async fn http1(
