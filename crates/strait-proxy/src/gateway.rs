@@ -796,7 +796,7 @@ fn forward_to<'a>(
                                     None,
                                     action.timeout,
                                 );
-                                RequestBody::Counted(body, Arc::clone(route_stats), received)
+                                None
                             } else {
                                 let (tee, copied) = TeeBody::new(
                                     body,
@@ -811,15 +811,22 @@ fn forward_to<'a>(
                                     Some(copied),
                                     action.timeout,
                                 );
-                                RequestBody::Teed(tee)
+                                Some(Box::new(RequestBody::Teed(tee)))
                             }
                         }
-                        None => RequestBody::Counted(body, Arc::clone(route_stats), received),
+                        None => {
+                            RequestBody::Counted(body, Arc::clone(route_stats), received).boxed()
+                        }
                     }
                 }
-                // A body that has ended (a GET's) has no bytes to count: no counters held.
-                _ if http_body::Body::is_end_stream(&body) => RequestBody::Streaming(body),
-                _ => RequestBody::Counted(body, Arc::clone(route_stats), received),
+                // A body that has ended (a GET's) has nothing left to send or count: it goes no
+                // further (see `RequestBody::boxed`).
+                _ if http_body::Body::is_end_stream(&body) => None,
+                _ => Some(Box::new(RequestBody::Counted(
+                    body,
+                    Arc::clone(route_stats),
+                    received,
+                ))),
             };
             (admission, in_flight, counters) = match start_exchange(cluster, endpoint, stats, grpc)
             {
@@ -1267,11 +1274,12 @@ impl Outgoing {
         pool: &Pool,
         protocol: UpstreamProtocol,
         parts: http::request::Parts,
-        body: RequestBody,
+        body: Option<Box<RequestBody>>,
         appended: Appended<'_>,
     ) -> Self {
         match protocol {
             UpstreamProtocol::Http2 => {
+                let body = body.map_or_else(RequestBody::empty, |b| *b);
                 let mut request = Box::new(Request::from_parts(parts, body));
                 appended.insert_into(request.headers_mut());
                 Outgoing::Http2(request)
@@ -1442,7 +1450,7 @@ fn spawn_mirror(
             &worker.pool,
             cluster.protocol,
             parts,
-            body,
+            body.boxed(),
             Appended::default(),
         );
         let limit = timeout.unwrap_or(std::time::Duration::from_secs(15));

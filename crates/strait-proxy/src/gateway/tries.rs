@@ -307,7 +307,7 @@ impl<'a> Tries<'a> {
             traceparent: traceparent.as_ref().map(TraceparentValue::as_bytes),
             ..Appended::default()
         };
-        let request = Outgoing::new(pool, cluster.protocol, parts, body, appended);
+        let request = Outgoing::new(pool, cluster.protocol, parts, body.boxed(), appended);
         let attempt = Box::pin(async move {
             let _retry_slot = retry_slot;
             let started = Instant::now();

@@ -199,9 +199,8 @@ impl Outbox {
 /// The request going out: its body and how it is framed.
 #[derive(Debug)]
 struct Writer {
-    /// `None` once the body ended, or from the start for one that had (a GET's). Boxed: the
-    /// writer travels with the request from the gateway into the exchange's future, and a
-    /// pointer moves where the body's 150 bytes were copied at each step.
+    /// `None` once the body ended, or from the start for one that had (a GET's); boxed (see
+    /// [`RequestBody::boxed`]).
     body: Option<Box<RequestBody>>,
     framing: Framing,
     /// Whether any byte of the request reached the socket.
@@ -478,7 +477,7 @@ fn exchange(
 pub fn encode(
     s: &mut BytesMut,
     parts: &http::request::Parts,
-    body: RequestBody,
+    body: Option<Box<RequestBody>>,
     appended: Appended<'_>,
 ) -> Encoded {
     s.reserve(256);
@@ -514,8 +513,9 @@ pub fn encode(
         }
     }
     appended.write_lines(s);
-    let empty = body.is_end_stream();
-    let framing = match (declared, body.size_hint().exact()) {
+    let empty = body.as_ref().is_none_or(|b| b.is_end_stream());
+    let exact = body.as_ref().map_or(Some(0), |b| b.size_hint().exact());
+    let framing = match (declared, exact) {
         (Some(n), _) | (None, Some(n)) if !empty || declared.is_some() => {
             if n > 0 || declared.is_some() || !matches!(parts.method, Method::GET | Method::HEAD) {
                 put_field(
@@ -536,7 +536,7 @@ pub fn encode(
     Encoded {
         head: s.split().freeze(),
         writer: Writer {
-            body: (!empty).then(|| Box::new(body)),
+            body: body.filter(|_| !empty),
             framing,
             wrote: false,
         },
@@ -1152,7 +1152,7 @@ mod tests {
     /// `request` encoded as the gateway encodes it, with `appended` after its fields.
     fn encoded(request: Request<RequestBody>, appended: Appended<'_>) -> Encoded {
         let (parts, body) = request.into_parts();
-        encode(&mut BytesMut::new(), &parts, body, appended)
+        encode(&mut BytesMut::new(), &parts, body.boxed(), appended)
     }
 
     /// Sends `request` on a new connection to `addr`: no upgrade, nothing appended, the

@@ -123,7 +123,7 @@ impl Pool {
     pub fn encode_http1(
         &self,
         parts: &http::request::Parts,
-        body: RequestBody,
+        body: Option<Box<RequestBody>>,
         appended: Appended<'_>,
     ) -> Encoded {
         client1::encode(&mut self.heads.borrow_mut(), parts, body, appended)
