@@ -69,9 +69,10 @@ impl RequestMatcher {
 
     /// True when every condition holds.
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        let host = host_without_port(req.host);
-        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(host)))
-            && self.rest.matches(req).is_some()
+        (self.hosts.is_empty() || {
+            let host = host_without_port(req.host);
+            self.hosts.iter().any(|h| h.matches(host))
+        }) && self.rest.matches(req).is_some()
     }
 }
 
@@ -182,21 +183,27 @@ impl<A> RouteTable<A> {
 
     /// Like [`find`](Self::find), also saying how the path matched (for prefix rewrites).
     pub fn find_with_match<'t>(&'t self, req: &RequestView<'_>) -> Option<(&'t A, MatchInfo)> {
-        let host = host_without_port(req.host);
         let matched =
             |route: &'t CompiledRoute<A>| Some((&route.action, route.matcher.matches(req)?));
         match &self.index {
             Some(index) => index
-                .candidates(host, req.path)
+                .candidates(host_without_port(req.host), req.path)
                 .filter_map(|i| self.routes.get(i))
                 .find_map(matched),
-            None => self
-                .routes
-                .iter()
-                .filter(|route| {
-                    route.hosts.is_empty() || route.hosts.iter().any(|p| p.matches(host))
-                })
-                .find_map(matched),
+            None => {
+                // The host without its port only once a route asks for it: most tables
+                // match no host.
+                let mut host = None;
+                self.routes
+                    .iter()
+                    .filter(|route| {
+                        route.hosts.is_empty() || {
+                            let host = *host.get_or_insert_with(|| host_without_port(req.host));
+                            route.hosts.iter().any(|p| p.matches(host))
+                        }
+                    })
+                    .find_map(matched)
+            }
         }
     }
 
