@@ -123,7 +123,7 @@ fn bench_find(
     headers.insert("accept", HeaderValue::from_static("*/*"));
     let req = RequestView {
         method: &Method::GET,
-        host,
+        host: host.as_bytes(),
         path,
         query: Some("page=2"),
         headers: &headers,

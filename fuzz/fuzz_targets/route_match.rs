@@ -12,7 +12,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use strait_config::{HeaderMatch, PathMatch, QueryMatch, Redirect, RouteMatch};
 use strait_proxy::route::{
-    host_without_port, redirect_location, rewrite_prefix, RequestView, RouteTable,
+    host_bytes_without_port, host_without_port, redirect_location, rewrite_prefix, RequestView,
+    RouteTable,
 };
 
 // Pools give the fuzzer realistic values to combine; raw bytes give it everything else.
@@ -162,7 +163,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let req = RequestView {
         method: &method,
-        host: &host,
+        host: host.as_bytes(),
         path: &path,
         query: query.as_deref(),
         headers: &headers,
@@ -184,6 +185,7 @@ fuzz_target!(|data: &[u8]| {
 
     let bare = host_without_port(&host);
     assert!(host.starts_with(bare));
+    assert_eq!(host_bytes_without_port(host.as_bytes()), bare.as_bytes());
     let redirect = Redirect {
         scheme: input.optional_text(&["https", "http", ""]),
         host: input.optional_text(REQUEST_HOSTS),

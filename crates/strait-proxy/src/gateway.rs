@@ -265,7 +265,11 @@ pub(crate) fn serve(
         let (found, denied) = {
             let view = RequestView {
                 method: req.method(),
-                host: host.as_ref().and_then(headers::value_text).unwrap_or(""),
+                host: host
+                    .as_ref()
+                    .map(HeaderValue::as_bytes)
+                    .filter(|h| h.is_ascii())
+                    .unwrap_or_default(),
                 path: req.uri().path(),
                 query: req.uri().query(),
                 headers: req.headers(),

@@ -145,7 +145,7 @@ mod tests {
         let method: http::Method = method.parse().unwrap();
         let view = RequestView {
             method: &method,
-            host: "api.example.com",
+            host: b"api.example.com",
             path,
             query: None,
             headers: &headers,

@@ -110,7 +110,7 @@ impl RouteIndex {
     }
 
     /// Routes that may match a request for `host` (without port) and `path`, ascending.
-    pub(super) fn candidates<'i>(&'i self, host: &str, path: &str) -> Candidates<'i> {
+    pub(super) fn candidates<'i>(&'i self, host: &[u8], path: &str) -> Candidates<'i> {
         let segment = request_segment(path);
         let (host_by_segment, host_any_segment) = match self.host_bucket(host) {
             Some(bucket) => (bucket.for_segment(segment), &*bucket.any_segment),
@@ -126,8 +126,7 @@ impl RouteIndex {
         }
     }
 
-    fn host_bucket(&self, host: &str) -> Option<&Bucket> {
-        let host = host.as_bytes();
+    fn host_bucket(&self, host: &[u8]) -> Option<&Bucket> {
         if let Some(bucket) = self.exact_hosts.get(host) {
             return Some(bucket);
         }
@@ -279,7 +278,7 @@ mod tests {
     }
 
     fn candidates(index: &RouteIndex, host: &str, path: &str) -> Vec<usize> {
-        index.candidates(host, path).collect()
+        index.candidates(host.as_bytes(), path).collect()
     }
 
     #[test]

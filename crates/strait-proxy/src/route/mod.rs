@@ -16,7 +16,7 @@ mod matcher;
 mod rewrite;
 mod split;
 
-pub use rewrite::{host_without_port, redirect_location, rewrite_prefix};
+pub use rewrite::{host_bytes_without_port, host_without_port, redirect_location, rewrite_prefix};
 pub use split::WeightedSplit;
 
 pub(crate) use matcher::peer_matches;
@@ -32,8 +32,8 @@ pub struct RequestView<'a> {
     /// The request method.
     pub method: &'a http::Method,
     /// `:authority` or `Host` as received: may carry a `:port` and upper case. Routing strips the
-    /// port and ignores case. Empty when the request has neither.
-    pub host: &'a str,
+    /// port and ignores case. Empty when the request has neither, or one that is not ASCII.
+    pub host: &'a [u8],
     /// The path, without the query string.
     pub path: &'a str,
     /// The raw query string without the `?`; `None` when the request has no `?`.
@@ -70,7 +70,7 @@ impl RequestMatcher {
     /// True when every condition holds.
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
         (self.hosts.is_empty() || {
-            let host = host_without_port(req.host);
+            let host = host_bytes_without_port(req.host);
             self.hosts.iter().any(|h| h.matches(host))
         }) && self.rest.matches(req).is_some()
     }
@@ -187,7 +187,7 @@ impl<A> RouteTable<A> {
             |route: &'t CompiledRoute<A>| Some((&route.action, route.matcher.matches(req)?));
         match &self.index {
             Some(index) => index
-                .candidates(host_without_port(req.host), req.path)
+                .candidates(host_bytes_without_port(req.host), req.path)
                 .filter_map(|i| self.routes.get(i))
                 .find_map(matched),
             None => {
@@ -198,7 +198,8 @@ impl<A> RouteTable<A> {
                     .iter()
                     .filter(|route| {
                         route.hosts.is_empty() || {
-                            let host = *host.get_or_insert_with(|| host_without_port(req.host));
+                            let host =
+                                *host.get_or_insert_with(|| host_bytes_without_port(req.host));
                             route.hosts.iter().any(|p| p.matches(host))
                         }
                     })

@@ -15,13 +15,22 @@ use strait_config::Redirect;
 /// Anything after the colon that is not a port (`a:b`, an unbracketed IPv6 address) is left as
 /// part of the host rather than guessed at.
 pub fn host_without_port(authority: &str) -> &str {
-    let bytes = authority.as_bytes();
+    let host = host_bytes_without_port(authority.as_bytes());
+    // At a `:` or the end: a character boundary.
+    authority.get(..host.len()).unwrap_or(authority)
+}
+
+/// [`host_without_port`] of an authority as bytes, as routing reads a request's `Host`: made
+/// text, it would be checked for UTF-8 first (~130 instructions for `127.0.0.1:8080`), and
+/// nothing here needs it to be.
+pub fn host_bytes_without_port(bytes: &[u8]) -> &[u8] {
     if bytes.first() == Some(&b'[') {
         // An IPv6 literal's own colons sit inside the brackets.
-        return authority
-            .find(']')
-            .and_then(|end| authority.get(..=end))
-            .unwrap_or(authority);
+        return bytes
+            .iter()
+            .position(|&b| b == b']')
+            .and_then(|end| bytes.get(..=end))
+            .unwrap_or(bytes);
     }
     // Read back over the digits: most hosts end in a letter and are done after one byte.
     let digits = bytes
@@ -30,11 +39,11 @@ pub fn host_without_port(authority: &str) -> &str {
         .take_while(|b| b.is_ascii_digit())
         .count();
     let Some(colon) = bytes.len().checked_sub(digits + 1) else {
-        return authority;
+        return bytes;
     };
-    match (bytes.get(colon), authority.get(..colon)) {
-        (Some(b':'), Some(host)) if !host.contains(':') => host,
-        _ => authority,
+    match (bytes.get(colon), bytes.get(..colon)) {
+        (Some(b':'), Some(host)) if !host.contains(&b':') => host,
+        _ => bytes,
     }
 }
 

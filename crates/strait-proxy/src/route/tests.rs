@@ -37,7 +37,7 @@ fn find(table: &RouteTable<usize>, host: &str, path: &str) -> Option<usize> {
     let headers = HeaderMap::new();
     let req = RequestView {
         method: &Method::GET,
-        host,
+        host: host.as_bytes(),
         path,
         query: None,
         headers: &headers,
@@ -135,7 +135,7 @@ fn find_with_match_reports_the_prefix_length() {
         let headers = HeaderMap::new();
         let view = |path| RequestView {
             method: &Method::GET,
-            host: "h",
+            host: b"h",
             path,
             query: None,
             headers: &headers,
@@ -230,7 +230,7 @@ impl LinearScan {
     }
 
     fn find(&self, req: &RequestView<'_>) -> Option<(usize, MatchInfo)> {
-        let host = host_without_port(req.host);
+        let host = host_bytes_without_port(req.host);
         self.routes
             .iter()
             .enumerate()
@@ -367,7 +367,7 @@ fn index_agrees_with_linear_scan_on_random_tables() {
             };
             let req = RequestView {
                 method: &method,
-                host: pick(&mut rng, &request_hosts),
+                host: pick(&mut rng, &request_hosts).as_bytes(),
                 path: pick(&mut rng, &request_paths),
                 query: [None, Some("q=1"), Some("q=x"), Some("")][rng.usize(..4)],
                 headers: &headers,
