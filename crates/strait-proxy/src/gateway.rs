@@ -699,16 +699,16 @@ fn forward_to<'a>(
                 }
             }
             action.request_headers.apply(&mut parts.headers);
-            let uri = match upstream_uri(
+            match upstream_uri(
                 &parts.uri,
                 new_path.as_deref(),
                 upstream_host.as_ref(),
                 cluster.protocol,
             ) {
-                Ok(uri) => uri,
+                Ok(Some(uri)) => parts.uri = uri,
+                Ok(None) => {}
                 Err(message) => return local_reply(grpc, Cause::BadRequest, message),
-            };
-            parts.uri = uri;
+            }
             match cluster.protocol {
                 UpstreamProtocol::Http2 => {
                     parts.version = Version::HTTP_2;
@@ -1434,7 +1434,9 @@ fn spawn_mirror(
             .as_deref()
             .and_then(|h| HeaderValue::from_str(h).ok())
         {
-            uri = upstream_uri(&uri, None, Some(&h), cluster.protocol).unwrap_or(uri);
+            if let Ok(Some(new)) = upstream_uri(&uri, None, Some(&h), cluster.protocol) {
+                uri = new;
+            }
             if cluster.protocol == UpstreamProtocol::Http2 {
                 headers.remove(header::HOST);
             } else {
@@ -1499,19 +1501,20 @@ fn request_host(req: &mut Request<ClientBody>, as_parsed: bool) -> Option<Header
 }
 
 /// The URI sent upstream: origin-form for HTTP/1 (the host travels in `Host`), absolute for
-/// HTTP/2 (`:scheme` and `:authority` are required there).
+/// HTTP/2 (`:scheme` and `:authority` are required there). `None` when it is `uri` itself.
 fn upstream_uri(
     uri: &Uri,
     new_path: Option<&str>,
     host: Option<&HeaderValue>,
     protocol: UpstreamProtocol,
-) -> Result<Uri, &'static str> {
+) -> Result<Option<Uri>, &'static str> {
     // The usual case, an HTTP/1 request in origin form (`/path?q`) to an HTTP/1 cluster with no
-    // rewrite, goes as it came: a clone of its path (a shared buffer), not a URI built anew.
+    // rewrite, goes as it came: no URI built anew, nor a clone (~90 instructions with the
+    // original's drop).
     let origin_form =
         uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some();
     if new_path.is_none() && protocol != UpstreamProtocol::Http2 && origin_form {
-        return Ok(uri.clone());
+        return Ok(None);
     }
     let path_and_query = match new_path {
         Some(path) => {
@@ -1536,6 +1539,7 @@ fn upstream_uri(
     builder
         .path_and_query(path_and_query)
         .build()
+        .map(Some)
         .map_err(|_| "invalid request URI")
 }
 
@@ -1730,21 +1734,26 @@ mod tests {
     fn upstream_uris_fit_the_protocol() {
         let uri: Uri = "/a/b?x=1".parse().unwrap();
         let host = HeaderValue::from_static("svc.local:80");
-        let h1 = upstream_uri(&uri, Some("/v1/b"), Some(&host), UpstreamProtocol::Http1).unwrap();
+        let made = |uri: &Uri, path, host, protocol| {
+            upstream_uri(uri, path, host, protocol).map(|new| new.unwrap_or_else(|| uri.clone()))
+        };
+        let h1 = made(&uri, Some("/v1/b"), Some(&host), UpstreamProtocol::Http1).unwrap();
         assert_eq!(h1, "/v1/b?x=1");
-        let h2 = upstream_uri(&uri, None, Some(&host), UpstreamProtocol::Http2).unwrap();
+        let h2 = made(&uri, None, Some(&host), UpstreamProtocol::Http2).unwrap();
         assert_eq!(h2, "http://svc.local:80/a/b?x=1");
         assert!(upstream_uri(&uri, None, None, UpstreamProtocol::Http2).is_err());
-        // Unchanged for HTTP/1; an absolute-form request (a forward proxy's) loses its scheme
-        // and authority.
-        let same = upstream_uri(&uri, None, Some(&host), UpstreamProtocol::Http1).unwrap();
-        assert_eq!(same, "/a/b?x=1");
+        // Unchanged for HTTP/1 (the request's own goes); an absolute-form request (a forward
+        // proxy's) loses its scheme and authority.
+        assert_eq!(
+            upstream_uri(&uri, None, Some(&host), UpstreamProtocol::Http1),
+            Ok(None)
+        );
         let absolute: Uri = "http://other.example/a?y".parse().unwrap();
-        let h1 = upstream_uri(&absolute, None, Some(&host), UpstreamProtocol::Http1).unwrap();
+        let h1 = made(&absolute, None, Some(&host), UpstreamProtocol::Http1).unwrap();
         assert_eq!(h1, "/a?y");
         assert!(h1.scheme().is_none() && h1.authority().is_none());
         let star: Uri = "*".parse().unwrap();
-        let h1 = upstream_uri(&star, None, Some(&host), UpstreamProtocol::Http1).unwrap();
+        let h1 = made(&star, None, Some(&host), UpstreamProtocol::Http1).unwrap();
         assert_eq!(h1, "*");
     }
 
