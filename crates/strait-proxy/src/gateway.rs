@@ -628,7 +628,11 @@ fn forward_to<'a>(
             let (mut parts, body) = req.into_parts();
             // Only headers named in `connection` can take the request's id with them (a new one is
             // then made below): otherwise the id logged on arrival is the one the upstream sees.
-            let id_may_change = headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+            // Not when no hop-by-hop field came (`server1` tells) and none was written since (a
+            // token's claims may be): nothing to remove, and a pass over the map saved.
+            let hop_fields = came_with & headers::FIELD_HOP_BY_HOP != 0 || listener.jwt.is_some();
+            let id_may_change =
+                (hop_fields || upgrade) && headers::strip_hop_by_hop(&mut parts.headers, upgrade);
             // (A header named in `connection` may have been `host`.)
             host_in_place &= !id_may_change;
             // Each attempt writes its own context; mirrors carry none (shadow traffic is not the trace).
@@ -898,7 +902,7 @@ fn forward_to<'a>(
             response.status(),
             span.as_mut(),
         );
-        clock.answered = Some(head_at);
+        clock.head_came(started, waited, head_at);
         if let Some(entry) = log.as_mut() {
             entry.upstream_duration = Some(waited);
         }
@@ -1031,8 +1035,8 @@ struct RequestClock {
     arrived: Instant,
     /// Nothing waited since `arrived` (no injected delay): forwarding starts its clock there.
     fresh: bool,
-    /// When an upstream answer's head came: the request's duration ends there.
-    answered: Option<Instant>,
+    /// The time from `arrived` to an upstream answer's head: the request's duration.
+    answered: Option<Duration>,
 }
 
 impl RequestClock {
@@ -1054,12 +1058,22 @@ impl RequestClock {
         }
     }
 
+    /// Notes that an upstream answer's head came at `at`, `waited` after `started` (from
+    /// [`forwarding_start`](Self::forwarding_start)). For a request that did not wait, forwarding
+    /// started at the arrival, so the request's duration is `waited`, not a second subtraction.
+    fn head_came(&mut self, started: Instant, waited: Duration, at: Instant) {
+        self.answered = Some(if started == self.arrived {
+            waited
+        } else {
+            at.saturating_duration_since(self.arrived)
+        });
+    }
+
     /// The time from the request's head to its answer's: to the upstream head's arrival, or to
     /// now for an answer made here.
     fn elapsed(&self) -> Duration {
         self.answered
-            .unwrap_or_else(Instant::now)
-            .saturating_duration_since(self.arrived)
+            .unwrap_or_else(|| Instant::now().saturating_duration_since(self.arrived))
     }
 }
 
@@ -1579,7 +1593,8 @@ fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
 fn proxy_fields(req: &Request<ClientBody>) -> u8 {
     match req.body() {
         ClientBody::Http1(body) => body.proxy_fields(),
-        ClientBody::Hyper(_) => headers::proxy_fields_in(req.headers()),
+        // Hop-by-hop fields are not looked for here: the map is looked through for them.
+        ClientBody::Hyper(_) => headers::proxy_fields_in(req.headers()) | headers::FIELD_HOP_BY_HOP,
     }
 }
 

@@ -444,6 +444,9 @@ impl<'a> Appended<'a> {
 pub(crate) const FIELD_X_FORWARDED: u8 = 1;
 /// [`proxy_field`]: `x-request-id`.
 pub(crate) const FIELD_REQUEST_ID: u8 = 2;
+/// Not a field the proxy writes, but told with them: a hop-by-hop field came (one
+/// [`strip_hop_by_hop`] removes or keeps), so the request's map must be looked through.
+pub(crate) const FIELD_HOP_BY_HOP: u8 = 4;
 
 /// Whether `name` is one of the fields the proxy writes itself, and which: `x-forwarded-for`
 /// or `x-forwarded-proto` ([`FIELD_X_FORWARDED`]), `x-request-id` ([`FIELD_REQUEST_ID`]), or

@@ -553,6 +553,9 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
         } else {
             proxy_fields |= headers::proxy_field(&name);
         }
+        if hop != 0 {
+            proxy_fields |= headers::FIELD_HOP_BY_HOP;
+        }
         headers.append(name, value);
     }
     let body = if encodings > 0 {
@@ -1361,6 +1364,23 @@ mod tests {
         assert_eq!(
             came("x-request-id: 7\r\nx-forwarded-for: 1.2.3.4\r\n"),
             fwd | id
+        );
+        // Any hop-by-hop field, so the gateway knows to look through the map for them.
+        let hop = headers::FIELD_HOP_BY_HOP;
+        for field in [
+            "Connection: close",
+            "connection: x-secret",
+            "Keep-Alive: timeout=5",
+            "Proxy-Connection: keep-alive",
+            "TE: trailers",
+            "Upgrade: websocket",
+            "Proxy-Authorization: Basic eA==",
+        ] {
+            assert_eq!(came(&format!("{field}\r\n")), hop, "{field}");
+        }
+        assert_eq!(
+            came("Transfer-Encoding: chunked\r\nX-Request-Id: 7\r\n"),
+            hop | id
         );
     }
 
