@@ -224,7 +224,7 @@ pub(crate) fn serve(
     async move {
         let _pending = conn.activity.start();
         let mut clock = RequestClock::new();
-        let snapshot = conn.worker.snapshot();
+        let snapshot = conn.worker.current();
         let grpc = is_grpc(&req);
         let Some(listener) = snapshot.listener(conn.local) else {
             // The listener was removed by a reload while this connection stayed open.
