@@ -143,6 +143,11 @@ impl Balancer {
         if all && !self.fail_open {
             return None;
         }
+        // One endpoint (a sidecar's application, a service's address) is the answer whatever
+        // the strategy: excluded, it is still better than nothing (below).
+        if self.stats.len() == 1 {
+            return Some(0);
+        }
         let eligible = |i: usize| all || self.stats.get(i).is_some_and(|s| s.is_usable());
         let usable = |i: usize| i != exclude && eligible(i);
         let chosen = match &self.strategy {

@@ -206,6 +206,27 @@ fn without_fail_open_nothing_is_picked_when_nothing_is_usable() {
 }
 
 #[test]
+fn a_single_endpoint_is_picked_by_every_algorithm_unless_refused() {
+    for kind in EVERY_KIND {
+        let b = Balancer::new(kind, &[3]).fail_open(false);
+        for k in 0..20u64 {
+            assert_eq!(b.pick(Some(k)), Some(0), "{kind:?}");
+            assert_eq!(b.pick(None), Some(0), "{kind:?}");
+            assert_eq!(
+                b.pick_excluding(Some(k), 0),
+                Some(0),
+                "{kind:?}: better than none"
+            );
+        }
+        b.stats(0).unwrap().set_healthy(false);
+        assert_eq!(b.pick(Some(1)), None, "{kind:?}: refused without fail-open");
+        let open = Balancer::new(kind, &[3]);
+        open.stats(0).unwrap().set_ejected(true);
+        assert_eq!(open.pick(Some(1)), Some(0), "{kind:?}: fails open");
+    }
+}
+
+#[test]
 fn shared_state_outlives_the_balancer() {
     let a = Arc::new(EndpointStats::new());
     a.set_ejected(true);
