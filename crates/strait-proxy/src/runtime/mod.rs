@@ -260,8 +260,9 @@ pub(crate) struct Worker {
     pub shared: Arc<Shared>,
     pub pool: Rc<Pool>,
     open: Cell<usize>,
-    /// The snapshot this worker's requests last took (see [`Worker::current`]). An `Rc` of
-    /// the shared `Arc`: a request's handle is counted without atomics.
+    /// The snapshot this worker's requests last took (see [`Worker::current`]), taken again
+    /// when a reload is announced too. An `Rc` of the shared `Arc`: a request's handle is
+    /// counted without atomics.
     #[allow(clippy::redundant_allocation)]
     held: RefCell<Rc<Arc<Snapshot>>>,
 }
@@ -556,6 +557,10 @@ fn worker_main(shared: Arc<Shared>, bound: std::sync::mpsc::Sender<Result<(), St
                 _ = anchor.tick() => {}
                 changed = updated.changed() => {
                     if changed.is_err() { break; }
+                    // Let go of the old snapshot now, not at this worker's next request: an
+                    // idle worker would otherwise keep it (and what only it uses, such as a
+                    // replaced span exporter) alive.
+                    worker.current();
                     if let Err(e) = reconcile_listeners(&worker, &mut listeners) {
                         tracing::error!("{e}");
                     }
