@@ -902,7 +902,7 @@ fn forward_to<'a>(
             response.status(),
             span.as_mut(),
         );
-        clock.head_came(started, waited, head_at);
+        clock.head_came(waited, head_at);
         if let Some(entry) = log.as_mut() {
             entry.upstream_duration = Some(waited);
         }
@@ -1058,11 +1058,12 @@ impl RequestClock {
         }
     }
 
-    /// Notes that an upstream answer's head came at `at`, `waited` after `started` (from
-    /// [`forwarding_start`](Self::forwarding_start)). For a request that did not wait, forwarding
-    /// started at the arrival, so the request's duration is `waited`, not a second subtraction.
-    fn head_came(&mut self, started: Instant, waited: Duration, at: Instant) {
-        self.answered = Some(if started == self.arrived {
+    /// Notes that an upstream answer's head came at `at`, `waited` after
+    /// [`forwarding_start`](Self::forwarding_start). For a request that did not wait
+    /// (`fresh`), forwarding started at the arrival, so the request's duration is `waited`, not
+    /// a second subtraction.
+    fn head_came(&mut self, waited: Duration, at: Instant) {
+        self.answered = Some(if self.fresh {
             waited
         } else {
             at.saturating_duration_since(self.arrived)

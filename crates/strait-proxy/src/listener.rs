@@ -52,7 +52,7 @@ pub(crate) async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let snapshot = worker.snapshot();
+                let snapshot = worker.current();
                 let plan = snapshot.listener(address);
                 if let Some(plan) = plan {
                     if plan

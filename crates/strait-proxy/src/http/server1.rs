@@ -105,7 +105,7 @@ impl ClientUpgrade {
 
 /// Writes the access log line of a request head refused as malformed, on a listener that logs.
 pub(crate) fn log_malformed(conn: &Connection, status: StatusCode) {
-    let snapshot = conn.worker.snapshot();
+    let snapshot = conn.worker.current();
     if let Some(listener) = snapshot.listener(conn.local) {
         if let Some(logger) = &listener.access_log {
             logger.malformed_request(&listener.name, &conn.peer_ip, status.as_u16());
@@ -476,7 +476,7 @@ struct Head {
 
 /// Parses a request head at the start of `bytes` into `head`: its length, `None` until it is
 /// complete, or the status a malformed one is answered with. `head` is written only when the
-/// head is complete and good; its map must be empty (as [`exchange`] leaves it).
+/// head is complete and good.
 fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusCode> {
     let bad = StatusCode::BAD_REQUEST;
     let mut slots = Slots::new();
@@ -580,7 +580,8 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
         return Err(bad);
     }
     let http11 = version == Version::HTTP_11;
-    // Field by field: the fields written over were taken (the map has no room to drop).
+    // Field by field: what is written over was taken by `exchange` (its empty map is forgotten,
+    // not dropped; see `headers::put_map`).
     head.method = method;
     head.uri = uri;
     head.version = version;

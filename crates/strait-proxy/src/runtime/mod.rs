@@ -85,8 +85,9 @@ pub enum StartError {
 pub(crate) struct Shared {
     /// The config every new request reads.
     pub snapshot: ArcSwap<Snapshot>,
-    /// `snapshot`'s version, stored after it: a worker compares it with the version of the
-    /// snapshot it holds (see [`Worker::current`]).
+    /// `snapshot`'s version, stored after it: the number `updated` announces, readable without
+    /// its lock. A worker compares it with the version of the snapshot it holds (see
+    /// [`Worker::current`]).
     pub version: AtomicU64,
     /// Tells workers a new snapshot is in place (its version).
     pub updated: watch::Sender<u64>,
@@ -278,13 +279,8 @@ impl Worker {
         }
     }
 
-    /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.shared.snapshot.load_full()
-    }
-
-    /// The current snapshot as a request takes it and keeps it to the end: the worker's own
-    /// handle, taken again only when the version changed. Loading from the shared `ArcSwap`
+    /// The current snapshot, as a request (or a connection, or a reconcile) takes it and keeps
+    /// it to the end: the worker's own handle, taken again only when the version changed. Loading from the shared `ArcSwap`
     /// for every request (a debt slot claimed and paid back, a reference count up and down, all
     /// atomic) cost ~60 instructions.
     #[allow(clippy::redundant_allocation)] // see `held`
@@ -557,10 +553,6 @@ fn worker_main(shared: Arc<Shared>, bound: std::sync::mpsc::Sender<Result<(), St
                 _ = anchor.tick() => {}
                 changed = updated.changed() => {
                     if changed.is_err() { break; }
-                    // Let go of the old snapshot now, not at this worker's next request: an
-                    // idle worker would otherwise keep it (and what only it uses, such as a
-                    // replaced span exporter) alive.
-                    worker.current();
                     if let Err(e) = reconcile_listeners(&worker, &mut listeners) {
                         tracing::error!("{e}");
                     }
@@ -584,10 +576,13 @@ fn reconcile_listeners(
     worker: &Rc<Worker>,
     listeners: &mut HashMap<SocketAddr, Bound>,
 ) -> Result<(), StartError> {
+    // Taken first: on a reload this is where a worker lets go of the old snapshot, not at its
+    // next request (an idle worker would keep it, and what only it uses, such as a replaced
+    // span exporter, alive).
+    let snapshot = worker.current();
     if worker.shared.is_draining() {
         return Ok(());
     }
-    let snapshot = worker.snapshot();
     let wanted: Vec<SocketAddr> = snapshot.listeners.iter().map(|l| l.address).collect();
     listeners.retain(|addr, b| {
         let keep = wanted.contains(addr);
