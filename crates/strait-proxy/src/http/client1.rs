@@ -27,7 +27,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::head1::{self, HeadError, Slots};
 use crate::http::headers::{
-    self, hop_by_hop_bit, received_name, Appended, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
+    self, received_name, received_name_and_hop, Appended, HOP_CONNECTION, HOP_TE,
+    HOP_TRANSFER_ENCODING,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::pool::UpstreamIo;
@@ -798,7 +799,7 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
     for field in slots.fields(line.fields) {
         // In range: the parser's offsets lie within the head.
         let raw_value = bytes.get(field.value()).unwrap_or_default();
-        let name = received_name(bytes.get(field.name()).unwrap_or_default())
+        let (name, hop) = received_name_and_hop(bytes.get(field.name()).unwrap_or_default())
             .map_err(|_| Http1Error::Invalid("bad header name"))?;
         // Checked once: as a `HeaderValue` is built for the map, or here for a kept field.
         let value = match raw {
@@ -811,7 +812,6 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
                     .map_err(|_| Http1Error::Invalid("bad header value"))?,
             ),
         };
-        let hop = hop_by_hop_bit(&name);
         // Whether this `connection` names other headers (beyond `keep-alive` and `close`).
         let mut names_others = false;
         if name == header::CONTENT_LENGTH {

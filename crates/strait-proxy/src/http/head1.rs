@@ -120,23 +120,40 @@ fn find(bytes: &[u8], at: usize, b: u8) -> Option<usize> {
 /// Whether `value` is a field value `HeaderValue` accepts: no control byte but tab, no DEL
 /// (bytes from 0x80 up are allowed). For a caller that keeps a head's bytes rather than building
 /// `HeaderValue`s from them, which checks one byte at a time: this looks at eight at a time and
-/// at single bytes only in a word that has a tab or a refused byte.
+/// at single bytes only in a word that has a tab or a refused byte. A value's last bytes are
+/// read as a word too (overlapping the one before, or a short value's first four bytes with
+/// its last four): looking at them one by one cost ~20 instructions a field.
 pub(crate) fn is_field_value(value: &[u8]) -> bool {
     let allowed = |b: u8| b == b'\t' || (b >= 0x20 && b != 0x7f);
-    let mut words = value.chunks_exact(8);
-    for word in &mut words {
-        let Ok(bytes) = <[u8; 8]>::try_from(word) else {
-            break;
-        };
-        let x = u64::from_le_bytes(bytes);
+    // Whether the bytes of `x` (any of them: `bytes` are the same bytes) are all allowed.
+    let word_ok = |x: u64, bytes: &[u8]| {
         // Non-zero exactly when some byte is below 0x20 (the borrow trick, exact for bytes
         // below 0x80 as a yes or no) or is 0x7f.
         let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
-        if below_space | bytes_equal(x, 0x7f) != 0 && !bytes.iter().all(|&b| allowed(b)) {
+        below_space | bytes_equal(x, 0x7f) == 0 || bytes.iter().all(|&b| allowed(b))
+    };
+    if let (Some(first), Some(last)) = (value.first_chunk::<4>(), value.last_chunk::<4>()) {
+        if value.len() < 8 {
+            let x =
+                u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32;
+            return word_ok(x, value);
+        }
+    } else {
+        return value.iter().all(|&b| allowed(b));
+    }
+    let mut words = value.chunks_exact(8);
+    for word in &mut words {
+        let Ok(bytes) = <&[u8; 8]>::try_from(word) else {
+            break;
+        };
+        if !word_ok(u64::from_le_bytes(*bytes), word) {
             return false;
         }
     }
-    words.remainder().iter().all(|&b| allowed(b))
+    match (words.remainder().is_empty(), value.last_chunk::<8>()) {
+        (false, Some(last)) => word_ok(u64::from_le_bytes(*last), last),
+        _ => true,
+    }
 }
 
 /// Where the content of the line ending with the `\n` at `newline` ends (before `\r\n` or `\n`).
@@ -633,7 +650,7 @@ mod tests {
     fn field_values_are_accepted_exactly_when_header_value_accepts_them() {
         // Every byte at every position of a word and of the tail, among allowed bytes.
         for b in 0..=255u8 {
-            for len in [1, 7, 8, 9, 16, 19] {
+            for len in [1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 19] {
                 for at in 0..len {
                     let mut value = vec![b'a'; len];
                     value[at] = b;

@@ -45,7 +45,7 @@ use crate::http::body::{BodyError, ClientBody, ResponseBody};
 use crate::http::client1::{content_length, put_field, put_hex};
 use crate::http::head1::{self, HeadError, Slots};
 use crate::http::headers::{
-    self, hop_by_hop_bit, received_name, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
+    self, received_name_and_hop, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::{boxed, server, ClientIo, Rewound};
@@ -519,9 +519,8 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
         // In range: the parser's offsets lie within the head.
         let raw_name = bytes.get(field.name()).unwrap_or_default();
         let raw_value = bytes.get(field.value()).unwrap_or_default();
-        let name = received_name(raw_name).map_err(|_| bad)?;
+        let (name, hop) = received_name_and_hop(raw_name).map_err(|_| bad)?;
         let value = HeaderValue::from_maybe_shared(block.slice(field.value())).map_err(|_| bad)?;
-        let hop = hop_by_hop_bit(&name);
         if name == header::CONTENT_LENGTH {
             let n = content_length(raw_value).ok_or(bad)?;
             if length.is_some_and(|l| l != n) {
