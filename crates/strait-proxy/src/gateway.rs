@@ -909,7 +909,7 @@ fn forward_to<'a>(
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
-                let (parts, body) = response.into_parts();
+                let (parts, body) = (*response).into_parts();
                 if let FromUpstream::Http1(body) = body {
                     if let Some(upstream) = body.into_upgraded() {
                         tokio::task::spawn_local(tunnel(client_upgrade, upstream, in_flight));
@@ -972,7 +972,7 @@ fn start_exchange<'c>(
 
 /// A response head from upstream and what the exchange holds until its body ends.
 struct Answer {
-    response: Response<FromUpstream>,
+    response: Sent,
     in_flight: crate::balance::InFlight,
     admission: crate::resilience::Admission,
     /// The attempt's client span, ended with the body.
@@ -994,7 +994,7 @@ impl Answer {
         if !matches!(response.body(), FromUpstream::Http1(b) if b.end_to_end_head()) {
             headers::strip_hop_by_hop(response.headers_mut(), false);
         }
-        let (parts, body) = response.into_parts();
+        let (parts, body) = (*response).into_parts();
         let pool = Some(Rc::clone(pool));
         let mut body = UpstreamBody::new(body, Some(self.in_flight), pool, action.idle_timeout);
         body.count_bytes(Arc::clone(route_stats));
@@ -1274,7 +1274,10 @@ enum SendError {
     Upstream(BodyError),
 }
 
-type Sent = Response<FromUpstream>;
+/// An upstream's response head, boxed: `forward_to` moved it (160 bytes) through the send
+/// future's output, the route timeout's, the match on both and `Answer`, nine copies a request
+/// (~250 instructions) where the box costs an allocation (~50).
+type Sent = Box<Response<FromUpstream>>;
 
 /// A request as [`send`] takes it: encoded for an HTTP/1 connection, or whole for HTTP/2's
 /// (boxed: the HTTP/1 request would otherwise be moved at the size of HTTP/2's).
@@ -1352,7 +1355,7 @@ fn send<'a>(
                     .send_request(*request)
                     .await
                     .map_err(|e| SendError::Upstream(Box::new(e)))?;
-                Ok(response.map(FromUpstream::Http2))
+                Ok(Box::new(response.map(FromUpstream::Http2)))
             }
             Outgoing::Http1(request) => {
                 // `fresh`: a new connection even when an idle one is there.
@@ -1374,7 +1377,7 @@ fn send<'a>(
                 }
                 // Only the encoded request is kept from a failure: the future holds no more.
                 let unsent = match client1::send(conn, request, upgrade, keep_raw).await {
-                    Ok(response) => return Ok(response.map(FromUpstream::Http1)),
+                    Ok(response) => return Ok(Box::new(response.map(FromUpstream::Http1))),
                     Err(client1::SendFailed {
                         unsent: Some(unsent),
                         ..
@@ -1385,7 +1388,7 @@ fn send<'a>(
                 opened();
                 client1::send(conn, unsent, upgrade, keep_raw)
                     .await
-                    .map(|response| response.map(FromUpstream::Http1))
+                    .map(|response| Box::new(response.map(FromUpstream::Http1)))
                     .map_err(|failed| SendError::Upstream(Box::new(failed.error)))
             }
         }
@@ -1480,7 +1483,7 @@ fn spawn_mirror(
                 .await
                 .ok()?;
             let pool = Some(Rc::clone(&worker.pool));
-            let body = UpstreamBody::new(response.into_body(), None, pool, None);
+            let body = UpstreamBody::new((*response).into_body(), None, pool, None);
             http_body_util::BodyExt::collect(body).await.ok()
         };
         if tokio::time::timeout(limit, exchange)

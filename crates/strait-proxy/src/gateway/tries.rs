@@ -62,7 +62,8 @@ enum Attempted {
     Answered(Answer, usize),
     /// No response head: the failure (`None` when no retry may follow) and the client's reply
     /// if it is the last word, and the endpoint tried.
-    Failed(Option<Failure>, Response<ResponseBody>, usize),
+    /// (The reply boxed: it is twice the size of the answered variant's.)
+    Failed(Option<Failure>, Box<Response<ResponseBody>>, usize),
 }
 
 type Attempt<'a> = Pin<Box<dyn Future<Output = Attempted> + 'a>>;
@@ -165,7 +166,7 @@ impl<'a> Tries<'a> {
                         }
                     }
                     Event::Done(Attempted::Failed(failure, reply, endpoint)) => {
-                        (failure, Pushback::None, reply, endpoint)
+                        (failure, Pushback::None, *reply, endpoint)
                     }
                 };
             self.note(log, endpoint, tries);
@@ -324,6 +325,7 @@ impl<'a> Tries<'a> {
                             Cause::RequestTimeout,
                             format!("no response from {addr} within the per-try {limit:?}"),
                         );
+                        let reply = Box::new(reply);
                         return Attempted::Failed(Some(Failure::PerTryTimeout), reply, endpoint);
                     }
                 },
@@ -344,7 +346,7 @@ impl<'a> Tries<'a> {
                 Err(e) => {
                     let (failure, reply) =
                         send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut());
-                    Attempted::Failed(failure, reply, endpoint)
+                    Attempted::Failed(failure, Box::new(reply), endpoint)
                 }
             }
         });
