@@ -220,7 +220,7 @@ impl Drop for PendingRequest<'_> {
 pub(crate) fn serve(
     mut req: Request<ClientBody>,
     conn: Rc<Connection>,
-) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Infallible>> {
+) -> impl std::future::Future<Output = Result<Reply, Infallible>> {
     async move {
         let _pending = conn.activity.start();
         let mut clock = RequestClock::new();
@@ -228,7 +228,11 @@ pub(crate) fn serve(
         let grpc = is_grpc(&req);
         let Some(listener) = snapshot.listener(conn.local) else {
             // The listener was removed by a reload while this connection stayed open.
-            return Ok(local_reply(grpc, Cause::NoRoute, "listener removed"));
+            return Ok(Box::new(local_reply(
+                grpc,
+                Cause::NoRoute,
+                "listener removed",
+            )));
         };
         // Made on arrival, so every answer's log line has one, not just the forwarded ones; it
         // is written into the request when that is forwarded (`forward_to`), as the
@@ -248,7 +252,7 @@ pub(crate) fn serve(
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, crate::jwt::challenge(refusal));
-                return Ok(answered_unrouted(listener, response, &clock));
+                return Ok(Box::new(answered_unrouted(listener, response, &clock)));
             }
         }
         // A token's claims may be written as headers: then the map is asked, not the parse.
@@ -329,7 +333,7 @@ pub(crate) fn serve(
             let mut response =
                 local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
             answered(listener, stats, log, trace, &mut response, &clock);
-            return Ok(response);
+            return Ok(Box::new(response));
         }
         let Some((action, matched)) = found else {
             let mut response = local_reply(grpc, Cause::NoRoute, "no route matches the request");
@@ -341,7 +345,7 @@ pub(crate) fn serve(
                 &mut response,
                 &clock,
             );
-            return Ok(response);
+            return Ok(Box::new(response));
         };
         if let Some(entry) = log.as_mut() {
             entry.route = Some(Arc::clone(&action.name));
@@ -370,7 +374,7 @@ pub(crate) fn serve(
                         &mut response,
                         &clock,
                     );
-                    return Ok(response);
+                    return Ok(Box::new(response));
                 }
             }
         }
@@ -386,7 +390,7 @@ pub(crate) fn serve(
                     &mut response,
                     &clock,
                 );
-                return Ok(response);
+                return Ok(Box::new(response));
             }
         }
         let mut stats = &action.local_stats;
@@ -400,7 +404,7 @@ pub(crate) fn serve(
                 *resp.status_mut() = *status;
                 resp.headers_mut()
                     .insert(header::CONTENT_TYPE, content_type.clone());
-                resp
+                Box::new(resp)
             }
             RouteKind::Redirect { redirect, status } => {
                 let host = host.as_ref().and_then(headers::value_text).unwrap_or("");
@@ -416,21 +420,21 @@ pub(crate) fn serve(
                         let mut resp = Response::new(ResponseBody::empty());
                         *resp.status_mut() = *status;
                         resp.headers_mut().insert(header::LOCATION, v);
-                        resp
+                        Box::new(resp)
                     }
-                    Err(_) => local_reply(
+                    Err(_) => Box::new(local_reply(
                         grpc,
                         Cause::BadRequest,
                         "redirect target is not a valid URL",
-                    ),
+                    )),
                 }
             }
             RouteKind::Forward(split) => match pick_backend(split, &snapshot) {
-                None => local_reply(
+                None => Box::new(local_reply(
                     grpc,
                     Cause::NoHealthyEndpoint,
                     "every backend of the route has weight 0",
-                ),
+                )),
                 Some((backend, cluster)) => {
                     stats = &backend.stats;
                     if let Some(entry) = log.as_mut() {
@@ -583,7 +587,7 @@ fn forward_to<'a>(
     log: &'a mut Option<Box<LogEntry>>,
     trace: Option<&'a RequestTrace>,
     clock: &'a mut RequestClock,
-) -> impl std::future::Future<Output = Response<ResponseBody>> + 'a {
+) -> impl std::future::Future<Output = Reply> + 'a {
     async move {
         // The answer's head may be passed on as it came (see `client1::RawHead`) when nothing
         // reads or changes its headers on the way and `server1` writes it: no upgrade, no
@@ -711,7 +715,7 @@ fn forward_to<'a>(
             ) {
                 Ok(Some(uri)) => parts.uri = uri,
                 Ok(None) => {}
-                Err(message) => return local_reply(grpc, Cause::BadRequest, message),
+                Err(message) => return Box::new(local_reply(grpc, Cause::BadRequest, message)),
             }
             match cluster.protocol {
                 UpstreamProtocol::Http2 => {
@@ -772,14 +776,16 @@ fn forward_to<'a>(
             }
 
             let Some(picked) = cluster.balancer.pick(hash) else {
-                return local_reply(grpc, Cause::NoHealthyEndpoint, "no usable endpoint");
+                let reply = local_reply(grpc, Cause::NoHealthyEndpoint, "no usable endpoint");
+                return Box::new(reply);
             };
             endpoint = picked;
             let (Some(&picked_addr), Some(picked_stats)) = (
                 cluster.endpoints.get(endpoint),
                 cluster.balancer.stats_arc(endpoint),
             ) else {
-                return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
+                let reply = local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
+                return Box::new(reply);
             };
             (addr, stats) = (picked_addr, picked_stats);
             if let Some(entry) = log.as_mut() {
@@ -839,7 +845,7 @@ fn forward_to<'a>(
             (admission, in_flight, counters) = match start_exchange(cluster, endpoint, stats, grpc)
             {
                 Ok(started) => started,
-                Err(reply) => return reply,
+                Err(reply) => return Box::new(reply),
             };
             // Written into the HTTP/1 head, or the HTTP/2 headers, as the request is made below.
             let mut traceparent = None;
@@ -879,11 +885,11 @@ fn forward_to<'a>(
                 Some(outcome) => outcome,
                 None => {
                     timed_out(cluster, endpoint, span.as_mut());
-                    return local_reply(
+                    return Box::new(local_reply(
                         grpc,
                         Cause::RequestTimeout,
                         format!("no response from {addr} within {limit:?}"),
-                    );
+                    ));
                 }
             },
             None => sent.await,
@@ -891,7 +897,8 @@ fn forward_to<'a>(
         let response = match outcome {
             Ok(ok) => ok,
             Err(e) => {
-                return send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut()).1;
+                let failed = send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut());
+                return Box::new(failed.1);
             }
         };
         let (waited, head_at) = head_received(
@@ -915,7 +922,7 @@ fn forward_to<'a>(
                         tokio::task::spawn_local(tunnel(client_upgrade, upstream, in_flight));
                     }
                 }
-                return Response::from_parts(parts, ResponseBody::empty());
+                return Box::new(Response::from_parts(parts, ResponseBody::empty()));
             }
         }
         let answer = Answer {
@@ -987,7 +994,7 @@ impl Answer {
         pool: &Rc<Pool>,
         action: &RouteAction,
         route_stats: &Arc<RouteStats>,
-    ) -> Response<ResponseBody> {
+    ) -> Reply {
         let mut response = self.response;
         // An HTTP/1 head was read without them (`client1`); HTTP/2 forbids them, but a
         // translating upstream may still send some.
@@ -1002,7 +1009,15 @@ impl Answer {
         if let Some(span) = self.span {
             body.end_span_with_body(span);
         }
-        Response::from_parts(parts, ResponseBody::Upstream(body))
+        // Written into its box field by field: built whole and then boxed, it was copied
+        // (256 bytes) into place.
+        let mut reply = Box::new(Response::new(ResponseBody::empty()));
+        *reply.status_mut() = parts.status;
+        *reply.version_mut() = parts.version;
+        headers::put_map(reply.headers_mut(), parts.headers);
+        *reply.extensions_mut() = parts.extensions;
+        *reply.body_mut() = ResponseBody::Upstream(body);
+        reply
     }
 }
 
@@ -1278,6 +1293,11 @@ enum SendError {
 /// future's output, the route timeout's, the match on both and `Answer`, nine copies a request
 /// (~250 instructions) where the box costs an allocation (~50).
 type Sent = Box<Response<FromUpstream>>;
+
+/// The answer for the client, boxed: 256 bytes, which `forward_to`, `serve` and `server1` each
+/// moved through their futures' outputs and locals, six copies a request (~180 instructions)
+/// where the box costs an allocation.
+pub(crate) type Reply = Box<Response<ResponseBody>>;
 
 /// A request as [`send`] takes it: encoded for an HTTP/1 connection, or whole for HTTP/2's
 /// (boxed: the HTTP/1 request would otherwise be moved at the size of HTTP/2's).

@@ -22,7 +22,7 @@ use http::{Request, Response};
 
 use super::{
     head_received, local_reply, send, send_failed, start_exchange, timed_out, Answer, Cause,
-    Connection, Outgoing,
+    Connection, Outgoing, Reply,
 };
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::headers::Appended;
@@ -63,7 +63,7 @@ enum Attempted {
     /// No response head: the failure (`None` when no retry may follow) and the client's reply
     /// if it is the last word, and the endpoint tried.
     /// (The reply boxed: it is twice the size of the answered variant's.)
-    Failed(Option<Failure>, Box<Response<ResponseBody>>, usize),
+    Failed(Option<Failure>, Reply, usize),
 }
 
 type Attempt<'a> = Pin<Box<dyn Future<Output = Attempted> + 'a>>;
@@ -86,7 +86,7 @@ impl<'a> Tries<'a> {
         self,
         log: &mut Option<Box<LogEntry>>,
         route_stats: &Arc<RouteStats>,
-    ) -> Response<ResponseBody> {
+    ) -> Reply {
         self.cluster.retry_budget.deposit(now_secs());
         let deadline = self.action.timeout.map(|t| Instant::now() + t);
         let work = std::pin::pin!(self.attempts(deadline, log, route_stats));
@@ -96,11 +96,11 @@ impl<'a> Tries<'a> {
                 Some(response) => response,
                 None => {
                     self.cluster.counters.request_timeouts.fetch_add(1, Relaxed);
-                    local_reply(
+                    Box::new(local_reply(
                         self.grpc,
                         Cause::RequestTimeout,
                         format!("no response within {limit:?}"),
-                    )
+                    ))
                 }
             },
             None => work.await,
@@ -112,7 +112,7 @@ impl<'a> Tries<'a> {
         deadline: Option<Instant>,
         log: &mut Option<Box<LogEntry>>,
         route_stats: &Arc<RouteStats>,
-    ) -> Response<ResponseBody> {
+    ) -> Reply {
         let counters = &self.cluster.counters;
         let pool = &self.conn.worker.pool;
         let mut inflight: Vec<Attempt<'_>> = Vec::with_capacity(2);
@@ -121,12 +121,12 @@ impl<'a> Tries<'a> {
                 inflight.push(first);
                 endpoint
             }
-            Err(reply) => return reply,
+            Err(reply) => return Box::new(reply),
         };
         let mut tries = 1;
         let mut hedge_timer = self.hedge_timer(tries);
         // The answer the client gets if no later attempt does better.
-        let mut fallback: Option<Response<ResponseBody>> = None;
+        let mut fallback: Option<Reply> = None;
         loop {
             let (failure, server_says, last, endpoint) =
                 match race(&mut inflight, hedge_timer.as_mut()).await {
@@ -166,7 +166,7 @@ impl<'a> Tries<'a> {
                         }
                     }
                     Event::Done(Attempted::Failed(failure, reply, endpoint)) => {
-                        (failure, Pushback::None, *reply, endpoint)
+                        (failure, Pushback::None, reply, endpoint)
                     }
                 };
             self.note(log, endpoint, tries);
@@ -209,7 +209,7 @@ impl<'a> Tries<'a> {
                     inflight.push(retry);
                     last_sent = endpoint;
                 }
-                Err(reply) => return reply,
+                Err(reply) => return Box::new(reply),
             }
             tries += 1;
             counters.retries.fetch_add(1, Relaxed);

@@ -788,11 +788,11 @@ fn exchange<'a>(
     // the size of its largest state, must not carry room for it.
     let serving = boxed(|| gateway::serve(request, Rc::clone(conn)));
     async move {
-        let response = match serving.await {
+        // Kept in its box: the body is polled there, not moved out (144 bytes).
+        let mut response = match serving.await {
             Ok(response) => response,
             Err(never) => match never {},
         };
-        let (mut parts, mut body) = response.into_parts();
         let plan = Plan {
             head_request,
             http11: version == Version::HTTP_11,
@@ -804,17 +804,19 @@ fn exchange<'a>(
             // Part of a `100 Continue` was written: the rest goes before the final head.
             out.scratch.put_slice(interim);
         }
-        let (mut framing, mut close) = encode_head(&mut out.scratch, &parts, &body, plan);
-        headers::give_map(std::mem::take(&mut parts.headers));
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let (mut framing, mut close) = encode_head(&mut out.scratch, &response, plan);
+        headers::give_map(std::mem::take(response.headers_mut()));
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(switched) = switched {
                 // Boxed: the rare upgrade must not make every exchange's future larger.
+                let body = (*response).into_body();
                 return boxed(|| switch_protocols(inbound, out, body, switched)).await;
             }
             close = true;
         }
         out.closing = close;
-        poll_fn(|cx| out.poll_send(inbound, &mut body, &mut framing, cx)).await?;
+        let body = response.body_mut();
+        poll_fn(|cx| out.poll_send(inbound, body, &mut framing, cx)).await?;
         // The connection carries another request only once this one's body was read whole:
         // after an answer that did not wait for it (a refusal, a direct response), a small
         // rest is read and dropped first.
@@ -874,11 +876,11 @@ enum Framing {
 /// connection closes after the response.
 fn encode_head(
     s: &mut BytesMut,
-    parts: &http::response::Parts,
-    body: &ResponseBody,
+    response: &http::Response<ResponseBody>,
     plan: Plan,
 ) -> (Framing, bool) {
-    let status = parts.status;
+    let status = response.status();
+    let body = response.body();
     s.reserve(256);
     put_status_line(s, status);
     // No length on an answer that cannot have a body (RFC 9110 8.6); a 304 keeps the one it
@@ -897,7 +899,7 @@ fn encode_head(
         raw.write_fields(s, lengthless);
         date = raw.has_date();
     }
-    for (name, value) in &parts.headers {
+    for (name, value) in response.headers() {
         if name == header::CONTENT_LENGTH {
             // One length.
             if declared.is_some() || lengthless {
@@ -1561,9 +1563,8 @@ mod tests {
     }
 
     fn encoded(response: http::Response<ResponseBody>, plan: Plan) -> (String, Framing, bool) {
-        let (parts, body) = response.into_parts();
         let mut s = BytesMut::new();
-        let (framing, close) = encode_head(&mut s, &parts, &body, plan);
+        let (framing, close) = encode_head(&mut s, &response, plan);
         let text = String::from_utf8(s.to_vec()).unwrap();
         // The date changes: checked for, then left out.
         assert!(text.contains("\r\ndate: "), "{text}");
