@@ -27,8 +27,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::head1::{self, HeadError, Slots};
 use crate::http::headers::{
-    self, received_name, received_name_and_hop, Appended, HOP_CONNECTION, HOP_TE,
-    HOP_TRANSFER_ENCODING,
+    self, received, received_name, Appended, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::pool::UpstreamIo;
@@ -799,8 +798,9 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
     for field in slots.fields(line.fields) {
         // In range: the parser's offsets lie within the head.
         let raw_value = bytes.get(field.value()).unwrap_or_default();
-        let (name, hop) = received_name_and_hop(bytes.get(field.name()).unwrap_or_default())
-            .map_err(|_| Http1Error::Invalid("bad header name"))?;
+        let headers::Received { name, hop, .. } =
+            received(bytes.get(field.name()).unwrap_or_default())
+                .map_err(|_| Http1Error::Invalid("bad header name"))?;
         // Checked once: as a `HeaderValue` is built for the map, or here for a kept field.
         let value = match raw {
             Some(_) if !head1::is_field_value(raw_value) => {

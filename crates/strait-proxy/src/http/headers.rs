@@ -164,13 +164,21 @@ pub(crate) fn received_name(raw: &[u8]) -> Result<HeaderName, http::header::Inva
     }
 }
 
-/// [`received_name`], and the name's [`hop_by_hop_bit`]. Of the common names only
-/// `connection` is hop-by-hop, so a common name's bit is known from the match that found it;
-/// looking it up again by the name's text cost ~20 instructions a field.
+/// A received field's name as [`received_name`] gives it, and what its match tells.
+pub(crate) struct Received {
+    pub name: HeaderName,
+    /// The name's [`hop_by_hop_bit`].
+    pub hop: u8,
+    /// The name is one of the common names ([`common_name`]): none of them is a field the
+    /// proxy writes itself ([`proxy_field`] is 0), and only `connection` is hop-by-hop.
+    pub common: bool,
+}
+
+/// [`received_name`], with its [`hop_by_hop_bit`] and whether it was a common name. A common
+/// name's bit is known from the match that found it; looking it up again by the name's text
+/// cost ~20 instructions a field, and so did [`proxy_field`].
 #[inline]
-pub(crate) fn received_name_and_hop(
-    raw: &[u8],
-) -> Result<(HeaderName, u8), http::header::InvalidHeaderName> {
+pub(crate) fn received(raw: &[u8]) -> Result<Received, http::header::InvalidHeaderName> {
     match common_name(raw) {
         Some(name) => {
             let hop = if name == header::CONNECTION {
@@ -178,12 +186,20 @@ pub(crate) fn received_name_and_hop(
             } else {
                 0
             };
-            Ok((name, hop))
+            Ok(Received {
+                name,
+                hop,
+                common: true,
+            })
         }
         None => {
             let name = cached_name(raw)?;
             let hop = hop_by_hop_bit(&name);
-            Ok((name, hop))
+            Ok(Received {
+                name,
+                hop,
+                common: false,
+            })
         }
     }
 }
@@ -1060,18 +1076,27 @@ mod tests {
         ] {
             assert_eq!(hop_by_hop_bit(&HeaderName::from_static(name)), 0, "{name}");
         }
-        // The pair agrees with the two functions, for common names, hop-by-hop ones (in any
-        // case) and others.
-        for name in hop
-            .iter()
-            .chain(&["date", "server", "Connection", "CONTENT-LENGTH", "x-a"])
-        {
-            let (got, bit) = received_name_and_hop(name.as_bytes()).unwrap();
+        // `received` agrees with the functions it stands for, for common names, hop-by-hop
+        // ones (in any case), the proxy's own and others.
+        for name in hop.iter().chain(&[
+            "date",
+            "server",
+            "Connection",
+            "CONTENT-LENGTH",
+            "x-a",
+            "x-request-id",
+            "X-Forwarded-For",
+        ]) {
+            let got = received(name.as_bytes()).unwrap();
             let want = received_name(name.as_bytes()).unwrap();
-            assert_eq!(got, want, "{name}");
-            assert_eq!(bit, hop_by_hop_bit(&want), "{name}");
+            assert_eq!(got.name, want, "{name}");
+            assert_eq!(got.hop, hop_by_hop_bit(&want), "{name}");
+            assert_eq!(got.common, common_name(name.as_bytes()).is_some(), "{name}");
+            if got.common {
+                assert_eq!(proxy_field(&want), 0, "{name}");
+            }
         }
-        assert!(received_name_and_hop(b"bad name").is_err());
+        assert!(received(b"bad name").is_err());
         assert!(names_no_headers(b"Keep-Alive"));
         assert!(names_no_headers(b"close"));
         assert!(names_no_headers(b"keep-alive , Close"));

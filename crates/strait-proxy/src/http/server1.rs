@@ -45,7 +45,7 @@ use crate::http::body::{BodyError, ClientBody, ResponseBody};
 use crate::http::client1::{content_length, put_field, put_hex};
 use crate::http::head1::{self, HeadError, Slots};
 use crate::http::headers::{
-    self, received_name_and_hop, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
+    self, received, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::{boxed, server, ClientIo, Rewound};
@@ -519,7 +519,7 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
         // In range: the parser's offsets lie within the head.
         let raw_name = bytes.get(field.name()).unwrap_or_default();
         let raw_value = bytes.get(field.value()).unwrap_or_default();
-        let (name, hop) = received_name_and_hop(raw_name).map_err(|_| bad)?;
+        let headers::Received { name, hop, common } = received(raw_name).map_err(|_| bad)?;
         let value = HeaderValue::from_maybe_shared(block.slice(field.value())).map_err(|_| bad)?;
         if name == header::CONTENT_LENGTH {
             let n = content_length(raw_value).ok_or(bad)?;
@@ -549,7 +549,7 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
         } else if name == header::HOST {
             hosts += 1;
             host = Some(value.clone());
-        } else {
+        } else if !common {
             proxy_fields |= headers::proxy_field(&name);
         }
         if hop != 0 {
