@@ -234,6 +234,10 @@ pub(crate) fn serve(
                 "listener removed",
             )));
         };
+        if !listener.pass_fields {
+            // Something on this listener reads the request's fields: into the map with them.
+            fields_into_map(&mut req);
+        }
         // Made on arrival, so every answer's log line has one, not just the forwarded ones; it
         // is written into the request when that is forwarded (`forward_to`), as the
         // `x-forwarded-*` fields are: routes, policies and rate limits see the request as it came.
@@ -629,7 +633,20 @@ fn forward_to<'a>(
                 && req.uri().authority().is_none()
                 && action.request_headers.is_empty();
             let version = version_label(req.version());
-            let (mut parts, body) = req.into_parts();
+            let (mut parts, mut body) = req.into_parts();
+            // The request's fields, when `server1` kept them as they came (the listener's
+            // `pass_fields`): written upstream so by the HTTP/1 client. Into the map whenever
+            // anything below would read or copy it (the listener's plan rules that out; this
+            // holds every path to it).
+            let mut own_fields = match &mut body {
+                ClientBody::Http1(b) => b.take_fields(),
+                ClientBody::Hyper(_) => None,
+            };
+            if !forwarding_appended || trace.is_some() || conn.tls.get().is_some() {
+                if let Some(fields) = own_fields.take() {
+                    fields_into(&fields, &mut parts.headers);
+                }
+            }
             // Only headers named in `connection` can take the request's id with them (a new one is
             // then made below): otherwise the id logged on arrival is the one the upstream sees.
             // Not when no hop-by-hop field came (`server1` tells) and none was written since (a
@@ -865,6 +882,7 @@ fn forward_to<'a>(
                     .filter(|_| forwarding_appended)
                     .map(headers::RequestId::as_bytes),
                 traceparent: traceparent.as_ref().map(TraceparentValue::as_bytes),
+                received: own_fields.as_deref(),
                 ..if forwarding_appended {
                     Appended::forwarding(&listener.proxy_headers, &conn.peer_ip, conn.scheme())
                 } else {
@@ -1332,6 +1350,31 @@ impl Outgoing {
                 Outgoing::Http1(encoded)
             }
         }
+    }
+}
+
+/// Puts an HTTP/1 request's fields that `server1` kept as they came into its map, for a
+/// listener where something reads or changes them (see `ListenerPlan::pass_fields`).
+fn fields_into_map(req: &mut Request<ClientBody>) {
+    let fields = match req.body_mut() {
+        ClientBody::Http1(body) => body.take_fields(),
+        ClientBody::Hyper(_) => None,
+    };
+    if let Some(fields) = fields {
+        fields_into(&fields, req.headers_mut());
+    }
+}
+
+/// Puts `fields` into `map`, ahead of what it holds. An empty map (the request's own fields
+/// were all kept apart) is replaced by one taken with room for them and for the fields the
+/// proxy adds.
+fn fields_into(fields: &client1::RawHead, map: &mut http::HeaderMap) {
+    if map.is_empty() {
+        let mut room = headers::take_map(client1::RAW_FIELDS + 4);
+        fields.fill(&mut room);
+        headers::put_map(map, room);
+    } else {
+        fields.fill(map);
     }
 }
 

@@ -906,3 +906,41 @@ async fn the_http2_preface_in_pieces_is_answered_as_http2() {
         .await;
     assert_eq!(reply.version, "HTTP/1.1", "{}", reply.head);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_own_fields_reach_the_upstream_as_they_came_with_the_proxys_after_them() {
+    // A listener where nothing reads the fields: they go upstream as they came (not through
+    // a map), the proxy's own written after them.
+    let up = Upstream::echo("up").await;
+    let proxy = proxy_to(&up).await;
+    let mut client = Client::connect(&proxy).await;
+    let reply = client
+        .request(
+            b"POST /own HTTP/1.1\r\nHost: h1.example\r\nX-Mixed: A b\r\nx-dup: 1\r\n\
+              X-Dup: 2\r\nContent-Length: 5\r\nx-request-id: mine\r\n\r\nhello",
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    let got = &seen[0];
+    assert_eq!(got.body_len, 5, "the upstream got the body");
+    let values = |name: &str| -> Vec<&str> {
+        got.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("a text value"))
+            .collect()
+    };
+    assert_eq!(values("x-mixed"), ["A b"]);
+    assert_eq!(values("x-dup"), ["1", "2"]);
+    assert_eq!(values("content-length"), ["5"]);
+    assert_eq!(values("host"), ["h1.example"]);
+    // The client's id is kept; the forwarding fields are the proxy's.
+    assert_eq!(values("x-request-id"), ["mine"]);
+    assert_eq!(values("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(values("x-forwarded-proto"), ["http"]);
+    // The connection serves on.
+    let reply = client.request(&get("/after")).await;
+    assert_eq!(reply.echo()["uri"], "/after");
+}

@@ -507,6 +507,14 @@ pub fn encode(
     // than looked up.
     let mut declared = None;
     let mut length_seen = false;
+    if let Some(received) = appended.received {
+        // The request's own fields as they came; its length is written below, with framing.
+        received.write_fields(s, true);
+        if let Some((_, n)) = received.content_length() {
+            declared = Some(n);
+            length_seen = true;
+        }
+    }
     for (name, value) in &parts.headers {
         // Framing is this hop's own: written below from what the body is.
         if name == header::CONTENT_LENGTH {
@@ -605,10 +613,10 @@ pub struct RawHead {
 }
 
 /// The most fields a [`RawHead`] keeps; a head with more is built into a map.
-const RAW_FIELDS: usize = 16;
+pub(crate) const RAW_FIELDS: usize = 16;
 
 impl RawHead {
-    fn new(block: Bytes) -> Box<Self> {
+    pub(crate) fn new(block: Bytes) -> Box<Self> {
         Box::new(RawHead {
             block,
             fields: [head1::Field::default(); RAW_FIELDS],
@@ -616,6 +624,28 @@ impl RawHead {
             length: None,
             date: false,
         })
+    }
+
+    /// Keeps `field` (of the block), for a request head read by `server1`; `length`: the value
+    /// it declares when it is a `content-length`. A later `content-length` (equal to the first:
+    /// the caller checked) is dropped, as for an answer. False when no room is left: the head
+    /// must be built into a map.
+    pub(crate) fn keep(&mut self, field: head1::Field, length: Option<u64>) -> bool {
+        let count = usize::from(self.count);
+        if let Some(n) = length {
+            if self.length.is_some() {
+                return true;
+            }
+            self.length = Some((self.count, n));
+        }
+        match self.fields.get_mut(count) {
+            Some(slot) => {
+                *slot = field;
+                self.count += 1;
+                true
+            }
+            None => false,
+        }
     }
 
     /// The kept fields' offsets into the block.

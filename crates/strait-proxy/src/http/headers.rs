@@ -406,6 +406,9 @@ pub struct Appended<'a> {
     pub forwarded_for: Option<&'a HeaderValue>,
     /// `x-forwarded-proto`: the scheme, when the request came with none.
     pub forwarded_proto: Option<&'static str>,
+    /// The request's own fields, when `server1` kept them as they came (its map then holds
+    /// none of them): written first, as they came (see `RawHead`).
+    pub received: Option<&'a crate::http::client1::RawHead>,
 }
 
 /// A field [`Appended`] may hold: its name, the name with the separator as a head line starts
@@ -426,6 +429,7 @@ impl<'a> Appended<'a> {
             traceparent: None,
             forwarded_for: written(cfg.x_forwarded_for).then_some(client_ip_text),
             forwarded_proto: written(cfg.x_forwarded_proto).then_some(scheme),
+            received: None,
         }
     }
 
@@ -472,6 +476,9 @@ impl<'a> Appended<'a> {
     /// Writes the fields into `headers` (for a hop whose head is not written by Strait's
     /// HTTP/1 client), replacing what is there.
     pub fn insert_into(&self, headers: &mut HeaderMap) {
+        if let Some(received) = self.received {
+            received.fill(headers);
+        }
         for (name, value) in self.fields() {
             if let Ok(v) = HeaderValue::from_bytes(value) {
                 headers.insert(name.clone(), v);
@@ -782,6 +789,7 @@ mod tests {
             traceparent: Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
             forwarded_for: Some(&ip),
             forwarded_proto: Some("https"),
+            received: None,
         };
         let some = Appended {
             forwarded_proto: Some("http"),

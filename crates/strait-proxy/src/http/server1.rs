@@ -42,7 +42,7 @@ use crate::detect::{self, Protocol};
 use crate::gateway::{self, Connection};
 use crate::http::alarm::Alarm;
 use crate::http::body::{BodyError, ClientBody, ResponseBody};
-use crate::http::client1::{content_length, put_field, put_hex};
+use crate::http::client1::{content_length, put_field, put_hex, RawHead, RAW_FIELDS};
 use crate::http::head1::{self, HeadError, Slots};
 use crate::http::headers::{
     self, received, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
@@ -307,11 +307,19 @@ pub struct RequestBody1 {
     proxy_fields: u8,
     /// The head's `host` value (a second reference to the one in its map).
     host: Option<HeaderValue>,
+    /// The head's fields, when kept as they came: the request's map then holds none of them.
+    fields: Option<Box<RawHead>>,
 }
 
 // What the head's parse saw, carried with the body so the gateway need not look the headers
 // up again (a hashed lookup each; an extension on the request would cost an allocation).
 impl RequestBody1 {
+    /// The head's fields, when they were kept as they came (the request's map holds none of
+    /// them): taken to be written upstream as they are, or put into the map.
+    pub(crate) fn take_fields(&mut self) -> Option<Box<RawHead>> {
+        self.fields.take()
+    }
+
     /// Where the client's socket comes once a 101 answer to this (upgrade) request is written.
     pub(crate) fn take_upgrade(&mut self) -> Option<oneshot::Receiver<UpgradedClient>> {
         self.upgrade.take()
@@ -472,6 +480,8 @@ struct Head {
     proxy_fields: u8,
     /// The `host` field's value.
     host: Option<HeaderValue>,
+    /// The fields, when kept as they came: `headers` then holds none of them.
+    fields: Option<Box<RawHead>>,
 }
 
 /// Parses a request head at the start of `bytes` into `head`: its length, `None` until it is
@@ -503,9 +513,17 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
     } else {
         Uri::from_maybe_shared(block.slice(line.target.clone())).map_err(|_| bad)?
     };
+    // The fields may be passed on as they came (see `RawHead`), not built into a map: a
+    // request in origin form with few fields. What they turn out to be may still make them a
+    // map (below), and so may the listener (`gateway::serve`).
+    let mut raw = (line.fields <= RAW_FIELDS && bytes.get(line.target.start) == Some(&b'/'))
+        .then(|| RawHead::new(block.clone()));
     // Room for the fields the proxy adds on the way (forwarding, request id, trace context),
     // so that adding them does not grow the map.
-    let mut headers = headers::take_map(line.fields + ADDED_FIELDS);
+    let mut headers = match raw {
+        Some(_) => HeaderMap::new(),
+        None => headers::take_map(line.fields + ADDED_FIELDS),
+    };
     let mut length: Option<u64> = None;
     let mut encodings = 0;
     let mut chunked = false;
@@ -520,13 +538,23 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
         let raw_name = bytes.get(field.name()).unwrap_or_default();
         let raw_value = bytes.get(field.value()).unwrap_or_default();
         let headers::Received { name, hop, common } = received(raw_name).map_err(|_| bad)?;
-        let value = HeaderValue::from_maybe_shared(block.slice(field.value())).map_err(|_| bad)?;
+        // Checked once: as a `HeaderValue` is built for the map, or here for a kept field (as
+        // the `HeaderValue` would be; eight bytes at a time).
+        let value = match raw {
+            Some(_) if !head1::is_field_value(raw_value) => return Err(bad),
+            Some(_) => None,
+            None => {
+                Some(HeaderValue::from_maybe_shared(block.slice(field.value())).map_err(|_| bad)?)
+            }
+        };
+        let mut declared = None;
         if name == header::CONTENT_LENGTH {
             let n = content_length(raw_value).ok_or(bad)?;
             if length.is_some_and(|l| l != n) {
                 return Err(bad);
             }
             length = Some(n);
+            declared = Some(n);
         } else if hop == HOP_TRANSFER_ENCODING {
             encodings += 1;
             chunked = raw_value.trim_ascii().eq_ignore_ascii_case(b"chunked");
@@ -548,14 +576,41 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
             grpc = Some(headers::is_grpc_content_type(raw_value));
         } else if name == header::HOST {
             hosts += 1;
-            host = Some(value.clone());
+            host = Some(match &value {
+                Some(value) => value.clone(),
+                // Checked above.
+                None => {
+                    HeaderValue::from_maybe_shared(block.slice(field.value())).map_err(|_| bad)?
+                }
+            });
         } else if !common {
             proxy_fields |= headers::proxy_field(&name);
         }
         if hop != 0 {
             proxy_fields |= headers::FIELD_HOP_BY_HOP;
         }
-        headers.append(name, value);
+        match (raw.as_mut(), value) {
+            // (Room for every field: there are at most as many as it holds.)
+            (Some(kept), _) => {
+                kept.keep(*field, declared);
+            }
+            (None, Some(value)) => {
+                headers.append(name, value);
+            }
+            (None, None) => {}
+        }
+    }
+    // Passed on as they came only when nothing on the way reads or changes them: no
+    // hop-by-hop field (removed), no `x-forwarded-*` (appended to), no transfer coding
+    // (framed again), no `expect` (answered here).
+    let passes = proxy_fields & (headers::FIELD_HOP_BY_HOP | headers::FIELD_X_FORWARDED) == 0
+        && encodings == 0
+        && !expect_continue;
+    if !passes {
+        if let Some(kept) = raw.take() {
+            headers = headers::take_map(line.fields + ADDED_FIELDS);
+            kept.fill(&mut headers);
+        }
     }
     let body = if encodings > 0 {
         // Both framings in one request is how requests are smuggled past a proxy; HTTP/1.0
@@ -593,6 +648,7 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
     head.grpc = grpc.unwrap_or(false);
     head.proxy_fields = proxy_fields;
     head.host = host;
+    head.fields = raw;
     Ok(Some(line.len))
 }
 
@@ -751,6 +807,7 @@ fn exchange<'a>(
     let headers = std::mem::take(&mut head.headers);
     let body = std::mem::take(&mut head.body);
     let host = head.host.take();
+    let fields = head.fields.take();
     let Head {
         version,
         keep_alive,
@@ -779,6 +836,7 @@ fn exchange<'a>(
         grpc,
         proxy_fields,
         host,
+        fields,
     }));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -1301,9 +1359,73 @@ async fn linger(mut io: ClientIo) {
 mod tests {
     use super::*;
 
+    /// The head as a listener that reads fields sees it: fields kept as they came are put into
+    /// the map, as `gateway::serve` does.
     fn parse(raw: &str) -> Result<Option<(Head, usize)>, StatusCode> {
         let mut head = Head::default();
-        Ok(parse_request(raw.as_bytes(), &mut head)?.map(|len| (head, len)))
+        let parsed = parse_request(raw.as_bytes(), &mut head)?;
+        if let Some(fields) = head.fields.take() {
+            fields.fill(&mut head.headers);
+        }
+        Ok(parsed.map(|len| (head, len)))
+    }
+
+    #[test]
+    fn fields_are_kept_as_they_came_only_when_nothing_on_the_way_changes_them() {
+        let kept = |raw: &str| {
+            let mut head = Head::default();
+            parse_request(raw.as_bytes(), &mut head).unwrap().unwrap();
+            match head.fields {
+                Some(fields) => {
+                    assert!(head.headers.is_empty(), "{raw:?}");
+                    let mut s = BytesMut::new();
+                    fields.write_fields(&mut s, true);
+                    Some(String::from_utf8(s.to_vec()).unwrap())
+                }
+                None => {
+                    assert!(!head.headers.is_empty(), "{raw:?}");
+                    None
+                }
+            }
+        };
+        // As they came, names' case and all; the length is left to the client's framing.
+        assert_eq!(
+            kept("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nX-A:  1 \r\n\r\nab")
+                .as_deref(),
+            Some("Host: x\r\nX-A: 1\r\n")
+        );
+        assert_eq!(
+            kept("GET / HTTP/1.1\r\nhost: x\r\nx-request-id: abc\r\n\r\n").as_deref(),
+            Some("host: x\r\nx-request-id: abc\r\n")
+        );
+        // Built into a map: what the proxy removes (hop-by-hop), appends to (`x-forwarded-*`),
+        // frames again (a transfer coding) or answers (`expect`); a target not in origin
+        // form; more fields than are kept.
+        for raw in [
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nx-forwarded-proto: https\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert_eq!(kept(raw), None, "{raw:?}");
+        }
+        let many: String = (0..RAW_FIELDS).map(|i| format!("x-{i}: {i}\r\n")).collect();
+        assert_eq!(
+            kept(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")),
+            None
+        );
+        // A bad value is refused as the map's `HeaderValue` would refuse it.
+        let mut head = Head::default();
+        assert_eq!(
+            parse_request(
+                b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x7fb\r\n\r\n",
+                &mut head
+            ),
+            Err(StatusCode::BAD_REQUEST)
+        );
     }
 
     fn status(raw: &str) -> StatusCode {

@@ -204,7 +204,9 @@ impl Snapshot {
                 location: format!("listeners[{li}].routes[{}]", e.route),
                 message: e.message.clone(),
             })?;
+            let pass_fields = passes_fields(l, &config.clusters, tracer.is_some());
             listeners.push(ListenerPlan {
+                pass_fields,
                 name: Arc::from(l.name.as_str()),
                 address: l.address,
                 proxy_headers: l.proxy_headers.clone(),
@@ -346,6 +348,54 @@ pub struct ListenerPlan {
     pub passthrough: Option<Arc<[PassthroughRoute]>>,
     /// Trace context and spans, when the config has `tracing`.
     pub tracing: Option<ListenerTracing>,
+    /// Nothing on the listener reads or changes a request's fields on the way
+    /// ([`passes_fields`]): an HTTP/1 request's fields may go upstream as they came, not built
+    /// into its map (`server1`, `gateway::serve`).
+    pub pass_fields: bool,
+}
+
+/// Whether nothing on listener `l` reads or changes a request's own fields between the client
+/// and the upstream, so that an HTTP/1 request's fields may be passed on as they came:
+/// - no bearer token, authorization policy, trace context or access log (each reads fields);
+/// - no TLS (`x-forwarded-client-cert` is removed from every request there);
+/// - no `forwarded` or `via` written (they append to the request's own);
+/// - no route that matches on fields, edits them, rewrites the host, mirrors, retries (each
+///   copies or reads the map) or limits by rate (a key may be a field);
+/// - every cluster a route forwards to speaks HTTP/1 and hashes on no field or cookie.
+///
+/// What a request itself holds may still make it a map: `server1` passes on only requests in
+/// origin form with no hop-by-hop field, no `x-forwarded-for` or `-proto` of their own (the
+/// proxy's are appended after them), no transfer coding and no `expect`.
+fn passes_fields(
+    l: &strait_config::Listener,
+    clusters: &[strait_config::Cluster],
+    tracing: bool,
+) -> bool {
+    let proxy = &l.proxy_headers;
+    let listener_reads = tracing
+        || l.jwt.is_some()
+        || l.authorization.is_some()
+        || l.access_log.is_some()
+        || l.tls.is_some()
+        || !matches!(proxy.forwarded, strait_config::ForwardedMode::Untouched)
+        || proxy.via.is_some();
+    let cluster_passes = |name: &str| {
+        clusters.iter().find(|c| c.name == name).is_some_and(|c| {
+            c.protocol == UpstreamProtocol::Http1
+                && matches!(c.hash_on, None | Some(HashOn::ClientIp))
+        })
+    };
+    let route_passes = |r: &strait_config::Route| {
+        r.matches.headers.is_empty()
+            && r.request_headers.is_empty()
+            && r.rewrite.as_ref().is_none_or(|w| w.host.is_none())
+            && r.mirror.is_none()
+            && r.retry.is_none()
+            && r.rate_limit.is_none()
+            && r.authorization.is_none()
+            && r.backends.iter().all(|b| cluster_passes(&b.cluster))
+    };
+    !listener_reads && l.routes.iter().all(route_passes)
 }
 
 /// What a matched route does.
@@ -661,5 +711,58 @@ impl ClusterPlan {
     /// The config this cluster was compiled from.
     pub fn source(&self) -> &strait_config::Cluster {
         &self.source
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// `passes_fields` of the one listener of a config: a route to cluster `up`, with `route`,
+    /// `listener` and `cluster` lines added to each.
+    fn passes(listener: &str, route: &str, cluster: &str, tracing: bool) -> bool {
+        let yaml = format!(
+            "listeners:\n  - name: l\n    address: \"127.0.0.1:1\"\n    {listener}\n    \
+             routes:\n      - backends: [{{ cluster: up }}]\n        {route}\n\
+             clusters:\n  - name: up\n    endpoints: [{{ address: \"127.0.0.1:2\" }}]\n    \
+             {cluster}\n"
+        );
+        let config = strait_config::parse(&yaml, "test.yaml").unwrap();
+        passes_fields(&config.listeners[0], &config.clusters, tracing)
+    }
+
+    #[test]
+    fn fields_pass_only_where_nothing_reads_or_changes_them() {
+        assert!(passes("", "", "", false));
+        // Hashing on the client's address reads no field; path rewrites none either.
+        assert!(passes(
+            "",
+            "rewrite: { path: /b }",
+            "load_balancer: ring_hash\n    hash_on: client_ip",
+            false
+        ));
+        assert!(!passes("", "", "", true));
+        for listener in [
+            "proxy_headers: { via: strait }",
+            "proxy_headers: { forwarded: append }",
+            "access_log: { path: /dev/null }",
+        ] {
+            assert!(!passes(listener, "", "", false), "{listener}");
+        }
+        for route in [
+            "match: { headers: [{ name: x-a, exact: \"1\" }] }",
+            "request_headers: { set: { x-a: \"1\" } }",
+            "rewrite: { host: other }",
+            "retry: { attempts: 2 }",
+        ] {
+            assert!(!passes("", route, "", false), "{route}");
+        }
+        for cluster in [
+            "protocol: http2",
+            "load_balancer: ring_hash\n    hash_on: { header: x-user }",
+        ] {
+            assert!(!passes("", "", cluster, false), "{cluster}");
+        }
     }
 }
