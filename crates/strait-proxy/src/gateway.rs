@@ -638,10 +638,7 @@ fn forward_to<'a>(
             // `pass_fields`): written upstream so by the HTTP/1 client. Into the map whenever
             // anything below would read or copy it (the listener's plan rules that out; this
             // holds every path to it).
-            let mut own_fields = match &mut body {
-                ClientBody::Http1(b) => b.take_fields(),
-                ClientBody::Hyper(_) => None,
-            };
+            let mut own_fields = body.take_fields();
             if !forwarding_appended || trace.is_some() || conn.tls.get().is_some() {
                 if let Some(fields) = own_fields.take() {
                     fields_into(&fields, &mut parts.headers);
@@ -1027,15 +1024,7 @@ impl Answer {
         if let Some(span) = self.span {
             body.end_span_with_body(span);
         }
-        // Written into its box field by field: built whole and then boxed, it was copied
-        // (256 bytes) into place.
-        let mut reply = Box::new(Response::new(ResponseBody::empty()));
-        *reply.status_mut() = parts.status;
-        *reply.version_mut() = parts.version;
-        headers::put_map(reply.headers_mut(), parts.headers);
-        *reply.extensions_mut() = parts.extensions;
-        *reply.body_mut() = ResponseBody::Upstream(body);
-        reply
+        Box::new(Response::from_parts(parts, ResponseBody::Upstream(body)))
     }
 }
 
@@ -1356,11 +1345,7 @@ impl Outgoing {
 /// Puts an HTTP/1 request's fields that `server1` kept as they came into its map, for a
 /// listener where something reads or changes them (see `ListenerPlan::pass_fields`).
 fn fields_into_map(req: &mut Request<ClientBody>) {
-    let fields = match req.body_mut() {
-        ClientBody::Http1(body) => body.take_fields(),
-        ClientBody::Hyper(_) => None,
-    };
-    if let Some(fields) = fields {
+    if let Some(fields) = req.body_mut().take_fields() {
         fields_into(&fields, req.headers_mut());
     }
 }
@@ -1370,9 +1355,7 @@ fn fields_into_map(req: &mut Request<ClientBody>) {
 /// proxy adds.
 fn fields_into(fields: &client1::RawHead, map: &mut http::HeaderMap) {
     if map.is_empty() {
-        let mut room = headers::take_map(client1::RAW_FIELDS + 4);
-        fields.fill(&mut room);
-        headers::put_map(map, room);
+        headers::put_map(map, fields.to_map(client1::RAW_FIELDS + 4));
     } else {
         fields.fill(map);
     }

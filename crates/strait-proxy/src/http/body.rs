@@ -35,6 +35,17 @@ pub enum ClientBody {
     Http1(crate::http::server1::RequestBody1),
 }
 
+impl ClientBody {
+    /// The head's fields, when `server1` kept them as they came (see
+    /// [`RequestBody1::take_fields`](crate::http::server1::RequestBody1::take_fields)).
+    pub(crate) fn take_fields(&mut self) -> Option<Box<crate::http::client1::RawHead>> {
+        match self {
+            ClientBody::Http1(body) => body.take_fields(),
+            ClientBody::Hyper(_) => None,
+        }
+    }
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = BodyError;

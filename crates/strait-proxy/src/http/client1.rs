@@ -626,26 +626,31 @@ impl RawHead {
         })
     }
 
-    /// Keeps `field` (of the block), for a request head read by `server1`; `length`: the value
-    /// it declares when it is a `content-length`. A later `content-length` (equal to the first:
-    /// the caller checked) is dropped, as for an answer. False when no room is left: the head
-    /// must be built into a map.
+    /// Keeps `field` (of the block); `length`: the value it declares when it is a
+    /// `content-length`. A later `content-length` (equal to the first: the caller checked) is
+    /// dropped, one being written. False when no room is left: the head must be built into a
+    /// map.
     pub(crate) fn keep(&mut self, field: head1::Field, length: Option<u64>) -> bool {
-        let count = usize::from(self.count);
+        if length.is_some() && self.length.is_some() {
+            return true;
+        }
+        let at = self.count;
+        let Some(slot) = self.fields.get_mut(usize::from(at)) else {
+            return false;
+        };
+        *slot = field;
+        self.count += 1;
         if let Some(n) = length {
-            if self.length.is_some() {
-                return true;
-            }
-            self.length = Some((self.count, n));
+            self.length = Some((at, n));
         }
-        match self.fields.get_mut(count) {
-            Some(slot) => {
-                *slot = field;
-                self.count += 1;
-                true
-            }
-            None => false,
-        }
+        true
+    }
+
+    /// The fields in a map taken with room for `room` fields.
+    pub(crate) fn to_map(&self, room: usize) -> HeaderMap {
+        let mut map = headers::take_map(room);
+        self.append_to(&mut map);
+        map
     }
 
     /// The kept fields' offsets into the block.
@@ -882,20 +887,9 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
         if let Some(kept) = raw.as_mut() {
             // A gRPC answer's head is read on the way (its status), so it is built into a map.
             let grpc = name == header::CONTENT_TYPE && headers::is_grpc_content_type(raw_value);
-            let count = usize::from(kept.count);
-            if !grpc && count < RAW_FIELDS {
-                if name == header::CONTENT_LENGTH {
-                    if kept.length.is_some() {
-                        // Equal to the first (checked above): one is written.
-                        continue;
-                    }
-                    kept.length = length.map(|n| (kept.count, n));
-                }
+            let declared = length.filter(|_| name == header::CONTENT_LENGTH);
+            if !grpc && kept.keep(*field, declared) {
                 kept.date |= name == header::DATE;
-                if let Some(slot) = kept.fields.get_mut(count) {
-                    *slot = *field;
-                    kept.count += 1;
-                }
                 continue;
             }
             spill(&mut raw, &mut headers, line.fields);
@@ -937,8 +931,7 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
 /// found, as it is parsed, to be one that must be a map after all.
 fn spill(raw: &mut Option<Box<RawHead>>, headers: &mut HeaderMap, fields: usize) {
     if let Some(kept) = raw.take() {
-        *headers = headers::take_map(fields);
-        kept.fill(headers);
+        *headers = kept.to_map(fields);
     }
 }
 

@@ -608,8 +608,7 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
         && !expect_continue;
     if !passes {
         if let Some(kept) = raw.take() {
-            headers = headers::take_map(line.fields + ADDED_FIELDS);
-            kept.fill(&mut headers);
+            headers = kept.to_map(line.fields + ADDED_FIELDS);
         }
     }
     let body = if encodings > 0 {
