@@ -208,7 +208,13 @@ impl Load {
     }
 }
 
-fn reload_config(a: &Upstream, b: &Upstream, slow: &Upstream, with_new_route: bool) -> String {
+fn reload_config(
+    workers: usize,
+    a: &Upstream,
+    b: &Upstream,
+    slow: &Upstream,
+    with_new_route: bool,
+) -> String {
     let new_route = if with_new_route {
         "      - match: { path: { prefix: /new } }\n        backends: [{ cluster: b }]\n"
     } else {
@@ -217,6 +223,7 @@ fn reload_config(a: &Upstream, b: &Upstream, slow: &Upstream, with_new_route: bo
     fill(
         &format!(
             r#"
+workers: {workers}
 listeners:
   - name: main
     address: ${{LISTEN}}
@@ -239,11 +246,32 @@ clusters:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_under_load_drops_nothing_and_applies_new_routes() {
+    hot_reload_under_load(2).await;
+}
+
+/// One worker runs on the control thread; a reload compiles on tokio's blocking pool while the
+/// same thread keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_is_one_thread_and_reloads_under_load() {
+    hot_reload_under_load(1).await;
+}
+
+async fn hot_reload_under_load(workers: usize) {
     let a = Upstream::echo("a").await;
     let b = Upstream::echo("b").await;
     let slow = Upstream::slow("slow", Duration::from_millis(2_000)).await;
-    let proxy = Proxy::start(&reload_config(&a, &b, &slow, false)).await;
+    let proxy = Proxy::start(&reload_config(workers, &a, &b, &slow, false)).await;
     let v0 = proxy.config_version().await;
+    let threads = proxy.threads();
+    if workers == 1 {
+        assert_eq!(threads, 1, "a proxy of one worker is one thread");
+    } else {
+        assert_eq!(
+            threads,
+            workers as u64 + 1,
+            "a thread per worker and the control thread"
+        );
+    }
 
     assert_eq!(
         proxy.get("r.example.com", "/new/x").await.upstream(),
@@ -277,7 +305,7 @@ async fn hot_reload_under_load_drops_nothing_and_applies_new_routes() {
     let load = Load::start(&proxy, 8, "a");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let reload_at = Instant::now();
-    proxy.write_config(&reload_config(&a, &b, &slow, true));
+    proxy.write_config(&reload_config(workers, &a, &b, &slow, true));
     let v1 = proxy
         .wait_version_above(v0, Duration::from_secs(5))
         .await
@@ -350,11 +378,11 @@ async fn invalid_reload_is_rejected_and_the_old_config_keeps_serving() {
     let a = Upstream::echo("a").await;
     let b = Upstream::echo("b").await;
     let slow = Upstream::slow("slow", Duration::from_millis(10)).await;
-    let mut proxy = Proxy::start(&reload_config(&a, &b, &slow, false)).await;
+    let mut proxy = Proxy::start(&reload_config(1, &a, &b, &slow, false)).await;
     let v0 = proxy.config_version().await;
     let load = Load::start(&proxy, 4, "a");
 
-    let good = proxy.render(&reload_config(&a, &b, &slow, true));
+    let good = proxy.render(&reload_config(1, &a, &b, &slow, true));
     let typo = good.replacen("    address: 127.0.0.1", "    adress: 127.0.0.1", 1);
     assert_ne!(typo, good, "the typo was not introduced");
     let dangling = good.replace(
@@ -467,9 +495,10 @@ clusters:
     assert!(proxy.try_exit().is_none(), "the proxy exited after SIGHUP");
 }
 
-fn graceful_config(slow: &Upstream, drain_timeout: &str) -> String {
+fn graceful_config(workers: usize, slow: &Upstream, drain_timeout: &str) -> String {
     format!(
         r#"
+workers: {workers}
 drain_timeout: {drain_timeout}
 listeners:
   - name: main
@@ -505,8 +534,17 @@ async fn not_served(addr: std::net::SocketAddr, limit: Duration) -> Result<(), S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
+    sigterm_lets_in_flight_requests_finish(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_one_thread_lets_in_flight_requests_finish_then_exits_0() {
+    sigterm_lets_in_flight_requests_finish(1).await;
+}
+
+async fn sigterm_lets_in_flight_requests_finish(workers: usize) {
     let slow = Upstream::slow("slow", Duration::from_millis(1_500)).await;
-    let mut proxy = Proxy::start(&graceful_config(&slow, "10s")).await;
+    let mut proxy = Proxy::start(&graceful_config(workers, &slow, "10s")).await;
 
     let mut pending = Vec::new();
     for i in 0..4 {
@@ -575,7 +613,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_waits_no_longer_than_drain_timeout() {
     let stuck = Upstream::slow("stuck", Duration::from_secs(30)).await;
-    let mut proxy = Proxy::start(&graceful_config(&stuck, "1s")).await;
+    let mut proxy = Proxy::start(&graceful_config(2, &stuck, "1s")).await;
     let listen = proxy.listen;
     let pending = tokio::spawn(async move {
         send(listen, Proto::H1, simple("GET", "g.example.com", "/stuck")).await
@@ -608,7 +646,7 @@ async fn sigterm_waits_no_longer_than_drain_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_endpoint_stops_accepting_and_closes_idle_connections() {
     let slow = Upstream::slow("slow", Duration::from_millis(1_500)).await;
-    let proxy = Proxy::start(&graceful_config(&slow, "30s")).await;
+    let proxy = Proxy::start(&graceful_config(2, &slow, "30s")).await;
 
     let mut idle = proxy.connect(Proto::H1).await;
     let r = idle

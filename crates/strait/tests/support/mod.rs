@@ -304,15 +304,20 @@ impl Proxy {
 
     /// Peak resident set size of the proxy process (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        self.status_kib("VmHWM:")
+        self.status_number("VmHWM:")
     }
 
     /// Resident set size of the proxy process now (`VmRSS`), in KiB.
     pub fn rss_kib(&self) -> u64 {
-        self.status_kib("VmRSS:")
+        self.status_number("VmRSS:")
     }
 
-    fn status_kib(&self, field: &str) -> u64 {
+    /// Threads of the proxy process now.
+    pub fn threads(&self) -> u64 {
+        self.status_number("Threads:")
+    }
+
+    fn status_number(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .expect("read /proc/<pid>/status");
         status
