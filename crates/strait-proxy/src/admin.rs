@@ -1,4 +1,6 @@
-//! The admin server, on its own address and the control thread (never on a worker):
+//! The admin server, on its own address and the control thread (never on a worker thread; a
+//! proxy of one worker runs its worker on the control thread, so `/metrics`, the one large
+//! answer, is encoded on tokio's blocking pool):
 //! `/ready`, `/live`, `/config_dump`, `/clusters`, `/drain`.
 
 use std::convert::Infallible;
@@ -48,9 +50,16 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let mut text = String::new();
-            match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                Ok(()) => {
+            // On tokio's blocking pool: with many routes the text takes milliseconds (2.2 MB
+            // and ~7 ms for 500 routes and clusters), and a proxy of one worker serves
+            // requests on this thread.
+            let encoded = tokio::task::spawn_blocking(move || {
+                let mut text = String::new();
+                prometheus_client::encoding::text::encode(&mut text, &registry).map(|()| text)
+            })
+            .await;
+            match encoded {
+                Ok(Ok(text)) => {
                     let mut resp = Response::new(Full::new(Bytes::from(text)));
                     resp.headers_mut().insert(
                         header::CONTENT_TYPE,
@@ -60,7 +69,7 @@ async fn answer(
                     );
                     resp
                 }
-                Err(_) => text_reply(
+                Ok(Err(_)) | Err(_) => text_reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "metrics encoding failed\n",
                 ),

@@ -371,6 +371,21 @@ async fn hot_reload_under_load(workers: usize) {
         noticed < Duration::from_secs(3),
         "reload took {noticed:?} to apply"
     );
+    if workers == 1 {
+        // The reload compiled, and `/metrics` encodes, on the blocking pool, whose thread
+        // exits after a second idle.
+        let scrape = proxy.admin_get("/metrics").await;
+        assert_eq!(scrape.status, StatusCode::OK);
+        assert!(
+            scrape.text().contains("strait_"),
+            "/metrics answered without metrics"
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || async { proxy.threads() == 1 }).await,
+            "the proxy still has {} threads 5 s after a reload and a scrape",
+            proxy.threads()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

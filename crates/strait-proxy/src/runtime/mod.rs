@@ -33,6 +33,12 @@ use crate::telemetry::otlp::Exporters;
 use crate::telemetry::MetricsStore;
 pub use snapshot::Snapshot;
 
+/// How long a thread of the control runtime's blocking pool (reload compiles, `/metrics`
+/// encodes) waits for more work before it exits. Short, so that a proxy of one worker is one
+/// thread again soon after a scrape (see [`run_on_one_thread`]); tokio's default is 10 s, which
+/// with a 15 s scrape interval would keep a second thread two thirds of the time.
+const BLOCKING_THREAD_IDLE: Duration = Duration::from_secs(1);
+
 /// Longest a stopping proxy waits for its last spans to be exported.
 const SPAN_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
@@ -369,6 +375,7 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
 
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(BLOCKING_THREAD_IDLE)
         .build()
         .map_err(StartError::Runtime)?;
     // The admin address is bound before the workers start so a clash fails the start cleanly.
@@ -418,8 +425,8 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
 /// reference, two atomic operations per call. A proxy makes four such calls per request:
 /// perf put `fdget` and `fput` at 1.8 % of a two-thread proxy's samples, 1.0 % of this one's.
 /// The control thread's work is light and asynchronous (reading the config file and the
-/// certificates once a second is the longest step); compiling a reloaded config runs on
-/// tokio's blocking pool (see [`reload_off_thread`]).
+/// certificates once a second is the longest step); compiling a reloaded config (see
+/// [`reload_off_thread`]) and encoding `/metrics` run on tokio's blocking pool.
 fn run_on_one_thread(
     control: &tokio::runtime::Runtime,
     shared: Arc<Shared>,
@@ -505,8 +512,8 @@ async fn wait_for_signals(shared: &Arc<Shared>) {
 }
 
 /// Applies a config (`text`, else the file's) on tokio's blocking pool, so that with one worker
-/// on the control thread a compile does not hold up requests. The pool's thread ends after ten
-/// idle seconds, and the process is back to one thread.
+/// on the control thread a compile does not hold up requests. The pool's thread ends after
+/// [`BLOCKING_THREAD_IDLE`], and the process is back to one thread.
 async fn reload_off_thread(shared: &Arc<Shared>, text: Option<String>) {
     let shared = Arc::clone(shared);
     let applied = tokio::task::spawn_blocking(move || match text {
