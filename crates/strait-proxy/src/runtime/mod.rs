@@ -433,15 +433,18 @@ fn run_on_one_thread(
     admin: tokio::net::TcpListener,
     watch_interval: Duration,
 ) -> Result<(), StartError> {
-    crate::telemetry::metrics::enter_worker(0);
     let admin_addr = admin.local_addr().map_err(StartError::Runtime)?;
-    LocalSet::new().block_on(control, async move {
+    crate::telemetry::metrics::enter_worker(0);
+    let ran = LocalSet::new().block_on(control, async move {
         let started = start_worker(&shared)?;
         tokio::task::spawn_local(run_worker(started));
         log_started(&shared, 1, admin_addr);
         control_main(shared, admin, watch_interval).await;
         Ok(())
-    })
+    });
+    // The thread may go on (a test or `strait demo` may start another proxy on it).
+    crate::telemetry::metrics::leave_worker();
+    ran
 }
 
 fn log_started(shared: &Shared, workers: usize, admin_addr: SocketAddr) {
