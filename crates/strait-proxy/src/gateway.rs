@@ -228,11 +228,7 @@ pub(crate) fn serve(
         let grpc = is_grpc(&req);
         let Some(listener) = snapshot.listener(conn.local) else {
             // The listener was removed by a reload while this connection stayed open.
-            return Ok(Box::new(local_reply(
-                grpc,
-                Cause::NoRoute,
-                "listener removed",
-            )));
+            return Ok(local_reply(grpc, Cause::NoRoute, "listener removed"));
         };
         if !listener.pass_fields {
             // Something on this listener reads the request's fields: into the map with them.
@@ -256,7 +252,7 @@ pub(crate) fn serve(
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, crate::jwt::challenge(refusal));
-                return Ok(Box::new(answered_unrouted(listener, response, &clock)));
+                return Ok(answered_unrouted(listener, response, &clock));
             }
         }
         // A token's claims may be written as headers: then the map is asked, not the parse.
@@ -337,7 +333,7 @@ pub(crate) fn serve(
             let mut response =
                 local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
             answered(listener, stats, log, trace, &mut response, &clock);
-            return Ok(Box::new(response));
+            return Ok(response);
         }
         let Some((action, matched)) = found else {
             let mut response = local_reply(grpc, Cause::NoRoute, "no route matches the request");
@@ -349,7 +345,7 @@ pub(crate) fn serve(
                 &mut response,
                 &clock,
             );
-            return Ok(Box::new(response));
+            return Ok(response);
         };
         if let Some(entry) = log.as_mut() {
             entry.route = Some(Arc::clone(&action.name));
@@ -378,7 +374,7 @@ pub(crate) fn serve(
                         &mut response,
                         &clock,
                     );
-                    return Ok(Box::new(response));
+                    return Ok(response);
                 }
             }
         }
@@ -394,7 +390,7 @@ pub(crate) fn serve(
                     &mut response,
                     &clock,
                 );
-                return Ok(Box::new(response));
+                return Ok(response);
             }
         }
         let mut stats = &action.local_stats;
@@ -426,19 +422,19 @@ pub(crate) fn serve(
                         resp.headers_mut().insert(header::LOCATION, v);
                         Box::new(resp)
                     }
-                    Err(_) => Box::new(local_reply(
+                    Err(_) => local_reply(
                         grpc,
                         Cause::BadRequest,
                         "redirect target is not a valid URL",
-                    )),
+                    ),
                 }
             }
             RouteKind::Forward(split) => match pick_backend(split, &snapshot) {
-                None => Box::new(local_reply(
+                None => local_reply(
                     grpc,
                     Cause::NoHealthyEndpoint,
                     "every backend of the route has weight 0",
-                )),
+                ),
                 Some((backend, cluster)) => {
                     stats = &backend.stats;
                     if let Some(entry) = log.as_mut() {
@@ -501,11 +497,7 @@ fn answered(
 
 /// [`answered`] for an answer made before any route was looked for: counted and logged with
 /// the listener's unrouted requests.
-fn answered_unrouted(
-    listener: &ListenerPlan,
-    mut response: Response<ResponseBody>,
-    clock: &RequestClock,
-) -> Response<ResponseBody> {
+fn answered_unrouted(listener: &ListenerPlan, mut response: Reply, clock: &RequestClock) -> Reply {
     answered(
         listener,
         &listener.no_route,
@@ -729,7 +721,7 @@ fn forward_to<'a>(
             ) {
                 Ok(Some(uri)) => parts.uri = uri,
                 Ok(None) => {}
-                Err(message) => return Box::new(local_reply(grpc, Cause::BadRequest, message)),
+                Err(message) => return local_reply(grpc, Cause::BadRequest, message),
             }
             match cluster.protocol {
                 UpstreamProtocol::Http2 => {
@@ -790,16 +782,14 @@ fn forward_to<'a>(
             }
 
             let Some(picked) = cluster.balancer.pick(hash) else {
-                let reply = local_reply(grpc, Cause::NoHealthyEndpoint, "no usable endpoint");
-                return Box::new(reply);
+                return local_reply(grpc, Cause::NoHealthyEndpoint, "no usable endpoint");
             };
             endpoint = picked;
             let (Some(&picked_addr), Some(picked_stats)) = (
                 cluster.endpoints.get(endpoint),
                 cluster.balancer.stats_arc(endpoint),
             ) else {
-                let reply = local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
-                return Box::new(reply);
+                return local_reply(grpc, Cause::NoHealthyEndpoint, "cluster has no endpoints");
             };
             (addr, stats) = (picked_addr, picked_stats);
             if let Some(entry) = log.as_mut() {
@@ -859,7 +849,7 @@ fn forward_to<'a>(
             (admission, in_flight, counters) = match start_exchange(cluster, endpoint, stats, grpc)
             {
                 Ok(started) => started,
-                Err(reply) => return Box::new(reply),
+                Err(reply) => return reply,
             };
             // Written into the HTTP/1 head, or the HTTP/2 headers, as the request is made below.
             let mut traceparent = None;
@@ -900,11 +890,11 @@ fn forward_to<'a>(
                 Some(outcome) => outcome,
                 None => {
                     timed_out(cluster, endpoint, span.as_mut());
-                    return Box::new(local_reply(
+                    return local_reply(
                         grpc,
                         Cause::RequestTimeout,
                         format!("no response from {addr} within {limit:?}"),
-                    ));
+                    );
                 }
             },
             None => sent.await,
@@ -912,8 +902,7 @@ fn forward_to<'a>(
         let response = match outcome {
             Ok(ok) => ok,
             Err(e) => {
-                let failed = send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut());
-                return Box::new(failed.1);
+                return send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut()).1;
             }
         };
         let (waited, head_at) = head_received(
@@ -963,7 +952,6 @@ fn timed_out(cluster: &ClusterPlan, endpoint: usize, span: Option<&mut OpenSpan>
 /// Takes what an exchange with `endpoint` holds until its response ends: a slot of the
 /// cluster's concurrent-request limit (over it: fail fast rather than pile on, `Err` is the
 /// reply), a place among the endpoint's requests in flight, and its counters.
-#[allow(clippy::result_large_err)] // the error is the client's answer, returned as is
 fn start_exchange<'c>(
     cluster: &'c ClusterPlan,
     endpoint: usize,
@@ -975,7 +963,7 @@ fn start_exchange<'c>(
         crate::balance::InFlight,
         Option<&'c EndpointCounters>,
     ),
-    Response<ResponseBody>,
+    Reply,
 > {
     let Some(admission) = cluster.breaker.admit(Limit::Requests) else {
         return Err(local_reply(
@@ -1111,7 +1099,7 @@ fn send_failed(
     addr: SocketAddr,
     grpc: bool,
     span: Option<&mut OpenSpan>,
-) -> (Option<Failure>, Response<ResponseBody>) {
+) -> (Option<Failure>, Reply) {
     let (failure, cause, detail) = match e {
         SendError::Connect(e @ ConnectError::Overflow { .. }) => {
             (None, Cause::Overflow, e.to_string())
@@ -1185,7 +1173,7 @@ fn over_limit<B>(
 /// 429 (gRPC `RESOURCE_EXHAUSTED`) with `retry-after` and the IETF `RateLimit-Policy` and
 /// `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers): quota `q` per window `w`
 /// seconds, nothing `r`emaining, `t` seconds until the next request is allowed.
-fn rate_limited_reply(grpc: bool, (rate, retry_nanos): (Rate, u64)) -> Response<ResponseBody> {
+fn rate_limited_reply(grpc: bool, (rate, retry_nanos): (Rate, u64)) -> Reply {
     let retry_secs = retry_nanos.div_ceil(1_000_000_000).max(1);
     let window = (f64::from(rate.burst()) / rate.per_second())
         .ceil()
@@ -1213,7 +1201,7 @@ fn sampled(percent: f64) -> bool {
 
 /// The answer of an injected failure. gRPC clients get HTTP 200 with `grpc-status`; others the
 /// HTTP status (a gRPC status configured for them is mapped to its usual HTTP equivalent).
-fn fault_reply(grpc: bool, answer: FaultAnswer) -> Response<ResponseBody> {
+fn fault_reply(grpc: bool, answer: FaultAnswer) -> Reply {
     let (status, grpc_status) = match answer {
         FaultAnswer::Http(status) => (status, http_to_grpc(status)),
         FaultAnswer::Grpc(code) => (grpc_to_http(code), code),
@@ -1303,7 +1291,8 @@ type Sent = Box<Response<FromUpstream>>;
 
 /// The answer for the client, boxed: 256 bytes, which `forward_to`, `serve` and `server1` each
 /// moved through their futures' outputs and locals, six copies a request (~180 instructions)
-/// where the box costs an allocation.
+/// where the box costs an allocation. The proxy's own answers ([`local_reply`]) are made in
+/// their box.
 pub(crate) type Reply = Box<Response<ResponseBody>>;
 
 /// A request as [`send`] takes it: encoded for an HTTP/1 connection, or whole for HTTP/2's
@@ -1729,11 +1718,7 @@ impl Cause {
 /// A reply made by the proxy: status, `x-strait-error`, and a one-line body saying what
 /// happened. gRPC clients get HTTP 200 with `grpc-status`/`grpc-message`, which is what their
 /// libraries read.
-pub(crate) fn local_reply(
-    grpc: bool,
-    cause: Cause,
-    detail: impl std::fmt::Display,
-) -> Response<ResponseBody> {
+pub(crate) fn local_reply(grpc: bool, cause: Cause, detail: impl std::fmt::Display) -> Reply {
     let text = format!("{}: {detail}", cause.name());
     proxy_reply(
         grpc,
@@ -1753,7 +1738,7 @@ fn proxy_reply(
     grpc_status: u16,
     cause: &'static str,
     text: String,
-) -> Response<ResponseBody> {
+) -> Reply {
     let mut resp = if grpc {
         let mut resp = Response::new(ResponseBody::empty());
         let h = resp.headers_mut();
@@ -1778,7 +1763,7 @@ fn proxy_reply(
     };
     resp.headers_mut()
         .insert(X_STRAIT_ERROR.clone(), HeaderValue::from_static(cause));
-    resp
+    Box::new(resp)
 }
 
 #[cfg(test)]

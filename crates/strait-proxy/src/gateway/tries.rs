@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{Request, Response};
+use http::Request;
 
 use super::{
     head_received, local_reply, send, send_failed, start_exchange, timed_out, Answer, Cause,
     Connection, Outgoing, Reply,
 };
-use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::body::RequestBody;
 use crate::http::headers::Appended;
 use crate::http::replay::ReplayBody;
 use crate::ratelimit;
@@ -96,11 +96,11 @@ impl<'a> Tries<'a> {
                 Some(response) => response,
                 None => {
                     self.cluster.counters.request_timeouts.fetch_add(1, Relaxed);
-                    Box::new(local_reply(
+                    local_reply(
                         self.grpc,
                         Cause::RequestTimeout,
                         format!("no response within {limit:?}"),
-                    ))
+                    )
                 }
             },
             None => work.await,
@@ -121,7 +121,7 @@ impl<'a> Tries<'a> {
                 inflight.push(first);
                 endpoint
             }
-            Err(reply) => return Box::new(reply),
+            Err(reply) => return reply,
         };
         let mut tries = 1;
         let mut hedge_timer = self.hedge_timer(tries);
@@ -209,7 +209,7 @@ impl<'a> Tries<'a> {
                     inflight.push(retry);
                     last_sent = endpoint;
                 }
-                Err(reply) => return Box::new(reply),
+                Err(reply) => return reply,
             }
             tries += 1;
             counters.retries.fetch_add(1, Relaxed);
@@ -248,14 +248,12 @@ impl<'a> Tries<'a> {
     /// Starts an attempt on an endpoint other than `exclude` when there is one, its client span
     /// counting `resends` attempts before it. `Err` is the client's answer when no attempt can
     /// start.
-    // The error is the client's answer, returned as is: boxing it would only add an allocation.
-    #[allow(clippy::result_large_err)]
     fn launch(
         &self,
         exclude: usize,
         retry_slot: Option<Admission>,
         resends: u32,
-    ) -> Result<(Attempt<'a>, usize), Response<ResponseBody>> {
+    ) -> Result<(Attempt<'a>, usize), Reply> {
         let cluster = self.cluster;
         let grpc = self.grpc;
         let body = match &self.body {
@@ -325,7 +323,6 @@ impl<'a> Tries<'a> {
                             Cause::RequestTimeout,
                             format!("no response from {addr} within the per-try {limit:?}"),
                         );
-                        let reply = Box::new(reply);
                         return Attempted::Failed(Some(Failure::PerTryTimeout), reply, endpoint);
                     }
                 },
@@ -346,7 +343,7 @@ impl<'a> Tries<'a> {
                 Err(e) => {
                     let (failure, reply) =
                         send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut());
-                    Attempted::Failed(failure, Box::new(reply), endpoint)
+                    Attempted::Failed(failure, reply, endpoint)
                 }
             }
         });

@@ -538,14 +538,14 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
         let raw_name = bytes.get(field.name()).unwrap_or_default();
         let raw_value = bytes.get(field.value()).unwrap_or_default();
         let headers::Received { name, hop, common } = received(raw_name).map_err(|_| bad)?;
-        // Checked once: as a `HeaderValue` is built for the map, or here for a kept field (as
-        // the `HeaderValue` would be; eight bytes at a time).
-        let value = match raw {
-            Some(_) if !head1::is_field_value(raw_value) => return Err(bad),
-            Some(_) => None,
-            None => {
-                Some(HeaderValue::from_maybe_shared(block.slice(field.value())).map_err(|_| bad)?)
-            }
+        // Checked once: as a `HeaderValue` is built (for the map, or the host's), or here for a
+        // kept field (as the `HeaderValue` would be; eight bytes at a time).
+        let value = if raw.is_none() || name == header::HOST {
+            Some(HeaderValue::from_maybe_shared(block.slice(field.value())).map_err(|_| bad)?)
+        } else if head1::is_field_value(raw_value) {
+            None
+        } else {
+            return Err(bad);
         };
         let mut declared = None;
         if name == header::CONTENT_LENGTH {
@@ -576,28 +576,18 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
             grpc = Some(headers::is_grpc_content_type(raw_value));
         } else if name == header::HOST {
             hosts += 1;
-            host = Some(match &value {
-                Some(value) => value.clone(),
-                // Checked above.
-                None => {
-                    HeaderValue::from_maybe_shared(block.slice(field.value())).map_err(|_| bad)?
-                }
-            });
+            host = value.clone();
         } else if !common {
             proxy_fields |= headers::proxy_field(&name);
         }
         if hop != 0 {
             proxy_fields |= headers::FIELD_HOP_BY_HOP;
         }
-        match (raw.as_mut(), value) {
+        if let Some(kept) = raw.as_mut() {
             // (Room for every field: there are at most as many as it holds.)
-            (Some(kept), _) => {
-                kept.keep(*field, declared);
-            }
-            (None, Some(value)) => {
-                headers.append(name, value);
-            }
-            (None, None) => {}
+            kept.keep(*field, declared);
+        } else if let Some(value) = value {
+            headers.append(name, value);
         }
     }
     // Passed on as they came only when nothing on the way reads or changes them: no

@@ -692,11 +692,7 @@ impl Resp {
 
     /// Every value of a header, in order.
     pub fn header_all(&self, name: &str) -> Vec<String> {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect()
+        values(&self.headers, name)
     }
 
     /// The `x-upstream` header: which upstream server answered.
@@ -881,6 +877,20 @@ impl Seen {
             .get(name)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
+
+    /// Every value of a header, in order.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        values(&self.headers, name)
+    }
+}
+
+/// Every value of `name` in `headers`, in order, as text.
+fn values(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
 }
 
 #[derive(Debug, Clone)]
