@@ -155,6 +155,19 @@ FIXED_CONNS = 32
 IDLE_CONNS = 10_000
 ACTIVE_CONNS = 50
 SMALL_BODY = "hello from upstream\n"
+
+
+def routed(env: "Env") -> list[str]:
+    """`--routes N`: the N path prefixes each proxy routes to an upstream of its own, before its
+    catch-all route (empty without the option)."""
+    return [f"/svc{i}" for i in range(env.args.routes)]
+
+
+def request_path(env: "Env") -> str:
+    """The path the small-response scenarios ask for: the last of `--routes`' prefixes (the one
+    a proxy that tries its routes in order reaches last), or `/` without them."""
+    table = routed(env)
+    return f"{table[-1]}/" if table else "/"
 GRPC_MESSAGE = b"\x00\x00\x00\x00\x07\x0a\x05hello"  # uncompressed, 7-byte protobuf
 
 WRK_LUA = r"""
@@ -483,7 +496,10 @@ class Upstream:
             f"{tls_listen}"
             "    http2_max_concurrent_streams 256;\n"
             f'    location = / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}\n'
-            "    location = /nginx_status { stub_status; }\n"
+            # --routes: the proxies forward /svcN/ as it came
+            + (f'    location / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}\n'
+               if routed(env) else "")
+            + "    location = /nginx_status { stub_status; }\n"
             f"    location = /1m {{ root {w}/www; }}\n"
             # gRPC-shaped: a POST to a static file is a 405, which error_page turns into a GET
             # of the file with status 200; add_trailer sends grpc-status in HTTP/2 trailers.
@@ -589,6 +605,12 @@ class Strait(Target):
         env, w = self.env, self.env.work
         main, grpc, admin, tlsp = free_ports(4)
         top, per_listener = self.observability()
+        # --routes: a route per prefix to a cluster of its own, then the catch-all
+        routes = "".join(
+            f"      - match: {{ path: {{ prefix: {prefix} }} }}\n"
+            f"        backends: [{{ cluster: {prefix[1:]} }}]\n"
+            for prefix in routed(env)
+        ) + "      - backends: [{ cluster: up }]\n"
         # The default configuration (request ids, x-forwarded-*, metrics all on), one worker.
         conf = (
             f"admin: {{ address: \"{HOST}:{admin}\" }}\n"
@@ -599,7 +621,7 @@ class Strait(Target):
             f"    address: \"{HOST}:{main}\"\n"
             f"{per_listener}"
             "    routes:\n"
-            "      - backends: [{ cluster: up }]\n"
+            f"{routes}"
         )
         if tls:
             make_cert(env)
@@ -611,7 +633,7 @@ class Strait(Target):
                 f"      certificates: [{{ cert: \"{env.cert}\", key: \"{env.key}\" }}]\n"
                 "      min_version: \"1.3\"\n"
                 "    routes:\n"
-                "      - backends: [{ cluster: up }]\n"
+                f"{routes}"
             )
         if not env.smoke:
             conf += (
@@ -625,6 +647,10 @@ class Strait(Target):
             "clusters:\n"
             "  - name: up\n"
             f"    endpoints: [{{ address: \"{HOST}:{self.up.h1}\" }}]\n"
+        ) + "".join(
+            f"  - name: {prefix[1:]}\n"
+            f"    endpoints: [{{ address: \"{HOST}:{self.up.h1}\" }}]\n"
+            for prefix in routed(env)
         )
         if not env.smoke:
             conf += (
@@ -694,6 +720,17 @@ class Nginx(Target):
     def start(self, conns: int, tls: bool) -> None:
         env, w = self.env, self.env.work
         h1, h2, tlsp, grpc = free_ports(4)
+        # --routes: a location per prefix to an upstream block of its own, then the catch-all
+        # (nginx finds a prefix location in a tree, whatever their number)
+        locations = "".join(
+            f"    location {prefix}/ {{ proxy_pass http://{prefix[1:]}; }}\n"
+            for prefix in routed(env)
+        ) + "    location / { proxy_pass http://up; }"
+        upstreams = "".join(
+            f"  upstream {prefix[1:]} {{ server {HOST}:{self.up.h1}; keepalive 256; "
+            "keepalive_requests 1000000; }\n"
+            for prefix in routed(env)
+        )
         tls_server = ""
         if tls:
             make_cert(env)
@@ -701,7 +738,7 @@ class Nginx(Target):
                 f"  server {{ listen {HOST}:{tlsp} ssl http2 backlog=4096;\n"
                 f"    ssl_certificate {env.cert}; ssl_certificate_key {env.key};\n"
                 "    ssl_protocols TLSv1.3;\n"
-                "    location / { proxy_pass http://up; } }\n"
+                f"{locations} }}\n"
             )
         conf = nginx_common(env, "nginx", conns) + (
             # enough idle upstream connections for 128 concurrent requests (grpc_pass uses one
@@ -710,12 +747,12 @@ class Nginx(Target):
             "keepalive_requests 1000000; }\n"
             f"  upstream upgrpc {{ server {HOST}:{self.up.h2}; keepalive 256; "
             "keepalive_requests 1000000; }\n"
+            f"{upstreams}"
             # keep-alive upstream connections; stream big bodies instead of spooling to disk
             "  proxy_http_version 1.1; proxy_set_header Connection \"\";\n"
             "  proxy_max_temp_file_size 0;\n"
-            f"  server {{ listen {HOST}:{h1} backlog=4096; location / {{ proxy_pass http://up; }} }}\n"
-            f"  server {{ listen {HOST}:{h2} http2 backlog=4096;\n"
-            "    location / { proxy_pass http://up; } }\n"
+            f"  server {{ listen {HOST}:{h1} backlog=4096;\n{locations} }}\n"
+            f"  server {{ listen {HOST}:{h2} http2 backlog=4096;\n{locations} }}\n"
             f"  server {{ listen {HOST}:{grpc} http2 backlog=4096;\n"
             "    location / { grpc_pass grpc://upgrpc; } }\n"
             f"{tls_server}"
@@ -739,12 +776,25 @@ class Haproxy(Target):
         env, w = self.env, self.env.work
         h1, h2, tlsp, grpc = free_ports(4)
         maxconn = max(4000, conns)
+        # --routes: a backend per prefix, chosen through a map (HAProxy's way for many routes:
+        # a prefix tree, not one ACL after another); what the map does not name goes to `be`
+        route = ""
+        backends = ""
+        if routed(env):
+            (w / "routes.map").write_text(
+                "".join(f"{prefix}/ be_{prefix[1:]}\n" for prefix in routed(env)))
+            route = f"  use_backend %[path,map_beg({w / 'routes.map'},be)]\n"
+            backends = "".join(
+                f"backend be_{prefix[1:]}\n  server up {HOST}:{self.up.h1}\n"
+                for prefix in routed(env)
+            )
         tls_front = ""
         if tls:
             make_cert(env)
             tls_front = (
                 "frontend fe_tls\n"
                 f"  bind {HOST}:{tlsp} ssl crt {env.pem} alpn h2,http/1.1 ssl-min-ver TLSv1.3\n"
+                f"{route}"
                 "  default_backend be\n"
             )
         conf = (
@@ -762,9 +812,11 @@ class Haproxy(Target):
             "  http-reuse always\n"
             "frontend fe_h1\n"
             f"  bind {HOST}:{h1}\n"
+            f"{route}"
             "  default_backend be\n"
             "frontend fe_h2\n"
             f"  bind {HOST}:{h2} proto h2\n"
+            f"{route}"
             "  default_backend be\n"
             "frontend fe_grpc\n"
             f"  bind {HOST}:{grpc} proto h2\n"
@@ -774,6 +826,7 @@ class Haproxy(Target):
             f"  server up {HOST}:{self.up.h1}\n"
             "backend be_grpc\n"
             f"  server up {HOST}:{self.up.h2} proto h2\n"
+            f"{backends}"
         )
         (w / "haproxy.cfg").write_text(conf)
         argv = [env.haproxy, "-f", str(w / "haproxy.cfg"), "-db"]
@@ -932,24 +985,25 @@ def py_client(env: Env, port: int, conns: int, seconds: float, path="/") -> dict
 def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float | None) -> dict:
     """One measured run of one scenario against one target."""
     p = target.ports
+    path = request_path(env)
     if env.smoke:
-        return py_client(env, p["h1"], 8, seconds)
+        return py_client(env, p["h1"], 8, seconds, path)
     if scenario == "h1":
-        return wrk(env, f"http://{HOST}:{p['h1']}/", H1_CONNS, seconds)
+        return wrk(env, f"http://{HOST}:{p['h1']}{path}", H1_CONNS, seconds)
     if scenario == "h1-newconn":
-        return wrk(env, f"http://{HOST}:{p['h1']}/", H1_CONNS, seconds, ["Connection: close"])
+        return wrk(env, f"http://{HOST}:{p['h1']}{path}", H1_CONNS, seconds, ["Connection: close"])
     if scenario == "h2":
-        return h2load(env, f"http://{HOST}:{p['h2']}/", H2_CONNS, H2_STREAMS, seconds)
+        return h2load(env, f"http://{HOST}:{p['h2']}{path}", H2_CONNS, H2_STREAMS, seconds)
     if scenario == "tls-h1":
-        return wrk(env, f"https://{HOST}:{p['tls']}/", H1_CONNS, seconds)
+        return wrk(env, f"https://{HOST}:{p['tls']}{path}", H1_CONNS, seconds)
     if scenario == "tls-h2":
-        return h2load(env, f"https://{HOST}:{p['tls']}/", H2_CONNS, H2_STREAMS, seconds)
+        return h2load(env, f"https://{HOST}:{p['tls']}{path}", H2_CONNS, H2_STREAMS, seconds)
     if scenario == "tls-handshake":
-        return tls_handshake_load(env, p["tls"], H1_CONNS, seconds)
+        return tls_handshake_load(env, p["tls"], H1_CONNS, seconds, [path])
     if scenario == "tls-handshake-full":
-        return tls_handshake_load(env, p["tls"], H1_CONNS, seconds, ["--no-resume"])
+        return tls_handshake_load(env, p["tls"], H1_CONNS, seconds, [path, "--no-resume"])
     if scenario == "tls-handshake-wrk":
-        return wrk(env, f"https://{HOST}:{p['tls']}/", H1_CONNS, seconds, ["Connection: close"])
+        return wrk(env, f"https://{HOST}:{p['tls']}{path}", H1_CONNS, seconds, ["Connection: close"])
     if scenario == "body-1m":
         return wrk(env, f"http://{HOST}:{p['h1']}/1m", BODY_CONNS, seconds)
     if scenario == "grpc":
@@ -960,7 +1014,7 @@ def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float |
         )
     if scenario in ("latency-25", "latency-75"):
         assert rate is not None
-        r = h2load(env, f"http://{HOST}:{p['h1']}/", FIXED_CONNS, 1, seconds,
+        r = h2load(env, f"http://{HOST}:{p['h1']}{path}", FIXED_CONNS, 1, seconds,
                    ["--h1", "--rps", f"{rate / FIXED_CONNS:.3f}"])
         r["offered_rps"] = rate
         return r
@@ -1356,6 +1410,10 @@ def markdown(result: dict) -> str:
         f"{meta['rounds']} interleaved rounds of {meta['seconds']} s per target; medians. "
         f"Proxies pinned to CPU {meta['proxy_cpu']}, load generator and upstream to CPU "
         f"{meta['load_cpu']}.{' SMOKE RUN: plumbing check, not a measurement.' if meta['smoke'] else ''}",
+        *([f"Routing table: {meta['routes']} path-prefix routes (`/svc0` ... "
+           f"`/svc{meta['routes'] - 1}`), each to an upstream block of its own, then the "
+           f"catch-all; the small-response scenarios ask for `/svc{meta['routes'] - 1}/`."]
+          if meta.get("routes") else []),
         "",
         "CPU µs/req: on-CPU time of the target's serving process (all threads, from "
         "/proc/PID/task/*/schedstat) per completed request. For `direct` it is the upstream's "
@@ -1553,6 +1611,9 @@ def compare(old_path: str, new_path: str) -> str:
     old, new = json.loads(Path(old_path).read_text()), json.loads(Path(new_path).read_text())
     lines = [f"Compare {old_path} ({old['meta']['date']}) → {new_path} ({new['meta']['date']})", "",
              "| scenario | target | metric | old | new | change |", "|---|---|---|---:|---:|---:|"]
+    routes = (old["meta"].get("routes", 0), new["meta"].get("routes", 0))
+    if routes[0] != routes[1]:
+        lines[1:1] = [f"Routing tables differ: {routes[0]} routes → {routes[1]}.", ""]
     for s, res in new["scenarios"].items():
         ores = old["scenarios"].get(s, {})
         for t, r in res.get("targets", {}).items():
@@ -1661,6 +1722,7 @@ def metadata(env: Env, args, targets: list[str]) -> dict:
         "smoke": env.smoke,
         "seconds": args.seconds,
         "rounds": args.rounds,
+        "routes": args.routes,
         "targets": targets,
         "proxy_cpu": env.proxy_cpu,
         "load_cpu": env.load_cpu,
@@ -1861,6 +1923,10 @@ def main() -> int:
     ap.add_argument("--load-cpu", type=int,
                     help="the load generator's and upstream's CPU (default: the second allowed)")
     ap.add_argument("--no-pin", action="store_true", help="pin nothing")
+    ap.add_argument("--routes", type=int, default=0, metavar="N",
+                    help="give each proxy a routing table of N path prefixes (/svc0 ...), each "
+                    "to an upstream block of its own, before its catch-all; the small-response "
+                    "scenarios then ask for the last of them (default: the catch-all alone)")
     ap.add_argument("--observe", choices=["all", "access-log", "tracing"], default="all",
                     help="what the strait-observed target turns on besides metrics")
     ap.add_argument("--observe-percent", type=float, default=OBSERVED_SAMPLE_PERCENT,
@@ -1909,6 +1975,8 @@ def main() -> int:
             args.bench_bins[binary] = path or build_bench_bin(binary)
     if args.rounds < 1 or args.seconds <= 0 or args.seconds > 600:
         ap.error("--rounds must be ≥ 1 and --seconds in (0, 600]")
+    if not 0 <= args.routes <= 100_000:
+        ap.error("--routes must be in [0, 100000]")
 
     raise_nofile()
     work = Path(tempfile.mkdtemp(prefix="strait-bench-"))

@@ -27,6 +27,9 @@ fn bench_harness_smoke_mode_measures_and_writes_every_output() {
     let mut child = Command::new("python3")
         .arg(&script)
         .arg("--smoke")
+        // a routing table, so the configs `--routes` writes stay ones the proxy accepts
+        .arg("--routes")
+        .arg("3")
         .arg("--strait")
         .arg(env!("CARGO_BIN_EXE_strait"))
         .arg("--out")
@@ -100,6 +103,14 @@ fn bench_harness_smoke_mode_measures_and_writes_every_output() {
     assert!(
         md.contains("| strait |"),
         "no strait row in the Markdown:\n{md}"
+    );
+    assert_eq!(
+        result["meta"]["routes"], 3,
+        "the routing table's size is not recorded"
+    );
+    assert!(
+        md.contains("Routing table: 3 path-prefix routes") && md.contains("ask for `/svc2/`"),
+        "the Markdown does not say which routing table was measured:\n{md}"
     );
     assert!(
         svg.starts_with("<svg") && svg.contains("<polyline"),
