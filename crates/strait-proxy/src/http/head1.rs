@@ -156,6 +156,44 @@ pub(crate) fn is_field_value(value: &[u8]) -> bool {
     }
 }
 
+/// Whether a request target is visible ASCII (0x21 to 0x7e), or UTF-8 with characters above it,
+/// as `httparse` requires. Eight bytes at a time, without a branch per word: one byte at a time
+/// cost ~9 instructions a byte (418 for a 45-byte path and query), and `http` then checks the
+/// path's bytes again.
+fn is_target(target: &[u8]) -> bool {
+    let visible = |b: u8| b > b' ' && b != 0x7f;
+    if target.len() < 4 {
+        // `/` and its like: a word's set-up would cost more than the bytes.
+        return target.iter().all(|&b| visible(b) && b.is_ascii())
+            || target.iter().all(|&b| visible(b)) && std::str::from_utf8(target).is_ok();
+    }
+    // Per word: high bits where a byte is below 0x21 (the borrow trick, exact as a yes or no
+    // for bytes below 0x80) or is 0x7f; and the high bits themselves (bytes from 0x80 up).
+    let refused = |x: u64| x.wrapping_sub(ONES * 0x21) & !x & HIGHS | bytes_equal(x, 0x7f);
+    let (mut bad, mut high) = (0, 0);
+    let mut words = target.chunks_exact(8);
+    for word in &mut words {
+        let x = word.try_into().map_or(0, u64::from_le_bytes);
+        bad |= refused(x);
+        high |= x & HIGHS;
+    }
+    if !words.remainder().is_empty() {
+        // The last eight bytes as a word (overlapping the one before), or a target of four to
+        // seven bytes as its first four and last four.
+        let x = match (target.last_chunk::<8>(), target.first_chunk::<4>()) {
+            (Some(last), _) => u64::from_le_bytes(*last),
+            (None, Some(first)) => {
+                let last = target.last_chunk::<4>().unwrap_or(first);
+                u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32
+            }
+            (None, None) => 0,
+        };
+        bad |= refused(x);
+        high |= x & HIGHS;
+    }
+    bad == 0 && (high == 0 || std::str::from_utf8(target).is_ok())
+}
+
 /// Where the content of the line ending with the `\n` at `newline` ends (before `\r\n` or `\n`).
 fn content_end(bytes: &[u8], line_at: usize, newline: usize) -> usize {
     if newline > line_at && bytes.get(newline - 1) == Some(&b'\r') {
@@ -275,11 +313,9 @@ pub(crate) fn parse_request(bytes: &[u8], fields: &mut [Field]) -> Step<RequestL
     }
     let minor = version(bytes.get(version_at..end).unwrap_or_default())?;
     // `http::Uri` does not look at the bytes of a fragment (after `#`), so the target is
-    // checked here: visible ASCII, or UTF-8 above it, as `httparse` requires.
+    // checked here.
     let target = bytes.get(target_at..version_at - 1).unwrap_or_default();
-    if !target.iter().all(|&b| b > b' ' && b != 0x7f)
-        || !target.is_ascii() && std::str::from_utf8(target).is_err()
-    {
+    if !is_target(target) {
         return Err(HeadError::Malformed);
     }
     let Some((count, len)) = parse_fields(bytes, next, fields)? else {
@@ -677,6 +713,37 @@ mod tests {
                 HeaderValue::from_bytes(&value).is_ok(),
                 "{value:02x?}"
             );
+        }
+    }
+
+    #[test]
+    fn targets_are_accepted_exactly_when_each_byte_is_visible_or_the_target_is_utf8() {
+        let expected =
+            |t: &[u8]| t.iter().all(|&b| b > b' ' && b != 0x7f) && std::str::from_utf8(t).is_ok();
+        // Every byte at every position of a word, of the tail and of a short target.
+        for b in 0..=255u8 {
+            for len in 1..=19 {
+                for at in 0..len {
+                    let mut target = vec![b'a'; len];
+                    target[at] = b;
+                    assert_eq!(is_target(&target), expected(&target), "{target:02x?}");
+                }
+            }
+        }
+        assert!(is_target(b""));
+        assert!(is_target("/caf\u{e9}/\u{1f600}?q=\u{fc}".as_bytes()));
+        assert!(!is_target(b"/caf\xe9/x"), "Latin-1, not UTF-8");
+        let mut rng = fastrand::Rng::with_seed(12);
+        for _ in 0..100_000 {
+            let len = rng.usize(..40);
+            let target: Vec<u8> = (0..len)
+                .map(|_| match rng.u8(..4) {
+                    0 => rng.u8(..),
+                    1 => INTERESTING[rng.usize(..INTERESTING.len())],
+                    _ => rng.u8(0x21..0x7f),
+                })
+                .collect();
+            assert_eq!(is_target(&target), expected(&target), "{target:02x?}");
         }
     }
 
