@@ -102,7 +102,8 @@ pub fn run(duration: Option<Duration>, port: u16, admin_port: u16) -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let options = strait_proxy::ProxyOptions::new(&path);
+    let mut options = strait_proxy::ProxyOptions::new(&path);
+    options.release_memory = Some(crate::allocator::release_memory);
     let proxy = std::thread::spawn(move || strait_proxy::run(options));
     let gateway = SocketAddr::from(([127, 0, 0, 1], port));
     println!(

@@ -79,6 +79,7 @@ fn main() -> ExitCode {
             let mut options = strait_proxy::ProxyOptions::new(config);
             options.workers = workers;
             options.watch_interval = Duration::from_millis(watch_interval_ms.max(10));
+            options.release_memory = Some(allocator::release_memory);
             match strait_proxy::run(options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

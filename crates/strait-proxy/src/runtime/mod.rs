@@ -51,6 +51,13 @@ pub struct ProxyOptions {
     pub workers: Option<usize>,
     /// How often the config file is checked for changes. Default: 1 s.
     pub watch_interval: Duration,
+    /// Called on the thread that compiled a config, after each compile (at start and on every
+    /// reload, applied or rejected): where the binary's allocator gives back to the system the
+    /// memory the parse freed. A config's YAML tree and its model take several times the
+    /// compiled snapshot (a table of 500 routes: ~3 MB freed against 3.2 MB kept), and an
+    /// allocator that keeps freed pages for reuse would hold them while the proxy idles.
+    /// Default: none.
+    pub release_memory: Option<fn()>,
 }
 
 impl ProxyOptions {
@@ -60,6 +67,7 @@ impl ProxyOptions {
             config_path: config_path.into(),
             workers: None,
             watch_interval: Duration::from_secs(1),
+            release_memory: None,
         }
     }
 }
@@ -119,6 +127,8 @@ pub(crate) struct Shared {
     pub health: Arc<HealthStore>,
     /// Span exporters, kept across reloads that do not change them.
     pub exporters: Arc<Exporters>,
+    /// See [`ProxyOptions::release_memory`].
+    pub release_memory: Option<fn()>,
 }
 
 impl Shared {
@@ -146,7 +156,7 @@ impl Shared {
                 )
                 .map_err(|e| e.to_string())
             });
-        match result {
+        let applied = match result {
             Ok(snapshot) => {
                 let version = snapshot.version;
                 self.snapshot.store(Arc::new(snapshot));
@@ -158,7 +168,11 @@ impl Shared {
                 Ok(version)
             }
             Err(e) => Err(self.reject(e)),
+        };
+        if let Some(release) = self.release_memory {
+            release();
         }
+        applied
     }
 
     /// Records a rejected config: counted, logged, shown on `/config_dump`.
@@ -368,7 +382,12 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         limiters,
         health,
         exporters,
+        release_memory: options.release_memory,
     });
+    // The start-up parse's garbage, freed on this thread.
+    if let Some(release) = options.release_memory {
+        release();
+    }
     shared
         .metrics
         .set_gauge_source(Arc::new(SharedGauges(Arc::downgrade(&shared))));
