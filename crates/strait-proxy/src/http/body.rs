@@ -577,9 +577,12 @@ impl UpstreamBody {
         }
     }
 
+    /// Inlined: it runs twice for every answer (at the end and on drop), nearly always to find
+    /// no `rare` part; out of line, its prologue alone cost ~40 instructions a request.
+    #[inline]
     fn count_grpc(&mut self, status: Option<u16>) {
         if let Some(stats) = self.rare.as_mut().and_then(|r| r.grpc_pending.take()) {
-            stats.count(200, status);
+            count_grpc_answer(&stats, status);
         }
     }
 
@@ -595,6 +598,12 @@ impl UpstreamBody {
             }
         }
     }
+}
+
+/// Counts a gRPC answer: out of line, as it runs only for gRPC routes.
+#[inline(never)]
+fn count_grpc_answer(stats: &RouteStats, status: Option<u16>) {
+    stats.count(200, status);
 }
 
 impl Body for UpstreamBody {
