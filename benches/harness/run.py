@@ -155,19 +155,6 @@ FIXED_CONNS = 32
 IDLE_CONNS = 10_000
 ACTIVE_CONNS = 50
 SMALL_BODY = "hello from upstream\n"
-
-
-def routed(env: "Env") -> list[str]:
-    """`--routes N`: the N path prefixes each proxy routes to an upstream of its own, before its
-    catch-all route (empty without the option)."""
-    return [f"/svc{i}" for i in range(env.args.routes)]
-
-
-def request_path(env: "Env") -> str:
-    """The path the small-response scenarios ask for: the last of `--routes`' prefixes (the one
-    a proxy that tries its routes in order reaches last), or `/` without them."""
-    table = routed(env)
-    return f"{table[-1]}/" if table else "/"
 GRPC_MESSAGE = b"\x00\x00\x00\x00\x07\x0a\x05hello"  # uncompressed, 7-byte protobuf
 
 WRK_LUA = r"""
@@ -462,6 +449,19 @@ def nginx_common(env: Env, name: str, conns: int) -> str:
         f"  client_body_temp_path {w}/tmp; proxy_temp_path {w}/tmp; fastcgi_temp_path {w}/tmp;\n"
         f"  uwsgi_temp_path {w}/tmp; scgi_temp_path {w}/tmp;\n"
     )
+
+
+def routed(env: Env) -> list[str]:
+    """`--routes N`: the N path prefixes each proxy routes to an upstream of its own, before its
+    catch-all route (empty without the option)."""
+    return [f"/svc{i}" for i in range(env.args.routes)]
+
+
+def request_path(env: Env) -> str:
+    """The path the small-response scenarios ask for: the last of `--routes`' prefixes (the one
+    a proxy that tries its routes in order reaches last), or `/` without them."""
+    table = routed(env)
+    return f"{table[-1]}/" if table else "/"
 
 
 class Upstream:
