@@ -682,69 +682,63 @@ mod tests {
         }
     }
 
-    #[test]
-    fn field_values_are_accepted_exactly_when_header_value_accepts_them() {
-        // Every byte at every position of a word and of the tail, among allowed bytes.
+    /// Checks `check` against `expected` on every byte value at every position of strings of
+    /// each length in `lens` (around a word, its tail and a short string), and on 100,000 random
+    /// strings mostly of `usual` bytes.
+    fn agrees_bytewise(
+        check: impl Fn(&[u8]) -> bool,
+        expected: impl Fn(&[u8]) -> bool,
+        lens: &[usize],
+        usual: std::ops::Range<u8>,
+        seed: u64,
+    ) {
         for b in 0..=255u8 {
-            for len in [1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 19] {
+            for &len in lens {
                 for at in 0..len {
-                    let mut value = vec![b'a'; len];
-                    value[at] = b;
-                    assert_eq!(
-                        is_field_value(&value),
-                        HeaderValue::from_bytes(&value).is_ok(),
-                        "{value:02x?}"
-                    );
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    assert_eq!(check(&bytes), expected(&bytes), "{bytes:02x?}");
                 }
             }
         }
-        let mut rng = fastrand::Rng::with_seed(11);
+        let mut rng = fastrand::Rng::with_seed(seed);
         for _ in 0..100_000 {
             let len = rng.usize(..40);
-            let value: Vec<u8> = (0..len)
+            let bytes: Vec<u8> = (0..len)
                 .map(|_| match rng.u8(..4) {
                     0 => rng.u8(..),
                     1 => INTERESTING[rng.usize(..INTERESTING.len())],
-                    _ => rng.u8(0x20..0x7f),
+                    _ => rng.u8(usual.clone()),
                 })
                 .collect();
-            assert_eq!(
-                is_field_value(&value),
-                HeaderValue::from_bytes(&value).is_ok(),
-                "{value:02x?}"
-            );
+            assert_eq!(check(&bytes), expected(&bytes), "{bytes:02x?}");
         }
     }
 
     #[test]
+    fn field_values_are_accepted_exactly_when_header_value_accepts_them() {
+        agrees_bytewise(
+            is_field_value,
+            |v| HeaderValue::from_bytes(v).is_ok(),
+            &[1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 19],
+            0x20..0x7f,
+            11,
+        );
+    }
+
+    #[test]
     fn targets_are_accepted_exactly_when_each_byte_is_visible_or_the_target_is_utf8() {
-        let expected =
-            |t: &[u8]| t.iter().all(|&b| b > b' ' && b != 0x7f) && std::str::from_utf8(t).is_ok();
-        // Every byte at every position of a word, of the tail and of a short target.
-        for b in 0..=255u8 {
-            for len in 1..=19 {
-                for at in 0..len {
-                    let mut target = vec![b'a'; len];
-                    target[at] = b;
-                    assert_eq!(is_target(&target), expected(&target), "{target:02x?}");
-                }
-            }
-        }
+        let lens: Vec<usize> = (1..=19).collect();
+        agrees_bytewise(
+            is_target,
+            |t| t.iter().all(|&b| b > b' ' && b != 0x7f) && std::str::from_utf8(t).is_ok(),
+            &lens,
+            0x21..0x7f,
+            12,
+        );
         assert!(is_target(b""));
         assert!(is_target("/caf\u{e9}/\u{1f600}?q=\u{fc}".as_bytes()));
         assert!(!is_target(b"/caf\xe9/x"), "Latin-1, not UTF-8");
-        let mut rng = fastrand::Rng::with_seed(12);
-        for _ in 0..100_000 {
-            let len = rng.usize(..40);
-            let target: Vec<u8> = (0..len)
-                .map(|_| match rng.u8(..4) {
-                    0 => rng.u8(..),
-                    1 => INTERESTING[rng.usize(..INTERESTING.len())],
-                    _ => rng.u8(0x21..0x7f),
-                })
-                .collect();
-            assert_eq!(is_target(&target), expected(&target), "{target:02x?}");
-        }
     }
 
     #[test]

@@ -169,10 +169,16 @@ impl Shared {
             }
             Err(e) => Err(self.reject(e)),
         };
+        self.release_parse_memory();
+        applied
+    }
+
+    /// Gives the memory a compile's parse freed on this thread back to the system: see
+    /// [`ProxyOptions::release_memory`].
+    fn release_parse_memory(&self) {
         if let Some(release) = self.release_memory {
             release();
         }
-        applied
     }
 
     /// Records a rejected config: counted, logged, shown on `/config_dump`.
@@ -384,10 +390,7 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         exporters,
         release_memory: options.release_memory,
     });
-    // The start-up parse's garbage, freed on this thread.
-    if let Some(release) = options.release_memory {
-        release();
-    }
+    shared.release_parse_memory();
     shared
         .metrics
         .set_gauge_source(Arc::new(SharedGauges(Arc::downgrade(&shared))));
