@@ -1,4 +1,4 @@
-//! Human durations in config files: `250ms`, `1s`, `1.5s`, `5m`, `1h`, `0s`.
+//! Human durations in config files: `50us`, `250ms`, `1s`, `1.5s`, `5m`, `1h`, `0s`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -6,7 +6,8 @@ use std::str::FromStr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A non-negative duration written with a unit: `ms`, `s`, `m` or `h` (`0` alone is allowed).
+/// A non-negative duration written with a unit: `us`, `ms`, `s`, `m` or `h` (`0` alone is
+/// allowed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(std::time::Duration);
 
@@ -24,6 +25,11 @@ impl Duration {
     /// The standard-library duration.
     pub const fn get(self) -> std::time::Duration {
         self.0
+    }
+
+    /// Zero, which config files use to say "disabled".
+    pub fn is_zero(&self) -> bool {
+        self.0.is_zero()
     }
 
     /// `None` for zero, which config files use to say "disabled".
@@ -57,8 +63,8 @@ impl fmt::Display for ParseDurationError {
         } else {
             write!(
                 f,
-                "invalid duration {:?}: expected a number with a unit, like 250ms, 1s, 1.5s, 5m \
-                 or 1h (or 0)",
+                "invalid duration {:?}: expected a number with a unit, like 50us, 250ms, 1s, \
+                 1.5s, 5m or 1h (or 0)",
                 self.input
             )
         }
@@ -73,7 +79,7 @@ impl FromStr for Duration {
             input: s.to_owned(),
             too_long: false,
         };
-        // Exactly the schema's pattern, `0|[0-9]+(\.[0-9]+)?(ms|s|m|h)`, so that an editor
+        // Exactly the schema's pattern, `0|[0-9]+(\.[0-9]+)?(us|ms|s|m|h)`, so that an editor
         // checking against the JSON Schema and the proxy agree on what is a duration.
         if s == "0" {
             return Ok(Duration::default());
@@ -93,6 +99,7 @@ impl FromStr for Duration {
         }
         let value: f64 = num.parse().map_err(|_| err())?;
         let secs = match unit {
+            "us" => value / 1_000_000.0,
             "ms" => value / 1000.0,
             "s" => value,
             "m" => value * 60.0,
@@ -113,8 +120,11 @@ impl FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms == 0 {
+        let us = self.0.as_micros();
+        if us == 0 {
             write!(f, "0s")
+        } else if !us.is_multiple_of(1000) {
+            write!(f, "{us}us")
         } else if ms.is_multiple_of(3_600_000) {
             write!(f, "{}h", ms / 3_600_000)
         } else if ms.is_multiple_of(60_000) {
@@ -150,9 +160,9 @@ impl JsonSchema for Duration {
             instance_type: Some(schemars::schema::InstanceType::String.into()),
             ..Default::default()
         };
-        schema.string().pattern = Some(r"^(0|[0-9]+(\.[0-9]+)?(ms|s|m|h))$".to_owned());
+        schema.string().pattern = Some(r"^(0|[0-9]+(\.[0-9]+)?(us|ms|s|m|h))$".to_owned());
         schema.metadata().description =
-            Some("A duration with a unit: 250ms, 1s, 1.5s, 5m, 1h; 0s disables.".to_owned());
+            Some("A duration with a unit: 50us, 250ms, 1s, 1.5s, 5m, 1h; 0s disables.".to_owned());
         schema.into()
     }
 }
@@ -163,27 +173,30 @@ mod tests {
 
     #[test]
     fn parses_units_and_round_trips() {
-        for (text, ms) in [
-            ("250ms", 250),
-            ("1s", 1000),
-            ("1.5s", 1500),
-            ("5m", 300_000),
-            ("1h", 3_600_000),
+        for (text, us) in [
+            ("50us", 50),
+            ("2.5us", 2),
+            ("1500us", 1500),
+            ("250ms", 250_000),
+            ("1s", 1_000_000),
+            ("1.5s", 1_500_000),
+            ("5m", 300_000_000),
+            ("1h", 3_600_000_000),
             ("0", 0),
             ("0s", 0),
         ] {
             let d: Duration = text.parse().expect("valid duration");
-            assert_eq!(d.get().as_millis(), ms, "{text}");
+            assert_eq!(d.get().as_micros(), us, "{text}");
             let again: Duration = d.to_string().parse().expect("display parses back");
-            assert_eq!(again, d);
+            assert_eq!(again.get().as_micros(), us, "{text} shown as {d}");
         }
     }
 
     #[test]
     fn refuses_missing_or_unknown_units_and_negatives() {
         for text in [
-            "1", "s", "1d", "-1s", "1 sec", "", "NaNs", "1e300s", "1e3s", " 1s", "1s ", "1 s",
-            ".5s", "1.s", "1..5s", "1.2.3s", "9999999h", "1sm",
+            "1", "s", "1d", "1µs", "1u", "us", "-1s", "1 sec", "", "NaNs", "1e300s", "1e3s", " 1s",
+            "1s ", "1 s", ".5s", "1.s", "1..5s", "1.2.3s", "9999999h", "1sm",
         ] {
             assert!(
                 text.parse::<Duration>().is_err(),

@@ -29,6 +29,11 @@ pub struct Config {
     /// How long SIGTERM waits for in-flight requests before exiting. Default: `30s`.
     #[serde(default = "defaults::drain_timeout")]
     pub drain_timeout: Duration,
+    /// How long a worker that has run out of work keeps polling its sockets before its thread
+    /// sleeps, up to `100ms`: lower tail latency on hosts where waking a sleeping CPU is slow,
+    /// for CPU spent polling. Default: `0s` (a worker sleeps as soon as it has nothing to do).
+    #[serde(default, skip_serializing_if = "Duration::is_zero")]
+    pub busy_poll: Duration,
     /// The addresses the proxy accepts connections on, each with its routes.
     #[serde(default)]
     pub listeners: Vec<Listener>,

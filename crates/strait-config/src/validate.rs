@@ -19,6 +19,10 @@ use crate::source_map::Position;
 pub(crate) const MAX_BACKEND_WEIGHT: u32 = 10_000;
 /// Endpoint weights are 1 to this.
 pub(crate) const MAX_ENDPOINT_WEIGHT: u32 = 1_000;
+/// The longest `busy_poll`: a worker that sees no work for this long is idle, not between
+/// requests.
+const MAX_BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// More workers than this is a typo, not a machine.
 pub(crate) const MAX_WORKERS: usize = 1_024;
 /// Idle connections kept per endpoint per worker; beyond this the pool only hoards sockets.
@@ -118,6 +122,16 @@ impl Checker<'_> {
                     ),
                 );
             }
+        }
+        if config.busy_poll.get() > MAX_BUSY_POLL {
+            self.say(
+                root.key("busy_poll"),
+                format!(
+                    "{}: allowed 0s (off) to 100ms; a worker polls for this long after its last \
+                     work, so longer windows cost CPU without shortening the tail further",
+                    config.busy_poll
+                ),
+            );
         }
         self.listeners(config);
         if let Some(tracing) = &config.tracing {

@@ -595,6 +595,18 @@ fn workers_must_be_at_least_one() {
 }
 
 #[test]
+fn busy_poll_is_bounded_and_accepts_microseconds() {
+    let text = format!("busy_poll: 200ms\n{VALID}");
+    let e = error_about(&text, "busy_poll");
+    assert_eq!((e.line, e.column), (1, 12));
+    assert_says(&e, &["200ms", "0s (off) to 100ms"]);
+
+    let text = format!("busy_poll: 50us\n{VALID}");
+    let config = strait_config::parse(&text, "t.yaml").expect("50us is allowed");
+    assert_eq!(config.busy_poll.get(), std::time::Duration::from_micros(50));
+}
+
+#[test]
 fn load_names_the_missing_file() {
     let path =
         std::env::temp_dir().join(format!("strait-config-missing-{}.yaml", std::process::id()));

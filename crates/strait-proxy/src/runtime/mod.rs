@@ -7,6 +7,7 @@
 //! read the current [`Snapshot`] through an `ArcSwap` and are told of new ones through a watch
 //! channel, on which they bind listeners that appeared and close ones that went away.
 
+pub(crate) mod busy_poll;
 mod health;
 pub mod snapshot;
 
@@ -129,6 +130,8 @@ pub(crate) struct Shared {
     pub exporters: Arc<Exporters>,
     /// See [`ProxyOptions::release_memory`].
     pub release_memory: Option<fn()>,
+    /// See [`Shared::busy_poll`].
+    busy_poll_ns: AtomicU64,
 }
 
 impl Shared {
@@ -159,6 +162,7 @@ impl Shared {
         let applied = match result {
             Ok(snapshot) => {
                 let version = snapshot.version;
+                self.set_busy_poll(&snapshot.config);
                 self.snapshot.store(Arc::new(snapshot));
                 self.version.store(version, Ordering::Release);
                 self.last_reload_error.store(None);
@@ -187,6 +191,17 @@ impl Shared {
         self.last_reload_error.store(Some(Arc::new(reason.clone())));
         tracing::error!("config rejected, still serving the previous one:\n{reason}");
         reason
+    }
+
+    /// How long a worker out of work polls before it sleeps (zero: it sleeps at once): the
+    /// config's `busy_poll`, readable on every park without loading the snapshot.
+    pub fn busy_poll(&self) -> Duration {
+        Duration::from_nanos(self.busy_poll_ns.load(Ordering::Relaxed))
+    }
+
+    fn set_busy_poll(&self, config: &strait_config::Config) {
+        let ns = u64::try_from(config.busy_poll.get().as_nanos()).unwrap_or(u64::MAX);
+        self.busy_poll_ns.store(ns, Ordering::Relaxed);
     }
 
     /// Starts draining (idempotent).
@@ -389,7 +404,9 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         health,
         exporters,
         release_memory: options.release_memory,
+        busy_poll_ns: AtomicU64::new(0),
     });
+    shared.set_busy_poll(&shared.snapshot.load().config);
     shared.release_parse_memory();
     shared
         .metrics
@@ -397,6 +414,7 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
 
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(busy_poll::hook(&shared))
         .thread_keep_alive(BLOCKING_THREAD_IDLE)
         .build()
         .map_err(StartError::Runtime)?;
@@ -602,6 +620,7 @@ struct Bound {
 fn worker_main(shared: Arc<Shared>, bound: std::sync::mpsc::Sender<Result<(), StartError>>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(busy_poll::hook(&shared))
         .build()
     {
         Ok(rt) => rt,
@@ -657,6 +676,7 @@ async fn run_worker(started: Started) {
         mut updated,
         mut draining,
     } = started;
+    tokio::task::spawn_local(busy_poll::spinner());
     // A timer always due within a second. tokio wakes its sleeping driver (a write to an
     // eventfd) whenever a new timer is due before the one it sleeps for; with none armed,
     // the first request timeout after every moment with nothing in flight paid that
@@ -714,12 +734,12 @@ fn reconcile_listeners(
         match listener::bind(addr) {
             Ok(socket) => {
                 let (stop, stop_rx) = watch::channel(false);
-                tokio::task::spawn_local(listener::accept_loop(
+                tokio::task::spawn_local(busy_poll::counted(listener::accept_loop(
                     socket,
                     addr,
                     Rc::clone(worker),
                     stop_rx,
-                ));
+                )));
                 listeners.insert(addr, Bound { stop });
             }
             Err(source) => {
