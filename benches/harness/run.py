@@ -69,6 +69,13 @@ SCENARIOS: dict[str, tuple[str, str, str]] = {
         "connection (upstream connections stay pooled)",
         "closed",
     ),
+    "h1-serial": (
+        "HTTP/1.1, one connection, one request at a time",
+        "wrk, 1 keep-alive connection, GET /: each request waits for the answer to the one "
+        "before, so the rate is one over the round trip through the proxy, the proxy's wake-ups "
+        "from sleep included (a proxy sleeps between every two requests here)",
+        "closed",
+    ),
     "h2": (
         "HTTP/2 (h2c) multiplexed",
         "h2load, 8 h2c connections x 16 concurrent streams, GET /; proxies forward over "
@@ -611,10 +618,12 @@ class Strait(Target):
             f"        backends: [{{ cluster: {prefix[1:]} }}]\n"
             for prefix in routed(env)
         ) + "      - backends: [{ cluster: up }]\n"
+        poll = f"busy_poll: {env.args.strait_busy_poll}\n" if env.args.strait_busy_poll else ""
         # The default configuration (request ids, x-forwarded-*, metrics all on), one worker.
         conf = (
             f"admin: {{ address: \"{HOST}:{admin}\" }}\n"
             "workers: 1\n"
+            f"{poll}"
             f"{top}"
             "listeners:\n"
             "  - name: bench\n"
@@ -837,7 +846,7 @@ class Haproxy(Target):
 
 # The scenarios the h1 references (relay, lean) run: small kept-alive HTTP/1.1 requests, closed
 # loop or at a fixed rate.
-H1_KEEPALIVE = ("h1", "latency-25", "latency-75")
+H1_KEEPALIVE = ("h1", "h1-serial", "latency-25", "latency-75")
 
 
 class Relay(Target):
@@ -992,6 +1001,8 @@ def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float |
         return wrk(env, f"http://{HOST}:{p['h1']}{path}", H1_CONNS, seconds)
     if scenario == "h1-newconn":
         return wrk(env, f"http://{HOST}:{p['h1']}{path}", H1_CONNS, seconds, ["Connection: close"])
+    if scenario == "h1-serial":
+        return wrk(env, f"http://{HOST}:{p['h1']}{path}", 1, seconds)
     if scenario == "h2":
         return h2load(env, f"http://{HOST}:{p['h2']}{path}", H2_CONNS, H2_STREAMS, seconds)
     if scenario == "tls-h1":
@@ -1405,6 +1416,7 @@ def markdown(result: dict) -> str:
         "Versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".  ",
         f"Strait {meta['strait']['commit']}{' (uncommitted changes)' if meta['strait']['dirty'] else ''}"
         f", default config with `workers: 1`"
+        f"{' and `busy_poll: ' + meta['strait_busy_poll'] + '`' if meta.get('strait_busy_poll') else ''}"
         f"{'; link order: ' + meta['strait']['link_order'] if meta['strait'].get('link_order') else ''}"
         ".  ",
         f"{meta['rounds']} interleaved rounds of {meta['seconds']} s per target; medians. "
@@ -1614,6 +1626,9 @@ def compare(old_path: str, new_path: str) -> str:
     routes = (old["meta"].get("routes", 0), new["meta"].get("routes", 0))
     if routes[0] != routes[1]:
         lines[1:1] = [f"Routing tables differ: {routes[0]} routes → {routes[1]}.", ""]
+    polls = (old["meta"].get("strait_busy_poll"), new["meta"].get("strait_busy_poll"))
+    if polls[0] != polls[1]:
+        lines[1:1] = [f"Strait's busy_poll differs: {polls[0] or 'off'} → {polls[1] or 'off'}.", ""]
     for s, res in new["scenarios"].items():
         ores = old["scenarios"].get(s, {})
         for t, r in res.get("targets", {}).items():
@@ -1723,6 +1738,7 @@ def metadata(env: Env, args, targets: list[str]) -> dict:
         "seconds": args.seconds,
         "rounds": args.rounds,
         "routes": args.routes,
+        "strait_busy_poll": args.strait_busy_poll,
         "targets": targets,
         "proxy_cpu": env.proxy_cpu,
         "load_cpu": env.load_cpu,
@@ -1927,6 +1943,10 @@ def main() -> int:
                     help="give each proxy a routing table of N path prefixes (/svc0 ...), each "
                     "to an upstream block of its own, before its catch-all; the small-response "
                     "scenarios then ask for the last of them (default: the catch-all alone)")
+    ap.add_argument("--strait-busy-poll", metavar="DURATION", default=None,
+                    help="run the Strait targets with `busy_poll: DURATION` (e.g. 1ms): a worker "
+                    "polls that long after its last work before it sleeps; see "
+                    "docs/operations.md (default: off, as Strait ships)")
     ap.add_argument("--observe", choices=["all", "access-log", "tracing"], default="all",
                     help="what the strait-observed target turns on besides metrics")
     ap.add_argument("--observe-percent", type=float, default=OBSERVED_SAMPLE_PERCENT,
@@ -1977,6 +1997,9 @@ def main() -> int:
         ap.error("--rounds must be ≥ 1 and --seconds in (0, 600]")
     if not 0 <= args.routes <= 100_000:
         ap.error("--routes must be in [0, 100000]")
+    if args.strait_busy_poll is not None and not re.fullmatch(
+            r"[0-9]+(\.[0-9]+)?(us|ms)", args.strait_busy_poll):
+        ap.error("--strait-busy-poll takes a duration in us or ms, such as 200us or 1ms")
 
     raise_nofile()
     work = Path(tempfile.mkdtemp(prefix="strait-bench-"))

@@ -30,6 +30,9 @@ fn bench_harness_smoke_mode_measures_and_writes_every_output() {
         // a routing table, so the configs `--routes` writes stay ones the proxy accepts
         .arg("--routes")
         .arg("3")
+        // and busy polling, so the proxy serves with it on and the option stays plumbed through
+        .arg("--strait-busy-poll")
+        .arg("100us")
         .arg("--strait")
         .arg(env!("CARGO_BIN_EXE_strait"))
         .arg("--out")
@@ -111,6 +114,14 @@ fn bench_harness_smoke_mode_measures_and_writes_every_output() {
     assert!(
         md.contains("Routing table: 3 path-prefix routes") && md.contains("ask for `/svc2/`"),
         "the Markdown does not say which routing table was measured:\n{md}"
+    );
+    assert_eq!(
+        result["meta"]["strait_busy_poll"], "100us",
+        "Strait's busy_poll is not recorded"
+    );
+    assert!(
+        md.contains("and `busy_poll: 100us`"),
+        "the Markdown does not say Strait polled:\n{md}"
     );
     assert!(
         svg.starts_with("<svg") && svg.contains("<polyline"),
