@@ -3,11 +3,14 @@
 //!
 //! A sleeping thread's core may halt. On a virtual machine whose kernel and host do not poll
 //! before they deschedule a halted virtual CPU (`guest_halt_poll_ns`, `halt_poll_ns`), waking it
-//! again takes tens of microseconds, and under steady load those wake-ups make the tail of the
-//! latency. A worker that keeps polling for a short window after its last work does not halt
-//! between requests closer together than the window. This is HAProxy's `busy-polling`, bounded
-//! so that an idle worker still sleeps: the window starts again at each piece of work, and a
-//! worker that saw none for the whole window parks as before.
+//! again takes tens of microseconds, which every request that finds the worker asleep waits
+//! for (one connection sending one request at a time, measured: 164 µs a round trip through
+//! the proxy, 47 µs with the worker polling). A worker that keeps polling for a short window
+//! after its last work does not halt between requests closer together than the window.
+//!
+//! This is HAProxy's `busy-polling`, bounded so that an idle worker still sleeps: the window
+//! starts again at each piece of work, and a worker that saw none for the whole window parks
+//! as before.
 //!
 //! tokio has no hook into its poller, so the window is made of what it offers. Just before a
 //! runtime parks its thread, its `on_thread_park` hook runs [`before_park`]. Within the window
@@ -88,7 +91,8 @@ pub(crate) async fn counted<F: Future>(task: F) -> F::Output {
     .await
 }
 
-/// The task [`before_park`] wakes. Polled, it leaves its waker where the hook finds it. Spawned on each worker's `LocalSet`; it ends when the set is dropped.
+/// The task [`before_park`] wakes. Polled, it leaves its waker where the hook finds it.
+/// Spawned on each worker's `LocalSet`; it ends when the set is dropped.
 pub(crate) fn spinner() -> impl Future<Output = ()> {
     Spinner
 }
