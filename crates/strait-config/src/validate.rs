@@ -128,7 +128,7 @@ impl Checker<'_> {
                 root.key("busy_poll"),
                 format!(
                     "{}: allowed 0s (off) to 100ms; a worker polls for this long after its last \
-                     work, so longer windows cost CPU without shortening the tail further",
+                     work, so a longer window mostly costs CPU",
                     config.busy_poll
                 ),
             );
