@@ -27,7 +27,7 @@ async fn cpu_during<F: std::future::Future>(pid: u32, wall: Duration, start: F) 
 }
 
 const CONFIG: &str = r#"
-workers: 1
+workers: WORKERS
 busy_poll: POLL
 listeners:
   - name: main
@@ -41,8 +41,24 @@ clusters:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_polls_for_the_window_after_work_and_sleeps_otherwise() {
+    polls_for_the_window_after_work(1).await;
+}
+
+/// With worker threads of their own, each has its spinner; the control thread has none and
+/// never polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_poll_and_the_control_thread_does_not() {
+    polls_for_the_window_after_work(2).await;
+}
+
+async fn polls_for_the_window_after_work(workers: usize) {
     let up = Upstream::echo("up").await;
-    let config = |poll: &str| fill(&CONFIG.replace("POLL", poll), &[("UP", &up)]);
+    let config = |poll: &str| {
+        let text = CONFIG
+            .replace("WORKERS", &workers.to_string())
+            .replace("POLL", poll);
+        fill(&text, &[("UP", &up)])
+    };
     let mut proxy = Proxy::start(&config("50ms")).await;
     assert_eq!(proxy.get("h.example.com", "/").await.upstream(), "up");
     tokio::time::sleep(Duration::from_millis(300)).await;
