@@ -31,7 +31,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// How long a worker that has run out of work keeps polling its sockets before its thread
     /// sleeps, up to `100ms`: lower latency under light load on hosts where waking a sleeping
-    /// CPU is slow, for CPU spent polling. Default: `0s` (a worker sleeps as soon as it has nothing to do).
+    /// CPU is slow, for CPU spent polling. Default: `0s` (a worker sleeps as soon as it has
+    /// nothing to do).
     #[serde(default, skip_serializing_if = "Duration::is_zero")]
     pub busy_poll: Duration,
     /// The addresses the proxy accepts connections on, each with its routes.

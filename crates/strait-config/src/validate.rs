@@ -127,9 +127,10 @@ impl Checker<'_> {
             self.say(
                 root.key("busy_poll"),
                 format!(
-                    "{}: allowed 0s (off) to 100ms; a worker polls for this long after its last \
+                    "{}: allowed 0s (off) to {}; a worker polls for this long after its last \
                      work, so a longer window mostly costs CPU",
-                    config.busy_poll
+                    config.busy_poll,
+                    crate::Duration::from(MAX_BUSY_POLL)
                 ),
             );
         }

@@ -923,11 +923,11 @@ fn forward_to<'a>(
                 let (parts, body) = (*response).into_parts();
                 if let FromUpstream::Http1(body) = body {
                     if let Some(upstream) = body.into_upgraded() {
-                        tokio::task::spawn_local(crate::runtime::busy_poll::counted(tunnel(
+                        crate::runtime::busy_poll::spawn(tunnel(
                             client_upgrade,
                             upstream,
                             in_flight,
-                        )));
+                        ));
                     }
                 }
                 return Box::new(Response::from_parts(parts, ResponseBody::empty()));
@@ -1463,7 +1463,7 @@ fn spawn_mirror(
     timeout: Option<std::time::Duration>,
 ) {
     let worker = Rc::clone(worker);
-    tokio::task::spawn_local(crate::runtime::busy_poll::counted(async move {
+    crate::runtime::busy_poll::spawn(async move {
         let body = match body {
             Some(rx) => match rx.await {
                 Ok(b) => b,
@@ -1533,7 +1533,7 @@ fn spawn_mirror(
         {
             tracing::debug!(cluster = %cluster.name, %addr, "mirror request failed");
         }
-    }));
+    });
 }
 
 /// `api.example.com:8080` → `api.example.com-shadow:8080` (the shadow marker goes on the name).

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::gateway::{Activity, Connection};
 use crate::http::server::serve_connection;
 use crate::ratelimit::Decision;
-use crate::runtime::busy_poll::counted as counted_task;
+use crate::runtime::busy_poll;
 use crate::runtime::Worker;
 
 /// How long the kernel holds a connection whose client has not spoken yet before handing it
@@ -87,11 +87,11 @@ pub(crate) async fn accept_loop(
                     let guard = worker.connection_opened();
                     let counted = plan.map(|l| l.connections.opened());
                     let snapshot = Arc::clone(&snapshot);
-                    tokio::task::spawn_local(counted_task(async move {
+                    busy_poll::spawn(async move {
                         crate::passthrough::serve(stream, snapshot, routes).await;
                         drop(counted);
                         drop(guard);
-                    }));
+                    });
                     continue;
                 }
                 let conn = Rc::new(Connection {
@@ -113,11 +113,11 @@ pub(crate) async fn accept_loop(
                 let stats = plan.map(|l| Arc::clone(&l.connections));
                 drop(snapshot);
                 let drain = stop.clone();
-                tokio::task::spawn_local(counted_task(async move {
+                busy_poll::spawn(async move {
                     serve_connection(stream, conn, idle_timeout, tls, stats, drain).await;
                     drop(counted);
                     drop(guard);
-                }));
+                });
             }
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning.

@@ -44,7 +44,7 @@ where
     F: Future + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::task::spawn_local(crate::runtime::busy_poll::counted(fut));
+        crate::runtime::busy_poll::spawn(fut);
     }
 }
 

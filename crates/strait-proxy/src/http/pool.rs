@@ -231,12 +231,12 @@ impl Pool {
             Ok::<_, ConnectError>((slot, sender, conn))
         })
         .await?;
-        tokio::task::spawn_local(crate::runtime::busy_poll::counted(async move {
+        crate::runtime::busy_poll::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
             drop(slot);
-        }));
+        });
         self.http2.borrow_mut().insert(addr, sender.clone());
         Ok((sender, true))
     }

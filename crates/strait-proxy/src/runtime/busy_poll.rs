@@ -19,7 +19,7 @@
 //! ready, and comes back to the hook once it has run out again.
 //!
 //! Work is what the worker's tasks (its listeners, its connections, their upstream connections)
-//! do: they are spawned through [`counted`], which counts their polls, and a round in which
+//! do: they are spawned through [`spawn`], which counts their polls, and a round in which
 //! the count moved did work. A round in which only the spinner ran did none.
 
 use std::cell::{Cell, RefCell};
@@ -34,7 +34,7 @@ use super::Shared;
 thread_local! {
     /// This thread's spinner, once its worker has started one.
     static SPINNER: RefCell<Option<Waker>> = const { RefCell::new(None) };
-    /// Polls of this thread's [`counted`] tasks, ever.
+    /// Polls of this thread's [`spawn`]ed tasks, ever.
     static POLLS: Cell<u64> = const { Cell::new(0) };
     /// `POLLS` when the hook last ran.
     static POLLS_SEEN: Cell<u64> = const { Cell::new(0) };
@@ -58,9 +58,9 @@ pub(crate) fn hook(shared: &Arc<Shared>) -> impl Fn() + Send + Sync + 'static {
 /// Wakes this thread's spinner, so that the runtime polls instead of parking, while the thread
 /// is within `window` of its last work. Returns whether it did.
 pub(crate) fn before_park(window: Duration) -> bool {
-    let Some(waker) = SPINNER.with_borrow(Clone::clone) else {
+    if SPINNER.with_borrow(Option::is_none) {
         return false;
-    };
+    }
     let now = Instant::now();
     let polls = POLLS.get();
     let worked = POLLS_SEEN.replace(polls) != polls;
@@ -77,17 +77,29 @@ pub(crate) fn before_park(window: Duration) -> bool {
         return false;
     }
     IDLE_SINCE.set(Some(idle_since));
-    waker.wake();
+    // Woken from outside its set, the spinner is only queued: nothing borrows the slot again
+    // before this returns.
+    SPINNER.with_borrow(|s| s.as_ref().map(Waker::wake_by_ref));
     true
 }
 
-/// A worker task: `task`, whose polls count as work (see the module's documentation).
-pub(crate) fn counted<F: Future>(task: F) -> Counted<F> {
+/// Spawns a worker task on the worker's `LocalSet`, its polls counted as work (see the
+/// module's documentation). Every task that serves traffic is spawned here.
+pub(crate) fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    tokio::task::spawn_local(counted(task))
+}
+
+/// `task`, its polls counted as work.
+fn counted<F: Future>(task: F) -> Counted<F> {
     Counted { task }
 }
 
 pin_project_lite::pin_project! {
-    /// See [`counted`]. A struct rather than an `async fn`: an `async fn` keeps its argument
+    /// See [`spawn`]. A struct rather than an `async fn`: an `async fn` keeps its argument
     /// beside what it awaits, and a connection's future (about 800 bytes while it waits for a
     /// request) was held twice, per idle keep-alive connection.
     pub(crate) struct Counted<F> {
@@ -163,9 +175,7 @@ mod tests {
             .expect("a runtime");
         LocalSet::new().block_on(&runtime, async {
             tokio::task::spawn_local(spinner());
-            tokio::task::spawn_local(counted(body))
-                .await
-                .expect("the body ran");
+            spawn(body).await.expect("the body ran");
         });
         decisions
     }

@@ -130,8 +130,6 @@ pub(crate) struct Shared {
     pub exporters: Arc<Exporters>,
     /// See [`ProxyOptions::release_memory`].
     pub release_memory: Option<fn()>,
-    /// See [`Shared::busy_poll`].
-    busy_poll_ns: AtomicU64,
 }
 
 impl Shared {
@@ -162,7 +160,6 @@ impl Shared {
         let applied = match result {
             Ok(snapshot) => {
                 let version = snapshot.version;
-                self.set_busy_poll(&snapshot.config);
                 self.snapshot.store(Arc::new(snapshot));
                 self.version.store(version, Ordering::Release);
                 self.last_reload_error.store(None);
@@ -194,14 +191,9 @@ impl Shared {
     }
 
     /// How long a worker out of work polls before it sleeps (zero: it sleeps at once): the
-    /// config's `busy_poll`, readable on every park without loading the snapshot.
+    /// current config's `busy_poll`.
     pub fn busy_poll(&self) -> Duration {
-        Duration::from_nanos(self.busy_poll_ns.load(Ordering::Relaxed))
-    }
-
-    fn set_busy_poll(&self, config: &strait_config::Config) {
-        let ns = u64::try_from(config.busy_poll.get().as_nanos()).unwrap_or(u64::MAX);
-        self.busy_poll_ns.store(ns, Ordering::Relaxed);
+        self.snapshot.load().config.busy_poll.get()
     }
 
     /// Starts draining (idempotent).
@@ -404,9 +396,7 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         health,
         exporters,
         release_memory: options.release_memory,
-        busy_poll_ns: AtomicU64::new(0),
     });
-    shared.set_busy_poll(&shared.snapshot.load().config);
     shared.release_parse_memory();
     shared
         .metrics
@@ -734,12 +724,12 @@ fn reconcile_listeners(
         match listener::bind(addr) {
             Ok(socket) => {
                 let (stop, stop_rx) = watch::channel(false);
-                tokio::task::spawn_local(busy_poll::counted(listener::accept_loop(
+                busy_poll::spawn(listener::accept_loop(
                     socket,
                     addr,
                     Rc::clone(worker),
                     stop_rx,
-                )));
+                ));
                 listeners.insert(addr, Bound { stop });
             }
             Err(source) => {
