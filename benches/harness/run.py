@@ -76,6 +76,15 @@ SCENARIOS: dict[str, tuple[str, str, str]] = {
         "from sleep included (a proxy sleeps between every two requests here)",
         "closed",
     ),
+    "h1-browser": (
+        "HTTP/1.1 keep-alive, requests as a browser sends them",
+        "wrk, 32 keep-alive connections, GET of a 60-byte path with a query string and the ten "
+        "fields a browser's fetch() sends (user agent, accept lists, a 133-byte cookie, "
+        "referer, sec-fetch-*): a 639-byte request head; the answer is a small JSON body with "
+        "three more fields than h1's. The per-byte work (validating the target, parsing and "
+        "forwarding fields) counts here, where h1's two-field request hides it",
+        "closed",
+    ),
     "h2": (
         "HTTP/2 (h2c) multiplexed",
         "h2load, 8 h2c connections x 16 concurrent streams, GET /; proxies forward over "
@@ -162,6 +171,22 @@ FIXED_CONNS = 32
 IDLE_CONNS = 10_000
 ACTIVE_CONNS = 50
 SMALL_BODY = "hello from upstream\n"
+# h1-browser: what a browser's fetch() of an API sends, after the path prefix of request_path()
+BROWSER_PATH = "api/v2/products/48213/reviews?page=3&sort=recent&lang=en-US"
+BROWSER_FIELDS = [
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36",
+    "Accept: application/json, text/plain, */*",
+    "Accept-Language: en-US,en;q=0.9,de;q=0.8",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    "Referer: https://shop.example.com/products/48213?tab=reviews",
+    "Cookie: session=6f1c2a9e0b7d4c8f9a3e5b1d7c0f2e4a; _ga=GA1.1.1234567890.1733400000; "
+    "theme=dark; consent=analytics%3Dtrue%26ads%3Dfalse; cart=3",
+    "Sec-Fetch-Dest: empty",
+    "Sec-Fetch-Mode: cors",
+    "Sec-Fetch-Site: same-origin",
+    "Priority: u=1, i",
+]
 GRPC_MESSAGE = b"\x00\x00\x00\x00\x07\x0a\x05hello"  # uncompressed, 7-byte protobuf
 
 WRK_LUA = r"""
@@ -506,6 +531,11 @@ class Upstream:
             # --routes: the proxies forward /svcN/ as it came
             + (f'    location / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}\n'
                if routed(env) else "")
+            # h1-browser's API path, behind any --routes prefix: JSON with an API's fields
+            + "    location ~ ^(/svc[0-9]+)?/api/v2/ { default_type application/json;\n"
+            "      add_header Cache-Control 'private, no-cache'; add_header Vary 'Accept-Encoding';\n"
+            "      add_header X-Content-Type-Options nosniff;\n"
+            "      return 200 '{\"page\":3,\"reviews\":[]}\n'; }\n"
             + "    location = /nginx_status { stub_status; }\n"
             f"    location = /1m {{ root {w}/www; }}\n"
             # gRPC-shaped: a POST to a static file is a 405, which error_page turns into a GET
@@ -846,7 +876,7 @@ class Haproxy(Target):
 
 # The scenarios the h1 references (relay, lean) run: small kept-alive HTTP/1.1 requests, closed
 # loop or at a fixed rate.
-H1_KEEPALIVE = ("h1", "h1-serial", "latency-25", "latency-75")
+H1_KEEPALIVE = ("h1", "h1-serial", "h1-browser", "latency-25", "latency-75")
 
 
 class Relay(Target):
@@ -1003,6 +1033,9 @@ def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float |
         return wrk(env, f"http://{HOST}:{p['h1']}{path}", H1_CONNS, seconds, ["Connection: close"])
     if scenario == "h1-serial":
         return wrk(env, f"http://{HOST}:{p['h1']}{path}", 1, seconds)
+    if scenario == "h1-browser":
+        path = (path if path.endswith("/") else path + "/") + BROWSER_PATH
+        return wrk(env, f"http://{HOST}:{p['h1']}{path}", H1_CONNS, seconds, BROWSER_FIELDS)
     if scenario == "h2":
         return h2load(env, f"http://{HOST}:{p['h2']}{path}", H2_CONNS, H2_STREAMS, seconds)
     if scenario == "tls-h1":
