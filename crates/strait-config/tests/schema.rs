@@ -3,8 +3,13 @@
 
 use std::path::PathBuf;
 
+/// `config/strait.schema.json`, from the package's directory as `cargo test` gives it to the running test. `env!` would give
+/// the one the test was compiled in: a persistent target directory shared by clones at other
+/// paths keeps a test built in one of them (and perhaps since deleted) while it is fresh.
 fn committed_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/strait.schema.json")
+    let package = std::env::var_os("CARGO_MANIFEST_DIR");
+    PathBuf::from(package.unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../../config/strait.schema.json")
 }
 
 #[test]

@@ -8,11 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The repository, from the package's directory as `cargo test` gives it to the running test. `env!` would give
+/// the one the test was compiled in: a persistent target directory shared by clones at other
+/// paths keeps a test built in one of them (and perhaps since deleted) while it is fresh.
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("the repository root")
+    let package = std::env::var_os("CARGO_MANIFEST_DIR");
+    Path::new(
+        package
+            .as_deref()
+            .unwrap_or(env!("CARGO_MANIFEST_DIR").as_ref()),
+    )
+    .join("../..")
+    .canonicalize()
+    .expect("the repository root")
 }
 
 #[test]
