@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use crate::http::body::{BodyError, RequestBody};
 use crate::http::head1::{self, HeadError, Slots};
 use crate::http::headers::{
-    self, received, received_name, Appended, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
+    self, received, received_name, Appended, Known, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::pool::UpstreamIo;
@@ -732,7 +732,8 @@ impl RawHead {
     /// Appends the fields to `map`, in order.
     fn append_to(&self, map: &mut HeaderMap) {
         for f in self.kept() {
-            // Both were checked as the head was parsed, as the map would have: neither fails.
+            // Both were checked as the head was parsed (the value by `head1`), as the map would
+            // have: neither fails.
             let name = received_name(self.block.get(f.name()).unwrap_or_default());
             let value = HeaderValue::from_maybe_shared(self.block.slice(f.value()));
             if let (Ok(name), Ok(value)) = (name, value) {
@@ -833,23 +834,17 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
     for field in slots.fields(line.fields) {
         // In range: the parser's offsets lie within the head.
         let raw_value = bytes.get(field.value()).unwrap_or_default();
-        let headers::Received { name, hop, .. } =
-            received(bytes.get(field.name()).unwrap_or_default())
-                .map_err(|_| Http1Error::Invalid("bad header name"))?;
-        // Checked once: as a `HeaderValue` is built for the map, or here for a kept field.
-        let value = match raw {
-            Some(_) if !head1::is_field_value(raw_value) => {
-                return Err(Http1Error::Invalid("bad header value"));
-            }
-            Some(_) => None,
-            None => Some(
-                HeaderValue::from_maybe_shared(block.slice(field.value()))
-                    .map_err(|_| Http1Error::Invalid("bad header value"))?,
-            ),
-        };
+        let headers::Received {
+            name, hop, known, ..
+        } = received(bytes.get(field.name()).unwrap_or_default())
+            .map_err(|_| Http1Error::Invalid("bad header name"))?;
+        // The parse checked the value as `HeaderValue` does (see `head1`): a kept field's is
+        // not checked again, and one built for the map (or when the fields spill there) does
+        // not fail.
+        let value = || HeaderValue::from_maybe_shared(block.slice(field.value()));
         // Whether this `connection` names other headers (beyond `keep-alive` and `close`).
         let mut names_others = false;
-        if name == header::CONTENT_LENGTH {
+        if known == Known::ContentLength {
             let n = content_length(raw_value).ok_or(Http1Error::Invalid("bad content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Http1Error::Invalid("conflicting content-length"));
@@ -886,20 +881,15 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
         }
         if let Some(kept) = raw.as_mut() {
             // A gRPC answer's head is read on the way (its status), so it is built into a map.
-            let grpc = name == header::CONTENT_TYPE && headers::is_grpc_content_type(raw_value);
-            let declared = length.filter(|_| name == header::CONTENT_LENGTH);
+            let grpc = known == Known::ContentType && headers::is_grpc_content_type(raw_value);
+            let declared = length.filter(|_| known == Known::ContentLength);
             if !grpc && kept.keep(*field, declared) {
-                kept.date |= name == header::DATE;
+                kept.date |= known == Known::Date;
                 continue;
             }
             spill(&mut raw, &mut headers, line.fields);
         }
-        let value = match value {
-            Some(value) => Ok(value),
-            // Checked above as this would: it does not fail.
-            None => HeaderValue::from_maybe_shared(block.slice(field.value())),
-        };
-        if let Ok(value) = value {
+        if let Ok(value) = value() {
             headers.append(name, value);
         }
     }

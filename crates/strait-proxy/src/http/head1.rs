@@ -4,21 +4,25 @@
 //! This finds where the head ends and where each part of it is (method, target, version or
 //! status; each field's name and value). It checks the parts nothing else checks in full: the
 //! version, the status code and reason, and the request target (`http::Uri` skips a fragment's
-//! bytes). It does **not** check the bytes of the method or of a field's name or value: the
-//! caller builds `http::Method`, `HeaderName` and `HeaderValue` from them, and those
-//! constructors check every byte anyway.
-//! Checking them here too was paying for it twice. `httparse` (which this replaced) checks
-//! them, and then the constructors did again: ~2,100 instructions a request on h1 keep-alive
-//! (callgrind), ~1,100 for a five-field response head alone.
+//! bytes). It also checks each field's value, as `HeaderValue` does, in the same pass that
+//! finds the value's line end: fields passed on as they came (most of them) are not checked
+//! again, and a `HeaderValue` built from one does not fail. It does **not** check the bytes
+//! of the method or of a field's name: the
+//! caller builds `http::Method` and `HeaderName` from them, and those constructors check every
+//! byte anyway (a name usually by matching a known one). Checking them here too was paying for
+//! it twice. `httparse` (which this replaced) checks them, and then the constructors did
+//! again: ~2,100 instructions a request on h1 keep-alive (callgrind), ~1,100 for a five-field
+//! response head alone.
 //!
 //! A complete head is accepted (parsed and then built into `http` types by the caller) exactly
 //! when `httparse` accepts it; the tests compare the two over mutated heads. The difference is
-//! when a malformed head is noticed. `httparse` stops at the first bad byte. Here a line is
-//! looked at once its end has arrived, and a bad name or value when the caller builds it.
+//! when a malformed head is noticed. `httparse` stops at the first bad byte. Here a line's name
+//! is looked at once its colon has arrived, a value's bytes as they arrive, and a bad method
+//! or name when the caller builds it.
 //!
 //! Lines end at `\n`, with or without a `\r` before it, as `httparse` allows. Searching for
-//! `\n` (and for the `:` after a name) is done eight bytes at a time with integer arithmetic:
-//! no `unsafe`, no CPU feature checks.
+//! a value's line end (its first byte below 0x20) and for the `:` after a name is done eight
+//! bytes at a time with integer arithmetic: no `unsafe`, no CPU feature checks.
 
 /// A head is parsed within its first this many bytes, so offsets fit in a `u16`. Callers cap
 /// heads at [`MAX_HEAD`](crate::http::inbuf::MAX_HEAD) (64 KiB) anyway: a head not complete
@@ -117,42 +121,52 @@ fn find(bytes: &[u8], at: usize, b: u8) -> Option<usize> {
     tail.iter().position(|&c| c == b).map(|i| word_at + i)
 }
 
-/// Whether `value` is a field value `HeaderValue` accepts: no control byte but tab, no DEL
-/// (bytes from 0x80 up are allowed). For a caller that keeps a head's bytes rather than building
-/// `HeaderValue`s from them, which checks one byte at a time: this looks at eight at a time and
-/// at single bytes only in a word that has a tab or a refused byte. A value's last bytes are
-/// read as a word too (overlapping the one before, or a short value's first four bytes with
-/// its last four): looking at them one by one cost ~20 instructions a field.
-pub(crate) fn is_field_value(value: &[u8]) -> bool {
-    let allowed = |b: u8| b == b'\t' || (b >= 0x20 && b != 0x7f);
-    // Whether the bytes of `x` (any of them: `bytes` are the same bytes) are all allowed.
-    let word_ok = |x: u64, bytes: &[u8]| {
-        // Non-zero exactly when some byte is below 0x20 (the borrow trick, exact for bytes
-        // below 0x80 as a yes or no) or is 0x7f.
-        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
-        below_space | bytes_equal(x, 0x7f) == 0 || bytes.iter().all(|&b| allowed(b))
-    };
-    if let (Some(first), Some(last)) = (value.first_chunk::<4>(), value.last_chunk::<4>()) {
-        if value.len() < 8 {
-            let x =
-                u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32;
-            return word_ok(x, value);
-        }
-    } else {
-        return value.iter().all(|&b| allowed(b));
-    }
-    let mut words = value.chunks_exact(8);
+/// The high bit set in each byte of `x` that a field value may not hold: below 0x20 (tab
+/// included: the caller tells it apart) or 0x7f. The lowest set bit is always right (the
+/// borrow trick: a borrow only carries out of a byte that is below 0x20), and it is the only
+/// one read. Bytes from 0x80 up are allowed, as `HeaderValue` allows them.
+fn controls(x: u64) -> u64 {
+    x.wrapping_sub(ONES * 0x20) & !x & HIGHS | bytes_equal(x, 0x7f)
+}
+
+/// The offset of the first byte below 0x20 or of 0x7f at or after `at`, if one has arrived.
+fn find_control(bytes: &[u8], at: usize) -> Option<usize> {
+    let rest = bytes.get(at..)?;
+    let mut words = rest.chunks_exact(8);
+    let mut word_at = at;
     for word in &mut words {
-        let Ok(bytes) = <&[u8; 8]>::try_from(word) else {
+        let Ok(word) = <[u8; 8]>::try_from(word) else {
             break;
         };
-        if !word_ok(u64::from_le_bytes(*bytes), word) {
-            return false;
+        let found = controls(u64::from_le_bytes(word));
+        if found != 0 {
+            return Some(word_at + found.trailing_zeros() as usize / 8);
         }
+        word_at += 8;
     }
-    match (words.remainder().is_empty(), value.last_chunk::<8>()) {
-        (false, Some(last)) => word_ok(u64::from_le_bytes(*last), last),
-        _ => true,
+    let tail = words.remainder();
+    tail.iter()
+        .position(|&c| c < 0x20 || c == 0x7f)
+        .map(|i| word_at + i)
+}
+
+/// The rest of a field's line from `at` (just past its colon), checked as `HeaderValue`
+/// checks a value: tab and bytes from 0x20 up but 0x7f. Where the content ends and where the
+/// next line starts, once its line end has arrived. One pass finds both the line's end and
+/// any refused byte: searching for `\n` and then checking the value cost two, ~2 instructions
+/// a byte each.
+#[inline]
+fn value_line(bytes: &[u8], mut at: usize) -> Step<(usize, usize)> {
+    loop {
+        let Some(control) = find_control(bytes, at) else {
+            return Ok(None);
+        };
+        match bytes.get(control) {
+            Some(b'\n') => return Ok(Some((control, control + 1))),
+            Some(b'\r') => return Ok(after_cr(bytes, control)?.map(|next| (control, next))),
+            Some(b'\t') => at = control + 1,
+            _ => return Err(HeadError::Malformed),
+        }
     }
 }
 
@@ -210,15 +224,24 @@ fn line(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
     Some((content_end(bytes, at, newline), newline + 1))
 }
 
+/// Where the line after the `\r` at `cr` starts: a `\r` ends a line only before `\n`.
+#[inline(always)]
+fn after_cr(bytes: &[u8], cr: usize) -> Step<usize> {
+    match bytes.get(cr + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some(cr + 2)),
+        Some(_) => Err(HeadError::Malformed),
+    }
+}
+
 /// Skips the empty lines a peer may send before the first line (as `httparse` does).
 fn skip_empty_lines(bytes: &[u8], mut at: usize) -> Step<usize> {
     loop {
         match bytes.get(at) {
             None => return Ok(None),
-            Some(b'\r') => match bytes.get(at + 1) {
+            Some(b'\r') => match after_cr(bytes, at)? {
                 None => return Ok(None),
-                Some(b'\n') => at += 2,
-                Some(_) => return Err(HeadError::Malformed),
+                Some(next) => at = next,
             },
             Some(b'\n') => at += 1,
             Some(_) => return Ok(Some(at)),
@@ -380,18 +403,12 @@ fn parse_fields(bytes: &[u8], mut at: usize, fields: &mut [Field]) -> Step<(usiz
         match bytes.get(at) {
             None => return Ok(None),
             Some(b'\n') => return Ok(Some((count, at + 1))),
-            Some(b'\r') => {
-                return match bytes.get(at + 1) {
-                    None => Ok(None),
-                    Some(b'\n') => Ok(Some((count, at + 2))),
-                    Some(_) => Err(HeadError::Malformed),
-                }
-            }
+            Some(b'\r') => return Ok(after_cr(bytes, at)?.map(|next| (count, next))),
             Some(_) => {}
         }
-        // The name runs to the first colon, and the value from there to the line's end: each
-        // byte is looked at once. A line without a colon makes the "name" run across the line
-        // break, and building it (which refuses `\r` and `\n`) refuses the head.
+        // The name runs to the first colon, and the value from there to the line's end. A line
+        // without a colon makes the "name" run across the line break, and building it (which
+        // refuses `\r` and `\n`) refuses the head.
         let Some(colon) = find(bytes, at, b':') else {
             // No colon yet: malformed if this line is whole, else wait for more.
             return match find(bytes, at, b'\n') {
@@ -399,23 +416,18 @@ fn parse_fields(bytes: &[u8], mut at: usize, fields: &mut [Field]) -> Step<(usiz
                 None => Ok(None),
             };
         };
-        let Some(newline) = find(bytes, colon + 1, b'\n') else {
+        let Some((end, next)) = value_line(bytes, colon + 1)? else {
             return Ok(None);
         };
-        let end = content_end(bytes, colon + 1, newline);
-        let value = bytes.get(colon + 1..end).unwrap_or_default();
-        let value_at = colon
-            + 1
-            + value
-                .iter()
-                .position(|&b| b != b' ' && b != b'\t')
-                .unwrap_or(value.len());
-        let value_end = colon
-            + 1
-            + value
-                .iter()
-                .rposition(|&b| b != b' ' && b != b'\t')
-                .map_or(0, |i| i + 1);
+        // Without the whitespace around it: usually one space before, none after.
+        let mut value_at = colon + 1;
+        while value_at < end && matches!(bytes.get(value_at), Some(b' ' | b'\t')) {
+            value_at += 1;
+        }
+        let mut value_end = end;
+        while value_end > value_at && matches!(bytes.get(value_end - 1), Some(b' ' | b'\t')) {
+            value_end -= 1;
+        }
         let Some(slot) = fields.get_mut(count) else {
             return Err(HeadError::TooManyFields);
         };
@@ -424,10 +436,10 @@ fn parse_fields(bytes: &[u8], mut at: usize, fields: &mut [Field]) -> Step<(usiz
             name_at: at as u16,
             name_end: colon as u16,
             value_at: value_at as u16,
-            value_end: value_end.max(value_at) as u16,
+            value_end: value_end as u16,
         };
         count += 1;
-        at = newline + 1;
+        at = next;
     }
 }
 
@@ -717,13 +729,54 @@ mod tests {
 
     #[test]
     fn field_values_are_accepted_exactly_when_header_value_accepts_them() {
+        // A value followed by its line end is read to that end exactly when `HeaderValue`
+        // takes it; `\r` and `\n` inside it end it early or refuse it.
+        let whole = |v: &[u8]| {
+            let line = [v, b"\r\n"].concat();
+            value_line(&line, 0) == Ok(Some((v.len(), v.len() + 2)))
+        };
         agrees_bytewise(
-            is_field_value,
+            whole,
             |v| HeaderValue::from_bytes(v).is_ok(),
             &[1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 19],
             0x20..0x7f,
             11,
         );
+        // Tabs are passed over, bare `\n` ends a line too, and a line end not yet arrived
+        // (or a `\r` without what follows it) waits.
+        assert_eq!(value_line(b" a\tb\t\tc\n", 0), Ok(Some((7, 8))));
+        assert_eq!(value_line(b"\t\t\t\t\t\t\t\t\t\r\n", 0), Ok(Some((9, 11))));
+        assert_eq!(value_line(b" abc", 0), Ok(None));
+        assert_eq!(value_line(b" abc\r", 0), Ok(None));
+        assert_eq!(value_line(b" abc\rx\r\n", 0), Err(HeadError::Malformed));
+        assert_eq!(value_line(b" a\x7fc\r\n", 0), Err(HeadError::Malformed));
+        assert_eq!(value_line(b" \xe9t\xe9\r\n", 0), Ok(Some((4, 6))));
+    }
+
+    #[test]
+    fn a_control_byte_is_found_at_any_position_among_any_bytes() {
+        let mut rng = fastrand::Rng::with_seed(8);
+        for _ in 0..100_000 {
+            let mut bytes = [0u8; 19];
+            for b in &mut bytes {
+                // Mostly allowed bytes, so that the first control byte falls anywhere.
+                *b = if rng.u8(..8) == 0 {
+                    rng.u8(..)
+                } else {
+                    rng.u8(0x20..)
+                };
+            }
+            let from = rng.usize(..19);
+            let expected = bytes[from..]
+                .iter()
+                .position(|&c| c < 0x20 || c == 0x7f)
+                .map(|i| from + i);
+            assert_eq!(
+                find_control(&bytes, from),
+                expected,
+                "{bytes:02x?} from {from}"
+            );
+        }
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub(crate) fn put_map(slot: &mut HeaderMap, map: HeaderMap) {
 #[inline]
 pub(crate) fn received_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     match common_name(raw) {
-        Some(name) => Ok(name),
+        Some((name, _)) => Ok(name),
         None => cached_name(raw),
     }
 }
@@ -172,16 +172,34 @@ pub(crate) struct Received {
     /// The name is one of the common names ([`common_name`]): none of them is a field the
     /// proxy writes itself ([`proxy_field`] is 0), and only `connection` is hop-by-hop.
     pub common: bool,
+    /// Which of the names the HTTP/1 heads' readers act on it is.
+    pub known: Known,
 }
 
-/// [`received_name`], with its [`hop_by_hop_bit`] and whether it was a common name. A common
-/// name's bit is known from the match that found it; looking it up again by the name's text
-/// cost ~20 instructions a field, and so did [`proxy_field`].
+/// The names whose values the HTTP/1 heads' readers look at as they go through the fields (the
+/// hop-by-hop ones are told by [`Received::hop`]). The match that finds a common name tells
+/// this too: comparing each field's `HeaderName` with each of these cost ~12 instructions a
+/// comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Known {
+    Host,
+    ContentLength,
+    ContentType,
+    Expect,
+    Date,
+    Connection,
+    /// Any other name.
+    Other,
+}
+
+/// [`received_name`], with its [`hop_by_hop_bit`], whether it was a common name, and which
+/// [`Known`] name it is. A common name's bit is known from the match that found it; looking it
+/// up again by the name's text cost ~20 instructions a field, and so did [`proxy_field`].
 #[inline]
 pub(crate) fn received(raw: &[u8]) -> Result<Received, http::header::InvalidHeaderName> {
     match common_name(raw) {
-        Some(name) => {
-            let hop = if name == header::CONNECTION {
+        Some((name, known)) => {
+            let hop = if known == Known::Connection {
                 HOP_CONNECTION
             } else {
                 0
@@ -190,15 +208,18 @@ pub(crate) fn received(raw: &[u8]) -> Result<Received, http::header::InvalidHead
                 name,
                 hop,
                 common: true,
+                known,
             })
         }
         None => {
+            // Every spelling of a `Known` name is a common one.
             let name = cached_name(raw)?;
             let hop = hop_by_hop_bit(&name);
             Ok(Received {
                 name,
                 hop,
                 common: false,
+                known: Known::Other,
             })
         }
     }
@@ -250,33 +271,62 @@ fn cached_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName
 /// thread-local access and byte comparison cost ~90 instructions a name): the received bytes
 /// as one 128-bit word (see [`Lower`]), compared with each name of their length in one step.
 #[inline]
-fn common_name(raw: &[u8]) -> Option<HeaderName> {
+fn common_name(raw: &[u8]) -> Option<(HeaderName, Known)> {
     use http::header::{
-        ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH,
-        CONTENT_TYPE, COOKIE, DATE, ETAG, HOST, LAST_MODIFIED, SERVER, SET_COOKIE, USER_AGENT,
-        VARY,
+        ACCEPT, ACCEPT_ENCODING, ACCEPT_LANGUAGE, ACCEPT_RANGES, AUTHORIZATION, CACHE_CONTROL,
+        CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, DATE, ETAG, EXPECT,
+        EXPIRES, HOST, IF_NONE_MATCH, LAST_MODIFIED, LOCATION, ORIGIN, PRAGMA, RANGE, REFERER,
+        SERVER, SET_COOKIE, USER_AGENT, VARY,
     };
+    // Names `http` has no constant for, which every browser request carries (fetch metadata,
+    // client hints, priority). A static name is cloned without a reference count.
+    const SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
+    const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+    const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+    const SEC_FETCH_USER: HeaderName = HeaderName::from_static("sec-fetch-user");
+    const SEC_CH_UA: HeaderName = HeaderName::from_static("sec-ch-ua");
+    const SEC_CH_UA_MOBILE: HeaderName = HeaderName::from_static("sec-ch-ua-mobile");
+    const PRIORITY: HeaderName = HeaderName::from_static("priority");
     let word = word_of(raw)?;
     let is = |name: Lower| word | name.case == name.word;
     // Constants matched arm by arm (each name's word computed at compile time): a table of
-    // `HeaderName`s (which have drop glue) would be built on the stack at every call.
+    // `HeaderName`s (which have drop glue) would be built on the stack at every call. Within
+    // a length, the more frequent names first.
     Some(match raw.len() {
-        4 if is(const { lower(b"host") }) => HOST,
-        4 if is(const { lower(b"date") }) => DATE,
-        4 if is(const { lower(b"etag") }) => ETAG,
-        4 if is(const { lower(b"vary") }) => VARY,
-        6 if is(const { lower(b"server") }) => SERVER,
-        6 if is(const { lower(b"accept") }) => ACCEPT,
-        6 if is(const { lower(b"cookie") }) => COOKIE,
-        10 if is(const { lower(b"connection") }) => CONNECTION,
-        10 if is(const { lower(b"user-agent") }) => USER_AGENT,
-        10 if is(const { lower(b"set-cookie") }) => SET_COOKIE,
-        12 if is(const { lower(b"content-type") }) => CONTENT_TYPE,
-        13 if is(const { lower(b"cache-control") }) => CACHE_CONTROL,
-        13 if is(const { lower(b"last-modified") }) => LAST_MODIFIED,
-        13 if is(const { lower(b"authorization") }) => AUTHORIZATION,
-        14 if is(const { lower(b"content-length") }) => CONTENT_LENGTH,
-        15 if is(const { lower(b"accept-encoding") }) => ACCEPT_ENCODING,
+        4 if is(const { lower(b"host") }) => (HOST, Known::Host),
+        4 if is(const { lower(b"date") }) => (DATE, Known::Date),
+        4 if is(const { lower(b"etag") }) => (ETAG, Known::Other),
+        4 if is(const { lower(b"vary") }) => (VARY, Known::Other),
+        5 if is(const { lower(b"range") }) => (RANGE, Known::Other),
+        6 if is(const { lower(b"server") }) => (SERVER, Known::Other),
+        6 if is(const { lower(b"accept") }) => (ACCEPT, Known::Other),
+        6 if is(const { lower(b"cookie") }) => (COOKIE, Known::Other),
+        6 if is(const { lower(b"origin") }) => (ORIGIN, Known::Other),
+        6 if is(const { lower(b"expect") }) => (EXPECT, Known::Expect),
+        6 if is(const { lower(b"pragma") }) => (PRAGMA, Known::Other),
+        7 if is(const { lower(b"referer") }) => (REFERER, Known::Other),
+        7 if is(const { lower(b"expires") }) => (EXPIRES, Known::Other),
+        8 if is(const { lower(b"priority") }) => (PRIORITY, Known::Other),
+        8 if is(const { lower(b"location") }) => (LOCATION, Known::Other),
+        9 if is(const { lower(b"sec-ch-ua") }) => (SEC_CH_UA, Known::Other),
+        10 if is(const { lower(b"connection") }) => (CONNECTION, Known::Connection),
+        10 if is(const { lower(b"user-agent") }) => (USER_AGENT, Known::Other),
+        10 if is(const { lower(b"set-cookie") }) => (SET_COOKIE, Known::Other),
+        12 if is(const { lower(b"content-type") }) => (CONTENT_TYPE, Known::ContentType),
+        13 if is(const { lower(b"cache-control") }) => (CACHE_CONTROL, Known::Other),
+        13 if is(const { lower(b"last-modified") }) => (LAST_MODIFIED, Known::Other),
+        13 if is(const { lower(b"authorization") }) => (AUTHORIZATION, Known::Other),
+        13 if is(const { lower(b"accept-ranges") }) => (ACCEPT_RANGES, Known::Other),
+        13 if is(const { lower(b"if-none-match") }) => (IF_NONE_MATCH, Known::Other),
+        14 if is(const { lower(b"content-length") }) => (CONTENT_LENGTH, Known::ContentLength),
+        14 if is(const { lower(b"sec-fetch-mode") }) => (SEC_FETCH_MODE, Known::Other),
+        14 if is(const { lower(b"sec-fetch-site") }) => (SEC_FETCH_SITE, Known::Other),
+        14 if is(const { lower(b"sec-fetch-dest") }) => (SEC_FETCH_DEST, Known::Other),
+        14 if is(const { lower(b"sec-fetch-user") }) => (SEC_FETCH_USER, Known::Other),
+        15 if is(const { lower(b"accept-encoding") }) => (ACCEPT_ENCODING, Known::Other),
+        15 if is(const { lower(b"accept-language") }) => (ACCEPT_LANGUAGE, Known::Other),
+        16 if is(const { lower(b"content-encoding") }) => (CONTENT_ENCODING, Known::Other),
+        16 if is(const { lower(b"sec-ch-ua-mobile") }) => (SEC_CH_UA_MOBILE, Known::Other),
         _ => return None,
     })
 }
@@ -922,6 +972,19 @@ mod tests {
         assert!(h.contains_key("x-request-id"));
     }
 
+    /// Which `Known` name `name` is, by comparing it with each.
+    fn known_of(name: &HeaderName) -> Known {
+        match name {
+            n if n == header::HOST => Known::Host,
+            n if n == header::CONTENT_LENGTH => Known::ContentLength,
+            n if n == header::CONTENT_TYPE => Known::ContentType,
+            n if n == header::EXPECT => Known::Expect,
+            n if n == header::DATE => Known::Date,
+            n if n == header::CONNECTION => Known::Connection,
+            _ => Known::Other,
+        }
+    }
+
     #[test]
     fn common_names_match_in_any_case_and_nothing_one_byte_off() {
         let common = [
@@ -929,9 +992,18 @@ mod tests {
             "date",
             "etag",
             "vary",
+            "range",
             "server",
             "accept",
             "cookie",
+            "origin",
+            "expect",
+            "pragma",
+            "referer",
+            "expires",
+            "priority",
+            "location",
+            "sec-ch-ua",
             "connection",
             "user-agent",
             "set-cookie",
@@ -939,16 +1011,54 @@ mod tests {
             "cache-control",
             "last-modified",
             "authorization",
+            "accept-ranges",
+            "if-none-match",
             "content-length",
+            "sec-fetch-mode",
+            "sec-fetch-site",
+            "sec-fetch-dest",
+            "sec-fetch-user",
             "accept-encoding",
+            "accept-language",
+            "content-encoding",
+            "sec-ch-ua-mobile",
         ];
+        // None of them is a field the proxy writes or a hop-by-hop one but `connection`:
+        // `received` tells callers so without looking. Each tells which `Known` name it is,
+        // in any case, and every `Known` name is among them.
+        for name in common {
+            let name = HeaderName::from_static(name);
+            assert_eq!(proxy_field(&name), 0, "{name}");
+            assert_eq!(
+                hop_by_hop_bit(&name) != 0,
+                name == header::CONNECTION,
+                "{name}"
+            );
+            let upper = name.as_str().to_uppercase();
+            for raw in [name.as_str(), &upper] {
+                assert_eq!(
+                    received(raw.as_bytes()).unwrap().known,
+                    known_of(&name),
+                    "{raw}"
+                );
+            }
+        }
+        for known in [
+            header::HOST,
+            header::CONTENT_LENGTH,
+            header::CONTENT_TYPE,
+            header::EXPECT,
+            header::DATE,
+            header::CONNECTION,
+        ] {
+            assert!(common.contains(&known.as_str()), "{known}");
+            assert_ne!(known_of(&known), Known::Other, "{known}");
+        }
         for name in common {
             let want = HeaderName::from_static(name);
-            assert_eq!(common_name(name.as_bytes()), Some(want.clone()));
-            assert_eq!(
-                common_name(name.to_uppercase().as_bytes()),
-                Some(want.clone())
-            );
+            let name_of = |raw: &[u8]| common_name(raw).map(|(name, _)| name);
+            assert_eq!(name_of(name.as_bytes()), Some(want.clone()));
+            assert_eq!(name_of(name.to_uppercase().as_bytes()), Some(want.clone()));
             // Every byte at every position: the name only when the byte is the same letter in
             // either case (or the same byte).
             for at in 0..name.len() {
@@ -956,7 +1066,7 @@ mod tests {
                     let mut raw = name.as_bytes().to_vec();
                     raw[at] = b;
                     let same = b.eq_ignore_ascii_case(&name.as_bytes()[at]);
-                    let got = common_name(&raw);
+                    let got = name_of(&raw);
                     assert_eq!(got.is_some(), same, "{name} with {b:#04x} at {at}: {got:?}");
                     if same {
                         assert_eq!(got, Some(want.clone()));
@@ -964,11 +1074,8 @@ mod tests {
                 }
             }
             // One byte more or fewer is another name.
-            assert_ne!(
-                common_name(format!("{name}s").as_bytes()),
-                Some(want.clone())
-            );
-            assert_ne!(common_name(&name.as_bytes()[1..]), Some(want.clone()));
+            assert_ne!(name_of(format!("{name}s").as_bytes()), Some(want.clone()));
+            assert_ne!(name_of(&name.as_bytes()[1..]), Some(want.clone()));
         }
         for other in [
             "x-a",
@@ -977,7 +1084,7 @@ mod tests {
             "x-custom-header",
             "content-lengths-and-more",
         ] {
-            assert_eq!(common_name(other.as_bytes()), None, "{other}");
+            assert!(common_name(other.as_bytes()).is_none(), "{other}");
         }
     }
 
@@ -1100,6 +1207,7 @@ mod tests {
             assert_eq!(got.name, want, "{name}");
             assert_eq!(got.hop, hop_by_hop_bit(&want), "{name}");
             assert_eq!(got.common, common_name(name.as_bytes()).is_some(), "{name}");
+            assert_eq!(got.known, known_of(&want), "{name}");
             if got.common {
                 assert_eq!(proxy_field(&want), 0, "{name}");
             }

@@ -45,7 +45,7 @@ use crate::http::body::{BodyError, ClientBody, ResponseBody};
 use crate::http::client1::{content_length, put_field, put_hex, RawHead, RAW_FIELDS};
 use crate::http::head1::{self, HeadError, Slots};
 use crate::http::headers::{
-    self, received, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
+    self, received, Known, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::{boxed, server, ClientIo, Rewound};
@@ -537,18 +537,21 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
         // In range: the parser's offsets lie within the head.
         let raw_name = bytes.get(field.name()).unwrap_or_default();
         let raw_value = bytes.get(field.value()).unwrap_or_default();
-        let headers::Received { name, hop, common } = received(raw_name).map_err(|_| bad)?;
-        // Checked once: as a `HeaderValue` is built (for the map, or the host's), or here for a
-        // kept field (as the `HeaderValue` would be; eight bytes at a time).
-        let value = if raw.is_none() || name == header::HOST {
+        let headers::Received {
+            name,
+            hop,
+            common,
+            known,
+        } = received(raw_name).map_err(|_| bad)?;
+        // Built for the map, or the host's. The parse checked the bytes as `HeaderValue` does
+        // (see `head1`): a kept field's are not checked again.
+        let value = if raw.is_none() || known == Known::Host {
             Some(HeaderValue::from_maybe_shared(block.slice(field.value())).map_err(|_| bad)?)
-        } else if head1::is_field_value(raw_value) {
-            None
         } else {
-            return Err(bad);
+            None
         };
         let mut declared = None;
-        if name == header::CONTENT_LENGTH {
+        if known == Known::ContentLength {
             let n = content_length(raw_value).ok_or(bad)?;
             if length.is_some_and(|l| l != n) {
                 return Err(bad);
@@ -570,11 +573,11 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
             trailers |= raw_value
                 .split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
-        } else if name == header::EXPECT {
+        } else if known == Known::Expect {
             expect_continue = raw_value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-        } else if name == header::CONTENT_TYPE && grpc.is_none() {
+        } else if known == Known::ContentType && grpc.is_none() {
             grpc = Some(headers::is_grpc_content_type(raw_value));
-        } else if name == header::HOST {
+        } else if known == Known::Host {
             hosts += 1;
             host = value.clone();
         } else if !common {
