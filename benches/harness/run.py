@@ -187,6 +187,13 @@ BROWSER_FIELDS = [
     "Sec-Fetch-Site: same-origin",
     "Priority: u=1, i",
 ]
+# The upstream's answer to it (nginx), behind any --routes prefix: JSON with an API's fields.
+BROWSER_LOCATION = (
+    "    location ~ ^(/svc[0-9]+)?/api/v2/ { default_type application/json;\n"
+    "      add_header Cache-Control 'private, no-cache'; add_header Vary 'Accept-Encoding';\n"
+    "      add_header X-Content-Type-Options nosniff;\n"
+    "      return 200 '{\"page\":3,\"reviews\":[]}\n'; }\n"
+)
 GRPC_MESSAGE = b"\x00\x00\x00\x00\x07\x0a\x05hello"  # uncompressed, 7-byte protobuf
 
 WRK_LUA = r"""
@@ -531,11 +538,7 @@ class Upstream:
             # --routes: the proxies forward /svcN/ as it came
             + (f'    location / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}\n'
                if routed(env) else "")
-            # h1-browser's API path, behind any --routes prefix: JSON with an API's fields
-            + "    location ~ ^(/svc[0-9]+)?/api/v2/ { default_type application/json;\n"
-            "      add_header Cache-Control 'private, no-cache'; add_header Vary 'Accept-Encoding';\n"
-            "      add_header X-Content-Type-Options nosniff;\n"
-            "      return 200 '{\"page\":3,\"reviews\":[]}\n'; }\n"
+            + BROWSER_LOCATION
             + "    location = /nginx_status { stub_status; }\n"
             f"    location = /1m {{ root {w}/www; }}\n"
             # gRPC-shaped: a POST to a static file is a 405, which error_page turns into a GET

@@ -12,11 +12,12 @@ a few per cent for its whole life, so the median is taken over many layouts.
 
     python3 benches/harness/side_by_side.py --strait target/release/strait [--rounds 10]
         [--seconds 3] [--observe all|access-log|tracing|none] [--observe-percent 10]
-        [--observed-strait OTHER_BINARY] [--protocol h1|h2]
+        [--observed-strait OTHER_BINARY] [--protocol h1|h1-browser|h2]
 
 With `--observe none --observed-strait OTHER_BINARY` both run the same plain config: an A/B of
 two builds' CPU per request under the same minute-to-minute drift; `--protocol h2` loads both
-with h2load over h2c (8 connections x 16 streams) instead of wrk over HTTP/1.1.
+with h2load over h2c (8 connections x 16 streams) instead of wrk over HTTP/1.1, and
+`--protocol h1-browser` sends run.py's h1-browser request (a browser's fields) with wrk.
 
 Needs nginx, wrk and h2load (benches/harness/run.sh installs them). Prints each round and the median
 ratio; writes nothing else.
@@ -57,8 +58,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=16,
                     help="wrk connections per target (h2: half as many, 16 streams each)")
-    ap.add_argument("--protocol", choices=["h1", "h2"], default="h1",
-                    help="h1: wrk, HTTP/1.1 keep-alive; h2: h2load, h2c multiplexed")
+    ap.add_argument("--protocol", choices=["h1", "h1-browser", "h2"], default="h1",
+                    help="h1: wrk, HTTP/1.1 keep-alive; h1-browser: the same with run.py's "
+                         "h1-browser request; h2: h2load, h2c multiplexed")
     ap.add_argument("--observe", choices=["all", "access-log", "tracing", "none"], default="all")
     ap.add_argument("--observe-percent", type=float, default=run.OBSERVED_SAMPLE_PERCENT)
     ap.add_argument("--observed-strait", metavar="BINARY",
@@ -88,7 +90,8 @@ def main() -> int:
             "events { worker_connections 4096; }\n"
             "http { access_log off; keepalive_requests 1000000;\n"
             f"  server {{ listen {HOST}:{up};\n"
-            f'    location = / {{ return 200 "{run.SMALL_BODY.strip()}\\n"; }} }} }}\n'
+            f'    location = / {{ return 200 "{run.SMALL_BODY.strip()}\\n"; }}\n'
+            f"{run.BROWSER_LOCATION} }} }}\n"
         )
         nginx = start([run.tool("nginx"), "-c", str(work / "upstream.conf")], load_cpu, "nginx.log")
         run.wait_port(up, nginx)
@@ -127,6 +130,10 @@ def main() -> int:
                 # h2c, the streams of run.py's h2 scenario
                 return [run.tool("h2load"), "-t1", f"-c{args.connections // 2 or 1}",
                         "-m16", "-D", str(seconds), url]
+            if args.protocol == "h1-browser":
+                fields = [arg for field in run.BROWSER_FIELDS for arg in ("-H", field)]
+                return ["wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s", *fields,
+                        url + run.BROWSER_PATH]
             return ["wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s", url]
 
         def load(seconds: int) -> list[str]:
