@@ -91,6 +91,13 @@ SCENARIOS: dict[str, tuple[str, str, str]] = {
         "HTTP/1.1 keep-alive (direct: the upstream answers h2c itself)",
         "closed",
     ),
+    "h2-browser": (
+        "HTTP/2 (h2c) multiplexed, requests as a browser sends them",
+        "h2load, 8 h2c connections x 16 streams, h1-browser's request (its path and ten "
+        "fields, names in lower case as HTTP/2 has them); HPACK makes the repeated fields "
+        "cheap on the wire, not to decode and forward over HTTP/1.1",
+        "closed",
+    ),
     "tls-h1": (
         "TLS 1.3, HTTP/1.1 keep-alive",
         "wrk over TLS 1.3 (ECDSA P-256 certificate, X25519), 32 keep-alive connections",
@@ -1028,6 +1035,8 @@ def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float |
     """One measured run of one scenario against one target."""
     p = target.ports
     path = request_path(env)
+    if scenario in ("h1-browser", "h2-browser"):
+        path = (path if path.endswith("/") else path + "/") + BROWSER_PATH
     if env.smoke:
         return py_client(env, p["h1"], 8, seconds, path)
     if scenario == "h1":
@@ -1037,10 +1046,15 @@ def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float |
     if scenario == "h1-serial":
         return wrk(env, f"http://{HOST}:{p['h1']}{path}", 1, seconds)
     if scenario == "h1-browser":
-        path = (path if path.endswith("/") else path + "/") + BROWSER_PATH
         return wrk(env, f"http://{HOST}:{p['h1']}{path}", H1_CONNS, seconds, BROWSER_FIELDS)
     if scenario == "h2":
         return h2load(env, f"http://{HOST}:{p['h2']}{path}", H2_CONNS, H2_STREAMS, seconds)
+    if scenario == "h2-browser":
+        # (HTTP/2 names are lower case; the values as they are.)
+        fields = [arg for field in BROWSER_FIELDS
+                  for arg in ("-H", field.split(":", 1)[0].lower() + ":" + field.split(":", 1)[1])]
+        return h2load(env, f"http://{HOST}:{p['h2']}{path}", H2_CONNS, H2_STREAMS, seconds,
+                      fields)
     if scenario == "tls-h1":
         return wrk(env, f"https://{HOST}:{p['tls']}{path}", H1_CONNS, seconds)
     if scenario == "tls-h2":
