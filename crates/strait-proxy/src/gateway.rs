@@ -234,6 +234,10 @@ pub(crate) fn serve(
             // Something on this listener reads the request's fields: into the map with them.
             fields_into_map(&mut req);
         }
+        if let ClientBody::Hyper(_) = req.body() {
+            // An HTTP/2 request's cookie crumbs, one field again (RFC 9113 8.2.3).
+            headers::join_cookies(req.headers_mut());
+        }
         // Made on arrival, so every answer's log line has one, not just the forwarded ones; it
         // is written into the request when that is forwarded (`forward_to`), as the
         // `x-forwarded-*` fields are: routes, policies and rate limits see the request as it came.

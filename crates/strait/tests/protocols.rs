@@ -123,6 +123,45 @@ async fn h2c_client_to_http1_upstream_multiplexes_streams() {
     }
 }
 
+/// RFC 9113 8.2.3: an HTTP/2 client may send its cookie as crumbs, one field each (browsers
+/// do, so that HPACK indexes each). They leave HTTP/2 as one `cookie` field joined with "; ",
+/// which is what an HTTP/1.1 upstream reads (many read only the first of several fields); an
+/// HTTP/2 upstream is given the same. An HTTP/1.1 client's fields go as they came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_cookie_sent_as_crumbs_reaches_the_upstream_as_one_field() {
+    let crumbs = |proto_host: &str| {
+        request("GET", proto_host, "/c")
+            .header("cookie", "session=6f1c")
+            .header("x-other", "x")
+            .header("cookie", "theme=dark")
+            .header("cookie", "cart=3")
+            .body(empty())
+            .expect("request")
+    };
+    for protocol in ["http1", "http2"] {
+        let up = Upstream::echo("up").await;
+        let proxy = Proxy::start(&single_route(&up, protocol)).await;
+        let mut conn = proxy.connect(Proto::H2).await;
+        let resp = conn.fetch(crumbs("h2.example")).await.expect("answer");
+        assert_eq!(resp.status, StatusCode::OK, "{protocol}: {}", resp.text());
+        let seen = resp.echo();
+        assert_eq!(
+            seen.header("cookie"),
+            ["session=6f1c; theme=dark; cart=3"],
+            "{protocol}"
+        );
+        assert_eq!(seen.header("x-other"), ["x"], "{protocol}");
+        let resp = send(proxy.listen, Proto::H1, crumbs("h1.example"))
+            .await
+            .expect("answer");
+        assert_eq!(
+            resp.echo().header("cookie"),
+            ["session=6f1c", "theme=dark", "cart=3"],
+            "{protocol}: HTTP/1.1 fields as they came"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_client_to_http2_upstream() {
     let up = Upstream::echo("up").await;

@@ -765,6 +765,36 @@ pub(crate) fn value_text(value: &HeaderValue) -> Option<&str> {
     }
 }
 
+/// Joins an HTTP/2 request's `cookie` fields into one, their values separated by `; `, as
+/// RFC 9113 8.2.3 requires before the request leaves HTTP/2. Clients may send a cookie as
+/// crumbs, one field each, so that HPACK indexes each (browsers do); an HTTP/1.1 upstream
+/// reads one `Cookie` field (RFC 6265 5.4), and many read only the first of several. Joined
+/// where the request arrives, so routes, rate limits, hashing and logs see what an upstream
+/// sees. A map without any name twice (its length is its number of names) is left at once.
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    if headers.len() == headers.keys_len() {
+        return;
+    }
+    let crumbs = headers.get_all(header::COOKIE);
+    if crumbs.iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::with_capacity(crumbs.iter().map(|c| c.len() + 2).sum());
+    let mut sensitive = false;
+    for crumb in &crumbs {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+        sensitive |= crumb.is_sensitive();
+    }
+    // Made of values that were valid, joined by bytes that are: it does not fail.
+    if let Ok(mut value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        value.set_sensitive(sensitive);
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// A header value the proxy writes itself (a request id, a `traceparent`, an HTTP/2 request's
 /// host), carved from the worker's shared chunk of small copies ([`copied`]) rather than
 /// allocated alone; these live as long as their request.
@@ -970,6 +1000,38 @@ mod tests {
         let mut h = map(&[("connection", "keep-alive"), ("x-request-id", "a")]);
         assert!(!strip_hop_by_hop(&mut h, false), "nothing named");
         assert!(h.contains_key("x-request-id"));
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_into_one_field_in_order() {
+        let mut h = map(&[
+            ("cookie", "a=1"),
+            ("x-other", "x"),
+            ("cookie", "theme=dark"),
+            ("cookie", "b=2"),
+        ]);
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; theme=dark; b=2"]);
+        assert_eq!(h.get("x-other").unwrap(), "x");
+        // One crumb, or none: left as it is.
+        for pairs in [
+            &[("cookie", "a=1"), ("x", "1"), ("x", "2")][..],
+            &[("x", "1"), ("x", "2")],
+        ] {
+            let mut h = map(pairs);
+            let before = h.clone();
+            join_cookies(&mut h);
+            assert_eq!(h, before);
+        }
+        // A crumb HPACK kept out of its tables stays so, joined.
+        let mut h = HeaderMap::new();
+        let mut secret = HeaderValue::from_static("s=1");
+        secret.set_sensitive(true);
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, secret);
+        join_cookies(&mut h);
+        assert!(h.get(header::COOKIE).unwrap().is_sensitive());
     }
 
     /// Which `Known` name `name` is, by comparing it with each.
