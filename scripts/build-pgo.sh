@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds a profile-guided (PGO) release `strait`: an instrumented build serves the benchmark
-# harness's traffic (HTTP/1.1 with small and with browser-shaped requests, h2c, TLS 1.3 with
+# harness's traffic (HTTP/1.1 and h2c with small and with browser-shaped requests, TLS 1.3 with
 # both, new connections, resumed and full TLS handshakes, gRPC, 1 MiB bodies; plain and with
 # access log and tracing on), the counts it leaves are merged, and the release build is made
 # again with them. The result is the binary to ship and to benchmark; see docs/benchmarks.md
@@ -51,9 +51,10 @@ RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$data" CARGO_TARGET_DIR="$base/gene
 
 echo "== training traffic" >&2
 # Every proxy process stops on SIGTERM and writes its counts as it exits.
+scenarios=h1,h1-browser,h1-newconn,h2,h2-browser,tls-h1,tls-h2
+scenarios+=,tls-handshake,tls-handshake-full,grpc,body-1m
 benches/harness/run.sh --strait "$base/generate/$host/release/strait" \
-    --targets strait,strait-observed \
-    --scenarios h1,h1-browser,h1-newconn,h2,tls-h1,tls-h2,tls-handshake,tls-handshake-full,grpc,body-1m \
+    --targets strait,strait-observed --scenarios "$scenarios" \
     --rounds 1 --seconds 3 --out "$base/training" >&2
 ls "$data"/*.profraw >/dev/null
 "$profdata" merge -o "$base/merged.profdata" "$data"

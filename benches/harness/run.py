@@ -194,6 +194,14 @@ BROWSER_FIELDS = [
     "Sec-Fetch-Site: same-origin",
     "Priority: u=1, i",
 ]
+
+
+def h2_fields(fields: list[str]) -> list[str]:
+    """h2load's `-H` arguments for these fields: names in lower case, as HTTP/2 has them."""
+    return [arg for field in fields
+            for arg in ("-H", field.split(":", 1)[0].lower() + ":" + field.split(":", 1)[1])]
+
+
 # The upstream's answer to it (nginx), behind any --routes prefix: JSON with an API's fields.
 BROWSER_LOCATION = (
     "    location ~ ^(/svc[0-9]+)?/api/v2/ { default_type application/json;\n"
@@ -1050,11 +1058,8 @@ def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float |
     if scenario == "h2":
         return h2load(env, f"http://{HOST}:{p['h2']}{path}", H2_CONNS, H2_STREAMS, seconds)
     if scenario == "h2-browser":
-        # (HTTP/2 names are lower case; the values as they are.)
-        fields = [arg for field in BROWSER_FIELDS
-                  for arg in ("-H", field.split(":", 1)[0].lower() + ":" + field.split(":", 1)[1])]
         return h2load(env, f"http://{HOST}:{p['h2']}{path}", H2_CONNS, H2_STREAMS, seconds,
-                      fields)
+                      h2_fields(BROWSER_FIELDS))
     if scenario == "tls-h1":
         return wrk(env, f"https://{HOST}:{p['tls']}{path}", H1_CONNS, seconds)
     if scenario == "tls-h2":

@@ -12,12 +12,13 @@ a few per cent for its whole life, so the median is taken over many layouts.
 
     python3 benches/harness/side_by_side.py --strait target/release/strait [--rounds 10]
         [--seconds 3] [--observe all|access-log|tracing|none] [--observe-percent 10]
-        [--observed-strait OTHER_BINARY] [--protocol h1|h1-browser|h2]
+        [--observed-strait OTHER_BINARY] [--protocol h1|h1-browser|h2|h2-browser]
 
 With `--observe none --observed-strait OTHER_BINARY` both run the same plain config: an A/B of
 two builds' CPU per request under the same minute-to-minute drift; `--protocol h2` loads both
 with h2load over h2c (8 connections x 16 streams) instead of wrk over HTTP/1.1, and
-`--protocol h1-browser` sends run.py's h1-browser request (a browser's fields) with wrk.
+`--protocol h1-browser` (`h2-browser`) sends run.py's h1-browser request (a browser's fields)
+with wrk (with h2load).
 
 Needs nginx, wrk and h2load (benches/harness/run.sh installs them). Prints each round and the median
 ratio; writes nothing else.
@@ -58,9 +59,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=16,
                     help="wrk connections per target (h2: half as many, 16 streams each)")
-    ap.add_argument("--protocol", choices=["h1", "h1-browser", "h2"], default="h1",
-                    help="h1: wrk, HTTP/1.1 keep-alive; h1-browser: the same with run.py's "
-                         "h1-browser request; h2: h2load, h2c multiplexed")
+    ap.add_argument("--protocol", choices=["h1", "h1-browser", "h2", "h2-browser"],
+                    default="h1",
+                    help="h1: wrk, HTTP/1.1 keep-alive; h2: h2load, h2c multiplexed; "
+                         "h1-browser, h2-browser: the same with run.py's h1-browser request")
     ap.add_argument("--observe", choices=["all", "access-log", "tracing", "none"], default="all")
     ap.add_argument("--observe-percent", type=float, default=run.OBSERVED_SAMPLE_PERCENT)
     ap.add_argument("--observed-strait", metavar="BINARY",
@@ -126,10 +128,12 @@ def main() -> int:
 
         def load_argv(seconds: int, port: int) -> list[str]:
             url = f"http://{HOST}:{port}/"
-            if args.protocol == "h2":
+            if args.protocol in ("h2", "h2-browser"):
                 # h2c, the streams of run.py's h2 scenario
+                fields = run.h2_fields(run.BROWSER_FIELDS) if args.protocol == "h2-browser" else []
+                path = run.BROWSER_PATH if args.protocol == "h2-browser" else ""
                 return [run.tool("h2load"), "-t1", f"-c{args.connections // 2 or 1}",
-                        "-m16", "-D", str(seconds), url]
+                        "-m16", "-D", str(seconds), *fields, url + path]
             if args.protocol == "h1-browser":
                 fields = [arg for field in run.BROWSER_FIELDS for arg in ("-H", field)]
                 return ["wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s", *fields,
@@ -147,7 +151,7 @@ def main() -> int:
 
         def served(out: str) -> int | None:
             """Requests answered 2xx in a load generator's report; None on any error."""
-            if args.protocol == "h2":
+            if args.protocol in ("h2", "h2-browser"):
                 found = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) "
                                   r"succeeded, 0 failed, 0 errored", out)
                 codes = re.search(r"status codes: (\d+) 2xx", out)
