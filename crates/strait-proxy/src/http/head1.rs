@@ -7,12 +7,11 @@
 //! bytes). It also checks each field's value, as `HeaderValue` does, in the same pass that
 //! finds the value's line end: fields passed on as they came (most of them) are not checked
 //! again, and a `HeaderValue` built from one does not fail. It does **not** check the bytes
-//! of the method or of a field's name: the
-//! caller builds `http::Method` and `HeaderName` from them, and those constructors check every
-//! byte anyway (a name usually by matching a known one). Checking them here too was paying for
-//! it twice. `httparse` (which this replaced) checks them, and then the constructors did
-//! again: ~2,100 instructions a request on h1 keep-alive (callgrind), ~1,100 for a five-field
-//! response head alone.
+//! of the method or of a field's name: the caller builds `http::Method` and `HeaderName` from
+//! them, and those constructors check every byte anyway (a name usually by matching a known
+//! one). Checking them here too was paying for it twice. `httparse` (which this replaced)
+//! checks them, and then the constructors did again: ~2,100 instructions a request on h1
+//! keep-alive (callgrind), ~1,100 for a five-field response head alone.
 //!
 //! A complete head is accepted (parsed and then built into `http` types by the caller) exactly
 //! when `httparse` accepts it; the tests compare the two over mutated heads. The difference is
