@@ -442,17 +442,25 @@ fn parse_fields(bytes: &[u8], mut at: usize, fields: &mut [Field]) -> Step<(usiz
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
+/// This parser against `httparse`, on the same bytes: the tests here run it over mutated heads,
+/// and the fuzz target `http1_heads` over whatever the fuzzer makes. Not used when serving.
+#[doc(hidden)]
+pub mod differential {
+    use super::{parse_request, parse_response, Field, HeadError};
     use http::header::{HeaderName, HeaderValue};
     use http::{Method, Uri};
     use std::mem::MaybeUninit;
 
+    /// Parses `bytes` as a request head and as a response head with both parsers, and panics
+    /// where they disagree (see [`agree`]).
+    pub fn check(bytes: &[u8]) {
+        agree(bytes, &ours_request(bytes), &reference_request(bytes));
+        agree(bytes, &ours_response(bytes), &reference_response(bytes));
+    }
+
     /// A head's outcome once its parts are built into `http` types, as the callers do.
     #[derive(Debug, PartialEq)]
-    enum Outcome<'a> {
+    pub enum Outcome<'a> {
         Partial,
         TooMany,
         Malformed,
@@ -460,7 +468,7 @@ mod tests {
         Response(u16, u8, Fields<'a>, usize),
     }
 
-    type Fields<'a> = Vec<(&'a [u8], &'a [u8])>;
+    pub type Fields<'a> = Vec<(&'a [u8], &'a [u8])>;
 
     const SLOTS: usize = 6;
 
@@ -473,7 +481,7 @@ mod tests {
             })
     }
 
-    fn reference_request(bytes: &[u8]) -> Outcome<'_> {
+    pub fn reference_request(bytes: &[u8]) -> Outcome<'_> {
         let mut slots = [const { MaybeUninit::uninit() }; SLOTS];
         let mut req = httparse::Request::new(&mut []);
         match req.parse_with_uninit_headers(bytes, &mut slots) {
@@ -496,7 +504,7 @@ mod tests {
         }
     }
 
-    fn reference_response(bytes: &[u8]) -> Outcome<'_> {
+    pub fn reference_response(bytes: &[u8]) -> Outcome<'_> {
         let mut slots = [const { MaybeUninit::uninit() }; SLOTS];
         let mut res = httparse::Response::new(&mut []);
         match httparse::ParserConfig::default()
@@ -531,7 +539,7 @@ mod tests {
             .collect()
     }
 
-    fn ours_request(bytes: &[u8]) -> Outcome<'_> {
+    pub fn ours_request(bytes: &[u8]) -> Outcome<'_> {
         let mut fields = [Field::default(); SLOTS];
         match parse_request(bytes, &mut fields) {
             Ok(None) => Outcome::Partial,
@@ -548,7 +556,7 @@ mod tests {
         }
     }
 
-    fn ours_response(bytes: &[u8]) -> Outcome<'_> {
+    pub fn ours_response(bytes: &[u8]) -> Outcome<'_> {
         let mut fields = [Field::default(); SLOTS];
         match parse_response(bytes, &mut fields) {
             Ok(None) => Outcome::Partial,
@@ -567,7 +575,7 @@ mod tests {
     /// Ours against `httparse`'s: the same head and fields whenever either accepts it. A
     /// refusal may come later here (once the line or the head is whole) and may be "too many
     /// fields" where `httparse` saw a bad byte in an earlier one.
-    fn agree(bytes: &[u8], ours: &Outcome<'_>, theirs: &Outcome<'_>) -> bool {
+    pub fn agree(bytes: &[u8], ours: &Outcome<'_>, theirs: &Outcome<'_>) -> bool {
         let fine = match (ours, theirs) {
             (Outcome::Partial, Outcome::Partial | Outcome::Malformed) => true,
             (Outcome::Malformed, Outcome::Malformed) => true,
@@ -581,6 +589,14 @@ mod tests {
         );
         matches!(ours, Outcome::Request(..) | Outcome::Response(..))
     }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::differential::*;
+    use super::*;
+    use http::header::HeaderValue;
 
     const REQUESTS: &[&[u8]] = &[
         b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.0\r\nAccept: */*\r\n\r\n",

@@ -25,6 +25,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub use conn_io::{ClientIo, MaybeTls};
+/// The HTTP/1 head parser against `httparse`, for the fuzz target `http1_heads`.
+#[doc(hidden)]
+pub use head1::differential::check as check_heads_against_httparse;
 
 /// Runs hyper's background tasks (HTTP/2 streams, connection drivers) on the worker's own
 /// thread: nothing a worker does needs to be `Send`.
