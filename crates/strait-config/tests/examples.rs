@@ -5,18 +5,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// The package's directory as `cargo test` gives it to the running test. `env!` would give
-/// the one the test was compiled in: a persistent target directory shared by clones at other
-/// paths keeps a test built in one of them (and perhaps since deleted) while it is fresh.
-fn repo_root() -> PathBuf {
-    let package = std::env::var_os("CARGO_MANIFEST_DIR");
-    Path::new(
-        package
-            .as_deref()
-            .unwrap_or(env!("CARGO_MANIFEST_DIR").as_ref()),
-    )
-    .join("../..")
-}
+#[path = "../../strait/tests/support/repo.rs"]
+mod repo;
+use repo::repo_root;
 
 /// YAML files under `dir`, recursively when `deep`; nothing when `dir` does not exist.
 fn yaml_files(dir: &Path, deep: bool, out: &mut Vec<PathBuf>) {

@@ -3,13 +3,11 @@
 
 use std::path::PathBuf;
 
-/// `config/strait.schema.json`, from the package's directory as `cargo test` gives it to the running test. `env!` would give
-/// the one the test was compiled in: a persistent target directory shared by clones at other
-/// paths keeps a test built in one of them (and perhaps since deleted) while it is fresh.
+#[path = "../../strait/tests/support/repo.rs"]
+mod repo;
+
 fn committed_path() -> PathBuf {
-    let package = std::env::var_os("CARGO_MANIFEST_DIR");
-    PathBuf::from(package.unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
-        .join("../../config/strait.schema.json")
+    repo::repo_root().join("config/strait.schema.json")
 }
 
 #[test]

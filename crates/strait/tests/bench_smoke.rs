@@ -4,23 +4,17 @@
 //! built-in Python client and upstream stand in for wrk and nginx. It measures nothing; the
 //! benchmark itself is never part of the test suite's verdict.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The repository, from the package's directory as `cargo test` gives it to the running test. `env!` would give
-/// the one the test was compiled in: a persistent target directory shared by clones at other
-/// paths keeps a test built in one of them (and perhaps since deleted) while it is fresh.
+#[path = "support/repo.rs"]
+mod repo;
+
 fn repo_root() -> PathBuf {
-    let package = std::env::var_os("CARGO_MANIFEST_DIR");
-    Path::new(
-        package
-            .as_deref()
-            .unwrap_or(env!("CARGO_MANIFEST_DIR").as_ref()),
-    )
-    .join("../..")
-    .canonicalize()
-    .expect("the repository root")
+    repo::repo_root()
+        .canonicalize()
+        .expect("the repository root")
 }
 
 #[test]

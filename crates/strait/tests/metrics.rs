@@ -268,8 +268,8 @@ async fn every_metric_served_is_documented() {
     let proxy = Proxy::start(&one_route(up.addr, "", "", "")).await;
     assert_eq!(proxy.get("d.example", "/").await.status, 200);
     let (text, _) = scrape(&proxy).await;
-    let docs =
-        std::fs::read_to_string(repo_root().join("docs/metrics.md")).expect("docs/metrics.md");
+    let docs = std::fs::read_to_string(repo::repo_root().join("docs/metrics.md"))
+        .expect("docs/metrics.md");
     let mut missing = Vec::new();
     for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
         let mut parts = line.split_whitespace();
@@ -295,7 +295,7 @@ async fn every_metric_served_is_documented() {
 /// documented (and the test above ties the docs to what `/metrics` serves).
 #[test]
 fn the_dashboard_uses_only_documented_metrics() {
-    let root = repo_root();
+    let root = repo::repo_root();
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("deploy/grafana/strait-dashboard.json"))
             .expect("dashboard"),

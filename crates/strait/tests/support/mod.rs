@@ -8,6 +8,8 @@
 // Each test file uses its own subset of the harness.
 #![allow(dead_code)]
 
+pub mod repo;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
@@ -1752,13 +1754,4 @@ pub fn one_route(
         indent(route_extra, 8),
         indent(cluster_extra, 4)
     )
-}
-
-/// The repository, from the package's directory as `cargo test` gives it to the running test.
-/// `env!` would give the one the test was compiled in: a persistent target directory shared by
-/// clones at other paths keeps a test built in one of them (and perhaps since deleted) while it
-/// is fresh.
-pub fn repo_root() -> PathBuf {
-    let package = std::env::var_os("CARGO_MANIFEST_DIR");
-    PathBuf::from(package.unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())).join("../..")
 }
