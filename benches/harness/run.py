@@ -194,14 +194,6 @@ BROWSER_FIELDS = [
     "Sec-Fetch-Site: same-origin",
     "Priority: u=1, i",
 ]
-
-
-def h2_fields(fields: list[str]) -> list[str]:
-    """h2load's `-H` arguments for these fields: names in lower case, as HTTP/2 has them."""
-    return [arg for field in fields
-            for arg in ("-H", field.split(":", 1)[0].lower() + ":" + field.split(":", 1)[1])]
-
-
 # The upstream's answer to it (nginx), behind any --routes prefix: JSON with an API's fields.
 BROWSER_LOCATION = (
     "    location ~ ^(/svc[0-9]+)?/api/v2/ { default_type application/json;\n"
@@ -210,6 +202,15 @@ BROWSER_LOCATION = (
     "      return 200 '{\"page\":3,\"reviews\":[]}\n'; }\n"
 )
 GRPC_MESSAGE = b"\x00\x00\x00\x00\x07\x0a\x05hello"  # uncompressed, 7-byte protobuf
+
+
+def header_args(fields: list[str], lower_names: bool = False) -> list[str]:
+    """`-H` arguments (wrk's, h2load's) for these fields; `lower_names` for HTTP/2, whose names
+    are lower case."""
+    def spelt(field: str) -> str:
+        name, colon, value = field.partition(":")
+        return (name.lower() if lower_names else name) + colon + value
+    return [arg for field in fields for arg in ("-H", spelt(field))]
 
 WRK_LUA = r"""
 done = function(summary, latency, requests)
@@ -951,9 +952,7 @@ def run_loadgen(env: Env, argv: list[str], timeout: float) -> str:
 
 def wrk(env: Env, url: str, conns: int, seconds: float, headers=()) -> dict:
     argv = [env.wrk, "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
-            "-s", str(env.work / "report.lua")]
-    for h in headers:
-        argv += ["-H", h]
+            "-s", str(env.work / "report.lua"), *header_args(list(headers))]
     out = run_loadgen(env, argv + [url], seconds + 30)
     m = re.search(r"^WRKJSON (\{.*\})$", out, re.M)
     if not m:
@@ -1044,7 +1043,7 @@ def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float |
     p = target.ports
     path = request_path(env)
     if scenario in ("h1-browser", "h2-browser"):
-        path = (path if path.endswith("/") else path + "/") + BROWSER_PATH
+        path += BROWSER_PATH  # (request_path ends with "/")
     if env.smoke:
         return py_client(env, p["h1"], 8, seconds, path)
     if scenario == "h1":
@@ -1059,7 +1058,7 @@ def drive(env: Env, scenario: str, target: Target, seconds: float, rate: float |
         return h2load(env, f"http://{HOST}:{p['h2']}{path}", H2_CONNS, H2_STREAMS, seconds)
     if scenario == "h2-browser":
         return h2load(env, f"http://{HOST}:{p['h2']}{path}", H2_CONNS, H2_STREAMS, seconds,
-                      h2_fields(BROWSER_FIELDS))
+                      header_args(BROWSER_FIELDS, lower_names=True))
     if scenario == "tls-h1":
         return wrk(env, f"https://{HOST}:{p['tls']}{path}", H1_CONNS, seconds)
     if scenario == "tls-h2":

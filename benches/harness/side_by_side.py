@@ -126,19 +126,18 @@ def main() -> int:
             configs.append((name, port, conf))
         binaries = [args.strait, args.observed_strait or args.strait]
 
+        h2 = args.protocol in ("h2", "h2-browser")
+        browser = args.protocol.endswith("-browser")
+        fields = run.header_args(run.BROWSER_FIELDS, lower_names=h2) if browser else []
+        path = "/" + (run.BROWSER_PATH if browser else "")
+
         def load_argv(seconds: int, port: int) -> list[str]:
-            url = f"http://{HOST}:{port}/"
-            if args.protocol in ("h2", "h2-browser"):
+            url = f"http://{HOST}:{port}{path}"
+            if h2:
                 # h2c, the streams of run.py's h2 scenario
-                fields = run.h2_fields(run.BROWSER_FIELDS) if args.protocol == "h2-browser" else []
-                path = run.BROWSER_PATH if args.protocol == "h2-browser" else ""
                 return [run.tool("h2load"), "-t1", f"-c{args.connections // 2 or 1}",
-                        "-m16", "-D", str(seconds), *fields, url + path]
-            if args.protocol == "h1-browser":
-                fields = [arg for field in run.BROWSER_FIELDS for arg in ("-H", field)]
-                return ["wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s", *fields,
-                        url + run.BROWSER_PATH]
-            return ["wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s", url]
+                        "-m16", "-D", str(seconds), *fields, url]
+            return ["wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s", *fields, url]
 
         def load(seconds: int) -> list[str]:
             """Both targets under their own load generator at once; its reports."""
@@ -151,7 +150,7 @@ def main() -> int:
 
         def served(out: str) -> int | None:
             """Requests answered 2xx in a load generator's report; None on any error."""
-            if args.protocol in ("h2", "h2-browser"):
+            if h2:
                 found = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) "
                                   r"succeeded, 0 failed, 0 errored", out)
                 codes = re.search(r"status codes: (\d+) 2xx", out)
