@@ -230,6 +230,12 @@ pub(crate) fn serve(
             // The listener was removed by a reload while this connection stayed open.
             return Ok(local_reply(grpc, Cause::NoRoute, "listener removed"));
         };
+        if req.method() == Method::CONNECT {
+            // Tunnels are not served. Forwarded, a CONNECT would lose its target (an authority,
+            // where routes and upstream URIs have a path).
+            let response = local_reply(grpc, Cause::NotImplemented, "CONNECT is not served");
+            return Ok(answered_unrouted(listener, response, &clock));
+        }
         if !listener.pass_fields {
             // Something on this listener reads the request's fields: into the map with them.
             fields_into_map(&mut req);
@@ -1677,6 +1683,7 @@ pub(crate) enum Cause {
     ConnectTimeout,
     RequestTimeout,
     UpstreamReset,
+    NotImplemented,
 }
 
 impl Cause {
@@ -1692,6 +1699,7 @@ impl Cause {
             Cause::ConnectTimeout => "connect_timeout",
             Cause::RequestTimeout => "request_timeout",
             Cause::UpstreamReset => "upstream_reset",
+            Cause::NotImplemented => "not_implemented",
         }
     }
 
@@ -1707,18 +1715,19 @@ impl Cause {
             | Cause::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             Cause::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Cause::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Cause::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
     /// The gRPC status a gRPC client gets instead (gRPC's HTTP-to-status mapping).
     fn grpc_status(self) -> u16 {
         match self {
-            Cause::NoRoute => 12,       // UNIMPLEMENTED
-            Cause::Forbidden => 7,      // PERMISSION_DENIED
-            Cause::Unauthorized => 16,  // UNAUTHENTICATED
-            Cause::BadRequest => 13,    // INTERNAL
-            Cause::RequestTimeout => 4, // DEADLINE_EXCEEDED
-            _ => 14,                    // UNAVAILABLE
+            Cause::NoRoute | Cause::NotImplemented => 12, // UNIMPLEMENTED
+            Cause::Forbidden => 7,                        // PERMISSION_DENIED
+            Cause::Unauthorized => 16,                    // UNAUTHENTICATED
+            Cause::BadRequest => 13,                      // INTERNAL
+            Cause::RequestTimeout => 4,                   // DEADLINE_EXCEEDED
+            _ => 14,                                      // UNAVAILABLE
         }
     }
 }

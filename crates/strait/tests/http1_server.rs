@@ -411,13 +411,17 @@ async fn control_bytes_in_a_header_value_and_space_before_the_colon_get_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http_1_1_request_without_host_or_with_two_gets_400() {
+async fn an_http_1_1_request_without_host_with_two_or_a_bad_one_gets_400() {
     let up = Upstream::echo("up").await;
     let proxy = proxy_to(&up).await;
     for request in [
         &b"GET / HTTP/1.1\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nHost: h1.example\r\nHost: other.example\r\n\r\n",
         b"GET / HTTP/1.0\r\nHost: h1.example\r\nhost: h1.example\r\n\r\n",
+        // RFC 9112 3.2: a `host` that is not an authority is refused too.
+        b"GET / HTTP/1.1\r\nHost: h1 example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h1.example/admin\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: <h1.example>\r\n\r\n",
     ] {
         assert_refused(&proxy, &up, request, 400).await;
     }
@@ -495,6 +499,22 @@ async fn a_small_body_left_unread_by_an_early_answer_is_dropped_and_the_connecti
         .await;
 }
 
+/// Reads bytes into `got` until it holds a request head, and takes the head out: `false` if
+/// the connection ended first.
+async fn read_head(stream: &mut TcpStream, got: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = find(got, b"\r\n\r\n") {
+            got.drain(..end + 4);
+            return true;
+        }
+        match stream.read(&mut buf).await {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+}
+
 /// An upstream that answers each request on a connection with the next of `answers`, bytes
 /// exactly as given.
 async fn raw_upstream(answers: &'static [&'static str]) -> std::net::SocketAddr {
@@ -506,16 +526,10 @@ async fn raw_upstream(answers: &'static [&'static str]) -> std::net::SocketAddr 
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
                 for answer in answers.iter().cycle() {
-                    while find(&got, b"\r\n\r\n").is_none() {
-                        match stream.read(&mut buf).await {
-                            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-                            _ => return,
-                        }
+                    if !read_head(&mut stream, &mut got).await {
+                        return;
                     }
-                    let end = find(&got, b"\r\n\r\n").unwrap_or_default();
-                    got.drain(..end + 4);
                     if stream.write_all(answer.as_bytes()).await.is_err() {
                         return;
                     }
@@ -934,6 +948,130 @@ async fn a_requests_own_fields_reach_the_upstream_as_they_came_with_the_proxys_a
     assert_eq!(got.header_all("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(got.header_all("x-forwarded-proto"), ["http"]);
     // The connection serves on.
+    let reply = client.request(&get("/after")).await;
+    assert_eq!(reply.echo()["uri"], "/after");
+}
+
+/// An upstream that answers each connection's first request with `answer` and closes.
+async fn closing_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut stream, &mut Vec::new()).await {
+                    let _ = stream.write_all(answer).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// What the proxy sends for a request (its last on the connection) to an upstream answering
+/// `answer`.
+async fn whole_answer(answer: &'static [u8]) -> String {
+    let up = closing_upstream(answer).await;
+    let config = format!(
+        "listeners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
+         - backends: [{{ cluster: raw }}]\n\
+         clusters:\n  - name: raw\n    endpoints: [{{ address: \"{up}\" }}]\n"
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut stream = within(READ_LIMIT, "connect", TcpStream::connect(proxy.listen))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: h1.example\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    within(
+        READ_LIMIT,
+        "the proxy's close",
+        stream.read_to_end(&mut got),
+    )
+    .await
+    .expect("read");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answer_with_two_framings_gets_502() {
+    // RFC 9112 6.3: `transfer-encoding` and `content-length` together may be a response split
+    // in two. The client gets a 502 (as from nginx), not the head with the length beside a
+    // chunked body.
+    let text =
+        whole_answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+            .await;
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+    assert!(
+        text.contains("both transfer-encoding and content-length"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answer_cut_short_reaches_the_client_as_far_as_it_came() {
+    // The head and the body read before the upstream's close go out, then the connection
+    // closes: the client sees the answer cut short (no last chunk), as nginx shows it, not a
+    // connection closed before any answer.
+    let text = whole_answer(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5\r\nhello\r\n3\r\nab",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("\r\nX-Up: 1\r\n"), "{text}");
+    assert!(text.contains("\r\n\r\n5\r\nhello\r\n"), "{text}");
+    assert!(!text.contains("0\r\n\r\n"), "no last chunk: {text:?}");
+
+    // A chunk size that does not fit: the head still goes out, and nothing after it.
+    let text = whole_answer(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "{text:?}");
+
+    // Fewer bytes than the length said: those bytes, then the close.
+    let text = whole_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").await;
+    assert!(text.contains("\r\nContent-Length: 10\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello"), "{text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_gets_501_and_an_upgrade_to_h2c_goes_on_as_a_plain_request() {
+    let up = Upstream::echo("up").await;
+    let proxy = proxy_to(&up).await;
+    let mut client = Client::connect(&proxy).await;
+    // Tunnels are not served; the connection serves on.
+    let reply = client
+        .request(b"CONNECT h1.example:443 HTTP/1.1\r\nHost: h1.example:443\r\n\r\n")
+        .await;
+    assert_eq!(reply.status, 501, "{}", reply.head);
+    assert_eq!(reply.header("x-strait-error"), Some("not_implemented"));
+    assert_eq!(up.hits(), 0, "a CONNECT reached the upstream");
+
+    // An upstream that took an upgrade to h2c would serve the rest of the connection as
+    // HTTP/2 behind the proxy ("h2c smuggling"): the request goes without it, and its answer
+    // is an ordinary one.
+    let reply = client
+        .request(
+            b"GET /h2c HTTP/1.1\r\nHost: h1.example\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+              Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    let seen = up.seen();
+    let got = seen.last().expect("the upstream got the request");
+    for name in ["upgrade", "connection", "http2-settings"] {
+        assert!(
+            got.header_all(name).is_empty(),
+            "{name} reached the upstream"
+        );
+    }
     let reply = client.request(&get("/after")).await;
     assert_eq!(reply.echo()["uri"], "/after");
 }

@@ -163,6 +163,31 @@ async fn an_http2_cookie_sent_as_crumbs_reaches_the_upstream_as_one_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connect_gets_501() {
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&single_route(&up, "http1")).await;
+    let mut conn = proxy.connect(Proto::H2).await;
+    let connect = http::Request::builder()
+        .method("CONNECT")
+        .uri("h2.example:443")
+        .body(empty())
+        .expect("request");
+    let resp = conn.fetch(connect).await.expect("answer");
+    assert_eq!(resp.status, StatusCode::NOT_IMPLEMENTED, "{}", resp.text());
+    assert_eq!(up.hits(), 0, "a CONNECT reached the upstream");
+    // The connection serves on.
+    let resp = conn
+        .fetch(
+            request("GET", "h2.example", "/after")
+                .body(empty())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(resp.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_client_to_http2_upstream() {
     let up = Upstream::echo("up").await;
     let proxy = Proxy::start(&single_route(&up, "http2")).await;

@@ -898,13 +898,19 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
         spill(&mut raw, &mut headers, line.fields);
     }
     let framing = match (encoded, chunked, length) {
-        (true, true, _) => BodyFraming::Chunked,
-        (true, false, _) => BodyFraming::UntilClose,
+        // Both framings: a response split or smuggled (RFC 9112 6.3). Passed on, its
+        // `content-length` would go out beside a chunked body; nginx answers 502 too.
+        (true, _, Some(_)) => {
+            return Err(Http1Error::Invalid(
+                "both transfer-encoding and content-length",
+            ))
+        }
+        (true, true, None) => BodyFraming::Chunked,
+        (true, false, None) => BodyFraming::UntilClose,
         (false, _, Some(n)) => BodyFraming::Length(n),
         (false, _, None) => BodyFraming::UntilClose,
     };
-    // A message with both framings may be a smuggling attempt: never reuse its connection.
-    let keep_alive = !(close || encoded && length.is_some());
+    let keep_alive = !close;
     let head = Head {
         status,
         version,
@@ -1249,6 +1255,43 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn a_head_with_two_framings_or_two_lengths_is_refused() {
+        let refused = |text: &str| {
+            for keep_raw in [false, true] {
+                match parse_head(text.as_bytes(), keep_raw) {
+                    Err(Http1Error::Invalid(_)) => {}
+                    Err(other) => panic!("{text:?} (raw {keep_raw}): {other}"),
+                    Ok(_) => panic!("{text:?} (raw {keep_raw}): accepted"),
+                }
+            }
+        };
+        for te in ["chunked", "gzip", "gzip, chunked"] {
+            refused(&format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: {te}\r\n\r\n"
+            ));
+            refused(&format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: {te}\r\ncontent-length: 5\r\n\r\n"
+            ));
+        }
+        refused("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n");
+        // The same length twice is one length.
+        let twice = parse_head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+            false,
+        );
+        assert!(matches!(
+            twice,
+            Ok(Some((
+                Head {
+                    framing: BodyFraming::Length(5),
+                    ..
+                },
+                _
+            )))
+        ));
     }
 
     #[test]

@@ -765,6 +765,33 @@ pub(crate) fn value_text(value: &HeaderValue) -> Option<&str> {
     }
 }
 
+/// The bytes a `host` field may hold: an authority's (RFC 3986: unreserved, sub-delims, `%`,
+/// and `:`, `@`, `[`, `]`), the set nghttp2 and Envoy check `:authority` against. A byte per
+/// byte value, 0 where allowed: one load and one `or` a byte, no branch (a `u128` mask cost
+/// ~14 instructions a byte in its shifts).
+static NOT_HOST: [u8; 256] = {
+    let allowed =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%:@[]";
+    let mut table = [1u8; 256];
+    let mut i = 0;
+    while i < allowed.len() {
+        table[allowed[i] as usize] = 0;
+        i += 1;
+    }
+    table
+};
+
+/// Whether `value` is a `host` field's value that RFC 9112 3.2 lets a server take: without
+/// spaces, controls, `/`, `?`, `#`, quotes or bytes above 127. Others are refused (400), as
+/// nginx refuses them: routes would match the upstream's idea of the host against a string
+/// that names none. Empty is allowed (a target without an authority).
+pub(crate) fn is_host(value: &[u8]) -> bool {
+    value
+        .iter()
+        .fold(0u8, |bad, &b| bad | NOT_HOST[usize::from(b)])
+        == 0
+}
+
 /// Joins an HTTP/2 request's `cookie` fields into one, their values separated by `; `, as
 /// RFC 9113 8.2.3 requires before the request leaves HTTP/2. Clients may send a cookie as
 /// crumbs, one field each, so that HPACK indexes each (browsers do); an HTTP/1.1 upstream
@@ -1000,6 +1027,43 @@ mod tests {
         let mut h = map(&[("connection", "keep-alive"), ("x-request-id", "a")]);
         assert!(!strip_hop_by_hop(&mut h, false), "nothing named");
         assert!(h.contains_key("x-request-id"));
+    }
+
+    #[test]
+    fn host_values_are_an_authoritys_bytes() {
+        for good in [
+            &b""[..],
+            b"example.com",
+            b"EXAMPLE.com:8080",
+            b"127.0.0.1:80",
+            b"[::1]:443",
+            b"xn--bcher-kva.example",
+            b"a_b~c!$&'()*+,;=%20",
+            b"user@host",
+        ] {
+            assert!(is_host(good), "{:?}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b"a b"[..],
+            b"a\tb",
+            b"host/path",
+            b"host?q",
+            b"host#f",
+            b"a\"b",
+            b"<host>",
+            b"a\\b",
+            b"h\x7fst",
+            b"h\xc3\xa9",
+            b"{a}",
+            b"a|b",
+            b"a^b",
+            b"a`b",
+        ] {
+            assert!(!is_host(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // Every byte: exactly the 82 allowed ones pass.
+        let passing = (0..=255u8).filter(|&b| is_host(&[b])).count();
+        assert_eq!(passing, 82);
     }
 
     #[test]
