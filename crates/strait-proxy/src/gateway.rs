@@ -129,6 +129,33 @@ impl Activity {
         self.pending.set(self.pending.get() + 1);
         PendingRequest(self)
     }
+
+    fn end(&self) {
+        self.pending.set(self.pending.get().saturating_sub(1));
+        if self.watched.get() {
+            self.last.set(tokio::time::Instant::now());
+        }
+    }
+}
+
+/// Counts an HTTP/2 stream as a request in flight until its response body is dropped (sent
+/// whole, or the stream reset): a response still streaming (a download, server-sent events,
+/// a gRPC stream) keeps the connection from its idle timeout, which
+/// [`PendingRequest`] alone (up to the response head) did not.
+pub(crate) struct OpenStream(Rc<Connection>);
+
+impl OpenStream {
+    pub(crate) fn new(conn: Rc<Connection>) -> Self {
+        let activity = &conn.activity;
+        activity.pending.set(activity.pending.get() + 1);
+        OpenStream(conn)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.activity.end();
+    }
 }
 
 /// A connection's upstream-timeout timers, kept from one request to the next.
@@ -206,10 +233,7 @@ struct PendingRequest<'a>(&'a Activity);
 
 impl Drop for PendingRequest<'_> {
     fn drop(&mut self) {
-        self.0.pending.set(self.0.pending.get().saturating_sub(1));
-        if self.0.watched.get() {
-            self.0.last.set(tokio::time::Instant::now());
-        }
+        self.0.end();
     }
 }
 
@@ -242,7 +266,14 @@ pub(crate) fn serve(
         }
         if let ClientBody::Hyper(_) = req.body() {
             // An HTTP/2 request's cookie crumbs, one field again (RFC 9113 8.2.3).
-            headers::join_cookies(req.headers_mut());
+            headers::fold_repeats(req.headers_mut());
+            // Without `:authority` the `host` field names the host: one, an authority's bytes,
+            // as of an HTTP/1.1 request (RFC 9112 3.2), which an HTTP/1.1 upstream needs.
+            if req.uri().authority().is_none() && !one_host(req.headers()) {
+                let detail = "no :authority, and not one valid host";
+                let response = local_reply(grpc, Cause::BadRequest, detail);
+                return Ok(answered_unrouted(listener, response, &clock));
+            }
         }
         // Made on arrival, so every answer's log line has one, not just the forwarded ones; it
         // is written into the request when that is forwarded (`forward_to`), as the
@@ -1555,6 +1586,15 @@ fn shadow_host(host: &str) -> String {
 
 /// The request's host: `:authority` for HTTP/2 (and absolute-form HTTP/1), else `Host`: as
 /// `server1` parsed it while the headers are still as they came (`as_parsed`).
+/// Whether `headers` hold one `host`, with an authority's bytes.
+fn one_host(headers: &http::HeaderMap) -> bool {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) => headers::is_host(host.as_bytes()),
+        _ => false,
+    }
+}
+
 fn request_host(req: &mut Request<ClientBody>, as_parsed: bool) -> Option<HeaderValue> {
     if let Some(authority) = req.uri().authority() {
         // Carved from the worker's shared block: every HTTP/2 request has an authority, and a

@@ -798,9 +798,18 @@ pub(crate) fn is_host(value: &[u8]) -> bool {
 /// reads one `Cookie` field (RFC 6265 5.4), and many read only the first of several. Joined
 /// where the request arrives, so routes, rate limits, hashing and logs see what an upstream
 /// sees. A map without any name twice (its length is its number of names) is left at once.
-pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+///
+/// A `content-length` sent twice (h2 refuses two different ones, not the same one twice) is
+/// kept once on the way: an HTTP/2 upstream refuses the stream for two, and nginx a request
+/// with two lines.
+pub(crate) fn fold_repeats(headers: &mut HeaderMap) {
     if headers.len() == headers.keys_len() {
         return;
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let (Some(first), Some(_)) = (lengths.next(), lengths.next()) {
+        let first = first.clone();
+        headers.insert(header::CONTENT_LENGTH, first);
     }
     let crumbs = headers.get_all(header::COOKIE);
     if crumbs.iter().nth(1).is_none() {
@@ -1067,14 +1076,14 @@ mod tests {
     }
 
     #[test]
-    fn cookie_crumbs_are_joined_into_one_field_in_order() {
+    fn cookie_crumbs_are_joined_and_a_repeated_length_kept_once() {
         let mut h = map(&[
             ("cookie", "a=1"),
             ("x-other", "x"),
             ("cookie", "theme=dark"),
             ("cookie", "b=2"),
         ]);
-        join_cookies(&mut h);
+        fold_repeats(&mut h);
         let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
         assert_eq!(all, ["a=1; theme=dark; b=2"]);
         assert_eq!(h.get("x-other").unwrap(), "x");
@@ -1085,16 +1094,21 @@ mod tests {
         ] {
             let mut h = map(pairs);
             let before = h.clone();
-            join_cookies(&mut h);
+            fold_repeats(&mut h);
             assert_eq!(h, before);
         }
+        // The same length twice is one.
+        let mut h = map(&[("content-length", "5"), ("x", "1"), ("content-length", "5")]);
+        fold_repeats(&mut h);
+        let all: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+        assert_eq!(all, ["5"]);
         // A crumb HPACK kept out of its tables stays so, joined.
         let mut h = HeaderMap::new();
         let mut secret = HeaderValue::from_static("s=1");
         secret.set_sensitive(true);
         h.append(header::COOKIE, HeaderValue::from_static("a=1"));
         h.append(header::COOKIE, secret);
-        join_cookies(&mut h);
+        fold_repeats(&mut h);
         assert!(h.get(header::COOKIE).unwrap().is_sensitive());
     }
 

@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -106,17 +106,60 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewound<T> {
 /// finished by the time it is polled: under load this halves the writes (and the client's
 /// answering writes), about 8 answers a write becoming about 15.
 /// (HTTP/1 connections are not wrapped: they write one answer at a time.)
-#[derive(Debug)]
+///
+/// Its shutdown lingers. h2 shuts the connection down once its GOAWAY and last stream are
+/// written, but the kernel may still hold the end of the last answer, and the client's
+/// `WINDOW_UPDATE`s for it keep coming as it reads. Closed with those coming, the socket
+/// answers them with a reset that throws the unsent end away: a client reading a 10 MB answer
+/// slowly lost its last 0.1-4 MB when an idle timeout or a drain closed the connection. So the
+/// write side is shut first (the end, then FIN), and what the client still sends is read and
+/// dropped until it closes: at most [`LINGER_BYTES`], within [`LINGER_QUIET`] of its last bytes
+/// and [`LINGER_MOST`] in all. (`server1` lingers likewise after an HTTP/1 answer that left
+/// bytes unread.)
 pub(crate) struct Batched<T> {
     io: T,
     /// This batch's write already waited its turn (or found the socket full).
     waited: bool,
+    linger: Linger,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Batched<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batched")
+            .field("io", &self.io)
+            .field("waited", &self.waited)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a closing HTTP/2 connection waits for the client's next bytes, and for all of
+/// them, before it closes (nginx's `lingering_timeout` and `lingering_time`).
+const LINGER_QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+const LINGER_MOST: std::time::Duration = std::time::Duration::from_secs(30);
+/// The most a closing HTTP/2 connection reads and drops.
+const LINGER_BYTES: usize = 1 << 20;
+
+enum Linger {
+    Open,
+    /// Shut for writing; reading until the client closes. Boxed: a closing connection's.
+    Reading(Box<Reading>),
+    Done,
+}
+
+struct Reading {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    end: tokio::time::Instant,
+    left: usize,
 }
 
 impl<T> Batched<T> {
     /// `io`, its writes batched.
     pub(crate) fn new(io: T) -> Self {
-        Batched { io, waited: false }
+        Batched {
+            io,
+            waited: false,
+            linger: Linger::Open,
+        }
     }
 
     /// `Pending` once per batch, after waking the task; then what `write` says. A write that
@@ -152,7 +195,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Batched<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Batched<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -180,7 +223,41 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Batched<T> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if let Linger::Open = this.linger {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            let now = tokio::time::Instant::now();
+            this.linger = Linger::Reading(Box::new(Reading {
+                timer: Box::pin(tokio::time::sleep_until(now + LINGER_QUIET)),
+                end: now + LINGER_MOST,
+                left: LINGER_BYTES,
+            }));
+        }
+        let Linger::Reading(reading) = &mut this.linger else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut sink = [0u8; 2048];
+        loop {
+            let mut buf = ReadBuf::new(&mut sink);
+            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    reading.left = reading.left.saturating_sub(buf.filled().len());
+                    if reading.left == 0 {
+                        break;
+                    }
+                    let next = tokio::time::Instant::now() + LINGER_QUIET;
+                    reading.timer.as_mut().reset(next.min(reading.end));
+                }
+                // The client closed, or the connection failed: nothing left to wait for.
+                Poll::Ready(_) => break,
+                Poll::Pending => {
+                    ready!(reading.timer.as_mut().poll(cx));
+                    break;
+                }
+            }
+        }
+        this.linger = Linger::Done;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -224,6 +301,17 @@ mod tests {
     struct Recorder {
         bytes: Vec<u8>,
         calls: String,
+    }
+
+    /// (Read by a lingering shutdown: the peer closed.)
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
     }
 
     impl AsyncWrite for Recorder {

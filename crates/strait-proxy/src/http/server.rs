@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Request;
@@ -16,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::gateway::{self, Connection, TlsInfo};
-use crate::http::body::ClientBody;
+use crate::http::body::{ClientBody, ResponseBody};
 use crate::http::{ClientIo, LocalExec};
 use crate::telemetry::metrics::{ListenerStats, TlsFailure};
 use crate::tls::ServerTls;
@@ -145,10 +146,11 @@ async fn serve_h2<I>(
     // pointer (h2c under callgrind: 44,462 -> 42,194 instructions a request).
     let service = service_fn(move |req: Request<Incoming>| {
         let conn = Rc::clone(&conn);
-        // (hyper takes the answer unboxed.)
         super::boxed(|| async move {
+            let open = gateway::OpenStream::new(Rc::clone(&conn));
             let reply = gateway::serve(req.map(ClientBody::Hyper), conn).await;
-            reply.map(|reply| *reply)
+            // (hyper takes the answer unboxed.)
+            reply.map(|reply| reply.map(|body| StreamBody { body, _open: open }))
         })
     });
     let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
@@ -175,6 +177,32 @@ async fn serve_h2<I>(
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// An HTTP/2 response's body, holding its stream's count in the connection's activity.
+struct StreamBody {
+    body: ResponseBody,
+    _open: gateway::OpenStream,
+}
+
+impl hyper::body::Body for StreamBody {
+    type Data = bytes::Bytes;
+    type Error = <ResponseBody as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -556,8 +556,14 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
             if length.is_some_and(|l| l != n) {
                 return Err(bad);
             }
+            // The same length twice goes on once: an HTTP/2 upstream refuses two, and nginx
+            // refuses a duplicate line.
+            let repeated = length.is_some();
             length = Some(n);
             declared = Some(n);
+            if repeated {
+                continue;
+            }
         } else if hop == HOP_TRANSFER_ENCODING {
             encodings += 1;
             chunked = raw_value.trim_ascii().eq_ignore_ascii_case(b"chunked");

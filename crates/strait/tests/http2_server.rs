@@ -1,0 +1,270 @@
+//! The proxy's HTTP/2 server as an HTTP/2 client sees it: what a client that h2 and hyper let
+//! through must still be refused, answers shaped as HTTP/2 clients accept them, and
+//! connections that end (idle, drained) without cutting what is still on its way.
+
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use support::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An upstream that answers every request on a connection with `answer`, after reading the
+/// request's head. `pause` between the answer's pieces (split at `|`), to stream it.
+async fn scripted_upstream(answer: &'static str, pause: Duration) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    got.clear();
+                    for piece in answer.split('|') {
+                        if stream.write_all(piece.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn config(up: std::net::SocketAddr, listener_extra: &str) -> String {
+    format!(
+        "listeners:\n  - name: main\n    address: ${{LISTEN}}\n{listener_extra}    routes:\n      \
+         - backends: [{{ cluster: up }}]\n\
+         clusters:\n  - name: up\n    endpoints: [{{ address: \"{up}\" }}]\n"
+    )
+}
+
+/// A raw HTTP/2 client (the h2 crate): requests hyper's client would not build.
+async fn h2_client(proxy: &Proxy) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(proxy.listen).await.expect("connect");
+    let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// Sends `req` without a body; the answer's status and fields.
+async fn h2_ask(
+    send: &mut h2::client::SendRequest<Bytes>,
+    req: Request<()>,
+) -> (StatusCode, http::HeaderMap) {
+    let mut send = send.clone().ready().await.expect("ready");
+    let (answer, _) = send.send_request(req, true).expect("send");
+    let answer = within(Duration::from_secs(5), "answer", answer)
+        .await
+        .expect("answer");
+    (answer.status(), answer.headers().clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_authority_needs_one_valid_host() {
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&config(up.addr, "")).await;
+    let mut send = h2_client(&proxy).await;
+    let without = |hosts: &[&str]| {
+        let mut req = Request::builder().uri("/h").body(()).expect("request");
+        for host in hosts {
+            req.headers_mut()
+                .append("host", host.parse().expect("value"));
+        }
+        req
+    };
+    for hosts in [
+        &[][..],
+        &["a b"],
+        &["h2.example/admin"],
+        &["a.example", "b.example"],
+    ] {
+        let (status, _) = h2_ask(&mut send, without(hosts)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{hosts:?}");
+    }
+    assert_eq!(up.hits(), 0, "refused requests reached the upstream");
+    let (status, _) = h2_ask(&mut send, without(&["h2.example"])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(up.seen()[0].header_all("host"), ["h2.example"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_204_and_a_repeated_length_reach_an_http2_client_as_it_takes_them() {
+    // RFC 9110 8.6: no length with a 204; and an HTTP/2 client refuses two (RFC 9113 8.1.1).
+    for (answer, status) in [
+        ("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", 204),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+            200,
+        ),
+    ] {
+        let up = scripted_upstream(answer, Duration::ZERO).await;
+        let proxy = Proxy::start(&config(up, "")).await;
+        let mut send = h2_client(&proxy).await;
+        let req = Request::builder()
+            .uri(format!("http://{}/", proxy.listen))
+            .body(())
+            .expect("request");
+        let (got, headers) = h2_ask(&mut send, req).await;
+        assert_eq!(got.as_u16(), status);
+        let lengths = headers.get_all("content-length").iter().count();
+        assert_eq!(lengths, if status == 204 { 0 } else { 1 }, "{headers:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_still_streaming_keeps_its_connection_from_the_idle_timeout() {
+    // Eight pieces 250 ms apart: the answer streams for 2 s, past the listener's 1 s idle
+    // timeout. The connection must not be closed under it (a GOAWAY), and so serves the next
+    // request.
+    let up = scripted_upstream(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n|1\r\na\r\n|1\r\nb\r\n|1\r\nc\r\n|\
+         1\r\nd\r\n|1\r\ne\r\n|1\r\nf\r\n|1\r\ng\r\n|0\r\n\r\n",
+        Duration::from_millis(250),
+    )
+    .await;
+    let proxy = Proxy::start(&config(up, "    idle_timeout: 1s\n")).await;
+    let mut conn = proxy.connect(Proto::H2).await;
+    let started = Instant::now();
+    let first = conn
+        .fetch(simple("GET", "h2.example", "/stream"))
+        .await
+        .expect("answer");
+    assert_eq!(first.text(), "abcdefg");
+    assert!(started.elapsed() > Duration::from_millis(1500));
+    assert!(
+        !conn.is_closed(),
+        "the connection closed while its answer streamed"
+    );
+    let second = conn
+        .send(simple("GET", "h2.example", "/again"))
+        .await
+        .expect("the connection serves on");
+    assert_eq!(second.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_connection_lingers_so_a_slow_reader_gets_the_whole_answer() {
+    // 8 MiB answered at once; the client takes it in a large window but reads slowly, so the
+    // proxy has written the end while the client's window updates are still coming. A drain
+    // closes the connection after the stream: closing with those unread would reset it and
+    // throw away the tail still in the kernel.
+    const SIZE: usize = 8 << 20;
+    let body: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n{}",
+            "x".repeat(SIZE)
+        )
+        .into_boxed_str(),
+    );
+    let up = scripted_upstream(body, Duration::ZERO).await;
+    let proxy = Proxy::start(&config(up, "")).await;
+    let tcp = SlowRead::new(TcpStream::connect(proxy.listen).await.expect("connect"));
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(6 << 20)
+        .initial_connection_window_size(12 << 20)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.expect("ready");
+    let req = Request::builder()
+        .uri(format!("http://{}/big", proxy.listen))
+        .body(())
+        .expect("request");
+    let (answer, _) = send.send_request(req, true).expect("send");
+    let answer = within(Duration::from_secs(5), "answer head", answer)
+        .await
+        .expect("answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let mut body = answer.into_body();
+    let mut got = 0;
+    let mut drained = false;
+    let result = within(Duration::from_secs(20), "the whole answer", async {
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            got += chunk.len();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if !drained && got > SIZE / 8 {
+                drained = true;
+                proxy.admin_post("/drain").await;
+            }
+        }
+        Ok::<_, h2::Error>(())
+    })
+    .await;
+    assert!(drained);
+    assert_eq!(got, SIZE, "{result:?}");
+    result.expect("the answer ends cleanly");
+}
+
+/// A connection read slowly: at most 4 KiB a read, a millisecond apart, as a client busy with
+/// what it read leaves the rest in the kernel.
+struct SlowRead {
+    io: TcpStream,
+    pause: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl SlowRead {
+    fn new(io: TcpStream) -> Self {
+        SlowRead {
+            io,
+            pause: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        }
+    }
+}
+
+impl AsyncRead for SlowRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.pause.as_mut().poll(cx));
+        let mut small = [0u8; 4096];
+        let mut part = ReadBuf::new(&mut small[..buf.remaining().min(4096)]);
+        std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut part))?;
+        buf.put_slice(part.filled());
+        let next = tokio::time::Instant::now() + Duration::from_millis(1);
+        this.pause.as_mut().reset(next);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for SlowRead {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
