@@ -274,6 +274,11 @@ pub(crate) fn serve(
                 let response = local_reply(grpc, Cause::BadRequest, detail);
                 return Ok(answered_unrouted(listener, response, &clock));
             }
+            // `*` is the path of OPTIONS alone (RFC 9113 8.3.1), as in HTTP/1.1.
+            if req.uri().path() == "*" && req.method() != Method::OPTIONS {
+                let response = local_reply(grpc, Cause::BadRequest, "`*` is OPTIONS' path");
+                return Ok(answered_unrouted(listener, response, &clock));
+            }
         }
         // Made on arrival, so every answer's log line has one, not just the forwarded ones; it
         // is written into the request when that is forwarded (`forward_to`), as the

@@ -316,9 +316,18 @@ async fn a_garbage_request_line_gets_400_and_close() {
     for request in [
         &b"HELLO\r\n\r\n"[..],
         b"GE T / HTTP/1.1\r\nHost: h1.example\r\n\r\n",
+        // `*` is OPTIONS' target alone (RFC 9112 3.2.4).
+        b"GET * HTTP/1.1\r\nHost: h1.example\r\n\r\n",
     ] {
         assert_refused(&proxy, &up, request, 400).await;
     }
+    let mut client = Client::connect(&proxy).await;
+    let reply = client
+        .request(b"OPTIONS * HTTP/1.1\r\nHost: h1.example\r\n\r\n")
+        .await;
+    // Routed (here no route takes `*`), not refused as malformed.
+    assert_eq!(reply.status, 404, "{}", reply.head);
+    assert_eq!(reply.header("x-strait-error"), Some("no_route"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

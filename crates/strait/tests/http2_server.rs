@@ -103,6 +103,18 @@ async fn a_request_without_authority_needs_one_valid_host() {
     let (status, _) = h2_ask(&mut send, without(&["h2.example"])).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(up.seen()[0].header_all("host"), ["h2.example"]);
+
+    // `*` is the path of OPTIONS alone (RFC 9113 8.3.1).
+    let asterisk = |method: &str| {
+        let mut req = without(&["h2.example"]);
+        *req.method_mut() = method.parse().expect("method");
+        *req.uri_mut() = "*".parse().expect("uri");
+        req
+    };
+    let (status, _) = h2_ask(&mut send, asterisk("GET")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = h2_ask(&mut send, asterisk("OPTIONS")).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

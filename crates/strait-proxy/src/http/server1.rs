@@ -498,6 +498,10 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
     };
     let method = bytes.get(line.method.clone()).ok_or(bad)?;
     let method = Method::from_bytes(method).map_err(|_| bad)?;
+    // `*` is the target of OPTIONS alone (RFC 9112 3.2.4).
+    if bytes.get(line.target.start) == Some(&b'*') && method != Method::OPTIONS {
+        return Err(bad);
+    }
     let version = if line.minor == 0 {
         Version::HTTP_10
     } else {
