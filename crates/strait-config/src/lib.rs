@@ -50,8 +50,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
                     at: At::Position(Position { line: 1, column: 1 }),
                     message: error::EMPTY_CONFIG.to_owned(),
                 });
+            } else {
+                problems.extend(validate::check(&config));
             }
-            problems.extend(validate::check(&config));
             if problems.is_empty() {
                 Ok(config)
             } else {

@@ -112,6 +112,15 @@ impl Checker<'_> {
 
     fn config(&mut self, config: &Config) {
         let root = FieldPath::root();
+        if config.listeners.is_empty() {
+            // A file cut off while being written often lost its listeners: taken, it would
+            // close every one (a watched file is read as soon as it changes).
+            self.say(
+                root.key("listeners"),
+                "no listeners: give at least one (see config/minimal.yaml); a config without \
+                 any would close every listener the proxy serves on",
+            );
+        }
         if let Some(workers) = config.workers {
             if !(1..=MAX_WORKERS).contains(&workers) {
                 self.say(

@@ -315,6 +315,20 @@ fn an_empty_file_is_refused() {
 }
 
 #[test]
+fn a_config_without_listeners_is_refused() {
+    // What a file cut off while being written often is: taken, it would close every listener.
+    for text in [
+        "admin: { address: 127.0.0.1:9901 }\nworkers: 2\n",
+        "admin: { address: 127.0.0.1:9901 }\nlisteners:\n",
+        "listeners: []\nclusters: []\n",
+    ] {
+        let all = errors(text);
+        assert_eq!(all.len(), 1, "{text:?}: {all:?}");
+        assert_says(&all[0], &["no listeners"]);
+    }
+}
+
+#[test]
 fn a_second_document_is_refused() {
     let text = format!("{VALID}---\nlisteners: []\n");
     let all = errors(&text);

@@ -37,6 +37,14 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Whether `addr` can be bound as [`bind`] binds it (without listening).
+pub fn can_bind(addr: SocketAddr) -> io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())
+}
+
 /// Accepts until `stop` turns true; connections accepted before keep going, and drain when
 /// `stop` turns true (they watch the same signal).
 pub(crate) async fn accept_loop(

@@ -262,6 +262,59 @@ clusters:
     );
 }
 
+/// Waits until `strait_config_reload_failures_total` reaches `n`.
+async fn reload_failures_reach(proxy: &Proxy, n: f64) -> Scrape {
+    let mut m = scrape(proxy).await.1;
+    for _ in 0..100 {
+        if sum(&m, "strait_config_reload_failures_total", &[]) >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = scrape(proxy).await.1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_cannot_listen_or_read_its_file_is_refused_and_counted() {
+    let up = Upstream::echo("refused").await;
+    let config = |second: &str| {
+        format!(
+            "listeners:\n  - name: web\n    address: ${{LISTEN}}\n    routes:\n      \
+             - backends: [{{ cluster: echo }}]\n{second}\
+             clusters:\n  - name: echo\n    endpoints: [{{ address: \"{}\" }}]\n",
+            up.addr
+        )
+    };
+    let proxy = Proxy::start(&config("")).await;
+    // Another process's port: the added listener cannot be bound, so the reload is refused
+    // (it was applied, the listener left unbound, and nothing counted).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = held.local_addr().expect("address");
+    proxy.write_config(&config(&format!(
+        "  - name: second\n    address: \"{taken}\"\n    routes:\n      \
+         - backends: [{{ cluster: echo }}]\n"
+    )));
+    let m = reload_failures_reach(&proxy, 1.0).await;
+    assert_eq!(sum(&m, "strait_config_reload_failures_total", &[]), 1.0);
+    assert_eq!(sum(&m, "strait_config_version", &[]), 1.0);
+    let dump = proxy.admin_get("/config_dump").await.text();
+    assert!(dump.contains("cannot listen on"), "{dump}");
+
+    // A SIGHUP with the file gone is refused and counted too (it was only logged as a reload).
+    std::fs::remove_file(&proxy.config_path).expect("remove the config");
+    proxy.signal("HUP");
+    let m = reload_failures_reach(&proxy, 2.0).await;
+    assert_eq!(sum(&m, "strait_config_reload_failures_total", &[]), 2.0);
+    let dump = proxy.admin_get("/config_dump").await.text();
+    assert!(dump.contains("cannot read"), "{dump}");
+    assert_eq!(
+        proxy.get("r.example", "/").await.status,
+        200,
+        "the first config serves on"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_served_is_documented() {
     let up = Upstream::echo("documented").await;

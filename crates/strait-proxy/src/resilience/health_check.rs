@@ -245,7 +245,8 @@ mod tests {
     #[test]
     fn plans_compile_from_config() {
         let config = strait_config::parse(
-            "clusters:\n  - name: c\n    protocol: http2\n    endpoints: [{ address: 127.0.0.1:1 }]\n    \
+            "listeners: [{ name: l, address: 127.0.0.1:1, routes: [{ backends: [{ cluster: c }] }] }]\n\
+             clusters:\n  - name: c\n    protocol: http2\n    endpoints: [{ address: 127.0.0.1:1 }]\n    \
              health_check: { http: { path: /h?x=1, host: svc }, unhealthy_threshold: 1 }\n",
             "t.yaml",
         )

@@ -135,9 +135,11 @@ pub(crate) struct Shared {
 impl Shared {
     /// Validates and compiles the config file and swaps it in. Invalid configs change nothing.
     pub fn reload(&self) -> Result<u64, String> {
-        let text = std::fs::read_to_string(&self.config_path)
-            .map_err(|e| format!("{}: cannot read: {e}", self.config_path.display()))?;
-        self.apply_text(&text)
+        match std::fs::read_to_string(&self.config_path) {
+            Ok(text) => self.apply_text(&text),
+            // Counted and shown like any refused config (a SIGHUP with the file moved away).
+            Err(e) => Err(self.reject(format!("{}: cannot read: {e}", self.config_path.display()))),
+        }
     }
 
     fn apply_text(&self, text: &str) -> Result<u64, String> {
@@ -156,6 +158,10 @@ impl Shared {
                     &self.exporters,
                 )
                 .map_err(|e| e.to_string())
+            })
+            .and_then(|snapshot| {
+                let path = self.config_path.display().to_string();
+                new_listeners_bind(&snapshot, &self.snapshot.load(), &path).map(|()| snapshot)
             });
         let applied = match result {
             Ok(snapshot) => {
@@ -692,6 +698,25 @@ async fn run_worker(started: Started) {
     while worker.open.get() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether the listeners `new` adds to `old` can be bound: a reload naming an address another
+/// process holds is refused, as at start, rather than applied with the listener unbound (each
+/// worker then only logged it). A bind without `listen`, dropped at once, so nothing reaches
+/// it; a port taken between this and the workers' binds is still only logged.
+fn new_listeners_bind(new: &Snapshot, old: &Snapshot, path: &str) -> Result<(), String> {
+    for (i, l) in new.listeners.iter().enumerate() {
+        if old.listeners.iter().any(|o| o.address == l.address) {
+            continue;
+        }
+        if let Err(e) = listener::can_bind(l.address) {
+            return Err(format!(
+                "{path}: listeners[{i}] ({}): cannot listen on {}: {e}",
+                l.name, l.address
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Binds listeners that the snapshot has and this worker does not, and closes the ones it no

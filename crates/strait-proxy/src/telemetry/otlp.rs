@@ -275,7 +275,12 @@ mod tests {
     use std::time::Duration;
 
     fn tracing(yaml: &str) -> Tracing {
-        let config = strait_config::parse(&format!("tracing: {yaml}\n"), "t.yaml").unwrap();
+        let text = format!(
+            "tracing: {yaml}\nlisteners: [{{ name: l, address: 127.0.0.1:1, \
+             routes: [{{ backends: [{{ cluster: c }}] }}] }}]\n\
+             clusters: [{{ name: c, endpoints: [{{ address: 127.0.0.1:1 }}] }}]\n"
+        );
+        let config = strait_config::parse(&text, "t.yaml").unwrap();
         config.tracing.unwrap()
     }
 
