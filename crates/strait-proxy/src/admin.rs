@@ -36,19 +36,30 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let service =
                 service_fn(move |req| answer(req, Arc::clone(&shared), Arc::clone(&registry)));
+            // A client that never finishes its head is let go (hyper's default is 30 s).
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
 
+/// How long an admin client has to send a complete request head.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn answer(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let reply = match (req.method(), req.uri().path()) {
+    // HEAD is GET without the body (hyper leaves it out): what load balancers' checks send.
+    let method = match req.method() {
+        &Method::HEAD => &Method::GET,
+        other => other,
+    };
+    let reply = match (method, req.uri().path()) {
         (&Method::GET, "/metrics") => {
             // On tokio's blocking pool: with many routes the text takes milliseconds (2.2 MB
             // and ~7 ms for 500 routes and clusters), and a proxy of one worker serves
@@ -151,8 +162,18 @@ async fn answer(
             shared.drain();
             text_reply(StatusCode::OK, "draining\n")
         }
-        (_, "/ready" | "/live" | "/config_dump" | "/clusters" | "/drain" | "/metrics") => {
-            text_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        (_, path @ ("/ready" | "/live" | "/config_dump" | "/clusters" | "/drain" | "/metrics")) => {
+            let mut reply = text_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            // RFC 9110 15.5.6: a 405 says what is allowed.
+            let allow = if path == "/drain" {
+                "POST"
+            } else {
+                "GET, HEAD"
+            };
+            reply
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+            reply
         }
         _ => text_reply(
             StatusCode::NOT_FOUND,

@@ -55,6 +55,22 @@ clusters:
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.text().trim(), "ready");
     assert_eq!(proxy.admin_get("/live").await.status, StatusCode::OK);
+    // HEAD where GET is (a load balancer's check); a wrong method is told what is allowed.
+    let admin = |method: &str, path: &str| {
+        send(
+            proxy.admin,
+            Proto::H1,
+            simple(method, &proxy.admin.to_string(), path),
+        )
+    };
+    let head = admin("HEAD", "/ready").await.expect("HEAD /ready");
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+    let wrong = admin("DELETE", "/metrics").await.expect("DELETE /metrics");
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong.header("allow").as_deref(), Some("GET, HEAD"));
+    let wrong = admin("GET", "/drain").await.expect("GET /drain");
+    assert_eq!(wrong.header("allow").as_deref(), Some("POST"));
 
     let dump = proxy.admin_get("/config_dump").await;
     assert_eq!(dump.status, StatusCode::OK);
