@@ -276,7 +276,7 @@ async fn reload_failures_reach(proxy: &Proxy, n: f64) -> Scrape {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_that_cannot_listen_or_read_its_file_is_refused_and_counted() {
+async fn a_reload_that_cannot_listen_read_its_file_or_apply_is_refused_and_counted() {
     let up = Upstream::echo("refused").await;
     let config = |second: &str| {
         format!(
@@ -308,6 +308,13 @@ async fn a_reload_that_cannot_listen_or_read_its_file_is_refused_and_counted() {
     assert_eq!(sum(&m, "strait_config_reload_failures_total", &[]), 2.0);
     let dump = proxy.admin_get("/config_dump").await.text();
     assert!(dump.contains("cannot read"), "{dump}");
+
+    // `workers` is read at start only: a reload changing it is refused, not half applied.
+    proxy.write_config(&format!("workers: 3\n{}", config("")));
+    let m = reload_failures_reach(&proxy, 3.0).await;
+    assert_eq!(sum(&m, "strait_config_reload_failures_total", &[]), 3.0);
+    let dump = proxy.admin_get("/config_dump").await.text();
+    assert!(dump.contains("read at start only"), "{dump}");
     assert_eq!(
         proxy.get("r.example", "/").await.status,
         200,

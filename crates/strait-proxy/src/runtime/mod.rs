@@ -161,7 +161,9 @@ impl Shared {
             })
             .and_then(|snapshot| {
                 let path = self.config_path.display().to_string();
-                new_listeners_bind(&snapshot, &self.snapshot.load(), &path).map(|()| snapshot)
+                let old = self.snapshot.load();
+                started_with(&snapshot, &old, &path)?;
+                new_listeners_bind(&snapshot, &old, &path).map(|()| snapshot)
             });
         let applied = match result {
             Ok(snapshot) => {
@@ -698,6 +700,29 @@ async fn run_worker(started: Started) {
     while worker.open.get() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Refuses a reload that changes what is read at start only: the admin server's address and
+/// the number of workers. Applied, the rest would serve while `/config_dump` showed values
+/// the process does not run with.
+fn started_with(new: &Snapshot, old: &Snapshot, path: &str) -> Result<(), String> {
+    let (was, now) = (&old.config, &new.config);
+    if was.admin.address != now.admin.address {
+        return Err(format!(
+            "{path}: admin.address: {} -> {}: read at start only; restart the proxy to move \
+             it, or keep {}",
+            was.admin.address, now.admin.address, was.admin.address
+        ));
+    }
+    if was.workers != now.workers {
+        let shown = |w: Option<usize>| w.map_or("one per core".to_owned(), |n| n.to_string());
+        return Err(format!(
+            "{path}: workers: {} -> {}: read at start only; restart the proxy to change it",
+            shown(was.workers),
+            shown(now.workers)
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the listeners `new` adds to `old` can be bound: a reload naming an address another
