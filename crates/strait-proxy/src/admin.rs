@@ -36,7 +36,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let service =
                 service_fn(move |req| answer(req, Arc::clone(&shared), Arc::clone(&registry)));
-            // A client that never finishes its head is let go (hyper's default is 30 s).
+            // A client that never finishes its head is let go (without a timer hyper waits forever).
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
