@@ -100,13 +100,14 @@ pub(crate) struct TlsInfo {
     pub peer_identity: Option<String>,
 }
 
-/// Request activity on one connection.
+/// Request activity on one connection: what an HTTP/2 connection's idle timeout asks (the
+/// HTTP/1 server keeps its own deadline and never does).
 #[derive(Debug)]
 pub(crate) struct Activity {
+    /// Streams open: see [`OpenStream`].
     pending: std::cell::Cell<usize>,
     last: std::cell::Cell<tokio::time::Instant>,
-    /// Someone asks [`Activity::idle_since`]: only then is the clock read as each request
-    /// ends (the HTTP/1 server keeps its own deadline and never asks).
+    /// Someone asks [`Activity::idle_since`]: only then is the clock read as each stream ends.
     watched: std::cell::Cell<bool>,
 }
 
@@ -119,29 +120,17 @@ impl Activity {
         }
     }
 
-    /// When the connection went idle, or `None` while a request is pending.
+    /// When the connection went idle, or `None` while a stream is open.
     pub fn idle_since(&self) -> Option<tokio::time::Instant> {
         self.watched.set(true);
         (self.pending.get() == 0).then(|| self.last.get())
     }
-
-    fn start(&self) -> PendingRequest<'_> {
-        self.pending.set(self.pending.get() + 1);
-        PendingRequest(self)
-    }
-
-    fn end(&self) {
-        self.pending.set(self.pending.get().saturating_sub(1));
-        if self.watched.get() {
-            self.last.set(tokio::time::Instant::now());
-        }
-    }
 }
 
-/// Counts an HTTP/2 stream as a request in flight until its response body is dropped (sent
-/// whole, or the stream reset): a response still streaming (a download, server-sent events,
-/// a gRPC stream) keeps the connection from its idle timeout, which
-/// [`PendingRequest`] alone (up to the response head) did not.
+/// Counts an HTTP/2 stream as in flight from its request until its response body is dropped
+/// (sent whole, or the stream reset): a response still streaming (a download, server-sent
+/// events, a gRPC stream) keeps the connection from its idle timeout. (A count up to the
+/// response head alone, held by every request, let that timeout close such connections.)
 pub(crate) struct OpenStream(Rc<Connection>);
 
 impl OpenStream {
@@ -154,7 +143,13 @@ impl OpenStream {
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.activity.end();
+        let activity = &self.0.activity;
+        activity
+            .pending
+            .set(activity.pending.get().saturating_sub(1));
+        if activity.watched.get() {
+            activity.last.set(tokio::time::Instant::now());
+        }
     }
 }
 
@@ -228,15 +223,6 @@ impl std::fmt::Debug for KeptTimer {
     }
 }
 
-/// Counts a request as pending until its response head is ready.
-struct PendingRequest<'a>(&'a Activity);
-
-impl Drop for PendingRequest<'_> {
-    fn drop(&mut self) {
-        self.0.end();
-    }
-}
-
 /// Serves one request from a client connection.
 ///
 /// A plain function returning an `async` block, like [`send`], so the request is held once.
@@ -246,7 +232,6 @@ pub(crate) fn serve(
     conn: Rc<Connection>,
 ) -> impl std::future::Future<Output = Result<Reply, Infallible>> {
     async move {
-        let _pending = conn.activity.start();
         let mut clock = RequestClock::new();
         let snapshot = conn.worker.current();
         let grpc = is_grpc(&req);
@@ -1589,8 +1574,6 @@ fn shadow_host(host: &str) -> String {
     format!("{name}-shadow{port}")
 }
 
-/// The request's host: `:authority` for HTTP/2 (and absolute-form HTTP/1), else `Host`: as
-/// `server1` parsed it while the headers are still as they came (`as_parsed`).
 /// Whether `headers` hold one `host`, with an authority's bytes.
 fn one_host(headers: &http::HeaderMap) -> bool {
     let mut hosts = headers.get_all(header::HOST).iter();
@@ -1600,6 +1583,8 @@ fn one_host(headers: &http::HeaderMap) -> bool {
     }
 }
 
+/// The request's host: `:authority` for HTTP/2 (and absolute-form HTTP/1), else `Host`: as
+/// `server1` parsed it while the headers are still as they came (`as_parsed`).
 fn request_host(req: &mut Request<ClientBody>, as_parsed: bool) -> Option<HeaderValue> {
     if let Some(authority) = req.uri().authority() {
         // Carved from the worker's shared block: every HTTP/2 request has an authority, and a

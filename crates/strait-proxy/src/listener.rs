@@ -24,11 +24,8 @@ const DEFER_ACCEPT: Duration = Duration::from_secs(1);
 /// Binds `addr` with `SO_REUSEPORT` (each worker binds its own socket), accepting connections
 /// once their first bytes are in (`TCP_DEFER_ACCEPT`).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    let socket = bound(addr)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
     socket.listen(4096)?;
     if let Err(error) = crate::sockopt::set_defer_accept(&socket, DEFER_ACCEPT) {
         // A saving, not a need (some sandboxes refuse the option): serve without it.
@@ -39,10 +36,16 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Whether `addr` can be bound as [`bind`] binds it (without listening).
 pub fn can_bind(addr: SocketAddr) -> io::Result<()> {
+    bound(addr).map(drop)
+}
+
+/// A socket bound to `addr`, shared with the workers' other sockets on it (`SO_REUSEPORT`).
+fn bound(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())
+    socket.bind(&addr.into())?;
+    Ok(socket)
 }
 
 /// Accepts until `stop` turns true; connections accepted before keep going, and drain when

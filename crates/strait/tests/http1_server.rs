@@ -508,47 +508,6 @@ async fn a_small_body_left_unread_by_an_early_answer_is_dropped_and_the_connecti
         .await;
 }
 
-/// Reads bytes into `got` until it holds a request head, and takes the head out: `false` if
-/// the connection ended first.
-async fn read_head(stream: &mut TcpStream, got: &mut Vec<u8>) -> bool {
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = find(got, b"\r\n\r\n") {
-            got.drain(..end + 4);
-            return true;
-        }
-        match stream.read(&mut buf).await {
-            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-            _ => return false,
-        }
-    }
-}
-
-/// An upstream that answers each request on a connection with the next of `answers`, bytes
-/// exactly as given.
-async fn raw_upstream(answers: &'static [&'static str]) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                for answer in answers.iter().cycle() {
-                    if !read_head(&mut stream, &mut got).await {
-                        return;
-                    }
-                    if stream.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_head_is_passed_on_as_it_came_without_its_hop_by_hop_fields() {
     // The second answer brings its own date; the others get the proxy's.
@@ -559,7 +518,7 @@ async fn an_upstream_head_is_passed_on_as_it_came_without_its_hop_by_hop_fields(
         "HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
         "HTTP/1.1 204 No Content\r\nX-Mixed-Case: 204\r\nContent-Length: 0\r\n\r\n",
     ];
-    let up = raw_upstream(ANSWERS).await;
+    let up = raw_upstream(ANSWERS.iter().copied(), Duration::ZERO, false).await;
     let config = format!(
         "listeners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
          - match: {{ path: {{ prefix: /edited }} }}\n        backends: [{{ cluster: raw }}]\n        \
@@ -961,28 +920,10 @@ async fn a_requests_own_fields_reach_the_upstream_as_they_came_with_the_proxys_a
     assert_eq!(reply.echo()["uri"], "/after");
 }
 
-/// An upstream that answers each connection's first request with `answer` and closes.
-async fn closing_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut stream, &mut Vec::new()).await {
-                    let _ = stream.write_all(answer).await;
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// What the proxy sends for a request (its last on the connection) to an upstream answering
 /// `answer`.
-async fn whole_answer(answer: &'static [u8]) -> String {
-    let up = closing_upstream(answer).await;
+async fn whole_answer(answer: &'static str) -> String {
+    let up = raw_upstream([answer], Duration::ZERO, true).await;
     let config = format!(
         "listeners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
          - backends: [{{ cluster: raw }}]\n\
@@ -1013,7 +954,7 @@ async fn an_upstream_answer_with_two_framings_gets_502() {
     // in two. The client gets a 502 (as from nginx), not the head with the length beside a
     // chunked body.
     let text =
-        whole_answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        whole_answer("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
             .await;
     assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
     assert!(
@@ -1028,7 +969,7 @@ async fn an_upstream_answer_cut_short_reaches_the_client_as_far_as_it_came() {
     // closes: the client sees the answer cut short (no last chunk), as nginx shows it, not a
     // connection closed before any answer.
     let text = whole_answer(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5\r\nhello\r\n3\r\nab",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5\r\nhello\r\n3\r\nab",
     )
     .await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
@@ -1038,14 +979,14 @@ async fn an_upstream_answer_cut_short_reaches_the_client_as_far_as_it_came() {
 
     // A chunk size that does not fit: the head still goes out, and nothing after it.
     let text = whole_answer(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n",
     )
     .await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\n"), "{text:?}");
 
     // Fewer bytes than the length said: those bytes, then the close.
-    let text = whole_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").await;
+    let text = whole_answer("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").await;
     assert!(text.contains("\r\nContent-Length: 10\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\nhello"), "{text:?}");
 }

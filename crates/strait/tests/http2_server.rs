@@ -12,39 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use support::*;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-
-/// An upstream that answers every request on a connection with `answer`, after reading the
-/// request's head. `pause` between the answer's pieces (split at `|`), to stream it.
-async fn scripted_upstream(answer: &'static str, pause: Duration) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-                            _ => return,
-                        }
-                    }
-                    got.clear();
-                    for piece in answer.split('|') {
-                        if stream.write_all(piece.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(pause).await;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 fn config(up: std::net::SocketAddr, listener_extra: &str) -> String {
     format!(
@@ -127,7 +96,7 @@ async fn a_204_and_a_repeated_length_reach_an_http2_client_as_it_takes_them() {
             200,
         ),
     ] {
-        let up = scripted_upstream(answer, Duration::ZERO).await;
+        let up = raw_upstream([answer], Duration::ZERO, false).await;
         let proxy = Proxy::start(&config(up, "")).await;
         let mut send = h2_client(&proxy).await;
         let req = Request::builder()
@@ -146,10 +115,11 @@ async fn an_answer_still_streaming_keeps_its_connection_from_the_idle_timeout() 
     // Eight pieces 250 ms apart: the answer streams for 2 s, past the listener's 1 s idle
     // timeout. The connection must not be closed under it (a GOAWAY), and so serves the next
     // request.
-    let up = scripted_upstream(
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n|1\r\na\r\n|1\r\nb\r\n|1\r\nc\r\n|\
-         1\r\nd\r\n|1\r\ne\r\n|1\r\nf\r\n|1\r\ng\r\n|0\r\n\r\n",
+    let up = raw_upstream(
+        [        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n|1\r\na\r\n|1\r\nb\r\n|1\r\nc\r\n|\
+         1\r\nd\r\n|1\r\ne\r\n|1\r\nf\r\n|1\r\ng\r\n|0\r\n\r\n"],
         Duration::from_millis(250),
+        false,
     )
     .await;
     let proxy = Proxy::start(&config(up, "    idle_timeout: 1s\n")).await;
@@ -186,7 +156,7 @@ async fn a_drained_connection_lingers_so_a_slow_reader_gets_the_whole_answer() {
         )
         .into_boxed_str(),
     );
-    let up = scripted_upstream(body, Duration::ZERO).await;
+    let up = raw_upstream([body], Duration::ZERO, false).await;
     let proxy = Proxy::start(&config(up, "")).await;
     let tcp = SlowRead::new(TcpStream::connect(proxy.listen).await.expect("connect"));
     let (send, conn) = h2::client::Builder::new()

@@ -116,20 +116,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewound<T> {
 /// dropped until it closes: at most [`LINGER_BYTES`], within [`LINGER_QUIET`] of its last bytes
 /// and [`LINGER_MOST`] in all. (`server1` lingers likewise after an HTTP/1 answer that left
 /// bytes unread.)
+#[derive(Debug)]
 pub(crate) struct Batched<T> {
     io: T,
     /// This batch's write already waited its turn (or found the socket full).
     waited: bool,
     linger: Linger,
-}
-
-impl<T: std::fmt::Debug> std::fmt::Debug for Batched<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batched")
-            .field("io", &self.io)
-            .field("waited", &self.waited)
-            .finish_non_exhaustive()
-    }
 }
 
 /// How long a closing HTTP/2 connection waits for the client's next bytes, and for all of
@@ -139,6 +131,7 @@ const LINGER_MOST: std::time::Duration = std::time::Duration::from_secs(30);
 /// The most a closing HTTP/2 connection reads and drops.
 const LINGER_BYTES: usize = 1 << 20;
 
+#[derive(Debug)]
 enum Linger {
     Open,
     /// Shut for writing; reading until the client closes. Boxed: a closing connection's.
@@ -146,6 +139,7 @@ enum Linger {
     Done,
 }
 
+#[derive(Debug)]
 struct Reading {
     timer: Pin<Box<tokio::time::Sleep>>,
     end: tokio::time::Instant,

@@ -1104,6 +1104,61 @@ impl Upstream {
     }
 }
 
+/// An upstream that answers with bytes exactly as given, for answers the echo upstream will
+/// not make: each request head read on a connection gets the next of `answers` (in turn),
+/// written piece by piece (pieces split at `|`, `pause` apart) to stream it. With `close`,
+/// the connection closes after its first answer.
+pub async fn raw_upstream(
+    answers: impl IntoIterator<Item = &'static str>,
+    pause: Duration,
+    close: bool,
+) -> SocketAddr {
+    let answers: Arc<[&'static str]> = answers.into_iter().collect();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answers = Arc::clone(&answers);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for answer in answers.iter().cycle() {
+                    if !read_request_head(&mut stream, &mut got).await {
+                        return;
+                    }
+                    for piece in answer.split('|') {
+                        if stream.write_all(piece.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads bytes into `got` until it holds a request head, and takes the head out: `false` if
+/// the connection ended first.
+async fn read_request_head(stream: &mut TcpStream, got: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            got.drain(..end + 4);
+            return true;
+        }
+        match stream.read(&mut buf).await {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+}
+
 /// Serves connections from `listener` until [`Upstream::stop`].
 fn accept(listener: TcpListener, state: &Arc<UpState>) {
     let st = state.clone();
