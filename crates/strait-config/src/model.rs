@@ -214,6 +214,19 @@ pub struct Listener {
     /// Standard proxy headers added to requests. Default: see [`ProxyHeaders`].
     #[serde(default)]
     pub proxy_headers: ProxyHeaders,
+    /// Normalize request paths before authorization, routing and forwarding (RFC 3986 6.2.2):
+    /// decode percent-escapes of unreserved characters (`%61` is `a`), upper-case the hex
+    /// digits of the others, and resolve `.` and `..` segments; a malformed escape gets 400.
+    /// The upstream gets the normalized path. Default: `true`.
+    #[serde(default = "defaults::yes")]
+    pub normalize_path: bool,
+    /// Merge runs of slashes in request paths into one (`//a///b` is `/a/b`). Default: `true`.
+    #[serde(default = "defaults::yes")]
+    pub merge_slashes: bool,
+    /// What a path's escaped slashes (`%2F`, `%5C`) get: `reject` (400), `keep` (matched and
+    /// forwarded as they are), or `decode` (both become `/`). Default: `reject`.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
     /// Routes, tried in declared order; the first that matches wins. A request that matches none
     /// gets 404.
     #[serde(default)]
@@ -672,6 +685,21 @@ impl Default for ProxyHeaders {
             client_cert: true,
         }
     }
+}
+
+/// What a request path's escaped slashes (`%2F`, `%5C`) get. Servers disagree on them: most
+/// take `%2F` as a character of a segment, some decode it first, and Windows servers take `\`
+/// for `/`. Checks on paths may only be trusted when the proxy and the upstream agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Refuse the request with 400 (Apache's default).
+    #[default]
+    Reject,
+    /// Leave them escaped: matched and forwarded as `%2F` and `%5C` (Envoy's default).
+    Keep,
+    /// Make both `/` before the path is normalized, matched and forwarded.
+    Decode,
 }
 
 /// What a proxy does with an `x-forwarded-*` or `forwarded` header.

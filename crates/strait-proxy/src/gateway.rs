@@ -46,6 +46,7 @@ use crate::http::server1::ClientUpgrade;
 use crate::ratelimit::{self, Decision, Rate};
 use crate::resilience::retry::Failure;
 use crate::resilience::{Limit, Outcome};
+use crate::route::normalize::{self, PathRefusal, PathRules};
 use crate::route::{self, MatchInfo, RequestView, WeightedSplit};
 use crate::runtime::snapshot::{
     ip_key, Backend, ClusterPlan, FaultAnswer, ListenerPlan, RateLimitPlan, RateLimitSource,
@@ -262,6 +263,13 @@ pub(crate) fn serve(
             // `*` is the path of OPTIONS alone (RFC 9113 8.3.1), as in HTTP/1.1.
             if req.uri().path() == "*" && req.method() != Method::OPTIONS {
                 let response = local_reply(grpc, Cause::BadRequest, "`*` is OPTIONS' path");
+                return Ok(answered_unrouted(listener, response, &clock));
+            }
+        }
+        // One path for authorization, routing, rewrites and the upstream alike.
+        if let Some(rules) = listener.paths {
+            if let Err(refusal) = normal_path(&mut req, rules) {
+                let response = local_reply(grpc, Cause::BadRequest, refusal.detail());
                 return Ok(answered_unrouted(listener, response, &clock));
             }
         }
@@ -1595,6 +1603,25 @@ fn request_host(req: &mut Request<ClientBody>, as_parsed: bool) -> Option<Header
         return body.take_host();
     }
     req.headers().get(header::HOST).cloned()
+}
+
+/// Puts the request's path in the normal form `rules` ask for (see [`normalize`]), keeping its
+/// query, scheme and authority. Most paths are normal already: one pass over them, no URI
+/// built.
+#[inline]
+fn normal_path(req: &mut Request<ClientBody>, rules: PathRules) -> Result<(), PathRefusal> {
+    let Some(path) = normalize::normalize(req.uri().path(), rules)? else {
+        return Ok(());
+    };
+    let mut parts = req.uri().clone().into_parts();
+    let joined = match parts.path_and_query.as_ref().and_then(PathAndQuery::query) {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    parts.path_and_query =
+        Some(PathAndQuery::try_from(joined).map_err(|_| PathRefusal::Unbuildable)?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| PathRefusal::Unbuildable)?;
+    Ok(())
 }
 
 /// The URI sent upstream: origin-form for HTTP/1 (the host travels in `Host`), absolute for

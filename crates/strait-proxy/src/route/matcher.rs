@@ -158,11 +158,11 @@ impl RouteMatcher {
             PathMatcher::Exact(exact) => request_segment(exact),
             PathMatcher::Prefix(prefix) => {
                 let rest = prefix.strip_prefix('/')?;
-                match rest.split_once('/') {
+                match rest.split_once(['/', ';']) {
                     Some((segment, _)) => Some(segment),
                     // `/` alone matches every path.
                     None if rest.is_empty() => None,
-                    // `/api` matches only on a segment boundary: `/api` or `/api/...`.
+                    // `/api` matches only on a segment boundary: `/api`, `/api/...`, `/api;...`.
                     None => Some(rest),
                 }
             }
@@ -170,14 +170,15 @@ impl RouteMatcher {
     }
 }
 
-/// The first segment of a request path (`/api/x` → `api`, `/` → ``), or `None` for a path that
-/// does not start with `/` (`*`, or the empty path of a CONNECT).
+/// The first segment of a request path without its parameters (`/api/x` and `/api;v=1` →
+/// `api`, `/` → ``), or `None` for a path that does not start with `/` (`*`, or the empty path
+/// of a CONNECT).
 pub(super) fn request_segment(path: &str) -> Option<&str> {
     let rest = path.strip_prefix('/')?;
     // A byte loop: `split_once('/')` goes through `memchr`, whose set-up costs more than a
     // segment's few bytes (113 instructions a request for `/svc499/`, callgrind).
-    Some(match rest.bytes().position(|b| b == b'/') {
-        // Before an ASCII `/`: a character boundary.
+    Some(match rest.bytes().position(|b| b == b'/' || b == b';') {
+        // Before an ASCII `/` or `;`: a character boundary.
         Some(end) => rest.get(..end).unwrap_or(rest),
         None => rest,
     })
@@ -272,12 +273,19 @@ fn regex_literal_segment(pattern: &str) -> Option<&str> {
     (literal && slash_required).then_some(segment)
 }
 
-/// `/api` matches `/api`, `/api/` and `/api/x` but not `/apix`; `/api/` and `/` match anything
-/// that starts with them.
+/// `/api` matches `/api`, `/api/`, `/api/x` and `/api;v=1` but not `/apix`; `/api/` and `/`
+/// match anything that starts with them. A `;` ends a segment's name too: servlet containers
+/// take `/admin;x=1` for `/admin` (RFC 3986 3.3 gives `;` to a segment's parameters), so a rule
+/// on `/admin` must hold for it.
 fn prefix_matches(path: &str, prefix: &str) -> bool {
     match path.strip_prefix(prefix) {
         None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        Some(rest) => {
+            prefix.ends_with('/')
+                || rest.is_empty()
+                || rest.starts_with('/')
+                || rest.starts_with(';')
+        }
     }
 }
 
@@ -474,7 +482,7 @@ mod tests {
     #[test]
     fn prefix_matches_on_segment_boundaries() {
         let m = path_only(PathMatch::Prefix("/api".into()));
-        for p in ["/api", "/api/", "/api/x", "/api/x/y"] {
+        for p in ["/api", "/api/", "/api/x", "/api/x/y", "/api;v=1", "/api;/x"] {
             assert!(hits(&m, &Req::get(p)), "{p}");
         }
         for p in ["/apix", "/ap", "/", "/API", "/v1/api"] {
@@ -857,6 +865,7 @@ mod tests {
         }
         assert_eq!(request_segment("/api/x"), Some("api"));
         assert_eq!(request_segment("/api"), Some("api"));
+        assert_eq!(request_segment("/api;v=1/x"), Some("api"));
         assert_eq!(request_segment("/"), Some(""));
         assert_eq!(request_segment("//x"), Some(""));
         assert_eq!(request_segment("*"), None);

@@ -13,10 +13,13 @@
 mod index;
 mod key_map;
 mod matcher;
+pub mod normalize;
 mod rewrite;
 mod split;
 
-pub use rewrite::{host_bytes_without_port, host_without_port, redirect_location, rewrite_prefix};
+pub use rewrite::{
+    host_bytes_without_port, host_without_port, redirect_location, rewrite_prefix, routing_host,
+};
 pub use split::WeightedSplit;
 
 pub(crate) use matcher::peer_matches;
@@ -70,7 +73,7 @@ impl RequestMatcher {
     /// True when every condition holds.
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
         (self.hosts.is_empty() || {
-            let host = host_bytes_without_port(req.host);
+            let host = routing_host(req.host);
             self.hosts.iter().any(|h| h.matches(host))
         }) && self.rest.matches(req).is_some()
     }
@@ -182,12 +185,13 @@ impl<A> RouteTable<A> {
     }
 
     /// Like [`find`](Self::find), also saying how the path matched (for prefix rewrites).
+    #[inline]
     pub fn find_with_match<'t>(&'t self, req: &RequestView<'_>) -> Option<(&'t A, MatchInfo)> {
         let matched =
             |route: &'t CompiledRoute<A>| Some((&route.action, route.matcher.matches(req)?));
         match &self.index {
             Some(index) => index
-                .candidates(host_bytes_without_port(req.host), req.path)
+                .candidates(routing_host(req.host), req.path)
                 .filter_map(|i| self.routes.get(i))
                 .find_map(matched),
             None => {
@@ -198,8 +202,7 @@ impl<A> RouteTable<A> {
                     .iter()
                     .filter(|route| {
                         route.hosts.is_empty() || {
-                            let host =
-                                *host.get_or_insert_with(|| host_bytes_without_port(req.host));
+                            let host = *host.get_or_insert_with(|| routing_host(req.host));
                             route.hosts.iter().any(|p| p.matches(host))
                         }
                     })

@@ -47,6 +47,17 @@ pub fn host_bytes_without_port(bytes: &[u8]) -> &[u8] {
     }
 }
 
+/// The host routes and policies match a request's authority against: without its port, and
+/// without the one trailing dot of a fully qualified name (`api.example.com.` is
+/// `api.example.com` to DNS, to nginx and to the upstream, so it must be to routes too).
+pub fn routing_host(authority: &[u8]) -> &[u8] {
+    let host = host_bytes_without_port(authority);
+    match host {
+        [rest @ .., b'.'] if !rest.is_empty() => rest,
+        _ => host,
+    }
+}
+
 /// Replaces the first `prefix_len` bytes of `path` (the part a route's `prefix` matched) with
 /// `replacement`, keeping exactly one `/` at the seam: with prefix `/api`, `/api/x` becomes
 /// `/v1/x` for `/v1`, `/v1/` or `v1`, and `/x` for an empty replacement or `/`.
@@ -164,6 +175,16 @@ fn default_port(scheme: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routing_host_drops_the_port_and_a_trailing_dot() {
+        assert_eq!(routing_host(b"api.example.com.:8443"), b"api.example.com");
+        assert_eq!(routing_host(b"api.example.com."), b"api.example.com");
+        assert_eq!(routing_host(b"api.example.com"), b"api.example.com");
+        assert_eq!(routing_host(b"."), b".");
+        assert_eq!(routing_host(b"a.."), b"a.");
+        assert_eq!(routing_host(b""), b"");
+    }
 
     #[test]
     fn host_without_port_cases() {

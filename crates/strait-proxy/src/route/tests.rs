@@ -230,7 +230,7 @@ impl LinearScan {
     }
 
     fn find(&self, req: &RequestView<'_>) -> Option<(usize, MatchInfo)> {
-        let host = host_bytes_without_port(req.host);
+        let host = routing_host(req.host);
         self.routes
             .iter()
             .enumerate()

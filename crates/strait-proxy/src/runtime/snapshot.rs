@@ -22,6 +22,7 @@ use crate::resilience::outlier::{Policy, Watched};
 use crate::resilience::retry::RetryPolicy;
 use crate::resilience::store::{EndpointHealth, HealthStore};
 use crate::resilience::{Breaker, OutlierDetector};
+use crate::route::normalize::PathRules;
 use crate::route::{RouteTable, WeightedSplit};
 use crate::telemetry::access_log::{AccessLogger, LogSinks};
 use crate::telemetry::metrics::{
@@ -207,6 +208,12 @@ impl Snapshot {
             let pass_fields = passes_fields(l, &config.clusters, tracer.is_some());
             listeners.push(ListenerPlan {
                 pass_fields,
+                paths: Some(PathRules {
+                    normalize: l.normalize_path,
+                    merge_slashes: l.merge_slashes,
+                    escaped_slashes: l.escaped_slashes,
+                })
+                .filter(PathRules::any),
                 name: Arc::from(l.name.as_str()),
                 address: l.address,
                 proxy_headers: l.proxy_headers.clone(),
@@ -322,6 +329,8 @@ pub struct ListenerPlan {
     pub address: SocketAddr,
     /// Forwarding-header settings.
     pub proxy_headers: ProxyHeaders,
+    /// What request paths are made before anything reads them; `None`: taken as they come.
+    pub paths: Option<PathRules>,
     /// Keep-alive idle timeout.
     pub idle_timeout: Option<Duration>,
     /// Routes in declared order.
