@@ -215,6 +215,23 @@ async fn tokens_are_verified_and_failures_get_401_with_a_challenge() {
             "malformed",
         ),
         ("garbage", Some("not.a.jwt".to_owned()), "malformed"),
+        // A claim the config checks may not be left out (jsonwebtoken checks only those present).
+        (
+            "no audience",
+            Some(token(
+                &ec,
+                serde_json::json!({"iss": "https://auth.example.com", "exp": now() + 300}),
+            )),
+            "bad audience",
+        ),
+        (
+            "no issuer",
+            Some(token(
+                &ec,
+                serde_json::json!({"aud": "api", "exp": now() + 300}),
+            )),
+            "bad issuer",
+        ),
     ];
     for (what, bearer, challenge) in &cases {
         let resp = call(&proxy, bearer.as_deref(), false).await;
@@ -227,6 +244,21 @@ async fn tokens_are_verified_and_failures_get_401_with_a_challenge() {
             Some("unauthorized")
         );
     }
+    // A good token beside a second `Authorization`: the other would go upstream unverified.
+    let good = token(&ec, claims("alice", "api", 300, -10));
+    let twice = request("GET", "api.example.com", "/x")
+        .header("authorization", format!("Bearer {good}"))
+        .header("authorization", "Bearer forged.token.here")
+        .body(empty())
+        .expect("req");
+    let resp = within(
+        Duration::from_secs(5),
+        "request",
+        proxy.send(Proto::H1, twice),
+    )
+    .await
+    .expect("request");
+    assert_eq!(resp.status, 401, "{}", resp.text());
     let grpc = call(&proxy, None, true).await;
     assert_eq!(grpc.header("grpc-status").as_deref(), Some("16"));
     assert_eq!(up.hits(), 3, "refused requests never reach the upstream");
@@ -237,12 +269,36 @@ async fn tokens_are_verified_and_failures_get_401_with_a_challenge() {
         ("missing", 2),
         ("expired", 1),
         ("bad_signature", 1),
-        ("malformed", 2),
+        ("malformed", 3),
+        ("bad_audience", 2),
+        ("bad_issuer", 2),
     ] {
         let line =
             format!("strait_jwt_requests_total{{listener=\"main\",result=\"{result}\"}} {n}");
         assert!(metrics.contains(&line), "no {line} in\n{metrics}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_naming_a_kid_is_tried_against_the_keys_that_name_none() {
+    let dir = temp_dir();
+    let mut anonymous = es256("issuer-side-kid");
+    if let Some(jwk) = anonymous.jwk.as_object_mut() {
+        jwk.remove("kid");
+    }
+    let jwks_path = dir.join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[&anonymous])).expect("jwks");
+    let up = Upstream::echo("app").await;
+    let source = format!("{{ file: \"{}\" }}", jwks_path.display());
+    let proxy = Proxy::start(&listener_config(up.addr, &source, "")).await;
+
+    let signed = token(&anonymous, claims("alice", "api", 300, -10));
+    let resp = call(&proxy, Some(&signed), false).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let impostor = token(&es256("issuer-side-kid"), claims("eve", "api", 300, -10));
+    let resp = call(&proxy, Some(&impostor), false).await;
+    assert_eq!(resp.status, 401, "{}", resp.text());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -205,10 +205,14 @@ impl JwtPlan {
         validation.leeway = config.leeway.get().as_secs();
         validation.validate_nbf = true;
         validation.set_issuer(&[&config.issuer]);
+        // jsonwebtoken checks `iss` and `aud` only when a token has them: a token without them
+        // must be refused too, or leaving a claim out would pass its check.
         if config.audiences.is_empty() {
             validation.validate_aud = false;
+            validation.set_required_spec_claims(&["exp", "iss"]);
         } else {
             validation.set_audience(&config.audiences);
+            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         }
         let claim_headers = config
             .claim_to_headers
@@ -258,6 +262,12 @@ impl JwtPlan {
     }
 
     fn verify(&self, headers: &mut HeaderMap) -> Result<Checked, Refusal> {
+        // Two `Authorization` fields: one would be checked and both forwarded, and an upstream
+        // reading the other would trust a token nobody verified.
+        let mut fields = headers.get_all(http::header::AUTHORIZATION).iter();
+        if fields.next().is_some() && fields.next().is_some() {
+            return Err(Refusal::Malformed);
+        }
         let token = match bearer(headers) {
             Some(t) => t,
             None if self.required => return Err(Refusal::Missing),
@@ -273,12 +283,15 @@ impl JwtPlan {
             KeySource::Fetched(cache) => cache.keys(),
         };
         let candidates: Vec<&DecodingKey> = match &header.kid {
+            // The key with that `kid`, then the keys that have none (a set may name no key;
+            // Envoy tries those too).
             Some(kid) => keys
                 .by_kid
                 .get(kid)
+                .into_iter()
+                .chain(&keys.anonymous)
                 .filter(|(_, f)| *f == fam)
                 .map(|(k, _)| k)
-                .into_iter()
                 .collect(),
             None => keys
                 .anonymous
@@ -323,7 +336,11 @@ impl JwtPlan {
                         ErrorKind::InvalidIssuer => Refusal::BadIssuer,
                         ErrorKind::InvalidAudience => Refusal::BadAudience,
                         ErrorKind::InvalidSignature => Refusal::BadSignature,
-                        ErrorKind::MissingRequiredClaim(_) => Refusal::Malformed,
+                        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+                            "iss" => Refusal::BadIssuer,
+                            "aud" => Refusal::BadAudience,
+                            _ => Refusal::Malformed,
+                        },
                         _ => Refusal::Malformed,
                     };
                     // Claims failed with a good signature: no other key will do better.
