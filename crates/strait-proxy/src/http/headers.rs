@@ -692,10 +692,12 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
+/// An RFC 9110 token (`tchar`s): anything else in a `forwarded` value is quoted, a host with
+/// its port (`:`) and an IPv6 literal included (RFC 7239 4).
 fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A new random request id: 32 lower-case hex digits (128 bits).
@@ -1403,6 +1405,17 @@ mod tests {
         assert_eq!(h["forwarded"], "for=10.0.0.9;proto=http;host=a.example");
         assert_eq!(h["via"], "1.1 strait");
         assert_eq!(h["x-request-id"].len(), 32);
+        // A port's `:` is no token character: the host is quoted.
+        let with_port = Hop {
+            host: "a.example:8443",
+            ..hop_from(&text, "https")
+        };
+        let mut h = HeaderMap::new();
+        add_forwarding_headers(&mut h, &cfg, &with_port, true, false);
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.9;proto=https;host=\"a.example:8443\""
+        );
 
         let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-request-id", "abc")]);
         let cfg = ProxyHeaders {
