@@ -20,6 +20,7 @@ use std::sync::Arc;
 use strait_config::LoadBalancer;
 
 pub use hash::hash_key;
+pub(crate) use hash::mix;
 pub use stats::{EndpointStats, InFlight};
 
 /// Chooses endpoints for one cluster.
@@ -153,10 +154,17 @@ impl Balancer {
         let chosen = match &self.strategy {
             Strategy::RoundRobin { schedule, next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
-                (0..schedule.len())
-                    .filter_map(|k| schedule.get((start + k) % schedule.len()))
-                    .map(|&i| i as usize)
-                    .find(|&i| usable(i))
+                let found = (0..schedule.len()).find_map(|k| {
+                    let i = *schedule.get((start + k) % schedule.len())? as usize;
+                    usable(i).then_some((k, i))
+                });
+                // The turns passed over are used up: left, the next pick would land on them
+                // and pass to the same endpoint again, which would take every turn of the
+                // endpoints before it in the schedule as well as its own.
+                if let Some((skipped @ 1.., _)) = found {
+                    next.fetch_add(skipped, Ordering::Relaxed);
+                }
+                found.map(|(_, i)| i)
             }
             Strategy::Random { cumulative } => self.weighted_random(cumulative, &usable),
             Strategy::LeastRequest { cumulative } => {

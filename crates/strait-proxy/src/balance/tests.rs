@@ -52,6 +52,23 @@ fn round_robin_is_exact_over_a_cycle_and_smooth() {
 }
 
 #[test]
+fn round_robin_spreads_the_turns_of_skipped_endpoints_evenly() {
+    // Two of four out: the two left share evenly, not 25/75 (the turns of the skipped ones all
+    // went to the endpoint after them).
+    let b = Balancer::new(LoadBalancer::RoundRobin, &[1, 1, 1, 1]);
+    b.stats(1).unwrap().set_healthy(false);
+    b.stats(2).unwrap().set_ejected(true);
+    assert_eq!(counts(&b, 1000, |_| None), vec![500, 0, 0, 500]);
+    // Weights hold among the endpoints left.
+    let b = Balancer::new(LoadBalancer::RoundRobin, &[5, 1, 1]);
+    b.stats(1).unwrap().set_healthy(false);
+    assert_eq!(counts(&b, 6 * 100, |_| None), vec![500, 0, 100]);
+    let b = Balancer::new(LoadBalancer::RoundRobin, &[1, 1, 1]);
+    b.stats(0).unwrap().set_ejected(true);
+    assert_eq!(counts(&b, 1000, |_| None), vec![0, 500, 500]);
+}
+
+#[test]
 fn round_robin_scales_huge_weight_sums() {
     let weights: Vec<u32> = (0..100).map(|i| if i == 0 { 1000 } else { 1 }).collect();
     let b = Balancer::new(LoadBalancer::RoundRobin, &weights);

@@ -76,6 +76,10 @@ pub struct KeyedLimiter {
     /// Each slot's theoretical arrival time, nanoseconds on the limiter's clock.
     tats: Box<[AtomicU64]>,
     mask: usize,
+    /// Mixed into a key to find its home slot, random per table: keys are hashes of what
+    /// clients send (addresses, header values), and with a fixed placement a client could pick
+    /// values whose probes meet, and so evict its own empty bucket by another's.
+    seed: u64,
 }
 
 impl KeyedLimiter {
@@ -86,6 +90,7 @@ impl KeyedLimiter {
             keys: (0..size).map(|_| AtomicU64::new(0)).collect(),
             tats: (0..size).map(|_| AtomicU64::new(0)).collect(),
             mask: size - 1,
+            seed: fastrand::u64(..),
         }
     }
 
@@ -125,7 +130,18 @@ impl KeyedLimiter {
 
     /// The slot holding `key`, claiming a free or expired one (or evicting) when absent.
     fn slot_for(&self, key: u64, now: u64) -> usize {
-        let home = (key as usize) & self.mask;
+        let home = (crate::balance::mix(key ^ self.seed) as usize) & self.mask;
+        // The key's own slot first, wherever it is in the probe: taking a free slot before
+        // it would start the key again with a full bucket.
+        for i in 0..PROBE {
+            let slot = (home + i) & self.mask;
+            match self.keys[slot].load(Relaxed) {
+                held if held == key => return slot,
+                // Keys are only ever replaced, never removed: none is beyond an empty slot.
+                0 => break,
+                _ => {}
+            }
+        }
         let mut victim = home;
         let mut victim_tat = u64::MAX;
         for i in 0..PROBE {
@@ -240,6 +256,30 @@ mod tests {
             rate,
             t0
         ));
+    }
+
+    #[test]
+    fn a_limited_key_behind_an_expired_one_stays_limited() {
+        let l = KeyedLimiter::new(64);
+        let home = |k: u64| (crate::balance::mix(k ^ l.seed) as usize) & l.mask;
+        let (first, limited) = (1u64, (2..).find(|&k| home(k) == home(1)).unwrap());
+        let rate = Rate::new(1.0, 10);
+        // `first` takes the home slot once (its bucket is full again a second later);
+        // `limited`, in the next slot, spends its burst.
+        assert!(allowed(&l, first, rate, 0));
+        assert_eq!(
+            (0..12).filter(|_| allowed(&l, limited, rate, 0)).count(),
+            10
+        );
+        // 1.3 s on, the home slot is as good as free, and `limited` earned one request, not a
+        // new burst.
+        let later = 13 * SEC / 10;
+        assert_eq!(
+            (0..12)
+                .filter(|_| allowed(&l, limited, rate, later))
+                .count(),
+            1
+        );
     }
 
     #[test]
