@@ -803,6 +803,98 @@ async fn upstream_tls_is_verified_by_default() {
     );
 }
 
+/// A session is not checked again when it resumes: once `client_auth` is tightened by a
+/// reload, sessions made under the old rule must not resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tightened_client_auth_ends_resumption_of_older_sessions() {
+    let dir = Dir::new();
+    let ca = Ca::new("mesh CA");
+    let up = Upstream::echo("app").await;
+    let ca_path = dir.write("clients.pem", &ca.pem());
+    let optional = format!("      client_auth: {{ ca: \"{ca_path}\", required: false }}\n");
+    let required = format!("      client_auth: {{ ca: \"{ca_path}\" }}\n");
+    let (listener, _) = tls_listener(&dir, &ca, &optional);
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    // One client config, one session store: what the first connection leaves, the next offers.
+    let anonymous = client_config(&ca.pem(), &[b"http/1.1"], None);
+    for _ in 0..2 {
+        let stream = handshake(proxy.listen, Arc::clone(&anonymous), "api.example.com")
+            .await
+            .expect("handshake");
+        assert_eq!(
+            get_over(stream, "api.example.com").await.expect("get").0,
+            200
+        );
+    }
+    let version = proxy.config_version().await;
+    let (listener, _) = tls_listener(&dir, &ca, &required);
+    proxy.write_config(&config(up.addr, &listener, ""));
+    assert!(proxy
+        .wait_version_above(version, Duration::from_secs(10))
+        .await
+        .is_some());
+    let served = match handshake(proxy.listen, Arc::clone(&anonymous), "api.example.com").await {
+        Ok(stream) => {
+            let resumed =
+                stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            let answered = get_over(stream, "api.example.com").await.is_ok();
+            resumed || answered
+        }
+        Err(_) => false,
+    };
+    assert!(
+        !served,
+        "a session made without a certificate resumed once one was required"
+    );
+}
+
+/// Two clusters naming one address with different TLS never share a pooled connection: a
+/// connection opened for one would carry the other's requests in the clear, unverified, or
+/// under the other's client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_with_other_tls_to_one_address_share_no_connection() {
+    let dir = Dir::new();
+    let ca = Ca::new("upstream CA");
+    let other = Ca::new("other CA");
+    let app = Upstream::echo("app").await;
+    let (listener, _) = tls_listener(&dir, &ca, "");
+    let backend = Proxy::start(&config(app.addr, &listener, "")).await;
+    let other_path = dir.write("other-ca.pem", &other.pem());
+    let route = |prefix: &str| {
+        format!("      - {{ match: {{ path: {{ prefix: /{prefix} }} }}, backends: [{{ cluster: {prefix} }}] }}\n")
+    };
+    let cluster = |name: &str, addr: std::net::SocketAddr, tls: &str| {
+        format!("  - name: {name}\n    endpoints: [{{ address: \"{addr}\" }}]\n{tls}")
+    };
+    let front = Proxy::start(&format!(
+        "workers: 1\nlisteners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n{}{}{}{}clusters:\n{}{}{}{}",
+        route("plain"),
+        route("tls"),
+        route("skip"),
+        route("strict"),
+        cluster("plain", app.addr, ""),
+        cluster("tls", app.addr, "    tls: { insecure_skip_verify: true }\n"),
+        cluster("skip", backend.listen, "    tls: { insecure_skip_verify: true, server_name: x.test }\n"),
+        cluster(
+            "strict",
+            backend.listen,
+            &format!("    tls: {{ ca: \"{other_path}\", server_name: api.example.com }}\n")
+        ),
+    ))
+    .await;
+    for (first, then) in [("plain", "tls"), ("skip", "strict")] {
+        // One connection at a time: the second request finds the first's idle in the pool.
+        let resp = front.get("a.example", &format!("/{first}")).await;
+        assert_eq!(resp.status, 200, "{first}: {}", resp.text());
+        let resp = front.get("a.example", &format!("/{then}")).await;
+        assert_eq!(resp.status, 503, "{then} after {first}: {}", resp.text());
+        assert_eq!(
+            resp.header("x-strait-error").as_deref(),
+            Some("connect_failed")
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_by_peer_identity() {
     let dir = Dir::new();

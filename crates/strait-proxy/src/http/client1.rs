@@ -30,7 +30,7 @@ use crate::http::headers::{
     self, received, received_name, Appended, Known, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
-use crate::http::pool::UpstreamIo;
+use crate::http::pool::{PoolKey, UpstreamIo};
 use crate::http::Rewound;
 use crate::resilience::Admission;
 
@@ -72,7 +72,8 @@ pub struct Conn1 {
     scratch: BytesMut,
     /// Request bytes not yet written.
     out: Outbox,
-    addr: SocketAddr,
+    /// The endpoint, and the TLS it was opened with: where it goes back in the pool.
+    key: PoolKey,
     max_idle: usize,
     /// Whether this connection served an earlier request (a failure to send on it may just mean
     /// the upstream closed it while idle, and the request can go on a new one).
@@ -83,18 +84,13 @@ pub struct Conn1 {
 
 impl Conn1 {
     /// A fresh connection over `io`.
-    pub(crate) fn new(
-        io: UpstreamIo,
-        addr: SocketAddr,
-        max_idle: usize,
-        slot: Admission,
-    ) -> Box<Self> {
+    pub(crate) fn new(io: UpstreamIo, key: PoolKey, max_idle: usize, slot: Admission) -> Box<Self> {
         Box::new(Conn1 {
             io,
             rd: InBuf::default(),
             scratch: BytesMut::new(),
             out: Outbox::default(),
-            addr,
+            key,
             max_idle,
             reused: false,
             _slot: slot,
@@ -103,7 +99,12 @@ impl Conn1 {
 
     /// The endpoint.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.key.addr
+    }
+
+    /// Where the connection goes back in the pool.
+    pub(crate) fn key(&self) -> PoolKey {
+        self.key
     }
 
     /// Idle connections kept per endpoint for this connection's cluster.
@@ -1177,7 +1178,7 @@ mod tests {
         let breaker = Arc::new(Breaker::new(10, 10, 10, 10, Arc::default()));
         let slot = breaker.admit(Limit::Connections).unwrap();
         let stream = TcpStream::connect(addr).await.unwrap();
-        Conn1::new(UpstreamIo::Plain(stream), addr, 8, slot)
+        Conn1::new(UpstreamIo::Plain(stream), PoolKey::new(addr, None), 8, slot)
     }
 
     /// `request` encoded as the gateway encodes it, with `appended` after its fields.

@@ -79,21 +79,46 @@ impl ConnectError {
     }
 }
 
+/// What a pooled connection may be reused for: its endpoint, and the TLS it was opened with.
+/// Two clusters may name one address with different TLS (none, another CA, another client
+/// certificate), and a reload may change a cluster's: a connection serves only requests that
+/// would have opened it the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// The address of the cluster's rustls client config, 0 for plain TCP. An open TLS
+    /// connection holds its config, so no other config can be allocated at that address while
+    /// the connection lives in the pool.
+    tls: usize,
+}
+
+impl PoolKey {
+    /// The key of connections to `addr` opened with `tls`.
+    pub fn new(addr: SocketAddr, tls: Option<&ClientTls>) -> PoolKey {
+        PoolKey {
+            addr,
+            tls: tls.map_or(0, |t| Arc::as_ptr(&t.config) as usize),
+        }
+    }
+}
+
 /// One worker's connections to every endpoint it talks to.
 #[derive(Debug, Default)]
 pub struct Pool {
     // Boxed: a connection moves from the list to a request and back, a pointer each time.
     #[allow(clippy::vec_box)]
-    http1_idle: RefCell<AddrMap<Vec<Box<Conn1>>>>,
-    http2: RefCell<AddrMap<http2::SendRequest<RequestBody>>>,
+    http1_idle: RefCell<KeyMap<Vec<Box<Conn1>>>>,
+    http2: RefCell<KeyMap<http2::SendRequest<RequestBody>>>,
     /// Where HTTP/1 request heads are encoded, before a connection is picked. Each head is
     /// split off; the room comes back once no written head holds it.
     heads: RefCell<BytesMut>,
 }
 
-/// A map keyed by endpoint address. The addresses come from the config, not from peers, so a
-/// fast unkeyed hash is safe; SipHash cost more than the lookup it guards, twice per request.
-type AddrMap<V> = HashMap<SocketAddr, V, BuildHasherDefault<AddrHasher>>;
+/// A map keyed by endpoint address and TLS. The addresses come from the config, not from
+/// peers, so a fast unkeyed hash is safe; SipHash cost more than the lookup it guards, twice
+/// per request.
+type KeyMap<V> = HashMap<PoolKey, V, BuildHasherDefault<AddrHasher>>;
 
 /// FxHash's step (rustc's own hasher) over the words a `SocketAddr` writes: its variant, the
 /// address's length and octets, the port. FNV-1a over the same ~22 bytes, one at a time, cost
@@ -173,20 +198,21 @@ impl Pool {
         breaker: &Arc<Breaker>,
         tls: Option<&ClientTls>,
     ) -> Result<Box<Conn1>, ConnectError> {
+        let key = PoolKey::new(addr, tls);
         if !fresh {
-            if let Some(conn) = self.pop_idle_http1(addr) {
+            if let Some(conn) = self.pop_idle_http1(key) {
                 return Ok(conn);
             }
         }
         // Boxed: connecting is the rare case, and its future (a TLS handshake's among them)
         // would otherwise make every request's future kilobytes larger, copied at each move.
         let (io, slot) = Box::pin(connect(addr, connect_timeout, breaker, tls)).await?;
-        Ok(Conn1::new(io, addr, max_idle, slot))
+        Ok(Conn1::new(io, key, max_idle, slot))
     }
 
-    fn pop_idle_http1(&self, addr: SocketAddr) -> Option<Box<Conn1>> {
+    fn pop_idle_http1(&self, key: PoolKey) -> Option<Box<Conn1>> {
         let mut idle = self.http1_idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         // The most recently used first: its socket and buffers are the warmest.
         while let Some(mut conn) = list.pop() {
             if conn.is_usable() {
@@ -199,7 +225,7 @@ impl Pool {
     /// Gives back a connection whose exchange ended cleanly.
     pub fn put_http1(&self, conn: Box<Conn1>) {
         let mut idle = self.http1_idle.borrow_mut();
-        let list = idle.entry(conn.addr()).or_default();
+        let list = idle.entry(conn.key()).or_default();
         if list.len() < conn.max_idle() {
             list.push(conn);
         }
@@ -214,7 +240,8 @@ impl Pool {
         breaker: &Arc<Breaker>,
         tls: Option<&ClientTls>,
     ) -> Result<(http2::SendRequest<RequestBody>, bool), ConnectError> {
-        if let Some(sender) = self.http2.borrow().get(&addr) {
+        let key = PoolKey::new(addr, tls);
+        if let Some(sender) = self.http2.borrow().get(&key) {
             if sender.is_ready() {
                 return Ok((sender.clone(), false));
             }
@@ -237,19 +264,19 @@ impl Pool {
             }
             drop(slot);
         });
-        self.http2.borrow_mut().insert(addr, sender.clone());
+        self.http2.borrow_mut().insert(key, sender.clone());
         Ok((sender, true))
     }
 
-    /// Number of idle HTTP/1 and open HTTP/2 connections to `addr` (for `/clusters`).
+    /// Number of idle HTTP/1 and open HTTP/2 connections to `addr`, whatever their TLS.
     pub fn connections_to(&self, addr: SocketAddr) -> usize {
-        let h1 = self.http1_idle.borrow().get(&addr).map_or(0, Vec::len);
-        let h2 = usize::from(
-            self.http2
-                .borrow()
-                .get(&addr)
-                .is_some_and(|s| !s.is_closed()),
-        );
+        let h1: usize = (self.http1_idle.borrow().iter())
+            .filter(|(key, _)| key.addr == addr)
+            .map(|(_, list)| list.len())
+            .sum();
+        let h2 = (self.http2.borrow().iter())
+            .filter(|(key, sender)| key.addr == addr && !sender.is_closed())
+            .count();
         h1 + h2
     }
 }

@@ -175,21 +175,31 @@ impl ResolvesServerCert for ByServerName {
 /// Resumption state kept per listener across reloads.
 type Resumption = (Arc<dyn StoresServerSessions>, Arc<dyn ProducesTickets>);
 
-fn resumption(listener: &str) -> Result<Resumption, String> {
-    static KEPT: OnceLock<Mutex<HashMap<String, Resumption>>> = OnceLock::new();
+/// What a session's client was checked against: `required`, and the CA file's bytes. `None`
+/// without `client_auth`.
+type ClientAuthKey = Option<(bool, Vec<u8>)>;
+
+/// A listener's session cache and ticket key, kept across reloads so that clients keep
+/// resuming, but only while its `client_auth` stays as it was. A resumed session is not
+/// checked again: kept across a change, a session made without a certificate would still
+/// resume once one is required, and one whose certificate the new CA refuses would too.
+fn resumption(listener: &str, client_auth: ClientAuthKey) -> Result<Resumption, String> {
+    static KEPT: OnceLock<Mutex<HashMap<String, (ClientAuthKey, Resumption)>>> = OnceLock::new();
     let mut kept = KEPT
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if let Some(r) = kept.get(listener) {
-        return Ok(r.clone());
+    if let Some((auth, r)) = kept.get(listener) {
+        if *auth == client_auth {
+            return Ok(r.clone());
+        }
     }
     let ticketer = provider::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
     let made: Resumption = (
         rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE),
         ticketer,
     );
-    kept.insert(listener.to_owned(), made.clone());
+    kept.insert(listener.to_owned(), (client_auth, made.clone()));
     Ok(made)
 }
 
@@ -232,8 +242,10 @@ impl ServerTls {
         let builder = ServerConfig::builder_with_provider(crypto())
             .with_protocol_versions(versions(tls.min_version))
             .map_err(|e| e.to_string())?;
+        let mut client_auth_key = None;
         let builder = match &tls.client_auth {
             Some(auth) => {
+                client_auth_key = Some((auth.required, read(&auth.ca)?));
                 files.push(PathBuf::from(&auth.ca));
                 let roots = Arc::new(roots(&auth.ca)?);
                 let verifier =
@@ -258,7 +270,7 @@ impl ServerTls {
                 _ => b"http/1.1".to_vec(),
             })
             .collect();
-        let (cache, ticketer) = resumption(listener)?;
+        let (cache, ticketer) = resumption(listener, client_auth_key)?;
         config.session_storage = cache;
         config.ticketer = ticketer;
         config.send_tls13_tickets = 2;
