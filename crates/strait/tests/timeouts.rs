@@ -292,3 +292,73 @@ listeners:
     // The proxy keeps serving other requests.
     assert_eq!(proxy.get("ok.example.com", "/").await.upstream(), "healthy");
 }
+
+/// Reads `stream` with `pause` before each read of at most `each` bytes, until the proxy closes
+/// or `total` bytes came; the bytes read (the head included).
+async fn read_slowly(
+    stream: &mut tokio::net::TcpStream,
+    each: usize,
+    pause: Duration,
+    total: usize,
+) -> usize {
+    use tokio::io::AsyncReadExt;
+    let mut got = 0;
+    let mut buf = vec![0u8; each];
+    while got < total {
+        tokio::time::sleep(pause).await;
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("no bytes and no close for 10 s"),
+        }
+    }
+    got
+}
+
+/// A client that stops reading an answer is cut off after the route's `idle_timeout`, as
+/// nginx's `send_timeout` and Envoy's stream idle timeout do; one that reads slowly but
+/// steadily is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::echo("app").await;
+    let proxy = Proxy::start(&route_to(
+        &cluster(up.addr, ""),
+        "        idle_timeout: 2s\n",
+    ))
+    .await;
+    let ask = |bytes: usize| {
+        format!("GET /big HTTP/1.1\r\nHost: a\r\nx-echo-response-bytes: {bytes}\r\n\r\n")
+    };
+
+    // Stops reading: far more than the sockets hold between them, so the proxy's writes stall.
+    let big = 256 << 20;
+    let mut stalled = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    stalled.write_all(ask(big).as_bytes()).await.expect("write");
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let got = read_slowly(&mut stalled, 1 << 20, Duration::ZERO, big).await;
+    assert!(got < big, "the whole answer came ({got} bytes)");
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // Reads steadily, the whole taking several timeouts: the stall timer starts again each
+    // time the client takes bytes. (Between the proxy's socket and the client's, the kernel
+    // holds megabytes: the pace must free room well within the timeout.)
+    let steady = 24 << 20;
+    let mut slow = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    slow.write_all(ask(steady).as_bytes()).await.expect("write");
+    let started = Instant::now();
+    let got = read_slowly(&mut slow, 1 << 20, Duration::from_millis(100), steady).await;
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "too fast to show anything"
+    );
+    assert!(
+        got >= steady,
+        "a steady reader was cut off after {got} bytes"
+    );
+}

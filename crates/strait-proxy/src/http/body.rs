@@ -352,6 +352,35 @@ impl ResponseBody {
 }
 
 impl ResponseBody {
+    /// Called while the client takes none of the answer (its socket is full): the route's
+    /// `idle_timeout` runs from the last frame or the last bytes the client took
+    /// (`progressed`), and once it has run out the answer ends with an error, which closes
+    /// the connection. Without it a client that stops reading held its socket, an upstream
+    /// connection and a circuit-breaker slot for as long as it liked. A body made by the proxy
+    /// has no timer: it is small, and holds nothing upstream.
+    pub(crate) fn poll_stalled(
+        &mut self,
+        progressed: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<BodyError> {
+        let ResponseBody::Upstream(body) = self else {
+            return Poll::Pending;
+        };
+        let Some(timer) = &mut body.idle else {
+            return Poll::Pending;
+        };
+        timer.active |= progressed;
+        if !timer.expired(cx) {
+            return Poll::Pending;
+        }
+        body.pool = None;
+        body.in_flight = None;
+        let limit = timer.limit;
+        body.finish_log(Some("downstream_stalled"));
+        body.end_spans(Some("downstream_stalled"));
+        Poll::Ready(Box::new(DownstreamStalled(limit)))
+    }
+
     /// The upstream head's fields, when they were kept as they came rather than put into the
     /// response's map (see [`RawHead`](crate::http::client1::RawHead)).
     pub(crate) fn raw_head(&self) -> Option<&crate::http::client1::RawHead> {
@@ -478,6 +507,11 @@ impl IdleTimer {
 #[derive(Debug, thiserror::Error)]
 #[error("upstream response body idle for longer than {0:?}")]
 pub struct StreamIdleTimeout(Duration);
+
+/// Why an answer was cut: its client took none of it for the route's idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the client took none of the response for longer than {0:?}")]
+pub struct DownstreamStalled(Duration);
 
 impl UpstreamBody {
     /// Wraps an upstream body. `pool`: where an HTTP/1 connection goes back once the body

@@ -1173,6 +1173,7 @@ impl Outbox {
         framing: &mut Framing,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
+        let mut wrote = false;
         loop {
             while !matches!(framing, Framing::Ended) && self.len() < WRITE_HIGH {
                 let step = match Pin::new(&mut *body).poll_frame(cx) {
@@ -1223,7 +1224,17 @@ impl Outbox {
                 }
             }
             inb.nagle.before_write(io);
-            ready!(self.poll_write(io, cx))?;
+            if self.poll_write(io, cx)?.is_pending() {
+                drop(guard);
+                // The client takes nothing now: how long it may go on so is the body's to say.
+                return match body.poll_stalled(wrote, cx) {
+                    Poll::Ready(stalled) => {
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, stalled)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            wrote = true;
         }
     }
 
