@@ -89,3 +89,51 @@ async fn a_busy_cluster_at_max_connections_refuses_new_ones() {
     // The one connection is reused once free.
     check(&burst(&proxy, 1).await, 1);
 }
+
+/// A client that gives up before its answer gives its slot back at once: its request to the
+/// upstream is ended (as nginx and Envoy end it), not held until the answer or the route
+/// timeout while new requests overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_frees_its_slot() {
+    use tokio::io::AsyncWriteExt;
+    let slow = Upstream::slow("slow", Duration::from_secs(3)).await;
+    let proxy = Proxy::start(&format!(
+        "listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - backends: [{{ cluster: slow }}]
+        timeout: 60s
+clusters:
+  - name: slow
+    circuit_breaker: {{ max_requests: 1 }}
+    endpoints: [{{ address: \"{}\" }}]
+",
+        slow.addr
+    ))
+    .await;
+    let mut quitter = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    quitter
+        .write_all(b"GET / HTTP/1.1\r\nHost: b.example\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(quitter);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = within(Duration::from_secs(10), "request", async {
+        Conn::open(proxy.listen, Proto::H1)
+            .await?
+            .fetch(simple("GET", "b.example", "/"))
+            .await
+    })
+    .await
+    .expect("request");
+    assert_eq!(
+        resp.status.as_u16(),
+        200,
+        "{:?}",
+        resp.header("x-strait-error")
+    );
+}

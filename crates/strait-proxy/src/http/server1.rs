@@ -856,12 +856,20 @@ fn exchange<'a>(
     headers::put_map(request.headers_mut(), headers);
     // Boxed: the gateway's future is kilobytes, and an idle connection's task, allocated at
     // the size of its largest state, must not carry room for it.
-    let serving = boxed(|| gateway::serve(request, Rc::clone(conn)));
+    let mut serving = boxed(|| gateway::serve(request, Rc::clone(conn)));
     async move {
+        let answered = poll_fn(|cx| match serving.as_mut().poll(cx) {
+            Poll::Ready(answer) => Poll::Ready(Some(answer)),
+            Poll::Pending if client_gone(inbound, cx) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        });
         // Kept in its box: the body is polled there, not moved out (144 bytes).
-        let mut response = match serving.await {
-            Ok(response) => response,
-            Err(never) => match never {},
+        let mut response = match answered.await {
+            Some(Ok(response)) => response,
+            Some(Err(never)) => match never {},
+            // Dropping the request's future ends its upstream exchange (the upstream
+            // connection is closed, not pooled), as nginx and Envoy do on a client's close.
+            None => return Ok(After::Close),
         };
         let plan = Plan {
             head_request,
@@ -898,6 +906,36 @@ fn exchange<'a>(
             After::KeepAlive
         })
     }
+}
+
+/// Whether the client closed (or reset) its connection while its request is served. Without
+/// this a client that gave up held its request to the upstream, an upstream connection and a
+/// circuit-breaker slot until the answer or the route timeout, and sat in CLOSE-WAIT.
+///
+/// Only once the request's body is read whole (before, the body's reads see the close): the
+/// socket is read on, and bytes of a request pipelined behind this one are kept for it. A
+/// client that pipelines more than a few KiB is not watched further.
+fn client_gone(inbound: &RefCell<Inbound>, cx: &mut Context<'_>) -> bool {
+    /// Pipelined bytes kept unparsed before the watch stops.
+    const WATCH_LIMIT: usize = 4 << 10;
+    let Ok(mut guard) = inbound.try_borrow_mut() else {
+        return false;
+    };
+    let inb = &mut *guard;
+    if !matches!(inb.body, BodyState::Done) {
+        return false;
+    }
+    let Some(io) = inb.io.as_mut() else {
+        return false;
+    };
+    while inb.rd.buffered().len() < WATCH_LIMIT {
+        match inb.rd.poll_fill(io, cx) {
+            Poll::Pending => return false,
+            Poll::Ready(Ok(0) | Err(_)) => return true,
+            Poll::Ready(Ok(_)) => {}
+        }
+    }
+    false
 }
 
 /// Writes the 101 head, then hands the socket (and the bytes read past the request) to the
