@@ -36,7 +36,7 @@ use crate::balance::hash_key;
 use crate::http::alarm::Alarm;
 use crate::http::body::{
     complete_headers, BodyError, ClientBody, FromUpstream, RequestBody, ResponseBody, TeeBody,
-    UpstreamBody,
+    Upload, UpstreamBody,
 };
 use crate::http::client1;
 use crate::http::headers::{self, Appended, Hop, X_STRAIT_ERROR};
@@ -191,10 +191,14 @@ impl KeptTimer {
         }
     }
 
-    /// `fut`'s output, or `None` if `at` comes first.
+    /// `fut`'s output, or `None` if `at` comes first. With `upload` (the request's body, and
+    /// the route timeout `at` was set by), the timeout counts from the body's end instead:
+    /// when `at` comes while the body still arrives, or ended less than the timeout ago, the
+    /// deadline moves.
     fn before<'a, F: std::future::Future>(
         &'a self,
-        at: tokio::time::Instant,
+        mut at: tokio::time::Instant,
+        upload: Option<(Rc<Upload>, std::time::Duration)>,
         mut fut: Pin<&'a mut F>,
     ) -> impl std::future::Future<Output = Option<F::Output>> + 'a {
         let mut timer = Some(self.take(at));
@@ -205,10 +209,16 @@ impl KeptTimer {
             };
             let out = match fut.as_mut().poll(cx) {
                 Poll::Ready(out) => Some(out),
-                Poll::Pending => {
+                Poll::Pending => loop {
                     ready!(t.poll_until(at, cx));
-                    None
-                }
+                    match &upload {
+                        Some((upload, limit)) if upload.deadline(*limit) > at => {
+                            at = upload.deadline(*limit);
+                            t.arm(at);
+                        }
+                        _ => break None,
+                    }
+                },
             };
             if let Some(t) = timer.take() {
                 self.give(t);
@@ -647,7 +657,7 @@ fn forward_to<'a>(
         // block makes is assigned where it is kept: returned as a tuple, it was copied out of
         // the block and again into these (~190 instructions a request).
         let (request, client_upgrade, upgrade, endpoint, addr, stats);
-        let (admission, in_flight, counters, mut span);
+        let (admission, in_flight, counters, mut span, upload);
         {
             let hash = request_hash(cluster, &req, conn.peer.ip());
 
@@ -675,6 +685,15 @@ fn forward_to<'a>(
                     fields_into(&fields, &mut parts.headers);
                 }
             }
+            // A body still to come: the route timeout counts from its end (see `Upload`).
+            upload = match action.timeout {
+                Some(limit) if !http_body::Body::is_end_stream(&body) => {
+                    let upload = Rc::new(Upload::default());
+                    body = ClientBody::Watched(Box::new(body), Rc::clone(&upload));
+                    Some((upload, limit))
+                }
+                _ => None,
+            };
             // Only headers named in `connection` can take the request's id with them (a new one is
             // then made below): otherwise the id logged on arrival is the one the upstream sees.
             // Not when no hop-by-hop field came (`server1` tells) and none was written since (a
@@ -814,6 +833,7 @@ fn forward_to<'a>(
                     hash,
                     head: parts,
                     body,
+                    upload,
                     trace,
                 };
                 // Boxed: a retried request's state must not make every request's future larger.
@@ -925,7 +945,11 @@ fn forward_to<'a>(
         ));
         let outcome = match action.timeout {
             // The deadline from the clock read just above, not from a second one.
-            Some(limit) => match conn.timer.before((started + limit).into(), sent).await {
+            Some(limit) => match conn
+                .timer
+                .before((started + limit).into(), upload, sent)
+                .await
+            {
                 Some(outcome) => outcome,
                 None => {
                     timed_out(cluster, endpoint, span.as_mut());
@@ -1704,7 +1728,9 @@ fn proxy_fields(req: &Request<ClientBody>) -> u8 {
     match req.body() {
         ClientBody::Http1(body) => body.proxy_fields(),
         // Hop-by-hop fields are not looked for here: the map is looked through for them.
-        ClientBody::Hyper(_) => headers::proxy_fields_in(req.headers()) | headers::FIELD_HOP_BY_HOP,
+        ClientBody::Hyper(_) | ClientBody::Watched(..) => {
+            headers::proxy_fields_in(req.headers()) | headers::FIELD_HOP_BY_HOP
+        }
     }
 }
 
@@ -1712,7 +1738,7 @@ fn is_grpc(req: &Request<ClientBody>) -> bool {
     match req.body() {
         // Seen as the head was parsed.
         ClientBody::Http1(body) => body.is_grpc(),
-        ClientBody::Hyper(_) => req
+        ClientBody::Hyper(_) | ClientBody::Watched(..) => req
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| headers::is_grpc_content_type(v.as_bytes())),

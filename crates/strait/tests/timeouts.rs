@@ -362,3 +362,77 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout() {
         "a steady reader was cut off after {got} bytes"
     );
 }
+
+/// The route timeout counts from the end of the request body, as Envoy's does: an upload that
+/// takes longer than the timeout is no slow upstream. Once the body is in, the timeout holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_timeout_counts_from_the_end_of_the_upload() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::echo("app").await;
+    let slow = Upstream::slow("slow", Duration::from_secs(4)).await;
+    let proxy = Proxy::start(&format!(
+        "listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - match: {{ path: {{ prefix: /slow }} }}
+        backends: [{{ cluster: slow }}]
+        timeout: 1s
+      - backends: [{{ cluster: app }}]
+        timeout: 1s
+clusters:
+  - name: app
+    endpoints: [{{ address: \"{}\" }}]
+  - name: slow
+    endpoints: [{{ address: \"{}\" }}]
+",
+        up.addr, slow.addr
+    ))
+    .await;
+
+    // 30 pieces of 64 KiB, 100 ms apart: three seconds of upload against a 1 s timeout.
+    let (pieces, piece) = (30, 64 << 10);
+    let mut client = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        pieces * piece
+    );
+    client.write_all(head.as_bytes()).await.expect("write");
+    for _ in 0..pieces {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.write_all(&vec![b'x'; piece]).await.expect("write");
+    }
+    let mut answer = String::new();
+    within(
+        Duration::from_secs(10),
+        "answer",
+        client.read_to_string(&mut answer),
+    )
+    .await
+    .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.300}");
+    assert!(
+        answer.contains(&format!("\"body_len\":{}", pieces * piece)),
+        "{answer:.300}"
+    );
+
+    // Body in at once, then an upstream slower than the timeout: 504 about 1 s later.
+    let started = Instant::now();
+    let resp = proxy
+        .send(
+            Proto::H1,
+            request("POST", "a", "/slow")
+                .body(full("small"))
+                .expect("req"),
+        )
+        .await
+        .expect("request");
+    assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+}

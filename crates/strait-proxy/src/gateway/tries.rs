@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Poll;
@@ -24,7 +25,7 @@ use super::{
     head_received, local_reply, send, send_failed, start_exchange, timed_out, Answer, Cause,
     Connection, Outgoing, Reply,
 };
-use crate::http::body::RequestBody;
+use crate::http::body::{RequestBody, Upload};
 use crate::http::headers::Appended;
 use crate::http::replay::ReplayBody;
 use crate::ratelimit;
@@ -52,6 +53,8 @@ pub(super) struct Tries<'a> {
     pub head: http::request::Parts,
     /// The body with its replay buffer; `None` for requests without a body.
     pub body: Option<ReplayBody>,
+    /// When the client's body ended, and the route timeout: the timeout counts from then.
+    pub upload: Option<(Rc<Upload>, std::time::Duration)>,
     /// The request's trace: each attempt is a client span of its own.
     pub trace: Option<&'a RequestTrace>,
 }
@@ -89,10 +92,11 @@ impl<'a> Tries<'a> {
     ) -> Reply {
         self.cluster.retry_budget.deposit(now_secs());
         let deadline = self.action.timeout.map(|t| Instant::now() + t);
+        let upload = self.upload.clone();
         let work = std::pin::pin!(self.attempts(deadline, log, route_stats));
         // The connection's kept timer, as for a request sent once.
         match self.action.timeout.zip(deadline) {
-            Some((limit, at)) => match self.conn.timer.before(at.into(), work).await {
+            Some((limit, at)) => match self.conn.timer.before(at.into(), upload, work).await {
                 Some(response) => response,
                 None => {
                     self.cluster.counters.request_timeouts.fetch_add(1, Relaxed);

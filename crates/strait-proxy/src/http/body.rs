@@ -33,6 +33,31 @@ pub enum ClientBody {
     Hyper(Incoming),
     /// Read off an HTTP/1.1 connection, plain or TLS, by whoever polls it (`server1`).
     Http1(crate::http::server1::RequestBody1),
+    /// One of the above, telling `Upload` when it ends (a forwarded body, with a route
+    /// timeout).
+    Watched(Box<ClientBody>, Rc<Upload>),
+}
+
+/// When a request's body finished arriving from the client. The route timeout counts from then,
+/// as Envoy's does, not from the request head: a 20 MB upload at 1 MB/s got 504 at 15 s, was
+/// counted as the upstream's timeout and ejected a healthy endpoint.
+#[derive(Debug, Default)]
+pub struct Upload {
+    ended: std::cell::Cell<Option<Instant>>,
+}
+
+impl Upload {
+    fn end(&self) {
+        if self.ended.get().is_none() {
+            self.ended.set(Some(Instant::now()));
+        }
+    }
+
+    /// When a route timeout of `limit` that came due now is due instead: `limit` after the
+    /// body ended, or `limit` from now while it still arrives (asked again then).
+    pub(crate) fn deadline(&self, limit: Duration) -> Instant {
+        self.ended.get().unwrap_or_else(Instant::now) + limit
+    }
 }
 
 impl ClientBody {
@@ -41,7 +66,7 @@ impl ClientBody {
     pub(crate) fn take_fields(&mut self) -> Option<Box<crate::http::client1::RawHead>> {
         match self {
             ClientBody::Http1(body) => body.take_fields(),
-            ClientBody::Hyper(_) => None,
+            ClientBody::Hyper(_) | ClientBody::Watched(..) => None,
         }
     }
 }
@@ -57,6 +82,14 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ClientBody::Http1(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Watched(b, upload) => {
+                let frame = ready!(Pin::new(&mut **b).poll_frame(cx));
+                // The end, a failure, or a last frame.
+                if !matches!(frame, Some(Ok(_))) || b.is_end_stream() {
+                    upload.end();
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
@@ -64,6 +97,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(b) => b.is_end_stream(),
             ClientBody::Http1(b) => b.is_end_stream(),
+            ClientBody::Watched(b, _) => b.is_end_stream(),
         }
     }
 
@@ -71,6 +105,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(b) => b.size_hint(),
             ClientBody::Http1(b) => b.size_hint(),
+            ClientBody::Watched(b, _) => b.size_hint(),
         }
     }
 }

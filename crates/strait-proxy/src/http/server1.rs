@@ -85,7 +85,7 @@ impl ClientUpgrade {
     pub(crate) fn of(req: &mut Request<ClientBody>) -> Option<Self> {
         match req.body_mut() {
             ClientBody::Http1(body) => body.take_upgrade().map(ClientUpgrade),
-            ClientBody::Hyper(_) => None,
+            ClientBody::Hyper(_) | ClientBody::Watched(..) => None,
         }
     }
 
