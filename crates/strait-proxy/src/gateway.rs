@@ -195,6 +195,7 @@ impl KeptTimer {
     /// the route timeout `at` was set by), the timeout counts from the body's end instead:
     /// when `at` comes while the body still arrives, or ended less than the timeout ago, the
     /// deadline moves.
+    #[inline]
     fn before<'a, F: std::future::Future>(
         &'a self,
         mut at: tokio::time::Instant,
@@ -686,8 +687,9 @@ fn forward_to<'a>(
                 }
             }
             // A body still to come: the route timeout counts from its end (see `Upload`).
+            let ended = http_body::Body::is_end_stream(&body);
             upload = match action.timeout {
-                Some(limit) if !http_body::Body::is_end_stream(&body) => {
+                Some(limit) if !ended => {
                     let upload = Rc::new(Upload::default());
                     body = ClientBody::Watched(Box::new(body), Rc::clone(&upload));
                     Some((upload, limit))
@@ -805,7 +807,7 @@ fn forward_to<'a>(
                     };
                     Some((Arc::clone(mirror_cluster), copy))
                 });
-                let body = if http_body::Body::is_end_stream(&body) {
+                let body = if ended {
                     if let Some((mirror_cluster, copy)) = mirror {
                         spawn_mirror(&conn.worker, mirror_cluster, copy, None, action.timeout);
                     }
@@ -865,7 +867,7 @@ fn forward_to<'a>(
                                 headers: parts.headers.clone(),
                                 host: upstream_host.clone(),
                             };
-                            if http_body::Body::is_end_stream(&body) {
+                            if ended {
                                 spawn_mirror(
                                     &conn.worker,
                                     Arc::clone(mirror_cluster),
@@ -898,7 +900,7 @@ fn forward_to<'a>(
                 }
                 // A body that has ended (a GET's) has nothing left to send or count: it goes no
                 // further (see `RequestBody::boxed`).
-                _ if http_body::Body::is_end_stream(&body) => None,
+                _ if ended => None,
                 _ => Some(Box::new(RequestBody::Counted(
                     body,
                     Arc::clone(route_stats),

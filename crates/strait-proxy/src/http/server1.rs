@@ -928,6 +928,12 @@ fn client_gone(inbound: &RefCell<Inbound>, cx: &mut Context<'_>) -> bool {
     let Some(io) = inb.io.as_mut() else {
         return false;
     };
+    // Readiness first: most of the time there is nothing, and asking costs less than a read
+    // that finds nothing (callgrind: ~130 instructions a request less). Over TLS it is the
+    // socket's: a close comes as bytes (`close_notify`) or the socket's end either way.
+    if io.tcp().poll_read_ready(cx).is_pending() {
+        return false;
+    }
     while inb.rd.buffered().len() < WATCH_LIMIT {
         match inb.rd.poll_fill(io, cx) {
             Poll::Pending => return false,
