@@ -54,9 +54,10 @@ for script in scripts/*.sh benches/harness/run.sh benches/symbol-order/run.sh .c
 done
 
 step "strait validate: every shipped config"
+# The configs alone: the certificates and keys they name (/etc/strait/tls/...) are examples.
 mapfile -t configs < <(find config examples -name '*.yaml' 2>/dev/null | sort)
 if [ "${#configs[@]}" -gt 0 ]; then
-    "$CARGO_TARGET_DIR/debug/strait" validate "${configs[@]}"
+    "$CARGO_TARGET_DIR/debug/strait" validate --no-files "${configs[@]}"
 fi
 
 echo

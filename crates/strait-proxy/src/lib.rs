@@ -8,6 +8,7 @@
 mod admin;
 pub mod authz;
 pub mod balance;
+pub mod check;
 pub mod detect;
 mod gateway;
 pub mod http;

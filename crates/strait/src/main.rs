@@ -41,6 +41,10 @@ enum Command {
     },
     /// Check config files; print every error with file:line:column and field. Exit 1 on error.
     Validate {
+        /// Check the configs alone, without loading the certificates, keys and JWKS files they
+        /// name (for a config checked away from the machine that has them).
+        #[arg(long)]
+        no_files: bool,
         /// Files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -88,7 +92,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Validate { files } => validate(&files),
+        Command::Validate { no_files, files } => validate(&files, !no_files),
         Command::Demo {
             duration,
             port,
@@ -97,11 +101,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(files: &[PathBuf]) -> ExitCode {
+fn validate(files: &[PathBuf], load_files: bool) -> ExitCode {
     let mut failed = false;
     for file in files {
         match strait_config::load(file) {
             Ok(config) => {
+                // The files the config names, loaded as the proxy loads them at start.
+                let unloadable = if load_files {
+                    strait_proxy::check::files(&config)
+                } else {
+                    Vec::new()
+                };
+                if !unloadable.is_empty() {
+                    failed = true;
+                    for e in &unloadable {
+                        eprintln!("{}: {e}", file.display());
+                    }
+                    eprintln!("{}: {} error(s)", file.display(), unloadable.len());
+                    continue;
+                }
                 let routes: usize = config.listeners.iter().map(|l| l.routes.len()).sum();
                 println!(
                     "{}: ok ({} listeners, {routes} routes, {} clusters)",

@@ -305,3 +305,45 @@ fn proxy_refuses_to_start_on_an_invalid_config() {
         "the listener is bound although the config was refused"
     );
 }
+
+/// `validate` loads the files a config names as the proxy does at start: a config the proxy
+/// would refuse for a missing certificate, key or JWKS file is refused here too, the field and
+/// the file named.
+#[test]
+fn files_the_proxy_could_not_load_fail_validation() {
+    let dir = std::env::temp_dir().join(format!("strait-itest-files-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let cert = dir.join("nope.pem");
+    let ca = dir.join("no-ca.pem");
+    let jwks = dir.join("garbage.json");
+    std::fs::write(&jwks, "not a key set").expect("write");
+    let text = format!(
+        "listeners:\n  - name: main\n    address: 127.0.0.1:18443\n    tls:\n      certificates: \
+         [{{ cert: \"{}\", key: \"{}\" }}]\n    jwt:\n      issuer: https://i.example\n      \
+         jwks: {{ file: \"{}\" }}\n    routes:\n      - backends: [{{ cluster: up }}]\n\
+         clusters:\n  - name: up\n    endpoints: [{{ address: 127.0.0.1:8080 }}]\n    tls: \
+         {{ ca: \"{}\" }}\n",
+        cert.display(),
+        cert.display(),
+        jwks.display(),
+        ca.display()
+    );
+    let file = TempFile::new(&text);
+    let run = validate(&file);
+    assert_eq!(run.code, Some(1), "stdout:\n{}", run.stdout);
+    for (field, named) in [
+        ("listeners[0].tls", &cert),
+        ("listeners[0].jwt.jwks.file", &jwks),
+        ("clusters[0].tls", &ca),
+    ] {
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains(field) && l.contains(&named.display().to_string())),
+            "{field} naming {}:\n{}",
+            named.display(),
+            run.stderr
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
