@@ -137,3 +137,61 @@ clusters:
         resp.header("x-strait-error")
     );
 }
+
+/// Sockets to `port` in CLOSE-WAIT (their peer closed; this side did not yet), from
+/// `/proc/net/tcp`.
+fn close_wait_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = fields
+                .get(2)
+                .and_then(|r| r.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port) && fields.get(3) == Some(&"08")
+        })
+        .count()
+}
+
+/// Idle pooled connections that their upstream closed are closed within a second or two, not
+/// kept (in CLOSE-WAIT, each holding a descriptor and a `max_connections` slot) until the next
+/// request to that endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_the_upstream_closed_are_let_go() {
+    // Answers each connection's first request, keeping it alive, then closes it.
+    let up = raw_upstream(
+        ["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+        Duration::ZERO,
+        true,
+    )
+    .await;
+    let proxy = Proxy::start(&format!(
+        "listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - backends: [{{ cluster: up }}]
+clusters:
+  - name: up
+    endpoints: [{{ address: \"{up}\" }}]
+"
+    ))
+    .await;
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let addr = proxy.listen;
+            tokio::spawn(async move { get(addr, "a", "/").await.status })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.expect("call"), 200);
+    }
+    let let_go = eventually(Duration::from_secs(4), || async {
+        close_wait_to(up.port()) == 0
+    })
+    .await;
+    assert!(let_go, "{} sockets in CLOSE-WAIT", close_wait_to(up.port()));
+}

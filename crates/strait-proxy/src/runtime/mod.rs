@@ -675,7 +675,8 @@ async fn run_worker(started: Started) {
         mut draining,
     } = started;
     tokio::task::spawn_local(busy_poll::spinner());
-    // A timer always due within a second. tokio wakes its sleeping driver (a write to an
+    // A timer always due within a second (each tick also sweeps the pool of connections the
+    // upstreams closed). tokio wakes its sleeping driver (a write to an
     // eventfd) whenever a new timer is due before the one it sleeps for; with none armed,
     // the first request timeout after every moment with nothing in flight paid that
     // system call (one per 10 requests under load). Request timeouts are longer.
@@ -683,7 +684,7 @@ async fn run_worker(started: Started) {
     anchor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = anchor.tick() => {}
+            _ = anchor.tick() => worker.pool.sweep(),
             changed = updated.changed() => {
                 if changed.is_err() { break; }
                 if let Err(e) = reconcile_listeners(&worker, &mut listeners) {
