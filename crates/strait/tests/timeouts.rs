@@ -247,16 +247,20 @@ async fn upstream_closing_mid_body_is_visible_to_the_client_and_never_hangs() {
     // Announces 1,000,000 bytes, sends 10,000, closes.
     let cut = Upstream::close_mid_body("cut", 1_000_000, 10_000).await;
     let healthy = Upstream::echo("healthy").await;
+    let log = std::env::temp_dir().join(format!("strait-cut-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
     let config = format!(
         r#"
 listeners:
   - name: main
     address: ${{LISTEN}}
+    access_log: {{ path: "{}" }}
     routes:
       - match: {{ path: {{ prefix: /cut }} }}
         backends: [{{ cluster: cut }}]
       - backends: [{{ cluster: healthy }}]
 {}"#,
+        log.display(),
         clusters_for(&[&cut, &healthy])
     );
     let proxy = Proxy::start(&config).await;
@@ -291,6 +295,22 @@ listeners:
     }
     // The proxy keeps serving other requests.
     assert_eq!(proxy.get("ok.example.com", "/").await.upstream(), "healthy");
+    // An answer cut after its head is logged as the upstream's doing, not the client's.
+    let logged = eventually(Duration::from_secs(5), || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let cut: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("\"/cut\"") && l.contains("\"status\":200"))
+            .collect();
+        !cut.is_empty()
+            && cut
+                .iter()
+                .all(|l| l.contains("\"response_flags\":\"upstream_reset\""))
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged, "{text}");
+    let _ = std::fs::remove_file(&log);
 }
 
 /// Reads `stream` with `pause` before each read of at most `each` bytes, until the proxy closes

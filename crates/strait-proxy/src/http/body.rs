@@ -728,7 +728,13 @@ impl Body for UpstreamBody {
                     this.complete();
                 }
             }
-            Some(Err(_)) => this.pool = None,
+            Some(Err(_)) => {
+                // The upstream cut its answer short (closed, reset, a bad chunk): its fault,
+                // not the client's, which the drop would log.
+                this.pool = None;
+                this.finish_log(Some("upstream_reset"));
+                this.end_spans(Some("upstream_reset"));
+            }
             None => this.complete(),
         }
         Poll::Ready(frame)
