@@ -39,6 +39,17 @@ impl Ca {
     /// A leaf for these DNS names (and URIs, e.g. a SPIFFE ID), valid from `days_from` to
     /// `days_to` days from now.
     fn leaf(&self, dns: &[&str], uris: &[&str], days: (i64, i64)) -> (String, String) {
+        self.leaf_with(KeyPair::generate().expect("leaf key"), dns, uris, days)
+    }
+
+    /// [`Ca::leaf`] with a key of its own (an RSA one: ring makes none).
+    fn leaf_with(
+        &self,
+        key: KeyPair,
+        dns: &[&str],
+        uris: &[&str],
+        days: (i64, i64),
+    ) -> (String, String) {
         let mut params =
             CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("params");
@@ -50,7 +61,6 @@ impl Ca {
         let now = time_now();
         params.not_before = now + days_secs(days.0);
         params.not_after = now + days_secs(days.1);
-        let key = KeyPair::generate().expect("leaf key");
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .expect("leaf cert");
@@ -801,6 +811,81 @@ async fn upstream_tls_is_verified_by_default() {
         front.logs().contains("insecure_skip_verify"),
         "a warning at start"
     );
+}
+
+/// An RSA key made by openssl (ring makes none), as rcgen takes it.
+fn rsa_key() -> KeyPair {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("the openssl command (apt-get install openssl)");
+    assert!(out.status.success(), "openssl genpkey failed");
+    KeyPair::from_pem(&String::from_utf8_lossy(&out.stdout)).expect("RSA key")
+}
+
+/// Two certificates for one name, ECDSA first and RSA second: a client that verifies only RSA
+/// signatures gets the RSA one (nginx's two `ssl_certificate` lines), the others the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ecdsa_and_an_rsa_certificate_for_one_name_each_serve_their_clients() {
+    let dir = Dir::new();
+    let ca = Ca::new("test CA");
+    let up = Upstream::echo("app").await;
+    let (ec, ek) = ca.leaf(&["dual.test"], &[], (-1, 30));
+    let (rc, rk) = ca.leaf_with(rsa_key(), &["dual.test"], &[], (-1, 30));
+    let listener = format!(
+        "    tls:\n      certificates: [{{ cert: \"{}\", key: \"{}\" }}, {{ cert: \"{}\", key: \"{}\" }}]\n",
+        dir.write("ec.pem", &ec),
+        dir.write("ec.key", &ek),
+        dir.write("rsa.pem", &rc),
+        dir.write("rsa.key", &rk),
+    );
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    // A client whose verifier takes only RSA signatures offers only RSA schemes.
+    // (The chain, signed by the ECDSA CA, is still verified: only the offered schemes change.)
+    let mut provider = rustls::crypto::ring::default_provider();
+    let rsa: Vec<_> = (provider.signature_verification_algorithms.mapping.iter())
+        .filter(|(scheme, _)| {
+            matches!(
+                scheme,
+                rustls::SignatureScheme::RSA_PSS_SHA256 | rustls::SignatureScheme::RSA_PKCS1_SHA256
+            )
+        })
+        .copied()
+        .collect();
+    provider.signature_verification_algorithms.mapping = Box::leak(rsa.into_boxed_slice());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pemfile_certs(&ca.pem()).remove(0))
+        .expect("root");
+    let mut rsa_only = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    rsa_only.alpn_protocols = vec![b"http/1.1".to_vec()];
+    for (cfg, expected) in [
+        (Arc::new(rsa_only), &rc),
+        (client_config(&ca.pem(), &[b"http/1.1"], None), &ec),
+    ] {
+        let stream = handshake(proxy.listen, cfg, "dual.test")
+            .await
+            .expect("handshake");
+        let served = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .expect("a certificate")[0]
+            .clone();
+        assert_eq!(served, rustls_pemfile_certs(expected).remove(0));
+        assert_eq!(get_over(stream, "dual.test").await.expect("get").0, 200);
+    }
 }
 
 /// A session is not checked again when it resumes: once `client_auth` is tightened by a

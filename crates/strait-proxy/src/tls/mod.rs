@@ -22,7 +22,7 @@ use rustls::crypto::ring as provider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 use strait_config::{Alpn, ClusterTls, ListenerTls, TlsVersion};
 
 /// Sessions remembered per listener for resumption by session ID.
@@ -80,6 +80,15 @@ fn certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 
 fn key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
     let pem = read(path)?;
+    // Found by rustls-pemfile as no key at all: say what it is.
+    if pem
+        .windows(b"ENCRYPTED PRIVATE KEY".len())
+        .any(|w| w == b"ENCRYPTED PRIVATE KEY")
+    {
+        return Err(format!(
+            "{path}: the key is encrypted; give it unencrypted (`openssl pkcs8 -topk8 -nocrypt`)"
+        ));
+    }
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| format!("{path}: not a PEM key file: {e}"))?
         .ok_or_else(|| {
@@ -118,18 +127,20 @@ fn certified_key(
 }
 
 /// Chooses a certificate by SNI: an exact name first, then a wildcard one label up, then the
-/// first certificate.
+/// first certificate. Among certificates for the same name (an ECDSA and an RSA one, as nginx
+/// is given with two `ssl_certificate` lines), the first whose key can sign with a scheme the
+/// client offers: an RSA-only client gets the RSA one, not a handshake failure.
 #[derive(Debug)]
 struct ByServerName {
     keys: Vec<Arc<CertifiedKey>>,
-    exact: HashMap<String, usize>,
-    wildcard: HashMap<String, usize>,
+    exact: HashMap<String, Vec<usize>>,
+    wildcard: HashMap<String, Vec<usize>>,
 }
 
 impl ByServerName {
     fn new(keys: Vec<Arc<CertifiedKey>>) -> Self {
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, key) in keys.iter().enumerate() {
             let Some(leaf) = key.cert.first() else {
                 continue;
@@ -139,10 +150,13 @@ impl ByServerName {
             };
             for name in parsed.valid_dns_names() {
                 let name = name.to_ascii_lowercase();
-                match name.strip_prefix("*.") {
-                    Some(suffix) => wildcard.entry(suffix.to_owned()).or_insert(i),
-                    None => exact.entry(name).or_insert(i),
+                let by = match name.strip_prefix("*.") {
+                    Some(suffix) => wildcard.entry(suffix.to_owned()).or_default(),
+                    None => exact.entry(name).or_default(),
                 };
+                if !by.contains(&i) {
+                    by.push(i);
+                }
             }
         }
         ByServerName {
@@ -152,23 +166,34 @@ impl ByServerName {
         }
     }
 
-    fn find(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let index = sni
-            .map(str::to_ascii_lowercase)
-            .and_then(|name| {
-                self.exact.get(&name).copied().or_else(|| {
-                    let (_, parent) = name.split_once('.')?;
-                    self.wildcard.get(parent).copied()
-                })
+    /// The certificate for `sni`, signing with one of `schemes` where the name has several.
+    fn find(&self, sni: Option<&str>, schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        let candidates = sni.map(str::to_ascii_lowercase).and_then(|name| {
+            self.exact.get(&name).or_else(|| {
+                let (_, parent) = name.split_once('.')?;
+                self.wildcard.get(parent)
             })
-            .unwrap_or(0);
+        });
+        let index = match candidates.map(Vec::as_slice) {
+            Some([one]) => *one,
+            Some(several @ [first, ..]) => several
+                .iter()
+                .copied()
+                .find(|&i| {
+                    self.keys
+                        .get(i)
+                        .is_some_and(|k| k.key.choose_scheme(schemes).is_some())
+                })
+                .unwrap_or(*first),
+            _ => 0,
+        };
         self.keys.get(index).cloned()
     }
 }
 
 impl ResolvesServerCert for ByServerName {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.find(hello.server_name())
+        self.find(hello.server_name(), hello.signature_schemes())
     }
 }
 
