@@ -144,6 +144,14 @@ pub fn redirect_location(
     if !path.starts_with('/') {
         location.push('/');
     }
+    // Without a host (an HTTP/1.0 request with none, or an empty one) the location is the path
+    // alone, and a path opening with `//` would read as another host's (`//evil.example/x`):
+    // an open redirect. One slash is kept.
+    let slashes = path.len() - path.trim_start_matches('/').len();
+    let path = match slashes {
+        2.. if host.is_empty() => path.get(slashes - 1..).unwrap_or(path),
+        _ => path,
+    };
     location.push_str(path);
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         location.push(if path.contains('?') { '&' } else { '?' });
@@ -175,6 +183,22 @@ fn default_port(scheme: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_location_without_a_host_never_names_another_host() {
+        let to_https = Redirect {
+            scheme: Some("https".into()),
+            ..redirect()
+        };
+        assert_eq!(
+            redirect_location(&to_https, "http", "", "//evil.example/x", None),
+            "/evil.example/x"
+        );
+        assert_eq!(
+            redirect_location(&to_https, "http", "a.example", "//x", None),
+            "https://a.example//x"
+        );
+    }
 
     #[test]
     fn routing_host_drops_the_port_and_a_trailing_dot() {
