@@ -1173,6 +1173,12 @@ fn send_failed(
         SendError::Connect(e @ ConnectError::Overflow { .. }) => {
             (None, Cause::Overflow, e.to_string())
         }
+        // The proxy out of descriptors or memory: the endpoint is not to blame (not ejected,
+        // not counted against it), and another attempt would fare no better.
+        SendError::Connect(e) if e.is_local() => {
+            tracing::warn!(%addr, error = %e, "cannot open an upstream connection");
+            (None, Cause::ConnectFailed, e.to_string())
+        }
         SendError::Connect(e) if e.is_timeout() => {
             cluster.outlier.observe(endpoint, Outcome::ConnectFailed);
             if let Some(c) = counters {

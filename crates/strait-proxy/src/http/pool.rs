@@ -77,6 +77,18 @@ impl ConnectError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, ConnectError::Timeout { .. })
     }
+
+    /// True when the proxy itself ran out of something (file descriptors, memory, buffers,
+    /// local ports) before it could reach the endpoint: not the endpoint's fault.
+    pub fn is_local(&self) -> bool {
+        const EMFILE: i32 = 24;
+        const ENFILE: i32 = 23;
+        const ENOMEM: i32 = 12;
+        const ENOBUFS: i32 = 105;
+        const EADDRNOTAVAIL: i32 = 99;
+        matches!(self, ConnectError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(EMFILE | ENFILE | ENOMEM | ENOBUFS | EADDRNOTAVAIL)))
+    }
 }
 
 /// What a pooled connection may be reused for: its endpoint, and the TLS it was opened with.
@@ -343,6 +355,19 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
     use std::hash::BuildHasher;
+
+    #[test]
+    fn running_out_of_descriptors_is_the_proxy_s_own_failure() {
+        let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let io = |code| ConnectError::Io {
+            addr,
+            source: io::Error::from_raw_os_error(code),
+        };
+        assert!(io(24).is_local(), "EMFILE");
+        assert!(io(23).is_local(), "ENFILE");
+        assert!(!io(111).is_local(), "ECONNREFUSED is the endpoint's");
+        assert!(!io(113).is_local(), "EHOSTUNREACH is the network's");
+    }
 
     /// Endpoints that differ only in a port or the last octet (or are the same address in
     /// IPv4 and IPv6 form) do not share a hash: the pool's lookups stay one probe.
