@@ -1539,16 +1539,16 @@ fn spawn_mirror(
             Some(rx) => match rx.await {
                 Ok(b) => b,
                 Err(_) => {
+                    cluster.counters.mirrors[2].fetch_add(1, Relaxed);
                     tracing::debug!(cluster = %cluster.name, "mirror skipped: body too large or failed");
                     return;
                 }
             },
             None => Bytes::new(),
         };
-        let Some(endpoint) = cluster.balancer.pick(None) else {
-            return;
-        };
-        let Some(&addr) = cluster.endpoints.get(endpoint) else {
+        let Some(&addr) = (cluster.balancer.pick(None)).and_then(|e| cluster.endpoints.get(e))
+        else {
+            cluster.counters.mirrors[1].fetch_add(1, Relaxed);
             return;
         };
         let shadow_host = copy
@@ -1596,12 +1596,9 @@ fn spawn_mirror(
             let body = UpstreamBody::new((*response).into_body(), None, pool, None);
             http_body_util::BodyExt::collect(body).await.ok()
         };
-        if tokio::time::timeout(limit, exchange)
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-        {
+        let answered = tokio::time::timeout(limit, exchange).await.ok().flatten();
+        cluster.counters.mirrors[usize::from(answered.is_none())].fetch_add(1, Relaxed);
+        if answered.is_none() {
             tracing::debug!(cluster = %cluster.name, %addr, "mirror request failed");
         }
     });

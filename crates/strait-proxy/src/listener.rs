@@ -131,8 +131,16 @@ pub(crate) async fn accept_loop(
                 });
             }
             Err(e) => {
-                // Out of file descriptors or memory: back off instead of spinning.
-                tracing::warn!(%address, error = %e, "accept failed");
+                // Out of file descriptors or memory: back off instead of spinning. Counted
+                // always, logged at the first and then once in 100 (the back-off alone made
+                // ~40 lines a second, and `/metrics` may be out of reach while it lasts).
+                let before = worker
+                    .current()
+                    .listener(address)
+                    .map(|l| l.connections.accept_failed());
+                if before.is_none_or(|n| n % 100 == 0) {
+                    tracing::warn!(%address, error = %e, failed_before = before, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

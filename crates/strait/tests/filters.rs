@@ -418,6 +418,26 @@ async fn mirror_sends_a_copy_with_shadow_host_and_ignores_its_answer() {
         "api.example.com",
         "the primary keeps the real host"
     );
+    // Counted for the shadow cluster; a body over the mirror's 1 MiB copy is skipped, counted.
+    let big = request("POST", "api.example.com", "/big")
+        .body(full(vec![b'b'; 1_100_000]))
+        .expect("request");
+    assert_eq!(
+        proxy.send(Proto::H1, big).await.expect("big").status,
+        StatusCode::OK
+    );
+    for (result, n) in [("answered", 1.0), ("skipped", 1.0)] {
+        let labels = [("cluster", "shadow"), ("result", result)];
+        let counted = eventually(Duration::from_secs(5), || async {
+            proxy.metric("strait_mirror_requests_total", &labels).await == Some(n)
+        })
+        .await;
+        assert!(
+            counted,
+            "{result}: {}",
+            proxy.admin_get("/metrics").await.text()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,6 +180,18 @@ async fn a_request_head_that_stalls_is_cut_after_the_listener_idle_timeout() {
             "after {requests_before} requests: closed after {took:?}, expected about 400ms"
         );
     }
+    // Both cut heads are counted (a kept-alive connection that just went idle is not).
+    let counted = eventually(Duration::from_secs(3), || async {
+        proxy
+            .metric(
+                "strait_listener_request_head_timeouts_total",
+                &[("listener", "main")],
+            )
+            .await
+            == Some(2.0)
+    })
+    .await;
+    assert!(counted, "{}", proxy.admin_get("/metrics").await.text());
 }
 
 /// Reads until the connection closes; returns what came and how long it took.

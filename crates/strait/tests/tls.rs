@@ -888,6 +888,40 @@ async fn an_ecdsa_and_an_rsa_certificate_for_one_name_each_serve_their_clients()
     }
 }
 
+/// A client that connects and closes (a load balancer's TCP check) is counted apart from
+/// broken handshakes, which operators alert on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_and_close_is_no_handshake_failure() {
+    let dir = Dir::new();
+    let ca = Ca::new("test CA");
+    let up = Upstream::echo("app").await;
+    let (listener, _) = tls_listener(&dir, &ca, "");
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    for _ in 0..3 {
+        let mut tcp = TcpStream::connect(proxy.listen).await.expect("connect");
+        // A byte, so the listener's deferred accept takes the connection at once.
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, &[0x16]).await;
+        drop(tcp);
+    }
+    let failures = |reason: &'static str| {
+        let proxy = &proxy;
+        async move {
+            proxy
+                .metric(
+                    "strait_tls_handshake_failures_total",
+                    &[("listener", "main"), ("reason", reason)],
+                )
+                .await
+        }
+    };
+    let counted = eventually(Duration::from_secs(5), || async {
+        failures("closed").await == Some(3.0)
+    })
+    .await;
+    assert!(counted, "{}", proxy.admin_get("/metrics").await.text());
+    assert_eq!(failures("handshake").await, Some(0.0));
+}
+
 /// A session is not checked again when it resumes: once `client_auth` is tightened by a
 /// reload, sessions made under the old rule must not resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,7 +89,14 @@ fn serve_tls(
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     if let Some(s) = &stats {
-                        s.tls_failed(TlsFailure::Handshake);
+                        // A close is not a broken handshake: load balancers' TCP checks connect
+                        // and close, and must not set off the alert on handshake failures.
+                        let closed = e.kind() == std::io::ErrorKind::UnexpectedEof;
+                        s.tls_failed(if closed {
+                            TlsFailure::Closed
+                        } else {
+                            TlsFailure::Handshake
+                        });
                     }
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;

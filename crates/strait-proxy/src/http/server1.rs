@@ -139,6 +139,13 @@ pub(crate) async fn serve_http1(
         match poll_fn(|cx| wait.poll_head(&inbound, cx, deadline, first)).await {
             NextHead::Head => {}
             NextHead::Closed => return,
+            NextHead::TimedOut => {
+                tracing::debug!(%peer, "request head timed out");
+                if let Some(s) = &stats {
+                    s.head_timed_out();
+                }
+                return;
+            }
             NextHead::Http2 => {
                 let io = inbound.borrow_mut().hand_over();
                 if let Some(io) = io {
@@ -670,6 +677,8 @@ enum NextHead {
     Head,
     /// The client closed, went quiet past the idle timeout, or the listener drains.
     Closed,
+    /// The idle timeout passed with part of a head read, or nothing on a new connection.
+    TimedOut,
     /// A malformed head, answered with this status.
     Reject(StatusCode),
     /// The connection opened with HTTP/2's preface: h2c with prior knowledge.
@@ -767,7 +776,15 @@ impl Wait {
             return Poll::Ready(NextHead::Closed);
         }
         match deadline {
-            Some(at) if self.poll_timer(at, cx).is_ready() => Poll::Ready(NextHead::Closed),
+            // Part of a head, or nothing at all on a new connection: the client's doing, and
+            // counted. A kept-alive connection with nothing more to ask just closes.
+            Some(at) if self.poll_timer(at, cx).is_ready() => {
+                Poll::Ready(if first || !inb.rd.is_empty() {
+                    NextHead::TimedOut
+                } else {
+                    NextHead::Closed
+                })
+            }
             _ => Poll::Pending,
         }
     }

@@ -313,9 +313,11 @@ pub struct ListenerStats {
     overflowed: AtomicU64,
     rate_limited: AtomicU64,
     released: AtomicU64,
+    accept_errors: AtomicU64,
+    head_timeouts: AtomicU64,
     tls_full: AtomicU64,
     tls_resumed: AtomicU64,
-    tls_failures: [AtomicU64; 2],
+    tls_failures: [AtomicU64; 3],
     /// Malformed request heads, by the status they were answered with (see [`MALFORMED`]).
     malformed: [AtomicU64; 3],
 }
@@ -332,6 +334,9 @@ pub enum TlsFailure {
     Handshake = 0,
     /// The handshake did not finish within `handshake_timeout`.
     Timeout = 1,
+    /// The client closed the connection during the handshake (a TCP health check that
+    /// connects and closes, or a client that gave up): not a failure of the protocol.
+    Closed = 2,
 }
 
 impl ListenerStats {
@@ -345,6 +350,17 @@ impl ListenerStats {
     /// Counts an idle HTTP/1 connection that gave back its buffers (`http::server1`).
     pub fn released(&self) {
         self.released.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a failed accept (out of file descriptors or memory).
+    pub fn accept_failed(&self) -> u64 {
+        self.accept_errors.fetch_add(1, Relaxed)
+    }
+
+    /// Counts an HTTP/1 connection closed because its client's request head did not come whole
+    /// within the idle timeout (a silent or slow client: nginx logs a 408).
+    pub fn head_timed_out(&self) {
+        self.head_timeouts.fetch_add(1, Relaxed);
     }
 
     /// Counts a connection refused because the listener was full.
@@ -441,6 +457,9 @@ pub struct ClusterCounters {
     pub ejections_overflow: AtomicU64,
     /// Upstream TLS handshakes refused because the peer's SPIFFE ID was not the expected one.
     pub identity_mismatches: Arc<AtomicU64>,
+    /// Mirrored copies sent to this cluster, by outcome: answered, failed (no answer, an
+    /// error or the timeout), skipped (the body outgrew the mirror's limit or failed).
+    pub mirrors: [AtomicU64; 3],
 }
 
 /// Key of one route's counters.
@@ -789,6 +808,16 @@ impl Collector for StoreCollector {
                 "Times an idle HTTP/1 client connection gave back its buffers while the worker held many connections.",
                 5,
             ),
+            (
+                "strait_listener_accept_errors",
+                "Accepts that failed (out of file descriptors or memory); the listener backs off 50 ms.",
+                6,
+            ),
+            (
+                "strait_listener_request_head_timeouts",
+                "HTTP/1 connections closed because a request head did not come whole within the idle timeout.",
+                7,
+            ),
         ] {
             let metric_type = if kind == 2 {
                 MetricType::Gauge
@@ -806,7 +835,9 @@ impl Collector for StoreCollector {
                     2 => ConstGauge::new(opened.saturating_sub(closed) as i64).encode(fam)?,
                     3 => ConstCounter::new(s.overflowed.load(Relaxed)).encode(fam)?,
                     4 => ConstCounter::new(s.rate_limited.load(Relaxed)).encode(fam)?,
-                    _ => ConstCounter::new(s.released.load(Relaxed)).encode(fam)?,
+                    5 => ConstCounter::new(s.released.load(Relaxed)).encode(fam)?,
+                    6 => ConstCounter::new(s.accept_errors.load(Relaxed)).encode(fam)?,
+                    _ => ConstCounter::new(s.head_timeouts.load(Relaxed)).encode(fam)?,
                 }
             }
         }
@@ -842,12 +873,15 @@ impl Collector for StoreCollector {
         {
             let mut m = encoder.encode_descriptor(
                 "strait_tls_handshake_failures",
-                "TLS handshakes with clients that failed, by reason (handshake, timeout).",
+                "TLS handshakes with clients that failed, by reason (handshake, timeout, closed).",
                 None,
                 MetricType::Counter,
             )?;
             for (l, s) in &listeners {
-                for (reason, n) in ["handshake", "timeout"].iter().zip(&s.tls_failures) {
+                for (reason, n) in ["handshake", "timeout", "closed"]
+                    .iter()
+                    .zip(&s.tls_failures)
+                {
                     let labels = [("listener", l.as_str()), ("reason", *reason)];
                     ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
                 }
@@ -1012,6 +1046,21 @@ impl Collector for StoreCollector {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (c, s) in &clusters {
                 ConstCounter::new(pick(s)).encode(m.encode_family(&[("cluster", c.as_str())])?)?;
+            }
+        }
+
+        {
+            let mut m = encoder.encode_descriptor(
+                "strait_mirror_requests",
+                "Mirrored copies of requests sent to this (shadow) cluster, by result: answered, failed, skipped (the body outgrew the mirror's limit).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (c, s) in &clusters {
+                for (result, n) in ["answered", "failed", "skipped"].iter().zip(&s.mirrors) {
+                    let labels = [("cluster", c.as_str()), ("result", *result)];
+                    ConstCounter::new(n.load(Relaxed)).encode(m.encode_family(&labels)?)?;
+                }
             }
         }
 
