@@ -1300,9 +1300,9 @@ async fn ocsp_responses_are_stapled() {
     let dir = Dir::new();
     let ca = Ca::new("test CA");
     let up = Upstream::echo("app").await;
-    let (cert, key) = ca.leaf(&["api.example.com"], &[], (-1, 30));
-    let (cert, key) = (dir.write("c.pem", &cert), dir.write("c.key", &key));
-    let staple = b"test OCSP response bytes".to_vec();
+    let (cert_pem, key) = ca.leaf(&["api.example.com"], &[], (-1, 30));
+    let (cert, key) = (dir.write("c.pem", &cert_pem), dir.write("c.key", &key));
+    let staple = ocsp_response(&dir, &ca, &cert_pem, "c");
     let ocsp = dir.0.join("c.ocsp");
     std::fs::write(&ocsp, &staple).expect("ocsp file");
     let listener = format!(
@@ -1337,4 +1337,59 @@ async fn ocsp_responses_are_stapled() {
         .expect("handshake");
     drop(stream);
     assert_eq!(*seen.lock().expect("lock"), staple);
+
+    // What is no OCSP response for this certificate is refused, the file named: clients that
+    // ask for stapling would refuse every handshake with it.
+    let (other_pem, _) = ca.leaf(&["other.example.com"], &[], (-1, 30));
+    let others = ocsp_response(&dir, &ca, &other_pem, "other");
+    for (what, bytes) in [
+        ("garbage", b"test OCSP response bytes".to_vec()),
+        ("another certificate's", others),
+    ] {
+        std::fs::write(&ocsp, &bytes).expect("ocsp file");
+        let file =
+            TempFile::new(&config(up.addr, &listener, "").replace("${LISTEN}", "127.0.0.1:1"));
+        let out = strait()
+            .arg("validate")
+            .arg(&file.path)
+            .output()
+            .expect("strait validate");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} was accepted");
+        assert!(said.contains(&ocsp.display().to_string()), "{what}: {said}");
+    }
+}
+
+/// A real OCSP response for `cert_pem` from `ca`, made by `openssl ocsp` acting as client and
+/// responder at once (`good`, valid for a day).
+fn ocsp_response(dir: &Dir, ca: &Ca, cert_pem: &str, name: &str) -> Vec<u8> {
+    let ca_cert = dir.write(&format!("{name}-ca.pem"), &ca.pem());
+    let ca_key = dir.write(&format!("{name}-ca.key"), &ca.key.serialize_pem());
+    let leaf = dir.write(&format!("{name}-leaf.pem"), cert_pem);
+    let serial = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in", &leaf])
+        .output()
+        .expect("the openssl command (apt-get install openssl)");
+    let serial = String::from_utf8_lossy(&serial.stdout);
+    let serial = serial.trim().trim_start_matches("serial=");
+    let index = dir.write(
+        &format!("{name}-index.txt"),
+        &format!("V\t301231000000Z\t\t{serial}\tunknown\t/CN={name}\n"),
+    );
+    let out = dir.0.join(format!("{name}.der"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "ocsp", "-index", &index, "-rsigner", &ca_cert, "-rkey", &ca_key,
+        ])
+        .args([
+            "-CA", &ca_cert, "-issuer", &ca_cert, "-cert", &leaf, "-ndays", "1",
+        ])
+        .arg("-respout")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl ocsp");
+    assert!(status.success(), "openssl ocsp failed");
+    std::fs::read(&out).expect("the OCSP response")
 }

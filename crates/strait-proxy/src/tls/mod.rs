@@ -11,6 +11,8 @@
 //! ticket key and the session-ID cache) is kept per listener name across reloads, so a
 //! certificate rotation does not force every client into a full handshake.
 
+mod ocsp;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -121,7 +123,10 @@ fn certified_key(
         format!("{cert_path} and {key_path} do not belong together (the key is not the certificate's): {e}")
     })?;
     if let Some(path) = ocsp {
-        certified.ocsp = Some(read(path)?);
+        let response = read(path)?;
+        let leaf = certified.cert.first().map_or(&[][..], |c| c.as_ref());
+        ocsp::check(&response, leaf).map_err(|e| format!("{path}: {e}"))?;
+        certified.ocsp = Some(response);
     }
     Ok(certified)
 }
