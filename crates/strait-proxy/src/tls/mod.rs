@@ -11,6 +11,7 @@
 //! ticket key and the session-ID cache) is kept per listener name across reloads, so a
 //! certificate rotation does not force every client into a full handshake.
 
+mod der;
 mod ocsp;
 
 use std::collections::HashMap;
@@ -575,29 +576,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 /// certificate was already parsed and accepted when its config was compiled; this only reads
 /// one field, and gives up on anything unexpected).
 pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
-    /// One TLV: its tag, its contents, and what follows it.
-    fn tlv(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = bytes.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let (len_bytes, rest) = rest.split_at(n);
-            let len = len_bytes
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-            (len, rest)
-        };
-        if rest.len() < len {
-            return None;
-        }
-        let (contents, after) = rest.split_at(len);
-        Some((tag, contents, after))
-    }
+    use der::tlv;
     let (_, cert, _) = tlv(cert.as_ref())?; // Certificate
     let (_, mut tbs, _) = tlv(cert)?; // TBSCertificate
                                       // Skip the optional [0] version, the serial, the signature algorithm and the issuer.

@@ -10,6 +10,8 @@
 /// The DER object identifier `id-pkix-ocsp-basic` (1.3.6.1.5.5.7.48.1.1), as its content bytes.
 const OCSP_BASIC: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];
 
+use super::der::{expect, tlv};
+
 const SEQUENCE: u8 = 0x30;
 const INTEGER: u8 = 0x02;
 const ENUMERATED: u8 = 0x0a;
@@ -93,34 +95,6 @@ fn serial_of(cert: &[u8]) -> Option<&[u8]> {
     expect(rest, INTEGER).map(|(serial, _)| serial)
 }
 
-/// The contents of the element at the start of `input` if it has tag `tag`, and what follows.
-fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    match tlv(input)? {
-        (t, contents, rest) if t == tag => Some((contents, rest)),
-        _ => None,
-    }
-}
-
-/// The DER element at the start of `input`: its tag, its contents and what follows it.
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let (bytes, rest) = (rest.get(..n)?, rest.get(n..)?);
-        (
-            bytes.iter().fold(0, |len, &b| len << 8 | usize::from(b)),
-            rest,
-        )
-    };
-    Some((tag, rest.get(..len)?, rest.get(len..)?))
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
@@ -144,14 +118,5 @@ mod tests {
         }
         let refused = check(&[0x30, 0x03, 0x0a, 0x01, 0x01], &leaf);
         assert!(refused.is_err_and(|e| e.contains("status is 1")));
-    }
-
-    #[test]
-    fn lengths_in_long_form_are_read() {
-        let mut long = vec![0x04, 0x81, 200];
-        long.extend(std::iter::repeat_n(7u8, 200));
-        long.push(0x05);
-        let (tag, contents, rest) = tlv(&long).unwrap_or_default();
-        assert_eq!((tag, contents.len(), rest), (0x04, 200, &[0x05][..]));
     }
 }
