@@ -53,7 +53,7 @@ use crate::runtime::snapshot::{
     RouteAction, RouteKind, Snapshot,
 };
 use crate::runtime::Worker;
-use crate::telemetry::access_log::LogEntry;
+use crate::telemetry::access_log::{AccessLogger, LogEntry};
 use crate::telemetry::metrics::{EndpointCounters, RouteStats};
 use crate::telemetry::spans::{OpenSpan, RequestTrace, UpstreamAttempt};
 use crate::telemetry::trace_context;
@@ -348,28 +348,31 @@ pub(crate) fn serve(
                 .and_then(denied_by);
             (found, by_listener.or(by_route))
         };
-        let mut log = listener.access_log.as_ref().and_then(|logger| {
-            let mut entry = logger.begin(
-                clock.arrived,
-                &listener.name,
-                req.method(),
-                host.as_ref(),
-                req.uri().path_and_query(),
-                req.version(),
-                &conn.peer_ip,
-                match &trace {
-                    Some(t) => Some(t.trace_id()),
-                    None => trace_context::received_trace_id(req.headers()),
-                },
-            )?;
-            // The id made above, else the client's: no second lookup for the one just made.
-            match &made_id {
-                Some(id) => entry.set_made_request_id(id),
-                None => entry.set_request_id(req.headers().get(&headers::X_REQUEST_ID)),
-            }
-            entry.peer_identity = conn.tls.get().and_then(|t| t.peer_identity.clone());
-            Some(entry)
-        });
+        let mut log = PendingLog(
+            listener.access_log.as_ref().and_then(|logger| {
+                let mut entry = logger.begin(
+                    clock.arrived,
+                    &listener.name,
+                    req.method(),
+                    host.as_ref(),
+                    req.uri().path_and_query(),
+                    req.version(),
+                    &conn.peer_ip,
+                    match &trace {
+                        Some(t) => Some(t.trace_id()),
+                        None => trace_context::received_trace_id(req.headers()),
+                    },
+                )?;
+                // The id made above, else the client's: no second lookup for the one just made.
+                match &made_id {
+                    Some(id) => entry.set_made_request_id(id),
+                    None => entry.set_request_id(req.headers().get(&headers::X_REQUEST_ID)),
+                }
+                entry.peer_identity = conn.tls.get().and_then(|t| t.peer_identity.clone());
+                Some(entry)
+            }),
+            listener.access_log.as_deref(),
+        );
         if let Some(rule) = denied {
             let stats = match &found {
                 Some((action, _)) => {
@@ -382,7 +385,7 @@ pub(crate) fn serve(
             };
             let mut response =
                 local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
-            answered(listener, stats, log, trace, &mut response, &clock);
+            answered(listener, stats, log.take(), trace, &mut response, &clock);
             return Ok(response);
         }
         let Some((action, matched)) = found else {
@@ -390,7 +393,7 @@ pub(crate) fn serve(
             answered(
                 listener,
                 &listener.no_route,
-                log,
+                log.take(),
                 trace,
                 &mut response,
                 &clock,
@@ -419,7 +422,7 @@ pub(crate) fn serve(
                     answered(
                         listener,
                         &action.local_stats,
-                        log,
+                        log.take(),
                         trace,
                         &mut response,
                         &clock,
@@ -435,7 +438,7 @@ pub(crate) fn serve(
                 answered(
                     listener,
                     &action.local_stats,
-                    log,
+                    log.take(),
                     trace,
                     &mut response,
                     &clock,
@@ -522,8 +525,37 @@ pub(crate) fn serve(
             complete_headers(&mut response);
             headers::append_via(response.headers_mut(), "1.1", via);
         }
-        answered(listener, stats, log, trace, &mut response, &clock);
+        answered(listener, stats, log.take(), trace, &mut response, &clock);
         Ok(response)
+    }
+}
+
+/// A request's log entry until its answer takes it. Dropped with the request before that (an
+/// HTTP/1 client that closed, an HTTP/2 stream reset), it is written then, with status 499
+/// and `downstream_closed`, as nginx logs a client that closed its request: such requests
+/// left no line at all.
+struct PendingLog<'a>(Option<Box<LogEntry>>, Option<&'a AccessLogger>);
+
+impl std::ops::Deref for PendingLog<'_> {
+    type Target = Option<Box<LogEntry>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PendingLog<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for PendingLog<'_> {
+    fn drop(&mut self) {
+        if let (Some(mut entry), Some(logger)) = (self.0.take(), self.1) {
+            entry.status = 499;
+            entry.flags = "downstream_closed".to_owned();
+            logger.finish(entry);
+        }
     }
 }
 

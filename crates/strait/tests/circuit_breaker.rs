@@ -97,10 +97,13 @@ async fn a_busy_cluster_at_max_connections_refuses_new_ones() {
 async fn a_client_that_gives_up_frees_its_slot() {
     use tokio::io::AsyncWriteExt;
     let slow = Upstream::slow("slow", Duration::from_secs(3)).await;
+    let log = std::env::temp_dir().join(format!("strait-gives-up-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
     let proxy = Proxy::start(&format!(
         "listeners:
   - name: main
     address: ${{LISTEN}}
+    access_log: {{ path: \"{}\" }}
     routes:
       - backends: [{{ cluster: slow }}]
         timeout: 60s
@@ -109,6 +112,7 @@ clusters:
     circuit_breaker: {{ max_requests: 1 }}
     endpoints: [{{ address: \"{}\" }}]
 ",
+        log.display(),
         slow.addr
     ))
     .await;
@@ -136,6 +140,20 @@ clusters:
         "{:?}",
         resp.header("x-strait-error")
     );
+    // The request given up on has its log line, as nginx's 499.
+    let logged = eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                l.contains("\"status\":499")
+                    && l.contains("\"response_flags\":\"downstream_closed\"")
+            })
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(logged, "{text}");
 }
 
 /// Sockets to `port` in CLOSE-WAIT (their peer closed; this side did not yet), from
