@@ -398,6 +398,10 @@ async fn the_route_timeout_counts_from_the_end_of_the_upload() {
       - match: {{ path: {{ prefix: /slow }} }}
         backends: [{{ cluster: slow }}]
         timeout: 1s
+      - match: {{ path: {{ prefix: /retried }} }}
+        backends: [{{ cluster: app }}]
+        timeout: 1s
+        retry: {{ attempts: 2, per_try_timeout: 1s, max_body_bytes: 4194304 }}
       - backends: [{{ cluster: app }}]
         timeout: 1s
 clusters:
@@ -410,33 +414,36 @@ clusters:
     ))
     .await;
 
-    // 30 pieces of 64 KiB, 100 ms apart: three seconds of upload against a 1 s timeout.
+    // 30 pieces of 64 KiB, 100 ms apart: three seconds of upload against a 1 s timeout (and,
+    // on a retried route, a 1 s per-try timeout).
     let (pieces, piece) = (30, 64 << 10);
-    let mut client = tokio::net::TcpStream::connect(proxy.listen)
+    for path in ["/upload", "/retried"] {
+        let mut client = tokio::net::TcpStream::connect(proxy.listen)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            pieces * piece
+        );
+        client.write_all(head.as_bytes()).await.expect("write");
+        for _ in 0..pieces {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.write_all(&vec![b'x'; piece]).await.expect("write");
+        }
+        let mut answer = String::new();
+        within(
+            Duration::from_secs(10),
+            "answer",
+            client.read_to_string(&mut answer),
+        )
         .await
-        .expect("connect");
-    let head = format!(
-        "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        pieces * piece
-    );
-    client.write_all(head.as_bytes()).await.expect("write");
-    for _ in 0..pieces {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        client.write_all(&vec![b'x'; piece]).await.expect("write");
+        .expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer:.300}");
+        assert!(
+            answer.contains(&format!("\"body_len\":{}", pieces * piece)),
+            "{path}: {answer:.300}"
+        );
     }
-    let mut answer = String::new();
-    within(
-        Duration::from_secs(10),
-        "answer",
-        client.read_to_string(&mut answer),
-    )
-    .await
-    .expect("read");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.300}");
-    assert!(
-        answer.contains(&format!("\"body_len\":{}", pieces * piece)),
-        "{answer:.300}"
-    );
 
     // Body in at once, then an upstream slower than the timeout: 504 about 1 s later.
     let started = Instant::now();

@@ -311,6 +311,10 @@ impl<'a> Tries<'a> {
             ..Appended::default()
         };
         let request = Outgoing::new(pool, cluster.protocol, parts, body.boxed(), appended);
+        // The per-try timeout, like the route's, counts from the end of the client's body: an
+        // attempt sent while it still arrives is not slow for that.
+        let timer = &self.conn.timer;
+        let upload = per_try.and_then(|limit| Some((Rc::clone(&self.upload.as_ref()?.0), limit)));
         let attempt = Box::pin(async move {
             let _retry_slot = retry_slot;
             let started = Instant::now();
@@ -318,9 +322,9 @@ impl<'a> Tries<'a> {
             // built into its map.
             let sent = std::pin::pin!(send(pool, cluster, addr, request, false, false, counters));
             let outcome = match per_try {
-                Some(limit) => match tokio::time::timeout(limit, sent).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => {
+                Some(limit) => match timer.before((started + limit).into(), upload, sent).await {
+                    Some(outcome) => outcome,
+                    None => {
                         timed_out(cluster, endpoint, span.as_mut());
                         let reply = local_reply(
                             grpc,
