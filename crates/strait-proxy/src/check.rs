@@ -21,11 +21,8 @@ pub fn files(config: &Config) -> Vec<String> {
             }
         }
         if let Some(path) = l.jwt.as_ref().and_then(|j| j.jwks.file.as_ref()) {
-            let parsed = std::fs::read(path)
-                .map_err(|e| format!("cannot read: {e}"))
-                .and_then(|bytes| Keys::parse(&bytes));
-            if let Err(e) = parsed {
-                errors.push(format!("listeners[{i}].jwt.jwks.file: {path}: {e}"));
+            if let Err(e) = Keys::from_file(path) {
+                errors.push(format!("listeners[{i}].jwt.jwks.file: {e}"));
             }
         }
     }

@@ -192,14 +192,14 @@ impl KeptTimer {
     }
 
     /// `fut`'s output, or `None` if `at` comes first. With `upload` (the request's body, and
-    /// the route timeout `at` was set by), the timeout counts from the body's end instead:
-    /// when `at` comes while the body still arrives, or ended less than the timeout ago, the
-    /// deadline moves.
+    /// the timeout `at` was set by), the timeout counts from the body's end instead: when `at`
+    /// comes while the body still arrives, or ended less than the timeout ago, the deadline
+    /// moves.
     #[inline]
     fn before<'a, F: std::future::Future>(
         &'a self,
         mut at: tokio::time::Instant,
-        upload: Option<(Rc<Upload>, std::time::Duration)>,
+        upload: Option<(&'a Upload, std::time::Duration)>,
         mut fut: Pin<&'a mut F>,
     ) -> impl std::future::Future<Output = Option<F::Output>> + 'a {
         let mut timer = Some(self.take(at));
@@ -212,9 +212,9 @@ impl KeptTimer {
                 Poll::Ready(out) => Some(out),
                 Poll::Pending => loop {
                     ready!(t.poll_until(at, cx));
-                    match &upload {
-                        Some((upload, limit)) if upload.deadline(*limit) > at => {
-                            at = upload.deadline(*limit);
+                    match upload.map(|(upload, limit)| upload.deadline(limit)) {
+                        Some(later) if later > at => {
+                            at = later;
                             t.arm(at);
                         }
                         _ => break None,
@@ -718,15 +718,15 @@ fn forward_to<'a>(
                     fields_into(&fields, &mut parts.headers);
                 }
             }
-            // A body still to come: the route timeout counts from its end (see `Upload`).
+            // A body still to come, under a timeout: that counts from its end (see `Upload`).
             let ended = http_body::Body::is_end_stream(&body);
-            upload = match action.timeout {
-                Some(limit) if !ended => {
-                    let upload = Rc::new(Upload::default());
-                    body = ClientBody::Watched(Box::new(body), Rc::clone(&upload));
-                    Some((upload, limit))
-                }
-                _ => None,
+            let per_try = action.retry.as_ref().and_then(|p| p.per_try_timeout);
+            upload = if !ended && (action.timeout.is_some() || per_try.is_some()) {
+                let upload = Rc::new(Upload::default());
+                body = ClientBody::Watched(Box::new(body), Rc::clone(&upload));
+                Some(upload)
+            } else {
+                None
             };
             // Only headers named in `connection` can take the request's id with them (a new one is
             // then made below): otherwise the id logged on arrival is the one the upstream sees.
@@ -981,7 +981,11 @@ fn forward_to<'a>(
             // The deadline from the clock read just above, not from a second one.
             Some(limit) => match conn
                 .timer
-                .before((started + limit).into(), upload, sent)
+                .before(
+                    (started + limit).into(),
+                    upload.as_deref().map(|u| (u, limit)),
+                    sent,
+                )
                 .await
             {
                 Some(outcome) => outcome,

@@ -53,8 +53,8 @@ pub(super) struct Tries<'a> {
     pub head: http::request::Parts,
     /// The body with its replay buffer; `None` for requests without a body.
     pub body: Option<ReplayBody>,
-    /// When the client's body ended, and the route timeout: the timeout counts from then.
-    pub upload: Option<(Rc<Upload>, std::time::Duration)>,
+    /// When the client's body ended: the route and per-try timeouts count from then.
+    pub upload: Option<Rc<Upload>>,
     /// The request's trace: each attempt is a client span of its own.
     pub trace: Option<&'a RequestTrace>,
 }
@@ -92,11 +92,13 @@ impl<'a> Tries<'a> {
     ) -> Reply {
         self.cluster.retry_budget.deposit(now_secs());
         let deadline = self.action.timeout.map(|t| Instant::now() + t);
-        let upload = self.upload.clone();
         let work = std::pin::pin!(self.attempts(deadline, log, route_stats));
         // The connection's kept timer, as for a request sent once.
         match self.action.timeout.zip(deadline) {
-            Some((limit, at)) => match self.conn.timer.before(at.into(), upload, work).await {
+            Some((limit, at)) => match (self.conn.timer)
+                .before(at.into(), self.upload.as_deref().map(|u| (u, limit)), work)
+                .await
+            {
                 Some(response) => response,
                 None => {
                     self.cluster.counters.request_timeouts.fetch_add(1, Relaxed);
@@ -314,7 +316,7 @@ impl<'a> Tries<'a> {
         // The per-try timeout, like the route's, counts from the end of the client's body: an
         // attempt sent while it still arrives is not slow for that.
         let timer = &self.conn.timer;
-        let upload = per_try.and_then(|limit| Some((Rc::clone(&self.upload.as_ref()?.0), limit)));
+        let upload = self.upload.clone();
         let attempt = Box::pin(async move {
             let _retry_slot = retry_slot;
             let started = Instant::now();
@@ -322,7 +324,14 @@ impl<'a> Tries<'a> {
             // built into its map.
             let sent = std::pin::pin!(send(pool, cluster, addr, request, false, false, counters));
             let outcome = match per_try {
-                Some(limit) => match timer.before((started + limit).into(), upload, sent).await {
+                Some(limit) => match timer
+                    .before(
+                        (started + limit).into(),
+                        upload.as_deref().map(|u| (u, limit)),
+                        sent,
+                    )
+                    .await
+                {
                     Some(outcome) => outcome,
                     None => {
                         timed_out(cluster, endpoint, span.as_mut());

@@ -408,11 +408,8 @@ impl ResponseBody {
         if !timer.expired(cx) {
             return Poll::Pending;
         }
-        body.pool = None;
-        body.in_flight = None;
         let limit = timer.limit;
-        body.finish_log(Some("downstream_stalled"));
-        body.end_spans(Some("downstream_stalled"));
+        body.cut("downstream_stalled");
         Poll::Ready(Box::new(DownstreamStalled(limit)))
     }
 
@@ -637,6 +634,16 @@ impl UpstreamBody {
         }
     }
 
+    /// Ends an answer before its end, for `why` (the log's flag, the spans' error): the
+    /// connection is dropped rather than pooled (which resets the stream upstream), the
+    /// endpoint's in-flight count given back, the log line and spans written.
+    fn cut(&mut self, why: &'static str) {
+        self.pool = None;
+        self.in_flight = None;
+        self.finish_log(Some(why));
+        self.end_spans(Some(why));
+    }
+
     fn finish_log(&mut self, flag: Option<&str>) {
         if let Some((logger, mut entry)) = self.log.take() {
             if let (Some(flag), true) = (flag, entry.flags.is_empty()) {
@@ -690,12 +697,8 @@ impl Body for UpstreamBody {
             Poll::Pending => {
                 if let Some(timer) = &mut this.idle {
                     if timer.expired(cx) {
-                        // Dropping the connection (not returning it) resets the stream upstream.
-                        this.pool = None;
-                        this.in_flight = None;
                         let limit = timer.limit;
-                        this.finish_log(Some("stream_idle_timeout"));
-                        this.end_spans(Some("stream_idle_timeout"));
+                        this.cut("stream_idle_timeout");
                         return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout(limit)))));
                     }
                 }
@@ -728,13 +731,9 @@ impl Body for UpstreamBody {
                     this.complete();
                 }
             }
-            Some(Err(_)) => {
-                // The upstream cut its answer short (closed, reset, a bad chunk): its fault,
-                // not the client's, which the drop would log.
-                this.pool = None;
-                this.finish_log(Some("upstream_reset"));
-                this.end_spans(Some("upstream_reset"));
-            }
+            // The upstream cut its answer short (closed, reset, a bad chunk): its fault, not
+            // the client's, which the drop would log.
+            Some(Err(_)) => this.cut("upstream_reset"),
             None => this.complete(),
         }
         Poll::Ready(frame)

@@ -292,18 +292,6 @@ impl Pool {
         self.http2.borrow_mut().insert(key, sender.clone());
         Ok((sender, true))
     }
-
-    /// Number of idle HTTP/1 and open HTTP/2 connections to `addr`, whatever their TLS.
-    pub fn connections_to(&self, addr: SocketAddr) -> usize {
-        let h1: usize = (self.http1_idle.borrow().iter())
-            .filter(|(key, _)| key.addr == addr)
-            .map(|(_, list)| list.len())
-            .sum();
-        let h2 = (self.http2.borrow().iter())
-            .filter(|(key, sender)| key.addr == addr && !sender.is_closed())
-            .count();
-        h1 + h2
-    }
 }
 
 /// Opens a TCP connection within the cluster's limits: the request counts as pending while it

@@ -55,6 +55,12 @@ fn family(alg: Algorithm) -> Option<Family> {
 }
 
 impl Keys {
+    /// Reads and parses a JWKS file; errors start with the path.
+    pub fn from_file(path: &str) -> Result<Keys, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("{path}: cannot read: {e}"))?;
+        Keys::parse(&bytes).map_err(|e| format!("{path}: {e}"))
+    }
+
     /// Parses a JWKS document. Keys of kinds not supported are skipped; a document with no
     /// usable key is an error.
     pub fn parse(json: &[u8]) -> Result<Keys, String> {
@@ -181,9 +187,7 @@ impl JwtPlan {
     pub fn compile(config: &Jwt, counters: Arc<JwtCounters>) -> Result<JwtPlan, String> {
         let (keys, file) = match (&config.jwks.file, &config.jwks.url) {
             (Some(path), _) => {
-                let bytes = std::fs::read(path)
-                    .map_err(|e| format!("jwks.file {path}: cannot read: {e}"))?;
-                let keys = Keys::parse(&bytes).map_err(|e| format!("jwks.file {path}: {e}"))?;
+                let keys = Keys::from_file(path).map_err(|e| format!("jwks.file {e}"))?;
                 (KeySource::Fixed(Arc::new(keys)), Some(path.into()))
             }
             (None, Some(url)) => (
