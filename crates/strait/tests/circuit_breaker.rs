@@ -90,16 +90,10 @@ async fn a_busy_cluster_at_max_connections_refuses_new_ones() {
     check(&burst(&proxy, 1).await, 1);
 }
 
-/// A client that gives up before its answer gives its slot back at once: its request to the
-/// upstream is ended (as nginx and Envoy end it), not held until the answer or the route
-/// timeout while new requests overflow.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_gives_up_frees_its_slot() {
-    use tokio::io::AsyncWriteExt;
-    let slow = Upstream::slow("slow", Duration::from_secs(3)).await;
-    let log = std::env::temp_dir().join(format!("strait-gives-up-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&log);
-    let proxy = Proxy::start(&format!(
+/// A proxy in front of `slow` with room for one request at a time, logging to `log`.
+async fn one_slot(slow: &Upstream, log: &std::path::Path) -> Proxy {
+    let _ = std::fs::remove_file(log);
+    Proxy::start(&format!(
         "listeners:
   - name: main
     address: ${{LISTEN}}
@@ -115,19 +109,14 @@ clusters:
         log.display(),
         slow.addr
     ))
-    .await;
-    let mut quitter = tokio::net::TcpStream::connect(proxy.listen)
-        .await
-        .expect("connect");
-    quitter
-        .write_all(b"GET / HTTP/1.1\r\nHost: b.example\r\n\r\n")
-        .await
-        .expect("write");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(quitter);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    .await
+}
+
+/// The slot is free: a request over `proto` gets its answer, not an overflow. And the request
+/// given up on has its log line, as nginx's 499.
+async fn slot_given_back(proxy: &Proxy, proto: Proto, log: &std::path::Path) {
     let resp = within(Duration::from_secs(10), "request", async {
-        Conn::open(proxy.listen, Proto::H1)
+        Conn::open(proxy.listen, proto)
             .await?
             .fetch(simple("GET", "b.example", "/"))
             .await
@@ -140,9 +129,8 @@ clusters:
         "{:?}",
         resp.header("x-strait-error")
     );
-    // The request given up on has its log line, as nginx's 499.
     let logged = eventually(Duration::from_secs(5), || async {
-        std::fs::read_to_string(&log)
+        std::fs::read_to_string(log)
             .unwrap_or_default()
             .lines()
             .any(|l| {
@@ -151,9 +139,59 @@ clusters:
             })
     })
     .await;
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let _ = std::fs::remove_file(log);
     assert!(logged, "{text}");
+}
+
+/// A client that gives up before its answer gives its slot back at once: its request to the
+/// upstream is ended (as nginx and Envoy end it), not held until the answer or the route
+/// timeout while new requests overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_frees_its_slot() {
+    use tokio::io::AsyncWriteExt;
+    let slow = Upstream::slow("slow", Duration::from_secs(3)).await;
+    let log = std::env::temp_dir().join(format!("strait-gives-up-{}.log", std::process::id()));
+    let proxy = one_slot(&slow, &log).await;
+    let mut quitter = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    quitter
+        .write_all(b"GET / HTTP/1.1\r\nHost: b.example\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(quitter);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slot_given_back(&proxy, Proto::H1, &log).await;
+}
+
+/// The same on HTTP/2, where the client resets its stream (`RST_STREAM`) and keeps the
+/// connection: hyper drops the request's future, which ends the upstream request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_resets_its_stream_frees_its_slot() {
+    let slow = Upstream::slow("slow", Duration::from_secs(3)).await;
+    let log = std::env::temp_dir().join(format!("strait-resets-{}.log", std::process::id()));
+    let proxy = one_slot(&slow, &log).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let connection = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.expect("ready");
+    let req = http::Request::builder()
+        .uri(format!("http://{}/", proxy.listen))
+        .body(())
+        .expect("request");
+    let (answer, _) = send.send_request(req, true).expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Dropping the answer's future resets the stream (CANCEL); the connection stays open.
+    drop(answer);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!connection.is_finished(), "the connection was closed");
+    slot_given_back(&proxy, Proto::H2, &log).await;
 }
 
 /// Sockets to `port` in CLOSE-WAIT (their peer closed; this side did not yet), from

@@ -383,6 +383,124 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout() {
     );
 }
 
+/// HTTP/2: a client that keeps a stream's window shut takes none of the answer, and hyper,
+/// waiting for room, polls nothing the proxy could time. The stream is reset after the route's
+/// `idle_timeout` and its answer logged `downstream_stalled`, as Envoy's stream idle timeout
+/// does; the connection's other streams go on, and one that takes its answer slowly is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_keeps_its_window_shut_is_cut_after_the_idle_timeout() {
+    let up = Upstream::echo("app").await;
+    let log = std::env::temp_dir().join(format!("strait-shut-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    access_log: {{ path: "{}" }}
+    routes:
+      - backends: [{{ cluster: target }}]
+        idle_timeout: 1s
+clusters:
+{}"#,
+        log.display(),
+        cluster(up.addr, "")
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    // A stream's window of 64 KiB; the connection's is wide, so a shut stream leaves room for
+    // the others.
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(64 << 10)
+        .initial_connection_window_size(64 << 20)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.expect("ready");
+    let mut ask = |path: &str, bytes: usize| {
+        let req = http::Request::builder()
+            .uri(format!("http://{}{path}", proxy.listen))
+            .header("x-echo-response-bytes", bytes.to_string())
+            .body(())
+            .expect("request");
+        send.send_request(req, true).expect("send").0
+    };
+
+    // Takes what the window allows and gives none of it back.
+    let shut = within(
+        Duration::from_secs(5),
+        "answer head",
+        ask("/shut", 64 << 20),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(shut.status(), StatusCode::OK);
+    let started = Instant::now();
+    let mut body = shut.into_body();
+    let ended = within(
+        Duration::from_secs(15),
+        "a stream whose window stays shut is reset",
+        async {
+            let mut got = 0;
+            while let Some(chunk) = body.data().await {
+                got += chunk?.len();
+            }
+            Ok::<_, h2::Error>(got)
+        },
+    )
+    .await;
+    let error = ended.expect_err("the stream must be reset, not end");
+    assert_eq!(error.reason(), Some(h2::Reason::CANCEL), "{error}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // Takes its answer a chunk at a time, the whole taking several timeouts, on the same
+    // connection: the timer starts again each time the client takes a chunk.
+    let steady = 3 << 20;
+    let answer = within(
+        Duration::from_secs(5),
+        "answer head",
+        ask("/steady", steady),
+    )
+    .await
+    .expect("answer");
+    let started = Instant::now();
+    let mut body = answer.into_body();
+    let mut got = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("a steady reader is not cut");
+        got += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    assert_eq!(got, steady);
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "too fast to show anything"
+    );
+
+    let logged = eventually(Duration::from_secs(5), || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().any(|l| {
+            l.contains("\"/shut\"") && l.contains("\"response_flags\":\"downstream_stalled\"")
+        }) && text
+            .lines()
+            .any(|l| l.contains("\"/steady\"") && l.contains("\"response_flags\":\"\""))
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged, "{text}");
+    let _ = std::fs::remove_file(&log);
+}
+
 /// The route timeout counts from the end of the request body, as Envoy's does: an upload that
 /// takes longer than the timeout is no slow upstream. Once the body is in, the timeout holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -413,6 +413,23 @@ impl ResponseBody {
         Poll::Ready(Box::new(DownstreamStalled(limit)))
     }
 
+    /// The route's `idle_timeout`, for an upstream's answer that has one: how long its client
+    /// may take none of it.
+    pub(crate) fn idle_limit(&self) -> Option<Duration> {
+        match self {
+            ResponseBody::Upstream(body) => body.idle.as_ref().map(|timer| timer.limit),
+            ResponseBody::Full(_) => None,
+        }
+    }
+
+    /// Ends the answer because its client took none of it for the idle limit (HTTP/2, where
+    /// the stream's sender, not the body, finds it out).
+    pub(crate) fn cut_stalled(&mut self) {
+        if let ResponseBody::Upstream(body) = self {
+            body.cut("downstream_stalled");
+        }
+    }
+
     /// The upstream head's fields, when they were kept as they came rather than put into the
     /// response's map (see [`RawHead`](crate::http::client1::RawHead)).
     pub(crate) fn raw_head(&self) -> Option<&crate::http::client1::RawHead> {
@@ -508,17 +525,26 @@ struct Rare {
 /// bodies arrive with their head or stream without a pause, and a timer per response (an
 /// allocation, a reset per frame, a wheel entry) cost more than the wait it guards.
 #[derive(Debug)]
-struct IdleTimer {
+pub(crate) struct IdleTimer {
     limit: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
     /// A frame came since the timer was last armed.
-    active: bool,
+    pub(crate) active: bool,
 }
 
 impl IdleTimer {
+    /// A timer for `limit`, not armed yet.
+    pub(crate) fn new(limit: Duration) -> Self {
+        IdleTimer {
+            limit,
+            sleep: None,
+            active: false,
+        }
+    }
+
     /// Called when the body waits: arms the timer for `limit` from now if frames came since it
     /// was last armed (or it never was), and says whether it has run out.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    pub(crate) fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let sleep = match &mut self.sleep {
             Some(sleep) => {
                 if self.active {
@@ -554,11 +580,7 @@ impl UpstreamBody {
         pool: Option<Rc<Pool>>,
         idle_timeout: Option<Duration>,
     ) -> Self {
-        let idle = idle_timeout.map(|limit| IdleTimer {
-            limit,
-            sleep: None,
-            active: false,
-        });
+        let idle = idle_timeout.map(IdleTimer::new);
         let mut body = UpstreamBody {
             inner,
             in_flight,
@@ -765,11 +787,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_idle_timer_counts_from_the_first_wait_after_the_last_frame() {
-        let mut timer = IdleTimer {
-            limit: Duration::from_secs(1),
-            sleep: None,
-            active: false,
-        };
+        let mut timer = IdleTimer::new(Duration::from_secs(1));
         assert!(!expired(&mut timer).await, "armed at the first wait");
         tokio::time::sleep(Duration::from_millis(600)).await;
         // A frame came: the next wait re-arms for the full limit.

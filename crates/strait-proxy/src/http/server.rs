@@ -2,6 +2,7 @@
 //! HTTP/2 with hyper), and shut it down gracefully when its listener drains (HTTP/1: close
 //! after the current response; HTTP/2: GOAWAY).
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::gateway::{self, Connection, TlsInfo};
 use crate::http::body::{ClientBody, ResponseBody};
-use crate::http::{ClientIo, LocalExec};
+use crate::http::ClientIo;
 use crate::telemetry::metrics::{ListenerStats, TlsFailure};
 use crate::tls::ServerTls;
 
@@ -157,10 +158,16 @@ async fn serve_h2<I>(
             let open = gateway::OpenStream::new(Rc::clone(&conn));
             let reply = gateway::serve(req.map(ClientBody::Hyper), conn).await;
             // (hyper takes the answer unboxed.)
-            reply.map(|reply| reply.map(|body| StreamBody { body, _open: open }))
+            reply.map(|reply| {
+                reply.map(|body| StreamBody {
+                    body,
+                    _open: open,
+                    window: None,
+                })
+            })
         })
     });
-    let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
+    let mut builder = hyper::server::conn::http2::Builder::new(StreamExec);
     builder.timer(TokioTimer::new());
     if let Some(idle) = idle_timeout {
         // Pings find dead peers; the idle timer below closes live but unused ones.
@@ -191,6 +198,8 @@ async fn serve_h2<I>(
 struct StreamBody {
     body: ResponseBody,
     _open: gateway::OpenStream,
+    /// Made when the body first hands hyper a chunk with more to come.
+    window: Option<Rc<Window>>,
 }
 
 impl hyper::body::Body for StreamBody {
@@ -201,7 +210,28 @@ impl hyper::body::Body for StreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        // hyper polls the body again only once the client's window took the last chunk.
+        if let Some(window) = &this.window {
+            window.shut.set(None);
+            window.progressed.set(true);
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            // A last chunk holds nothing upstream (the answer has ended): only a chunk with
+            // more to come is watched, so a small answer costs nothing here.
+            if frame.is_data() && !this.body.is_end_stream() {
+                if let Some(limit) = this.body.idle_limit() {
+                    let window = this.window.get_or_insert_with(|| {
+                        let window = Rc::new(Window::default());
+                        HANDOFF.set(Some(Rc::clone(&window)));
+                        window
+                    });
+                    window.shut.set(Some(limit));
+                }
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -210,6 +240,100 @@ impl hyper::body::Body for StreamBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for StreamBody {
+    fn drop(&mut self) {
+        if self.window.as_ref().is_some_and(|w| w.stalled.get()) {
+            self.body.cut_stalled();
+        }
+    }
+}
+
+/// A client that keeps an HTTP/2 stream's window shut takes none of its answer, and hyper,
+/// waiting for room, polls neither the body nor anything the body could time: without this
+/// the stream held its upstream connection and circuit-breaker slot for as long as the client
+/// liked (twenty such streams and a cluster answered 503). The stream's task is wrapped: while
+/// a chunk waits for the window, the route's `idle_timeout` runs (from the last chunk the
+/// client took), and once it has run out the task ends, which resets the stream (h2 sends
+/// `RST_STREAM` when its last handle drops) and logs the answer `downstream_stalled`, as
+/// HTTP/1's stalled writes are (`ResponseBody::poll_stalled`). Envoy's stream idle timeout
+/// does the same.
+#[derive(Debug, Default)]
+struct Window {
+    /// The route's idle timeout while a chunk waits for room in the client's window.
+    shut: Cell<Option<Duration>>,
+    /// The client took a chunk since the task last looked.
+    progressed: Cell<bool>,
+    /// The task gave up on the client: the body's drop cuts the answer.
+    stalled: Cell<bool>,
+    /// The task's timer, armed while a chunk waits.
+    timer: RefCell<Option<crate::http::body::IdleTimer>>,
+}
+
+thread_local! {
+    /// Where a stream's body leaves its [`Window`] for the stream's task: the body is polled
+    /// only inside its own task's poll, which takes it right after. (A slot per worker thread
+    /// rather than a pointer in each task: every stream's task is moved into place when
+    /// spawned, and 48 bytes more of it (a pointer and the timer) cost ~100 instructions a
+    /// request in copies, under callgrind.)
+    static HANDOFF: Cell<Option<Rc<Window>>> = const { Cell::new(None) };
+}
+
+/// Spawns hyper's stream tasks on the worker, each [`Watched`].
+#[derive(Clone, Copy)]
+struct StreamExec;
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: Future<Output = ()> + 'static,
+{
+    fn execute(&self, fut: F) {
+        crate::runtime::busy_poll::spawn(Watched {
+            task: fut,
+            window: None,
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream's task, ended once its client has kept the window shut for the idle limit.
+    struct Watched<F> {
+        #[pin]
+        task: F,
+        window: Option<Rc<Window>>,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Watched<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let done = this.task.poll(cx);
+        // Taken whatever the poll's outcome: a body that handed over its window and ended in
+        // the same poll must not leave it for another stream's task.
+        if let Some(window) = HANDOFF.take() {
+            *this.window = Some(window);
+        }
+        if done.is_ready() {
+            return done;
+        }
+        let Some(window) = this.window.as_ref() else {
+            return Poll::Pending;
+        };
+        let Some(limit) = window.shut.get() else {
+            return Poll::Pending;
+        };
+        let mut timer = window.timer.borrow_mut();
+        let timer = timer.get_or_insert_with(|| crate::http::body::IdleTimer::new(limit));
+        timer.active |= window.progressed.take();
+        if timer.expired(cx) {
+            window.stalled.set(true);
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
 
