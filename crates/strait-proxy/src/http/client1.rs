@@ -516,6 +516,7 @@ pub fn encode(
             length_seen = true;
         }
     }
+    let mut te = false;
     for (name, value) in &parts.headers {
         // Framing is this hop's own: written below from what the body is.
         if name == header::CONTENT_LENGTH {
@@ -524,8 +525,15 @@ pub fn encode(
                 declared = content_length(value.as_bytes());
             }
         } else if name != header::TRANSFER_ENCODING {
+            te |= name == header::TE;
             put_field(s, name.as_str().as_bytes(), value.as_bytes());
         }
+    }
+    if te {
+        // `te` is this hop's own too: its sender names it in `connection` (RFC 9110, 10.1.4),
+        // so that an intermediary that does not know it drops it rather than passing it on.
+        // (A second `connection` line beside an upgrade's adds to it.)
+        put_field(s, b"connection", b"te");
     }
     appended.write_lines(s);
     let empty = body.as_ref().is_none_or(|b| b.is_end_stream());
@@ -1299,6 +1307,23 @@ mod tests {
                 _
             )))
         ));
+    }
+
+    #[test]
+    fn te_goes_upstream_named_in_connection() {
+        let request = Request::builder()
+            .uri("/")
+            .header("host", "svc")
+            .header("te", "trailers")
+            .body(RequestBody::empty())
+            .unwrap();
+        let head = encoded(request, Appended::default()).head;
+        assert_eq!(
+            &head[..],
+            b"GET / HTTP/1.1\r\nhost: svc\r\nte: trailers\r\nconnection: te\r\n\r\n"
+        );
+        let head = encoded(get("/"), Appended::default()).head;
+        assert_eq!(&head[..], b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n");
     }
 
     #[test]
