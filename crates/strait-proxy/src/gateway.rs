@@ -718,11 +718,13 @@ fn forward_to<'a>(
                     fields_into(&fields, &mut parts.headers);
                 }
             }
-            // A body still to come, under a timeout: that counts from its end (see `Upload`).
+            // A body still to come, under a timeout: that counts from its end, and the client
+            // may keep it waiting for the idle timeout only (see `Upload`).
             let ended = http_body::Body::is_end_stream(&body);
             let per_try = action.retry.as_ref().and_then(|p| p.per_try_timeout);
-            upload = if !ended && (action.timeout.is_some() || per_try.is_some()) {
-                let upload = Rc::new(Upload::default());
+            let timed = action.timeout.is_some() || per_try.is_some();
+            upload = if !ended && (timed || action.idle_timeout.is_some()) {
+                let upload = Rc::new(Upload::new(action.idle_timeout));
                 body = ClientBody::Watched(Box::new(body), Rc::clone(&upload));
                 Some(upload)
             } else {
@@ -1231,6 +1233,15 @@ fn send_failed(
             let failure = Some(Failure::ConnectFailed);
             (failure, Cause::ConnectFailed, e.to_string())
         }
+        // The client's doing: the endpoint is not blamed, and no retry would fare better.
+        SendError::Client(e) => {
+            let cause = if client_body_stalled(&*e) {
+                Cause::RequestBodyTimeout
+            } else {
+                Cause::BadRequest
+            };
+            (None, cause, e.to_string())
+        }
         SendError::Upstream(e) => {
             cluster.counters.resets.fetch_add(1, Relaxed);
             cluster.outlier.observe(endpoint, Outcome::Reset);
@@ -1250,6 +1261,18 @@ fn send_failed(
 
 /// True when an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it did not process the
 /// request, so sending it again is safe whatever the method.
+/// Whether the request's body stalled on the client (the error, or one it wraps).
+fn client_body_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<crate::http::body::RequestBodyStalled>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(e);
     while let Some(err) = source {
@@ -1393,6 +1416,19 @@ fn count_answer(
 enum SendError {
     Connect(ConnectError),
     Upstream(BodyError),
+    /// The client's request body failed on the way (it stalled or broke off): not the
+    /// upstream's doing.
+    Client(BodyError),
+}
+
+impl SendError {
+    /// An HTTP/1 exchange's failure, told apart by whose it was.
+    fn from_http1(error: client1::Http1Error) -> Self {
+        match error {
+            client1::Http1Error::RequestBody(e) => SendError::Client(e),
+            other => SendError::Upstream(Box::new(other)),
+        }
+    }
 }
 
 /// An upstream's response head, boxed: `forward_to` moved it (160 bytes) through the send
@@ -1497,10 +1533,13 @@ fn send<'a>(
                 if fresh {
                     opened();
                 }
-                let response = sender
-                    .send_request(*request)
-                    .await
-                    .map_err(|e| SendError::Upstream(Box::new(e)))?;
+                let response = sender.send_request(*request).await.map_err(|e| {
+                    if client_body_stalled(&e) {
+                        SendError::Client(Box::new(e))
+                    } else {
+                        SendError::Upstream(Box::new(e))
+                    }
+                })?;
                 Ok(Box::new(response.map(FromUpstream::Http2)))
             }
             Outgoing::Http1(request) => {
@@ -1528,14 +1567,14 @@ fn send<'a>(
                         unsent: Some(unsent),
                         ..
                     }) => unsent,
-                    Err(failed) => return Err(SendError::Upstream(Box::new(failed.error))),
+                    Err(failed) => return Err(SendError::from_http1(failed.error)),
                 };
                 let conn = checkout(true).await.map_err(SendError::Connect)?;
                 opened();
                 client1::send(conn, unsent, upgrade, keep_raw)
                     .await
                     .map(|response| Box::new(response.map(FromUpstream::Http1)))
-                    .map_err(|failed| SendError::Upstream(Box::new(failed.error)))
+                    .map_err(|failed| SendError::from_http1(failed.error))
             }
         }
     }
@@ -1806,6 +1845,7 @@ pub(crate) enum Cause {
     ConnectFailed,
     ConnectTimeout,
     RequestTimeout,
+    RequestBodyTimeout,
     UpstreamReset,
     NotImplemented,
 }
@@ -1822,6 +1862,7 @@ impl Cause {
             Cause::ConnectFailed => "connect_failed",
             Cause::ConnectTimeout => "connect_timeout",
             Cause::RequestTimeout => "request_timeout",
+            Cause::RequestBodyTimeout => "request_body_timeout",
             Cause::UpstreamReset => "upstream_reset",
             Cause::NotImplemented => "not_implemented",
         }
@@ -1838,6 +1879,7 @@ impl Cause {
             | Cause::ConnectTimeout
             | Cause::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             Cause::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Cause::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Cause::UpstreamReset => StatusCode::BAD_GATEWAY,
             Cause::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
@@ -1850,7 +1892,7 @@ impl Cause {
             Cause::Forbidden => 7,                        // PERMISSION_DENIED
             Cause::Unauthorized => 16,                    // UNAUTHENTICATED
             Cause::BadRequest => 13,                      // INTERNAL
-            Cause::RequestTimeout => 4,                   // DEADLINE_EXCEEDED
+            Cause::RequestTimeout | Cause::RequestBodyTimeout => 4, // DEADLINE_EXCEEDED
             _ => 14,                                      // UNAVAILABLE
         }
     }

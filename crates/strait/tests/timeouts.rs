@@ -501,6 +501,79 @@ clusters:
     let _ = std::fs::remove_file(&log);
 }
 
+/// A client that sends a request's head and then too little of its body is answered 408 after
+/// the route's `idle_timeout` (nginx's `client_body_timeout`, Envoy's stream idle timeout),
+/// over HTTP/1 and HTTP/2: before, it held its upstream connection and circuit-breaker slot
+/// for as long as it liked. The endpoint is not blamed: the next request goes to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stops_coming_is_answered_408_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::echo("app").await;
+    let proxy = Proxy::start(&route_to(
+        &cluster(
+            up.addr,
+            "    outlier_detection: { consecutive_gateway_errors: 1, max_ejection_percent: 100 }\n",
+        ),
+        "        idle_timeout: 1s\n",
+    ))
+    .await;
+
+    let mut h1 = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    h1.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    within(
+        Duration::from_secs(10),
+        "HTTP/1: an answer, then the close",
+        async { h1.read_to_end(&mut answer).await },
+    )
+    .await
+    .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_body_timeout"), "{answer}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    let tcp = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.expect("ready");
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/up", proxy.listen))
+        .body(())
+        .expect("request");
+    let (answer, mut body) = send.send_request(req, false).expect("send");
+    body.send_data(bytes::Bytes::from_static(b"0123456789"), false)
+        .expect("data");
+    let started = Instant::now();
+    let answer = within(Duration::from_secs(10), "HTTP/2: an answer", answer)
+        .await
+        .expect("answer");
+    assert_eq!(answer.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(answer.headers()["x-strait-error"], "request_body_timeout");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // One failure would have ejected the endpoint had it been blamed.
+    assert_eq!(proxy.get("a", "/").await.upstream(), "app");
+}
+
 /// The route timeout counts from the end of the request body, as Envoy's does: an upload that
 /// takes longer than the timeout is no slow upstream. Once the body is in, the timeout holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

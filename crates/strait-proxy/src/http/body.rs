@@ -41,12 +41,27 @@ pub enum ClientBody {
 /// When a request's body finished arriving from the client. The route timeout counts from then,
 /// as Envoy's does, not from the request head: a 20 MB upload at 1 MB/s got 504 at 15 s, was
 /// counted as the upstream's timeout and ejected a healthy endpoint.
+///
+/// While the body still arrives, the route's `idle_timeout` runs whenever the body waits on the
+/// client (from the last chunk it sent), as nginx's `client_body_timeout` and Envoy's stream
+/// idle timeout do: a client that sent a head and then nothing, or a byte now and then, held
+/// its upstream connection and circuit-breaker slot for ever (1,200 such HTTP/2 streams and a
+/// cluster answered 503 to everyone).
 #[derive(Debug, Default)]
 pub struct Upload {
     ended: std::cell::Cell<Option<Instant>>,
+    idle: std::cell::RefCell<Option<IdleTimer>>,
 }
 
 impl Upload {
+    /// An upload whose client may keep it waiting for at most `idle` (none: without limit).
+    pub(crate) fn new(idle: Option<Duration>) -> Self {
+        Upload {
+            ended: std::cell::Cell::new(None),
+            idle: std::cell::RefCell::new(idle.map(IdleTimer::new)),
+        }
+    }
+
     fn end(&self) {
         if self.ended.get().is_none() {
             self.ended.set(Some(Instant::now()));
@@ -83,7 +98,19 @@ impl Body for ClientBody {
             ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ClientBody::Http1(b) => Pin::new(b).poll_frame(cx),
             ClientBody::Watched(b, upload) => {
-                let frame = ready!(Pin::new(&mut **b).poll_frame(cx));
+                let Poll::Ready(frame) = Pin::new(&mut **b).poll_frame(cx) else {
+                    if let Some(timer) = upload.idle.borrow_mut().as_mut() {
+                        if timer.expired(cx) {
+                            upload.end();
+                            let stalled = RequestBodyStalled(timer.limit);
+                            return Poll::Ready(Some(Err(Box::new(stalled))));
+                        }
+                    }
+                    return Poll::Pending;
+                };
+                if let Some(timer) = upload.idle.borrow_mut().as_mut() {
+                    timer.active = true;
+                }
                 // The end, a failure, or a last frame.
                 if !matches!(frame, Some(Ok(_))) || b.is_end_stream() {
                     upload.end();
@@ -565,6 +592,11 @@ impl IdleTimer {
 #[derive(Debug, thiserror::Error)]
 #[error("upstream response body idle for longer than {0:?}")]
 pub struct StreamIdleTimeout(Duration);
+
+/// Why a request failed: its client sent none of its body for the route's idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent none of the request body for {0:?}")]
+pub struct RequestBodyStalled(pub(crate) Duration);
 
 /// Why an answer was cut: its client took none of it for the route's idle timeout.
 #[derive(Debug, thiserror::Error)]
