@@ -574,6 +574,62 @@ async fn a_request_body_that_stops_coming_is_answered_408_after_the_idle_timeout
     assert_eq!(proxy.get("a", "/").await.upstream(), "app");
 }
 
+/// An upstream that takes a request's head, then none of its body and never answers, is timed
+/// out by the route's `timeout`, counted from the last chunk it took: the timeout counts from
+/// the end of the upload, and that end never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_an_upload_is_timed_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Accepts and holds its connections, reading nothing.
+    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = deaf.local_addr().expect("address");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = deaf.accept().await {
+            held.push(sock);
+        }
+    });
+    let proxy = Proxy::start(&route_to(&cluster(addr, ""), "        timeout: 1s\n")).await;
+    let size = 64 << 20;
+    let mut client = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    client
+        .write_all(
+            format!("POST /up HTTP/1.1\r\nHost: a\r\ncontent-length: {size}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let (mut reader, mut writer) = client.into_split();
+    // Writes as long as the proxy takes bytes (until the sockets between fill up).
+    tokio::spawn(async move {
+        let piece = vec![b'x'; 1 << 16];
+        for _ in 0..(size >> 16) {
+            if writer.write_all(&piece).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = within(
+        Duration::from_secs(10),
+        "an answer",
+        reader.read(&mut answer),
+    )
+    .await
+    .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// The route timeout counts from the end of the request body, as Envoy's does: an upload that
 /// takes longer than the timeout is no slow upstream. Once the body is in, the timeout holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,11 @@ pub enum ClientBody {
 pub struct Upload {
     ended: std::cell::Cell<Option<Instant>>,
     idle: std::cell::RefCell<Option<IdleTimer>>,
+    /// When the upstream side last took a chunk of the body.
+    took: std::cell::Cell<Option<Instant>>,
+    /// The body waits on the client (its pace is the idle timer's to judge), not on the
+    /// upstream taking what came.
+    client_turn: std::cell::Cell<bool>,
 }
 
 impl Upload {
@@ -59,6 +64,8 @@ impl Upload {
         Upload {
             ended: std::cell::Cell::new(None),
             idle: std::cell::RefCell::new(idle.map(IdleTimer::new)),
+            took: std::cell::Cell::new(None),
+            client_turn: std::cell::Cell::new(false),
         }
     }
 
@@ -69,9 +76,15 @@ impl Upload {
     }
 
     /// When a route timeout of `limit` that came due now is due instead: `limit` after the
-    /// body ended, or `limit` from now while it still arrives (asked again then).
+    /// body ended; while it still arrives, `limit` from now when it waits on the client (asked
+    /// again then), or `limit` from when the upstream last took a chunk: an upstream that
+    /// stops reading an upload (and never answers) is timed out, not waited on for ever.
     pub(crate) fn deadline(&self, limit: Duration) -> Instant {
-        self.ended.get().unwrap_or_else(Instant::now) + limit
+        match (self.ended.get(), self.took.get()) {
+            (Some(end), _) => end + limit,
+            (None, Some(took)) if !self.client_turn.get() => took + limit,
+            (None, _) => Instant::now() + limit,
+        }
     }
 }
 
@@ -99,6 +112,7 @@ impl Body for ClientBody {
             ClientBody::Http1(b) => Pin::new(b).poll_frame(cx),
             ClientBody::Watched(b, upload) => {
                 let Poll::Ready(frame) = Pin::new(&mut **b).poll_frame(cx) else {
+                    upload.client_turn.set(true);
                     if let Some(timer) = upload.idle.borrow_mut().as_mut() {
                         if timer.expired(cx) {
                             upload.end();
@@ -111,6 +125,8 @@ impl Body for ClientBody {
                 if let Some(timer) = upload.idle.borrow_mut().as_mut() {
                     timer.active = true;
                 }
+                upload.client_turn.set(false);
+                upload.took.set(Some(Instant::now()));
                 // The end, a failure, or a last frame.
                 if !matches!(frame, Some(Ok(_))) || b.is_end_stream() {
                     upload.end();
