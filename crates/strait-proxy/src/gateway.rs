@@ -1259,29 +1259,29 @@ fn send_failed(
     (failure, local_reply(grpc, cause, detail))
 }
 
-/// True when an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it did not process the
-/// request, so sending it again is safe whatever the method.
-/// Whether the request's body stalled on the client (the error, or one it wraps).
-fn client_body_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The first error of type `T` in `e`'s chain (`e` itself, or one it wraps).
+fn find_in_chain<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
     let mut next = Some(e);
     while let Some(e) = next {
-        if e.is::<crate::http::body::RequestBodyStalled>() {
-            return true;
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
         }
         next = e.source();
     }
-    false
+    None
 }
 
+/// Whether the request's body stalled on the client.
+fn client_body_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+    find_in_chain::<crate::http::body::RequestBodyStalled>(e).is_some()
+}
+
+/// True when an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it did not process the
+/// request, so sending it again is safe whatever the method.
 fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = err.source();
-    }
-    false
+    find_in_chain::<h2::Error>(e).is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// Takes a token for the request's key; `Some` (the rate and the wait) when it is over the

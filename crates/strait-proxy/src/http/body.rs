@@ -33,8 +33,8 @@ pub enum ClientBody {
     Hyper(Incoming),
     /// Read off an HTTP/1.1 connection, plain or TLS, by whoever polls it (`server1`).
     Http1(crate::http::server1::RequestBody1),
-    /// One of the above, telling `Upload` when it ends (a forwarded body, with a route
-    /// timeout).
+    /// One of the above, forwarded while it still arrives: `Upload` learns when it ends and
+    /// whose turn it is, and times the client's pauses.
     Watched(Box<ClientBody>, Rc<Upload>),
 }
 
@@ -47,7 +47,7 @@ pub enum ClientBody {
 /// idle timeout do: a client that sent a head and then nothing, or a byte now and then, held
 /// its upstream connection and circuit-breaker slot for ever (1,200 such HTTP/2 streams and a
 /// cluster answered 503 to everyone).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Upload {
     ended: std::cell::Cell<Option<Instant>>,
     idle: std::cell::RefCell<Option<IdleTimer>>,

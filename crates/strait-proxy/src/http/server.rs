@@ -213,7 +213,7 @@ impl hyper::body::Body for StreamBody {
         let this = self.get_mut();
         // hyper polls the body again only once the client's window took the last chunk.
         if let Some(window) = &this.window {
-            window.shut.set(None);
+            window.shut.set(false);
             window.progressed.set(true);
         }
         let polled = Pin::new(&mut this.body).poll_frame(cx);
@@ -223,11 +223,11 @@ impl hyper::body::Body for StreamBody {
             if frame.is_data() && !this.body.is_end_stream() {
                 if let Some(limit) = this.body.idle_limit() {
                     let window = this.window.get_or_insert_with(|| {
-                        let window = Rc::new(Window::default());
+                        let window = Rc::new(Window::new(limit));
                         HANDOFF.set(Some(Rc::clone(&window)));
                         window
                     });
-                    window.shut.set(Some(limit));
+                    window.shut.set(true);
                 }
             }
         }
@@ -260,16 +260,27 @@ impl Drop for StreamBody {
 /// `RST_STREAM` when its last handle drops) and logs the answer `downstream_stalled`, as
 /// HTTP/1's stalled writes are (`ResponseBody::poll_stalled`). Envoy's stream idle timeout
 /// does the same.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Window {
-    /// The route's idle timeout while a chunk waits for room in the client's window.
-    shut: Cell<Option<Duration>>,
+    /// A chunk waits for room in the client's window.
+    shut: Cell<bool>,
     /// The client took a chunk since the task last looked.
     progressed: Cell<bool>,
     /// The task gave up on the client: the body's drop cuts the answer.
     stalled: Cell<bool>,
-    /// The task's timer, armed while a chunk waits.
-    timer: RefCell<Option<crate::http::body::IdleTimer>>,
+    /// The task's timer (the route's idle timeout), armed while a chunk waits.
+    timer: RefCell<crate::http::body::IdleTimer>,
+}
+
+impl Window {
+    fn new(limit: Duration) -> Self {
+        Window {
+            shut: Cell::new(false),
+            progressed: Cell::new(false),
+            stalled: Cell::new(false),
+            timer: RefCell::new(crate::http::body::IdleTimer::new(limit)),
+        }
+    }
 }
 
 thread_local! {
@@ -323,11 +334,10 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
         let Some(window) = this.window.as_ref() else {
             return Poll::Pending;
         };
-        let Some(limit) = window.shut.get() else {
+        if !window.shut.get() {
             return Poll::Pending;
-        };
+        }
         let mut timer = window.timer.borrow_mut();
-        let timer = timer.get_or_insert_with(|| crate::http::body::IdleTimer::new(limit));
         timer.active |= window.progressed.take();
         if timer.expired(cx) {
             window.stalled.set(true);
