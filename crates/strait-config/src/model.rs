@@ -252,6 +252,9 @@ pub struct Listener {
     /// limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_rate_limit: Option<ConnectionRateLimit>,
+    /// HTTP/2 served to clients (h2c, or `h2` by ALPN). Default: `{ max_concurrent_streams: 100 }`.
+    #[serde(default)]
+    pub http2: ListenerHttp2,
     /// Terminate TLS on this listener. Default: none (plain HTTP/1.1 and h2c).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
@@ -502,6 +505,25 @@ pub struct ClusterTls {
     /// mismatch fails the connection (503 `connect_failed`) and is counted. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spiffe_ids: Vec<String>,
+}
+
+/// What a listener allows an HTTP/2 client connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerHttp2 {
+    /// Most streams (requests) one client connection may have open at once, announced in
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`; each may hold an upstream request. Default: `100`.
+    #[serde(default = "defaults::max_concurrent_streams")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ListenerHttp2 {
+    fn default() -> Self {
+        ListenerHttp2 {
+            max_concurrent_streams: defaults::max_concurrent_streams(),
+        }
+    }
 }
 
 /// A listener's rate of new connections.
@@ -1601,6 +1623,9 @@ pub(crate) mod defaults {
     }
     pub fn connection_idle_timeout() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn max_concurrent_streams() -> u32 {
+        100
     }
     pub fn request_timeout() -> Duration {
         Duration::from_secs(15)

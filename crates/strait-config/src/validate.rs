@@ -224,6 +224,12 @@ impl Checker<'_> {
                     "0 would refuse every connection: give 1 or more, or leave it out for no limit",
                 );
             }
+            if listener.http2.max_concurrent_streams == 0 {
+                self.say(
+                    at.key("http2").key("max_concurrent_streams"),
+                    "0 would refuse every HTTP/2 request: give 1 or more (default 100)",
+                );
+            }
             if let Some(tls) = &listener.tls {
                 self.listener_tls(&at.key("tls"), tls);
             }

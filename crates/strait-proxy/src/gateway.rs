@@ -81,6 +81,8 @@ pub(crate) struct Connection {
     pub tls: std::cell::OnceCell<TlsInfo>,
     /// The route timeout's timers, kept for the connection's next requests.
     pub timer: KeptTimer,
+    /// Most streams it may have open at once, if it speaks HTTP/2.
+    pub h2_streams: u32,
 }
 
 impl Connection {

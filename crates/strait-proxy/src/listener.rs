@@ -115,6 +115,10 @@ pub(crate) async fn accept_loop(
                     activity: Activity::new(),
                     tls: std::cell::OnceCell::new(),
                     timer: Default::default(),
+                    h2_streams: plan.map_or_else(
+                        || strait_config::ListenerHttp2::default().max_concurrent_streams,
+                        |l| l.h2_streams,
+                    ),
                 });
                 let guard = worker.connection_opened();
                 let counted = plan.map(|l| l.connections.opened());

@@ -143,6 +143,117 @@ async fn an_answer_still_streaming_keeps_its_connection_from_the_idle_timeout() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_may_open_as_many_streams_as_the_listener_allows() {
+    let up = Upstream::echo("up").await;
+    let get = || {
+        Request::get("http://h2.example/")
+            .body(())
+            .expect("request")
+    };
+    for (extra, streams) in [("", 100), ("    http2: { max_concurrent_streams: 3 }\n", 3)] {
+        let proxy = Proxy::start(&config(up.addr, extra)).await;
+        let mut send = h2_client(&proxy).await;
+        // Answered once the server's SETTINGS came.
+        assert_eq!(h2_ask(&mut send, get()).await.0, StatusCode::OK);
+        assert_eq!(send.current_max_send_streams(), streams, "{extra:?}");
+    }
+}
+
+/// A frame of `kind` on stream 0 carrying `payload`.
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, 0, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_floods_pings_is_closed_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PINGS: usize = 30_000;
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&config(up.addr, "")).await;
+    let tcp = TcpStream::connect(proxy.listen).await.expect("connect");
+    let (mut rx, mut tx) = tcp.into_split();
+    // Counts what comes back (each PING's acknowledgement is 17 bytes) until the proxy closes.
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        while let Ok(n @ 1..) = rx.read(&mut buf).await {
+            total += n;
+        }
+        total
+    });
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, &[]));
+    tx.write_all(&hello).await.expect("preface");
+    let pings: Vec<u8> = (0..1000).flat_map(|_| frame(0x6, &[7; 8])).collect();
+    for _ in 0..PINGS / 1000 {
+        if tx.write_all(&pings).await.is_err() {
+            break;
+        }
+    }
+    let answered = within(Duration::from_secs(10), "the proxy closes", reader)
+        .await
+        .expect("reader");
+    assert!(
+        answered < 17 * PINGS,
+        "every ping was answered ({answered} bytes)"
+    );
+    let floods = proxy
+        .metric(
+            "strait_listener_http2_floods_total",
+            &[("listener", "main")],
+        )
+        .await;
+    assert_eq!(floods, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_tiny_window_updates_it_as_often_as_it_needs() {
+    // A window of 1 KiB: a WINDOW_UPDATE for every 512 bytes read, 16,000 for this answer, more
+    // than a connection starts with. What it is sent pays for them.
+    const SIZE: usize = 8 << 20;
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&config(up.addr, "")).await;
+    let tcp = TcpStream::connect(proxy.listen).await.expect("connect");
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .initial_connection_window_size(1024)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.expect("ready");
+    let req = Request::get("http://h2.example/big")
+        .header("x-echo-response-bytes", SIZE.to_string())
+        .body(())
+        .expect("request");
+    let (answer, _) = send.send_request(req, true).expect("send");
+    let got = within(Duration::from_secs(60), "the whole answer", async {
+        let mut body = answer.await.expect("answer").into_body();
+        let mut got = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("body");
+            got += chunk.len();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        got
+    })
+    .await;
+    assert_eq!(got, SIZE);
+    let floods = proxy
+        .metric(
+            "strait_listener_http2_floods_total",
+            &[("listener", "main")],
+        )
+        .await;
+    assert_eq!(floods, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_connection_lingers_so_a_slow_reader_gets_the_whole_answer() {
     // 8 MiB answered at once; the client takes it in a large window but reads slowly, so the
     // proxy has written the end while the client's window updates are still coming. A drain

@@ -7,6 +7,7 @@ pub(crate) mod alarm;
 pub mod body;
 pub mod client1;
 mod conn_io;
+pub(crate) mod flood;
 pub(crate) mod head1;
 pub mod headers;
 pub mod inbuf;
@@ -23,6 +24,8 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::telemetry::metrics::ListenerStats;
 
 pub use conn_io::{ClientIo, MaybeTls};
 /// The HTTP/1 head parser against `httparse`, for the fuzz target `http1_heads`.
@@ -116,12 +119,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewound<T> {
 /// dropped until it closes: at most [`LINGER_BYTES`], within [`LINGER_QUIET`] of its last bytes
 /// and [`LINGER_MOST`] in all. (`server1` lingers likewise after an HTTP/1 answer that left
 /// bytes unread.)
+///
+/// Its reads go through a [`flood::FrameMeter`]: a client that sends too many frames asking
+/// for nothing gets a read error, which ends the connection.
 #[derive(Debug)]
 pub(crate) struct Batched<T> {
     io: T,
     /// This batch's write already waited its turn (or found the socket full).
     waited: bool,
     linger: Linger,
+    meter: flood::FrameMeter,
 }
 
 /// How long a closing HTTP/2 connection waits for the client's next bytes, and for all of
@@ -147,12 +154,14 @@ struct Reading {
 }
 
 impl<T> Batched<T> {
-    /// `io`, its writes batched.
-    pub(crate) fn new(io: T) -> Self {
+    /// `io`, an HTTP/2 client connection about to send its preface, its writes batched and its
+    /// frames metered (floods counted in `stats`).
+    pub(crate) fn new(io: T, stats: Option<std::sync::Arc<ListenerStats>>) -> Self {
         Batched {
             io,
             waited: false,
             linger: Linger::Open,
+            meter: flood::FrameMeter::new(stats),
         }
     }
 
@@ -179,13 +188,29 @@ impl<T> Batched<T> {
     }
 }
 
+impl<T> Batched<T> {
+    /// Passes on what a write did, crediting its bytes to the client's frame budget.
+    fn credit(&mut self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = written {
+            self.meter.wrote(n);
+        }
+        written
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Batched<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        match this.meter.read(&buf.filled()[before..]) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(flood) => Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, flood))),
+        }
     }
 }
 
@@ -195,8 +220,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_batched(cx, |io, cx| io.poll_write(cx, buf))
+        let this = self.get_mut();
+        let written = this.poll_batched(cx, |io, cx| io.poll_write(cx, buf));
+        this.credit(written)
     }
 
     fn poll_write_vectored(
@@ -204,8 +230,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<T> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_batched(cx, |io, cx| io.poll_write_vectored(cx, bufs))
+        let this = self.get_mut();
+        let written = this.poll_batched(cx, |io, cx| io.poll_write_vectored(cx, bufs));
+        this.credit(written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -362,7 +389,7 @@ mod tests {
         let waker = std::task::Waker::from(std::sync::Arc::clone(&wakes));
         let mut cx = Context::from_waker(&waker);
         let woken = || wakes.0.load(std::sync::atomic::Ordering::Relaxed);
-        let mut io = Batched::new(Recorder::default());
+        let mut io = Batched::new(Recorder::default(), None);
         // The first write of a batch: woken to come back, nothing written.
         assert!(Pin::new(&mut io).poll_write(&mut cx, b"ab").is_pending());
         assert_eq!((woken(), io.io.calls.as_str()), (1, ""));

@@ -55,15 +55,10 @@ pub(crate) async fn serve_h2c(
     io: crate::http::Rewound<ClientIo>,
     conn: Rc<Connection>,
     idle_timeout: Option<Duration>,
+    stats: Option<Arc<ListenerStats>>,
     drain: watch::Receiver<bool>,
 ) {
-    serve_h2(
-        TokioIo::new(crate::http::Batched::new(io)),
-        conn,
-        idle_timeout,
-        drain,
-    )
-    .await;
+    serve_h2(io, conn, idle_timeout, stats, drain).await;
 }
 
 /// Serves a TLS connection: the handshake, then HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
@@ -125,11 +120,10 @@ fn serve_tls(
         };
         let _ = conn.tls.set(info);
         if http2 {
-            let io = TokioIo::new(crate::http::Batched::new(stream));
             // Boxed apart: inline, hyper's HTTP/2 server set this future's size, and every
             // HTTP/1.1 connection over TLS carried its room (5.7 KB rather than 2.6, heaptrack
             // with 50 connections).
-            crate::http::boxed(|| serve_h2(io, conn, idle_timeout, drain)).await;
+            crate::http::boxed(|| serve_h2(stream, conn, idle_timeout, stats, drain)).await;
         } else {
             let io = ClientIo::Tls(Box::new(stream));
             crate::http::server1::serve_http1(io, conn, idle_timeout, stats, drain).await;
@@ -140,14 +134,17 @@ fn serve_tls(
 /// Serves HTTP/2 on a client connection (h2c with prior knowledge, or TLS whose ALPN chose
 /// `h2`) with hyper's server.
 async fn serve_h2<I>(
-    io: TokioIo<I>,
+    io: I,
     conn: Rc<Connection>,
     idle_timeout: Option<Duration>,
+    stats: Option<Arc<ListenerStats>>,
     mut drain: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    let io = TokioIo::new(crate::http::Batched::new(io, stats));
     let peer = conn.peer;
+    let max_streams = conn.h2_streams;
     let watched = Rc::clone(&conn);
     // Each stream's future is boxed: hyper spawns a task per stream, and the task moved the
     // whole request future (kilobytes) into place, then its output out, where a box moves a
@@ -168,7 +165,9 @@ async fn serve_h2<I>(
         })
     });
     let mut builder = hyper::server::conn::http2::Builder::new(StreamExec);
-    builder.timer(TokioTimer::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(max_streams);
     if let Some(idle) = idle_timeout {
         // Pings find dead peers; the idle timer below closes live but unused ones.
         builder

@@ -151,7 +151,7 @@ pub(crate) async fn serve_http1(
                 if let Some(io) = io {
                     let drain = wait.seen.clone();
                     // Boxed: HTTP/2's state must not make every HTTP/1 connection's task bigger.
-                    boxed(|| server::serve_h2c(io, conn, idle_timeout, drain)).await;
+                    boxed(|| server::serve_h2c(io, conn, idle_timeout, stats, drain)).await;
                 }
                 return;
             }

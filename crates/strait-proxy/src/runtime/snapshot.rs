@@ -218,6 +218,7 @@ impl Snapshot {
                 address: l.address,
                 proxy_headers: l.proxy_headers.clone(),
                 idle_timeout: l.idle_timeout.non_zero(),
+                h2_streams: l.http2.max_concurrent_streams,
                 routes,
                 connections: metrics.listener(&l.name),
                 peers: metrics.peers(&l.name),
@@ -333,6 +334,8 @@ pub struct ListenerPlan {
     pub paths: Option<PathRules>,
     /// Keep-alive idle timeout.
     pub idle_timeout: Option<Duration>,
+    /// Most streams an HTTP/2 client connection may have open at once.
+    pub h2_streams: u32,
     /// Routes in declared order.
     pub routes: RouteTable<RouteAction>,
     /// Connection counters.

@@ -315,6 +315,7 @@ pub struct ListenerStats {
     released: AtomicU64,
     accept_errors: AtomicU64,
     head_timeouts: AtomicU64,
+    http2_floods: AtomicU64,
     tls_full: AtomicU64,
     tls_resumed: AtomicU64,
     tls_failures: [AtomicU64; 3],
@@ -361,6 +362,17 @@ impl ListenerStats {
     /// within the idle timeout (a silent or slow client: nginx logs a 408).
     pub fn head_timed_out(&self) {
         self.head_timeouts.fetch_add(1, Relaxed);
+    }
+
+    /// Counts an HTTP/2 connection closed because its client ran out of frames that open no
+    /// request and carry no data (`http::flood`).
+    pub fn http2_flooded(&self) {
+        self.http2_floods.fetch_add(1, Relaxed);
+    }
+
+    /// HTTP/2 connections closed as floods so far.
+    pub fn http2_floods(&self) -> u64 {
+        self.http2_floods.load(Relaxed)
     }
 
     /// Counts a connection refused because the listener was full.
@@ -818,6 +830,11 @@ impl Collector for StoreCollector {
                 "HTTP/1 connections closed because a request head did not come whole within the idle timeout.",
                 7,
             ),
+            (
+                "strait_listener_http2_floods",
+                "HTTP/2 connections closed because the client sent too many frames that open no request and carry no data (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty DATA).",
+                8,
+            ),
         ] {
             let metric_type = if kind == 2 {
                 MetricType::Gauge
@@ -837,7 +854,8 @@ impl Collector for StoreCollector {
                     4 => ConstCounter::new(s.rate_limited.load(Relaxed)).encode(fam)?,
                     5 => ConstCounter::new(s.released.load(Relaxed)).encode(fam)?,
                     6 => ConstCounter::new(s.accept_errors.load(Relaxed)).encode(fam)?,
-                    _ => ConstCounter::new(s.head_timeouts.load(Relaxed)).encode(fam)?,
+                    7 => ConstCounter::new(s.head_timeouts.load(Relaxed)).encode(fam)?,
+                    _ => ConstCounter::new(s.http2_floods.load(Relaxed)).encode(fam)?,
                 }
             }
         }
