@@ -35,8 +35,8 @@ use strait_config::{ForwardedMode, HashOn, UpstreamProtocol};
 use crate::balance::hash_key;
 use crate::http::alarm::Alarm;
 use crate::http::body::{
-    complete_headers, BodyError, ClientBody, FromUpstream, RequestBody, ResponseBody, TeeBody,
-    Upload, UpstreamBody,
+    complete_headers, BodyError, ClientBody, FromUpstream, RequestBody, RequestBodyBrokeOff,
+    RequestBodyStalled, ResponseBody, TeeBody, Upload, UploadFailure, UpstreamBody,
 };
 use crate::http::client1;
 use crate::http::headers::{self, Appended, Hop, X_STRAIT_ERROR};
@@ -1007,6 +1007,7 @@ fn forward_to<'a>(
         let response = match outcome {
             Ok(ok) => ok,
             Err(e) => {
+                let e = e.blame(upload.as_deref());
                 return send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut()).1;
             }
         };
@@ -1424,6 +1425,23 @@ enum SendError {
 }
 
 impl SendError {
+    /// The client's failure when its body failed (see `Upload::failure`), whatever the
+    /// upstream's side made of it.
+    fn blame(self, upload: Option<&Upload>) -> SendError {
+        let SendError::Upstream(e) = self else {
+            return self;
+        };
+        match upload.and_then(Upload::failure) {
+            Some(UploadFailure::Stalled(limit)) => {
+                SendError::Client(Box::new(RequestBodyStalled(limit)))
+            }
+            Some(UploadFailure::BrokeOff) => SendError::Client(Box::new(RequestBodyBrokeOff)),
+            None => SendError::Upstream(e),
+        }
+    }
+}
+
+impl SendError {
     /// An HTTP/1 exchange's failure, told apart by whose it was.
     fn from_http1(error: client1::Http1Error) -> Self {
         match error {
@@ -1535,13 +1553,12 @@ fn send<'a>(
                 if fresh {
                     opened();
                 }
-                let response = sender.send_request(*request).await.map_err(|e| {
-                    if client_body_stalled(&e) {
-                        SendError::Client(Box::new(e))
-                    } else {
-                        SendError::Upstream(Box::new(e))
-                    }
-                })?;
+                // A failure the client's body caused shows here as the stream's reset (hyper
+                // resets it): `SendError::blame` tells it apart.
+                let response = sender
+                    .send_request(*request)
+                    .await
+                    .map_err(|e| SendError::Upstream(Box::new(e)))?;
                 Ok(Box::new(response.map(FromUpstream::Http2)))
             }
             Outgoing::Http1(request) => {

@@ -574,6 +574,76 @@ async fn a_request_body_that_stops_coming_is_answered_408_after_the_idle_timeout
     assert_eq!(proxy.get("a", "/").await.upstream(), "app");
 }
 
+/// Under an HTTP/2 upstream too, a request body that stalls or breaks off is the client's doing:
+/// hyper resets the upstream stream when the body fails, and that reset is not the endpoint's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_fails_is_not_blamed_on_an_http2_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::echo("app").await;
+    let proxy = Proxy::start(&route_to(
+        &cluster(
+            up.addr,
+            "    protocol: http2\n    outlier_detection: { consecutive_gateway_errors: 1, max_ejection_percent: 100 }\n",
+        ),
+        "        idle_timeout: 1s\n",
+    ))
+    .await;
+    let resets = || proxy.metric("strait_upstream_resets_total", &[("cluster", "target")]);
+
+    // Stalled.
+    let mut h1 = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    h1.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    within(
+        Duration::from_secs(10),
+        "an answer, then the close",
+        async { h1.read_to_end(&mut answer).await },
+    )
+    .await
+    .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_body_timeout"), "{answer}");
+
+    // Broken off: a chunk that is not one, after the upstream got the head and a first chunk.
+    let before = up.hits();
+    let mut h1 = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    h1.write_all(
+        b"POST /up HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .expect("write");
+    assert!(
+        eventually(Duration::from_secs(5), || async { up.hits() > before }).await,
+        "the request never reached the upstream"
+    );
+    h1.write_all(b"zz\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    within(
+        Duration::from_secs(10),
+        "an answer, then the close",
+        async { h1.read_to_end(&mut answer).await },
+    )
+    .await
+    .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    assert_eq!(
+        resets().await,
+        Some(0.0),
+        "counted as the upstream's resets"
+    );
+    // One failure would have ejected the endpoint had it been blamed.
+    assert_eq!(proxy.get("a", "/").await.upstream(), "app");
+}
+
 /// An upstream that takes a request's head, then none of its body and never answers, is timed
 /// out by the route's `timeout`, counted from the last chunk it took: the timeout counts from
 /// the end of the upload, and that end never comes.

@@ -358,6 +358,7 @@ impl<'a> Tries<'a> {
                     Attempted::Answered(answer, endpoint)
                 }
                 Err(e) => {
+                    let e = e.blame(upload.as_deref());
                     let (failure, reply) =
                         send_failed(e, cluster, endpoint, counters, addr, grpc, span.as_mut());
                     Attempted::Failed(failure, reply, endpoint)

@@ -56,6 +56,17 @@ pub struct Upload {
     /// The body waits on the client (its pace is the idle timer's to judge), not on the
     /// upstream taking what came.
     client_turn: std::cell::Cell<bool>,
+    /// How the client's body failed, if it did.
+    failed: std::cell::Cell<Option<UploadFailure>>,
+}
+
+/// How a client's request body failed on its way upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UploadFailure {
+    /// None of it came for the idle timeout.
+    Stalled(Duration),
+    /// The client closed or reset, or sent a malformed body.
+    BrokeOff,
 }
 
 impl Upload {
@@ -66,7 +77,14 @@ impl Upload {
             idle: std::cell::RefCell::new(idle.map(IdleTimer::new)),
             took: std::cell::Cell::new(None),
             client_turn: std::cell::Cell::new(false),
+            failed: std::cell::Cell::new(None),
         }
+    }
+
+    /// How the client's body failed, if it did. An upstream request that failed after that
+    /// failed because of it: hyper's HTTP/2 client resets the stream and reports the reset.
+    pub(crate) fn failure(&self) -> Option<UploadFailure> {
+        self.failed.get()
     }
 
     fn end(&self) {
@@ -116,6 +134,7 @@ impl Body for ClientBody {
                     if let Some(timer) = upload.idle.borrow_mut().as_mut() {
                         if timer.expired(cx) {
                             upload.end();
+                            upload.failed.set(Some(UploadFailure::Stalled(timer.limit)));
                             let stalled = RequestBodyStalled(timer.limit);
                             return Poll::Ready(Some(Err(Box::new(stalled))));
                         }
@@ -127,6 +146,9 @@ impl Body for ClientBody {
                 }
                 upload.client_turn.set(false);
                 upload.took.set(Some(Instant::now()));
+                if let Some(Err(_)) = &frame {
+                    upload.failed.set(Some(UploadFailure::BrokeOff));
+                }
                 // The end, a failure, or a last frame.
                 if !matches!(frame, Some(Ok(_))) || b.is_end_stream() {
                     upload.end();
@@ -613,6 +635,11 @@ pub struct StreamIdleTimeout(Duration);
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent none of the request body for {0:?}")]
 pub struct RequestBodyStalled(pub(crate) Duration);
+
+/// Why a request failed: its client's body broke off (a close, a reset, a malformed chunk).
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body broke off")]
+pub struct RequestBodyBrokeOff;
 
 /// Why an answer was cut: its client took none of it for the route's idle timeout.
 #[derive(Debug, thiserror::Error)]
