@@ -273,14 +273,16 @@ async fn certificates_are_chosen_by_sni_and_alpn_picks_the_protocol() {
         "forwarded over HTTP/1.1: {body}"
     );
 
-    // Plain HTTP on a TLS port gets no answer.
+    // Plain HTTP on a TLS port is not served: it gets a 400 saying so.
     let plain = within(
         Duration::from_secs(5),
         "plain",
         proxy.send(Proto::H1, simple("GET", "a", "/")),
     )
-    .await;
-    assert!(plain.is_err(), "plain HTTP was served on a TLS listener");
+    .await
+    .expect("an answer");
+    assert_eq!(plain.status, 400, "{}", plain.text());
+    assert!(plain.text().contains("use https://"), "{}", plain.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -920,6 +922,59 @@ async fn a_connect_and_close_is_no_handshake_failure() {
     .await;
     assert!(counted, "{}", proxy.admin_get("/metrics").await.text());
     assert_eq!(failures("handshake").await, Some(0.0));
+}
+
+/// Plain HTTP sent to a TLS listener gets a 400 saying so, as from nginx, not a TLS alert the
+/// client cannot read; a TLS client on the same listener is served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_on_a_tls_listener_gets_400_saying_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = Dir::new();
+    let ca = Ca::new("test CA");
+    let up = Upstream::echo("app").await;
+    let (listener, _) = tls_listener(&dir, &ca, "");
+    let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
+    let mut tcp = TcpStream::connect(proxy.listen).await.expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    within(Duration::from_secs(5), "the answer and the close", async {
+        tcp.read_to_end(&mut answer).await
+    })
+    .await
+    .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("x-strait-error: bad_request"), "{answer}");
+    assert!(
+        answer.ends_with("plain HTTP sent to a TLS port; use https://\n"),
+        "{answer}"
+    );
+    assert_eq!(up.hits(), 0);
+    assert_eq!(
+        proxy
+            .metric(
+                "strait_tls_handshake_failures_total",
+                &[("listener", "main"), ("reason", "plain_http")],
+            )
+            .await,
+        Some(1.0)
+    );
+    // Not TLS and not HTTP: the handshake's failure, as before.
+    let mut tcp = TcpStream::connect(proxy.listen).await.expect("connect");
+    tcp.write_all(b"\x00\x01garbage").await.expect("write");
+    let mut rest = Vec::new();
+    let _ = within(
+        Duration::from_secs(5),
+        "the close",
+        tcp.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(!rest.starts_with(b"HTTP"), "{rest:?}");
 }
 
 /// A session is not checked again when it resumes: once `client_auth` is tightened by a

@@ -80,31 +80,44 @@ fn serve_tls(
     crate::http::boxed(|| async move {
         let peer = conn.peer;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
-        let stream =
-            match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    if let Some(s) = &stats {
-                        // A close is not a broken handshake: load balancers' TCP checks connect
-                        // and close, and must not set off the alert on handshake failures.
-                        let closed = e.kind() == std::io::ErrorKind::UnexpectedEof;
-                        s.tls_failed(if closed {
-                            TlsFailure::Closed
-                        } else {
-                            TlsFailure::Handshake
-                        });
-                    }
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
+        let handshake = async move {
+            if sent_plain_http(&stream).await {
+                return Err(Refused::PlainHttp(stream));
+            }
+            acceptor.accept(stream).await.map_err(Refused::Tls)
+        };
+        let stream = match tokio::time::timeout(tls.handshake_timeout, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(Refused::PlainHttp(stream))) => {
+                if let Some(s) = &stats {
+                    s.tls_failed(TlsFailure::PlainHttp);
                 }
-                Err(_) => {
-                    if let Some(s) = &stats {
-                        s.tls_failed(TlsFailure::Timeout);
-                    }
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
+                tracing::debug!(%peer, "plain HTTP on a TLS listener");
+                answer_plain_http(stream).await;
+                return;
+            }
+            Ok(Err(Refused::Tls(e))) => {
+                if let Some(s) = &stats {
+                    // A close is not a broken handshake: load balancers' TCP checks connect
+                    // and close, and must not set off the alert on handshake failures.
+                    let closed = e.kind() == std::io::ErrorKind::UnexpectedEof;
+                    s.tls_failed(if closed {
+                        TlsFailure::Closed
+                    } else {
+                        TlsFailure::Handshake
+                    });
                 }
-            };
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                if let Some(s) = &stats {
+                    s.tls_failed(TlsFailure::Timeout);
+                }
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
         let (_, session) = stream.get_ref();
         if let Some(s) = &stats {
             s.tls_handshake(session.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
@@ -129,6 +142,46 @@ fn serve_tls(
             crate::http::server1::serve_http1(io, conn, idle_timeout, stats, drain).await;
         }
     })
+}
+
+/// Why a TLS listener's connection got no TLS session.
+enum Refused {
+    Tls(std::io::Error),
+    /// The client spoke plain HTTP.
+    PlainHttp(TcpStream),
+}
+
+/// Whether a client of a TLS listener opened with plain HTTP: its first byte is a method's
+/// capital letter, where a TLS handshake record starts with 22. Its first bytes are in
+/// (`TCP_DEFER_ACCEPT`), so this is one `recv(MSG_PEEK)`.
+async fn sent_plain_http(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
+}
+
+/// The answer to plain HTTP on a TLS listener: a 400 saying so, as nginx gives (where the
+/// client would otherwise get a TLS alert it cannot read, and `curl http://` an empty reply).
+async fn answer_plain_http(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "bad_request: plain HTTP sent to a TLS port; use https://\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         x-strait-error: bad_request\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let limit = Duration::from_secs(1);
+    let mut sink = [0u8; 4096];
+    // What the client sent is read and dropped, before the answer and after it until the
+    // client closes (at most 1 s): a socket closed with unread bytes resets the connection,
+    // and the client's kernel throws the answer away.
+    let _ = stream.try_read(&mut sink);
+    let _ = tokio::time::timeout(limit, async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
 }
 
 /// Serves HTTP/2 on a client connection (h2c with prior knowledge, or TLS whose ALPN chose

@@ -318,7 +318,7 @@ pub struct ListenerStats {
     http2_floods: AtomicU64,
     tls_full: AtomicU64,
     tls_resumed: AtomicU64,
-    tls_failures: [AtomicU64; 3],
+    tls_failures: [AtomicU64; 4],
     /// Malformed request heads, by the status they were answered with (see [`MALFORMED`]).
     malformed: [AtomicU64; 3],
 }
@@ -338,6 +338,8 @@ pub enum TlsFailure {
     /// The client closed the connection during the handshake (a TCP health check that
     /// connects and closes, or a client that gave up): not a failure of the protocol.
     Closed = 2,
+    /// The client sent a plain HTTP request (answered 400, as nginx does).
+    PlainHttp = 3,
 }
 
 impl ListenerStats {
@@ -891,12 +893,12 @@ impl Collector for StoreCollector {
         {
             let mut m = encoder.encode_descriptor(
                 "strait_tls_handshake_failures",
-                "TLS handshakes with clients that failed, by reason (handshake, timeout, closed).",
+                "TLS handshakes with clients that failed, by reason (handshake, timeout, closed, plain_http).",
                 None,
                 MetricType::Counter,
             )?;
             for (l, s) in &listeners {
-                for (reason, n) in ["handshake", "timeout", "closed"]
+                for (reason, n) in ["handshake", "timeout", "closed", "plain_http"]
                     .iter()
                     .zip(&s.tls_failures)
                 {
