@@ -33,6 +33,27 @@ async fn h2_client(proxy: &Proxy) -> h2::client::SendRequest<Bytes> {
     send
 }
 
+/// An HTTP/2 client over `io` whose streams' and connection's windows are as given, ready.
+async fn h2_client_with_windows<T>(
+    io: T,
+    stream: u32,
+    connection: u32,
+) -> h2::client::SendRequest<Bytes>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(stream)
+        .initial_connection_window_size(connection)
+        .handshake::<_, Bytes>(io)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send.ready().await.expect("ready")
+}
+
 /// Sends `req` without a body; the answer's status and fields.
 async fn h2_ask(
     send: &mut h2::client::SendRequest<Bytes>,
@@ -167,6 +188,16 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// HTTP/2 connections the listener closed as floods.
+async fn floods(proxy: &Proxy) -> Option<f64> {
+    proxy
+        .metric(
+            "strait_listener_http2_floods_total",
+            &[("listener", "main")],
+        )
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_floods_pings_is_closed_and_counted() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -200,12 +231,7 @@ async fn a_client_that_floods_pings_is_closed_and_counted() {
         answered < 17 * PINGS,
         "every ping was answered ({answered} bytes)"
     );
-    let floods = proxy
-        .metric(
-            "strait_listener_http2_floods_total",
-            &[("listener", "main")],
-        )
-        .await;
+    let floods = floods(&proxy).await;
     assert_eq!(floods, Some(1.0));
 }
 
@@ -217,16 +243,7 @@ async fn a_client_with_a_tiny_window_updates_it_as_often_as_it_needs() {
     let up = Upstream::echo("up").await;
     let proxy = Proxy::start(&config(up.addr, "")).await;
     let tcp = TcpStream::connect(proxy.listen).await.expect("connect");
-    let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(1024)
-        .initial_connection_window_size(1024)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut send = send.ready().await.expect("ready");
+    let mut send = h2_client_with_windows(tcp, 1024, 1024).await;
     let req = Request::get("http://h2.example/big")
         .header("x-echo-response-bytes", SIZE.to_string())
         .body(())
@@ -244,12 +261,7 @@ async fn a_client_with_a_tiny_window_updates_it_as_often_as_it_needs() {
     })
     .await;
     assert_eq!(got, SIZE);
-    let floods = proxy
-        .metric(
-            "strait_listener_http2_floods_total",
-            &[("listener", "main")],
-        )
-        .await;
+    let floods = floods(&proxy).await;
     assert_eq!(floods, Some(0.0));
 }
 
@@ -270,16 +282,7 @@ async fn a_drained_connection_lingers_so_a_slow_reader_gets_the_whole_answer() {
     let up = raw_upstream([body], Duration::ZERO, false).await;
     let proxy = Proxy::start(&config(up, "")).await;
     let tcp = SlowRead::new(TcpStream::connect(proxy.listen).await.expect("connect"));
-    let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(6 << 20)
-        .initial_connection_window_size(12 << 20)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut send = send.ready().await.expect("ready");
+    let mut send = h2_client_with_windows(tcp, 6 << 20, 12 << 20).await;
     let req = Request::builder()
         .uri(format!("http://{}/big", proxy.listen))
         .body(())

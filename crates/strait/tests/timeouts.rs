@@ -26,6 +26,44 @@ fn cluster(addr: impl std::fmt::Display, extra: &str) -> String {
     format!("  - name: target\n{extra}    endpoints: [{{ address: \"{addr}\" }}]\n")
 }
 
+/// A proxy whose route has an `idle_timeout` of 1 s, to a cluster (`cluster_extra` added) that
+/// ejects its endpoint at its first gateway error: a request that blames the endpoint shows.
+async fn ejecting_at_one_failure(up: std::net::SocketAddr, cluster_extra: &str) -> Proxy {
+    let outlier =
+        "    outlier_detection: { consecutive_gateway_errors: 1, max_ejection_percent: 100 }\n";
+    Proxy::start(&route_to(
+        &cluster(up, &format!("{cluster_extra}{outlier}")),
+        "        idle_timeout: 1s\n",
+    ))
+    .await
+}
+
+/// Sends an HTTP/1 request's head and 10 of the 1,000 bytes of body it announces; the answer.
+async fn stalled_upload(proxy: &Proxy) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut h1 = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    h1.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    answer_then_close(&mut h1).await
+}
+
+/// What the proxy writes on an HTTP/1 connection until it closes it, as text.
+async fn answer_then_close(h1: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    within(
+        Duration::from_secs(10),
+        "an answer, then the close",
+        h1.read_to_end(&mut answer),
+    )
+    .await
+    .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Sends one GET over each protocol and checks the proxy's error answer.
 async fn expect_error(proxy: &Proxy, status: u16, code: &str, max: Duration) {
     for proto in [Proto::H1, Proto::H2] {
@@ -507,33 +545,11 @@ clusters:
 /// for as long as it liked. The endpoint is not blamed: the next request goes to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_that_stops_coming_is_answered_408_after_the_idle_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::echo("app").await;
-    let proxy = Proxy::start(&route_to(
-        &cluster(
-            up.addr,
-            "    outlier_detection: { consecutive_gateway_errors: 1, max_ejection_percent: 100 }\n",
-        ),
-        "        idle_timeout: 1s\n",
-    ))
-    .await;
+    let proxy = ejecting_at_one_failure(up.addr, "").await;
 
-    let mut h1 = tokio::net::TcpStream::connect(proxy.listen)
-        .await
-        .expect("connect");
-    h1.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\ncontent-length: 1000\r\n\r\n0123456789")
-        .await
-        .expect("write");
     let started = Instant::now();
-    let mut answer = Vec::new();
-    within(
-        Duration::from_secs(10),
-        "HTTP/1: an answer, then the close",
-        async { h1.read_to_end(&mut answer).await },
-    )
-    .await
-    .expect("read");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = stalled_upload(&proxy).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_body_timeout"), "{answer}");
     let took = started.elapsed();
@@ -578,34 +594,13 @@ async fn a_request_body_that_stops_coming_is_answered_408_after_the_idle_timeout
 /// hyper resets the upstream stream when the body fails, and that reset is not the endpoint's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_that_fails_is_not_blamed_on_an_http2_upstream() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let up = Upstream::echo("app").await;
-    let proxy = Proxy::start(&route_to(
-        &cluster(
-            up.addr,
-            "    protocol: http2\n    outlier_detection: { consecutive_gateway_errors: 1, max_ejection_percent: 100 }\n",
-        ),
-        "        idle_timeout: 1s\n",
-    ))
-    .await;
+    let proxy = ejecting_at_one_failure(up.addr, "    protocol: http2\n").await;
     let resets = || proxy.metric("strait_upstream_resets_total", &[("cluster", "target")]);
 
     // Stalled.
-    let mut h1 = tokio::net::TcpStream::connect(proxy.listen)
-        .await
-        .expect("connect");
-    h1.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\ncontent-length: 1000\r\n\r\n0123456789")
-        .await
-        .expect("write");
-    let mut answer = Vec::new();
-    within(
-        Duration::from_secs(10),
-        "an answer, then the close",
-        async { h1.read_to_end(&mut answer).await },
-    )
-    .await
-    .expect("read");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = stalled_upload(&proxy).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_body_timeout"), "{answer}");
 
@@ -624,15 +619,7 @@ async fn a_request_body_that_fails_is_not_blamed_on_an_http2_upstream() {
         "the request never reached the upstream"
     );
     h1.write_all(b"zz\r\n").await.expect("write");
-    let mut answer = Vec::new();
-    within(
-        Duration::from_secs(10),
-        "an answer, then the close",
-        async { h1.read_to_end(&mut answer).await },
-    )
-    .await
-    .expect("read");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = answer_then_close(&mut h1).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 
     assert_eq!(
