@@ -498,6 +498,13 @@ pub(crate) fn serve(
                     if let Some(t) = trace.as_mut() {
                         t.note_cluster(&cluster.name);
                     }
+                    if let Some(waiting) = body_held_back(&req, action.idle_timeout) {
+                        if let Err((cause, detail)) = waiting.await {
+                            let mut response = local_reply(grpc, cause, detail);
+                            answered(listener, stats, log.take(), trace, &mut response, &clock);
+                            return Ok(response);
+                        }
+                    }
                     forward_to(
                         req,
                         &conn,
@@ -530,6 +537,56 @@ pub(crate) fn serve(
         answered(listener, stats, log.take(), trace, &mut response, &clock);
         Ok(response)
     }
+}
+
+/// The wait for an HTTP/1 request body its client holds back (see `body_sent`), if it does.
+/// Apart and boxed: the gateway's future holds a pointer for the rare wait, not its timer.
+#[inline(never)]
+#[allow(clippy::type_complexity)]
+fn body_held_back(
+    req: &Request<ClientBody>,
+    idle: Option<Duration>,
+) -> Option<Pin<Box<dyn std::future::Future<Output = Result<(), (Cause, &'static str)>> + '_>>> {
+    let ClientBody::Http1(body) = req.body() else {
+        return None;
+    };
+    let due = body.held_back()?;
+    Some(Box::pin(body_sent(body, due, idle)))
+}
+
+/// Waits for the first `due` bytes of an HTTP/1 request body its client holds back (see
+/// `RequestBody1::held_back`), before an upstream is involved; the client may pause for `idle`
+/// at most. The cause and detail of the answer when they do not come.
+async fn body_sent(
+    body: &crate::http::server1::RequestBody1,
+    due: usize,
+    idle: Option<Duration>,
+) -> Result<(), (Cause, &'static str)> {
+    let mut timer = idle.map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
+    let mut seen = 0;
+    std::future::poll_fn(|cx| {
+        let (sent, have) = body.poll_held_back(due, cx);
+        match sent {
+            Poll::Ready(true) => return Poll::Ready(Ok(())),
+            Poll::Ready(false) => {
+                let detail = "the client closed before its request body came";
+                return Poll::Ready(Err((Cause::BadRequest, detail)));
+            }
+            Poll::Pending => {}
+        }
+        if let Some((limit, sleep)) = &mut timer {
+            if have > seen {
+                seen = have;
+                sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
+            }
+            if std::future::Future::poll(sleep.as_mut(), cx).is_ready() {
+                let detail = "the request body paused for longer than the route's idle_timeout";
+                return Poll::Ready(Err((Cause::RequestBodyTimeout, detail)));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// A request's log entry until its answer takes it. Dropped with the request before that (an

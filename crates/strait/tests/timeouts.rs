@@ -50,6 +50,32 @@ async fn stalled_upload(proxy: &Proxy) -> String {
     answer_then_close(&mut h1).await
 }
 
+/// Sends an HTTP/2 request's head and 10 bytes of body, then nothing; the answer.
+async fn stalled_h2_upload(proxy: &Proxy) -> http::Response<h2::RecvStream> {
+    let tcp = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.expect("ready");
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/up", proxy.listen))
+        .body(())
+        .expect("request");
+    let (answer, mut body) = send.send_request(req, false).expect("send");
+    body.send_data(bytes::Bytes::from_static(b"0123456789"), false)
+        .expect("data");
+    let answer = within(Duration::from_secs(10), "HTTP/2: an answer", answer)
+        .await
+        .expect("answer");
+    // The stream stays open (the body unfinished) until the answer came.
+    drop(body);
+    answer
+}
+
 /// What the proxy writes on an HTTP/1 connection until it closes it, as text.
 async fn answer_then_close(h1: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;
@@ -557,27 +583,11 @@ async fn a_request_body_that_stops_coming_is_answered_408_after_the_idle_timeout
         took >= Duration::from_secs(1) && took < Duration::from_secs(5),
         "{took:?}"
     );
+    // An HTTP/1 body with a length is waited for before an upstream is involved.
+    assert_eq!(up.hits(), 0, "the held-back request reached the upstream");
 
-    let tcp = tokio::net::TcpStream::connect(proxy.listen)
-        .await
-        .expect("connect");
-    let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut send = send.ready().await.expect("ready");
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{}/up", proxy.listen))
-        .body(())
-        .expect("request");
-    let (answer, mut body) = send.send_request(req, false).expect("send");
-    body.send_data(bytes::Bytes::from_static(b"0123456789"), false)
-        .expect("data");
     let started = Instant::now();
-    let answer = within(Duration::from_secs(10), "HTTP/2: an answer", answer)
-        .await
-        .expect("answer");
+    let answer = stalled_h2_upload(&proxy).await;
     assert_eq!(answer.status(), StatusCode::REQUEST_TIMEOUT);
     assert_eq!(answer.headers()["x-strait-error"], "request_body_timeout");
     let took = started.elapsed();
@@ -590,6 +600,43 @@ async fn a_request_body_that_stops_coming_is_answered_408_after_the_idle_timeout
     assert_eq!(proxy.get("a", "/").await.upstream(), "app");
 }
 
+/// An HTTP/1 body with a length is waited for before an upstream is involved: all of a short
+/// one, the first 8 KiB of a long one. A client that holds it back reaches no upstream; one that
+/// sends it slowly but steadily is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_http1_body_reaches_no_upstream_and_a_slow_one_is_served() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::echo("app").await;
+    let proxy = ejecting_at_one_failure(up.addr, "").await;
+
+    // 9,000 bytes announced, 8,000 sent: short of the 8 KiB the proxy waits for.
+    let mut h1 = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    let head = "POST /up HTTP/1.1\r\nHost: a\r\ncontent-length: 9000\r\n\r\n";
+    h1.write_all(head.as_bytes()).await.expect("write");
+    h1.write_all(&[b'x'; 8000]).await.expect("write");
+    let answer = answer_then_close(&mut h1).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(up.hits(), 0, "the held-back request reached the upstream");
+
+    // 3,000 bytes in pieces of 500, 400 ms apart: each pause under the 1 s idle timeout.
+    let mut h1 = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    let head = "POST /up HTTP/1.1\r\nHost: a\r\ncontent-length: 3000\r\nconnection: close\r\n\r\n";
+    h1.write_all(head.as_bytes()).await.expect("write");
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(up.hits(), 0, "sent upstream before the body was in");
+        h1.write_all(&[b'y'; 500]).await.expect("write");
+    }
+    let answer = answer_then_close(&mut h1).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(up.hits(), 1);
+    assert_eq!(up.seen()[0].body_len, 3000);
+}
+
 /// Under an HTTP/2 upstream too, a request body that stalls or breaks off is the client's doing:
 /// hyper resets the upstream stream when the body fails, and that reset is not the endpoint's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,10 +646,10 @@ async fn a_request_body_that_fails_is_not_blamed_on_an_http2_upstream() {
     let proxy = ejecting_at_one_failure(up.addr, "    protocol: http2\n").await;
     let resets = || proxy.metric("strait_upstream_resets_total", &[("cluster", "target")]);
 
-    // Stalled.
-    let answer = stalled_upload(&proxy).await;
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("request_body_timeout"), "{answer}");
+    // Stalled (over HTTP/2, whose request bodies are streamed as they come).
+    let answer = stalled_h2_upload(&proxy).await;
+    assert_eq!(answer.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(answer.headers()["x-strait-error"], "request_body_timeout");
 
     // Broken off: a chunk that is not one, after the upstream got the head and a first chunk.
     let before = up.hits();

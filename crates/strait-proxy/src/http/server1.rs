@@ -47,7 +47,7 @@ use crate::http::head1::{self, HeadError, Slots};
 use crate::http::headers::{
     self, received, Known, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
 };
-use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
+use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD, READ_BUF};
 use crate::http::{boxed, server, ClientIo, Rewound};
 use crate::telemetry::metrics::ListenerStats;
 
@@ -336,6 +336,47 @@ impl RequestBody1 {
     /// its socket has not been taken yet.
     pub(crate) fn is_upgrade(&self) -> bool {
         self.upgrade.is_some()
+    }
+
+    /// How many of a body with a length must be in before an upstream is involved: all of
+    /// it, or as much as the connection's read buffer holds ([`READ_BUF`]) when it is longer.
+    /// `None` once that many are in, for a chunked body, and for one behind `100 Continue`
+    /// (whose client waits for the proxy's word before sending it).
+    ///
+    /// A client that sends a head and then holds its body back would otherwise hold an
+    /// upstream connection and a circuit-breaker slot for the route's `idle_timeout` (1,024
+    /// such connections and a cluster answers 503 to everyone). Waited for first, its body
+    /// costs only the client's own connection; a client must send this much to make the proxy
+    /// open a request upstream (HAProxy's `http-buffer-request`; nginx buffers whole bodies).
+    pub(crate) fn held_back(&self) -> Option<usize> {
+        let inb = self.inbound.borrow();
+        let BodyState::Length(left) = inb.body else {
+            return None;
+        };
+        let due = left.min(READ_BUF as u64) as usize;
+        (inb.interim.is_empty() && inb.rd.buffered().len() < due).then_some(due)
+    }
+
+    /// Reads the body's first `due` bytes into the connection's buffer ([`Self::held_back`]):
+    /// `true` once they are in, `false` when the client closed or failed first. Also returns
+    /// how many are in, so a caller can time the client's pauses.
+    pub(crate) fn poll_held_back(&self, due: usize, cx: &mut Context<'_>) -> (Poll<bool>, usize) {
+        let mut guard = self.inbound.borrow_mut();
+        let inb = &mut *guard;
+        loop {
+            let have = inb.rd.buffered().len();
+            if have >= due {
+                return (Poll::Ready(true), have);
+            }
+            let Some(io) = inb.io.as_mut() else {
+                return (Poll::Ready(false), have);
+            };
+            match inb.rd.poll_fill(io, cx) {
+                Poll::Ready(Ok(0) | Err(_)) => return (Poll::Ready(false), have),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return (Poll::Pending, have),
+            }
+        }
     }
 
     /// The request's `content-type` is gRPC's (`application/grpc`, `application/grpc+proto`,
