@@ -164,6 +164,13 @@ enum Framing {
 struct Outbox {
     queue: VecDeque<Bytes>,
     queued: usize,
+    /// The request's head once it was written whole: kept rather than dropped then (it is
+    /// dropped once the answer's head came), so a request the upstream took on a connection it
+    /// had just closed can go again on another (see [`Encoded::resendable`]). No second
+    /// reference is taken: a clone cost ~30 instructions a request more than this.
+    sent: Option<Bytes>,
+    /// The front of the queue is the request's head.
+    head_front: bool,
 }
 
 impl Outbox {
@@ -173,6 +180,8 @@ impl Outbox {
     fn start(&mut self, head: Bytes) {
         self.queue.clear();
         self.queued = 0;
+        self.sent = None;
+        self.head_front = !head.is_empty();
         self.push(head);
     }
 
@@ -191,10 +200,15 @@ impl Outbox {
             };
             if n < front.len() {
                 let _ = front.split_to(n);
+                // Part of the head went: it is no longer whole.
+                self.head_front = false;
                 return;
             }
             n -= front.len();
-            self.queue.pop_front();
+            let written = self.queue.pop_front();
+            if std::mem::take(&mut self.head_front) {
+                self.sent = written;
+            }
         }
     }
 }
@@ -371,6 +385,11 @@ pub struct Encoded {
     head: Bytes,
     writer: Writer,
     head_only: bool,
+    /// Idempotent (RFC 9110 9.2.2) and without a body: sent whole on a reused connection that
+    /// then failed before any byte of an answer (the upstream closed it as it came), it may go
+    /// again on a new one, as nginx and hyper's client resend it. Without this, a request
+    /// that met an upstream's keep-alive close got 502.
+    resendable: bool,
 }
 
 /// Sends an encoded request on `conn` and reads the response head. The returned body streams
@@ -389,14 +408,16 @@ pub fn send(
         head,
         writer,
         head_only,
+        resendable,
     } = request;
     conn.out.start(head);
-    exchange(conn, writer, upgrade, keep_raw, head_only)
+    exchange(conn, writer, upgrade, keep_raw, head_only, resendable)
 }
 
 /// Writes the request queued on `conn` (its head, then `writer`'s body) and reads the answer's
 /// head. The future holds no more of the request than its body: the head is bytes in the
-/// connection's queue, taken back from there if the request must go again.
+/// connection's queue, taken back from there if the request must go again (or from
+/// `Outbox::sent` once written, for one that may go again then: [`Encoded::resendable`]).
 #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments and its locals apart
 fn exchange(
     mut conn: Box<Conn1>,
@@ -404,6 +425,7 @@ fn exchange(
     upgrade: bool,
     keep_raw: bool,
     head_only: bool,
+    resendable: bool,
 ) -> impl std::future::Future<Output = Result<Response<Body1>, SendFailed>> {
     async move {
         let polled = std::future::poll_fn(|cx| {
@@ -416,16 +438,29 @@ fn exchange(
         })
         .await;
         let head = match polled {
-            Ok(head) => head,
+            Ok(head) => {
+                // Answered: the head need not go again (dropped now, so its buffer may be
+                // reused).
+                conn.out.sent = None;
+                head
+            }
             Err(error) => {
                 // Only the head queued and none of it written: the body was not touched, and the
-                // request can go again as it came.
+                // request can go again as it came. Or one that may go again was written whole
+                // and met the connection's close before any answer.
                 let untouched = conn.reused && !writer.wrote && conn.out.queue.len() == 1;
-                let head = untouched.then(|| conn.out.queue.pop_front()).flatten();
+                let head = if untouched {
+                    conn.out.queue.pop_front()
+                } else if conn.reused && resendable && conn.rd.is_empty() && closed(&error) {
+                    conn.out.sent.take()
+                } else {
+                    None
+                };
                 let unsent = head.map(|head| Encoded {
                     head,
                     writer,
                     head_only,
+                    resendable,
                 });
                 return Err(SendFailed { error, unsent });
             }
@@ -564,6 +599,22 @@ pub fn encode(
             wrote: false,
         },
         head_only: parts.method == Method::HEAD,
+        resendable: empty && parts.method.is_idempotent(),
+    }
+}
+
+/// Whether `error` says the upstream closed or reset the connection.
+fn closed(error: &Http1Error) -> bool {
+    match error {
+        Http1Error::Closed => true,
+        Http1Error::Io(e) => matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
     }
 }
 
@@ -1761,6 +1812,59 @@ mod tests {
         );
         assert!(got.contains("x-request-id: id-1\r\n"), "{got}");
         assert!(got.ends_with("\r\n\r\n"), "{got}");
+    }
+
+    /// An upstream that reads a request and closes its connection without a word, as one does
+    /// whose keep-alive timeout ran out as the request came.
+    async fn closing_upstream() -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut got = vec![0u8; 4096];
+            let n = sock.read(&mut got).await.unwrap();
+            got.truncate(n);
+            got
+        });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_request_a_reused_connection_closed_on_goes_again() {
+        let (addr, server) = closing_upstream().await;
+        let mut kept = conn(addr).await;
+        kept.reused = true;
+        let failed = send(
+            kept,
+            encoded(get("/again"), Appended::default()),
+            false,
+            false,
+        )
+        .await
+        .unwrap_err();
+        let written = server.await.unwrap();
+        assert!(written.starts_with(b"GET /again HTTP/1.1\r\n"));
+        let unsent = failed
+            .unsent
+            .expect("a GET written whole, then the close before any answer: it may go again");
+        assert_eq!(unsent.head, written, "the same head goes again");
+
+        // Not on a new connection (the upstream refused it, nothing to blame on a close).
+        let (addr, server) = closing_upstream().await;
+        let failed = send_plain(addr, get("/")).await.unwrap_err();
+        assert!(failed.unsent.is_none());
+        server.await.unwrap();
+        // Nor a request with a body, nor one that is not idempotent.
+        for request in [post("3", b"abc"), post("0", b"")] {
+            let (addr, server) = closing_upstream().await;
+            let mut kept = conn(addr).await;
+            kept.reused = true;
+            let failed = send(kept, encoded(request, Appended::default()), false, false)
+                .await
+                .unwrap_err();
+            assert!(failed.unsent.is_none(), "{:?}", failed.error);
+            server.await.unwrap();
+        }
     }
 
     #[tokio::test]
