@@ -562,7 +562,7 @@ async fn body_sent(
     due: usize,
     idle: Option<Duration>,
 ) -> Result<(), (Cause, &'static str)> {
-    let mut timer = idle.map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
+    let mut timer = idle.map(crate::http::body::IdleTimer::new);
     let mut seen = 0;
     std::future::poll_fn(|cx| {
         let (sent, have) = body.poll_held_back(due, cx);
@@ -574,12 +574,10 @@ async fn body_sent(
             }
             Poll::Pending => {}
         }
-        if let Some((limit, sleep)) = &mut timer {
-            if have > seen {
-                seen = have;
-                sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
-            }
-            if std::future::Future::poll(sleep.as_mut(), cx).is_ready() {
+        if let Some(timer) = &mut timer {
+            timer.active |= have > seen;
+            seen = have;
+            if timer.expired(cx) {
                 let detail = "the request body paused for longer than the route's idle_timeout";
                 return Poll::Ready(Err((Cause::RequestBodyTimeout, detail)));
             }
@@ -1496,9 +1494,7 @@ impl SendError {
             None => SendError::Upstream(e),
         }
     }
-}
 
-impl SendError {
     /// An HTTP/1 exchange's failure, told apart by whose it was.
     fn from_http1(error: client1::Http1Error) -> Self {
         match error {
@@ -1927,7 +1923,7 @@ pub(crate) enum Cause {
 }
 
 impl Cause {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Cause::NoRoute => "no_route",
             Cause::Forbidden => "forbidden",

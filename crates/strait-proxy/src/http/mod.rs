@@ -186,9 +186,7 @@ impl<T> Batched<T> {
         }
         written
     }
-}
 
-impl<T> Batched<T> {
     /// Passes on what a write did, crediting its bytes to the client's frame budget.
     fn credit(&mut self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         if let Poll::Ready(Ok(n)) = written {

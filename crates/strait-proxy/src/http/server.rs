@@ -93,7 +93,15 @@ fn serve_tls(
                     s.tls_failed(TlsFailure::PlainHttp);
                 }
                 tracing::debug!(%peer, "plain HTTP on a TLS listener");
-                answer_plain_http(stream).await;
+                // nginx's answer, where the client would otherwise get a TLS alert it cannot
+                // read (and `curl http://` an empty reply).
+                let detail = "plain HTTP sent to a TLS port; use https://";
+                crate::http::server1::answer_and_close(
+                    ClientIo::Plain(stream),
+                    http::StatusCode::BAD_REQUEST,
+                    Some((gateway::Cause::BadRequest.name(), detail)),
+                )
+                .await;
                 return;
             }
             Ok(Err(Refused::Tls(e))) => {
@@ -157,31 +165,6 @@ enum Refused {
 async fn sent_plain_http(stream: &TcpStream) -> bool {
     let mut first = [0u8; 1];
     matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
-}
-
-/// The answer to plain HTTP on a TLS listener: a 400 saying so, as nginx gives (where the
-/// client would otherwise get a TLS alert it cannot read, and `curl http://` an empty reply).
-async fn answer_plain_http(mut stream: TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const BODY: &str = "bad_request: plain HTTP sent to a TLS port; use https://\n";
-    let answer = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
-         x-strait-error: bad_request\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    let limit = Duration::from_secs(1);
-    let mut sink = [0u8; 4096];
-    // What the client sent is read and dropped, before the answer and after it until the
-    // client closes (at most 1 s): a socket closed with unread bytes resets the connection,
-    // and the client's kernel throws the answer away.
-    let _ = stream.try_read(&mut sink);
-    let _ = tokio::time::timeout(limit, async {
-        stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await?;
-        while stream.read(&mut sink).await? > 0 {}
-        std::io::Result::Ok(())
-    })
-    .await;
 }
 
 /// Serves HTTP/2 on a client connection (h2c with prior knowledge, or TLS whose ALPN chose

@@ -46,6 +46,7 @@ use crate::http::client1::{content_length, put_field, put_hex, RawHead, RAW_FIEL
 use crate::http::head1::{self, HeadError, Slots};
 use crate::http::headers::{
     self, received, Known, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, HOP_UPGRADE,
+    X_STRAIT_ERROR,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD, READ_BUF};
 use crate::http::{boxed, server, ClientIo, Rewound};
@@ -1456,13 +1457,36 @@ async fn discard_rest(inbound: &RefCell<Inbound>) -> bool {
 
 /// Answers a malformed request head and closes the connection.
 async fn reject(inbound: &RefCell<Inbound>, status: StatusCode) {
-    let mut s = BytesMut::with_capacity(128);
-    put_status_line(&mut s, status);
-    put_date(&mut s);
-    s.put_slice(b"content-length: 0\r\nconnection: close\r\n\r\n");
-    let Some(mut io) = inbound.borrow_mut().io.take() else {
+    let Some(io) = inbound.borrow_mut().io.take() else {
         return;
     };
+    answer_and_close(io, status, None).await;
+}
+
+/// Writes an answer of the proxy's own on `io` and closes it (see [`linger`]): `status`, and
+/// with `error` (a cause and its detail) the `x-strait-error` field and a body that says so, as
+/// the gateway's own answers do.
+pub(crate) async fn answer_and_close(
+    mut io: ClientIo,
+    status: StatusCode,
+    error: Option<(&str, &str)>,
+) {
+    let mut s = BytesMut::with_capacity(256);
+    put_status_line(&mut s, status);
+    put_date(&mut s);
+    let body = error.map(|(cause, detail)| {
+        s.put_slice(b"content-type: text/plain; charset=utf-8\r\n");
+        put_field(&mut s, X_STRAIT_ERROR.as_str().as_bytes(), cause.as_bytes());
+        format!("{cause}: {detail}\n")
+    });
+    let length = body.as_ref().map_or(0, String::len);
+    put_field(
+        &mut s,
+        b"content-length",
+        itoa::Buffer::new().format(length).as_bytes(),
+    );
+    s.put_slice(b"connection: close\r\n\r\n");
+    s.put_slice(body.unwrap_or_default().as_bytes());
     let written = async {
         io.write_all(&s).await?;
         io.flush().await
