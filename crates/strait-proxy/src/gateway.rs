@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{ready, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,8 +35,9 @@ use strait_config::{ForwardedMode, HashOn, UpstreamProtocol};
 use crate::balance::hash_key;
 use crate::http::alarm::Alarm;
 use crate::http::body::{
-    complete_headers, BodyError, ClientBody, FromUpstream, RequestBody, RequestBodyBrokeOff,
-    RequestBodyStalled, ResponseBody, TeeBody, Upload, UploadFailure, UpstreamBody,
+    complete_headers, BodyError, ClientBody, FromUpstream, Gathered, RequestBody,
+    RequestBodyBrokeOff, RequestBodyStalled, ResponseBody, TeeBody, Upload, UploadFailure,
+    UpstreamBody,
 };
 use crate::http::client1;
 use crate::http::headers::{self, Appended, Hop, X_STRAIT_ERROR};
@@ -498,7 +499,14 @@ pub(crate) fn serve(
                     if let Some(t) = trace.as_mut() {
                         t.note_cluster(&cluster.name);
                     }
-                    if let Some(waiting) = body_held_back(&req, action.idle_timeout) {
+                    if let ClientBody::Hyper(body) = req.body() {
+                        let gather =
+                            |_: &usize| !grpc && !req.headers().contains_key(header::EXPECT);
+                        if let Some(due) = Gathered::due(body).filter(gather) {
+                            req = gathered(req, due);
+                        }
+                    }
+                    if let Some(waiting) = body_held_back(&mut req, action.idle_timeout) {
                         if let Err((cause, detail)) = waiting.await {
                             let mut response = local_reply(grpc, cause, detail);
                             answered(listener, stats, log.take(), trace, &mut response, &clock);
@@ -539,33 +547,50 @@ pub(crate) fn serve(
     }
 }
 
-/// The wait for an HTTP/1 request body its client holds back (see `body_sent`), if it does.
-/// Apart and boxed: the gateway's future holds a pointer for the rare wait, not its timer.
+/// An HTTP/2 request whose body's first `due` bytes are to be read before an upstream is
+/// involved (see [`Gathered`]). Apart: rare, and a request moved by value.
+#[inline(never)]
+fn gathered(req: Request<ClientBody>, due: usize) -> Request<ClientBody> {
+    req.map(|body| match body {
+        ClientBody::Hyper(body) => ClientBody::Gathered(Box::new(Gathered::new(body, due))),
+        other => other,
+    })
+}
+
+/// The wait for a request body its client holds back (see `body_sent`), if it does: an
+/// HTTP/1 body in the connection's buffer, an HTTP/2 one [`Gathered`]. Apart and boxed: the
+/// gateway's future holds a pointer for the rare wait, not its timer.
 #[inline(never)]
 #[allow(clippy::type_complexity)]
 fn body_held_back(
-    req: &Request<ClientBody>,
+    req: &mut Request<ClientBody>,
     idle: Option<Duration>,
 ) -> Option<Pin<Box<dyn std::future::Future<Output = Result<(), (Cause, &'static str)>> + '_>>> {
-    let ClientBody::Http1(body) = req.body() else {
-        return None;
-    };
-    let due = body.held_back()?;
-    Some(Box::pin(body_sent(body, due, idle)))
+    match req.body_mut() {
+        ClientBody::Http1(body) => {
+            let due = body.held_back()?;
+            Some(Box::pin(body_sent(
+                move |cx| body.poll_held_back(due, cx),
+                idle,
+            )))
+        }
+        ClientBody::Gathered(body) => Some(Box::pin(body_sent(|cx| body.poll_gather(cx), idle))),
+        ClientBody::Hyper(_) | ClientBody::Watched(..) => None,
+    }
 }
 
-/// Waits for the first `due` bytes of an HTTP/1 request body its client holds back (see
-/// `RequestBody1::held_back`), before an upstream is involved; the client may pause for `idle`
-/// at most. The cause and detail of the answer when they do not come.
+/// Waits for the first bytes of a request body its client holds back (see
+/// `RequestBody1::held_back` and [`Gathered`]), before an upstream is involved: `poll` reads
+/// them, saying when they are in and how many are. The client may pause for `idle` at most.
+/// The cause and detail of the answer when they do not come.
 async fn body_sent(
-    body: &crate::http::server1::RequestBody1,
-    due: usize,
+    mut poll: impl FnMut(&mut Context<'_>) -> (Poll<bool>, usize),
     idle: Option<Duration>,
 ) -> Result<(), (Cause, &'static str)> {
     let mut timer = idle.map(crate::http::body::IdleTimer::new);
     let mut seen = 0;
     std::future::poll_fn(|cx| {
-        let (sent, have) = body.poll_held_back(due, cx);
+        let (sent, have) = poll(cx);
         match sent {
             Poll::Ready(true) => return Poll::Ready(Ok(())),
             Poll::Ready(false) => {
@@ -1880,7 +1905,7 @@ fn proxy_fields(req: &Request<ClientBody>) -> u8 {
     match req.body() {
         ClientBody::Http1(body) => body.proxy_fields(),
         // Hop-by-hop fields are not looked for here: the map is looked through for them.
-        ClientBody::Hyper(_) | ClientBody::Watched(..) => {
+        ClientBody::Hyper(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => {
             headers::proxy_fields_in(req.headers()) | headers::FIELD_HOP_BY_HOP
         }
     }
@@ -1890,7 +1915,7 @@ fn is_grpc(req: &Request<ClientBody>) -> bool {
     match req.body() {
         // Seen as the head was parsed.
         ClientBody::Http1(body) => body.is_grpc(),
-        ClientBody::Hyper(_) | ClientBody::Watched(..) => req
+        ClientBody::Hyper(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => req
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| headers::is_grpc_content_type(v.as_bytes())),

@@ -50,8 +50,8 @@ async fn stalled_upload(proxy: &Proxy) -> String {
     answer_then_close(&mut h1).await
 }
 
-/// Sends an HTTP/2 request's head and 10 bytes of body, then nothing; the answer.
-async fn stalled_h2_upload(proxy: &Proxy) -> http::Response<h2::RecvStream> {
+/// An HTTP/2 connection to the proxy, driven in a task of its own.
+async fn h2_to(proxy: &Proxy) -> h2::client::SendRequest<bytes::Bytes> {
     let tcp = tokio::net::TcpStream::connect(proxy.listen)
         .await
         .expect("connect");
@@ -59,6 +59,12 @@ async fn stalled_h2_upload(proxy: &Proxy) -> http::Response<h2::RecvStream> {
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    send
+}
+
+/// Sends an HTTP/2 request's head and 10 bytes of body, then nothing; the answer.
+async fn stalled_h2_upload(proxy: &Proxy) -> http::Response<h2::RecvStream> {
+    let send = h2_to(proxy).await;
     let mut send = send.ready().await.expect("ready");
     let req = http::Request::builder()
         .method("POST")
@@ -635,6 +641,67 @@ async fn a_held_back_http1_body_reaches_no_upstream_and_a_slow_one_is_served() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(up.hits(), 1);
     assert_eq!(up.seen()[0].body_len, 3000);
+}
+
+/// An HTTP/2 body with a length is gathered before an upstream is involved, as HTTP/1's is
+/// waited for: a client that opens a stream and holds its body back reaches no upstream; one
+/// that sends it slowly but steadily is served whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_http2_body_reaches_no_upstream_and_a_slow_one_is_served() {
+    let up = Upstream::echo("app").await;
+    let proxy = ejecting_at_one_failure(up.addr, "").await;
+    let send = h2_to(&proxy).await;
+    let post = |len: usize| {
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/up", proxy.listen))
+            .header("content-length", len)
+            .body(())
+            .expect("request")
+    };
+
+    // 9,000 bytes announced, 8,000 sent: short of the 8 KiB the proxy waits for.
+    let mut send = send.ready().await.expect("ready");
+    let (answer, mut body) = send.send_request(post(9000), false).expect("send");
+    body.send_data(vec![b'x'; 8000].into(), false)
+        .expect("data");
+    let started = Instant::now();
+    let answer = within(Duration::from_secs(10), "HTTP/2: an answer", answer)
+        .await
+        .expect("answer");
+    assert_eq!(answer.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(answer.headers()["x-strait-error"], "request_body_timeout");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(up.hits(), 0, "the held-back request reached the upstream");
+    drop(body);
+
+    // 3,000 bytes in pieces of 500, 400 ms apart: each pause under the 1 s idle timeout.
+    let mut send = send.ready().await.expect("ready");
+    let (answer, mut body) = send.send_request(post(3000), false).expect("send");
+    for piece in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(up.hits(), 0, "sent upstream before the body was in");
+        body.send_data(vec![b'y'; 500].into(), piece == 5)
+            .expect("data");
+    }
+    let answer = within(Duration::from_secs(10), "HTTP/2: an answer", answer)
+        .await
+        .expect("answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(up.hits(), 1);
+    assert_eq!(up.seen()[0].body_len, 3000);
+
+    // A long body: its first 8 KiB are gathered, the rest streams after them.
+    let mut send = send.ready().await.expect("ready");
+    let whole: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let (answer, mut body) = send.send_request(post(whole.len()), false).expect("send");
+    body.send_data(whole.clone().into(), true).expect("data");
+    let answer = within(Duration::from_secs(10), "HTTP/2: an answer", answer)
+        .await
+        .expect("answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(up.hits(), 2);
+    assert_eq!(up.seen()[1].body_len, whole.len() as u64);
 }
 
 /// Under an HTTP/2 upstream too, a request body that stalls or breaks off is the client's doing:

@@ -33,6 +33,9 @@ pub enum ClientBody {
     Hyper(Incoming),
     /// Read off an HTTP/1.1 connection, plain or TLS, by whoever polls it (`server1`).
     Http1(crate::http::server1::RequestBody1),
+    /// An HTTP/2 body whose first bytes were read before an upstream was involved
+    /// ([`Gathered`]).
+    Gathered(Box<Gathered>),
     /// One of the above, forwarded while it still arrives: `Upload` learns when it ends and
     /// whose turn it is, and times the client's pauses.
     Watched(Box<ClientBody>, Rc<Upload>),
@@ -106,13 +109,75 @@ impl Upload {
     }
 }
 
+/// An HTTP/2 request body with a length whose first bytes (all of it, or [`GATHER`] bytes when
+/// it is longer) are read before an upstream is involved, then handed on first: as HTTP/1's
+/// are waited for in the connection's buffer
+/// ([`RequestBody1::held_back`](crate::http::server1::RequestBody1::held_back)). A client that
+/// opens streams and holds their bodies back then holds no upstream request, and no
+/// circuit-breaker slot, while it waits.
+#[derive(Debug)]
+pub struct Gathered {
+    early: std::collections::VecDeque<Frame<Bytes>>,
+    /// Bytes of data read into `early`.
+    have: usize,
+    /// How many are to be read before an upstream is involved.
+    due: usize,
+    rest: Incoming,
+}
+
+/// How much of a long HTTP/2 body is read before an upstream is involved: the same as an
+/// HTTP/1 connection's read buffer. The client's stream window (1 MiB) already lets it send
+/// more than this, which h2 holds, so the wait adds no memory a client could not take anyway.
+pub(crate) const GATHER: usize = crate::http::inbuf::READ_BUF;
+
+impl Gathered {
+    /// How many bytes of `body` are to be read before an upstream is involved, when it has a
+    /// length and has not ended. (Not for a client waiting on `100 Continue`: hyper's HTTP/2
+    /// server never sends one, and the client would wait out its own timer first.)
+    pub(crate) fn due(body: &Incoming) -> Option<usize> {
+        let len = body.size_hint().exact()?;
+        let due = len.min(GATHER as u64) as usize;
+        (due > 0 && !body.is_end_stream()).then_some(due)
+    }
+
+    /// `body`, whose first `due` bytes ([`Self::due`]) are to be read.
+    pub(crate) fn new(body: Incoming, due: usize) -> Self {
+        Gathered {
+            early: std::collections::VecDeque::new(),
+            have: 0,
+            due,
+            rest: body,
+        }
+    }
+
+    /// Reads the body until its due bytes are in or it ends: `true` then, `false` when the
+    /// client reset the stream or sent a malformed body first. Also returns how many are in,
+    /// so a caller can time the client's pauses.
+    pub(crate) fn poll_gather(&mut self, cx: &mut Context<'_>) -> (Poll<bool>, usize) {
+        loop {
+            if self.have >= self.due || self.rest.is_end_stream() {
+                return (Poll::Ready(true), self.have);
+            }
+            match Pin::new(&mut self.rest).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.have += frame.data_ref().map_or(0, Bytes::len);
+                    self.early.push_back(frame);
+                }
+                Poll::Ready(Some(Err(_))) => return (Poll::Ready(false), self.have),
+                Poll::Ready(None) => return (Poll::Ready(true), self.have),
+                Poll::Pending => return (Poll::Pending, self.have),
+            }
+        }
+    }
+}
+
 impl ClientBody {
     /// The head's fields, when `server1` kept them as they came (see
     /// [`RequestBody1::take_fields`](crate::http::server1::RequestBody1::take_fields)).
     pub(crate) fn take_fields(&mut self) -> Option<Box<crate::http::client1::RawHead>> {
         match self {
             ClientBody::Http1(body) => body.take_fields(),
-            ClientBody::Hyper(_) | ClientBody::Watched(..) => None,
+            ClientBody::Hyper(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => None,
         }
     }
 }
@@ -128,6 +193,10 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ClientBody::Http1(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Gathered(b) => match b.early.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => Pin::new(&mut b.rest).poll_frame(cx).map_err(Into::into),
+            },
             ClientBody::Watched(b, upload) => {
                 let Poll::Ready(frame) = Pin::new(&mut **b).poll_frame(cx) else {
                     upload.client_turn.set(true);
@@ -162,6 +231,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(b) => b.is_end_stream(),
             ClientBody::Http1(b) => b.is_end_stream(),
+            ClientBody::Gathered(b) => b.early.is_empty() && b.rest.is_end_stream(),
             ClientBody::Watched(b, _) => b.is_end_stream(),
         }
     }
@@ -170,6 +240,22 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(b) => b.size_hint(),
             ClientBody::Http1(b) => b.size_hint(),
+            ClientBody::Gathered(b) => {
+                // What is left of the body: the frames read early, and what h2 still counts.
+                let early: usize = b
+                    .early
+                    .iter()
+                    .filter_map(Frame::data_ref)
+                    .map(Bytes::len)
+                    .sum();
+                let rest = b.rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + early as u64);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + early as u64);
+                }
+                hint
+            }
             ClientBody::Watched(b, _) => b.size_hint(),
         }
     }

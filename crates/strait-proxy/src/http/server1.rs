@@ -86,7 +86,7 @@ impl ClientUpgrade {
     pub(crate) fn of(req: &mut Request<ClientBody>) -> Option<Self> {
         match req.body_mut() {
             ClientBody::Http1(body) => body.take_upgrade().map(ClientUpgrade),
-            ClientBody::Hyper(_) | ClientBody::Watched(..) => None,
+            ClientBody::Hyper(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => None,
         }
     }
 
