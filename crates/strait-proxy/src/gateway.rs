@@ -801,11 +801,13 @@ fn forward_to<'a>(
                 }
             }
             // A body still to come, under a timeout: that counts from its end, and the client
-            // may keep it waiting for the idle timeout only (see `Upload`).
+            // may keep it waiting for the idle timeout only (see `Upload`). Under an HTTP/2
+            // upstream, watched whatever the timeouts: how it failed is known only from here.
             let ended = http_body::Body::is_end_stream(&body);
             let per_try = action.retry.as_ref().and_then(|p| p.per_try_timeout);
             let timed = action.timeout.is_some() || per_try.is_some();
-            upload = if !ended && (timed || action.idle_timeout.is_some()) {
+            let h2 = cluster.protocol == UpstreamProtocol::Http2;
+            upload = if !ended && (timed || action.idle_timeout.is_some() || h2) {
                 let upload = Rc::new(Upload::new(action.idle_timeout));
                 body = ClientBody::Watched(Box::new(body), Rc::clone(&upload));
                 Some(upload)
