@@ -206,14 +206,14 @@ async fn a_client_that_floods_pings_is_closed_and_counted() {
     let proxy = Proxy::start(&config(up.addr, "")).await;
     let tcp = TcpStream::connect(proxy.listen).await.expect("connect");
     let (mut rx, mut tx) = tcp.into_split();
-    // Counts what comes back (each PING's acknowledgement is 17 bytes) until the proxy closes.
+    // Keeps what comes back (each PING's acknowledgement is 17 bytes) until the proxy closes.
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0;
+        let mut got = Vec::new();
         while let Ok(n @ 1..) = rx.read(&mut buf).await {
-            total += n;
+            got.extend_from_slice(&buf[..n]);
         }
-        total
+        got
     });
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend(frame(0x4, &[]));
@@ -224,13 +224,23 @@ async fn a_client_that_floods_pings_is_closed_and_counted() {
             break;
         }
     }
-    let answered = within(Duration::from_secs(10), "the proxy closes", reader)
+    let got = within(Duration::from_secs(10), "the proxy closes", reader)
         .await
         .expect("reader");
     assert!(
-        answered < 17 * PINGS,
-        "every ping was answered ({answered} bytes)"
+        got.len() < 17 * PINGS,
+        "every ping was answered ({} bytes)",
+        got.len()
     );
+    // The last frame says why: GOAWAY (0x7), no stream acted on, ENHANCE_YOUR_CALM (0xb).
+    let mut at = 0;
+    let mut last = &got[..0];
+    while let Some(head) = got.get(at..at + 9) {
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        last = got.get(at..at + 9 + len).expect("whole frames");
+        at += 9 + len;
+    }
+    assert_eq!(last, frame(0x7, &[0, 0, 0, 0, 0, 0, 0, 0xb]));
     let floods = floods(&proxy).await;
     assert_eq!(floods, Some(1.0));
 }

@@ -8,7 +8,8 @@
 //! each such frame. A connection starts with [`BURST`] tokens and earns more by being used:
 //! [`PER_STREAM`] for each `HEADERS` frame, one for each 256 bytes written to it (the client's
 //! `WINDOW_UPDATE`s follow what it is sent) and [`PER_SECOND`] with time, so a client's
-//! keep-alive pings never run out. One that does run out is closed, and counted in
+//! keep-alive pings never run out. One that does run out is sent a `GOAWAY` with
+//! `ENHANCE_YOUR_CALM` ([`goaway`]) and closed, and counted in
 //! `strait_listener_http2_floods_total`. Envoy bounds the same frames by similar ratios
 //! (`max_inbound_priority_frames_per_stream`, `max_inbound_window_update_frames_per_data_frame_sent`).
 
@@ -44,6 +45,9 @@ pub(crate) struct FrameMeter {
     head: [u8; FRAME_HEADER_LEN],
     have: u8,
     tokens: u32,
+    /// The highest stream a `HEADERS` frame opened: the last a `GOAWAY` says may have been
+    /// acted on.
+    last_stream: u32,
     /// Bytes written that earned no token yet.
     written: u32,
     /// Up to when time has been paid in tokens.
@@ -78,6 +82,7 @@ impl FrameMeter {
             head: [0; FRAME_HEADER_LEN],
             have: 0,
             tokens: BURST,
+            last_stream: 0,
             written: 0,
             paid_until: Instant::now(),
             stats,
@@ -95,10 +100,11 @@ impl FrameMeter {
             if bytes.is_empty() {
                 return Ok(());
             }
-            let head = if self.have == 0 && bytes.len() >= FRAME_HEADER_LEN {
+            let head: [u8; FRAME_HEADER_LEN] = if self.have == 0 && bytes.len() >= FRAME_HEADER_LEN
+            {
                 let (head, rest) = bytes.split_at(FRAME_HEADER_LEN);
                 bytes = rest;
-                [head[0], head[1], head[2], head[3]]
+                head.try_into().unwrap_or_default()
             } else {
                 let at = self.have as usize;
                 let n = bytes.len().min(FRAME_HEADER_LEN - at);
@@ -109,14 +115,18 @@ impl FrameMeter {
                     return Ok(());
                 }
                 self.have = 0;
-                [self.head[0], self.head[1], self.head[2], self.head[3]]
+                self.head
             };
             let len = u32::from_be_bytes([0, head[0], head[1], head[2]]);
             self.skip = len;
             match head[3] {
                 DATA if len > 0 => {}
                 CONTINUATION => {}
-                HEADERS => self.tokens = (self.tokens + PER_STREAM).min(BURST),
+                HEADERS => {
+                    self.tokens = (self.tokens + PER_STREAM).min(BURST);
+                    let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+                    self.last_stream = self.last_stream.max(id & 0x7fff_ffff);
+                }
                 kind => self.spend(kind)?,
             }
         }
@@ -157,6 +167,20 @@ impl FrameMeter {
             }
         }
     }
+}
+
+/// The `GOAWAY` frame a flooding client is sent before its connection closes: no stream after
+/// the last one it opened was acted on, and the error is `ENHANCE_YOUR_CALM` (RFC 9113 5.4.1,
+/// as nginx and Envoy send for floods).
+pub(crate) fn goaway(meter: &FrameMeter) -> [u8; FRAME_HEADER_LEN + 8] {
+    const GOAWAY: u8 = 0x7;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let mut frame = [0u8; FRAME_HEADER_LEN + 8];
+    frame[2] = 8;
+    frame[3] = GOAWAY;
+    frame[9..13].copy_from_slice(&meter.last_stream.to_be_bytes());
+    frame[13..].copy_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    frame
 }
 
 #[cfg(test)]
@@ -230,6 +254,21 @@ mod tests {
         assert_eq!(flood.kind, PING);
         assert!(sent >= BURST - 1000, "ran out after {sent}");
         assert_eq!(stats.http2_floods(), 1);
+    }
+
+    #[test]
+    fn the_goaway_names_the_last_stream_opened() {
+        let mut meter = FrameMeter::new(None);
+        meter.read(PREFACE).expect("paid");
+        for id in [1u32, 7, 3] {
+            let mut headers = frame(HEADERS, &[0x82; 4]);
+            headers[5..9].copy_from_slice(&id.to_be_bytes());
+            meter.read(&headers).expect("paid");
+        }
+        let goaway = goaway(&meter);
+        // Length 8, type GOAWAY, no flags, stream 0; last stream 7; ENHANCE_YOUR_CALM.
+        assert_eq!(goaway[..9], [0, 0, 8, 7, 0, 0, 0, 0, 0]);
+        assert_eq!(goaway[9..], [0, 0, 0, 7, 0, 0, 0, 0xb]);
     }
 
     #[test]

@@ -129,6 +129,9 @@ pub(crate) struct Batched<T> {
     waited: bool,
     linger: Linger,
     meter: flood::FrameMeter,
+    /// What was written ends with a whole frame: every write so far was taken whole (hyper
+    /// offers whole frames), and there was one. A frame of the proxy's own may follow.
+    at_frame_end: bool,
 }
 
 /// How long a closing HTTP/2 connection waits for the client's next bytes, and for all of
@@ -162,6 +165,7 @@ impl<T> Batched<T> {
             waited: false,
             linger: Linger::Open,
             meter: flood::FrameMeter::new(stats),
+            at_frame_end: false,
         }
     }
 
@@ -187,16 +191,40 @@ impl<T> Batched<T> {
         written
     }
 
-    /// Passes on what a write did, crediting its bytes to the client's frame budget.
-    fn credit(&mut self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+    /// Passes on what a write of `offered` bytes did, crediting its bytes to the client's frame
+    /// budget.
+    fn credit(
+        &mut self,
+        written: Poll<io::Result<usize>>,
+        offered: usize,
+    ) -> Poll<io::Result<usize>> {
         if let Poll::Ready(Ok(n)) = written {
             self.meter.wrote(n);
+            self.at_frame_end = n == offered;
         }
         written
     }
+
+    /// Tells a flooding client why it is closed, when a frame of the proxy's own can go out
+    /// now: a `GOAWAY` with `ENHANCE_YOUR_CALM` ([`flood::goaway`]), written and flushed once
+    /// without waiting (a socket that cannot take 17 bytes at once is not waited on). The
+    /// connection fails either way.
+    fn goaway(&mut self, cx: &mut Context<'_>)
+    where
+        T: AsyncWrite + Unpin,
+    {
+        if !self.at_frame_end {
+            return;
+        }
+        let frame = flood::goaway(&self.meter);
+        if let Poll::Ready(Ok(n)) = Pin::new(&mut self.io).poll_write(cx, &frame) {
+            self.at_frame_end = n == frame.len();
+            let _ = Pin::new(&mut self.io).poll_flush(cx);
+        }
+    }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Batched<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -207,7 +235,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Batched<T> {
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
         match this.meter.read(&buf.filled()[before..]) {
             Ok(()) => Poll::Ready(Ok(())),
-            Err(flood) => Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, flood))),
+            Err(flood) => {
+                this.goaway(cx);
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, flood)))
+            }
         }
     }
 }
@@ -220,7 +251,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = this.poll_batched(cx, |io, cx| io.poll_write(cx, buf));
-        this.credit(written)
+        this.credit(written, buf.len())
     }
 
     fn poll_write_vectored(
@@ -230,7 +261,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = this.poll_batched(cx, |io, cx| io.poll_write_vectored(cx, bufs));
-        this.credit(written)
+        let offered = bufs.iter().map(|b| b.len()).sum();
+        this.credit(written, offered)
     }
 
     fn is_write_vectored(&self) -> bool {
