@@ -29,6 +29,13 @@ pub struct Config {
     /// How long SIGTERM waits for in-flight requests before exiting. Default: `30s`.
     #[serde(default = "defaults::drain_timeout")]
     pub drain_timeout: Duration,
+    /// How long SIGTERM keeps the proxy serving and accepting as before, with `/ready`
+    /// answering 503, before the drain starts: time for a load balancer or Kubernetes to stop
+    /// sending it new connections (HAProxy's `grace`; what a `preStop` sleep does for Envoy
+    /// and Linkerd). A second SIGTERM or SIGINT, or `POST /drain`, starts the drain at once.
+    /// Default: `0s` (the drain starts at once).
+    #[serde(default, skip_serializing_if = "Duration::is_zero")]
+    pub drain_delay: Duration,
     /// How long a worker that has run out of work keeps polling its sockets before its thread
     /// sleeps, up to `100ms`: lower latency under light load on hosts where waking a sleeping
     /// CPU is slow, for CPU spent polling. Default: `0s` (a worker sleeps as soon as it has

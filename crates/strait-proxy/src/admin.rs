@@ -89,6 +89,8 @@ async fn answer(
         (&Method::GET, "/ready") => {
             if shared.is_draining() {
                 text_reply(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if shared.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                text_reply(StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
             } else {
                 text_reply(StatusCode::OK, "ready\n")
             }

@@ -674,6 +674,49 @@ async fn sigterm_waits_no_longer_than_drain_timeout() {
     .await;
 }
 
+/// With a `drain_delay`, SIGTERM first makes `/ready` answer 503 while the proxy goes on
+/// accepting and serving (a load balancer's time to stop sending it connections), then drains
+/// and exits. A second SIGTERM cuts the delay short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_drain_delay_serves_on_not_ready_then_drains() {
+    let up = Upstream::slow("up", Duration::from_millis(10)).await;
+    let delayed = graceful_config(2, &up, "10s\ndrain_delay: 2s");
+    let mut proxy = Proxy::start(&delayed).await;
+    let term_at = Instant::now();
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = proxy.admin_get("/ready").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "/ready");
+    assert_eq!(ready.text(), "stopping\n");
+    // A new connection is still accepted and served.
+    let r = send(proxy.listen, Proto::H1, simple("GET", "g.example.com", "/"))
+        .await
+        .expect("a new connection during drain_delay");
+    assert_eq!(r.status, StatusCode::OK);
+    let status = proxy
+        .wait_exit(Duration::from_secs(6))
+        .await
+        .unwrap_or_else(|| panic!("still running 6 s after SIGTERM with drain_delay 2s"));
+    assert_eq!(status.code(), Some(0), "exit status: {status}");
+    let took = term_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_900),
+        "exited {took:?} after SIGTERM"
+    );
+
+    let delayed = graceful_config(2, &up, "10s\ndrain_delay: 60s");
+    let mut proxy = Proxy::start(&delayed).await;
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(proxy.admin_get("/ready").await.text(), "stopping\n");
+    proxy.signal("TERM");
+    let status = proxy
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("a second SIGTERM did not cut drain_delay short"));
+    assert_eq!(status.code(), Some(0), "exit status: {status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_endpoint_stops_accepting_and_closes_idle_connections() {
     let slow = Upstream::slow("slow", Duration::from_millis(1_500)).await;

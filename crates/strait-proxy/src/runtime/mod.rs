@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     pub updated: watch::Sender<u64>,
     /// Turns true when the proxy drains: stop accepting, finish what is in flight.
     pub draining: watch::Sender<bool>,
+    /// SIGTERM came: `/ready` answers 503 while the proxy serves on for `drain_delay`.
+    pub stopping: std::sync::atomic::AtomicBool,
     /// Open client connections across all workers.
     pub connections: AtomicUsize,
     /// Reloads rejected since start.
@@ -393,6 +395,7 @@ pub fn run(options: ProxyOptions) -> Result<(), StartError> {
         snapshot: ArcSwap::from_pointee(snapshot),
         updated,
         draining,
+        stopping: std::sync::atomic::AtomicBool::new(false),
         connections: AtomicUsize::new(0),
         reload_failures: AtomicU64::new(0),
         last_reload_unix: AtomicU64::new(unix_now()),
@@ -505,8 +508,24 @@ async fn control_main(
     tokio::spawn(crate::admin::serve(admin, Arc::clone(&shared)));
     tokio::spawn(watch_config_file(Arc::clone(&shared), watch_interval));
     tokio::spawn(health::supervise(Arc::clone(&shared)));
-    wait_for_signals(&shared).await;
-
+    let mut signals = Signals::install();
+    signals.stop(&shared).await;
+    let delay = shared.snapshot.load().config.drain_delay.get();
+    if !delay.is_zero() && !shared.is_draining() {
+        // Not ready, still serving: a load balancer that polls `/ready` (or a Kubernetes
+        // endpoints update) has this long to stop sending new connections.
+        shared.stopping.store(true, Ordering::Relaxed);
+        tracing::info!(
+            ?delay,
+            "stopping: /ready answers 503; draining after drain_delay"
+        );
+        let mut drained = shared.draining.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = signals.stop(&shared) => tracing::info!("second stop signal: draining now"),
+            _ = drained.wait_for(|d| *d) => {}
+        }
+    }
     shared.drain();
     let drain_timeout = shared.snapshot.load().config.drain_timeout.get();
     let deadline = tokio::time::Instant::now() + drain_timeout;
@@ -529,24 +548,43 @@ async fn control_main(
     tracing::info!("stopped");
 }
 
-/// Returns on SIGTERM or SIGINT; SIGHUP reloads the config.
-async fn wait_for_signals(shared: &Arc<Shared>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the proxy with SIGKILL");
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading config");
-                reload_off_thread(shared, None).await;
+/// The signals the control thread answers: SIGTERM and SIGINT stop the proxy, SIGHUP reloads
+/// its config.
+struct Signals {
+    /// `None` when the handlers could not be installed: the proxy stops on SIGKILL alone.
+    handlers: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handlers = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Some([term, int, hup]),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop the proxy with SIGKILL");
+                None
+            }
+        };
+        Signals { handlers }
+    }
+
+    /// Returns on the next SIGTERM or SIGINT; a SIGHUP before it reloads the config.
+    async fn stop(&mut self, shared: &Arc<Shared>) {
+        let Some([term, int, hup]) = &mut self.handlers else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading config");
+                    reload_off_thread(shared, None).await;
+                }
             }
         }
     }
