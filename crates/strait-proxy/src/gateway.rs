@@ -463,7 +463,15 @@ pub(crate) fn serve(
                 Box::new(resp)
             }
             RouteKind::Redirect { redirect, status } => {
-                let host = host.as_ref().and_then(headers::value_text).unwrap_or("");
+                let mut host = host.as_ref().and_then(headers::value_text).unwrap_or("");
+                // A request without a host (HTTP/1.0) sent to another scheme or port: a relative
+                // `Location` would keep its own, and loop. The address it reached names the
+                // host instead, as nginx does.
+                let local;
+                if host.is_empty() && (redirect.scheme.is_some() || redirect.port.is_some()) {
+                    local = conn.local.to_string();
+                    host = &local;
+                }
                 let location = route::redirect_location(
                     redirect,
                     conn.scheme(),

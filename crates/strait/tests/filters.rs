@@ -204,6 +204,7 @@ listeners:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_build_location_and_use_each_status() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let config = r#"
 listeners:
   - name: main
@@ -288,6 +289,33 @@ listeners:
                 "{proto:?} {host}{path}: location"
             );
         }
+    }
+
+    // HTTP/1.0 without a host: a path alone would keep the client's scheme and loop, so the
+    // address it reached names the host; a redirect that keeps scheme and port stays relative.
+    let port = proxy.listen.port();
+    for (request, location) in [
+        (
+            "GET /default/a HTTP/1.0\r\n\r\n",
+            format!("https://127.0.0.1:{port}/default/a"),
+        ),
+        (
+            "GET /s307/c HTTP/1.0\r\n\r\n",
+            "http://127.0.0.1:8080/s307/c".to_owned(),
+        ),
+        ("GET /s303 HTTP/1.0\r\n\r\n", "/see-other".to_owned()),
+    ] {
+        let mut h1 = tokio::net::TcpStream::connect(proxy.listen)
+            .await
+            .expect("connect");
+        h1.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        h1.read_to_string(&mut answer).await.expect("read");
+        let expected = format!("\r\nlocation: {location}\r\n");
+        assert!(
+            answer.to_ascii_lowercase().contains(&expected),
+            "{request}: {answer}"
+        );
     }
 }
 

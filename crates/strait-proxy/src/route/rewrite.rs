@@ -101,7 +101,8 @@ fn absolute(mut path: String) -> String {
 ///   is the default of the new scheme (80 for http, 443 for https).
 /// - The query string is kept, appended with `&` when the new path has its own.
 /// - Without a host (a request with no authority) the result is a relative reference
-///   (`/path?query`), which clients resolve against the URL they asked for.
+///   (`/path?query`), which clients resolve against the URL they asked for. (A redirect to
+///   another scheme or port is not given one: the gateway passes the listener's address then.)
 pub fn redirect_location(
     redirect: &Redirect,
     scheme: &str,
