@@ -1,6 +1,7 @@
 //! The bodies that cross the proxy: request bodies on their way upstream, response bodies on
 //! their way back. Both stream frame by frame; nothing here buffers a whole body except the
-//! bounded copy kept for a mirror.
+//! bounded copy kept for a mirror, and an HTTP/2 request body's first 8 KiB are read before an
+//! upstream is involved ([`Gathered`]).
 
 use std::pin::Pin;
 use std::rc::Rc;
@@ -128,7 +129,7 @@ pub struct Gathered {
 /// How much of a long HTTP/2 body is read before an upstream is involved: the same as an
 /// HTTP/1 connection's read buffer. The client's stream window (1 MiB) already lets it send
 /// more than this, which h2 holds, so the wait adds no memory a client could not take anyway.
-pub(crate) const GATHER: usize = crate::http::inbuf::READ_BUF;
+const GATHER: usize = crate::http::inbuf::READ_BUF;
 
 impl Gathered {
     /// How many bytes of `body` are to be read before an upstream is involved, when it has a
