@@ -198,15 +198,12 @@ async fn floods(proxy: &Proxy) -> Option<f64> {
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_floods_pings_is_closed_and_counted() {
+/// Opens an HTTP/2 connection to `proxy` and sends `unit` (a frame) `times` times after the
+/// preface (or until the proxy closes); what came back until it closed.
+async fn flood(proxy: &Proxy, unit: &[u8], times: usize) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const PINGS: usize = 30_000;
-    let up = Upstream::echo("up").await;
-    let proxy = Proxy::start(&config(up.addr, "")).await;
     let tcp = TcpStream::connect(proxy.listen).await.expect("connect");
     let (mut rx, mut tx) = tcp.into_split();
-    // Keeps what comes back (each PING's acknowledgement is 17 bytes) until the proxy closes.
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         let mut got = Vec::new();
@@ -218,21 +215,42 @@ async fn a_client_that_floods_pings_is_closed_and_counted() {
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend(frame(0x4, &[]));
     tx.write_all(&hello).await.expect("preface");
-    let pings: Vec<u8> = (0..1000).flat_map(|_| frame(0x6, &[7; 8])).collect();
-    for _ in 0..PINGS / 1000 {
-        if tx.write_all(&pings).await.is_err() {
+    let batch: Vec<u8> = (0..1000).flat_map(|_| unit.iter().copied()).collect();
+    for _ in 0..times / 1000 {
+        if tx.write_all(&batch).await.is_err() {
             break;
         }
     }
-    let got = within(Duration::from_secs(10), "the proxy closes", reader)
+    within(Duration::from_secs(10), "the proxy closes", reader)
         .await
-        .expect("reader");
+        .expect("reader")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_floods_pings_is_closed_and_counted() {
+    const PINGS: usize = 30_000;
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&config(up.addr, "")).await;
+    // Each PING's acknowledgement is 17 bytes.
+    let got = flood(&proxy, &frame(0x6, &[7; 8]), PINGS).await;
     assert!(
         got.len() < 17 * PINGS,
         "every ping was answered ({} bytes)",
         got.len()
     );
-    // The last frame says why: GOAWAY (0x7), no stream acted on, ENHANCE_YOUR_CALM (0xb).
+    let floods = floods(&proxy).await;
+    assert_eq!(floods, Some(1.0));
+}
+
+/// A flood of frames that need no answer (PRIORITY on an idle stream): what the proxy wrote
+/// ends with whole frames, so the connection's last frame says why it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_told_why_with_goaway_enhance_your_calm() {
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&config(up.addr, "")).await;
+    let mut priority = frame(0x2, &[0, 0, 0, 0, 16]);
+    priority[8] = 3;
+    let got = flood(&proxy, &priority, 30_000).await;
     let mut at = 0;
     let mut last = &got[..0];
     while let Some(head) = got.get(at..at + 9) {
@@ -240,9 +258,9 @@ async fn a_client_that_floods_pings_is_closed_and_counted() {
         last = got.get(at..at + 9 + len).expect("whole frames");
         at += 9 + len;
     }
+    // GOAWAY (0x7): no stream acted on, ENHANCE_YOUR_CALM (0xb).
     assert_eq!(last, frame(0x7, &[0, 0, 0, 0, 0, 0, 0, 0xb]));
-    let floods = floods(&proxy).await;
-    assert_eq!(floods, Some(1.0));
+    assert_eq!(floods(&proxy).await, Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
