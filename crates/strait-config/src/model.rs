@@ -250,6 +250,12 @@ pub struct Listener {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_connections: Option<u64>,
+    /// Most client connections open at once from one client address (IPv4, or IPv6 whole)
+    /// across all workers; a connection beyond it is closed as soon as it is accepted, and
+    /// counted (nginx's `limit_conn`). Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections_per_client: Option<u32>,
     /// Trace context formats read and written; only with a top-level `tracing`.
     /// Default (with `tracing`): `{ accept: [w3c, b3], emit: [w3c] }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

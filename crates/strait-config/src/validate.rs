@@ -224,6 +224,12 @@ impl Checker<'_> {
                     "0 would refuse every connection: give 1 or more, or leave it out for no limit",
                 );
             }
+            if listener.max_connections_per_client == Some(0) {
+                self.say(
+                    at.key("max_connections_per_client"),
+                    "0 would refuse every connection: give 1 or more, or leave it out for no limit",
+                );
+            }
             if listener.http2.max_concurrent_streams == 0 {
                 self.say(
                     at.key("http2").key("max_concurrent_streams"),

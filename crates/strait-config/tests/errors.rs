@@ -609,6 +609,18 @@ fn workers_must_be_at_least_one() {
 }
 
 #[test]
+fn connection_limits_of_zero_are_refused_at_their_field() {
+    for field in ["max_connections", "max_connections_per_client"] {
+        let text = VALID.replace("    routes:", &format!("    {field}: 0\n    routes:"));
+        let e = error_about(&text, &format!("listeners[0].{field}"));
+        // At the value.
+        let (line, column) = locate(&text, &format!("{field}: 0"), 0);
+        assert_eq!((e.line, e.column), (line, column + field.len() + 2));
+        assert_says(&e, &["refuse every connection", "1 or more"]);
+    }
+}
+
+#[test]
 fn busy_poll_is_bounded_and_accepts_microseconds() {
     let text = format!("busy_poll: 200ms\n{VALID}");
     let e = error_about(&text, "busy_poll");

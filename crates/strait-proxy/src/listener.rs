@@ -86,6 +86,17 @@ pub(crate) async fn accept_loop(
                         }
                     }
                 }
+                // A client with its share open already: the same clean close, counted apart.
+                let client = match plan.and_then(|l| Some((l, l.max_per_client?))) {
+                    Some((l, max)) => match l.connections.client_opened(peer.ip(), max) {
+                        Some(count) => Some(count),
+                        None => {
+                            drop(stream);
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 if let Some(routes) = plan.and_then(|l| l.passthrough.clone()) {
                     let denied = plan
                         .and_then(|l| l.authz.as_ref())
@@ -101,6 +112,7 @@ pub(crate) async fn accept_loop(
                     busy_poll::spawn(async move {
                         crate::passthrough::serve(stream, snapshot, routes).await;
                         drop(counted);
+                        drop(client);
                         drop(guard);
                     });
                     continue;
@@ -131,6 +143,7 @@ pub(crate) async fn accept_loop(
                 busy_poll::spawn(async move {
                     serve_connection(stream, conn, idle_timeout, tls, stats, drain).await;
                     drop(counted);
+                    drop(client);
                     drop(guard);
                 });
             }

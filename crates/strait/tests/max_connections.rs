@@ -1,5 +1,6 @@
-//! `max_connections`: beyond the limit a new connection is closed at once (and counted), while
-//! the open ones keep working; when one closes, a new one is served again.
+//! `max_connections` (and `max_connections_per_client`): beyond the limit a new connection is
+//! closed at once (and counted), while the open ones keep working; when one closes, a new one
+//! is served again.
 
 mod support;
 
@@ -11,19 +12,7 @@ use support::*;
 async fn connections_beyond_the_limit_are_refused_cleanly_and_counted() {
     let up = Upstream::echo("limited").await;
     let proxy = Proxy::start(&one_route(up.addr, "max_connections: 3", "", "")).await;
-    let mut open = Vec::new();
-    for _ in 0..3 {
-        let mut conn = Conn::open(proxy.listen, Proto::H1).await.expect("connect");
-        let resp = within(
-            Duration::from_secs(5),
-            "request",
-            conn.fetch(simple("GET", "l.example", "/")),
-        )
-        .await
-        .expect("served within the limit");
-        assert_eq!(resp.status, 200);
-        open.push(conn);
-    }
+    let mut open = served_connections(&proxy, 3).await;
     let mut extra = Conn::open(proxy.listen, Proto::H1)
         .await
         .expect("the kernel accepts the TCP connection");
@@ -134,12 +123,70 @@ async fn new_connections_over_the_rate_are_refused_and_the_rate_holds() {
     );
 }
 
+/// `max_connections_per_client`: a client address with its share open has a new connection
+/// closed at accept (and counted), while another address is served; a closed connection gives
+/// its share back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_beyond_its_share_is_refused_while_others_are_served() {
+    let up = Upstream::echo("shared").await;
+    let proxy = Proxy::start(&one_route(up.addr, "max_connections_per_client: 2", "", "")).await;
+    let mut open = served_connections(&proxy, 2).await;
+    let local = std::net::Ipv4Addr::LOCALHOST.into();
+    let other = std::net::Ipv4Addr::new(127, 0, 0, 2).into();
+    assert_eq!(one_request_from(proxy.listen, local).await, Some(false));
+    assert_eq!(one_request_from(proxy.listen, other).await, Some(true));
+    drop(open.pop());
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            one_request_from(proxy.listen, local).await == Some(true)
+        })
+        .await,
+        "a closed connection did not give its share back"
+    );
+    let overflow = proxy
+        .metric(
+            "strait_listener_connections_per_client_overflow_total",
+            &[("listener", "main")],
+        )
+        .await;
+    assert!(overflow >= Some(1.0), "{overflow:?}");
+}
+
+/// `n` HTTP/1 connections to `proxy`, each served a request and kept open.
+async fn served_connections(proxy: &Proxy, n: usize) -> Vec<Conn> {
+    let mut open = Vec::new();
+    for _ in 0..n {
+        let mut conn = Conn::open(proxy.listen, Proto::H1).await.expect("connect");
+        let resp = within(
+            Duration::from_secs(5),
+            "request",
+            conn.fetch(simple("GET", "l.example", "/")),
+        )
+        .await
+        .expect("served within the limit");
+        assert_eq!(resp.status, 200);
+        open.push(conn);
+    }
+    open
+}
+
 /// One `Connection: close` request on a new connection: `Some(true)` when answered 200,
 /// `Some(false)` when closed without an answer, `None` when nothing happened within 3 s.
 async fn one_request(addr: std::net::SocketAddr) -> Option<bool> {
+    one_request_from(addr, std::net::Ipv4Addr::UNSPECIFIED.into()).await
+}
+
+/// [`one_request`] from the address `from` (any: the system's choice).
+async fn one_request_from(addr: std::net::SocketAddr, from: std::net::IpAddr) -> Option<bool> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
-        let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+        let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+            return false;
+        };
+        if socket.bind((from, 0).into()).is_err() {
+            return false;
+        }
+        let Ok(mut tcp) = socket.connect(addr).await else {
             return false;
         };
         let request = b"GET / HTTP/1.1\r\nhost: r.example\r\nconnection: close\r\n\r\n";

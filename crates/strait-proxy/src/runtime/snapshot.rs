@@ -223,6 +223,7 @@ impl Snapshot {
                 connections: metrics.listener(&l.name),
                 peers: metrics.peers(&l.name),
                 max_connections: l.max_connections,
+                max_per_client: l.max_connections_per_client,
                 connection_rate: l.connection_rate_limit.as_ref().map(|r| {
                     let burst = r
                         .burst
@@ -348,6 +349,8 @@ pub struct ListenerPlan {
     pub access_log: Option<Arc<AccessLogger>>,
     /// Most connections open at once.
     pub max_connections: Option<u64>,
+    /// Most connections open at once from one client address.
+    pub max_per_client: Option<u32>,
     /// New connections per second: the listener's bucket and its rate.
     pub connection_rate: Option<(Arc<KeyedLimiter>, Rate)>,
     /// TLS termination.

@@ -6,6 +6,7 @@
 use crate::authz::Decisions;
 use crate::jwt::{JwtCounters, Refusal};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -312,6 +313,11 @@ pub struct ListenerStats {
     closed: AtomicU64,
     overflowed: AtomicU64,
     rate_limited: AtomicU64,
+    /// Connections closed at accept because their client had `max_connections_per_client`.
+    client_overflowed: AtomicU64,
+    /// Connections open now by client address, when the listener limits them (kept across
+    /// reloads with the rest).
+    per_client: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
     released: AtomicU64,
     accept_errors: AtomicU64,
     head_timeouts: AtomicU64,
@@ -418,6 +424,28 @@ impl ListenerStats {
         self.opened.fetch_add(1, Relaxed);
         ConnectionCount(Arc::clone(self))
     }
+
+    /// Takes one of `client`'s `max` connections, across all workers: the guard gives it back.
+    /// `None`, counted, when the client has them all open already (nginx's `limit_conn`).
+    pub fn client_opened(self: &Arc<Self>, client: IpAddr, max: u32) -> Option<ClientCount> {
+        let mut open = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(client).or_insert(0);
+        if *n >= max {
+            drop(open);
+            self.client_overflowed.fetch_add(1, Relaxed);
+            return None;
+        }
+        *n += 1;
+        Some(ClientCount(Arc::clone(self), client))
+    }
+
+    /// Clients with a connection open now (where the listener limits them per client).
+    pub fn clients(&self) -> usize {
+        self.per_client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
 }
 
 /// Counts a client connection closed when dropped.
@@ -427,6 +455,22 @@ pub struct ConnectionCount(Arc<ListenerStats>);
 impl Drop for ConnectionCount {
     fn drop(&mut self) {
         self.0.closed.fetch_add(1, Relaxed);
+    }
+}
+
+/// Gives one of its client's connections back when dropped ([`ListenerStats::client_opened`]).
+#[derive(Debug)]
+pub struct ClientCount(Arc<ListenerStats>, IpAddr);
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        let mut open = self.0.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Occupied(mut n) = open.entry(self.1) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
     }
 }
 
@@ -818,6 +862,11 @@ impl Collector for StoreCollector {
                 4,
             ),
             (
+                "strait_listener_connections_per_client_overflow",
+                "Client connections closed at once because their client address had max_connections_per_client open.",
+                9,
+            ),
+            (
                 "strait_listener_connections_released",
                 "Times an idle HTTP/1 client connection gave back its buffers while the worker held many connections.",
                 5,
@@ -857,7 +906,8 @@ impl Collector for StoreCollector {
                     5 => ConstCounter::new(s.released.load(Relaxed)).encode(fam)?,
                     6 => ConstCounter::new(s.accept_errors.load(Relaxed)).encode(fam)?,
                     7 => ConstCounter::new(s.head_timeouts.load(Relaxed)).encode(fam)?,
-                    _ => ConstCounter::new(s.http2_floods.load(Relaxed)).encode(fam)?,
+                    8 => ConstCounter::new(s.http2_floods.load(Relaxed)).encode(fam)?,
+                    _ => ConstCounter::new(s.client_overflowed.load(Relaxed)).encode(fam)?,
                 }
             }
         }
@@ -1466,5 +1516,26 @@ mod tests {
         let made: Vec<bool> = stats.shards.iter().map(|s| s.get().is_some()).collect();
         assert_eq!(made, [false, false, true], "only worker 1's shard");
         assert_eq!(stats.totals().codes[code_slot(503)].load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_client_gets_its_share_of_connections_and_its_closes_give_them_back() {
+        use std::net::{IpAddr, Ipv4Addr};
+        let stats = std::sync::Arc::new(super::ListenerStats::default());
+        let (a, b) = (
+            IpAddr::from(Ipv4Addr::LOCALHOST),
+            IpAddr::from([10, 0, 0, 1]),
+        );
+        let first = stats.client_opened(a, 2).expect("first");
+        let second = stats.client_opened(a, 2).expect("second");
+        assert!(stats.client_opened(a, 2).is_none(), "a third");
+        assert_eq!(stats.client_overflowed.load(Relaxed), 1);
+        // Another client has its own share.
+        let other = stats.client_opened(b, 2).expect("another client");
+        drop(first);
+        let again = stats.client_opened(a, 2).expect("one given back");
+        assert_eq!(stats.clients(), 2);
+        drop((second, again, other));
+        assert_eq!(stats.clients(), 0, "clients with none open are forgotten");
     }
 }
