@@ -28,13 +28,13 @@ fn two_endpoints(a: std::net::SocketAddr, b: std::net::SocketAddr, retry: &str) 
 }
 
 async fn fetch(proxy: &Proxy, req: http::Request<Body>) -> Resp {
-    within(
-        Duration::from_secs(10),
-        "request",
-        proxy.send(Proto::H1, req),
-    )
-    .await
-    .expect("request")
+    fetch_over(proxy, Proto::H1, req).await
+}
+
+async fn fetch_over(proxy: &Proxy, proto: Proto, req: http::Request<Body>) -> Resp {
+    within(Duration::from_secs(10), "request", proxy.send(proto, req))
+        .await
+        .expect("request")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,50 +206,45 @@ async fn a_full_outage_never_exceeds_the_retry_budget() {
     assert!(exhausted > 0.0, "budget refusals are counted");
 }
 
+/// Over HTTP/1 and HTTP/2 alike: an HTTP/2 body with a length is gathered first (its first
+/// 8 KiB), then replayed from the copy like any other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_are_replayed_and_oversized_ones_skipped_and_counted() {
+    for proto in [Proto::H1, Proto::H2] {
+        bodies_are_replayed_over(proto).await;
+    }
+}
+
+async fn bodies_are_replayed_over(proto: Proto) {
+    let retried = "retry: { max_body_bytes: 1024, backoff: { base: 1ms, max: 5ms } }";
     let up = Upstream::fail_first("flaky", 1, 503, &[]).await;
-    let proxy = Proxy::start(&one_route(
-        up.addr,
-        "",
-        "retry: { max_body_bytes: 1024, backoff: { base: 1ms, max: 5ms } }",
-        "",
-    ))
-    .await;
+    let proxy = Proxy::start(&one_route(up.addr, "", retried, "")).await;
     let small = vec![b'x'; 700];
-    let resp = fetch(
-        &proxy,
-        request("PUT", "a.example", "/doc")
-            .body(full(small))
-            .expect("request"),
-    )
-    .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let req = request("PUT", "a.example", "/doc").body(full(small));
+    let resp = fetch_over(&proxy, proto, req.expect("request")).await;
+    assert_eq!(resp.status, 200, "{proto:?}: {}", resp.text());
     let seen = up.seen();
     assert_eq!(seen.len(), 2);
     assert!(
         seen.iter().all(|s| s.body_len == 700),
-        "both attempts carry the whole body"
+        "{proto:?}: both attempts carry the whole body"
     );
 
     let up = Upstream::fail_first("flaky", 1, 503, &[]).await;
-    let proxy = Proxy::start(&one_route(
-        up.addr,
-        "",
-        "retry: { max_body_bytes: 1024, backoff: { base: 1ms, max: 5ms } }",
-        "",
-    ))
-    .await;
-    let big = vec![b'y'; 4096];
-    let resp = fetch(
-        &proxy,
-        request("PUT", "a.example", "/doc")
-            .body(full(big))
-            .expect("request"),
-    )
-    .await;
-    assert_eq!(resp.status, 503, "too big to replay: the failure stands");
-    assert_eq!(up.seen()[0].body_len, 4096, "the body still streamed whole");
+    let proxy = Proxy::start(&one_route(up.addr, "", retried, "")).await;
+    // Longer than what is gathered of an HTTP/2 body, too.
+    let big = vec![b'y'; 20_000];
+    let req = request("PUT", "a.example", "/doc").body(full(big));
+    let resp = fetch_over(&proxy, proto, req.expect("request")).await;
+    assert_eq!(
+        resp.status, 503,
+        "{proto:?}: too big to replay: the failure stands"
+    );
+    assert_eq!(
+        up.seen()[0].body_len,
+        20_000,
+        "{proto:?}: the body still streamed whole"
+    );
     assert_eq!(up.hits(), 1);
     let skipped = metric(
         &proxy,
@@ -257,7 +252,7 @@ async fn bodies_are_replayed_and_oversized_ones_skipped_and_counted() {
         "cluster=\"echo\",reason=\"body_too_large\"",
     )
     .await;
-    assert_eq!(skipped, 1.0);
+    assert_eq!(skipped, 1.0, "{proto:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
