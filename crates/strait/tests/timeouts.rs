@@ -657,8 +657,15 @@ async fn a_held_back_http1_body_reaches_no_upstream_and_a_slow_one_is_served() {
 /// that sends it slowly but steadily is served whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_back_http2_body_reaches_no_upstream_and_a_slow_one_is_served() {
+    // To an HTTP/1 upstream, then to an HTTP/2 one.
+    for cluster_extra in ["", "    protocol: http2\n"] {
+        held_back_http2_body(cluster_extra).await;
+    }
+}
+
+async fn held_back_http2_body(cluster_extra: &str) {
     let up = Upstream::echo("app").await;
-    let proxy = ejecting_at_one_failure(up.addr, "").await;
+    let proxy = ejecting_at_one_failure(up.addr, cluster_extra).await;
     let send = h2_to(&proxy).await;
     let post = |len: usize| {
         http::Request::builder()
