@@ -1469,6 +1469,7 @@ def markdown(result: dict) -> str:
         f"{', idle: ' + meta['machine']['idle'] if meta['machine'].get('idle') else ''}.  ",
         "Versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".  ",
         f"Strait {meta['strait']['commit']}{' (uncommitted changes)' if meta['strait']['dirty'] else ''}"
+        f"{' (the checkout is at ' + meta['strait']['checkout'] + ')' if meta['strait'].get('checkout') else ''}"
         f", default config with `workers: 1`"
         f"{' and `busy_poll: ' + meta['strait_busy_poll'] + '`' if meta.get('strait_busy_poll') else ''}"
         f"{'; link order: ' + meta['strait']['link_order'] if meta['strait'].get('link_order') else ''}"
@@ -1783,9 +1784,16 @@ def metadata(env: Env, args, targets: list[str]) -> dict:
             if argv[0]:
                 versions[name] = re.sub(r"^(nginx version: |HAProxy version |h2load )", "",
                                         first_line(argv)).split(" - ")[0].split(" Copyright")[0]
-    commit = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or "unknown"
+    checkout = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or "unknown"
     dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
                                  "crates"], capture_output=True, text=True).stdout.strip())
+    version = first_line([env.strait, "--version"]) if env.strait else ""
+    # `strait 0.1.0 (918ff336a)`: the commit the binary was built from, which need not be the
+    # checkout's (a binary kept from an earlier build, a profile-guided one made elsewhere).
+    built = re.search(r"\(([0-9a-f]{7,40})\)", version)
+    commit = built.group(1) if built else checkout
+    # Uncommitted changes in the checkout say something of the binary only if built from it.
+    same = not built or checkout.startswith(commit[:7]) or commit.startswith(checkout[:7])
     return {
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
         "smoke": env.smoke,
@@ -1801,8 +1809,9 @@ def metadata(env: Env, args, targets: list[str]) -> dict:
         "versions": versions,
         # a run without a Strait target (--targets nginx,relay) has no binary to ask
         "strait": {"binary": env.strait,
-                   "version": first_line([env.strait, "--version"]) if env.strait else "",
-                   "commit": commit, "dirty": dirty,
+                   "version": version,
+                   "commit": commit, "dirty": dirty and same,
+                   "checkout": None if same else checkout,
                    # the smoke run's debug binary has no link order to check
                    "link_order": link_order(env.strait) if env.strait and not env.smoke else ""},
     }

@@ -13,6 +13,7 @@
 //! from a plain release build's.
 
 fn main() {
+    commit();
     println!("cargo:rerun-if-env-changed=STRAIT_NO_SYMBOL_ORDER");
     println!("cargo:rerun-if-env-changed=STRAIT_SYMBOL_ORDER_FILE");
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
@@ -34,6 +35,45 @@ fn main() {
     println!("cargo:rerun-if-changed={list}");
     println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={list}");
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+}
+
+/// The commit the binary is built from, for `strait --version` (`STRAIT_COMMIT`): a benchmark
+/// report or a bug names the build that ran, not the checkout beside it. `unknown` outside a
+/// git checkout. Built again when `HEAD` moves (a commit, a checkout), not for edits in between.
+fn commit() {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short=9", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=STRAIT_COMMIT={commit}");
+    // `HEAD`, the branch it names, and the packed refs, wherever this checkout keeps them.
+    for (path, args) in [
+        ("HEAD", &["rev-parse", "--git-path", "HEAD"][..]),
+        ("branch", &["rev-parse", "--symbolic-full-name", "HEAD"][..]),
+        ("packed", &["rev-parse", "--git-path", "packed-refs"][..]),
+    ] {
+        let Some(found) = git(args) else { continue };
+        let found = match path {
+            // `refs/heads/main`, or `HEAD` itself when detached.
+            "branch" => match git(&["rev-parse", "--git-path", &found]) {
+                Some(file) => file,
+                None => continue,
+            },
+            _ => found,
+        };
+        let file = std::path::Path::new(&dir).join(found);
+        if file.exists() {
+            println!("cargo:rerun-if-changed={}", file.display());
+        }
+    }
 }
 
 /// True for rustc 1.90 and later, which link this target with rust-lld by default.

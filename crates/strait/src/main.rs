@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "strait",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("STRAIT_COMMIT"), ")"),
     about = "Service-mesh sidecar, API gateway and ingress in one binary"
 )]
 struct Cli {

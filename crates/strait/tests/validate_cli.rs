@@ -112,6 +112,29 @@ clusters:
     endpoints: [{ address: "127.0.0.1:9001" }]
 "#;
 
+/// `strait --version` names the commit it was built from: a benchmark report or a bug report
+/// names the build that ran, not the checkout beside it.
+#[test]
+fn the_version_names_the_commit_built() {
+    let run = run_bounded(strait().arg("--version"), Duration::from_secs(10));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let head = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=9",
+            "HEAD",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let commit = head.as_deref().unwrap_or("unknown");
+    let expected = format!("strait {} ({commit})", env!("CARGO_PKG_VERSION"));
+    assert_eq!(run.stdout.trim(), expected);
+}
+
 #[test]
 fn valid_config_exits_0_and_says_ok() {
     let file = TempFile::new(VALID);
