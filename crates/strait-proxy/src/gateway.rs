@@ -1975,7 +1975,7 @@ impl Cause {
         }
     }
 
-    fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             Cause::NoRoute => StatusCode::NOT_FOUND,
             Cause::Forbidden => StatusCode::FORBIDDEN,

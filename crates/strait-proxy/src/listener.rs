@@ -87,15 +87,16 @@ pub(crate) async fn accept_loop(
                     }
                 }
                 // A client with its share open already: the same clean close, counted apart.
-                let client = match plan.and_then(|l| Some((l, l.max_per_client?))) {
-                    Some((l, max)) => match l.connections.client_opened(peer.ip(), max) {
-                        Some(count) => Some(count),
-                        None => {
-                            drop(stream);
-                            continue;
-                        }
-                    },
-                    None => None,
+                let opened = plan.and_then(|l| {
+                    let max = l.max_per_client?;
+                    Some(l.connections.client_opened(peer.ip(), max))
+                });
+                let client = match opened {
+                    Some(None) => {
+                        drop(stream);
+                        continue;
+                    }
+                    opened => opened.flatten(),
                 };
                 if let Some(routes) = plan.and_then(|l| l.passthrough.clone()) {
                     let denied = plan

@@ -845,7 +845,7 @@ async fn an_upstream_that_stops_reading_an_upload_is_timed_out() {
 /// takes longer than the timeout is no slow upstream. Once the body is in, the timeout holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_route_timeout_counts_from_the_end_of_the_upload() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let up = Upstream::echo("app").await;
     let slow = Upstream::slow("slow", Duration::from_secs(4)).await;
     let proxy = Proxy::start(&format!(
@@ -888,14 +888,7 @@ clusters:
             tokio::time::sleep(Duration::from_millis(100)).await;
             client.write_all(&vec![b'x'; piece]).await.expect("write");
         }
-        let mut answer = String::new();
-        within(
-            Duration::from_secs(10),
-            "answer",
-            client.read_to_string(&mut answer),
-        )
-        .await
-        .expect("read");
+        let answer = answer_then_close(&mut client).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer:.300}");
         assert!(
             answer.contains(&format!("\"body_len\":{}", pieces * piece)),

@@ -100,22 +100,23 @@ impl FrameMeter {
             if bytes.is_empty() {
                 return Ok(());
             }
-            let head: [u8; FRAME_HEADER_LEN] = if self.have == 0 && bytes.len() >= FRAME_HEADER_LEN
-            {
-                let (head, rest) = bytes.split_at(FRAME_HEADER_LEN);
-                bytes = rest;
-                head.try_into().unwrap_or_default()
-            } else {
-                let at = self.have as usize;
-                let n = bytes.len().min(FRAME_HEADER_LEN - at);
-                self.head[at..at + n].copy_from_slice(&bytes[..n]);
-                bytes = &bytes[n..];
-                self.have += n as u8;
-                if (self.have as usize) < FRAME_HEADER_LEN {
-                    return Ok(());
+            let head = match bytes.split_first_chunk::<FRAME_HEADER_LEN>() {
+                Some((head, rest)) if self.have == 0 => {
+                    bytes = rest;
+                    *head
                 }
-                self.have = 0;
-                self.head
+                _ => {
+                    let at = self.have as usize;
+                    let n = bytes.len().min(FRAME_HEADER_LEN - at);
+                    self.head[at..at + n].copy_from_slice(&bytes[..n]);
+                    bytes = &bytes[n..];
+                    self.have += n as u8;
+                    if (self.have as usize) < FRAME_HEADER_LEN {
+                        return Ok(());
+                    }
+                    self.have = 0;
+                    self.head
+                }
             };
             let len = u32::from_be_bytes([0, head[0], head[1], head[2]]);
             self.skip = len;

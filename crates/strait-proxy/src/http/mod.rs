@@ -121,7 +121,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewound<T> {
 /// bytes unread.)
 ///
 /// Its reads go through a [`flood::FrameMeter`]: a client that sends too many frames asking
-/// for nothing gets a read error, which ends the connection.
+/// for nothing is sent a `GOAWAY` when one can go out whole, and gets a read error, which ends
+/// the connection.
 #[derive(Debug)]
 pub(crate) struct Batched<T> {
     io: T,

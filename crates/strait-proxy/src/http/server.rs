@@ -96,10 +96,11 @@ fn serve_tls(
                 // nginx's answer, where the client would otherwise get a TLS alert it cannot
                 // read (and `curl http://` an empty reply).
                 let detail = "plain HTTP sent to a TLS port; use https://";
+                let cause = gateway::Cause::BadRequest;
                 crate::http::server1::answer_and_close(
                     ClientIo::Plain(stream),
-                    http::StatusCode::BAD_REQUEST,
-                    Some((gateway::Cause::BadRequest.name(), detail)),
+                    cause.status(),
+                    Some((cause.name(), detail)),
                 )
                 .await;
                 return;
