@@ -242,6 +242,11 @@ pub struct Listener {
     /// Default: `60s`.
     #[serde(default = "defaults::connection_idle_timeout")]
     pub idle_timeout: Duration,
+    /// Most bytes a request body sent upstream may have, for the routes of this listener that
+    /// set none of their own: a longer one gets 413 (nginx's `client_max_body_size`). Default:
+    /// no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
     /// One JSON line per request. Default: none (no access log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
@@ -792,6 +797,12 @@ pub struct Route {
     /// it. Default: `5m`.
     #[serde(default = "defaults::stream_idle_timeout")]
     pub idle_timeout: Duration,
+    /// Most bytes a request body may have; only with `backends`. A longer declared length gets
+    /// 413 before an upstream is involved; a body without one (chunked, or HTTP/2 without
+    /// `content-length`) is cut off when it passes the limit, with 413 if no answer has begun.
+    /// `0` allows no body. Default: the listener's `max_request_body_bytes` (no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
     /// Injected delays and failures, for chaos tests. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,

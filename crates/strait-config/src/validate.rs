@@ -521,6 +521,16 @@ impl Checker<'_> {
                 ),
             );
         }
+        if answers_itself && route.max_request_body_bytes.is_some() {
+            self.say_at_key(
+                at.key("max_request_body_bytes"),
+                format!(
+                    "`max_request_body_bytes` bounds the body sent upstream, and this route \
+                     answers with `{}` without forwarding; remove it",
+                    actions.first().copied().unwrap_or_default()
+                ),
+            );
+        }
         self.header_edits(&at.key("request_headers"), &route.request_headers);
         self.header_edits(&at.key("response_headers"), &route.response_headers);
         if let Some(limit) = &route.rate_limit {

@@ -621,6 +621,32 @@ fn connection_limits_of_zero_are_refused_at_their_field() {
 }
 
 #[test]
+fn max_request_body_bytes_belongs_to_forwarding_routes_and_a_routes_replaces_the_listeners() {
+    let text = VALID.replace(
+        "        backends: [{ cluster: api }]\n",
+        "        direct_response: { status: 200 }\n        max_request_body_bytes: 10\n",
+    );
+    let e = error_about(&text, "listeners[0].routes[0].max_request_body_bytes");
+    assert_says(&e, &["bounds the body sent upstream", "direct_response"]);
+
+    let text = VALID
+        .replace(
+            "    routes:",
+            "    max_request_body_bytes: 1000\n    routes:",
+        )
+        .replace(
+            "        backends: [{ cluster: api }]\n",
+            "        backends: [{ cluster: api }]\n      - backends: [{ cluster: api }]\n        \
+             max_request_body_bytes: 0\n",
+        );
+    let config = parse(&text, ORIGIN).expect("valid");
+    let listener = &config.listeners[0];
+    assert_eq!(listener.max_request_body_bytes, Some(1000));
+    assert_eq!(listener.routes[0].max_request_body_bytes, None);
+    assert_eq!(listener.routes[1].max_request_body_bytes, Some(0));
+}
+
+#[test]
 fn busy_poll_is_bounded_and_accepts_microseconds() {
     let text = format!("busy_poll: 200ms\n{VALID}");
     let e = error_about(&text, "busy_poll");

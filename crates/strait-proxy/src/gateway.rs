@@ -36,8 +36,8 @@ use crate::balance::hash_key;
 use crate::http::alarm::Alarm;
 use crate::http::body::{
     complete_headers, BodyError, ClientBody, FromUpstream, Gathered, RequestBody,
-    RequestBodyBrokeOff, RequestBodyStalled, ResponseBody, TeeBody, Upload, UploadFailure,
-    UpstreamBody,
+    RequestBodyBrokeOff, RequestBodyStalled, RequestBodyTooLarge, ResponseBody, TeeBody, Upload,
+    UploadFailure, UpstreamBody,
 };
 use crate::http::client1;
 use crate::http::headers::{self, Appended, Hop, X_STRAIT_ERROR};
@@ -507,6 +507,11 @@ pub(crate) fn serve(
                     if let Some(t) = trace.as_mut() {
                         t.note_cluster(&cluster.name);
                     }
+                    if let Some(refused) = declared_too_long(&req, action.max_request_body) {
+                        let mut response = local_reply(grpc, Cause::RequestBodyTooLarge, refused);
+                        answered(listener, stats, log.take(), trace, &mut response, &clock);
+                        return Ok(response);
+                    }
                     if let ClientBody::Hyper(body) = req.body() {
                         let gather =
                             |_: &usize| !grpc && !req.headers().contains_key(header::EXPECT);
@@ -553,6 +558,16 @@ pub(crate) fn serve(
         answered(listener, stats, log.take(), trace, &mut response, &clock);
         Ok(response)
     }
+}
+
+/// Why a request whose body declares more bytes than `most` is refused, before any of it is
+/// read (a client waiting on `100 Continue` gets none).
+fn declared_too_long(req: &Request<ClientBody>, most: Option<u64>) -> Option<String> {
+    let most = most?;
+    let declared = http_body::Body::size_hint(req.body()).lower();
+    (declared > most).then(|| {
+        format!("the request body of {declared} bytes is longer than the route allows ({most})")
+    })
 }
 
 /// An HTTP/2 request whose body's first `due` bytes are to be read before an upstream is
@@ -815,8 +830,16 @@ fn forward_to<'a>(
             let per_try = action.retry.as_ref().and_then(|p| p.per_try_timeout);
             let timed = action.timeout.is_some() || per_try.is_some();
             let h2 = cluster.protocol == UpstreamProtocol::Http2;
-            upload = if !ended && (timed || action.idle_timeout.is_some() || h2) {
-                let upload = Rc::new(Upload::new(action.idle_timeout));
+            // A body longer than the route allows was refused by its declared length; one that
+            // declared none is counted as it comes.
+            let limit = action.max_request_body.filter(|&most| {
+                http_body::Body::size_hint(&body)
+                    .upper()
+                    .is_none_or(|upper| upper > most)
+            });
+            upload = if !ended && (timed || action.idle_timeout.is_some() || h2 || limit.is_some())
+            {
+                let upload = Rc::new(Upload::new(action.idle_timeout, limit));
                 body = ClientBody::Watched(Box::new(body), Rc::clone(&upload));
                 Some(upload)
             } else {
@@ -1327,14 +1350,7 @@ fn send_failed(
             (failure, Cause::ConnectFailed, e.to_string())
         }
         // The client's doing: the endpoint is not blamed, and no retry would fare better.
-        SendError::Client(e) => {
-            let cause = if client_body_stalled(&*e) {
-                Cause::RequestBodyTimeout
-            } else {
-                Cause::BadRequest
-            };
-            (None, cause, e.to_string())
-        }
+        SendError::Client(e) => (None, client_body_cause(&*e), e.to_string()),
         SendError::Upstream(e) => {
             cluster.counters.resets.fetch_add(1, Relaxed);
             cluster.outlier.observe(endpoint, Outcome::Reset);
@@ -1366,9 +1382,16 @@ fn find_in_chain<'e, T: std::error::Error + 'static>(
     None
 }
 
-/// Whether the request's body stalled on the client.
-fn client_body_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
-    find_in_chain::<crate::http::body::RequestBodyStalled>(e).is_some()
+/// The answer to a request whose client's body failed: it stalled, it was too long, or it
+/// broke off.
+fn client_body_cause(e: &(dyn std::error::Error + 'static)) -> Cause {
+    if find_in_chain::<RequestBodyStalled>(e).is_some() {
+        Cause::RequestBodyTimeout
+    } else if find_in_chain::<RequestBodyTooLarge>(e).is_some() {
+        Cause::RequestBodyTooLarge
+    } else {
+        Cause::BadRequest
+    }
 }
 
 /// True when an HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it did not process the
@@ -1526,6 +1549,9 @@ impl SendError {
                 SendError::Client(Box::new(RequestBodyStalled(limit)))
             }
             Some(UploadFailure::BrokeOff) => SendError::Client(Box::new(RequestBodyBrokeOff)),
+            Some(UploadFailure::TooLarge(limit)) => {
+                SendError::Client(Box::new(RequestBodyTooLarge(limit)))
+            }
             None => SendError::Upstream(e),
         }
     }
@@ -1953,6 +1979,7 @@ pub(crate) enum Cause {
     ConnectTimeout,
     RequestTimeout,
     RequestBodyTimeout,
+    RequestBodyTooLarge,
     UpstreamReset,
     NotImplemented,
 }
@@ -1970,6 +1997,7 @@ impl Cause {
             Cause::ConnectTimeout => "connect_timeout",
             Cause::RequestTimeout => "request_timeout",
             Cause::RequestBodyTimeout => "request_body_timeout",
+            Cause::RequestBodyTooLarge => "request_body_too_large",
             Cause::UpstreamReset => "upstream_reset",
             Cause::NotImplemented => "not_implemented",
         }
@@ -1987,6 +2015,7 @@ impl Cause {
             | Cause::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             Cause::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Cause::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Cause::RequestBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Cause::UpstreamReset => StatusCode::BAD_GATEWAY,
             Cause::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
@@ -2000,6 +2029,7 @@ impl Cause {
             Cause::Unauthorized => 16,                    // UNAUTHENTICATED
             Cause::BadRequest => 13,                      // INTERNAL
             Cause::RequestTimeout | Cause::RequestBodyTimeout => 4, // DEADLINE_EXCEEDED
+            Cause::RequestBodyTooLarge => 8,              // RESOURCE_EXHAUSTED
             _ => 14,                                      // UNAVAILABLE
         }
     }

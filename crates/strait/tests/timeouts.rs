@@ -914,3 +914,154 @@ clusters:
         "{took:?}"
     );
 }
+
+/// `max_request_body_bytes`: a body that declares more gets 413 before an upstream is involved
+/// (a client waiting on `100 Continue` gets no `100`); one without a length is cut off where it
+/// passes the limit, with 413, and the endpoint is not blamed; a route's own limit replaces the
+/// listener's. Over HTTP/1 and HTTP/2, to an HTTP/1 and an HTTP/2 upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_over_max_request_body_bytes_gets_413() {
+    for cluster_extra in ["", "    protocol: http2\n"] {
+        let up = Upstream::echo("app").await;
+        let outlier =
+            "    outlier_detection: { consecutive_gateway_errors: 1, max_ejection_percent: 100 }\n";
+        let proxy = Proxy::start(&format!(
+            r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    max_request_body_bytes: 1000
+    routes:
+      - match: {{ path: {{ prefix: /big }} }}
+        backends: [{{ cluster: target }}]
+        max_request_body_bytes: 5000
+      - backends: [{{ cluster: target }}]
+        idle_timeout: 1s
+clusters:
+{}"#,
+            cluster(up.addr, &format!("{cluster_extra}{outlier}"))
+        ))
+        .await;
+        body_limit_http1(&proxy, &up).await;
+        body_limit_http2(&proxy, &up).await;
+        // Not blamed: the endpoint still serves.
+        let resp = proxy.send(Proto::H1, simple("GET", "a", "/after")).await;
+        assert_eq!(resp.expect("GET").status, StatusCode::OK, "{cluster_extra}");
+    }
+}
+
+async fn body_limit_http1(proxy: &Proxy, up: &Upstream) {
+    use tokio::io::AsyncWriteExt;
+    let exchange = |request: Vec<u8>| async move {
+        let mut h1 = tokio::net::TcpStream::connect(proxy.listen)
+            .await
+            .expect("connect");
+        h1.write_all(&request).await.expect("write");
+        answer_then_close(&mut h1).await
+    };
+    // A POST on a connection closed after it: its body as `content-length` bytes when given,
+    // else as these chunks.
+    let post = |path: &str, length: Option<usize>, chunks: &[usize]| {
+        let mut request = format!("POST {path} HTTP/1.1\r\nHost: a\r\nconnection: close\r\n");
+        match length {
+            Some(n) => request.push_str(&format!("content-length: {n}\r\n\r\n")),
+            None => request.push_str("transfer-encoding: chunked\r\n\r\n"),
+        }
+        let mut request = request.into_bytes();
+        for &n in chunks {
+            if length.is_none() {
+                request.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+            }
+            request.extend(std::iter::repeat_n(b'b', n));
+            if length.is_none() {
+                request.extend_from_slice(b"\r\n");
+            }
+        }
+        if length.is_none() {
+            request.extend_from_slice(b"0\r\n\r\n");
+        }
+        request
+    };
+    let hits = up.hits();
+
+    // 2,000 bytes announced behind `expect: 100-continue`: refused at once, no `100`.
+    let head =
+        "POST /up HTTP/1.1\r\nHost: a\r\ncontent-length: 2000\r\nexpect: 100-continue\r\n\r\n";
+    let answer = exchange(head.as_bytes().to_vec()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("request_body_too_large"), "{answer}");
+    assert!(answer.contains("2000 bytes"), "{answer}");
+    assert_eq!(up.hits(), hits, "a refused body reached the upstream");
+
+    // Chunked, 3 × 600 bytes: cut where it passes 1,000.
+    let answer = exchange(post("/up", None, &[600, 600, 600])).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("request_body_too_large"), "{answer}");
+
+    // At the limit, declared or chunked: served whole; and the route with its own, larger limit.
+    for (path, length, chunks) in [
+        ("/up", Some(1000), &[1000][..]),
+        ("/up", None, &[1000][..]),
+        ("/big", Some(4000), &[4000][..]),
+    ] {
+        let answer = exchange(post(path, length, chunks)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{path} {length:?}: {answer}"
+        );
+    }
+    let seen = up.seen();
+    let lens: Vec<u64> = seen.iter().rev().take(3).map(|s| s.body_len).collect();
+    assert_eq!(lens, [4000, 1000, 1000]);
+}
+
+async fn body_limit_http2(proxy: &Proxy, up: &Upstream) {
+    let send = h2_to(proxy).await;
+    let post = |path: &str, len: Option<usize>| {
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}{path}", proxy.listen));
+        if let Some(len) = len {
+            req = req.header("content-length", len);
+        }
+        req.body(()).expect("request")
+    };
+    let answer = |answer: h2::client::ResponseFuture| async {
+        within(Duration::from_secs(10), "HTTP/2: an answer", answer)
+            .await
+            .expect("answer")
+    };
+    let hits = up.hits();
+
+    // 2,000 bytes announced: refused before any is sent.
+    let mut send = send.ready().await.expect("ready");
+    let (refused, _body) = send
+        .send_request(post("/up", Some(2000)), false)
+        .expect("send");
+    let refused = answer(refused).await;
+    assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        refused.headers()["x-strait-error"],
+        "request_body_too_large"
+    );
+    assert_eq!(up.hits(), hits, "a refused body reached the upstream");
+
+    // No length, 600 bytes then 600 more: cut where it passes 1,000.
+    let mut send = send.ready().await.expect("ready");
+    let (cut, mut body) = send.send_request(post("/up", None), false).expect("send");
+    body.send_data(vec![b'c'; 600].into(), false).expect("data");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The stream may already be answered and reset when the second piece goes.
+    let _ = body.send_data(vec![b'c'; 600].into(), true);
+    let cut = answer(cut).await;
+    assert_eq!(cut.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(cut.headers()["x-strait-error"], "request_body_too_large");
+
+    // No length, 900 bytes: served whole.
+    let mut send = send.ready().await.expect("ready");
+    let (served, mut body) = send.send_request(post("/up", None), false).expect("send");
+    body.send_data(vec![b'd'; 900].into(), true).expect("data");
+    let served = answer(served).await;
+    assert_eq!(served.status(), StatusCode::OK);
+    assert_eq!(up.seen().last().expect("seen").body_len, 900);
+}

@@ -62,6 +62,10 @@ pub struct Upload {
     client_turn: std::cell::Cell<bool>,
     /// How the client's body failed, if it did.
     failed: std::cell::Cell<Option<UploadFailure>>,
+    /// The most bytes the body may have, when its length was not declared (a declared one
+    /// over the limit is refused before this), and how many came so far.
+    limit: Option<u64>,
+    seen: std::cell::Cell<u64>,
 }
 
 /// How a client's request body failed on its way upstream.
@@ -71,18 +75,36 @@ pub(crate) enum UploadFailure {
     Stalled(Duration),
     /// The client closed or reset, or sent a malformed body.
     BrokeOff,
+    /// It passed the route's `max_request_body_bytes` (this many).
+    TooLarge(u64),
 }
 
 impl Upload {
-    /// An upload whose client may keep it waiting for at most `idle` (none: without limit).
-    pub(crate) fn new(idle: Option<Duration>) -> Self {
+    /// An upload whose client may keep it waiting for at most `idle`, and whose body may have
+    /// `limit` bytes at most (none: without limit).
+    pub(crate) fn new(idle: Option<Duration>, limit: Option<u64>) -> Self {
         Upload {
             ended: std::cell::Cell::new(None),
             idle: std::cell::RefCell::new(idle.map(IdleTimer::new)),
             took: std::cell::Cell::new(None),
             client_turn: std::cell::Cell::new(false),
             failed: std::cell::Cell::new(None),
+            limit,
+            seen: std::cell::Cell::new(0),
         }
+    }
+
+    /// Counts a frame of the body against the limit: the error to pass on instead of it when
+    /// the body is now longer than allowed.
+    fn over_limit(&self, frame: &Frame<Bytes>) -> Option<BodyError> {
+        let limit = self.limit?;
+        let seen = self.seen.get() + frame.data_ref().map_or(0, Bytes::len) as u64;
+        self.seen.set(seen);
+        (seen > limit).then(|| {
+            self.end();
+            self.failed.set(Some(UploadFailure::TooLarge(limit)));
+            Box::new(RequestBodyTooLarge(limit)) as BodyError
+        })
     }
 
     /// How the client's body failed, if it did. An upstream request that failed after that
@@ -216,8 +238,14 @@ impl Body for ClientBody {
                 }
                 upload.client_turn.set(false);
                 upload.took.set(Some(Instant::now()));
-                if let Some(Err(_)) = &frame {
-                    upload.failed.set(Some(UploadFailure::BrokeOff));
+                match &frame {
+                    Some(Err(_)) => upload.failed.set(Some(UploadFailure::BrokeOff)),
+                    Some(Ok(data)) => {
+                        if let Some(e) = upload.over_limit(data) {
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                    None => {}
                 }
                 // The end, a failure, or a last frame.
                 if !matches!(frame, Some(Ok(_))) || b.is_end_stream() {
@@ -722,6 +750,11 @@ pub struct StreamIdleTimeout(Duration);
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent none of the request body for {0:?}")]
 pub struct RequestBodyStalled(pub(crate) Duration);
+
+/// Why a request failed: its client's body was longer than the route allows.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is longer than the route's max_request_body_bytes ({0})")]
+pub struct RequestBodyTooLarge(pub(crate) u64);
 
 /// Why a request failed: its client's body broke off (a close, a reset, a malformed chunk).
 #[derive(Debug, thiserror::Error)]

@@ -171,6 +171,7 @@ impl Snapshot {
                     mirror,
                     timeout: r.timeout.non_zero(),
                     idle_timeout: r.idle_timeout.non_zero(),
+                    max_request_body: r.max_request_body_bytes.or(l.max_request_body_bytes),
                     fault: r.fault.as_ref().map(FaultPlan::compile),
                     retry: r.retry.as_ref().map(RetryPolicy::compile),
                     authz: match &r.authorization {
@@ -434,6 +435,8 @@ pub struct RouteAction {
     pub timeout: Option<Duration>,
     /// Longest silence on the response body.
     pub idle_timeout: Option<Duration>,
+    /// Most bytes a request body may have (the route's, else its listener's).
+    pub max_request_body: Option<u64>,
     /// Injected delays and failures.
     pub fault: Option<FaultPlan>,
     /// Local rate limit.
