@@ -816,6 +816,36 @@ pub struct Route {
     /// Who may use this route, checked after the listener's policy. Default: none (all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// Cross-origin resource sharing: which web origins' scripts may call this route. The proxy
+    /// answers preflights itself and marks the answers to allowed origins. Default: none (no
+    /// CORS headers added; preflights go upstream like any request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+}
+
+/// A route's CORS policy (the Fetch standard's CORS protocol), as Envoy's `cors` filter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    /// Origins allowed: exact (`https://app.example.com`, with a port when not the scheme's
+    /// default), a wildcard of subdomains (`https://*.example.com`), or `*` for any. Required.
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight may ask for. Default: `[GET, HEAD, POST]`.
+    #[serde(default = "defaults::cors_methods")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight may ask for; `*` for any. Default: `["*"]` (any).
+    #[serde(default = "defaults::any")]
+    pub allow_headers: Vec<String>,
+    /// Response headers scripts may read beyond the safelisted ones. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// How long a browser may keep a preflight's answer. Default: none (the browser's own, 5 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+    /// Whether requests with credentials (cookies, HTTP authentication) are allowed; the
+    /// answer then names the origin, never `*`. Default: `false`.
+    #[serde(default)]
+    pub allow_credentials: bool,
 }
 
 /// A route's retry policy. A failed attempt is tried again, on another endpoint when there is
@@ -1677,6 +1707,12 @@ pub(crate) mod defaults {
     }
     pub fn stdout() -> String {
         "stdout".to_owned()
+    }
+    pub fn cors_methods() -> Vec<String> {
+        ["GET", "HEAD", "POST"].map(String::from).to_vec()
+    }
+    pub fn any() -> Vec<String> {
+        vec!["*".to_owned()]
     }
     pub fn percent() -> f64 {
         100.0

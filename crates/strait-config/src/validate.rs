@@ -578,6 +578,9 @@ impl Checker<'_> {
         if let Some(policy) = &route.authorization {
             self.authorization(&at.key("authorization"), policy);
         }
+        if let Some(cors) = &route.cors {
+            self.cors(&at.key("cors"), cors);
+        }
         if let Some(retry) = &route.retry {
             if answers_itself {
                 self.say_at_key(
@@ -901,6 +904,48 @@ impl Checker<'_> {
                      `api.internal` or `api.internal:8080`"
                 ),
             );
+        }
+    }
+
+    fn cors(&mut self, at: &FieldPath, cors: &Cors) {
+        if cors.allow_origins.is_empty() {
+            self.say_at_key(
+                at.key("allow_origins"),
+                "no origin is allowed, so the policy would refuse every one; list the origins \
+                 (`https://app.example.com`, `https://*.example.com`) or `*`",
+            );
+        }
+        for (i, origin) in cors.allow_origins.iter().enumerate() {
+            if let Err(e) = check_origin(origin) {
+                self.say(at.key("allow_origins").index(i), e);
+            }
+        }
+        for (i, method) in cors.allow_methods.iter().enumerate() {
+            if http::Method::from_bytes(method.as_bytes()).is_err() {
+                self.say(
+                    at.key("allow_methods").index(i),
+                    format!("{method:?} is not a method name, like `GET` or `PUT`"),
+                );
+            }
+        }
+        let lists = [
+            ("allow_headers", &cors.allow_headers),
+            ("expose_headers", &cors.expose_headers),
+        ];
+        for (field, names) in lists {
+            for (i, name) in names.iter().enumerate() {
+                if name == "*" {
+                    if field == "expose_headers" && cors.allow_credentials {
+                        self.say(
+                            at.key(field).index(i),
+                            "with `allow_credentials: true` browsers read `*` as a header \
+                             named `*`; list the headers",
+                        );
+                    }
+                } else if let Err(e) = check_header_name(name) {
+                    self.say(at.key(field).index(i), e);
+                }
+            }
         }
     }
 
@@ -1561,6 +1606,32 @@ fn check_header_name(name: &str) -> Result<(), String> {
              like `x-request-id`"
         )),
     }
+}
+
+/// What a CORS origin may be: `*`, or `scheme://host[:port]` with the host possibly `*.` and a
+/// domain, as browsers send it in `origin` (no path, no trailing slash).
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let form = "give it as a browser sends it: `https://app.example.com`, with `:port` when not \
+                the scheme's default, or `https://*.example.com` for its subdomains, or `*`";
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err(format!("{origin:?} has no scheme; {form}"));
+    };
+    let host = rest.strip_prefix("*.").unwrap_or(rest);
+    let scheme_ok = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+    if !scheme_ok || !host_ok {
+        return Err(format!("{origin:?} is not an origin; {form}"));
+    }
+    Ok(())
 }
 
 /// The rules the route table applies to `match.hosts`, so a config that validates also loads.

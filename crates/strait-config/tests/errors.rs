@@ -647,6 +647,42 @@ fn max_request_body_bytes_belongs_to_forwarding_routes_and_a_routes_replaces_the
 }
 
 #[test]
+fn cors_origins_methods_and_headers_are_checked_at_their_items() {
+    let with = |cors: &str| {
+        VALID.replace(
+            "        backends: [{ cluster: api }]\n",
+            &format!("        backends: [{{ cluster: api }}]\n        cors: {cors}\n"),
+        )
+    };
+    let at = "listeners[0].routes[0].cors";
+    let e = error_about(
+        &with("{ allow_origins: [] }"),
+        &format!("{at}.allow_origins"),
+    );
+    assert_says(&e, &["refuse every one", "`*`"]);
+    for bad in ["app.example.com", "https://app.example.com/", "https://"] {
+        let text = with(&format!("{{ allow_origins: [\"*\", \"{bad}\"] }}"));
+        let e = error_about(&text, &format!("{at}.allow_origins[1]"));
+        assert_says(&e, &[bad, "https://app.example.com"]);
+    }
+    let text = with("{ allow_origins: [\"*\"], allow_methods: [GET, \"P T\"] }");
+    let e = error_about(&text, &format!("{at}.allow_methods[1]"));
+    assert_says(&e, &["not a method name"]);
+    let text = with("{ allow_origins: [\"*\"], allow_headers: [\"x y\"] }");
+    error_about(&text, &format!("{at}.allow_headers[0]"));
+    let text = with("{ allow_origins: [\"*\"], expose_headers: [\"*\"], allow_credentials: true }");
+    let e = error_about(&text, &format!("{at}.expose_headers[0]"));
+    assert_says(&e, &["allow_credentials", "list the headers"]);
+
+    let text = with("{ allow_origins: [\"https://*.example.com:8443\", \"http://[::1]:3000\"] }");
+    let config = parse(&text, ORIGIN).expect("valid");
+    let cors = config.listeners[0].routes[0].cors.clone().expect("cors");
+    assert_eq!(cors.allow_methods, ["GET", "HEAD", "POST"]);
+    assert_eq!(cors.allow_headers, ["*"]);
+    assert!(!cors.allow_credentials && cors.max_age.is_none() && cors.expose_headers.is_empty());
+}
+
+#[test]
 fn busy_poll_is_bounded_and_accepts_microseconds() {
     let text = format!("busy_poll: 200ms\n{VALID}");
     let e = error_about(&text, "busy_poll");

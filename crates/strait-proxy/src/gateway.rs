@@ -61,6 +61,7 @@ use crate::telemetry::trace_context;
 use crate::telemetry::trace_context::TraceparentValue;
 use std::sync::atomic::Ordering::Relaxed;
 
+pub(crate) mod cors;
 mod tries;
 use tries::Tries;
 
@@ -294,6 +295,13 @@ pub(crate) fn serve(
         let made_id = (listener.proxy_headers.request_id
             && came_with & headers::FIELD_REQUEST_ID == 0)
             .then(headers::RequestId::random);
+        // A CORS preflight is the route's to answer before the token and authorization: a
+        // browser sends it without credentials.
+        if listener.cors && cors::is_preflight(&req) {
+            if let Some(response) = preflight(&req, &conn, listener, &clock) {
+                return Ok(response);
+            }
+        }
         // The token first: its claims may become headers that routes and rate limits look at.
         if let Some(jwt) = &listener.jwt {
             if let Err(refusal) = jwt.check(req.headers_mut()) {
@@ -388,6 +396,9 @@ pub(crate) fn serve(
             };
             let mut response =
                 local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
+            if let Some((action, _)) = &found {
+                cors_marked(action, req.headers().get(header::ORIGIN), &mut response);
+            }
             answered(listener, stats, log.take(), trace, &mut response, &clock);
             return Ok(response);
         }
@@ -410,6 +421,10 @@ pub(crate) fn serve(
             t.note_route(&action.name);
         }
         tracing::trace!(listener = %listener.name, route = %action.name, "route matched");
+        let origin = action
+            .cors
+            .as_ref()
+            .and_then(|_| req.headers().get(header::ORIGIN).cloned());
         if let Some(fault) = &action.fault {
             if let Some((delay, percent)) = fault.delay {
                 if sampled(percent) {
@@ -422,6 +437,7 @@ pub(crate) fn serve(
                 if sampled(percent) {
                     action.local_stats.fault_aborted();
                     let mut response = fault_reply(grpc, answer);
+                    cors_marked(action, origin.as_ref(), &mut response);
                     answered(
                         listener,
                         &action.local_stats,
@@ -438,6 +454,7 @@ pub(crate) fn serve(
             if let Some(retry) = over_limit(limit, &req, &conn) {
                 action.local_stats.rate_limited();
                 let mut response = rate_limited_reply(grpc, retry);
+                cors_marked(action, origin.as_ref(), &mut response);
                 answered(
                     listener,
                     &action.local_stats,
@@ -509,6 +526,7 @@ pub(crate) fn serve(
                     }
                     if let Some(refused) = declared_too_long(&req, action.max_request_body) {
                         let mut response = local_reply(grpc, Cause::RequestBodyTooLarge, refused);
+                        cors_marked(action, origin.as_ref(), &mut response);
                         answered(listener, stats, log.take(), trace, &mut response, &clock);
                         return Ok(response);
                     }
@@ -522,6 +540,7 @@ pub(crate) fn serve(
                     if let Some(waiting) = body_held_back(&mut req, action.idle_timeout) {
                         if let Err((cause, detail)) = waiting.await {
                             let mut response = local_reply(grpc, cause, detail);
+                            cors_marked(action, origin.as_ref(), &mut response);
                             answered(listener, stats, log.take(), trace, &mut response, &clock);
                             return Ok(response);
                         }
@@ -551,6 +570,7 @@ pub(crate) fn serve(
             complete_headers(&mut response);
             action.response_headers.apply(response.headers_mut());
         }
+        cors_marked(action, origin.as_ref(), &mut response);
         if let Some(via) = &listener.proxy_headers.via {
             complete_headers(&mut response);
             headers::append_via(response.headers_mut(), "1.1", via);
@@ -558,6 +578,56 @@ pub(crate) fn serve(
         answered(listener, stats, log.take(), trace, &mut response, &clock);
         Ok(response)
     }
+}
+
+/// Marks an answer of a route with a CORS policy for the request's `origin` (see
+/// [`cors::CorsPlan::mark`]): the upstream's, and the proxy's own once the route is known.
+#[inline]
+fn cors_marked(action: &RouteAction, origin: Option<&HeaderValue>, response: &mut Reply) {
+    if let Some(cors) = &action.cors {
+        complete_headers(response);
+        cors.mark(origin, response.headers_mut());
+    }
+}
+
+/// The answer to a CORS preflight when the route it matches has a policy: counted with the
+/// route's requests. Apart: rare, and cold.
+#[inline(never)]
+fn preflight(
+    req: &Request<ClientBody>,
+    conn: &Connection,
+    listener: &ListenerPlan,
+    clock: &RequestClock,
+) -> Option<Reply> {
+    // As `serve` reads it: the authority, else the one `host` (the fields are in the map on a
+    // listener with a CORS policy).
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| req.headers().get(header::HOST).map(HeaderValue::as_bytes))
+        .filter(|h| h.is_ascii())
+        .unwrap_or_default();
+    let view = RequestView {
+        method: req.method(),
+        host,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+        peer: conn.tls.get().and_then(|t| t.peer_identity.as_deref()),
+    };
+    let (action, _) = listener.routes.find_with_match(&view)?;
+    let cors = action.cors.as_ref()?;
+    let mut response = Box::new(cors.preflight(req));
+    answered(
+        listener,
+        &action.local_stats,
+        None,
+        None,
+        &mut response,
+        clock,
+    );
+    Some(response)
 }
 
 /// Why a request whose body declares more bytes than `most` is refused, before any of it is

@@ -916,3 +916,100 @@ async fn hop_by_hop_headers_are_not_forwarded() {
         );
     }
 }
+
+/// A route's `cors`: the proxy answers a preflight itself, before the listener's authorization
+/// (a browser sends it without credentials), and marks answers to allowed origins (the
+/// upstream's and the route's own); requests
+/// that are not preflights, and preflights to routes without a policy, meet the authorization
+/// as before. Over HTTP/1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_and_allowed_origins_marked() {
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    authorization:
+      default: deny
+      rules: [{{ name: token, action: allow, match: {{ headers: [{{ name: x-token }}] }} }}]
+    routes:
+      - match: {{ path: {{ prefix: /api }} }}
+        backends: [{{ cluster: up }}]
+        cors:
+          allow_origins: ["https://app.example.com", "https://*.example.org"]
+          allow_methods: [GET, PUT]
+          expose_headers: [x-total]
+          max_age: 10m
+          allow_credentials: true
+        authorization:
+          rules: [{{ name: no-x-deny, action: deny, match: {{ headers: [{{ name: x-deny }}] }} }}]
+      - backends: [{{ cluster: up }}]
+clusters:
+  - name: up
+    endpoints: [{{ address: "{}" }}]
+"#,
+        up.addr
+    ))
+    .await;
+    let request = |method: &str, path: &str, origin: &str| {
+        request(method, "gw.example.com", path)
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "content-type, x-token")
+    };
+    for proto in [Proto::H1, Proto::H2] {
+        let hits = up.hits();
+        let send = |req: http::request::Builder| async {
+            proxy
+                .send(proto, req.body(empty()).expect("request"))
+                .await
+                .expect("answer")
+        };
+        let allowed = send(request("OPTIONS", "/api/x", "https://a.example.org")).await;
+        assert_eq!(allowed.status, StatusCode::NO_CONTENT, "{proto:?}");
+        let h = |name| allowed.header(name).unwrap_or_default();
+        assert_eq!(h("access-control-allow-origin"), "https://a.example.org");
+        assert_eq!(h("access-control-allow-methods"), "GET, PUT");
+        assert_eq!(h("access-control-allow-headers"), "content-type, x-token");
+        assert_eq!(h("access-control-allow-credentials"), "true");
+        assert_eq!(h("access-control-max-age"), "600");
+        let refused = send(request("OPTIONS", "/api/x", "https://evil.example.net")).await;
+        assert_eq!(refused.status, StatusCode::NO_CONTENT, "{proto:?}");
+        assert_eq!(refused.header("access-control-allow-origin"), None);
+        assert_eq!(up.hits(), hits, "{proto:?}: a preflight went upstream");
+
+        // Not preflights: the authorization as before, then the mark.
+        let denied = send(request("GET", "/api/x", "https://app.example.com")).await;
+        assert_eq!(denied.status, StatusCode::FORBIDDEN, "{proto:?}");
+        let marked =
+            send(request("GET", "/api/x", "https://app.example.com").header("x-token", "t")).await;
+        assert_eq!(marked.status, StatusCode::OK, "{proto:?}");
+        let h = |name| marked.header(name).unwrap_or_default();
+        assert_eq!(h("access-control-allow-origin"), "https://app.example.com");
+        assert_eq!(h("access-control-expose-headers"), "x-total");
+        assert_eq!(h("vary"), "origin");
+        // The route's own answers are marked too (its authorization's, here).
+        let denied_by_route = send(
+            request("GET", "/api/x", "https://app.example.com")
+                .header("x-token", "t")
+                .header("x-deny", "1"),
+        )
+        .await;
+        assert_eq!(denied_by_route.status, StatusCode::FORBIDDEN, "{proto:?}");
+        assert_eq!(
+            denied_by_route
+                .header("access-control-allow-origin")
+                .as_deref(),
+            Some("https://app.example.com")
+        );
+        let other =
+            send(request("GET", "/api/x", "https://evil.example.net").header("x-token", "t")).await;
+        assert_eq!(other.status, StatusCode::OK, "{proto:?}");
+        assert_eq!(other.header("access-control-allow-origin"), None);
+        // A route without a policy: its preflight is an OPTIONS like any other.
+        let plain = send(request("OPTIONS", "/other", "https://app.example.com")).await;
+        assert_eq!(plain.status, StatusCode::FORBIDDEN, "{proto:?}");
+        assert_eq!(up.hits(), hits + 2, "{proto:?}");
+    }
+}

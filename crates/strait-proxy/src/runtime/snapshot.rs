@@ -12,6 +12,7 @@ use strait_config::{Config, HashOn, ProxyHeaders, Redirect, Rewrite, UpstreamPro
 
 use crate::authz::Policy as AuthzPolicy;
 use crate::balance::Balancer;
+use crate::gateway::cors::CorsPlan;
 use crate::http::headers::CompiledEdits;
 use crate::jwt::JwtPlan;
 use crate::passthrough::PassthroughRoute;
@@ -186,6 +187,13 @@ impl Snapshot {
                         ),
                         None => None,
                     },
+                    cors: match &r.cors {
+                        Some(c) => Some(CorsPlan::compile(c).map_err(|message| CompileError {
+                            location: format!("{}.cors", at()),
+                            message,
+                        })?),
+                        None => None,
+                    },
                     rate_limit: match &r.rate_limit {
                         Some(rl) => Some(
                             RateLimitPlan::compile(
@@ -225,6 +233,7 @@ impl Snapshot {
                 peers: metrics.peers(&l.name),
                 max_connections: l.max_connections,
                 max_per_client: l.max_connections_per_client,
+                cors: l.routes.iter().any(|r| r.cors.is_some()),
                 connection_rate: l.connection_rate_limit.as_ref().map(|r| {
                     let burst = r
                         .burst
@@ -358,6 +367,9 @@ pub struct ListenerPlan {
     pub tls: Option<Arc<ServerTls>>,
     /// Who may send requests, checked before routing.
     pub authz: Option<AuthzPolicy>,
+    /// Whether a route has a CORS policy (so a preflight is looked at before the token and
+    /// authorization).
+    pub cors: bool,
     /// Bearer-token verification, before routing.
     pub jwt: Option<JwtPlan>,
     /// TLS passthrough by SNI, instead of HTTP.
@@ -409,6 +421,7 @@ fn passes_fields(
             && r.retry.is_none()
             && r.rate_limit.is_none()
             && r.authorization.is_none()
+            && r.cors.is_none()
             && r.backends.iter().all(|b| cluster_passes(&b.cluster))
     };
     !listener_reads && l.routes.iter().all(route_passes)
@@ -445,6 +458,8 @@ pub struct RouteAction {
     pub retry: Option<RetryPolicy>,
     /// Who may use the route.
     pub authz: Option<AuthzPolicy>,
+    /// Which web origins' scripts may call the route.
+    pub cors: Option<CorsPlan>,
 }
 
 /// A route's rate limit, ready to check requests.
