@@ -255,15 +255,17 @@ pub(crate) fn serve(
             // The listener was removed by a reload while this connection stayed open.
             return Ok(local_reply(grpc, Cause::NoRoute, "listener removed"));
         };
+        if !listener.pass_fields {
+            // Something on this listener reads the request's fields: into the map with them.
+            fields_into_map(&mut req);
+        }
         if req.method() == Method::CONNECT {
             // Tunnels are not served. Forwarded, a CONNECT would lose its target (an authority,
             // where routes and upstream URIs have a path).
             let response = local_reply(grpc, Cause::NotImplemented, "CONNECT is not served");
-            return Ok(answered_unrouted(listener, response, &clock));
-        }
-        if !listener.pass_fields {
-            // Something on this listener reads the request's fields: into the map with them.
-            fields_into_map(&mut req);
+            return Ok(answered_unrouted(
+                listener, &req, &conn, None, response, &clock,
+            ));
         }
         if let ClientBody::Hyper(_) = req.body() {
             // An HTTP/2 request's cookie crumbs, one field again (RFC 9113 8.2.3).
@@ -273,19 +275,25 @@ pub(crate) fn serve(
             if req.uri().authority().is_none() && !one_host(req.headers()) {
                 let detail = "no :authority, and not one valid host";
                 let response = local_reply(grpc, Cause::BadRequest, detail);
-                return Ok(answered_unrouted(listener, response, &clock));
+                return Ok(answered_unrouted(
+                    listener, &req, &conn, None, response, &clock,
+                ));
             }
             // `*` is the path of OPTIONS alone (RFC 9113 8.3.1), as in HTTP/1.1.
             if req.uri().path() == "*" && req.method() != Method::OPTIONS {
                 let response = local_reply(grpc, Cause::BadRequest, "`*` is OPTIONS' path");
-                return Ok(answered_unrouted(listener, response, &clock));
+                return Ok(answered_unrouted(
+                    listener, &req, &conn, None, response, &clock,
+                ));
             }
         }
         // One path for authorization, routing, rewrites and the upstream alike.
         if let Some(rules) = listener.paths {
             if let Err(refusal) = normal_path(&mut req, rules) {
                 let response = local_reply(grpc, Cause::BadRequest, refusal.detail());
-                return Ok(answered_unrouted(listener, response, &clock));
+                return Ok(answered_unrouted(
+                    listener, &req, &conn, None, response, &clock,
+                ));
             }
         }
         // Made on arrival, so every answer's log line has one, not just the forwarded ones; it
@@ -298,7 +306,7 @@ pub(crate) fn serve(
         // A CORS preflight is the route's to answer before the token and authorization: a
         // browser sends it without credentials.
         if listener.cors && cors::is_preflight(&req) {
-            if let Some(response) = preflight(&req, &conn, listener, &clock) {
+            if let Some(response) = preflight(&req, &conn, listener, &clock, made_id.as_ref()) {
                 return Ok(response);
             }
         }
@@ -313,7 +321,10 @@ pub(crate) fn serve(
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, crate::jwt::challenge(refusal));
-                return Ok(answered_unrouted(listener, response, &clock));
+                let made_id = made_id.as_ref();
+                return Ok(answered_unrouted(
+                    listener, &req, &conn, made_id, response, &clock,
+                ));
             }
         }
         // A token's claims may be written as headers: then the map is asked, not the parse.
@@ -359,29 +370,20 @@ pub(crate) fn serve(
                 .and_then(denied_by);
             (found, by_listener.or(by_route))
         };
+        // Asked here whether the listener logs at all: most do not, and pay no call.
         let mut log = PendingLog(
-            listener.access_log.as_ref().and_then(|logger| {
-                let mut entry = logger.begin(
-                    clock.arrived,
-                    &listener.name,
-                    req.method(),
+            match &listener.access_log {
+                Some(_) => begin_log(
+                    listener,
+                    &req,
+                    &conn,
+                    &clock,
                     host.as_ref(),
-                    req.uri().path_and_query(),
-                    req.version(),
-                    &conn.peer_ip,
-                    match &trace {
-                        Some(t) => Some(t.trace_id()),
-                        None => trace_context::received_trace_id(req.headers()),
-                    },
-                )?;
-                // The id made above, else the client's: no second lookup for the one just made.
-                match &made_id {
-                    Some(id) => entry.set_made_request_id(id),
-                    None => entry.set_request_id(req.headers().get(&headers::X_REQUEST_ID)),
-                }
-                entry.peer_identity = conn.tls.get().and_then(|t| t.peer_identity.clone());
-                Some(entry)
-            }),
+                    trace.as_ref(),
+                    made_id.as_ref(),
+                ),
+                None => None,
+            },
             listener.access_log.as_deref(),
         );
         if let Some(rule) = denied {
@@ -591,26 +593,25 @@ fn cors_marked(action: &RouteAction, origin: Option<&HeaderValue>, response: &mu
 }
 
 /// The answer to a CORS preflight when the route it matches has a policy: counted with the
-/// route's requests. Apart: rare, and cold.
+/// route's requests, and logged. Apart: rare, and cold.
 #[inline(never)]
 fn preflight(
     req: &Request<ClientBody>,
     conn: &Connection,
     listener: &ListenerPlan,
     clock: &RequestClock,
+    made_id: Option<&headers::RequestId>,
 ) -> Option<Reply> {
     // As `serve` reads it: the authority, else the one `host` (the fields are in the map on a
     // listener with a CORS policy).
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().as_bytes())
-        .or_else(|| req.headers().get(header::HOST).map(HeaderValue::as_bytes))
-        .filter(|h| h.is_ascii())
-        .unwrap_or_default();
+    let host = request_host_value(req);
     let view = RequestView {
         method: req.method(),
-        host,
+        host: host
+            .as_ref()
+            .map(HeaderValue::as_bytes)
+            .filter(|h| h.is_ascii())
+            .unwrap_or_default(),
         path: req.uri().path(),
         query: req.uri().query(),
         headers: req.headers(),
@@ -619,10 +620,14 @@ fn preflight(
     let (action, _) = listener.routes.find_with_match(&view)?;
     let cors = action.cors.as_ref()?;
     let mut response = Box::new(cors.preflight(req));
+    let mut log = begin_log(listener, req, conn, clock, host.as_ref(), None, made_id);
+    if let Some(entry) = log.as_mut() {
+        entry.route = Some(Arc::clone(&action.name));
+    }
     answered(
         listener,
         &action.local_stats,
-        None,
+        log,
         None,
         &mut response,
         clock,
@@ -752,18 +757,71 @@ fn answered(
     finish_log(listener, log, grpc_in_head, response);
 }
 
-/// [`answered`] for an answer made before any route was looked for: counted and logged with
-/// the listener's unrouted requests.
-fn answered_unrouted(listener: &ListenerPlan, mut response: Reply, clock: &RequestClock) -> Reply {
+/// The request's access log entry, when its listener logs it and it is sampled: its text,
+/// its trace id (the trace's, else one received) and its request id (`made_id`, else the
+/// client's).
+fn begin_log(
+    listener: &ListenerPlan,
+    req: &Request<ClientBody>,
+    conn: &Connection,
+    clock: &RequestClock,
+    host: Option<&HeaderValue>,
+    trace: Option<&RequestTrace>,
+    made_id: Option<&headers::RequestId>,
+) -> Option<Box<LogEntry>> {
+    let logger = listener.access_log.as_ref()?;
+    let mut entry = logger.begin(
+        clock.arrived,
+        &listener.name,
+        req.method(),
+        host,
+        req.uri().path_and_query(),
+        req.version(),
+        &conn.peer_ip,
+        match trace {
+            Some(t) => Some(t.trace_id()),
+            None => trace_context::received_trace_id(req.headers()),
+        },
+    )?;
+    // The id made on arrival, else the client's: no second lookup for the one just made.
+    match made_id {
+        Some(id) => entry.set_made_request_id(id),
+        None => entry.set_request_id(req.headers().get(&headers::X_REQUEST_ID)),
+    }
+    entry.peer_identity = conn.tls.get().and_then(|t| t.peer_identity.clone());
+    Some(entry)
+}
+
+/// [`answered`] for an answer made before any route was looked for: counted with the
+/// listener's unrouted requests, and logged (its host as the request named it).
+#[inline(never)]
+fn answered_unrouted(
+    listener: &ListenerPlan,
+    req: &Request<ClientBody>,
+    conn: &Connection,
+    made_id: Option<&headers::RequestId>,
+    mut response: Reply,
+    clock: &RequestClock,
+) -> Reply {
+    let host = request_host_value(req);
+    let log = begin_log(listener, req, conn, clock, host.as_ref(), None, made_id);
     answered(
         listener,
         &listener.no_route,
-        None,
+        log,
         None,
         &mut response,
         clock,
     );
     response
+}
+
+/// The request's host as the log writes it, read without taking it (see `request_host`).
+fn request_host_value(req: &Request<ClientBody>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    }
 }
 
 /// Records a span's answer; the span ends with the response body.

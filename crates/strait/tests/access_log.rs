@@ -260,3 +260,94 @@ async fn a_malformed_request_head_gets_a_line_too() {
     }
     let _ = std::fs::remove_file(&log);
 }
+
+/// Answers made before any route was looked for get their line too: a path refused (400), a
+/// CONNECT (501), and a CORS preflight the proxy answered (with its route's name). They were
+/// counted, but left no line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_made_before_routing_are_logged() {
+    let up = Upstream::echo("early").await;
+    let log = fresh_log(line!());
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    access_log: {{ path: "{}" }}
+    routes:
+      - name: api
+        backends: [{{ cluster: echo }}]
+        cors: {{ allow_origins: ["https://app.example.com"] }}
+clusters:
+  - name: echo
+    endpoints: [{{ address: "{}" }}]
+"#,
+        log.display(),
+        up.addr
+    ))
+    .await;
+    for proto in [Proto::H1, Proto::H2] {
+        let bad_path = proxy
+            .send(proto, simple("GET", "a.example", "/a%2Fb"))
+            .await
+            .expect("answer");
+        assert_eq!(bad_path.status, 400);
+        let preflight = request("OPTIONS", "a.example", "/x")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "PUT")
+            .header("x-request-id", format!("pre-{proto:?}"))
+            .body(empty())
+            .expect("request");
+        let answer = proxy.send(proto, preflight).await.expect("answer");
+        assert_eq!(answer.status, 204);
+    }
+    let connect = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut h1 = tokio::net::TcpStream::connect(proxy.listen)
+            .await
+            .expect("connect");
+        h1.write_all(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = vec![0; 12];
+        h1.read_exact(&mut answer).await.expect("read");
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert_eq!(connect, "HTTP/1.1 501");
+
+    let lines = lines(&log, 5).await;
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for (i, proto) in ["HTTP/1.1", "HTTP/2.0"].iter().enumerate() {
+        let bad = &lines[2 * i];
+        assert_eq!(bad["status"], 400, "{bad}");
+        assert_eq!(bad["response_flags"], "bad_request", "{bad}");
+        assert_eq!(bad["path"], "/a%2Fb", "{bad}");
+        assert_eq!(bad["protocol"], *proto, "{bad}");
+        assert_eq!(bad["route"], "", "{bad}");
+        assert!(
+            bad["authority"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("a.example"),
+            "{bad}"
+        );
+        let pre = &lines[2 * i + 1];
+        assert_eq!(pre["status"], 204, "{pre}");
+        assert_eq!(pre["method"], "OPTIONS", "{pre}");
+        assert_eq!(pre["route"], "api", "{pre}");
+        assert_eq!(
+            pre["request_id"],
+            format!("pre-{}", ["H1", "H2"][i]),
+            "{pre}"
+        );
+    }
+    assert_eq!(lines[4]["status"], 501, "{}", lines[4]);
+    assert_eq!(lines[4]["method"], "CONNECT", "{}", lines[4]);
+    assert_eq!(
+        lines[4]["response_flags"], "not_implemented",
+        "{}",
+        lines[4]
+    );
+    assert_eq!(up.hits(), 0);
+    let _ = std::fs::remove_file(&log);
+}
