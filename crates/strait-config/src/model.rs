@@ -821,6 +821,29 @@ pub struct Route {
     /// CORS headers added; preflights go upstream like any request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Cors>,
+    /// Compress answers with gzip for clients that accept it. Default: none (answers pass as
+    /// they come).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+}
+
+/// A route's response compression (gzip), as nginx's `gzip` and Envoy's `compressor`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Compression {
+    /// Answers declared shorter than this many bytes are left as they are. Default: `1024`.
+    #[serde(default = "defaults::compress_min_bytes")]
+    pub min_bytes: u64,
+    /// Media types compressed: `type/subtype`, or `type/*` for all of a type. Default: text and
+    /// the usual text-like application types (`text/html`, `text/plain`, `text/css`,
+    /// `text/javascript`, `text/xml`, `application/javascript`, `application/json`,
+    /// `application/xml`, `application/xhtml+xml`, `image/svg+xml`).
+    #[serde(default = "defaults::compress_types")]
+    pub content_types: Vec<String>,
+    /// gzip level, 1 (fastest) to 9 (smallest). Default: `1`.
+    #[serde(default = "defaults::compress_level")]
+    #[schemars(range(min = 1, max = 9))]
+    pub level: u32,
 }
 
 /// A route's CORS policy (the Fetch standard's CORS protocol), as Envoy's `cors` filter.
@@ -1713,6 +1736,28 @@ pub(crate) mod defaults {
     }
     pub fn any() -> Vec<String> {
         vec!["*".to_owned()]
+    }
+    pub fn compress_min_bytes() -> u64 {
+        1024
+    }
+    pub fn compress_types() -> Vec<String> {
+        [
+            "text/html",
+            "text/plain",
+            "text/css",
+            "text/javascript",
+            "text/xml",
+            "application/javascript",
+            "application/json",
+            "application/xml",
+            "application/xhtml+xml",
+            "image/svg+xml",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    pub fn compress_level() -> u32 {
+        1
     }
     pub fn percent() -> f64 {
         100.0

@@ -581,6 +581,36 @@ impl Checker<'_> {
         if let Some(cors) = &route.cors {
             self.cors(&at.key("cors"), cors);
         }
+        if let Some(compression) = &route.compression {
+            let at = at.key("compression");
+            if !(1..=9).contains(&compression.level) {
+                self.say(
+                    at.key("level"),
+                    format!("{}: allowed 1 (fastest) to 9 (smallest)", compression.level),
+                );
+            }
+            for (i, media) in compression.content_types.iter().enumerate() {
+                let token = |t: &str| {
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                };
+                let ok = match media.split_once('/') {
+                    Some((kind, "*")) => token(kind),
+                    Some((kind, sub)) => token(kind) && token(sub),
+                    None => false,
+                };
+                if !ok {
+                    self.say(
+                        at.key("content_types").index(i),
+                        format!(
+                            "{media:?} is not a media type: give `type/subtype`, like \
+                             `application/json`, or `type/*`, like `text/*`"
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(retry) = &route.retry {
             if answers_itself {
                 self.say_at_key(

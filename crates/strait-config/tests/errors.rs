@@ -683,6 +683,33 @@ fn cors_origins_methods_and_headers_are_checked_at_their_items() {
 }
 
 #[test]
+fn compression_level_and_media_types_are_checked() {
+    let with = |compression: &str| {
+        VALID.replace(
+            "        backends: [{ cluster: api }]\n",
+            &format!(
+                "        backends: [{{ cluster: api }}]\n        compression: {compression}\n"
+            ),
+        )
+    };
+    let at = "listeners[0].routes[0].compression";
+    let e = error_about(&with("{ level: 10 }"), &format!("{at}.level"));
+    assert_says(&e, &["10", "1 (fastest) to 9"]);
+    for bad in ["json", "text/", "/json", "text/ html"] {
+        let text = with(&format!("{{ content_types: [text/html, \"{bad}\"] }}"));
+        let e = error_about(&text, &format!("{at}.content_types[1]"));
+        assert_says(&e, &[bad, "type/subtype"]);
+    }
+    let config = parse(&with("{}"), ORIGIN).expect("valid");
+    let c = config.listeners[0].routes[0]
+        .compression
+        .clone()
+        .expect("compression");
+    assert_eq!((c.min_bytes, c.level), (1024, 1));
+    assert!(c.content_types.iter().any(|t| t == "application/json"));
+}
+
+#[test]
 fn busy_poll_is_bounded_and_accepts_microseconds() {
     let text = format!("busy_poll: 200ms\n{VALID}");
     let e = error_about(&text, "busy_poll");

@@ -61,6 +61,7 @@ use crate::telemetry::trace_context;
 use crate::telemetry::trace_context::TraceparentValue;
 use std::sync::atomic::Ordering::Relaxed;
 
+pub(crate) mod compress;
 pub(crate) mod cors;
 mod tries;
 use tries::Tries;
@@ -399,7 +400,9 @@ pub(crate) fn serve(
             let mut response =
                 local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
             if let Some((action, _)) = &found {
-                cors_marked(action, req.headers().get(header::ORIGIN), &mut response);
+                if let Some(asked) = Asked::of(action, &req) {
+                    asked.mark(action, &mut response);
+                }
             }
             answered(listener, stats, log.take(), trace, &mut response, &clock);
             return Ok(response);
@@ -423,10 +426,7 @@ pub(crate) fn serve(
             t.note_route(&action.name);
         }
         tracing::trace!(listener = %listener.name, route = %action.name, "route matched");
-        let origin = action
-            .cors
-            .as_ref()
-            .and_then(|_| req.headers().get(header::ORIGIN).cloned());
+        let asked = Asked::of(action, &req);
         if let Some(fault) = &action.fault {
             if let Some((delay, percent)) = fault.delay {
                 if sampled(percent) {
@@ -439,7 +439,9 @@ pub(crate) fn serve(
                 if sampled(percent) {
                     action.local_stats.fault_aborted();
                     let mut response = fault_reply(grpc, answer);
-                    cors_marked(action, origin.as_ref(), &mut response);
+                    if let Some(asked) = &asked {
+                        asked.mark(action, &mut response);
+                    }
                     answered(
                         listener,
                         &action.local_stats,
@@ -456,7 +458,9 @@ pub(crate) fn serve(
             if let Some(retry) = over_limit(limit, &req, &conn) {
                 action.local_stats.rate_limited();
                 let mut response = rate_limited_reply(grpc, retry);
-                cors_marked(action, origin.as_ref(), &mut response);
+                if let Some(asked) = &asked {
+                    asked.mark(action, &mut response);
+                }
                 answered(
                     listener,
                     &action.local_stats,
@@ -528,7 +532,9 @@ pub(crate) fn serve(
                     }
                     if let Some(refused) = declared_too_long(&req, action.max_request_body) {
                         let mut response = local_reply(grpc, Cause::RequestBodyTooLarge, refused);
-                        cors_marked(action, origin.as_ref(), &mut response);
+                        if let Some(asked) = &asked {
+                            asked.mark(action, &mut response);
+                        }
                         answered(listener, stats, log.take(), trace, &mut response, &clock);
                         return Ok(response);
                     }
@@ -542,7 +548,9 @@ pub(crate) fn serve(
                     if let Some(waiting) = body_held_back(&mut req, action.idle_timeout) {
                         if let Err((cause, detail)) = waiting.await {
                             let mut response = local_reply(grpc, cause, detail);
-                            cors_marked(action, origin.as_ref(), &mut response);
+                            if let Some(asked) = &asked {
+                                asked.mark(action, &mut response);
+                            }
                             answered(listener, stats, log.take(), trace, &mut response, &clock);
                             return Ok(response);
                         }
@@ -568,11 +576,14 @@ pub(crate) fn serve(
                 }
             },
         };
+        // Compression and CORS first: the route's header edits may then change what they wrote.
+        if let Some(asked) = &asked {
+            asked.finish(action, &mut response);
+        }
         if !action.response_headers.is_empty() {
             complete_headers(&mut response);
             action.response_headers.apply(response.headers_mut());
         }
-        cors_marked(action, origin.as_ref(), &mut response);
         if let Some(via) = &listener.proxy_headers.via {
             complete_headers(&mut response);
             headers::append_via(response.headers_mut(), "1.1", via);
@@ -582,13 +593,56 @@ pub(crate) fn serve(
     }
 }
 
-/// Marks an answer of a route with a CORS policy for the request's `origin` (see
-/// [`cors::CorsPlan::mark`]): the upstream's, and the proxy's own once the route is known.
-#[inline]
-fn cors_marked(action: &RouteAction, origin: Option<&HeaderValue>, response: &mut Reply) {
-    if let Some(cors) = &action.cors {
-        complete_headers(response);
-        cors.mark(origin, response.headers_mut());
+/// What a route's CORS policy and compression ask of the request, read before it is
+/// forwarded. Boxed, and only for routes with either: the gateway's future holds a pointer
+/// across its waits, not the values.
+struct Asked {
+    /// `origin`, for CORS.
+    origin: Option<HeaderValue>,
+    /// A `HEAD` (nothing to compress), and its `accept-encoding`.
+    head: bool,
+    accepted: Option<HeaderValue>,
+}
+
+impl Asked {
+    #[inline]
+    fn of(action: &RouteAction, req: &Request<ClientBody>) -> Option<Box<Asked>> {
+        if action.cors.is_none() && action.compression.is_none() {
+            return None;
+        }
+        Some(Self::read(req))
+    }
+
+    #[inline(never)]
+    fn read(req: &Request<ClientBody>) -> Box<Asked> {
+        let headers = req.headers();
+        Box::new(Asked {
+            origin: headers.get(header::ORIGIN).cloned(),
+            head: req.method() == Method::HEAD,
+            accepted: headers.get(header::ACCEPT_ENCODING).cloned(),
+        })
+    }
+}
+
+impl Asked {
+    /// Marks an answer of a route with a CORS policy for the request's `origin` (see
+    /// [`cors::CorsPlan::mark`]): the upstream's, and the proxy's own once the route is known.
+    #[inline(never)]
+    fn mark(&self, action: &RouteAction, response: &mut Reply) {
+        if let Some(cors) = &action.cors {
+            complete_headers(response);
+            cors.mark(self.origin.as_ref(), response.headers_mut());
+        }
+    }
+
+    /// Compresses the route's answer when it has `compression` (see
+    /// [`compress::CompressionPlan::apply`]), then marks it.
+    #[inline(never)]
+    fn finish(&self, action: &RouteAction, response: &mut Reply) {
+        if let Some(compression) = &action.compression {
+            compression.apply(self.head, self.accepted.as_ref(), response);
+        }
+        self.mark(action, response);
     }
 }
 

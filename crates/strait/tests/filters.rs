@@ -1013,3 +1013,169 @@ clusters:
         assert_eq!(up.hits(), hits + 2, "{proto:?}");
     }
 }
+
+/// gunzips a whole body.
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .expect("a whole gzip stream");
+    out
+}
+
+/// A route's `compression`: answers of a listed type, long enough, to clients that accept gzip
+/// are gzipped (the upstream's and the route's own), streamed ones frame by frame; others, and
+/// clients that do not take gzip, get them as they came. Over HTTP/1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_gzips_listed_answers_for_clients_that_take_it() {
+    let json: &'static str = format!("{{\"items\": [{}]}}", "\"item\", ".repeat(400)).leak();
+    let answer = |kind: &str, body: &str, extra: &str| -> &'static str {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        )
+        .leak()
+    };
+    let json_up = raw_upstream(
+        [answer("application/json", json, "etag: \"v1\"\r\n")],
+        Duration::ZERO,
+        false,
+    )
+    .await;
+    let png_up = raw_upstream([answer("image/png", json, "")], Duration::ZERO, false).await;
+    let small_up = raw_upstream(
+        [answer("application/json", "{}", "")],
+        Duration::ZERO,
+        false,
+    )
+    .await;
+    let stream_up = raw_upstream(
+        [
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+             |6\r\nfirst\n\r\n|7\r\nsecond\n\r\n|0\r\n\r\n",
+        ],
+        Duration::from_millis(300),
+        false,
+    )
+    .await;
+    let trailed_up = raw_upstream(
+        [
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\
+             trailer: x-sum\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 5\r\n\r\n",
+        ],
+        Duration::ZERO,
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: ${{LISTEN}}
+    routes:
+      - match: {{ path: {{ prefix: /trailed }} }}
+        backends: [{{ cluster: trailed }}]
+        compression: {{ min_bytes: 0 }}
+      - match: {{ path: {{ prefix: /json }} }}
+        backends: [{{ cluster: json }}]
+        compression: {{}}
+      - match: {{ path: {{ prefix: /png }} }}
+        backends: [{{ cluster: png }}]
+        compression: {{}}
+      - match: {{ path: {{ prefix: /small }} }}
+        backends: [{{ cluster: small }}]
+        compression: {{}}
+      - match: {{ path: {{ prefix: /stream }} }}
+        backends: [{{ cluster: stream }}]
+        compression: {{ content_types: [text/*], min_bytes: 0, level: 9 }}
+      - match: {{ path: {{ prefix: /own }} }}
+        direct_response: {{ status: 200, body: "{}" }}
+        compression: {{}}
+clusters:
+  - {{ name: json, endpoints: [{{ address: "{json_up}" }}] }}
+  - {{ name: png, endpoints: [{{ address: "{png_up}" }}] }}
+  - {{ name: small, endpoints: [{{ address: "{small_up}" }}] }}
+  - {{ name: stream, endpoints: [{{ address: "{stream_up}" }}] }}
+  - {{ name: trailed, endpoints: [{{ address: "{trailed_up}" }}] }}
+"#,
+        "own answer ".repeat(200)
+    ))
+    .await;
+    let get = |path: &str, accept: Option<&str>| {
+        let mut req = request("GET", "a.example", path);
+        if let Some(accept) = accept {
+            req = req.header("accept-encoding", accept);
+        }
+        req.body(empty()).expect("request")
+    };
+    for proto in [Proto::H1, Proto::H2] {
+        let proxy = &proxy;
+        let send = |req| async move { proxy.send(proto, req).await.expect("answer") };
+        let gz = send(get("/json", Some("br, gzip"))).await;
+        assert_eq!(gz.status, 200, "{proto:?}");
+        assert_eq!(
+            gz.header("content-encoding").as_deref(),
+            Some("gzip"),
+            "{proto:?}"
+        );
+        assert_eq!(gz.header("vary").as_deref(), Some("accept-encoding"));
+        assert_eq!(gz.header("etag").as_deref(), Some("W/\"v1\""));
+        assert_ne!(
+            gz.header("content-length").as_deref(),
+            Some(&*json.len().to_string())
+        );
+        assert!(
+            gz.body.len() < json.len() / 4,
+            "{proto:?}: {} bytes",
+            gz.body.len()
+        );
+        assert_eq!(gunzip(&gz.body), json.as_bytes(), "{proto:?}");
+
+        let plain = send(get("/json", None)).await;
+        assert_eq!(plain.header("content-encoding"), None, "{proto:?}");
+        assert_eq!(plain.body, json.as_bytes());
+        let refused = send(get("/json", Some("gzip;q=0, identity"))).await;
+        assert_eq!(refused.header("content-encoding"), None, "{proto:?}");
+        for path in ["/png", "/small"] {
+            let left = send(get(path, Some("gzip"))).await;
+            assert_eq!(left.header("content-encoding"), None, "{proto:?} {path}");
+        }
+        let own = send(get("/own", Some("gzip"))).await;
+        assert_eq!(own.header("content-encoding").as_deref(), Some("gzip"));
+        assert_eq!(gunzip(&own.body), "own answer ".repeat(200).as_bytes());
+
+        // A stream: each event arrives compressed as it is sent, not at the end.
+        let mut conn = proxy.connect(proto).await;
+        let answer = conn
+            .send(get("/stream", Some("gzip")))
+            .await
+            .expect("answer");
+        assert_eq!(answer.headers()["content-encoding"], "gzip");
+        let mut body = answer.into_body();
+        let mut got = Vec::new();
+        let mut first_at = None;
+        let started = std::time::Instant::now();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            if let Ok(data) = frame.expect("frame").into_data() {
+                first_at.get_or_insert_with(|| started.elapsed());
+                got.extend_from_slice(&data);
+            }
+        }
+        let first_at = first_at.expect("data");
+        assert!(
+            started.elapsed() - first_at >= Duration::from_millis(400),
+            "{proto:?}: the first piece came at {first_at:?}, the end at {:?}",
+            started.elapsed()
+        );
+        assert_eq!(gunzip(&got), b"first\nsecond\n", "{proto:?}");
+    }
+    // Trailers go after the gzip stream's end (HTTP/2 passes them on).
+    let trailed = proxy
+        .send(Proto::H2, get("/trailed", Some("gzip")))
+        .await
+        .expect("answer");
+    assert_eq!(gunzip(&trailed.body), b"hello");
+    let trailers = trailed.trailers.expect("trailers");
+    assert_eq!(trailers["x-sum"], "5");
+}

@@ -16,6 +16,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::balance::InFlight;
 use crate::http::client1::Body1;
+use crate::http::gzip::Gzip;
 use crate::http::pool::Pool;
 use crate::resilience::Admission;
 use crate::telemetry::access_log::{AccessLogger, LogEntry};
@@ -655,13 +656,14 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream(b) => b.inner.is_end_stream(),
+            ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            ResponseBody::Upstream(b) if b.compressed() => SizeHint::default(),
             ResponseBody::Upstream(b) => b.inner.size_hint(),
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
@@ -692,13 +694,18 @@ pub struct UpstreamBody {
     rare: Option<Box<Rare>>,
 }
 
-/// What an [`UpstreamBody`] holds for gRPC answers and traced requests only.
+/// What an [`UpstreamBody`] holds for gRPC answers, traced requests and compressed answers
+/// only.
 #[derive(Debug, Default)]
 struct Rare {
     /// A gRPC answer waiting for its grpc-status in the trailers to be counted.
     grpc_pending: Option<Arc<RouteStats>>,
     /// Spans that end with the body: the attempt's client span, then the request's server span.
     spans: [Option<OpenSpan>; 2],
+    /// The gzip stream the body is written into, for a route with `compression`.
+    gzip: Option<Gzip>,
+    /// Trailers held back while the gzip stream's end goes out before them.
+    held: Option<Frame<Bytes>>,
 }
 
 /// The stream idle timer of a response body, armed only when the body has to wait: most
@@ -814,6 +821,16 @@ impl UpstreamBody {
         self.rare.get_or_insert_default().grpc_pending = Some(stats);
     }
 
+    /// Sends the body gzipped from now on (see `gateway::compress`).
+    pub(crate) fn compress(&mut self, gzip: Gzip) {
+        self.rare.get_or_insert_default().gzip = Some(gzip);
+    }
+
+    /// Whether the body is sent gzipped (its length is then not the upstream's).
+    fn compressed(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.gzip.is_some())
+    }
+
     /// Writes `entry` to `logger` when the body ends (or is dropped before).
     pub fn log_on_completion(&mut self, logger: Arc<AccessLogger>, entry: Box<LogEntry>) {
         if self.ended() {
@@ -908,6 +925,16 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        // A compressed answer: trailers held behind the gzip stream's end, then the end.
+        if let Some(rare) = this.rare.as_deref_mut() {
+            if let Some(held) = rare.held.take() {
+                return Poll::Ready(Some(Ok(held)));
+            }
+            if rare.gzip.as_ref().is_some_and(Gzip::finished) {
+                this.complete();
+                return Poll::Ready(None);
+            }
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         let frame = match polled {
             Poll::Ready(frame) => frame,
@@ -922,6 +949,15 @@ impl Body for UpstreamBody {
                 return Poll::Pending;
             }
         };
+        let mut frame = frame;
+        if let Some(Rare {
+            gzip: Some(gzip),
+            held,
+            ..
+        }) = this.rare.as_deref_mut()
+        {
+            frame = gzipped(gzip, held, frame, this.inner.is_end_stream());
+        }
         match &frame {
             Some(Ok(f)) => {
                 if let Some(timer) = &mut this.idle {
@@ -958,6 +994,40 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+            && self
+                .rare
+                .as_ref()
+                .is_none_or(|r| r.held.is_none() && r.gzip.as_ref().is_none_or(Gzip::finished))
+    }
+}
+
+/// A frame of an answer as its gzip stream makes it: data compressed and flushed (with the
+/// stream's end after the last of it), trailers held back behind that end, the body's end
+/// turned into the stream's.
+#[inline(never)]
+fn gzipped(
+    gzip: &mut Gzip,
+    held: &mut Option<Frame<Bytes>>,
+    frame: Option<Result<Frame<Bytes>, BodyError>>,
+    last: bool,
+) -> Option<Result<Frame<Bytes>, BodyError>> {
+    let data = |bytes: Vec<u8>| Some(Ok(Frame::data(Bytes::from(bytes))));
+    match frame {
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(chunk) => {
+                let mut out = gzip.push(&chunk);
+                if last {
+                    out.extend_from_slice(&gzip.finish());
+                }
+                data(out)
+            }
+            Err(trailers) => {
+                *held = Some(trailers);
+                data(gzip.finish())
+            }
+        },
+        None if !gzip.finished() => data(gzip.finish()),
+        other => other,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod body;
 pub mod client1;
 mod conn_io;
 pub(crate) mod flood;
+pub(crate) mod gzip;
 pub(crate) mod head1;
 pub mod headers;
 pub mod inbuf;

@@ -12,6 +12,7 @@ use strait_config::{Config, HashOn, ProxyHeaders, Redirect, Rewrite, UpstreamPro
 
 use crate::authz::Policy as AuthzPolicy;
 use crate::balance::Balancer;
+use crate::gateway::compress::CompressionPlan;
 use crate::gateway::cors::CorsPlan;
 use crate::http::headers::CompiledEdits;
 use crate::jwt::JwtPlan;
@@ -194,6 +195,7 @@ impl Snapshot {
                         })?),
                         None => None,
                     },
+                    compression: r.compression.as_ref().map(CompressionPlan::compile),
                     rate_limit: match &r.rate_limit {
                         Some(rl) => Some(
                             RateLimitPlan::compile(
@@ -422,6 +424,7 @@ fn passes_fields(
             && r.rate_limit.is_none()
             && r.authorization.is_none()
             && r.cors.is_none()
+            && r.compression.is_none()
             && r.backends.iter().all(|b| cluster_passes(&b.cluster))
     };
     !listener_reads && l.routes.iter().all(route_passes)
@@ -460,6 +463,8 @@ pub struct RouteAction {
     pub authz: Option<AuthzPolicy>,
     /// Which web origins' scripts may call the route.
     pub cors: Option<CorsPlan>,
+    /// Which answers are gzipped for clients that take it.
+    pub compression: Option<CompressionPlan>,
 }
 
 /// A route's rate limit, ready to check requests.
