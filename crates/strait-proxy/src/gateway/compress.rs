@@ -10,6 +10,7 @@ use strait_config::Compression;
 
 use crate::http::body::ResponseBody;
 use crate::http::gzip::Gzip;
+use crate::http::headers;
 
 use super::Reply;
 
@@ -54,11 +55,11 @@ impl CompressionPlan {
         let Some(slash) = media.iter().position(|&b| b == b'/') else {
             return false;
         };
-        let (kind, sub) = (&media[..slash], &media[slash + 1..]);
         // gRPC compresses its messages itself, and its clients read no other encoding.
-        if kind.eq_ignore_ascii_case(b"application") && sub.starts_with(b"grpc") {
+        if headers::is_grpc_content_type(media) {
             return false;
         }
+        let (kind, sub) = (&media[..slash], &media[slash + 1..]);
         self.types.iter().any(|(k, s)| {
             kind.eq_ignore_ascii_case(k.as_bytes())
                 && s.as_ref()
@@ -95,7 +96,7 @@ impl CompressionPlan {
         let no_transform = headers
             .get_all(header::CACHE_CONTROL)
             .iter()
-            .any(|v| contains_token(v.as_bytes(), b"no-transform"));
+            .any(|v| headers::has_token(v.as_bytes(), b"no-transform"));
         let listed = headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|t| self.compresses(t.as_bytes()));
@@ -160,13 +161,6 @@ fn accepts_gzip(value: &HeaderValue) -> bool {
     gzip.or(star).is_some_and(|w| w > 0.0)
 }
 
-/// Whether a comma-separated header value holds `token` (case-insensitive).
-fn contains_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +209,10 @@ mod tests {
         assert_eq!(h[header::CONTENT_ENCODING], "gzip");
         assert_eq!(h[header::VARY], "accept-encoding");
         assert_eq!(h[header::ETAG], "W/\"abc\"");
-        assert!(contains_token(b"private, No-Transform", b"no-transform"));
+        assert!(headers::has_token(
+            b"private, No-Transform",
+            b"no-transform"
+        ));
+        assert!(!headers::has_token(b"no-transformer", b"no-transform"));
     }
 }

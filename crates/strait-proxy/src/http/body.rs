@@ -936,7 +936,7 @@ impl Body for UpstreamBody {
             }
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        let frame = match polled {
+        let mut frame = match polled {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 if let Some(timer) = &mut this.idle {
@@ -949,7 +949,6 @@ impl Body for UpstreamBody {
                 return Poll::Pending;
             }
         };
-        let mut frame = frame;
         if let Some(Rare {
             gzip: Some(gzip),
             held,

@@ -382,6 +382,15 @@ pub(crate) fn is_grpc_content_type(value: &[u8]) -> bool {
     value.starts_with(b"application/grpc")
 }
 
+/// Whether a comma-separated field value (`upgrade`, `te`, `cache-control`, ...) holds
+/// `token`, regardless of case.
+#[inline]
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// True when a `connection` value names no other header: only `keep-alive` and `close`.
 fn names_no_headers(connection: &[u8]) -> bool {
     // The usual value, before splitting.

@@ -628,13 +628,9 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
             }
         } else if hop == HOP_UPGRADE {
             upgrade = true;
-            h2c |= raw_value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+            h2c |= headers::has_token(raw_value, b"h2c");
         } else if hop == HOP_TE {
-            trailers |= raw_value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            trailers |= headers::has_token(raw_value, b"trailers");
         } else if known == Known::Expect {
             expect_continue = raw_value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if known == Known::ContentType && grpc.is_none() {
@@ -1084,10 +1080,7 @@ fn encode_head(
             continue;
         } else if name == header::CONNECTION {
             connection = true;
-            said_close |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            said_close |= headers::has_token(value.as_bytes(), b"close");
             close |= said_close;
         } else if name == header::DATE {
             date = true;
