@@ -268,7 +268,7 @@ pub(crate) fn serve(
                 listener, &req, &conn, None, response, &clock,
             ));
         }
-        if let ClientBody::Hyper(_) = req.body() {
+        if let ClientBody::H2(_) = req.body() {
             // An HTTP/2 request's cookie crumbs, one field again (RFC 9113 8.2.3).
             headers::fold_repeats(req.headers_mut());
             // Without `:authority` the `host` field names the host: one, an authority's bytes,
@@ -527,7 +527,7 @@ pub(crate) fn serve(
                         answered(listener, stats, log.take(), trace, &mut response, &clock);
                         return Ok(response);
                     }
-                    if let ClientBody::Hyper(body) = req.body() {
+                    if let ClientBody::H2(body) = req.body() {
                         let gather =
                             |_: &usize| !grpc && !req.headers().contains_key(header::EXPECT);
                         if let Some(due) = Gathered::due(body).filter(gather) {
@@ -682,7 +682,7 @@ fn declared_too_long(req: &Request<ClientBody>, most: Option<u64>) -> Option<Str
 #[inline(never)]
 fn gathered(req: Request<ClientBody>, due: usize) -> Request<ClientBody> {
     req.map(|body| match body {
-        ClientBody::Hyper(body) => ClientBody::Gathered(Box::new(Gathered::new(body, due))),
+        ClientBody::H2(body) => ClientBody::Gathered(Box::new(Gathered::new(body, due))),
         other => other,
     })
 }
@@ -705,7 +705,7 @@ fn body_held_back(
             )))
         }
         ClientBody::Gathered(body) => Some(Box::pin(body_sent(|cx| body.poll_gather(cx), idle))),
-        ClientBody::Hyper(_) | ClientBody::Watched(..) => None,
+        ClientBody::H2(_) | ClientBody::Watched(..) => None,
     }
 }
 
@@ -1551,7 +1551,7 @@ fn send_failed(
 }
 
 /// The first error of type `T` in `e`'s chain (`e` itself, or one it wraps).
-fn find_in_chain<'e, T: std::error::Error + 'static>(
+pub(crate) fn find_in_chain<'e, T: std::error::Error + 'static>(
     e: &'e (dyn std::error::Error + 'static),
 ) -> Option<&'e T> {
     let mut next = Some(e);
@@ -2123,7 +2123,7 @@ fn proxy_fields(req: &Request<ClientBody>) -> u8 {
     match req.body() {
         ClientBody::Http1(body) => body.proxy_fields(),
         // Hop-by-hop fields are not looked for here: the map is looked through for them.
-        ClientBody::Hyper(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => {
+        ClientBody::H2(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => {
             headers::proxy_fields_in(req.headers()) | headers::FIELD_HOP_BY_HOP
         }
     }
@@ -2133,7 +2133,7 @@ fn is_grpc(req: &Request<ClientBody>) -> bool {
     match req.body() {
         // Seen as the head was parsed.
         ClientBody::Http1(body) => body.is_grpc(),
-        ClientBody::Hyper(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => req
+        ClientBody::H2(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => req
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| headers::is_grpc_content_type(v.as_bytes())),

@@ -294,6 +294,117 @@ async fn a_client_with_a_tiny_window_updates_it_as_often_as_it_needs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_expects_100_continue_is_asked_for_its_body() {
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&config(up.addr, "")).await;
+    let send = h2_client(&proxy).await;
+    let mut send = send.ready().await.expect("ready");
+    let req = Request::post("http://h2.example/upload")
+        .header("expect", "100-continue")
+        .header("content-length", "5")
+        .body(())
+        .expect("request");
+    let (mut answer, mut body) = send.send_request(req, false).expect("send");
+    // Nothing of the body is sent until the proxy asks for it.
+    let interim = std::future::poll_fn(|cx| answer.poll_informational(cx));
+    let interim = within(Duration::from_secs(5), "100 Continue", interim)
+        .await
+        .expect("an interim answer")
+        .expect("interim answer");
+    assert_eq!(interim.status(), StatusCode::CONTINUE);
+    body.send_data(Bytes::from_static(b"hello"), true)
+        .expect("body");
+    let answer = within(Duration::from_secs(5), "answer", answer)
+        .await
+        .expect("answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let mut echoed = answer.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = echoed.data().await {
+        text.extend_from_slice(&chunk.expect("answer body"));
+    }
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("\"body_len\":5"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_fields_a_route_sets_are_left_out_of_http2_answers() {
+    // HTTP/2 refuses connection-specific fields (RFC 9113 8.2.2): sent, the stream would be
+    // reset. A route's edits may set them for its HTTP/1.1 clients.
+    let up = Upstream::echo("up").await;
+    let config = format!(
+        "listeners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
+         - backends: [{{ cluster: up }}]\n        response_headers:\n          set: \
+         {{ connection: close, keep-alive: \"timeout=5\", upgrade: h2c, x-kept: \"yes\" }}\n\
+         clusters:\n  - name: up\n    endpoints: [{{ address: \"{}\" }}]\n",
+        up.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut send = h2_client(&proxy).await;
+    let get = Request::get("http://h2.example/")
+        .body(())
+        .expect("request");
+    let (status, fields) = h2_ask(&mut send, get).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fields["x-kept"], "yes");
+    for name in ["connection", "keep-alive", "upgrade"] {
+        assert!(!fields.contains_key(name), "{name} in {fields:?}");
+    }
+    assert!(fields.contains_key("date"), "{fields:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_answers_no_keep_alive_ping_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A stream waits on an upstream that answers in 30 s, so the connection is not idle; the
+    // proxy pings after the idle timeout (1 s) and, the ping unanswered for as long, closes.
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&config(up.addr, "    idle_timeout: 1s\n")).await;
+    let mut tcp = TcpStream::connect(proxy.listen).await.expect("connect");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, &[]));
+    // HEADERS on stream 1, END_STREAM | END_HEADERS, each field a literal without indexing.
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/slow"),
+        (":authority", "h2.example"),
+        ("x-echo-delay-ms", "30000"),
+    ] {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut headers = frame(0x1, &block);
+    headers[4] = 0x5;
+    headers[8] = 1;
+    hello.extend(headers);
+    tcp.write_all(&hello).await.expect("request");
+    let started = Instant::now();
+    let got = within(Duration::from_secs(10), "the proxy closes", async {
+        let mut got = Vec::new();
+        let _ = tcp.read_to_end(&mut got).await;
+        got
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(8));
+    let mut kinds = Vec::new();
+    let mut at = 0;
+    while let Some(head) = got.get(at..at + 9) {
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        kinds.push((head[3], head[4]));
+        at += 9 + len;
+    }
+    // A PING (0x6) that is no acknowledgement, then a GOAWAY (0x7).
+    let ping = kinds.iter().position(|&k| k == (0x6, 0)).expect("a ping");
+    let goaway = kinds.iter().position(|&(kind, _)| kind == 0x7);
+    assert!(goaway.is_some_and(|g| g > ping), "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_connection_lingers_so_a_slow_reader_gets_the_whole_answer() {
     // 8 MiB answered at once; the client takes it in a large window but reads slowly, so the
     // proxy has written the end while the client's window updates are still coming. A drain

@@ -31,8 +31,8 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body as it comes from the client.
 #[derive(Debug)]
 pub enum ClientBody {
-    /// Read by hyper's server connection (HTTP/2, plain or TLS).
-    Hyper(Incoming),
+    /// Read off an HTTP/2 stream, plain or TLS (`server2`).
+    H2(crate::http::server2::RequestBody2),
     /// Read off an HTTP/1.1 connection, plain or TLS, by whoever polls it (`server1`).
     Http1(crate::http::server1::RequestBody1),
     /// An HTTP/2 body whose first bytes were read before an upstream was involved
@@ -146,7 +146,7 @@ pub struct Gathered {
     have: usize,
     /// How many are to be read before an upstream is involved.
     due: usize,
-    rest: Incoming,
+    rest: crate::http::server2::RequestBody2,
 }
 
 /// How much of a long HTTP/2 body is read before an upstream is involved: the same as an
@@ -156,16 +156,16 @@ const GATHER: usize = crate::http::inbuf::READ_BUF;
 
 impl Gathered {
     /// How many bytes of `body` are to be read before an upstream is involved, when it has a
-    /// length and has not ended. (Not for a client waiting on `100 Continue`: hyper's HTTP/2
-    /// server never sends one, and the client would wait out its own timer first.)
-    pub(crate) fn due(body: &Incoming) -> Option<usize> {
+    /// length and has not ended. (Not for a client waiting on `100 Continue`, which is sent
+    /// when the body is first read upstream, as for HTTP/1.)
+    pub(crate) fn due(body: &crate::http::server2::RequestBody2) -> Option<usize> {
         let len = body.size_hint().exact()?;
         let due = len.min(GATHER as u64) as usize;
         (due > 0 && !body.is_end_stream()).then_some(due)
     }
 
     /// `body`, whose first `due` bytes ([`Self::due`]) are to be read.
-    pub(crate) fn new(body: Incoming, due: usize) -> Self {
+    pub(crate) fn new(body: crate::http::server2::RequestBody2, due: usize) -> Self {
         Gathered {
             early: std::collections::VecDeque::new(),
             have: 0,
@@ -201,7 +201,7 @@ impl ClientBody {
     pub(crate) fn take_fields(&mut self) -> Option<Box<crate::http::client1::RawHead>> {
         match self {
             ClientBody::Http1(body) => body.take_fields(),
-            ClientBody::Hyper(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => None,
+            ClientBody::H2(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => None,
         }
     }
 }
@@ -215,7 +215,7 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ClientBody::Http1(b) => Pin::new(b).poll_frame(cx),
             ClientBody::Gathered(b) => match b.early.pop_front() {
                 Some(frame) => Poll::Ready(Some(Ok(frame))),
@@ -259,7 +259,7 @@ impl Body for ClientBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
             ClientBody::Http1(b) => b.is_end_stream(),
             ClientBody::Gathered(b) => b.early.is_empty() && b.rest.is_end_stream(),
             ClientBody::Watched(b, _) => b.is_end_stream(),
@@ -268,7 +268,7 @@ impl Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
             ClientBody::Http1(b) => b.size_hint(),
             ClientBody::Gathered(b) => {
                 // What is left of the body: the frames read early, and what h2 still counts.

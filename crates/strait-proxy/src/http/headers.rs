@@ -2,7 +2,9 @@
 //! standard forwarding headers, request ids, and the per-route header edits compiled from
 //! config.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use strait_config::{ForwardedMode, HeaderEdits, ProxyHeaders};
@@ -89,6 +91,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
         headers.remove(header::UPGRADE);
     }
     removed_named
+}
+
+/// Calls `f` with now as an HTTP date (`date`'s value), made once a second per worker.
+pub(crate) fn with_date<R>(f: impl FnOnce(&HeaderValue) -> R) -> R {
+    thread_local! {
+        static DATE: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((0, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, date)| {
+        if *at != secs {
+            *at = secs;
+            let text = httpdate::fmt_http_date(now);
+            *date = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+        }
+        f(date)
+    })
+}
+
+/// Now as an HTTP date, a `date` field's value.
+pub(crate) fn http_date() -> HeaderValue {
+    with_date(HeaderValue::clone)
 }
 
 /// Header maps given back once their head is written, kept per worker for the next head

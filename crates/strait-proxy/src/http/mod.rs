@@ -1,5 +1,5 @@
 //! HTTP on both sides of the proxy: a hand-written HTTP/1.1 server for client connections, plain
-//! or TLS (`server1`), and hyper 1 server connections for HTTP/2, per-worker pools of upstream
+//! or TLS (`server1`), an HTTP/2 server on the h2 crate's connections (`server2`), per-worker pools of upstream
 //! connections (`client1` for HTTP/1.1, hyper for HTTP/2), and the bodies and headers that
 //! cross between them.
 
@@ -16,6 +16,7 @@ pub mod pool;
 pub mod replay;
 pub(crate) mod server;
 pub mod server1;
+pub mod server2;
 
 use std::cell::RefCell;
 use std::future::Future;

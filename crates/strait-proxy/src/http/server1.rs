@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -86,7 +86,7 @@ impl ClientUpgrade {
     pub(crate) fn of(req: &mut Request<ClientBody>) -> Option<Self> {
         match req.body_mut() {
             ClientBody::Http1(body) => body.take_upgrade().map(ClientUpgrade),
-            ClientBody::Hyper(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => None,
+            ClientBody::H2(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => None,
         }
     }
 
@@ -1137,20 +1137,9 @@ fn put_status_line(s: &mut BytesMut, status: StatusCode) {
     s.put_slice(b"\r\n");
 }
 
-/// Writes `date: <now>`; the text is made once a second per worker.
+/// Writes `date: <now>`.
 fn put_date(s: &mut BytesMut) {
-    thread_local! {
-        static DATE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((0, Vec::new())) };
-    }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with_borrow_mut(|(at, text)| {
-        if *at != secs || text.is_empty() {
-            *at = secs;
-            *text = httpdate::fmt_http_date(now).into_bytes();
-        }
-        put_field(s, b"date", text);
-    });
+    headers::with_date(|date| put_field(s, b"date", date.as_bytes()));
 }
 
 /// Response bytes on their way to the socket: a tail of small pieces copied together
