@@ -1837,7 +1837,7 @@ fn send<'a>(
         };
         match request {
             Outgoing::Http2(request) => {
-                let (mut sender, fresh) = pool
+                let (sender, fresh) = pool
                     .http2(
                         addr,
                         cluster.connect_timeout,
@@ -1849,10 +1849,9 @@ fn send<'a>(
                 if fresh {
                     opened();
                 }
-                // A failure the client's body caused shows here as the stream's reset (hyper
-                // resets it): `SendError::blame` tells it apart.
-                let response = sender
-                    .send_request(*request)
+                // A failure the client's body caused shows here as the stream's reset (the
+                // body's sender resets it): `SendError::blame` tells it apart.
+                let response = crate::http::client2::send(sender, *request)
                     .await
                     .map_err(|e| SendError::Upstream(Box::new(e)))?;
                 Ok(Box::new(response.map(FromUpstream::Http2)))

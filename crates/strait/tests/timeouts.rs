@@ -462,8 +462,8 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout() {
     );
 }
 
-/// HTTP/2: a client that keeps a stream's window shut takes none of the answer, and hyper,
-/// waiting for room, polls nothing the proxy could time. The stream is reset after the route's
+/// HTTP/2: a client that keeps a stream's window shut takes none of the answer, and the stream,
+/// waiting for room, reads no more of it upstream. The stream is reset after the route's
 /// `idle_timeout` and its answer logged `downstream_stalled`, as Envoy's stream idle timeout
 /// does; the connection's other streams go on, and one that takes its answer slowly is not cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -721,7 +721,7 @@ async fn held_back_http2_body(cluster_extra: &str) {
 }
 
 /// Under an HTTP/2 upstream too, a request body that stalls or breaks off is the client's doing:
-/// hyper resets the upstream stream when the body fails, and that reset is not the endpoint's.
+/// the proxy resets the upstream stream when the body fails, and that reset is not the endpoint's.
 /// So with every route timeout off as well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_that_fails_is_not_blamed_on_an_http2_upstream() {

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
@@ -109,7 +108,8 @@ impl Upload {
     }
 
     /// How the client's body failed, if it did. An upstream request that failed after that
-    /// failed because of it: hyper's HTTP/2 client resets the stream and reports the reset.
+    /// failed because of it: an HTTP/2 request's body sender resets the stream, and the answer
+    /// reports the reset.
     pub(crate) fn failure(&self) -> Option<UploadFailure> {
         self.failed.get()
     }
@@ -503,7 +503,7 @@ pub enum FromUpstream {
     /// Read off a pooled HTTP/1 connection by the request's task.
     Http1(Body1),
     /// A stream of an HTTP/2 connection.
-    Http2(Incoming),
+    Http2(crate::http::client2::ResponseBody2),
 }
 
 impl FromUpstream {
@@ -526,21 +526,21 @@ impl Body for FromUpstream {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             FromUpstream::Http1(b) => Pin::new(b).poll_frame(cx),
-            FromUpstream::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            FromUpstream::Http2(b) => Pin::new(&mut b.body).poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             FromUpstream::Http1(b) => b.is_end_stream(),
-            FromUpstream::Http2(b) => b.is_end_stream(),
+            FromUpstream::Http2(b) => b.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             FromUpstream::Http1(b) => b.size_hint(),
-            FromUpstream::Http2(b) => b.size_hint(),
+            FromUpstream::Http2(b) => b.body.size_hint(),
         }
     }
 }

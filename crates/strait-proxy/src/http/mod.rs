@@ -1,11 +1,13 @@
-//! HTTP on both sides of the proxy: a hand-written HTTP/1.1 server for client connections, plain
-//! or TLS (`server1`), an HTTP/2 server on the h2 crate's connections (`server2`), per-worker pools of upstream
-//! connections (`client1` for HTTP/1.1, hyper for HTTP/2), and the bodies and headers that
-//! cross between them.
+//! HTTP on both sides of the proxy: a hand-written HTTP/1.1 server for client connections,
+//! plain or TLS (`server1`), an HTTP/2 server on the h2 crate's connections (`server2`),
+//! per-worker pools of upstream connections (`client1` for HTTP/1.1, `client2` on h2 for
+//! HTTP/2, both ends' HTTP/2 streams in `stream2`), and the bodies and headers that cross
+//! between them.
 
 pub(crate) mod alarm;
 pub mod body;
 pub mod client1;
+pub mod client2;
 mod conn_io;
 pub(crate) mod flood;
 pub(crate) mod gzip;
@@ -17,6 +19,7 @@ pub mod replay;
 pub(crate) mod server;
 pub mod server1;
 pub mod server2;
+pub mod stream2;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -34,26 +37,12 @@ pub use conn_io::{ClientIo, MaybeTls};
 #[doc(hidden)]
 pub use head1::differential::check as check_heads_against_httparse;
 
-/// Runs hyper's background tasks (HTTP/2 streams, connection drivers) on the worker's own
-/// thread: nothing a worker does needs to be `Send`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LocalExec;
-
 /// The future `make` returns, boxed: its heap room is allocated first and `make` writes the
 /// future straight into it. `Box::pin(make())` built it on the stack and copied it over, at the
 /// future's full size (kilobytes for the gateway's) even though a future not yet started holds
 /// only its arguments.
 pub(crate) fn boxed<F>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
-}
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        crate::runtime::busy_poll::spawn(fut);
-    }
 }
 
 /// A connection that switched protocols: its byte stream, starting with the bytes read past

@@ -4,22 +4,20 @@
 //! worker's requests to that endpoint. HTTP/1 connections are driven by the request that holds
 //! them ([`crate::http::client1`]); HTTP/2 connections by a task of their own.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
 use crate::http::body::RequestBody;
 use crate::http::client1::{self, Conn1, Encoded};
 use crate::http::headers::Appended;
-use crate::http::LocalExec;
+use crate::http::stream2::KeepAlive;
 use crate::resilience::{Admission, Breaker, Limit};
 use crate::tls::ClientTls;
 use rustls::pki_types::ServerName;
@@ -66,8 +64,8 @@ pub enum ConnectError {
     Handshake {
         /// The endpoint.
         addr: SocketAddr,
-        /// What hyper said.
-        source: hyper::Error,
+        /// What h2 said.
+        source: h2::Error,
     },
 }
 
@@ -121,7 +119,7 @@ pub struct Pool {
     // Boxed: a connection moves from the list to a request and back, a pointer each time.
     #[allow(clippy::vec_box)]
     http1_idle: RefCell<KeyMap<Vec<Box<Conn1>>>>,
-    http2: RefCell<KeyMap<http2::SendRequest<RequestBody>>>,
+    http2: RefCell<KeyMap<Upstream2>>,
     /// Where HTTP/1 request heads are encoded, before a connection is picked. Each head is
     /// split off; the room comes back once no written head holds it.
     heads: RefCell<BytesMut>,
@@ -264,35 +262,80 @@ impl Pool {
         connect_timeout: Duration,
         breaker: &Arc<Breaker>,
         tls: Option<&ClientTls>,
-    ) -> Result<(http2::SendRequest<RequestBody>, bool), ConnectError> {
+    ) -> Result<(h2::client::SendRequest<Bytes>, bool), ConnectError> {
         let key = PoolKey::new(addr, tls);
-        if let Some(sender) = self.http2.borrow().get(&key) {
-            if sender.is_ready() {
-                return Ok((sender.clone(), false));
+        if let Some(conn) = self.http2.borrow().get(&key) {
+            if conn.open.get() {
+                return Ok((conn.send.clone(), false));
             }
         }
         // Boxed, as for HTTP/1: only a new connection pays for its future's room.
-        let (slot, sender, conn) = Box::pin(async move {
+        let (slot, send, conn) = Box::pin(async move {
             let (io, slot) = connect(addr, connect_timeout, breaker, tls).await?;
-            let (sender, conn) = http2::Builder::new(LocalExec)
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30))
-                .handshake(TokioIo::new(io))
+            let (send, conn) = h2::client::Builder::new()
+                .initial_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .max_frame_size(H2_MAX_FRAME)
+                .max_header_list_size(H2_MAX_HEADER_LIST)
+                .max_send_buffer_size(H2_MAX_SEND_BUFFER)
+                .enable_push(false)
+                .handshake::<_, Bytes>(io)
                 .await
                 .map_err(|source| ConnectError::Handshake { addr, source })?;
-            Ok::<_, ConnectError>((slot, sender, conn))
+            Ok::<_, ConnectError>((slot, send, conn))
         })
         .await?;
+        let open = std::rc::Rc::new(Cell::new(true));
+        let still_open = std::rc::Rc::clone(&open);
         crate::runtime::busy_poll::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            let mut conn = conn;
+            let mut keep_alive = conn
+                .ping_pong()
+                .map(|pings| KeepAlive::new(pings, H2_PING_EVERY, H2_PONG_TIMEOUT));
+            let ended = std::future::poll_fn(|cx| {
+                if keep_alive.as_mut().is_some_and(|k| k.poll_dead(cx)) {
+                    return std::task::Poll::Ready(Ok(false));
+                }
+                std::future::Future::poll(std::pin::Pin::new(&mut conn), cx).map_ok(|()| true)
+            })
+            .await;
+            match ended {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(%addr, "upstream HTTP/2 ping unanswered: closing"),
+                Err(e) => tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended"),
             }
+            still_open.set(false);
             drop(slot);
         });
-        self.http2.borrow_mut().insert(key, sender.clone());
-        Ok((sender, true))
+        let upstream = Upstream2 {
+            send: send.clone(),
+            open,
+        };
+        self.http2.borrow_mut().insert(key, upstream);
+        Ok((send, true))
     }
 }
+
+/// A worker's HTTP/2 connection to an endpoint: the handle requests open streams with, and
+/// whether the connection's task still runs.
+#[derive(Debug)]
+struct Upstream2 {
+    send: h2::client::SendRequest<Bytes>,
+    open: std::rc::Rc<Cell<bool>>,
+}
+
+/// HTTP/2 upstream connections' settings, hyper's client's: the windows the proxy gives an
+/// upstream for its answers (per stream, and for the connection), the largest frame and
+/// header list it takes, and the most a stream buffers beyond the upstream's window.
+const H2_STREAM_WINDOW: u32 = 2 << 20;
+const H2_CONNECTION_WINDOW: u32 = 5 << 20;
+const H2_MAX_FRAME: u32 = 16 << 10;
+const H2_MAX_HEADER_LIST: u32 = 16 << 10;
+const H2_MAX_SEND_BUFFER: usize = 1 << 20;
+/// A keep-alive ping every 30 s; an upstream that answers none within 20 s is taken for dead,
+/// and the next request opens a new connection.
+const H2_PING_EVERY: Duration = Duration::from_secs(30);
+const H2_PONG_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Opens a TCP connection within the cluster's limits: the request counts as pending while it
 /// connects, and the returned slot counts the connection until dropped.

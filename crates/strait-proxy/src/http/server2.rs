@@ -35,14 +35,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Reason, RecvStream};
 use http::{header, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::gateway::{self, Connection};
-use crate::http::body::{ClientBody, IdleTimer};
+use crate::http::body::ClientBody;
+use crate::http::stream2::{self, KeepAlive, RecvBody, Sent};
 use crate::http::{headers, Batched};
 use crate::telemetry::metrics::ListenerStats;
 
@@ -104,7 +105,7 @@ pub(crate) async fn serve_h2<I>(
     };
     let mut keep_alive = idle_timeout
         .zip(h2.ping_pong())
-        .map(|(every, pings)| KeepAlive::new(pings, every));
+        .map(|(every, pings)| KeepAlive::new(pings, every, PONG_TIMEOUT.min(every)));
     let mut closing = false;
     let ended = poll_fn(|cx| {
         if !closing && (drained.as_mut().poll(cx).is_ready() || idle.as_mut().poll(cx).is_ready()) {
@@ -146,7 +147,7 @@ async fn serve_stream(
     // streaming keeps the connection from its idle timeout.
     let _open = gateway::OpenStream::new(Rc::clone(&conn));
     let declared = (!req.body().is_end_stream())
-        .then(|| declared_length(req.headers()))
+        .then(|| stream2::declared_length(req.headers()))
         .flatten();
     let mut respond = if expects_continue(&req) {
         Respond::Shared(Rc::new(RefCell::new(respond)))
@@ -158,7 +159,10 @@ async fn serve_stream(
             Respond::Shared(shared) => Some(Rc::clone(shared)),
             Respond::Own(_) => None,
         };
-        ClientBody::H2(RequestBody2::new(recv, declared, continued))
+        ClientBody::H2(RequestBody2 {
+            body: RecvBody::new(recv, declared),
+            continued,
+        })
     });
     let serving = gateway::serve(req, conn);
     tokio::pin!(serving);
@@ -196,10 +200,17 @@ async fn serve_stream(
         r.send_response(head, end)
             .inspect_err(|_| r.send_reset(Reason::INTERNAL_ERROR))
     });
-    match sent {
-        Ok(tx) if !end => send_body(reply, tx).await,
-        Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, "HTTP/2 answer not sent"),
+    let mut tx = match sent {
+        Ok(tx) => tx,
+        Err(e) => return tracing::debug!(error = %e, "HTTP/2 answer not sent"),
+    };
+    if end {
+        return;
+    }
+    let idle = reply.body().idle_limit();
+    if stream2::send_body(reply.body_mut(), &mut tx, idle).await == Sent::Stalled {
+        // The client kept its window shut for the route's idle timeout.
+        reply.body_mut().cut_stalled();
     }
 }
 
@@ -219,16 +230,6 @@ impl Respond {
     }
 }
 
-/// The length a request declares, when all its `content-length` fields agree on one (h2 has
-/// checked the first against the data the client sends).
-fn declared_length(fields: &http::HeaderMap) -> Option<u64> {
-    let mut values = fields.get_all(header::CONTENT_LENGTH).iter();
-    let first = crate::http::client1::content_length(values.next()?.as_bytes())?;
-    values
-        .all(|v| crate::http::client1::content_length(v.as_bytes()) == Some(first))
-        .then_some(first)
-}
-
 /// Whether the client waits for `100 Continue` before it sends the body it declared.
 fn expects_continue(req: &Request<RecvStream>) -> bool {
     !req.body().is_end_stream()
@@ -238,99 +239,10 @@ fn expects_continue(req: &Request<RecvStream>) -> bool {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-/// Sends an answer's body on its stream as the client's window takes it.
-async fn send_body(mut reply: gateway::Reply, mut tx: SendStream<Bytes>) {
-    let body = reply.body_mut();
-    // A chunk with more to come, waiting for room in the client's window.
-    let mut waiting: Option<Bytes> = None;
-    // The route's idle timeout, run while a chunk waits.
-    let mut stall: Option<IdleTimer> = None;
-    poll_fn(|cx| loop {
-        if tx.poll_reset(cx).is_ready() {
-            // The client reset the stream, or the connection failed.
-            return Poll::Ready(());
-        }
-        if let Some(chunk) = waiting.take() {
-            while tx.capacity() == 0 {
-                match tx.poll_capacity(cx) {
-                    Poll::Ready(Some(Ok(_))) => {}
-                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
-                    Poll::Pending => {
-                        if stall.as_mut().is_some_and(|timer| timer.expired(cx)) {
-                            body.cut_stalled();
-                            tx.send_reset(Reason::CANCEL);
-                            return Poll::Ready(());
-                        }
-                        waiting = Some(chunk);
-                        return Poll::Pending;
-                    }
-                }
-            }
-            // The client took what was sent before: its idle time counts from now.
-            if let Some(timer) = stall.as_mut() {
-                timer.active = true;
-            }
-            if tx.send_data(chunk, false).is_err() {
-                return Poll::Ready(());
-            }
-            continue;
-        }
-        let frame = match ready!(Pin::new(&mut *body).poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => {
-                tx.send_reset(reset_reason(&*e));
-                return Poll::Ready(());
-            }
-            None => {
-                let _ = tx.send_data(Bytes::new(), true);
-                return Poll::Ready(());
-            }
-        };
-        match frame.into_data() {
-            Ok(chunk) => {
-                let end = body.is_end_stream();
-                if end || chunk.is_empty() {
-                    // Nothing more is read from upstream for a last chunk: h2 holds it until the
-                    // window takes it.
-                    if tx.send_data(chunk, end).is_err() || end {
-                        return Poll::Ready(());
-                    }
-                    continue;
-                }
-                tx.reserve_capacity(1);
-                if stall.is_none() {
-                    stall = body.idle_limit().map(IdleTimer::new);
-                }
-                waiting = Some(chunk);
-            }
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    let _ = tx.send_trailers(trailers);
-                    return Poll::Ready(());
-                }
-            }
-        }
-    })
-    .await;
-}
-
-/// The reason a stream is reset with when its answer's body failed: an upstream stream's own
-/// reset is passed on (`CANCEL` stays `CANCEL`), anything else is `INTERNAL_ERROR`.
-fn reset_reason(e: &(dyn std::error::Error + 'static)) -> Reason {
-    gateway::find_in_chain::<h2::Error>(e)
-        .and_then(h2::Error::reason)
-        .unwrap_or(Reason::INTERNAL_ERROR)
-}
-
-/// A request body as its client sends it on an HTTP/2 stream. Each chunk's bytes are given
-/// back to the client's window as the chunk is taken: the window bounds what h2 holds, not
-/// what the upstream has yet to read.
+/// A request body as its client sends it on an HTTP/2 stream; it asks for the body with
+/// `100 Continue` when first read, if the client waits for that.
 pub struct RequestBody2 {
-    recv: RecvStream,
-    /// What is left of the length the request declared.
-    left: Option<u64>,
-    /// The data has ended; trailers may follow.
-    data_done: bool,
+    body: RecvBody,
     /// The stream's response handle, while `100 Continue` is owed.
     continued: Option<Rc<RefCell<SendResponse<Bytes>>>>,
 }
@@ -338,30 +250,9 @@ pub struct RequestBody2 {
 impl std::fmt::Debug for RequestBody2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestBody2")
-            .field("left", &self.left)
-            .field("data_done", &self.data_done)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RequestBody2 {
-    fn new(
-        recv: RecvStream,
-        declared: Option<u64>,
-        continued: Option<Rc<RefCell<SendResponse<Bytes>>>>,
-    ) -> Self {
-        // A stream that ended with its head has no body, whatever it declared.
-        let left = if recv.is_end_stream() {
-            Some(0)
-        } else {
-            declared
-        };
-        RequestBody2 {
-            recv,
-            left,
-            data_done: false,
-            continued,
-        }
+            .field("body", &self.body)
+            .field("continued", &self.continued.is_some())
+            .finish()
     }
 }
 
@@ -380,88 +271,15 @@ impl Body for RequestBody2 {
             *go_on.status_mut() = http::StatusCode::CONTINUE;
             let _ = respond.borrow_mut().send_informational(go_on);
         }
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(left) = &mut this.left {
-                        *left = left.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                // `RST_STREAM` with `NO_ERROR` ends the body early without failing it (RFC 9113
-                // 8.1): the client has its answer and needs to send no more.
-                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => return Poll::Ready(None),
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => this.data_done = true,
-            }
-        }
-        match ready!(this.recv.poll_trailers(cx)) {
-            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
-            Err(e) if e.reason() == Some(Reason::NO_ERROR) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
+        Pin::new(&mut this.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.left
-            .map_or_else(SizeHint::default, SizeHint::with_exact)
-    }
-}
-
-/// Keep-alive pings on a connection: one every `every`; a ping unanswered for
-/// [`PONG_TIMEOUT`] says the client is gone (a dead peer's connection otherwise holds its
-/// streams until TCP gives up, minutes later).
-struct KeepAlive {
-    pings: h2::PingPong,
-    every: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
-    /// A ping is out, unanswered.
-    out: bool,
-}
-
-impl KeepAlive {
-    fn new(pings: h2::PingPong, every: Duration) -> Self {
-        KeepAlive {
-            pings,
-            every,
-            timer: Box::pin(tokio::time::sleep(every)),
-            out: false,
-        }
-    }
-
-    /// True when a ping went unanswered for [`PONG_TIMEOUT`].
-    fn poll_dead(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            if self.out {
-                match self.pings.poll_pong(cx) {
-                    Poll::Ready(Ok(_)) => {
-                        self.out = false;
-                        let next = tokio::time::Instant::now() + self.every;
-                        self.timer.as_mut().reset(next);
-                    }
-                    // The connection is ending anyway.
-                    Poll::Ready(Err(_)) => return false,
-                    Poll::Pending => {}
-                }
-            }
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            if self.out {
-                return true;
-            }
-            if self.pings.send_ping(h2::Ping::opaque()).is_err() {
-                return false;
-            }
-            self.out = true;
-            let due = tokio::time::Instant::now() + PONG_TIMEOUT.min(self.every);
-            self.timer.as_mut().reset(due);
-        }
+        self.body.size_hint()
     }
 }
 
