@@ -20,8 +20,9 @@
 //!   (`CANCEL`) and the answer logged `downstream_stalled`. The last chunk does not wait: h2
 //!   holds it until the window takes it, and the upstream's side of the answer ends now.
 //! - Keep-alive pings (with an idle timeout): one every idle timeout, and a connection whose
-//!   client answers none within [`PONG_TIMEOUT`] (or the idle timeout, when shorter) is closed. hyper pinged only after a quiet
-//!   interval; one 17-byte frame per interval is not worth a timer reset per frame read.
+//!   client answers none within [`PONG_TIMEOUT`] (or the idle timeout, when shorter) is
+//!   closed. hyper pinged only after a quiet interval; one 17-byte frame per interval is not
+//!   worth a timer reset per frame read.
 //! - `expect: 100-continue` is answered `100 Continue` when the gateway first reads the body
 //!   (hyper's HTTP/2 server never sent one).
 
@@ -47,7 +48,8 @@ use crate::http::stream2::{self, KeepAlive, RecvBody, Sent};
 use crate::http::{headers, Batched};
 use crate::telemetry::metrics::ListenerStats;
 
-/// The initial flow-control window of each stream and of the connection, both ways.
+/// The flow-control window the client is given, per stream and for the connection: what it
+/// may send before the proxy reads it.
 const WINDOW: u32 = 1024 * 1024;
 /// The largest frame the client may send.
 const MAX_FRAME: u32 = 16 * 1024;
