@@ -739,6 +739,64 @@ async fn a_request_body_that_fails_is_not_blamed_on_an_http2_upstream() {
     broken_off_not_blamed(&untimed, &up).await;
 }
 
+/// A request whose answer is given up on stops sending its body to an HTTP/2 upstream: the
+/// upstream stream is reset (`CANCEL`), not left waiting on the upstream's window for as long
+/// as the client keeps its upload open. Here the upstream takes one byte and no more, and the
+/// route's timeout (counted from the last chunk the upstream took) gives up on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_given_up_on_stops_sending_its_body_to_an_http2_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (told, reset) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        // A stream window of one byte, never given back.
+        let mut conn = h2::server::Builder::new()
+            .initial_window_size(1)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .expect("handshake");
+        let (_request, mut respond) = conn.accept().await.expect("a stream").expect("stream");
+        tokio::spawn(async move { while let Some(Ok(_)) = conn.accept().await {} });
+        let reason = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+        let _ = told.send(reason.ok());
+    });
+    let proxy = Proxy::start(&route_to(
+        &cluster(addr, "    protocol: http2\n"),
+        "        timeout: 1s\n",
+    ))
+    .await;
+    let mut h1 = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    // Two chunks, and the upload kept open.
+    let head = "POST /up HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\n\r\n";
+    let chunk = format!("64\r\n{}\r\n", "x".repeat(100));
+    h1.write_all(format!("{head}{chunk}{chunk}").as_bytes())
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    within(Duration::from_secs(10), "the answer's head", async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match h1.read(&mut buf).await {
+                Ok(n @ 1..) => answer.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    let reason = within(Duration::from_secs(5), "the upstream stream's reset", reset)
+        .await
+        .expect("the upstream's report");
+    assert_eq!(reason, Some(h2::Reason::CANCEL));
+}
+
 /// A chunk that is not one, after the upstream got the head and a first chunk: 400, and the
 /// endpoint neither counted as reset nor ejected.
 async fn broken_off_not_blamed(proxy: &Proxy, up: &Upstream) {
