@@ -39,11 +39,11 @@ use crate::http::body::{
     RequestBodyBrokeOff, RequestBodyStalled, RequestBodyTooLarge, ResponseBody, TeeBody, Upload,
     UploadFailure, UpstreamBody,
 };
-use crate::http::client1;
 use crate::http::headers::{self, Appended, Hop, X_STRAIT_ERROR};
 use crate::http::pool::{ConnectError, Pool};
 use crate::http::replay::ReplayBody;
 use crate::http::server1::ClientUpgrade;
+use crate::http::{client1, client2};
 use crate::ratelimit::{self, Decision, Rate};
 use crate::resilience::retry::Failure;
 use crate::resilience::{Limit, Outcome};
@@ -1837,24 +1837,33 @@ fn send<'a>(
         };
         match request {
             Outgoing::Http2(request) => {
-                let (sender, fresh) = pool
-                    .http2(
-                        addr,
-                        cluster.connect_timeout,
-                        &cluster.breaker,
-                        cluster.tls.as_deref(),
-                    )
-                    .await
-                    .map_err(SendError::Connect)?;
+                let checkout = |fresh: bool| {
+                    let tls = cluster.tls.as_deref();
+                    let timeout = cluster.connect_timeout;
+                    pool.http2(addr, fresh, timeout, &cluster.breaker, tls)
+                };
+                let (sender, fresh) = checkout(false).await.map_err(SendError::Connect)?;
                 if fresh {
                     opened();
                 }
                 // A failure the client's body caused shows here as the stream's reset (the
                 // body's sender resets it): `SendError::blame` tells it apart.
-                let response = crate::http::client2::send(sender, *request)
+                let failed = match client2::send(sender, request).await {
+                    Ok(response) => return Ok(Box::new(response.map(FromUpstream::Http2))),
+                    Err(failed) => failed,
+                };
+                let Some(unsent) = failed.unsent else {
+                    return Err(SendError::Upstream(Box::new(failed.error)));
+                };
+                // The pooled connection was going away (its upstream sent GOAWAY, as servers
+                // do to age connections out) or gone, and opened no stream: the request goes
+                // on a new one, whatever its method.
+                let (sender, _) = checkout(true).await.map_err(SendError::Connect)?;
+                opened();
+                client2::send(sender, unsent)
                     .await
-                    .map_err(|e| SendError::Upstream(Box::new(e)))?;
-                Ok(Box::new(response.map(FromUpstream::Http2)))
+                    .map(|response| Box::new(response.map(FromUpstream::Http2)))
+                    .map_err(|failed| SendError::Upstream(Box::new(failed.error)))
             }
             Outgoing::Http1(request) => {
                 // `fresh`: a new connection even when an idle one is there.

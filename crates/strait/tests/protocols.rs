@@ -232,6 +232,64 @@ async fn http1_client_to_http2_upstream() {
     }
 }
 
+/// An HTTP/2 upstream that sends GOAWAY (as servers do to age connections out) while a stream
+/// is open goes on serving that stream; the requests after it go on a new connection rather
+/// than failing on the one going away (502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_after_an_http2_upstreams_goaway_go_on_a_new_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        for number in 1.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                let mut held = Vec::new();
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    let Ok(mut body) = respond.send_response(http::Response::new(()), false) else {
+                        continue;
+                    };
+                    if request.uri().path() == "/hold" {
+                        // The answer stays open, and the connection is told to go away.
+                        let _ = body.send_data(Bytes::from_static(b"held\n"), false);
+                        held.push(body);
+                        conn.graceful_shutdown();
+                    } else {
+                        let text = format!("connection {number}\n");
+                        let _ = body.send_data(Bytes::from(text), true);
+                    }
+                }
+            });
+        }
+    });
+    let config = format!(
+        "workers: 1\nlisteners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
+         - backends: [{{ cluster: up }}]\n\
+         clusters:\n  - name: up\n    protocol: http2\n    endpoints: [{{ address: \"{addr}\" }}]\n"
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut holding = proxy.connect(Proto::H1).await;
+    let held = holding
+        .send(simple("GET", "a", "/hold"))
+        .await
+        .expect("the held answer's head");
+    assert_eq!(held.status(), StatusCode::OK);
+    // The GOAWAY reaches the proxy (its one worker, whose pool holds the connection).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let next = proxy.get("a", "/next").await;
+        assert_eq!(next.status, StatusCode::OK, "{}", next.text());
+        assert_eq!(next.text(), "connection 2\n");
+    }
+    drop(held);
+}
+
 /// GETs with `te: trailers` and checks the upstream's trailers arrive intact.
 async fn expect_trailers(proxy: &Proxy, proto: Proto, upstream: &str) {
     let req = request("GET", "t.example.com", "/t")

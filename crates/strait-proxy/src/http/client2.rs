@@ -24,10 +24,24 @@ use crate::http::stream2::{self, RecvBody};
 /// connection-specific field (the gateway left them out).
 pub(crate) async fn send(
     sender: SendRequest<Bytes>,
-    req: Request<RequestBody>,
-) -> Result<Response<ResponseBody2>, h2::Error> {
-    // Waits while the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` are all open.
-    let mut sender = sender.ready().await?;
+    req: Box<Request<RequestBody>>,
+) -> Result<Response<ResponseBody2>, Failed> {
+    // Waits while the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` are all open. Fails when the
+    // connection is going away (the upstream sent `GOAWAY`) or gone: then no stream was opened
+    // and the request is given back, to go on a new connection.
+    let mut sender = match sender.ready().await {
+        Ok(sender) => sender,
+        Err(error) => {
+            return Err(Failed {
+                error,
+                unsent: Some(req),
+            })
+        }
+    };
+    let failed = |error| Failed {
+        error,
+        unsent: None,
+    };
     let (mut head, mut body) = req.into_parts();
     let end = body.is_end_stream();
     if !end {
@@ -37,7 +51,9 @@ pub(crate) async fn send(
                 .or_insert_with(|| HeaderValue::from(len));
         }
     }
-    let (answer, mut tx) = sender.send_request(Request::from_parts(head, ()), end)?;
+    let (answer, mut tx) = sender
+        .send_request(Request::from_parts(head, ()), end)
+        .map_err(failed)?;
     let mut sending = None;
     if !end {
         let mut pipe = Box::pin(async move {
@@ -51,7 +67,7 @@ pub(crate) async fn send(
             sending = Some(Sending(crate::runtime::busy_poll::spawn(pipe)));
         }
     }
-    let answer = answer.await?;
+    let answer = answer.await.map_err(failed)?;
     let (head, recv) = answer.into_parts();
     let declared = stream2::declared_length(&head.headers);
     let body = ResponseBody2 {
@@ -59,6 +75,14 @@ pub(crate) async fn send(
         _sending: sending,
     };
     Ok(Response::from_parts(head, body))
+}
+
+/// Why an HTTP/2 request got no answer.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) error: h2::Error,
+    /// The request, when it was never sent (no stream was opened for it).
+    pub(crate) unsent: Option<Box<Request<RequestBody>>>,
 }
 
 /// The task sending a request's body, ended (and the stream reset, `CANCEL`) when the answer is

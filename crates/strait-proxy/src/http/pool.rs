@@ -254,18 +254,20 @@ impl Pool {
         }
     }
 
-    /// The worker's HTTP/2 connection to `addr`, opened when there is none or it closed (then
-    /// the flag is true).
+    /// The worker's HTTP/2 connection to `addr`, opened when there is none, it closed, or
+    /// `fresh` asks for a new one (the pooled one is going away); the flag is true when it was
+    /// opened.
     pub async fn http2(
         &self,
         addr: SocketAddr,
+        fresh: bool,
         connect_timeout: Duration,
         breaker: &Arc<Breaker>,
         tls: Option<&ClientTls>,
     ) -> Result<(h2::client::SendRequest<Bytes>, bool), ConnectError> {
         let key = PoolKey::new(addr, tls);
         if let Some(conn) = self.http2.borrow().get(&key) {
-            if conn.open.get() {
+            if conn.open.get() && !fresh {
                 return Ok((conn.send.clone(), false));
             }
         }
