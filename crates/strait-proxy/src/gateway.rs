@@ -389,9 +389,7 @@ pub(crate) fn serve(
             let mut response =
                 local_reply(grpc, Cause::Forbidden, format!("denied by rule {rule}"));
             if let Some((action, _)) = &found {
-                if let Some(asked) = Asked::of(action, &req) {
-                    asked.mark(action, &mut response);
-                }
+                cors_marked(Asked::of(action, &req).as_deref(), action, &mut response);
             }
             answered(listener, stats, log.take(), trace, &mut response, &clock);
             return Ok(response);
@@ -428,9 +426,7 @@ pub(crate) fn serve(
                 if sampled(percent) {
                     action.local_stats.fault_aborted();
                     let mut response = fault_reply(grpc, answer);
-                    if let Some(asked) = &asked {
-                        asked.mark(action, &mut response);
-                    }
+                    cors_marked(asked.as_deref(), action, &mut response);
                     answered(
                         listener,
                         &action.local_stats,
@@ -447,9 +443,7 @@ pub(crate) fn serve(
             if let Some(retry) = over_limit(limit, &req, &conn) {
                 action.local_stats.rate_limited();
                 let mut response = rate_limited_reply(grpc, retry);
-                if let Some(asked) = &asked {
-                    asked.mark(action, &mut response);
-                }
+                cors_marked(asked.as_deref(), action, &mut response);
                 answered(
                     listener,
                     &action.local_stats,
@@ -521,9 +515,7 @@ pub(crate) fn serve(
                     }
                     if let Some(refused) = declared_too_long(&req, action.max_request_body) {
                         let mut response = local_reply(grpc, Cause::RequestBodyTooLarge, refused);
-                        if let Some(asked) = &asked {
-                            asked.mark(action, &mut response);
-                        }
+                        cors_marked(asked.as_deref(), action, &mut response);
                         answered(listener, stats, log.take(), trace, &mut response, &clock);
                         return Ok(response);
                     }
@@ -537,9 +529,7 @@ pub(crate) fn serve(
                     if let Some(waiting) = body_held_back(&mut req, action.idle_timeout) {
                         if let Err((cause, detail)) = waiting.await {
                             let mut response = local_reply(grpc, cause, detail);
-                            if let Some(asked) = &asked {
-                                asked.mark(action, &mut response);
-                            }
+                            cors_marked(asked.as_deref(), action, &mut response);
                             answered(listener, stats, log.take(), trace, &mut response, &clock);
                             return Ok(response);
                         }
@@ -611,9 +601,7 @@ impl Asked {
             accepted: headers.get(header::ACCEPT_ENCODING).cloned(),
         })
     }
-}
 
-impl Asked {
     /// Marks an answer of a route with a CORS policy for the request's `origin` (see
     /// [`cors::CorsPlan::mark`]): the upstream's, and the proxy's own once the route is known.
     #[inline(never)]
@@ -632,6 +620,15 @@ impl Asked {
             compression.apply(self.head, self.accepted.as_ref(), response);
         }
         self.mark(action, response);
+    }
+}
+
+/// Marks one of the proxy's own answers for a route's CORS policy, when the route has one
+/// (`asked` is read for routes with CORS or compression).
+#[inline]
+fn cors_marked(asked: Option<&Asked>, action: &RouteAction, response: &mut Reply) {
+    if let Some(asked) = asked {
+        asked.mark(action, response);
     }
 }
 

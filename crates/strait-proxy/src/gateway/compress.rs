@@ -88,7 +88,7 @@ impl CompressionPlan {
         let headers = response.headers();
         let declared = headers
             .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            .and_then(|v| crate::http::client1::content_length(v.as_bytes()));
         let length = match response.body() {
             ResponseBody::Full(bytes) => Some(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             ResponseBody::Upstream(_) => declared,

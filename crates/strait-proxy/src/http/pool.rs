@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -272,7 +273,7 @@ impl Pool {
             }
         }
         // Boxed, as for HTTP/1: only a new connection pays for its future's room.
-        let (slot, send, conn) = Box::pin(async move {
+        let (slot, send, mut conn) = Box::pin(async move {
             let (io, slot) = connect(addr, connect_timeout, breaker, tls).await?;
             let (send, conn) = h2::client::Builder::new()
                 .initial_window_size(H2_STREAM_WINDOW)
@@ -287,10 +288,9 @@ impl Pool {
             Ok::<_, ConnectError>((slot, send, conn))
         })
         .await?;
-        let open = std::rc::Rc::new(Cell::new(true));
-        let still_open = std::rc::Rc::clone(&open);
+        let open = Rc::new(Cell::new(true));
+        let still_open = Rc::clone(&open);
         crate::runtime::busy_poll::spawn(async move {
-            let mut conn = conn;
             let mut keep_alive = conn
                 .ping_pong()
                 .map(|pings| KeepAlive::new(pings, H2_PING_EVERY, H2_PONG_TIMEOUT));
@@ -323,7 +323,7 @@ impl Pool {
 #[derive(Debug)]
 struct Upstream2 {
     send: h2::client::SendRequest<Bytes>,
-    open: std::rc::Rc<Cell<bool>>,
+    open: Rc<Cell<bool>>,
 }
 
 /// HTTP/2 upstream connections' settings, hyper's client's: the windows the proxy gives an

@@ -18,21 +18,13 @@ use crate::http::body::{BodyError, IdleTimer};
 /// The data and trailers a peer sends on a stream, as a body. Each chunk's bytes are given back
 /// to the peer's window as the chunk is taken: the window bounds what h2 holds, not what the
 /// other side has yet to read.
+#[derive(Debug)]
 pub struct RecvBody {
     recv: RecvStream,
     /// What is left of the length the message declared.
     left: Option<u64>,
     /// The data has ended; trailers may follow.
     data_done: bool,
-}
-
-impl std::fmt::Debug for RecvBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecvBody")
-            .field("left", &self.left)
-            .field("data_done", &self.data_done)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RecvBody {
