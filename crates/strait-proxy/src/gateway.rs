@@ -997,7 +997,7 @@ fn forward_to<'a>(
             // anything below would read or copy it (the listener's plan rules that out; this
             // holds every path to it).
             let mut own_fields = body.take_fields();
-            if !forwarding_appended || trace.is_some() || conn.tls.get().is_some() {
+            if !forwarding_appended || trace.is_some() {
                 if let Some(fields) = own_fields.take() {
                     fields_into(&fields, &mut parts.headers);
                 }
@@ -1070,7 +1070,11 @@ fn forward_to<'a>(
             );
             // On TLS, the client's verified identity and only that: a client cannot forge it.
             if let Some(tls) = conn.tls.get() {
-                parts.headers.remove(&headers::X_FORWARDED_CLIENT_CERT);
+                // (A request that came with one has its fields in the map: `server1` keeps
+                // them apart only without it.)
+                if came_with & headers::FIELD_CLIENT_CERT != 0 {
+                    parts.headers.remove(&headers::X_FORWARDED_CLIENT_CERT);
+                }
                 let wanted = listener.proxy_headers.client_cert;
                 if let Some(id) = tls.peer_identity.as_ref().filter(|_| wanted) {
                     if let Ok(v) = HeaderValue::from_str(&format!("URI={id}")) {

@@ -159,14 +159,26 @@ async fn handshake(
         .await
 }
 
-/// One GET over a TLS stream, by the protocol ALPN chose; the status and the body's JSON.
+/// One GET over a TLS stream, by the protocol ALPN chose, with a forged
+/// `x-forwarded-client-cert`; the status and the body's JSON.
 async fn get_over(stream: TlsStream<TcpStream>, host: &str) -> Result<(u16, String), BoxError> {
+    get_over_forging(stream, host, true).await
+}
+
+/// [`get_over`], the forged `x-forwarded-client-cert` sent when `forge`.
+async fn get_over_forging(
+    stream: TlsStream<TcpStream>,
+    host: &str,
+    forge: bool,
+) -> Result<(u16, String), BoxError> {
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .uri(format!("https://{host}/tls"))
-        .header("host", host)
-        .header("x-forwarded-client-cert", "URI=spiffe://forged/ns/x/sa/y")
-        .body(Empty::<Bytes>::new())?;
+        .header("host", host);
+    if forge {
+        req = req.header("x-forwarded-client-cert", "URI=spiffe://forged/ns/x/sa/y");
+    }
+    let req = req.body(Empty::<Bytes>::new())?;
     let resp = if h2 {
         let (mut send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -183,6 +195,20 @@ async fn get_over(stream: TlsStream<TcpStream>, host: &str) -> Result<(u16, Stri
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A handshake as `api.example.com`, then [`get_over_forging`].
+async fn get_from_api(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    forge: bool,
+) -> (u16, String) {
+    let stream = handshake(addr, config, "api.example.com")
+        .await
+        .expect("handshake");
+    get_over_forging(stream, "api.example.com", forge)
+        .await
+        .expect("request")
 }
 
 fn served_names(stream: &TlsStream<TcpStream>) -> Vec<String> {
@@ -651,18 +677,22 @@ async fn client_certificates_required_optional_and_the_spiffe_identity_passed_on
         Err(_) => true,
     };
     assert!(refused, "a client without a certificate was served");
-    let with = client_config(&ca.pem(), &[b"http/1.1"], Some((&good_c, &good_k)));
-    let stream = handshake(proxy.listen, with, "api.example.com")
-        .await
-        .expect("handshake");
-    let (status, body) = get_over(stream, "api.example.com").await.expect("request");
-    assert_eq!(status, 200);
-    let seen: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(
-        seen["headers"]["x-forwarded-client-cert"][0],
-        format!("URI={spiffe}"),
-        "the verified identity replaces the forged one"
-    );
+    // Over HTTP/1.1 and HTTP/2, with a forged identity and without one (an HTTP/1.1 request's
+    // fields then go upstream as they came, the identity written after them): the verified
+    // identity, once.
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        for forge in [true, false] {
+            let with = client_config(&ca.pem(), &[alpn], Some((&good_c, &good_k)));
+            let (status, body) = get_from_api(proxy.listen, with, forge).await;
+            assert_eq!(status, 200);
+            let seen: serde_json::Value = serde_json::from_str(&body).expect("json");
+            assert_eq!(
+                seen["headers"]["x-forwarded-client-cert"],
+                serde_json::json!([format!("URI={spiffe}")]),
+                "the verified identity alone (forged: {forge}): {body}"
+            );
+        }
+    }
     for (what, cert, key) in [
         ("another CA's", &bad_c, &bad_k),
         ("an expired", &old_c, &old_k),
@@ -687,12 +717,11 @@ async fn client_certificates_required_optional_and_the_spiffe_identity_passed_on
     let (listener, _) = tls_listener(&dir, &ca, &optional);
     let proxy = Proxy::start(&config(up.addr, &listener, "")).await;
     let anonymous = client_config(&ca.pem(), &[b"http/1.1"], None);
-    let stream = handshake(proxy.listen, anonymous, "api.example.com")
-        .await
-        .expect("handshake");
-    let (status, body) = get_over(stream, "api.example.com").await.expect("request");
-    assert_eq!(status, 200);
-    assert!(!body.contains("x-forwarded-client-cert"), "{body}");
+    for forge in [true, false] {
+        let (status, body) = get_from_api(proxy.listen, Arc::clone(&anonymous), forge).await;
+        assert_eq!(status, 200);
+        assert!(!body.contains("x-forwarded-client-cert"), "{body}");
+    }
 
     // `client_cert: false`: the identity is not sent, and a forged header is still removed.
     let listener = listener.replace(

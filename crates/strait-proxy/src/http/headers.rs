@@ -579,15 +579,19 @@ pub(crate) const FIELD_REQUEST_ID: u8 = 2;
 /// Not a field the proxy writes, but told with them: a hop-by-hop field came (one
 /// [`strip_hop_by_hop`] removes or keeps), so the request's map must be looked through.
 pub(crate) const FIELD_HOP_BY_HOP: u8 = 4;
+/// [`proxy_field`]: `x-forwarded-client-cert`, which a TLS listener removes from every request
+/// (and writes itself from the client's verified certificate).
+pub(crate) const FIELD_CLIENT_CERT: u8 = 8;
 
 /// Whether `name` is one of the fields the proxy writes itself, and which: `x-forwarded-for`
-/// or `x-forwarded-proto` ([`FIELD_X_FORWARDED`]), `x-request-id` ([`FIELD_REQUEST_ID`]), or
-/// 0. A request that came with none of them may have them written after its own fields (see
+/// or `x-forwarded-proto` ([`FIELD_X_FORWARDED`]), `x-request-id` ([`FIELD_REQUEST_ID`]),
+/// `x-forwarded-client-cert` ([`FIELD_CLIENT_CERT`]), or 0. A request that came with none of them may have them written after its own fields (see
 /// [`Appended`]). By length first: most names are settled by it.
 pub(crate) fn proxy_field(name: &HeaderName) -> u8 {
     match name.as_str().len() {
         12 if name == X_REQUEST_ID => FIELD_REQUEST_ID,
         15 | 17 if name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO => FIELD_X_FORWARDED,
+        23 if name == X_FORWARDED_CLIENT_CERT => FIELD_CLIENT_CERT,
         _ => 0,
     }
 }

@@ -655,11 +655,12 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
         }
     }
     // Passed on as they came only when nothing on the way reads or changes them: no
-    // hop-by-hop field (removed), no `x-forwarded-*` (appended to), no transfer coding
-    // (framed again), no `expect` (answered here).
-    let passes = proxy_fields & (headers::FIELD_HOP_BY_HOP | headers::FIELD_X_FORWARDED) == 0
-        && encodings == 0
-        && !expect_continue;
+    // hop-by-hop field (removed), no `x-forwarded-for` or `-proto` (appended to), no
+    // `x-forwarded-client-cert` (removed on TLS), no transfer coding (framed again), no `expect`
+    // (answered here).
+    let rewritten =
+        headers::FIELD_HOP_BY_HOP | headers::FIELD_X_FORWARDED | headers::FIELD_CLIENT_CERT;
+    let passes = proxy_fields & rewritten == 0 && encodings == 0 && !expect_continue;
     if !passes {
         if let Some(kept) = raw.take() {
             headers = kept.to_map(line.fields + ADDED_FIELDS);
@@ -1561,14 +1562,16 @@ mod tests {
             kept("GET / HTTP/1.1\r\nhost: x\r\nx-request-id: abc\r\n\r\n").as_deref(),
             Some("host: x\r\nx-request-id: abc\r\n")
         );
-        // Built into a map: what the proxy removes (hop-by-hop), appends to (`x-forwarded-*`),
-        // frames again (a transfer coding) or answers (`expect`); a target not in origin
-        // form; more fields than are kept.
+        // Built into a map: what the proxy removes (hop-by-hop, a TLS listener's
+        // `x-forwarded-client-cert`), appends to (`x-forwarded-for` and `-proto`), frames again
+        // (a transfer coding) or answers (`expect`); a target not in origin form; more fields
+        // than are kept.
         for raw in [
             "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nx-forwarded-proto: https\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nx-forwarded-client-cert: URI=a\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
             "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -1651,6 +1654,10 @@ mod tests {
         assert_eq!(
             came("x-request-id: 7\r\nx-forwarded-for: 1.2.3.4\r\n"),
             fwd | id
+        );
+        assert_eq!(
+            came("X-Forwarded-Client-Cert: URI=spiffe://a/b\r\n"),
+            headers::FIELD_CLIENT_CERT
         );
         // Any hop-by-hop field, so the gateway knows to look through the map for them.
         let hop = headers::FIELD_HOP_BY_HOP;

@@ -387,7 +387,6 @@ pub struct ListenerPlan {
 /// Whether nothing on listener `l` reads or changes a request's own fields between the client
 /// and the upstream, so that an HTTP/1 request's fields may be passed on as they came:
 /// - no bearer token, authorization policy, trace context or access log (each reads fields);
-/// - no TLS (`x-forwarded-client-cert` is removed from every request there);
 /// - no `forwarded` or `via` written (they append to the request's own);
 /// - no route that matches on fields, edits them, rewrites the host, mirrors, retries (each
 ///   copies or reads the map) or limits by rate (a key may be a field);
@@ -395,7 +394,8 @@ pub struct ListenerPlan {
 ///
 /// What a request itself holds may still make it a map: `server1` passes on only requests in
 /// origin form with no hop-by-hop field, no `x-forwarded-for` or `-proto` of their own (the
-/// proxy's are appended after them), no transfer coding and no `expect`.
+/// proxy's are appended after them), no `x-forwarded-client-cert` (a TLS listener removes it;
+/// the one it writes goes after them), no transfer coding and no `expect`.
 fn passes_fields(
     l: &strait_config::Listener,
     clusters: &[strait_config::Cluster],
@@ -406,7 +406,6 @@ fn passes_fields(
         || l.jwt.is_some()
         || l.authorization.is_some()
         || l.access_log.is_some()
-        || l.tls.is_some()
         || !matches!(proxy.forwarded, strait_config::ForwardedMode::Untouched)
         || proxy.via.is_some();
     let cluster_passes = |name: &str| {
