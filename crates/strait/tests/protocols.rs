@@ -237,43 +237,7 @@ async fn http1_client_to_http2_upstream() {
 /// than failing on the one going away (502).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_after_an_http2_upstreams_goaway_go_on_a_new_connection() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        for number in 1.. {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(tcp).await else {
-                    return;
-                };
-                let mut held = Vec::new();
-                while let Some(Ok((request, mut respond))) = conn.accept().await {
-                    let Ok(mut body) = respond.send_response(http::Response::new(()), false) else {
-                        continue;
-                    };
-                    if request.uri().path() == "/hold" {
-                        // The answer stays open, and the connection is told to go away.
-                        let _ = body.send_data(Bytes::from_static(b"held\n"), false);
-                        held.push(body);
-                        conn.graceful_shutdown();
-                    } else {
-                        let text = format!("connection {number}\n");
-                        let _ = body.send_data(Bytes::from(text), true);
-                    }
-                }
-            });
-        }
-    });
-    let config = format!(
-        "workers: 1\nlisteners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
-         - backends: [{{ cluster: up }}]\n\
-         clusters:\n  - name: up\n    protocol: http2\n    endpoints: [{{ address: \"{addr}\" }}]\n"
-    );
-    let proxy = Proxy::start(&config).await;
+    let proxy = proxy_to_http2_upstream(going_away_upstream).await;
     let mut holding = proxy.connect(Proto::H1).await;
     let held = holding
         .send(simple("GET", "a", "/hold"))
@@ -288,6 +252,168 @@ async fn requests_after_an_http2_upstreams_goaway_go_on_a_new_connection() {
         assert_eq!(next.text(), "connection 2\n");
     }
     drop(held);
+}
+
+/// An HTTP/2 upstream that sends `GOAWAY` (`NO_ERROR`) naming a last stream below one the proxy
+/// has open, as nginx does after `keepalive_requests`: that stream was not processed, and goes
+/// on a new connection, its body with it, whatever its method (RFC 9113, 6.8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_an_http2_upstreams_goaway_refused_goes_on_a_new_connection() {
+    let proxy = proxy_to_http2_upstream(refusing_upstream).await;
+    // One request opens the connection; then two at once on it, a GET and a POST: the upstream
+    // answers the first of them and refuses the second.
+    let first = proxy.get("a", "/first").await;
+    assert_eq!(first.text(), "connection 1, 0 bytes\n");
+    let post = request("POST", "a", "/post")
+        .body(full("hello"))
+        .expect("request");
+    // The POST goes second (its stream is the refused one), its body with it.
+    let (get, post) = tokio::join!(proxy.get("a", "/get"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.send(Proto::H1, post).await
+    });
+    let post = post.expect("POST");
+    assert_eq!(get.status, StatusCode::OK, "{}", get.text());
+    assert_eq!(get.text(), "connection 1, 0 bytes\n");
+    assert_eq!(post.status, StatusCode::OK, "{}", post.text());
+    assert_eq!(post.text(), "connection 2, 5 bytes\n");
+}
+
+/// A proxy with one worker in front of an HTTP/2 upstream whose connections `serve` serves,
+/// each with its number (from 1).
+async fn proxy_to_http2_upstream<F, Fut>(serve: F) -> Proxy
+where
+    F: Fn(TcpStream, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        for number in 1.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(serve(tcp, number));
+        }
+    });
+    Proxy::start(&format!(
+        "workers: 1\nlisteners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
+         - backends: [{{ cluster: up }}]\n\
+         clusters:\n  - name: up\n    protocol: http2\n    endpoints: [{{ address: \"{addr}\" }}]\n"
+    ))
+    .await
+}
+
+/// Answers `connection N`; a request for `/hold` gets an answer that stays open, and the
+/// connection is told to go away (`GOAWAY`, gracefully).
+async fn going_away_upstream(tcp: TcpStream, number: usize) {
+    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+        return;
+    };
+    let mut held = Vec::new();
+    while let Some(Ok((request, mut respond))) = conn.accept().await {
+        let Ok(mut body) = respond.send_response(http::Response::new(()), false) else {
+            continue;
+        };
+        if request.uri().path() == "/hold" {
+            let _ = body.send_data(Bytes::from_static(b"held\n"), false);
+            held.push(body);
+            conn.graceful_shutdown();
+        } else {
+            let text = format!("connection {number}\n");
+            let _ = body.send_data(Bytes::from(text), true);
+        }
+    }
+}
+
+/// A hand-made HTTP/2 server (h2's own cannot name a last stream below one it received). It
+/// answers each stream `connection N, B bytes` (B: its body's length); on the first connection,
+/// after the first stream, once two more are in, it sends `GOAWAY` naming the first of them as
+/// the last, answers that one and closes.
+async fn refusing_upstream(mut tcp: TcpStream, number: usize) {
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const GOAWAY: u8 = 7;
+    const END_STREAM: u8 = 1;
+    const END_HEADERS: u8 = 4;
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).expect("length").to_be_bytes();
+        let mut out = vec![len[1], len[2], len[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+    fn answer(number: usize, stream: u32, bytes: usize) -> Vec<u8> {
+        // `:status: 200` is entry 8 of HPACK's static table.
+        let mut out = frame(HEADERS, END_HEADERS, stream, &[0x88]);
+        let text = format!("connection {number}, {bytes} bytes\n");
+        out.extend(frame(DATA, END_STREAM, stream, text.as_bytes()));
+        out
+    }
+    let mut preface = [0u8; 24];
+    if tcp.read_exact(&mut preface).await.is_err() {
+        return;
+    }
+    let _ = tcp.write_all(&frame(SETTINGS, 0, 0, &[])).await;
+    // Streams whose request ended: (id, body bytes).
+    let mut complete: Vec<(u32, usize)> = Vec::new();
+    let mut bodies: Vec<(u32, usize)> = Vec::new();
+    loop {
+        let mut head = [0u8; 9];
+        if tcp.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        if tcp.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        let out = match kind {
+            SETTINGS if flags & 1 == 0 => frame(SETTINGS, 1, 0, &[]),
+            PING if flags & 1 == 0 => frame(PING, 1, 0, &payload),
+            HEADERS | DATA => {
+                let n = if kind == DATA { len } else { 0 };
+                match bodies.iter_mut().find(|(id, _)| *id == stream) {
+                    Some((_, bytes)) => *bytes += n,
+                    None => bodies.push((stream, n)),
+                }
+                if flags & END_STREAM == 0 {
+                    continue;
+                }
+                let bytes = bodies
+                    .iter()
+                    .find(|(id, _)| *id == stream)
+                    .map_or(0, |b| b.1);
+                if number > 1 || stream == 1 {
+                    answer(number, stream, bytes)
+                } else {
+                    complete.push((stream, bytes));
+                    if complete.len() < 2 {
+                        continue;
+                    }
+                    // The first of the two is the last processed: the other is refused.
+                    let (first, bytes) = complete[0];
+                    let mut goaway = first.to_be_bytes().to_vec();
+                    goaway.extend_from_slice(&0u32.to_be_bytes());
+                    let mut out = frame(GOAWAY, 0, 0, &goaway);
+                    out.extend(answer(number, first, bytes));
+                    let _ = tcp.write_all(&out).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return;
+                }
+            }
+            _ => continue,
+        };
+        if tcp.write_all(&out).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// GETs with `te: trailers` and checks the upstream's trailers arrive intact.

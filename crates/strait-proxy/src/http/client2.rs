@@ -9,19 +9,25 @@
 //! sent by a task of its own, as it must go on while the answer streams (gRPC).
 
 use std::future::{poll_fn, Future};
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{header, HeaderValue, Request, Response};
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 
-use crate::http::body::RequestBody;
+use crate::http::body::{BodyError, BoundedCopy, RequestBody};
 use crate::http::stream2::{self, RecvBody};
 
 /// Sends `req` on the connection `sender` belongs to, and waits for the answer's head. The
 /// request's URI is absolute (`:scheme` and `:authority` come from it) and its head holds no
 /// connection-specific field (the gateway left them out).
+///
+/// A request comes back in the failure, to go again on a new connection, when it was never
+/// sent (the connection was going away or gone), and when the upstream refused its stream
+/// unprocessed ([`refused_unprocessed`]) and what it sent is at hand again: its head (copied
+/// before it went) and a body it had whole when sent, up to [`KEPT_BODY_LIMIT`] bytes.
 pub(crate) async fn send(
     sender: SendRequest<Bytes>,
     req: Box<Request<RequestBody>>,
@@ -42,7 +48,7 @@ pub(crate) async fn send(
         error,
         unsent: None,
     };
-    let (mut head, mut body) = req.into_parts();
+    let (mut head, body) = req.into_parts();
     let end = body.is_end_stream();
     if !end {
         if let Some(len) = body.size_hint().exact() {
@@ -51,23 +57,40 @@ pub(crate) async fn send(
                 .or_insert_with(|| HeaderValue::from(len));
         }
     }
+    let copy = head.clone();
     let (answer, mut tx) = sender
         .send_request(Request::from_parts(head, ()), end)
         .map_err(failed)?;
     let mut sending = None;
+    // The body as sent, when it may go again: it went whole, at once.
+    let mut again = end.then(RequestBody::empty);
     if !end {
+        let mut kept = Kept::new(body);
         let mut pipe = Box::pin(async move {
-            stream2::send_body(&mut body, &mut tx, None).await;
+            stream2::send_body(&mut kept, &mut tx, None).await;
+            kept
         });
         // A body that is all here (a gRPC unary call's message) goes now, without a task.
-        if poll_fn(|cx| Poll::Ready(pipe.as_mut().poll(cx)))
-            .await
-            .is_pending()
-        {
-            sending = Some(Sending(crate::runtime::busy_poll::spawn(pipe)));
+        match poll_fn(|cx| Poll::Ready(pipe.as_mut().poll(cx))).await {
+            Poll::Ready(kept) => again = kept.into_copy(),
+            Poll::Pending => {
+                let pipe = async move {
+                    pipe.await;
+                };
+                sending = Some(Sending(crate::runtime::busy_poll::spawn(pipe)));
+            }
         }
     }
-    let answer = answer.await.map_err(failed)?;
+    let answer = match answer.await {
+        Ok(answer) => answer,
+        Err(error) => {
+            let unsent = again
+                .filter(|_| refused_unprocessed(&error))
+                .map(|body| Box::new(Request::from_parts(copy, body)));
+            return Err(Failed { error, unsent });
+        }
+    };
+    drop(copy);
     let (head, recv) = answer.into_parts();
     let declared = stream2::declared_length(&head.headers);
     let body = ResponseBody2 {
@@ -77,11 +100,89 @@ pub(crate) async fn send(
     Ok(Response::from_parts(head, body))
 }
 
+/// Whether a stream failed because the upstream's `GOAWAY` (a graceful one, `NO_ERROR`) named a
+/// last stream below it: the upstream did not process it, and it may go again, whatever its
+/// method (RFC 9113, 6.8). Servers age connections out so (nginx after `keepalive_requests`);
+/// the streams a proxy opened while the `GOAWAY` was on its way are refused.
+///
+/// h2 fails only those streams with the peer's `GOAWAY` as their error: the streams it
+/// processed go on, and any still open when the connection ends fail as a broken pipe. A
+/// `GOAWAY` with an error code may end the connection's other streams with it too, so only
+/// `NO_ERROR` says "unprocessed" for certain.
+fn refused_unprocessed(error: &h2::Error) -> bool {
+    error.is_go_away() && error.is_remote() && error.reason() == Some(h2::Reason::NO_ERROR)
+}
+
+/// The most of a request body kept to send again (see [`send`]): a gRPC unary call's message is
+/// well under it. The copy costs no bytes (chunks are reference counted), only its hold on them
+/// until the answer's head comes.
+const KEPT_BODY_LIMIT: usize = 64 * 1024;
+
+/// A request body as it is sent, its chunks kept while they come to no more than
+/// [`KEPT_BODY_LIMIT`] bytes and no trailers come.
+#[derive(Debug)]
+struct Kept {
+    body: RequestBody,
+    copy: BoundedCopy,
+    /// Trailers came, or the body failed: not sent again.
+    spoilt: bool,
+    /// The body said it ended.
+    ended: bool,
+}
+
+impl Kept {
+    fn new(body: RequestBody) -> Self {
+        Kept {
+            body,
+            copy: BoundedCopy::new(KEPT_BODY_LIMIT),
+            spoilt: false,
+            ended: false,
+        }
+    }
+
+    /// The whole body again, when it was read to its end and kept.
+    fn into_copy(self) -> Option<RequestBody> {
+        let whole =
+            (self.ended || self.body.is_end_stream()) && !self.spoilt && !self.copy.overflowed();
+        whole.then(|| RequestBody::Full(Some(self.copy.whole())))
+    }
+}
+
+impl Body for Kept {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            Some(Ok(Some(data))) => {
+                this.copy.keep(data);
+            }
+            Some(_) => this.spoilt = true,
+            None => this.ended = true,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Why an HTTP/2 request got no answer.
 #[derive(Debug)]
 pub(crate) struct Failed {
     pub(crate) error: h2::Error,
-    /// The request, when it was never sent (no stream was opened for it).
+    /// The request, when it may go again on a new connection: it was never sent (no stream
+    /// was opened for it), or the upstream refused it unprocessed (see [`send`]).
     pub(crate) unsent: Option<Box<Request<RequestBody>>>,
 }
 
