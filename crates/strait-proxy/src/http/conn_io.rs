@@ -5,7 +5,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -52,7 +52,28 @@ impl ClientIo {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
+/// A TLS stream over a TCP socket.
+pub trait OverTcp {
+    /// The socket, when the session holds nothing decrypted to give: only the socket's bytes
+    /// can make a read succeed then.
+    fn waits_on(&self) -> Option<&TcpStream>;
+}
+
+impl OverTcp for tokio_rustls::server::TlsStream<TcpStream> {
+    fn waits_on(&self) -> Option<&TcpStream> {
+        let (tcp, session) = self.get_ref();
+        session.wants_read().then_some(tcp)
+    }
+}
+
+impl OverTcp for tokio_rustls::client::TlsStream<TcpStream> {
+    fn waits_on(&self) -> Option<&TcpStream> {
+        let (tcp, session) = self.get_ref();
+        session.wants_read().then_some(tcp)
+    }
+}
+
+impl<T: AsyncRead + OverTcp + Unpin> AsyncRead for MaybeTls<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -60,7 +81,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MaybeTls::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            MaybeTls::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+            MaybeTls::Tls(io) => {
+                // The socket's readiness first when only its bytes can help: a read through the
+                // session that finds nothing makes and drops a `WouldBlock` error on the way.
+                if let Some(tcp) = io.waits_on() {
+                    ready!(tcp.poll_read_ready(cx))?;
+                }
+                Pin::new(io.as_mut()).poll_read(cx, buf)
+            }
         }
     }
 }
