@@ -1857,9 +1857,9 @@ fn send<'a>(
                     return Err(SendError::Upstream(Box::new(failed.error)));
                 };
                 // The pooled connection was going away (its upstream sent GOAWAY, as servers
-                // do to age connections out) or gone, and opened no stream; or the GOAWAY
-                // refused the stream unprocessed: the request goes on a new one, whatever its
-                // method.
+                // do to age connections out) or gone, and opened no stream; or the upstream
+                // refused the stream unprocessed (`client2::refused_unprocessed`): the request
+                // goes on a new one, whatever its method.
                 let (sender, _) = checkout(true).await.map_err(SendError::Connect)?;
                 opened();
                 client2::send(sender, unsent)

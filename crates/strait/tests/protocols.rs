@@ -254,29 +254,33 @@ async fn requests_after_an_http2_upstreams_goaway_go_on_a_new_connection() {
     drop(held);
 }
 
-/// An HTTP/2 upstream that sends `GOAWAY` (`NO_ERROR`) naming a last stream below one the proxy
-/// has open, as nginx does after `keepalive_requests`: that stream was not processed, and goes
-/// on a new connection, its body with it, whatever its method (RFC 9113, 6.8).
+/// A stream an HTTP/2 upstream refused unprocessed goes on a new connection, its body with it,
+/// whatever its method: one above the last stream a `GOAWAY` (`NO_ERROR`) names, as nginx sends
+/// after `keepalive_requests` (RFC 9113, 6.8), and one reset with `REFUSED_STREAM` (8.7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_an_http2_upstreams_goaway_refused_goes_on_a_new_connection() {
-    let proxy = proxy_to_http2_upstream(refusing_upstream).await;
-    // One request opens the connection; then two at once on it, a GET and a POST: the upstream
-    // answers the first of them and refuses the second.
-    let first = proxy.get("a", "/first").await;
-    assert_eq!(first.text(), "connection 1, 0 bytes\n");
-    let post = request("POST", "a", "/post")
-        .body(full("hello"))
-        .expect("request");
-    // The POST goes second (its stream is the refused one), its body with it.
-    let (get, post) = tokio::join!(proxy.get("a", "/get"), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        proxy.send(Proto::H1, post).await
-    });
-    let post = post.expect("POST");
-    assert_eq!(get.status, StatusCode::OK, "{}", get.text());
-    assert_eq!(get.text(), "connection 1, 0 bytes\n");
-    assert_eq!(post.status, StatusCode::OK, "{}", post.text());
-    assert_eq!(post.text(), "connection 2, 5 bytes\n");
+async fn a_stream_an_http2_upstream_refused_goes_on_a_new_connection() {
+    for refusal in [Refusal::GoAway, Refusal::Reset] {
+        let proxy =
+            proxy_to_http2_upstream(move |tcp, number| refusing_upstream(tcp, number, refusal))
+                .await;
+        // One request opens the connection; then two at once on it, a GET and a POST: the
+        // upstream answers the first of them and refuses the second.
+        let first = proxy.get("a", "/first").await;
+        assert_eq!(first.text(), "connection 1, 0 bytes\n");
+        let post = request("POST", "a", "/post")
+            .body(full("hello"))
+            .expect("request");
+        // The POST goes second (its stream is the refused one), its body with it.
+        let (get, post) = tokio::join!(proxy.get("a", "/get"), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            proxy.send(Proto::H1, post).await
+        });
+        let post = post.expect("POST");
+        assert_eq!(get.status, StatusCode::OK, "{refusal:?}: {}", get.text());
+        assert_eq!(get.text(), "connection 1, 0 bytes\n", "{refusal:?}");
+        assert_eq!(post.status, StatusCode::OK, "{refusal:?}: {}", post.text());
+        assert_eq!(post.text(), "connection 2, 5 bytes\n", "{refusal:?}");
+    }
 }
 
 /// A proxy with one worker in front of an HTTP/2 upstream whose connections `serve` serves,
@@ -328,14 +332,24 @@ async fn going_away_upstream(tcp: TcpStream, number: usize) {
     }
 }
 
+/// How [`refusing_upstream`] refuses a stream.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// `GOAWAY` (`NO_ERROR`) naming an earlier stream as the last, then the connection's end.
+    GoAway,
+    /// `RST_STREAM` with `REFUSED_STREAM`; the connection goes on.
+    Reset,
+}
+
 /// A hand-made HTTP/2 server (h2's own cannot name a last stream below one it received). It
 /// answers each stream `connection N, B bytes` (B: its body's length); on the first connection,
-/// after the first stream, once two more are in, it sends `GOAWAY` naming the first of them as
-/// the last, answers that one and closes.
-async fn refusing_upstream(mut tcp: TcpStream, number: usize) {
+/// after the first stream, once two more are in, it refuses the second of them (`refusal`) and
+/// answers the first.
+async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal) {
     const DATA: u8 = 0;
     const HEADERS: u8 = 1;
     const SETTINGS: u8 = 4;
+    const RST_STREAM: u8 = 3;
     const PING: u8 = 6;
     const GOAWAY: u8 = 7;
     const END_STREAM: u8 = 1;
@@ -397,15 +411,25 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize) {
                     if complete.len() < 2 {
                         continue;
                     }
-                    // The first of the two is the last processed: the other is refused.
-                    let (first, bytes) = complete[0];
-                    let mut goaway = first.to_be_bytes().to_vec();
-                    goaway.extend_from_slice(&0u32.to_be_bytes());
-                    let mut out = frame(GOAWAY, 0, 0, &goaway);
-                    out.extend(answer(number, first, bytes));
-                    let _ = tcp.write_all(&out).await;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    return;
+                    let ((first, bytes), (second, _)) = (complete[0], complete[1]);
+                    match refusal {
+                        Refusal::GoAway => {
+                            // The first is the last processed: the second is refused.
+                            let mut goaway = first.to_be_bytes().to_vec();
+                            goaway.extend_from_slice(&0u32.to_be_bytes());
+                            let mut out = frame(GOAWAY, 0, 0, &goaway);
+                            out.extend(answer(number, first, bytes));
+                            let _ = tcp.write_all(&out).await;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            return;
+                        }
+                        Refusal::Reset => {
+                            // REFUSED_STREAM is error code 7.
+                            let mut out = frame(RST_STREAM, 0, second, &7u32.to_be_bytes());
+                            out.extend(answer(number, first, bytes));
+                            out
+                        }
+                    }
                 }
             }
             _ => continue,

@@ -100,17 +100,25 @@ pub(crate) async fn send(
     Ok(Response::from_parts(head, body))
 }
 
-/// Whether a stream failed because the upstream's `GOAWAY` (a graceful one, `NO_ERROR`) named a
-/// last stream below it: the upstream did not process it, and it may go again, whatever its
-/// method (RFC 9113, 6.8). Servers age connections out so (nginx after `keepalive_requests`);
-/// the streams a proxy opened while the `GOAWAY` was on its way are refused.
-///
-/// h2 fails only those streams with the peer's `GOAWAY` as their error: the streams it
-/// processed go on, and any still open when the connection ends fail as a broken pipe. A
-/// `GOAWAY` with an error code may end the connection's other streams with it too, so only
-/// `NO_ERROR` says "unprocessed" for certain.
+/// Whether the upstream refused a stream before its answer without processing it, so that it
+/// may go again, whatever its method:
+/// - its `GOAWAY` (a graceful one, `NO_ERROR`) named a last stream below it (RFC 9113, 6.8).
+///   Servers age connections out so (nginx after `keepalive_requests`); the streams a proxy
+///   opened while the `GOAWAY` was on its way are refused. h2 fails only those streams with the
+///   peer's `GOAWAY` as their error: the streams it processed go on, and any still open when
+///   the connection ends fail as a broken pipe. A `GOAWAY` with an error code may end the
+///   connection's other streams with it too, so only `NO_ERROR` says "unprocessed" for certain;
+/// - it reset the stream with `REFUSED_STREAM` (8.7), as servers do past their concurrent
+///   streams.
 fn refused_unprocessed(error: &h2::Error) -> bool {
-    error.is_go_away() && error.is_remote() && error.reason() == Some(h2::Reason::NO_ERROR)
+    if !error.is_remote() {
+        return false;
+    }
+    match error.reason() {
+        Some(h2::Reason::NO_ERROR) => error.is_go_away(),
+        Some(h2::Reason::REFUSED_STREAM) => error.is_reset(),
+        _ => false,
+    }
 }
 
 /// The most of a request body kept to send again (see [`send`]): a gRPC unary call's message is
