@@ -1069,12 +1069,11 @@ fn forward_to<'a>(
                 forwarding_appended,
             );
             // On TLS, the client's verified identity and only that: a client cannot forge it.
+            // (A request that came with one has its fields in the map: `server1` keeps them
+            // apart only without it. The map is looked through whatever came: a route's header
+            // edits or a token's claims may have written one since.)
             if let Some(tls) = conn.tls.get() {
-                // (A request that came with one has its fields in the map: `server1` keeps
-                // them apart only without it.)
-                if came_with & headers::FIELD_CLIENT_CERT != 0 {
-                    parts.headers.remove(&headers::X_FORWARDED_CLIENT_CERT);
-                }
+                parts.headers.remove(&headers::X_FORWARDED_CLIENT_CERT);
                 let wanted = listener.proxy_headers.client_cert;
                 if let Some(id) = tls.peer_identity.as_ref().filter(|_| wanted) {
                     if let Ok(v) = HeaderValue::from_str(&format!("URI={id}")) {

@@ -10,7 +10,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -90,7 +90,6 @@ pub(crate) async fn send(
             return Err(Failed { error, unsent });
         }
     };
-    drop(copy);
     let (head, recv) = answer.into_parts();
     let declared = stream2::declared_length(&head.headers);
     let body = ResponseBody2 {
@@ -132,7 +131,7 @@ const KEPT_BODY_LIMIT: usize = 64 * 1024;
 struct Kept {
     body: RequestBody,
     copy: BoundedCopy,
-    /// Trailers came, or the body failed: not sent again.
+    /// Trailers came, the body failed, or it was not all here at once: not sent again.
     spoilt: bool,
     /// The body said it ended.
     ended: bool,
@@ -165,7 +164,13 @@ impl Body for Kept {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) else {
+            // Not all here: the rest goes from a task of its own, and the request cannot go
+            // again. The copy is let go at once, not held while a stream (gRPC's) lasts.
+            this.spoilt = true;
+            this.copy = BoundedCopy::new(0);
+            return Poll::Pending;
+        };
         match frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
             Some(Ok(Some(data))) => {
                 this.copy.keep(data);

@@ -585,8 +585,9 @@ pub(crate) const FIELD_CLIENT_CERT: u8 = 8;
 
 /// Whether `name` is one of the fields the proxy writes itself, and which: `x-forwarded-for`
 /// or `x-forwarded-proto` ([`FIELD_X_FORWARDED`]), `x-request-id` ([`FIELD_REQUEST_ID`]),
-/// `x-forwarded-client-cert` ([`FIELD_CLIENT_CERT`]), or 0. A request that came with none of them may have them written after its own fields (see
-/// [`Appended`]). By length first: most names are settled by it.
+/// `x-forwarded-client-cert` ([`FIELD_CLIENT_CERT`]), or 0. A request that came with none of
+/// them may have them written after its own fields (see [`Appended`]). By length first: most
+/// names are settled by it.
 pub(crate) fn proxy_field(name: &HeaderName) -> u8 {
     match name.as_str().len() {
         12 if name == X_REQUEST_ID => FIELD_REQUEST_ID,
