@@ -260,9 +260,10 @@ async fn requests_after_an_http2_upstreams_goaway_go_on_a_new_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_an_http2_upstream_refused_goes_on_a_new_connection() {
     for refusal in [Refusal::GoAway, Refusal::Reset] {
-        let proxy =
-            proxy_to_http2_upstream(move |tcp, number| refusing_upstream(tcp, number, refusal))
-                .await;
+        let proxy = proxy_to_http2_upstream(move |tcp, number| {
+            refusing_upstream(tcp, number, refusal, Refused::SecondOfTwo)
+        })
+        .await;
         // One request opens the connection; then two at once on it, a GET and a POST: the
         // upstream answers the first of them and refuses the second.
         let first = proxy.get("a", "/first").await;
@@ -280,6 +281,39 @@ async fn a_stream_an_http2_upstream_refused_goes_on_a_new_connection() {
         assert_eq!(get.text(), "connection 1, 0 bytes\n", "{refusal:?}");
         assert_eq!(post.status, StatusCode::OK, "{refusal:?}: {}", post.text());
         assert_eq!(post.text(), "connection 2, 5 bytes\n", "{refusal:?}");
+    }
+}
+
+/// A stream the upstream refuses unprocessed while its request's body is still arriving goes
+/// on a new connection: the body's chunks sent on the refused stream first, then the rest as
+/// the client sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_refused_while_its_body_arrives_goes_on_a_new_connection() {
+    for refusal in [Refusal::GoAway, Refusal::Reset] {
+        let proxy = proxy_to_http2_upstream(move |tcp, number| {
+            refusing_upstream(tcp, number, refusal, Refused::Streaming)
+        })
+        .await;
+        let first = proxy.get("a", "/first").await;
+        assert_eq!(first.text(), "connection 1, 0 bytes\n");
+        let (tx, body) = channel_body(2);
+        let post = request("POST", "a", "/post").body(body).expect("request");
+        let sending = tokio::spawn(async move {
+            tx.send(Ok(Frame::data(Bytes::from_static(b"hello "))))
+                .await
+                .expect("first chunk");
+            // The upstream refuses the stream on the first chunk; the rest comes after.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tx.send(Ok(Frame::data(Bytes::from_static(b"world"))))
+                .await
+                .expect("second chunk");
+        });
+        let post = within(REQUEST_LIMIT, "POST", proxy.send(Proto::H1, post))
+            .await
+            .expect("POST");
+        sending.await.expect("sending task");
+        assert_eq!(post.status, StatusCode::OK, "{refusal:?}: {}", post.text());
+        assert_eq!(post.text(), "connection 2, 11 bytes\n", "{refusal:?}");
     }
 }
 
@@ -341,11 +375,19 @@ enum Refusal {
     Reset,
 }
 
+/// Which stream [`refusing_upstream`] refuses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Refused {
+    /// Once two requests came whole after the first, the second of them.
+    SecondOfTwo,
+    /// After the first, the next stream, at its first chunk of body (the body not ended).
+    Streaming,
+}
+
 /// A hand-made HTTP/2 server (h2's own cannot name a last stream below one it received). It
 /// answers each stream `connection N, B bytes` (B: its body's length); on the first connection,
-/// after the first stream, once two more are in, it refuses the second of them (`refusal`) and
-/// answers the first.
-async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal) {
+/// after the first stream, it refuses one (`refused`, by `refusal`) and answers the others.
+async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, refused: Refused) {
     const DATA: u8 = 0;
     const HEADERS: u8 = 1;
     const SETTINGS: u8 = 4;
@@ -396,6 +438,24 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal) 
                 match bodies.iter_mut().find(|(id, _)| *id == stream) {
                     Some((_, bytes)) => *bytes += n,
                     None => bodies.push((stream, n)),
+                }
+                let streaming = kind == DATA && flags & END_STREAM == 0;
+                if refused == Refused::Streaming && number == 1 && stream > 1 && streaming {
+                    match refusal {
+                        Refusal::GoAway => {
+                            // The first stream is the last processed.
+                            let mut goaway = 1u32.to_be_bytes().to_vec();
+                            goaway.extend_from_slice(&0u32.to_be_bytes());
+                            let _ = tcp.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            return;
+                        }
+                        Refusal::Reset => {
+                            let reset = frame(RST_STREAM, 0, stream, &7u32.to_be_bytes());
+                            let _ = tcp.write_all(&reset).await;
+                            continue;
+                        }
+                    }
                 }
                 if flags & END_STREAM == 0 {
                     continue;

@@ -278,17 +278,21 @@ impl Body for ClientBody {
                     .filter_map(Frame::data_ref)
                     .map(Bytes::len)
                     .sum();
-                let rest = b.rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower() + early as u64);
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper + early as u64);
-                }
-                hint
+                hint_ahead(b.rest.size_hint(), early as u64)
             }
             ClientBody::Watched(b, _) => b.size_hint(),
         }
     }
+}
+
+/// The size of a body that sends `ahead` bytes before a body hinted `rest`.
+fn hint_ahead(rest: SizeHint, ahead: u64) -> SizeHint {
+    let mut hint = SizeHint::new();
+    hint.set_lower(rest.lower() + ahead);
+    if let Some(upper) = rest.upper() {
+        hint.set_upper(upper + ahead);
+    }
+    hint
 }
 
 /// A request body sent upstream.
@@ -302,6 +306,25 @@ pub enum RequestBody {
     Full(Option<Bytes>),
     /// The client's body, streamed, with a bounded copy kept for retries.
     Replay(super::replay::ReplayBody),
+    /// A body sent again on a new HTTP/2 stream after the upstream refused the first one
+    /// unprocessed while it streamed: what went on that stream, then the rest as it comes.
+    Resumed(Box<Resumed>),
+}
+
+/// What [`RequestBody::Resumed`] sends: the chunks sent before, then the rest of the body.
+#[derive(Debug)]
+pub struct Resumed {
+    sent: std::vec::IntoIter<Bytes>,
+    rest: RequestBody,
+}
+
+impl Resumed {
+    pub(crate) fn new(sent: Vec<Bytes>, rest: RequestBody) -> Self {
+        Resumed {
+            sent: sent.into_iter(),
+            rest,
+        }
+    }
 }
 
 impl RequestBody {
@@ -338,6 +361,10 @@ impl Body for RequestBody {
             RequestBody::Teed(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Resumed(b) => match b.sent.next() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => Pin::new(&mut b.rest).poll_frame(cx),
+            },
         }
     }
 
@@ -347,6 +374,7 @@ impl Body for RequestBody {
             RequestBody::Teed(b) => b.inner.is_end_stream(),
             RequestBody::Full(b) => b.is_none(),
             RequestBody::Replay(b) => b.is_end_stream(),
+            RequestBody::Resumed(b) => b.sent.len() == 0 && b.rest.is_end_stream(),
         }
     }
 
@@ -357,6 +385,10 @@ impl Body for RequestBody {
             RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             RequestBody::Full(None) => SizeHint::with_exact(0),
             RequestBody::Replay(_) => SizeHint::default(),
+            RequestBody::Resumed(b) => {
+                let sent: usize = b.sent.as_slice().iter().map(Bytes::len).sum();
+                hint_ahead(b.rest.size_hint(), sent as u64)
+            }
         }
     }
 }
@@ -416,6 +448,11 @@ impl BoundedCopy {
     /// The kept chunks, in order.
     pub(crate) fn chunks(&self) -> &[Bytes] {
         &self.chunks
+    }
+
+    /// The kept chunks, in order, taken.
+    pub(crate) fn into_chunks(self) -> Vec<Bytes> {
+        self.chunks
     }
 
     /// The kept bytes as one buffer.

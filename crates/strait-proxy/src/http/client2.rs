@@ -8,16 +8,18 @@
 //! the shared connection itself and awaits its answer; a body that does not go whole at once is
 //! sent by a task of its own, as it must go on while the answer streams (gRPC).
 
+use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{header, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::http::body::{BodyError, BoundedCopy, RequestBody};
+use crate::http::body::{BodyError, BoundedCopy, RequestBody, Resumed};
 use crate::http::stream2::{self, RecvBody};
 
 /// Sends `req` on the connection `sender` belongs to, and waits for the answer's head. The
@@ -27,7 +29,8 @@ use crate::http::stream2::{self, RecvBody};
 /// A request comes back in the failure, to go again on a new connection, when it was never
 /// sent (the connection was going away or gone), and when the upstream refused its stream
 /// unprocessed ([`refused_unprocessed`]) and what it sent is at hand again: its head (copied
-/// before it went) and a body it had whole when sent, up to [`KEPT_BODY_LIMIT`] bytes.
+/// before it went) and its body's chunks sent so far, up to [`KEPT_BODY_LIMIT`] bytes, followed
+/// by the rest of the body when it was still arriving.
 pub(crate) async fn send(
     sender: SendRequest<Bytes>,
     req: Box<Request<RequestBody>>,
@@ -62,34 +65,46 @@ pub(crate) async fn send(
         .send_request(Request::from_parts(head, ()), end)
         .map_err(failed)?;
     let mut sending = None;
-    // The body as sent, when it may go again: it went whole, at once.
+    // The body to send again, when it went whole at once.
     let mut again = end.then(RequestBody::empty);
+    // The chunks sent, while the answer's head has not come.
+    let mut kept_copy = None;
     if !end {
         let mut kept = Kept::new(body);
+        kept_copy = Some(Rc::clone(&kept.copy));
         let mut pipe = Box::pin(async move {
             stream2::send_body(&mut kept, &mut tx, None).await;
-            kept
+            kept.into_again()
         });
         // A body that is all here (a gRPC unary call's message) goes now, without a task.
         match poll_fn(|cx| Poll::Ready(pipe.as_mut().poll(cx))).await {
-            Poll::Ready(kept) => again = kept.into_copy(),
-            Poll::Pending => {
-                let pipe = async move {
-                    pipe.await;
-                };
-                sending = Some(Sending(crate::runtime::busy_poll::spawn(pipe)));
-            }
+            Poll::Ready(whole) => again = whole,
+            // The rest goes from a task of its own, which gives the body back if the stream
+            // was refused while it sent.
+            Poll::Pending => sending = Some(Sending(Some(crate::runtime::busy_poll::spawn(pipe)))),
         }
     }
     let answer = match answer.await {
         Ok(answer) => answer,
         Err(error) => {
-            let unsent = again
-                .filter(|_| refused_unprocessed(&error))
-                .map(|body| Box::new(Request::from_parts(copy, body)));
+            let body = match (again, sending) {
+                _ if !refused_unprocessed(&error) => None,
+                (Some(whole), _) => Some(whole),
+                (None, Some(sending)) => sending.body_back().await,
+                (None, None) => None,
+            };
+            let unsent = body.map(|body| Box::new(Request::from_parts(copy, body)));
             return Err(Failed { error, unsent });
         }
     };
+    // Answered: the stream was processed, and its body will not go again. The copy is let go
+    // now, not held while a stream (gRPC's) lasts, and so is a body its task gave back.
+    if let Some(kept) = kept_copy {
+        kept.take();
+    }
+    if sending.as_ref().is_some_and(Sending::is_finished) {
+        sending = None;
+    }
     let (head, recv) = answer.into_parts();
     let declared = stream2::declared_length(&head.headers);
     let body = ResponseBody2 {
@@ -126,12 +141,14 @@ fn refused_unprocessed(error: &h2::Error) -> bool {
 const KEPT_BODY_LIMIT: usize = 64 * 1024;
 
 /// A request body as it is sent, its chunks kept while they come to no more than
-/// [`KEPT_BODY_LIMIT`] bytes and no trailers come.
+/// [`KEPT_BODY_LIMIT`] bytes and no trailers come, and until [`send`] takes the copy away (the
+/// answer came).
 #[derive(Debug)]
 struct Kept {
     body: RequestBody,
-    copy: BoundedCopy,
-    /// Trailers came, the body failed, or it was not all here at once: not sent again.
+    /// Shared with [`send`]; `None` once taken away.
+    copy: Rc<RefCell<Option<BoundedCopy>>>,
+    /// Trailers came, or the body failed: not sent again.
     spoilt: bool,
     /// The body said it ended.
     ended: bool,
@@ -141,17 +158,25 @@ impl Kept {
     fn new(body: RequestBody) -> Self {
         Kept {
             body,
-            copy: BoundedCopy::new(KEPT_BODY_LIMIT),
+            copy: Rc::new(RefCell::new(Some(BoundedCopy::new(KEPT_BODY_LIMIT)))),
             spoilt: false,
             ended: false,
         }
     }
 
-    /// The whole body again, when it was read to its end and kept.
-    fn into_copy(self) -> Option<RequestBody> {
-        let whole =
-            (self.ended || self.body.is_end_stream()) && !self.spoilt && !self.copy.overflowed();
-        whole.then(|| RequestBody::Full(Some(self.copy.whole())))
+    /// The body to send again, once its sending stopped (it ended, or the stream was reset),
+    /// when its copy is whole and still wanted: what was read of it, then (when it had not
+    /// ended) the rest as it comes.
+    fn into_again(self) -> Option<RequestBody> {
+        let copy = self.copy.take()?;
+        if self.spoilt || copy.overflowed() {
+            return None;
+        }
+        if self.ended || self.body.is_end_stream() {
+            return Some(RequestBody::Full(Some(copy.whole())));
+        }
+        let resumed = Resumed::new(copy.into_chunks(), self.body);
+        Some(RequestBody::Resumed(Box::new(resumed)))
     }
 }
 
@@ -164,16 +189,12 @@ impl Body for Kept {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) else {
-            // Not all here: the rest goes from a task of its own, and the request cannot go
-            // again. The copy is let go at once, not held while a stream (gRPC's) lasts.
-            this.spoilt = true;
-            this.copy = BoundedCopy::new(0);
-            return Poll::Pending;
-        };
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
         match frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
             Some(Ok(Some(data))) => {
-                this.copy.keep(data);
+                if let Some(copy) = this.copy.borrow_mut().as_mut() {
+                    copy.keep(data);
+                }
             }
             Some(_) => this.spoilt = true,
             None => this.ended = true,
@@ -201,13 +222,29 @@ pub(crate) struct Failed {
 
 /// The task sending a request's body, ended (and the stream reset, `CANCEL`) when the answer is
 /// dropped before the body went whole: a request timed out, or whose client left, stops
-/// sending at once rather than when its client's body ends.
+/// sending at once rather than when its client's body ends. The task ends with the body to
+/// send again (see [`Kept::into_again`]).
 #[derive(Debug)]
-struct Sending(tokio::task::JoinHandle<()>);
+struct Sending(Option<tokio::task::JoinHandle<Option<RequestBody>>>);
+
+impl Sending {
+    fn is_finished(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(tokio::task::JoinHandle::is_finished)
+    }
+
+    /// The body to send again, once the task stopped: the stream's reset ends it.
+    async fn body_back(mut self) -> Option<RequestBody> {
+        self.0.take()?.await.ok().flatten()
+    }
+}
 
 impl Drop for Sending {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
