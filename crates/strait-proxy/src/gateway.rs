@@ -1837,18 +1837,18 @@ fn send<'a>(
         };
         match request {
             Outgoing::Http2(request) => {
-                let checkout = |fresh: bool| {
+                let checkout = || {
                     let tls = cluster.tls.as_deref();
                     let timeout = cluster.connect_timeout;
-                    pool.http2(addr, fresh, timeout, &cluster.breaker, tls)
+                    pool.http2(addr, timeout, &cluster.breaker, tls)
                 };
-                let (sender, fresh) = checkout(false).await.map_err(SendError::Connect)?;
+                let (lease, fresh) = checkout().await.map_err(SendError::Connect)?;
                 if fresh {
                     opened();
                 }
                 // A failure the client's body caused shows here as the stream's reset (the
                 // body's sender resets it): `SendError::blame` tells it apart.
-                let failed = match client2::send(sender, request).await {
+                let failed = match client2::send(lease, request).await {
                     Ok(response) => return Ok(Box::new(response.map(FromUpstream::Http2))),
                     Err(failed) => failed,
                 };
@@ -1857,11 +1857,13 @@ fn send<'a>(
                 };
                 // The pooled connection was going away (its upstream sent GOAWAY, as servers
                 // do to age connections out) or gone, and opened no stream; or the upstream
-                // refused the stream unprocessed (`client2::refused_unprocessed`): the request
-                // goes on a new one, whatever its method.
-                let (sender, _) = checkout(true).await.map_err(SendError::Connect)?;
-                opened();
-                client2::send(sender, unsent)
+                // refused the stream unprocessed (`client2::refused_unprocessed`): the
+                // connection was retired, and the request goes on another, whatever its method.
+                let (lease, fresh) = checkout().await.map_err(SendError::Connect)?;
+                if fresh {
+                    opened();
+                }
+                client2::send(lease, unsent)
                     .await
                     .map(|response| Box::new(response.map(FromUpstream::Http2)))
                     .map_err(|failed| SendError::Upstream(Box::new(failed.error)))

@@ -237,21 +237,75 @@ async fn http1_client_to_http2_upstream() {
 /// than failing on the one going away (502).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_after_an_http2_upstreams_goaway_go_on_a_new_connection() {
-    let proxy = proxy_to_http2_upstream(going_away_upstream).await;
-    let mut holding = proxy.connect(Proto::H1).await;
+    let proxy =
+        proxy_to_http2_upstream(|tcp, number| holding_upstream(tcp, number, None, true)).await;
+    let held = held_answer(&proxy, Proto::H1).await;
+    // The GOAWAY reaches the proxy (its one worker, whose pool holds the connection).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    answered_on(&proxy, "connection 2\n", 3).await;
+    drop(held);
+}
+
+/// Sends `GET /hold` on a new connection over `proto`: the connection, and the answer the
+/// upstream holds open.
+async fn held_answer(proxy: &Proxy, proto: Proto) -> (Conn, http::Response<Incoming>) {
+    let mut holding = proxy.connect(proto).await;
     let held = holding
         .send(simple("GET", "a", "/hold"))
         .await
         .expect("the held answer's head");
     assert_eq!(held.status(), StatusCode::OK);
-    // The GOAWAY reaches the proxy (its one worker, whose pool holds the connection).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for _ in 0..3 {
-        let next = proxy.get("a", "/next").await;
+    (holding, held)
+}
+
+/// `times` requests, each answered `text` (the upstream connection's number).
+async fn answered_on(proxy: &Proxy, text: &str, times: usize) {
+    for _ in 0..times {
+        let next = within(REQUEST_LIMIT, "a request", proxy.get("a", "/next")).await;
         assert_eq!(next.status, StatusCode::OK, "{}", next.text());
-        assert_eq!(next.text(), "connection 2\n");
+        assert_eq!(next.text(), text);
     }
+}
+
+/// An HTTP/2 upstream whose `SETTINGS_MAX_CONCURRENT_STREAMS` are all in use on a connection
+/// (a long answer, a gRPC stream) gets the next request on another connection, rather than
+/// the request waiting in the first one's queue for a stream to end; the first connection
+/// serves again once it has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_an_http2_upstreams_stream_limit_go_on_another_connection() {
+    let proxy =
+        proxy_to_http2_upstream(|tcp, number| holding_upstream(tcp, number, Some(1), false)).await;
+    // Over HTTP/2, whose client's reset ends the held answer when dropped.
+    let held = held_answer(&proxy, Proto::H2).await;
+    answered_on(&proxy, "connection 2\n", 2).await;
     drop(held);
+    let room = eventually(Duration::from_secs(5), || async {
+        proxy.get("a", "/again").await.text() == "connection 1\n"
+    })
+    .await;
+    assert!(
+        room,
+        "the first connection serves again once its stream ended"
+    );
+}
+
+/// A burst of requests to an HTTP/2 upstream the worker has no connection to yet opens one
+/// connection, not one a request: the others wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_to_a_new_http2_upstream_opens_one_connection() {
+    let proxy =
+        proxy_to_http2_upstream(|tcp, number| holding_upstream(tcp, number, None, false)).await;
+    let conn = proxy.connect(Proto::H2).await;
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let mut conn = conn.clone_h2();
+        burst.spawn(async move { conn.fetch(simple("GET", "a", &format!("/{i}"))).await });
+    }
+    while let Some(answer) = burst.join_next().await {
+        let answer = answer.expect("task").expect("answer");
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_eq!(answer.text(), "connection 1\n");
+    }
 }
 
 /// A stream an HTTP/2 upstream refused unprocessed goes on a new connection, its body with it,
@@ -344,10 +398,16 @@ where
     .await
 }
 
-/// Answers `connection N`; a request for `/hold` gets an answer that stays open, and the
-/// connection is told to go away (`GOAWAY`, gracefully).
-async fn going_away_upstream(tcp: TcpStream, number: usize) {
-    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+/// Answers `connection N`; a request for `/hold` gets an answer that stays open. With
+/// `max_streams`, the connection allows that many streams at once
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`); with `go_away`, it is told to go away (`GOAWAY`,
+/// gracefully) once an answer is held.
+async fn holding_upstream(tcp: TcpStream, number: usize, max_streams: Option<u32>, go_away: bool) {
+    let mut builder = h2::server::Builder::new();
+    if let Some(max) = max_streams {
+        builder.max_concurrent_streams(max);
+    }
+    let Ok(mut conn) = builder.handshake(tcp).await else {
         return;
     };
     let mut held = Vec::new();
@@ -358,7 +418,9 @@ async fn going_away_upstream(tcp: TcpStream, number: usize) {
         if request.uri().path() == "/hold" {
             let _ = body.send_data(Bytes::from_static(b"held\n"), false);
             held.push(body);
-            conn.graceful_shutdown();
+            if go_away {
+                conn.graceful_shutdown();
+            }
         } else {
             let text = format!("connection {number}\n");
             let _ = body.send_data(Bytes::from(text), true);

@@ -15,11 +15,11 @@ use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use h2::client::SendRequest;
 use http::{header, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::http::body::{BodyError, BoundedCopy, RequestBody, Resumed};
+use crate::http::pool::Lease2;
 use crate::http::stream2::{self, RecvBody};
 
 /// Sends `req` on the connection `sender` belongs to, and waits for the answer's head. The
@@ -31,20 +31,23 @@ use crate::http::stream2::{self, RecvBody};
 /// unprocessed ([`refused_unprocessed`]) and what it sent is at hand again: its head (copied
 /// before it went) and its body's chunks sent so far, up to [`KEPT_BODY_LIMIT`] bytes, followed
 /// by the rest of the body when it was still arriving.
+///
+/// The lease is held by the answer's body, until the answer ends; a connection that gave a
+/// request back is retired from the pool.
 pub(crate) async fn send(
-    sender: SendRequest<Bytes>,
+    lease: Lease2,
     req: Box<Request<RequestBody>>,
 ) -> Result<Response<ResponseBody2>, Failed> {
-    // Waits while the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` are all open. Fails when the
-    // connection is going away (the upstream sent `GOAWAY`) or gone: then no stream was opened
-    // and the request is given back, to go on a new connection.
-    let mut sender = match sender.ready().await {
+    // Fails when the connection is going away (the upstream sent `GOAWAY`) or gone: then no
+    // stream was opened and the request is given back, to go on another connection.
+    let mut sender = match lease.sender().ready().await {
         Ok(sender) => sender,
         Err(error) => {
+            lease.retire();
             return Err(Failed {
                 error,
                 unsent: Some(req),
-            })
+            });
         }
     };
     let failed = |error| Failed {
@@ -94,6 +97,9 @@ pub(crate) async fn send(
                 (None, None) => None,
             };
             let unsent = body.map(|body| Box::new(Request::from_parts(copy, body)));
+            if unsent.is_some() {
+                lease.retire();
+            }
             return Err(Failed { error, unsent });
         }
     };
@@ -110,6 +116,7 @@ pub(crate) async fn send(
     let body = ResponseBody2 {
         body: RecvBody::new(recv, declared),
         _sending: sending,
+        _lease: lease,
     };
     Ok(Response::from_parts(head, body))
 }
@@ -253,4 +260,6 @@ impl Drop for Sending {
 pub struct ResponseBody2 {
     pub(crate) body: RecvBody,
     _sending: Option<Sending>,
+    /// The stream's place on its connection, given back when the answer is dropped.
+    _lease: Lease2,
 }

@@ -1,7 +1,8 @@
 //! Per-worker upstream connection pools. Each worker thread owns one `Pool`: no locks, no
 //! atomics, no sharing. HTTP/1 connections carry one request at a time and go back to the idle
-//! list only when their response body completed; an HTTP/2 connection is shared by all of the
-//! worker's requests to that endpoint. HTTP/1 connections are driven by the request that holds
+//! list only when their response body completed; an HTTP/2 connection is shared by the
+//! worker's requests to that endpoint, and another is opened when the upstream's concurrent
+//! streams are all in use on those open. HTTP/1 connections are driven by the request that holds
 //! them ([`crate::http::client1`]); HTTP/2 connections by a task of their own.
 
 use std::cell::{Cell, RefCell};
@@ -120,7 +121,8 @@ pub struct Pool {
     // Boxed: a connection moves from the list to a request and back, a pointer each time.
     #[allow(clippy::vec_box)]
     http1_idle: RefCell<KeyMap<Vec<Box<Conn1>>>>,
-    http2: RefCell<KeyMap<Upstream2>>,
+    /// Each endpoint's HTTP/2 connections.
+    http2: RefCell<KeyMap<Endpoint2>>,
     /// Where HTTP/1 request heads are encoded, before a connection is picked. Each head is
     /// split off; the room comes back once no written head holds it.
     heads: RefCell<BytesMut>,
@@ -255,23 +257,54 @@ impl Pool {
         }
     }
 
-    /// The worker's HTTP/2 connection to `addr`, opened when there is none, it closed, or
-    /// `fresh` asks for a new one (the pooled one is going away); the flag is true when it was
-    /// opened.
+    /// A stream on one of the worker's HTTP/2 connections to `addr`: the first opened that has
+    /// room for one more of the upstream's concurrent streams (`SETTINGS_MAX_CONCURRENT_STREAMS`)
+    /// and was not retired ([`Lease2::retire`]), or a new one when none has; the flag is true
+    /// when it was opened. One connection at a time is opened to an endpoint: requests that
+    /// find none with room while one is being opened wait for it (a burst opens one, not one
+    /// each), and open their own only if it failed. Connections stay open once opened (an
+    /// upstream's idle timeout, or its `GOAWAY`, closes them), so that a load at the limit does
+    /// not open and close one by turns.
     pub async fn http2(
         &self,
         addr: SocketAddr,
-        fresh: bool,
         connect_timeout: Duration,
         breaker: &Arc<Breaker>,
         tls: Option<&ClientTls>,
-    ) -> Result<(h2::client::SendRequest<Bytes>, bool), ConnectError> {
+    ) -> Result<(Lease2, bool), ConnectError> {
         let key = PoolKey::new(addr, tls);
-        if let Some(conn) = self.http2.borrow().get(&key) {
-            if conn.open.get() && !fresh {
-                return Ok((conn.send.clone(), false));
-            }
-        }
+        let mut waited = false;
+        let opening = loop {
+            let wait = {
+                let mut pool = self.http2.borrow_mut();
+                let endpoint = pool.entry(key).or_default();
+                // Closed and retired connections leave the pool; their leases keep them to
+                // their end.
+                endpoint.conns.retain(|c| c.open.get() && !c.retired.get());
+                if let Some(conn) = endpoint.conns.iter().find(|c| c.has_room()) {
+                    return Ok((Lease2::new(conn), false));
+                }
+                match &endpoint.opening {
+                    Some(opened) if !waited => Rc::clone(opened),
+                    // The connection waited for failed (or filled up at once): open one
+                    // alongside.
+                    Some(_) => break None,
+                    None => {
+                        let opened = Rc::new(tokio::sync::Notify::new());
+                        endpoint.opening = Some(Rc::clone(&opened));
+                        break Some(Opening {
+                            pool: &self.http2,
+                            key,
+                            opened,
+                        });
+                    }
+                }
+            };
+            // Registered at once, before anything else runs: the opener's wake-up cannot be
+            // missed.
+            wait.notified().await;
+            waited = true;
+        };
         // Boxed, as for HTTP/1: only a new connection pays for its future's room.
         let (slot, send, mut conn) = Box::pin(async move {
             let (io, slot) = connect(addr, connect_timeout, breaker, tls).await?;
@@ -309,21 +342,100 @@ impl Pool {
             still_open.set(false);
             drop(slot);
         });
-        let upstream = Upstream2 {
-            send: send.clone(),
+        let upstream = Rc::new(Upstream2 {
+            send,
             open,
-        };
-        self.http2.borrow_mut().insert(key, upstream);
-        Ok((send, true))
+            retired: Cell::new(false),
+            streams: Cell::new(0),
+        });
+        let lease = Lease2::new(&upstream);
+        self.http2
+            .borrow_mut()
+            .entry(key)
+            .or_default()
+            .conns
+            .push(upstream);
+        drop(opening);
+        Ok((lease, true))
     }
 }
 
-/// A worker's HTTP/2 connection to an endpoint: the handle requests open streams with, and
-/// whether the connection's task still runs.
+/// An endpoint's HTTP/2 connections, in the order they were opened, and the one being opened.
+#[derive(Debug, Default)]
+struct Endpoint2 {
+    conns: Vec<Rc<Upstream2>>,
+    /// Wakes the requests that wait for the connection being opened, when it is (or failed).
+    opening: Option<Rc<tokio::sync::Notify>>,
+}
+
+/// The right to open an endpoint's next HTTP/2 connection; given up when dropped (the
+/// connection is in the pool, or its opening failed), waking the requests that wait for it.
+struct Opening<'a> {
+    pool: &'a RefCell<KeyMap<Endpoint2>>,
+    key: PoolKey,
+    opened: Rc<tokio::sync::Notify>,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if let Some(endpoint) = self.pool.borrow_mut().get_mut(&self.key) {
+            endpoint.opening = None;
+        }
+        self.opened.notify_waiters();
+    }
+}
+
+/// A worker's HTTP/2 connection to an endpoint: the handle requests open streams with, whether
+/// the connection's task still runs, and how many of the worker's requests are on it.
 #[derive(Debug)]
 struct Upstream2 {
     send: h2::client::SendRequest<Bytes>,
     open: Rc<Cell<bool>>,
+    /// No new stream goes on it: the upstream sent `GOAWAY`, or refused a stream.
+    retired: Cell<bool>,
+    /// Leases held: requests whose stream is open or about to be, until their answer's end.
+    streams: Cell<usize>,
+}
+
+impl Upstream2 {
+    /// Whether one more stream fits in the upstream's concurrent streams. h2 takes the limit
+    /// from the upstream's `SETTINGS`, and holds a stream past it until another closes.
+    fn has_room(&self) -> bool {
+        self.streams.get() < self.send.current_max_send_streams()
+    }
+}
+
+/// One request's stream on a pooled HTTP/2 connection, counted against the upstream's
+/// concurrent streams while it is held (by the answer's body, until the answer ends).
+#[derive(Debug)]
+pub struct Lease2 {
+    conn: Rc<Upstream2>,
+}
+
+impl Lease2 {
+    fn new(conn: &Rc<Upstream2>) -> Self {
+        conn.streams.set(conn.streams.get() + 1);
+        Lease2 {
+            conn: Rc::clone(conn),
+        }
+    }
+
+    /// The handle to open the stream with.
+    pub fn sender(&self) -> h2::client::SendRequest<Bytes> {
+        self.conn.send.clone()
+    }
+
+    /// Takes the connection out of the pool: it is going away, or refused a stream. Its open
+    /// streams go on to their end.
+    pub fn retire(&self) {
+        self.conn.retired.set(true);
+    }
+}
+
+impl Drop for Lease2 {
+    fn drop(&mut self) {
+        self.conn.streams.set(self.conn.streams.get() - 1);
+    }
 }
 
 /// HTTP/2 upstream connections' settings, hyper's client's: the windows the proxy gives an
