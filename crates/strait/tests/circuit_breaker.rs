@@ -166,6 +166,79 @@ async fn a_client_that_gives_up_frees_its_slot() {
     slot_given_back(&proxy, Proto::H1, &log).await;
 }
 
+/// A client that leaves while its answer streams, the upstream quiet between two chunks (a
+/// long poll, a stream of events), gives its slot back at once too: its answer, and the
+/// upstream's, end then, not when the upstream next sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_its_answer_streams_frees_its_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The head and a first chunk, then 20 s of quiet before the last chunk.
+    let up = raw_upstream(
+        ["HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n|0\r\n\r\n"],
+        Duration::from_secs(20),
+        false,
+    )
+    .await;
+    let log = std::env::temp_dir().join(format!("strait-leaves-{}.log", std::process::id()));
+    let proxy = Proxy::start(&format!(
+        "listeners:
+  - name: main
+    address: ${{LISTEN}}
+    access_log: {{ path: \"{}\" }}
+    routes:
+      - backends: [{{ cluster: up }}]
+clusters:
+  - name: up
+    circuit_breaker: {{ max_requests: 1 }}
+    endpoints: [{{ address: \"{up}\" }}]
+",
+        log.display()
+    ))
+    .await;
+    let mut quitter = tokio::net::TcpStream::connect(proxy.listen)
+        .await
+        .expect("connect");
+    quitter
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    within(Duration::from_secs(5), "the first chunk", async {
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains("first") {
+            let n = quitter.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before the first chunk");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    drop(quitter);
+    let logged = eventually(Duration::from_secs(3), || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("\"response_flags\":\"downstream_closed\"")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(logged, "no downstream_closed line: {text}");
+    // The slot is free: the next request gets its answer's head, not an overflow (503).
+    let mut next = Conn::open(proxy.listen, Proto::H1).await.expect("connect");
+    let head = within(
+        Duration::from_secs(5),
+        "next",
+        next.send(simple("GET", "a", "/")),
+    )
+    .await
+    .expect("next");
+    assert_eq!(
+        head.status(),
+        200,
+        "{:?}",
+        head.headers().get("x-strait-error")
+    );
+}
+
 /// The same on HTTP/2, where the client resets its stream (`RST_STREAM`) and keeps the
 /// connection: hyper drops the request's future, which ends the upstream request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -964,9 +964,11 @@ fn exchange<'a>(
     }
 }
 
-/// Whether the client closed (or reset) its connection while its request is served. Without
-/// this a client that gave up held its request to the upstream, an upstream connection and a
-/// circuit-breaker slot until the answer or the route timeout, and sat in CLOSE-WAIT.
+/// Whether the client closed (or reset) its connection while its request is served: while
+/// its answer's head is awaited, and while its body waits on the upstream. Without this a
+/// client that gave up held its request to the upstream, an upstream connection and a
+/// circuit-breaker slot until the answer (or its next bytes) or the route's timeout, and sat
+/// in CLOSE-WAIT.
 ///
 /// Only once the request's body is read whole (before, the body's reads see the close): the
 /// socket is read on, and bytes of a request pipelined behind this one are kept for it. A
@@ -1283,6 +1285,11 @@ impl Outbox {
                 }
                 return if matches!(framing, Framing::Ended) {
                     Poll::Ready(Ok(()))
+                } else if client_gone(inbound, cx) {
+                    // The upstream is quiet (a long poll, a stream of events) and the client
+                    // left: its answer ends now, and the upstream's with it, not when the
+                    // upstream next sends or the route's idle timeout.
+                    Poll::Ready(Err(io::Error::from(io::ErrorKind::ConnectionAborted)))
                 } else {
                     Poll::Pending
                 };
