@@ -308,11 +308,12 @@ async fn a_burst_to_a_new_http2_upstream_opens_one_connection() {
     }
 }
 
-/// A stream an HTTP/2 upstream refused unprocessed goes on a new connection, its body with it,
-/// whatever its method: one above the last stream a `GOAWAY` (`NO_ERROR`) names, as nginx sends
-/// after `keepalive_requests` (RFC 9113, 6.8), and one reset with `REFUSED_STREAM` (8.7).
+/// A stream an HTTP/2 upstream refused unprocessed goes again, its body with it, whatever its
+/// method: one above the last stream a `GOAWAY` (`NO_ERROR`) names, as nginx sends after
+/// `keepalive_requests` (RFC 9113, 6.8), on a new connection; one reset with `REFUSED_STREAM`
+/// (8.7), on a connection with room (here the same one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_an_http2_upstream_refused_goes_on_a_new_connection() {
+async fn a_stream_an_http2_upstream_refused_goes_again() {
     for refusal in [Refusal::GoAway, Refusal::Reset] {
         let proxy = proxy_to_http2_upstream(move |tcp, number| {
             refusing_upstream(tcp, number, refusal, Refused::SecondOfTwo)
@@ -334,15 +335,16 @@ async fn a_stream_an_http2_upstream_refused_goes_on_a_new_connection() {
         assert_eq!(get.status, StatusCode::OK, "{refusal:?}: {}", get.text());
         assert_eq!(get.text(), "connection 1, 0 bytes\n", "{refusal:?}");
         assert_eq!(post.status, StatusCode::OK, "{refusal:?}: {}", post.text());
-        assert_eq!(post.text(), "connection 2, 5 bytes\n", "{refusal:?}");
+        let again = format!("connection {}, 5 bytes\n", refusal.goes_again_on());
+        assert_eq!(post.text(), again, "{refusal:?}");
     }
 }
 
 /// A stream the upstream refuses unprocessed while its request's body is still arriving goes
-/// on a new connection: the body's chunks sent on the refused stream first, then the rest as
-/// the client sends it.
+/// again: the body's chunks sent on the refused stream first, then the rest as the client
+/// sends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_refused_while_its_body_arrives_goes_on_a_new_connection() {
+async fn a_stream_refused_while_its_body_arrives_goes_again() {
     for refusal in [Refusal::GoAway, Refusal::Reset] {
         let proxy = proxy_to_http2_upstream(move |tcp, number| {
             refusing_upstream(tcp, number, refusal, Refused::Streaming)
@@ -367,7 +369,8 @@ async fn a_stream_refused_while_its_body_arrives_goes_on_a_new_connection() {
             .expect("POST");
         sending.await.expect("sending task");
         assert_eq!(post.status, StatusCode::OK, "{refusal:?}: {}", post.text());
-        assert_eq!(post.text(), "connection 2, 11 bytes\n", "{refusal:?}");
+        let again = format!("connection {}, 11 bytes\n", refusal.goes_again_on());
+        assert_eq!(post.text(), again, "{refusal:?}");
     }
 }
 
@@ -437,6 +440,17 @@ enum Refusal {
     Reset,
 }
 
+impl Refusal {
+    /// The connection a refused stream goes again on: a new one after `GOAWAY`; the same one,
+    /// which has room, after `REFUSED_STREAM`.
+    fn goes_again_on(self) -> usize {
+        match self {
+            Refusal::GoAway => 2,
+            Refusal::Reset => 1,
+        }
+    }
+}
+
 /// Which stream [`refusing_upstream`] refuses.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Refused {
@@ -448,7 +462,8 @@ enum Refused {
 
 /// A hand-made HTTP/2 server (h2's own cannot name a last stream below one it received). It
 /// answers each stream `connection N, B bytes` (B: its body's length); on the first connection,
-/// after the first stream, it refuses one (`refused`, by `refusal`) and answers the others.
+/// after the first stream, it refuses one (`refused`, by `refusal`) and answers the others
+/// (after a `GOAWAY`, none: it closes).
 async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, refused: Refused) {
     const DATA: u8 = 0;
     const HEADERS: u8 = 1;
@@ -480,6 +495,8 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
     // Streams whose request ended: (id, body bytes).
     let mut complete: Vec<(u32, usize)> = Vec::new();
     let mut bodies: Vec<(u32, usize)> = Vec::new();
+    // A stream was refused: the connection serves the others from then on.
+    let mut refused_one = false;
     loop {
         let mut head = [0u8; 9];
         if tcp.read_exact(&mut head).await.is_err() {
@@ -502,7 +519,8 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
                     None => bodies.push((stream, n)),
                 }
                 let streaming = kind == DATA && flags & END_STREAM == 0;
-                if refused == Refused::Streaming && number == 1 && stream > 1 && streaming {
+                let refuse = !refused_one && number == 1 && stream > 1;
+                if refused == Refused::Streaming && refuse && streaming {
                     match refusal {
                         Refusal::GoAway => {
                             // The first stream is the last processed.
@@ -515,6 +533,7 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
                         Refusal::Reset => {
                             let reset = frame(RST_STREAM, 0, stream, &7u32.to_be_bytes());
                             let _ = tcp.write_all(&reset).await;
+                            refused_one = true;
                             continue;
                         }
                     }
@@ -526,7 +545,7 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
                     .iter()
                     .find(|(id, _)| *id == stream)
                     .map_or(0, |b| b.1);
-                if number > 1 || stream == 1 {
+                if !refuse || refused == Refused::Streaming {
                     answer(number, stream, bytes)
                 } else {
                     complete.push((stream, bytes));
@@ -549,6 +568,7 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
                             // REFUSED_STREAM is error code 7.
                             let mut out = frame(RST_STREAM, 0, second, &7u32.to_be_bytes());
                             out.extend(answer(number, first, bytes));
+                            refused_one = true;
                             out
                         }
                     }

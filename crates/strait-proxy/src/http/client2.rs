@@ -22,18 +22,18 @@ use crate::http::body::{BodyError, BoundedCopy, RequestBody, Resumed};
 use crate::http::pool::Lease2;
 use crate::http::stream2::{self, RecvBody};
 
-/// Sends `req` on the connection `sender` belongs to, and waits for the answer's head. The
+/// Sends `req` on the connection `lease` holds a stream on, and waits for the answer's head. The
 /// request's URI is absolute (`:scheme` and `:authority` come from it) and its head holds no
 /// connection-specific field (the gateway left them out).
 ///
-/// A request comes back in the failure, to go again on a new connection, when it was never
+/// A request comes back in the failure, to go again on another stream, when it was never
 /// sent (the connection was going away or gone), and when the upstream refused its stream
 /// unprocessed ([`refused_unprocessed`]) and what it sent is at hand again: its head (copied
 /// before it went) and its body's chunks sent so far, up to [`KEPT_BODY_LIMIT`] bytes, followed
 /// by the rest of the body when it was still arriving.
 ///
 /// The lease is held by the answer's body, until the answer ends; a connection that gave a
-/// request back is retired from the pool.
+/// request back because it is going away is retired from the pool.
 pub(crate) async fn send(
     lease: Lease2,
     req: Box<Request<RequestBody>>,
@@ -97,7 +97,10 @@ pub(crate) async fn send(
                 (None, None) => None,
             };
             let unsent = body.map(|body| Box::new(Request::from_parts(copy, body)));
-            if unsent.is_some() {
+            // A connection going away takes no new stream. One that refused a stream
+            // (`REFUSED_STREAM`: over the streams it allows, as it may be before the proxy
+            // has its `SETTINGS`) stays: the request goes on whichever has room, maybe it.
+            if unsent.is_some() && error.is_go_away() {
                 lease.retire();
             }
             return Err(Failed { error, unsent });
