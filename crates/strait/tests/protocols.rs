@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -289,6 +291,37 @@ async fn requests_past_an_http2_upstreams_stream_limit_go_on_another_connection(
     );
 }
 
+/// An HTTP/2 upstream that allows no stream for now (`SETTINGS_MAX_CONCURRENT_STREAMS` 0, as a
+/// server may say while it cannot take more) is not answered with a new connection a request:
+/// the requests wait on the connection there is, for the route's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upstream_allowing_no_streams_gets_no_new_connection_a_request() {
+    let opened = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&opened);
+    let proxy = proxy_to_http2_upstream(move |tcp, number| {
+        counted.fetch_max(number, Ordering::SeqCst);
+        holding_upstream(tcp, number, Some(0), false)
+    })
+    .await;
+    // The first request opens the connection and learns its limit.
+    let first = proxy.get("a", "/first").await;
+    assert_eq!(
+        first.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        first.text()
+    );
+    let mut waiting = tokio::task::JoinSet::new();
+    for i in 0..5 {
+        let addr = proxy.listen;
+        waiting.spawn(async move { get(addr, "a", &format!("/{i}")).await.status });
+    }
+    while let Some(status) = waiting.join_next().await {
+        assert_eq!(status.expect("task"), StatusCode::GATEWAY_TIMEOUT);
+    }
+    assert_eq!(opened.load(Ordering::SeqCst), 1, "connections opened");
+}
+
 /// A burst of requests to an HTTP/2 upstream the worker has no connection to yet opens one
 /// connection, not one a request: the others wait for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +408,7 @@ async fn a_stream_refused_while_its_body_arrives_goes_again() {
 }
 
 /// A proxy with one worker in front of an HTTP/2 upstream whose connections `serve` serves,
-/// each with its number (from 1).
+/// each with its number (from 1); a request waits 2 s for its answer's head.
 async fn proxy_to_http2_upstream<F, Fut>(serve: F) -> Proxy
 where
     F: Fn(TcpStream, usize) -> Fut + Send + 'static,
@@ -395,7 +428,7 @@ where
     });
     Proxy::start(&format!(
         "workers: 1\nlisteners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
-         - backends: [{{ cluster: up }}]\n\
+         - backends: [{{ cluster: up }}]\n        timeout: 2s\n\
          clusters:\n  - name: up\n    protocol: http2\n    endpoints: [{{ address: \"{addr}\" }}]\n"
     ))
     .await

@@ -284,6 +284,12 @@ impl Pool {
                 if let Some(conn) = endpoint.conns.iter().find(|c| c.has_room()) {
                     return Ok((Lease2::new(conn), false));
                 }
+                // An upstream that allows no stream for now (a limit of 0) is not given a new
+                // connection a request: the request waits in that one's queue, as h2 keeps it
+                // until the upstream allows streams again (or the route's timeout).
+                if let Some(conn) = endpoint.conns.iter().find(|c| c.allows_none()) {
+                    return Ok((Lease2::new(conn), false));
+                }
                 match &endpoint.opening {
                     Some(opened) if !waited => Rc::clone(opened),
                     // The connection waited for failed (or filled up at once): open one
@@ -402,6 +408,12 @@ impl Upstream2 {
     /// from the upstream's `SETTINGS`, and holds a stream past it until another closes.
     fn has_room(&self) -> bool {
         self.streams.get() < self.send.current_max_send_streams()
+    }
+
+    /// Whether the upstream allows no stream on it for now (`SETTINGS_MAX_CONCURRENT_STREAMS`
+    /// 0, which a server may send while it cannot take more).
+    fn allows_none(&self) -> bool {
+        self.send.current_max_send_streams() == 0
     }
 }
 
