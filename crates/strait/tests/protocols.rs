@@ -296,10 +296,7 @@ async fn requests_past_an_http2_upstreams_stream_limit_go_on_another_connection(
 /// the requests wait on the connection there is, for the route's timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_upstream_allowing_no_streams_gets_no_new_connection_a_request() {
-    let opened = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&opened);
-    let proxy = proxy_to_http2_upstream(move |tcp, number| {
-        counted.fetch_max(number, Ordering::SeqCst);
+    let (proxy, opened) = proxy_to_counted_http2_upstream(|tcp, number| {
         holding_upstream(tcp, number, Some(0), false)
     })
     .await;
@@ -320,6 +317,39 @@ async fn an_http2_upstream_allowing_no_streams_gets_no_new_connection_a_request(
         assert_eq!(status.expect("task"), StatusCode::GATEWAY_TIMEOUT);
     }
     assert_eq!(opened.load(Ordering::SeqCst), 1, "connections opened");
+}
+
+/// A burst of long answers to a new HTTP/2 upstream, more than it allows streams (nginx allows
+/// 128), sent before its `SETTINGS` say so (h2 allows any number until then): the streams past
+/// its limit are refused and go again, together, on one more connection; every answer's head
+/// comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_a_new_http2_upstreams_limit_spreads_over_connections() {
+    // The upstream's `SETTINGS` come 300 ms late, as over a long round trip.
+    let (proxy, opened) = proxy_to_counted_http2_upstream(|tcp, number| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        holding_upstream(tcp, number, Some(128), false).await;
+    })
+    .await;
+    // Two client connections, as the listener allows 100 streams on each.
+    let clients = [
+        proxy.connect(Proto::H2).await,
+        proxy.connect(Proto::H2).await,
+    ];
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let mut conn = clients[i % 2].clone_h2();
+        burst.spawn(async move { conn.send(simple("GET", "a", "/hold")).await });
+    }
+    let mut held = Vec::new();
+    while let Some(answer) = burst.join_next().await {
+        let answer = answer.expect("task").expect("answer");
+        assert_eq!(answer.status(), StatusCode::OK, "{:?}", answer.headers());
+        held.push(answer);
+    }
+    assert_eq!(held.len(), 200);
+    // The refused go on one more connection, not one each.
+    assert_eq!(opened.load(Ordering::SeqCst), 2, "connections opened");
 }
 
 /// A burst of requests to an HTTP/2 upstream the worker has no connection to yet opens one
@@ -414,24 +444,37 @@ where
     F: Fn(TcpStream, usize) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    proxy_to_counted_http2_upstream(serve).await.0
+}
+
+/// [`proxy_to_http2_upstream`], with the count of connections the upstream accepted.
+async fn proxy_to_counted_http2_upstream<F, Fut>(serve: F) -> (Proxy, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("address");
+    let opened = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&opened);
     tokio::spawn(async move {
         for number in 1.. {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            counted.store(number, Ordering::SeqCst);
             tokio::spawn(serve(tcp, number));
         }
     });
-    Proxy::start(&format!(
+    let proxy = Proxy::start(&format!(
         "workers: 1\nlisteners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
          - backends: [{{ cluster: up }}]\n        timeout: 2s\n\
          clusters:\n  - name: up\n    protocol: http2\n    endpoints: [{{ address: \"{addr}\" }}]\n"
     ))
-    .await
+    .await;
+    (proxy, opened)
 }
 
 /// Answers `connection N`; a request for `/hold` gets an answer that stays open. With
