@@ -1857,8 +1857,9 @@ fn send<'a>(
                 };
                 // The pooled connection was going away (its upstream sent GOAWAY, as servers
                 // do to age connections out) or gone, and opened no stream; or the upstream
-                // refused the stream unprocessed (`client2::refused_unprocessed`): the
-                // connection was retired, and the request goes on another, whatever its method.
+                // refused the stream unprocessed (`client2::refused_unprocessed`): the request
+                // goes again, whatever its method, on whichever connection has room (one going
+                // away was retired from the pool; one that refused a stream was not).
                 let (lease, fresh) = checkout().await.map_err(SendError::Connect)?;
                 if fresh {
                     opened();
