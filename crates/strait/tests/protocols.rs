@@ -320,9 +320,8 @@ async fn an_http2_upstream_allowing_no_streams_gets_no_new_connection_a_request(
 }
 
 /// A burst of long answers to a new HTTP/2 upstream, more than it allows streams (nginx allows
-/// 128), sent before its `SETTINGS` say so (h2 allows any number until then): the streams past
-/// its limit are refused and go again, together, on one more connection; every answer's head
-/// comes.
+/// 128), before its `SETTINGS` say how many: a new connection is taken to allow 100 until
+/// then, so the burst spreads over two connections, and every answer's head comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_past_a_new_http2_upstreams_limit_spreads_over_connections() {
     // The upstream's `SETTINGS` come 300 ms late, as over a long round trip.
@@ -348,8 +347,37 @@ async fn a_burst_past_a_new_http2_upstreams_limit_spreads_over_connections() {
         held.push(answer);
     }
     assert_eq!(held.len(), 200);
-    // The refused go on one more connection, not one each.
     assert_eq!(opened.load(Ordering::SeqCst), 2, "connections opened");
+}
+
+/// A burst of long answers to an HTTP/2 upstream that allows 100 streams a connection (as
+/// HAProxy and Apache do) fills connections one after another: 250 answers, 3 connections. The
+/// requests that waited for a connection that filled up wait for the next, rather than each
+/// opening its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_fills_new_http2_connections_one_after_another() {
+    let (proxy, opened) = proxy_to_counted_http2_upstream(|tcp, number| {
+        holding_upstream(tcp, number, Some(100), false)
+    })
+    .await;
+    // Three client connections, as the listener allows 100 streams on each.
+    let clients = [
+        proxy.connect(Proto::H2).await,
+        proxy.connect(Proto::H2).await,
+        proxy.connect(Proto::H2).await,
+    ];
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..250 {
+        let mut conn = clients[i % 3].clone_h2();
+        burst.spawn(async move { conn.send(simple("GET", "a", "/hold")).await });
+    }
+    let mut held = Vec::new();
+    while let Some(answer) = burst.join_next().await {
+        let answer = answer.expect("task").expect("answer");
+        assert_eq!(answer.status(), StatusCode::OK, "{:?}", answer.headers());
+        held.push(answer);
+    }
+    assert_eq!(opened.load(Ordering::SeqCst), 3, "connections opened");
 }
 
 /// A burst of requests to an HTTP/2 upstream the worker has no connection to yet opens one

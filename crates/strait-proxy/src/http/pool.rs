@@ -262,7 +262,7 @@ impl Pool {
     /// and was not retired ([`Lease2::retire`]), or a new one when none has; the flag is true
     /// when it was opened. One connection at a time is opened to an endpoint: requests that
     /// find none with room while one is being opened wait for it (a burst opens one, not one
-    /// each), and open their own only if it failed. Connections stay open once opened (an
+    /// each; and the next one if that filled up), and open their own only if it failed. Connections stay open once opened (an
     /// upstream's idle timeout, or its `GOAWAY`, closes them), so that a load at the limit does
     /// not open and close one by turns.
     pub async fn http2(
@@ -273,8 +273,10 @@ impl Pool {
         tls: Option<&ClientTls>,
     ) -> Result<(Lease2, bool), ConnectError> {
         let key = PoolKey::new(addr, tls);
-        let mut waited = false;
-        let opening = loop {
+        // The opening this request waited for failed: it opens its own, alongside the others
+        // that waited, rather than each trying in turn.
+        let mut failed = false;
+        let mut opening = loop {
             let wait = {
                 let mut pool = self.http2.borrow_mut();
                 let endpoint = pool.entry(key).or_default();
@@ -291,25 +293,25 @@ impl Pool {
                     return Ok((Lease2::new(conn), false));
                 }
                 match &endpoint.opening {
-                    Some(opened) if !waited => Rc::clone(opened),
-                    // The connection waited for failed (or filled up at once): open one
-                    // alongside.
-                    Some(_) => break None,
+                    _ if failed => break None,
+                    // Waits again when the connection it waited for filled up at once.
+                    Some(opened) => Rc::clone(opened),
                     None => {
-                        let opened = Rc::new(tokio::sync::Notify::new());
+                        let opened = Rc::new(Opened::default());
                         endpoint.opening = Some(Rc::clone(&opened));
                         break Some(Opening {
                             pool: &self.http2,
                             key,
                             opened,
+                            succeeded: false,
                         });
                     }
                 }
             };
             // Registered at once, before anything else runs: the opener's wake-up cannot be
             // missed.
-            wait.notified().await;
-            waited = true;
+            wait.wake.notified().await;
+            failed = wait.failed.get();
         };
         // Boxed, as for HTTP/1: only a new connection pays for its future's room.
         let (slot, send, mut conn) = Box::pin(async move {
@@ -321,6 +323,7 @@ impl Pool {
                 .max_header_list_size(H2_MAX_HEADER_LIST)
                 .max_send_buffer_size(H2_MAX_SEND_BUFFER)
                 .enable_push(false)
+                .initial_max_send_streams(H2_ASSUMED_STREAMS)
                 .handshake::<_, Bytes>(io)
                 .await
                 .map_err(|source| ConnectError::Handshake { addr, source })?;
@@ -361,6 +364,9 @@ impl Pool {
             .or_default()
             .conns
             .push(upstream);
+        if let Some(opening) = opening.as_mut() {
+            opening.succeeded = true;
+        }
         drop(opening);
         Ok((lease, true))
     }
@@ -370,8 +376,15 @@ impl Pool {
 #[derive(Debug, Default)]
 struct Endpoint2 {
     conns: Vec<Rc<Upstream2>>,
-    /// Wakes the requests that wait for the connection being opened, when it is (or failed).
-    opening: Option<Rc<tokio::sync::Notify>>,
+    /// The connection being opened, which requests that find no room wait for.
+    opening: Option<Rc<Opened>>,
+}
+
+/// How the requests waiting for a connection being opened learn it was (or that it failed).
+#[derive(Debug, Default)]
+struct Opened {
+    wake: tokio::sync::Notify,
+    failed: Cell<bool>,
 }
 
 /// The right to open an endpoint's next HTTP/2 connection; given up when dropped (the
@@ -379,7 +392,9 @@ struct Endpoint2 {
 struct Opening<'a> {
     pool: &'a RefCell<KeyMap<Endpoint2>>,
     key: PoolKey,
-    opened: Rc<tokio::sync::Notify>,
+    opened: Rc<Opened>,
+    /// The connection is in the pool.
+    succeeded: bool,
 }
 
 impl Drop for Opening<'_> {
@@ -387,7 +402,8 @@ impl Drop for Opening<'_> {
         if let Some(endpoint) = self.pool.borrow_mut().get_mut(&self.key) {
             endpoint.opening = None;
         }
-        self.opened.notify_waiters();
+        self.opened.failed.set(!self.succeeded);
+        self.opened.wake.notify_waiters();
     }
 }
 
@@ -397,7 +413,7 @@ impl Drop for Opening<'_> {
 struct Upstream2 {
     send: h2::client::SendRequest<Bytes>,
     open: Rc<Cell<bool>>,
-    /// No new stream goes on it: the upstream sent `GOAWAY`, or refused a stream.
+    /// No new stream goes on it: it is going away (the upstream sent `GOAWAY`) or gone.
     retired: Cell<bool>,
     /// Leases held: requests whose stream is open or about to be, until their answer's end.
     streams: Cell<usize>,
@@ -437,8 +453,8 @@ impl Lease2 {
         self.conn.send.clone()
     }
 
-    /// Takes the connection out of the pool: it is going away, or refused a stream. Its open
-    /// streams go on to their end.
+    /// Takes the connection out of the pool: it is going away. Its open streams go on to their
+    /// end.
     pub fn retire(&self) {
         self.conn.retired.set(true);
     }
@@ -458,6 +474,10 @@ const H2_CONNECTION_WINDOW: u32 = 5 << 20;
 const H2_MAX_FRAME: u32 = 16 << 10;
 const H2_MAX_HEADER_LIST: u32 = 16 << 10;
 const H2_MAX_SEND_BUFFER: usize = 1 << 20;
+/// The upstream's concurrent streams assumed until its `SETTINGS` say (RFC 9113 6.5.2 advises
+/// no fewer than 100; Go's client and nghttp2 assume 100): a burst to a new connection spreads
+/// over others past it rather than being refused past the upstream's limit (nginx allows 128).
+const H2_ASSUMED_STREAMS: usize = 100;
 /// A keep-alive ping every 30 s; an upstream that answers none within 20 s is taken for dead,
 /// and the next request opens a new connection.
 const H2_PING_EVERY: Duration = Duration::from_secs(30);
