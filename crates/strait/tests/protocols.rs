@@ -330,14 +330,21 @@ async fn a_burst_past_a_new_http2_upstreams_limit_spreads_over_connections() {
         holding_upstream(tcp, number, Some(128), false).await;
     })
     .await;
-    // Two client connections, as the listener allows 100 streams on each.
-    let clients = [
-        proxy.connect(Proto::H2).await,
-        proxy.connect(Proto::H2).await,
-    ];
+    let held = held_at_once(&proxy, 200).await;
+    assert_eq!(opened.load(Ordering::SeqCst), 2, "connections opened");
+    drop(held);
+}
+
+/// `n` requests for `/hold` at once, over as many HTTP/2 client connections as the listener's
+/// 100 streams each need: the connections and the answers, each checked 200, held open.
+async fn held_at_once(proxy: &Proxy, n: usize) -> (Vec<Conn>, Vec<http::Response<Incoming>>) {
+    let mut clients = Vec::new();
+    for _ in 0..n.div_ceil(100) {
+        clients.push(proxy.connect(Proto::H2).await);
+    }
     let mut burst = tokio::task::JoinSet::new();
-    for i in 0..200 {
-        let mut conn = clients[i % 2].clone_h2();
+    for i in 0..n {
+        let mut conn = clients[i % clients.len()].clone_h2();
         burst.spawn(async move { conn.send(simple("GET", "a", "/hold")).await });
     }
     let mut held = Vec::new();
@@ -346,8 +353,8 @@ async fn a_burst_past_a_new_http2_upstreams_limit_spreads_over_connections() {
         assert_eq!(answer.status(), StatusCode::OK, "{:?}", answer.headers());
         held.push(answer);
     }
-    assert_eq!(held.len(), 200);
-    assert_eq!(opened.load(Ordering::SeqCst), 2, "connections opened");
+    assert_eq!(held.len(), n);
+    (clients, held)
 }
 
 /// A burst of long answers to an HTTP/2 upstream that allows 100 streams a connection (as
@@ -360,24 +367,9 @@ async fn a_burst_fills_new_http2_connections_one_after_another() {
         holding_upstream(tcp, number, Some(100), false)
     })
     .await;
-    // Three client connections, as the listener allows 100 streams on each.
-    let clients = [
-        proxy.connect(Proto::H2).await,
-        proxy.connect(Proto::H2).await,
-        proxy.connect(Proto::H2).await,
-    ];
-    let mut burst = tokio::task::JoinSet::new();
-    for i in 0..250 {
-        let mut conn = clients[i % 3].clone_h2();
-        burst.spawn(async move { conn.send(simple("GET", "a", "/hold")).await });
-    }
-    let mut held = Vec::new();
-    while let Some(answer) = burst.join_next().await {
-        let answer = answer.expect("task").expect("answer");
-        assert_eq!(answer.status(), StatusCode::OK, "{:?}", answer.headers());
-        held.push(answer);
-    }
+    let held = held_at_once(&proxy, 250).await;
     assert_eq!(opened.load(Ordering::SeqCst), 3, "connections opened");
+    drop(held);
 }
 
 /// A burst of requests to an HTTP/2 upstream the worker has no connection to yet opens one
