@@ -262,9 +262,9 @@ impl Pool {
     /// and was not retired ([`Lease2::retire`]), or a new one when none has; the flag is true
     /// when it was opened. One connection at a time is opened to an endpoint: requests that
     /// find none with room while one is being opened wait for it (a burst opens one, not one
-    /// each; and the next one if that filled up), and open their own only if it failed. Connections stay open once opened (an
-    /// upstream's idle timeout, or its `GOAWAY`, closes them), so that a load at the limit does
-    /// not open and close one by turns.
+    /// each; and the next one if that filled up), and open their own only if it could not be
+    /// opened. Connections stay open once opened (an upstream's idle timeout, or its `GOAWAY`,
+    /// closes them), so that a load at the limit does not open and close one by turns.
     pub async fn http2(
         &self,
         addr: SocketAddr,
@@ -273,8 +273,8 @@ impl Pool {
         tls: Option<&ClientTls>,
     ) -> Result<(Lease2, bool), ConnectError> {
         let key = PoolKey::new(addr, tls);
-        // The opening this request waited for failed: it opens its own, alongside the others
-        // that waited, rather than each trying in turn.
+        // The connection this request waited for could not be opened: it opens its own,
+        // alongside the others that waited, rather than each trying in turn.
         let mut failed = false;
         let mut opening = loop {
             let wait = {
@@ -303,7 +303,7 @@ impl Pool {
                             pool: &self.http2,
                             key,
                             opened,
-                            succeeded: false,
+                            failed: false,
                         });
                     }
                 }
@@ -329,7 +329,12 @@ impl Pool {
                 .map_err(|source| ConnectError::Handshake { addr, source })?;
             Ok::<_, ConnectError>((slot, send, conn))
         })
-        .await?;
+        .await
+        .inspect_err(|_| {
+            if let Some(opening) = opening.as_mut() {
+                opening.failed = true;
+            }
+        })?;
         let open = Rc::new(Cell::new(true));
         let still_open = Rc::clone(&open);
         crate::runtime::busy_poll::spawn(async move {
@@ -364,9 +369,6 @@ impl Pool {
             .or_default()
             .conns
             .push(upstream);
-        if let Some(opening) = opening.as_mut() {
-            opening.succeeded = true;
-        }
         drop(opening);
         Ok((lease, true))
     }
@@ -393,8 +395,9 @@ struct Opening<'a> {
     pool: &'a RefCell<KeyMap<Endpoint2>>,
     key: PoolKey,
     opened: Rc<Opened>,
-    /// The connection is in the pool.
-    succeeded: bool,
+    /// The connection could not be opened. Not set when the request opening it went away
+    /// first: then one of the waiting requests opens it instead, not each its own.
+    failed: bool,
 }
 
 impl Drop for Opening<'_> {
@@ -402,7 +405,7 @@ impl Drop for Opening<'_> {
         if let Some(endpoint) = self.pool.borrow_mut().get_mut(&self.key) {
             endpoint.opening = None;
         }
-        self.opened.failed.set(!self.succeeded);
+        self.opened.failed.set(self.failed);
         self.opened.wake.notify_waiters();
     }
 }
