@@ -282,7 +282,7 @@ impl Pool {
                 let endpoint = pool.entry(key).or_default();
                 // Closed and retired connections leave the pool; their leases keep them to
                 // their end.
-                endpoint.conns.retain(|c| c.open.get() && !c.retired.get());
+                endpoint.conns.retain(|c| !c.gone.get());
                 if let Some(conn) = endpoint.conns.iter().find(|c| c.has_room()) {
                     return Ok((Lease2::new(conn), false));
                 }
@@ -335,8 +335,14 @@ impl Pool {
                 opening.failed = true;
             }
         })?;
-        let open = Rc::new(Cell::new(true));
-        let still_open = Rc::clone(&open);
+        let upstream = Rc::new(Upstream2 {
+            send,
+            gone: Cell::new(false),
+            streams: Cell::new(0),
+        });
+        // The task does not hold the connection's handle: it would keep the connection open
+        // once the pool and every lease let go of it.
+        let pooled = Rc::downgrade(&upstream);
         crate::runtime::busy_poll::spawn(async move {
             let mut keep_alive = conn
                 .ping_pong()
@@ -353,14 +359,10 @@ impl Pool {
                 Ok(false) => tracing::debug!(%addr, "upstream HTTP/2 ping unanswered: closing"),
                 Err(e) => tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended"),
             }
-            still_open.set(false);
+            if let Some(upstream) = pooled.upgrade() {
+                upstream.gone.set(true);
+            }
             drop(slot);
-        });
-        let upstream = Rc::new(Upstream2 {
-            send,
-            open,
-            retired: Cell::new(false),
-            streams: Cell::new(0),
         });
         let lease = Lease2::new(&upstream);
         self.http2
@@ -411,13 +413,13 @@ impl Drop for Opening<'_> {
 }
 
 /// A worker's HTTP/2 connection to an endpoint: the handle requests open streams with, whether
-/// the connection's task still runs, and how many of the worker's requests are on it.
+/// it may take more, and how many of the worker's requests are on it.
 #[derive(Debug)]
 struct Upstream2 {
     send: h2::client::SendRequest<Bytes>,
-    open: Rc<Cell<bool>>,
-    /// No new stream goes on it: it is going away (the upstream sent `GOAWAY`) or gone.
-    retired: Cell<bool>,
+    /// No new stream goes on it: it is going away (the upstream sent `GOAWAY`, see
+    /// [`Lease2::retire`]) or its task ended.
+    gone: Cell<bool>,
     /// Leases held: requests whose stream is open or about to be, until their answer's end.
     streams: Cell<usize>,
 }
@@ -459,7 +461,7 @@ impl Lease2 {
     /// Takes the connection out of the pool: it is going away. Its open streams go on to their
     /// end.
     pub fn retire(&self) {
-        self.conn.retired.set(true);
+        self.conn.gone.set(true);
     }
 }
 
