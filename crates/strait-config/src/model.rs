@@ -1314,6 +1314,11 @@ pub struct Cluster {
     #[serde(default = "defaults::max_idle_per_endpoint")]
     #[schemars(range(max = 10000))]
     pub max_idle_per_endpoint: usize,
+    /// How long an upstream connection may carry no request before the proxy closes it (an
+    /// HTTP/2 connection: no stream open), to within the second; `0s` keeps it until the
+    /// upstream closes it. Default: `60s`, as nginx's upstream `keepalive_timeout`.
+    #[serde(default = "defaults::upstream_idle_timeout")]
+    pub idle_timeout: Duration,
     /// The endpoints, each address at most once. At least one is required.
     #[schemars(length(min = 1))]
     pub endpoints: Vec<Endpoint>,
@@ -1770,6 +1775,9 @@ pub(crate) mod defaults {
     }
     pub fn max_idle_per_endpoint() -> usize {
         256
+    }
+    pub fn upstream_idle_timeout() -> Duration {
+        Duration::from_secs(60)
     }
     pub fn retry_attempts() -> u32 {
         2

@@ -1,9 +1,12 @@
 //! Idle timeouts: a response body that stops flowing is cut after the route's `idle_timeout`
 //! (the client sees an error, never a hang), and an idle keep-alive client connection is closed
-//! after the listener's `idle_timeout`.
+//! after the listener's `idle_timeout`; an idle upstream connection is closed after its
+//! cluster's `idle_timeout`.
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -255,4 +258,68 @@ async fn clients_slow_to_speak_are_served_and_silent_ones_are_still_timed_out() 
         silent_for >= Duration::from_millis(1500) && silent_for < Duration::from_secs(6),
         "a connection that never spoke was closed after {silent_for:?}"
     );
+}
+
+/// An HTTP/1.1 upstream that answers each request `connection N` (its connection's number,
+/// from 1) and keeps the connection; the count is of the connections the proxy closed.
+async fn numbering_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&closed);
+    tokio::spawn(async move {
+        for number in 1.. {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    got.extend_from_slice(&buf[..n]);
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        let text = format!("connection {number}\n");
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                            text.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, closed)
+}
+
+/// A pooled HTTP/1 connection that waited the cluster's `idle_timeout` for a request is
+/// closed, and the next request opens a new one; one in use all the while stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_close_after_the_cluster_idle_timeout() {
+    let (up, closed) = numbering_upstream().await;
+    let config = format!("workers: 1\n{}", one_route(up, "", "", "idle_timeout: 2s"));
+    let proxy = Proxy::start(&config).await;
+    // In use every half second, for longer than the idle timeout.
+    for _ in 0..8 {
+        assert_eq!(proxy.get("a", "/").await.text(), "connection 1\n");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), 0, "closed while in use");
+    let quiet = Instant::now();
+    let let_go = eventually(Duration::from_secs(5), || async {
+        closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let took = quiet.elapsed();
+    assert!(let_go, "the idle connection stayed open");
+    assert!(
+        took >= Duration::from_millis(1400),
+        "closed {took:?} after its last request, before the idle timeout"
+    );
+    assert_eq!(proxy.get("a", "/").await.text(), "connection 2\n");
 }

@@ -291,6 +291,50 @@ async fn requests_past_an_http2_upstreams_stream_limit_go_on_another_connection(
     );
 }
 
+/// An HTTP/2 connection that carried no stream for the cluster's `idle_timeout` is closed (a
+/// burst's extra connections, and the first once quiet), and the next request opens a new one;
+/// one in use all the while stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_upstream_connections_close_after_the_cluster_idle_timeout() {
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&closed);
+    let (proxy, _) = proxy_to_http2_upstream_with(
+        move |tcp, number| {
+            let counted = Arc::clone(&counted);
+            async move {
+                holding_upstream(tcp, number, Some(1), false).await;
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+        "idle_timeout: 2s",
+    )
+    .await;
+    // Connection 1 holds an answer; connection 2 takes the next request.
+    let held = held_answer(&proxy, Proto::H2).await;
+    answered_on(&proxy, "connection 2\n", 1).await;
+    drop(held);
+    // Connection 1, in use every half second for longer than the idle timeout, stays; the
+    // other is closed meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..8 {
+        answered_on(&proxy, "connection 1\n", 1).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), 1, "connection 2 idled out");
+    let quiet = std::time::Instant::now();
+    let both = eventually(Duration::from_secs(5), || async {
+        closed.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let took = quiet.elapsed();
+    assert!(both, "connection 1 stayed open once quiet");
+    assert!(
+        took >= Duration::from_millis(1400),
+        "connection 1 closed {took:?} after its last request, before the idle timeout"
+    );
+    answered_on(&proxy, "connection 3\n", 1).await;
+}
+
 /// An HTTP/2 upstream that allows no stream for now (`SETTINGS_MAX_CONCURRENT_STREAMS` 0, as a
 /// server may say while it cannot take more) is not answered with a new connection a request:
 /// the requests wait on the connection there is, for the route's timeout.
@@ -473,6 +517,18 @@ where
     F: Fn(TcpStream, usize) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    proxy_to_http2_upstream_with(serve, "").await
+}
+
+/// [`proxy_to_counted_http2_upstream`], with `cluster_extra` (one line) in the cluster.
+async fn proxy_to_http2_upstream_with<F, Fut>(
+    serve: F,
+    cluster_extra: &str,
+) -> (Proxy, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -491,7 +547,8 @@ where
     let proxy = Proxy::start(&format!(
         "workers: 1\nlisteners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
          - backends: [{{ cluster: up }}]\n        timeout: 2s\n\
-         clusters:\n  - name: up\n    protocol: http2\n    endpoints: [{{ address: \"{addr}\" }}]\n"
+         clusters:\n  - name: up\n    protocol: http2\n    endpoints: [{{ address: \"{addr}\" }}]\n    \
+         {cluster_extra}\n"
     ))
     .await;
     (proxy, opened)

@@ -17,6 +17,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -30,7 +31,7 @@ use crate::http::headers::{
     self, received, received_name, Appended, Known, HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
-use crate::http::pool::{PoolKey, UpstreamIo};
+use crate::http::pool::{Keep, PoolKey, UpstreamIo};
 use crate::http::Rewound;
 use crate::resilience::Admission;
 
@@ -74,7 +75,10 @@ pub struct Conn1 {
     out: Outbox,
     /// The endpoint, and the TLS it was opened with: where it goes back in the pool.
     key: PoolKey,
-    max_idle: usize,
+    keep: Keep,
+    /// Since when it waits in the pool, as a sweep first saw it there
+    /// ([`crate::http::pool::Pool::sweep`]).
+    pub(crate) idle_since: Option<Instant>,
     /// Whether this connection served an earlier request (a failure to send on it may just mean
     /// the upstream closed it while idle, and the request can go on a new one).
     pub reused: bool,
@@ -84,14 +88,15 @@ pub struct Conn1 {
 
 impl Conn1 {
     /// A fresh connection over `io`.
-    pub(crate) fn new(io: UpstreamIo, key: PoolKey, max_idle: usize, slot: Admission) -> Box<Self> {
+    pub(crate) fn new(io: UpstreamIo, key: PoolKey, keep: Keep, slot: Admission) -> Box<Self> {
         Box::new(Conn1 {
             io,
             rd: InBuf::default(),
             scratch: BytesMut::new(),
             out: Outbox::default(),
             key,
-            max_idle,
+            keep,
+            idle_since: None,
             reused: false,
             _slot: slot,
         })
@@ -107,9 +112,9 @@ impl Conn1 {
         self.key
     }
 
-    /// Idle connections kept per endpoint for this connection's cluster.
-    pub(crate) fn max_idle(&self) -> usize {
-        self.max_idle
+    /// How this connection's cluster keeps its idle connections.
+    pub(crate) fn keep(&self) -> Keep {
+        self.keep
     }
 
     /// True when an idle connection can take a request: the upstream has neither closed it
@@ -1237,7 +1242,16 @@ mod tests {
         let breaker = Arc::new(Breaker::new(10, 10, 10, 10, Arc::default()));
         let slot = breaker.admit(Limit::Connections).unwrap();
         let stream = TcpStream::connect(addr).await.unwrap();
-        Conn1::new(UpstreamIo::Plain(stream), PoolKey::new(addr, None), 8, slot)
+        let keep = Keep {
+            max_idle: 8,
+            idle_timeout: None,
+        };
+        Conn1::new(
+            UpstreamIo::Plain(stream),
+            PoolKey::new(addr, None),
+            keep,
+            slot,
+        )
     }
 
     /// `request` encoded as the gateway encodes it, with `appended` after its fields.

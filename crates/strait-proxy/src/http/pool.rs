@@ -11,7 +11,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -115,6 +115,16 @@ impl PoolKey {
     }
 }
 
+/// How a cluster keeps its HTTP/1 connections between requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    /// Idle connections kept per endpoint per worker.
+    pub max_idle: usize,
+    /// How long a connection may carry no request before it is closed; `None`: until the
+    /// upstream closes it.
+    pub idle_timeout: Option<Duration>,
+}
+
 /// One worker's connections to every endpoint it talks to.
 #[derive(Debug, Default)]
 pub struct Pool {
@@ -126,6 +136,22 @@ pub struct Pool {
     /// Where HTTP/1 request heads are encoded, before a connection is picked. Each head is
     /// split off; the room comes back once no written head holds it.
     heads: RefCell<BytesMut>,
+}
+
+/// Since when a connection carried no request, as a sweep first saw it idle: the clock is
+/// read once a second, not at each request, so the connection is closed between its
+/// `idle_timeout` and a second later. `None`: not idle at the last sweep.
+fn idled_out(since: &mut Option<Instant>, now: Instant, timeout: Option<Duration>) -> bool {
+    let Some(timeout) = timeout else {
+        return false;
+    };
+    match since {
+        None => {
+            *since = Some(now);
+            false
+        }
+        Some(since) => now.saturating_duration_since(*since) >= timeout,
+    }
 }
 
 /// A map keyed by endpoint address and TLS. The addresses come from the config, not from
@@ -207,7 +233,7 @@ impl Pool {
         addr: SocketAddr,
         fresh: bool,
         connect_timeout: Duration,
-        max_idle: usize,
+        keep: Keep,
         breaker: &Arc<Breaker>,
         tls: Option<&ClientTls>,
     ) -> Result<Box<Conn1>, ConnectError> {
@@ -220,7 +246,7 @@ impl Pool {
         // Boxed: connecting is the rare case, and its future (a TLS handshake's among them)
         // would otherwise make every request's future kilobytes larger, copied at each move.
         let (io, slot) = Box::pin(connect(addr, connect_timeout, breaker, tls)).await?;
-        Ok(Conn1::new(io, key, max_idle, slot))
+        Ok(Conn1::new(io, key, keep, slot))
     }
 
     fn pop_idle_http1(&self, key: PoolKey) -> Option<Box<Conn1>> {
@@ -235,24 +261,41 @@ impl Pool {
         None
     }
 
-    /// Closes the idle HTTP/1 connections that their upstream closed (or that received
-    /// bytes nobody asked for). Without it a closed connection stayed in CLOSE-WAIT, holding
-    /// its file descriptor and its cluster's `max_connections` slot, until a request to that
-    /// endpoint on this worker next took a connection (for over 8 minutes in a probe, where the
-    /// slots they held made other workers' requests overflow). Run every second by the worker.
+    /// Closes the idle connections that their upstream closed (or that received bytes nobody
+    /// asked for), and those that carried no request for their cluster's `idle_timeout`.
+    /// Without the first, a closed connection stayed in CLOSE-WAIT, holding its file descriptor
+    /// and its cluster's `max_connections` slot, until a request to that endpoint on this
+    /// worker next took a connection (for over 8 minutes in a probe, where the slots they held
+    /// made other workers' requests overflow). Without the second, the connections a burst
+    /// opened stayed open as long as their upstream let them, and those to an endpoint taken
+    /// out of the config for ever. Run every second by the worker.
     pub fn sweep(&self) {
+        let now = Instant::now();
         let mut idle = self.http1_idle.borrow_mut();
         for list in idle.values_mut() {
-            list.retain_mut(|conn| conn.is_usable());
+            list.retain_mut(|conn| {
+                let timeout = conn.keep().idle_timeout;
+                conn.is_usable() && !idled_out(&mut conn.idle_since, now, timeout)
+            });
         }
         idle.retain(|_, list| !list.is_empty());
+        // An HTTP/2 connection dropped here has no lease (none of its streams is the
+        // worker's): dropping its handle closes it, with a `GOAWAY`.
+        let mut http2 = self.http2.borrow_mut();
+        for endpoint in http2.values_mut() {
+            endpoint
+                .conns
+                .retain(|conn| !conn.gone.get() && !conn.idled_out(now));
+        }
+        http2.retain(|_, endpoint| !endpoint.conns.is_empty() || endpoint.opening.is_some());
     }
 
     /// Gives back a connection whose exchange ended cleanly.
-    pub fn put_http1(&self, conn: Box<Conn1>) {
+    pub fn put_http1(&self, mut conn: Box<Conn1>) {
         let mut idle = self.http1_idle.borrow_mut();
         let list = idle.entry(conn.key()).or_default();
-        if list.len() < conn.max_idle() {
+        if list.len() < conn.keep().max_idle {
+            conn.idle_since = None;
             list.push(conn);
         }
     }
@@ -263,12 +306,14 @@ impl Pool {
     /// when it was opened. One connection at a time is opened to an endpoint: requests that
     /// find none with room while one is being opened wait for it (a burst opens one, not one
     /// each; and the next one if that filled up), and open their own only if it could not be
-    /// opened. Connections stay open once opened (an upstream's idle timeout, or its `GOAWAY`,
-    /// closes them), so that a load at the limit does not open and close one by turns.
+    /// opened. A connection stays open until it carried no stream for `idle_timeout` (or its
+    /// upstream closes it, or sends `GOAWAY`), not only until its last stream ends: a load at
+    /// the limit would open and close one by turns.
     pub async fn http2(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
+        idle_timeout: Option<Duration>,
         breaker: &Arc<Breaker>,
         tls: Option<&ClientTls>,
     ) -> Result<(Lease2, bool), ConnectError> {
@@ -339,6 +384,8 @@ impl Pool {
             send,
             gone: Cell::new(false),
             streams: Cell::new(0),
+            idle_since: Cell::new(None),
+            idle_timeout,
         });
         // The task does not hold the connection's handle: it would keep the connection open
         // once the pool and every lease let go of it.
@@ -422,6 +469,10 @@ struct Upstream2 {
     gone: Cell<bool>,
     /// Leases held: requests whose stream is open or about to be, until their answer's end.
     streams: Cell<usize>,
+    /// Since when no lease was taken nor held, as a sweep saw it; `None` when one was since.
+    idle_since: Cell<Option<Instant>>,
+    /// The cluster's `idle_timeout`.
+    idle_timeout: Option<Duration>,
 }
 
 impl Upstream2 {
@@ -436,6 +487,18 @@ impl Upstream2 {
     fn allows_none(&self) -> bool {
         self.send.current_max_send_streams() == 0
     }
+
+    /// Whether the connection carried no stream for its `idle_timeout`, at a sweep at `now`.
+    fn idled_out(&self, now: Instant) -> bool {
+        if self.streams.get() > 0 {
+            self.idle_since.set(None);
+            return false;
+        }
+        let mut since = self.idle_since.get();
+        let out = idled_out(&mut since, now, self.idle_timeout);
+        self.idle_since.set(since);
+        out
+    }
 }
 
 /// One request's stream on a pooled HTTP/2 connection, counted against the upstream's
@@ -448,6 +511,7 @@ pub struct Lease2 {
 impl Lease2 {
     fn new(conn: &Rc<Upstream2>) -> Self {
         conn.streams.set(conn.streams.get() + 1);
+        conn.idle_since.set(None);
         Lease2 {
             conn: Rc::clone(conn),
         }
@@ -537,6 +601,23 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
     use std::hash::BuildHasher;
+
+    #[test]
+    fn a_connection_idles_out_from_the_sweep_that_first_saw_it_idle() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let timeout = Some(Duration::from_secs(2));
+        let mut since = None;
+        assert!(!idled_out(&mut since, at(0), timeout), "first seen idle");
+        assert_eq!(since, Some(at(0)));
+        assert!(!idled_out(&mut since, at(1), timeout));
+        assert!(idled_out(&mut since, at(2), timeout));
+        // `idle_timeout: 0s`: kept as long as the upstream keeps it.
+        let mut since = None;
+        for secs in [0, 60, 3600] {
+            assert!(!idled_out(&mut since, at(secs), None));
+        }
+    }
 
     #[test]
     fn running_out_of_descriptors_is_the_proxy_s_own_failure() {

@@ -629,6 +629,9 @@ pub struct ClusterPlan {
     pub connect_timeout: Duration,
     /// Idle HTTP/1 connections kept per endpoint per worker.
     pub max_idle_per_endpoint: usize,
+    /// How long an upstream connection may carry no request; `None`: as long as the upstream
+    /// keeps it.
+    pub idle_timeout: Option<Duration>,
     /// What hashing balancers hash.
     pub hash_on: Option<HashOn>,
     /// Endpoint addresses, in config order (indices match the balancer's).
@@ -712,6 +715,7 @@ impl ClusterPlan {
             protocol: c.protocol,
             connect_timeout: c.connect_timeout.get(),
             max_idle_per_endpoint: c.max_idle_per_endpoint,
+            idle_timeout: c.idle_timeout.non_zero(),
             hash_on: c.hash_on.clone(),
             endpoints: c.endpoints.iter().map(|e| e.address).collect(),
             balancer: Balancer::sharing(
