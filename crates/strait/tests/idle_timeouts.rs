@@ -261,8 +261,9 @@ async fn clients_slow_to_speak_are_served_and_silent_ones_are_still_timed_out() 
 }
 
 /// An HTTP/1.1 upstream that answers each request `connection N` (its connection's number,
-/// from 1) and keeps the connection; the count is of the connections the proxy closed.
-async fn numbering_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// from 1), with `fields` (each ending in CRLF) in the head, and keeps the connection; the count
+/// is of the connections the proxy closed.
+async fn numbering_upstream(fields: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let closed = Arc::new(AtomicUsize::new(0));
@@ -282,7 +283,7 @@ async fn numbering_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
                         got.drain(..end + 4);
                         let text = format!("connection {number}\n");
                         let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                            "HTTP/1.1 200 OK\r\n{fields}content-length: {}\r\n\r\n{text}",
                             text.len()
                         );
                         if stream.write_all(answer.as_bytes()).await.is_err() {
@@ -301,7 +302,7 @@ async fn numbering_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
 /// closed, and the next request opens a new one; one in use all the while stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_connections_close_after_the_cluster_idle_timeout() {
-    let (up, closed) = numbering_upstream().await;
+    let (up, closed) = numbering_upstream("").await;
     let config = format!("workers: 1\n{}", one_route(up, "", "", "idle_timeout: 2s"));
     let proxy = Proxy::start(&config).await;
     // In use every half second, for longer than the idle timeout.
@@ -321,5 +322,26 @@ async fn idle_upstream_connections_close_after_the_cluster_idle_timeout() {
         took >= Duration::from_millis(1400),
         "closed {took:?} after its last request, before the idle timeout"
     );
+    assert_eq!(proxy.get("a", "/").await.text(), "connection 2\n");
+}
+
+/// An upstream that announces its idle timeout (`Keep-Alive: timeout=2`, as Node.js says 5) has
+/// its idle connections retired a second before it: a request then goes on a new connection
+/// rather than on one the upstream may be closing as it arrives. The cluster's own
+/// `idle_timeout` (60 s by default) is longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_announced_idle_timeout_retires_its_connections_before_it() {
+    let (up, _) = numbering_upstream("keep-alive: timeout=2\r\n").await;
+    let proxy = Proxy::start(&format!("workers: 1\n{}", one_route(up, "", "", ""))).await;
+    let answer = proxy.get("a", "/").await;
+    assert_eq!(answer.text(), "connection 1\n");
+    assert!(
+        answer.header("keep-alive").is_none(),
+        "the upstream's keep-alive is its hop's own"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(proxy.get("a", "/").await.text(), "connection 1\n");
+    // Past 1 s idle: retired, though the upstream would keep it until 2 s.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(proxy.get("a", "/").await.text(), "connection 2\n");
 }

@@ -430,7 +430,7 @@ fn names_no_headers(connection: &[u8]) -> bool {
 }
 
 pub(crate) const HOP_CONNECTION: u8 = 1;
-const HOP_KEEP_ALIVE: u8 = 1 << 1;
+pub(crate) const HOP_KEEP_ALIVE: u8 = 1 << 1;
 const HOP_PROXY_CONNECTION: u8 = 1 << 2;
 pub(crate) const HOP_TRANSFER_ENCODING: u8 = 1 << 3;
 const HOP_PROXY_AUTHENTICATE: u8 = 1 << 4;

@@ -138,6 +138,14 @@ pub struct Pool {
     heads: RefCell<BytesMut>,
 }
 
+/// How long before an upstream's announced idle timeout (`Keep-Alive: timeout=`) its idle
+/// connection is retired: a second, at most half the timeout. The upstream's clock started as it
+/// sent the answer's end, before the proxy had it; and a request sent on a connection as the
+/// upstream closes it fails (a body-less idempotent one goes again; the others get 502).
+fn retire_margin(timeout: Duration) -> Duration {
+    Duration::from_secs(1).min(timeout / 2)
+}
+
 /// Since when a connection carried no request, as a sweep first saw it idle: the clock is
 /// read once a second, not at each request, so the connection is closed between its
 /// `idle_timeout` and a second later. `None`: not idle at the last sweep.
@@ -254,7 +262,9 @@ impl Pool {
         let list = idle.get_mut(&key)?;
         // The most recently used first: its socket and buffers are the warmest.
         while let Some(mut conn) = list.pop() {
-            if conn.is_usable() {
+            // The clock is read only for connections whose upstream announced its timeout.
+            let retired = conn.retire_at.is_some_and(|at| Instant::now() >= at);
+            if !retired && conn.is_usable() {
                 return Some(conn);
             }
         }
@@ -275,7 +285,8 @@ impl Pool {
         for list in idle.values_mut() {
             list.retain_mut(|conn| {
                 let timeout = conn.keep().idle_timeout;
-                conn.is_usable() && !idled_out(&mut conn.idle_since, now, timeout)
+                let retired = conn.retire_at.is_some_and(|at| now >= at);
+                !retired && conn.is_usable() && !idled_out(&mut conn.idle_since, now, timeout)
             });
         }
         idle.retain(|_, list| !list.is_empty());
@@ -296,6 +307,9 @@ impl Pool {
         let list = idle.entry(conn.key()).or_default();
         if list.len() < conn.keep().max_idle {
             conn.idle_since = None;
+            conn.retire_at = conn
+                .upstream_idle_timeout
+                .and_then(|t| Instant::now().checked_add(t - retire_margin(t)));
             list.push(conn);
         }
     }
@@ -601,6 +615,14 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
     use std::hash::BuildHasher;
+
+    #[test]
+    fn an_announced_idle_timeout_retires_a_connection_a_little_before_it() {
+        let secs = |s: f64| Duration::from_secs_f64(s);
+        assert_eq!(secs(5.0) - retire_margin(secs(5.0)), secs(4.0));
+        assert_eq!(secs(1.0) - retire_margin(secs(1.0)), secs(0.5));
+        assert_eq!(retire_margin(Duration::ZERO), Duration::ZERO);
+    }
 
     #[test]
     fn a_connection_idles_out_from_the_sweep_that_first_saw_it_idle() {
