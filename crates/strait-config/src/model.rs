@@ -1319,6 +1319,18 @@ pub struct Cluster {
     /// upstream closes it. Default: `60s`, as nginx's upstream `keepalive_timeout`.
     #[serde(default = "defaults::upstream_idle_timeout")]
     pub idle_timeout: Duration,
+    /// Requests an upstream connection carries before the proxy closes it (HTTP/2: streams
+    /// opened on it, the connection closing once they end), as nginx's upstream
+    /// `keepalive_requests` and Envoy's `max_requests_per_connection`; 0: no limit. Default:
+    /// `0`.
+    #[serde(default)]
+    pub max_requests_per_connection: u32,
+    /// How long an upstream connection is used for, from its opening: past it, it is closed
+    /// once idle (HTTP/2: it takes no new stream, and closes once its streams end), as
+    /// nginx's upstream `keepalive_time` and Envoy's `max_connection_duration`; `0s`: no limit.
+    /// Default: `0s`.
+    #[serde(default)]
+    pub max_connection_duration: Duration,
     /// The endpoints, each address at most once. At least one is required.
     #[schemars(length(min = 1))]
     pub endpoints: Vec<Endpoint>,

@@ -40,7 +40,7 @@ use crate::http::body::{
     UploadFailure, UpstreamBody,
 };
 use crate::http::headers::{self, Appended, Hop, X_STRAIT_ERROR};
-use crate::http::pool::{ConnectError, Keep, Pool};
+use crate::http::pool::{ConnectError, Pool};
 use crate::http::replay::ReplayBody;
 use crate::http::server1::ClientUpgrade;
 use crate::http::{client1, client2};
@@ -1840,7 +1840,7 @@ fn send<'a>(
                 let checkout = || {
                     let tls = cluster.tls.as_deref();
                     let timeout = cluster.connect_timeout;
-                    pool.http2(addr, timeout, cluster.idle_timeout, &cluster.breaker, tls)
+                    pool.http2(addr, timeout, cluster.keep, &cluster.breaker, tls)
                 };
                 let (lease, fresh) = checkout().await.map_err(SendError::Connect)?;
                 if fresh {
@@ -1873,15 +1873,11 @@ fn send<'a>(
                 // `fresh`: a new connection even when an idle one is there.
                 let checkout = |fresh: bool| {
                     let tls = cluster.tls.as_deref();
-                    let keep = Keep {
-                        max_idle: cluster.max_idle_per_endpoint,
-                        idle_timeout: cluster.idle_timeout,
-                    };
                     pool.http1(
                         addr,
                         fresh,
                         cluster.connect_timeout,
-                        keep,
+                        cluster.keep,
                         &cluster.breaker,
                         tls,
                     )

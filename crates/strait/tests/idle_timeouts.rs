@@ -1,7 +1,7 @@
 //! Idle timeouts: a response body that stops flowing is cut after the route's `idle_timeout`
 //! (the client sees an error, never a hang), and an idle keep-alive client connection is closed
-//! after the listener's `idle_timeout`; an idle upstream connection is closed after its
-//! cluster's `idle_timeout`.
+//! after the listener's `idle_timeout`; an upstream connection is closed after its cluster's
+//! `idle_timeout` idle, `max_requests_per_connection` requests or `max_connection_duration`.
 
 mod support;
 
@@ -344,4 +344,66 @@ async fn an_upstreams_announced_idle_timeout_retires_its_connections_before_it()
     // Past 1 s idle: retired, though the upstream would keep it until 2 s.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(proxy.get("a", "/").await.text(), "connection 2\n");
+}
+
+/// A cluster's `max_requests_per_connection` closes an upstream connection after that many
+/// requests, as nginx's `keepalive_requests`: the next goes on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_carries_at_most_max_requests_per_connection() {
+    let (up, closed) = numbering_upstream("").await;
+    let config = format!(
+        "workers: 1\n{}",
+        one_route(up, "", "", "max_requests_per_connection: 3")
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut answers = Vec::new();
+    for _ in 0..7 {
+        answers.push(proxy.get("a", "/").await.text());
+    }
+    let numbers: Vec<&str> = answers.iter().map(|a| a.trim_end()).collect();
+    assert_eq!(
+        numbers,
+        [
+            "connection 1",
+            "connection 1",
+            "connection 1",
+            "connection 2",
+            "connection 2",
+            "connection 2",
+            "connection 3"
+        ]
+    );
+    let both = eventually(Duration::from_secs(3), || async {
+        closed.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert!(both, "the two used up were not closed");
+}
+
+/// A cluster's `max_connection_duration` retires an upstream connection that old, as nginx's
+/// `keepalive_time`, though requests keep it busy: the next goes on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_is_used_at_most_max_connection_duration() {
+    let (up, _) = numbering_upstream("").await;
+    let config = format!(
+        "workers: 1\n{}",
+        one_route(up, "", "", "max_connection_duration: 2s")
+    );
+    let proxy = Proxy::start(&config).await;
+    let opened = Instant::now();
+    let mut moved = None;
+    for _ in 0..20 {
+        let answer = proxy.get("a", "/").await.text();
+        if answer == "connection 2\n" {
+            moved = Some(opened.elapsed());
+            break;
+        }
+        assert_eq!(answer, "connection 1\n");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let moved = moved.expect("connection 1 still used after 5 s");
+    assert!(
+        moved >= Duration::from_millis(1900),
+        "connection 2 opened {moved:?} after connection 1, before its duration ran out"
+    );
 }

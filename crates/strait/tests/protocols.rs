@@ -296,19 +296,7 @@ async fn requests_past_an_http2_upstreams_stream_limit_go_on_another_connection(
 /// one in use all the while stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_upstream_connections_close_after_the_cluster_idle_timeout() {
-    let closed = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&closed);
-    let (proxy, _) = proxy_to_http2_upstream_with(
-        move |tcp, number| {
-            let counted = Arc::clone(&counted);
-            async move {
-                holding_upstream(tcp, number, Some(1), false).await;
-                counted.fetch_add(1, Ordering::SeqCst);
-            }
-        },
-        "idle_timeout: 2s",
-    )
-    .await;
+    let (proxy, closed) = proxy_to_closing_http2_upstream(Some(1), "idle_timeout: 2s").await;
     // Connection 1 holds an answer; connection 2 takes the next request.
     let held = held_answer(&proxy, Proto::H2).await;
     answered_on(&proxy, "connection 2\n", 1).await;
@@ -333,6 +321,57 @@ async fn idle_http2_upstream_connections_close_after_the_cluster_idle_timeout() 
         "connection 1 closed {took:?} after its last request, before the idle timeout"
     );
     answered_on(&proxy, "connection 3\n", 1).await;
+}
+
+/// A cluster's `max_requests_per_connection` retires an HTTP/2 connection once that many
+/// streams were opened on it: it closes once they end, and the next request opens another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upstream_connection_carries_at_most_max_requests_per_connection() {
+    let (proxy, closed) =
+        proxy_to_closing_http2_upstream(None, "max_requests_per_connection: 2").await;
+    for number in [1, 1, 2, 2, 3] {
+        answered_on(&proxy, &format!("connection {number}\n"), 1).await;
+    }
+    let both = eventually(Duration::from_secs(3), || async {
+        closed.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert!(both, "the used-up connections stayed open");
+}
+
+/// A cluster's `max_connection_duration` retires an HTTP/2 connection that old, though requests
+/// keep it busy: its open stream goes on to its end, and the next request opens another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upstream_connection_is_used_at_most_max_connection_duration() {
+    let (proxy, _) = proxy_to_http2_upstream_with(
+        |tcp, number| holding_upstream(tcp, number, None, false),
+        "max_connection_duration: 2s",
+    )
+    .await;
+    // A stream held open across the retirement.
+    let (_conn, mut held) = held_answer(&proxy, Proto::H2).await;
+    let opened = std::time::Instant::now();
+    let mut moved = None;
+    for _ in 0..20 {
+        let answer = within(REQUEST_LIMIT, "a request", proxy.get("a", "/next")).await;
+        if answer.text() == "connection 2\n" {
+            moved = Some(opened.elapsed());
+            break;
+        }
+        assert_eq!(answer.text(), "connection 1\n");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let moved = moved.expect("connection 1 still used after 5 s");
+    assert!(
+        moved >= Duration::from_millis(1900),
+        "connection 2 opened {moved:?} after connection 1, before its duration ran out"
+    );
+    // The held stream was not cut: its data came, and it is still open.
+    let first = held.body_mut().frame().await;
+    let first = first.expect("the held answer's data").expect("no error");
+    assert_eq!(first.into_data().ok().as_deref(), Some(&b"held\n"[..]));
+    let more = tokio::time::timeout(Duration::from_millis(300), held.body_mut().frame()).await;
+    assert!(more.is_err(), "the held stream ended: {more:?}");
 }
 
 /// An HTTP/2 upstream that allows no stream for now (`SETTINGS_MAX_CONCURRENT_STREAMS` 0, as a
@@ -552,6 +591,28 @@ where
     ))
     .await;
     (proxy, opened)
+}
+
+/// [`proxy_to_http2_upstream_with`] `cluster_extra`, to a [`holding_upstream`] allowing
+/// `max_streams`; the count is of the connections the proxy closed.
+async fn proxy_to_closing_http2_upstream(
+    max_streams: Option<u32>,
+    cluster_extra: &str,
+) -> (Proxy, Arc<AtomicUsize>) {
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&closed);
+    let (proxy, _) = proxy_to_http2_upstream_with(
+        move |tcp, number| {
+            let counted = Arc::clone(&counted);
+            async move {
+                holding_upstream(tcp, number, max_streams, false).await;
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+        cluster_extra,
+    )
+    .await;
+    (proxy, closed)
 }
 
 /// Answers `connection N`; a request for `/hold` gets an answer that stays open. With

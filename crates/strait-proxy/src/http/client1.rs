@@ -77,6 +77,10 @@ pub struct Conn1 {
     /// The endpoint, and the TLS it was opened with: where it goes back in the pool.
     key: PoolKey,
     keep: Keep,
+    /// When it was opened (for the cluster's `max_connection_duration`).
+    pub(crate) opened: Instant,
+    /// Requests answered on it (for the cluster's `max_requests_per_connection`).
+    served: u32,
     /// Since when it waits in the pool, as a sweep first saw it there
     /// ([`crate::http::pool::Pool::sweep`]).
     pub(crate) idle_since: Option<Instant>,
@@ -103,6 +107,8 @@ impl Conn1 {
             out: Outbox::default(),
             key,
             keep,
+            opened: Instant::now(),
+            served: 0,
             idle_since: None,
             upstream_idle_timeout: None,
             retire_at: None,
@@ -1115,6 +1121,10 @@ impl Body1 {
             // Bytes after the response: the upstream is out of step; the connection closes.
             return None;
         }
+        conn.served = conn.served.saturating_add(1);
+        if conn.keep.served_enough(conn.served) {
+            return None;
+        }
         conn.reused = true;
         // An idle connection keeps its small buffer, not the room a large body was read into.
         conn.rd.drop_big();
@@ -1299,6 +1309,8 @@ mod tests {
         let keep = Keep {
             max_idle: 8,
             idle_timeout: None,
+            max_requests: 0,
+            max_age: None,
         };
         Conn1::new(
             UpstreamIo::Plain(stream),

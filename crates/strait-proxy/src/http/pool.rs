@@ -115,14 +115,32 @@ impl PoolKey {
     }
 }
 
-/// How a cluster keeps its HTTP/1 connections between requests.
+/// How a cluster keeps its upstream connections between requests.
 #[derive(Debug, Clone, Copy)]
 pub struct Keep {
-    /// Idle connections kept per endpoint per worker.
+    /// Idle HTTP/1 connections kept per endpoint per worker.
     pub max_idle: usize,
     /// How long a connection may carry no request before it is closed; `None`: until the
     /// upstream closes it.
     pub idle_timeout: Option<Duration>,
+    /// Requests a connection carries (HTTP/2: streams opened on it) before it is closed; 0: no
+    /// limit.
+    pub max_requests: u32,
+    /// How long a connection is used for from its opening; `None`: no limit.
+    pub max_age: Option<Duration>,
+}
+
+impl Keep {
+    /// Whether a connection that carried `served` requests may carry no more.
+    pub(crate) fn served_enough(&self, served: u32) -> bool {
+        self.max_requests != 0 && served >= self.max_requests
+    }
+
+    /// Whether a connection opened at `opened` is too old at `now` to carry more.
+    fn too_old(&self, opened: Instant, now: Instant) -> bool {
+        self.max_age
+            .is_some_and(|age| now.saturating_duration_since(opened) >= age)
+    }
 }
 
 /// One worker's connections to every endpoint it talks to.
@@ -284,9 +302,12 @@ impl Pool {
         let mut idle = self.http1_idle.borrow_mut();
         for list in idle.values_mut() {
             list.retain_mut(|conn| {
-                let timeout = conn.keep().idle_timeout;
+                let keep = conn.keep();
                 let retired = conn.retire_at.is_some_and(|at| now >= at);
-                !retired && conn.is_usable() && !idled_out(&mut conn.idle_since, now, timeout)
+                !retired
+                    && !keep.too_old(conn.opened, now)
+                    && conn.is_usable()
+                    && !idled_out(&mut conn.idle_since, now, keep.idle_timeout)
             });
         }
         idle.retain(|_, list| !list.is_empty());
@@ -294,9 +315,13 @@ impl Pool {
         // worker's): dropping its handle closes it, with a `GOAWAY`.
         let mut http2 = self.http2.borrow_mut();
         for endpoint in http2.values_mut() {
-            endpoint
-                .conns
-                .retain(|conn| !conn.gone.get() && !conn.idled_out(now));
+            endpoint.conns.retain(|conn| {
+                if conn.keep.too_old(conn.opened, now) {
+                    // Its streams go on to their end; then it closes, as a retired one.
+                    conn.gone.set(true);
+                }
+                !conn.gone.get() && !conn.idled_out(now)
+            });
         }
         http2.retain(|_, endpoint| !endpoint.conns.is_empty() || endpoint.opening.is_some());
     }
@@ -327,7 +352,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-        idle_timeout: Option<Duration>,
+        keep: Keep,
         breaker: &Arc<Breaker>,
         tls: Option<&ClientTls>,
     ) -> Result<(Lease2, bool), ConnectError> {
@@ -399,7 +424,9 @@ impl Pool {
             gone: Cell::new(false),
             streams: Cell::new(0),
             idle_since: Cell::new(None),
-            idle_timeout,
+            keep,
+            opened: Instant::now(),
+            served: Cell::new(0),
         });
         // The task does not hold the connection's handle: it would keep the connection open
         // once the pool and every lease let go of it.
@@ -485,8 +512,12 @@ struct Upstream2 {
     streams: Cell<usize>,
     /// Since when no lease was taken nor held, as a sweep saw it; `None` when one was since.
     idle_since: Cell<Option<Instant>>,
-    /// The cluster's `idle_timeout`.
-    idle_timeout: Option<Duration>,
+    /// The cluster's limits on its connections.
+    keep: Keep,
+    /// When it was opened.
+    opened: Instant,
+    /// Streams opened on it (leases taken).
+    served: Cell<u32>,
 }
 
 impl Upstream2 {
@@ -509,7 +540,7 @@ impl Upstream2 {
             return false;
         }
         let mut since = self.idle_since.get();
-        let out = idled_out(&mut since, now, self.idle_timeout);
+        let out = idled_out(&mut since, now, self.keep.idle_timeout);
         self.idle_since.set(since);
         out
     }
@@ -526,6 +557,12 @@ impl Lease2 {
     fn new(conn: &Rc<Upstream2>) -> Self {
         conn.streams.set(conn.streams.get() + 1);
         conn.idle_since.set(None);
+        let served = conn.served.get().saturating_add(1);
+        conn.served.set(served);
+        if conn.keep.served_enough(served) {
+            // This stream is its last: it leaves the pool, and closes once its streams end.
+            conn.gone.set(true);
+        }
         Lease2 {
             conn: Rc::clone(conn),
         }

@@ -15,6 +15,7 @@ use crate::balance::Balancer;
 use crate::gateway::compress::CompressionPlan;
 use crate::gateway::cors::CorsPlan;
 use crate::http::headers::CompiledEdits;
+use crate::http::pool::Keep;
 use crate::jwt::JwtPlan;
 use crate::passthrough::PassthroughRoute;
 use crate::ratelimit::{KeyedLimiter, LimiterStore, Rate};
@@ -627,11 +628,9 @@ pub struct ClusterPlan {
     pub protocol: UpstreamProtocol,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
-    /// Idle HTTP/1 connections kept per endpoint per worker.
-    pub max_idle_per_endpoint: usize,
-    /// How long an upstream connection may carry no request; `None`: as long as the upstream
-    /// keeps it.
-    pub idle_timeout: Option<Duration>,
+    /// How its upstream connections are kept: how many idle, for how long, for how many
+    /// requests.
+    pub keep: Keep,
     /// What hashing balancers hash.
     pub hash_on: Option<HashOn>,
     /// Endpoint addresses, in config order (indices match the balancer's).
@@ -714,8 +713,12 @@ impl ClusterPlan {
             name: Arc::from(c.name.as_str()),
             protocol: c.protocol,
             connect_timeout: c.connect_timeout.get(),
-            max_idle_per_endpoint: c.max_idle_per_endpoint,
-            idle_timeout: c.idle_timeout.non_zero(),
+            keep: Keep {
+                max_idle: c.max_idle_per_endpoint,
+                idle_timeout: c.idle_timeout.non_zero(),
+                max_requests: c.max_requests_per_connection,
+                max_age: c.max_connection_duration.non_zero(),
+            },
             hash_on: c.hash_on.clone(),
             endpoints: c.endpoints.iter().map(|e| e.address).collect(),
             balancer: Balancer::sharing(
