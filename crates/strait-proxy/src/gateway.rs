@@ -40,7 +40,7 @@ use crate::http::body::{
     UploadFailure, UpstreamBody,
 };
 use crate::http::headers::{self, Appended, Hop, X_STRAIT_ERROR};
-use crate::http::pool::{ConnectError, Pool};
+use crate::http::pool::{ConnectError, Dial, Pool};
 use crate::http::replay::ReplayBody;
 use crate::http::server1::ClientUpgrade;
 use crate::http::{client1, client2};
@@ -1366,7 +1366,7 @@ fn start_exchange<'c>(
     (
         crate::resilience::Admission,
         crate::balance::InFlight,
-        Option<&'c EndpointCounters>,
+        Option<&'c Arc<EndpointCounters>>,
     ),
     Reply,
 > {
@@ -1378,7 +1378,7 @@ fn start_exchange<'c>(
         ));
     };
     let in_flight = stats.start_request();
-    let counters = cluster.endpoint_counters.get(endpoint).map(|c| &**c);
+    let counters = cluster.endpoint_counters.get(endpoint);
     if let Some(c) = counters {
         c.requests.fetch_add(1, Relaxed);
     }
@@ -1500,7 +1500,7 @@ fn send_failed(
     e: SendError,
     cluster: &ClusterPlan,
     endpoint: usize,
-    counters: Option<&EndpointCounters>,
+    counters: Option<&Arc<EndpointCounters>>,
     addr: SocketAddr,
     grpc: bool,
     span: Option<&mut OpenSpan>,
@@ -1827,7 +1827,7 @@ fn send<'a>(
     request: Outgoing,
     upgrade: bool,
     keep_raw: bool,
-    counters: Option<&'a EndpointCounters>,
+    counters: Option<&'a Arc<EndpointCounters>>,
 ) -> impl std::future::Future<Output = Result<Sent, SendError>> + 'a {
     async move {
         let opened = || {
@@ -1835,13 +1835,18 @@ fn send<'a>(
                 c.connections_opened.fetch_add(1, Relaxed);
             }
         };
+        // Made at each checkout, not held: the future holds what it is made of already.
+        let dial = || Dial {
+            addr,
+            connect_timeout: cluster.connect_timeout,
+            keep: cluster.keep,
+            breaker: &cluster.breaker,
+            tls: cluster.tls.as_deref(),
+            counters,
+        };
         match request {
             Outgoing::Http2(request) => {
-                let checkout = || {
-                    let tls = cluster.tls.as_deref();
-                    let timeout = cluster.connect_timeout;
-                    pool.http2(addr, timeout, cluster.keep, &cluster.breaker, tls)
-                };
+                let checkout = || pool.http2(dial());
                 let (lease, fresh) = checkout().await.map_err(SendError::Connect)?;
                 if fresh {
                     opened();
@@ -1871,17 +1876,7 @@ fn send<'a>(
             }
             Outgoing::Http1(request) => {
                 // `fresh`: a new connection even when an idle one is there.
-                let checkout = |fresh: bool| {
-                    let tls = cluster.tls.as_deref();
-                    pool.http1(
-                        addr,
-                        fresh,
-                        cluster.connect_timeout,
-                        cluster.keep,
-                        &cluster.breaker,
-                        tls,
-                    )
-                };
+                let checkout = |fresh: bool| pool.http1(dial(), fresh);
                 let conn = checkout(false).await.map_err(SendError::Connect)?;
                 if !conn.reused {
                     opened();

@@ -323,4 +323,11 @@ clusters:
     })
     .await;
     assert!(let_go, "{} sockets in CLOSE-WAIT", close_wait_to(up.port()));
+    let counted = proxy
+        .metric(
+            "strait_upstream_connections_closed_total",
+            &[("reason", "closed_by_upstream")],
+        )
+        .await;
+    assert!(counted.is_some_and(|n| n >= 1.0), "{counted:?}");
 }

@@ -323,6 +323,7 @@ async fn idle_upstream_connections_close_after_the_cluster_idle_timeout() {
         "closed {took:?} after its last request, before the idle timeout"
     );
     assert_eq!(proxy.get("a", "/").await.text(), "connection 2\n");
+    assert_eq!(proxy.connections_closed("idle_timeout").await, 1.0);
 }
 
 /// An upstream that announces its idle timeout (`Keep-Alive: timeout=2`, as Node.js says 5) has
@@ -344,6 +345,7 @@ async fn an_upstreams_announced_idle_timeout_retires_its_connections_before_it()
     // Past 1 s idle: retired, though the upstream would keep it until 2 s.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(proxy.get("a", "/").await.text(), "connection 2\n");
+    assert_eq!(proxy.connections_closed("upstream_idle_timeout").await, 1.0);
 }
 
 /// A cluster's `max_requests_per_connection` closes an upstream connection after that many
@@ -378,6 +380,7 @@ async fn an_upstream_connection_carries_at_most_max_requests_per_connection() {
     })
     .await;
     assert!(both, "the two used up were not closed");
+    assert_eq!(proxy.connections_closed("max_requests").await, 2.0);
 }
 
 /// A cluster's `max_connection_duration` retires an upstream connection that old, as nginx's
@@ -406,4 +409,5 @@ async fn an_upstream_connection_is_used_at_most_max_connection_duration() {
         moved >= Duration::from_millis(1900),
         "connection 2 opened {moved:?} after connection 1, before its duration ran out"
     );
+    assert_eq!(proxy.connections_closed("max_duration").await, 1.0);
 }

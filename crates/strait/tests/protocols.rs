@@ -321,6 +321,7 @@ async fn idle_http2_upstream_connections_close_after_the_cluster_idle_timeout() 
         "connection 1 closed {took:?} after its last request, before the idle timeout"
     );
     answered_on(&proxy, "connection 3\n", 1).await;
+    assert_eq!(proxy.connections_closed("idle_timeout").await, 2.0);
 }
 
 /// A cluster's `max_requests_per_connection` retires an HTTP/2 connection once that many
@@ -337,6 +338,7 @@ async fn an_http2_upstream_connection_carries_at_most_max_requests_per_connectio
     })
     .await;
     assert!(both, "the used-up connections stayed open");
+    assert_eq!(proxy.connections_closed("max_requests").await, 2.0);
 }
 
 /// A cluster's `max_connection_duration` retires an HTTP/2 connection that old, though requests
@@ -372,6 +374,7 @@ async fn an_http2_upstream_connection_is_used_at_most_max_connection_duration() 
     assert_eq!(first.into_data().ok().as_deref(), Some(&b"held\n"[..]));
     let more = tokio::time::timeout(Duration::from_millis(300), held.body_mut().frame()).await;
     assert!(more.is_err(), "the held stream ended: {more:?}");
+    assert_eq!(proxy.connections_closed("max_duration").await, 1.0);
 }
 
 /// An HTTP/2 upstream that allows no stream for now (`SETTINGS_MAX_CONCURRENT_STREAMS` 0, as a

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,7 @@ use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD};
 use crate::http::pool::{Keep, PoolKey, UpstreamIo};
 use crate::http::Rewound;
 use crate::resilience::Admission;
+use crate::telemetry::metrics::{Closed, EndpointCounters};
 
 /// The most headers (or trailers) a response may carry.
 const MAX_HEADERS: usize = 128;
@@ -81,6 +83,8 @@ pub struct Conn1 {
     pub(crate) opened: Instant,
     /// Requests answered on it (for the cluster's `max_requests_per_connection`).
     served: u32,
+    /// Its endpoint's counters, where its closing is counted.
+    counters: Option<Arc<EndpointCounters>>,
     /// Since when it waits in the pool, as a sweep first saw it there
     /// ([`crate::http::pool::Pool::sweep`]).
     pub(crate) idle_since: Option<Instant>,
@@ -99,7 +103,13 @@ pub struct Conn1 {
 
 impl Conn1 {
     /// A fresh connection over `io`.
-    pub(crate) fn new(io: UpstreamIo, key: PoolKey, keep: Keep, slot: Admission) -> Box<Self> {
+    pub(crate) fn new(
+        io: UpstreamIo,
+        key: PoolKey,
+        keep: Keep,
+        slot: Admission,
+        counters: Option<Arc<EndpointCounters>>,
+    ) -> Box<Self> {
         Box::new(Conn1 {
             io,
             rd: InBuf::default(),
@@ -109,6 +119,7 @@ impl Conn1 {
             keep,
             opened: Instant::now(),
             served: 0,
+            counters,
             idle_since: None,
             upstream_idle_timeout: None,
             retire_at: None,
@@ -125,6 +136,13 @@ impl Conn1 {
     /// Where the connection goes back in the pool.
     pub(crate) fn key(&self) -> PoolKey {
         self.key
+    }
+
+    /// Counts the connection's closing, for `why`.
+    pub(crate) fn count_closed(&self, why: Closed) {
+        if let Some(c) = &self.counters {
+            c.closed(why);
+        }
     }
 
     /// How this connection's cluster keeps its idle connections.
@@ -1123,6 +1141,7 @@ impl Body1 {
         }
         conn.served = conn.served.saturating_add(1);
         if conn.keep.served_enough(conn.served) {
+            conn.count_closed(Closed::MaxRequests);
             return None;
         }
         conn.reused = true;
@@ -1317,6 +1336,7 @@ mod tests {
             PoolKey::new(addr, None),
             keep,
             slot,
+            None,
         )
     }
 

@@ -21,6 +21,7 @@ use crate::http::client1::{self, Conn1, Encoded};
 use crate::http::headers::Appended;
 use crate::http::stream2::KeepAlive;
 use crate::resilience::{Admission, Breaker, Limit};
+use crate::telemetry::metrics::{Closed, EndpointCounters};
 use crate::tls::ClientTls;
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
@@ -143,6 +144,24 @@ impl Keep {
     }
 }
 
+/// What a request needs to reach one endpoint of a cluster: the address, how to connect and
+/// within what limits, how its connections are kept, and where they are counted.
+#[derive(Debug, Clone, Copy)]
+pub struct Dial<'a> {
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// The cluster's `connect_timeout`.
+    pub connect_timeout: Duration,
+    /// How the cluster keeps its connections.
+    pub keep: Keep,
+    /// The cluster's circuit breaker, which admits new connections.
+    pub breaker: &'a Arc<Breaker>,
+    /// The cluster's TLS, if any.
+    pub tls: Option<&'a ClientTls>,
+    /// The endpoint's counters.
+    pub counters: Option<&'a Arc<EndpointCounters>>,
+}
+
 /// One worker's connections to every endpoint it talks to.
 #[derive(Debug, Default)]
 pub struct Pool {
@@ -162,6 +181,22 @@ pub struct Pool {
 /// upstream closes it fails (a body-less idempotent one goes again; the others get 502).
 fn retire_margin(timeout: Duration) -> Duration {
     Duration::from_secs(1).min(timeout / 2)
+}
+
+/// Why an idle HTTP/1 connection must close at a sweep at `now`, if it must: its upstream's
+/// announced idle timeout is near, it is too old, its upstream closed it, or it carried no request
+/// for its cluster's `idle_timeout`.
+fn closing_http1(conn: &mut Conn1, now: Instant) -> Option<Closed> {
+    let keep = conn.keep();
+    if conn.retire_at.is_some_and(|at| now >= at) {
+        Some(Closed::UpstreamIdleTimeout)
+    } else if keep.too_old(conn.opened, now) {
+        Some(Closed::MaxDuration)
+    } else if !conn.is_usable() {
+        Some(Closed::ClosedIdle)
+    } else {
+        idled_out(&mut conn.idle_since, now, keep.idle_timeout).then_some(Closed::IdleTimeout)
+    }
 }
 
 /// Since when a connection carried no request, as a sweep first saw it idle: the clock is
@@ -252,18 +287,10 @@ impl Pool {
         client1::encode(&mut self.heads.borrow_mut(), parts, body, appended)
     }
 
-    /// An idle HTTP/1 connection to `addr` that the upstream has not closed, or a new one;
-    /// always a new one when `fresh` (a retry after a stale pooled one failed).
-    pub async fn http1(
-        &self,
-        addr: SocketAddr,
-        fresh: bool,
-        connect_timeout: Duration,
-        keep: Keep,
-        breaker: &Arc<Breaker>,
-        tls: Option<&ClientTls>,
-    ) -> Result<Box<Conn1>, ConnectError> {
-        let key = PoolKey::new(addr, tls);
+    /// An idle HTTP/1 connection to the endpoint that the upstream has not closed, or a new
+    /// one; always a new one when `fresh` (a retry after a stale pooled one failed).
+    pub async fn http1(&self, dial: Dial<'_>, fresh: bool) -> Result<Box<Conn1>, ConnectError> {
+        let key = PoolKey::new(dial.addr, dial.tls);
         if !fresh {
             if let Some(conn) = self.pop_idle_http1(key) {
                 return Ok(conn);
@@ -271,8 +298,9 @@ impl Pool {
         }
         // Boxed: connecting is the rare case, and its future (a TLS handshake's among them)
         // would otherwise make every request's future kilobytes larger, copied at each move.
-        let (io, slot) = Box::pin(connect(addr, connect_timeout, breaker, tls)).await?;
-        Ok(Conn1::new(io, key, keep, slot))
+        let connecting = connect(dial.addr, dial.connect_timeout, dial.breaker, dial.tls);
+        let (io, slot) = Box::pin(connecting).await?;
+        Ok(Conn1::new(io, key, dial.keep, slot, dial.counters.cloned()))
     }
 
     fn pop_idle_http1(&self, key: PoolKey) -> Option<Box<Conn1>> {
@@ -281,10 +309,14 @@ impl Pool {
         // The most recently used first: its socket and buffers are the warmest.
         while let Some(mut conn) = list.pop() {
             // The clock is read only for connections whose upstream announced its timeout.
-            let retired = conn.retire_at.is_some_and(|at| Instant::now() >= at);
-            if !retired && conn.is_usable() {
+            let closing = if conn.retire_at.is_some_and(|at| Instant::now() >= at) {
+                Closed::UpstreamIdleTimeout
+            } else if !conn.is_usable() {
+                Closed::ClosedIdle
+            } else {
                 return Some(conn);
-            }
+            };
+            conn.count_closed(closing);
         }
         None
     }
@@ -302,12 +334,11 @@ impl Pool {
         let mut idle = self.http1_idle.borrow_mut();
         for list in idle.values_mut() {
             list.retain_mut(|conn| {
-                let keep = conn.keep();
-                let retired = conn.retire_at.is_some_and(|at| now >= at);
-                !retired
-                    && !keep.too_old(conn.opened, now)
-                    && conn.is_usable()
-                    && !idled_out(&mut conn.idle_since, now, keep.idle_timeout)
+                let closing = closing_http1(conn, now);
+                if let Some(why) = closing {
+                    conn.count_closed(why);
+                }
+                closing.is_none()
             });
         }
         idle.retain(|_, list| !list.is_empty());
@@ -316,11 +347,20 @@ impl Pool {
         let mut http2 = self.http2.borrow_mut();
         for endpoint in http2.values_mut() {
             endpoint.conns.retain(|conn| {
+                if conn.gone.get() {
+                    return false;
+                }
                 if conn.keep.too_old(conn.opened, now) {
                     // Its streams go on to their end; then it closes, as a retired one.
                     conn.gone.set(true);
+                    conn.count_closed(Closed::MaxDuration);
+                    return false;
                 }
-                !conn.gone.get() && !conn.idled_out(now)
+                let idle = conn.idled_out(now);
+                if idle {
+                    conn.count_closed(Closed::IdleTimeout);
+                }
+                !idle
             });
         }
         http2.retain(|_, endpoint| !endpoint.conns.is_empty() || endpoint.opening.is_some());
@@ -348,14 +388,15 @@ impl Pool {
     /// opened. A connection stays open until it carried no stream for `idle_timeout` (or its
     /// upstream closes it, or sends `GOAWAY`), not only until its last stream ends: a load at
     /// the limit would open and close one by turns.
-    pub async fn http2(
-        &self,
-        addr: SocketAddr,
-        connect_timeout: Duration,
-        keep: Keep,
-        breaker: &Arc<Breaker>,
-        tls: Option<&ClientTls>,
-    ) -> Result<(Lease2, bool), ConnectError> {
+    pub async fn http2(&self, dial: Dial<'_>) -> Result<(Lease2, bool), ConnectError> {
+        let Dial {
+            addr,
+            connect_timeout,
+            keep,
+            breaker,
+            tls,
+            counters,
+        } = dial;
         let key = PoolKey::new(addr, tls);
         // The connection this request waited for could not be opened: it opens its own,
         // alongside the others that waited, rather than each trying in turn.
@@ -427,6 +468,7 @@ impl Pool {
             keep,
             opened: Instant::now(),
             served: Cell::new(0),
+            counters: counters.cloned(),
         });
         // The task does not hold the connection's handle: it would keep the connection open
         // once the pool and every lease let go of it.
@@ -518,6 +560,8 @@ struct Upstream2 {
     opened: Instant,
     /// Streams opened on it (leases taken).
     served: Cell<u32>,
+    /// Its endpoint's counters, where its closing is counted.
+    counters: Option<Arc<EndpointCounters>>,
 }
 
 impl Upstream2 {
@@ -531,6 +575,12 @@ impl Upstream2 {
     /// 0, which a server may send while it cannot take more).
     fn allows_none(&self) -> bool {
         self.send.current_max_send_streams() == 0
+    }
+
+    fn count_closed(&self, why: Closed) {
+        if let Some(c) = &self.counters {
+            c.closed(why);
+        }
     }
 
     /// Whether the connection carried no stream for its `idle_timeout`, at a sweep at `now`.
@@ -562,6 +612,7 @@ impl Lease2 {
         if conn.keep.served_enough(served) {
             // This stream is its last: it leaves the pool, and closes once its streams end.
             conn.gone.set(true);
+            conn.count_closed(Closed::MaxRequests);
         }
         Lease2 {
             conn: Rc::clone(conn),

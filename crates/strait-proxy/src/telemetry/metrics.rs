@@ -485,10 +485,57 @@ pub struct EndpointCounters {
     pub connect_refused: AtomicU64,
     /// Connects that timed out.
     pub connect_timeouts: AtomicU64,
+    /// Pooled connections closed, by why ([`Closed`]).
+    pub connections_closed: [AtomicU64; Closed::ALL.len()],
     /// Active health checks by result: success, failure, timeout.
     pub health_checks: [AtomicU64; 3],
     /// Ejections by reason: consecutive 5xx, consecutive gateway errors, success rate.
     pub ejections: [AtomicU64; 3],
+}
+
+/// Why the pool closed an upstream connection (or found it closed), for
+/// `strait_upstream_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// It carried no request for the cluster's `idle_timeout`.
+    IdleTimeout,
+    /// Retired a little before the idle timeout its upstream announced (`Keep-Alive`).
+    UpstreamIdleTimeout,
+    /// It carried the cluster's `max_requests_per_connection`.
+    MaxRequests,
+    /// It was older than the cluster's `max_connection_duration`.
+    MaxDuration,
+    /// Its upstream closed it (or sent bytes nobody asked for) while it waited in the pool.
+    ClosedIdle,
+}
+
+impl Closed {
+    /// Every reason, in the order of [`EndpointCounters::connections_closed`].
+    pub const ALL: [Closed; 5] = [
+        Closed::IdleTimeout,
+        Closed::UpstreamIdleTimeout,
+        Closed::MaxRequests,
+        Closed::MaxDuration,
+        Closed::ClosedIdle,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Closed::IdleTimeout => "idle_timeout",
+            Closed::UpstreamIdleTimeout => "upstream_idle_timeout",
+            Closed::MaxRequests => "max_requests",
+            Closed::MaxDuration => "max_duration",
+            Closed::ClosedIdle => "closed_by_upstream",
+        }
+    }
+}
+
+impl EndpointCounters {
+    /// Counts a connection closed for `why`.
+    pub fn closed(&self, why: Closed) {
+        self.connections_closed[why as usize].fetch_add(1, Relaxed);
+    }
 }
 
 /// Counters of one cluster.
@@ -1051,6 +1098,27 @@ impl Collector for StoreCollector {
                 ConstCounter::new(pick(s)).encode(
                     m.encode_family(&[("cluster", c.as_str()), ("endpoint", e.as_str())])?,
                 )?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "strait_upstream_connections_closed",
+                "Upstream connections the pool closed, or found closed while idle, by reason \
+                 (idle_timeout, upstream_idle_timeout, max_requests, max_duration, \
+                 closed_by_upstream).",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((c, e), s) in &endpoints {
+                for why in Closed::ALL {
+                    let labels = [
+                        ("cluster", c.as_str()),
+                        ("endpoint", e.as_str()),
+                        ("reason", why.label()),
+                    ];
+                    let n = s.connections_closed[why as usize].load(Relaxed);
+                    ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+                }
             }
         }
         {

@@ -434,6 +434,12 @@ impl Proxy {
         })
     }
 
+    /// `strait_upstream_connections_closed_total` for `reason`, of the first endpoint served.
+    pub async fn connections_closed(&self, reason: &str) -> f64 {
+        let name = "strait_upstream_connections_closed_total";
+        self.metric(name, &[("reason", reason)]).await.expect(name)
+    }
+
     /// GET on a fresh HTTP/1.1 connection to the listener; panics on transport errors.
     pub async fn get(&self, host: &str, path: &str) -> Resp {
         get(self.listen, host, path).await
