@@ -311,6 +311,8 @@ async fn idle_upstream_connections_close_after_the_cluster_idle_timeout() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(closed.load(Ordering::SeqCst), 0, "closed while in use");
+    let active = || proxy.metric("strait_upstream_connections_active", &[("cluster", "echo")]);
+    assert_eq!(active().await, Some(1.0), "the pooled connection is open");
     let quiet = Instant::now();
     let let_go = eventually(Duration::from_secs(5), || async {
         closed.load(Ordering::SeqCst) == 1
@@ -322,6 +324,7 @@ async fn idle_upstream_connections_close_after_the_cluster_idle_timeout() {
         took >= Duration::from_millis(1400),
         "closed {took:?} after its last request, before the idle timeout"
     );
+    assert_eq!(active().await, Some(0.0), "no connection open");
     assert_eq!(proxy.get("a", "/").await.text(), "connection 2\n");
     assert_eq!(proxy.connections_closed("idle_timeout").await, 1.0);
 }

@@ -82,6 +82,9 @@ impl Breaker {
             self.counters.overflows[i].fetch_add(1, Relaxed);
             return None;
         }
+        if limit == Limit::Connections {
+            self.counters.connections_active.fetch_add(1, Relaxed);
+        }
         Some(Admission {
             breaker: Arc::clone(self),
             limit,
@@ -104,6 +107,12 @@ pub struct Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.breaker.active[self.limit as usize].fetch_sub(1, Relaxed);
+        if self.limit == Limit::Connections {
+            self.breaker
+                .counters
+                .connections_active
+                .fetch_sub(1, Relaxed);
+        }
     }
 }
 
@@ -133,8 +142,11 @@ mod tests {
             1
         );
         assert_eq!(counters.overflows[Limit::Pending as usize].load(Relaxed), 1);
-        let _c = b.admit(Limit::Connections).unwrap();
+        let c = b.admit(Limit::Connections).unwrap();
         assert!(b.admit(Limit::Connections).is_none());
+        assert_eq!(counters.connections_active.load(Relaxed), 1);
+        drop(c);
+        assert_eq!(counters.connections_active.load(Relaxed), 0);
     }
 
     #[test]

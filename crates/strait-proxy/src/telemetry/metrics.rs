@@ -548,6 +548,9 @@ pub struct ClusterCounters {
     /// Requests failed fast by the circuit breaker, by limit (connections, pending, requests),
     /// and retries not made (retries).
     pub overflows: [AtomicU64; 4],
+    /// Upstream connections open now, each holding a slot of the cluster's `max_connections`
+    /// (across reloads: the counters outlive a cluster's breaker, whose count starts again).
+    pub connections_active: AtomicU64,
     /// Retries sent (hedges included).
     pub retries: AtomicU64,
     /// Requests answered well after at least one retry.
@@ -1148,6 +1151,18 @@ impl Collector for StoreCollector {
                 .map(|(k, v)| (k.clone(), Arc::clone(v)))
                 .collect()
         };
+        {
+            let mut m = encoder.encode_descriptor(
+                "strait_upstream_connections_active",
+                "Upstream connections open now, pooled and in use.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (c, s) in &clusters {
+                let open = i64::try_from(s.connections_active.load(Relaxed)).unwrap_or(i64::MAX);
+                ConstGauge::new(open).encode(m.encode_family(&[("cluster", c.as_str())])?)?;
+            }
+        }
         for (name, help, pick) in [
             (
                 "strait_upstream_request_timeouts",
