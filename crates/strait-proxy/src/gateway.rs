@@ -1830,11 +1830,6 @@ fn send<'a>(
     counters: Option<&'a Arc<EndpointCounters>>,
 ) -> impl std::future::Future<Output = Result<Sent, SendError>> + 'a {
     async move {
-        let opened = || {
-            if let Some(c) = counters {
-                c.connections_opened.fetch_add(1, Relaxed);
-            }
-        };
         // Made at each checkout, not held: the future holds what it is made of already.
         let dial = || Dial {
             addr,
@@ -1847,10 +1842,7 @@ fn send<'a>(
         match request {
             Outgoing::Http2(request) => {
                 let checkout = || pool.http2(dial());
-                let (lease, fresh) = checkout().await.map_err(SendError::Connect)?;
-                if fresh {
-                    opened();
-                }
+                let lease = checkout().await.map_err(SendError::Connect)?;
                 // A failure the client's body caused shows here as the stream's reset (the
                 // body's sender resets it): `SendError::blame` tells it apart.
                 let failed = match client2::send(lease, request).await {
@@ -1865,10 +1857,7 @@ fn send<'a>(
                 // refused the stream unprocessed (`client2::refused_unprocessed`): the request
                 // goes again, whatever its method, on whichever connection has room (one going
                 // away was retired from the pool; one that refused a stream was not).
-                let (lease, fresh) = checkout().await.map_err(SendError::Connect)?;
-                if fresh {
-                    opened();
-                }
+                let lease = checkout().await.map_err(SendError::Connect)?;
                 client2::send(lease, unsent)
                     .await
                     .map(|response| Box::new(response.map(FromUpstream::Http2)))
@@ -1878,9 +1867,6 @@ fn send<'a>(
                 // `fresh`: a new connection even when an idle one is there.
                 let checkout = |fresh: bool| pool.http1(dial(), fresh);
                 let conn = checkout(false).await.map_err(SendError::Connect)?;
-                if !conn.reused {
-                    opened();
-                }
                 // Only the encoded request is kept from a failure: the future holds no more.
                 let unsent = match client1::send(conn, request, upgrade, keep_raw).await {
                     Ok(response) => return Ok(Box::new(response.map(FromUpstream::Http1))),
@@ -1891,7 +1877,6 @@ fn send<'a>(
                     Err(failed) => return Err(SendError::from_http1(failed.error)),
                 };
                 let conn = checkout(true).await.map_err(SendError::Connect)?;
-                opened();
                 client1::send(conn, unsent, upgrade, keep_raw)
                     .await
                     .map(|response| Box::new(response.map(FromUpstream::Http1)))

@@ -384,6 +384,8 @@ async fn an_upstream_connection_carries_at_most_max_requests_per_connection() {
     .await;
     assert!(both, "the two used up were not closed");
     assert_eq!(proxy.connections_closed("max_requests").await, 2.0);
+    let opened = proxy.metric("strait_upstream_connections_opened_total", &[]);
+    assert_eq!(opened.await, Some(3.0));
 }
 
 /// A cluster's `max_connection_duration` retires an upstream connection that old, as nginx's

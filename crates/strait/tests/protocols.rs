@@ -339,6 +339,8 @@ async fn an_http2_upstream_connection_carries_at_most_max_requests_per_connectio
     .await;
     assert!(both, "the used-up connections stayed open");
     assert_eq!(proxy.connections_closed("max_requests").await, 2.0);
+    let opened = proxy.metric("strait_upstream_connections_opened_total", &[]);
+    assert_eq!(opened.await, Some(3.0));
 }
 
 /// A cluster's `max_connection_duration` retires an HTTP/2 connection that old, though requests

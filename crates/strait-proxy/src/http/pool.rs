@@ -183,6 +183,13 @@ fn retire_margin(timeout: Duration) -> Duration {
     Duration::from_secs(1).min(timeout / 2)
 }
 
+/// Counts a connection opened to an endpoint.
+fn count_opened(counters: Option<&Arc<EndpointCounters>>) {
+    if let Some(c) = counters {
+        c.opened();
+    }
+}
+
 /// Why an idle HTTP/1 connection must close at a sweep at `now`, if it must: its upstream's
 /// announced idle timeout is near, it is too old, its upstream closed it, or it carried no request
 /// for its cluster's `idle_timeout`.
@@ -288,7 +295,8 @@ impl Pool {
     }
 
     /// An idle HTTP/1 connection to the endpoint that the upstream has not closed, or a new
-    /// one; always a new one when `fresh` (a retry after a stale pooled one failed).
+    /// one (counted in the endpoint's `connections_opened`); always a new one when `fresh` (a
+    /// retry after a stale pooled one failed).
     pub async fn http1(&self, dial: Dial<'_>, fresh: bool) -> Result<Box<Conn1>, ConnectError> {
         let key = PoolKey::new(dial.addr, dial.tls);
         if !fresh {
@@ -300,6 +308,7 @@ impl Pool {
         // would otherwise make every request's future kilobytes larger, copied at each move.
         let connecting = connect(dial.addr, dial.connect_timeout, dial.breaker, dial.tls);
         let (io, slot) = Box::pin(connecting).await?;
+        count_opened(dial.counters);
         Ok(Conn1::new(io, key, dial.keep, slot, dial.counters.cloned()))
     }
 
@@ -379,16 +388,17 @@ impl Pool {
         }
     }
 
-    /// A stream on one of the worker's HTTP/2 connections to `addr`: the first opened that has
-    /// room for one more of the upstream's concurrent streams (`SETTINGS_MAX_CONCURRENT_STREAMS`)
-    /// and was not retired ([`Lease2::retire`]), or a new one when none has; the flag is true
-    /// when it was opened. One connection at a time is opened to an endpoint: requests that
-    /// find none with room while one is being opened wait for it (a burst opens one, not one
-    /// each; and the next one if that filled up), and open their own only if it could not be
-    /// opened. A connection stays open until it carried no stream for `idle_timeout` (or its
-    /// upstream closes it, or sends `GOAWAY`), not only until its last stream ends: a load at
-    /// the limit would open and close one by turns.
-    pub async fn http2(&self, dial: Dial<'_>) -> Result<(Lease2, bool), ConnectError> {
+    /// A stream on one of the worker's HTTP/2 connections to the endpoint: the first opened
+    /// that has room for one more of the upstream's concurrent streams
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`) and was not retired ([`Lease2::retire`]), or a new
+    /// one when none has (counted in the endpoint's `connections_opened`). One connection at a
+    /// time is opened to an endpoint: requests that find none with room while one is being
+    /// opened wait for it (a burst opens one, not one each; and the next one if that filled
+    /// up), and open their own only if it could not be opened. A connection stays open until
+    /// it carried no stream for `idle_timeout` (or its upstream closes it, or sends `GOAWAY`),
+    /// not only until its last stream ends: a load at the limit would open and close one by
+    /// turns.
+    pub async fn http2(&self, dial: Dial<'_>) -> Result<Lease2, ConnectError> {
         let Dial {
             addr,
             connect_timeout,
@@ -409,13 +419,13 @@ impl Pool {
                 // their end.
                 endpoint.conns.retain(|c| !c.gone.get());
                 if let Some(conn) = endpoint.conns.iter().find(|c| c.has_room()) {
-                    return Ok((Lease2::new(conn), false));
+                    return Ok(Lease2::new(conn));
                 }
                 // An upstream that allows no stream for now (a limit of 0) is not given a new
                 // connection a request: the request waits in that one's queue, as h2 keeps it
                 // until the upstream allows streams again (or the route's timeout).
                 if let Some(conn) = endpoint.conns.iter().find(|c| c.allows_none()) {
-                    return Ok((Lease2::new(conn), false));
+                    return Ok(Lease2::new(conn));
                 }
                 match &endpoint.opening {
                     _ if failed => break None,
@@ -460,6 +470,7 @@ impl Pool {
                 opening.failed = true;
             }
         })?;
+        count_opened(counters);
         let upstream = Rc::new(Upstream2 {
             send,
             gone: Cell::new(false),
@@ -502,7 +513,7 @@ impl Pool {
             .conns
             .push(upstream);
         drop(opening);
-        Ok((lease, true))
+        Ok(lease)
     }
 }
 

@@ -532,6 +532,11 @@ impl Closed {
 }
 
 impl EndpointCounters {
+    /// Counts a connection opened.
+    pub fn opened(&self) {
+        self.connections_opened.fetch_add(1, Relaxed);
+    }
+
     /// Counts a connection closed for `why`.
     pub fn closed(&self, why: Closed) {
         self.connections_closed[why as usize].fetch_add(1, Relaxed);
