@@ -2108,14 +2108,14 @@ fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 /// Which of the fields the proxy writes itself (`x-request-id`, `x-forwarded-for`,
-/// `x-forwarded-proto`) the request came with: noted by `server1` as it parsed the head, or
-/// found in one pass over the names of a request hyper parsed (HTTP/2).
+/// `x-forwarded-proto`) the request came with, and whether a hop-by-hop one came: noted by
+/// `server1` as it parsed the head, or found in one pass over the names of a request the h2
+/// crate parsed.
 fn proxy_fields(req: &Request<ClientBody>) -> u8 {
     match req.body() {
         ClientBody::Http1(body) => body.proxy_fields(),
-        // Hop-by-hop fields are not looked for here: the map is looked through for them.
         ClientBody::H2(_) | ClientBody::Gathered(_) | ClientBody::Watched(..) => {
-            headers::proxy_fields_in(req.headers()) | headers::FIELD_HOP_BY_HOP
+            headers::proxy_fields_in(req.headers())
         }
     }
 }

@@ -354,6 +354,41 @@ async fn connection_fields_a_route_sets_are_left_out_of_http2_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_s_hop_by_hop_fields_stay_at_the_proxy() {
+    // The h2 crate refuses `connection`, `upgrade` and the like in a request; the proxy
+    // authentication fields it lets through are this hop's own, and `te: trailers` goes on.
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&config(up.addr, "")).await;
+    let mut send = h2_client(&proxy).await;
+    let ask = |fields: &[(&'static str, &'static str)]| {
+        let mut req = Request::get("http://h2.example/")
+            .body(())
+            .expect("request");
+        for (name, value) in fields {
+            req.headers_mut()
+                .append(*name, http::HeaderValue::from_static(value));
+        }
+        req
+    };
+    let hop = [
+        ("proxy-authorization", "Basic c2VjcmV0"),
+        ("te", "trailers"),
+        ("x-kept", "1"),
+    ];
+    let (status, _) = h2_ask(&mut send, ask(&hop)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h2_ask(&mut send, ask(&[("x-kept", "2")])).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].header_all("proxy-authorization").is_empty());
+    assert_eq!(seen[0].header_all("te"), ["trailers"]);
+    assert_eq!(seen[0].header_all("x-kept"), ["1"]);
+    assert_eq!(seen[1].header_all("x-kept"), ["2"]);
+    assert!(seen[1].header_all("te").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_answers_no_keep_alive_ping_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A stream waits on an upstream that answers in 30 s, so the connection is not idle; the

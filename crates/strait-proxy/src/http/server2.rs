@@ -184,15 +184,19 @@ async fn serve_stream(
     *head.status_mut() = reply.status();
     let fields = head.headers_mut();
     *fields = std::mem::take(reply.headers_mut());
-    // Connection-specific fields are refused by HTTP/2 (RFC 9113 8.2.2); a route's own header
-    // edits could have set one. One pass over the names finds none, as a rule.
-    headers::strip_hop_by_hop(fields, false);
-    // `date` and a known length, when the answer lacks them: one pass over the names says,
-    // where a hashed lookup each cost more (an upstream's answer has both, as a rule).
-    let (mut dated, mut sized) = (false, false);
+    // One pass over the names says whether the answer has a connection-specific field, which
+    // HTTP/2 refuses (RFC 9113 8.2.2; a route's own header edits could have set one), a `date`
+    // and a known length: where a hashed lookup each cost more, and a pass of its own for the
+    // first ~60 instructions (an upstream's answer has the last two and not the first, as a
+    // rule).
+    let (mut hop, mut dated, mut sized) = (0, false, false);
     for name in fields.keys() {
+        hop |= headers::hop_by_hop_bit(name);
         dated |= name == header::DATE;
         sized |= name == header::CONTENT_LENGTH;
+    }
+    if hop != 0 {
+        headers::strip_hop_by_hop(fields, false);
     }
     if !dated {
         fields.insert(header::DATE, headers::http_date());
