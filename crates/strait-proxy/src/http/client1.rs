@@ -358,6 +358,11 @@ impl Writer {
             }
             Framing::Chunked => {
                 let s = &mut conn.scratch;
+                if s.capacity() - s.len() < 32 {
+                    // Room for many chunks' sizes: grown by what each write needed, the buffer
+                    // (its earlier sizes still queued) was made anew twice a chunk.
+                    s.reserve(512);
+                }
                 put_hex(s, data.len());
                 s.put_slice(b"\r\n");
                 conn.out.push(s.split().freeze());
