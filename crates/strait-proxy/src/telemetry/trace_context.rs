@@ -606,10 +606,11 @@ impl TraceparentValue {
         &self.0
     }
 
-    /// Writes the value into `headers`, replacing what is there.
+    /// Writes the value into `headers`, replacing what is there; kept out of HPACK's tables
+    /// (each request's is its own).
     pub fn insert_into(&self, headers: &mut HeaderMap) {
         // Hex digits and dashes: always a valid header value.
-        if let Some(v) = crate::http::headers::made_value(&self.0) {
+        if let Some(v) = crate::http::headers::made_unique_value(&self.0) {
             headers.insert(TRACEPARENT.clone(), v);
         }
     }
@@ -652,9 +653,10 @@ pub fn inject_but_traceparent(
     Some(TraceparentValue::of(context))
 }
 
-/// The B3 headers of [`inject`].
+/// The B3 headers of [`inject`]. The ids are each request's own, kept out of HPACK's tables;
+/// the sampling decision is not.
 fn inject_b3(headers: &mut HeaderMap, emit: Formats, context: &SpanContext) {
-    let mut put = |name: &HeaderName, parts: &[&[u8]]| {
+    let mut put = |name: &HeaderName, parts: &[&[u8]], unique: bool| {
         let mut buf = [0u8; 64];
         let mut len = 0;
         for part in parts {
@@ -665,7 +667,8 @@ fn inject_b3(headers: &mut HeaderMap, emit: Formats, context: &SpanContext) {
             }
         }
         // Hex digits and dashes: always a valid header value.
-        if let Some(v) = crate::http::headers::made_value(&buf[..len]) {
+        if let Some(mut v) = crate::http::headers::made_value(&buf[..len]) {
+            v.set_sensitive(unique);
             headers.insert(name.clone(), v);
         }
     };
@@ -677,16 +680,16 @@ fn inject_b3(headers: &mut HeaderMap, emit: Formats, context: &SpanContext) {
         (false, false) => b"0",
     };
     if emit.has(Formats::B3_SINGLE) {
-        put(&B3, &[&trace, b"-", &span, b"-", b3_decision]);
+        put(&B3, &[&trace, b"-", &span, b"-", b3_decision], true);
     }
     if emit.has(Formats::B3_MULTI) {
-        put(&X_B3_TRACEID, &[&trace]);
-        put(&X_B3_SPANID, &[&span]);
+        put(&X_B3_TRACEID, &[&trace], true);
+        put(&X_B3_SPANID, &[&span], true);
         if context.debug {
             // Debug implies sampled: B3 sends the flag instead of `x-b3-sampled`.
-            put(&X_B3_FLAGS, &[b"1"]);
+            put(&X_B3_FLAGS, &[b"1"], false);
         } else {
-            put(&X_B3_SAMPLED, &[b3_decision]);
+            put(&X_B3_SAMPLED, &[b3_decision], false);
         }
     }
 }

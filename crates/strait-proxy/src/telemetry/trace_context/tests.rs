@@ -451,6 +451,13 @@ fn injected_headers_in_every_format() {
     assert_eq!(h["x-b3-spanid"], SPAN);
     assert_eq!(h["x-b3-sampled"], "1");
     assert!(!h.contains_key("x-b3-flags"));
+    // Each request's ids are kept out of HPACK's tables; the decision and the state are not.
+    for name in ["traceparent", "b3", "x-b3-traceid", "x-b3-spanid"] {
+        assert!(h[name].is_sensitive(), "{name}");
+    }
+    for name in ["tracestate", "x-b3-sampled"] {
+        assert!(!h[name].is_sensitive(), "{name}");
+    }
 
     let mut h = HeaderMap::new();
     inject(&mut h, all, &context(false, false), None);
