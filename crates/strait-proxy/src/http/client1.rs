@@ -360,7 +360,7 @@ impl Writer {
                 let s = &mut conn.scratch;
                 if s.capacity() - s.len() < 32 {
                     // Room for many chunks' sizes: grown by what each write needed, the buffer
-                    // (its earlier sizes still queued) was made anew twice a chunk.
+                    // (its earlier sizes still queued) was made anew for every chunk.
                     s.reserve(512);
                 }
                 put_hex(s, data.len());
