@@ -358,11 +358,8 @@ impl Writer {
             }
             Framing::Chunked => {
                 let s = &mut conn.scratch;
-                if s.capacity() - s.len() < 32 {
-                    // Room for many chunks' sizes: grown by what each write needed, the buffer
-                    // (its earlier sizes still queued) was made anew for every chunk.
-                    s.reserve(512);
-                }
+                // Room for many chunks' sizes (a connection's own buffer: a small chunk).
+                room(s, 32, 512);
                 put_hex(s, data.len());
                 s.put_slice(b"\r\n");
                 conn.out.push(s.split().freeze());
@@ -388,16 +385,17 @@ impl Writer {
     }
 }
 
-/// Room for `need` more bytes in `s`, a buffer request heads are encoded into, made a chunk
-/// at a time: the buffer is taken back (or a new one made, while a head still holds it) once
-/// per chunk rather than once per head (~60 instructions). Growing it by what each write
-/// needed made, while a head sent earlier still held it, a new buffer of just that size at
-/// every write past the chunk's end, each a copy of the head so far: ~450 instructions a
-/// write, ~1,100 a request of ten fields from HTTP/2.
+/// Room for `need` more bytes in `s`, a buffer whose pieces are split off and sent (request
+/// heads, a chunked body's size lines), made `chunk` bytes at a time: the buffer is taken back
+/// (or a new one made, while a piece still holds it) once per chunk rather than once per piece
+/// (~60 instructions). Growing it by what each write needed made, while a piece sent earlier
+/// still held it, a new buffer of just that size at every write past the chunk's end, each a
+/// copy of the piece so far: ~450 instructions a write, ~1,100 a request of ten fields from
+/// HTTP/2; and a new buffer for every chunk of a chunked body.
 #[inline]
-fn room(s: &mut BytesMut, need: usize) {
+fn room(s: &mut BytesMut, need: usize, chunk: usize) {
     if s.capacity() - s.len() < need {
-        s.reserve(need.max(HEADS_CHUNK));
+        s.reserve(need.max(chunk));
     }
 }
 
@@ -585,7 +583,7 @@ pub fn encode(
     };
     // Room for the request line, the fields kept as they came and what the proxy adds.
     let kept = appended.received.map_or(0, RawHead::written_at_most);
-    room(s, target.len() + kept + 512);
+    room(s, target.len() + kept + 512, HEADS_CHUNK);
     s.put_slice(parts.method.as_str().as_bytes());
     s.put_u8(b' ');
     s.put_slice(target.as_bytes());
@@ -620,7 +618,7 @@ pub fn encode(
             te |= name == header::TE;
             let name = name.as_str().as_bytes();
             // (Leaving the room for what the proxy adds.)
-            room(s, name.len() + value.len() + 4 + 512);
+            room(s, name.len() + value.len() + 4 + 512, HEADS_CHUNK);
             put_field(s, name, value.as_bytes());
         }
     }
