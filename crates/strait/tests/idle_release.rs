@@ -3,7 +3,7 @@
 //! more connections than the threshold on one worker and check that nothing is lost: later
 //! requests, a pipelined pair, a request sent in pieces, a large body read slowly, a WebSocket
 //! upgrade, the idle timeout and the drain; and that an idle connection then costs little
-//! memory.
+//! memory. The memory a burst used goes back too, once the burst ends (`runtime::Trim`).
 
 mod support;
 
@@ -286,4 +286,50 @@ async fn released_connections_hold_no_read_buffer_while_idle() {
         "{per_connection} bytes per idle connection ({before} -> {after} KiB)"
     );
     drop((held, idle));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_burst_used_goes_back_once_the_burst_ends() {
+    // 64 answers of 2 MiB at once on one HTTP/2 connection: the proxy holds chunks of each
+    // in its buffers while the client reads them.
+    const STREAMS: usize = 64;
+    const BYTES: u64 = 2 << 20;
+    let up = Upstream::echo("burst").await;
+    let config = format!("workers: 1\n{}", one_route(up.addr, "", "", ""));
+    let proxy = Proxy::start(&config).await;
+    let conn = proxy.connect(Proto::H2).await;
+    let start = proxy.rss_kib();
+    let streams: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let mut conn = conn.clone_h2();
+            tokio::spawn(async move {
+                let req = request("GET", "b.example", "/big")
+                    .header("x-echo-response-bytes", BYTES.to_string())
+                    .body(empty())
+                    .expect("request");
+                let r = conn.send(req).await.expect("answer");
+                drain_body(r.into_body()).await.expect("body")
+            })
+        })
+        .collect();
+    for s in streams {
+        assert_eq!(
+            within(Duration::from_secs(30), "burst", s)
+                .await
+                .expect("task"),
+            BYTES
+        );
+    }
+    let after = proxy.rss_kib();
+    let back = eventually(Duration::from_secs(5), || async {
+        proxy.rss_kib() < start + 8 * 1024
+    })
+    .await;
+    let end = proxy.rss_kib();
+    // mimalloc purges only in passing, so without the worker's trim the burst's memory stays
+    // held while the proxy idles (60 MiB here).
+    assert!(
+        back,
+        "RSS {start} KiB at start, {after} KiB after the burst, {end} KiB 5 s later"
+    );
 }

@@ -83,6 +83,12 @@ pub(crate) fn before_park(window: Duration) -> bool {
     true
 }
 
+/// Polls of this thread's [`spawn`]ed tasks so far: how much work the thread has done (see
+/// [`super::Trim`]).
+pub(crate) fn polls() -> u64 {
+    POLLS.get()
+}
+
 /// Spawns a worker task on the worker's `LocalSet`, its polls counted as work (see the
 /// module's documentation). Every task that serves traffic is spawned here.
 pub(crate) fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
