@@ -1534,6 +1534,7 @@ fn send_failed(
         // The client's doing: the endpoint is not blamed, and no retry would fare better.
         SendError::Client(e) => (None, client_body_cause(&*e), e.to_string()),
         SendError::Upstream(e) => {
+            tracing::debug!(cluster = %cluster.name, %addr, error = %e, "upstream failed before its answer");
             cluster.counters.resets.fetch_add(1, Relaxed);
             cluster.outlier.observe(endpoint, Outcome::Reset);
             let failure = if refused_stream(&*e) {
@@ -1813,9 +1814,15 @@ fn fields_into(fields: &client1::RawHead, map: &mut http::HeaderMap) {
     }
 }
 
+/// The most times a request an HTTP/2 upstream refused unprocessed goes again (see [`send`]).
+/// Each refusal by `GOAWAY` retires a connection, so this also bounds how many connections one
+/// request tries when an upstream refuses on every connection.
+const REFUSED_RESENDS: u32 = 3;
+
 /// Sends on a pooled connection. A request that a reused HTTP/1 connection did not take (the
 /// upstream closed it while idle) goes again on a new connection: it was never sent, so this is
-/// safe for any method.
+/// safe for any method. So does one an HTTP/2 upstream refused unprocessed, up to
+/// [`REFUSED_RESENDS`] times.
 ///
 /// A plain function returning an `async` block: an `async fn` would hold its arguments twice
 /// (as passed, and as its locals), and this future is moved by value on every request.
@@ -1840,28 +1847,33 @@ fn send<'a>(
             counters,
         };
         match request {
-            Outgoing::Http2(request) => {
+            Outgoing::Http2(mut request) => {
                 let checkout = || pool.http2(dial());
-                let lease = checkout().await.map_err(SendError::Connect)?;
-                // A failure the client's body caused shows here as the stream's reset (the
-                // body's sender resets it): `SendError::blame` tells it apart.
-                let failed = match client2::send(lease, request).await {
-                    Ok(response) => return Ok(Box::new(response.map(FromUpstream::Http2))),
-                    Err(failed) => failed,
-                };
-                let Some(unsent) = failed.unsent else {
-                    return Err(SendError::Upstream(Box::new(failed.error)));
-                };
                 // The pooled connection was going away (its upstream sent GOAWAY, as servers
                 // do to age connections out) or gone, and opened no stream; or the upstream
                 // refused the stream unprocessed (`client2::refused_unprocessed`): the request
                 // goes again, whatever its method, on whichever connection has room (one going
-                // away was retired from the pool; one that refused a stream was not).
-                let lease = checkout().await.map_err(SendError::Connect)?;
-                client2::send(lease, unsent)
-                    .await
-                    .map(|response| Box::new(response.map(FromUpstream::Http2)))
-                    .map_err(|failed| SendError::Upstream(Box::new(failed.error)))
+                // away was retired from the pool; one that refused a stream was not). An
+                // upstream that tells all its connections to go away at once (nginx's reload,
+                // to its old worker's) may refuse it on the next one too: it goes again each
+                // time, up to `REFUSED_RESENDS` times.
+                let mut resends = 0;
+                loop {
+                    let lease = checkout().await.map_err(SendError::Connect)?;
+                    // A failure the client's body caused shows here as the stream's reset (the
+                    // body's sender resets it): `SendError::blame` tells it apart.
+                    let failed = match client2::send(lease, request).await {
+                        Ok(response) => return Ok(Box::new(response.map(FromUpstream::Http2))),
+                        Err(failed) => failed,
+                    };
+                    match failed.unsent {
+                        Some(unsent) if resends < REFUSED_RESENDS => {
+                            resends += 1;
+                            request = unsent;
+                        }
+                        _ => return Err(SendError::Upstream(Box::new(failed.error))),
+                    }
+                }
             }
             Outgoing::Http1(request) => {
                 // `fresh`: a new connection even when an idle one is there.

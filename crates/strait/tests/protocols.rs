@@ -511,6 +511,35 @@ async fn a_stream_an_http2_upstream_refused_goes_again() {
     }
 }
 
+/// A request refused unprocessed by connection after connection (as when a server tells all its
+/// connections to go away at once: nginx's reload, to its old worker's) goes again each time,
+/// on a new connection, up to three times: refused by two connections, it is answered by the
+/// third; refused by every connection, it gets 502 after four.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_by_connection_after_connection_goes_again_each_time() {
+    let (proxy, opened) = proxy_to_counted_http2_upstream(|tcp, number| {
+        refusing_upstream(tcp, number, Refusal::GoAway, Refused::FirstOnConnections(2))
+    })
+    .await;
+    let got = proxy.get("a", "/get").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert_eq!(got.text(), "connection 3, 0 bytes\n");
+    assert_eq!(opened.load(Ordering::SeqCst), 3);
+
+    let (proxy, opened) = proxy_to_counted_http2_upstream(|tcp, number| {
+        refusing_upstream(
+            tcp,
+            number,
+            Refusal::GoAway,
+            Refused::FirstOnConnections(usize::MAX),
+        )
+    })
+    .await;
+    let got = proxy.get("a", "/get").await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.text());
+    assert_eq!(opened.load(Ordering::SeqCst), 4, "one try and three more");
+}
+
 /// A stream the upstream refuses unprocessed while its request's body is still arriving goes
 /// again: the body's chunks sent on the refused stream first, then the rest as the client
 /// sends it.
@@ -677,6 +706,9 @@ enum Refused {
     SecondOfTwo,
     /// After the first, the next stream, at its first chunk of body (the body not ended).
     Streaming,
+    /// On each of the first `n` connections, its first request, by a `GOAWAY` naming no stream
+    /// as processed (`refusal` is not read), as every connection of a server going away.
+    FirstOnConnections(usize),
 }
 
 /// A hand-made HTTP/2 server (h2's own cannot name a last stream below one it received). It
@@ -736,6 +768,14 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
                 match bodies.iter_mut().find(|(id, _)| *id == stream) {
                     Some((_, bytes)) => *bytes += n,
                     None => bodies.push((stream, n)),
+                }
+                if let Refused::FirstOnConnections(n) = refused {
+                    if number <= n && flags & END_STREAM != 0 {
+                        let goaway = [0u8; 8];
+                        let _ = tcp.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        return;
+                    }
                 }
                 let streaming = kind == DATA && flags & END_STREAM == 0;
                 let refuse = !refused_one && number == 1 && stream > 1;
