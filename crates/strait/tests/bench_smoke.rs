@@ -17,45 +17,56 @@ fn repo_root() -> PathBuf {
         .expect("the repository root")
 }
 
-#[test]
-fn bench_harness_smoke_mode_measures_and_writes_every_output() {
+/// A new directory name under the system's temporary directory, for a script's reports.
+fn out_dir(prefix: &str) -> PathBuf {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let out =
-        std::env::temp_dir().join(format!("strait-bench-smoke-{}-{nanos}", std::process::id()));
-    let script = repo_root().join("benches/harness/run.py");
+    std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()))
+}
+
+/// Runs `benches/harness/<script>` in its smoke mode with the test build of `strait`, `args`
+/// and `--out out`, and returns what it printed. Bounded: a smoke run takes seconds; it is
+/// killed after 90 s.
+fn smoke_run(script: &str, args: &[&str], out: &PathBuf) -> std::process::Output {
+    let path = repo_root().join("benches/harness").join(script);
     let mut child = Command::new("python3")
-        .arg(&script)
+        .arg(&path)
         .arg("--smoke")
-        // a routing table, so the configs `--routes` writes stay ones the proxy accepts
-        .arg("--routes")
-        .arg("3")
-        // and busy polling, so the proxy serves with it on and the option stays plumbed through
-        .arg("--strait-busy-poll")
-        .arg("100us")
+        .args(args)
         .arg("--strait")
         .arg(env!("CARGO_BIN_EXE_strait"))
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
-
-    // Bounded: the smoke run takes ~6 s; give up (and kill it) after 90 s.
+        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", path.display()));
     let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().expect("waiting for the harness").is_none() {
+    while child.try_wait().expect("waiting for the script").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the harness's smoke run did not finish within 90 s");
+            panic!("{script} --smoke did not finish within 90 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let output = child.wait_with_output().expect("the harness's output");
+    child.wait_with_output().expect("the script's output")
+}
+
+#[test]
+fn bench_harness_smoke_mode_measures_and_writes_every_output() {
+    let out = out_dir("strait-bench-smoke");
+    // A routing table, so the configs `--routes` writes stay ones the proxy accepts; and busy
+    // polling, so the proxy serves with it on and the option stays plumbed through. The run
+    // takes ~6 s.
+    let output = smoke_run(
+        "run.py",
+        &["--routes", "3", "--strait-busy-poll", "100us"],
+        &out,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -128,6 +139,54 @@ fn bench_harness_smoke_mode_measures_and_writes_every_output() {
     assert!(
         svg.starts_with("<svg") && svg.contains("<polyline"),
         "the SVG has no plotted line"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The soak (`benches/harness/soak.py`) in its smoke mode: a few seconds of keep-alive
+/// requests, abuse and reloads through two workers, with a built-in upstream, then its checks
+/// (nothing left open, open files back, RSS at rest, no failed request) and its reports.
+#[test]
+fn soak_smoke_mode_checks_that_nothing_was_left_open() {
+    let out = out_dir("strait-soak-smoke");
+    // ~10 s: 4 s of traffic, 4 s at rest.
+    let output = smoke_run("soak.py", &[], &out);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "soak.py --smoke failed ({}):\n{}\n{stdout}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let files: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap_or_else(|e| panic!("no output directory {}: {e}", out.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    let json = files
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with("-smoke.json"))
+        .unwrap_or_else(|| panic!("no report in {files:?}"));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).expect("the report"))
+            .expect("valid JSON");
+    let checks = report["checks"].as_array().expect("checks");
+    assert!(checks.len() >= 8, "checks missing: {checks:?}");
+    assert!(
+        checks.iter().all(|c| c["passed"] == true),
+        "a check failed: {checks:?}"
+    );
+    assert!(
+        report["rest"]["requests"]
+            .as_f64()
+            .is_some_and(|n| n > 100.0),
+        "too little traffic: {}",
+        report["rest"]
+    );
+    assert!(
+        files
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with("-smoke.md")),
+        "no Markdown report in {files:?}"
     );
     let _ = std::fs::remove_dir_all(&out);
 }
