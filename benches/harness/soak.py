@@ -102,11 +102,11 @@ class Soak:
     # -- configs
 
     def write_strait_config(self, rate: int = 100) -> None:
-        h2 = "" if self.smoke else f"""
+        h2 = "" if self.smoke else """
       - name: h2up
-        match: {{ path: {{ prefix: /h2 }} }}
-        backends: [{{ cluster: h2up }}]
-        rewrite: {{ path_prefix: / }}"""
+        match: { path: { prefix: /h2 } }
+        backends: [{ cluster: h2up }]
+        rewrite: { path_prefix: / }"""
         routes = f"""{h2}
       - name: dead
         match: {{ path: {{ prefix: /dead }} }}
