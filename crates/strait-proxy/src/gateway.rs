@@ -1814,6 +1814,41 @@ fn fields_into(fields: &client1::RawHead, map: &mut http::HeaderMap) {
     }
 }
 
+/// [`send`] to an HTTP/2 upstream. The pooled connection was going away (its upstream sent
+/// GOAWAY, as servers do to age connections out) or gone, and opened no stream; or the upstream
+/// refused the stream unprocessed (`client2::refused_unprocessed`): the request goes again,
+/// whatever its method, on whichever connection has room (one going away was retired from the
+/// pool; one that refused a stream was not). An upstream that tells all its connections to go
+/// away at once (nginx's reload, to its old worker's) may refuse it on the next one too: it
+/// goes again each time, up to [`REFUSED_RESENDS`] times. A function of its own, so that its
+/// loop does not shape the state of [`send`]'s HTTP/1 side.
+#[allow(clippy::manual_async_fn)]
+fn send_http2<'a>(
+    pool: &'a Pool,
+    dial: impl Fn() -> Dial<'a> + 'a,
+    mut request: Box<Request<RequestBody>>,
+) -> impl std::future::Future<Output = Result<Sent, SendError>> + 'a {
+    async move {
+        let mut resends = 0;
+        loop {
+            let lease = pool.http2(dial()).await.map_err(SendError::Connect)?;
+            // A failure the client's body caused shows here as the stream's reset (the body's
+            // sender resets it): `SendError::blame` tells it apart.
+            let failed = match client2::send(lease, request).await {
+                Ok(response) => return Ok(Box::new(response.map(FromUpstream::Http2))),
+                Err(failed) => failed,
+            };
+            match failed.unsent {
+                Some(unsent) if resends < REFUSED_RESENDS => {
+                    resends += 1;
+                    request = unsent;
+                }
+                _ => return Err(SendError::Upstream(Box::new(failed.error))),
+            }
+        }
+    }
+}
+
 /// The most times a request an HTTP/2 upstream refused unprocessed goes again (see [`send`]).
 /// Each refusal by `GOAWAY` retires a connection, so this also bounds how many connections one
 /// request tries when an upstream refuses on every connection.
@@ -1822,7 +1857,7 @@ const REFUSED_RESENDS: u32 = 3;
 /// Sends on a pooled connection. A request that a reused HTTP/1 connection did not take (the
 /// upstream closed it while idle) goes again on a new connection: it was never sent, so this is
 /// safe for any method. So does one an HTTP/2 upstream refused unprocessed, up to
-/// [`REFUSED_RESENDS`] times.
+/// [`REFUSED_RESENDS`] times ([`send_http2`]).
 ///
 /// A plain function returning an `async` block: an `async fn` would hold its arguments twice
 /// (as passed, and as its locals), and this future is moved by value on every request.
@@ -1847,34 +1882,7 @@ fn send<'a>(
             counters,
         };
         match request {
-            Outgoing::Http2(mut request) => {
-                let checkout = || pool.http2(dial());
-                // The pooled connection was going away (its upstream sent GOAWAY, as servers
-                // do to age connections out) or gone, and opened no stream; or the upstream
-                // refused the stream unprocessed (`client2::refused_unprocessed`): the request
-                // goes again, whatever its method, on whichever connection has room (one going
-                // away was retired from the pool; one that refused a stream was not). An
-                // upstream that tells all its connections to go away at once (nginx's reload,
-                // to its old worker's) may refuse it on the next one too: it goes again each
-                // time, up to `REFUSED_RESENDS` times.
-                let mut resends = 0;
-                loop {
-                    let lease = checkout().await.map_err(SendError::Connect)?;
-                    // A failure the client's body caused shows here as the stream's reset (the
-                    // body's sender resets it): `SendError::blame` tells it apart.
-                    let failed = match client2::send(lease, request).await {
-                        Ok(response) => return Ok(Box::new(response.map(FromUpstream::Http2))),
-                        Err(failed) => failed,
-                    };
-                    match failed.unsent {
-                        Some(unsent) if resends < REFUSED_RESENDS => {
-                            resends += 1;
-                            request = unsent;
-                        }
-                        _ => return Err(SendError::Upstream(Box::new(failed.error))),
-                    }
-                }
-            }
+            Outgoing::Http2(request) => send_http2(pool, dial, request).await,
             Outgoing::Http1(request) => {
                 // `fresh`: a new connection even when an idle one is there.
                 let checkout = |fresh: bool| pool.http1(dial(), fresh);
