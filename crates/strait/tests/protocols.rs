@@ -540,6 +540,34 @@ async fn a_request_refused_by_connection_after_connection_goes_again_each_time()
     assert_eq!(opened.load(Ordering::SeqCst), 4, "one try and three more");
 }
 
+/// An idempotent request without a body whose HTTP/2 connection, reused, ends before its
+/// answer (closed with no `GOAWAY`, as by a restart) goes again on a new connection, as for
+/// HTTP/1; a POST is not sent twice (502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_whose_http2_connection_ended_goes_again_a_post_does_not() {
+    for method in ["GET", "POST"] {
+        let proxy = proxy_to_http2_upstream(|tcp, number| {
+            refusing_upstream(tcp, number, Refusal::GoAway, Refused::ClosedAtSecond)
+        })
+        .await;
+        let first = proxy.get("a", "/first").await;
+        assert_eq!(first.text(), "connection 1, 0 bytes\n");
+        let body = if method == "GET" {
+            empty()
+        } else {
+            full("hello")
+        };
+        let req = request(method, "a", "/second").body(body).expect("request");
+        let got = proxy.send(Proto::H1, req).await.expect(method);
+        if method == "GET" {
+            assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+            assert_eq!(got.text(), "connection 2, 0 bytes\n");
+        } else {
+            assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.text());
+        }
+    }
+}
+
 /// A stream the upstream refuses unprocessed while its request's body is still arriving goes
 /// again: the body's chunks sent on the refused stream first, then the rest as the client
 /// sends it.
@@ -709,6 +737,9 @@ enum Refused {
     /// On each of the first `n` connections, its first request, by a `GOAWAY` naming no stream
     /// as processed (`refusal` is not read), as every connection of a server going away.
     FirstOnConnections(usize),
+    /// On the first connection, the second request, by closing the connection with no
+    /// `GOAWAY` (`refusal` is not read), as a server that restarts or crashes.
+    ClosedAtSecond,
 }
 
 /// A hand-made HTTP/2 server (h2's own cannot name a last stream below one it received). It
@@ -768,6 +799,13 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
                 match bodies.iter_mut().find(|(id, _)| *id == stream) {
                     Some((_, bytes)) => *bytes += n,
                     None => bodies.push((stream, n)),
+                }
+                if refused == Refused::ClosedAtSecond
+                    && number == 1
+                    && stream > 1
+                    && flags & END_STREAM != 0
+                {
+                    return;
                 }
                 if let Refused::FirstOnConnections(n) = refused {
                     if number <= n && flags & END_STREAM != 0 {

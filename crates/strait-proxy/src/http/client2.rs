@@ -30,7 +30,10 @@ use crate::http::stream2::{self, RecvBody};
 /// sent (the connection was going away or gone), and when the upstream refused its stream
 /// unprocessed ([`refused_unprocessed`]) and what it sent is at hand again: its head (copied
 /// before it went) and its body's chunks sent so far, up to [`KEPT_BODY_LIMIT`] bytes, followed
-/// by the rest of the body when it was still arriving.
+/// by the rest of the body when it was still arriving. So does an idempotent request without a
+/// body whose reused connection ended (closed or reset, with no `GOAWAY` to say which streams
+/// it processed) before its answer: the HTTP/1 client's rule for a connection the upstream
+/// closed as the request came, and nginx's `proxy_next_upstream error` for such requests.
 ///
 /// The lease is held by the answer's body, until the answer ends; a connection that gave a
 /// request back because it is going away is retired from the pool.
@@ -56,6 +59,9 @@ pub(crate) async fn send(
     };
     let (mut head, body) = req.into_parts();
     let end = body.is_end_stream();
+    // Idempotent and without a body (RFC 9110 9.2.2), on a connection that carried a stream
+    // before: it may go again if the connection ends before its answer, as for HTTP/1.
+    let resendable = end && head.method.is_idempotent() && lease.reused();
     if !end {
         if let Some(len) = body.size_hint().exact() {
             head.headers
@@ -90,8 +96,9 @@ pub(crate) async fn send(
     let answer = match answer.await {
         Ok(answer) => answer,
         Err(error) => {
+            let lost = resendable && error.is_io();
             let body = match (again, sending) {
-                _ if !refused_unprocessed(&error) => None,
+                _ if !refused_unprocessed(&error) && !lost => None,
                 (Some(whole), _) => Some(whole),
                 (None, Some(sending)) => sending.body_back().await,
                 (None, None) => None,
@@ -100,7 +107,7 @@ pub(crate) async fn send(
             // A connection going away takes no new stream. One that refused a stream
             // (`REFUSED_STREAM`: over the streams it allows, as it may be before the proxy
             // has its `SETTINGS`) stays: the request goes on whichever has room, maybe it.
-            if unsent.is_some() && error.is_go_away() {
+            if unsent.is_some() && (error.is_go_away() || lost) {
                 lease.retire();
             }
             return Err(Failed { error, unsent });

@@ -612,6 +612,8 @@ impl Upstream2 {
 #[derive(Debug)]
 pub struct Lease2 {
     conn: Rc<Upstream2>,
+    /// The connection carried a stream before this one.
+    reused: bool,
 }
 
 impl Lease2 {
@@ -627,7 +629,14 @@ impl Lease2 {
         }
         Lease2 {
             conn: Rc::clone(conn),
+            reused: served > 1,
         }
+    }
+
+    /// Whether the connection carried a stream before this one: one that then ends under this
+    /// stream ended for its own reasons (a restart, an idle close), not this request's.
+    pub fn reused(&self) -> bool {
+        self.reused
     }
 
     /// The handle to open the stream with.
