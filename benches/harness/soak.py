@@ -398,10 +398,16 @@ def main() -> int:
     try:
         return run(soak, seconds, out, procs)
     finally:
+        # Asked to stop first: nginx's master, killed outright, would leave its workers behind
+        # (those of each reload too), serving on.
         for p in procs:
             if p.poll() is None:
-                p.kill()
-                p.wait()
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
 
 
 def run(soak: Soak, seconds: float, out: Path, procs: list[subprocess.Popen]) -> int:
