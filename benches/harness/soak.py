@@ -57,8 +57,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import HOST, free_ports, raise_nofile, serve_fixed, tool, wait_port  # noqa: E402
 
-# Paths, and whether their answers should be 2xx. `/fail` answers 500 (and is retried),
-# `/limited` is rate-limited (429), `/dead` goes to a port nobody listens on (503).
+# The paths whose failures are expected, counted apart: `/fail` answers 500 (and is retried),
+# `/limited` is rate-limited (429), `/dead` goes to a port nobody listens on (503). Every other
+# path's answers should be 2xx.
 EXPECTED_FAILURES = ("/fail", "/limited/", "/dead")
 # How far above its start the proxy's RSS may be at rest.
 RSS_SLACK_KIB = 32 * 1024

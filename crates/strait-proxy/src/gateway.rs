@@ -1534,7 +1534,10 @@ fn send_failed(
         // The client's doing: the endpoint is not blamed, and no retry would fare better.
         SendError::Client(e) => (None, client_body_cause(&*e), e.to_string()),
         SendError::Upstream(e) => {
-            tracing::debug!(cluster = %cluster.name, %addr, error = %e, "upstream failed before its answer");
+            tracing::debug!(
+                cluster = %cluster.name, %addr, error = %e,
+                "upstream failed before its answer"
+            );
             cluster.counters.resets.fetch_add(1, Relaxed);
             cluster.outlier.observe(endpoint, Outcome::Reset);
             let failure = if refused_stream(&*e) {

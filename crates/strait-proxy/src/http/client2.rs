@@ -59,9 +59,6 @@ pub(crate) async fn send(
     };
     let (mut head, body) = req.into_parts();
     let end = body.is_end_stream();
-    // Idempotent and without a body (RFC 9110 9.2.2), on a connection that carried a stream
-    // before: it may go again if the connection ends before its answer, as for HTTP/1.
-    let resendable = end && head.method.is_idempotent() && lease.reused();
     if !end {
         if let Some(len) = body.size_hint().exact() {
             head.headers
@@ -96,7 +93,10 @@ pub(crate) async fn send(
     let answer = match answer.await {
         Ok(answer) => answer,
         Err(error) => {
-            let lost = resendable && error.is_io();
+            // The connection ended under it (no `GOAWAY` said what it processed): idempotent
+            // and without a body (RFC 9110 9.2.2), on a connection that carried a stream
+            // before, it may go again, as for HTTP/1.
+            let lost = error.is_io() && end && copy.method.is_idempotent() && lease.reused();
             let body = match (again, sending) {
                 _ if !refused_unprocessed(&error) && !lost => None,
                 (Some(whole), _) => Some(whole),
@@ -104,9 +104,9 @@ pub(crate) async fn send(
                 (None, None) => None,
             };
             let unsent = body.map(|body| Box::new(Request::from_parts(copy, body)));
-            // A connection going away takes no new stream. One that refused a stream
-            // (`REFUSED_STREAM`: over the streams it allows, as it may be before the proxy
-            // has its `SETTINGS`) stays: the request goes on whichever has room, maybe it.
+            // A connection going away, or ended, takes no new stream. One that refused a
+            // stream (`REFUSED_STREAM`: over the streams it allows, as it may be before the
+            // proxy has its `SETTINGS`) stays: the request goes on whichever has room, maybe it.
             if unsent.is_some() && (error.is_go_away() || lost) {
                 lease.retire();
             }
