@@ -538,3 +538,132 @@ impl AsyncWrite for SlowRead {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
+
+/// A request head as an HPACK block of literal fields (never indexed, no Huffman).
+fn literal_head(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        block.push(0x10);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// A frame of `kind` with `flags` on `stream`.
+fn stream_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = frame(kind, payload);
+    f[4] = flags;
+    f[5..9].copy_from_slice(&stream.to_be_bytes());
+    f
+}
+
+/// Uploads answered before they ended, many on one connection (a route's own answer here; an
+/// upstream that refuses an upload at its head is the same): the rest of each is read and
+/// dropped, the stream ends as the client ends it, and the connection serves on. Reset
+/// instead (`NO_ERROR`), the `DATA` the client had sent before it saw each reset counted, once
+/// h2 had forgotten the stream, as the client's error, and the connection was closed with
+/// `GOAWAY` `ENHANCE_YOUR_CALM` after about a thousand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_answered_before_they_end_leave_the_connection_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// Batches of uploads: each batch's heads go, its answers come, then the ends of its bodies.
+    const BATCHES: u32 = 40;
+    const BATCH: u32 = 40;
+    let up = Upstream::echo("up").await;
+    let config = format!(
+        "listeners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
+         - match: {{ path: {{ exact: /early }} }}\n        \
+         direct_response: {{ status: 403, body: no }}\n      \
+         - backends: [{{ cluster: up }}]\n\
+         clusters:\n  - name: up\n    endpoints: [{{ address: \"{}\" }}]\n",
+        up.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let tcp = TcpStream::connect(proxy.listen).await.expect("connect");
+    let (mut rx, mut tx) = tcp.into_split();
+    // The proxy's frames as they come: (type, stream, payload).
+    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = rx.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+            while got.len() >= 9 {
+                let len = u32::from_be_bytes([0, got[0], got[1], got[2]]) as usize;
+                if got.len() < 9 + len {
+                    break;
+                }
+                let stream = u32::from_be_bytes([got[5], got[6], got[7], got[8]]) & 0x7fff_ffff;
+                let _ = frames_tx.send((got[3], stream, got[9..9 + len].to_vec()));
+                got.drain(..9 + len);
+            }
+        }
+    });
+    let mut next_frame = async || {
+        within(
+            Duration::from_secs(5),
+            "a frame from the proxy",
+            frames.recv(),
+        )
+        .await
+        .expect("the connection open")
+    };
+    let upload = literal_head(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/early"),
+        (":authority", "h2.example"),
+    ]);
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, &[]));
+    tx.write_all(&hello).await.expect("preface");
+    let mut resets = 0;
+    for batch in 0..BATCHES {
+        let ids: Vec<u32> = (0..BATCH).map(|i| 2 * (batch * BATCH + i) + 1).collect();
+        // Heads (END_HEADERS), each with its body's first byte.
+        let mut out = Vec::new();
+        for &id in &ids {
+            out.extend(stream_frame(0x1, 0x4, id, &upload));
+            out.extend(stream_frame(0x0, 0, id, b"a"));
+        }
+        tx.write_all(&out).await.expect("write");
+        let mut answered = 0;
+        while answered < BATCH {
+            match next_frame().await {
+                (0x7, _, why) => panic!("GOAWAY in batch {batch}: {why:?}"),
+                (0x1, id, _) if ids.contains(&id) => answered += 1,
+                (0x3, _, _) => resets += 1,
+                _ => {}
+            }
+        }
+        // The rest of each body, after its answer.
+        let ends: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| stream_frame(0x0, 0x1, id, b"z"))
+            .collect();
+        tx.write_all(&ends).await.expect("write");
+    }
+    // A request after them all is still answered.
+    let last = 2 * BATCHES * BATCH + 1;
+    let get = literal_head(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/after"),
+        (":authority", "h2.example"),
+    ]);
+    tx.write_all(&stream_frame(0x1, 0x5, last, &get))
+        .await
+        .expect("write");
+    loop {
+        match next_frame().await {
+            (0x7, _, why) => panic!("GOAWAY after the uploads: {why:?}"),
+            (0x1, id, _) if id == last => break,
+            (0x3, _, _) => resets += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(resets, 0, "uploads answered early were reset");
+}

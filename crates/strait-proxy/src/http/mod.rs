@@ -126,10 +126,25 @@ pub(crate) struct Batched<T> {
     at_frame_end: bool,
 }
 
-/// How long a closing HTTP/2 connection waits for the client's next bytes, and for all of
-/// them, before it closes (nginx's `lingering_timeout` and `lingering_time`).
-const LINGER_QUIET: std::time::Duration = std::time::Duration::from_secs(5);
-const LINGER_MOST: std::time::Duration = std::time::Duration::from_secs(30);
+/// Streams an HTTP/2 connection (client or upstream) remembers after resetting them, and
+/// for how long, so that the frames the peer sent before it saw the reset are dropped
+/// quietly. h2 keeps 10: past them, each `DATA` frame for a forgotten stream is answered with
+/// `RST_STREAM` and counted as the peer's error, and 1,024 such over a connection's life end
+/// it with `GOAWAY` `ENHANCE_YOUR_CALM` ("too_many_internal_resets"), failing its other
+/// streams. A stream is reset each time an answer comes before its upload ended (h2 sends
+/// `RST_STREAM` `NO_ERROR` so that the client stops, RFC 9113 8.1), or a client leaves
+/// before its answer: with uploads answered early on a busy connection, ten slots were
+/// gone in milliseconds, and the client's connection was closed after about a thousand. A
+/// remembered stream costs its slot in h2's store (a few hundred bytes) until it is pushed
+/// out by newer ones or expires.
+pub(crate) const H2_RESETS_KEPT: usize = 256;
+pub(crate) const H2_RESETS_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a closing connection (HTTP/2, or HTTP/1 with request bytes unread) waits for the
+/// client's next bytes, and for all of them, before it closes (nginx's `lingering_timeout`
+/// and `lingering_time`).
+pub(crate) const LINGER_QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const LINGER_MOST: std::time::Duration = std::time::Duration::from_secs(30);
 /// The most a closing HTTP/2 connection reads and drops.
 const LINGER_BYTES: usize = 1 << 20;
 

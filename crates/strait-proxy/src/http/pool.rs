@@ -20,6 +20,7 @@ use crate::http::body::RequestBody;
 use crate::http::client1::{self, Conn1, Encoded};
 use crate::http::headers::Appended;
 use crate::http::stream2::KeepAlive;
+use crate::http::{H2_RESETS_KEPT, H2_RESETS_KEPT_FOR};
 use crate::resilience::{Admission, Breaker, Limit};
 use crate::telemetry::metrics::{Closed, EndpointCounters};
 use crate::tls::ClientTls;
@@ -459,6 +460,8 @@ impl Pool {
                 .max_send_buffer_size(H2_MAX_SEND_BUFFER)
                 .enable_push(false)
                 .initial_max_send_streams(H2_ASSUMED_STREAMS)
+                .max_concurrent_reset_streams(H2_RESETS_KEPT)
+                .reset_stream_duration(H2_RESETS_KEPT_FOR)
                 .handshake::<_, Bytes>(io)
                 .await
                 .map_err(|source| ConnectError::Handshake { addr, source })?;

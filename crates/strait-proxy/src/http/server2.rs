@@ -45,7 +45,9 @@ use tokio::sync::watch;
 use crate::gateway::{self, Connection};
 use crate::http::body::ClientBody;
 use crate::http::stream2::{self, KeepAlive, RecvBody, Sent};
-use crate::http::{headers, Batched};
+use crate::http::{
+    headers, Batched, H2_RESETS_KEPT, H2_RESETS_KEPT_FOR, LINGER_MOST, LINGER_QUIET,
+};
 use crate::telemetry::metrics::ListenerStats;
 
 /// The flow-control window the client is given, per stream and for the connection: what it
@@ -88,6 +90,8 @@ pub(crate) async fn serve_h2<I>(
         .max_header_list_size(MAX_HEADER_LIST)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
+        .max_concurrent_reset_streams(H2_RESETS_KEPT)
+        .reset_stream_duration(H2_RESETS_KEPT_FOR)
         .max_concurrent_streams(conn.h2_streams);
     let handshake = builder.handshake::<_, Bytes>(Batched::new(io, stats));
     let drained = drain.wait_for(|d| *d);
@@ -162,7 +166,7 @@ async fn serve_stream(
             Respond::Own(_) => None,
         };
         ClientBody::H2(RequestBody2 {
-            body: RecvBody::new(recv, declared),
+            body: Some(RecvBody::new(recv, declared)),
             continued,
         })
     });
@@ -253,11 +257,57 @@ fn expects_continue(req: &Request<RecvStream>) -> bool {
 
 /// A request body as its client sends it on an HTTP/2 stream; it asks for the body with
 /// `100 Continue` when first read, if the client waits for that.
+///
+/// Dropped before its end (an answer came before the upload ended), what is left of it is read
+/// and dropped by a task of its own, up to [`DRAIN_BYTES`] while it keeps coming, so that the
+/// stream ends as the client ends it. Dropping the stream instead makes h2 reset it
+/// (`NO_ERROR`), and the `DATA` frames the client sent before it saw the reset then count, once
+/// h2 has forgotten the stream, as the client's errors: a busy connection whose uploads were
+/// answered early was closed after about a thousand (see [`H2_RESETS_KEPT`]).
 #[derive(Debug)]
 pub struct RequestBody2 {
-    body: RecvBody,
+    /// `None` once handed to the drain.
+    body: Option<RecvBody>,
     /// The stream's response handle, while `100 Continue` is owed.
     continued: Option<Rc<RefCell<SendResponse<Bytes>>>>,
+}
+
+/// The most of a request body read and dropped after its answer (see [`RequestBody2`]); past
+/// it, the stream is reset, which tells the client to stop (RFC 9113 8.1).
+const DRAIN_BYTES: usize = 1 << 20;
+
+impl Drop for RequestBody2 {
+    fn drop(&mut self) {
+        // A client still owed its `100 Continue` sends nothing more: the reset tells it so.
+        if self.continued.is_some() {
+            return;
+        }
+        let Some(body) = self.body.take().filter(|b| !b.is_end_stream()) else {
+            return;
+        };
+        crate::runtime::busy_poll::spawn(drain(body));
+    }
+}
+
+/// Reads and drops what is left of `body`: up to [`DRAIN_BYTES`], each piece within
+/// `LINGER_QUIET` of the last, all within `LINGER_MOST`.
+async fn drain(mut body: RecvBody) {
+    let end = tokio::time::Instant::now() + LINGER_MOST;
+    let mut left = DRAIN_BYTES;
+    loop {
+        let quiet = end.min(tokio::time::Instant::now() + LINGER_QUIET);
+        let next = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+        match tokio::time::timeout_at(quiet, next).await {
+            Ok(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, Bytes::len);
+                match left.checked_sub(n) {
+                    Some(rest) => left = rest,
+                    None => return,
+                }
+            }
+            _ => return,
+        }
+    }
 }
 
 impl Body for RequestBody2 {
@@ -275,15 +325,20 @@ impl Body for RequestBody2 {
             *go_on.status_mut() = http::StatusCode::CONTINUE;
             let _ = respond.borrow_mut().send_informational(go_on);
         }
-        Pin::new(&mut this.body).poll_frame(cx)
+        match &mut this.body {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(RecvBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), RecvBody::size_hint)
     }
 }
 
