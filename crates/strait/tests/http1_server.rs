@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -469,11 +469,13 @@ async fn malformed_heads_are_counted_by_the_status_they_got() {
     }
 }
 
-/// An answer that does not wait for the request's body (here a direct response): a small
-/// rest of the body is read and dropped and the connection serves on, as nginx does; a large
-/// one still ends the connection after the answer.
+/// An answer that does not wait for the request's body (here a direct response): the rest of
+/// the body is read and dropped and the connection serves on, as nginx does, however large it
+/// is while it keeps coming; a client that waits for `100 Continue` is told the connection
+/// closes; one that stops sending its body has its connection closed once it has been quiet
+/// for 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_body_left_unread_by_an_early_answer_is_dropped_and_the_connection_kept() {
+async fn a_body_left_unread_by_an_early_answer_is_dropped_and_the_connection_kept() {
     let up = Upstream::echo("up").await;
     let config = format!(
         "listeners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
@@ -498,14 +500,53 @@ async fn a_small_body_left_unread_by_an_early_answer_is_dropped_and_the_connecti
         );
         assert_eq!(after.echo()["uri"], "/after");
     }
-    // More than 64 KiB still to come: not waited for.
-    let mut client = Client::connect(&proxy).await;
+    // A megabyte still to come, sent after the answer: dropped, and the connection kept.
+    // (Closed on it, the client's bytes would be answered with a reset, which can destroy the
+    // answer before the client reads it.)
     let head = b"POST /early HTTP/1.1\r\nHost: h1.example\r\nContent-Length: 1000000\r\n\r\n";
+    let mut client = Client::connect(&proxy).await;
     client.send(head).await;
     assert_eq!(client.response().await.status, 403);
+    client.send(&vec![b'x'; 1_000_000]).await;
+    let after = client.request(&get("/after")).await;
+    assert_eq!(
+        after.status, 200,
+        "the connection serves on after a large rest"
+    );
+    assert_eq!(after.echo()["uri"], "/after");
+
+    // A client waiting for `100 Continue` sends no body: its answer says the connection
+    // closes, and it does at once.
+    let mut client = Client::connect(&proxy).await;
     client
-        .assert_closed("the answer to a large unread body")
+        .send(
+            b"POST /early HTTP/1.1\r\nHost: h1.example\r\nContent-Length: 1000000\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
         .await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 403);
+    assert!(reply.has_token("connection", "close"), "{}", reply.head);
+    client.assert_closed("the answer to a withheld body").await;
+
+    // A client that stops sending its body: closed once quiet for 5 s (nginx's
+    // `lingering_timeout`), not held for it.
+    let mut quiet = TcpStream::connect(proxy.listen).await.expect("connect");
+    quiet.write_all(head).await.expect("write");
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), quiet.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "still open 10 s after the answer");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 403"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "closed before the client went quiet for 5 s: {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,8 +16,8 @@
 //! 400, 431 or 501 and close; serve the request; write the response framed by content-length,
 //! chunked encoding or (HTTP/1.0) the connection's end; then either keep the connection for the
 //! next request (pipelined bytes are kept) or close it: the client or the answer asked for it,
-//! the request body was not read to its end (after an early answer, a rest of up to 64 KiB
-//! that arrives within 500 ms is read and dropped first), or the listener drains. An idle plain
+//! the request body was not read to its end (after an early answer, the rest is read and
+//! dropped first, as long as it keeps coming), or the listener drains. An idle plain
 //! connection on a worker that holds many gives back its buffers, so it costs its socket and
 //! a small task.
 
@@ -49,7 +49,7 @@ use crate::http::headers::{
     X_STRAIT_ERROR,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD, READ_BUF};
-use crate::http::{boxed, server, ClientIo, Rewound};
+use crate::http::{boxed, server, ClientIo, Rewound, LINGER_MOST, LINGER_QUIET};
 use crate::telemetry::metrics::ListenerStats;
 
 /// Open connections on a worker above which idle HTTP/1 connections give back their buffers.
@@ -66,10 +66,9 @@ const WRITE_HIGH: usize = 64 * 1024;
 /// Response body chunks up to this size are copied behind the head, so that a small response
 /// goes out in one write; larger ones are queued as they are and written vectored.
 const COPY_MAX: usize = 4 * 1024;
-/// How long a connection being closed with unread request bytes keeps reading them (so the
-/// kernel does not answer them with a reset that could destroy the response), and how many.
-const LINGER: Duration = Duration::from_millis(500);
-const LINGER_BYTES: usize = 64 * 1024;
+/// How long the last write of a closing connection may take: an answer of the proxy's own,
+/// TLS's `close_notify`.
+const LAST_WRITE: Duration = Duration::from_millis(500);
 /// The interim answer to `expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -927,13 +926,20 @@ fn exchange<'a>(
             // connection is closed, not pooled), as nginx and Envoy do on a client's close.
             None => return Ok(After::Close),
         };
+        let interim = std::mem::take(&mut inbound.borrow_mut().interim);
+        // A client still waiting for its `100 Continue` will not send the body it announced
+        // (RFC 9110 10.1.1), and a 408 says the proxy stopped waiting for it (15.5.9): either
+        // way the connection cannot carry another request, and the answer says so rather than
+        // leave the rest of the body awaited.
+        let body_withheld = (interim.len() == CONTINUE.len()
+            || response.status() == StatusCode::REQUEST_TIMEOUT)
+            && !matches!(inbound.borrow().body, BodyState::Done);
         let plan = Plan {
             head_request,
             http11: version == Version::HTTP_11,
-            keep_alive: keep_alive && !draining(drain),
+            keep_alive: keep_alive && !body_withheld && !draining(drain),
             trailers,
         };
-        let interim = std::mem::take(&mut inbound.borrow_mut().interim);
         if interim.len() < CONTINUE.len() {
             // Part of a `100 Continue` was written: the rest goes before the final head.
             out.scratch.put_slice(interim);
@@ -952,8 +958,8 @@ fn exchange<'a>(
         let body = response.body_mut();
         poll_fn(|cx| out.poll_send(inbound, body, &mut framing, cx)).await?;
         // The connection carries another request only once this one's body was read whole:
-        // after an answer that did not wait for it (a refusal, a direct response), a small
-        // rest is read and dropped first.
+        // after an answer that did not wait for it (a refusal, a direct response, an upstream
+        // that answered before the upload ended), the rest is read and dropped first.
         let read_whole = matches!(inbound.borrow().body, BodyState::Done)
             || !close && boxed(|| discard_rest(inbound)).await;
         Ok(if close || !read_whole {
@@ -1415,34 +1421,24 @@ impl Outbox {
 }
 
 /// Reads and drops what is left of a request body that its answer did not wait for, so that
-/// the connection can carry the next request (nginx does the same). Bounded, because the
-/// client may be slow or may not send the body at all (an `expect: 100-continue` request
-/// answered without the 100): at most `LINGER_BYTES` more, within `LINGER`. Past either, or
-/// on an error, `false`, and the connection is closed as before.
+/// the connection can carry the next request, as nginx does (`discard_request_body`). However
+/// large the rest: closing instead, with the client still sending, would answer its bytes
+/// with a reset, which can destroy the answer before the client reads it (a proxy in front
+/// then sees its upload fail, and answers 502). Bounded in time, because the client may be
+/// slow or may not send the body at all (an `expect: 100-continue` request answered without
+/// the 100): each piece must come within `LINGER_QUIET` of the last, all within
+/// `LINGER_MOST`. Past either, or on an error, `false`, and the connection is closed.
 async fn discard_rest(inbound: &RefCell<Inbound>) -> bool {
-    let mut budget = LINGER_BYTES as u64;
-    if let BodyState::Length(left) = inbound.borrow().body {
-        if left > budget {
-            return false;
+    let end = Instant::now() + LINGER_MOST;
+    loop {
+        let next = poll_fn(|cx| inbound.borrow_mut().poll_body(cx));
+        let quiet = end.min(Instant::now() + LINGER_QUIET);
+        match tokio::time::timeout_at(quiet, next).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => return matches!(inbound.borrow().body, BodyState::Done),
+            Ok(Err(_)) | Err(_) => return false,
         }
     }
-    let drained = poll_fn(|cx| {
-        let mut inb = inbound.borrow_mut();
-        loop {
-            match ready!(inb.poll_body(cx)) {
-                Ok(Some(frame)) => {
-                    let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-                    match budget.checked_sub(n) {
-                        Some(rest) => budget = rest,
-                        None => return Poll::Ready(false),
-                    }
-                }
-                Ok(None) => return Poll::Ready(matches!(inb.body, BodyState::Done)),
-                Err(_) => return Poll::Ready(false),
-            }
-        }
-    });
-    tokio::time::timeout(LINGER, drained).await.unwrap_or(false)
 }
 
 /// Answers a malformed request head and closes the connection.
@@ -1481,7 +1477,7 @@ pub(crate) async fn answer_and_close(
         io.write_all(&s).await?;
         io.flush().await
     };
-    if tokio::time::timeout(LINGER, written).await.is_ok() {
+    if tokio::time::timeout(LAST_WRITE, written).await.is_ok() {
         linger(io).await;
     }
 }
@@ -1499,30 +1495,29 @@ async fn close(inbound: &RefCell<Inbound>) {
     match (io, unread) {
         (Some(io), true) => linger(io).await,
         (Some(mut io), false) if io.is_tls() => {
-            let _ = tokio::time::timeout(LINGER, io.shutdown()).await;
+            let _ = tokio::time::timeout(LAST_WRITE, io.shutdown()).await;
         }
         _ => {}
     }
 }
 
 /// Ends the connection: no more bytes from the proxy, and the client's unread ones are read
-/// and dropped for a moment, so that closing with them unread does not reset the connection
-/// before the client has read its answer.
+/// and dropped while they keep coming (within `LINGER_QUIET` of each other, `LINGER_MOST` in
+/// all), so that closing with them unread does not reset the connection before the client
+/// has read its answer (nginx's lingering close).
 async fn linger(mut io: ClientIo) {
     if io.shutdown().await.is_err() {
         return;
     }
-    let mut sink = [0u8; 4096];
-    let mut left = LINGER_BYTES;
-    let _ = tokio::time::timeout(LINGER, async {
-        while left > 0 {
-            match io.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => left = left.saturating_sub(n),
-            }
+    let mut sink = vec![0u8; 16 * 1024];
+    let end = Instant::now() + LINGER_MOST;
+    loop {
+        let quiet = end.min(Instant::now() + LINGER_QUIET);
+        match tokio::time::timeout_at(quiet, io.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
         }
-    })
-    .await;
+    }
 }
 
 #[cfg(test)]
