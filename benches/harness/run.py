@@ -1400,34 +1400,39 @@ PAIRED_BASES = ("nginx", "haproxy", "relay")
 
 
 def add_paired(res: dict) -> None:
-    """Round-by-round CPU ratios of each target against nginx, HAProxy and the relay. Each
-    round runs every target back to back, so a round's ratio cancels what drifts more slowly
-    than a round (other tenants of a shared host, the load generator's core); the median of
-    those ratios, with a confidence interval from the order statistics, says whether a
-    difference is beyond this machine's noise."""
-    for base in PAIRED_BASES:
-        b = res["targets"].get(base, {})
-        if b.get("status") != "ok":
-            continue
-        by_round = {r["round"]: r.get("cpu_us_per_req") for r in b["runs"] if "round" in r}
-        for name, t in res["targets"].items():
-            if name == base or t.get("status") != "ok":
+    """Round-by-round ratios of each target against nginx, HAProxy and the relay: of CPU per
+    request, and in the fixed-rate scenarios of p99 latency as well. Each round runs every
+    target back to back, so a round's ratio cancels what drifts more slowly than a round
+    (other tenants of a shared host, the load generator's core); the median of those ratios,
+    with a confidence interval from the order statistics, says whether a difference is beyond
+    this machine's noise."""
+    measures = [("paired_cpu", lambda r: r.get("cpu_us_per_req"))]
+    if res.get("kind") == "fixed":
+        measures.append(("paired_p99", lambda r: r.get("latency_us", {}).get("p99")))
+    for key, value in measures:
+        for base in PAIRED_BASES:
+            b = res["targets"].get(base, {})
+            if b.get("status") != "ok":
                 continue
-            ratios = sorted(
-                r["cpu_us_per_req"] / by_round[r["round"]]
-                for r in t["runs"]
-                if r.get("cpu_us_per_req") and by_round.get(r.get("round"))
-            )
-            if len(ratios) < 2:
-                continue
-            lo, hi, coverage = median_interval(len(ratios))
-            t.setdefault("paired_cpu", {})[base] = {
-                "median": statistics.median(ratios),
-                "low": ratios[lo - 1],
-                "high": ratios[hi - 1],
-                "coverage": coverage,
-                "rounds": len(ratios),
-            }
+            by_round = {r["round"]: value(r) for r in b["runs"] if "round" in r}
+            for name, t in res["targets"].items():
+                if name == base or t.get("status") != "ok":
+                    continue
+                ratios = sorted(
+                    value(r) / by_round[r["round"]]
+                    for r in t["runs"]
+                    if value(r) and by_round.get(r.get("round"))
+                )
+                if len(ratios) < 2:
+                    continue
+                lo, hi, coverage = median_interval(len(ratios))
+                t.setdefault(key, {})[base] = {
+                    "median": statistics.median(ratios),
+                    "low": ratios[lo - 1],
+                    "high": ratios[hi - 1],
+                    "coverage": coverage,
+                    "rounds": len(ratios),
+                }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1571,10 +1576,12 @@ def markdown(result: dict) -> str:
                        fnum(m.get("errors"))]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-        paired = [(t, b, r["paired_cpu"][b]) for t, r in res["targets"].items()
-                  for b in PAIRED_BASES if b in r.get("paired_cpu", {})]
-        if paired:
-            lines += ["CPU µs/req paired round by round: the median of each round's ratio, "
+        for key, what in (("paired_p99", "p99 latency"), ("paired_cpu", "CPU µs/req")):
+            paired = [(t, b, r[key][b]) for t, r in res["targets"].items()
+                      for b in PAIRED_BASES if b in r.get(key, {})]
+            if not paired:
+                continue
+            lines += [f"{what} paired round by round: the median of each round's ratio, "
                       "with a distribution-free confidence interval for it.", "",
                       "| target | against | median ratio | interval | coverage | rounds |",
                       "|---|---|---:|---:|---:|---:|"]

@@ -252,6 +252,27 @@ h = res["targets"]["strait"]["paired_cpu"]["haproxy"]
 assert h["rounds"] == 4 and abs(h["high"] - 14.0 * 1.5 / 8.0) < 1e-9, h
 assert "paired_cpu" not in res["targets"]["direct"]
 assert "nginx" not in res["targets"]["nginx"].get("paired_cpu", {})
+assert "paired_p99" not in res["targets"]["strait"]  # closed loop: its latency is queueing
+# A fixed-rate scenario pairs p99 too: Strait's p99 is nginx's in rounds 1 and 2, 1.2x in 3,
+# 0.9x in 4 and 5; round 5 of nginx has no latency, so four rounds pair.
+def lat(p99s):
+    return [{"round": i + 1, "cpu_us_per_req": 10.0, "latency_us": {"p99": v} if v else {}}
+            for i, v in enumerate(p99s)]
+fixed = {"kind": "fixed", "targets": {
+    "strait": {"status": "ok", "runs": lat([800.0, 900.0, 1200.0, 900.0, 900.0])},
+    "nginx": {"status": "ok", "runs": lat([800.0, 900.0, 1000.0, 1000.0, None])},
+}}
+run.add_paired(fixed)
+q = fixed["targets"]["strait"]["paired_p99"]["nginx"]
+assert q["rounds"] == 4 and abs(q["median"] - 1.0) < 1e-9, q
+assert abs(q["low"] - 0.9) < 1e-9 and abs(q["high"] - 1.2) < 1e-9, q
+assert fixed["targets"]["strait"]["paired_cpu"]["nginx"]["rounds"] == 5
+md = run.markdown({"meta": {"date": "d", "machine": {"cpu": "c", "cpus": 2, "os": "o",
+                   "kernel": "k"}, "versions": {}, "strait": {"commit": "x", "dirty": False},
+                   "rounds": 5, "seconds": 3, "proxy_cpu": 0, "load_cpu": 1, "smoke": False,
+                   "targets": ["strait", "nginx"]},
+                   "scenarios": {}})
+assert "p99 latency paired" not in md
 print("ok")
 "#;
     let output = Command::new("python3")
