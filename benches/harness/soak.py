@@ -9,15 +9,24 @@ Traffic, all at once, each loop in its own thread until the time is up:
   upstream included;
 - TLS 1.3: HTTP/2, HTTP/1.1 keep-alive, and a new connection per request;
 - churn: 50 connections making one request each, HTTP/1.1 and h2c, over and over;
+- uploads: 256 KiB request bodies over HTTP/1.1 and h2c, to HTTP/1.1, h2c and mesh upstreams
+  (48 KiB to nginx's h2c), which the upstreams answer before reading them; they go to a second
+  nginx that is not reloaded (a POST cannot go again, and one sent on a pooled connection as a
+  reload closes it fails at any proxy), which the sidecar below forwards to as well;
+- mesh: a second Strait as the upstream's sidecar (TLS listener requiring a client certificate,
+  authorization by SPIFFE ID), reached over mutual TLS with HTTP/1.1 and HTTP/2, and by a
+  client whose identity it refuses (403);
+- upgrades: a connection upgraded (101) to a byte echo, checked byte for byte, left at once
+  or closed mid-echo now and then;
 - abuse, from two threads: heads cut short, garbage, a client leaving mid-body, bodies
   shorter than announced, an HTTP/2 preface cut, conflicting lengths, a TLS hello cut, a
   client idle after one request, a route to an upstream that refuses;
-- a config reload every 20 s, and an nginx reload (closing every upstream connection) every
-  40 s; nginx also ends each connection after 1,000 requests.
+- a config reload every 20 s (both proxies), and a reload of the first nginx (closing every
+  upstream connection) every 40 s; nginx also ends each connection after 1,000 requests.
 
-Every 10 s it samples the proxy's RSS, open files and gauges. When the time is up it stops the
+Every 10 s it samples both proxies' RSS, open files and gauges. When the time is up it stops the
 load, waits past the idle timeouts (5 s for clients, 2 s for upstream connections), and checks:
-- the proxy never exited;
+- neither proxy ever exited;
 - no client connection, request or upstream connection is left open, and the open files are
   back to where they started;
 - the RSS at rest is within 32 MiB of the start (a worker gives back what a burst used);
@@ -32,7 +41,8 @@ Writes OUT/soak-<stamp>.json and .md; exits 1 when a check fails.
 
 Needs nginx, wrk, h2load and openssl (`apt-get install nginx wrk nghttp2-client openssl`;
 `benches/harness/run.sh` installs them). The smoke mode needs python3 only: a built-in upstream
-and client stand in, with no TLS or HTTP/2, to keep the plumbing from rotting (it runs in the
+and client stand in, with no TLS, HTTP/2 or mesh (the upgrade echo is python's own), to
+keep the plumbing from rotting (it runs in the
 test suite). Standard library only; everything targets 127.0.0.1.
 """
 
@@ -58,9 +68,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import HOST, free_ports, raise_nofile, serve_fixed, tool, wait_port  # noqa: E402
 
 # The paths whose failures are expected, counted apart: `/fail` answers 500 (and is retried),
-# `/limited` is rate-limited (429), `/dead` goes to a port nobody listens on (503). Every other
-# path's answers should be 2xx.
-EXPECTED_FAILURES = ("/fail", "/limited/", "/dead")
+# `/limited` is rate-limited (429), `/dead` goes to a port nobody listens on (503), `/stranger`
+# reaches the mesh sidecar with an identity it refuses (403). Every other path's answers should
+# be 2xx (101 for an upgrade).
+EXPECTED_FAILURES = ("/fail", "/limited/", "/dead", "/stranger/")
+# SPIFFE IDs: the sidecar's, the gateway's (allowed by the sidecar), a stranger's (refused).
+MESH_IDS = {"cart": "spiffe://soak.local/ns/shop/sa/cart",
+            "gateway": "spiffe://soak.local/ns/edge/sa/gateway",
+            "stranger": "spiffe://soak.local/ns/other/sa/stranger"}
+UPLOAD_BYTES = 256 * 1024
+UPLOAD_SMALL_BYTES = 48 * 1024
 # How far above its start the proxy's RSS may be at rest.
 RSS_SLACK_KIB = 32 * 1024
 SAMPLE_EVERY = 10.0
@@ -76,8 +93,10 @@ class Soak:
         # (load, path) -> {"requests", "2xx", "4xx", "5xx", "errors"}
         self.counts: dict[tuple[str, str], dict[str, int]] = {}
         self.events: dict[str, int] = {}
-        (self.listen, self.tls, self.admin, self.up1, self.up2) = free_ports(5)
+        (self.listen, self.tls, self.admin, self.up1, self.up2, self.echo, self.mesh,
+         self.mesh_admin, self.steady1, self.steady2) = free_ports(10)
         self.config = work / "strait.yaml"
+        self.mesh_config = work / "sidecar.yaml"
         # idle timeouts, seconds: client connections', upstream connections'
         self.idle = (2, 1) if self.smoke else (5, 2)
 
@@ -107,8 +126,16 @@ class Soak:
       - name: h2up
         match: { path: { prefix: /h2 } }
         backends: [{ cluster: h2up }]
-        rewrite: { path_prefix: / }"""
+        rewrite: { path_prefix: / }""" + "".join(f"""
+      - name: {name}
+        match: {{ path: {{ prefix: /{name}/ }} }}
+        backends: [{{ cluster: {name} }}]
+        rewrite: {{ path_prefix: / }}""" for name in ("mesh", "mesh2", "stranger", "steady",
+                                                      "steady2"))
         routes = f"""{h2}
+      - name: echo
+        match: {{ path: {{ prefix: /echo }} }}
+        backends: [{{ cluster: echo }}]
       - name: dead
         match: {{ path: {{ prefix: /dead }} }}
         backends: [{{ cluster: dead }}]
@@ -138,7 +165,23 @@ class Soak:
   - name: h2up
     protocol: http2
     idle_timeout: {self.idle[1]}s
-    endpoints: [{{ address: "{HOST}:{self.up2}" }}]"""
+    endpoints: [{{ address: "{HOST}:{self.up2}" }}]""" + "".join(f"""
+  - name: {name}
+    protocol: {protocol}
+    idle_timeout: {self.idle[1]}s
+    endpoints: [{{ address: "{HOST}:{port}" }}]""" for name, protocol, port in (
+            ("steady", "http1", self.steady1), ("steady2", "http2", self.steady2))) + "".join(f"""
+  - name: {name}
+    protocol: {protocol}
+    idle_timeout: {self.idle[1]}s
+    endpoints: [{{ address: "{HOST}:{self.mesh}" }}]
+    tls:
+      ca: "{self.work}/ca.pem"
+      cert: "{self.work}/{who}.pem"
+      key: "{self.work}/{who}.key"
+      spiffe_ids: ["{MESH_IDS['cart']}"]""" for name, protocol, who in (
+            ("mesh", "http1", "gateway"), ("mesh2", "http2", "gateway"),
+            ("stranger", "http1", "stranger")))
         self.config.write_text(f"""admin: {{ address: "{HOST}:{self.admin}" }}
 workers: 2
 listeners:
@@ -154,30 +197,58 @@ clusters:
   - name: dead
     connect_timeout: 200ms
     endpoints: [{{ address: "{HOST}:1" }}]
+  - name: echo
+    idle_timeout: {self.idle[1]}s
+    endpoints: [{{ address: "{HOST}:{self.echo}" }}]
+""")
+        if not self.smoke:
+            self.write_mesh_config()
+
+    def write_mesh_config(self) -> None:
+        """The second nginx's sidecar: mutual TLS in, the gateway's identity allowed."""
+        self.mesh_config.write_text(f"""admin: {{ address: "{HOST}:{self.mesh_admin}" }}
+workers: 1
+listeners:
+  - name: inbound
+    address: "{HOST}:{self.mesh}"
+    idle_timeout: {self.idle[0]}s
+    tls:
+      certificates: [{{ cert: "{self.work}/cart.pem", key: "{self.work}/cart.key" }}]
+      client_auth: {{ ca: "{self.work}/ca.pem" }}
+    authorization:
+      default: deny
+      rules: [{{ name: edge, action: allow, peers: ["spiffe://soak.local/ns/edge/*"] }}]
+    routes:
+      - backends: [{{ cluster: app }}]
+clusters:
+  - name: app
+    idle_timeout: {self.idle[1]}s
+    endpoints: [{{ address: "{HOST}:{self.steady1}" }}]
 """)
 
-    def nginx_config(self) -> Path:
+    def nginx_config(self, name: str, h1: int, h2: int) -> Path:
+        """An nginx upstream, `name`, serving HTTP/1.1 on `h1` and h2c on `h2`."""
         www = self.work / "www"
         www.mkdir(exist_ok=True)
         (www / "big").write_bytes(os.urandom(1 << 20))
         (www / "text.txt").write_text("x" * 5000 + "\n")
-        conf = self.work / "nginx.conf"
+        conf = self.work / f"{name}.conf"
         conf.write_text(f"""worker_processes 1;
 daemon off;
-pid {self.work}/nginx.pid;
-error_log {self.work}/nginx-error.log;
+pid {self.work}/{name}.pid;
+error_log {self.work}/{name}-error.log;
 events {{ worker_connections 8192; }}
 http {{
   access_log off;
   keepalive_requests 1000;
   keepalive_timeout 3s;
   sendfile on;
-  server {{ listen {HOST}:{self.up1};
+  server {{ listen {HOST}:{h1};
     location /big {{ root {www}; }}
     location /text.txt {{ root {www}; default_type text/plain; }}
     location /fail {{ return 500 "no\\n"; }}
     location / {{ return 200 "hello from upstream\\n"; }} }}
-  server {{ listen {HOST}:{self.up2} http2;
+  server {{ listen {HOST}:{h2} http2;
     location /big {{ root {www}; }}
     location / {{ return 200 "hello from the h2 upstream\\n"; }} }}
 }}
@@ -186,19 +257,20 @@ http {{
 
     # -- load
 
+    def wrk(self, load: str, path: str, conns: int) -> None:
+        out = self.run_tool([self.args.wrk, "-t1", f"-c{conns}", "-d5s", "-H",
+                             "Accept-Encoding: gzip", f"http://{HOST}:{self.listen}{path}"])
+        m = re.search(r"(\d+) requests in", out)
+        n = int(m.group(1)) if m else 0
+        m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        bad = int(m.group(1)) if m else 0
+        # wrk's socket errors at the end of a run are its own connections cut short
+        self.count(load, path, requests=n, not2xx=bad)
+
     def wrk_loop(self) -> None:
         paths = ["/", "/api/v", "/h2/", "/text.txt", "/fail", "/limited/", "/big"]
         while not self.stop.is_set():
-            p = random.choice(paths)
-            out = self.run_tool([self.args.wrk, "-t1", f"-c{random.choice([8, 64, 200])}",
-                                 "-d5s", "-H", "Accept-Encoding: gzip",
-                                 f"http://{HOST}:{self.listen}{p}"])
-            m = re.search(r"(\d+) requests in", out)
-            n = int(m.group(1)) if m else 0
-            m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-            bad = int(m.group(1)) if m else 0
-            # wrk's socket errors at the end of a run are its own connections cut short
-            self.count("wrk h1", p, requests=n, not2xx=bad)
+            self.wrk("wrk h1", random.choice(paths), random.choice([8, 64, 200]))
 
     def h2load(self, load: str, url: str, path: str, extra: list[str]) -> None:
         out = self.run_tool([self.args.h2load, "-t1", *extra, url])
@@ -227,6 +299,68 @@ http {{
             else:
                 self.h2load("TLS new connections", base + "/api/x", "/api/x",
                             ["--h1", "-c100", "-n100"])
+
+    def upload_loop(self) -> None:
+        # To the nginx that is not reloaded (directly or through the sidecar): a POST cannot go
+        # again, and one sent on a pooled connection as a reload closes it fails, at any proxy.
+        while not self.stop.is_set():
+            p = random.choice(["/steady/", "/steady2/", "/mesh/", "/mesh2/"])
+            url = f"http://{HOST}:{self.listen}{p}"
+            # To nginx's h2c: within the 64 KiB a request refused by a `GOAWAY` may be sent
+            # again with (nginx goes away often when its answers leave bodies unread).
+            body = str(self.work / ("upload-small.bin" if p == "/steady2/" else "upload.bin"))
+            if random.random() < 0.5:
+                self.h2load("upload h1", url, p, ["--h1", "-c8", "-D3", "-d", body])
+            else:
+                self.h2load("upload h2c", url, p, ["-c4", "-m8", "-D3", "-d", body])
+
+    def mesh_loop(self) -> None:
+        base = f"http://{HOST}:{self.listen}"
+        while not self.stop.is_set():
+            p = random.choice(["/mesh/", "/mesh2/"])
+            kind = random.choice(["wrk", "h2c", "churn", "stranger"])
+            if kind == "wrk":
+                self.wrk("mesh wrk h1", p, random.choice([16, 64]))
+            elif kind == "h2c":
+                self.h2load("mesh h2c", base + p, p, ["-c8", "-m16", "-D3"])
+            elif kind == "churn":
+                self.h2load("mesh churn h1", base + p, p, ["--h1", "-c50", "-n50"])
+            else:
+                self.h2load("mesh stranger", base + "/stranger/", "/stranger/",
+                            ["--h1", "-c4", "-n200"])
+
+    def echo_loop(self) -> None:
+        """Upgrades to the byte echo: each connection sends and checks a few chunks, and now
+        and then leaves right after the 101 or closes with a chunk still on its way back."""
+        while not self.stop.is_set():
+            mode = random.choice(["echo", "echo", "leave", "cut"])
+            try:
+                with socket.create_connection((HOST, self.listen), timeout=5) as s:
+                    s.sendall(b"GET /echo HTTP/1.1\r\nHost: soak\r\nConnection: Upgrade\r\n"
+                              b"Upgrade: websocket\r\n\r\n")
+                    f = s.makefile("rb")
+                    head = b""
+                    while not head.endswith(b"\r\n\r\n"):
+                        line = f.readline()
+                        if not line:
+                            raise ValueError("closed before a response")
+                        head += line
+                    if head[9:12] != b"101":
+                        self.count("upgrade echo", "/echo", requests=1, not2xx=1)
+                        continue
+                    chunks = 0 if mode == "leave" else random.randint(1, 40)
+                    for i in range(chunks):
+                        data = os.urandom(random.choice([10, 1000, 60000]))
+                        s.sendall(data)
+                        if mode == "cut" and i == chunks - 1:
+                            break
+                        if f.read(len(data)) != data:
+                            raise ValueError("the echo differs from what was sent")
+                    self.count("upgrade echo", "/echo", requests=1)
+                    self.event(f"upgrades: {mode}")
+            except (OSError, ValueError) as e:
+                self.count("upgrade echo", "/echo", requests=1, errors=1)
+                self.event(f"upgrade failed: {str(e)[:60]}")
 
     def churn_loop(self) -> None:
         while not self.stop.is_set():
@@ -307,6 +441,21 @@ http {{
             case()
             self.event(f"abuse: {name}")
 
+    def echo_upstream(self) -> None:
+        """The upgrades' upstream: 101 to a request, then every byte it gets sent back."""
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((HOST, self.echo))
+        srv.listen(512)
+        srv.settimeout(0.5)
+        with srv:
+            while not self.stop.is_set():
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    continue
+                threading.Thread(target=echo_connection, args=(conn,), daemon=True).start()
+
     def reload_loop(self, nginx_conf: Path | None) -> None:
         n = 0
         every = 1.0 if self.smoke else 20.0
@@ -321,7 +470,7 @@ http {{
 
     # -- sampling
 
-    def sample(self, pid: int) -> dict:
+    def sample(self, pid: int, admin: int) -> dict:
         rss = 0
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -329,7 +478,7 @@ http {{
                     rss = int(line.split()[1])
         fds = len(os.listdir(f"/proc/{pid}/fd"))
         try:
-            with urllib.request.urlopen(f"http://{HOST}:{self.admin}/metrics", timeout=5) as r:
+            with urllib.request.urlopen(f"http://{HOST}:{admin}/metrics", timeout=5) as r:
                 text = r.read().decode()
         except OSError:
             text = ""
@@ -343,6 +492,47 @@ http {{
                 "upstream_connections": total("strait_upstream_connections_active"),
                 "requests_in_flight": total("strait_upstream_endpoint_in_flight"),
                 "requests": total("strait_http_requests_total")}
+
+
+def echo_connection(conn: socket.socket) -> None:
+    with conn:
+        conn.settimeout(60)
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                b = conn.recv(4096)
+                if not b:
+                    return
+                head += b
+            head, rest = head.split(b"\r\n\r\n", 1)
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: websocket\r\n\r\n" + rest)
+            while b := conn.recv(65536):
+                conn.sendall(b)
+        except OSError:
+            pass
+
+
+def mesh_certs(work: Path) -> None:
+    """A CA, and a certificate from it for each of MESH_IDS (its SPIFFE ID as URI SAN)."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", str(work / "ca.key"),
+                    "-out", str(work / "ca.pem"), "-days", "2", "-subj", "/CN=soak mesh CA",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign"],
+                   check=True, capture_output=True)
+    for name, spiffe in MESH_IDS.items():
+        ext = work / f"{name}.ext"
+        ext.write_text(f"subjectAltName=URI:{spiffe}\nbasicConstraints=CA:FALSE\n"
+                       "keyUsage=critical,digitalSignature\n"
+                       "extendedKeyUsage=serverAuth,clientAuth\n")
+        subprocess.run(["openssl", "req", *ec, "-keyout", str(work / f"{name}.key"),
+                        "-out", str(work / f"{name}.csr"), "-subj", f"/CN={name}"],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(work / f"{name}.csr"),
+                        "-CA", str(work / "ca.pem"), "-CAkey", str(work / "ca.key"),
+                        "-CAcreateserial", "-out", str(work / f"{name}.pem"), "-days", "2",
+                        "-extfile", str(ext)], check=True, capture_output=True)
 
 
 def read_status(f) -> int:
@@ -422,11 +612,19 @@ def run(soak: Soak, seconds: float, out: Path, procs: list[subprocess.Popen]) ->
                         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(work / "key.pem"),
                         "-out", str(work / "cert.pem"), "-days", "2", "-subj", "/CN=localhost"],
                        check=True, capture_output=True)
-        nginx_conf = soak.nginx_config()
-        procs.append(subprocess.Popen([args.nginx, "-c", str(nginx_conf)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True))
-        wait_port(soak.up2, procs[-1])
+        mesh_certs(work)
+        (work / "upload.bin").write_bytes(os.urandom(UPLOAD_BYTES))
+        (work / "upload-small.bin").write_bytes(os.urandom(UPLOAD_SMALL_BYTES))
+        # the upstream reloaded every 40 s, and the one the uploads and the sidecar go to
+        nginx_conf = soak.nginx_config("nginx", soak.up1, soak.up2)
+        steady_conf = soak.nginx_config("nginx-steady", soak.steady1, soak.steady2)
+        for conf, ports in ((steady_conf, (soak.steady1, soak.steady2)),
+                            (nginx_conf, (soak.up2,))):
+            procs.append(subprocess.Popen([args.nginx, "-c", str(conf)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
+            for port in ports:
+                wait_port(port, procs[-1])
     wait_port(soak.up1, procs[-1])
     # The upstream answers 200 where it should, before any of it is blamed on the proxy.
     for path in ("/", "/big", "/text.txt") if not args.smoke else ("/",):
@@ -437,59 +635,82 @@ def run(soak: Soak, seconds: float, out: Path, procs: list[subprocess.Popen]) ->
             print(f"soak: the upstream does not answer {path} (not the proxy's doing): {e}",
                   file=sys.stderr)
             return 2
+    echo = threading.Thread(target=soak.echo_upstream, daemon=True)
+    echo.start()
+    wait_port(soak.echo, None)
     soak.write_strait_config()
-    log = open(work / "strait.log", "w")
-    proxy = subprocess.Popen([args.strait, "proxy", "--config", str(soak.config)],
-                             stdout=log, stderr=log)
-    procs.append(proxy)
-    wait_port(soak.listen, proxy)
-    wait_port(soak.admin, proxy)
+    # the proxies: the gateway every load goes through, and (but in smoke mode) the sidecar
+    # of its mesh routes' upstream
+    proxies: dict[str, tuple[subprocess.Popen, int]] = {}
+    for name, config, listen, admin in (("gateway", soak.config, soak.listen, soak.admin),
+                                        ("sidecar", soak.mesh_config, soak.mesh,
+                                         soak.mesh_admin)):
+        if name == "sidecar" and args.smoke:
+            continue
+        log = open(work / f"strait-{name}.log", "w")
+        proxy = subprocess.Popen([args.strait, "proxy", "--config", str(config)],
+                                 stdout=log, stderr=log)
+        procs.append(proxy)
+        wait_port(listen, proxy)
+        wait_port(admin, proxy)
+        proxies[name] = (proxy, admin)
     time.sleep(0.5)
-    start = soak.sample(proxy.pid)
-    samples = [{"seconds": 0.0, **start}]
+    start = {name: soak.sample(p.pid, admin) for name, (p, admin) in proxies.items()}
+    samples = {name: [{"seconds": 0.0, **start[name]}] for name in proxies}
     print(f"soak: {seconds:.0f} s of traffic through {args.strait}; work files in {work}",
           flush=True)
-    loads = [soak.abuse_loop, soak.abuse_loop, lambda: soak.reload_loop(nginx_conf)]
+    loads = [soak.abuse_loop, soak.abuse_loop, soak.echo_loop,
+             lambda: soak.reload_loop(nginx_conf)]
     loads += [soak.smoke_client_loop, soak.smoke_client_loop] if args.smoke else [
-        soak.wrk_loop, soak.h2_loop, soak.tls_loop, soak.churn_loop]
+        soak.wrk_loop, soak.h2_loop, soak.tls_loop, soak.churn_loop, soak.upload_loop,
+        soak.mesh_loop]
     threads = [threading.Thread(target=f, daemon=True) for f in loads]
     for t in threads:
         t.start()
     t0 = time.monotonic()
     every = 1.0 if args.smoke else SAMPLE_EVERY
-    exited = None
-    while (elapsed := time.monotonic() - t0) < seconds:
+    exited: dict[str, int] = {}
+    while (elapsed := time.monotonic() - t0) < seconds and not exited:
         time.sleep(min(every, seconds - elapsed))
-        if proxy.poll() is not None:
-            exited = proxy.returncode
+        exited = {n: p.returncode for n, (p, _) in proxies.items() if p.poll() is not None}
+        if exited:
             break
-        samples.append({"seconds": round(time.monotonic() - t0, 1), **soak.sample(proxy.pid)})
-        s = samples[-1]
-        print(f"  {s['seconds']:6.0f} s  RSS {s['rss_kib'] / 1024:6.1f} MiB  "
-              f"open files {s['open_files']:5}  requests {s['requests']:12,.0f}", flush=True)
+        for name, (p, admin) in proxies.items():
+            samples[name].append({"seconds": round(time.monotonic() - t0, 1),
+                                  **soak.sample(p.pid, admin)})
+            s = samples[name][-1]
+            print(f"  {s['seconds']:6.0f} s  {name:8} RSS {s['rss_kib'] / 1024:6.1f} MiB  "
+                  f"open files {s['open_files']:5}  requests {s['requests']:12,.0f}",
+                  flush=True)
     soak.stop.set()
     for t in threads:
         t.join(timeout=90)
     # past the listeners' idle timeout and the clusters'
     time.sleep(sum(soak.idle) + 1)
-    rest = soak.sample(proxy.pid) if exited is None and proxy.poll() is None else None
-    if rest is None and exited is None:
-        exited = proxy.returncode
+    rest: dict[str, dict | None] = {}
+    for name, (p, admin) in proxies.items():
+        rest[name] = soak.sample(p.pid, admin) if p.poll() is None else None
+        if rest[name] is None and name not in exited:
+            exited[name] = p.returncode
 
     checks: list[tuple[str, bool, str]] = []
-    checks.append(("the proxy ran throughout", exited is None,
-                   "ran" if exited is None else f"exited with status {exited}"))
-    if rest is not None:
+    for name in proxies:
+        checks.append((f"{name}: ran throughout", name not in exited,
+                       "ran" if name not in exited else f"exited with status {exited[name]}"))
+        r, s0 = rest[name], start[name]
+        if r is None:
+            continue
         for key in ("client_connections", "requests_in_flight", "upstream_connections"):
-            checks.append((f"no {key.replace('_', ' ')} left at rest", rest[key] == 0,
-                           f"{rest[key]:.0f}"))
-        checks.append(("open files back to the start", rest["open_files"] <= start["open_files"],
-                       f"{start['open_files']} at start, {rest['open_files']} at rest"))
-        checks.append(("RSS at rest within 32 MiB of the start",
-                       rest["rss_kib"] <= start["rss_kib"] + RSS_SLACK_KIB,
-                       f"{start['rss_kib'] / 1024:.1f} MiB at start, "
-                       f"{max(s['rss_kib'] for s in samples) / 1024:.1f} MiB at most, "
-                       f"{rest['rss_kib'] / 1024:.1f} MiB at rest"))
+            checks.append((f"{name}: no {key.replace('_', ' ')} left at rest", r[key] == 0,
+                           f"{r[key]:.0f}"))
+        checks.append((f"{name}: open files back to the start",
+                       r["open_files"] <= s0["open_files"],
+                       f"{s0['open_files']} at start, {r['open_files']} at rest"))
+        checks.append((f"{name}: RSS at rest within 32 MiB of the start",
+                       r["rss_kib"] <= s0["rss_kib"] + RSS_SLACK_KIB,
+                       f"{s0['rss_kib'] / 1024:.1f} MiB at start, "
+                       f"{max(s['rss_kib'] for s in samples[name]) / 1024:.1f} MiB at most, "
+                       f"{r['rss_kib'] / 1024:.1f} MiB at rest"))
     unexpected = {f"{load} {path}": c for (load, path), c in soak.counts.items()
                   if path not in EXPECTED_FAILURES and (c.get("not2xx", 0) or c.get("errors", 0))}
     checks.append(("no failure where the upstream answers 200", not unexpected,
@@ -513,23 +734,21 @@ def run(soak: Soak, seconds: float, out: Path, procs: list[subprocess.Popen]) ->
            f"{c.get('errors', 0):,} |" for (load, path), c in sorted(soak.counts.items())]
     md += ["", "| event | times |", "|---|---:|"]
     md += [f"| {k} | {v:,} |" for k, v in sorted(soak.events.items())]
-    md += ["", "| s | RSS MiB | open files | client conns | upstream conns | in flight | "
-           "requests |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    md += [f"| {s['seconds']:.0f} | {s['rss_kib'] / 1024:.1f} | {s['open_files']} | "
-           f"{s['client_connections']:.0f} | {s['upstream_connections']:.0f} | "
-           f"{s['requests_in_flight']:.0f} | {s['requests']:,.0f} |"
-           for s in samples]
-    if rest:
-        md += [f"| at rest | {rest['rss_kib'] / 1024:.1f} | {rest['open_files']} | "
-               f"{rest['client_connections']:.0f} | {rest['upstream_connections']:.0f} | "
-               f"{rest['requests_in_flight']:.0f} | {rest['requests']:,.0f} |"]
+    for name in proxies:
+        rows = samples[name] + ([{**rest[name], "seconds": "at rest"}] if rest[name] else [])
+        md += ["", f"{name}:", "", "| s | RSS MiB | open files | client conns | upstream conns "
+               "| in flight | requests |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        md += [f"| {s['seconds']} | {s['rss_kib'] / 1024:.1f} | {s['open_files']} | "
+               f"{s['client_connections']:.0f} | {s['upstream_connections']:.0f} | "
+               f"{s['requests_in_flight']:.0f} | {s['requests']:,.0f} |" for s in rows]
     (out / f"soak-{stamp}.md").write_text("\n".join(md) + "\n")
     for c, ok, d in checks:
         print(f"  {'pass' if ok else 'FAIL'}  {c}: {d}")
     print(f"wrote {out / f'soak-{stamp}.json'} {out / f'soak-{stamp}.md'}")
-    if proxy.poll() is None:
-        proxy.terminate()
-        proxy.wait(timeout=40)
+    for p, _ in proxies.values():
+        if p.poll() is None:
+            p.terminate()
+            p.wait(timeout=40)
     return 0 if all(ok for _, ok, _ in checks) else 1
 
 

@@ -144,8 +144,9 @@ fn bench_harness_smoke_mode_measures_and_writes_every_output() {
 }
 
 /// The soak (`benches/harness/soak.py`) in its smoke mode: a few seconds of keep-alive
-/// requests, abuse and reloads through two workers, with a built-in upstream, then its checks
-/// (nothing left open, open files back, RSS at rest, no failed request) and its reports.
+/// requests, upgrades, abuse and reloads through two workers, with a built-in upstream, then
+/// its checks (nothing left open, open files back, RSS at rest, no failed request) and its
+/// reports.
 #[test]
 fn soak_smoke_mode_checks_that_nothing_was_left_open() {
     let out = out_dir("strait-soak-smoke");
@@ -176,11 +177,19 @@ fn soak_smoke_mode_checks_that_nothing_was_left_open() {
         "a check failed: {checks:?}"
     );
     assert!(
-        report["rest"]["requests"]
+        report["rest"]["gateway"]["requests"]
             .as_f64()
             .is_some_and(|n| n > 100.0),
         "too little traffic: {}",
         report["rest"]
+    );
+    // connections upgraded to the echo went through (and, by the checks, none failed)
+    let loads = report["loads"].as_array().expect("loads");
+    assert!(
+        loads
+            .iter()
+            .any(|l| l["load"] == "upgrade echo" && l["requests"].as_u64() > Some(0)),
+        "no upgrade was made: {loads:?}"
     );
     assert!(
         files
