@@ -279,7 +279,7 @@ const DRAIN_BYTES: usize = 1 << 20;
 impl Drop for RequestBody2 {
     fn drop(&mut self) {
         // A client still owed its `100 Continue` sends nothing more: the reset tells it so.
-        if self.continued.is_some() {
+        if self.continued.is_some() || self.body.as_ref().is_none_or(RecvBody::read_whole) {
             return;
         }
         let Some(body) = self.body.take().filter(|b| !b.is_end_stream()) else {

@@ -44,6 +44,14 @@ impl RecvBody {
     }
 }
 
+impl RecvBody {
+    /// Nothing more is due, as far as this side knows without asking h2 (a lock): the message
+    /// ended with its head, or its declared length has been read.
+    pub(crate) fn read_whole(&self) -> bool {
+        self.left == Some(0)
+    }
+}
+
 impl Body for RecvBody {
     type Data = Bytes;
     type Error = h2::Error;
