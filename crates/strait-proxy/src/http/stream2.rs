@@ -42,9 +42,7 @@ impl RecvBody {
             data_done: false,
         }
     }
-}
 
-impl RecvBody {
     /// Nothing more is due, as far as this side knows without asking h2 (a lock): the message
     /// ended with its head, or its declared length has been read.
     pub(crate) fn read_whole(&self) -> bool {
