@@ -1254,3 +1254,79 @@ async fn large_bodies_stream_both_ways_with_bounded_memory() {
         peak
     );
 }
+
+/// An HTTP/2 upstream that streams every answer but `/next` in 1 KiB pieces, 200 µs apart, for
+/// a second, as a server-streaming gRPC call does; `/next` gets its connection's number.
+async fn trickling_upstream(tcp: TcpStream, number: usize) {
+    static PIECE: [u8; 1024] = [b'x'; 1024];
+    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+        return;
+    };
+    while let Some(Ok((request, mut respond))) = conn.accept().await {
+        let Ok(mut body) = respond.send_response(http::Response::new(()), false) else {
+            continue;
+        };
+        if request.uri().path() == "/next" {
+            let _ = body.send_data(Bytes::from(format!("connection {number}\n")), true);
+            continue;
+        }
+        tokio::spawn(async move {
+            for _ in 0..5000 {
+                if body.send_data(Bytes::from_static(&PIECE), false).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            let _ = body.send_data(Bytes::new(), true);
+        });
+    }
+}
+
+/// Clients that leave in the middle of streamed answers, many, all on one HTTP/2 upstream
+/// connection: the proxy resets each upstream stream (`CANCEL`), and the `DATA` the upstream
+/// had already sent comes after the reset. h2 counts each such frame, once it has forgotten
+/// the stream, as the peer's error, and closes a connection at 1,024 of them in its life
+/// (`GOAWAY` `ENHANCE_YOUR_CALM`), failing its other streams: a defence for servers against
+/// clients that make them reset streams, which upstream connections do not count. The
+/// connection carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_leaving_mid_answer_do_not_close_the_http2_upstream_connection() {
+    /// Clients, each on a connection of its own (a client's h2 counts the proxy's late `DATA`
+    /// for the streams it reset the same way, and would close its own connection first), and
+    /// the answers each leaves.
+    const CLIENTS: usize = 16;
+    const EACH: usize = 100;
+    let (proxy, opened) = proxy_to_counted_http2_upstream(trickling_upstream).await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(proxy.connect(Proto::H2).await);
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut conn| {
+            tokio::spawn(async move {
+                for _ in 0..EACH {
+                    let answer = conn
+                        .send(simple("GET", "a", "/stream"))
+                        .await
+                        .expect("an answer's head");
+                    assert_eq!(answer.status(), StatusCode::OK);
+                    // Its first piece, then the client leaves (its stream is reset).
+                    let mut body = answer.into_body();
+                    let _ = body.frame().await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        within(Duration::from_secs(60), "the answers left", task)
+            .await
+            .expect("task");
+    }
+    answered_on(&proxy, "connection 1\n", 1).await;
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        1,
+        "the upstream connection was closed and another opened"
+    );
+}

@@ -462,6 +462,13 @@ impl Pool {
                 .initial_max_send_streams(H2_ASSUMED_STREAMS)
                 .max_concurrent_reset_streams(H2_RESETS_KEPT)
                 .reset_stream_duration(H2_RESETS_KEPT_FOR)
+                // h2 closes a connection once it has reset 1,024 streams for the peer's
+                // errors in its life, and counts among them each `DATA` frame that comes
+                // for a stream it reset and forgot: an upstream's answers to clients that
+                // left. A defence for servers against clients (rapid resets); an upstream
+                // is not that client, and the count closed a busy gRPC connection with its
+                // other streams.
+                .max_local_error_reset_streams(None)
                 .handshake::<_, Bytes>(io)
                 .await
                 .map_err(|source| ConnectError::Handshake { addr, source })?;
