@@ -13,9 +13,9 @@ Traffic, all at once, each loop in its own thread until the time is up:
   (48 KiB to nginx's h2c), which the upstreams answer before reading them; they go to a second
   nginx that is not reloaded (a POST cannot go again, and one sent on a pooled connection as a
   reload closes it fails at any proxy), which the sidecar below forwards to as well;
-- mesh: a second Strait as the upstream's sidecar (TLS listener requiring a client certificate,
-  authorization by SPIFFE ID), reached over mutual TLS with HTTP/1.1 and HTTP/2, and by a
-  client whose identity it refuses (403);
+- mesh: a second Strait as the second nginx's sidecar (TLS listener requiring a client
+  certificate, authorization by SPIFFE ID), reached over mutual TLS with HTTP/1.1 and HTTP/2,
+  and by a client whose identity it refuses (403);
 - upgrades: a connection upgraded (101) to a byte echo, checked byte for byte, left at once
   or closed mid-echo now and then;
 - abuse, from two threads: heads cut short, garbage, a client leaving mid-body, bodies
@@ -41,9 +41,9 @@ Writes OUT/soak-<stamp>.json and .md; exits 1 when a check fails.
 
 Needs nginx, wrk, h2load and openssl (`apt-get install nginx wrk nghttp2-client openssl`;
 `benches/harness/run.sh` installs them). The smoke mode needs python3 only: a built-in upstream
-and client stand in, with no TLS, HTTP/2 or mesh (the upgrade echo is python's own), to
-keep the plumbing from rotting (it runs in the
-test suite). Standard library only; everything targets 127.0.0.1.
+and client stand in, with no TLS, HTTP/2 or mesh (the upgrade echo is python's own), to keep
+the plumbing from rotting (it runs in the test suite). Standard library only; everything
+targets 127.0.0.1.
 """
 
 from __future__ import annotations
