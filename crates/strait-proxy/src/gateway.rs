@@ -1852,10 +1852,10 @@ fn send_http2<'a>(
     }
 }
 
-/// The most times a request an HTTP/2 upstream refused unprocessed goes again (see [`send`]),
-/// or a GET whose reused connection ended under it (see `client2::send`). Each refusal by
-/// `GOAWAY`, and each end, retires a connection, so this also bounds how many connections one
-/// request tries when an upstream refuses on every connection.
+/// The most times a request an HTTP/2 upstream refused unprocessed goes again (see
+/// [`send_http2`]), or a GET whose reused connection ended under it (see `client2::send`).
+/// Each refusal by `GOAWAY`, and each end, retires a connection, so this also bounds how many
+/// connections one request tries when an upstream refuses on every connection.
 const REFUSED_RESENDS: u32 = 3;
 
 /// Sends on a pooled connection. A request that a reused HTTP/1 connection did not take (the

@@ -129,9 +129,9 @@ pub(crate) struct Batched<T> {
 /// Streams an HTTP/2 connection (client or upstream) remembers after resetting them, and
 /// for how long, so that the frames the peer sent before it saw the reset are dropped
 /// quietly. h2 keeps 10: past them, each `DATA` frame for a forgotten stream is answered with
-/// `RST_STREAM` and counted as the peer's error, and 1,024 such over a connection's life end
-/// it with `GOAWAY` `ENHANCE_YOUR_CALM` ("too_many_internal_resets"), failing its other
-/// streams. A stream is reset each time an answer comes before its upload ended (h2 sends
+/// `RST_STREAM` and counted as the peer's error, and 1,024 such over a client connection's
+/// life end it with `GOAWAY` `ENHANCE_YOUR_CALM` ("too_many_internal_resets"), failing its
+/// other streams (upstream connections keep no such count: see `Pool`). A stream is reset each time an answer comes before its upload ended (h2 sends
 /// `RST_STREAM` `NO_ERROR` so that the client stops, RFC 9113 8.1), or a client leaves
 /// before its answer: with uploads answered early on a busy connection, ten slots were
 /// gone in milliseconds, and the client's connection was closed after about a thousand. A
@@ -142,9 +142,30 @@ pub(crate) const H2_RESETS_KEPT_FOR: std::time::Duration = std::time::Duration::
 
 /// How long a closing connection (HTTP/2, or HTTP/1 with request bytes unread) waits for the
 /// client's next bytes, and for all of them, before it closes (nginx's `lingering_timeout`
-/// and `lingering_time`).
-pub(crate) const LINGER_QUIET: std::time::Duration = std::time::Duration::from_secs(5);
-pub(crate) const LINGER_MOST: std::time::Duration = std::time::Duration::from_secs(30);
+/// and `lingering_time`); a request body its answer did not wait for is read within the same.
+const LINGER_QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+const LINGER_MOST: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The time what a client still sends is read (and dropped) within: each piece within
+/// [`LINGER_QUIET`] of the last, all within [`LINGER_MOST`] of the start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lingering {
+    end: tokio::time::Instant,
+}
+
+impl Lingering {
+    /// Starts now.
+    pub(crate) fn start() -> Self {
+        Lingering {
+            end: tokio::time::Instant::now() + LINGER_MOST,
+        }
+    }
+
+    /// When the next piece must have come by.
+    pub(crate) fn next_by(&self) -> tokio::time::Instant {
+        self.end.min(tokio::time::Instant::now() + LINGER_QUIET)
+    }
+}
 /// The most a closing HTTP/2 connection reads and drops.
 const LINGER_BYTES: usize = 1 << 20;
 
@@ -159,7 +180,7 @@ enum Linger {
 #[derive(Debug)]
 struct Reading {
     timer: Pin<Box<tokio::time::Sleep>>,
-    end: tokio::time::Instant,
+    lingering: Lingering,
     left: usize,
 }
 
@@ -284,10 +305,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<T> {
         let this = self.get_mut();
         if let Linger::Open = this.linger {
             ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
-            let now = tokio::time::Instant::now();
+            let lingering = Lingering::start();
             this.linger = Linger::Reading(Box::new(Reading {
-                timer: Box::pin(tokio::time::sleep_until(now + LINGER_QUIET)),
-                end: now + LINGER_MOST,
+                timer: Box::pin(tokio::time::sleep_until(lingering.next_by())),
+                lingering,
                 left: LINGER_BYTES,
             }));
         }
@@ -303,8 +324,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<T> {
                     if reading.left == 0 {
                         break;
                     }
-                    let next = tokio::time::Instant::now() + LINGER_QUIET;
-                    reading.timer.as_mut().reset(next.min(reading.end));
+                    reading.timer.as_mut().reset(reading.lingering.next_by());
                 }
                 // The client closed, or the connection failed: nothing left to wait for.
                 Poll::Ready(_) => break,

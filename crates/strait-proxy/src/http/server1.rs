@@ -49,7 +49,7 @@ use crate::http::headers::{
     X_STRAIT_ERROR,
 };
 use crate::http::inbuf::{copied, Chunk, ChunkError, InBuf, MAX_HEAD, READ_BUF};
-use crate::http::{boxed, server, ClientIo, Rewound, LINGER_MOST, LINGER_QUIET};
+use crate::http::{boxed, server, ClientIo, Lingering, Rewound};
 use crate::telemetry::metrics::ListenerStats;
 
 /// Open connections on a worker above which idle HTTP/1 connections give back their buffers.
@@ -1426,14 +1426,13 @@ impl Outbox {
 /// with a reset, which can destroy the answer before the client reads it (a proxy in front
 /// then sees its upload fail, and answers 502). Bounded in time, because the client may be
 /// slow or may not send the body at all (an `expect: 100-continue` request answered without
-/// the 100): each piece must come within `LINGER_QUIET` of the last, all within
-/// `LINGER_MOST`. Past either, or on an error, `false`, and the connection is closed.
+/// the 100): it is read within [`Lingering`]'s bounds. Past them, or on an error, `false`, and
+/// the connection is closed.
 async fn discard_rest(inbound: &RefCell<Inbound>) -> bool {
-    let end = Instant::now() + LINGER_MOST;
+    let lingering = Lingering::start();
     loop {
         let next = poll_fn(|cx| inbound.borrow_mut().poll_body(cx));
-        let quiet = end.min(Instant::now() + LINGER_QUIET);
-        match tokio::time::timeout_at(quiet, next).await {
+        match tokio::time::timeout_at(lingering.next_by(), next).await {
             Ok(Ok(Some(_))) => {}
             Ok(Ok(None)) => return matches!(inbound.borrow().body, BodyState::Done),
             Ok(Err(_)) | Err(_) => return false,
@@ -1502,18 +1501,17 @@ async fn close(inbound: &RefCell<Inbound>) {
 }
 
 /// Ends the connection: no more bytes from the proxy, and the client's unread ones are read
-/// and dropped while they keep coming (within `LINGER_QUIET` of each other, `LINGER_MOST` in
-/// all), so that closing with them unread does not reset the connection before the client
-/// has read its answer (nginx's lingering close).
+/// and dropped while they keep coming (within [`Lingering`]'s bounds), so that closing with
+/// them unread does not reset the connection before the client has read its answer (nginx's
+/// lingering close).
 async fn linger(mut io: ClientIo) {
     if io.shutdown().await.is_err() {
         return;
     }
     let mut sink = vec![0u8; 16 * 1024];
-    let end = Instant::now() + LINGER_MOST;
+    let lingering = Lingering::start();
     loop {
-        let quiet = end.min(Instant::now() + LINGER_QUIET);
-        match tokio::time::timeout_at(quiet, io.read(&mut sink)).await {
+        match tokio::time::timeout_at(lingering.next_by(), io.read(&mut sink)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return,
         }

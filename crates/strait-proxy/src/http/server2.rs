@@ -45,9 +45,7 @@ use tokio::sync::watch;
 use crate::gateway::{self, Connection};
 use crate::http::body::ClientBody;
 use crate::http::stream2::{self, KeepAlive, RecvBody, Sent};
-use crate::http::{
-    headers, Batched, H2_RESETS_KEPT, H2_RESETS_KEPT_FOR, LINGER_MOST, LINGER_QUIET,
-};
+use crate::http::{headers, Batched, Lingering, H2_RESETS_KEPT, H2_RESETS_KEPT_FOR};
 use crate::telemetry::metrics::ListenerStats;
 
 /// The flow-control window the client is given, per stream and for the connection: what it
@@ -289,15 +287,14 @@ impl Drop for RequestBody2 {
     }
 }
 
-/// Reads and drops what is left of `body`: up to [`DRAIN_BYTES`], each piece within
-/// `LINGER_QUIET` of the last, all within `LINGER_MOST`.
+/// Reads and drops what is left of `body`: up to [`DRAIN_BYTES`], within [`Lingering`]'s
+/// bounds.
 async fn drain(mut body: RecvBody) {
-    let end = tokio::time::Instant::now() + LINGER_MOST;
+    let lingering = Lingering::start();
     let mut left = DRAIN_BYTES;
     loop {
-        let quiet = end.min(tokio::time::Instant::now() + LINGER_QUIET);
         let next = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
-        match tokio::time::timeout_at(quiet, next).await {
+        match tokio::time::timeout_at(lingering.next_by(), next).await {
             Ok(Some(Ok(frame))) => {
                 let n = frame.data_ref().map_or(0, Bytes::len);
                 match left.checked_sub(n) {
