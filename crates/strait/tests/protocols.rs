@@ -602,6 +602,37 @@ async fn a_stream_refused_while_its_body_arrives_goes_again() {
     }
 }
 
+/// A stream refused unprocessed once its body filled the upstream's window goes again, whole: the
+/// proxy may have read well past the window by then (a chunk sent over it, one waiting for room),
+/// and the copy it keeps to send again holds it all. nginx's window is 64 KiB
+/// (`http2_body_preread_size`); before, a body over 64 KiB refused so got 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_refused_with_its_window_full_goes_again_whole() {
+    const CHUNK: usize = 16 * 1024;
+    const CHUNKS: usize = 13;
+    let proxy = proxy_to_http2_upstream(move |tcp, number| {
+        refusing_upstream(tcp, number, Refusal::GoAway, Refused::WindowFull)
+    })
+    .await;
+    let first = proxy.get("a", "/first").await;
+    assert_eq!(first.text(), "connection 1, 0 bytes\n");
+    let (tx, body) = channel_body(CHUNKS);
+    let post = request("POST", "a", "/post").body(body).expect("request");
+    let sending = tokio::spawn(async move {
+        for i in 0..CHUNKS {
+            let chunk = Bytes::from(vec![b'a' + i as u8; CHUNK]);
+            tx.send(Ok(Frame::data(chunk))).await.expect("chunk");
+        }
+    });
+    let post = within(REQUEST_LIMIT, "POST", proxy.send(Proto::H1, post))
+        .await
+        .expect("POST");
+    sending.await.expect("sending task");
+    assert_eq!(post.status, StatusCode::OK, "{}", post.text());
+    let again = format!("connection 2, {} bytes\n", CHUNK * CHUNKS);
+    assert_eq!(post.text(), again);
+}
+
 /// A proxy with one worker in front of an HTTP/2 upstream whose connections `serve` serves,
 /// each with its number (from 1); a request waits 2 s for its answer's head.
 async fn proxy_to_http2_upstream<F, Fut>(serve: F) -> Proxy
@@ -740,6 +771,11 @@ enum Refused {
     /// On the first connection, the second request, by closing the connection with no
     /// `GOAWAY` (`refusal` is not read), as a server that restarts or crashes.
     ClosedAtSecond,
+    /// After the first, the next stream, once its body filled h2's default window (65,535
+    /// bytes, never updated on the first connection), by a `GOAWAY` naming the first as the last
+    /// processed (`refusal` is not read). Later connections give the window back as the body
+    /// comes.
+    WindowFull,
 }
 
 /// A hand-made HTTP/2 server (h2's own cannot name a last stream below one it received). It
@@ -753,6 +789,7 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
     const RST_STREAM: u8 = 3;
     const PING: u8 = 6;
     const GOAWAY: u8 = 7;
+    const WINDOW_UPDATE: u8 = 8;
     const END_STREAM: u8 = 1;
     const END_HEADERS: u8 = 4;
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -796,9 +833,32 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
             PING if flags & 1 == 0 => frame(PING, 1, 0, &payload),
             HEADERS | DATA => {
                 let n = if kind == DATA { len } else { 0 };
-                match bodies.iter_mut().find(|(id, _)| *id == stream) {
-                    Some((_, bytes)) => *bytes += n,
-                    None => bodies.push((stream, n)),
+                let received = match bodies.iter_mut().find(|(id, _)| *id == stream) {
+                    Some((_, bytes)) => {
+                        *bytes += n;
+                        *bytes
+                    }
+                    None => {
+                        bodies.push((stream, n));
+                        n
+                    }
+                };
+                if refused == Refused::WindowFull && n > 0 {
+                    if number == 1 && stream > 1 && received >= 65_535 {
+                        let mut goaway = 1u32.to_be_bytes().to_vec();
+                        goaway.extend_from_slice(&0u32.to_be_bytes());
+                        let _ = tcp.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        return;
+                    }
+                    if number > 1 {
+                        let taken = u32::try_from(n).expect("frame length").to_be_bytes();
+                        let mut out = frame(WINDOW_UPDATE, 0, 0, &taken);
+                        out.extend(frame(WINDOW_UPDATE, 0, stream, &taken));
+                        if tcp.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
                 }
                 if refused == Refused::ClosedAtSecond
                     && number == 1

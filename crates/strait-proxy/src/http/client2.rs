@@ -152,10 +152,16 @@ fn refused_unprocessed(error: &h2::Error) -> bool {
     }
 }
 
-/// The most of a request body kept to send again (see [`send`]): a gRPC unary call's message is
-/// well under it. The copy costs no bytes (chunks are reference counted), only its hold on them
-/// until the answer's head comes.
-const KEPT_BODY_LIMIT: usize = 64 * 1024;
+/// The most of a request body kept to send again (see [`send`]). A stream the upstream refuses
+/// unprocessed was sent at most its window: 64 KiB at nginx, whose `GOAWAY`s are the common
+/// refusal, and at h2's servers. But the proxy had read more by then: the chunk h2 took over the
+/// window and the next, waiting for room. From an HTTP/2 client those are 16 KiB frames, so such
+/// a body goes again whatever its length (to a window up to 224 KiB); from an HTTP/1 client, a
+/// read of up to 256 KiB each, so one goes again when it fits here (always up to 256 KiB). With
+/// 64 KiB kept, a body over it refused so got 502. The copy costs no bytes (chunks are reference
+/// counted), only its hold on them until the answer's head comes: at most this much a request in
+/// flight.
+const KEPT_BODY_LIMIT: usize = 256 * 1024;
 
 /// A request body as it is sent, its chunks kept while they come to no more than
 /// [`KEPT_BODY_LIMIT`] bytes and no trailers come, and until [`send`] takes the copy away (the
