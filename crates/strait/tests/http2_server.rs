@@ -560,32 +560,16 @@ fn stream_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Uploads answered before they ended, many on one connection (a route's own answer here; an
-/// upstream that refuses an upload at its head is the same): the rest of each is read and
-/// dropped, the stream ends as the client ends it, and the connection serves on. Reset
-/// instead (`NO_ERROR`), the `DATA` the client had sent before it saw each reset counted, once
-/// h2 had forgotten the stream, as the client's error, and the connection was closed with
-/// `GOAWAY` `ENHANCE_YOUR_CALM` after about a thousand.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_answered_before_they_end_leave_the_connection_serving() {
+/// The proxy's frames on a raw connection, as they come: (type, stream, payload).
+type RawFrames = tokio::sync::mpsc::UnboundedReceiver<(u8, u32, Vec<u8>)>;
+
+/// A raw HTTP/2 connection to `proxy`, its preface and an empty `SETTINGS` sent: the half to
+/// write frames to, and the frames the proxy sends.
+async fn raw_connection(proxy: &Proxy) -> (tokio::net::tcp::OwnedWriteHalf, RawFrames) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    /// Batches of uploads: each batch's heads go, its answers come, then the ends of its bodies.
-    const BATCHES: u32 = 40;
-    const BATCH: u32 = 40;
-    let up = Upstream::echo("up").await;
-    let config = format!(
-        "listeners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
-         - match: {{ path: {{ exact: /early }} }}\n        \
-         direct_response: {{ status: 403, body: no }}\n      \
-         - backends: [{{ cluster: up }}]\n\
-         clusters:\n  - name: up\n    endpoints: [{{ address: \"{}\" }}]\n",
-        up.addr
-    );
-    let proxy = Proxy::start(&config).await;
     let tcp = TcpStream::connect(proxy.listen).await.expect("connect");
     let (mut rx, mut tx) = tcp.into_split();
-    // The proxy's frames as they come: (type, stream, payload).
-    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+    let (frames_tx, frames) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut got = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -602,24 +586,101 @@ async fn uploads_answered_before_they_end_leave_the_connection_serving() {
             }
         }
     });
-    let mut next_frame = async || {
-        within(
-            Duration::from_secs(5),
-            "a frame from the proxy",
-            frames.recv(),
-        )
-        .await
-        .expect("the connection open")
-    };
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, &[]));
+    tx.write_all(&hello).await.expect("preface");
+    (tx, frames)
+}
+
+/// The next frame the proxy sends on a raw connection, within 5 s, while it is open.
+async fn next_raw_frame(frames: &mut RawFrames) -> (u8, u32, Vec<u8>) {
+    within(
+        Duration::from_secs(5),
+        "a frame from the proxy",
+        frames.recv(),
+    )
+    .await
+    .expect("the connection open")
+}
+
+/// A client that cancels many streams at once, before the proxy took them up, is served on: a
+/// gateway in front of this proxy does so when many of its clients leave at once (a load
+/// generator ending its run), each of their upstream streams cancelled (`RST_STREAM`, `CANCEL`)
+/// right after its head and the first of its body. h2 allows a connection 20 such streams
+/// waiting to be taken up, then closes it with `GOAWAY` `ENHANCE_YOUR_CALM`, and every other
+/// request on it failed (502 at the gateway): a mesh soak's uploads through an HTTP/2 sidecar
+/// met it a few times a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cancelling_its_streams_at_once_is_served_on() {
+    use tokio::io::AsyncWriteExt;
+    /// The streams a connection may have open (the listener's default), all cancelled.
+    const CANCELLED: u32 = 100;
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&config(up.addr, "")).await;
+    let (mut tx, mut frames) = raw_connection(&proxy).await;
+    let upload = literal_head(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/upload"),
+        (":authority", "h2.example"),
+    ]);
+    // In one write: each stream's head, the first byte of its body, and its cancel (CANCEL is
+    // error code 8); then a request after them.
+    let mut out = Vec::new();
+    for i in 0..CANCELLED {
+        let id = 2 * i + 1;
+        out.extend(stream_frame(0x1, 0x4, id, &upload));
+        out.extend(stream_frame(0x0, 0, id, b"a"));
+        out.extend(stream_frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    let last = 2 * CANCELLED + 1;
+    let get = literal_head(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/after"),
+        (":authority", "h2.example"),
+    ]);
+    out.extend(stream_frame(0x1, 0x5, last, &get));
+    tx.write_all(&out).await.expect("write");
+    loop {
+        match next_raw_frame(&mut frames).await {
+            (0x7, _, why) => panic!("GOAWAY after the cancels: {why:?}"),
+            (0x1, id, _) if id == last => break,
+            _ => {}
+        }
+    }
+}
+
+/// Uploads answered before they ended, many on one connection (a route's own answer here; an
+/// upstream that refuses an upload at its head is the same): the rest of each is read and
+/// dropped, the stream ends as the client ends it, and the connection serves on. Reset
+/// instead (`NO_ERROR`), the `DATA` the client had sent before it saw each reset counted, once
+/// h2 had forgotten the stream, as the client's error, and the connection was closed with
+/// `GOAWAY` `ENHANCE_YOUR_CALM` after about a thousand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_answered_before_they_end_leave_the_connection_serving() {
+    use tokio::io::AsyncWriteExt;
+    /// Batches of uploads: each batch's heads go, its answers come, then the ends of its bodies.
+    const BATCHES: u32 = 40;
+    const BATCH: u32 = 40;
+    let up = Upstream::echo("up").await;
+    let config = format!(
+        "listeners:\n  - name: main\n    address: ${{LISTEN}}\n    routes:\n      \
+         - match: {{ path: {{ exact: /early }} }}\n        \
+         direct_response: {{ status: 403, body: no }}\n      \
+         - backends: [{{ cluster: up }}]\n\
+         clusters:\n  - name: up\n    endpoints: [{{ address: \"{}\" }}]\n",
+        up.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let (mut tx, mut frames) = raw_connection(&proxy).await;
+    let mut next_frame = async || next_raw_frame(&mut frames).await;
     let upload = literal_head(&[
         (":method", "POST"),
         (":scheme", "http"),
         (":path", "/early"),
         (":authority", "h2.example"),
     ]);
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(frame(0x4, &[]));
-    tx.write_all(&hello).await.expect("preface");
     let mut resets = 0;
     for batch in 0..BATCHES {
         let ids: Vec<u32> = (0..BATCH).map(|i| 2 * (batch * BATCH + i) + 1).collect();

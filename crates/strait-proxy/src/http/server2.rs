@@ -11,7 +11,8 @@
 //!
 //! What the server does, as hyper's did, and what it does differently:
 //! - The same HTTP/2 settings (windows of 1 MiB, 16 KiB frames, a 16 KiB header list, 400 KiB
-//!   of send buffer per stream, at most 1,024 streams reset for the client's errors).
+//!   of send buffer per stream, at most 1,024 streams reset for the client's errors), but for
+//!   the streams a client may cancel before they are taken up ([`pending_cancels`]).
 //! - A stream whose client resets it while the gateway works on it is dropped: the gateway's
 //!   future with it, and with that its upstream request.
 //! - An answer's chunk with more to come waits for room in the client's window (the upstream
@@ -64,6 +65,21 @@ const MAX_ERROR_RESETS: usize = 1024;
 /// the idle timeout, when shorter).
 const PONG_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How many streams the client cancelled before the server took them up may wait at once to be
+/// taken up (and dropped), before the connection is closed with `GOAWAY` `ENHANCE_YOUR_CALM`.
+///
+/// h2 reads all a connection has before its streams are taken up, and allows 20 by default. A
+/// gateway in front of this proxy cancels many streams at once when many of its clients leave
+/// at once (a load generator ending its run), each right after its head: past 20 in one read,
+/// the connection was closed, and every other request on it failed (502 at the gateway; the
+/// soak's uploads through its HTTP/2 sidecar met it a few times a minute). Twice the streams a
+/// client may have open allows all of them cancelled, and as many opened and cancelled again
+/// before the server reads. The bound is still there for what it is for: streams that are
+/// cancelled take no place among the open ones, and each waiting one holds its request head.
+fn pending_cancels(streams: u32) -> usize {
+    usize::try_from(streams).map_or(usize::MAX, |n| n.saturating_mul(2).max(20))
+}
+
 /// Serves HTTP/2 on a client connection whose preface is next in `io` (a [`Rewound`] gives
 /// back the bytes the HTTP/1 server read first), until the client closes, the listener drains,
 /// or nothing is in flight for `idle_timeout` (then `GOAWAY`: streams still sending their
@@ -88,6 +104,7 @@ pub(crate) async fn serve_h2<I>(
         .max_header_list_size(MAX_HEADER_LIST)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
+        .max_pending_accept_reset_streams(pending_cancels(conn.h2_streams))
         .max_concurrent_reset_streams(H2_RESETS_KEPT)
         .reset_stream_duration(H2_RESETS_KEPT_FOR)
         .max_concurrent_streams(conn.h2_streams);
