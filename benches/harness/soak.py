@@ -9,10 +9,10 @@ Traffic, all at once, each loop in its own thread until the time is up:
   upstream included;
 - TLS 1.3: HTTP/2, HTTP/1.1 keep-alive, and a new connection per request;
 - churn: 50 connections making one request each, HTTP/1.1 and h2c, over and over;
-- uploads: 256 KiB request bodies over HTTP/1.1 and h2c, to HTTP/1.1, h2c and mesh upstreams
-  (48 KiB to nginx's h2c), which the upstreams answer before reading them; they go to a second
-  nginx that is not reloaded (a POST cannot go again, and one sent on a pooled connection as a
-  reload closes it fails at any proxy), which the sidecar below forwards to as well;
+- uploads: 256 KiB request bodies over HTTP/1.1 and h2c, to HTTP/1.1, h2c and mesh upstreams,
+  which the upstreams answer before reading them; they go to a second nginx that is not
+  reloaded (a POST cannot go again, and one sent on a pooled connection as a reload closes it
+  fails at any proxy), which the sidecar below forwards to as well;
 - mesh: a second Strait as the second nginx's sidecar (TLS listener requiring a client
   certificate, authorization by SPIFFE ID), reached over mutual TLS with HTTP/1.1 and HTTP/2,
   and by a client whose identity it refuses (403);
@@ -34,7 +34,9 @@ load, waits past the idle timeouts (5 s for clients, 2 s for upstream connection
   upstream answers 200 (the `/fail`, `/limited` and `/dead` routes' 500s, 429s and 503s are
   expected, and counted apart).
 
-Writes OUT/soak-<stamp>.json and .md; exits 1 when a check fails.
+Writes OUT/soak-<stamp>.json and .md, with what each proxy answered other than 2xx by its own
+counters, and each proxy's metrics at rest to OUT/soak-<stamp>-metrics-NAME.txt; exits 1 when
+a check fails.
 
     python3 benches/harness/soak.py --strait target/release/strait --minutes 10
     python3 benches/harness/soak.py --smoke --strait PATH   # a few seconds, python3 only
@@ -77,7 +79,6 @@ MESH_IDS = {"cart": "spiffe://soak.local/ns/shop/sa/cart",
             "gateway": "spiffe://soak.local/ns/edge/sa/gateway",
             "stranger": "spiffe://soak.local/ns/other/sa/stranger"}
 UPLOAD_BYTES = 256 * 1024
-UPLOAD_SMALL_BYTES = 48 * 1024
 # How far above its start the proxy's RSS may be at rest.
 RSS_SLACK_KIB = 32 * 1024
 SAMPLE_EVERY = 10.0
@@ -306,9 +307,9 @@ http {{
         while not self.stop.is_set():
             p = random.choice(["/steady/", "/steady2/", "/mesh/", "/mesh2/"])
             url = f"http://{HOST}:{self.listen}{p}"
-            # To nginx's h2c: within the 64 KiB a request refused by a `GOAWAY` may be sent
-            # again with (nginx goes away often when its answers leave bodies unread).
-            body = str(self.work / ("upload-small.bin" if p == "/steady2/" else "upload.bin"))
+            # nginx's h2c goes away often when its answers leave bodies unread: the streams
+            # its `GOAWAY` refuses go again, bodies and all.
+            body = str(self.work / "upload.bin")
             if random.random() < 0.5:
                 self.h2load("upload h1", url, p, ["--h1", "-c8", "-D3", "-d", body])
             else:
@@ -477,11 +478,7 @@ http {{
                 if line.startswith("VmRSS"):
                     rss = int(line.split()[1])
         fds = len(os.listdir(f"/proc/{pid}/fd"))
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{admin}/metrics", timeout=5) as r:
-                text = r.read().decode()
-        except OSError:
-            text = ""
+        text = metrics_text(admin)
 
         def total(name: str) -> float:
             return sum(float(m.group(1)) for m in re.finditer(
@@ -492,6 +489,27 @@ http {{
                 "upstream_connections": total("strait_upstream_connections_active"),
                 "requests_in_flight": total("strait_upstream_endpoint_in_flight"),
                 "requests": total("strait_http_requests_total")}
+
+
+def metrics_text(admin: int) -> str:
+    """A proxy's metrics, or "" when its admin port does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{admin}/metrics", timeout=5) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
+
+
+def not_2xx_answers(text: str) -> dict[str, float]:
+    """`strait_http_requests_total` other than 2xx, by "route, cluster, code"."""
+    rows: dict[str, float] = {}
+    for m in re.finditer(r"^strait_http_requests_total\{([^}]*)\} (\S+)$", text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        value = float(m.group(2))
+        if value and not labels.get("code", "").startswith("2"):
+            key = f"{labels.get('route', '')}, {labels.get('cluster', '')}, {labels.get('code')}"
+            rows[key] = rows.get(key, 0) + value
+    return rows
 
 
 def echo_connection(conn: socket.socket) -> None:
@@ -614,7 +632,6 @@ def run(soak: Soak, seconds: float, out: Path, procs: list[subprocess.Popen]) ->
                        check=True, capture_output=True)
         mesh_certs(work)
         (work / "upload.bin").write_bytes(os.urandom(UPLOAD_BYTES))
-        (work / "upload-small.bin").write_bytes(os.urandom(UPLOAD_SMALL_BYTES))
         # the upstream reloaded every 40 s, and the one the uploads and the sidecar go to
         nginx_conf = soak.nginx_config("nginx", soak.up1, soak.up2)
         steady_conf = soak.nginx_config("nginx-steady", soak.steady1, soak.steady2)
@@ -688,10 +705,16 @@ def run(soak: Soak, seconds: float, out: Path, procs: list[subprocess.Popen]) ->
     # past the listeners' idle timeout and the clusters'
     time.sleep(sum(soak.idle) + 1)
     rest: dict[str, dict | None] = {}
+    # What each proxy answered other than 2xx, by its own count (the access log is sampled): a
+    # failed check then says what the failures were.
+    answered: dict[str, dict[str, float]] = {}
+    metrics: dict[str, str] = {}
     for name, (p, admin) in proxies.items():
         rest[name] = soak.sample(p.pid, admin) if p.poll() is None else None
         if rest[name] is None and name not in exited:
             exited[name] = p.returncode
+        metrics[name] = metrics_text(admin) if rest[name] is not None else ""
+        answered[name] = not_2xx_answers(metrics[name])
 
     checks: list[tuple[str, bool, str]] = []
     for name in proxies:
@@ -719,8 +742,10 @@ def run(soak: Soak, seconds: float, out: Path, procs: list[subprocess.Popen]) ->
     checks.append(("traffic flowed", total > 0, f"{total:,} requests counted by the clients"))
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
+    for name, text in metrics.items():
+        (out / f"soak-{stamp}-metrics-{name}.txt").write_text(text)
     report = {"strait": args.strait, "seconds": seconds, "smoke": args.smoke,
-              "start": start, "rest": rest, "samples": samples,
+              "start": start, "rest": rest, "samples": samples, "not_2xx_answers": answered,
               "loads": [{"load": load, "path": path, **c}
                         for (load, path), c in sorted(soak.counts.items())],
               "events": dict(sorted(soak.events.items())),
@@ -732,6 +757,11 @@ def run(soak: Soak, seconds: float, out: Path, procs: list[subprocess.Popen]) ->
     md += ["", "| load | path | requests | not 2xx | errors |", "|---|---|---:|---:|---:|"]
     md += [f"| {load} | `{path}` | {c.get('requests', 0):,} | {c.get('not2xx', 0):,} | "
            f"{c.get('errors', 0):,} |" for (load, path), c in sorted(soak.counts.items())]
+    for name, rows in answered.items():
+        md += ["", f"{name}'s answers other than 2xx (its metrics, in "
+               f"`soak-{stamp}-metrics-{name}.txt`):", "", "| route, cluster, code | answers |",
+               "|---|---:|"]
+        md += [f"| {k} | {v:,.0f} |" for k, v in sorted(rows.items())] or ["| none | |"]
     md += ["", "| event | times |", "|---|---:|"]
     md += [f"| {k} | {v:,} |" for k, v in sorted(soak.events.items())]
     for name in proxies:
