@@ -187,11 +187,22 @@ async fn serve_stream(
     });
     let serving = gateway::serve(req, conn);
     tokio::pin!(serving);
-    let reply = poll_fn(|cx| match serving.as_mut().poll(cx) {
-        Poll::Ready(Ok(reply)) => Poll::Ready(Some(reply)),
-        Poll::Ready(Err(never)) => match never {},
-        // The client may reset the stream while the gateway works: then nobody waits for it.
-        Poll::Pending => respond.with(|r| r.poll_reset(cx)).map(|_| None),
+    // The client may reset the stream while the gateway works: then nobody waits for it. On
+    // the first turn that is asked first: a stream cancelled before it was taken up (a gateway
+    // in front whose client left, see `pending_cancels`) reaches no route and no upstream. A
+    // request that waits on its upstream asks once a turn either way.
+    let mut first = true;
+    let reply = poll_fn(|cx| {
+        let asked = std::mem::take(&mut first);
+        if asked && respond.with(|r| r.poll_reset(cx)).is_ready() {
+            return Poll::Ready(None);
+        }
+        match serving.as_mut().poll(cx) {
+            Poll::Ready(Ok(reply)) => Poll::Ready(Some(reply)),
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending if asked => Poll::Pending,
+            Poll::Pending => respond.with(|r| r.poll_reset(cx)).map(|_| None),
+        }
     })
     .await;
     let Some(mut reply) = reply else {
