@@ -146,7 +146,7 @@ fn bench_harness_smoke_mode_measures_and_writes_every_output() {
 /// The soak (`benches/harness/soak.py`) in its smoke mode: a few seconds of keep-alive
 /// requests, upgrades, abuse and reloads through two workers, with a built-in upstream, then
 /// its checks (nothing left open, open files back, RSS at rest, no failed request) and its
-/// reports.
+/// reports, with the gateway's answers other than 2xx and its metrics.
 #[test]
 fn soak_smoke_mode_checks_that_nothing_was_left_open() {
     let out = out_dir("strait-soak-smoke");
@@ -196,6 +196,20 @@ fn soak_smoke_mode_checks_that_nothing_was_left_open() {
             .iter()
             .any(|p| p.to_string_lossy().ends_with("-smoke.md")),
         "no Markdown report in {files:?}"
+    );
+    // What the gateway answered other than 2xx, by its own counters: the rate-limited route's
+    // 429s are there (expected, so no check failed), and its metrics are kept beside.
+    let refused = &report["not_2xx_answers"]["gateway"]["limited, , 429"];
+    assert!(
+        refused.as_f64().is_some_and(|n| n > 0.0),
+        "the gateway's 429s are not in the report: {}",
+        report["not_2xx_answers"]
+    );
+    assert!(
+        files
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with("-smoke-metrics-gateway.txt")),
+        "no metrics kept in {files:?}"
     );
     let _ = std::fs::remove_dir_all(&out);
 }
