@@ -806,6 +806,14 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
         out.extend(frame(DATA, END_STREAM, stream, text.as_bytes()));
         out
     }
+    /// A graceful `GOAWAY` naming `last` as the last stream processed, then `then`; the
+    /// connection ends 200 ms later, once the proxy has read them.
+    async fn go_away(tcp: &mut TcpStream, last: u32, then: &[u8]) {
+        let mut out = frame(GOAWAY, 0, 0, &[last.to_be_bytes(), [0; 4]].concat());
+        out.extend_from_slice(then);
+        let _ = tcp.write_all(&out).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut preface = [0u8; 24];
     if tcp.read_exact(&mut preface).await.is_err() {
         return;
@@ -845,11 +853,7 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
                 };
                 if refused == Refused::WindowFull && n > 0 {
                     if number == 1 && stream > 1 && received >= 65_535 {
-                        let mut goaway = 1u32.to_be_bytes().to_vec();
-                        goaway.extend_from_slice(&0u32.to_be_bytes());
-                        let _ = tcp.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        return;
+                        return go_away(&mut tcp, 1, &[]).await;
                     }
                     if number > 1 {
                         let taken = u32::try_from(n).expect("frame length").to_be_bytes();
@@ -869,10 +873,7 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
                 }
                 if let Refused::FirstOnConnections(n) = refused {
                     if number <= n && flags & END_STREAM != 0 {
-                        let goaway = [0u8; 8];
-                        let _ = tcp.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        return;
+                        return go_away(&mut tcp, 0, &[]).await;
                     }
                 }
                 let streaming = kind == DATA && flags & END_STREAM == 0;
@@ -881,11 +882,7 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
                     match refusal {
                         Refusal::GoAway => {
                             // The first stream is the last processed.
-                            let mut goaway = 1u32.to_be_bytes().to_vec();
-                            goaway.extend_from_slice(&0u32.to_be_bytes());
-                            let _ = tcp.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            return;
+                            return go_away(&mut tcp, 1, &[]).await;
                         }
                         Refusal::Reset => {
                             let reset = frame(RST_STREAM, 0, stream, &7u32.to_be_bytes());
@@ -913,13 +910,7 @@ async fn refusing_upstream(mut tcp: TcpStream, number: usize, refusal: Refusal, 
                     match refusal {
                         Refusal::GoAway => {
                             // The first is the last processed: the second is refused.
-                            let mut goaway = first.to_be_bytes().to_vec();
-                            goaway.extend_from_slice(&0u32.to_be_bytes());
-                            let mut out = frame(GOAWAY, 0, 0, &goaway);
-                            out.extend(answer(number, first, bytes));
-                            let _ = tcp.write_all(&out).await;
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            return;
+                            return go_away(&mut tcp, first, &answer(number, first, bytes)).await;
                         }
                         Refusal::Reset => {
                             // REFUSED_STREAM is error code 7.
