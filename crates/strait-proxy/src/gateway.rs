@@ -240,16 +240,18 @@ impl std::fmt::Debug for KeptTimer {
     }
 }
 
-/// Serves one request from a client connection.
+/// Serves one request from a client connection, whose head came at `arrived` (the server's
+/// clock read, used for the request's duration and timeouts).
 ///
 /// A plain function returning an `async` block, like [`send`], so the request is held once.
 #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
 pub(crate) fn serve(
     mut req: Request<ClientBody>,
     conn: Rc<Connection>,
+    arrived: Instant,
 ) -> impl std::future::Future<Output = Result<Reply, Infallible>> {
     async move {
-        let mut clock = RequestClock::new();
+        let mut clock = RequestClock::new(arrived);
         let snapshot = conn.worker.current();
         let grpc = is_grpc(&req);
         let Some(listener) = snapshot.listener(conn.local) else {
@@ -1455,9 +1457,9 @@ struct RequestClock {
 }
 
 impl RequestClock {
-    fn new() -> Self {
+    fn new(arrived: Instant) -> Self {
         RequestClock {
-            arrived: Instant::now(),
+            arrived,
             fresh: true,
             answered: None,
         }

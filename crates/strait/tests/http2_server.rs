@@ -188,14 +188,15 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// HTTP/2 connections the listener closed as floods.
-async fn floods(proxy: &Proxy) -> Option<f64> {
-    proxy
-        .metric(
-            "strait_listener_http2_floods_total",
-            &[("listener", "main")],
-        )
-        .await
+/// HTTP/2 connections the listener closed as floods of frames that ask for nothing.
+const FLOODS: &str = "strait_listener_http2_floods_total";
+/// HTTP/2 connections the listener closed because their client reset most of its streams
+/// before they were answered.
+const RESET_FLOODS: &str = "strait_listener_http2_reset_floods_total";
+
+/// The listener's counter `name`.
+async fn listener_count(proxy: &Proxy, name: &str) -> Option<f64> {
+    proxy.metric(name, &[("listener", "main")]).await
 }
 
 /// Opens an HTTP/2 connection to `proxy` and sends `unit` (a frame) `times` times after the
@@ -238,7 +239,7 @@ async fn a_client_that_floods_pings_is_closed_and_counted() {
         "every ping was answered ({} bytes)",
         got.len()
     );
-    let floods = floods(&proxy).await;
+    let floods = listener_count(&proxy, FLOODS).await;
     assert_eq!(floods, Some(1.0));
 }
 
@@ -260,7 +261,7 @@ async fn a_flooding_client_is_told_why_with_goaway_enhance_your_calm() {
     }
     // GOAWAY (0x7): no stream acted on, ENHANCE_YOUR_CALM (0xb).
     assert_eq!(last, frame(0x7, &[0, 0, 0, 0, 0, 0, 0, 0xb]));
-    assert_eq!(floods(&proxy).await, Some(1.0));
+    assert_eq!(listener_count(&proxy, FLOODS).await, Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +290,7 @@ async fn a_client_with_a_tiny_window_updates_it_as_often_as_it_needs() {
     })
     .await;
     assert_eq!(got, SIZE);
-    let floods = floods(&proxy).await;
+    let floods = listener_count(&proxy, FLOODS).await;
     assert_eq!(floods, Some(0.0));
 }
 
@@ -655,6 +656,8 @@ async fn a_client_cancelling_its_streams_at_once_is_served_on() {
         (1, 1),
         "(requests, connections) at the upstream"
     );
+    // 100 streams reset early are not over half of the 500 a connection is judged over.
+    assert_eq!(listener_count(&proxy, RESET_FLOODS).await, Some(0.0));
 }
 
 /// Uploads answered before they ended, many on one connection (a route's own answer here; an
@@ -733,4 +736,80 @@ async fn uploads_answered_before_they_end_leave_the_connection_serving() {
         }
     }
     assert_eq!(resets, 0, "uploads answered early were reset");
+}
+
+/// A "rapid reset" (CVE-2023-44487) paced so that h2 takes up each stream before its reset:
+/// the client opens as many streams as it may, waits until their requests reach the upstream,
+/// resets them all (freeing their places at once), and again. Each round had the upstream start
+/// 100 requests nobody waits for, without end. More than half of a connection's streams (and
+/// more than 250) reset within a second of their heads, unanswered, and the connection is
+/// closed with `GOAWAY` `ENHANCE_YOUR_CALM`, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resetting_its_streams_once_they_reach_upstream_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    /// The streams a connection may have open (the listener's default).
+    const OPEN: u32 = 100;
+    let up = Upstream::slow("up", Duration::from_secs(30)).await;
+    let proxy = Proxy::start(&config(up.addr, "")).await;
+    let (mut tx, mut frames) = raw_connection(&proxy).await;
+    let get = literal_head(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/slow"),
+        (":authority", "h2.example"),
+    ]);
+    let mut next_id = 1;
+    let mut goaway = None;
+    for round in 1..=5 {
+        let ids: Vec<u32> = (0..OPEN).map(|i| next_id + 2 * i).collect();
+        next_id += 2 * OPEN;
+        let heads: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| stream_frame(0x1, 0x5, id, &get))
+            .collect();
+        if tx.write_all(&heads).await.is_err() {
+            break;
+        }
+        let reached = round * OPEN as usize;
+        let upstream_saw = eventually(Duration::from_secs(5), || async { up.hits() >= reached });
+        if !upstream_saw.await {
+            break;
+        }
+        let resets: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| stream_frame(0x3, 0, id, &8u32.to_be_bytes()))
+            .collect();
+        if tx.write_all(&resets).await.is_err() {
+            break;
+        }
+        // The proxy's frames so far: a GOAWAY once the resets passed the bound.
+        while let Ok(Some((kind, _, payload))) =
+            tokio::time::timeout(Duration::from_millis(200), frames.recv()).await
+        {
+            if kind == 0x7 {
+                goaway = Some(payload);
+            }
+        }
+        if goaway.is_some() {
+            break;
+        }
+    }
+    let goaway = goaway.unwrap_or_else(|| {
+        panic!(
+            "no GOAWAY after the resets; the upstream saw {} requests",
+            up.hits()
+        )
+    });
+    // ENHANCE_YOUR_CALM (0xb); the last stream taken up was one reset in the third round.
+    assert_eq!(goaway[4..8], 0xbu32.to_be_bytes(), "{goaway:?}");
+    let last = u32::from_be_bytes([goaway[0], goaway[1], goaway[2], goaway[3]]);
+    assert!((401..600).contains(&last), "last stream {last}");
+    // And the connection is closed.
+    within(Duration::from_secs(5), "the proxy closes", async {
+        while frames.recv().await.is_some() {}
+    })
+    .await;
+    assert_eq!(up.hits(), 3 * OPEN as usize, "requests at the upstream");
+    assert_eq!(listener_count(&proxy, RESET_FLOODS).await, Some(1.0));
+    assert_eq!(listener_count(&proxy, FLOODS).await, Some(0.0));
 }

@@ -911,7 +911,8 @@ fn exchange<'a>(
     headers::put_map(request.headers_mut(), headers);
     // Boxed: the gateway's future is kilobytes, and an idle connection's task, allocated at
     // the size of its largest state, must not carry room for it.
-    let mut serving = boxed(|| gateway::serve(request, Rc::clone(conn)));
+    let arrived = std::time::Instant::now();
+    let mut serving = boxed(|| gateway::serve(request, Rc::clone(conn), arrived));
     async move {
         let answered = poll_fn(|cx| match serving.as_mut().poll(cx) {
             Poll::Ready(answer) => Poll::Ready(Some(answer)),

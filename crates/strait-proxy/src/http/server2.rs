@@ -15,6 +15,9 @@
 //!   the streams a client may cancel before they are taken up ([`pending_cancels`]).
 //! - A stream whose client resets it while the gateway works on it is dropped: the gateway's
 //!   future with it, and with that its upstream request.
+//! - A client that resets most of its streams before they are answered (a "rapid reset", whose
+//!   resets free the places among its open streams as soon as its requests have started
+//!   upstream work) has its connection closed ([`Cancels`]).
 //! - An answer's chunk with more to come waits for room in the client's window (the upstream
 //!   is read no faster than the client takes the answer); while it waits, the route's
 //!   `idle_timeout` runs, and a client that takes nothing for that long has its stream reset
@@ -27,13 +30,13 @@
 //! - `expect: 100-continue` is answered `100 Continue` when the gateway first reads the body
 //!   (hyper's HTTP/2 server never sent one).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::task::{ready, Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -80,6 +83,76 @@ fn pending_cancels(streams: u32) -> usize {
     usize::try_from(streams).map_or(usize::MAX, |n| n.saturating_mul(2).max(20))
 }
 
+/// How soon after its head a stream the client resets, unanswered, counts against the
+/// connection (a "premature" reset, in Envoy's word and with its figure).
+const PREMATURE_WITHIN: Duration = Duration::from_secs(1);
+/// The streams a connection is judged over at the least: until it has taken up this many, more
+/// than half this many premature resets close it.
+const JUDGED_OVER: u32 = 500;
+
+/// The streams a client connection's client reset before they were answered, within
+/// [`PREMATURE_WITHIN`] of their heads, against the streams it opened: more than half of them
+/// (and more than half of [`JUDGED_OVER`]) and the connection is closed with `GOAWAY`
+/// `ENHANCE_YOUR_CALM`, counted in `strait_listener_http2_reset_floods_total`.
+///
+/// A reset frees its stream's place among the client's open ones at once, while the request it
+/// cancels has been routed and sent upstream: a client that opens streams and resets each once
+/// its request is on its way ("rapid reset", CVE-2023-44487) has upstreams work without end at
+/// the cost of two frames a request, whatever `max_concurrent_streams` says. h2 catches only
+/// the streams reset before the server takes them up, in one read ([`pending_cancels`]); the
+/// frame meter charges a reset one token and pays ten for each stream. Envoy closes such
+/// connections by the same rule; nghttp2 rate-limits `RST_STREAM` instead.
+///
+/// What a client with cause cancels stays under it: a gateway in front whose clients leave
+/// (all of a connection's open streams at once, then more requests), hedged requests (one loser
+/// for each winner, half at most), and deadlines over a second (gRPC's, an upstream that hangs).
+#[derive(Default)]
+struct Cancels {
+    /// Streams taken up.
+    opened: Cell<u32>,
+    /// Streams the client reset before they were answered, within [`PREMATURE_WITHIN`].
+    premature: Cell<u32>,
+    /// The bound was passed: the connection is to close.
+    over: Cell<bool>,
+    /// The connection's task, woken when the bound is passed.
+    waiting: Cell<Option<Waker>>,
+}
+
+impl Cancels {
+    fn opened(&self) {
+        self.opened.set(self.opened.get().saturating_add(1));
+    }
+
+    /// Counts a stream whose head came at `arrived` reset by the client before its answer went.
+    fn reset(&self, arrived: Instant) {
+        if arrived.elapsed() >= PREMATURE_WITHIN {
+            return;
+        }
+        let premature = self.premature.get().saturating_add(1);
+        self.premature.set(premature);
+        let judged = self.opened.get().max(JUDGED_OVER);
+        if u64::from(premature) * 2 > u64::from(judged) && !self.over.replace(true) {
+            if let Some(task) = self.waiting.take() {
+                task.wake();
+            }
+        }
+    }
+
+    /// Whether the bound was passed; the connection's task (`cx`) is woken when it is.
+    fn poll_over(&self, cx: &Context<'_>) -> bool {
+        if self.over.get() {
+            return true;
+        }
+        // Most turns the task is the same one: its waker is kept, not cloned again.
+        let task = match self.waiting.take() {
+            Some(task) if task.will_wake(cx.waker()) => task,
+            _ => cx.waker().clone(),
+        };
+        self.waiting.set(Some(task));
+        false
+    }
+}
+
 /// Serves HTTP/2 on a client connection whose preface is next in `io` (a [`Rewound`] gives
 /// back the bytes the HTTP/1 server read first), until the client closes, the listener drains,
 /// or nothing is in flight for `idle_timeout` (then `GOAWAY`: streams still sending their
@@ -108,7 +181,7 @@ pub(crate) async fn serve_h2<I>(
         .max_concurrent_reset_streams(H2_RESETS_KEPT)
         .reset_stream_duration(H2_RESETS_KEPT_FOR)
         .max_concurrent_streams(conn.h2_streams);
-    let handshake = builder.handshake::<_, Bytes>(Batched::new(io, stats));
+    let handshake = builder.handshake::<_, Bytes>(Batched::new(io, stats.clone()));
     let drained = drain.wait_for(|d| *d);
     let idle = idle_for(&conn.activity, idle_timeout);
     tokio::pin!(drained, idle);
@@ -128,10 +201,27 @@ pub(crate) async fn serve_h2<I>(
         .zip(h2.ping_pong())
         .map(|(every, pings)| KeepAlive::new(pings, every, PONG_TIMEOUT.min(every)));
     let mut closing = false;
+    let cancels = Rc::new(Cancels::default());
+    let mut calmed = false;
     let ended = poll_fn(|cx| {
         if !closing && (drained.as_mut().poll(cx).is_ready() || idle.as_mut().poll(cx).is_ready()) {
             closing = true;
             h2.graceful_shutdown();
+        }
+        if !calmed && cancels.poll_over(cx) {
+            // Streams the client opened after the last one taken up are refused by the `GOAWAY`;
+            // those still open end with the connection.
+            calmed = true;
+            tracing::debug!(
+                %peer,
+                opened = cancels.opened.get(),
+                reset = cancels.premature.get(),
+                "most streams reset before their answers: closing"
+            );
+            if let Some(stats) = &stats {
+                stats.http2_reset_flooded();
+            }
+            h2.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
         }
         if keep_alive.as_mut().is_some_and(|k| k.poll_dead(cx)) {
             tracing::debug!(%peer, "keep-alive ping unanswered: closing");
@@ -144,7 +234,9 @@ pub(crate) async fn serve_h2<I>(
                     // Boxed, the task holds a pointer: tokio moves a task's future in and its
                     // stages over it, at the future's full size (kilobytes, with the gateway's).
                     let conn = Rc::clone(&conn);
-                    let stream = crate::http::boxed(|| serve_stream(req, respond, conn));
+                    cancels.opened();
+                    let cancels = Rc::clone(&cancels);
+                    let stream = crate::http::boxed(|| serve_stream(req, respond, conn, cancels));
                     crate::runtime::busy_poll::spawn(stream);
                 }
                 Some(Err(e)) => return Poll::Ready(Err(e)),
@@ -158,12 +250,16 @@ pub(crate) async fn serve_h2<I>(
     }
 }
 
-/// Serves one stream: the gateway answers its request, and the answer is sent.
+/// Serves one stream: the gateway answers its request, and the answer is sent. A reset by the
+/// client before the answer is whole is counted in `cancels`.
 async fn serve_stream(
     req: Request<RecvStream>,
     respond: SendResponse<Bytes>,
     conn: Rc<Connection>,
+    cancels: Rc<Cancels>,
 ) {
+    // One clock read: the request's arrival, for the gateway and for a reset's count.
+    let arrived = Instant::now();
     // Counted from here until the answer is sent whole or the stream reset: an answer still
     // streaming keeps the connection from its idle timeout.
     let _open = gateway::OpenStream::new(Rc::clone(&conn));
@@ -185,28 +281,39 @@ async fn serve_stream(
             continued,
         })
     });
-    let serving = gateway::serve(req, conn);
+    let serving = gateway::serve(req, conn, arrived);
     tokio::pin!(serving);
     // The client may reset the stream while the gateway works: then nobody waits for it. On
     // the first turn that is asked first: a stream cancelled before it was taken up (a gateway
     // in front whose client left, see `pending_cancels`) reaches no route and no upstream. A
     // request that waits on its upstream asks once a turn either way.
+    // (`Err` when the connection failed instead: that is no client's reset.)
     let mut first = true;
     let reply = poll_fn(|cx| {
         let asked = std::mem::take(&mut first);
-        if asked && respond.with(|r| r.poll_reset(cx)).is_ready() {
-            return Poll::Ready(None);
+        if asked {
+            if let Poll::Ready(reset) = respond.with(|r| r.poll_reset(cx)) {
+                return Poll::Ready(Err(reset.is_ok()));
+            }
         }
         match serving.as_mut().poll(cx) {
-            Poll::Ready(Ok(reply)) => Poll::Ready(Some(reply)),
+            Poll::Ready(Ok(reply)) => Poll::Ready(Ok(reply)),
             Poll::Ready(Err(never)) => match never {},
             Poll::Pending if asked => Poll::Pending,
-            Poll::Pending => respond.with(|r| r.poll_reset(cx)).map(|_| None),
+            Poll::Pending => respond
+                .with(|r| r.poll_reset(cx))
+                .map(|reset| Err(reset.is_ok())),
         }
     })
     .await;
-    let Some(mut reply) = reply else {
-        return;
+    let mut reply = match reply {
+        Ok(reply) => reply,
+        Err(by_client) => {
+            if by_client {
+                cancels.reset(arrived);
+            }
+            return;
+        }
     };
     // The head is taken out of the boxed answer field by field, and the body stays in it: a
     // response moved out whole is a copy of some 300 bytes, and one more to put it back together.
@@ -249,9 +356,11 @@ async fn serve_stream(
         return;
     }
     let idle = reply.body().idle_limit();
-    if stream2::send_body(reply.body_mut(), &mut tx, idle).await == Sent::Stalled {
+    match stream2::send_body(reply.body_mut(), &mut tx, idle).await {
         // The client kept its window shut for the route's idle timeout.
-        reply.body_mut().cut_stalled();
+        Sent::Stalled => reply.body_mut().cut_stalled(),
+        Sent::Reset => cancels.reset(arrived),
+        Sent::Ended => {}
     }
 }
 
@@ -378,5 +487,76 @@ async fn idle_for(activity: &gateway::Activity, limit: Option<Duration>) {
             Some(since) => tokio::time::sleep_until(since + limit).await,
             None => tokio::time::sleep(limit).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    struct Counted(AtomicUsize);
+
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// `n` streams opened and reset, their heads at `arrived`.
+    fn open_and_reset(cancels: &Cancels, n: u32, arrived: Instant) {
+        for _ in 0..n {
+            cancels.opened();
+            cancels.reset(arrived);
+        }
+    }
+
+    #[test]
+    fn more_than_half_of_the_streams_reset_early_is_over() {
+        let now = Instant::now();
+        // A new connection is judged over 500 streams: 250 resets are half.
+        let cancels = Cancels::default();
+        open_and_reset(&cancels, 250, now);
+        assert!(!cancels.over.get(), "250 of 500");
+        open_and_reset(&cancels, 1, now);
+        assert!(cancels.over.get(), "251 of 500");
+
+        // Past 500, over half of those opened.
+        let cancels = Cancels::default();
+        for _ in 0..1000 {
+            cancels.opened();
+        }
+        for _ in 0..500 {
+            cancels.reset(now);
+        }
+        assert!(!cancels.over.get(), "500 of 1,000");
+        cancels.reset(now);
+        assert!(cancels.over.get(), "501 of 1,000");
+    }
+
+    #[test]
+    fn a_reset_a_second_after_its_head_does_not_count() {
+        let cancels = Cancels::default();
+        let long_ago = Instant::now()
+            .checked_sub(PREMATURE_WITHIN)
+            .expect("a second ago");
+        open_and_reset(&cancels, 1000, long_ago);
+        assert_eq!(cancels.premature.get(), 0);
+        assert!(!cancels.over.get());
+    }
+
+    #[test]
+    fn the_connection_task_is_woken_once_when_over() {
+        let woken = Arc::new(Counted(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&woken));
+        let cx = Context::from_waker(&waker);
+        let cancels = Cancels::default();
+        assert!(!cancels.poll_over(&cx));
+        // Asked again by the same task: one waker kept.
+        assert!(!cancels.poll_over(&cx));
+        open_and_reset(&cancels, 300, Instant::now());
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert!(cancels.poll_over(&cx));
     }
 }

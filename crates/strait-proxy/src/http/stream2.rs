@@ -106,8 +106,10 @@ pub(crate) fn declared_length(fields: &http::HeaderMap) -> Option<u64> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Sent {
     /// The body went whole (the last of it may still wait in h2 for the window), failed, or
-    /// the stream was reset: either way there is nothing left to do.
+    /// the connection failed: either way there is nothing left to do.
     Ended,
+    /// The peer reset the stream before the body went whole.
+    Reset,
     /// The peer kept its window shut for the idle limit while a chunk waited: the stream was
     /// reset (`CANCEL`).
     Stalled,
@@ -131,9 +133,10 @@ where
     let mut waiting: Option<Bytes> = None;
     let mut stall = idle.map(IdleTimer::new);
     poll_fn(|cx| loop {
-        if tx.poll_reset(cx).is_ready() {
-            // The peer reset the stream, or the connection failed.
-            return Poll::Ready(Sent::Ended);
+        match tx.poll_reset(cx) {
+            Poll::Ready(Ok(_)) => return Poll::Ready(Sent::Reset),
+            Poll::Ready(Err(_)) => return Poll::Ready(Sent::Ended),
+            Poll::Pending => {}
         }
         if let Some(chunk) = waiting.take() {
             while tx.capacity() == 0 {

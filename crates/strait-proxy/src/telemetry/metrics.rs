@@ -322,6 +322,7 @@ pub struct ListenerStats {
     accept_errors: AtomicU64,
     head_timeouts: AtomicU64,
     http2_floods: AtomicU64,
+    http2_reset_floods: AtomicU64,
     tls_full: AtomicU64,
     tls_resumed: AtomicU64,
     tls_failures: [AtomicU64; 4],
@@ -381,6 +382,12 @@ impl ListenerStats {
     /// HTTP/2 connections closed as floods so far.
     pub fn http2_floods(&self) -> u64 {
         self.http2_floods.load(Relaxed)
+    }
+
+    /// Counts an HTTP/2 connection closed because its client reset most of its streams before
+    /// they were answered (`http::server2`'s `Cancels`).
+    pub fn http2_reset_flooded(&self) {
+        self.http2_reset_floods.fetch_add(1, Relaxed);
     }
 
     /// Counts a connection refused because the listener was full.
@@ -941,6 +948,11 @@ impl Collector for StoreCollector {
                 "HTTP/2 connections closed because the client sent too many frames that open no request and carry no data (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty DATA).",
                 8,
             ),
+            (
+                "strait_listener_http2_reset_floods",
+                "HTTP/2 connections closed because the client reset most of its streams within a second of their heads, before they were answered (rapid reset).",
+                10,
+            ),
         ] {
             let metric_type = if kind == 2 {
                 MetricType::Gauge
@@ -962,6 +974,7 @@ impl Collector for StoreCollector {
                     6 => ConstCounter::new(s.accept_errors.load(Relaxed)).encode(fam)?,
                     7 => ConstCounter::new(s.head_timeouts.load(Relaxed)).encode(fam)?,
                     8 => ConstCounter::new(s.http2_floods.load(Relaxed)).encode(fam)?,
+                    10 => ConstCounter::new(s.http2_reset_floods.load(Relaxed)).encode(fam)?,
                     _ => ConstCounter::new(s.client_overflowed.load(Relaxed)).encode(fam)?,
                 }
             }
