@@ -480,15 +480,11 @@ http {{
         fds = len(os.listdir(f"/proc/{pid}/fd"))
         text = metrics_text(admin)
 
-        def total(name: str) -> float:
-            return sum(float(m.group(1)) for m in re.finditer(
-                rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-
         return {"rss_kib": rss, "open_files": fds,
-                "client_connections": total("strait_tcp_connections_active"),
-                "upstream_connections": total("strait_upstream_connections_active"),
-                "requests_in_flight": total("strait_upstream_endpoint_in_flight"),
-                "requests": total("strait_http_requests_total")}
+                "client_connections": counter_total(text, "strait_tcp_connections_active"),
+                "upstream_connections": counter_total(text, "strait_upstream_connections_active"),
+                "requests_in_flight": counter_total(text, "strait_upstream_endpoint_in_flight"),
+                "requests": counter_total(text, "strait_http_requests_total")}
 
 
 def metrics_text(admin: int) -> str:
@@ -498,6 +494,12 @@ def metrics_text(admin: int) -> str:
             return r.read().decode()
     except OSError:
         return ""
+
+
+def counter_total(text: str, name: str) -> float:
+    """The sum of a metric's series (a counter's or a gauge's) in a proxy's metrics text."""
+    return sum(float(m.group(1)) for m in re.finditer(
+        rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def not_2xx_answers(text: str) -> dict[str, float]:
@@ -726,6 +728,13 @@ def run(soak: Soak, seconds: float, out: Path, procs: list[subprocess.Popen]) ->
         for key in ("client_connections", "requests_in_flight", "upstream_connections"):
             checks.append((f"{name}: no {key.replace('_', ' ')} left at rest", r[key] == 0,
                            f"{r[key]:.0f}"))
+        # No load here floods or resets its streams: an HTTP/2 connection closed as a flood
+        # would be the proxy taking its clients for attackers (the gateway's to the sidecar
+        # cancels many streams whenever an h2load run ends).
+        closed = {metric: counter_total(metrics[name], metric) for metric in (
+            "strait_listener_http2_floods_total", "strait_listener_http2_reset_floods_total")}
+        checks.append((f"{name}: no HTTP/2 client closed as a flood", not any(closed.values()),
+                       ", ".join(f"{m} {v:.0f}" for m, v in closed.items())))
         checks.append((f"{name}: open files back to the start",
                        r["open_files"] <= s0["open_files"],
                        f"{s0['open_files']} at start, {r['open_files']} at rest"))
