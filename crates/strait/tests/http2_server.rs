@@ -738,35 +738,27 @@ async fn uploads_answered_before_they_end_leave_the_connection_serving() {
     assert_eq!(resets, 0, "uploads answered early were reset");
 }
 
-/// A "rapid reset" (CVE-2023-44487) paced so that h2 takes up each stream before its reset:
-/// the client opens as many streams as it may, waits until their requests reach the upstream,
-/// resets them all (freeing their places at once), and again. Each round had the upstream start
-/// 100 requests nobody waits for, without end. More than half of a connection's streams (and
-/// more than 250) reset within a second of their heads, unanswered, and the connection is
-/// closed with `GOAWAY` `ENHANCE_YOUR_CALM`, and counted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_resetting_its_streams_once_they_reach_upstream_is_closed() {
+/// Rounds of streams reset once their requests reached the upstream: each round opens as many
+/// streams as a connection may (`head` writes a stream's frames), waits until the upstream has
+/// them all, and has each reset (`reset` writes the frames that do it), up to 5 rounds or until
+/// the proxy sends `GOAWAY`. The `GOAWAY`'s last stream and error code, once the connection is
+/// closed, and the requests the upstream saw.
+async fn reset_rounds(
+    proxy: &Proxy,
+    up: &Upstream,
+    head: impl Fn(u32) -> Vec<u8>,
+    reset: impl Fn(u32) -> Vec<u8>,
+) -> (u32, u32, usize) {
     use tokio::io::AsyncWriteExt;
     /// The streams a connection may have open (the listener's default).
     const OPEN: u32 = 100;
-    let up = Upstream::slow("up", Duration::from_secs(30)).await;
-    let proxy = Proxy::start(&config(up.addr, "")).await;
-    let (mut tx, mut frames) = raw_connection(&proxy).await;
-    let get = literal_head(&[
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":path", "/slow"),
-        (":authority", "h2.example"),
-    ]);
+    let (mut tx, mut frames) = raw_connection(proxy).await;
     let mut next_id = 1;
     let mut goaway = None;
     for round in 1..=5 {
         let ids: Vec<u32> = (0..OPEN).map(|i| next_id + 2 * i).collect();
         next_id += 2 * OPEN;
-        let heads: Vec<u8> = ids
-            .iter()
-            .flat_map(|&id| stream_frame(0x1, 0x5, id, &get))
-            .collect();
+        let heads: Vec<u8> = ids.iter().flat_map(|&id| head(id)).collect();
         if tx.write_all(&heads).await.is_err() {
             break;
         }
@@ -775,10 +767,7 @@ async fn a_client_resetting_its_streams_once_they_reach_upstream_is_closed() {
         if !upstream_saw.await {
             break;
         }
-        let resets: Vec<u8> = ids
-            .iter()
-            .flat_map(|&id| stream_frame(0x3, 0, id, &8u32.to_be_bytes()))
-            .collect();
+        let resets: Vec<u8> = ids.iter().flat_map(|&id| reset(id)).collect();
         if tx.write_all(&resets).await.is_err() {
             break;
         }
@@ -800,16 +789,76 @@ async fn a_client_resetting_its_streams_once_they_reach_upstream_is_closed() {
             up.hits()
         )
     });
-    // ENHANCE_YOUR_CALM (0xb); the last stream taken up was one reset in the third round.
-    assert_eq!(goaway[4..8], 0xbu32.to_be_bytes(), "{goaway:?}");
-    let last = u32::from_be_bytes([goaway[0], goaway[1], goaway[2], goaway[3]]);
-    assert!((401..600).contains(&last), "last stream {last}");
-    // And the connection is closed.
     within(Duration::from_secs(5), "the proxy closes", async {
         while frames.recv().await.is_some() {}
     })
     .await;
-    assert_eq!(up.hits(), 3 * OPEN as usize, "requests at the upstream");
+    let word = |at: usize| {
+        u32::from_be_bytes([goaway[at], goaway[at + 1], goaway[at + 2], goaway[at + 3]])
+    };
+    (word(0), word(4), up.hits())
+}
+
+/// A "rapid reset" (CVE-2023-44487) paced so that h2 takes up each stream before its reset:
+/// the client opens as many streams as it may, waits until their requests reach the upstream,
+/// resets them all (freeing their places at once), and again. Each round had the upstream start
+/// 100 requests nobody waits for, without end. More than half of a connection's streams (and
+/// more than 250) reset within a second of their heads, unanswered, and the connection is
+/// closed with `GOAWAY` `ENHANCE_YOUR_CALM`, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resetting_its_streams_once_they_reach_upstream_is_closed() {
+    let up = Upstream::slow("up", Duration::from_secs(30)).await;
+    let proxy = Proxy::start(&config(up.addr, "")).await;
+    let get = literal_head(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/slow"),
+        (":authority", "h2.example"),
+    ]);
+    let (last, error, hits) = reset_rounds(
+        &proxy,
+        &up,
+        |id| stream_frame(0x1, 0x5, id, &get),
+        // RST_STREAM, CANCEL (8).
+        |id| stream_frame(0x3, 0, id, &8u32.to_be_bytes()),
+    )
+    .await;
+    // ENHANCE_YOUR_CALM (0xb); the last stream taken up was one reset in the third round.
+    assert_eq!(error, 0xb);
+    assert!((401..600).contains(&last), "last stream {last}");
+    assert_eq!(hits, 300, "requests at the upstream");
     assert_eq!(listener_count(&proxy, RESET_FLOODS).await, Some(1.0));
     assert_eq!(listener_count(&proxy, FLOODS).await, Some(0.0));
+}
+
+/// The same with resets the proxy sends ("MadeYouReset", CVE-2025-8671): each request declares
+/// a body of 4 bytes and sends them, and once it is upstream the client sends a fifth, which
+/// h2 answers by resetting the stream (`PROTOCOL_ERROR`). h2 closes a connection after 1,024
+/// such resets; these count as the client's own, and it is closed in the third round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_making_the_proxy_reset_its_streams_is_closed() {
+    let up = Upstream::slow("up", Duration::from_secs(30)).await;
+    let proxy = Proxy::start(&config(up.addr, "")).await;
+    let post = literal_head(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/slow"),
+        (":authority", "h2.example"),
+        ("content-length", "4"),
+    ]);
+    let (last, error, hits) = reset_rounds(
+        &proxy,
+        &up,
+        |id| {
+            let mut frames = stream_frame(0x1, 0x4, id, &post);
+            frames.extend(stream_frame(0x0, 0, id, b"abcd"));
+            frames
+        },
+        |id| stream_frame(0x0, 0, id, b"e"),
+    )
+    .await;
+    assert_eq!(error, 0xb);
+    assert!((401..600).contains(&last), "last stream {last}");
+    assert_eq!(hits, 300, "requests at the upstream");
+    assert_eq!(listener_count(&proxy, RESET_FLOODS).await, Some(1.0));
 }

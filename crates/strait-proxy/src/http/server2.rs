@@ -100,8 +100,11 @@ const JUDGED_OVER: u32 = 500;
 /// its request is on its way ("rapid reset", CVE-2023-44487) has upstreams work without end at
 /// the cost of two frames a request, whatever `max_concurrent_streams` says. h2 catches only
 /// the streams reset before the server takes them up, in one read ([`pending_cancels`]); the
-/// frame meter charges a reset one token and pays ten for each stream. Envoy closes such
-/// connections by the same rule; nghttp2 rate-limits `RST_STREAM` instead.
+/// frame meter charges a reset one token and pays ten for each stream. The resets h2 makes for
+/// the client's errors on a stream count as the client's: a body longer than it declared, sent
+/// once the request is upstream, has h2 reset the stream to the same effect ("MadeYouReset",
+/// CVE-2025-8671; h2 alone allows 1,024 a connection). Envoy closes such connections by the
+/// same rule; nghttp2 rate-limits `RST_STREAM` instead.
 ///
 /// What a client with cause cancels stays under it: a gateway in front whose clients leave
 /// (all of a connection's open streams at once, then more requests), hedged requests (one loser
@@ -344,13 +347,19 @@ async fn serve_stream(
             fields.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
     }
-    let sent = respond.with(|r| {
-        r.send_response(head, end)
-            .inspect_err(|_| r.send_reset(Reason::INTERNAL_ERROR))
-    });
-    let mut tx = match sent {
+    let mut tx = match respond.with(|r| r.send_response(head, end)) {
         Ok(tx) => tx,
-        Err(e) => return tracing::debug!(error = %e, "HTTP/2 answer not sent"),
+        Err(e) => {
+            // A stream reset while its answer was made, which the answer beat to this task: the
+            // client's reset, or h2's for the client's error on the stream (a body longer than
+            // it declared, which also ends the answer), counts as the client's.
+            let reset = poll_fn(|cx| Poll::Ready(respond.with(|r| r.poll_reset(cx)))).await;
+            match reset {
+                Poll::Ready(Ok(_)) => cancels.reset(arrived),
+                _ => respond.with(|r| r.send_reset(Reason::INTERNAL_ERROR)),
+            }
+            return tracing::debug!(error = %e, "HTTP/2 answer not sent");
+        }
     };
     if end {
         return;
