@@ -107,8 +107,10 @@ const JUDGED_OVER: u32 = 500;
 /// same rule; nghttp2 rate-limits `RST_STREAM` instead.
 ///
 /// What a client with cause cancels stays under it: a gateway in front whose clients leave
-/// (all of a connection's open streams at once, then more requests), hedged requests (one loser
-/// for each winner, half at most), and deadlines over a second (gRPC's, an upstream that hangs).
+/// (all of a connection's open streams at once, then more requests), hedged requests (the
+/// losers a Strait gateway cancels are within its cluster's retry budget, 20 % of requests by
+/// default; a hedging client with no budget whose every request hedges more than once would
+/// pass it), and deadlines over a second (gRPC's, an upstream that hangs).
 #[derive(Default)]
 struct Cancels {
     /// Streams taken up.
