@@ -291,8 +291,9 @@ async fn serve_stream(
     // The client may reset the stream while the gateway works: then nobody waits for it. On
     // the first turn that is asked first: a stream cancelled before it was taken up (a gateway
     // in front whose client left, see `pending_cancels`) reaches no route and no upstream. A
-    // request that waits on its upstream asks once a turn either way.
-    // (`Err` when the connection failed instead: that is no client's reset.)
+    // request that waits on its upstream asks once a turn either way. A reset ends the stream
+    // with `Err(true)`; a failed connection (`poll_reset`'s error) with `Err(false)`: that is
+    // no client's reset, and is not counted.
     let mut first = true;
     let reply = poll_fn(|cx| {
         let asked = std::mem::take(&mut first);
