@@ -740,12 +740,14 @@ async fn uploads_answered_before_they_end_leave_the_connection_serving() {
 
 /// Rounds of streams reset once their requests reached the upstream: each round opens as many
 /// streams as a connection may (`head` writes a stream's frames), waits until the upstream has
-/// them all, and has each reset (`reset` writes the frames that do it), up to 5 rounds or until
-/// the proxy sends `GOAWAY`. The `GOAWAY`'s last stream and error code, once the connection is
-/// closed, and the requests the upstream saw.
+/// them all (and, `answered`, until the proxy has sent each its answer's head, the client's
+/// window shut so that no body follows), and has each reset (`reset` writes the frames that do
+/// it), up to 5 rounds or until the proxy sends `GOAWAY`. The `GOAWAY`'s last stream and error
+/// code, once the connection is closed, and the requests the upstream saw.
 async fn reset_rounds(
     proxy: &Proxy,
     up: &Upstream,
+    answered: bool,
     head: impl Fn(u32) -> Vec<u8>,
     reset: impl Fn(u32) -> Vec<u8>,
 ) -> (u32, u32, usize) {
@@ -753,6 +755,11 @@ async fn reset_rounds(
     /// The streams a connection may have open (the listener's default).
     const OPEN: u32 = 100;
     let (mut tx, mut frames) = raw_connection(proxy).await;
+    if answered {
+        // SETTINGS_INITIAL_WINDOW_SIZE (0x4): 0.
+        let shut = frame(0x4, &[0, 4, 0, 0, 0, 0]);
+        tx.write_all(&shut).await.expect("settings");
+    }
     let mut next_id = 1;
     let mut goaway = None;
     for round in 1..=5 {
@@ -765,6 +772,20 @@ async fn reset_rounds(
         let reached = round * OPEN as usize;
         let upstream_saw = eventually(Duration::from_secs(5), || async { up.hits() >= reached });
         if !upstream_saw.await {
+            break;
+        }
+        let mut heads_due = if answered { ids.len() } else { 0 };
+        while heads_due > 0 {
+            match next_raw_frame(&mut frames).await {
+                (0x1, id, _) if ids.contains(&id) => heads_due -= 1,
+                (0x7, _, payload) => {
+                    goaway = Some(payload);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if goaway.is_some() {
             break;
         }
         let resets: Vec<u8> = ids.iter().flat_map(|&id| reset(id)).collect();
@@ -799,6 +820,29 @@ async fn reset_rounds(
     (word(0), word(4), up.hits())
 }
 
+/// Runs [`reset_rounds`] against a proxy in front of `up`, and checks that the connection was
+/// closed for its resets in the third round: more than 250 of them, each in a round of 100, and
+/// `GOAWAY` `ENHANCE_YOUR_CALM` naming a stream of that round, counted as a reset flood.
+async fn closed_in_the_third_round(
+    up: Upstream,
+    answered: bool,
+    head: impl Fn(u32) -> Vec<u8>,
+    reset: impl Fn(u32) -> Vec<u8>,
+) {
+    let proxy = Proxy::start(&config(up.addr, "")).await;
+    let (last, error, hits) = reset_rounds(&proxy, &up, answered, head, reset).await;
+    assert_eq!(error, 0xb, "ENHANCE_YOUR_CALM");
+    assert!((401..600).contains(&last), "last stream {last}");
+    assert_eq!(hits, 300, "requests at the upstream");
+    assert_eq!(listener_count(&proxy, RESET_FLOODS).await, Some(1.0));
+    assert_eq!(listener_count(&proxy, FLOODS).await, Some(0.0));
+}
+
+/// `RST_STREAM` with `CANCEL` (8) on `stream`.
+fn cancel(stream: u32) -> Vec<u8> {
+    stream_frame(0x3, 0, stream, &8u32.to_be_bytes())
+}
+
 /// A "rapid reset" (CVE-2023-44487) paced so that h2 takes up each stream before its reset:
 /// the client opens as many streams as it may, waits until their requests reach the upstream,
 /// resets them all (freeing their places at once), and again. Each round had the upstream start
@@ -807,38 +851,23 @@ async fn reset_rounds(
 /// closed with `GOAWAY` `ENHANCE_YOUR_CALM`, and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resetting_its_streams_once_they_reach_upstream_is_closed() {
-    let up = Upstream::slow("up", Duration::from_secs(30)).await;
-    let proxy = Proxy::start(&config(up.addr, "")).await;
     let get = literal_head(&[
         (":method", "GET"),
         (":scheme", "http"),
         (":path", "/slow"),
         (":authority", "h2.example"),
     ]);
-    let (last, error, hits) = reset_rounds(
-        &proxy,
-        &up,
-        |id| stream_frame(0x1, 0x5, id, &get),
-        // RST_STREAM, CANCEL (8).
-        |id| stream_frame(0x3, 0, id, &8u32.to_be_bytes()),
-    )
-    .await;
-    // ENHANCE_YOUR_CALM (0xb); the last stream taken up was one reset in the third round.
-    assert_eq!(error, 0xb);
-    assert!((401..600).contains(&last), "last stream {last}");
-    assert_eq!(hits, 300, "requests at the upstream");
-    assert_eq!(listener_count(&proxy, RESET_FLOODS).await, Some(1.0));
-    assert_eq!(listener_count(&proxy, FLOODS).await, Some(0.0));
+    let up = Upstream::slow("up", Duration::from_secs(30)).await;
+    let head = |id| stream_frame(0x1, 0x5, id, &get);
+    closed_in_the_third_round(up, false, head, cancel).await;
 }
 
 /// The same with resets the proxy sends ("MadeYouReset", CVE-2025-8671): each request declares
 /// a body of 4 bytes and sends them, and once it is upstream the client sends a fifth, which
 /// h2 answers by resetting the stream (`PROTOCOL_ERROR`). h2 closes a connection after 1,024
-/// such resets; these count as the client's own, and it is closed in the third round.
+/// such resets; these count as the client's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_making_the_proxy_reset_its_streams_is_closed() {
-    let up = Upstream::slow("up", Duration::from_secs(30)).await;
-    let proxy = Proxy::start(&config(up.addr, "")).await;
     let post = literal_head(&[
         (":method", "POST"),
         (":scheme", "http"),
@@ -846,19 +875,29 @@ async fn a_client_making_the_proxy_reset_its_streams_is_closed() {
         (":authority", "h2.example"),
         ("content-length", "4"),
     ]);
-    let (last, error, hits) = reset_rounds(
-        &proxy,
-        &up,
-        |id| {
-            let mut frames = stream_frame(0x1, 0x4, id, &post);
-            frames.extend(stream_frame(0x0, 0, id, b"abcd"));
-            frames
-        },
-        |id| stream_frame(0x0, 0, id, b"e"),
-    )
-    .await;
-    assert_eq!(error, 0xb);
-    assert!((401..600).contains(&last), "last stream {last}");
-    assert_eq!(hits, 300, "requests at the upstream");
-    assert_eq!(listener_count(&proxy, RESET_FLOODS).await, Some(1.0));
+    let up = Upstream::slow("up", Duration::from_secs(30)).await;
+    let head = |id| {
+        let mut frames = stream_frame(0x1, 0x4, id, &post);
+        frames.extend(stream_frame(0x0, 0, id, b"abcd"));
+        frames
+    };
+    let one_byte_more = |id| stream_frame(0x0, 0, id, b"e");
+    closed_in_the_third_round(up, false, head, one_byte_more).await;
+}
+
+/// The same with answers on their way: each request's answer (100,000 bytes) has its head sent
+/// and its body held by the client's shut window, and the client resets it then, within a
+/// second of its head. Those count as unanswered: the answer is not whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resetting_its_streams_once_answers_start_is_closed() {
+    let get = literal_head(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/big"),
+        (":authority", "h2.example"),
+        ("x-echo-response-bytes", "100000"),
+    ]);
+    let up = Upstream::echo("up").await;
+    let head = |id| stream_frame(0x1, 0x5, id, &get);
+    closed_in_the_third_round(up, true, head, cancel).await;
 }
