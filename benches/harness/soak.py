@@ -481,10 +481,10 @@ http {{
         text = metrics_text(admin)
 
         return {"rss_kib": rss, "open_files": fds,
-                "client_connections": counter_total(text, "strait_tcp_connections_active"),
-                "upstream_connections": counter_total(text, "strait_upstream_connections_active"),
-                "requests_in_flight": counter_total(text, "strait_upstream_endpoint_in_flight"),
-                "requests": counter_total(text, "strait_http_requests_total")}
+                "client_connections": metric_total(text, "strait_tcp_connections_active"),
+                "upstream_connections": metric_total(text, "strait_upstream_connections_active"),
+                "requests_in_flight": metric_total(text, "strait_upstream_endpoint_in_flight"),
+                "requests": metric_total(text, "strait_http_requests_total")}
 
 
 def metrics_text(admin: int) -> str:
@@ -496,8 +496,8 @@ def metrics_text(admin: int) -> str:
         return ""
 
 
-def counter_total(text: str, name: str) -> float:
-    """The sum of a metric's series (a counter's or a gauge's) in a proxy's metrics text."""
+def metric_total(text: str, name: str) -> float:
+    """The sum of a metric's series, a counter's or a gauge's, in a proxy's metrics text."""
     return sum(float(m.group(1)) for m in re.finditer(
         rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
@@ -731,7 +731,7 @@ def run(soak: Soak, seconds: float, out: Path, procs: list[subprocess.Popen]) ->
         # No load here floods or resets its streams: an HTTP/2 connection closed as a flood
         # would be the proxy taking its clients for attackers (the gateway's to the sidecar
         # cancels many streams whenever an h2load run ends).
-        closed = {metric: counter_total(metrics[name], metric) for metric in (
+        closed = {metric: metric_total(metrics[name], metric) for metric in (
             "strait_listener_http2_floods_total", "strait_listener_http2_reset_floods_total")}
         checks.append((f"{name}: no HTTP/2 client closed as a flood", not any(closed.values()),
                        ", ".join(f"{m} {v:.0f}" for m, v in closed.items())))
