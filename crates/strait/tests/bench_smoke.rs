@@ -298,6 +298,53 @@ md = run.markdown({"meta": {"date": "d", "machine": {"cpu": "c", "cpus": 2, "os"
 assert "p99 latency paired" not in md
 print("ok")
 "#;
+    harness_check(check);
+}
+
+/// A fixed-rate scenario's report names the capacity its rate was taken from (measured again
+/// just before it, and as the h1 scenario found it), marks each target that fell short of the
+/// offered rate, and says so above the table when every target did: that row compares saturated
+/// proxies, not the offered load.
+#[test]
+fn a_fixed_rate_report_says_when_every_target_was_saturated() {
+    let check = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+import run
+def lat(rps, p99s):
+    return [{"round": i + 1, "rps": rps, "requests": int(rps * 3), "errors": 0,
+             "cpu_us_per_req": 10.0, "latency_us": {k: v * f for k, f in zip(run.LAT, (0.5, 0.8, 1.0, 1.2, 1.5, 0.6))}}
+            for i, v in enumerate(p99s)]
+def scenario(served):
+    res = {"title": "t", "method": "m", "kind": "fixed", "offered_rps": 45000.0,
+           "capacity_rps": 60000.0, "capacity_h1_rps": 68000.0, "targets": {
+               t: {"status": "ok", "runs": lat(rps, [900.0, 950.0, 1000.0])}
+               for t, rps in served.items()}}
+    for tr in res["targets"].values():
+        tr["median"] = run.median_of(tr["runs"])
+    run.add_ratios(res)
+    return res
+meta = {"date": "d", "machine": {"cpu": "c", "cpus": 2, "os": "o", "kernel": "k"},
+        "versions": {}, "strait": {"commit": "x", "dirty": False}, "rounds": 3, "seconds": 3,
+        "proxy_cpu": 0, "load_cpu": 1, "smoke": False, "targets": ["strait", "nginx"]}
+# Every target short of the offered rate: said above the table, and in each row.
+md = run.markdown({"meta": meta, "scenarios": {"latency-75": scenario(
+    {"strait": 41000.0, "nginx": 40000.0})}})
+assert "nginx capacity 60,000 requests/s, measured again just before this scenario; 68,000 in the h1 scenario" in md, md
+assert "Every target was saturated" in md, md
+assert md.count("(saturated)") == 2, md
+# One target keeps up: no such heading, and only the other row is marked.
+md = run.markdown({"meta": meta, "scenarios": {"latency-75": scenario(
+    {"strait": 44900.0, "nginx": 40000.0})}})
+assert "Every target was saturated" not in md and md.count("(saturated)") == 1, md
+print("ok")
+"#;
+    harness_check(check);
+}
+
+/// Runs a Python check against run.py's functions (the harness directory is its first
+/// argument); the check prints "ok" when every assertion held.
+fn harness_check(check: &str) {
     let output = Command::new("python3")
         .arg("-c")
         .arg(check)
