@@ -16,8 +16,30 @@ use crate::field_path::{FieldPath, Segment};
 /// and dropping it, cannot exhaust the stack on hostile input.
 const MAX_DEPTH: usize = 128;
 
+/// Where `text` ends, its lines counted as YAML parsers count them: a line ends at a line feed,
+/// a carriage return, both together (one break), or (for serde_yaml's libyaml) a next-line,
+/// line-separator or paragraph-separator character.
+fn end_of(text: &str) -> Position {
+    let mut end = Position { line: 1, column: 1 };
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\r' && chars.peek() == Some(&'\n') {
+            continue; // the line feed after it ends the line
+        }
+        if matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}') {
+            end = Position {
+                line: end.line + 1,
+                column: 1,
+            };
+        } else {
+            end.column += 1;
+        }
+    }
+    end
+}
+
 /// A 1-based line and column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Position {
     pub line: usize,
     pub column: usize,
@@ -88,6 +110,8 @@ pub(crate) struct DuplicateKey {
 pub(crate) struct SourceMap {
     root: Option<Node>,
     second_document: Option<Position>,
+    /// Just after the text's last character.
+    end: Position,
 }
 
 impl SourceMap {
@@ -103,7 +127,15 @@ impl SourceMap {
         SourceMap {
             root,
             second_document: builder.second_document,
+            end: end_of(text),
         }
+    }
+
+    /// `position`, or the text's end when it is past it: a YAML parser that runs out of text
+    /// in the middle of something reports the line after the last, when the text does not
+    /// end in a line break, and an editor sent there finds nothing.
+    pub(crate) fn within(&self, position: Position) -> Position {
+        position.min(self.end)
     }
 
     /// Where a second YAML document starts, if the text has one.
@@ -350,6 +382,21 @@ mod tests {
     fn at(map: &SourceMap, path: &FieldPath) -> (usize, usize, bool) {
         let found = map.find(path.segments()).expect("the text is YAML");
         (found.value.line, found.value.column, found.exact)
+    }
+
+    #[test]
+    fn the_end_is_found_with_every_line_break_yaml_knows() {
+        let end = |text| {
+            let Position { line, column } = end_of(text);
+            (line, column)
+        };
+        assert_eq!(end(""), (1, 1));
+        assert_eq!(end("ab"), (1, 3));
+        assert_eq!(end("a\nbc"), (2, 3));
+        assert_eq!(end("a\n"), (2, 1));
+        assert_eq!(end("a\r\nb"), (2, 2));
+        assert_eq!(end("a\rb\r"), (3, 1));
+        assert_eq!(end("a\u{85}b\u{2028}c\u{2029}é"), (4, 2));
     }
 
     #[test]

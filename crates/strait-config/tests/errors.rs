@@ -219,6 +219,28 @@ fn yaml_syntax_error_is_located() {
     assert_says(e, &["invalid YAML"]);
 }
 
+/// A text cut short, without a last line break: the YAML parser runs out of text on a line
+/// after the last and says so there. The error points at the end of the text instead (found by
+/// `fuzz/fuzz_targets/config_parse.rs`).
+#[test]
+fn an_error_at_the_end_of_the_text_points_inside_it() {
+    let text = "listeners:\n  - name: main\n    max rail_";
+    let e = errors(text).into_iter().next().expect("one error");
+    assert_says(&e, &["invalid YAML"]);
+    assert_eq!((e.line, e.column), (3, 14), "{e}");
+    // With the line break, the line after the last exists: it is where the text ends.
+    let text = format!("{text}\n");
+    let e = errors(&text).into_iter().next().expect("one error");
+    assert_eq!((e.line, e.column), (4, 1), "{e}");
+    // Lines ended by carriage returns alone are lines too (old Mac files): not cut short.
+    let unix = VALID.replace("127.0.0.1:9001", "127.0.0.1");
+    let e = error_about(
+        &unix.replace('\n', "\r"),
+        "clusters[0].endpoints[0].address",
+    );
+    assert_at(&e, &unix, "127.0.0.1 }", 0);
+}
+
 #[test]
 fn wrong_types_say_what_to_write() {
     let text = VALID.replace("listeners:\n", "workers: -1\nlisteners:\n");
