@@ -151,11 +151,9 @@ fn serde_error(
     }
     let serde_path = err.path().to_string();
     let inner = err.into_inner();
-    let serde_position = inner.location().map(|l| {
-        map.within(Position {
-            line: l.line(),
-            column: l.column(),
-        })
+    let serde_position = inner.location().map(|l| Position {
+        line: l.line(),
+        column: l.column(),
     });
     let text = strip_positions(&inner.to_string());
     // serde_yaml prefixes its own idea of the path, which stops short of the field for errors
@@ -243,7 +241,9 @@ fn serde_error(
     } else {
         (plain_types(&text), value_position.or(serde_position))
     };
-    let Position { line, column } = position.unwrap_or(Position { line: 0, column: 0 });
+    let Position { line, column } = position
+        .map(|p| map.within(p))
+        .unwrap_or(Position { line: 0, column: 0 });
     ConfigError {
         origin: origin.to_owned(),
         line,

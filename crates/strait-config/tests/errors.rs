@@ -232,6 +232,12 @@ fn an_error_at_the_end_of_the_text_points_inside_it() {
     let text = format!("{text}\n");
     let e = errors(&text).into_iter().next().expect("one error");
     assert_eq!((e.line, e.column), (4, 1), "{e}");
+    // A value the source map found past the end (here after control characters, which the
+    // YAML reader refuses) is kept inside the text too.
+    let text = format!("&Q{}'\u{fffd}y\u{fffd}", "\0".repeat(76));
+    let e = errors(&text).into_iter().next().expect("one error");
+    assert_eq!(e.line, 1, "{e}");
+    assert!(e.column <= text.chars().count() + 1, "{e}");
     // Lines ended by carriage returns alone are lines too (old Mac files): not cut short.
     let unix = VALID.replace("127.0.0.1:9001", "127.0.0.1");
     let e = error_about(
