@@ -24,3 +24,6 @@ pub mod telemetry;
 pub mod tls;
 
 pub use runtime::{run, ProxyOptions, StartError};
+
+/// The TLS passthrough listener's ClientHello reader, for its fuzz target.
+pub use passthrough::server_name;
