@@ -277,6 +277,14 @@ async fn tokens_are_verified_and_failures_get_401_with_a_challenge() {
             format!("strait_jwt_requests_total{{listener=\"main\",result=\"{result}\"}} {n}");
         assert!(metrics.contains(&line), "no {line} in\n{metrics}");
     }
+
+    // A number claim reads as the token's number: a float is parsed exactly, not one unit in
+    // the last place off (found by fuzz/fuzz_targets/jwt_check.rs).
+    let mut number = claims("alice", "api", 300, -10);
+    number["sub"] = serde_json::json!(1.0008888888888799e130);
+    let resp = call(&proxy, Some(&token(&ed, number)), false).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.echo().header("x-user"), ["1.0008888888888799e+130"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
