@@ -1199,7 +1199,9 @@ def median_of(runs: list[dict]) -> dict:
     return med
 
 
-def run_scenario(env: Env, scenario: str, targets: list[str], capacity: float | None) -> dict:
+def run_scenario(env: Env, scenario: str, targets: list[str], capacity: float | None,
+                 rounds: int | None = None) -> dict:
+    """Runs `scenario` against `targets`, `rounds` interleaved rounds (default: --rounds)."""
     args = env.args
     title, what, kind = SCENARIOS[scenario]
     res: dict = {"title": title, "method": what, "kind": kind, "targets": {}}
@@ -1255,7 +1257,7 @@ def run_scenario(env: Env, scenario: str, targets: list[str], capacity: float | 
             except Exception as e:  # noqa: BLE001 - reported in the table
                 res["targets"][t] = {"status": "error", "reason": str(e)[:300]}
                 active.remove(t)
-        for rnd in range(args.rounds):
+        for rnd in range(rounds or args.rounds):
             for t in list(active):
                 try:
                     r = measure(env, scenario, objs[t], args.seconds, rate)
@@ -1287,13 +1289,9 @@ CAPACITY_ROUNDS = 3
 def measure_capacity(env: Env) -> float | None:
     """nginx's HTTP/1.1 requests/s measured again, as in the h1 scenario (fewer rounds), just
     before a fixed-rate scenario: the rate it offers is a share of what nginx serves now."""
-    rounds = env.args.rounds
-    env.args.rounds = min(rounds, CAPACITY_ROUNDS)
-    try:
-        log(f"  nginx's capacity, measured again ({env.args.rounds} runs of h1)")
-        res = run_scenario(env, "h1", ["nginx"], None)
-    finally:
-        env.args.rounds = rounds
+    rounds = min(env.args.rounds, CAPACITY_ROUNDS)
+    log(f"  nginx's capacity, measured again ({rounds} runs of h1)")
+    res = run_scenario(env, "h1", ["nginx"], None, rounds)
     ng = res["targets"].get("nginx", {})
     if ng.get("status") != "ok":
         log(f"  nginx's capacity not measured again ({ng.get('status')}: "
@@ -2135,14 +2133,13 @@ def main() -> int:
             if SCENARIOS[s][2] == "fixed" and "nginx" not in targets and not capacity:
                 log("  (no capacity: the latency scenarios need nginx in the h1 scenario or "
                     "--capacity)")
-            h1_capacity = capacity
-            if SCENARIOS[s][2] == "fixed" and capacity and not args.capacity:
-                # The host's speed drifts over a long run: measured only in h1, at its start,
-                # 75 % of nginx's capacity can be more than any target serves by now.
-                capacity = measure_capacity(env) or capacity
-            res = run_scenario(env, s, run_targets, capacity)
-            if SCENARIOS[s][2] == "fixed" and capacity and not args.capacity:
-                res["capacity_h1_rps"] = h1_capacity
+            again = SCENARIOS[s][2] == "fixed" and capacity and not args.capacity
+            # The host's speed drifts over a long run: measured only in h1, at its start, 75 %
+            # of nginx's capacity can be more than any target serves by now (or far less).
+            now = (measure_capacity(env) or capacity) if again else capacity
+            res = run_scenario(env, s, run_targets, now)
+            if again:
+                res["capacity_h1_rps"] = capacity
             result["scenarios"][s] = res
             if s == "h1" and not capacity:
                 ng = res["targets"].get("nginx", {})

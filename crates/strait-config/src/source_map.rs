@@ -39,7 +39,7 @@ fn end_of(text: &str) -> Position {
 }
 
 /// A 1-based line and column.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Position {
     pub line: usize,
     pub column: usize,
@@ -106,7 +106,7 @@ pub(crate) struct DuplicateKey {
 }
 
 /// The positions of one YAML document.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SourceMap {
     root: Option<Node>,
     second_document: Option<Position>,

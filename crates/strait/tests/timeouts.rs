@@ -1081,12 +1081,12 @@ async fn body_limit_http1(proxy: &Proxy, up: &Upstream) {
 /// The body length the upstream read for the last request it had for `path`.
 fn body_len_of(up: &Upstream, path: &str) -> u64 {
     let seen = up.seen();
-    let uris: Vec<&str> = seen.iter().map(|s| s.uri.as_str()).collect();
     let last = seen
         .iter()
         .rev()
         .find(|s| s.uri.parse::<http::Uri>().is_ok_and(|u| u.path() == path));
-    last.unwrap_or_else(|| panic!("{path} did not reach the upstream: {uris:?}"))
+    let uris = || seen.iter().map(|s| s.uri.as_str()).collect::<Vec<_>>();
+    last.unwrap_or_else(|| panic!("{path} did not reach the upstream: {:?}", uris()))
         .body_len
 }
 
