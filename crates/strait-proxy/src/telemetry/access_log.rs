@@ -416,7 +416,8 @@ impl LogEntry {
         text.clear();
         match id {
             Some(id) if plain_ascii(id.as_bytes()) => json_plain(text, id.as_bytes()),
-            Some(id) => json_str(text, id.to_str().unwrap_or("")),
+            // Bytes that are not UTF-8 (a field may hold any above 127) as U+FFFD.
+            Some(id) => json_str(text, &String::from_utf8_lossy(id.as_bytes())),
             None => text.extend_from_slice(b"\"\""),
         }
     }
@@ -589,7 +590,7 @@ impl RequestText {
         // Most are plain ASCII: one scan, no UTF-8 check.
         match authority {
             Some(a) if plain_ascii(a.as_bytes()) => json_plain(text, a.as_bytes()),
-            Some(a) => json_str(text, a.to_str().unwrap_or("")),
+            Some(a) => json_str(text, &String::from_utf8_lossy(a.as_bytes())),
             None => text.extend_from_slice(b"\"\""),
         }
         self.values[1] = (start, text.len());
@@ -1000,6 +1001,238 @@ fn rfc3339(out: &mut Vec<u8>, t: SystemTime) {
     out.push(b'Z');
 }
 
+/// The line writers against `serde_json` and `std`'s formatting, for the fuzz target
+/// `access_log_line`: whatever a request holds, its line is one line of JSON whose keys are the
+/// configured fields in their order and whose values say what the entry holds. Not used when
+/// serving.
+#[doc(hidden)]
+pub mod differential {
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant, UNIX_EPOCH};
+
+    use http::uri::PathAndQuery;
+    use http::{HeaderValue, Method, Version};
+    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+    use serde_json::Value;
+    use strait_config::LogField;
+
+    use super::{layout, LogEntry, RequestText, TraceId};
+
+    /// What one request's entry holds, as a fuzzer makes it: the request's parts as bytes
+    /// (those the `http` crate refuses are refused by the servers too, and are skipped).
+    #[derive(Debug)]
+    pub struct Sample<'a> {
+        pub method: &'a [u8],
+        pub authority: Option<&'a [u8]>,
+        pub path: Option<&'a [u8]>,
+        /// 0 to 4: HTTP/0.9, 1.0, 1.1, 2, 3.
+        pub version: u8,
+        pub listener: &'a str,
+        pub route: Option<&'a str>,
+        pub cluster: Option<&'a str>,
+        pub endpoint: Option<SocketAddr>,
+        pub client_ip: IpAddr,
+        pub status: u16,
+        pub grpc_status: Option<u16>,
+        pub bytes_received: u64,
+        pub bytes_sent: u64,
+        pub duration: Duration,
+        pub upstream_duration: Option<Duration>,
+        pub retries: u32,
+        pub peer_identity: Option<&'a str>,
+        pub request_id: Option<&'a [u8]>,
+        pub trace_id: Option<[u8; 16]>,
+        pub flags: &'a str,
+        /// When the request arrived, after the Unix epoch (before the year 10000).
+        pub arrived: Duration,
+        /// The configured fields: each byte picks one of [`LogField::ALL`].
+        pub fields: &'a [u8],
+    }
+
+    /// Writes `sample`'s line with the default fields and with its own, and panics where one
+    /// is not a line of JSON saying what the sample holds.
+    pub fn check(sample: &Sample<'_>) {
+        let Ok(method) = Method::from_bytes(sample.method) else {
+            return;
+        };
+        let authority = match sample.authority.map(HeaderValue::from_bytes) {
+            Some(Err(_)) => return,
+            a => a.and_then(Result::ok),
+        };
+        let path = match sample.path.map(PathAndQuery::try_from) {
+            Some(Err(_)) => return,
+            p => p.and_then(Result::ok),
+        };
+        let request_id = match sample.request_id.map(HeaderValue::from_bytes) {
+            Some(Err(_)) => return,
+            id => id.and_then(Result::ok),
+        };
+        let version = [
+            Version::HTTP_09,
+            Version::HTTP_10,
+            Version::HTTP_11,
+            Version::HTTP_2,
+            Version::HTTP_3,
+        ][usize::from(sample.version % 5)];
+        let Ok(client_ip) = HeaderValue::from_str(&sample.client_ip.to_string()) else {
+            return;
+        };
+        let mut request = RequestText::default();
+        request.fill(&method, authority.as_ref(), path.as_ref(), version);
+        let mut entry = LogEntry {
+            arrived: UNIX_EPOCH + sample.arrived,
+            started: Instant::now(),
+            listener: Arc::from(sample.listener),
+            route: sample.route.map(Arc::from),
+            cluster: sample.cluster.map(Arc::from),
+            endpoint: sample.endpoint,
+            request,
+            status: sample.status,
+            grpc_status: sample.grpc_status,
+            bytes_received: Arc::new(AtomicU64::new(sample.bytes_received)),
+            bytes_sent: sample.bytes_sent,
+            duration: sample.duration,
+            upstream_duration: sample.upstream_duration,
+            retries: sample.retries,
+            peer_identity: sample.peer_identity.map(str::to_owned),
+            client_ip,
+            request_id: Vec::new(),
+            trace_id: sample.trace_id.map(TraceId),
+            flags: sample.flags.to_owned(),
+        };
+        entry.set_request_id(request_id.as_ref());
+
+        let all_fields: Vec<LogField> = LogField::ALL.to_vec();
+        let mut line = Vec::new();
+        entry.write_json_all(&mut line);
+        agree(sample, &method, path.as_ref(), version, &all_fields, &line);
+        let chosen: Vec<LogField> = sample
+            .fields
+            .iter()
+            .map(|&i| LogField::ALL[usize::from(i) % LogField::ALL.len()])
+            .collect();
+        let mut line = Vec::new();
+        entry.write_json(&layout(&chosen), &mut line);
+        agree(sample, &method, path.as_ref(), version, &chosen, &line);
+    }
+
+    /// Panics unless `line` is one line of JSON, an object of `fields` in their order (a field
+    /// configured twice is written twice), each with the value the sample holds.
+    fn agree(
+        sample: &Sample<'_>,
+        method: &Method,
+        path: Option<&PathAndQuery>,
+        version: Version,
+        fields: &[LogField],
+        line: &[u8],
+    ) {
+        let text = String::from_utf8_lossy(line);
+        assert!(
+            !line.iter().any(|&b| b < 0x20),
+            "a control character in the line: {text}"
+        );
+        let mut reader = serde_json::Deserializer::from_slice(line);
+        let Ordered(pairs) = Ordered::deserialize(&mut reader)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {text}"));
+        if let Err(e) = reader.end() {
+            panic!("more after the object ({e}): {text}");
+        }
+        let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        let wanted: Vec<&str> = fields.iter().map(|f| f.key()).collect();
+        assert_eq!(keys, wanted, "keys of {text}");
+        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        // Rounded to the microsecond, as many as a `u64` holds.
+        let ms = |d: Duration| {
+            let micros = u64::try_from((d.as_nanos() + 500) / 1_000).unwrap_or(u64::MAX);
+            Value::from(
+                format!("{}.{:03}", micros / 1_000, micros % 1_000)
+                    .parse::<f64>()
+                    .unwrap_or(f64::NAN),
+            )
+        };
+        for ((key, got), field) in pairs.iter().zip(fields) {
+            let want = match field {
+                LogField::Time => Value::from(utc(sample.arrived)),
+                LogField::Listener => Value::from(sample.listener),
+                LogField::Route => Value::from(sample.route.unwrap_or("")),
+                LogField::Cluster => Value::from(sample.cluster.unwrap_or("")),
+                LogField::Endpoint => Value::from(
+                    sample
+                        .endpoint
+                        .map(|e| SocketAddr::new(e.ip(), e.port()).to_string())
+                        .unwrap_or_default(),
+                ),
+                LogField::Method => Value::from(method.as_str()),
+                LogField::Authority => Value::from(sample.authority.map(lossy).unwrap_or_default()),
+                LogField::Path => Value::from(path.map_or("/", PathAndQuery::as_str)),
+                LogField::Protocol => Value::from(format!("{version:?}")),
+                LogField::Status => Value::from(sample.status),
+                LogField::GrpcStatus => sample.grpc_status.map_or(Value::Null, Value::from),
+                LogField::BytesReceived => Value::from(sample.bytes_received),
+                LogField::BytesSent => Value::from(sample.bytes_sent),
+                LogField::DurationMs => ms(sample.duration),
+                LogField::UpstreamDurationMs => sample.upstream_duration.map_or(Value::Null, ms),
+                LogField::Retries => Value::from(sample.retries),
+                LogField::ClientIp => Value::from(sample.client_ip.to_string()),
+                LogField::PeerIdentity => sample.peer_identity.map_or(Value::Null, Value::from),
+                LogField::RequestId => {
+                    Value::from(sample.request_id.map(lossy).unwrap_or_default())
+                }
+                LogField::TraceId => sample.trace_id.map_or(Value::Null, |t| {
+                    Value::from(t.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                }),
+                LogField::ResponseFlags => Value::from(sample.flags),
+                _ => continue,
+            };
+            assert_eq!(*got, want, "{key} in {text}");
+        }
+    }
+
+    /// `2026-11-22T12:30:05.123Z`, its date and time read from `httpdate`'s
+    /// `Sun, 22 Nov 2026 12:30:05 GMT`.
+    fn utc(since_epoch: Duration) -> String {
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let second = UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
+        let http = httpdate::fmt_http_date(second);
+        let parts: Vec<&str> = http.split([' ', ',']).filter(|p| !p.is_empty()).collect();
+        let [_, day, month, year, time, _] = parts[..] else {
+            panic!("httpdate wrote {http}");
+        };
+        let month = MONTHS.iter().position(|m| *m == month).unwrap_or(99) + 1;
+        format!(
+            "{year}-{month:02}-{day}T{time}.{:03}Z",
+            since_epoch.subsec_millis()
+        )
+    }
+
+    /// A JSON object's members in the order written.
+    struct Ordered(Vec<(String, Value)>);
+
+    impl<'de> Deserialize<'de> for Ordered {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Ordered, D::Error> {
+            struct Members;
+            impl<'de> Visitor<'de> for Members {
+                type Value = Ordered;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered, A::Error> {
+                    let mut pairs = Vec::new();
+                    while let Some(pair) = map.next_entry()? {
+                        pairs.push(pair);
+                    }
+                    Ok(Ordered(pairs))
+                }
+            }
+            d.deserialize_map(Members)
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1157,6 +1390,49 @@ mod tests {
         assert!(PathAndQuery::try_from("/a\"b").is_ok());
         for bad in ["GE\"T", "GE\\T", "GE\u{1}T"] {
             assert!(Method::from_bytes(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lines_say_what_the_entry_holds_whatever_the_request_sent() {
+        use differential::{check, Sample};
+        let base = Sample {
+            method: b"GET",
+            authority: Some(b"a.example"),
+            path: Some(b"/p?q=1"),
+            version: 2,
+            listener: "web",
+            route: None,
+            cluster: Some("api"),
+            endpoint: Some("[fe80::1]:8080".parse().unwrap()),
+            client_ip: "10.1.2.3".parse().unwrap(),
+            status: 200,
+            grpc_status: None,
+            bytes_received: 0,
+            bytes_sent: u64::MAX,
+            duration: Duration::new(u64::MAX, 999_999_999),
+            upstream_duration: Some(Duration::from_nanos(1_499_500)),
+            retries: 0,
+            peer_identity: Some("spiffe://td/ns/a"),
+            request_id: None,
+            trace_id: Some([7; 16]),
+            flags: "",
+            arrived: Duration::from_millis(253_402_300_799_999),
+            fields: &[0, 20, 6, 6, 18, 2],
+        };
+        check(&base);
+        // What a client may send in a field that is not ASCII: obs-text, UTF-8, a tab. Its
+        // request id was written as `""` before.
+        for id in [&b"r\xffid"[..], "ünï".as_bytes(), b"a\tb", b"\"q\\"] {
+            check(&Sample {
+                request_id: Some(id),
+                authority: Some(id),
+                method: b"PURGE",
+                version: 4,
+                route: Some("r\"1\n"),
+                flags: "upstream_reset",
+                ..base
+            });
         }
     }
 
