@@ -341,6 +341,28 @@ async fn a_request_head_over_64_kib_gets_431_and_close() {
     assert_refused(&proxy, &up, request.as_bytes(), 431).await;
 }
 
+/// A request line that does not end within the head's 64 KiB names a target too long: 414
+/// (RFC 9112 3, as nginx answers), not 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_target_over_64_kib_gets_414_and_close() {
+    let up = Upstream::echo("up").await;
+    let proxy = proxy_to(&up).await;
+    let request = format!(
+        "GET /{} HTTP/1.1\r\nHost: h1.example\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    assert_refused(&proxy, &up, request.as_bytes(), 414).await;
+}
+
+/// A `\r` ends a line only before `\n` (RFC 9112 2.2): a client that ends its lines with `\r`
+/// alone is refused at once, not left waiting for a line end that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_ended_by_a_bare_cr_get_400_at_once() {
+    let up = Upstream::echo("up").await;
+    let proxy = proxy_to(&up).await;
+    assert_refused(&proxy, &up, b"GET / HTTP/1.1\rHost: h1.example\r\r", 400).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_than_100_header_fields_get_431_and_close() {
     let up = Upstream::echo("up").await;
@@ -446,10 +468,12 @@ async fn malformed_heads_are_counted_by_the_status_they_got() {
     let proxy = proxy_to(&up).await;
     let many: String = (0..101).map(|i| format!("x-{i}: v\r\n")).collect();
     let too_many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+    let long_target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(65 * 1024));
     for (request, status) in [
         (&b"HELLO\r\n\r\n"[..], 400),
         (b"GET / HTTP/1.1\r\nHost : h1.example\r\n\r\n", 400),
         (too_many.as_bytes(), 431),
+        (long_target.as_bytes(), 414),
         (
             b"POST / HTTP/1.1\r\nHost: h1.example\r\nTransfer-Encoding: gzip\r\n\r\n",
             501,
@@ -461,7 +485,7 @@ async fn malformed_heads_are_counted_by_the_status_they_got() {
     let mut client = Client::connect(&proxy).await;
     assert_eq!(client.request(&get("/fine")).await.status, 200);
     let metrics = proxy.admin_get("/metrics").await.text();
-    for (status, count) in [("400", 2), ("431", 1), ("501", 1)] {
+    for (status, count) in [("400", 2), ("414", 1), ("431", 1), ("501", 1)] {
         let line = format!(
             "strait_listener_malformed_requests_total{{listener=\"main\",status=\"{status}\"}} {count}"
         );

@@ -265,7 +265,23 @@ fn first_line(bytes: &[u8]) -> Step<(&[u8], usize, usize, usize)> {
     let Some(at) = skip_empty_lines(bytes, 0)? else {
         return Ok(None);
     };
-    Ok(line(bytes, at).map(|(end, next)| (bytes, at, end, next)))
+    match line(bytes, at) {
+        Some((end, next)) => Ok(Some((bytes, at, end, next))),
+        // No `\n` yet. A `\r` ends a line only before one (RFC 9112 2.2), so a `\r` followed by
+        // anything is refused now: a client that ends its lines with `\r` alone would otherwise
+        // wait for the head's timer, its line never ending.
+        None => match find(bytes, at, b'\r') {
+            Some(cr) => after_cr(bytes, cr).map(|_| None),
+            None => Ok(None),
+        },
+    }
+}
+
+/// Whether the head's first line (past any empty lines) has ended within `bytes`: a head that
+/// outgrows its room before it has is a request target too long (414), not too many fields
+/// (431).
+pub(crate) fn first_line_ended(bytes: &[u8]) -> bool {
+    matches!(first_line(bytes), Ok(Some(_)))
 }
 
 /// A head's field slots: a few on the stack, and room on the heap only for a head that has
@@ -689,6 +705,29 @@ mod tests {
             accepted > 5_000 && refused > 5_000,
             "{accepted} accepted, {refused} refused"
         );
+    }
+
+    #[test]
+    fn a_bare_cr_in_a_first_line_without_its_end_is_refused_at_once() {
+        let mut fields = [Field::default(); 4];
+        for head in [
+            &b"GET / HTTP/1.1\rHost: a\r\r"[..],
+            b"GET / HTTP/1.1\rX",
+            b"GET /\rX",
+            b"\r\n\rX",
+            b"HTTP/1.1 200 OK\rX",
+        ] {
+            assert_eq!(parse_request(head, &mut fields), Err(HeadError::Malformed));
+            assert_eq!(parse_response(head, &mut fields), Err(HeadError::Malformed));
+            assert!(!first_line_ended(head));
+        }
+        // A `\r` that may yet be followed by its `\n` waits for it.
+        for head in [&b"GET / HTTP/1.1\r"[..], b"GET / HTTP/1.1", b"\r\n\r", b""] {
+            assert_eq!(parse_request(head, &mut fields), Ok(None), "{head:?}");
+            assert!(!first_line_ended(head));
+        }
+        assert!(first_line_ended(b"\r\nGET / HTTP/1.1\r\nHost"));
+        assert!(first_line_ended(b"GET /x HTTP/1.1\n"));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!
 //! What the connection does, in order: wait for a complete head (within the listener's idle
 //! timeout, measured from the end of the previous response); answer a malformed one with
-//! 400, 431 or 501 and close; serve the request; write the response framed by content-length,
+//! 400, 414, 431 or 501 and close; serve the request; write the response framed by content-length,
 //! chunked encoding or (HTTP/1.0) the connection's end; then either keep the connection for the
 //! next request (pipelined bytes are kept) or close it: the client or the answer asked for it,
 //! the request body was not read to its end (after an early answer, the rest is read and
@@ -783,9 +783,13 @@ impl Wait {
                         return Poll::Ready(NextHead::Head);
                     }
                     Ok(None) if inb.rd.buffered().len() >= MAX_HEAD => {
-                        return Poll::Ready(NextHead::Reject(
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        ))
+                        // RFC 9112 3: a target longer than the server parses gets 414.
+                        let status = if head1::first_line_ended(inb.rd.buffered()) {
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                        } else {
+                            StatusCode::URI_TOO_LONG
+                        };
+                        return Poll::Ready(NextHead::Reject(status));
                     }
                     Ok(None) => {}
                     Err(status) => return Poll::Ready(NextHead::Reject(status)),

@@ -327,12 +327,12 @@ pub struct ListenerStats {
     tls_resumed: AtomicU64,
     tls_failures: [AtomicU64; 4],
     /// Malformed request heads, by the status they were answered with (see [`MALFORMED`]).
-    malformed: [AtomicU64; 3],
+    malformed: [AtomicU64; 4],
 }
 
 /// The statuses a malformed HTTP/1 request head is answered with, in the order
 /// `ListenerStats::malformed` counts them.
-const MALFORMED: [&str; 3] = ["400", "431", "501"];
+const MALFORMED: [&str; 4] = ["400", "414", "431", "501"];
 
 /// Why a TLS handshake with a client failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,12 +410,13 @@ impl ListenerStats {
         self.tls_failures[why as usize].fetch_add(1, Relaxed);
     }
 
-    /// Counts a malformed HTTP/1 request head, answered with `status` (400, 431 or 501; any
+    /// Counts a malformed HTTP/1 request head, answered with `status` (400, 414, 431 or 501; any
     /// other 4xx or 5xx counts as 400) before it reached a route.
     pub fn malformed_request(&self, status: http::StatusCode) {
         let at = match status.as_u16() {
-            431 => 1,
-            501 => 2,
+            414 => 1,
+            431 => 2,
+            501 => 3,
             _ => 0,
         };
         self.malformed[at].fetch_add(1, Relaxed);
@@ -997,7 +998,7 @@ impl Collector for StoreCollector {
         {
             let mut m = encoder.encode_descriptor(
                 "strait_listener_malformed_requests",
-                "HTTP/1 request heads refused as malformed before routing, by the status answered (400, 431, 501).",
+                "HTTP/1 request heads refused as malformed before routing, by the status answered (400, 414, 431, 501).",
                 None,
                 MetricType::Counter,
             )?;
