@@ -823,6 +823,11 @@ async fn a_chunked_request_body_reaches_the_upstream_whole() {
 async fn an_invalid_chunk_size_ends_the_connection_and_the_proxy_serves_on() {
     let up = Upstream::echo("up").await;
     let proxy = proxy_to(&up).await;
+    // An upstream connection in the pool: a body that fails at its first chunk size must not
+    // make the request go again on another connection with no body (it got 504 after the
+    // route's timeout, the upstream waiting for the body).
+    let mut first = Client::connect(&proxy).await;
+    assert_eq!(first.request(&get("/pooled")).await.status, 200);
     for request in [
         &b"POST /bad HTTP/1.1\r\nHost: h1.example\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
         b"POST /bad HTTP/1.1\r\nHost: h1.example\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -830,16 +835,13 @@ async fn an_invalid_chunk_size_ends_the_connection_and_the_proxy_serves_on() {
     ] {
         let mut client = Client::connect(&proxy).await;
         client.send(request).await;
-        // With or without a response first, the connection must end: the rest of the stream
-        // can no longer be framed.
+        // A 400, and the connection ends: the rest of the stream can no longer be framed.
         let got = client.read_to_close().await;
-        if !got.is_empty() {
-            assert!(
-                got.starts_with(b"HTTP/1.1 "),
-                "bytes before the close are not a response: {:?}",
-                String::from_utf8_lossy(&got)
-            );
-        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 400 "),
+            "not a 400 before the close: {:?}",
+            String::from_utf8_lossy(&got)
+        );
         let mut fresh = Client::connect(&proxy).await;
         let reply = fresh.request(&get("/fresh")).await;
         assert_eq!(reply.status, 200, "a new connection after a bad chunk");

@@ -505,8 +505,15 @@ fn exchange(
             Err(error) => {
                 // Only the head queued and none of it written: the body was not touched, and the
                 // request can go again as it came. Or one that may go again was written whole
-                // and met the connection's close before any answer.
-                let untouched = conn.reused && !writer.wrote && conn.out.queue.len() == 1;
+                // and met the connection's close before any answer. Not when the client's body
+                // failed: its first read did, before any byte was written, and the writer has
+                // let go of it. Sent again, the head went with no body after it, and the
+                // upstream waited for one until the route's timeout (a 504 for the client's
+                // malformed chunked body, on a reused connection).
+                let untouched = conn.reused
+                    && !writer.wrote
+                    && conn.out.queue.len() == 1
+                    && !matches!(error, Http1Error::RequestBody(_));
                 let head = if untouched {
                     conn.out.queue.pop_front()
                 } else if conn.reused && resendable && conn.rd.is_empty() && closed(&error) {
