@@ -1105,6 +1105,13 @@ fn forward_to<'a>(
                     host_in_place = false;
                 }
             }
+            // Only an HTTP/1.0 request comes without a host. It goes upstream as HTTP/1.1,
+            // which must name one (RFC 9112 3.2; nginx refuses a request without, 400): the
+            // address the client reached, which is what it would have named.
+            if upstream_host.is_none() {
+                upstream_host = HeaderValue::from_str(&conn.local.to_string()).ok();
+                host_in_place = false;
+            }
             action.request_headers.apply(&mut parts.headers);
             match upstream_uri(
                 &parts.uri,
