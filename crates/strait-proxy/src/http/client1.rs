@@ -957,7 +957,9 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
         None => headers::take_map(line.fields),
     };
     let mut length: Option<u64> = None;
-    let mut chunked = false;
+    // `chunked` codings named in `transfer-encoding`, and whether any other was.
+    let mut chunked = 0u32;
+    let mut other_coding = false;
     let mut encoded = false;
     let mut close = version == Version::HTTP_10;
     let mut upstream_idle_secs = NOT_ANNOUNCED;
@@ -997,11 +999,13 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
             match hop {
                 HOP_TRANSFER_ENCODING => {
                     encoded = true;
-                    // Only the last coding says whether the body is chunked.
-                    chunked = raw_value
-                        .rsplit(|&b| b == b',')
-                        .next()
-                        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                    for coding in raw_value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        if coding.eq_ignore_ascii_case(b"chunked") {
+                            chunked += 1;
+                        } else if !coding.is_empty() {
+                            other_coding = true;
+                        }
+                    }
                 }
                 // The usual value, settled without splitting it.
                 HOP_CONNECTION if raw_value == b"keep-alive" => close = false,
@@ -1048,18 +1052,26 @@ fn parse_head(bytes: &[u8], keep_raw: bool) -> Result<Option<(Head, usize)>, Htt
         // `strip_hop_by_hop` removes what `connection` names: from a map.
         spill(&mut raw, &mut headers, line.fields);
     }
-    let framing = match (encoded, chunked, length) {
+    let framing = match (encoded, length) {
         // Both framings: a response split or smuggled (RFC 9112 6.3). Passed on, its
         // `content-length` would go out beside a chunked body; nginx answers 502 too.
-        (true, _, Some(_)) => {
+        (true, Some(_)) => {
             return Err(Http1Error::Invalid(
                 "both transfer-encoding and content-length",
             ))
         }
-        (true, true, None) => BodyFraming::Chunked,
-        (true, false, None) => BodyFraming::UntilClose,
-        (false, _, Some(n)) => BodyFraming::Length(n),
-        (false, _, None) => BodyFraming::UntilClose,
+        (true, None) if chunked == 1 && !other_coding => BodyFraming::Chunked,
+        // Another coding (`gzip`, `gzip, chunked`), or `chunked` twice: the proxy decodes only
+        // `chunked`, and `transfer-encoding` is this hop's own, so the body would reach the
+        // client still coded with nothing to say so. nginx answers 502 too ("unknown
+        // Transfer-Encoding"); so does the HTTP/1 server to such a request (501).
+        (true, None) => {
+            return Err(Http1Error::Invalid(
+                "a transfer coding other than one chunked",
+            ))
+        }
+        (false, Some(n)) => BodyFraming::Length(n),
+        (false, None) => BodyFraming::UntilClose,
     };
     let keep_alive = !close;
     let head = Head {
@@ -1552,7 +1564,7 @@ mod tests {
     }
 
     #[test]
-    fn a_head_with_two_framings_or_two_lengths_is_refused() {
+    fn a_head_with_two_framings_two_lengths_or_a_coding_not_decoded_is_refused() {
         let refused = |text: &str| {
             for keep_raw in [false, true] {
                 match parse_head(text.as_bytes(), keep_raw) {
@@ -1571,6 +1583,38 @@ mod tests {
             ));
         }
         refused("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n");
+        // A coding the proxy does not decode would reach the client still applied, its
+        // `transfer-encoding` (this hop's) gone.
+        for te in [
+            "gzip",
+            "gzip, chunked",
+            "chunked, chunked",
+            "chunked\r\ntransfer-encoding: chunked",
+            "gzip\r\ntransfer-encoding: chunked",
+        ] {
+            refused(&format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: {te}\r\n\r\n"
+            ));
+        }
+        for te in ["chunked", "Chunked", " chunked ", ", chunked"] {
+            let head = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {te}\r\n\r\n");
+            for keep_raw in [false, true] {
+                let parsed = parse_head(head.as_bytes(), keep_raw);
+                assert!(
+                    matches!(
+                        parsed,
+                        Ok(Some((
+                            Head {
+                                framing: BodyFraming::Chunked,
+                                ..
+                            },
+                            _
+                        )))
+                    ),
+                    "{te:?}"
+                );
+            }
+        }
         // The same length twice is one length.
         let twice = parse_head(
             b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
