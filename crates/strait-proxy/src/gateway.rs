@@ -275,8 +275,14 @@ pub(crate) fn serve(
             headers::fold_repeats(req.headers_mut());
             // Without `:authority` the `host` field names the host: one, an authority's bytes,
             // as of an HTTP/1.1 request (RFC 9112 3.2), which an HTTP/1.1 upstream needs.
-            if req.uri().authority().is_none() && !one_host(req.headers()) {
-                let detail = "no :authority, and not one valid host";
+            let detail = match req.uri().authority() {
+                None if !one_host(req.headers()) => Some("no :authority, and not one valid host"),
+                // RFC 9113 8.3.1: no userinfo in `:authority` (it hides the host from whoever
+                // reads it otherwise), as in an HTTP/1.1 `host` (`headers::is_host`).
+                Some(a) if a.as_str().contains('@') => Some("userinfo in :authority"),
+                _ => None,
+            };
+            if let Some(detail) = detail {
                 let response = local_reply(grpc, Cause::BadRequest, detail);
                 return Ok(answered_unrouted(
                     listener, &req, &conn, None, response, &clock,

@@ -453,6 +453,9 @@ async fn an_http_1_1_request_without_host_with_two_or_a_bad_one_gets_400() {
         b"GET / HTTP/1.1\r\nHost: h1 example\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: h1.example/admin\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: <h1.example>\r\n\r\n",
+        // Userinfo, in `host` or an absolute target (RFC 9110 4.2.4).
+        b"GET / HTTP/1.1\r\nHost: user@h1.example\r\n\r\n",
+        b"GET http://user@h1.example/ HTTP/1.1\r\nHost: h1.example\r\n\r\n",
     ] {
         assert_refused(&proxy, &up, request, 400).await;
     }

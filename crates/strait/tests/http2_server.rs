@@ -105,6 +105,17 @@ async fn a_request_without_authority_needs_one_valid_host() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = h2_ask(&mut send, asterisk("OPTIONS")).await;
     assert_eq!(status, StatusCode::OK);
+
+    // No userinfo in `:authority` (RFC 9113 8.3.1), nor in `host`.
+    let hits = up.hits();
+    for uri in ["http://user@h2.example/h", "http://u:p@h2.example:80/h"] {
+        let req = Request::builder().uri(uri).body(()).expect("request");
+        let (status, _) = h2_ask(&mut send, req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+    }
+    let (status, _) = h2_ask(&mut send, without(&["user@h2.example"])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(up.hits(), hits, "refused requests reached the upstream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

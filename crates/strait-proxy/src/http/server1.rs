@@ -563,7 +563,13 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
     let uri = if bytes.get(line.target.clone()) == Some(b"/") {
         Uri::from_static("/")
     } else {
-        Uri::from_maybe_shared(block.slice(line.target.clone())).map_err(|_| bad)?
+        let uri = Uri::from_maybe_shared(block.slice(line.target.clone())).map_err(|_| bad)?;
+        // An absolute target with userinfo (`http://user@host/`): refused, as a `host` with it is
+        // (`headers::is_host`).
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(bad);
+        }
+        uri
     };
     // The fields may be passed on as they came (see `RawHead`), not built into a map: a
     // request in origin form with few fields. What they turn out to be may still make them a
@@ -1848,6 +1854,25 @@ mod tests {
             Some("x.example:443")
         );
         assert_eq!(status("GET /a b HTTP/1.1\r\n\r\n"), StatusCode::BAD_REQUEST);
+        // Userinfo hides the host from whoever reads the authority otherwise (RFC 9110 4.2.4).
+        for target in [
+            "http://u@x.example/p",
+            "http://u:p@x.example:80/",
+            "u@x.example:443",
+        ] {
+            let method = if target.starts_with("http") {
+                "GET"
+            } else {
+                "CONNECT"
+            };
+            assert_eq!(
+                status(&format!(
+                    "{method} {target} HTTP/1.1\r\nHost: x.example\r\n\r\n"
+                )),
+                StatusCode::BAD_REQUEST,
+                "{target}"
+            );
+        }
     }
 
     fn plan() -> Plan {
