@@ -59,7 +59,10 @@ fuzz_target!(|data: &[u8]| {
         Err(PathRefusal::EscapedSlash) => {
             assert_eq!(rules.escaped_slashes, EscapedSlashes::Reject, "{path:?}");
             let upper = path.to_ascii_uppercase();
-            assert!(upper.contains("%2F") || upper.contains("%5C"), "{path:?}");
+            assert!(
+                upper.contains("%2F") || upper.contains("%5C") || path.contains('\\'),
+                "{path:?}"
+            );
             return;
         }
         Err(PathRefusal::Unbuildable) => panic!("unbuildable: {path:?} under {rules:?}"),

@@ -87,11 +87,14 @@ clusters:
     }
     assert_eq!(up.hits(), 0, "no spelling of /admin reached the upstream");
 
-    // Escaped slashes are refused (the default), as are malformed escapes.
+    // Escaped slashes are refused (the default), and bare backslashes (a Windows upstream takes
+    // `/public\..\admin` for `/admin`), as are malformed escapes.
     for path in [
         "/admin%2fx",
         "/public/..%2Fadmin",
         "/a%5cb",
+        "/public\\..\\admin",
+        "/a\\b",
         "/a%zz",
         "/a%4",
     ] {

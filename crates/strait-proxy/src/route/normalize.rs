@@ -6,7 +6,9 @@
 //! The steps, in order (Envoy's `normalize_path` and `merge_slashes` do the same):
 //! 1. percent-escapes (RFC 3986 6.2.2): an unreserved character's is decoded (`%2e` is `.`),
 //!    the others keep their escape with upper-case hex digits (`%2f` is `%2F`), and a malformed
-//!    one (`%zz`, `%4`) refuses the request. Escaped slashes get what `escaped_slashes` says.
+//!    one (`%zz`, `%4`) refuses the request. Escaped slashes get what `escaped_slashes` says,
+//!    and so does a bare `\`: no URI holds one (RFC 3986), and Windows servers take it for
+//!    `/`, as they do `%5C`.
 //! 2. dot segments (RFC 3986 5.2.4): `.` goes, `..` takes the segment before it with it, and
 //!    none climbs above the root.
 //! 3. runs of slashes become one.
@@ -20,7 +22,7 @@ pub struct PathRules {
     pub normalize: bool,
     /// Step 3.
     pub merge_slashes: bool,
-    /// `%2F` and `%5C`.
+    /// `%2F`, `%5C` and `\`.
     pub escaped_slashes: EscapedSlashes,
 }
 
@@ -43,7 +45,7 @@ impl PathRules {
 pub enum PathRefusal {
     /// `%` not followed by two hex digits.
     MalformedEscape,
-    /// `%2F` or `%5C` with `escaped_slashes: reject`.
+    /// `%2F`, `%5C` or `\` with `escaped_slashes: reject`.
     EscapedSlash,
     /// Normal, the path no longer made a URI (no byte it gains can do that: kept for safety).
     Unbuildable,
@@ -54,7 +56,7 @@ impl PathRefusal {
     pub fn detail(self) -> &'static str {
         match self {
             PathRefusal::MalformedEscape => "malformed percent-escape in the path",
-            PathRefusal::EscapedSlash => "escaped slash (%2F or %5C) in the path",
+            PathRefusal::EscapedSlash => "escaped slash (%2F or %5C) or backslash in the path",
             PathRefusal::Unbuildable => "path not valid once normalized",
         }
     }
@@ -93,8 +95,8 @@ fn rebuild(path: &str, rules: PathRules) -> Result<Option<String>, PathRefusal> 
     Ok((out != path).then_some(out))
 }
 
-/// Whether anything in `bytes` may change: an escape, a slash before another or before a dot.
-/// (`/.well-known` is a suspect that does not change.)
+/// Whether anything in `bytes` may change: an escape, a backslash, a slash before another or
+/// before a dot. (`/.well-known` is a suspect that does not change.)
 ///
 /// Eight bytes at a time, each against the eight after it: a byte at a time cost ~16
 /// instructions a byte (callgrind, a 30-byte path: 468 a request), this ~3.
@@ -103,7 +105,8 @@ fn suspect(bytes: &[u8]) -> bool {
     while let (Some(here), Some(next)) = (bytes.get(at..at + 8), bytes.get(at + 1..at + 9)) {
         let (here, next) = (word(here), word(next));
         let slash_then = lanes_equal(next, b'/') | lanes_equal(next, b'.');
-        if lanes_equal(here, b'%') | (lanes_equal(here, b'/') & slash_then) != 0 {
+        let odd = lanes_equal(here, b'%') | lanes_equal(here, b'\\');
+        if odd | (lanes_equal(here, b'/') & slash_then) != 0 {
             return true;
         }
         at += 8;
@@ -111,7 +114,7 @@ fn suspect(bytes: &[u8]) -> bool {
     // The rest: the pair across the seam was in the last word's last lane.
     let mut after_slash = false;
     for &b in bytes.get(at..).unwrap_or_default() {
-        if b == b'%' || (after_slash && (b == b'/' || b == b'.')) {
+        if b == b'%' || b == b'\\' || (after_slash && (b == b'/' || b == b'.')) {
             return true;
         }
         after_slash = b == b'/';
@@ -137,6 +140,15 @@ fn escapes(bytes: &[u8], rules: PathRules) -> Result<Vec<u8>, PathRefusal> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
+        if b == b'\\' {
+            i += 1;
+            match rules.escaped_slashes {
+                EscapedSlashes::Reject => return Err(PathRefusal::EscapedSlash),
+                EscapedSlashes::Decode => out.push(b'/'),
+                EscapedSlashes::Keep => out.push(b),
+            }
+            continue;
+        }
         if b != b'%' {
             out.push(b);
             i += 1;
@@ -254,6 +266,7 @@ mod tests {
             .windows(2)
             .any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'))
             || bytes.contains(&b'%')
+            || bytes.contains(&b'\\')
     }
 
     #[test]
@@ -261,7 +274,7 @@ mod tests {
         let plain = "/api/v2/products/48213/reviews-and-more/x";
         assert!(!suspect(plain.as_bytes()));
         for at in 0..=plain.len() {
-            for insert in ["%", "/", ".", "a", "/.", "./"] {
+            for insert in ["%", "\\", "/", ".", "a", "/.", "./"] {
                 let mut p = plain.to_owned();
                 p.insert_str(at, insert);
                 assert_eq!(suspect(p.as_bytes()), suspect_bytewise(p.as_bytes()), "{p}");
@@ -323,7 +336,15 @@ mod tests {
 
     #[test]
     fn escaped_slashes_are_refused_kept_or_decoded() {
-        for p in ["/admin%2fx", "/a/..%2Fadmin", "/a%5cb", "/a%5C"] {
+        // A bare `\\` too: Windows servers take it for `/`, as they take `%5C`.
+        for p in [
+            "/admin%2fx",
+            "/a/..%2Fadmin",
+            "/a%5cb",
+            "/a%5C",
+            "/a\\b",
+            "/public\\..\\admin",
+        ] {
             assert_eq!(norm(p, ALL), Err(PathRefusal::EscapedSlash), "{p}");
         }
         let keep = PathRules {
@@ -332,6 +353,7 @@ mod tests {
         };
         assert_eq!(norm("/admin%2fx", keep).as_deref(), Ok("/admin%2Fx"));
         assert_eq!(norm("/a/..%2Fadmin", keep).as_deref(), Ok("/a/..%2Fadmin"));
+        assert_eq!(norm("/a\\b", keep).as_deref(), Ok("/a\\b"));
         let decode = PathRules {
             escaped_slashes: EscapedSlashes::Decode,
             ..ALL
@@ -340,6 +362,7 @@ mod tests {
         assert_eq!(norm("/public/..%2Fadmin", decode).as_deref(), Ok("/admin"));
         assert_eq!(norm("/a%5cb", decode).as_deref(), Ok("/a/b"));
         assert_eq!(norm("/a%2F%2Fb", decode).as_deref(), Ok("/a/b"));
+        assert_eq!(norm("/public\\..\\admin", decode).as_deref(), Ok("/admin"));
     }
 
     #[test]
