@@ -277,9 +277,11 @@ pub(crate) fn serve(
             // as of an HTTP/1.1 request (RFC 9112 3.2), which an HTTP/1.1 upstream needs.
             let detail = match req.uri().authority() {
                 None if !one_host(req.headers()) => Some("no :authority, and not one valid host"),
-                // RFC 9113 8.3.1: no userinfo in `:authority` (it hides the host from whoever
-                // reads it otherwise), as in an HTTP/1.1 `host` (`headers::is_host`).
-                Some(a) if a.as_str().contains('@') => Some("userinfo in :authority"),
+                // Held to a `host`'s bytes: no userinfo (RFC 9113 8.3.1), which hides the host
+                // from whoever reads it otherwise.
+                Some(a) if !headers::is_host(a.as_str().as_bytes()) => {
+                    Some(":authority is not a host and port")
+                }
                 _ => None,
             };
             if let Some(detail) = detail {

@@ -564,9 +564,12 @@ fn parse_request(bytes: &[u8], head: &mut Head) -> Result<Option<usize>, StatusC
         Uri::from_static("/")
     } else {
         let uri = Uri::from_maybe_shared(block.slice(line.target.clone())).map_err(|_| bad)?;
-        // An absolute target with userinfo (`http://user@host/`): refused, as a `host` with it is
-        // (`headers::is_host`).
-        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // An absolute target's authority is held to a `host`'s bytes: no userinfo
+        // (`http://user@host/`).
+        if uri
+            .authority()
+            .is_some_and(|a| !headers::is_host(a.as_str().as_bytes()))
+        {
             return Err(bad);
         }
         uri

@@ -142,11 +142,7 @@ fn escapes(bytes: &[u8], rules: PathRules) -> Result<Vec<u8>, PathRefusal> {
     while let Some(&b) = bytes.get(i) {
         if b == b'\\' {
             i += 1;
-            match rules.escaped_slashes {
-                EscapedSlashes::Reject => return Err(PathRefusal::EscapedSlash),
-                EscapedSlashes::Decode => out.push(b'/'),
-                EscapedSlashes::Keep => out.push(b),
-            }
+            out.push(if slash_decoded(rules)? { b'/' } else { b });
             continue;
         }
         if b != b'%' {
@@ -163,13 +159,9 @@ fn escapes(bytes: &[u8], rules: PathRules) -> Result<Vec<u8>, PathRefusal> {
         let c = hi << 4 | lo;
         i += 3;
         if c == b'/' || c == b'\\' {
-            match rules.escaped_slashes {
-                EscapedSlashes::Reject => return Err(PathRefusal::EscapedSlash),
-                EscapedSlashes::Decode => {
-                    out.push(b'/');
-                    continue;
-                }
-                EscapedSlashes::Keep => {}
+            if slash_decoded(rules)? {
+                out.push(b'/');
+                continue;
             }
         } else if rules.normalize && unreserved(c) {
             out.push(c);
@@ -182,6 +174,16 @@ fn escapes(bytes: &[u8], rules: PathRules) -> Result<Vec<u8>, PathRefusal> {
         }
     }
     Ok(out)
+}
+
+/// What `escaped_slashes` makes of a `%2F`, `%5C` or bare `\\`: refused, `/` (true), or kept as
+/// it came (false).
+fn slash_decoded(rules: PathRules) -> Result<bool, PathRefusal> {
+    match rules.escaped_slashes {
+        EscapedSlashes::Reject => Err(PathRefusal::EscapedSlash),
+        EscapedSlashes::Decode => Ok(true),
+        EscapedSlashes::Keep => Ok(false),
+    }
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
